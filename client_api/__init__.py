@@ -1,0 +1,1 @@
+"""Client-server HTTP API: thin servlets that parse, validate and call handlers."""

@@ -1,0 +1,45 @@
+"""Finding who made a request: the access token, from the header or the query string."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from client_api.http import HeddleRequest
+from homeserver.auth.tokens import Requester
+from homeserver.errors import Codes, MatrixError
+
+if TYPE_CHECKING:
+    from homeserver.app import HomeServer
+
+
+def access_token_from(request: HeddleRequest) -> str | None:
+    header = request.getHeader(b"authorization")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise MatrixError(401, Codes.MISSING_TOKEN, "Invalid Authorization header")
+        return token.strip()
+    assert request.args is not None
+    # Deprecated since v1.11, but the spec still requires servers to accept it.
+    values = request.args.get(b"access_token")
+    if values:
+        return values[0].decode("ascii", "replace")
+    return None
+
+
+async def require_user(hs: HomeServer, request: HeddleRequest) -> Requester:
+    token = access_token_from(request)
+    if token is None:
+        raise MatrixError(401, Codes.MISSING_TOKEN, "Missing access token")
+    requester = await hs.tokens.validate(token)
+    user_agent = request.getHeader(b"user-agent")
+    await hs.devices.record_activity(
+        requester.user_id, requester.device_id, hs.client_ip(request), user_agent
+    )
+    return requester
+
+
+async def optional_user(hs: HomeServer, request: HeddleRequest) -> Requester | None:
+    if access_token_from(request) is None:
+        return None
+    return await require_user(hs, request)

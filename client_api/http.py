@@ -1,0 +1,296 @@
+"""HTTP core: request class with a body limit, the route table dispatcher, JSON in and out.
+
+Servlets are plain classes with `PATTERNS` (regexes over the full path) and `async def
+on_GET(self, request, **path_args)` style methods returning `(status, json_body)`. Every
+response goes through `JsonResource`, which is the only place errors become HTTP.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+from twisted.internet import defer
+from twisted.web import http, resource, server
+
+from homeserver import metrics
+from homeserver.errors import Codes, InteractiveAuthIncomplete, MatrixError
+
+logger = logging.getLogger(__name__)
+
+request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+_request_counter = itertools.count(1)
+
+CORS_HEADERS = {
+    b"Access-Control-Allow-Origin": b"*",
+    b"Access-Control-Allow-Methods": b"GET, HEAD, POST, PUT, DELETE, OPTIONS",
+    b"Access-Control-Allow-Headers": b"X-Requested-With, Content-Type, Authorization, Date",
+    b"Access-Control-Expose-Headers": b"Retry-After",
+}
+
+# A body this many times over the limit is not worth reading to the end: drop the connection.
+_ABORT_FACTOR = 8
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds `request_id` to every log record (`-` outside a request)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+class HeddleRequest(server.Request):
+    """A request that refuses bodies over the configured size without buffering them."""
+
+    max_body_bytes = 1024 * 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.request_id = f"{next(_request_counter)}"
+        self.body_too_large = False
+        self._body_bytes = 0
+        self.start_time = time.monotonic()
+        self.endpoint_name = "unknown"
+
+    def gotLength(self, length: int | None) -> None:
+        super().gotLength(length)
+        if length is not None and length > self.max_body_bytes:
+            self.body_too_large = True
+            if length > self.max_body_bytes * _ABORT_FACTOR:
+                self._refuse_early()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._body_bytes += len(data)
+        if self._body_bytes > self.max_body_bytes:
+            self.body_too_large = True
+            if self._body_bytes > self.max_body_bytes * _ABORT_FACTOR:
+                self._refuse_early()
+            return
+        super().handleContentChunk(data)
+
+    def _refuse_early(self) -> None:
+        if self.transport is not None:
+            logger.warning("request %s: body far over the limit; closing connection", self.request_id)
+            self.transport.loseConnection()
+
+    def client_ip(self, trust_forwarded: bool = False) -> str:
+        if trust_forwarded:
+            forwarded = self.getHeader(b"x-forwarded-for")
+            if forwarded:
+                return forwarded.split(b",")[0].strip().decode("ascii", "replace")
+        addr = self.getClientAddress()
+        return getattr(addr, "host", "unknown")
+
+
+def make_request_factory(max_body_bytes: int) -> type[HeddleRequest]:
+    return type("ConfiguredHeddleRequest", (HeddleRequest,), {"max_body_bytes": max_body_bytes})
+
+
+# ----- parsing helpers --------------------------------------------------------------------
+
+
+def parse_json_object(request: HeddleRequest) -> dict[str, Any]:
+    """The request body as a JSON object, or 400 M_NOT_JSON / M_BAD_JSON."""
+    assert request.content is not None
+    raw = request.content.read()
+    if not raw.strip():
+        # Several endpoints (logout, refresh for some clients) are sent without a body.
+        return {}
+    try:
+        body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise MatrixError(400, Codes.NOT_JSON, "Content not JSON.") from None
+    if not isinstance(body, dict):
+        raise MatrixError(400, Codes.BAD_JSON, "Content must be a JSON object.")
+    return body
+
+
+def _reject_constant(name: str) -> None:
+    # NaN and Infinity are not JSON, whatever Python's parser allows.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def query_string(request: HeddleRequest, name: str) -> str | None:
+    assert request.args is not None
+    values = request.args.get(name.encode("ascii"))
+    if not values:
+        return None
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise MatrixError(400, Codes.INVALID_PARAM, f"Query parameter {name!r} is not UTF-8") from None
+
+
+def require_query_string(request: HeddleRequest, name: str) -> str:
+    value = query_string(request, name)
+    if value is None:
+        raise MatrixError(400, Codes.MISSING_PARAM, f"Missing query parameter {name!r}")
+    return value
+
+
+# ----- routing ----------------------------------------------------------------------------
+
+Handler = Callable[..., Awaitable[tuple[int, Any]]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    pattern: re.Pattern[str]
+    handler: Handler
+    name: str
+
+
+def client_path(path: str, versions: str = "r0|v3") -> re.Pattern[str]:
+    """A pattern for `/_matrix/client/{versions}{path}`; `path` may use (?P<name>[^/]+)."""
+    return re.compile(f"^/_matrix/client/(?:{versions}){path}$")
+
+
+class Router:
+    def __init__(self) -> None:
+        self.routes: list[Route] = []
+
+    def register_servlet(self, servlet: Any) -> None:
+        for pattern in servlet.PATTERNS:
+            for method in ("GET", "PUT", "POST", "DELETE"):
+                handler = getattr(servlet, f"on_{method}", None)
+                if handler is not None:
+                    self.routes.append(
+                        Route(method, pattern, handler, f"{type(servlet).__name__}")
+                    )
+
+    def register(self, method: str, pattern: re.Pattern[str], handler: Handler, name: str) -> None:
+        self.routes.append(Route(method, pattern, handler, name))
+
+    def match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], bool]:
+        """(route, path args, path_known). `path_known` without a route means wrong method."""
+        path_known = False
+        for route in self.routes:
+            m = route.pattern.match(path)
+            if m is None:
+                continue
+            path_known = True
+            if route.method == method or (method == "HEAD" and route.method == "GET"):
+                args = {k: unquote(v) for k, v in m.groupdict().items() if v is not None}
+                return route, args, True
+        return None, {}, path_known
+
+
+class JsonResource(resource.Resource):
+    """The one resource every listener serves: dispatch, render JSON, turn errors into HTTP."""
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        router: Router,
+        cors_prefixes: Iterable[bytes] = (b"/_matrix/client", b"/_matrix/media", b"/.well-known"),
+    ) -> None:
+        super().__init__()
+        self._router = router
+        self._cors_prefixes = tuple(cors_prefixes)
+
+    def render(self, request: server.Request) -> Any:
+        assert isinstance(request, HeddleRequest)
+        defer.ensureDeferred(self._render_async(request))
+        return server.NOT_DONE_YET
+
+    async def _render_async(self, request: HeddleRequest) -> None:
+        request_id_var.set(request.request_id)
+        metrics.HTTP_REQUESTS_IN_FLIGHT.inc()
+        method = request.method.decode("ascii", "replace")
+        raw_path = request.path.decode("utf-8", "replace")
+        code, body, headers = 500, None, {}
+        try:
+            code, body, headers = await self._dispatch(request, method, raw_path)
+        except MatrixError as e:
+            code, body, headers = e.http_code, e.to_json(), e.headers
+            if code >= 500:
+                logger.error("%s %s failed: %s", method, _loggable(request), e)
+        except InteractiveAuthIncomplete as e:
+            code, body = 401, e.body
+        except Exception:
+            # Logged with its traceback, never sent: the client only learns it was our fault.
+            logger.exception("%s %s raised", method, _loggable(request))
+            code, body = 500, {"errcode": Codes.UNKNOWN, "error": "Internal server error"}
+        finally:
+            metrics.HTTP_REQUESTS_IN_FLIGHT.dec()
+        self._respond(request, method, code, body, headers)
+
+    async def _dispatch(
+        self, request: HeddleRequest, method: str, path: str
+    ) -> tuple[int, Any, dict[str, str]]:
+        if method == "OPTIONS":
+            # CORS preflight: answer for any path; the headers are added by `_respond`.
+            request.endpoint_name = "options"
+            return 200, {}, {}
+        route, args, path_known = self._router.match(method, path)
+        if route is None:
+            request.endpoint_name = "unrecognized"
+            if path_known:
+                raise MatrixError(405, Codes.UNRECOGNIZED, "Unrecognized request")
+            raise MatrixError(404, Codes.UNRECOGNIZED, "Unrecognized request")
+        request.endpoint_name = route.name
+        if request.body_too_large:
+            raise MatrixError(413, Codes.TOO_LARGE, "Request body too large")
+        code, body = await route.handler(request, **args)
+        return code, body, {}
+
+    def _respond(
+        self, request: HeddleRequest, method: str, code: int, body: Any, headers: dict[str, str]
+    ) -> None:
+        duration = time.monotonic() - request.start_time
+        metrics.HTTP_REQUESTS.labels(method, request.endpoint_name, str(code)).inc()
+        metrics.HTTP_REQUEST_SECONDS.labels(method, request.endpoint_name).observe(duration)
+        logger.info(
+            "%s %s %s %d %.3fs",
+            request.client_ip(),
+            method,
+            _loggable(request),
+            code,
+            duration,
+        )
+        if request._disconnected or request.finished:
+            return
+        request.setResponseCode(code)
+        if isinstance(body, bytes):
+            payload = body
+        else:
+            payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Cache-Control", b"no-cache, no-store, must-revalidate")
+        if request.path.startswith(self._cors_prefixes):
+            for name, value in CORS_HEADERS.items():
+                request.setHeader(name, value)
+        for name, value in headers.items():
+            request.setHeader(name.encode("ascii"), value.encode("ascii"))
+        request.setHeader(b"Content-Length", str(len(payload)).encode("ascii"))
+        if method != "HEAD":
+            request.write(payload)
+        request.finish()
+
+
+def _loggable(request: server.Request) -> str:
+    """The URI with any access token removed, for logs."""
+    uri = request.uri.decode("utf-8", "replace")
+    return re.sub(r"(access_token=)[^&]*", r"\1<redacted>", uri)
+
+
+class HeddleSite(server.Site):
+    """A site whose requests carry a body limit; access logging is done by `JsonResource`."""
+
+    def __init__(self, root: resource.Resource, max_body_bytes: int) -> None:
+        super().__init__(root)
+        self.requestFactory = make_request_factory(max_body_bytes)  # type: ignore[assignment]
+
+    def log(self, request: http.Request) -> None:
+        pass

@@ -1,0 +1,85 @@
+"""What the server is and can do: versions, well-known, capabilities, health."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from client_api.auth import require_user
+from client_api.http import HeddleRequest, client_path
+from homeserver.errors import Codes, MatrixError
+
+if TYPE_CHECKING:
+    from homeserver.app import HomeServer
+
+# Spec versions we advertise. v1.11 and later tell clients to use authenticated media
+# (/_matrix/client/v1/media), which arrives with the media repository (issue 5); until then
+# advertising them would make clients fetch media from endpoints we do not serve.
+SUPPORTED_SPEC_VERSIONS = [
+    "r0.5.0", "r0.6.0", "r0.6.1",
+    "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10",
+]
+
+
+class VersionsServlet:
+    PATTERNS = [re.compile(r"^/_matrix/client/versions$")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
+        return 200, {"versions": SUPPORTED_SPEC_VERSIONS, "unstable_features": {}}
+
+
+class ClientWellKnownServlet:
+    PATTERNS = [re.compile(r"^/\.well-known/matrix/client$")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
+        return 200, {"m.homeserver": {"base_url": self._hs.config.client_base_url}}
+
+
+class ServerWellKnownServlet:
+    PATTERNS = [re.compile(r"^/\.well-known/matrix/server$")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
+        config = self._hs.config
+        if not config.serve_server_wellknown:
+            raise MatrixError(404, Codes.NOT_FOUND, "No .well-known/matrix/server here")
+        return 200, {"m.server": config.federation_address or f"{config.server_name}:8448"}
+
+
+class CapabilitiesServlet:
+    PATTERNS = [client_path("/capabilities")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
+        await require_user(self._hs, request)
+        return 200, {
+            "capabilities": {
+                "m.change_password": {"enabled": True},
+                "m.set_displayname": {"enabled": True},
+                "m.set_avatar_url": {"enabled": True},
+                "m.3pid_changes": {"enabled": False},
+                "m.get_login_token": {"enabled": False},
+            }
+        }
+
+
+class HealthServlet:
+    """Liveness for load balancers that only reach the client listener."""
+
+    PATTERNS = [re.compile(r"^/health$")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
+        return 200, b"OK"

@@ -1,0 +1,163 @@
+"""Composition root: builds stores, handlers and listeners from the config. Nothing else
+constructs these singletons; everything receives what it needs from here."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IListeningPort
+from twisted.web import resource, server
+
+from client_api.http import HeddleRequest, HeddleSite, JsonResource, Router
+from homeserver.auth.account import AccountHandler
+from homeserver.auth.credentials import CredentialChecker
+from homeserver.auth.devices import DeviceHandler
+from homeserver.auth.login import LoginHandler
+from homeserver.auth.passwords import PasswordHasher
+from homeserver.auth.registration import RegistrationHandler
+from homeserver.auth.tokens import TokenHandler
+from homeserver.auth.uia import UserInteractiveAuth
+from homeserver.clock import Clock
+from homeserver.config import HomeserverConfig, ListenerConfig
+from homeserver.profile import ProfileHandler
+from homeserver.ratelimit import RateLimiter
+from homeserver.signing_key import load_signing_key
+from storage.database import Database
+from storage.engines import create_engine
+from storage.migrations import apply_migrations
+from storage.stores.accounts import AccountStore
+from storage.stores.devices import DeviceStore
+from storage.stores.profiles import ProfileStore
+from storage.stores.tokens import TokenStore
+from storage.stores.uia import UiaStore
+
+logger = logging.getLogger(__name__)
+
+UIA_CLEANUP_INTERVAL_S = 15 * 60
+
+
+class HomeServer:
+    def __init__(self, config: HomeserverConfig, reactor: Any) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.server_name = config.server_name
+        self.clock = Clock(reactor)
+        self.signing_key = load_signing_key(config.resolve_path(config.signing_key_path))
+
+        self.db = Database(
+            create_engine(config.database_url, config.database.max_connections), reactor
+        )
+        self.accounts = AccountStore(self.db)
+        self.device_store = DeviceStore(self.db)
+        self.token_store = TokenStore(self.db)
+        self.uia_store = UiaStore(self.db)
+        self.profile_store = ProfileStore(self.db)
+
+        limits = config.rate_limits
+
+        def limiter(name: str, limit: Any) -> RateLimiter:
+            return RateLimiter(name, self.clock, limit, enabled=limits.enabled)
+
+        self.hasher = PasswordHasher(config.auth.bcrypt_rounds)
+        self.tokens = TokenHandler(
+            config.auth, self.server_name, self.clock, self.token_store, self.accounts
+        )
+        self.devices = DeviceHandler(self.clock, self.device_store, self.tokens)
+        self.credentials = CredentialChecker(
+            self.server_name,
+            self.accounts,
+            self.hasher,
+            limiter("login_failures_per_account", limits.login_failures_per_account),
+        )
+        self.uia = UserInteractiveAuth(
+            self.server_name, self.clock, self.uia_store, self.credentials, config.registration
+        )
+        self.registration = RegistrationHandler(
+            self.server_name, self.clock, config.registration, self.accounts, self.hasher
+        )
+        self.registration_limiter = limiter(
+            "registration_per_address", limits.registration_per_address
+        )
+        self.login = LoginHandler(
+            self.server_name,
+            self.credentials,
+            self.devices,
+            self.tokens,
+            limiter("login_per_address", limits.login_per_address),
+            limiter("login_per_account", limits.login_per_account),
+        )
+        self.account = AccountHandler(
+            config.registration, self.accounts, self.hasher, self.devices, self.tokens
+        )
+        self.profiles = ProfileHandler(self.server_name, self.profile_store)
+
+        self.ports: list[IListeningPort] = []
+        self._uia_cleanup: task.LoopingCall | None = None
+
+    def client_ip(self, request: HeddleRequest) -> str:
+        listener = getattr(request.site, "heddle_listener", None)
+        return request.client_ip(trust_forwarded=bool(listener and listener.x_forwarded))
+
+    async def setup(self) -> None:
+        """Bring the database schema up to date; call before `start_listening`."""
+        await apply_migrations(self.db)
+        self._uia_cleanup = task.LoopingCall(
+            lambda: defer.ensureDeferred(self.uia.expire_sessions())
+        )
+        self._uia_cleanup.clock = self.reactor
+        self._uia_cleanup.start(UIA_CLEANUP_INTERVAL_S, now=False)
+
+    def build_client_resource(self) -> resource.Resource:
+        from client_api.routes import register_client_servlets
+
+        router = Router()
+        register_client_servlets(router, self)
+        return JsonResource(router)
+
+    def build_metrics_resource(self) -> resource.Resource:
+        from homeserver.health import build_metrics_root
+
+        return build_metrics_root()
+
+    def start_listening(self) -> None:
+        for listener in self.config.listeners:
+            self.ports.append(self._listen(listener))
+
+    def _listen(self, listener: ListenerConfig) -> IListeningPort:
+        if listener.type == "client":
+            root = self.build_client_resource()
+        else:
+            root = self.build_metrics_resource()
+        site: server.Site = HeddleSite(root, self.config.limits.max_request_body_bytes)
+        site.heddle_listener = listener  # type: ignore[attr-defined]
+        if listener.tls:
+            from homeserver.tls import server_context_factory
+
+            context = server_context_factory(
+                self.config.resolve_path(listener.tls_certificate_path or ""),
+                self.config.resolve_path(listener.tls_private_key_path or ""),
+            )
+            port = self.reactor.listenSSL(
+                listener.port, site, context, interface=listener.bind_address
+            )
+        else:
+            port = self.reactor.listenTCP(listener.port, site, interface=listener.bind_address)
+        logger.info(
+            "listening for %s on %s:%d%s",
+            listener.type,
+            listener.bind_address,
+            port.getHost().port,
+            " (TLS)" if listener.tls else "",
+        )
+        return port
+
+    async def stop(self) -> None:
+        if self._uia_cleanup is not None and self._uia_cleanup.running:
+            self._uia_cleanup.stop()
+        for port in self.ports:
+            await port.stopListening()
+        self.ports = []
+        self.db.close()
+

@@ -1,0 +1,1 @@
+"""Accounts, passwords, access and refresh tokens, devices and user-interactive auth."""

@@ -1,0 +1,40 @@
+"""Changing passwords and deactivating accounts."""
+
+from __future__ import annotations
+
+from homeserver.auth.devices import DeviceHandler
+from homeserver.auth.passwords import PasswordHasher
+from homeserver.auth.registration import check_password_policy
+from homeserver.auth.tokens import Requester, TokenHandler
+from homeserver.config import RegistrationConfig
+from storage.stores.accounts import AccountStore
+
+
+class AccountHandler:
+    def __init__(
+        self,
+        config: RegistrationConfig,
+        accounts: AccountStore,
+        hasher: PasswordHasher,
+        devices: DeviceHandler,
+        tokens: TokenHandler,
+    ) -> None:
+        self._config = config
+        self._accounts = accounts
+        self._hasher = hasher
+        self._devices = devices
+        self._tokens = tokens
+
+    async def change_password(
+        self, user_id: str, new_password: object, logout_devices: bool, requester: Requester | None
+    ) -> None:
+        password = check_password_policy(new_password, self._config)
+        await self._accounts.set_password_hash(user_id, await self._hasher.hash(password))
+        if logout_devices:
+            keep = requester.device_id if requester is not None else None
+            await self._devices.delete_all_devices(user_id, except_device_id=keep)
+
+    async def deactivate(self, user_id: str, erase: bool) -> None:
+        await self._devices.delete_all_devices(user_id)
+        await self._accounts.mark_deactivated(user_id, erase)
+        self._tokens.forget_user(user_id)

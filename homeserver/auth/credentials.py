@@ -1,0 +1,67 @@
+"""Turning a login identifier and password into a user ID, for /login and UIA alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from homeserver.auth.passwords import PasswordHasher
+from homeserver.errors import Codes, MatrixError
+from homeserver.ratelimit import RateLimiter
+from storage.stores.accounts import AccountStore
+
+INVALID_CREDENTIALS = "Invalid username or password"
+
+
+def user_id_from_identifier(body: dict[str, Any], server_name: str) -> str:
+    """The user a login or `m.login.password` stage names, as a full user ID.
+
+    Accepts `identifier: {type: m.id.user, user: ...}` and the deprecated top-level `user`.
+    """
+    identifier = body.get("identifier")
+    if identifier is None and "user" in body:
+        identifier = {"type": "m.id.user", "user": body["user"]}
+    if not isinstance(identifier, dict):
+        raise MatrixError(400, Codes.BAD_JSON, "'identifier' must be an object")
+    id_type = identifier.get("type")
+    if id_type != "m.id.user":
+        raise MatrixError(
+            400, Codes.UNKNOWN, f"Login identifier type {id_type!r} is not supported"
+        )
+    user = identifier.get("user")
+    if not isinstance(user, str) or not user:
+        raise MatrixError(400, Codes.BAD_JSON, "'identifier.user' must be a non-empty string")
+    if user.startswith("@"):
+        localpart, _, server = user[1:].partition(":")
+        if server != server_name:
+            # Not one of ours: treated like any unknown account.
+            raise MatrixError(403, Codes.FORBIDDEN, INVALID_CREDENTIALS)
+        user = localpart
+    # Local accounts only ever get lower-case localparts; match what people type.
+    return f"@{user.lower()}:{server_name}"
+
+
+class CredentialChecker:
+    def __init__(
+        self,
+        server_name: str,
+        accounts: AccountStore,
+        hasher: PasswordHasher,
+        failures_per_account: RateLimiter,
+    ) -> None:
+        self._server_name = server_name
+        self._accounts = accounts
+        self._hasher = hasher
+        self._failures = failures_per_account
+
+    async def check_password(self, user_id: str, password: Any) -> None:
+        """Succeed silently or raise 403 M_FORBIDDEN; never say whether the user exists."""
+        if not isinstance(password, str):
+            raise MatrixError(400, Codes.BAD_JSON, "'password' must be a string")
+        self._failures.check_only(user_id)
+        account = await self._accounts.get_account(user_id)
+        stored_hash = account.password_hash if account is not None else None
+        if not await self._hasher.check(password, stored_hash) or account is None:
+            self._failures.record(user_id)
+            raise MatrixError(403, Codes.FORBIDDEN, INVALID_CREDENTIALS)
+        if account.deactivated:
+            raise MatrixError(403, Codes.USER_DEACTIVATED, "This account has been deactivated")

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import secrets
+import string
+
+from homeserver.auth.tokens import TokenHandler
+from homeserver.clock import Clock
+from homeserver.errors import Codes, MatrixError
+from storage.stores.devices import Device, DeviceStore
+
+MAX_DEVICE_DISPLAY_NAME_LENGTH = 100
+MAX_DEVICE_ID_LENGTH = 255
+# Record last-seen at most this often per device, so every request is not a write.
+LAST_SEEN_INTERVAL_MS = 60 * 1000
+
+
+def generate_device_id() -> str:
+    return "".join(secrets.choice(string.ascii_uppercase) for _ in range(10))
+
+
+def check_display_name(display_name: object) -> str | None:
+    if display_name is None:
+        return None
+    if not isinstance(display_name, str):
+        raise MatrixError(400, Codes.BAD_JSON, "'display_name' must be a string")
+    if len(display_name) > MAX_DEVICE_DISPLAY_NAME_LENGTH:
+        raise MatrixError(
+            400,
+            Codes.TOO_LARGE,
+            f"Device display name may not be longer than {MAX_DEVICE_DISPLAY_NAME_LENGTH}",
+        )
+    return display_name
+
+
+def check_device_id(device_id: object) -> str:
+    if not isinstance(device_id, str) or not device_id:
+        raise MatrixError(400, Codes.BAD_JSON, "'device_id' must be a non-empty string")
+    if len(device_id) > MAX_DEVICE_ID_LENGTH or not device_id.isprintable():
+        raise MatrixError(400, Codes.INVALID_PARAM, "Invalid device ID")
+    return device_id
+
+
+class DeviceHandler:
+    def __init__(self, clock: Clock, store: DeviceStore, tokens: TokenHandler) -> None:
+        self._clock = clock
+        self._store = store
+        self._tokens = tokens
+        self._last_seen_written: dict[tuple[str, str], int] = {}
+
+    async def ensure_device(
+        self, user_id: str, device_id: str | None, display_name: str | None
+    ) -> tuple[str, bool]:
+        """Create the device (generating an ID if none is given); returns (id, created)."""
+        if device_id is None:
+            device_id = generate_device_id()
+        created = await self._store.ensure_device(
+            user_id, device_id, display_name, self._clock.time_msec()
+        )
+        return device_id, created
+
+    async def get_devices(self, user_id: str) -> list[Device]:
+        return await self._store.get_devices(user_id)
+
+    async def get_device(self, user_id: str, device_id: str) -> Device:
+        device = await self._store.get_device(user_id, device_id)
+        if device is None:
+            raise MatrixError(404, Codes.NOT_FOUND, "Device not found")
+        return device
+
+    async def set_display_name(self, user_id: str, device_id: str, display_name: str) -> None:
+        if not await self._store.set_display_name(user_id, device_id, display_name):
+            raise MatrixError(404, Codes.NOT_FOUND, "Device not found")
+
+    async def delete_devices(self, user_id: str, device_ids: list[str]) -> None:
+        """Delete devices and revoke their tokens (unknown device IDs are ignored, as in the spec)."""
+        self._tokens.forget(await self._store.delete_devices(user_id, device_ids))
+
+    async def delete_all_devices(self, user_id: str, except_device_id: str | None = None) -> None:
+        self._tokens.forget(await self._store.delete_all_devices(user_id, except_device_id))
+
+    async def record_activity(
+        self, user_id: str, device_id: str, ip: str, user_agent: str | None
+    ) -> None:
+        now = self._clock.time_msec()
+        key = (user_id, device_id)
+        if now - self._last_seen_written.get(key, 0) < LAST_SEEN_INTERVAL_MS:
+            return
+        self._last_seen_written[key] = now
+        if len(self._last_seen_written) > 100_000:
+            self._last_seen_written.clear()
+        await self._store.record_last_seen(user_id, device_id, ip, user_agent, now)

@@ -1,0 +1,218 @@
+"""Access tokens (JWTs backed by a revocable row) and rotating refresh tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import jwt
+
+from homeserver.clock import Clock
+from homeserver.config import AuthConfig
+from homeserver.errors import Codes, MatrixError
+from storage.stores.accounts import AccountStore
+from storage.stores.tokens import NewTokens, RefreshOutcome, TokenStore
+
+logger = logging.getLogger(__name__)
+
+JWT_ALGORITHM = "HS256"
+REFRESH_TOKEN_PREFIX = "hrt_"
+# Validated tokens kept in memory; revocation removes them (see `forget`).
+TOKEN_CACHE_SIZE = 50_000
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who made an authenticated request."""
+
+    user_id: str
+    device_id: str
+    token_id: str
+    is_admin: bool
+    is_guest: bool = False
+
+
+@dataclass(frozen=True)
+class IssuedTokens:
+    access_token: str
+    device_id: str
+    expires_in_ms: int | None
+    refresh_token: str | None
+
+
+def _unknown_token(message: str, soft_logout: bool = False) -> MatrixError:
+    return MatrixError(401, Codes.UNKNOWN_TOKEN, message, soft_logout=soft_logout)
+
+
+def _hash_refresh_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class TokenHandler:
+    def __init__(
+        self,
+        config: AuthConfig,
+        server_name: str,
+        clock: Clock,
+        tokens: TokenStore,
+        accounts: AccountStore,
+    ) -> None:
+        self._config = config
+        self._server_name = server_name
+        self._clock = clock
+        self._tokens = tokens
+        self._accounts = accounts
+        self._cache: OrderedDict[str, Requester] = OrderedDict()
+
+    def _mint_jwt(
+        self, token_id: str, user_id: str, device_id: str, expires_ts: int | None
+    ) -> str:
+        claims: dict[str, object] = {
+            "iss": self._server_name,
+            "sub": user_id,
+            "dev": device_id,
+            "jti": token_id,
+            "iat": self._clock.time_msec() // 1000,
+        }
+        if expires_ts is not None:
+            # JWT `exp` is in seconds; the row keeps the exact millisecond deadline.
+            claims["exp"] = -(-expires_ts // 1000)
+        return jwt.encode(claims, self._config.jwt_secret, algorithm=JWT_ALGORITHM)
+
+    def _new_refresh_token(self) -> tuple[str, str]:
+        token_id = secrets.token_urlsafe(12)
+        return token_id, f"{REFRESH_TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
+
+    async def issue(
+        self, user_id: str, device_id: str, with_refresh: bool, replace_device_tokens: bool = False
+    ) -> IssuedTokens:
+        """Issue an access token (expiring, with a refresh token, if the client can refresh)."""
+        now = self._clock.time_msec()
+        access_expires = now + self._config.access_token_lifetime_ms if with_refresh else None
+        token_id = secrets.token_urlsafe(18)
+        access_token = self._mint_jwt(token_id, user_id, device_id, access_expires)
+        refresh_id = refresh_token = None
+        if with_refresh:
+            refresh_id, refresh_token = self._new_refresh_token()
+        revoked = await self._tokens.add_access_token(
+            token_id,
+            user_id,
+            device_id,
+            now,
+            access_expires,
+            refresh_token_id=refresh_id,
+            refresh_token_hash=_hash_refresh_token(refresh_token) if refresh_token else None,
+            refresh_expires_ts=now + self._config.refresh_token_lifetime_ms if with_refresh else None,
+            replace_device_tokens=replace_device_tokens,
+        )
+        self.forget(revoked)
+        return IssuedTokens(
+            access_token,
+            device_id,
+            self._config.access_token_lifetime_ms if with_refresh else None,
+            refresh_token,
+        )
+
+    async def refresh(self, refresh_token: str) -> IssuedTokens:
+        if not refresh_token.startswith(REFRESH_TOKEN_PREFIX):
+            raise _unknown_token("Unknown refresh token")
+        now = self._clock.time_msec()
+        access_expires = now + self._config.access_token_lifetime_ms
+        new_refresh_id, new_refresh_token = self._new_refresh_token()
+        # The JWT names the user and device, which the store only learns inside the
+        # transaction; the access token ID is fixed first and the JWT minted afterwards.
+        access_token_id = secrets.token_urlsafe(18)
+        result = await self._tokens.rotate_refresh_token(
+            _hash_refresh_token(refresh_token),
+            now,
+            NewTokens(
+                access_token_id=access_token_id,
+                access_expires_ts=access_expires,
+                refresh_token_id=new_refresh_id,
+                refresh_token_hash=_hash_refresh_token(new_refresh_token),
+                refresh_expires_ts=now + self._config.refresh_token_lifetime_ms,
+            ),
+        )
+        self.forget(result.revoked_access_token_ids)
+        if result.outcome is RefreshOutcome.UNKNOWN:
+            raise _unknown_token("Unknown refresh token")
+        if result.outcome is RefreshOutcome.EXPIRED:
+            raise _unknown_token("Refresh token has expired", soft_logout=True)
+        if result.outcome is RefreshOutcome.REUSED:
+            logger.warning(
+                "refresh token reused for %s/%s: session revoked", result.user_id, result.device_id
+            )
+            raise _unknown_token("Refresh token was already used; the session has been revoked")
+        assert result.user_id is not None and result.device_id is not None
+        access_token = self._mint_jwt(
+            access_token_id, result.user_id, result.device_id, access_expires
+        )
+        return IssuedTokens(
+            access_token, result.device_id, self._config.access_token_lifetime_ms, new_refresh_token
+        )
+
+    async def validate(self, access_token: str) -> Requester:
+        """Check signature, expiry and revocation; 401 M_UNKNOWN_TOKEN if any fails."""
+        try:
+            claims = jwt.decode(
+                access_token,
+                self._config.jwt_secret,
+                algorithms=[JWT_ALGORITHM],
+                # Expiry is checked against the reactor clock below, to the millisecond.
+                options={"require": ["jti", "sub", "dev"], "verify_exp": False},
+            )
+        except jwt.InvalidTokenError:
+            raise _unknown_token("Unrecognised access token") from None
+        token_id = claims["jti"]
+        if not isinstance(token_id, str):
+            raise _unknown_token("Unrecognised access token")
+        requester = self._cache.get(token_id)
+        if requester is None:
+            requester = await self._load(token_id, claims)
+        else:
+            self._cache.move_to_end(token_id)
+        exp = claims.get("exp")
+        if isinstance(exp, int | float) and exp * 1000 <= self._clock.time_msec():
+            raise _unknown_token("Access token has expired", soft_logout=True)
+        return requester
+
+    async def _load(self, token_id: str, claims: dict) -> Requester:
+        row = await self._tokens.get_access_token(token_id)
+        if row is None or row.user_id != claims["sub"] or row.device_id != claims["dev"]:
+            raise _unknown_token("Access token has been revoked")
+        if row.expires_ts is not None and row.expires_ts <= self._clock.time_msec():
+            raise _unknown_token("Access token has expired", soft_logout=True)
+        account = await self._accounts.get_account(row.user_id)
+        if account is None or account.deactivated:
+            raise _unknown_token("Account has been deactivated")
+        if not row.used:
+            await self._tokens.mark_access_token_used(token_id, row.refresh_token_id)
+        requester = Requester(
+            user_id=row.user_id,
+            device_id=row.device_id,
+            token_id=token_id,
+            is_admin=account.is_admin,
+            is_guest=account.is_guest,
+        )
+        self._cache[token_id] = requester
+        while len(self._cache) > TOKEN_CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return requester
+
+    def forget(self, token_ids: Iterable[str]) -> None:
+        """Drop revoked tokens from the cache so the next request hits the database."""
+        for token_id in token_ids:
+            self._cache.pop(token_id, None)
+
+    def forget_user(self, user_id: str) -> None:
+        """Drop all cached tokens of a user (admin flag changed, account deactivated)."""
+        for token_id in [t for t, r in self._cache.items() if r.user_id == user_id]:
+            del self._cache[token_id]
+
+    async def revoke(self, requester: Requester) -> None:
+        await self._tokens.delete_access_token(requester.token_id)
+        self.forget([requester.token_id])

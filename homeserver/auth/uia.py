@@ -1,0 +1,137 @@
+"""User-interactive authentication: flows, sessions and the stages we support."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from homeserver.auth.credentials import CredentialChecker, user_id_from_identifier
+from homeserver.clock import Clock
+from homeserver.config import RegistrationConfig
+from homeserver.errors import Codes, InteractiveAuthIncomplete, MatrixError
+from storage.stores.uia import UiaSession, UiaStore
+
+DUMMY = "m.login.dummy"
+PASSWORD = "m.login.password"
+REGISTRATION_TOKEN = "m.login.registration_token"
+
+# How long a client has to finish a UIA session; also how long a completed one stays usable,
+# so a client can retry the operation after a transient failure.
+SESSION_LIFETIME_MS = 60 * 60 * 1000
+
+
+class UserInteractiveAuth:
+    def __init__(
+        self,
+        server_name: str,
+        clock: Clock,
+        store: UiaStore,
+        credentials: CredentialChecker,
+        registration: RegistrationConfig,
+    ) -> None:
+        self._server_name = server_name
+        self._clock = clock
+        self._store = store
+        self._credentials = credentials
+        self._registration = registration
+
+    def registration_flows(self) -> list[list[str]]:
+        return [[REGISTRATION_TOKEN]] if self._registration.require_token else [[DUMMY]]
+
+    async def authenticate(
+        self,
+        body: dict[str, Any],
+        method: str,
+        uri: str,
+        flows: list[list[str]],
+        user_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Run one UIA round; return the completed stages' results once a flow is complete.
+
+        Otherwise raise `InteractiveAuthIncomplete` with the 401 body the spec describes.
+        `user_id` is set for endpoints that re-authenticate a logged-in user.
+        """
+        auth = body.get("auth")
+        if auth is not None and not isinstance(auth, dict):
+            raise MatrixError(400, Codes.BAD_JSON, "'auth' must be an object")
+        session = await self._session_for(auth, method, uri, user_id)
+        if auth is None:
+            raise InteractiveAuthIncomplete(self._challenge(session, flows))
+
+        stage = auth.get("type")
+        completed = dict(session.completed)
+        if stage is not None:
+            if not isinstance(stage, str) or not any(stage in flow for flow in flows):
+                raise MatrixError(400, Codes.UNRECOGNIZED, f"Unrecognised auth type {stage!r}")
+            if stage not in completed:
+                try:
+                    result = await self._check_stage(stage, auth, user_id)
+                except MatrixError as e:
+                    if e.http_code == 429:
+                        raise
+                    challenge = self._challenge(session, flows)
+                    challenge.update(errcode=e.errcode, error=e.message)
+                    raise InteractiveAuthIncomplete(challenge) from None
+                await self._store.mark_stage_completed(session.session_id, stage, result)
+                completed[stage] = result
+
+        if any(all(s in completed for s in flow) for flow in flows):
+            return completed
+        challenge = self._challenge(session, flows)
+        challenge["completed"] = list(completed)
+        raise InteractiveAuthIncomplete(challenge)
+
+    async def _session_for(
+        self, auth: dict[str, Any] | None, method: str, uri: str, user_id: str | None
+    ) -> UiaSession:
+        now = self._clock.time_msec()
+        session_id = auth.get("session") if auth else None
+        if session_id is None:
+            session_id = secrets.token_urlsafe(24)
+            await self._store.create_session(session_id, now, method, uri, user_id)
+            return UiaSession(session_id, now, method, uri, user_id, {})
+        if not isinstance(session_id, str):
+            raise MatrixError(400, Codes.BAD_JSON, "'auth.session' must be a string")
+        session = await self._store.get_session(session_id)
+        if session is None or session.created_ts + SESSION_LIFETIME_MS < now:
+            raise MatrixError(400, Codes.INVALID_PARAM, "Unknown user-interactive auth session")
+        if (session.method, session.uri, session.user_id) != (method, uri, user_id):
+            raise MatrixError(
+                403,
+                Codes.FORBIDDEN,
+                "This auth session was started for a different request or user",
+            )
+        return session
+
+    def _challenge(self, session: UiaSession, flows: list[list[str]]) -> dict[str, Any]:
+        return {
+            "flows": [{"stages": flow} for flow in flows],
+            "params": {},
+            "session": session.session_id,
+        }
+
+    async def _check_stage(self, stage: str, auth: dict[str, Any], user_id: str | None) -> Any:
+        if stage == DUMMY:
+            return True
+        if stage == PASSWORD:
+            claimed = user_id_from_identifier(auth, self._server_name)
+            if user_id is None or claimed != user_id:
+                raise MatrixError(403, Codes.FORBIDDEN, "Invalid username or password")
+            await self._credentials.check_password(user_id, auth.get("password"))
+            return user_id
+        if stage == REGISTRATION_TOKEN:
+            token = auth.get("token")
+            if not isinstance(token, str) or not self.is_registration_token_valid(token):
+                raise MatrixError(401, Codes.FORBIDDEN, "Invalid registration token")
+            return token
+        raise MatrixError(400, Codes.UNRECOGNIZED, f"Unrecognised auth type {stage!r}")
+
+    def is_registration_token_valid(self, token: str) -> bool:
+        return any(
+            secrets.compare_digest(token.encode(), t.encode()) for t in self._registration.tokens
+        )
+
+    async def expire_sessions(self) -> None:
+        await self._store.delete_sessions_older_than(
+            self._clock.time_msec() - SESSION_LIFETIME_MS
+        )

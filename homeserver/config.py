@@ -1,0 +1,276 @@
+"""Configuration: one schema, loaded from YAML, overridden by environment, validated at start-up.
+
+Every option lives in `HomeserverConfig` below; `config/homeserver.sample.yaml` documents each
+one. A bad config is reported as a single line (`ConfigError`) and the process exits non-zero.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from homeserver.identifiers import is_valid_server_name
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for an operator in one line."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos until proven otherwise: reject them.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ListenerConfig(_Section):
+    type: Literal["client", "metrics"] = "client"
+    bind_address: str = "127.0.0.1"
+    port: int = Field(8008, ge=0, le=65535)
+    tls: bool = False
+    tls_certificate_path: str | None = None
+    tls_private_key_path: str | None = None
+    # Trust X-Forwarded-For from a reverse proxy for the client address (rate limits, logs).
+    x_forwarded: bool = False
+
+
+class DatabaseConfig(_Section):
+    # sqlite:///relative/or/absolute/path.db, sqlite:///:memory:, or postgresql://user@host:port/db
+    url: str = "sqlite:///homeserver.db"
+    # Size of the PostgreSQL connection pool (thread pool). SQLite always uses one connection.
+    max_connections: int = Field(10, ge=1, le=200)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        if not (url.startswith("sqlite://") or url.startswith(("postgresql://", "postgres://"))):
+            raise ValueError("must start with sqlite:// or postgresql://")
+        return url
+
+
+class RegistrationConfig(_Section):
+    # Anyone may create an account through /register (subject to `require_token`).
+    enabled: bool = False
+    # Registration needs one of `tokens` (the m.login.registration_token UIA stage).
+    require_token: bool = False
+    tokens: list[str] = Field(default_factory=list)
+    # Secret for the shared-secret admin registration endpoint; unset disables it.
+    shared_secret: str | None = None
+    min_password_length: int = Field(8, ge=0, le=1024)
+
+
+class AuthConfig(_Section):
+    # HMAC secret that signs access tokens (JWT, HS256). Generated with the config.
+    jwt_secret: str = Field(min_length=32)
+    # Lifetime of access tokens issued to clients that asked for a refresh token.
+    access_token_lifetime_ms: int = Field(15 * 60 * 1000, ge=1000)
+    refresh_token_lifetime_ms: int = Field(7 * 24 * 3600 * 1000, ge=1000)
+    # bcrypt cost; tests lower it, production keeps the default.
+    bcrypt_rounds: int = Field(12, ge=4, le=31)
+
+
+class RateLimit(_Section):
+    per_second: float = Field(gt=0)
+    burst_count: int = Field(ge=1)
+
+
+class RateLimitsConfig(_Section):
+    enabled: bool = True
+    login_per_address: RateLimit = RateLimit(per_second=0.17, burst_count=5)
+    login_per_account: RateLimit = RateLimit(per_second=0.17, burst_count=5)
+    login_failures_per_account: RateLimit = RateLimit(per_second=0.17, burst_count=3)
+    registration_per_address: RateLimit = RateLimit(per_second=0.17, burst_count=5)
+
+
+class LimitsConfig(_Section):
+    max_request_body_bytes: int = Field(1024 * 1024, ge=1024)
+
+
+class FederationConfig(_Section):
+    # Reserved for the federation work (issue 4): verifying peers' TLS certificates and the
+    # IP ranges outbound requests may reach. Accepted now so configs written today stay valid.
+    verify_tls: bool = True
+    verify_tls_exempt_destinations: list[str] = Field(default_factory=list)
+    ip_range_blocklist: list[str] = Field(
+        default_factory=lambda: [
+            "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+            "100.64.0.0/10", "169.254.0.0/16", "::1/128", "fe80::/10", "fc00::/7",
+        ]
+    )
+    ip_range_allowlist: list[str] = Field(default_factory=list)
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Log file path; unset logs to stderr.
+    file: str | None = None
+
+
+class HomeserverConfig(_Section):
+    server_name: str
+    # Where clients reach this server; advertised in /.well-known/matrix/client.
+    public_baseurl: str | None = None
+    # Where other servers reach this server, advertised in /.well-known/matrix/server.
+    serve_server_wellknown: bool = False
+    federation_address: str | None = None
+    data_dir: str = "."
+    signing_key_path: str
+    listeners: list[ListenerConfig] = Field(default_factory=lambda: [ListenerConfig()])
+    database: DatabaseConfig = DatabaseConfig()
+    registration: RegistrationConfig = RegistrationConfig()
+    auth: AuthConfig
+    rate_limits: RateLimitsConfig = RateLimitsConfig()
+    limits: LimitsConfig = LimitsConfig()
+    federation: FederationConfig = FederationConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @field_validator("server_name")
+    @classmethod
+    def _valid_server_name(cls, name: str) -> str:
+        if not is_valid_server_name(name):
+            raise ValueError("is not a valid Matrix server name")
+        return name
+
+    @property
+    def client_base_url(self) -> str:
+        if self.public_baseurl:
+            return self.public_baseurl.rstrip("/") + "/"
+        client = next((lst for lst in self.listeners if lst.type == "client"), None)
+        if client is None:
+            return f"https://{self.server_name}/"
+        scheme = "https" if client.tls else "http"
+        host = client.bind_address if client.bind_address not in ("0.0.0.0", "::") else "localhost"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{client.port}/"
+
+    def resolve_path(self, path: str) -> Path:
+        """Relative paths in the config are relative to `data_dir`."""
+        p = Path(path)
+        return p if p.is_absolute() else Path(self.data_dir) / p
+
+    @property
+    def database_url(self) -> str:
+        url = self.database.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix):
+            path = url[len(prefix):]
+            if path != ":memory:":
+                return prefix + str(self.resolve_path(path))
+        return url
+
+
+# Environment variables with a name of their own; any other option can be reached with
+# HEDDLE_<SECTION>__<KEY> (e.g. HEDDLE_RATE_LIMITS__ENABLED=false).
+ENV_ALIASES: dict[str, tuple[str, ...]] = {
+    "HEDDLE_SERVER_NAME": ("server_name",),
+    "HEDDLE_DATABASE_URL": ("database", "url"),
+    "HEDDLE_PUBLIC_BASEURL": ("public_baseurl",),
+    "HEDDLE_JWT_SECRET": ("auth", "jwt_secret"),
+    "HEDDLE_REGISTRATION_SHARED_SECRET": ("registration", "shared_secret"),
+    "HEDDLE_LOG_LEVEL": ("logging", "level"),
+}
+
+
+def _apply_env_overrides(raw: dict[str, Any], environ: dict[str, str]) -> None:
+    for name, value in environ.items():
+        if name in ENV_ALIASES:
+            path = ENV_ALIASES[name]
+        elif name.startswith("HEDDLE_") and "__" in name:
+            path = tuple(part.lower() for part in name[len("HEDDLE_"):].split("__"))
+        else:
+            continue
+        target = raw
+        for key in path[:-1]:
+            child = target.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"environment variable {name}: {key} is not a section")
+            target = child
+        # Parse as a YAML scalar so "false" and "8008" get their natural types.
+        try:
+            target[path[-1]] = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError:
+            target[path[-1]] = value
+        if path == ("database", "url") or path[-1] in ("jwt_secret", "shared_secret"):
+            target[path[-1]] = value
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    location = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        message = "unknown option"
+    elif first["type"] == "missing":
+        message = "required option is missing"
+    else:
+        message = first["msg"]
+        if "input" in first and not isinstance(first["input"], dict | list):
+            message += f" (got {first['input']!r})"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{source}: {location}: {message}{more}"
+
+
+def parse_config(
+    raw: Any, source: str = "config", environ: dict[str, str] | None = None
+) -> HomeserverConfig:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of options")
+    _apply_env_overrides(raw, dict(os.environ) if environ is None else environ)
+    try:
+        return HomeserverConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(source, e)) from None
+
+
+def load_config(path: str, environ: dict[str, str] | None = None) -> HomeserverConfig:
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    config = parse_config(raw, source=path, environ=environ)
+    if not Path(config.data_dir).is_absolute():
+        # data_dir in a config file is relative to the file, not to wherever heddle was started.
+        config.data_dir = str((Path(path).parent / config.data_dir).resolve())
+    return config
+
+
+def generate_config_text(server_name: str, data_dir: str, port: int = 8008) -> str:
+    """The YAML written by `heddle generate-config`: a working single-process SQLite server."""
+    if not is_valid_server_name(server_name):
+        raise ConfigError(f"--server-name: {server_name!r} is not a valid Matrix server name")
+    return f"""\
+# Heddle homeserver configuration, generated by `heddle generate-config`.
+# Every option is described in config/homeserver.sample.yaml.
+server_name: {yaml.safe_dump(server_name).splitlines()[0]}
+# Relative paths below are relative to data_dir.
+data_dir: {yaml.safe_dump(str(Path(data_dir).resolve())).splitlines()[0]}
+signing_key_path: {server_name.replace(":", "_")}.signing.key
+listeners:
+  - type: client
+    bind_address: 127.0.0.1
+    port: {port}
+  - type: metrics
+    bind_address: 127.0.0.1
+    port: {port + 1000}
+database:
+  url: sqlite:///homeserver.db
+registration:
+  # Open registration is safe here because the listener only binds to loopback.
+  # Before exposing the server, turn it off or set require_token with tokens.
+  enabled: true
+  require_token: false
+  tokens: []
+  shared_secret: {secrets.token_urlsafe(32)}
+auth:
+  jwt_secret: {secrets.token_urlsafe(48)}
+"""

@@ -1,0 +1,77 @@
+"""The one error type handlers raise, and the spec's error codes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Codes:
+    FORBIDDEN = "M_FORBIDDEN"
+    UNKNOWN_TOKEN = "M_UNKNOWN_TOKEN"
+    MISSING_TOKEN = "M_MISSING_TOKEN"
+    USER_LOCKED = "M_USER_LOCKED"
+    USER_DEACTIVATED = "M_USER_DEACTIVATED"
+    BAD_JSON = "M_BAD_JSON"
+    NOT_JSON = "M_NOT_JSON"
+    NOT_FOUND = "M_NOT_FOUND"
+    LIMIT_EXCEEDED = "M_LIMIT_EXCEEDED"
+    UNRECOGNIZED = "M_UNRECOGNIZED"
+    UNKNOWN = "M_UNKNOWN"
+    UNAUTHORIZED = "M_UNAUTHORIZED"
+    USER_IN_USE = "M_USER_IN_USE"
+    INVALID_USERNAME = "M_INVALID_USERNAME"
+    EXCLUSIVE = "M_EXCLUSIVE"
+    MISSING_PARAM = "M_MISSING_PARAM"
+    INVALID_PARAM = "M_INVALID_PARAM"
+    TOO_LARGE = "M_TOO_LARGE"
+    WEAK_PASSWORD = "M_WEAK_PASSWORD"
+    GUEST_ACCESS_FORBIDDEN = "M_GUEST_ACCESS_FORBIDDEN"
+    THREEPID_NOT_FOUND = "M_THREEPID_NOT_FOUND"
+
+
+class MatrixError(Exception):
+    """An error the client should see, rendered as the spec's JSON error body.
+
+    `extra` keys are merged into the body (e.g. `soft_logout`, `retry_after_ms`);
+    `headers` are added to the response (e.g. `Retry-After`).
+    """
+
+    def __init__(
+        self,
+        http_code: int,
+        errcode: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(f"{http_code} {errcode}: {message}")
+        self.http_code = http_code
+        self.errcode = errcode
+        self.message = message
+        self.headers = headers or {}
+        self.extra = extra
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"errcode": self.errcode, "error": self.message}
+        body.update(self.extra)
+        return body
+
+
+class LimitExceededError(MatrixError):
+    def __init__(self, retry_after_ms: int) -> None:
+        retry_after_s = max(1, -(-retry_after_ms // 1000))
+        super().__init__(
+            429,
+            Codes.LIMIT_EXCEEDED,
+            "Too many requests",
+            headers={"Retry-After": str(retry_after_s)},
+            retry_after_ms=retry_after_ms,
+        )
+
+
+class InteractiveAuthIncomplete(Exception):
+    """Not an error for the logs: the 401 body that drives user-interactive auth."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__("user-interactive auth incomplete")
+        self.body = body

@@ -1,0 +1,73 @@
+"""Matrix identifier grammar (appendices: server names, user IDs)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from homeserver.errors import Codes, MatrixError
+
+_DNS_NAME = re.compile(r"^[A-Za-z0-9\-.]{1,255}$")
+_PORT = re.compile(r"^[0-9]{1,5}$")
+# Localparts of new users: the historical grammar is wider, but new accounts get this one.
+_LOCALPART = re.compile(r"^[a-z0-9._=\-/+]+$")
+MAX_USER_ID_BYTES = 255
+
+
+def is_valid_server_name(name: str) -> bool:
+    host, port = name, None
+    if name.startswith("["):
+        end = name.find("]")
+        if end == -1:
+            return False
+        host, rest = name[1:end], name[end + 1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        if rest:
+            if not rest.startswith(":"):
+                return False
+            port = rest[1:]
+    else:
+        if ":" in name:
+            host, port = name.rsplit(":", 1)
+        if not host or not _DNS_NAME.match(host):
+            return False
+    if port is not None and (not _PORT.match(port) or not 0 < int(port) < 65536):
+        return False
+    return True
+
+
+def user_id(localpart: str, server_name: str) -> str:
+    return f"@{localpart}:{server_name}"
+
+
+def split_user_id(mxid: str) -> tuple[str, str]:
+    """Split `@local:server` into its parts, or raise 400 M_INVALID_PARAM."""
+    if not isinstance(mxid, str) or not mxid.startswith("@") or ":" not in mxid:
+        raise MatrixError(400, Codes.INVALID_PARAM, f"Invalid user ID: {mxid!r}")
+    localpart, server = mxid[1:].split(":", 1)
+    if not localpart or not is_valid_server_name(server):
+        raise MatrixError(400, Codes.INVALID_PARAM, f"Invalid user ID: {mxid!r}")
+    return localpart, server
+
+
+def check_new_localpart(localpart: str, server_name: str) -> None:
+    """Validate a localpart a new account would get; 400 M_INVALID_USERNAME if it cannot."""
+    if not localpart:
+        raise MatrixError(400, Codes.INVALID_USERNAME, "User ID cannot be empty")
+    if not _LOCALPART.match(localpart):
+        raise MatrixError(
+            400,
+            Codes.INVALID_USERNAME,
+            "User ID can only contain characters a-z, 0-9, or '=_-./+'",
+        )
+    if localpart[0] == "_":
+        # Synapse reserves leading underscores for application services; we follow so
+        # appservice namespaces written for Synapse keep working.
+        raise MatrixError(400, Codes.INVALID_USERNAME, "User ID may not begin with '_'")
+    if len(user_id(localpart, server_name).encode("utf-8")) > MAX_USER_ID_BYTES:
+        raise MatrixError(
+            400, Codes.INVALID_USERNAME, f"User ID may not be longer than {MAX_USER_ID_BYTES} bytes"
+        )

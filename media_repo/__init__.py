@@ -1,0 +1,1 @@
+"""Media repository (issue 5). Nothing is served from here yet."""

@@ -1,0 +1,1 @@
+"""Storage: database engines, forward-only migrations and one store class per area."""

@@ -1,0 +1,167 @@
+"""Run transactions on a thread pool, off the reactor thread, with retries.
+
+Stores call `await db.run_interaction("desc", func, ...)`; `func(txn, ...)` runs on a pool
+thread inside one transaction. It is retried as a whole when the engine reports a
+serialization failure or deadlock, so it must not have side effects outside the database;
+work that should only happen once the data is committed goes in `txn.call_after(...)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from twisted.internet import threads
+from twisted.python.threadpool import ThreadPool
+
+from homeserver import metrics
+from storage.engines import Engine
+
+logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+MAX_ATTEMPTS = 5
+
+
+class Transaction:
+    """A thin cursor wrapper: portable SQL in, rows out, after-commit callbacks collected."""
+
+    def __init__(self, cursor: Any, engine: Engine) -> None:
+        self._cursor = cursor
+        self.engine = engine
+        self.after_callbacks: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        self._cursor.execute(self.engine.convert_sql(sql), tuple(args))
+
+    def execute_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self._cursor.executemany(self.engine.convert_sql(sql), [tuple(r) for r in rows])
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        return self._cursor.fetchone()
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return self._cursor.fetchall()
+
+    def select_one(self, sql: str, args: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        self.execute(sql, args)
+        return self.fetchone()
+
+    def select_all(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        self.execute(sql, args)
+        return self.fetchall()
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    def call_after(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Run `callback(*args)` on the reactor thread once this transaction has committed."""
+        self.after_callbacks.append((callback, args))
+
+
+class Database:
+    def __init__(self, engine: Engine, reactor: Any) -> None:
+        self.engine = engine
+        self._reactor = reactor
+        self._pool = ThreadPool(minthreads=1, maxthreads=engine.max_connections, name="db-pool")
+        self._local = threading.local()
+        self._connections: list[Any] = []
+        self._connections_lock = threading.Lock()
+        self._in_use = 0
+        metrics.DB_POOL_SIZE.set(engine.max_connections)
+        self._pool.start()
+
+    async def run_interaction(
+        self, desc: str, func: Callable[..., R], *args: Any, **kwargs: Any
+    ) -> R:
+        self._in_use += 1
+        metrics.DB_CONNECTIONS_IN_USE.set(self._in_use)
+        start = time.monotonic()
+        try:
+            result, txn = await threads.deferToThreadPool(
+                self._reactor, self._pool, self._run_in_thread, desc, func, args, kwargs
+            )
+        finally:
+            self._in_use -= 1
+            metrics.DB_CONNECTIONS_IN_USE.set(self._in_use)
+            metrics.DB_TRANSACTION_SECONDS.labels(desc).observe(time.monotonic() - start)
+        for callback, cb_args in txn.after_callbacks:
+            callback(*cb_args)
+        return result
+
+    def _connection(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self.engine.connect()
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    def _drop_connection(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            with self._connections_lock:
+                if conn in self._connections:
+                    self._connections.remove(conn)
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def _run_in_thread(
+        self, desc: str, func: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[R, Transaction]:
+        attempt = 0
+        while True:
+            attempt += 1
+            conn = self._connection()
+            cursor = conn.cursor()
+            txn = Transaction(cursor, self.engine)
+            try:
+                result = func(txn, *args, **kwargs)
+                conn.commit()
+                return result, txn
+            except Exception as e:
+                if self.engine.is_retryable(e) and attempt < MAX_ATTEMPTS:
+                    self._rollback(conn)
+                    logger.info("[%s] retrying transaction after %s (attempt %d)", desc, e, attempt)
+                    metrics.DB_TRANSACTION_RETRIES.labels(desc).inc()
+                    time.sleep(0.01 * 2**attempt)
+                    continue
+                if self.engine.is_connection_lost(e) and attempt < MAX_ATTEMPTS:
+                    # The server closed the connection (restart, idle timeout): reconnect once.
+                    logger.warning("[%s] database connection lost (%s); reconnecting", desc, e)
+                    self._drop_connection()
+                    continue
+                self._rollback(conn)
+                raise
+            finally:
+                try:
+                    cursor.close()
+                except Exception:
+                    pass
+
+    def _rollback(self, conn: Any) -> None:
+        try:
+            conn.rollback()
+        except Exception:
+            logger.exception("rollback failed; dropping connection")
+            self._drop_connection()
+
+    def close(self) -> None:
+        """Stop the pool and close every connection (on shutdown, and between tests)."""
+        self._pool.stop()
+        with self._connections_lock:
+            conns, self._connections = self._connections, []
+        for conn in conns:
+            try:
+                conn.close()
+            except Exception:
+                pass

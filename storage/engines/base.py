@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+
+class Engine(ABC):
+    """The differences between database engines, as data and small functions.
+
+    SQL in stores is written once with `?` placeholders; engines translate what they must.
+    """
+
+    name: str
+    # Exceptions worth retrying the whole transaction for (serialization failures, deadlocks,
+    # "database is locked").
+    retryable_errors: tuple[type[BaseException], ...] = ()
+    integrity_error: type[BaseException]
+    # Upper bound for the connection pool; SQLite is single-writer, so it gets one connection.
+    max_connections: int = 1
+
+    @abstractmethod
+    def connect(self) -> Any:
+        """Open a DB-API connection ready for use (called on a pool thread)."""
+
+    @abstractmethod
+    def convert_sql(self, sql: str) -> str:
+        """Turn portable SQL (`?` placeholders) into this engine's dialect."""
+
+    def on_new_connection(self, conn: Any) -> None:
+        """Per-connection set-up (pragmas, isolation level)."""
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        return isinstance(exc, self.retryable_errors)
+
+    def is_connection_lost(self, exc: BaseException) -> bool:
+        return False
+
+    def describe(self) -> str:
+        return self.name

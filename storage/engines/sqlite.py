@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from storage.engines.base import Engine
+
+
+class SqliteEngine(Engine):
+    name = "sqlite"
+    integrity_error = sqlite3.IntegrityError
+    max_connections = 1
+
+    def __init__(self, url: str) -> None:
+        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url[len("sqlite://"):]
+        self.path = path or ":memory:"
+
+    def connect(self) -> Any:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # One connection used from the pool's single thread, but not always the same thread.
+        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=10.0)
+        self.on_new_connection(conn)
+        return conn
+
+    def on_new_connection(self, conn: Any) -> None:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.commit()
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        # Another process (e.g. `heddle register-user` next to a running server) holding the
+        # write lock past busy_timeout surfaces as "database is locked": worth a retry.
+        return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+    def convert_sql(self, sql: str) -> str:
+        return sql
+
+    def describe(self) -> str:
+        return f"sqlite ({self.path})"

@@ -1,0 +1,81 @@
+"""User-interactive auth sessions, kept in the database so any process can continue one."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from storage.database import Database, Transaction
+
+
+@dataclass(frozen=True)
+class UiaSession:
+    session_id: str
+    created_ts: int
+    method: str
+    uri: str
+    user_id: str | None
+    completed: dict[str, Any]
+
+
+class UiaStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create_session(
+        self, session_id: str, now_ms: int, method: str, uri: str, user_id: str | None
+    ) -> None:
+        await self._db.run_interaction(
+            "create_uia_session",
+            lambda txn: txn.execute(
+                "INSERT INTO ui_auth_sessions (session_id, created_ts, method, uri, user_id,"
+                " completed) VALUES (?, ?, ?, ?, ?, ?)",
+                (session_id, now_ms, method, uri, user_id, "{}"),
+            ),
+        )
+
+    async def get_session(self, session_id: str) -> UiaSession | None:
+        row = await self._db.run_interaction(
+            "get_uia_session",
+            lambda txn: txn.select_one(
+                "SELECT session_id, created_ts, method, uri, user_id, completed"
+                " FROM ui_auth_sessions WHERE session_id = ?",
+                (session_id,),
+            ),
+        )
+        if row is None:
+            return None
+        return UiaSession(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]))
+
+    async def mark_stage_completed(self, session_id: str, stage: str, result: Any) -> None:
+        def txn_fn(txn: Transaction) -> None:
+            row = txn.select_one(
+                "SELECT completed FROM ui_auth_sessions WHERE session_id = ?", (session_id,)
+            )
+            if row is None:
+                return
+            completed = json.loads(row[0])
+            completed[stage] = result
+            txn.execute(
+                "UPDATE ui_auth_sessions SET completed = ? WHERE session_id = ?",
+                (json.dumps(completed), session_id),
+            )
+
+        await self._db.run_interaction("mark_uia_stage_completed", txn_fn)
+
+    async def delete_session(self, session_id: str) -> None:
+        await self._db.run_interaction(
+            "delete_uia_session",
+            lambda txn: txn.execute(
+                "DELETE FROM ui_auth_sessions WHERE session_id = ?", (session_id,)
+            ),
+        )
+
+    async def delete_sessions_older_than(self, cutoff_ms: int) -> None:
+        await self._db.run_interaction(
+            "expire_uia_sessions",
+            lambda txn: txn.execute(
+                "DELETE FROM ui_auth_sessions WHERE created_ts < ?", (cutoff_ms,)
+            ),
+        )
