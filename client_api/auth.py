@@ -13,8 +13,9 @@ if TYPE_CHECKING:
 
 
 def access_token_from(request: HeddleRequest) -> str | None:
-    header = request.getHeader(b"authorization")
-    if header is not None:
+    raw_header = request.getHeader(b"authorization")
+    if raw_header is not None:
+        header = raw_header.decode("latin-1")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise MatrixError(401, Codes.MISSING_TOKEN, "Invalid Authorization header")
@@ -34,7 +35,10 @@ async def require_user(hs: HomeServer, request: HeddleRequest) -> Requester:
     requester = await hs.tokens.validate(token)
     user_agent = request.getHeader(b"user-agent")
     await hs.devices.record_activity(
-        requester.user_id, requester.device_id, hs.client_ip(request), user_agent
+        requester.user_id,
+        requester.device_id,
+        hs.client_ip(request),
+        user_agent.decode("utf-8", "replace") if user_agent else None,
     )
     return requester
 

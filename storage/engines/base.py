@@ -26,9 +26,6 @@ class Engine(ABC):
     def convert_sql(self, sql: str) -> str:
         """Turn portable SQL (`?` placeholders) into this engine's dialect."""
 
-    def on_new_connection(self, conn: Any) -> None:
-        """Per-connection set-up (pragmas, isolation level)."""
-
     def is_retryable(self, exc: BaseException) -> bool:
         return isinstance(exc, self.retryable_errors)
 
