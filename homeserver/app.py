@@ -23,6 +23,7 @@ from homeserver.clock import Clock
 from homeserver.config import HomeserverConfig, ListenerConfig
 from homeserver.profile import ProfileHandler
 from homeserver.ratelimit import RateLimiter
+from homeserver.replication import Replication
 from homeserver.signing_key import load_signing_key
 from storage.database import Database
 from storage.engines import create_engine
@@ -60,9 +61,15 @@ class HomeServer:
         def limiter(name: str, limit: Any) -> RateLimiter:
             return RateLimiter(name, self.clock, limit, enabled=limits.enabled)
 
+        self.replication = Replication(config.redis, self.server_name)
         self.hasher = PasswordHasher(config.auth.bcrypt_rounds)
         self.tokens = TokenHandler(
-            config.auth, self.server_name, self.clock, self.token_store, self.accounts
+            config.auth,
+            self.server_name,
+            self.clock,
+            self.token_store,
+            self.accounts,
+            self.replication,
         )
         self.devices = DeviceHandler(self.clock, self.device_store, self.tokens)
         self.credentials = CredentialChecker(
@@ -103,6 +110,7 @@ class HomeServer:
     async def setup(self) -> None:
         """Bring the database schema up to date; call before `start_listening`."""
         await apply_migrations(self.db)
+        await self.replication.start()
         self._uia_cleanup = task.LoopingCall(
             lambda: defer.ensureDeferred(self.uia.expire_sessions())
         )
@@ -159,5 +167,6 @@ class HomeServer:
         for port in self.ports:
             await port.stopListening()
         self.ports = []
+        await self.replication.stop()
         self.db.close()
 

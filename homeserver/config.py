@@ -103,6 +103,16 @@ class FederationConfig(_Section):
     ip_range_allowlist: list[str] = Field(default_factory=list)
 
 
+class RedisConfig(_Section):
+    # Several Heddle processes sharing one database tell each other about revoked tokens
+    # (and, later, new events and cache invalidations) over Redis pub/sub.
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(6379, ge=1, le=65535)
+    # Channels are named <channel_prefix>.<server_name>.<stream>.
+    channel_prefix: str = "heddle"
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Log file path; unset logs to stderr.
@@ -125,6 +135,7 @@ class HomeserverConfig(_Section):
     rate_limits: RateLimitsConfig = RateLimitsConfig()
     limits: LimitsConfig = LimitsConfig()
     federation: FederationConfig = FederationConfig()
+    redis: RedisConfig = RedisConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @field_validator("server_name")
@@ -172,6 +183,7 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "HEDDLE_JWT_SECRET": ("auth", "jwt_secret"),
     "HEDDLE_REGISTRATION_SHARED_SECRET": ("registration", "shared_secret"),
     "HEDDLE_LOG_LEVEL": ("logging", "level"),
+    "HEDDLE_REDIS_HOST": ("redis", "host"),
 }
 
 

@@ -14,6 +14,7 @@ import jwt
 from homeserver.clock import Clock
 from homeserver.config import AuthConfig
 from homeserver.errors import Codes, MatrixError
+from homeserver.replication import Replication
 from storage.stores.accounts import AccountStore
 from storage.stores.tokens import NewTokens, RefreshOutcome, TokenStore
 
@@ -21,8 +22,12 @@ logger = logging.getLogger(__name__)
 
 JWT_ALGORITHM = "HS256"
 REFRESH_TOKEN_PREFIX = "hrt_"
-# Validated tokens kept in memory; revocation removes them (see `forget`).
+# Validated tokens kept in memory; revocation removes them (see `forget`), in every process
+# through replication. The TTL bounds how long a revocation can go unseen if Redis is down.
 TOKEN_CACHE_SIZE = 50_000
+TOKEN_CACHE_TTL_MS = 60 * 1000
+REVOKED_TOKENS_STREAM = "revoked_tokens"
+REVOKED_USERS_STREAM = "revoked_users"
 
 
 @dataclass(frozen=True)
@@ -60,13 +65,19 @@ class TokenHandler:
         clock: Clock,
         tokens: TokenStore,
         accounts: AccountStore,
+        replication: Replication,
     ) -> None:
         self._config = config
         self._server_name = server_name
         self._clock = clock
         self._tokens = tokens
         self._accounts = accounts
-        self._cache: OrderedDict[str, Requester] = OrderedDict()
+        self._replication = replication
+        # token_id -> (requester, time cached)
+        self._cache: OrderedDict[str, tuple[Requester, int]] = OrderedDict()
+        replication.subscribe(REVOKED_TOKENS_STREAM, self._forget_local)
+        replication.subscribe(REVOKED_USERS_STREAM, self._forget_user_local)
+        replication.on_resync(self._cache.clear)
 
     def _mint_jwt(
         self, token_id: str, user_id: str, device_id: str, expires_ts: int | None
@@ -170,11 +181,12 @@ class TokenHandler:
         token_id = claims["jti"]
         if not isinstance(token_id, str):
             raise _unknown_token("Unrecognised access token")
-        requester = self._cache.get(token_id)
-        if requester is None:
-            requester = await self._load(token_id, claims)
-        else:
+        cached = self._cache.get(token_id)
+        if cached is not None and cached[1] + TOKEN_CACHE_TTL_MS > self._clock.time_msec():
+            requester = cached[0]
             self._cache.move_to_end(token_id)
+        else:
+            requester = await self._load(token_id, claims)
         exp = claims.get("exp")
         if isinstance(exp, int | float) and exp * 1000 <= self._clock.time_msec():
             raise _unknown_token("Access token has expired", soft_logout=True)
@@ -198,19 +210,30 @@ class TokenHandler:
             is_admin=account.is_admin,
             is_guest=account.is_guest,
         )
-        self._cache[token_id] = requester
+        self._cache[token_id] = (requester, self._clock.time_msec())
+        self._cache.move_to_end(token_id)
         while len(self._cache) > TOKEN_CACHE_SIZE:
             self._cache.popitem(last=False)
         return requester
 
     def forget(self, token_ids: Iterable[str]) -> None:
-        """Drop revoked tokens from the cache so the next request hits the database."""
+        """Drop revoked tokens from every process's cache so they are refused at once."""
+        token_ids = list(token_ids)
+        if token_ids:
+            self._forget_local(token_ids)
+            self._replication.publish(REVOKED_TOKENS_STREAM, token_ids)
+
+    def forget_user(self, user_id: str) -> None:
+        """Drop all cached tokens of a user (account deactivated), in every process."""
+        self._forget_user_local(user_id)
+        self._replication.publish(REVOKED_USERS_STREAM, user_id)
+
+    def _forget_local(self, token_ids: list[str]) -> None:
         for token_id in token_ids:
             self._cache.pop(token_id, None)
 
-    def forget_user(self, user_id: str) -> None:
-        """Drop all cached tokens of a user (admin flag changed, account deactivated)."""
-        for token_id in [t for t, r in self._cache.items() if r.user_id == user_id]:
+    def _forget_user_local(self, user_id: str) -> None:
+        for token_id in [t for t, (r, _) in self._cache.items() if r.user_id == user_id]:
             del self._cache[token_id]
 
     async def revoke(self, requester: Requester) -> None:
