@@ -78,9 +78,10 @@ class HeddleRequest(server.Request):
         super().handleContentChunk(data)
 
     def _refuse_early(self) -> None:
-        if self.transport is not None:
+        transport: Any = self.transport
+        if transport is not None:
             logger.warning("request %s: body far over the limit; closing connection", self.request_id)
-            self.transport.loseConnection()
+            transport.loseConnection()
 
     def client_ip(self, trust_forwarded: bool = False) -> str:
         if trust_forwarded:
@@ -209,7 +210,9 @@ class JsonResource(resource.Resource):
         metrics.HTTP_REQUESTS_IN_FLIGHT.inc()
         method = request.method.decode("ascii", "replace")
         raw_path = request.path.decode("utf-8", "replace")
-        code, body, headers = 500, None, {}
+        code: int = 500
+        body: Any = None
+        headers: dict[str, str] = {}
         try:
             code, body, headers = await self._dispatch(request, method, raw_path)
         except MatrixError as e:
@@ -269,8 +272,8 @@ class JsonResource(resource.Resource):
             request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-cache, no-store, must-revalidate")
         if request.path.startswith(self._cors_prefixes):
-            for name, value in CORS_HEADERS.items():
-                request.setHeader(name, value)
+            for cors_name, cors_value in CORS_HEADERS.items():
+                request.setHeader(cors_name, cors_value)
         for name, value in headers.items():
             request.setHeader(name.encode("ascii"), value.encode("ascii"))
         request.setHeader(b"Content-Length", str(len(payload)).encode("ascii"))

@@ -7,7 +7,6 @@ import logging
 from typing import Any
 
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IListeningPort
 from twisted.web import resource, server
 
 from client_api.http import HeddleRequest, HeddleSite, JsonResource, Router
@@ -100,7 +99,7 @@ class HomeServer:
         )
         self.profiles = ProfileHandler(self.server_name, self.profile_store)
 
-        self.ports: list[IListeningPort] = []
+        self.ports: list[Any] = []
         self._uia_cleanup: task.LoopingCall | None = None
 
     def client_ip(self, request: HeddleRequest) -> str:
@@ -133,7 +132,7 @@ class HomeServer:
         for listener in self.config.listeners:
             self.ports.append(self._listen(listener))
 
-    def _listen(self, listener: ListenerConfig) -> IListeningPort:
+    def _listen(self, listener: ListenerConfig) -> Any:
         if listener.type == "client":
             root = self.build_client_resource()
         else:
@@ -165,7 +164,9 @@ class HomeServer:
         if self._uia_cleanup is not None and self._uia_cleanup.running:
             self._uia_cleanup.stop()
         for port in self.ports:
-            await port.stopListening()
+            stopped: Any = port.stopListening()
+            if stopped is not None:
+                await stopped
         self.ports = []
         await self.replication.stop()
         self.db.close()

@@ -110,10 +110,12 @@ def setup_logging(config: HomeserverConfig) -> None:
 
 
 def run_server(config: HomeserverConfig) -> int:
-    from twisted.internet import reactor
+    from twisted.internet import reactor as default_reactor
 
     from homeserver.app import HomeServer
 
+    # The global reactor's type is an interface union mypy cannot call methods on usefully.
+    reactor: Any = default_reactor
     setup_logging(config)
     hs = HomeServer(config, reactor)
     exit_code = [0]
@@ -135,15 +137,15 @@ def run_server(config: HomeserverConfig) -> int:
             logger.error("start-up failed:\n%s", failure.getTraceback())
             print(f"heddle: start-up failed: {failure.getErrorMessage()}", file=sys.stderr)
         exit_code[0] = 1
-        reactor.stop()  # type: ignore[attr-defined]
+        reactor.stop()
 
-    reactor.callWhenRunning(  # type: ignore[attr-defined]
+    reactor.callWhenRunning(
         lambda: defer.ensureDeferred(start()).addErrback(failed)
     )
-    reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: defer.ensureDeferred(hs.stop())
     )
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
     return exit_code[0]
 
 

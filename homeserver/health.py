@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client.twisted import MetricsResource
 from twisted.web import resource
 
@@ -16,6 +18,7 @@ class HealthResource(resource.Resource):
 
 def build_metrics_root() -> resource.Resource:
     root = resource.Resource()
-    root.putChild(b"metrics", MetricsResource())
-    root.putChild(b"health", HealthResource())
+    children: dict[bytes, Any] = {b"metrics": MetricsResource(), b"health": HealthResource()}
+    for path, child in children.items():
+        root.putChild(path, child)
     return root
