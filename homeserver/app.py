@@ -20,18 +20,27 @@ from homeserver.auth.tokens import TokenHandler
 from homeserver.auth.uia import UserInteractiveAuth
 from homeserver.clock import Clock
 from homeserver.config import HomeserverConfig, ListenerConfig
+from homeserver.events.serialize import EventSerializer
 from homeserver.profile import ProfileHandler
 from homeserver.ratelimit import RateLimiter
 from homeserver.replication import Replication
+from homeserver.rooms.creator import EventCreator
 from homeserver.signing_key import load_signing_key
+from homeserver.sync.change_cache import StreamChangeCache
+from homeserver.sync.notifier import Notifier
 from storage.database import Database
 from storage.engines import create_engine
 from storage.migrations import apply_migrations
+from storage.persister import EventPersister, IdAllocator
 from storage.stores.accounts import AccountStore
 from storage.stores.devices import DeviceStore
+from storage.stores.events import EventStore
 from storage.stores.profiles import ProfileStore
+from storage.stores.rooms import RoomStore
+from storage.stores.state import StateStore
 from storage.stores.tokens import TokenStore
 from storage.stores.uia import UiaStore
+from storage.stream_ids import StreamIdGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +108,32 @@ class HomeServer:
         )
         self.profiles = ProfileHandler(self.server_name, self.profile_store)
 
+        # Rooms and events.
+        self.event_store = EventStore(self.db)
+        self.state_store = StateStore(self.db)
+        self.room_store = RoomStore(self.db)
+        self.event_stream = StreamIdGenerator("events", 0)
+        self.state_group_ids = IdAllocator()
+        self.room_changes = StreamChangeCache("room_events", 0)
+        self.membership_changes = StreamChangeCache("memberships", 0)
+        self.notifier = Notifier(reactor)
+        self.persister = EventPersister(
+            self.db, self.event_store, self.event_stream, self.state_group_ids
+        )
+        self.event_creator = EventCreator(
+            self.server_name,
+            self.signing_key,
+            self.clock,
+            self.event_store,
+            self.state_store,
+            self.room_store,
+            self.persister,
+            self.notifier,
+            self.room_changes,
+            self.membership_changes,
+        )
+        self.event_serializer = EventSerializer(self.clock, self.event_store)
+
         self.ports: list[Any] = []
         self._uia_cleanup: task.LoopingCall | None = None
 
@@ -109,6 +144,11 @@ class HomeServer:
     async def setup(self) -> None:
         """Bring the database schema up to date; call before `start_listening`."""
         await apply_migrations(self.db)
+        max_stream = await self.event_store.get_max_stream_ordering()
+        self.event_stream.initialise(max_stream)
+        self.room_changes.initialise(max_stream)
+        self.membership_changes.initialise(max_stream)
+        self.state_group_ids.initialise(await self.state_store.get_max_state_group())
         await self.replication.start()
         self._uia_cleanup = task.LoopingCall(
             lambda: defer.ensureDeferred(self.uia.expire_sessions())

@@ -55,7 +55,11 @@ class Event:
 
     @property
     def room_id(self) -> str:
-        return self.pdu.get("room_id", "")
+        room_id = self.pdu.get("room_id")
+        if room_id is None and self.room_version.room_id_is_create_hash and self.type == "m.room.create":
+            # Room version 12: the create event has no room_id; the room is named after it.
+            return "!" + self.event_id[1:]
+        return room_id if isinstance(room_id, str) else ""
 
     @property
     def content(self) -> Mapping[str, Any]:

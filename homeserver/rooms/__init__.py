@@ -1,0 +1,1 @@
+"""Rooms: creating events, creating rooms, membership, sending, aliases and the directory."""

@@ -1,0 +1,204 @@
+"""Building, authorising and persisting locally created events, one writer per room."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import string
+from collections.abc import Mapping
+from typing import Any
+
+from homeserver.clock import Clock
+from homeserver.errors import Codes, MatrixError
+from homeserver.events.auth import (
+    CREATE,
+    MEMBER,
+    AuthError,
+    auth_types_for_event,
+    check_auth_rules,
+)
+from homeserver.events.canonical import (
+    CanonicalJsonError,
+    check_canonical_values,
+    encode_canonical_json,
+)
+from homeserver.events.hashing import room_id_from_create_event_id
+from homeserver.events.model import Event, StateKey
+from homeserver.events.room_versions import EventIdFormat, RoomVersion
+from homeserver.events.signing import sign_event
+from homeserver.linearizer import Linearizer
+from homeserver.sync.change_cache import StreamChangeCache
+from homeserver.sync.notifier import Notifier
+from storage.persister import ClientTransaction, EventContext, EventPersister
+from storage.stores.events import EventStore, StoredEvent
+from storage.stores.rooms import RoomStore
+from storage.stores.state import StateStore
+
+logger = logging.getLogger(__name__)
+
+MAX_EVENT_BYTES = 65536
+# An event cites at most this many forward extremities (the newest ones).
+MAX_PREV_EVENTS = 10
+
+
+def _random_id(length: int = 18) -> str:
+    return "".join(secrets.choice(string.ascii_letters) for _ in range(length))
+
+
+class EventCreator:
+    def __init__(
+        self,
+        server_name: str,
+        signing_key: Any,
+        clock: Clock,
+        events: EventStore,
+        state: StateStore,
+        rooms: RoomStore,
+        persister: EventPersister,
+        notifier: Notifier,
+        room_changes: StreamChangeCache,
+        membership_changes: StreamChangeCache,
+    ) -> None:
+        self._server_name = server_name
+        self._signing_key = signing_key
+        self._clock = clock
+        self._events = events
+        self._state = state
+        self._rooms = rooms
+        self._persister = persister
+        self._notifier = notifier
+        self._room_changes = room_changes
+        self._membership_changes = membership_changes
+        self._writers = Linearizer("room_writer")
+
+    def _finish(self, pdu: dict[str, Any], room_version: RoomVersion) -> Event:
+        """Sign, check size and canonical form, and wrap as an Event."""
+        try:
+            check_canonical_values(pdu)
+        except CanonicalJsonError as e:
+            raise MatrixError(400, Codes.BAD_JSON, f"Event is not canonical JSON: {e}") from None
+        event_id = None
+        if room_version.event_id_format is EventIdFormat.RANDOM_WITH_DOMAIN:
+            event_id = f"${_random_id()}:{self._server_name}"
+            pdu["event_id"] = event_id
+        sign_event(pdu, self._server_name, self._signing_key, room_version)
+        if len(encode_canonical_json(pdu)) > MAX_EVENT_BYTES:
+            raise MatrixError(413, Codes.TOO_LARGE, f"Event is larger than {MAX_EVENT_BYTES} bytes")
+        return Event(pdu, room_version, event_id=event_id)
+
+    async def create_room(
+        self, room_version: RoomVersion, sender: str, content: Mapping[str, Any], is_public: bool
+    ) -> tuple[str, StoredEvent]:
+        """Create the room row and its m.room.create event; returns (room_id, event)."""
+        pdu: dict[str, Any] = {
+            "type": CREATE,
+            "state_key": "",
+            "sender": sender,
+            "content": dict(content),
+            "origin_server_ts": self._clock.time_msec(),
+            "prev_events": [],
+            "auth_events": [],
+            "depth": 1,
+        }
+        if not room_version.room_id_is_create_hash:
+            pdu["room_id"] = f"!{_random_id()}:{self._server_name}"
+        event = self._finish(pdu, room_version)
+        room_id = (
+            room_id_from_create_event_id(event.event_id)
+            if room_version.room_id_is_create_hash
+            else pdu["room_id"]
+        )
+        try:
+            check_auth_rules(event, {})
+        except AuthError as e:
+            raise MatrixError(400, Codes.BAD_JSON, f"Invalid create event: {e}") from None
+        await self._rooms.store_room(
+            room_id, room_version.identifier, sender, is_public, self._clock.time_msec()
+        )
+        async with self._writers.queue(room_id):
+            stored = await self._persist(room_id, event, EventContext(state_group_before=None))
+        return room_id, stored
+
+    async def send(
+        self,
+        room_id: str,
+        sender: str,
+        event_type: str,
+        content: Mapping[str, Any],
+        state_key: str | None = None,
+        txn: ClientTransaction | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> StoredEvent:
+        """Build, authorise against the current state, and persist an event in `room_id`.
+
+        403 M_FORBIDDEN when the auth rules refuse it. With `txn`, a retry of the same
+        (user, device, transaction ID) returns the event the first attempt created.
+        """
+        room_version = await self._events.get_room_version(room_id)
+        if room_version is None:
+            raise MatrixError(404, Codes.NOT_FOUND, "Unknown room")
+        async with self._writers.queue(room_id):
+            if txn is not None:
+                existing = await self._events.get_event_for_txn(
+                    txn.user_id, txn.device_id, txn.path_key
+                )
+                if existing is not None:
+                    stored = await self._events.get_stored_event(existing[1])
+                    if stored is not None:
+                        return stored
+            current = await self._state.get_current_state_ids(room_id)
+            extremities = await self._events.get_forward_extremities(room_id)
+            extremities.sort(key=lambda e: e[1], reverse=True)
+            prev = extremities[:MAX_PREV_EVENTS]
+            depth = max((d for _, d in prev), default=0) + 1
+            auth_keys = auth_types_for_event(
+                event_type, sender, state_key, content, room_version
+            )
+            auth_ids = [current[k] for k in auth_keys if k in current]
+            pdu: dict[str, Any] = {
+                "room_id": room_id,
+                "type": event_type,
+                "sender": sender,
+                "content": dict(content),
+                "origin_server_ts": self._clock.time_msec(),
+                "prev_events": [eid for eid, _ in prev],
+                "auth_events": auth_ids,
+                "depth": depth,
+            }
+            if state_key is not None:
+                pdu["state_key"] = state_key
+            if extra:
+                pdu.update(extra)
+            event = self._finish(pdu, room_version)
+            await self._check_auth(event, current)
+            context = EventContext(
+                state_group_before=await self._events.get_current_state_group(room_id),
+                replaces_state=current.get(event.state_tuple) if event.is_state else None,
+                txn=txn,
+            )
+            return await self._persist(room_id, event, context)
+
+    async def _check_auth(self, event: Event, current: Mapping[StateKey, str]) -> None:
+        rv = event.room_version
+        keys = auth_types_for_event(event.type, event.sender, event.state_key, event.content, rv)
+        wanted = {k: current[k] for k in keys if k in current}
+        create_id = current.get((CREATE, ""))
+        if create_id is not None:
+            wanted[(CREATE, "")] = create_id
+        loaded = await self._events.get_events(wanted.values())
+        state = {k: loaded[eid] for k, eid in wanted.items() if eid in loaded}
+        try:
+            check_auth_rules(event, state, create_event=state.get((CREATE, "")))
+        except AuthError as e:
+            raise MatrixError(403, Codes.FORBIDDEN, str(e)) from None
+
+    async def _persist(self, room_id: str, event: Event, context: EventContext) -> StoredEvent:
+        stored = await self._persister.persist(event, context)
+        position = stored.stream_ordering
+        self._room_changes.entity_changed(room_id, position)
+        to_notify = set((await self._state.get_current_members(room_id, "join")).keys())
+        if event.type == MEMBER and event.state_key is not None:
+            self._membership_changes.entity_changed(event.state_key, position)
+            to_notify.add(event.state_key)
+        self._notifier.notify_users(to_notify)
+        return stored

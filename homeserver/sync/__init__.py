@@ -1,0 +1,1 @@
+"""Sync: stream tokens, the change index, the notifier, and the /sync computation."""

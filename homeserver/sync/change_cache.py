@@ -1,0 +1,65 @@
+"""Which entities (rooms, users) changed after a stream position, answered from memory.
+
+Incremental sync asks "which of this user's rooms changed since position P?". Answering by
+scanning every room would make the cost grow with the number of rooms; this index makes it
+grow with what changed. It remembers the latest position per entity for everything after
+`earliest_known`; for older positions it cannot tell, and callers fall back to the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Hashable
+
+MAX_ENTITIES = 100_000
+
+
+class StreamChangeCache:
+    def __init__(self, name: str, current: int, max_entities: int = MAX_ENTITIES) -> None:
+        self.name = name
+        # Positions at or before this one may have changes we do not know about.
+        self.earliest_known = current
+        self._max_entities = max_entities
+        self._latest: dict[Hashable, int] = {}
+
+    def initialise(self, current: int) -> None:
+        """Start knowing changes from `current` on (at start-up)."""
+        self.earliest_known = current
+        self._latest.clear()
+
+    def entity_changed(self, entity: Hashable, position: int) -> None:
+        if position <= self._latest.get(entity, self.earliest_known):
+            return
+        self._latest[entity] = position
+        if len(self._latest) > self._max_entities:
+            self._evict()
+
+    def _evict(self) -> None:
+        # Forget the older half; positions before what we keep become unknown.
+        positions = sorted(self._latest.values())
+        cutoff = positions[len(positions) // 2]
+        self._latest = {e: p for e, p in self._latest.items() if p > cutoff}
+        self.earliest_known = max(self.earliest_known, cutoff)
+
+    def knows_since(self, position: int) -> bool:
+        return position >= self.earliest_known
+
+    def has_changed_since(self, entity: Hashable, position: int) -> bool:
+        """True if it changed, or if we cannot tell (position too old)."""
+        if not self.knows_since(position):
+            return True
+        return self._latest.get(entity, self.earliest_known) > position
+
+    def changed_since(
+        self, entities: Collection[Hashable], position: int
+    ) -> set[Hashable] | None:
+        """The subset of `entities` changed after `position`, or None if we cannot tell."""
+        if not self.knows_since(position):
+            return None
+        if len(entities) > len(self._latest):
+            return {e for e, p in self._latest.items() if p > position and e in entities}
+        return {e for e in entities if self._latest.get(e, self.earliest_known) > position}
+
+    def all_changed_since(self, position: int) -> set[Hashable] | None:
+        if not self.knows_since(position):
+            return None
+        return {e for e, p in self._latest.items() if p > position}

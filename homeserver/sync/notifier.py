@@ -1,0 +1,61 @@
+"""Wakes long-polling /sync requests (and WebSocket pushers) when something they care about
+happens in this process.
+
+Each user has a notification counter. A waiter first reads it (`position`), computes its
+response, and then waits only if the counter has not moved since: so a notification that
+lands between computing and waiting is never lost.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.internet import defer
+
+
+class Notifier:
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._counter = itertools.count(1)
+        self._positions: dict[str, int] = {}
+        self._waiters: dict[str, set[defer.Deferred[bool]]] = {}
+
+    def position(self, user_id: str) -> int:
+        return self._positions.get(user_id, 0)
+
+    def notify_users(self, user_ids: Iterable[str]) -> None:
+        position = next(self._counter)
+        for user_id in set(user_ids):
+            self._positions[user_id] = position
+            for waiter in self._waiters.pop(user_id, set()):
+                if not waiter.called:
+                    waiter.callback(True)
+
+    async def wait(self, user_id: str, since_position: int, timeout_ms: int) -> bool:
+        """Wait until `user_id` is notified after `since_position`, or the timeout passes.
+
+        Returns True if notified (possibly before the call), False on timeout.
+        """
+        if self.position(user_id) > since_position:
+            return True
+        if timeout_ms <= 0:
+            return False
+        waiter: defer.Deferred[bool] = defer.Deferred()
+        self._waiters.setdefault(user_id, set()).add(waiter)
+        def expire() -> None:
+            if not waiter.called:
+                waiter.callback(False)
+
+        timer = self._reactor.callLater(timeout_ms / 1000.0, expire)
+        try:
+            return await waiter
+        finally:
+            if timer.active():
+                timer.cancel()
+            waiters = self._waiters.get(user_id)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._waiters[user_id]

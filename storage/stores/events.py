@@ -1,0 +1,270 @@
+"""Reading events, the room DAG and the events stream."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from homeserver.events.model import Event
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from storage.database import Database, Transaction
+
+EVENT_CACHE_SIZE = 20_000
+
+_EVENT_COLUMNS = (
+    "e.event_id, e.json, e.internal_metadata, e.rejected_reason, e.stream_ordering,"
+    " e.topological_ordering, e.outlier, r.room_version"
+)
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """An event with what this server knows about it beyond the PDU."""
+
+    event: Event
+    stream_ordering: int
+    topological_ordering: int
+    internal_metadata: dict[str, Any]
+    outlier: bool
+
+
+def _row_to_stored(row: tuple[Any, ...]) -> StoredEvent:
+    event_id, raw, metadata, rejected, stream, topo, outlier, room_version = row
+    version = KNOWN_ROOM_VERSIONS[room_version]
+    event = Event(json.loads(raw), version, event_id=event_id, rejected_reason=rejected)
+    return StoredEvent(event, stream, topo, json.loads(metadata), bool(outlier))
+
+
+def _select_events_txn(txn: Transaction, event_ids: Collection[str]) -> list[StoredEvent]:
+    results: list[StoredEvent] = []
+    ids = list(event_ids)
+    # Chunk to stay under SQLite's variable limit.
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        placeholders = ",".join("?" for _ in chunk)
+        rows = txn.select_all(
+            f"SELECT {_EVENT_COLUMNS} FROM events e JOIN rooms r USING (room_id)"
+            f" WHERE e.event_id IN ({placeholders})",
+            chunk,
+        )
+        results.extend(_row_to_stored(row) for row in rows)
+    return results
+
+
+class EventStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._cache: OrderedDict[str, StoredEvent] = OrderedDict()
+        self._room_versions: dict[str, RoomVersion] = {}
+
+    # ----- single events -------------------------------------------------------------------
+
+    def _cache_put(self, stored: StoredEvent) -> None:
+        self._cache[stored.event.event_id] = stored
+        self._cache.move_to_end(stored.event.event_id)
+        while len(self._cache) > EVENT_CACHE_SIZE:
+            self._cache.popitem(last=False)
+
+    def invalidate(self, event_id: str) -> None:
+        self._cache.pop(event_id, None)
+
+    async def get_stored_events(self, event_ids: Iterable[str]) -> dict[str, StoredEvent]:
+        wanted = list(dict.fromkeys(event_ids))
+        found = {eid: self._cache[eid] for eid in wanted if eid in self._cache}
+        missing = [eid for eid in wanted if eid not in found]
+        if missing:
+            for stored in await self._db.run_interaction(
+                "get_events", _select_events_txn, missing
+            ):
+                self._cache_put(stored)
+                found[stored.event.event_id] = stored
+        return found
+
+    async def get_events(self, event_ids: Iterable[str]) -> dict[str, Event]:
+        return {eid: s.event for eid, s in (await self.get_stored_events(event_ids)).items()}
+
+    async def get_stored_event(self, event_id: str) -> StoredEvent | None:
+        return (await self.get_stored_events([event_id])).get(event_id)
+
+    async def get_event(self, event_id: str) -> Event | None:
+        stored = await self.get_stored_event(event_id)
+        return stored.event if stored else None
+
+    # ----- rooms and the DAG ---------------------------------------------------------------
+
+    async def get_room_version(self, room_id: str) -> RoomVersion | None:
+        version = self._room_versions.get(room_id)
+        if version is None:
+            row = await self._db.run_interaction(
+                "get_room_version",
+                lambda txn: txn.select_one(
+                    "SELECT room_version FROM rooms WHERE room_id = ?", (room_id,)
+                ),
+            )
+            if row is None:
+                return None
+            version = KNOWN_ROOM_VERSIONS[row[0]]
+            self._room_versions[room_id] = version
+        return version
+
+    async def get_forward_extremities(self, room_id: str) -> list[tuple[str, int]]:
+        """(event_id, depth) of the events with no children yet."""
+        rows = await self._db.run_interaction(
+            "get_forward_extremities",
+            lambda txn: txn.select_all(
+                "SELECT f.event_id, e.topological_ordering FROM event_forward_extremities f"
+                " JOIN events e USING (event_id) WHERE f.room_id = ?",
+                (room_id,),
+            ),
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    async def get_current_state_group(self, room_id: str) -> int | None:
+        row = await self._db.run_interaction(
+            "get_current_state_group",
+            lambda txn: txn.select_one(
+                "SELECT current_state_group FROM rooms WHERE room_id = ?", (room_id,)
+            ),
+        )
+        return row[0] if row else None
+
+    async def get_redactions(self, event_ids: Collection[str]) -> dict[str, str]:
+        """event_id -> ID of a redaction that applies to it, for those that are redacted."""
+        if not event_ids:
+            return {}
+
+        def txn_fn(txn: Transaction) -> dict[str, str]:
+            result: dict[str, str] = {}
+            ids = list(event_ids)
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                placeholders = ",".join("?" for _ in chunk)
+                for redacts, event_id in txn.select_all(
+                    f"SELECT redacts, event_id FROM redactions WHERE redacts IN ({placeholders})",
+                    chunk,
+                ):
+                    result.setdefault(redacts, event_id)
+            return result
+
+        return await self._db.run_interaction("get_redactions", txn_fn)
+
+    async def get_event_for_txn(
+        self, user_id: str, device_id: str, txn_id: str
+    ) -> tuple[str, str] | None:
+        """(room_id, event_id) an earlier request with this transaction ID created."""
+        row = await self._db.run_interaction(
+            "get_event_for_txn",
+            lambda txn: txn.select_one(
+                "SELECT room_id, event_id FROM event_txn_ids"
+                " WHERE user_id = ? AND device_id = ? AND txn_id = ?",
+                (user_id, device_id, txn_id),
+            ),
+        )
+        return (row[0], row[1]) if row else None
+
+    async def get_max_stream_ordering(self) -> int:
+        row = await self._db.run_interaction(
+            "get_max_stream_ordering",
+            lambda txn: txn.select_one("SELECT MAX(stream_ordering) FROM events"),
+        )
+        return row[0] if row and row[0] is not None else 0
+
+    # ----- timeline queries ----------------------------------------------------------------
+
+    async def get_room_events_between(
+        self, room_id: str, after: int, up_to: int, limit: int
+    ) -> list[StoredEvent]:
+        """The latest `limit` timeline events with after < stream_ordering <= up_to, in order."""
+
+        def txn_fn(txn: Transaction) -> list[StoredEvent]:
+            rows = txn.select_all(
+                f"SELECT {_EVENT_COLUMNS} FROM events e JOIN rooms r USING (room_id)"
+                " WHERE e.room_id = ? AND e.stream_ordering > ? AND e.stream_ordering <= ?"
+                " AND e.outlier = ? AND e.rejected_reason IS NULL"
+                " ORDER BY e.stream_ordering DESC LIMIT ?",
+                (room_id, after, up_to, False, limit),
+            )
+            return [_row_to_stored(row) for row in reversed(rows)]
+
+        events = await self._db.run_interaction("get_room_events_between", txn_fn)
+        for stored in events:
+            self._cache_put(stored)
+        return events
+
+    async def paginate_room_events(
+        self,
+        room_id: str,
+        from_key: tuple[int, int],
+        direction: str,
+        limit: int,
+        to_key: tuple[int, int] | None = None,
+        max_stream: int | None = None,
+    ) -> list[StoredEvent]:
+        """Timeline events ordered by (topological, stream) from `from_key`, exclusive.
+
+        Backwards (`b`) returns events before `from_key`, newest first; forwards (`f`)
+        returns events after it, oldest first. `to_key` bounds the walk (exclusive).
+        """
+
+        def txn_fn(txn: Transaction) -> list[StoredEvent]:
+            topo, stream = from_key
+            args: list[Any] = [room_id, False]
+            if direction == "b":
+                condition = "(e.topological_ordering < ? OR (e.topological_ordering = ? AND e.stream_ordering <= ?))"
+                args += [topo, topo, stream]
+                order = "DESC"
+            else:
+                condition = "(e.topological_ordering > ? OR (e.topological_ordering = ? AND e.stream_ordering > ?))"
+                args += [topo, topo, stream]
+                order = "ASC"
+            bound = ""
+            if to_key is not None:
+                t_topo, t_stream = to_key
+                if direction == "b":
+                    bound = " AND (e.topological_ordering > ? OR (e.topological_ordering = ? AND e.stream_ordering > ?))"
+                else:
+                    bound = " AND (e.topological_ordering < ? OR (e.topological_ordering = ? AND e.stream_ordering <= ?))"
+                args += [t_topo, t_topo, t_stream]
+            if max_stream is not None:
+                bound += " AND e.stream_ordering <= ?"
+                args.append(max_stream)
+            args.append(limit)
+            rows = txn.select_all(
+                f"SELECT {_EVENT_COLUMNS} FROM events e JOIN rooms r USING (room_id)"
+                f" WHERE e.room_id = ? AND e.outlier = ? AND e.rejected_reason IS NULL"
+                f" AND {condition}{bound}"
+                f" ORDER BY e.topological_ordering {order}, e.stream_ordering {order} LIMIT ?",
+                args,
+            )
+            return [_row_to_stored(row) for row in rows]
+
+        events = await self._db.run_interaction("paginate_room_events", txn_fn)
+        for stored in events:
+            self._cache_put(stored)
+        return events
+
+    async def get_rooms_changed_since(self, room_ids: Collection[str], after: int) -> set[str]:
+        """Which of `room_ids` have timeline events after stream position `after`."""
+        if not room_ids:
+            return set()
+
+        def txn_fn(txn: Transaction) -> set[str]:
+            changed: set[str] = set()
+            ids = list(room_ids)
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                placeholders = ",".join("?" for _ in chunk)
+                changed.update(
+                    row[0]
+                    for row in txn.select_all(
+                        f"SELECT DISTINCT room_id FROM events WHERE stream_ordering > ?"
+                        f" AND room_id IN ({placeholders})",
+                        [after, *chunk],
+                    )
+                )
+            return changed
+
+        return await self._db.run_interaction("get_rooms_changed_since", txn_fn)

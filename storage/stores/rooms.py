@@ -1,0 +1,105 @@
+"""Rooms and who is in them."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from storage.database import Database, Transaction
+
+
+@dataclass(frozen=True)
+class Membership:
+    room_id: str
+    user_id: str
+    event_id: str
+    membership: str
+    stream_ordering: int
+    forgotten: bool
+
+
+_MEMBERSHIP_COLUMNS = "room_id, user_id, event_id, membership, stream_ordering, forgotten"
+
+
+def _membership(row: tuple) -> Membership:
+    return Membership(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
+
+
+class RoomStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def store_room(
+        self, room_id: str, room_version: str, creator: str, is_public: bool, now_ms: int
+    ) -> None:
+        await self._db.run_interaction(
+            "store_room",
+            lambda txn: txn.execute(
+                "INSERT INTO rooms (room_id, room_version, creator, is_public, created_ts)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (room_id, room_version, creator, is_public, now_ms),
+            ),
+        )
+
+    async def room_exists(self, room_id: str) -> bool:
+        row = await self._db.run_interaction(
+            "room_exists",
+            lambda txn: txn.select_one("SELECT 1 FROM rooms WHERE room_id = ?", (room_id,)),
+        )
+        return row is not None
+
+    async def get_membership(self, room_id: str, user_id: str) -> Membership | None:
+        row = await self._db.run_interaction(
+            "get_membership",
+            lambda txn: txn.select_one(
+                f"SELECT {_MEMBERSHIP_COLUMNS} FROM room_memberships"
+                " WHERE room_id = ? AND user_id = ?",
+                (room_id, user_id),
+            ),
+        )
+        return _membership(row) if row else None
+
+    async def get_rooms_for_user(
+        self, user_id: str, memberships: Collection[str] = ("join",)
+    ) -> list[Membership]:
+        """The user's current membership rows with one of `memberships`, not forgotten."""
+
+        def txn_fn(txn: Transaction) -> list[Membership]:
+            placeholders = ",".join("?" for _ in memberships)
+            rows = txn.select_all(
+                f"SELECT {_MEMBERSHIP_COLUMNS} FROM room_memberships"
+                f" WHERE user_id = ? AND membership IN ({placeholders}) AND forgotten = ?",
+                [user_id, *memberships, False],
+            )
+            return [_membership(row) for row in rows]
+
+        return await self._db.run_interaction("get_rooms_for_user", txn_fn)
+
+    async def get_memberships_changed_since(self, user_id: str, after: int) -> list[Membership]:
+        rows = await self._db.run_interaction(
+            "get_memberships_changed_since",
+            lambda txn: txn.select_all(
+                f"SELECT {_MEMBERSHIP_COLUMNS} FROM room_memberships"
+                " WHERE user_id = ? AND stream_ordering > ?",
+                (user_id, after),
+            ),
+        )
+        return [_membership(row) for row in rows]
+
+    async def forget(self, room_id: str, user_id: str) -> bool:
+        """Mark a left room forgotten; False if the user is still joined/invited/knocking."""
+
+        def txn_fn(txn: Transaction) -> bool:
+            row = txn.select_one(
+                "SELECT membership FROM room_memberships WHERE room_id = ? AND user_id = ?",
+                (room_id, user_id),
+            )
+            if row is None or row[0] not in ("leave", "ban"):
+                return False
+            txn.execute(
+                "UPDATE room_memberships SET forgotten = ? WHERE room_id = ? AND user_id = ?",
+                (True, room_id, user_id),
+            )
+            return True
+
+        return await self._db.run_interaction("forget_room", txn_fn)

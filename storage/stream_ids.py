@@ -1,0 +1,47 @@
+"""Stream positions: handed out in order, and `current` only moves past committed ones.
+
+Two rooms may persist concurrently, so position 11 can commit before 10. Readers (sync)
+must never see 11 while 10 is still in flight, or they would skip 10 forever; `current` is
+therefore the highest position below which everything has finished.
+
+One generator per stream per process. Several processes writing one stream (scale-out)
+need a shared allocator (a PostgreSQL sequence) and per-writer positions: not done yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+
+class StreamIdGenerator:
+    def __init__(self, name: str, current: int) -> None:
+        self.name = name
+        self._last_allocated = current
+        self._current = current
+        self._unfinished: set[int] = set()
+
+    def initialise(self, current: int) -> None:
+        """Start from the highest position in the database (at start-up, before any write)."""
+        assert not self._unfinished
+        self._last_allocated = self._current = current
+
+    @property
+    def current(self) -> int:
+        return self._current
+
+    def _advance(self) -> None:
+        self._current = min(self._unfinished) - 1 if self._unfinished else self._last_allocated
+
+    @asynccontextmanager
+    async def next(self) -> AsyncIterator[int]:
+        """Reserve the next position for the duration of the block (the write transaction)."""
+        self._last_allocated += 1
+        position = self._last_allocated
+        self._unfinished.add(position)
+        try:
+            yield position
+        finally:
+            # A failed write leaves a gap, which readers skip harmlessly.
+            self._unfinished.discard(position)
+            self._advance()
