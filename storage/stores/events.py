@@ -131,6 +131,19 @@ class EventStore:
         )
         return row[0] if row else None
 
+    async def get_state_group_at_stream(self, room_id: str, position: int) -> int | None:
+        """The state group after the room's last timeline event at or before `position`."""
+        row = await self._db.run_interaction(
+            "get_state_group_at_stream",
+            lambda txn: txn.select_one(
+                "SELECT state_group_after FROM events WHERE room_id = ? AND stream_ordering <= ?"
+                " AND outlier = ? AND rejected_reason IS NULL"
+                " ORDER BY stream_ordering DESC LIMIT 1",
+                (room_id, position, False),
+            ),
+        )
+        return row[0] if row else None
+
     async def get_redactions(self, event_ids: Collection[str]) -> dict[str, str]:
         """event_id -> ID of a redaction that applies to it, for those that are redacted."""
         if not event_ids:
