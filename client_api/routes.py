@@ -5,7 +5,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from client_api.http import Router
-from client_api.servlets import account, admin, devices, discovery, login, profile, register
+from client_api.servlets import (
+    account,
+    admin,
+    devices,
+    discovery,
+    login,
+    profile,
+    register,
+    sync,
+)
 
 if TYPE_CHECKING:
     from homeserver.app import HomeServer
@@ -33,6 +42,7 @@ CLIENT_SERVLETS = [
     profile.ProfileServlet,
     profile.ProfileFieldServlet,
     admin.SharedSecretRegisterServlet,
+    sync.SyncServlet,
 ]
 
 

@@ -27,6 +27,8 @@ from homeserver.replication import Replication
 from homeserver.rooms.creator import EventCreator
 from homeserver.signing_key import load_signing_key
 from homeserver.sync.change_cache import StreamChangeCache
+from homeserver.sync.config import SyncConfigs
+from homeserver.sync.handler import SyncHandler
 from homeserver.sync.notifier import Notifier
 from storage.database import Database
 from storage.engines import create_engine
@@ -133,6 +135,18 @@ class HomeServer:
             self.membership_changes,
         )
         self.event_serializer = EventSerializer(self.clock, self.event_store)
+        self.sync = SyncHandler(
+            self.clock,
+            self.event_store,
+            self.state_store,
+            self.room_store,
+            self.event_serializer,
+            self.notifier,
+            self.event_stream,
+            self.room_changes,
+            self.membership_changes,
+        )
+        self.sync_configs = SyncConfigs()
 
         self.ports: list[Any] = []
         self._uia_cleanup: task.LoopingCall | None = None

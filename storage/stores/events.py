@@ -131,6 +131,15 @@ class EventStore:
         )
         return row[0] if row else None
 
+    async def get_state_group_before(self, event_id: str) -> int | None:
+        row = await self._db.run_interaction(
+            "get_state_group_before",
+            lambda txn: txn.select_one(
+                "SELECT state_group_before FROM events WHERE event_id = ?", (event_id,)
+            ),
+        )
+        return row[0] if row else None
+
     async def get_state_group_at_stream(self, room_id: str, position: int) -> int | None:
         """The state group after the room's last timeline event at or before `position`."""
         row = await self._db.run_interaction(

@@ -1,0 +1,51 @@
+"""GET /sync."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from client_api.auth import require_user
+from client_api.http import HeddleRequest, client_path, query_string
+from homeserver.errors import Codes, MatrixError
+from homeserver.sync.handler import SyncRequest
+from homeserver.sync.tokens import StreamToken
+
+if TYPE_CHECKING:
+    from homeserver.app import HomeServer
+
+# Long-polls are capped so proxies and clients are not left hanging for hours.
+MAX_TIMEOUT_MS = 5 * 60 * 1000
+
+
+class SyncServlet:
+    PATTERNS = [client_path("/sync")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
+        requester = await require_user(self._hs, request)
+        since_raw = query_string(request, "since")
+        since = StreamToken.parse(since_raw) if since_raw is not None else None
+        timeout_raw = query_string(request, "timeout") or "0"
+        try:
+            timeout_ms = min(max(int(timeout_raw), 0), MAX_TIMEOUT_MS)
+        except ValueError:
+            raise MatrixError(400, Codes.INVALID_PARAM, "'timeout' must be an integer") from None
+        full_state_raw = query_string(request, "full_state") or "false"
+        if full_state_raw not in ("true", "false"):
+            raise MatrixError(400, Codes.INVALID_PARAM, "'full_state' must be true or false")
+        set_presence = query_string(request, "set_presence") or "online"
+        if set_presence not in ("online", "offline", "unavailable"):
+            raise MatrixError(400, Codes.INVALID_PARAM, "Invalid 'set_presence'")
+        config = await self._hs.sync_configs.for_request(
+            requester.user_id, query_string(request, "filter")
+        )
+        sync_request = SyncRequest(
+            user_id=requester.user_id,
+            device_id=requester.device_id,
+            since=since,
+            full_state=full_state_raw == "true",
+            config=config,
+        )
+        return 200, await self._hs.sync.wait_for_sync(sync_request, timeout_ms)

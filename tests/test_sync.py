@@ -1,0 +1,114 @@
+"""/sync over real HTTP: initial, incremental, long-poll, tokens."""
+
+from twisted.internet import defer, reactor, task
+
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
+from tests.harness import HomeserverTestCase, on_both_engines
+
+ALICE = "@alice:test.heddle"
+BOB = "@bob:test.heddle"
+
+
+@on_both_engines
+class Sync(HomeserverTestCase):
+    async def setup_users(self):
+        self.alice = (await self.register("alice"))["access_token"]
+        self.bob = (await self.register("bob"))["access_token"]
+
+    async def make_room(self, members=(ALICE,)) -> str:
+        creator = self.hs.event_creator
+        room_id, _ = await creator.create_room(KNOWN_ROOM_VERSIONS["11"], ALICE, {"room_version": "11"}, False)
+        await creator.send(room_id, ALICE, "m.room.member", {"membership": "join"}, state_key=ALICE)
+        await creator.send(room_id, ALICE, "m.room.power_levels", {"users": {ALICE: 100}}, state_key="")
+        await creator.send(room_id, ALICE, "m.room.join_rules", {"join_rule": "public"}, state_key="")
+        for member in members:
+            if member != ALICE:
+                await creator.send(room_id, member, "m.room.member", {"membership": "join"}, state_key=member)
+        return room_id
+
+    async def sync(self, token, since=None, **params):
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        path = "/_matrix/client/v3/sync?" + query
+        if since:
+            path += f"&since={since}"
+        r = await self.request("GET", path, token=token)
+        self.assertEqual(r.code, 200, r)
+        return r.json
+
+    async def test_initial_and_incremental(self):
+        await self.setup_users()
+        room_id = await self.make_room([ALICE, BOB])
+        first = await self.sync(self.bob)
+        room = first["rooms"]["join"][room_id]
+        types = [e["type"] for e in room["timeline"]["events"]] + [e["type"] for e in room["state"]["events"]]
+        self.assertIn("m.room.create", types)
+        self.assertEqual(room["summary"]["m.joined_member_count"], 2)
+        await self.hs.event_creator.send(room_id, ALICE, "m.room.message", {"body": "hello", "msgtype": "m.text"})
+        second = await self.sync(self.bob, since=first["next_batch"])
+        timeline = second["rooms"]["join"][room_id]["timeline"]
+        self.assertEqual([e["content"].get("body") for e in timeline["events"]], ["hello"])
+        self.assertFalse(timeline["limited"])
+        # Nothing new: an empty incremental sync.
+        third = await self.sync(self.bob, since=second["next_batch"])
+        self.assertEqual(third["rooms"]["join"], {})
+
+    async def test_limited_timeline_and_state_delta(self):
+        await self.setup_users()
+        room_id = await self.make_room([ALICE, BOB])
+        first = await self.sync(self.bob)
+        await self.hs.event_creator.send(room_id, ALICE, "m.room.name", {"name": "Lounge"}, state_key="")
+        for i in range(15):
+            await self.hs.event_creator.send(room_id, ALICE, "m.room.message", {"body": str(i)})
+        second = await self.sync(self.bob, since=first["next_batch"])
+        room = second["rooms"]["join"][room_id]
+        self.assertTrue(room["timeline"]["limited"])
+        self.assertEqual(len(room["timeline"]["events"]), 10)
+        self.assertEqual([e["type"] for e in room["state"]["events"]], ["m.room.name"])
+        self.assertTrue(room["timeline"]["prev_batch"].startswith("t"))
+
+    async def test_long_poll_wakes_on_message(self):
+        await self.setup_users()
+        room_id = await self.make_room([ALICE, BOB])
+        first = await self.sync(self.bob)
+        pending = defer.ensureDeferred(self.sync(self.bob, since=first["next_batch"], timeout=10000))
+        await task.deferLater(reactor, 0.2, lambda: None)
+        self.assertFalse(pending.called)
+        await self.hs.event_creator.send(room_id, ALICE, "m.room.message", {"body": "wake"})
+        result = await pending
+        events = result["rooms"]["join"][room_id]["timeline"]["events"]
+        self.assertEqual(events[-1]["content"]["body"], "wake")
+
+    async def test_long_poll_times_out_with_same_position(self):
+        await self.setup_users()
+        await self.make_room([ALICE, BOB])
+        first = await self.sync(self.bob)
+        result = await self.sync(self.bob, since=first["next_batch"], timeout=300)
+        self.assertEqual(result["rooms"]["join"], {})
+        self.assertEqual(result["next_batch"], first["next_batch"])
+
+    async def test_invite_and_leave_sections(self):
+        await self.setup_users()
+        room_id = await self.make_room()
+        first = await self.sync(self.bob)
+        await self.hs.event_creator.send(room_id, ALICE, "m.room.member", {"membership": "invite"}, state_key=BOB)
+        second = await self.sync(self.bob, since=first["next_batch"])
+        invite = second["rooms"]["invite"][room_id]["invite_state"]["events"]
+        self.assertIn(("m.room.member", BOB), {(e["type"], e["state_key"]) for e in invite})
+        await self.hs.event_creator.send(room_id, BOB, "m.room.member", {"membership": "join"}, state_key=BOB)
+        third = await self.sync(self.bob, since=second["next_batch"])
+        self.assertIn(room_id, third["rooms"]["join"])
+        await self.hs.event_creator.send(room_id, ALICE, "m.room.member", {"membership": "leave"}, state_key=BOB)
+        fourth = await self.sync(self.bob, since=third["next_batch"])
+        self.assertIn(room_id, fourth["rooms"]["leave"])
+        await self.hs.event_creator.send(room_id, ALICE, "m.room.message", {"body": "after kick"})
+        fifth = await self.sync(self.bob, since=fourth["next_batch"])
+        self.assertNotIn(room_id, fifth["rooms"]["leave"])
+        self.assertNotIn(room_id, fifth["rooms"]["join"])
+
+    async def test_bad_tokens(self):
+        await self.setup_users()
+        for bad in ("garbage", "s", "s1_x", "t1-2", "s" + "9" * 30):
+            r = await self.request("GET", f"/_matrix/client/v3/sync?since={bad}", token=self.bob)
+            self.assertError(r, 400, "M_INVALID_PARAM")
+        r = await self.request("GET", "/_matrix/client/v3/sync?timeout=abc", token=self.bob)
+        self.assertError(r, 400, "M_INVALID_PARAM")
