@@ -23,6 +23,7 @@ from twisted.web import http, resource, server
 
 from homeserver import metrics
 from homeserver.errors import Codes, InteractiveAuthIncomplete, MatrixError
+from storage.database import InvalidTextError
 
 logger = logging.getLogger(__name__)
 
@@ -221,6 +222,9 @@ class JsonResource(resource.Resource):
                 logger.error("%s %s failed: %s", method, _loggable(request), e)
         except InteractiveAuthIncomplete as e:
             code, body = 401, e.body
+        except InvalidTextError as e:
+            # A NUL character in a path parameter or a field that reached the database.
+            code, body = 400, {"errcode": Codes.INVALID_PARAM, "error": str(e)}
         except Exception:
             # Logged with its traceback, never sent: the client only learns it was our fault.
             logger.exception("%s %s raised", method, _loggable(request))

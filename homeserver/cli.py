@@ -45,12 +45,19 @@ def _parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate-config", help="write a config and signing key, then exit")
     gen.add_argument("--server-name", required=True)
-    gen.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    # SUPPRESS: when not given after the command, keep the value given before it (argparse
+    # would otherwise overwrite `heddle --data-dir D generate-config` with the default).
+    gen.add_argument("--data-dir", default=argparse.SUPPRESS)
     gen.add_argument("--port", type=int, default=8008, help="client listener port (default 8008)")
 
     reg = sub.add_parser("register-user", help="create an account directly in the database")
-    reg.add_argument("--config", "-c", help="config file (default: <data-dir>/homeserver.yaml)")
-    reg.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    reg.add_argument(
+        "--config",
+        "-c",
+        default=argparse.SUPPRESS,
+        help="config file (default: <data-dir>/homeserver.yaml)",
+    )
+    reg.add_argument("--data-dir", default=argparse.SUPPRESS)
     reg.add_argument("--user", "-u", required=True, help="localpart of the new user")
     reg.add_argument("--password", "-p", help="password (prompted for when omitted)")
     reg.add_argument("--admin", action="store_true", help="make the user a server admin")
@@ -63,8 +70,10 @@ def generate_config(server_name: str, data_dir: str, port: int = 8008) -> Path:
     config_path = directory / CONFIG_FILE_NAME
     if config_path.exists():
         raise StartupError(f"{config_path} already exists; not overwriting it")
+    # Validate (server name, port) before creating anything on disk.
+    text = generate_config_text(server_name, data_dir, port)
     directory.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(generate_config_text(server_name, data_dir, port), encoding="utf-8")
+    config_path.write_text(text, encoding="utf-8")
     config_path.chmod(0o600)
     config = load_config(str(config_path))
     key_path = config.resolve_path(config.signing_key_path)
@@ -75,15 +84,16 @@ def generate_config(server_name: str, data_dir: str, port: int = 8008) -> Path:
 
 def _config_for_run(args: argparse.Namespace) -> HomeserverConfig:
     if args.config:
-        return load_config(args.config)
-    config_path = Path(args.data_dir) / CONFIG_FILE_NAME
-    if not config_path.exists():
-        if not args.server_name:
-            raise StartupError(
-                "no config: give --config FILE, or --server-name NAME to generate one"
-            )
-        generate_config(args.server_name, args.data_dir)
-        print(f"Generated {config_path}", file=sys.stderr)
+        config_path = Path(args.config)
+    else:
+        config_path = Path(args.data_dir) / CONFIG_FILE_NAME
+        if not config_path.exists():
+            if not args.server_name:
+                raise StartupError(
+                    "no config: give --config FILE, or --server-name NAME to generate one"
+                )
+            generate_config(args.server_name, args.data_dir)
+            print(f"Generated {config_path}", file=sys.stderr)
     config = load_config(str(config_path))
     if args.server_name and args.server_name != config.server_name:
         raise StartupError(
@@ -135,7 +145,8 @@ def run_server(config: HomeserverConfig) -> int:
             print(f"heddle: {failure.value}", file=sys.stderr)
         else:
             logger.error("start-up failed:\n%s", failure.getTraceback())
-            print(f"heddle: start-up failed: {failure.getErrorMessage()}", file=sys.stderr)
+            message = _one_line(failure.getErrorMessage())
+            print(f"heddle: start-up failed: {message}", file=sys.stderr)
         exit_code[0] = 1
         reactor.stop()
 
@@ -147,6 +158,11 @@ def run_server(config: HomeserverConfig) -> int:
     )
     reactor.run()
     return exit_code[0]
+
+
+def _one_line(message: str) -> str:
+    # Some errors (psycopg2's connection failures) span lines; operators get one.
+    return " ".join(message.split())
 
 
 def _listen_reason(e: CannotListenError) -> str:
@@ -173,8 +189,9 @@ def register_user(args: argparse.Namespace) -> int:
             raise StartupError("passwords do not match")
 
     async def create(reactor: Any) -> None:
-        hs = HomeServer(config, reactor)
+        hs = None
         try:
+            hs = HomeServer(config, reactor)
             await hs.setup()
             user_id = await hs.registration.register(
                 args.user.lower(), password, admin=args.admin
@@ -183,8 +200,16 @@ def register_user(args: argparse.Namespace) -> int:
         except MatrixError as e:
             print(f"heddle: {e.message}", file=sys.stderr)
             raise SystemExit(1) from None
+        except (ConfigError, StartupError) as e:
+            print(f"heddle: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
+        except Exception as e:
+            logger.debug("register-user failed", exc_info=True)
+            print(f"heddle: register-user failed: {_one_line(str(e))}", file=sys.stderr)
+            raise SystemExit(1) from None
         finally:
-            await hs.stop()
+            if hs is not None:
+                await hs.stop()
 
     try:
         task.react(lambda reactor: defer.ensureDeferred(create(reactor)))

@@ -32,9 +32,9 @@ def is_valid_server_name(name: str) -> bool:
     else:
         if ":" in name:
             host, port = name.rsplit(":", 1)
-        if not host or not _DNS_NAME.match(host):
+        if not host or not _DNS_NAME.fullmatch(host):
             return False
-    if port is not None and (not _PORT.match(port) or not 0 < int(port) < 65536):
+    if port is not None and (not _PORT.fullmatch(port) or not 0 < int(port) < 65536):
         return False
     return True
 
@@ -57,7 +57,7 @@ def check_new_localpart(localpart: str, server_name: str) -> None:
     """Validate a localpart a new account would get; 400 M_INVALID_USERNAME if it cannot."""
     if not localpart:
         raise MatrixError(400, Codes.INVALID_USERNAME, "User ID cannot be empty")
-    if not _LOCALPART.match(localpart):
+    if not _LOCALPART.fullmatch(localpart):
         raise MatrixError(
             400,
             Codes.INVALID_USERNAME,
@@ -71,3 +71,25 @@ def check_new_localpart(localpart: str, server_name: str) -> None:
         raise MatrixError(
             400, Codes.INVALID_USERNAME, f"User ID may not be longer than {MAX_USER_ID_BYTES} bytes"
         )
+
+
+MAX_ROOM_ALIAS_BYTES = 255
+
+
+def split_room_alias(alias: str) -> tuple[str, str]:
+    """Split `#local:server` into its parts, or raise 400 M_INVALID_PARAM.
+
+    The localpart may hold any code point but `:` and NUL (appendices: "Room Aliases");
+    the whole alias is at most 255 bytes.
+    """
+    if not isinstance(alias, str) or not alias.startswith("#") or ":" not in alias:
+        raise MatrixError(400, Codes.INVALID_PARAM, f"Invalid room alias: {str(alias)[:100]!r}")
+    localpart, server = alias[1:].split(":", 1)
+    if (
+        not localpart
+        or "\x00" in localpart
+        or not is_valid_server_name(server)
+        or len(alias.encode("utf-8")) > MAX_ROOM_ALIAS_BYTES
+    ):
+        raise MatrixError(400, Codes.INVALID_PARAM, f"Invalid room alias: {alias[:100]!r}")
+    return localpart, server

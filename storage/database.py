@@ -27,6 +27,19 @@ R = TypeVar("R")
 MAX_ATTEMPTS = 5
 
 
+class InvalidTextError(ValueError):
+    """A string parameter containing NUL, which PostgreSQL cannot store in TEXT. Refused on
+    every engine so SQLite and PostgreSQL agree; the HTTP layer answers 400 M_INVALID_PARAM."""
+
+
+def _checked_args(args: Sequence[Any]) -> tuple[Any, ...]:
+    args = tuple(args)
+    for arg in args:
+        if isinstance(arg, str) and "\x00" in arg:
+            raise InvalidTextError("Text may not contain NUL characters")
+    return args
+
+
 class Transaction:
     """A thin cursor wrapper: portable SQL in, rows out, after-commit callbacks collected."""
 
@@ -36,10 +49,10 @@ class Transaction:
         self.after_callbacks: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
-        self._cursor.execute(self.engine.convert_sql(sql), tuple(args))
+        self._cursor.execute(self.engine.convert_sql(sql), _checked_args(args))
 
     def execute_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        self._cursor.executemany(self.engine.convert_sql(sql), [tuple(r) for r in rows])
+        self._cursor.executemany(self.engine.convert_sql(sql), [_checked_args(r) for r in rows])
 
     def fetchone(self) -> tuple[Any, ...] | None:
         return self._cursor.fetchone()

@@ -67,7 +67,17 @@ def split_statements(sql: str) -> list[str]:
 
 def _apply(txn: Transaction, migrations: list[Migration]) -> list[int]:
     if txn.engine.name == "postgresql":
+        # READ COMMITTED for this transaction: under the pool's REPEATABLE READ the snapshot is
+        # taken by the lock statement itself, before the wait, so a process that waited for
+        # another's migrations would not see them and would try to apply them again.
+        txn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
         txn.execute("SELECT pg_advisory_xact_lock(?)", (_PG_MIGRATION_LOCK,))
+    elif txn.engine.name == "sqlite":
+        # Python's sqlite3 runs DDL outside any transaction unless one is open, which would
+        # leave a failed migration half-applied (its tables created, its number unrecorded)
+        # and every later start failing. Open one explicitly; IMMEDIATE also takes the write
+        # lock, serialising concurrent start-ups the way the advisory lock does on PostgreSQL.
+        txn.execute("BEGIN IMMEDIATE")
     txn.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations ("
         " number INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ts BIGINT NOT NULL)"

@@ -75,8 +75,9 @@ class DeactivateServlet:
             raw, "POST", "/account/deactivate", [[PASSWORD]], user_id=requester.user_id
         )
         await self._hs.account.deactivate(requester.user_id, body.erase)
-        # No identity server bindings are ever made, so there is nothing to unbind.
-        return 200, {"id_server_unbind_result": "no-support"}
+        # No identity server bindings are ever made, so there is nothing to unbind; the spec
+        # says the result "must be `success` if the homeserver has no identifiers to unbind".
+        return 200, {"id_server_unbind_result": "success"}
 
 
 class ThreepidServlet:

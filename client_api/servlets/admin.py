@@ -74,7 +74,8 @@ class SharedSecretRegisterServlet:
         if self._nonces.pop(body.nonce, None) is None:
             raise MatrixError(400, Codes.UNKNOWN, "Unrecognised or expired nonce")
         expected = registration_mac(secret, body.nonce, body.username, body.password, body.admin)
-        if not hmac.compare_digest(expected, body.mac.lower()):
+        # As bytes: compare_digest refuses (TypeError, a 500) a str with non-ASCII characters.
+        if not hmac.compare_digest(expected.encode("ascii"), body.mac.lower().encode("utf-8")):
             raise MatrixError(403, Codes.FORBIDDEN, "HMAC incorrect")
         user_id = await self._hs.registration.register(
             body.username.lower(), body.password, admin=body.admin, displayname=body.displayname

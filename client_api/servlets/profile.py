@@ -35,7 +35,10 @@ class ProfileFieldServlet:
     async def on_GET(self, request: HeddleRequest, user_id: str, field: str) -> tuple[int, Any]:
         profile = await self._hs.profiles.get_profile(user_id)
         value = getattr(profile, field)
-        return 200, ({field: value} if value is not None else {})
+        if value is None:
+            # The spec's 404: "There is no profile field with this key for this user".
+            raise MatrixError(404, Codes.NOT_FOUND, f"The user has no {field}")
+        return 200, {field: value}
 
     async def on_PUT(self, request: HeddleRequest, user_id: str, field: str) -> tuple[int, Any]:
         requester = await require_user(self._hs, request)

@@ -56,6 +56,11 @@ class RegisterServlet:
         await hs.uia.authenticate(
             raw, "POST", "/register", hs.uia.registration_flows(), user_id=None
         )
+        if body.password is None:
+            # Checked after UIA so a client's first, empty request still gets the flows.
+            # Password login is the only way back in: without one the account would be
+            # lost as soon as this session ends.
+            raise MatrixError(400, Codes.MISSING_PARAM, "Missing parameter: password")
         hs.registration_limiter.check(hs.client_ip(request))
         user_id = await hs.registration.register(body.username, body.password)
         if body.inhibit_login:
@@ -87,9 +92,11 @@ class RegistrationTokenValidityServlet:
 
     async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
         token = require_query_string(request, "token")
-        if not _REGISTRATION_TOKEN.match(token):
+        if not self._hs.config.registration.enabled:
+            # The spec's answer when registration is off: every token is invalid, with 403.
+            raise MatrixError(403, Codes.FORBIDDEN, "Registration is not enabled")
+        if not _REGISTRATION_TOKEN.fullmatch(token):
             raise MatrixError(400, Codes.INVALID_PARAM, "Registration tokens are 1-64 characters of [A-Za-z0-9._~-]")
         self._hs.registration_limiter.check(self._hs.client_ip(request))
-        registration = self._hs.config.registration
-        valid = registration.enabled and self._hs.uia.is_registration_token_valid(token)
+        valid = self._hs.uia.is_registration_token_valid(token)
         return 200, {"valid": valid}

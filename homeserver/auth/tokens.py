@@ -39,6 +39,8 @@ class Requester:
     token_id: str
     is_admin: bool
     is_guest: bool = False
+    # When the access token expires (ms); None for tokens issued without a refresh token.
+    expires_ts: int | None = None
 
 
 @dataclass(frozen=True)
@@ -187,8 +189,9 @@ class TokenHandler:
             self._cache.move_to_end(token_id)
         else:
             requester = await self._load(token_id, claims)
-        exp = claims.get("exp")
-        if isinstance(exp, int | float) and exp * 1000 <= self._clock.time_msec():
+        # The row's millisecond deadline, not the JWT `exp` (whole seconds, rounded up), so a
+        # cached token expires exactly when an uncached one does.
+        if requester.expires_ts is not None and requester.expires_ts <= self._clock.time_msec():
             raise _unknown_token("Access token has expired", soft_logout=True)
         return requester
 
@@ -209,6 +212,7 @@ class TokenHandler:
             token_id=token_id,
             is_admin=account.is_admin,
             is_guest=account.is_guest,
+            expires_ts=row.expires_ts,
         )
         self._cache[token_id] = (requester, self._clock.time_msec())
         self._cache.move_to_end(token_id)

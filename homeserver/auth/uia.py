@@ -20,6 +20,15 @@ REGISTRATION_TOKEN = "m.login.registration_token"
 SESSION_LIFETIME_MS = 60 * 60 * 1000
 
 
+class WrongUserError(MatrixError):
+    """A password stage naming an account other than the requester's: a plain 403 rather
+    than a stage to retry, as Synapse answers and Sytest/Complement's "DELETE
+    /device/{deviceId} requires UI auth user to match device owner" expects."""
+
+    def __init__(self) -> None:
+        super().__init__(403, Codes.FORBIDDEN, "You may only authenticate as yourself")
+
+
 class UserInteractiveAuth:
     def __init__(
         self,
@@ -67,7 +76,7 @@ class UserInteractiveAuth:
                 try:
                     result = await self._check_stage(stage, auth, user_id)
                 except MatrixError as e:
-                    if e.http_code == 429:
+                    if e.http_code == 429 or isinstance(e, WrongUserError):
                         raise
                     challenge = self._challenge(session, flows)
                     challenge.update(errcode=e.errcode, error=e.message)
@@ -116,7 +125,7 @@ class UserInteractiveAuth:
         if stage == PASSWORD:
             claimed = user_id_from_identifier(auth, self._server_name)
             if user_id is None or claimed != user_id:
-                raise MatrixError(403, Codes.FORBIDDEN, "Invalid username or password")
+                raise WrongUserError()
             await self._credentials.check_password(user_id, auth.get("password"))
             return user_id
         if stage == REGISTRATION_TOKEN:

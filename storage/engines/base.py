@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from typing import Any
+
+# Keys a JSON path in `json_text` may use: plain names, as event fields are.
+JSON_PATH_KEY = re.compile(r"^[A-Za-z0-9_.]+$")
 
 
 class Engine(ABC):
@@ -25,6 +29,12 @@ class Engine(ABC):
     @abstractmethod
     def convert_sql(self, sql: str) -> str:
         """Turn portable SQL (`?` placeholders) into this engine's dialect."""
+
+    def json_text(self, column: str, *path: str) -> str:
+        """SQL for the value at `path` (object keys) in the JSON text held in `column`, as
+        text; NULL where the path is absent. `column` and `path` are trusted SQL, never input.
+        """
+        raise NotImplementedError
 
     def is_retryable(self, exc: BaseException) -> bool:
         return isinstance(exc, self.retryable_errors)

@@ -4,7 +4,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from storage.engines.base import Engine
+from storage.engines.base import JSON_PATH_KEY, Engine
 
 
 class SqliteEngine(Engine):
@@ -38,6 +38,15 @@ class SqliteEngine(Engine):
 
     def convert_sql(self, sql: str) -> str:
         return sql
+
+    def json_text(self, column: str, *path: str) -> str:
+        assert all(JSON_PATH_KEY.fullmatch(key) for key in path), path
+        json_path = "$" + "".join(f'."{key}"' for key in path)
+        # Documents with an escaped NUL read as NULL, as they must on PostgreSQL.
+        return (
+            f"(CASE WHEN instr({column}, '\\u0000') > 0 THEN NULL"
+            f" ELSE json_extract({column}, '{json_path}') END)"
+        )
 
     def describe(self) -> str:
         return f"sqlite ({self.path})"

@@ -1,0 +1,240 @@
+"""docker/: the Dockerfile and docker-compose.yml agree with the code they package.
+
+No Docker engine is needed: the files are parsed, and what they name (console script, CLI
+flags, config options, environment overrides, listener ports, the /health route) is checked
+against Heddle itself.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
+from twisted.trial import unittest
+
+from client_api.routes import CLIENT_SERVLETS
+from homeserver import cli
+from homeserver.config import ListenerConfig, generate_config_text, parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKER = ROOT / "docker"
+DOCKERFILE = DOCKER / "Dockerfile"
+COMPOSE = DOCKER / "docker-compose.yml"
+DOCKER_README = DOCKER / "README.md"
+
+_DEFAULT_VAR = re.compile(r"\$\{(\w+):-([^}]*)\}")
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with continuation lines joined and comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    current = ""
+    for line in DOCKERFILE.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if not current and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            current += stripped[:-1] + " "
+            continue
+        current += stripped
+        keyword, _, args = current.partition(" ")
+        instructions.append((keyword.upper(), args.strip()))
+        current = ""
+    return instructions
+
+
+def instruction(name: str) -> list[str]:
+    return [args for keyword, args in dockerfile_instructions() if keyword == name]
+
+
+def exec_form(args: str) -> list[str]:
+    value = json.loads(args)
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value), args
+    return value
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+
+
+def substitute_defaults(value: str) -> str:
+    """Compose's `${VAR:-default}` with VAR unset."""
+    return _DEFAULT_VAR.sub(lambda m: m.group(2), value)
+
+
+def heddle_environment() -> dict[str, str]:
+    env = compose()["services"]["heddle"]["environment"]
+    assert isinstance(env, dict), "heddle's environment should be a mapping"
+    return {name: substitute_defaults(str(value)) for name, value in env.items()}
+
+
+def console_scripts() -> dict[str, str]:
+    parser = configparser.ConfigParser()
+    parser.read(ROOT / "setup.cfg")
+    scripts = {}
+    for line in parser["options.entry_points"]["console_scripts"].strip().splitlines():
+        name, _, target = line.partition("=")
+        scripts[name.strip()] = target.strip()
+    return scripts
+
+
+class DockerfileTests(unittest.TestCase):
+    def test_base_image_is_python_311_slim(self) -> None:
+        self.assertEqual(instruction("FROM"), ["python:3.11-slim"])
+
+    def test_runs_the_heddle_console_script_with_the_data_volume_config(self) -> None:
+        self.assertEqual(instruction("ENTRYPOINT"), [], "an ENTRYPOINT would swallow `docker run IMAGE heddle ...`")
+        (cmd,) = instruction("CMD")
+        argv = exec_form(cmd)
+        self.assertEqual(argv[0], "heddle")
+        self.assertEqual(console_scripts().get("heddle"), "homeserver.cli:main")
+        args = cli._parser().parse_args(argv[1:])
+        self.assertIsNone(args.command, "with no command, heddle runs the server")
+        self.assertEqual(args.config, f"/data/{cli.CONFIG_FILE_NAME}")
+
+    def test_exposes_client_and_metrics_ports_and_the_data_volume(self) -> None:
+        exposed = {int(p) for args in instruction("EXPOSE") for p in args.split()}
+        self.assertEqual(exposed, {8008, 9008})
+        self.assertIn("/data", " ".join(instruction("VOLUME")))
+
+    def test_runs_as_a_non_root_user(self) -> None:
+        users = instruction("USER")
+        self.assertTrue(users, "no USER: the server would run as root")
+        self.assertNotIn(users[-1].split(":")[0], ("root", "0"))
+
+    def test_copies_every_package_the_distribution_contains(self) -> None:
+        parser = configparser.ConfigParser()
+        parser.read(ROOT / "setup.cfg")
+        include = parser["options.packages.find"]["include"].split()
+        packages = {pattern.rstrip("*") for pattern in include}
+        # COPY SRC... DEST: everything but the last word is a source in the build context.
+        copied = {
+            source.rstrip("/") for args in instruction("COPY") for source in shlex.split(args)[:-1]
+        }
+        for package in packages:
+            self.assertIn(package, copied, f"docker/Dockerfile does not COPY {package}/")
+        for needed in ("setup.cfg", "pyproject.toml", "README.md"):
+            self.assertIn(needed, copied)
+        for source in copied:
+            self.assertTrue((ROOT / source).exists(), f"COPY source {source} does not exist")
+
+    def test_healthcheck_uses_the_client_listener_health_route(self) -> None:
+        (healthcheck,) = instruction("HEALTHCHECK")
+        self.assertIn("http://127.0.0.1:8008/health", healthcheck)
+        self.assertTrue(_client_route_matches("/health"))
+
+
+class ComposeTests(unittest.TestCase):
+    def test_services(self) -> None:
+        services = compose()["services"]
+        self.assertEqual(set(services), {"heddle", "postgres", "redis"})
+        self.assertEqual(services["postgres"]["image"], "postgres:16")
+        self.assertEqual(services["redis"]["image"], "redis:7")
+
+    def test_heddle_is_built_from_the_repository_with_this_dockerfile(self) -> None:
+        build = compose()["services"]["heddle"]["build"]
+        context = (DOCKER / build["context"]).resolve()
+        self.assertEqual(context, ROOT)
+        self.assertEqual((context / build["dockerfile"]).resolve(), DOCKERFILE)
+
+    def test_every_service_has_a_healthcheck_and_heddle_waits_for_its_dependencies(self) -> None:
+        services = compose()["services"]
+        for name, service in services.items():
+            self.assertIn("test", service.get("healthcheck", {}), f"{name} has no healthcheck")
+        depends = services["heddle"]["depends_on"]
+        self.assertEqual(
+            {name: dep["condition"] for name, dep in depends.items()},
+            {"postgres": "service_healthy", "redis": "service_healthy"},
+        )
+        test = " ".join(services["heddle"]["healthcheck"]["test"])
+        self.assertIn("http://127.0.0.1:8008/health", test)
+
+    def test_database_url_points_at_the_postgres_service(self) -> None:
+        url = heddle_environment()["HEDDLE_DATABASE_URL"]
+        match = re.fullmatch(r"postgresql://(\w+):([^@]*)@postgres:5432/(\w+)", url)
+        self.assertIsNotNone(match, url)
+        assert match is not None
+        pg_env = {
+            k: substitute_defaults(str(v))
+            for k, v in compose()["services"]["postgres"]["environment"].items()
+        }
+        self.assertEqual(match.group(1), pg_env["POSTGRES_USER"])
+        self.assertEqual(match.group(2), pg_env["POSTGRES_PASSWORD"])
+        self.assertEqual(match.group(3), pg_env["POSTGRES_DB"])
+
+    def test_environment_overrides_are_options_heddle_accepts(self) -> None:
+        env = heddle_environment()
+        self.assertTrue(all(name.startswith("HEDDLE_") for name in env))
+        config = parse_config(_generated_config(), source="generated", environ=env)
+        self.assertTrue(config.database.url.startswith("postgresql://"))
+        self.assertTrue(config.redis.enabled)
+        self.assertEqual(config.redis.host, "redis")
+        self.assertFalse(config.registration.enabled)
+
+    def test_ports_reach_the_default_listener_ports(self) -> None:
+        service = compose()["services"]["heddle"]
+        container_ports = {int(str(p).rsplit(":", 1)[-1]) for p in service["ports"]}
+        self.assertEqual(container_ports, {ListenerConfig().port, 9008})
+        generated = yaml.safe_load(generate_config_text("example.org", "/data"))
+        self.assertEqual(
+            {listener["port"] for listener in generated["listeners"]}, container_ports
+        )
+
+    def test_data_volume_is_mounted_at_data(self) -> None:
+        volumes = compose()["services"]["heddle"]["volumes"]
+        self.assertIn("/data", [str(v).split(":")[1] for v in volumes])
+
+
+class DockerReadmeTests(unittest.TestCase):
+    """The commands docker/README.md gives are ones the heddle CLI accepts."""
+
+    def _heddle_commands(self) -> list[list[str]]:
+        commands = []
+        for line in DOCKER_README.read_text(encoding="utf-8").splitlines():
+            words = shlex.split(line.split("  #")[0]) if "heddle heddle" in line else []
+            if words:
+                commands.append(words[words.index("heddle", words.index("heddle") + 1) + 1:])
+        return commands
+
+    def test_heddle_commands_parse(self) -> None:
+        commands = self._heddle_commands()
+        self.assertGreaterEqual(len(commands), 2)
+        names = set()
+        for argv in commands:
+            args = cli._parser().parse_args(argv)
+            names.add(args.command)
+            if args.command == "generate-config":
+                self.assertEqual(args.data_dir, "/data")
+            if args.command == "register-user":
+                self.assertEqual(args.config, f"/data/{cli.CONFIG_FILE_NAME}")
+        self.assertEqual(names, {"generate-config", "register-user"})
+
+    def test_documented_bind_address_edit_opens_every_listener(self) -> None:
+        match = re.search(r"sed -i '(s/([^/]+)/([^/]+)/)'", DOCKER_README.read_text())
+        self.assertIsNotNone(match, "docker/README.md should show the sed command")
+        assert match is not None
+        old, new = match.group(2), match.group(3)
+        text = generate_config_text("example.org", "/data")
+        self.assertIn(old, text)
+        config = parse_config(yaml.safe_load(text.replace(old, new)), environ={})
+        self.assertTrue(config.listeners)
+        self.assertEqual({listener.bind_address for listener in config.listeners}, {"0.0.0.0"})
+
+
+def _generated_config() -> dict[str, Any]:
+    return yaml.safe_load(generate_config_text("example.org", "/data"))
+
+
+def _client_route_matches(path: str) -> bool:
+    return any(
+        pattern.match(path)
+        for servlet in CLIENT_SERVLETS
+        for pattern in getattr(servlet, "PATTERNS", [])
+    )
