@@ -10,6 +10,7 @@ from twisted.internet import defer, task
 from twisted.web import resource, server
 
 from client_api.http import HeddleRequest, HeddleSite, JsonResource, Router
+from homeserver.account_data import AccountDataHandler
 from homeserver.auth.account import AccountHandler
 from homeserver.auth.credentials import CredentialChecker
 from homeserver.auth.devices import DeviceHandler
@@ -21,23 +22,41 @@ from homeserver.auth.uia import UserInteractiveAuth
 from homeserver.clock import Clock
 from homeserver.config import HomeserverConfig, ListenerConfig
 from homeserver.events.serialize import EventSerializer
+from homeserver.filtering import Filtering
+from homeserver.presence import PresenceHandler
 from homeserver.profile import ProfileHandler
 from homeserver.ratelimit import RateLimiter
+from homeserver.read_markers import ReadMarkerHandler
+from homeserver.receipts import ReceiptsHandler
 from homeserver.replication import Replication
+from homeserver.rooms.creation import RoomCreationHandler
 from homeserver.rooms.creator import EventCreator
+from homeserver.rooms.directory import DirectoryHandler, RoomAccess, RoomListHandler
+from homeserver.rooms.membership import MembershipHandler
+from homeserver.rooms.messages import MessagesHandler
+from homeserver.rooms.sending import EventSendHandler
+from homeserver.rooms.state import RoomStateHandler
+from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.signing_key import load_signing_key
 from homeserver.sync.change_cache import StreamChangeCache
-from homeserver.sync.config import SyncConfigs
 from homeserver.sync.handler import SyncHandler
 from homeserver.sync.notifier import Notifier
+from homeserver.typing import TypingHandler
+from homeserver.user_directory import UserDirectoryHandler
 from storage.database import Database
 from storage.engines import create_engine
 from storage.migrations import apply_migrations
 from storage.persister import EventPersister, IdAllocator
+from storage.stores.account_data import AccountDataStore
 from storage.stores.accounts import AccountStore
+from storage.stores.aliases import AliasStore
 from storage.stores.devices import DeviceStore
+from storage.stores.directory import RoomDirectoryStore, UserDirectoryStore
 from storage.stores.events import EventStore
+from storage.stores.filters import FilterStore
+from storage.stores.presence import PresenceStore
 from storage.stores.profiles import ProfileStore
+from storage.stores.receipts import ReceiptStore
 from storage.stores.rooms import RoomStore
 from storage.stores.state import StateStore
 from storage.stores.tokens import TokenStore
@@ -108,7 +127,6 @@ class HomeServer:
         self.account = AccountHandler(
             config.registration, self.accounts, self.hasher, self.devices, self.tokens
         )
-        self.profiles = ProfileHandler(self.server_name, self.profile_store)
 
         # Rooms and events.
         self.event_store = EventStore(self.db)
@@ -135,6 +153,116 @@ class HomeServer:
             self.membership_changes,
         )
         self.event_serializer = EventSerializer(self.clock, self.event_store)
+        self.profiles = ProfileHandler(
+            self.server_name,
+            self.profile_store,
+            self.room_store,
+            self.state_store,
+            self.event_store,
+            self.event_creator,
+        )
+        self.alias_store = AliasStore(self.db)
+        # Aliases, the published room directory and the user directory.
+        self.room_access = RoomAccess(self.event_store, self.state_store, self.room_store)
+        self.directory = DirectoryHandler(
+            self.server_name,
+            self.alias_store,
+            self.room_access,
+            self.state_store,
+            self.event_creator,
+        )
+        self.room_directory_store = RoomDirectoryStore(self.db)
+        self.room_list = RoomListHandler(
+            self.server_name, self.room_directory_store, self.room_access
+        )
+        self.user_directory_store = UserDirectoryStore(self.db)
+        self.user_directory = UserDirectoryHandler(self.user_directory_store)
+        self.membership = MembershipHandler(
+            self.server_name,
+            self.event_creator,
+            self.event_store,
+            self.state_store,
+            self.room_store,
+            self.alias_store,
+            self.profile_store,
+            self.accounts,
+        )
+        self.message_limiter = limiter("message_per_user", limits.message_per_user)
+        self.event_sender = EventSendHandler(
+            self.server_name,
+            self.event_creator,
+            self.event_store,
+            self.state_store,
+            self.room_store,
+            self.directory,
+            self.membership,
+            self.message_limiter,
+        )
+        self.room_creation = RoomCreationHandler(
+            self.server_name,
+            config.rooms,
+            self.event_creator,
+            self.membership,
+            self.alias_store,
+            self.message_limiter,
+        )
+        # Filters, history visibility and reading history (/messages, /context, /event).
+        self.filter_store = FilterStore(self.db)
+        self.filtering = Filtering(self.filter_store)
+        self.history_visibility = HistoryVisibility(
+            self.event_store, self.state_store, self.room_store
+        )
+        self.room_state = RoomStateHandler(
+            self.event_store, self.state_store, self.room_store, self.history_visibility
+        )
+        self.messages = MessagesHandler(
+            self.event_store, self.state_store, self.history_visibility, self.event_serializer
+        )
+        # Ephemeral and per-user data (issue 3): each stream has its positions and a change
+        # index (receipts and typing by room, account data and presence by user).
+        self.receipt_store = ReceiptStore(self.db)
+        self.account_data_store = AccountDataStore(self.db)
+        self.presence_store = PresenceStore(self.db)
+        self.receipt_stream = StreamIdGenerator("receipts", 0)
+        self.receipt_changes = StreamChangeCache("receipts", 0)
+        self.account_data_stream = StreamIdGenerator("account_data", 0)
+        self.account_data_changes = StreamChangeCache("account_data", 0)
+        self.presence_stream = StreamIdGenerator("presence", 0)
+        self.presence_changes = StreamChangeCache("presence", 0)
+        # Typing lives in memory only: its positions are the handler's own counter.
+        self.typing_changes = StreamChangeCache("typing", 0)
+        self.typing = TypingHandler(
+            reactor, self.room_store, self.state_store, self.notifier, self.typing_changes
+        )
+        self.account_data = AccountDataHandler(
+            self.account_data_store,
+            self.account_data_stream,
+            self.account_data_changes,
+            self.notifier,
+        )
+        self.receipts = ReceiptsHandler(
+            self.clock,
+            self.receipt_store,
+            self.event_store,
+            self.room_store,
+            self.state_store,
+            self.receipt_stream,
+            self.receipt_changes,
+            self.notifier,
+        )
+        self.read_markers = ReadMarkerHandler(self.receipts, self.account_data)
+        self.presence = PresenceHandler(
+            config.presence,
+            self.server_name,
+            self.clock,
+            reactor,
+            self.presence_store,
+            self.room_store,
+            self.state_store,
+            self.presence_stream,
+            self.presence_changes,
+            self.notifier,
+        )
         self.sync = SyncHandler(
             self.clock,
             self.event_store,
@@ -145,8 +273,13 @@ class HomeServer:
             self.event_stream,
             self.room_changes,
             self.membership_changes,
+            self.history_visibility,
+            self.typing,
+            self.receipts,
+            self.account_data,
+            self.presence,
         )
-        self.sync_configs = SyncConfigs()
+        self.membership.forget_listeners.append(self.sync.forget_memberships)
 
         self.ports: list[Any] = []
         self._uia_cleanup: task.LoopingCall | None = None
@@ -163,6 +296,19 @@ class HomeServer:
         self.room_changes.initialise(max_stream)
         self.membership_changes.initialise(max_stream)
         self.state_group_ids.initialise(await self.state_store.get_max_state_group())
+        for stream, changes, max_id in (
+            (self.receipt_stream, self.receipt_changes, self.receipt_store.get_max_stream_id),
+            (
+                self.account_data_stream,
+                self.account_data_changes,
+                self.account_data_store.get_max_stream_id,
+            ),
+            (self.presence_stream, self.presence_changes, self.presence_store.get_max_stream_id),
+        ):
+            position = await max_id()
+            stream.initialise(position)
+            changes.initialise(position)
+        await self.presence.start()
         await self.replication.start()
         self._uia_cleanup = task.LoopingCall(
             lambda: defer.ensureDeferred(self.uia.expire_sessions())
@@ -217,6 +363,8 @@ class HomeServer:
     async def stop(self) -> None:
         if self._uia_cleanup is not None and self._uia_cleanup.running:
             self._uia_cleanup.stop()
+        self.presence.stop()
+        self.typing.stop()
         for port in self.ports:
             stopped: Any = port.stopListening()
             if stopped is not None:

@@ -2,19 +2,44 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from homeserver.auth.tokens import Requester
 from homeserver.errors import Codes, MatrixError
 from homeserver.identifiers import split_user_id
+from homeserver.rooms.creator import EventCreator
+from storage.stores.events import EventStore
 from storage.stores.profiles import Profile, ProfileStore
+from storage.stores.rooms import RoomStore
+from storage.stores.state import StateStore
+
+logger = logging.getLogger(__name__)
 
 MAX_DISPLAYNAME_LENGTH = 256
 MAX_AVATAR_URL_LENGTH = 1000
+MEMBER = "m.room.member"
+# Member event keys that belonged to the original join and must not be repeated: a reason
+# was for that change, and a restricted-join authorisation only applies to joining.
+_NOT_CARRIED_OVER = ("reason", "join_authorised_via_users_server")
 
 
 class ProfileHandler:
-    def __init__(self, server_name: str, store: ProfileStore) -> None:
+    def __init__(
+        self,
+        server_name: str,
+        store: ProfileStore,
+        rooms: RoomStore,
+        state: StateStore,
+        events: EventStore,
+        creator: EventCreator,
+    ) -> None:
         self._server_name = server_name
         self._store = store
+        self._rooms = rooms
+        self._state = state
+        self._events = events
+        self._creator = creator
 
     async def get_profile(self, user_id: str) -> Profile:
         _, server = split_user_id(user_id)
@@ -41,6 +66,7 @@ class ProfileHandler:
             )
         await self.get_profile(user_id)
         await self._store.set_displayname(user_id, value or None)
+        await self.update_member_events(user_id)
 
     async def set_avatar_url(self, requester: Requester, user_id: str, value: object) -> None:
         self._check_can_edit(requester, user_id)
@@ -52,3 +78,41 @@ class ProfileHandler:
             )
         await self.get_profile(user_id)
         await self._store.set_avatar_url(user_id, value or None)
+        await self.update_member_events(user_id)
+
+    async def update_member_events(self, user_id: str) -> int:
+        """Send the user's current profile into every room they are joined to, as a new
+        m.room.member join event (spec: "Events on Change of Profile Information").
+
+        The rest of the member content is kept. A room that refuses the event (or fails)
+        is logged and skipped: it must not stop the others. Returns how many were sent.
+        """
+        profile = await self.get_profile(user_id)
+        sent = 0
+        for membership in await self._rooms.get_rooms_for_user(user_id, ("join",)):
+            room_id = membership.room_id
+            try:
+                content = await self._member_content(room_id, user_id, profile)
+                if content is None:
+                    continue
+                await self._creator.send(room_id, user_id, MEMBER, content, state_key=user_id)
+                sent += 1
+            except Exception as e:
+                logger.warning("profile of %s not updated in %s: %s", user_id, room_id, e)
+        return sent
+
+    async def _member_content(
+        self, room_id: str, user_id: str, profile: Profile
+    ) -> dict[str, Any] | None:
+        """The new join content for `room_id`, or None if the current one already matches."""
+        event_id = await self._state.get_current_state_event_id(room_id, MEMBER, user_id)
+        current = await self._events.get_event(event_id) if event_id is not None else None
+        if current is None or current.content.get("membership") != "join":
+            return None
+        content = {k: v for k, v in current.content.items() if k not in _NOT_CARRIED_OVER}
+        for key, value in (("displayname", profile.displayname), ("avatar_url", profile.avatar_url)):
+            if value is None:
+                content.pop(key, None)
+            else:
+                content[key] = value
+        return None if content == dict(current.content) else content

@@ -112,3 +112,126 @@ class Sync(HomeserverTestCase):
             self.assertError(r, 400, "M_INVALID_PARAM")
         r = await self.request("GET", "/_matrix/client/v3/sync?timeout=abc", token=self.bob)
         self.assertError(r, 400, "M_INVALID_PARAM")
+
+
+@on_both_engines
+class SyncStreams(HomeserverTestCase):
+    """Typing, receipts, account data, presence and filters surfacing in /sync, over HTTP."""
+
+    async def asyncSetUp(self):
+        self.alice = (await self.register("alice"))["access_token"]
+        self.bob = (await self.register("bob"))["access_token"]
+        r = await self.request("POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat"}, token=self.alice)
+        self.assertEqual(r.code, 200, r)
+        self.room_id = r.json["room_id"]
+        r = await self.request("POST", f"/_matrix/client/v3/join/{self.room_id}", {}, token=self.bob)
+        self.assertEqual(r.code, 200, r)
+
+    async def sync(self, token, since=None, **params):
+        path = "/_matrix/client/v3/sync?" + "&".join(f"{k}={v}" for k, v in params.items())
+        if since:
+            path += f"&since={since}"
+        r = await self.request("GET", path, token=token)
+        self.assertEqual(r.code, 200, r)
+        return r.json
+
+    async def test_typing_and_receipts_in_ephemeral(self):
+        await self.asyncSetUp()
+        first = await self.sync(self.bob)
+        r = await self.request(
+            "PUT", f"/_matrix/client/v3/rooms/{self.room_id}/typing/{ALICE}",
+            {"typing": True, "timeout": 10000}, token=self.alice,
+        )
+        self.assertEqual(r.code, 200, r)
+        second = await self.sync(self.bob, since=first["next_batch"])
+        ephemeral = second["rooms"]["join"][self.room_id]["ephemeral"]["events"]
+        self.assertIn({"type": "m.typing", "content": {"user_ids": [ALICE]}}, ephemeral)
+        r = await self.request(
+            "PUT", f"/_matrix/client/v3/rooms/{self.room_id}/send/m.room.message/t1",
+            {"msgtype": "m.text", "body": "hi"}, token=self.alice,
+        )
+        event_id = r.json["event_id"]
+        r = await self.request(
+            "POST", f"/_matrix/client/v3/rooms/{self.room_id}/receipt/m.read/{event_id}", {}, token=self.bob
+        )
+        self.assertEqual(r.code, 200, r)
+        third = await self.sync(self.alice, since=second["next_batch"])
+        receipts = [e for e in third["rooms"]["join"][self.room_id]["ephemeral"]["events"] if e["type"] == "m.receipt"]
+        self.assertEqual(list(receipts[0]["content"][event_id]["m.read"]), [BOB])
+
+    async def test_account_data_global_and_room(self):
+        await self.asyncSetUp()
+        first = await self.sync(self.bob)
+        await self.request("PUT", f"/_matrix/client/v3/user/{BOB}/account_data/org.example.g", {"a": 1}, token=self.bob)
+        await self.request(
+            "PUT", f"/_matrix/client/v3/user/{BOB}/rooms/{self.room_id}/account_data/org.example.r", {"b": 2}, token=self.bob
+        )
+        second = await self.sync(self.bob, since=first["next_batch"])
+        self.assertIn({"type": "org.example.g", "content": {"a": 1}}, second["account_data"]["events"])
+        room_data = second["rooms"]["join"][self.room_id]["account_data"]["events"]
+        self.assertIn({"type": "org.example.r", "content": {"b": 2}}, room_data)
+        # An initial sync carries the latest account data too.
+        initial = await self.sync(self.bob)
+        self.assertIn({"type": "org.example.g", "content": {"a": 1}}, initial["account_data"]["events"])
+
+    async def test_presence_of_room_mates(self):
+        await self.asyncSetUp()
+        first = await self.sync(self.bob)
+        r = await self.request("PUT", f"/_matrix/client/v3/presence/{ALICE}/status", {"presence": "online", "status_msg": "here"}, token=self.alice)
+        self.assertEqual(r.code, 200, r)
+        second = await self.sync(self.bob, since=first["next_batch"])
+        alice_presence = [e for e in second["presence"]["events"] if e["sender"] == ALICE]
+        self.assertEqual(alice_presence[-1]["content"]["status_msg"], "here")
+
+    async def test_stored_filter_limits_timeline_and_types(self):
+        await self.asyncSetUp()
+        for i in range(5):
+            await self.request(
+                "PUT", f"/_matrix/client/v3/rooms/{self.room_id}/send/m.room.message/m{i}",
+                {"msgtype": "m.text", "body": str(i)}, token=self.alice,
+            )
+        r = await self.request(
+            "POST", f"/_matrix/client/v3/user/{BOB}/filter",
+            {"room": {"timeline": {"limit": 2, "types": ["m.room.message"]}}}, token=self.bob,
+        )
+        filter_id = r.json["filter_id"]
+        data = await self.sync(self.bob, filter=filter_id)
+        timeline = data["rooms"]["join"][self.room_id]["timeline"]
+        self.assertEqual([e["content"]["body"] for e in timeline["events"]], ["3", "4"])
+        self.assertTrue(timeline["limited"])
+        r = await self.request("GET", "/_matrix/client/v3/sync?filter=nope", token=self.bob)
+        self.assertError(r, 400, "M_INVALID_PARAM")
+        r = await self.request("GET", "/_matrix/client/v3/sync?filter={bad", token=self.bob)
+        self.assertError(r, 400, "M_INVALID_PARAM")
+
+    async def test_lazy_loading_members(self):
+        await self.asyncSetUp()
+        carol = (await self.register("carol"))["access_token"]
+        await self.request("POST", f"/_matrix/client/v3/join/{self.room_id}", {}, token=carol)
+        await self.request(
+            "PUT", f"/_matrix/client/v3/rooms/{self.room_id}/send/m.room.message/x",
+            {"msgtype": "m.text", "body": "only alice speaks"}, token=self.alice,
+        )
+        lazy = '{"room":{"timeline":{"limit":1},"state":{"lazy_load_members":true}}}'
+        data = await self.sync(self.bob, filter=lazy)
+        members = {
+            e["state_key"] for e in data["rooms"]["join"][self.room_id]["state"]["events"]
+            if e["type"] == "m.room.member"
+        }
+        self.assertEqual(members, {ALICE, BOB})
+
+    async def test_history_visibility_joined_hides_earlier_timeline(self):
+        await self.asyncSetUp()
+        r = await self.request("POST", "/_matrix/client/v3/createRoom", {
+            "preset": "public_chat",
+            "initial_state": [{"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}],
+        }, token=self.alice)
+        room = r.json["room_id"]
+        await self.request(
+            "PUT", f"/_matrix/client/v3/rooms/{room}/send/m.room.message/secret",
+            {"msgtype": "m.text", "body": "before you came"}, token=self.alice,
+        )
+        await self.request("POST", f"/_matrix/client/v3/join/{room}", {}, token=self.bob)
+        data = await self.sync(self.bob)
+        bodies = [e["content"].get("body") for e in data["rooms"]["join"][room]["timeline"]["events"]]
+        self.assertNotIn("before you came", bodies)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from client_api.auth import require_user
 from client_api.http import HeddleRequest, client_path
 from homeserver.errors import Codes, MatrixError
+from homeserver.events.room_versions import CREATABLE_ROOM_VERSIONS
 
 if TYPE_CHECKING:
     from homeserver.app import HomeServer
@@ -69,6 +70,12 @@ class CapabilitiesServlet:
                 "m.set_avatar_url": {"enabled": True},
                 "m.3pid_changes": {"enabled": False},
                 "m.get_login_token": {"enabled": False},
+                "m.room_versions": {
+                    "default": self._hs.config.rooms.default_room_version,
+                    # Only the versions /createRoom accepts: clients offer these for
+                    # creation and upgrades.
+                    "available": {version: "stable" for version in CREATABLE_ROOM_VERSIONS},
+                },
             }
         }
 

@@ -38,7 +38,7 @@ class SyncServlet:
         set_presence = query_string(request, "set_presence") or "online"
         if set_presence not in ("online", "offline", "unavailable"):
             raise MatrixError(400, Codes.INVALID_PARAM, "Invalid 'set_presence'")
-        config = await self._hs.sync_configs.for_request(
+        sync_filter = await self._hs.filtering.resolve_filter(
             requester.user_id, query_string(request, "filter")
         )
         sync_request = SyncRequest(
@@ -46,6 +46,7 @@ class SyncServlet:
             device_id=requester.device_id,
             since=since,
             full_state=full_state_raw == "true",
-            config=config,
+            filter=sync_filter,
         )
-        return 200, await self._hs.sync.wait_for_sync(sync_request, timeout_ms)
+        async with self._hs.presence.syncing(requester.user_id, set_presence):
+            return 200, await self._hs.sync.wait_for_sync(sync_request, timeout_ms)

@@ -3,22 +3,27 @@
 Incremental sync asks the in-memory change indexes which of the user's rooms changed since
 the token (`StreamChangeCache`), so its cost follows what changed, not how many rooms the
 user is in. Only when a token is older than what the indexes remember does it fall back to
-the database.
+the database. The user's own memberships are cached until they change.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from homeserver.account_data import AccountDataHandler
 from homeserver.clock import Clock
 from homeserver.events.model import Event
 from homeserver.events.serialize import EventSerializer
+from homeserver.filtering import Filter, RoomEventFilter
+from homeserver.presence import PresenceHandler
+from homeserver.receipts import ReceiptsHandler
+from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.sync.change_cache import StreamChangeCache
 from homeserver.sync.notifier import Notifier
 from homeserver.sync.tokens import RoomPosition, StreamToken
+from homeserver.typing import TypingHandler
 from storage.stores.events import EventStore, StoredEvent
 from storage.stores.rooms import Membership, RoomStore
 from storage.stores.state import StateStore
@@ -38,21 +43,8 @@ STRIPPED_STATE_TYPES = (
 )
 MAX_HEROES = 5
 MEMBERSHIP_CACHE_SIZE = 50_000
-
-
-@dataclass
-class SyncConfig:
-    """What the client asked for (from its filter)."""
-
-    timeline_limit: int = 10
-    lazy_load_members: bool = False
-    include_redundant_members: bool = False
-    include_leave: bool = False
-    # Room IDs to sync (None: all).
-    rooms: Collection[str] | None = None
-    not_rooms: Collection[str] = ()
-    timeline_filter: Callable[[Event], bool] = lambda event: True
-    state_filter: Callable[[Event], bool] = lambda event: True
+DEFAULT_TIMELINE_LIMIT = 10
+MAX_TIMELINE_LIMIT = 100
 
 
 @dataclass
@@ -61,7 +53,7 @@ class SyncRequest:
     device_id: str
     since: StreamToken | None
     full_state: bool
-    config: SyncConfig = field(default_factory=SyncConfig)
+    filter: Filter = field(default_factory=Filter.default)
 
 
 @dataclass
@@ -69,6 +61,19 @@ class _RoomTimeline:
     events: list[StoredEvent]
     limited: bool
     prev_batch: str
+
+
+@dataclass
+class _Pass:
+    """One sync computation: the request, the window (since, now], and what it found."""
+
+    request: SyncRequest
+    since: StreamToken | None
+    now: StreamToken
+    # Rooms whose members the user newly shares (for presence of new room-mates).
+    newly_joined: set[str] = field(default_factory=set)
+    # room_id -> the user's membership, for the rooms this pass looked at.
+    memberships: dict[str, Membership] = field(default_factory=dict)
 
 
 class SyncHandler:
@@ -83,6 +88,11 @@ class SyncHandler:
         event_stream: StreamIdGenerator,
         room_changes: StreamChangeCache,
         membership_changes: StreamChangeCache,
+        visibility: HistoryVisibility,
+        typing: TypingHandler,
+        receipts: ReceiptsHandler,
+        account_data: AccountDataHandler,
+        presence: PresenceHandler,
     ) -> None:
         self._clock = clock
         self._events = events
@@ -93,12 +103,27 @@ class SyncHandler:
         self._event_stream = event_stream
         self._room_changes = room_changes
         self._membership_changes = membership_changes
+        self._visibility = visibility
+        self._typing = typing
+        self._receipts = receipts
+        self._account_data = account_data
+        self._presence = presence
         # user_id -> (events position when read, memberships): kept until the user's
         # memberships change, so a quiet incremental sync does no per-room database work.
         self._memberships_cache: dict[str, tuple[int, list[Membership]]] = {}
 
     def current_token(self) -> StreamToken:
-        return StreamToken(events=self._event_stream.current)
+        return StreamToken(
+            events=self._event_stream.current,
+            receipts=self._receipts.current_position,
+            typing=self._typing.current_position,
+            account_data=self._account_data.current_position,
+            presence=self._presence.current_position,
+        )
+
+    def forget_memberships(self, user_id: str) -> None:
+        """Drop the cached memberships (after a change with no stream position: forget)."""
+        self._memberships_cache.pop(user_id, None)
 
     async def wait_for_sync(self, request: SyncRequest, timeout_ms: int) -> dict[str, Any]:
         """Compute the response; if it is empty, wait for news up to `timeout_ms` and retry."""
@@ -117,84 +142,176 @@ class SyncHandler:
         """One sync pass; returns (response, whether it holds nothing new)."""
         now = self.current_token()
         since = request.since
+        if since is not None and since.typing > now.typing:
+            # Typing positions live in memory and restart at 0 with the server.
+            since = since.copy_and_replace("typing", 0)
         if since is not None and since.events > now.events:
-            # A token from the future (another process, or a restored database): treat as now.
-            since = now
-        rooms_section, rooms_empty = await self._rooms_section(request, since, now)
+            # A token from the future (a restored database): resync from scratch.
+            since = None
+        sync_pass = _Pass(request, since, now)
+        rooms = await self._rooms_section(sync_pass)
+        account_data = await self._account_data_section(sync_pass, rooms)
+        presence = await self._presence_section(sync_pass)
         response: dict[str, Any] = {
             "next_batch": str(now),
-            "rooms": rooms_section,
-            "account_data": {"events": []},
-            "presence": {"events": []},
+            "rooms": rooms,
+            "account_data": {"events": account_data},
+            "presence": {"events": presence},
         }
-        return response, rooms_empty and since is not None
+        empty = not any(rooms.values()) and not account_data and not presence
+        return response, empty and since is not None
+
+    # ----- global sections -----------------------------------------------------------------
+
+    async def _account_data_section(
+        self, sync_pass: _Pass, rooms: dict[str, dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        request, since = sync_pass.request, sync_pass.since
+        changes = await self._account_data.get_changes(
+            request.user_id,
+            since.account_data if since is not None and not request.full_state else 0,
+            sync_pass.now.account_data,
+        )
+        room_filter = request.filter.room
+        for room_id, events in changes.room_events.items():
+            wanted = room_filter.account_data.filter_events(events)
+            if not wanted or not room_filter.allows_room(room_id):
+                continue
+            for section in ("join", "leave"):
+                if room_id in rooms[section]:
+                    rooms[section][room_id]["account_data"]["events"] = wanted
+                    break
+            else:
+                if self._is_joined(sync_pass, room_id):
+                    rooms["join"][room_id] = self._empty_joined_room()
+                    rooms["join"][room_id]["account_data"]["events"] = wanted
+        return request.filter.account_data.filter_events(changes.global_events)
+
+    async def _presence_section(self, sync_pass: _Pass) -> list[dict[str, Any]]:
+        request, since = sync_pass.request, sync_pass.since
+        events = await self._presence.get_presence_events(
+            request.user_id,
+            since.presence if since is not None and not request.full_state else 0,
+            sync_pass.now.presence,
+        )
+        if sync_pass.newly_joined:
+            # New room-mates' presence may not have changed, but this user has never seen it.
+            known = {e["sender"] for e in events}
+            new_mates: set[str] = set()
+            for room_id in sync_pass.newly_joined:
+                new_mates.update(await self._state.get_current_members(room_id, "join"))
+            new_mates -= known | {request.user_id}
+            if new_mates:
+                events += await self._presence.get_presence_events_for_users(new_mates)
+        return request.filter.presence.filter_events(events)
 
     # ----- rooms ---------------------------------------------------------------------------
 
-    async def _rooms_section(
-        self, request: SyncRequest, since: StreamToken | None, now: StreamToken
-    ) -> tuple[dict[str, Any], bool]:
-        user_id = request.user_id
-        config = request.config
+    async def _rooms_section(self, sync_pass: _Pass) -> dict[str, dict[str, Any]]:
+        request, since, now = sync_pass.request, sync_pass.since, sync_pass.now
+        room_filter = request.filter.room
         memberships = [
-            m for m in await self._memberships_of(user_id, now) if self._room_wanted(config, m.room_id)
+            m
+            for m in await self._memberships_of(request.user_id, now)
+            if room_filter.allows_room(m.room_id) and m.stream_ordering <= now.events
         ]
+        sync_pass.memberships = {m.room_id: m for m in memberships}
         section: dict[str, dict[str, Any]] = {"join": {}, "invite": {}, "leave": {}, "knock": {}}
 
-        if since is None:
-            changed_rooms: set[str] | None = None
-            membership_changed = {m.room_id for m in memberships}
+        joined_ids = [m.room_id for m in memberships if m.membership == "join"]
+        if since is None or request.full_state:
+            changed_rooms: set[str] = set(joined_ids)
         else:
-            room_ids = [m.room_id for m in memberships]
-            from_cache = self._room_changes.changed_since(room_ids, since.events)
+            from_cache = self._room_changes.changed_since(joined_ids, since.events)
             if from_cache is not None:
                 changed_rooms = {str(r) for r in from_cache}
             else:
                 # The token predates what the change index remembers: ask the database.
-                changed_rooms = await self._events.get_rooms_changed_since(room_ids, since.events)
-            membership_changed = {
-                m.room_id for m in memberships if m.stream_ordering > since.events
-            }
+                changed_rooms = await self._events.get_rooms_changed_since(
+                    joined_ids, since.events
+                )
 
         for membership in memberships:
             room_id = membership.room_id
-            is_new = membership.room_id in membership_changed
-            if membership.stream_ordering > now.events:
-                # The membership changed after `now` was taken; the next sync will carry it.
-                continue
+            is_new = since is None or membership.stream_ordering > since.events
             if membership.membership == "join":
-                if (
-                    since is not None
-                    and not request.full_state
-                    and not is_new
-                    and changed_rooms is not None
-                    and room_id not in changed_rooms
-                ):
+                if room_id not in changed_rooms and not is_new:
                     continue
-                room = await self._joined_room(
-                    request, room_id, None if (is_new or request.full_state) else since, now
-                )
+                if is_new and since is not None:
+                    sync_pass.newly_joined.add(room_id)
+                fresh = is_new or request.full_state
+                room = await self._joined_room(sync_pass, room_id, None if fresh else since)
                 if room is not None:
                     section["join"][room_id] = room
-            elif membership.membership == "invite" and (is_new or since is None or request.full_state):
-                section["invite"][room_id] = {
-                    "invite_state": {"events": await self._stripped_state(membership)}
-                }
-            elif membership.membership == "knock" and (is_new or since is None or request.full_state):
-                section["knock"][room_id] = {
-                    "knock_state": {"events": await self._stripped_state(membership)}
-                }
+            elif membership.membership == "invite":
+                if is_new or request.full_state:
+                    events = await self._stripped_state(membership)
+                    section["invite"][room_id] = {"invite_state": {"events": events}}
+            elif membership.membership == "knock":
+                if is_new or request.full_state:
+                    events = await self._stripped_state(membership)
+                    section["knock"][room_id] = {"knock_state": {"events": events}}
             elif membership.membership in ("leave", "ban"):
                 # Left rooms appear once, when the leave happens; on initial sync only if asked.
-                if since is None and not config.include_leave:
+                if since is None and not room_filter.include_leave:
                     continue
                 if since is not None and not is_new and not request.full_state:
                     continue
-                room = await self._left_room(request, membership, since)
-                if room is not None:
-                    section["leave"][room_id] = room
-        empty = not any(section.values())
-        return section, empty
+                section["leave"][room_id] = await self._left_room(sync_pass, membership)
+
+        await self._add_ephemeral(sync_pass, section["join"], joined_ids)
+        return section
+
+    def _is_joined(self, sync_pass: _Pass, room_id: str) -> bool:
+        member = sync_pass.memberships.get(room_id)
+        return member is not None and member.membership == "join"
+
+    async def _add_ephemeral(
+        self, sync_pass: _Pass, joined: dict[str, dict[str, Any]], joined_ids: list[str]
+    ) -> None:
+        """Typing and receipts for joined rooms, adding rooms that only have those."""
+        request, since = sync_pass.request, sync_pass.since
+        fresh = since is None or request.full_state
+        typing = self._typing.get_typing_events(
+            joined_ids, 0 if fresh or since is None else since.typing
+        )
+        receipts = await self._receipts.get_receipt_events(
+            request.user_id,
+            joined_ids,
+            0 if fresh or since is None else since.receipts,
+            sync_pass.now.receipts,
+        )
+        ephemeral_filter = request.filter.room.ephemeral
+        for room_id in joined_ids:
+            events = []
+            # On a fresh sync only rooms where someone is typing; otherwise every change,
+            # including "stopped typing".
+            if room_id in typing and (not fresh or typing[room_id]["content"]["user_ids"]):
+                events.append(typing[room_id])
+            if room_id in receipts:
+                events.append(receipts[room_id])
+            if since is not None and room_id in sync_pass.newly_joined:
+                # Newly joined: send the room's receipts in full, not just the recent ones.
+                full = await self._receipts.get_receipt_events(
+                    request.user_id, [room_id], 0, sync_pass.now.receipts
+                )
+                events = [e for e in events if e["type"] != "m.receipt"] + list(full.values())
+            events = ephemeral_filter.filter_events(events)
+            if not events:
+                continue
+            room = joined.get(room_id)
+            if room is None:
+                room = joined[room_id] = self._empty_joined_room()
+            room["ephemeral"]["events"] = events
+
+    @staticmethod
+    def _empty_joined_room() -> dict[str, Any]:
+        return {
+            "timeline": {"events": [], "limited": False},
+            "state": {"events": []},
+            "ephemeral": {"events": []},
+            "account_data": {"events": []},
+        }
 
     async def _memberships_of(self, user_id: str, now: StreamToken) -> list[Membership]:
         """The user's memberships, from memory unless they changed since we last looked."""
@@ -211,81 +328,81 @@ class SyncHandler:
             self._memberships_cache.pop(next(iter(self._memberships_cache)))
         return memberships
 
-    @staticmethod
-    def _room_wanted(config: SyncConfig, room_id: str) -> bool:
-        if config.rooms is not None and room_id not in config.rooms:
-            return False
-        return room_id not in config.not_rooms
-
     async def _timeline(
-        self, room_id: str, config: SyncConfig, after: int, up_to: int
+        self, user_id: str, room_id: str, timeline_filter: RoomEventFilter, after: int, up_to: int
     ) -> _RoomTimeline:
-        limit = config.timeline_limit
+        limit = timeline_filter.limit_or(DEFAULT_TIMELINE_LIMIT, MAX_TIMELINE_LIMIT)
         # Fetch extra so filtering still fills the limit in the common case.
-        fetched = await self._events.get_room_events_between(room_id, after, up_to, limit * 2 + 1)
-        wanted = [s for s in fetched if config.timeline_filter(s.event)]
-        limited = len(wanted) > limit or (len(fetched) == limit * 2 + 1 and len(wanted) >= limit)
+        batch = limit * 2 + 1
+        fetched = await self._events.get_room_events_between(room_id, after, up_to, batch)
+        visible = await self._visibility.filter_events_for_user(user_id, fetched)
+        wanted = timeline_filter.filter_events(visible)
+        limited = len(wanted) > limit or len(fetched) == batch
         events = wanted[-limit:] if limit > 0 else []
         if events:
             first = events[0]
+            prev = RoomPosition(first.topological_ordering, first.stream_ordering - 1)
+        elif fetched:
+            first = fetched[0]
             prev = RoomPosition(first.topological_ordering, first.stream_ordering - 1)
         else:
             prev = RoomPosition(None, up_to)
         return _RoomTimeline(events, limited, str(prev))
 
-    async def _joined_room(
-        self, request: SyncRequest, room_id: str, since: StreamToken | None, now: StreamToken
-    ) -> dict[str, Any] | None:
-        config = request.config
-        after = since.events if since is not None else 0
-        timeline = await self._timeline(room_id, config, after, now.events)
-        state_events = await self._state_for_sync(
-            room_id, timeline, since, now, config, request.user_id
+    async def _serialize(
+        self, sync_pass: _Pass, events: list[StoredEvent]
+    ) -> list[dict[str, Any]]:
+        request = sync_pass.request
+        serialized = await self._serializer.serialize(
+            events, (request.user_id, request.device_id), include_room_id=False
         )
-        device = (request.user_id, request.device_id)
-        room: dict[str, Any] = {
+        flt = request.filter
+        if flt.event_fields is None and flt.event_format == "client":
+            return serialized
+        return [flt.format_event(client, s.event.pdu) for client, s in zip(serialized, events, strict=True)]
+
+    async def _joined_room(
+        self, sync_pass: _Pass, room_id: str, since: StreamToken | None
+    ) -> dict[str, Any] | None:
+        request, now = sync_pass.request, sync_pass.now
+        after = since.events if since is not None else 0
+        timeline = await self._timeline(
+            request.user_id, room_id, request.filter.room.timeline, after, now.events
+        )
+        state_events = await self._state_for_sync(sync_pass, room_id, timeline, since, now.events)
+        if since is not None and not timeline.events and not state_events:
+            return None
+        return {
             "timeline": {
-                "events": await self._serializer.serialize(
-                    timeline.events, device, include_room_id=False
-                ),
+                "events": await self._serialize(sync_pass, timeline.events),
                 "limited": timeline.limited,
                 "prev_batch": timeline.prev_batch,
             },
-            "state": {
-                "events": await self._serializer.serialize(
-                    state_events, device, include_room_id=False
-                )
-            },
+            "state": {"events": await self._serialize(sync_pass, state_events)},
             "ephemeral": {"events": []},
             "account_data": {"events": []},
+            "summary": await self._summary(room_id, request.user_id),
         }
-        if since is None or timeline.events or state_events:
-            room["summary"] = await self._summary(room_id, request.user_id)
-        elif since is not None:
-            return None
-        return room
 
     async def _state_for_sync(
         self,
+        sync_pass: _Pass,
         room_id: str,
         timeline: _RoomTimeline,
         since: StreamToken | None,
-        now: StreamToken,
-        config: SyncConfig,
-        user_id: str,
+        up_to: int,
     ) -> list[StoredEvent]:
         """The `state` block: state at the start of the timeline the client lacks."""
+        request = sync_pass.request
         if timeline.events:
-            first = await self._events.get_stored_event(timeline.events[0].event.event_id)
-            group = await self._state_group_before(first)
+            group = await self._events.get_state_group_before(timeline.events[0].event.event_id)
         else:
-            group = await self._events.get_state_group_at_stream(room_id, now.events)
+            group = await self._events.get_state_group_at_stream(room_id, up_to)
         state_at_start = await self._state.get_state_group(group) if group is not None else {}
 
-        timeline_has_all_changes = since is not None and not timeline.limited
         if since is None:
             wanted = dict(state_at_start)
-        elif timeline_has_all_changes:
+        elif not timeline.limited:
             # Every state change since the token is in the timeline itself.
             wanted = {}
         else:
@@ -295,28 +412,25 @@ class SyncHandler:
             )
             wanted = {k: e for k, e in state_at_start.items() if state_at_since.get(k) != e}
 
-        if config.lazy_load_members:
-            # Only the members the client needs to render this timeline (and itself). We do
-            # not track what each device already has, so these may be redundant: allowed.
-            senders = {s.event.sender for s in timeline.events} | {user_id}
+        if request.filter.lazy_load_members:
+            # Only the members needed to render this timeline (and the user). What each
+            # device already has is not tracked, so these may be redundant: the spec allows it.
+            senders = {s.event.sender for s in timeline.events} | {request.user_id}
             wanted = {k: e for k, e in wanted.items() if k[0] != "m.room.member"}
             wanted.update(
-                {("m.room.member", u): state_at_start[("m.room.member", u)]
-                 for u in senders if ("m.room.member", u) in state_at_start}
+                {
+                    ("m.room.member", u): state_at_start[("m.room.member", u)]
+                    for u in senders
+                    if ("m.room.member", u) in state_at_start
+                }
             )
-        wanted_ids = set(wanted.values())
 
         # State events already in the timeline need not be repeated.
         in_timeline = {s.event.event_id for s in timeline.events}
-        stored = await self._events.get_stored_events(wanted_ids - in_timeline)
-        result = [s for s in stored.values() if config.state_filter(s.event)]
+        stored = await self._events.get_stored_events(set(wanted.values()) - in_timeline)
+        result = request.filter.room.state.filter_events(list(stored.values()))
         result.sort(key=lambda s: s.stream_ordering)
         return result
-
-    async def _state_group_before(self, stored: StoredEvent | None) -> int | None:
-        if stored is None:
-            return None
-        return await self._events.get_state_group_before(stored.event.event_id)
 
     async def _summary(self, room_id: str, user_id: str) -> dict[str, Any]:
         joined = await self._state.get_current_members(room_id, "join")
@@ -333,41 +447,37 @@ class SyncHandler:
         ids = [state[(t, "")] for t in STRIPPED_STATE_TYPES if (t, "") in state]
         events = await self._events.get_events(ids + [membership.event_id])
         member_event = events.get(membership.event_id)
-        if member_event is not None:
+        if member_event is not None and member_event.sender != membership.user_id:
             inviter_key = ("m.room.member", member_event.sender)
-            if inviter_key in state and member_event.sender != membership.user_id:
+            if inviter_key in state:
                 inviter = await self._events.get_event(state[inviter_key])
                 if inviter is not None:
                     events[inviter.event_id] = inviter
         return [_stripped(e) for e in events.values()]
 
-    async def _left_room(
-        self, request: SyncRequest, membership: Membership, since: StreamToken | None
-    ) -> dict[str, Any] | None:
+    async def _left_room(self, sync_pass: _Pass, membership: Membership) -> dict[str, Any]:
         """A room the user left or was banned from: history up to the leave event only."""
-        config = request.config
-        after = since.events if since is not None else 0
+        request, since = sync_pass.request, sync_pass.since
+        fresh = since is None or request.full_state
+        after = 0 if fresh or since is None else since.events
         timeline = await self._timeline(
-            membership.room_id, config, after, membership.stream_ordering
+            request.user_id,
+            membership.room_id,
+            request.filter.room.timeline,
+            after,
+            membership.stream_ordering,
         )
-        up_to = StreamToken(events=membership.stream_ordering)
         state_events = await self._state_for_sync(
-            membership.room_id, timeline, since, up_to, config, request.user_id
+            sync_pass, membership.room_id, timeline, None if fresh else since,
+            membership.stream_ordering,
         )
-        device = (request.user_id, request.device_id)
         return {
             "timeline": {
-                "events": await self._serializer.serialize(
-                    timeline.events, device, include_room_id=False
-                ),
+                "events": await self._serialize(sync_pass, timeline.events),
                 "limited": timeline.limited,
                 "prev_batch": timeline.prev_batch,
             },
-            "state": {
-                "events": await self._serializer.serialize(
-                    state_events, device, include_room_id=False
-                )
-            },
+            "state": {"events": await self._serialize(sync_pass, state_events)},
             "account_data": {"events": []},
         }
 
@@ -379,4 +489,3 @@ def _stripped(event: Event) -> dict[str, Any]:
         "content": dict(event.content),
         "sender": event.sender,
     }
-

@@ -59,6 +59,8 @@ class EventStore:
         self._db = db
         self._cache: OrderedDict[str, StoredEvent] = OrderedDict()
         self._room_versions: dict[str, RoomVersion] = {}
+        # State groups of an event never change once it is persisted as a timeline event.
+        self._state_groups: OrderedDict[str, tuple[int | None, int | None]] = OrderedDict()
 
     # ----- single events -------------------------------------------------------------------
 
@@ -70,6 +72,7 @@ class EventStore:
 
     def invalidate(self, event_id: str) -> None:
         self._cache.pop(event_id, None)
+        self._state_groups.pop(event_id, None)
 
     async def get_stored_events(self, event_ids: Iterable[str]) -> dict[str, StoredEvent]:
         wanted = list(dict.fromkeys(event_ids))
@@ -267,6 +270,61 @@ class EventStore:
         for stored in events:
             self._cache_put(stored)
         return events
+
+    async def get_state_groups_for_events(
+        self, event_ids: Collection[str]
+    ) -> dict[str, tuple[int | None, int | None]]:
+        """event_id -> (state group before, state group after), for the events we have."""
+        wanted = [eid for eid in dict.fromkeys(event_ids)]
+        found = {eid: self._state_groups[eid] for eid in wanted if eid in self._state_groups}
+        missing = [eid for eid in wanted if eid not in found]
+        if not missing:
+            return found
+
+        def txn_fn(txn: Transaction) -> list[tuple[Any, ...]]:
+            rows: list[tuple[Any, ...]] = []
+            for start in range(0, len(missing), 500):
+                chunk = missing[start : start + 500]
+                placeholders = ",".join("?" for _ in chunk)
+                rows.extend(
+                    txn.select_all(
+                        "SELECT event_id, state_group_before, state_group_after FROM events"
+                        f" WHERE event_id IN ({placeholders})",
+                        chunk,
+                    )
+                )
+            return rows
+
+        for event_id, before, after in await self._db.run_interaction(
+            "get_state_groups_for_events", txn_fn
+        ):
+            found[event_id] = self._state_groups[event_id] = (before, after)
+        while len(self._state_groups) > EVENT_CACHE_SIZE:
+            self._state_groups.popitem(last=False)
+        return found
+
+    async def get_room_position_at_stream(
+        self, room_id: str, max_stream: int | None = None
+    ) -> tuple[int, int] | None:
+        """(topological, stream) of the last timeline event of the room in history order
+        among those at or before stream position `max_stream` (all if None); None if the
+        room has no such event."""
+
+        def txn_fn(txn: Transaction) -> tuple[Any, ...] | None:
+            args: list[Any] = [room_id, False]
+            bound = ""
+            if max_stream is not None:
+                bound = " AND stream_ordering <= ?"
+                args.append(max_stream)
+            return txn.select_one(
+                "SELECT topological_ordering, stream_ordering FROM events"
+                " WHERE room_id = ? AND outlier = ? AND rejected_reason IS NULL" + bound +
+                " ORDER BY topological_ordering DESC, stream_ordering DESC LIMIT 1",
+                args,
+            )
+
+        row = await self._db.run_interaction("get_room_position_at_stream", txn_fn)
+        return (int(row[0]), int(row[1])) if row else None
 
     async def get_rooms_changed_since(self, room_ids: Collection[str], after: int) -> set[str]:
         """Which of `room_ids` have timeline events after stream position `after`."""

@@ -8,7 +8,7 @@ any group touches at most that many groups.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from storage.database import Database, Transaction
 
@@ -17,6 +17,8 @@ StateMap = Mapping[StateKey, str]
 
 MAX_CHAIN_LENGTH = 50
 GROUP_CACHE_SIZE = 2000
+# Single (group, key) lookups cached by `get_state_for_groups`.
+KEY_CACHE_SIZE = 100_000
 
 
 def _load_group_txn(txn: Transaction, group: int) -> dict[StateKey, str]:
@@ -38,6 +40,31 @@ def _load_group_txn(txn: Transaction, group: int) -> dict[StateKey, str]:
         ):
             state[(type_, state_key)] = event_id
     return {k: v for k, v in state.items() if v is not None}
+
+
+def _lookup_keys_txn(
+    txn: Transaction, group: int, keys: list[StateKey]
+) -> dict[StateKey, str | None]:
+    """The event for each of `keys` in a group (None: not in its state), in one query that
+    walks the group's delta chain; the nearest group in the chain that mentions a key wins."""
+    conditions = " OR ".join("(e.type = ? AND e.state_key = ?)" for _ in keys)
+    rows = txn.select_all(
+        "WITH RECURSIVE chain(id, distance) AS ("
+        " SELECT id, 0 FROM state_groups WHERE id = ?"
+        " UNION ALL"
+        " SELECT g.prev_group, c.distance + 1 FROM state_groups g JOIN chain c ON g.id = c.id"
+        " WHERE g.prev_group IS NOT NULL)"
+        " SELECT e.type, e.state_key, e.event_id, c.distance"
+        " FROM state_group_entries e JOIN chain c ON e.state_group = c.id"
+        f" WHERE {conditions}",
+        [group, *(part for key in keys for part in key)],
+    )
+    nearest: dict[StateKey, tuple[int, str | None]] = {}
+    for type_, state_key, event_id, distance in rows:
+        key = (type_, state_key)
+        if key not in nearest or distance < nearest[key][0]:
+            nearest[key] = (distance, event_id)
+    return {key: nearest[key][1] if key in nearest else None for key in keys}
 
 
 def create_state_group_txn(
@@ -96,6 +123,7 @@ class StateStore:
         self._db = db
         # State groups never change once written, so caching them is always safe.
         self._group_cache: OrderedDict[int, dict[StateKey, str]] = OrderedDict()
+        self._key_cache: OrderedDict[tuple[int, StateKey], str | None] = OrderedDict()
 
     async def get_state_group(self, group: int) -> dict[StateKey, str]:
         """The full state map (type, state_key) -> event_id of a group."""
@@ -109,11 +137,90 @@ class StateStore:
             self._group_cache.popitem(last=False)
         return state
 
+    async def get_state_for_groups(
+        self, groups: Collection[int], keys: Collection[StateKey]
+    ) -> dict[int, dict[StateKey, str]]:
+        """For each group, the event IDs of those of `keys` that are in its state.
+
+        For reading a few keys (a user's membership, the history visibility) at many
+        events without loading whole state maps, which are large in big rooms.
+        """
+        wanted_keys = list(dict.fromkeys(keys))
+        result: dict[int, dict[StateKey, str]] = {}
+        to_fetch: dict[int, list[StateKey]] = {}
+        for group in dict.fromkeys(groups):
+            full = self._group_cache.get(group)
+            found: dict[StateKey, str] = {}
+            result[group] = found
+            for key in wanted_keys:
+                if full is not None:
+                    if key in full:
+                        found[key] = full[key]
+                    continue
+                cache_key = (group, key)
+                if cache_key in self._key_cache:
+                    cached = self._key_cache[cache_key]
+                    if cached is not None:
+                        found[key] = cached
+                else:
+                    to_fetch.setdefault(group, []).append(key)
+        if not to_fetch:
+            return result
+
+        def txn_fn(txn: Transaction) -> dict[int, dict[StateKey, str | None]]:
+            return {group: _lookup_keys_txn(txn, group, ks) for group, ks in to_fetch.items()}
+
+        fetched = await self._db.run_interaction("get_state_for_groups", txn_fn)
+        for group, values in fetched.items():
+            for key, event_id in values.items():
+                self._key_cache[(group, key)] = event_id
+                if event_id is not None:
+                    result[group][key] = event_id
+        while len(self._key_cache) > KEY_CACHE_SIZE:
+            self._key_cache.popitem(last=False)
+        return result
+
     async def get_max_state_group(self) -> int:
         row = await self._db.run_interaction(
             "get_max_state_group", lambda txn: txn.select_one("SELECT MAX(id) FROM state_groups")
         )
         return row[0] if row and row[0] is not None else 0
+
+    async def get_state_group_after_event(self, event_id: str) -> int | None:
+        """The group of the state after `event_id` (the state at it, for non-state events)."""
+        row = await self._db.run_interaction(
+            "get_state_group_after_event",
+            lambda txn: txn.select_one(
+                "SELECT state_group_after FROM events WHERE event_id = ?", (event_id,)
+            ),
+        )
+        return row[0] if row else None
+
+    async def get_state_group_at_position(
+        self, room_id: str, topological: int | None, stream: int
+    ) -> int | None:
+        """The group of the room's state at a point in its history: the state after the
+        latest timeline event at or before (topological, stream), or before stream position
+        `stream` when `topological` is None (a sync token). None if no event is that early."""
+
+        def txn_fn(txn: Transaction) -> tuple | None:
+            if topological is None:
+                return txn.select_one(
+                    "SELECT state_group_after FROM events WHERE room_id = ?"
+                    " AND stream_ordering <= ? AND outlier = ? AND rejected_reason IS NULL"
+                    " ORDER BY stream_ordering DESC LIMIT 1",
+                    (room_id, stream, False),
+                )
+            return txn.select_one(
+                "SELECT state_group_after FROM events WHERE room_id = ?"
+                " AND (topological_ordering < ? OR (topological_ordering = ? AND stream_ordering <= ?))"
+                " AND outlier = ? AND rejected_reason IS NULL"
+                " ORDER BY topological_ordering DESC, stream_ordering DESC LIMIT 1",
+                (room_id, topological, topological, stream, False),
+            )
+
+        row = await self._db.run_interaction("get_state_group_at_position", txn_fn)
+        return row[0] if row else None
 
     async def get_current_state_ids(self, room_id: str) -> dict[StateKey, str]:
         rows = await self._db.run_interaction(

@@ -1,0 +1,286 @@
+"""Benchmarks against a running Heddle server, started here from a fresh config.
+
+    .venv/bin/python bench/heddle_bench.py --db sqlite
+    .venv/bin/python bench/heddle_bench.py --db postgresql://postgres@127.0.0.1:5432/postgres
+
+Scenarios (issue 3): message send throughput (20 senders, one room), send-to-receive latency
+seen by 50 syncing clients, initial sync of a user in 100 rooms, and /messages pagination
+over 2,000 events. Results are printed as JSON. The clients are plain aiohttp (no Matrix
+SDK), so what is measured is the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psycopg2
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+HEDDLE = Path(sys.executable).parent / "heddle"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def create_pg_database(admin_url: str) -> tuple[str, str]:
+    name = f"heddle_bench_{uuid.uuid4().hex[:8]}"
+    conn = psycopg2.connect(admin_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    conn.close()
+    return admin_url.rsplit("/", 1)[0] + "/" + name, name
+
+
+def drop_pg_database(admin_url: str, name: str) -> None:
+    conn = psycopg2.connect(admin_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    conn.close()
+
+
+@asynccontextmanager
+async def running_server(db: str):
+    data_dir = Path(tempfile.mkdtemp(prefix="heddle-bench-"))
+    port = free_port()
+    subprocess.run(
+        [str(HEDDLE), "generate-config", "--server-name", "bench.local", "--data-dir",
+         str(data_dir), "--port", str(port)],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    config_path = data_dir / "homeserver.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["listeners"] = [{"type": "client", "bind_address": "127.0.0.1", "port": port}]
+    config["rate_limits"] = {"enabled": False}
+    config["auth"]["bcrypt_rounds"] = 4
+    config["logging"] = {"level": "WARNING"}
+    pg_name = None
+    if db != "sqlite":
+        url, pg_name = create_pg_database(db)
+        config["database"] = {"url": url, "max_connections": 10}
+    config_path.write_text(yaml.safe_dump(config))
+    process = subprocess.Popen([str(HEDDLE), "--config", str(config_path)])
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):
+                try:
+                    async with session.get(base + "/_matrix/client/versions") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+            else:
+                raise RuntimeError("server did not start")
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        if pg_name is not None:
+            drop_pg_database(db, pg_name)
+
+
+class Client:
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        self.session = session
+        self.base = base
+        self.token = ""
+        self.user_id = ""
+
+    async def call(self, method: str, path: str, body: Any = None) -> Any:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        async with self.session.request(
+            method, self.base + path, json=body, headers=headers
+        ) as r:
+            data = await r.json()
+            if r.status != 200:
+                raise RuntimeError(f"{method} {path}: {r.status} {data}")
+            return data
+
+    async def register(self, name: str) -> None:
+        data = await self.call(
+            "POST", "/_matrix/client/v3/register",
+            {"username": name, "password": "bench-password", "auth": {"type": "m.login.dummy"}},
+        )
+        self.token, self.user_id = data["access_token"], data["user_id"]
+
+    async def create_room(self, **body: Any) -> str:
+        return (await self.call("POST", "/_matrix/client/v3/createRoom", body))["room_id"]
+
+    async def join(self, room_id: str) -> None:
+        await self.call("POST", f"/_matrix/client/v3/join/{room_id}", {})
+
+    async def send(self, room_id: str, body: str) -> str:
+        txn = secrets.token_hex(8)
+        data = await self.call(
+            "PUT", f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{txn}",
+            {"msgtype": "m.text", "body": body},
+        )
+        return data["event_id"]
+
+    async def sync(self, since: str | None = None, timeout: int = 0) -> Any:
+        path = f"/_matrix/client/v3/sync?timeout={timeout}"
+        if since:
+            path += f"&since={since}"
+        return await self.call("GET", path)
+
+
+async def new_clients(session: aiohttp.ClientSession, base: str, n: int, prefix: str) -> list[Client]:
+    clients = [Client(session, base) for _ in range(n)]
+    await asyncio.gather(*(c.register(f"{prefix}{i}") for i, c in enumerate(clients)))
+    return clients
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "count": len(values),
+        "p50_ms": round(statistics.median(ordered) * 1000, 2),
+        "p95_ms": round(ordered[int(len(ordered) * 0.95) - 1] * 1000, 2),
+        "max_ms": round(ordered[-1] * 1000, 2),
+    }
+
+
+async def send_throughput(session: aiohttp.ClientSession, base: str) -> dict[str, Any]:
+    senders = await new_clients(session, base, 20, "sender")
+    room_id = await senders[0].create_room(preset="public_chat")
+    await asyncio.gather(*(s.join(room_id) for s in senders[1:]))
+    per_sender = 25
+    latencies: list[float] = []
+
+    async def run(sender: Client) -> None:
+        for i in range(per_sender):
+            start = time.perf_counter()
+            await sender.send(room_id, f"message {i}")
+            latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(run(s) for s in senders))
+    elapsed = time.perf_counter() - start
+    total = len(senders) * per_sender
+    return {"messages": total, "seconds": round(elapsed, 3),
+            "messages_per_second": round(total / elapsed, 1), "send_latency": summary(latencies)}
+
+
+async def sync_latency(session: aiohttp.ClientSession, base: str) -> dict[str, Any]:
+    readers = await new_clients(session, base, 50, "reader")
+    sender = (await new_clients(session, base, 1, "speaker"))[0]
+    room_id = await sender.create_room(preset="public_chat")
+    await asyncio.gather(*(r.join(room_id) for r in readers))
+    tokens = {id(r): (await r.sync())["next_batch"] for r in readers}
+    latencies: list[float] = []
+    for i in range(10):
+        body = f"ping {i}"
+
+        async def wait_for(reader: Client, body: str = body) -> float:
+            since = tokens[id(reader)]
+            while True:
+                data = await reader.sync(since, timeout=10000)
+                since = data["next_batch"]
+                events = data["rooms"]["join"].get(room_id, {}).get("timeline", {}).get("events", [])
+                if any(e["content"].get("body") == body for e in events):
+                    tokens[id(reader)] = since
+                    return time.perf_counter()
+
+        waiters = [asyncio.ensure_future(wait_for(r)) for r in readers]
+        await asyncio.sleep(0.2)  # let every reader be parked in its long-poll
+        sent_at = time.perf_counter()
+        await sender.send(room_id, body)
+        received = await asyncio.gather(*waiters)
+        latencies.extend(t - sent_at for t in received)
+    return {"readers": len(readers), "messages": 10, "send_to_receive": summary(latencies)}
+
+
+async def initial_sync_100_rooms(session: aiohttp.ClientSession, base: str) -> dict[str, Any]:
+    user = (await new_clients(session, base, 1, "busy"))[0]
+    other = (await new_clients(session, base, 1, "talker"))[0]
+    for i in range(100):
+        room_id = await other.create_room(preset="public_chat", name=f"room {i}")
+        await user.join(room_id)
+        for j in range(5):
+            await other.send(room_id, f"hello {j}")
+    timings = []
+    for _ in range(5):
+        start = time.perf_counter()
+        data = await user.sync()
+        timings.append(time.perf_counter() - start)
+    assert len(data["rooms"]["join"]) == 100
+    incremental = []
+    for _ in range(5):
+        start = time.perf_counter()
+        await user.sync(data["next_batch"])
+        incremental.append(time.perf_counter() - start)
+    return {"rooms": 100, "initial_sync": summary(timings), "empty_incremental_sync": summary(incremental)}
+
+
+async def messages_pagination(session: aiohttp.ClientSession, base: str) -> dict[str, Any]:
+    user = (await new_clients(session, base, 1, "historian"))[0]
+    room_id = await user.create_room(preset="private_chat")
+    for chunk in range(0, 2000, 50):
+        await asyncio.gather(*(user.send(room_id, f"event {chunk + i}") for i in range(50)))
+    timings = []
+    start_all = time.perf_counter()
+    token = None
+    seen = 0
+    while True:
+        path = f"/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=100"
+        if token:
+            path += f"&from={token}"
+        start = time.perf_counter()
+        data = await user.call("GET", path)
+        timings.append(time.perf_counter() - start)
+        seen += sum(1 for e in data["chunk"] if e["type"] == "m.room.message")
+        token = data.get("end")
+        if not token or not data["chunk"]:
+            break
+    assert seen == 2000, seen
+    return {"events": seen, "pages": len(timings), "total_seconds": round(time.perf_counter() - start_all, 3),
+            "page_of_100": summary(timings)}
+
+
+SCENARIOS = {
+    "send_throughput": send_throughput,
+    "sync_latency": sync_latency,
+    "initial_sync_100_rooms": initial_sync_100_rooms,
+    "messages_pagination": messages_pagination,
+}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--db", default="sqlite", help="'sqlite' or a PostgreSQL admin URL")
+    parser.add_argument("--only", choices=sorted(SCENARIOS), action="append")
+    args = parser.parse_args()
+    results: dict[str, Any] = {"db": "sqlite" if args.db == "sqlite" else "postgresql"}
+    for name in args.only or list(SCENARIOS):
+        async with running_server(args.db) as base:
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+                results[name] = await SCENARIOS[name](session, base)
+        print(json.dumps({name: results[name]}), flush=True)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    asyncio.run(main())

@@ -1,0 +1,79 @@
+"""Reading room history: /messages, /context and single events."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from client_api.auth import require_user
+from client_api.http import HeddleRequest, client_path, query_string, require_query_string
+from homeserver.errors import Codes, MatrixError
+from homeserver.rooms.messages import DEFAULT_LIMIT, MAX_LIMIT
+
+if TYPE_CHECKING:
+    from homeserver.app import HomeServer
+
+
+def parse_limit(request: HeddleRequest, default: int = DEFAULT_LIMIT) -> int:
+    """The `limit` query parameter: a non-negative integer (400 M_INVALID_PARAM otherwise),
+    capped at MAX_LIMIT."""
+    raw = query_string(request, "limit")
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        raise MatrixError(400, Codes.INVALID_PARAM, "'limit' must be a non-negative integer")
+    return min(int(raw), MAX_LIMIT)
+
+
+class MessagesServlet:
+    PATTERNS = [client_path("/rooms/(?P<room_id>[^/]+)/messages")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
+        requester = await require_user(self._hs, request)
+        direction = require_query_string(request, "dir")
+        if direction not in ("b", "f"):
+            raise MatrixError(400, Codes.INVALID_PARAM, "'dir' must be 'b' or 'f'")
+        event_filter = await self._hs.filtering.resolve_room_event_filter(
+            requester.user_id, query_string(request, "filter")
+        )
+        # The query's `limit` wins; a filter's own `limit` is the default when there is none.
+        limit = parse_limit(request, default=event_filter.limit_or(DEFAULT_LIMIT, MAX_LIMIT))
+        return 200, await self._hs.messages.get_messages(
+            requester,
+            room_id,
+            direction,
+            query_string(request, "from"),
+            query_string(request, "to"),
+            limit,
+            event_filter,
+        )
+
+
+class ContextServlet:
+    PATTERNS = [client_path("/rooms/(?P<room_id>[^/]+)/context/(?P<event_id>[^/]+)")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest, room_id: str, event_id: str) -> tuple[int, Any]:
+        requester = await require_user(self._hs, request)
+        limit = parse_limit(request)
+        event_filter = await self._hs.filtering.resolve_room_event_filter(
+            requester.user_id, query_string(request, "filter")
+        )
+        return 200, await self._hs.messages.get_context(
+            requester, room_id, event_id, limit, event_filter
+        )
+
+
+class EventServlet:
+    PATTERNS = [client_path("/rooms/(?P<room_id>[^/]+)/event/(?P<event_id>[^/]+)")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest, room_id: str, event_id: str) -> tuple[int, Any]:
+        requester = await require_user(self._hs, request)
+        return 200, await self._hs.messages.get_event(requester, room_id, event_id)

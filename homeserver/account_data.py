@@ -1,0 +1,182 @@
+"""Account data (spec: "Client Config") and room tags (spec: "Room Tagging").
+
+Each user's data is private to them. Every write takes the next position in the account
+data stream and wakes the owner's syncs. Tags are the room account data event `m.tag`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from homeserver.auth.tokens import Requester
+from homeserver.errors import Codes, MatrixError
+from homeserver.linearizer import Linearizer
+from homeserver.sync.change_cache import StreamChangeCache
+from homeserver.sync.notifier import Notifier
+from storage.stores.account_data import AccountDataStore
+from storage.stream_ids import StreamIdGenerator
+
+logger = logging.getLogger(__name__)
+
+JsonDict = dict[str, Any]
+
+TAG = "m.tag"
+FULLY_READ = "m.fully_read"
+PUSH_RULES = "m.push_rules"
+# Types the server manages; clients may read them but not set them through this API.
+SERVER_MANAGED_TYPES = frozenset({FULLY_READ, PUSH_RULES})
+MAX_TAG_BYTES = 255
+
+
+@dataclass
+class AccountDataChanges:
+    """What sync sends: `{"type", "content"}` events, global and per room."""
+
+    global_events: list[JsonDict] = field(default_factory=list)
+    room_events: dict[str, list[JsonDict]] = field(default_factory=dict)
+
+
+def check_room_id(room_id: str) -> None:
+    # Room version 12 room IDs have no server part, so "!" is all that every version shares.
+    if not room_id.startswith("!") or len(room_id) < 2:
+        raise MatrixError(400, Codes.INVALID_PARAM, f"{room_id!r} is not a valid room ID")
+
+
+class AccountDataHandler:
+    def __init__(
+        self,
+        store: AccountDataStore,
+        stream: StreamIdGenerator,
+        changes: StreamChangeCache,
+        notifier: Notifier,
+    ) -> None:
+        self._store = store
+        self._stream = stream
+        # Keyed by user_id.
+        self._changes = changes
+        self._notifier = notifier
+        # Read-modify-write of m.tag, per (user, room).
+        self._tag_writers = Linearizer("room_tags")
+
+    @property
+    def current_position(self) -> int:
+        return self._stream.current
+
+    # ----- client API ----------------------------------------------------------------------
+
+    @staticmethod
+    def _check_owner(requester: Requester, user_id: str, action: str) -> None:
+        if requester.user_id != user_id:
+            raise MatrixError(403, Codes.FORBIDDEN, f"Cannot {action} account data for other users")
+
+    @staticmethod
+    def _check_settable(data_type: str) -> None:
+        if data_type in SERVER_MANAGED_TYPES:
+            # The spec's 405 for server-managed types comes with M_BAD_JSON.
+            raise MatrixError(405, Codes.BAD_JSON, f"Cannot set {data_type} through this API")
+
+    async def set_client_account_data(
+        self,
+        requester: Requester,
+        user_id: str,
+        room_id: str | None,
+        data_type: str,
+        content: JsonDict,
+    ) -> None:
+        """PUT account data (global if `room_id` is None), refusing server-managed types."""
+        self._check_owner(requester, user_id, "add")
+        if room_id is not None:
+            check_room_id(room_id)
+        self._check_settable(data_type)
+        await self.write(user_id, room_id, data_type, content)
+
+    async def get_client_account_data(
+        self, requester: Requester, user_id: str, room_id: str | None, data_type: str
+    ) -> JsonDict:
+        """GET account data; 404 M_NOT_FOUND if it was never set."""
+        self._check_owner(requester, user_id, "get")
+        if room_id is not None:
+            check_room_id(room_id)
+        content = await self._store.get_account_data(user_id, room_id, data_type)
+        if content is None:
+            where = "Room account data" if room_id is not None else "Account data"
+            raise MatrixError(404, Codes.NOT_FOUND, f"{where} not found")
+        return content
+
+    async def get_tags(self, requester: Requester, user_id: str, room_id: str) -> JsonDict:
+        self._check_owner(requester, user_id, "get")
+        check_room_id(room_id)
+        return await self._current_tags(user_id, room_id)
+
+    async def add_tag(
+        self, requester: Requester, user_id: str, room_id: str, tag: str, content: JsonDict
+    ) -> None:
+        self._check_owner(requester, user_id, "add")
+        check_room_id(room_id)
+        _check_tag(tag)
+        order = content.get("order")
+        if "order" in content and (isinstance(order, bool) or not isinstance(order, int | float)):
+            raise MatrixError(400, Codes.BAD_JSON, "'order' must be a number")
+        async with self._tag_writers.queue((user_id, room_id)):
+            tags = await self._current_tags(user_id, room_id)
+            tags[tag] = content
+            await self.write(user_id, room_id, TAG, {"tags": tags})
+
+    async def remove_tag(self, requester: Requester, user_id: str, room_id: str, tag: str) -> None:
+        """Remove a tag; removing one the room does not have succeeds and changes nothing."""
+        self._check_owner(requester, user_id, "remove")
+        check_room_id(room_id)
+        async with self._tag_writers.queue((user_id, room_id)):
+            tags = await self._current_tags(user_id, room_id)
+            if tag not in tags:
+                return
+            del tags[tag]
+            await self.write(user_id, room_id, TAG, {"tags": tags})
+
+    async def _current_tags(self, user_id: str, room_id: str) -> JsonDict:
+        content = await self._store.get_account_data(user_id, room_id, TAG)
+        tags = (content or {}).get("tags")
+        return dict(tags) if isinstance(tags, dict) else {}
+
+    # ----- for the server itself (read markers) ----------------------------------------------
+
+    async def get(self, user_id: str, room_id: str | None, data_type: str) -> JsonDict | None:
+        return await self._store.get_account_data(user_id, room_id, data_type)
+
+    async def write(
+        self, user_id: str, room_id: str | None, data_type: str, content: JsonDict
+    ) -> int:
+        """Store account data with no checks; returns its stream position."""
+        async with self._stream.next() as stream_id:
+            await self._store.set_account_data(user_id, room_id, data_type, content, stream_id)
+        self._changes.entity_changed(user_id, stream_id)
+        self._notifier.notify_users([user_id])
+        logger.debug("account data %s of %s in %s at %d", data_type, user_id, room_id, stream_id)
+        return stream_id
+
+    # ----- for sync --------------------------------------------------------------------------
+
+    async def get_changes(
+        self, user_id: str, since: int, up_to: int | None = None
+    ) -> AccountDataChanges:
+        """The user's account data written after `since` (everything for 0), up to `up_to`.
+
+        Each type appears once, with its latest content.
+        """
+        changes = AccountDataChanges()
+        if since > 0 and not self._changes.has_changed_since(user_id, since):
+            return changes
+        for data in await self._store.get_account_data_changed(user_id, since, up_to):
+            event = {"type": data.type, "content": data.content}
+            if data.room_id is None:
+                changes.global_events.append(event)
+            else:
+                changes.room_events.setdefault(data.room_id, []).append(event)
+        return changes
+
+
+def _check_tag(tag: str) -> None:
+    if len(tag.encode("utf-8")) > MAX_TAG_BYTES:
+        raise MatrixError(400, Codes.INVALID_PARAM, f"Tag names may not exceed {MAX_TAG_BYTES} bytes")

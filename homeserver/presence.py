@@ -1,0 +1,355 @@
+"""Presence of local users (spec: "Presence"): online, unavailable or offline, a status
+message, and when the user last did something.
+
+The current presence of every user we have looked at is held in memory; each change that
+clients should hear about takes the next position in the presence stream, is written to the
+database, and wakes the syncs of everyone sharing a room with the user.
+
+How presence moves:
+- PUT /presence sets the state and status message (and counts as activity when online).
+- Activity (`bump_active`: receipts, read markers, sending events) records the time and
+  brings an unavailable user back online.
+- Syncing (`syncing` / `on_sync`, with the request's `set_presence`) brings an offline user
+  online, or marks them unavailable; it does not count as activity, so a client left open
+  does not keep its user online forever.
+- A periodic check makes online users idle (unavailable) after `idle_timeout_ms` without
+  activity, and users offline once they have had no sync for `sync_timeout_ms`.
+
+Only changes to the state, status message or `currently_active`, and jumps of the last
+active time, are sent to clients; while `currently_active` is true the last active time moves
+silently (spec: "Last active ago").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Collection, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from twisted.internet import defer, task
+
+from homeserver.auth.tokens import Requester
+from homeserver.clock import Clock
+from homeserver.config import PresenceConfig
+from homeserver.errors import Codes, MatrixError
+from homeserver.identifiers import split_user_id
+from homeserver.linearizer import Linearizer
+from homeserver.sync.change_cache import StreamChangeCache
+from homeserver.sync.notifier import Notifier
+from storage.stores.presence import PresenceStore, UserPresence
+from storage.stores.rooms import RoomStore
+from storage.stores.state import StateStore
+from storage.stream_ids import StreamIdGenerator
+
+logger = logging.getLogger(__name__)
+
+JsonDict = dict[str, Any]
+
+ONLINE = "online"
+UNAVAILABLE = "unavailable"
+OFFLINE = "offline"
+PRESENCE_STATES = frozenset({ONLINE, UNAVAILABLE, OFFLINE})
+# `currently_active` lapses after this long without activity (as in Synapse).
+LAST_ACTIVE_GRANULARITY_MS = 60_000
+TIMEOUT_CHECK_INTERVAL_S = 5.0
+
+
+def is_notable_change(prev: UserPresence, new: UserPresence) -> bool:
+    """Whether clients should be told of the change from `prev` to `new` (as Synapse decides):
+    the last active time alone only counts when it jumps, and not while currently active."""
+    if prev.state != new.state or prev.status_msg != new.status_msg:
+        return True
+    jumped = new.last_active_ts - prev.last_active_ts > LAST_ACTIVE_GRANULARITY_MS
+    if new.state == ONLINE:
+        return prev.currently_active != new.currently_active or (
+            jumped and not new.currently_active
+        )
+    return jumped
+
+
+class PresenceHandler:
+    def __init__(
+        self,
+        config: PresenceConfig,
+        server_name: str,
+        clock: Clock,
+        reactor: Any,
+        store: PresenceStore,
+        rooms: RoomStore,
+        state: StateStore,
+        stream: StreamIdGenerator,
+        changes: StreamChangeCache,
+        notifier: Notifier,
+    ) -> None:
+        self._config = config
+        self._server_name = server_name
+        self._clock = clock
+        self._reactor = reactor
+        self._store = store
+        self._rooms = rooms
+        self._state = state
+        self._stream = stream
+        # Keyed by user_id.
+        self._changes = changes
+        self._notifier = notifier
+        self._states: dict[str, UserPresence] = {}
+        # Users the idle timeout made unavailable (rather than they themselves): syncing does
+        # not bring them back online, only activity does.
+        self._idle: set[str] = set()
+        # user_id -> number of /sync requests in flight.
+        self._syncing: dict[str, int] = {}
+        self._writers = Linearizer("presence")
+        self._timeouts: task.LoopingCall | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self._config.enabled
+
+    @property
+    def current_position(self) -> int:
+        return self._stream.current
+
+    async def start(self) -> None:
+        """Load everyone not offline (so their timeouts run) and start the timeout check."""
+        if not self.enabled:
+            return
+        for presence in await self._store.get_not_offline():
+            self._states[presence.user_id] = presence
+        self._timeouts = task.LoopingCall(
+            lambda: defer.ensureDeferred(self._check_timeouts_logged())
+        )
+        self._timeouts.clock = self._reactor
+        self._timeouts.start(TIMEOUT_CHECK_INTERVAL_S, now=False)
+
+    def stop(self) -> None:
+        if self._timeouts is not None and self._timeouts.running:
+            self._timeouts.stop()
+
+    # ----- reading ---------------------------------------------------------------------------
+
+    async def get_states(self, user_ids: Collection[str]) -> dict[str, UserPresence]:
+        missing = [u for u in user_ids if u not in self._states]
+        if missing:
+            stored = await self._store.get_presence(missing)
+            for user_id in missing:
+                # Another coroutine may have updated the user while we read.
+                self._states.setdefault(user_id, stored.get(user_id) or UserPresence.default(user_id))
+        return {u: self._states[u] for u in user_ids}
+
+    async def get_state(self, user_id: str) -> UserPresence:
+        return (await self.get_states([user_id]))[user_id]
+
+    def format_content(self, presence: UserPresence, now_ms: int | None = None) -> JsonDict:
+        """The `content` of an `m.presence` event (also the GET /presence body)."""
+        now = self._clock.time_msec() if now_ms is None else now_ms
+        content: JsonDict = {"presence": presence.state}
+        if presence.last_active_ts:
+            content["last_active_ago"] = max(0, now - presence.last_active_ts)
+        if presence.status_msg is not None:
+            content["status_msg"] = presence.status_msg
+        if presence.state == ONLINE:
+            content["currently_active"] = presence.currently_active
+        return content
+
+    def format_event(self, presence: UserPresence, now_ms: int | None = None) -> JsonDict:
+        return {
+            "type": "m.presence",
+            "sender": presence.user_id,
+            "content": self.format_content(presence, now_ms),
+        }
+
+    async def get_presence_for_client(self, requester: Requester, user_id: str) -> JsonDict:
+        """GET /presence/{userId}/status: yourself, or someone you share a room with.
+
+        403 M_FORBIDDEN for anyone else (as Synapse), so presence does not leak to strangers.
+        """
+        split_user_id(user_id)
+        if requester.user_id != user_id and user_id not in await self.users_sharing_rooms(
+            requester.user_id
+        ):
+            raise MatrixError(403, Codes.FORBIDDEN, "You are not allowed to see their presence")
+        if not self.enabled:
+            return {"presence": OFFLINE}
+        return self.format_content(await self.get_state(user_id))
+
+    async def users_sharing_rooms(self, user_id: str) -> set[str]:
+        """Everyone joined to a room the user is joined to, the user included."""
+        users = {user_id}
+        for membership in await self._rooms.get_rooms_for_user(user_id):
+            users.update((await self._state.get_current_members(membership.room_id, "join")).keys())
+        return users
+
+    # ----- changing --------------------------------------------------------------------------
+
+    async def set_presence(
+        self, requester: Requester, user_id: str, state: str, status_msg: str | None
+    ) -> None:
+        """PUT /presence/{userId}/status. A missing status message clears it."""
+        split_user_id(user_id)
+        if requester.user_id != user_id:
+            raise MatrixError(403, Codes.FORBIDDEN, "You cannot set the presence of another user")
+        if state not in PRESENCE_STATES:
+            raise MatrixError(400, Codes.INVALID_PARAM, f"Invalid presence state {state!r}")
+        if not self.enabled:
+            return
+        now = self._clock.time_msec()
+        async with self._writers.queue(user_id):
+            prev = await self.get_state(user_id)
+            # Setting presence shows a client is connected, whether or not it syncs yet.
+            new = prev.copy_and_replace(state=state, status_msg=status_msg, last_user_sync_ts=now)
+            if state == ONLINE:
+                new = new.copy_and_replace(last_active_ts=now, currently_active=True)
+            else:
+                new = new.copy_and_replace(currently_active=False)
+            self._idle.discard(user_id)
+            await self._update(prev, new)
+
+    async def bump_active(self, user_id: str) -> None:
+        """The user did something pro-actively: record the time; unavailable becomes online."""
+        if not self.enabled:
+            return
+        now = self._clock.time_msec()
+        async with self._writers.queue(user_id):
+            prev = await self.get_state(user_id)
+            new = prev.copy_and_replace(last_active_ts=now)
+            if prev.state == UNAVAILABLE:
+                new = new.copy_and_replace(state=ONLINE)
+            if new.state == ONLINE:
+                new = new.copy_and_replace(currently_active=True)
+            self._idle.discard(user_id)
+            await self._update(prev, new)
+
+    async def on_sync(self, user_id: str, set_presence: str | None) -> None:
+        """A /sync request arrived with this `set_presence` (None means the default, online).
+
+        "offline" leaves presence alone; "online" brings an offline user (or one who chose
+        unavailable) online; "unavailable" marks the user unavailable.
+        """
+        state = ONLINE if set_presence is None else set_presence
+        if state not in PRESENCE_STATES:
+            raise MatrixError(400, Codes.INVALID_PARAM, f"Invalid set_presence {state!r}")
+        if not self.enabled or state == OFFLINE:
+            return
+        now = self._clock.time_msec()
+        async with self._writers.queue(user_id):
+            prev = await self.get_state(user_id)
+            new = prev.copy_and_replace(last_user_sync_ts=now)
+            if state == ONLINE and (
+                prev.state == OFFLINE or (prev.state == UNAVAILABLE and user_id not in self._idle)
+            ):
+                new = new.copy_and_replace(state=ONLINE, last_active_ts=now, currently_active=True)
+            elif state == UNAVAILABLE and prev.state != UNAVAILABLE:
+                new = new.copy_and_replace(state=UNAVAILABLE, currently_active=False)
+                self._idle.discard(user_id)
+            await self._update(prev, new)
+
+    @asynccontextmanager
+    async def syncing(self, user_id: str, set_presence: str | None) -> AsyncIterator[None]:
+        """Wrap a whole /sync request: `on_sync` at the start, and while any sync is in
+        flight the user cannot time out to offline. Preferred over calling `on_sync` alone."""
+        await self.on_sync(user_id, set_presence)
+        counts = set_presence != OFFLINE and self.enabled
+        if counts:
+            self._syncing[user_id] = self._syncing.get(user_id, 0) + 1
+        try:
+            yield
+        finally:
+            if counts:
+                remaining = self._syncing[user_id] - 1
+                if remaining:
+                    self._syncing[user_id] = remaining
+                else:
+                    del self._syncing[user_id]
+                # The sync timeout counts from the end of the last sync.
+                state = self._states.get(user_id)
+                if state is not None:
+                    self._states[user_id] = state.copy_and_replace(
+                        last_user_sync_ts=self._clock.time_msec()
+                    )
+
+    async def check_timeouts(self, now_ms: int | None = None) -> None:
+        """Apply the idle and sync timeouts to every user not offline (run periodically)."""
+        now = self._clock.time_msec() if now_ms is None else now_ms
+        for user_id in [u for u, p in self._states.items() if p.state != OFFLINE]:
+            async with self._writers.queue(user_id):
+                prev = self._states[user_id]
+                new = prev
+                if prev.state == ONLINE:
+                    inactive_ms = now - prev.last_active_ts
+                    if inactive_ms > self._config.idle_timeout_ms:
+                        new = new.copy_and_replace(state=UNAVAILABLE, currently_active=False)
+                        self._idle.add(user_id)
+                    elif prev.currently_active and inactive_ms > LAST_ACTIVE_GRANULARITY_MS:
+                        new = new.copy_and_replace(currently_active=False)
+                if (
+                    user_id not in self._syncing
+                    and now - prev.last_user_sync_ts > self._config.sync_timeout_ms
+                ):
+                    new = new.copy_and_replace(state=OFFLINE, currently_active=False)
+                    self._idle.discard(user_id)
+                if new != prev:
+                    await self._update(prev, new)
+
+    async def _check_timeouts_logged(self) -> None:
+        try:
+            await self.check_timeouts()
+        except Exception:
+            logger.exception("presence timeout check failed")
+
+    async def _update(self, prev: UserPresence, new: UserPresence) -> None:
+        """Hold `new` as the user's presence; if clients should hear of it, give it a stream
+        position, persist it and notify everyone who shares a room with the user.
+
+        Call with the user's writer lock held.
+        """
+        if not is_notable_change(prev, new):
+            self._states[new.user_id] = new
+            return
+        async with self._stream.next() as stream_id:
+            new = new.copy_and_replace(stream_id=stream_id)
+            await self._store.store_presence(new)
+        self._states[new.user_id] = new
+        self._changes.entity_changed(new.user_id, stream_id)
+        self._notifier.notify_users(await self.users_sharing_rooms(new.user_id))
+        logger.info(
+            "presence of %s: %s -> %s (position %d)", new.user_id, prev.state, new.state, stream_id
+        )
+
+    # ----- for sync --------------------------------------------------------------------------
+
+    async def get_presence_events(
+        self, user_id: str, since: int, up_to: int | None = None
+    ) -> list[JsonDict]:
+        """`m.presence` events for the user and everyone sharing a room with them.
+
+        With `since` 0 (an initial sync): everyone not offline. Otherwise: everyone whose
+        presence changed after `since` (and at or before `up_to`), offline included.
+        """
+        if not self.enabled:
+            return []
+        interested = await self.users_sharing_rooms(user_id)
+        now = self._clock.time_msec()
+        if since <= 0:
+            states = await self.get_states(interested)
+            return [self.format_event(p, now) for p in states.values() if p.state != OFFLINE]
+        changed = self._changes.changed_since(interested, since)
+        if changed is None:
+            # Too old for the in-memory index: ask the database who changed.
+            rows = await self._store.get_presence_changed(interested, since, up_to)
+            changed = {row.user_id for row in rows}
+        states = await self.get_states([str(u) for u in changed])
+        return [
+            self.format_event(p, now)
+            for p in states.values()
+            if p.stream_id > since and (up_to is None or p.stream_id <= up_to)
+        ]
+
+    async def get_presence_events_for_users(self, user_ids: Iterable[str]) -> list[JsonDict]:
+        """Current `m.presence` events of these users, whatever their state (e.g. for someone
+        the syncing user has just come to share a room with)."""
+        if not self.enabled:
+            return []
+        now = self._clock.time_msec()
+        states = await self.get_states(list(user_ids))
+        return [self.format_event(p, now) for p in states.values()]

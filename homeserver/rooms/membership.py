@@ -1,0 +1,258 @@
+"""Room membership: join, knock, invite, leave, kick, ban, unban and forget.
+
+Every change is an m.room.member event made by `EventCreator.send`, so the auth rules of the
+room version decide what is allowed (403 M_FORBIDDEN). This module adds what the rules do
+not know: resolving aliases, profile data in member events, unknown rooms and users (404),
+repeated requests that change nothing (answered with the existing event), and the parts
+that need federation (issue 4), which answer with a clear 4xx/502 until it exists.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from homeserver.auth.tokens import Requester
+from homeserver.errors import Codes, MatrixError
+from homeserver.events.auth import MEMBER
+from homeserver.identifiers import split_room_alias, split_user_id
+from homeserver.rooms.creator import EventCreator
+from storage.stores.accounts import AccountStore
+from storage.stores.aliases import AliasStore
+from storage.stores.events import EventStore, StoredEvent
+from storage.stores.profiles import ProfileStore
+from storage.stores.rooms import RoomStore
+from storage.stores.state import StateStore
+
+logger = logging.getLogger(__name__)
+
+MEMBERSHIPS = ("join", "invite", "knock", "leave", "ban")
+# Memberships whose events carry the target's display name and avatar.
+_WITH_PROFILE = ("join", "invite", "knock")
+
+
+def _room_not_found() -> MatrixError:
+    return MatrixError(404, Codes.NOT_FOUND, "Unknown room")
+
+
+class MembershipHandler:
+    def __init__(
+        self,
+        server_name: str,
+        creator: EventCreator,
+        events: EventStore,
+        state: StateStore,
+        rooms: RoomStore,
+        aliases: AliasStore,
+        profiles: ProfileStore,
+        accounts: AccountStore,
+    ) -> None:
+        self._server_name = server_name
+        self._creator = creator
+        self._events = events
+        self._state = state
+        self._rooms = rooms
+        self._aliases = aliases
+        self._profiles = profiles
+        self._accounts = accounts
+        # Called with the user ID after a forget, which changes no stream: caches of the
+        # user's rooms (sync) must drop their copy.
+        self.forget_listeners: list[Callable[[str], None]] = []
+
+    # ----- finding rooms -------------------------------------------------------------------
+
+    async def resolve_room(self, room_id_or_alias: str) -> str:
+        """A room ID, from a room ID or one of our aliases (400 if neither, 404 if unknown)."""
+        if room_id_or_alias.startswith("#"):
+            _, server = split_room_alias(room_id_or_alias)
+            if server != self._server_name:
+                # Resolving other servers' aliases is a federation query (issue 4).
+                raise MatrixError(
+                    404, Codes.NOT_FOUND, "Room alias not found: aliases on other servers cannot be resolved yet"
+                )
+            room_id = await self._aliases.get_room_id(room_id_or_alias)
+            if room_id is None:
+                raise MatrixError(404, Codes.NOT_FOUND, "Room alias not found")
+            return room_id
+        check_room_id(room_id_or_alias)
+        return room_id_or_alias
+
+    async def _require_room(self, room_id: str, joining: bool = False) -> None:
+        if await self._events.get_room_version(room_id) is None:
+            if joining:
+                # A room we do not know can only be joined over federation (issue 4).
+                raise MatrixError(
+                    404, Codes.NOT_FOUND, "No known servers: the room is not on this server"
+                )
+            raise _room_not_found()
+
+    # ----- the actions ---------------------------------------------------------------------
+
+    async def join(
+        self, requester: Requester, room_id_or_alias: str, reason: str | None = None
+    ) -> str:
+        room_id = await self.resolve_room(room_id_or_alias)
+        await self._require_room(room_id, joining=True)
+        await self._send_member(requester.user_id, room_id, requester.user_id, "join", reason)
+        return room_id
+
+    async def knock(
+        self, requester: Requester, room_id_or_alias: str, reason: str | None = None
+    ) -> str:
+        room_id = await self.resolve_room(room_id_or_alias)
+        await self._require_room(room_id, joining=True)
+        await self._send_member(requester.user_id, room_id, requester.user_id, "knock", reason)
+        return room_id
+
+    async def invite(
+        self,
+        requester: Requester,
+        room_id: str,
+        target: str,
+        reason: str | None = None,
+        is_direct: bool = False,
+    ) -> StoredEvent:
+        await self._require_room(room_id)
+        await self.check_invitee(target)
+        extra = {"is_direct": True} if is_direct else None
+        return await self._send_member(
+            requester.user_id, room_id, target, "invite", reason, extra=extra
+        )
+
+    async def leave(self, requester: Requester, room_id: str, reason: str | None = None) -> None:
+        await self._require_room(room_id)
+        current = await self._rooms.get_membership(room_id, requester.user_id)
+        if current is not None and current.membership == "leave":
+            # Already gone (left, or kicked): nothing to do, and the auth rules would refuse
+            # a second leave.
+            return
+        await self._send_member(requester.user_id, room_id, requester.user_id, "leave", reason)
+
+    async def kick(
+        self, requester: Requester, room_id: str, target: str, reason: str | None = None
+    ) -> None:
+        split_user_id(target)
+        await self._require_room(room_id)
+        current = await self._rooms.get_membership(room_id, target)
+        if current is None or current.membership not in ("join", "invite", "knock"):
+            raise MatrixError(403, Codes.FORBIDDEN, "The target user is not in the room")
+        await self._send_member(requester.user_id, room_id, target, "leave", reason)
+
+    async def ban(
+        self, requester: Requester, room_id: str, target: str, reason: str | None = None
+    ) -> None:
+        split_user_id(target)
+        await self._require_room(room_id)
+        await self._send_member(requester.user_id, room_id, target, "ban", reason)
+
+    async def unban(
+        self, requester: Requester, room_id: str, target: str, reason: str | None = None
+    ) -> None:
+        split_user_id(target)
+        await self._require_room(room_id)
+        current = await self._rooms.get_membership(room_id, target)
+        if current is None or current.membership != "ban":
+            raise MatrixError(403, Codes.FORBIDDEN, "The user is not banned from the room")
+        await self._send_member(requester.user_id, room_id, target, "leave", reason)
+
+    async def set_member_state(
+        self, requester: Requester, room_id: str, target: str, content: Mapping[str, Any]
+    ) -> StoredEvent:
+        """PUT /state/m.room.member/{target}: the client's content, as it wrote it."""
+        split_user_id(target)
+        membership = content.get("membership")
+        if membership not in MEMBERSHIPS:
+            raise MatrixError(
+                400, Codes.BAD_JSON, f"'membership' must be one of {', '.join(MEMBERSHIPS)}"
+            )
+        await self._require_room(room_id)
+        if membership == "invite":
+            await self.check_invitee(target)
+        extra = {k: v for k, v in content.items() if k != "membership"}
+        return await self._send_member(
+            requester.user_id, room_id, target, membership, None, extra=extra
+        )
+
+    async def forget(self, requester: Requester, room_id: str) -> None:
+        await self._require_room(room_id)
+        current = await self._rooms.get_membership(room_id, requester.user_id)
+        if current is None:
+            # Never in the room: there is nothing to forget.
+            return
+        if current.membership not in ("leave", "ban"):
+            raise MatrixError(
+                400, Codes.UNKNOWN, f"User {requester.user_id} is in room {room_id}"
+            )
+        if not await self._rooms.forget(room_id, requester.user_id):
+            # Re-joined (or re-invited) between the two reads.
+            raise MatrixError(400, Codes.UNKNOWN, f"User {requester.user_id} is in room {room_id}")
+        for listener in self.forget_listeners:
+            listener(requester.user_id)
+
+    async def joined_rooms(self, user_id: str) -> list[str]:
+        return [m.room_id for m in await self._rooms.get_rooms_for_user(user_id, ("join",))]
+
+    # ----- helpers -------------------------------------------------------------------------
+
+    def is_mine(self, user_id: str) -> bool:
+        return user_id.split(":", 1)[-1] == self._server_name
+
+    async def check_invitee(self, target: str) -> None:
+        """An invite needs a well-formed user ID, local and existing (remote: issue 4)."""
+        _, server = split_user_id(target)
+        if server != self._server_name:
+            raise MatrixError(
+                502,
+                Codes.UNKNOWN,
+                f"Cannot invite {target}: federation with other servers is not available yet",
+            )
+        if await self._accounts.get_account(target) is None:
+            raise MatrixError(404, Codes.NOT_FOUND, f"Unknown user {target}")
+
+    async def _send_member(
+        self,
+        sender: str,
+        room_id: str,
+        target: str,
+        membership: str,
+        reason: str | None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> StoredEvent:
+        content: dict[str, Any] = dict(extra or {})
+        content["membership"] = membership
+        if reason is not None:
+            content["reason"] = reason
+        if membership in _WITH_PROFILE and self.is_mine(target):
+            # Member events carry the profile at the time (spec: m.room.member), unless the
+            # client set a per-room one.
+            profile = await self._profiles.get_profile(target)
+            if profile is not None:
+                if "displayname" not in content and profile.displayname is not None:
+                    content["displayname"] = profile.displayname
+                if "avatar_url" not in content and profile.avatar_url is not None:
+                    content["avatar_url"] = profile.avatar_url
+        existing = await self._unchanged(room_id, sender, target, content)
+        if existing is not None:
+            return existing
+        stored = await self._creator.send(room_id, sender, MEMBER, content, state_key=target)
+        logger.info("%s: %s set %s's membership to %s", room_id, sender, target, membership)
+        return stored
+
+    async def _unchanged(
+        self, room_id: str, sender: str, target: str, content: Mapping[str, Any]
+    ) -> StoredEvent | None:
+        """The current member event, if the new one would repeat it exactly."""
+        event_id = await self._state.get_current_state_event_id(room_id, MEMBER, target)
+        if event_id is None:
+            return None
+        current = await self._events.get_stored_event(event_id)
+        if current is None or current.event.sender != sender:
+            return None
+        return current if dict(current.event.content) == dict(content) else None
+
+
+def check_room_id(room_id: str) -> None:
+    """400 M_INVALID_PARAM unless `room_id` looks like a room ID (`!opaque[:server]`)."""
+    if not room_id.startswith("!") or len(room_id) < 2 or len(room_id.encode("utf-8")) > 255:
+        raise MatrixError(400, Codes.INVALID_PARAM, f"Invalid room ID: {room_id[:100]!r}")

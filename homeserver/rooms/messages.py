@@ -1,0 +1,335 @@
+"""Reading room history: /messages pagination, /context around an event, and single events.
+
+Positions in history are `RoomPosition` tokens (`t{topological}-{stream}`, see
+`homeserver.sync.tokens`): a token names the gap *just after* the event at that position.
+Paginating backwards from a token returns that event first; forwards, the event after it.
+So a backwards page that stopped at event E continues from "just before E", written as
+`t{E.topological}-{E.stream - 1}`, and a forwards page that stopped at E from `t{E...}-{E...}`.
+A sync token (`s...`, a /sync `next_batch`) is accepted too and means "just after the last
+event of the room that sync had delivered at that stream position".
+
+Every event returned has passed the filter and `HistoryVisibility.filter_events_for_user`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from homeserver.auth.tokens import Requester
+from homeserver.errors import Codes, MatrixError
+from homeserver.events.auth import MEMBER
+from homeserver.events.serialize import EventSerializer
+from homeserver.filtering import RoomEventFilter
+from homeserver.rooms.visibility import HistoryVisibility, Position, RoomAccess
+from homeserver.sync.tokens import RoomPosition
+from storage.stores.events import EventStore, StoredEvent
+from storage.stores.state import StateKey, StateStore
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LIMIT = 10
+MAX_LIMIT = 1000
+# With a filter or history visibility hiding most events, one request reads at most this
+# many events before answering with what it found (and an `end` token to carry on from), so a
+# request costs a bounded amount whatever the room holds. An empty `chunk` with an `end` is
+# allowed by the spec ("Clients should continue to paginate until no `end` property").
+MAX_SCANNED_EVENTS = 2000
+MAX_BATCH = 500
+# Before any history: forwards from here starts at the room's first event.
+START_OF_ROOM: Position = (0, 0)
+
+
+@dataclass
+class _Page:
+    events: list[StoredEvent]
+    # Where a further request in the same direction carries on.
+    next_position: Position
+    # True when nothing further exists in that direction (within `to` and the user's limit).
+    exhausted: bool
+
+
+def _position_of(stored: StoredEvent) -> Position:
+    return (stored.topological_ordering, stored.stream_ordering)
+
+
+def _continue_after(stored: StoredEvent, direction: str) -> Position:
+    """The position from which a page in `direction` continues past `stored`."""
+    if direction == "b":
+        return (stored.topological_ordering, stored.stream_ordering - 1)
+    return _position_of(stored)
+
+
+def _token(position: Position) -> str:
+    return str(RoomPosition(position[0], position[1]))
+
+
+class MessagesHandler:
+    def __init__(
+        self,
+        events: EventStore,
+        state: StateStore,
+        visibility: HistoryVisibility,
+        serializer: EventSerializer,
+    ) -> None:
+        self._events = events
+        self._state = state
+        self._visibility = visibility
+        self._serializer = serializer
+
+    # ----- GET /rooms/{roomId}/messages --------------------------------------------------
+
+    async def get_messages(
+        self,
+        requester: Requester,
+        room_id: str,
+        direction: str,
+        from_token: str | None,
+        to_token: str | None,
+        limit: int,
+        event_filter: RoomEventFilter,
+    ) -> dict[str, Any]:
+        """One page of history. 403 M_FORBIDDEN if the user may not read the room;
+        400 M_INVALID_PARAM for malformed tokens."""
+        # Parse tokens before the access check: a malformed request is a 400 either way.
+        from_parsed = RoomPosition.parse(from_token) if from_token is not None else None
+        to_parsed = RoomPosition.parse(to_token) if to_token is not None else None
+        access = await self._require_access(requester.user_id, room_id)
+
+        if from_parsed is not None:
+            from_position = await self._resolve(room_id, from_parsed)
+        elif direction == "b":
+            from_position = await self._latest_position(room_id, access)
+        else:
+            from_position = START_OF_ROOM
+        to_position = await self._resolve(room_id, to_parsed) if to_parsed is not None else None
+        start = from_token if from_token is not None else _token(from_position)
+
+        if limit == 0:
+            return {"chunk": [], "start": start, "end": _token(from_position)}
+        page = await self._paginate(
+            requester.user_id, access, from_position, direction, limit, event_filter, to_position
+        )
+        # TODO(issue 4, federation): when paginating backwards runs out (`page.exhausted`) and
+        # the room's oldest event we hold is not its create event, backfill from other
+        # servers in the room, then read again.
+        device = (requester.user_id, requester.device_id)
+        response: dict[str, Any] = {
+            "chunk": await self._serializer.serialize(page.events, requester_device=device),
+            "start": start,
+        }
+        # Backwards, `end` goes once the start of the (visible) history is reached. Forwards,
+        # the end of history moves as events arrive, so a page with events always carries
+        # an `end` to resume from later; only an empty, exhausted page has none.
+        if not page.exhausted or (direction == "f" and page.events):
+            response["end"] = _token(page.next_position)
+        if event_filter.lazy_load_members:
+            # Redundant members are always sent: the spec allows it, and remembering what each
+            # device has seen is not worth its cost here.
+            members = await self._sender_members(page.events)
+            response["state"] = await self._serializer.serialize(members, requester_device=device)
+        return response
+
+    # ----- GET /rooms/{roomId}/context/{eventId} -------------------------------------------
+
+    async def get_context(
+        self,
+        requester: Requester,
+        room_id: str,
+        event_id: str,
+        limit: int,
+        event_filter: RoomEventFilter,
+    ) -> dict[str, Any]:
+        """The event, up to `limit` events around it (half before, half after), and the state
+        after the last of them. 403 if the room is not readable, 404 if the event is not
+        there or not visible. The filter applies to everything but the event itself."""
+        access = await self._require_access(requester.user_id, room_id)
+        stored = await self._readable_event(requester.user_id, room_id, event_id)
+        before_limit = limit // 2
+        after_limit = limit - before_limit
+        before = await self._paginate(
+            requester.user_id,
+            access,
+            _continue_after(stored, "b"),
+            "b",
+            before_limit,
+            event_filter,
+        )
+        after = await self._paginate(
+            requester.user_id, access, _position_of(stored), "f", after_limit, event_filter
+        )
+        last = after.events[-1] if after.events else stored
+        state = await self._state_after(last)
+        state = [s for s in state if event_filter.allows(s)]
+        if event_filter.lazy_load_members:
+            senders = {e.event.sender for e in (*before.events, stored, *after.events)}
+            state = [
+                s for s in state if s.event.type != MEMBER or s.event.state_key in senders
+            ]
+        device = (requester.user_id, requester.device_id)
+        serialize = self._serializer.serialize
+        return {
+            "event": (await serialize([stored], requester_device=device))[0],
+            "events_before": await serialize(before.events, requester_device=device),
+            "events_after": await serialize(after.events, requester_device=device),
+            "start": _token(before.next_position),
+            "end": _token(after.next_position),
+            "state": await serialize(state, requester_device=device),
+        }
+
+    # ----- GET /rooms/{roomId}/event/{eventId} ---------------------------------------------
+
+    async def get_event(self, requester: Requester, room_id: str, event_id: str) -> dict[str, Any]:
+        """One event; 404 M_NOT_FOUND if it does not exist or the user may not see it (the
+        spec gives one answer for both, so nothing leaks about rooms the user cannot read)."""
+        if await self._visibility.get_room_access(requester.user_id, room_id) is None:
+            raise MatrixError(404, Codes.NOT_FOUND, "Event not found")
+        stored = await self._readable_event(requester.user_id, room_id, event_id)
+        serialized = await self._serializer.serialize(
+            [stored], requester_device=(requester.user_id, requester.device_id)
+        )
+        return serialized[0]
+
+    # ----- the parts ---------------------------------------------------------------------
+
+    async def _require_access(self, user_id: str, room_id: str) -> RoomAccess:
+        access = await self._visibility.get_room_access(user_id, room_id)
+        if access is None:
+            # The same answer for rooms that do not exist, so their existence does not leak.
+            raise MatrixError(403, Codes.FORBIDDEN, "You are not allowed to read this room")
+        return access
+
+    async def _readable_event(self, user_id: str, room_id: str, event_id: str) -> StoredEvent:
+        stored = await self._events.get_stored_event(event_id)
+        if (
+            stored is None
+            or stored.event.room_id != room_id
+            or not await self._visibility.is_event_visible(user_id, stored)
+        ):
+            raise MatrixError(404, Codes.NOT_FOUND, "Event not found")
+        return stored
+
+    async def _resolve(self, room_id: str, position: RoomPosition) -> Position:
+        """A token as a history position; a sync token becomes the position of the room's
+        last event at or before its stream position."""
+        if position.topological is not None:
+            return (position.topological, position.stream)
+        found = await self._events.get_room_position_at_stream(room_id, position.stream)
+        return found if found is not None else START_OF_ROOM
+
+    async def _latest_position(self, room_id: str, access: RoomAccess) -> Position:
+        if access.until is not None:
+            return access.until
+        found = await self._events.get_room_position_at_stream(room_id)
+        return found if found is not None else START_OF_ROOM
+
+    async def _paginate(
+        self,
+        user_id: str,
+        access: RoomAccess,
+        from_position: Position,
+        direction: str,
+        limit: int,
+        event_filter: RoomEventFilter,
+        to_position: Position | None = None,
+    ) -> _Page:
+        """Up to `limit` events from `from_position` that pass the filter and are visible to
+        the user, reading in batches; never past the user's cut-off (`access.until`)."""
+        found: list[StoredEvent] = []
+        position = from_position
+        scanned = 0
+        exhausted = False
+        while len(found) < limit and scanned < MAX_SCANNED_EVENTS:
+            wanted = limit - len(found)
+            # One more than needed the first time, so a last page is known to be the last;
+            # larger batches once the filter or visibility has been seen to hide events.
+            batch_size = min(
+                wanted + 1 if scanned == 0 else max(wanted + 1, 100),
+                MAX_BATCH,
+                MAX_SCANNED_EVENTS - scanned,
+            )
+            batch = await self._events.paginate_room_events(
+                access.room_id,
+                position,
+                direction,
+                batch_size,
+                to_key=to_position,
+                max_stream=access.max_stream,
+            )
+            scanned += len(batch)
+            if batch:
+                position = _continue_after(batch[-1], direction)
+            passing = await self._apply_filter(batch, event_filter)
+            found.extend(await self._visibility.filter_events_for_user(user_id, passing))
+            if len(batch) < batch_size:
+                exhausted = True
+                break
+        if len(found) > limit:
+            # The batch went past the last event returned: carry on just after that one.
+            found = found[:limit]
+            position = _continue_after(found[-1], direction)
+            exhausted = False
+        return _Page(found, position, exhausted)
+
+    async def _apply_filter(
+        self, events: list[StoredEvent], event_filter: RoomEventFilter
+    ) -> list[StoredEvent]:
+        if event_filter.contains_url is None:
+            return [e for e in events if event_filter.allows(e)]
+        # `contains_url` looks at content as served: a redacted event has lost its `url`.
+        redacted = await self._events.get_redactions([e.event.event_id for e in events])
+        return [
+            e
+            for e in events
+            if event_filter.matches(
+                e.event.type,
+                e.event.sender,
+                e.event.room_id,
+                {} if e.event.event_id in redacted else e.event.content,
+            )
+        ]
+
+    async def _sender_members(self, events: list[StoredEvent]) -> list[StoredEvent]:
+        """Lazy loading: each sender's membership event, as of the first event (in history
+        order) they sent in `events`."""
+        first_by_sender: dict[str, StoredEvent] = {}
+        for stored in sorted(events, key=_position_of):
+            first_by_sender.setdefault(stored.event.sender, stored)
+        if not first_by_sender:
+            return []
+        groups = await self._events.get_state_groups_for_events(
+            [s.event.event_id for s in first_by_sender.values()]
+        )
+
+        def group_of(stored: StoredEvent) -> int | None:
+            before, after = groups.get(stored.event.event_id, (None, None))
+            return after if after is not None else before
+
+        keys: list[StateKey] = [(MEMBER, sender) for sender in first_by_sender]
+        state = await self._state.get_state_for_groups(
+            {g for g in map(group_of, first_by_sender.values()) if g is not None}, keys
+        )
+        member_ids: list[str] = []
+        for sender, stored in first_by_sender.items():
+            group = group_of(stored)
+            member_id = state.get(group, {}).get((MEMBER, sender)) if group is not None else None
+            if member_id is not None:
+                member_ids.append(member_id)
+        loaded = await self._events.get_stored_events(member_ids)
+        return [loaded[eid] for eid in dict.fromkeys(member_ids) if eid in loaded]
+
+    async def _state_after(self, stored: StoredEvent) -> list[StoredEvent]:
+        groups = await self._events.get_state_groups_for_events([stored.event.event_id])
+        before, after = groups.get(stored.event.event_id, (None, None))
+        group = after if after is not None else before
+        if group is None:
+            return []
+        state_ids = await self._state.get_state_group(group)
+        loaded = await self._events.get_stored_events(state_ids.values())
+        return _in_order(loaded[eid] for eid in state_ids.values() if eid in loaded)
+
+
+def _in_order(events: Iterable[StoredEvent]) -> list[StoredEvent]:
+    return sorted(events, key=_position_of)

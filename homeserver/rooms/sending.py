@@ -1,0 +1,206 @@
+"""Events local clients send: messages (/send), state (/state) and redactions (/redact).
+
+Policy that the auth rules do not cover lives here: transaction-ID idempotency, the
+per-user message rate limit, content checks (power levels, canonical aliases) and who may
+redact whose events. Building, authorising and persisting is `EventCreator.send`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from homeserver.auth.tokens import Requester
+from homeserver.errors import Codes, MatrixError
+from homeserver.events.auth import (
+    CREATE,
+    MEMBER,
+    POWER_LEVELS,
+    REDACTION,
+    named_level,
+    user_power_level,
+)
+from homeserver.ratelimit import RateLimiter
+from homeserver.rooms.creator import EventCreator
+from homeserver.rooms.directory import DirectoryHandler
+from homeserver.rooms.membership import MembershipHandler
+from homeserver.rooms.validation import check_power_levels_content
+from storage.persister import ClientTransaction
+from storage.stores.events import EventStore
+from storage.stores.rooms import RoomStore
+from storage.stores.state import StateStore
+
+logger = logging.getLogger(__name__)
+
+CANONICAL_ALIAS = "m.room.canonical_alias"
+
+
+class EventSendHandler:
+    def __init__(
+        self,
+        server_name: str,
+        creator: EventCreator,
+        events: EventStore,
+        state: StateStore,
+        rooms: RoomStore,
+        directory: DirectoryHandler,
+        membership: MembershipHandler,
+        message_limiter: RateLimiter,
+    ) -> None:
+        self._server_name = server_name
+        self._creator = creator
+        self._events = events
+        self._state = state
+        self._rooms = rooms
+        self._directory = directory
+        self._membership = membership
+        self._limiter = message_limiter
+
+    # ----- messages ------------------------------------------------------------------------
+
+    async def send_message(
+        self,
+        requester: Requester,
+        room_id: str,
+        event_type: str,
+        content: Mapping[str, Any],
+        txn_id: str,
+    ) -> str:
+        txn = ClientTransaction(
+            requester.user_id, requester.device_id, f"send/{room_id}/{event_type}/{txn_id}", txn_id
+        )
+        if (previous := await self._previous(txn)) is not None:
+            return previous
+        if event_type == REDACTION:
+            # Spec v1.18: /send must accept redactions in every room version.
+            return await self._redact(requester, room_id, content.get("redacts"), content, txn)
+        self._ratelimit(requester)
+        stored = await self._creator.send(
+            room_id, requester.user_id, event_type, content, txn=txn
+        )
+        return stored.event.event_id
+
+    async def redact(
+        self,
+        requester: Requester,
+        room_id: str,
+        event_id: str,
+        reason: str | None,
+        txn_id: str,
+    ) -> str:
+        txn = ClientTransaction(
+            requester.user_id, requester.device_id, f"redact/{room_id}/{event_id}/{txn_id}", txn_id
+        )
+        if (previous := await self._previous(txn)) is not None:
+            return previous
+        content = {"reason": reason} if reason is not None else {}
+        return await self._redact(requester, room_id, event_id, content, txn)
+
+    async def _previous(self, txn: ClientTransaction) -> str | None:
+        """The event an earlier request with this transaction created (a retry is not
+        rate limited and changes nothing)."""
+        found = await self._events.get_event_for_txn(txn.user_id, txn.device_id, txn.path_key)
+        return found[1] if found else None
+
+    def _ratelimit(self, requester: Requester) -> None:
+        if not requester.is_admin:
+            self._limiter.check(requester.user_id)
+
+    # ----- redactions ----------------------------------------------------------------------
+
+    async def _redact(
+        self,
+        requester: Requester,
+        room_id: str,
+        redacts: Any,
+        content: Mapping[str, Any],
+        txn: ClientTransaction,
+    ) -> str:
+        if not isinstance(redacts, str) or not redacts.startswith("$"):
+            raise MatrixError(400, Codes.BAD_JSON, "'redacts' must be an event ID")
+        room_version = await self._events.get_room_version(room_id)
+        if room_version is None:
+            raise MatrixError(404, Codes.NOT_FOUND, "Unknown room")
+        own = await self._rooms.get_membership(room_id, requester.user_id)
+        if own is None or own.membership != "join":
+            # Before looking the event up, so outsiders learn nothing about the room.
+            raise MatrixError(403, Codes.FORBIDDEN, "You are not in the room")
+        target = await self._events.get_stored_event(redacts)
+        if (
+            target is None
+            or target.event.room_id != room_id
+            or target.outlier
+            or target.event.rejected_reason is not None
+        ):
+            raise MatrixError(404, Codes.NOT_FOUND, "Event not found")
+        if target.event.sender != requester.user_id and not (
+            # Spec: "Server administrators may redact events sent by users on their server."
+            requester.is_admin and self._membership.is_mine(target.event.sender)
+        ):
+            await self._check_may_redact_others(room_id, requester.user_id)
+        self._ratelimit(requester)
+        body = dict(content)
+        extra = None
+        if room_version.redacts_in_content:
+            body["redacts"] = redacts
+        else:
+            # Before room v11 `redacts` is a top-level key of the event.
+            body.pop("redacts", None)
+            extra = {"redacts": redacts}
+        stored = await self._creator.send(
+            room_id, requester.user_id, REDACTION, body, txn=txn, extra=extra
+        )
+        logger.info("%s: %s redacted %s", room_id, requester.user_id, redacts)
+        return stored.event.event_id
+
+    async def _check_may_redact_others(self, room_id: str, user_id: str) -> None:
+        """Redacting someone else's event needs the room's `redact` power level."""
+        current = await self._state.get_current_state_ids(room_id)
+        wanted = {k: current[k] for k in ((CREATE, ""), (POWER_LEVELS, "")) if k in current}
+        loaded = await self._events.get_events(wanted.values())
+        state = {k: loaded[eid] for k, eid in wanted.items() if eid in loaded}
+        room_version = await self._events.get_room_version(room_id)
+        assert room_version is not None
+        if user_power_level(user_id, state, room_version) < named_level(
+            "redact", state, room_version
+        ):
+            raise MatrixError(
+                403, Codes.FORBIDDEN, "You don't have permission to redact other users' events"
+            )
+
+    # ----- state ---------------------------------------------------------------------------
+
+    async def set_state(
+        self,
+        requester: Requester,
+        room_id: str,
+        event_type: str,
+        state_key: str,
+        content: Mapping[str, Any],
+    ) -> str:
+        if event_type == MEMBER:
+            stored = await self._membership.set_member_state(requester, room_id, state_key, content)
+            return stored.event.event_id
+        if await self._events.get_room_version(room_id) is None:
+            raise MatrixError(404, Codes.NOT_FOUND, "Unknown room")
+        if event_type == POWER_LEVELS:
+            check_power_levels_content(content)
+        elif event_type == CANONICAL_ALIAS:
+            await self._directory.validate_canonical_alias(room_id, content)
+        # Setting state to what it already is, by the same sender, changes nothing.
+        current_id = await self._state.get_current_state_event_id(room_id, event_type, state_key)
+        if current_id is not None:
+            current = await self._events.get_event(current_id)
+            if (
+                current is not None
+                and current.sender == requester.user_id
+                and dict(current.content) == dict(content)
+            ):
+                return current_id
+        self._ratelimit(requester)
+        stored = await self._creator.send(
+            room_id, requester.user_id, event_type, content, state_key=state_key
+        )
+        return stored.event.event_id
+
