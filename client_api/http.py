@@ -170,21 +170,19 @@ class Router:
                         Route(method, pattern, handler, f"{type(servlet).__name__}")
                     )
 
-    def register(self, method: str, pattern: re.Pattern[str], handler: Handler, name: str) -> None:
-        self.routes.append(Route(method, pattern, handler, name))
-
-    def match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], bool]:
-        """(route, path args, path_known). `path_known` without a route means wrong method."""
-        path_known = False
+    def match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], list[str]]:
+        """(route, path args, methods the path allows). No route but some allowed methods
+        means the method is wrong for a known path."""
+        allowed: list[str] = []
         for route in self.routes:
             m = route.pattern.match(path)
             if m is None:
                 continue
-            path_known = True
             if route.method == method or (method == "HEAD" and route.method == "GET"):
                 args = {k: unquote(v) for k, v in m.groupdict().items() if v is not None}
-                return route, args, True
-        return None, {}, path_known
+                return route, args, [route.method]
+            allowed.append(route.method)
+        return None, {}, allowed
 
 
 class JsonResource(resource.Resource):
@@ -240,11 +238,15 @@ class JsonResource(resource.Resource):
             # CORS preflight: answer for any path; the headers are added by `_respond`.
             request.endpoint_name = "options"
             return 200, {}, {}
-        route, args, path_known = self._router.match(method, path)
+        route, args, allowed = self._router.match(method, path)
         if route is None:
             request.endpoint_name = "unrecognized"
-            if path_known:
-                raise MatrixError(405, Codes.UNRECOGNIZED, "Unrecognized request")
+            if allowed:
+                # RFC 9110: a 405 says which methods the resource does support.
+                allow = ", ".join(sorted(set(allowed) | {"OPTIONS"}))
+                raise MatrixError(
+                    405, Codes.UNRECOGNIZED, "Unrecognized request", headers={"Allow": allow}
+                )
             raise MatrixError(404, Codes.UNRECOGNIZED, "Unrecognized request")
         request.endpoint_name = route.name
         if request.body_too_large:

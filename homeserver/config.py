@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from homeserver.events.room_versions import CREATABLE_ROOM_VERSIONS, DEFAULT_ROOM_VERSION
 from homeserver.identifiers import is_valid_server_name
@@ -86,6 +93,19 @@ class RateLimitsConfig(_Section):
     registration_per_address: RateLimit = RateLimit(per_second=0.17, burst_count=5)
     # Events a user sends through /send, /state and /redact (server admins are exempt).
     message_per_user: RateLimit = RateLimit(per_second=0.2, burst_count=10)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_partial_limits(cls, raw: Any) -> Any:
+        """Setting only `burst_count` (or `per_second`) of a limit keeps the other default."""
+        if not isinstance(raw, dict):
+            return raw
+        merged = dict(raw)
+        for name, field in cls.model_fields.items():
+            value = raw.get(name)
+            if isinstance(value, dict) and isinstance(field.default, RateLimit):
+                merged[name] = {**field.default.model_dump(), **value}
+        return merged
 
 
 class RoomsConfig(_Section):
@@ -221,12 +241,20 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Top-level options an environment variable may set directly (HEDDLE_DATA_DIR, ...).
+_TOP_LEVEL_SCALARS = frozenset(
+    {"data_dir", "signing_key_path", "serve_server_wellknown", "federation_address"}
+)
+
+
 def _apply_env_overrides(raw: dict[str, Any], environ: dict[str, str]) -> None:
     for name, value in environ.items():
         if name in ENV_ALIASES:
             path = ENV_ALIASES[name]
         elif name.startswith("HEDDLE_") and "__" in name:
             path = tuple(part.lower() for part in name[len("HEDDLE_"):].split("__"))
+        elif name.startswith("HEDDLE_") and name[len("HEDDLE_"):].lower() in _TOP_LEVEL_SCALARS:
+            path = (name[len("HEDDLE_"):].lower(),)
         else:
             continue
         target = raw

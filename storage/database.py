@@ -47,11 +47,23 @@ class Transaction:
         self._cursor = cursor
         self.engine = engine
         self.after_callbacks: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._begun = engine.begin_statement is None
+
+    def _begin(self, sql: str) -> None:
+        # Engines that need an explicit BEGIN get it before the first statement, unless that
+        # statement is itself a BEGIN (SQLite's BEGIN IMMEDIATE, to take the write lock).
+        if not self._begun:
+            self._begun = True
+            if not sql.lstrip().upper().startswith("BEGIN"):
+                assert self.engine.begin_statement is not None
+                self._cursor.execute(self.engine.begin_statement)
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        self._begin(sql)
         self._cursor.execute(self.engine.convert_sql(sql), _checked_args(args))
 
     def execute_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self._begin(sql)
         self._cursor.executemany(self.engine.convert_sql(sql), [_checked_args(r) for r in rows])
 
     def fetchone(self) -> tuple[Any, ...] | None:

@@ -73,10 +73,9 @@ def _apply(txn: Transaction, migrations: list[Migration]) -> list[int]:
         txn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
         txn.execute("SELECT pg_advisory_xact_lock(?)", (_PG_MIGRATION_LOCK,))
     elif txn.engine.name == "sqlite":
-        # Python's sqlite3 runs DDL outside any transaction unless one is open, which would
-        # leave a failed migration half-applied (its tables created, its number unrecorded)
-        # and every later start failing. Open one explicitly; IMMEDIATE also takes the write
-        # lock, serialising concurrent start-ups the way the advisory lock does on PostgreSQL.
+        # Take the write lock up front (instead of the usual deferred BEGIN), serialising
+        # concurrent start-ups the way the advisory lock does on PostgreSQL. The whole
+        # migration, DDL included, is one transaction: a failure leaves nothing behind.
         txn.execute("BEGIN IMMEDIATE")
     txn.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations ("

@@ -50,12 +50,28 @@ def postgres_database_url() -> str:
         admin = psycopg2.connect(POSTGRES_ADMIN_URL)
         admin.autocommit = True
         with admin.cursor() as cur:
+            _drop_abandoned_databases(cur)
             cur.execute(f'CREATE DATABASE "{name}"')
         admin.close()
         base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
         _pg_database_url = f"{base}/{name}"
         atexit.register(_drop_database, name)
     return _pg_database_url
+
+
+def _drop_abandoned_databases(cur: Any) -> None:
+    """Drop test databases whose run was killed before its atexit hook (its PID is gone)."""
+    cur.execute("SELECT datname FROM pg_database WHERE datname LIKE 'heddle_test_%'")
+    for (name,) in cur.fetchall():
+        parts = name.split("_")
+        if len(parts) != 4 or not parts[2].isdigit():
+            continue
+        try:
+            os.kill(int(parts[2]), 0)
+        except ProcessLookupError:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        except PermissionError:
+            pass  # alive, owned by someone else
 
 
 def _drop_database(name: str) -> None:

@@ -75,8 +75,10 @@ class RoutingTests(HomeserverTestCase, CorsAssertions):
         self.assertError(r, 405, "M_UNRECOGNIZED")
         r = await self.request("PUT", "/_matrix/client/v3/login", {})
         self.assertError(r, 405, "M_UNRECOGNIZED")
+        self.assertEqual(r.header("Allow"), "GET, OPTIONS, POST")
         r = await self.request("DELETE", "/_matrix/client/versions")
         self.assertError(r, 405, "M_UNRECOGNIZED")
+        self.assertEqual(r.header("Allow"), "GET, OPTIONS")
 
     async def test_unknown_method_on_known_path_is_405(self):
         r = await self.request("PATCH", "/_matrix/client/v3/login", {})

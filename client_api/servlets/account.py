@@ -46,12 +46,12 @@ class PasswordServlet:
         requester = await require_user(self._hs, request)
         raw = parse_json_object(request)
         body = parse_body(raw, PasswordBody)
-        await self._hs.uia.authenticate(
+        async with self._hs.uia.operation(
             raw, "POST", "/account/password", [[PASSWORD]], user_id=requester.user_id
-        )
-        await self._hs.account.change_password(
-            requester.user_id, body.new_password, body.logout_devices, requester
-        )
+        ):
+            await self._hs.account.change_password(
+                requester.user_id, body.new_password, body.logout_devices, requester
+            )
         return 200, {}
 
 
@@ -71,10 +71,10 @@ class DeactivateServlet:
         requester = await require_user(self._hs, request)
         raw = parse_json_object(request)
         body = parse_body(raw, DeactivateBody)
-        await self._hs.uia.authenticate(
+        async with self._hs.uia.operation(
             raw, "POST", "/account/deactivate", [[PASSWORD]], user_id=requester.user_id
-        )
-        await self._hs.account.deactivate(requester.user_id, body.erase)
+        ):
+            await self._hs.account.deactivate(requester.user_id, body.erase)
         # No identity server bindings are ever made, so there is nothing to unbind; the spec
         # says the result "must be `success` if the homeserver has no identifiers to unbind".
         return 200, {"id_server_unbind_result": "success"}

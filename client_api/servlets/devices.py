@@ -71,10 +71,10 @@ class DeviceServlet:
         parse_body(raw, DeleteBody)
         # No 404 for an unknown device: the spec answers 200 for a device that "had been
         # removed previously", so a retried deletion succeeds.
-        await self._hs.uia.authenticate(
+        async with self._hs.uia.operation(
             raw, "DELETE", f"/devices/{device_id}", [[PASSWORD]], user_id=requester.user_id
-        )
-        await self._hs.devices.delete_devices(requester.user_id, [device_id])
+        ):
+            await self._hs.devices.delete_devices(requester.user_id, [device_id])
         return 200, {}
 
 
@@ -93,8 +93,8 @@ class DeleteDevicesServlet:
         requester = await require_user(self._hs, request)
         raw = parse_json_object(request)
         body = parse_body(raw, DeleteDevicesBody)
-        await self._hs.uia.authenticate(
+        async with self._hs.uia.operation(
             raw, "POST", "/delete_devices", [[PASSWORD]], user_id=requester.user_id
-        )
-        await self._hs.devices.delete_devices(requester.user_id, body.devices)
+        ):
+            await self._hs.devices.delete_devices(requester.user_id, body.devices)
         return 200, {}

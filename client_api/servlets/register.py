@@ -53,16 +53,16 @@ class RegisterServlet:
         # Report a bad or taken username before asking the client to authenticate.
         if body.username is not None:
             await hs.registration.check_available(body.username)
-        await hs.uia.authenticate(
+        async with hs.uia.operation(
             raw, "POST", "/register", hs.uia.registration_flows(), user_id=None
-        )
-        if body.password is None:
-            # Checked after UIA so a client's first, empty request still gets the flows.
-            # Password login is the only way back in: without one the account would be
-            # lost as soon as this session ends.
-            raise MatrixError(400, Codes.MISSING_PARAM, "Missing parameter: password")
-        hs.registration_limiter.check(hs.client_ip(request))
-        user_id = await hs.registration.register(body.username, body.password)
+        ):
+            if body.password is None:
+                # Checked after UIA so a client's first, empty request still gets the flows.
+                # Password login is the only way back in: without one the account would be
+                # lost as soon as this session ends.
+                raise MatrixError(400, Codes.MISSING_PARAM, "Missing parameter: password")
+            hs.registration_limiter.check(hs.client_ip(request))
+            user_id = await hs.registration.register(body.username, body.password)
         if body.inhibit_login:
             return 200, {"user_id": user_id, "home_server": hs.server_name}
         tokens = await hs.login.start_session(

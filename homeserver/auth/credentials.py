@@ -60,7 +60,11 @@ class CredentialChecker:
         self._failures.check_only(user_id)
         account = await self._accounts.get_account(user_id)
         stored_hash = account.password_hash if account is not None else None
-        if not await self._hasher.check(password, stored_hash) or account is None:
+        # Unknown users and users without a password still cost one bcrypt check, so the
+        # response time does not tell whether the account exists.
+        if not await self._hasher.check(password, stored_hash or self._hasher.dummy_hash) or (
+            account is None or stored_hash is None
+        ):
             self._failures.record(user_id)
             raise MatrixError(403, Codes.FORBIDDEN, INVALID_CREDENTIALS)
         if account.deactivated:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from homeserver.auth.credentials import CredentialChecker, user_id_from_identifier
@@ -53,12 +55,12 @@ class UserInteractiveAuth:
         method: str,
         uri: str,
         flows: list[list[str]],
-        user_id: str | None = None,
-    ) -> dict[str, Any]:
-        """Run one UIA round; return the completed stages' results once a flow is complete.
-
-        Otherwise raise `InteractiveAuthIncomplete` with the 401 body the spec describes.
-        `user_id` is set for endpoints that re-authenticate a logged-in user.
+        user_id: str | None,
+    ) -> tuple[dict[str, Any], str]:
+        """Run one UIA round; return (completed stages' results, session ID) once a flow is
+        complete. Otherwise raise `InteractiveAuthIncomplete` with the 401 body the spec
+        describes. `user_id` is set for endpoints that re-authenticate a logged-in user.
+        Endpoints use `operation`, which also retires the session.
         """
         auth = body.get("auth")
         if auth is not None and not isinstance(auth, dict):
@@ -85,10 +87,31 @@ class UserInteractiveAuth:
                 completed[stage] = result
 
         if any(all(s in completed for s in flow) for flow in flows):
-            return completed
+            return completed, session.session_id
         challenge = self._challenge(session, flows)
         challenge["completed"] = list(completed)
         raise InteractiveAuthIncomplete(challenge)
+
+    @asynccontextmanager
+    async def operation(
+        self,
+        body: dict[str, Any],
+        method: str,
+        uri: str,
+        flows: list[list[str]],
+        user_id: str | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Authenticate, run the block, then retire the session.
+
+        A completed session authorises one operation: once the block succeeds the session is
+        deleted, so it cannot be replayed (another /delete_devices with a different list, a
+        registration token stretched over several accounts). If the block fails for a reason
+        other than auth, the session stays, and the client may retry with just its ID, as the
+        spec describes.
+        """
+        completed, session_id = await self.authenticate(body, method, uri, flows, user_id)
+        yield completed
+        await self._store.delete_session(session_id)
 
     async def _session_for(
         self, auth: dict[str, Any] | None, method: str, uri: str, user_id: str | None

@@ -19,6 +19,9 @@ class Engine(ABC):
     # "database is locked").
     retryable_errors: tuple[type[BaseException], ...] = ()
     integrity_error: type[BaseException]
+    # Sent before a transaction's first statement, for engines whose driver does not open
+    # transactions itself (None: the driver does).
+    begin_statement: str | None = None
     # Upper bound for the connection pool; SQLite is single-writer, so it gets one connection.
     max_connections: int = 1
 

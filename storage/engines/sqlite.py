@@ -11,6 +11,10 @@ class SqliteEngine(Engine):
     name = "sqlite"
     integrity_error = sqlite3.IntegrityError
     max_connections = 1
+    # Python's sqlite3 would only open a transaction at the first write, so reads before it
+    # would see other processes' commits mid-transaction; the connection runs in autocommit
+    # mode and every transaction starts with an explicit BEGIN instead.
+    begin_statement = "BEGIN"
 
     def __init__(self, url: str) -> None:
         path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url[len("sqlite://"):]
@@ -20,7 +24,9 @@ class SqliteEngine(Engine):
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         # One connection used from the pool's single thread, but not always the same thread.
-        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=10.0)
+        conn = sqlite3.connect(
+            self.path, check_same_thread=False, timeout=10.0, isolation_level=None
+        )
         self.on_new_connection(conn)
         return conn
 
@@ -29,7 +35,6 @@ class SqliteEngine(Engine):
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=10000")
-        conn.commit()
 
     def is_retryable(self, exc: BaseException) -> bool:
         # Another process (e.g. `heddle register-user` next to a running server) holding the

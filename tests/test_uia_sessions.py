@@ -1,0 +1,41 @@
+"""A completed user-interactive auth session authorises one operation, not more."""
+
+from tests.harness import HomeserverTestCase, on_both_engines
+
+PASSWORD = "correct horse battery"
+
+
+@on_both_engines
+class UiaSessionReuse(HomeserverTestCase):
+    async def test_completed_session_cannot_be_replayed(self):
+        await self.register("alice")
+        main = await self.login("alice")
+        second = await self.login("alice")
+        third = await self.login("alice")
+        token = main["access_token"]
+        r = await self.request("POST", "/_matrix/client/v3/delete_devices",
+                               {"devices": [second["device_id"]]}, token=token)
+        self.assertEqual(r.code, 401)
+        session = r.json["session"]
+        auth = {"type": "m.login.password", "session": session, "password": PASSWORD,
+                "identifier": {"type": "m.id.user", "user": "alice"}}
+        r = await self.request("POST", "/_matrix/client/v3/delete_devices",
+                               {"devices": [second["device_id"]], "auth": auth}, token=token)
+        self.assertEqual(r.code, 200, r)
+        # The same session, now for another device: refused, the third device survives.
+        r = await self.request("POST", "/_matrix/client/v3/delete_devices",
+                               {"devices": [third["device_id"]], "auth": {"session": session}},
+                               token=token)
+        self.assertError(r, 400, "M_INVALID_PARAM")
+        r = await self.request("GET", "/_matrix/client/v3/account/whoami", token=third["access_token"])
+        self.assertEqual(r.code, 200)
+
+    async def test_registration_session_is_single_use(self):
+        r = await self.request("POST", "/_matrix/client/v3/register", {"username": "a1", "password": PASSWORD})
+        session = r.json["session"]
+        body = {"username": "a1", "password": PASSWORD, "auth": {"type": "m.login.dummy", "session": session}}
+        r = await self.request("POST", "/_matrix/client/v3/register", body)
+        self.assertEqual(r.code, 200, r)
+        body = {"username": "a2", "password": PASSWORD, "auth": {"session": session}}
+        r = await self.request("POST", "/_matrix/client/v3/register", body)
+        self.assertError(r, 400, "M_INVALID_PARAM")
