@@ -258,7 +258,6 @@ class HomeServer:
             reactor,
             self.presence_store,
             self.room_store,
-            self.state_store,
             self.presence_stream,
             self.presence_changes,
             self.notifier,

@@ -39,7 +39,6 @@ from homeserver.sync.change_cache import StreamChangeCache
 from homeserver.sync.notifier import Notifier
 from storage.stores.presence import PresenceStore, UserPresence
 from storage.stores.rooms import RoomStore
-from storage.stores.state import StateStore
 from storage.stream_ids import StreamIdGenerator
 
 logger = logging.getLogger(__name__)
@@ -77,7 +76,6 @@ class PresenceHandler:
         reactor: Any,
         store: PresenceStore,
         rooms: RoomStore,
-        state: StateStore,
         stream: StreamIdGenerator,
         changes: StreamChangeCache,
         notifier: Notifier,
@@ -88,7 +86,6 @@ class PresenceHandler:
         self._reactor = reactor
         self._store = store
         self._rooms = rooms
-        self._state = state
         self._stream = stream
         # Keyed by user_id.
         self._changes = changes
@@ -175,10 +172,7 @@ class PresenceHandler:
 
     async def users_sharing_rooms(self, user_id: str) -> set[str]:
         """Everyone joined to a room the user is joined to, the user included."""
-        users = {user_id}
-        for membership in await self._rooms.get_rooms_for_user(user_id):
-            users.update((await self._state.get_current_members(membership.room_id, "join")).keys())
-        return users
+        return await self._rooms.get_users_sharing_rooms(user_id) | {user_id}
 
     # ----- changing --------------------------------------------------------------------------
 
@@ -328,14 +322,25 @@ class PresenceHandler:
         """
         if not self.enabled:
             return []
-        interested = await self.users_sharing_rooms(user_id)
         now = self._clock.time_msec()
         if since <= 0:
-            states = await self.get_states(interested)
+            states = await self.get_states(await self.users_sharing_rooms(user_id))
             return [self.format_event(p, now) for p in states.values() if p.state != OFFLINE]
-        changed = self._changes.changed_since(interested, since)
-        if changed is None:
+        recently_changed = self._changes.all_changed_since(since)
+        if recently_changed is not None:
+            # Start from who changed (usually few), not from everyone the user shares a
+            # room with: an incremental sync then costs what changed.
+            if not recently_changed:
+                return []
+            candidates = {str(u) for u in recently_changed}
+            changed: set[str] = await self._rooms.get_users_sharing_rooms(
+                user_id, among=candidates
+            )
+            if user_id in candidates:
+                changed.add(user_id)
+        else:
             # Too old for the in-memory index: ask the database who changed.
+            interested = await self.users_sharing_rooms(user_id)
             rows = await self._store.get_presence_changed(interested, since, up_to)
             changed = {row.user_id for row in rows}
         states = await self.get_states([str(u) for u in changed])

@@ -235,3 +235,56 @@ class SyncStreams(HomeserverTestCase):
         data = await self.sync(self.bob)
         bodies = [e["content"].get("body") for e in data["rooms"]["join"][room]["timeline"]["events"]]
         self.assertNotIn("before you came", bodies)
+
+
+@on_both_engines
+class IncrementalSyncCost(HomeserverTestCase):
+    """An incremental sync touches the database for what changed, not for every room."""
+
+    async def count_transactions(self, token, since):
+        calls = []
+        original = self.hs.db.run_interaction
+
+        async def counting(desc, *args, **kwargs):
+            calls.append(desc)
+            return await original(desc, *args, **kwargs)
+
+        self.hs.db.run_interaction = counting
+        try:
+            r = await self.request("GET", f"/_matrix/client/v3/sync?since={since}", token=token)
+            self.assertEqual(r.code, 200, r)
+        finally:
+            self.hs.db.run_interaction = original
+        return calls, r.json
+
+    async def test_quiet_sync_cost_does_not_grow_with_rooms(self):
+        alice = (await self.register("alice"))["access_token"]
+        costs = []
+        for extra_rooms in (2, 12):
+            for _ in range(extra_rooms - len(costs) * 2):
+                r = await self.request("POST", "/_matrix/client/v3/createRoom", {}, token=alice)
+                self.assertEqual(r.code, 200, r)
+            r = await self.request("GET", "/_matrix/client/v3/sync", token=alice)
+            since = r.json["next_batch"]
+            calls, body = await self.count_transactions(alice, since)
+            self.assertEqual(body["rooms"]["join"], {})
+            costs.append(len(calls))
+        self.assertEqual(costs[0], costs[1], f"transactions per quiet sync: {costs}")
+
+    async def test_one_changed_room_costs_the_same_in_many_rooms(self):
+        costs = []
+        for name, room_count in (("few", 1), ("many", 10)):
+            token = (await self.register(name))["access_token"]
+            rooms = []
+            for _ in range(room_count):
+                r = await self.request("POST", "/_matrix/client/v3/createRoom", {}, token=token)
+                rooms.append(r.json["room_id"])
+            r = await self.request("GET", "/_matrix/client/v3/sync", token=token)
+            since = r.json["next_batch"]
+            await self.request("PUT", f"/_matrix/client/v3/rooms/{rooms[0]}/send/m.room.message/t",
+                               {"msgtype": "m.text", "body": "x"}, token=token)
+            calls, body = await self.count_transactions(token, since)
+            self.assertEqual(list(body["rooms"]["join"]), [rooms[0]])
+            costs.append(sorted(calls))
+        # The same queries whether the user is in 1 room or 10: the quiet rooms cost nothing.
+        self.assertEqual(costs[0], costs[1])

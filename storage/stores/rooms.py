@@ -75,6 +75,36 @@ class RoomStore:
 
         return await self._db.run_interaction("get_rooms_for_user", txn_fn)
 
+    async def get_users_sharing_rooms(
+        self, user_id: str, among: Collection[str] | None = None
+    ) -> set[str]:
+        """Users joined to at least one room `user_id` is joined to (the user included, if
+        joined anywhere); with `among`, only those of them."""
+
+        def txn_fn(txn: Transaction) -> set[str]:
+            sql = (
+                "SELECT DISTINCT other.user_id FROM room_memberships mine"
+                " JOIN room_memberships other ON other.room_id = mine.room_id"
+                " WHERE mine.user_id = ? AND mine.membership = 'join'"
+                " AND other.membership = 'join'"
+            )
+            if among is None:
+                return {row[0] for row in txn.select_all(sql, (user_id,))}
+            found: set[str] = set()
+            candidates = list(among)
+            for start in range(0, len(candidates), 500):
+                chunk = candidates[start : start + 500]
+                placeholders = ",".join("?" for _ in chunk)
+                found.update(
+                    row[0]
+                    for row in txn.select_all(
+                        f"{sql} AND other.user_id IN ({placeholders})", [user_id, *chunk]
+                    )
+                )
+            return found
+
+        return await self._db.run_interaction("get_users_sharing_rooms", txn_fn)
+
     async def get_memberships_changed_since(self, user_id: str, after: int) -> list[Membership]:
         rows = await self._db.run_interaction(
             "get_memberships_changed_since",
