@@ -187,7 +187,7 @@ class EventPersister:
             if event.is_state:
                 _update_current_state_txn(txn, event, stream_ordering)
 
-        if event.type == "m.room.redaction" and event.redacts is not None:
+        if event.type == "m.room.redaction" and not event.is_state and event.redacts is not None:
             txn.execute(
                 "INSERT INTO redactions (event_id, redacts) VALUES (?, ?)",
                 (event.event_id, event.redacts),

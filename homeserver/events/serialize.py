@@ -40,6 +40,21 @@ class EventSerializer:
             for s in stored_list
         ]
 
+    async def federation_forms(self, stored_events: Iterable[StoredEvent]) -> list[dict[str, Any]]:
+        """The PDUs as signed (for `event_format: federation`), pruned where redacted."""
+        stored_list = list(stored_events)
+        redactions = await self._events.get_redactions([s.event.event_id for s in stored_list])
+        redaction_events = await self._events.get_events(redactions.values())
+        forms = []
+        for stored in stored_list:
+            event = stored.event
+            redaction = redaction_events.get(redactions.get(event.event_id, ""))
+            if redaction is not None and redaction.room_id == event.room_id:
+                forms.append(prune_event_dict(event.pdu, event.room_version))
+            else:
+                forms.append(dict(event.pdu))
+        return forms
+
     def _serialize_one(
         self,
         stored: StoredEvent,
@@ -52,6 +67,9 @@ class EventSerializer:
         event = stored.event
         pdu = event.pdu
         redaction = related.get(redactions.get(event.event_id, ""))
+        if redaction is not None and redaction.event.room_id != event.room_id:
+            # A redaction only ever applies within its own room.
+            redaction = None
         if redaction is not None:
             pdu = prune_event_dict(pdu, event.room_version)
         content = pdu.get("content", {})

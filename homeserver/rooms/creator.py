@@ -13,6 +13,7 @@ from homeserver.errors import Codes, MatrixError
 from homeserver.events.auth import (
     CREATE,
     MEMBER,
+    REDACTION,
     AuthError,
     auth_types_for_event,
     check_auth_rules,
@@ -134,6 +135,10 @@ class EventCreator:
         403 M_FORBIDDEN when the auth rules refuse it. With `txn`, a retry of the same
         (user, device, transaction ID) returns the event the first attempt created.
         """
+        if event_type == REDACTION and state_key is not None:
+            # A "state" redaction would be stored, and served, as a redaction of whatever
+            # it names, bypassing every redaction check.
+            raise MatrixError(400, Codes.BAD_JSON, "m.room.redaction cannot be a state event")
         room_version = await self._events.get_room_version(room_id)
         if room_version is None:
             raise MatrixError(404, Codes.NOT_FOUND, "Unknown room")

@@ -359,7 +359,8 @@ class SyncHandler:
         flt = request.filter
         if flt.event_fields is None and flt.event_format == "client":
             return serialized
-        return [flt.format_event(client, s.event.pdu) for client, s in zip(serialized, events, strict=True)]
+        pdus = await self._serializer.federation_forms(events)
+        return [flt.format_event(client, pdu) for client, pdu in zip(serialized, pdus, strict=True)]
 
     async def _joined_room(
         self, sync_pass: _Pass, room_id: str, since: StreamToken | None
