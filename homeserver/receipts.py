@@ -135,6 +135,8 @@ class ReceiptsHandler:
                 stream_id,
             )
             written = await self._store.upsert_receipt(receipt, stored.stream_ordering)
+            if not written:
+                self._stream.unused(stream_id)
         if not written:
             return False
         self._changes.entity_changed(room_id, stream_id)

@@ -35,13 +35,28 @@ class StreamIdGenerator:
 
     @asynccontextmanager
     async def next(self) -> AsyncIterator[int]:
-        """Reserve the next position for the duration of the block (the write transaction)."""
+        """Reserve the next position for the duration of the block (the write transaction).
+
+        If the block raises (nothing was written), the position is handed back when no later
+        one was taken. `current` must never pass the highest position in the database: at
+        start-up it is read back from there, and a client holding a token beyond it would
+        miss the next writes.
+        """
         self._last_allocated += 1
         position = self._last_allocated
         self._unfinished.add(position)
         try:
             yield position
+        except BaseException:
+            self.unused(position)
+            raise
         finally:
-            # A failed write leaves a gap, which readers skip harmlessly.
             self._unfinished.discard(position)
             self._advance()
+
+    def unused(self, position: int) -> None:
+        """Hand back a position the block decided not to write (see `next`); call it as the
+        block's last step. A gap left by an earlier position is harmless: later positions
+        are written above it."""
+        if position == self._last_allocated:
+            self._last_allocated -= 1

@@ -3,6 +3,7 @@
 from twisted.internet import defer, reactor, task
 
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
+from homeserver.sync.tokens import StreamToken
 from tests.harness import HomeserverTestCase, on_both_engines
 
 ALICE = "@alice:test.heddle"
@@ -288,3 +289,17 @@ class IncrementalSyncCost(HomeserverTestCase):
             costs.append(sorted(calls))
         # The same queries whether the user is in 1 room or 10: the quiet rooms cost nothing.
         self.assertEqual(costs[0], costs[1])
+
+
+@on_both_engines
+class TokensFromTheFuture(HomeserverTestCase):
+    async def test_streams_ahead_of_the_server_are_sent_in_full(self):
+        alice = (await self.register("alice"))["access_token"]
+        await self.request("PUT", f"/_matrix/client/v3/user/{ALICE}/account_data/org.example.x", {"v": 1}, token=alice)
+        r = await self.request("GET", "/_matrix/client/v3/sync", token=alice)
+        token = StreamToken.parse(r.json["next_batch"])
+        # As if the server restarted below positions it had handed out.
+        ahead = token.copy_and_replace("account_data", token.account_data + 50)
+        r = await self.request("GET", f"/_matrix/client/v3/sync?since={ahead}", token=alice)
+        self.assertEqual(r.code, 200, r)
+        self.assertIn({"type": "org.example.x", "content": {"v": 1}}, r.json["account_data"]["events"])

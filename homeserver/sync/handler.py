@@ -142,12 +142,15 @@ class SyncHandler:
         """One sync pass; returns (response, whether it holds nothing new)."""
         now = self.current_token()
         since = request.since
-        if since is not None and since.typing > now.typing:
-            # Typing positions live in memory and restart at 0 with the server.
-            since = since.copy_and_replace("typing", 0)
         if since is not None and since.events > now.events:
             # A token from the future (a restored database): resync from scratch.
             since = None
+        if since is not None:
+            # Other streams ahead of the server (typing restarts at 0 with the process; a
+            # restored database): send that stream in full rather than miss what comes next.
+            for stream in ("receipts", "typing", "account_data", "presence"):
+                if getattr(since, stream) > getattr(now, stream):
+                    since = since.copy_and_replace(stream, 0)
         sync_pass = _Pass(request, since, now)
         rooms = await self._rooms_section(sync_pass)
         account_data = await self._account_data_section(sync_pass, rooms)

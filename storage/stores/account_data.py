@@ -52,7 +52,10 @@ class AccountDataStore:
                 "INSERT INTO account_data (user_id, room_id, type, content, stream_id)"
                 " VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (user_id, room_id, type)"
-                " DO UPDATE SET content = excluded.content, stream_id = excluded.stream_id",
+                " DO UPDATE SET content = excluded.content, stream_id = excluded.stream_id"
+                # Two concurrent writes: the later position wins whichever commits last, so
+                # the table's highest stream_id is always the stream's last written position.
+                " WHERE account_data.stream_id < excluded.stream_id",
                 (user_id, room_id or GLOBAL, data_type, json.dumps(content), stream_id),
             ),
         )

@@ -60,7 +60,9 @@ class PresenceStore:
                 " ON CONFLICT (user_id) DO UPDATE SET state = excluded.state,"
                 " status_msg = excluded.status_msg, last_active_ts = excluded.last_active_ts,"
                 " last_user_sync_ts = excluded.last_user_sync_ts,"
-                " currently_active = excluded.currently_active, stream_id = excluded.stream_id",
+                " currently_active = excluded.currently_active, stream_id = excluded.stream_id"
+                # A write that took its position earlier but commits later must not win.
+                " WHERE presence.stream_id < excluded.stream_id",
                 (
                     presence.user_id,
                     presence.state,

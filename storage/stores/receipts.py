@@ -76,7 +76,7 @@ class ReceiptStore:
                 f"INSERT INTO receipts ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (room_id, receipt_type, user_id, thread_id)"
                 " DO UPDATE SET event_id = excluded.event_id, ts = excluded.ts,"
-                " stream_id = excluded.stream_id",
+                " stream_id = excluded.stream_id WHERE receipts.stream_id < excluded.stream_id",
                 (*key, receipt.event_id, receipt.ts, receipt.stream_id),
             )
             return True
