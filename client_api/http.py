@@ -113,7 +113,22 @@ def parse_json_object(request: HeddleRequest) -> dict[str, Any]:
         raise MatrixError(400, Codes.NOT_JSON, "Content not JSON.") from None
     if not isinstance(body, dict):
         raise MatrixError(400, Codes.BAD_JSON, "Content must be a JSON object.")
+    if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(body):
+        raise MatrixError(400, Codes.BAD_JSON, "Content contains an unpaired UTF-16 surrogate.")
     return body
+
+
+# `\ud800`-`\udfff` escapes: legal JSON text, but alone they are not Unicode and could
+# never be stored or sent on as UTF-8. Pairs (emoji) are fine; only lone ones are refused.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _has_lone_surrogate(body: Any) -> bool:
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _reject_constant(name: str) -> None:

@@ -38,6 +38,7 @@ from storage.stores.state import StateStore
 logger = logging.getLogger(__name__)
 
 MAX_EVENT_BYTES = 65536
+MAX_IDENTIFIER_BYTES = 255
 # An event cites at most this many forward extremities (the newest ones).
 MAX_PREV_EVENTS = 10
 
@@ -74,6 +75,13 @@ class EventCreator:
 
     def _finish(self, pdu: dict[str, Any], room_version: RoomVersion) -> Event:
         """Sign, check size and canonical form, and wrap as an Event."""
+        # Spec "Size limits": these identifiers are at most 255 bytes each.
+        for key in ("type", "state_key", "sender", "room_id"):
+            value = pdu.get(key)
+            if isinstance(value, str) and len(value.encode("utf-8")) > MAX_IDENTIFIER_BYTES:
+                raise MatrixError(
+                    400, Codes.BAD_JSON, f"Event '{key}' is longer than {MAX_IDENTIFIER_BYTES} bytes"
+                )
         try:
             check_canonical_values(pdu)
         except CanonicalJsonError as e:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, fields, replace
 
 from homeserver.errors import Codes, MatrixError
 
+# Positions are BIGINT columns: anything larger cannot be one of ours (and would overflow SQL).
+MAX_POSITION = 2**63 - 1
 _SYNC_TOKEN = re.compile(r"^s(\d{1,19}(?:_\d{1,19}){0,6})$")
 _ROOM_TOKEN = re.compile(r"^t(-?\d{1,19})-(\d{1,19})$")
 
@@ -44,7 +46,10 @@ class StreamToken:
         match = _SYNC_TOKEN.match(token)
         if match is None:
             raise _invalid("sync", token)
-        return cls(*(int(part) for part in match.group(1).split("_")))
+        parts = [int(part) for part in match.group(1).split("_")]
+        if any(part > MAX_POSITION for part in parts):
+            raise _invalid("sync", token)
+        return cls(*parts)
 
     def copy_and_replace(self, stream: str, position: int) -> StreamToken:
         return replace(self, **{stream: position})
@@ -70,7 +75,10 @@ class RoomPosition:
     def parse(cls, token: str) -> RoomPosition:
         match = _ROOM_TOKEN.match(token)
         if match is not None:
-            return cls(int(match.group(1)), int(match.group(2)))
+            topological, stream = int(match.group(1)), int(match.group(2))
+            if abs(topological) > MAX_POSITION or stream > MAX_POSITION:
+                raise _invalid("pagination", token)
+            return cls(topological, stream)
         if token.startswith("s"):
             return cls(None, StreamToken.parse(token).events)
         raise _invalid("pagination", token)
