@@ -61,6 +61,8 @@ class HeddleRequest(server.Request):
         self._body_bytes = 0
         self.start_time = time.monotonic()
         self.endpoint_name = "unknown"
+        # Set for servlets with CANCEL_ON_DISCONNECT = True (read-only long-polls).
+        self.cancel_on_disconnect = False
 
     def gotLength(self, length: int | None) -> None:
         super().gotLength(length)
@@ -216,7 +218,15 @@ class JsonResource(resource.Resource):
 
     def render(self, request: server.Request) -> Any:
         assert isinstance(request, HeddleRequest)
-        defer.ensureDeferred(self._render_async(request))
+        rendering = defer.ensureDeferred(self._render_async(request))
+
+        def client_gone(_: Any) -> None:
+            # Only handlers that opted in are cancelled (long-polls): cancelling a write
+            # halfway would skip what follows its commit, such as waking other clients.
+            if request.cancel_on_disconnect and not rendering.called:
+                rendering.cancel()
+
+        request.notifyFinish().addErrback(client_gone)
         return server.NOT_DONE_YET
 
     async def _render_async(self, request: HeddleRequest) -> None:
@@ -235,6 +245,9 @@ class JsonResource(resource.Resource):
                 logger.error("%s %s failed: %s", method, _loggable(request), e)
         except InteractiveAuthIncomplete as e:
             code, body = 401, e.body
+        except defer.CancelledError:
+            # The client went away and the handler was cancelled: nobody to answer.
+            code, body = 499, {"errcode": Codes.UNKNOWN, "error": "Client closed the request"}
         except InvalidTextError as e:
             # A NUL character in a path parameter or a field that reached the database.
             code, body = 400, {"errcode": Codes.INVALID_PARAM, "error": str(e)}
@@ -264,6 +277,9 @@ class JsonResource(resource.Resource):
                 )
             raise MatrixError(404, Codes.UNRECOGNIZED, "Unrecognized request")
         request.endpoint_name = route.name
+        request.cancel_on_disconnect = getattr(
+            getattr(route.handler, "__self__", None), "CANCEL_ON_DISCONNECT", False
+        )
         if request.body_too_large:
             raise MatrixError(413, Codes.TOO_LARGE, "Request body too large")
         code, body = await route.handler(request, **args)

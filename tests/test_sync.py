@@ -303,3 +303,31 @@ class TokensFromTheFuture(HomeserverTestCase):
         r = await self.request("GET", f"/_matrix/client/v3/sync?since={ahead}", token=alice)
         self.assertEqual(r.code, 200, r)
         self.assertIn({"type": "org.example.x", "content": {"v": 1}}, r.json["account_data"]["events"])
+
+
+@on_both_engines
+class AbandonedLongPoll(HomeserverTestCase):
+    async def test_disconnected_long_poll_stops_waiting(self):
+        from twisted.internet import protocol
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        token = (await self.register("alice"))["access_token"]
+        r = await self.request("GET", "/_matrix/client/v3/sync", token=token)
+        since = r.json["next_batch"]
+        port = int(self.base_url.rsplit(":", 1)[1])
+        client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), protocol.Protocol())
+        client.transport.write(
+            f"GET /_matrix/client/v3/sync?since={since}&timeout=60000 HTTP/1.1\r\n"
+            f"Host: x\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+        )
+        for _ in range(50):
+            await task.deferLater(reactor, 0.02, lambda: None)
+            if self.hs.notifier._waiters:
+                break
+        self.assertIn("@alice:test.heddle", self.hs.notifier._waiters)
+        client.transport.loseConnection()
+        for _ in range(50):
+            await task.deferLater(reactor, 0.02, lambda: None)
+            if not self.hs.notifier._waiters:
+                break
+        self.assertEqual(self.hs.notifier._waiters, {})

@@ -19,6 +19,9 @@ MAX_TIMEOUT_MS = 5 * 60 * 1000
 
 class SyncServlet:
     PATTERNS = [client_path("/sync")]
+    # A long-poll whose client has gone should stop waiting (and stop counting the user as
+    # syncing for presence) at once, not when its timeout ends.
+    CANCEL_ON_DISCONNECT = True
 
     def __init__(self, hs: HomeServer) -> None:
         self._hs = hs
