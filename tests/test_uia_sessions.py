@@ -39,3 +39,29 @@ class UiaSessionReuse(HomeserverTestCase):
         body = {"username": "a2", "password": PASSWORD, "auth": {"session": session}}
         r = await self.request("POST", "/_matrix/client/v3/register", body)
         self.assertError(r, 400, "M_INVALID_PARAM")
+
+
+@on_both_engines
+class UiaConcurrentUse(HomeserverTestCase):
+    async def test_two_concurrent_operations_cannot_share_a_session(self):
+        from twisted.internet import defer
+
+        await self.register("alice")
+        token = (await self.login("alice"))["access_token"]
+        path = "/_matrix/client/v3/account/password"
+        r = await self.request("POST", path, {"new_password": "short"}, token=token)
+        session = r.json["session"]
+        auth = {"type": "m.login.password", "session": session, "password": PASSWORD,
+                "identifier": {"type": "m.id.user", "user": "alice"}}
+        # The stage completes, then the operation fails (weak password): the session lives on.
+        r = await self.request("POST", path, {"new_password": "short", "auth": auth}, token=token)
+        self.assertError(r, 400, "M_WEAK_PASSWORD")
+        results = await defer.gatherResults([
+            defer.ensureDeferred(self.request(
+                "POST", path,
+                {"new_password": new, "auth": {"session": session}, "logout_devices": False},
+                token=token,
+            ))
+            for new in ("first new password", "second new password")
+        ])
+        self.assertEqual(sorted(r.code for r in results), [200, 400], results)

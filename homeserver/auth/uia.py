@@ -110,7 +110,17 @@ class UserInteractiveAuth:
         spec describes.
         """
         completed, session_id = await self.authenticate(body, method, uri, flows, user_id)
-        yield completed
+        # Claimed atomically before the operation runs, so two concurrent requests with the
+        # same completed session cannot both go through.
+        if not await self._store.claim_session(session_id):
+            raise MatrixError(
+                400, Codes.INVALID_PARAM, "This auth session is being used by another request"
+            )
+        try:
+            yield completed
+        except BaseException:
+            await self._store.release_session(session_id)
+            raise
         await self._store.delete_session(session_id)
 
     async def _session_for(

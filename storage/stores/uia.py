@@ -64,6 +64,27 @@ class UiaStore:
 
         await self._db.run_interaction("mark_uia_stage_completed", txn_fn)
 
+    async def claim_session(self, session_id: str) -> bool:
+        """Mark the session as in use by one operation; False if another already holds it."""
+
+        def txn_fn(txn: Transaction) -> bool:
+            txn.execute(
+                "UPDATE ui_auth_sessions SET claimed = ? WHERE session_id = ? AND claimed = ?",
+                (True, session_id, False),
+            )
+            return txn.rowcount == 1
+
+        return await self._db.run_interaction("claim_uia_session", txn_fn)
+
+    async def release_session(self, session_id: str) -> None:
+        await self._db.run_interaction(
+            "release_uia_session",
+            lambda txn: txn.execute(
+                "UPDATE ui_auth_sessions SET claimed = ? WHERE session_id = ?",
+                (False, session_id),
+            ),
+        )
+
     async def delete_session(self, session_id: str) -> None:
         await self._db.run_interaction(
             "delete_uia_session",
