@@ -28,7 +28,7 @@ from homeserver.profile import ProfileHandler
 from homeserver.ratelimit import RateLimiter
 from homeserver.read_markers import ReadMarkerHandler
 from homeserver.receipts import ReceiptsHandler
-from homeserver.replication import Replication
+from homeserver.replication import CURRENT_STATE_STREAM, Replication
 from homeserver.rooms.creation import RoomCreationHandler
 from homeserver.rooms.creator import EventCreator
 from homeserver.rooms.directory import DirectoryHandler, RoomAccess, RoomListHandler
@@ -131,14 +131,21 @@ class HomeServer:
         # Rooms and events.
         self.event_store = EventStore(self.db)
         self.state_store = StateStore(self.db)
+        # Each process caches rooms' current state; a change made here makes the others
+        # drop their copy of that room (and a lost Redis connection makes them drop all).
+        self.state_store.current_state_listeners.append(
+            lambda room_id: self.replication.publish(CURRENT_STATE_STREAM, room_id)
+        )
+        self.replication.subscribe(CURRENT_STATE_STREAM, self._current_state_changed_elsewhere)
+        self.replication.on_resync(self.state_store.clear_current_state_cache)
         self.room_store = RoomStore(self.db)
         self.event_stream = StreamIdGenerator("events", 0)
         self.state_group_ids = IdAllocator()
         self.room_changes = StreamChangeCache("room_events", 0)
         self.membership_changes = StreamChangeCache("memberships", 0)
-        self.notifier = Notifier(reactor)
+        self.notifier = Notifier(reactor, self.state_store)
         self.persister = EventPersister(
-            self.db, self.event_store, self.event_stream, self.state_group_ids
+            self.db, self.event_store, self.state_store, self.event_stream, self.state_group_ids
         )
         self.event_creator = EventCreator(
             self.server_name,
@@ -177,13 +184,28 @@ class HomeServer:
         )
         self.user_directory_store = UserDirectoryStore(self.db)
         self.user_directory = UserDirectoryHandler(self.user_directory_store)
+        # Presence comes first among the per-user streams: sending events counts as activity.
+        self.presence_store = PresenceStore(self.db)
+        self.presence_stream = StreamIdGenerator("presence", 0)
+        self.presence_changes = StreamChangeCache("presence", 0)
+        self.presence = PresenceHandler(
+            config.presence,
+            self.server_name,
+            self.clock,
+            reactor,
+            self.presence_store,
+            self.room_store,
+            self.presence_stream,
+            self.presence_changes,
+            self.notifier,
+        )
         self.membership = MembershipHandler(
             self.server_name,
             self.event_creator,
             self.event_store,
             self.state_store,
             self.room_store,
-            self.alias_store,
+            self.directory,
             self.profile_store,
             self.accounts,
         )
@@ -197,6 +219,7 @@ class HomeServer:
             self.directory,
             self.membership,
             self.message_limiter,
+            self.presence,
         )
         self.room_creation = RoomCreationHandler(
             self.server_name,
@@ -222,18 +245,13 @@ class HomeServer:
         # index (receipts and typing by room, account data and presence by user).
         self.receipt_store = ReceiptStore(self.db)
         self.account_data_store = AccountDataStore(self.db)
-        self.presence_store = PresenceStore(self.db)
         self.receipt_stream = StreamIdGenerator("receipts", 0)
         self.receipt_changes = StreamChangeCache("receipts", 0)
         self.account_data_stream = StreamIdGenerator("account_data", 0)
         self.account_data_changes = StreamChangeCache("account_data", 0)
-        self.presence_stream = StreamIdGenerator("presence", 0)
-        self.presence_changes = StreamChangeCache("presence", 0)
         # Typing lives in memory only: its positions are the handler's own counter.
         self.typing_changes = StreamChangeCache("typing", 0)
-        self.typing = TypingHandler(
-            reactor, self.room_store, self.state_store, self.notifier, self.typing_changes
-        )
+        self.typing = TypingHandler(reactor, self.room_store, self.notifier, self.typing_changes)
         self.account_data = AccountDataHandler(
             self.account_data_store,
             self.account_data_stream,
@@ -245,23 +263,11 @@ class HomeServer:
             self.receipt_store,
             self.event_store,
             self.room_store,
-            self.state_store,
             self.receipt_stream,
             self.receipt_changes,
             self.notifier,
         )
         self.read_markers = ReadMarkerHandler(self.receipts, self.account_data)
-        self.presence = PresenceHandler(
-            config.presence,
-            self.server_name,
-            self.clock,
-            reactor,
-            self.presence_store,
-            self.room_store,
-            self.presence_stream,
-            self.presence_changes,
-            self.notifier,
-        )
         self.sync = SyncHandler(
             self.clock,
             self.event_store,
@@ -282,6 +288,10 @@ class HomeServer:
 
         self.ports: list[Any] = []
         self._uia_cleanup: task.LoopingCall | None = None
+
+    def _current_state_changed_elsewhere(self, room_id: Any) -> None:
+        if isinstance(room_id, str):
+            self.state_store.invalidate_current_state(room_id)
 
     def client_ip(self, request: HeddleRequest) -> str:
         listener = getattr(request.site, "heddle_listener", None)

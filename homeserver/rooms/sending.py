@@ -21,6 +21,7 @@ from homeserver.events.auth import (
     named_level,
     user_power_level,
 )
+from homeserver.presence import PresenceHandler
 from homeserver.ratelimit import RateLimiter
 from homeserver.rooms.creator import EventCreator
 from homeserver.rooms.directory import DirectoryHandler
@@ -47,6 +48,7 @@ class EventSendHandler:
         directory: DirectoryHandler,
         membership: MembershipHandler,
         message_limiter: RateLimiter,
+        presence: PresenceHandler,
     ) -> None:
         self._server_name = server_name
         self._creator = creator
@@ -56,6 +58,7 @@ class EventSendHandler:
         self._directory = directory
         self._membership = membership
         self._limiter = message_limiter
+        self._presence = presence
 
     # ----- messages ------------------------------------------------------------------------
 
@@ -79,6 +82,7 @@ class EventSendHandler:
         stored = await self._creator.send(
             room_id, requester.user_id, event_type, content, txn=txn
         )
+        await self._presence.bump_active(requester.user_id)
         return stored.event.event_id
 
     async def redact(
