@@ -8,6 +8,8 @@ the database. The user's own memberships are cached until they change.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -398,6 +400,9 @@ class SyncHandler:
     ) -> list[StoredEvent]:
         """The `state` block: state at the start of the timeline the client lacks."""
         request = sync_pass.request
+        if since is not None and not timeline.limited and not request.filter.lazy_load_members:
+            # Every state change since the token is in the timeline itself.
+            return []
         if timeline.events:
             group = await self._events.get_state_group_before(timeline.events[0].event.event_id)
         else:
@@ -437,9 +442,13 @@ class SyncHandler:
         return result
 
     async def _summary(self, room_id: str, user_id: str) -> dict[str, Any]:
+        # Both from the state store's in-memory member lists; no database read when cached.
         joined = await self._state.get_current_members(room_id, "join")
         invited = await self._state.get_current_members(room_id, "invite")
-        heroes = sorted(u for u in list(joined) + list(invited) if u != user_id)[:MAX_HEROES]
+        # The first few by user ID, without sorting every member.
+        heroes = heapq.nsmallest(
+            MAX_HEROES, (u for u in itertools.chain(joined, invited) if u != user_id)
+        )
         return {
             "m.joined_member_count": len(joined),
             "m.invited_member_count": len(invited),
