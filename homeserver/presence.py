@@ -1,9 +1,10 @@
 """Presence of local users (spec: "Presence"): online, unavailable or offline, a status
 message, and when the user last did something.
 
-The current presence of every user we have looked at is held in memory; each change that
-clients should hear about takes the next position in the presence stream, is written to the
-database, and wakes the syncs of everyone sharing a room with the user.
+The presence of every user not offline is held in memory (so the periodic check costs what
+the online users number); offline users are read from the database when asked about. Each
+change that clients should hear about takes the next position in the presence stream, is
+written to the database, and wakes the syncs of everyone sharing a room with the user.
 
 How presence moves:
 - PUT /presence sets the state and status message (and counts as activity when online).
@@ -22,6 +23,7 @@ silently (spec: "Last active ago").
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import AsyncIterator, Collection, Iterable
 from contextlib import asynccontextmanager
@@ -90,7 +92,18 @@ class PresenceHandler:
         # Keyed by user_id.
         self._changes = changes
         self._notifier = notifier
+        # Everyone not offline: the users the timeouts apply to.
         self._states: dict[str, UserPresence] = {}
+        # Offline users who changed since the last timeout check, held until it runs, so one
+        # who keeps doing things (say, sending without syncing) is not re-read every time.
+        # Those in `_unsaved` changed only in what clients are not told of (the last active
+        # time creeping on): the check writes that, rather than each change costing a write.
+        self._recent_offline: dict[str, UserPresence] = {}
+        self._unsaved: set[str] = set()
+        # Database reads of presence in flight, each collecting the users dropped from memory
+        # while it ran (what it read may be older than what they were dropped with).
+        self._reads: dict[int, dict[str, UserPresence]] = {}
+        self._read_ids = itertools.count()
         # Users the idle timeout made unavailable (rather than they themselves): syncing does
         # not bring them back online, only activity does.
         self._idle: set[str] = set()
@@ -125,14 +138,41 @@ class PresenceHandler:
 
     # ----- reading ---------------------------------------------------------------------------
 
+    @property
+    def users_in_memory(self) -> int:
+        """How many users' presence is held in memory: those not offline, and offline ones
+        who changed since the last timeout check."""
+        return len(self._states) + len(self._recent_offline)
+
+    def _held(self, user_id: str) -> UserPresence | None:
+        return self._states.get(user_id) or self._recent_offline.get(user_id)
+
     async def get_states(self, user_ids: Collection[str]) -> dict[str, UserPresence]:
-        missing = [u for u in user_ids if u not in self._states]
+        found: dict[str, UserPresence] = {}
+        missing: list[str] = []
+        for user_id in user_ids:
+            held = self._held(user_id)
+            if held is None:
+                missing.append(user_id)
+            else:
+                found[user_id] = held
         if missing:
-            stored = await self._store.get_presence(missing)
+            read_id = next(self._read_ids)
+            dropped: dict[str, UserPresence] = {}
+            self._reads[read_id] = dropped
+            try:
+                stored = await self._store.get_presence(missing)
+            finally:
+                del self._reads[read_id]
             for user_id in missing:
-                # Another coroutine may have updated the user while we read.
-                self._states.setdefault(user_id, stored.get(user_id) or UserPresence.default(user_id))
-        return {u: self._states[u] for u in user_ids}
+                # The user may have changed while we read: memory is then newer.
+                found[user_id] = (
+                    self._held(user_id)
+                    or dropped.get(user_id)
+                    or stored.get(user_id)
+                    or UserPresence.default(user_id)
+                )
+        return {u: found[u] for u in user_ids}
 
     async def get_state(self, user_id: str) -> UserPresence:
         return (await self.get_states([user_id]))[user_id]
@@ -263,11 +303,14 @@ class PresenceHandler:
                     )
 
     async def check_timeouts(self, now_ms: int | None = None) -> None:
-        """Apply the idle and sync timeouts to every user not offline (run periodically)."""
+        """Apply the idle and sync timeouts to every user not offline, then write and let go
+        of the offline users who changed since the last check (run periodically)."""
         now = self._clock.time_msec() if now_ms is None else now_ms
-        for user_id in [u for u, p in self._states.items() if p.state != OFFLINE]:
+        for user_id in list(self._states):
             async with self._writers.queue(user_id):
-                prev = self._states[user_id]
+                prev = self._states.get(user_id)
+                if prev is None:
+                    continue  # went offline meanwhile
                 new = prev
                 if prev.state == ONLINE:
                     inactive_ms = now - prev.last_active_ts
@@ -284,6 +327,41 @@ class PresenceHandler:
                     self._idle.discard(user_id)
                 if new != prev:
                     await self._update(prev, new)
+        await self._save_offline()
+
+    async def _save_offline(self) -> None:
+        """Write offline users' unsaved changes, and forget the offline users who did not
+        change again meanwhile (reads then find them in the database)."""
+        if not self._recent_offline:
+            return
+        recent = dict(self._recent_offline)
+        unsaved = [recent[u] for u in self._unsaved if u in recent]
+        if unsaved:
+            await self._store.store_presence_activity(unsaved)
+        for user_id, presence in recent.items():
+            if self._recent_offline.get(user_id) is presence:
+                del self._recent_offline[user_id]
+                self._unsaved.discard(user_id)
+                self._dropped(presence)
+
+    def _dropped(self, presence: UserPresence) -> None:
+        for dropped in self._reads.values():
+            dropped[presence.user_id] = presence
+
+    def _hold(self, presence: UserPresence, saved: bool) -> None:
+        """Make `presence` the user's current presence (`saved`: as written to the database)."""
+        user_id = presence.user_id
+        if presence.state != OFFLINE:
+            self._states[user_id] = presence
+            self._recent_offline.pop(user_id, None)
+            self._unsaved.discard(user_id)
+            return
+        self._states.pop(user_id, None)
+        self._recent_offline[user_id] = presence
+        if saved:
+            self._unsaved.discard(user_id)
+        else:
+            self._unsaved.add(user_id)
 
     async def _check_timeouts_logged(self) -> None:
         try:
@@ -298,12 +376,12 @@ class PresenceHandler:
         Call with the user's writer lock held.
         """
         if not is_notable_change(prev, new):
-            self._states[new.user_id] = new
+            self._hold(new, saved=False)
             return
         async with self._stream.next() as stream_id:
             new = new.copy_and_replace(stream_id=stream_id)
             await self._store.store_presence(new)
-        self._states[new.user_id] = new
+        self._hold(new, saved=True)
         self._changes.entity_changed(new.user_id, stream_id)
         self._notifier.notify_users(await self.users_sharing_rooms(new.user_id))
         logger.info(

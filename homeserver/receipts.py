@@ -14,12 +14,12 @@ from typing import Any
 
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
+from homeserver.identifiers import check_event_id, check_room_id
 from homeserver.sync.change_cache import StreamChangeCache
 from homeserver.sync.notifier import Notifier
 from storage.stores.events import EventStore, StoredEvent
 from storage.stores.receipts import Receipt, ReceiptStore
 from storage.stores.rooms import RoomStore
-from storage.stores.state import StateStore
 from storage.stream_ids import StreamIdGenerator
 
 logger = logging.getLogger(__name__)
@@ -47,13 +47,6 @@ def _relation(event_content: Mapping[str, Any]) -> tuple[str, str] | None:
     return rel_type, parent
 
 
-def check_room_and_event_ids(room_id: str, event_id: str) -> None:
-    if not room_id.startswith("!"):
-        raise MatrixError(400, Codes.INVALID_PARAM, f"{room_id!r} is not a valid room ID")
-    if not event_id.startswith("$"):
-        raise MatrixError(400, Codes.INVALID_PARAM, f"{event_id!r} is not a valid event ID")
-
-
 class ReceiptsHandler:
     def __init__(
         self,
@@ -61,7 +54,6 @@ class ReceiptsHandler:
         store: ReceiptStore,
         events: EventStore,
         rooms: RoomStore,
-        state: StateStore,
         stream: StreamIdGenerator,
         changes: StreamChangeCache,
         notifier: Notifier,
@@ -70,7 +62,6 @@ class ReceiptsHandler:
         self._store = store
         self._events = events
         self._rooms = rooms
-        self._state = state
         self._stream = stream
         # Keyed by room_id.
         self._changes = changes
@@ -86,7 +77,8 @@ class ReceiptsHandler:
         403 M_FORBIDDEN unless the user is joined; 404 M_NOT_FOUND for an event that is
         unknown or belongs to another room.
         """
-        check_room_and_event_ids(room_id, event_id)
+        check_room_id(room_id)
+        check_event_id(event_id)
         membership = await self._rooms.get_membership(room_id, user_id)
         if membership is None or membership.membership != "join":
             raise MatrixError(403, Codes.FORBIDDEN, "You are not joined to this room")
@@ -143,8 +135,7 @@ class ReceiptsHandler:
         if receipt_type == READ_PRIVATE:
             self._notifier.notify_users([user_id])
         else:
-            members = await self._state.get_current_members(room_id, "join")
-            self._notifier.notify_users([*members.keys(), user_id])
+            await self._notifier.notify_room(room_id, extra_users=[user_id])
         logger.debug("%s receipt of %s in %s at %s", receipt_type, user_id, room_id, event_id)
         return True
 

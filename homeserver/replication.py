@@ -1,7 +1,8 @@
 """Fan-out between Heddle processes that share one database, over Redis pub/sub.
 
-Each process publishes what others must react to at once (today: revoked access tokens, so
-a logout is effective everywhere) and subscribes to the same channels. Messages are JSON
+Each process publishes what others must react to at once (revoked access tokens, so a
+logout is effective everywhere; rooms whose current state changed, so cached copies are
+dropped) and subscribes to the same channels. Messages are JSON
 `{"from": <process id>, "data": ...}`; a process ignores its own. When the subscription
 connection is lost and comes back, messages may have been missed, so subscribers are told
 to drop whatever they cache (`on_resync`).
@@ -25,6 +26,9 @@ from homeserver.config import RedisConfig
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Any], None]
+
+# A room_id: its current state changed; other processes drop their cached copy.
+CURRENT_STATE_STREAM = "current_state"
 
 
 class Replication:

@@ -22,7 +22,6 @@ from homeserver.errors import Codes, MatrixError
 from homeserver.sync.change_cache import StreamChangeCache
 from homeserver.sync.notifier import Notifier
 from storage.stores.rooms import RoomStore
-from storage.stores.state import StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -36,13 +35,11 @@ class TypingHandler:
         self,
         reactor: Any,
         rooms: RoomStore,
-        state: StateStore,
         notifier: Notifier,
         changes: StreamChangeCache,
     ) -> None:
         self._reactor = reactor
         self._rooms = rooms
-        self._state = state
         self._notifier = notifier
         # Keyed by room_id.
         self._changes = changes
@@ -117,8 +114,7 @@ class TypingHandler:
     async def _changed(self, room_id: str) -> None:
         self._position += 1
         self._changes.entity_changed(room_id, self._position)
-        members = await self._state.get_current_members(room_id, "join")
-        self._notifier.notify_users(members.keys())
+        await self._notifier.notify_room(room_id)
 
     # ----- for sync ---------------------------------------------------------------------------
 

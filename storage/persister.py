@@ -14,7 +14,7 @@ from homeserver.events.canonical import encode_canonical_json
 from homeserver.events.model import Event
 from storage.database import Database, Transaction
 from storage.stores.events import EventStore, StoredEvent
-from storage.stores.state import StateKey, create_state_group_txn
+from storage.stores.state import StateKey, StateStore, create_state_group_txn
 from storage.stream_ids import StreamIdGenerator
 
 
@@ -66,11 +66,13 @@ class EventPersister:
         self,
         db: Database,
         events: EventStore,
+        state: StateStore,
         event_stream: StreamIdGenerator,
         state_group_ids: IdAllocator,
     ) -> None:
         self._db = db
         self._events = events
+        self._state = state
         self._stream = event_stream
         self._state_group_ids = state_group_ids
 
@@ -89,16 +91,22 @@ class EventPersister:
             metadata["replaces_state"] = context.replaces_state
 
         async with self._stream.next() as stream_ordering:
-            await self._db.run_interaction(
-                "persist_event",
-                self._persist_txn,
-                event,
-                context,
-                stream_ordering,
-                new_group,
-                state_group_after,
-                metadata,
-            )
+            try:
+                await self._db.run_interaction(
+                    "persist_event",
+                    self._persist_txn,
+                    event,
+                    context,
+                    stream_ordering,
+                    new_group,
+                    state_group_after,
+                    metadata,
+                )
+            except Exception:
+                # The commit may have happened (a connection lost while committing), so
+                # the cached current state cannot be trusted either way.
+                self._state.invalidate_current_state(event.room_id)
+                raise
         stored = StoredEvent(event, stream_ordering, event.depth, metadata, context.outlier)
         return stored
 
@@ -185,7 +193,7 @@ class EventPersister:
                 (state_group_after, room_id),
             )
             if event.is_state:
-                _update_current_state_txn(txn, event, stream_ordering)
+                _update_current_state_txn(txn, self._state, event, stream_ordering)
 
         if event.type == "m.room.redaction" and not event.is_state and event.redacts is not None:
             txn.execute(
@@ -195,7 +203,9 @@ class EventPersister:
             txn.call_after(self._events.invalidate, event.redacts)
 
 
-def _update_current_state_txn(txn: Transaction, event: Event, stream_ordering: int) -> None:
+def _update_current_state_txn(
+    txn: Transaction, state: StateStore, event: Event, stream_ordering: int
+) -> None:
     assert event.state_key is not None
     membership = event.membership if event.type == "m.room.member" else None
     txn.execute(
@@ -204,6 +214,10 @@ def _update_current_state_txn(txn: Transaction, event: Event, stream_ordering: i
         " ON CONFLICT (room_id, type, state_key)"
         " DO UPDATE SET event_id = excluded.event_id, membership = excluded.membership",
         (event.room_id, event.type, event.state_key, event.event_id, membership),
+    )
+    # The same change to the in-memory copy, once (and only if) it is committed.
+    txn.call_after(
+        state.current_state_changed, event.room_id, event.state_tuple, event.event_id, membership
     )
     if membership is not None:
         txn.execute(

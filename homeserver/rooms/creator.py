@@ -209,9 +209,10 @@ class EventCreator:
         stored = await self._persister.persist(event, context)
         position = stored.stream_ordering
         self._room_changes.entity_changed(room_id, position)
-        to_notify = set((await self._state.get_current_members(room_id, "join")).keys())
+        extra: list[str] = []
         if event.type == MEMBER and event.state_key is not None:
             self._membership_changes.entity_changed(event.state_key, position)
-            to_notify.add(event.state_key)
-        self._notifier.notify_users(to_notify)
+            # The target may no longer be joined (a leave, a kick) but must hear of it.
+            extra.append(event.state_key)
+        await self._notifier.notify_room(room_id, extra_users=extra)
         return stored

@@ -8,6 +8,7 @@ they left, until they forget the room; anyone may read the current state of a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from homeserver.errors import Codes, MatrixError
@@ -109,7 +110,7 @@ class RoomStateHandler:
 
     async def _visible_state_ids(
         self, user_id: str, room_id: str, position: RoomPosition | None = None
-    ) -> dict[StateKey, str]:
+    ) -> Mapping[StateKey, str]:
         await self._require_room(room_id)
         access = await self._visibility.get_room_access(user_id, room_id)
         if access is None:

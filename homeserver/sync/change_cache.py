@@ -9,6 +9,7 @@ grow with what changed. It remembers the latest position per entity for everythi
 from __future__ import annotations
 
 from collections.abc import Collection, Hashable
+from collections.abc import Set as AbstractSet
 
 MAX_ENTITIES = 100_000
 
@@ -56,7 +57,9 @@ class StreamChangeCache:
         if not self.knows_since(position):
             return None
         if len(entities) > len(self._latest):
-            return {e for e, p in self._latest.items() if p > position and e in entities}
+            # Callers often pass lists: one set, not a scan of `entities` per entry.
+            wanted = entities if isinstance(entities, AbstractSet) else set(entities)
+            return {e for e, p in self._latest.items() if p > position and e in wanted}
         return {e for e in entities if self._latest.get(e, self.earliest_known) > position}
 
     def all_changed_since(self, position: int) -> set[Hashable] | None:

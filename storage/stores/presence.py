@@ -75,22 +75,45 @@ class PresenceStore:
             ),
         )
 
+    async def store_presence_activity(self, presences: Collection[UserPresence]) -> None:
+        """Write the last active and sync times (and `currently_active`) of presence that
+        moved on without a new stream position. A row written since, at a later position,
+        is left alone."""
+        if not presences:
+            return
+        await self._db.run_interaction(
+            "store_presence_activity",
+            lambda txn: txn.execute_many(
+                f"INSERT INTO presence ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (user_id) DO UPDATE SET last_active_ts = excluded.last_active_ts,"
+                " last_user_sync_ts = excluded.last_user_sync_ts,"
+                " currently_active = excluded.currently_active"
+                " WHERE presence.stream_id = excluded.stream_id",
+                [
+                    (
+                        p.user_id,
+                        p.state,
+                        p.status_msg,
+                        p.last_active_ts,
+                        p.last_user_sync_ts,
+                        p.currently_active,
+                        p.stream_id,
+                    )
+                    for p in presences
+                ],
+            ),
+        )
+
     async def get_presence(self, user_ids: Collection[str]) -> dict[str, UserPresence]:
         """Stored presence of those of `user_ids` that have any."""
         if not user_ids:
             return {}
 
         def txn_fn(txn: Transaction) -> dict[str, UserPresence]:
-            ids = list(user_ids)
-            found: dict[str, UserPresence] = {}
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                placeholders = ",".join("?" for _ in chunk)
-                for row in txn.select_all(
-                    f"SELECT {_COLUMNS} FROM presence WHERE user_id IN ({placeholders})", chunk
-                ):
-                    found[row[0]] = _row(row)
-            return found
+            rows = txn.select_in_chunks(
+                f"SELECT {_COLUMNS} FROM presence WHERE user_id IN ({{in}})", user_ids
+            )
+            return {row[0]: _row(row) for row in rows}
 
         return await self._db.run_interaction("get_presence", txn_fn)
 
@@ -112,20 +135,11 @@ class PresenceStore:
             return []
 
         def txn_fn(txn: Transaction) -> list[UserPresence]:
-            ids = list(user_ids)
-            found: list[UserPresence] = []
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                placeholders = ",".join("?" for _ in chunk)
-                sql = (
-                    f"SELECT {_COLUMNS} FROM presence WHERE user_id IN ({placeholders})"
-                    " AND stream_id > ?"
-                )
-                args: list[Any] = [*chunk, after]
-                if up_to is not None:
-                    sql += " AND stream_id <= ?"
-                    args.append(up_to)
-                found.extend(_row(r) for r in txn.select_all(sql, args))
-            return found
+            sql = f"SELECT {_COLUMNS} FROM presence WHERE user_id IN ({{in}}) AND stream_id > ?"
+            args: list[Any] = [after]
+            if up_to is not None:
+                sql += " AND stream_id <= ?"
+                args.append(up_to)
+            return [_row(r) for r in txn.select_in_chunks(sql, user_ids, args_after=args)]
 
         return await self._db.run_interaction("get_presence_changed", txn_fn)

@@ -7,9 +7,12 @@ any group touches at most that many groups.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Collection, Mapping
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 
+from homeserver.events.auth import MEMBER
 from storage.database import Database, Transaction
 
 StateKey = tuple[str, str]
@@ -19,6 +22,8 @@ MAX_CHAIN_LENGTH = 50
 GROUP_CACHE_SIZE = 2000
 # Single (group, key) lookups cached by `get_state_for_groups`.
 KEY_CACHE_SIZE = 100_000
+# Rooms whose current state (and member lists) are held in memory, least recently used out.
+CURRENT_STATE_CACHE_ROOMS = 1000
 
 
 def _load_group_txn(txn: Transaction, group: int) -> dict[StateKey, str]:
@@ -118,12 +123,69 @@ def apply_state_delta(
     return result
 
 
+@dataclass(frozen=True)
+class _CurrentState:
+    """A room's current state as `current_state_events` holds it. Never changed in place (a
+    change builds a new one), so what callers were handed stays as it was."""
+
+    state: Mapping[StateKey, str]
+    # membership -> user_id -> member event ID.
+    members: Mapping[str, Mapping[str, str]]
+
+    @classmethod
+    def from_rows(cls, rows: list[tuple]) -> _CurrentState:
+        state: dict[StateKey, str] = {}
+        members: dict[str, dict[str, str]] = {}
+        for type_, state_key, event_id, membership in rows:
+            state[(type_, state_key)] = event_id
+            if type_ == MEMBER and membership is not None:
+                members.setdefault(membership, {})[state_key] = event_id
+        return cls(
+            MappingProxyType(state),
+            MappingProxyType({m: MappingProxyType(users) for m, users in members.items()}),
+        )
+
+    def apply(self, key: StateKey, event_id: str, membership: str | None) -> _CurrentState:
+        """This state with `key` set to `event_id`, as `_update_current_state_txn` does to
+        the table. Copies the state map (and, for a member event, the affected member lists):
+        linear in the room's size, but only for state events, and in memory."""
+        state = dict(self.state)
+        state[key] = event_id
+        members = dict(self.members)
+        if key[0] == MEMBER:
+            user_id = key[1]
+            for group, users in self.members.items():
+                if user_id in users and group != membership:
+                    members[group] = MappingProxyType(
+                        {u: e for u, e in users.items() if u != user_id}
+                    )
+            if membership is not None:
+                members[membership] = MappingProxyType(
+                    {**self.members.get(membership, {}), user_id: event_id}
+                )
+        return _CurrentState(MappingProxyType(state), MappingProxyType(members))
+
+
 class StateStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, current_state_rooms: int = CURRENT_STATE_CACHE_ROOMS) -> None:
         self._db = db
         # State groups never change once written, so caching them is always safe.
         self._group_cache: OrderedDict[int, dict[StateKey, str]] = OrderedDict()
         self._key_cache: OrderedDict[tuple[int, StateKey], str | None] = OrderedDict()
+        # Current state of recently used rooms. Unlike groups it changes: the persister calls
+        # `current_state_changed` after each commit that moves it (see `_load_current`).
+        self._current: OrderedDict[str, _CurrentState] = OrderedDict()
+        self._current_max_rooms = current_state_rooms
+        # room_id -> reads of its current state in flight, and how often it changed during
+        # them (entries exist only while reads are in flight).
+        self._current_loads: Counter[str] = Counter()
+        self._current_changes: Counter[str] = Counter()
+        # Called with a room_id after this process changed the room's current state. The
+        # cache is per process: with several processes on one database, the others must drop
+        # their copy, which `homeserver/app.py` wires to the "current_state" replication
+        # stream (Redis). Until the message arrives they may answer from the older copy, as
+        # from a read made a moment earlier; without Redis, run one process only.
+        self.current_state_listeners: list[Callable[[str], None]] = []
 
     async def get_state_group(self, group: int) -> dict[StateKey, str]:
         """The full state map (type, state_key) -> event_id of a group."""
@@ -222,19 +284,83 @@ class StateStore:
         row = await self._db.run_interaction("get_state_group_at_position", txn_fn)
         return row[0] if row else None
 
-    async def get_current_state_ids(self, room_id: str) -> dict[StateKey, str]:
-        rows = await self._db.run_interaction(
-            "get_current_state_ids",
-            lambda txn: txn.select_all(
-                "SELECT type, state_key, event_id FROM current_state_events WHERE room_id = ?",
-                (room_id,),
-            ),
-        )
-        return {(t, k): e for t, k, e in rows}
+    # ----- current state (cached) ---------------------------------------------------------
+
+    async def _load_current(self, room_id: str) -> _CurrentState:
+        """The room's current state, from memory if held, else read and (if nothing changed
+        it meanwhile) remembered.
+
+        A read that began before a change committed may return the older state after the
+        change's `current_state_changed` ran; such a read is used by its caller (as any read
+        may be slightly old) but not cached, so the cache never goes back in time.
+        """
+        cached = self._current.get(room_id)
+        if cached is not None:
+            self._current.move_to_end(room_id)
+            return cached
+        changes_before = self._current_changes[room_id]
+        self._current_loads[room_id] += 1
+        try:
+            rows = await self._db.run_interaction(
+                "get_current_state",
+                lambda txn: txn.select_all(
+                    "SELECT type, state_key, event_id, membership FROM current_state_events"
+                    " WHERE room_id = ?",
+                    (room_id,),
+                ),
+            )
+        finally:
+            unchanged = self._current_changes[room_id] == changes_before
+            self._current_loads[room_id] -= 1
+            if self._current_loads[room_id] <= 0:
+                del self._current_loads[room_id]
+                self._current_changes.pop(room_id, None)
+        loaded = _CurrentState.from_rows(rows)
+        if unchanged and room_id not in self._current:
+            self._current[room_id] = loaded
+            while len(self._current) > self._current_max_rooms:
+                self._current.popitem(last=False)
+        return loaded
+
+    def _current_state_moved(self, room_id: str) -> None:
+        if room_id in self._current_loads:
+            self._current_changes[room_id] += 1
+
+    def current_state_changed(
+        self, room_id: str, key: StateKey, event_id: str, membership: str | None
+    ) -> None:
+        """After commit: the persister set `key` to `event_id` in the room's current state
+        (`membership` as stored for member events, else None). Per room these calls come in
+        commit order, as writes to a room are serialised (`EventCreator`)."""
+        self._current_state_moved(room_id)
+        cached = self._current.get(room_id)
+        if cached is not None:
+            self._current[room_id] = cached.apply(key, event_id, membership)
+        for listener in self.current_state_listeners:
+            listener(room_id)
+
+    def invalidate_current_state(self, room_id: str) -> None:
+        """Forget the room's current state (another process changed it)."""
+        self._current_state_moved(room_id)
+        self._current.pop(room_id, None)
+
+    def clear_current_state_cache(self) -> None:
+        """Forget every room's current state (changes may have been missed)."""
+        for room_id in self._current_loads:
+            self._current_changes[room_id] += 1
+        self._current.clear()
+
+    async def get_current_state_ids(self, room_id: str) -> Mapping[StateKey, str]:
+        """(type, state_key) -> event_id of the room's current state. Read-only and shared:
+        copy it to change it."""
+        return (await self._load_current(room_id)).state
 
     async def get_current_state_event_id(
         self, room_id: str, event_type: str, state_key: str
     ) -> str | None:
+        cached = self._current.get(room_id)
+        if cached is not None:
+            return cached.state.get((event_type, state_key))
         row = await self._db.run_interaction(
             "get_current_state_event_id",
             lambda txn: txn.select_one(
@@ -247,21 +373,12 @@ class StateStore:
 
     async def get_current_members(
         self, room_id: str, membership: str | None = "join"
-    ) -> dict[str, str]:
-        """user_id -> member event ID, for users with `membership` (all if None)."""
-
-        def txn_fn(txn: Transaction) -> list[tuple]:
-            if membership is None:
-                return txn.select_all(
-                    "SELECT state_key, event_id FROM current_state_events"
-                    " WHERE room_id = ? AND type = 'm.room.member'",
-                    (room_id,),
-                )
-            return txn.select_all(
-                "SELECT state_key, event_id FROM current_state_events"
-                " WHERE room_id = ? AND type = 'm.room.member' AND membership = ?",
-                (room_id, membership),
-            )
-
-        rows = await self._db.run_interaction("get_current_members", txn_fn)
-        return {user_id: event_id for user_id, event_id in rows}
+    ) -> Mapping[str, str]:
+        """user_id -> member event ID, for users with `membership` (all if None). Read-only
+        and shared: copy it to change it."""
+        current = await self._load_current(room_id)
+        if membership is not None:
+            return current.members.get(membership, MappingProxyType({}))
+        return MappingProxyType(
+            {key[1]: event_id for key, event_id in current.state.items() if key[0] == MEMBER}
+        )
