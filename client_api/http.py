@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 from urllib.parse import unquote
 
 from twisted.internet import defer
@@ -23,6 +23,7 @@ from twisted.web import http, resource, server
 
 from homeserver import metrics
 from homeserver.errors import Codes, InteractiveAuthIncomplete, MatrixError
+from homeserver.events.canonical import load_json
 from storage.database import InvalidTextError
 
 logger = logging.getLogger(__name__)
@@ -110,8 +111,8 @@ def parse_json_object(request: HeddleRequest) -> dict[str, Any]:
         # Several endpoints (logout, refresh for some clients) are sent without a body.
         return {}
     try:
-        body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        body = load_json(raw.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError included
         raise MatrixError(400, Codes.NOT_JSON, "Content not JSON.") from None
     if not isinstance(body, dict):
         raise MatrixError(400, Codes.BAD_JSON, "Content must be a JSON object.")
@@ -133,11 +134,6 @@ def _has_lone_surrogate(body: Any) -> bool:
     return False
 
 
-def _reject_constant(name: str) -> None:
-    # NaN and Infinity are not JSON, whatever Python's parser allows.
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def query_string(request: HeddleRequest, name: str) -> str | None:
     assert request.args is not None
     values = request.args.get(name.encode("ascii"))
@@ -153,6 +149,58 @@ def require_query_string(request: HeddleRequest, name: str) -> str:
     value = query_string(request, name)
     if value is None:
         raise MatrixError(400, Codes.MISSING_PARAM, f"Missing query parameter {name!r}")
+    return value
+
+
+# A decimal integer of at most 18 digits: any such fits in 64 bits.
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
+
+
+@overload
+def parse_int_query(
+    request: HeddleRequest,
+    name: str,
+    default: int,
+    min_value: int | None = None,
+    max_value: int | None = None,
+) -> int: ...
+
+
+@overload
+def parse_int_query(
+    request: HeddleRequest,
+    name: str,
+    default: None = None,
+    min_value: int | None = None,
+    max_value: int | None = None,
+) -> int | None: ...
+
+
+def parse_int_query(
+    request: HeddleRequest,
+    name: str,
+    default: int | None = None,
+    min_value: int | None = None,
+    max_value: int | None = None,
+) -> int | None:
+    """The integer query parameter `name`, or `default` when it is absent (or empty).
+
+    400 M_INVALID_PARAM unless it is a decimal integer (an optional `-` and at most 18
+    ASCII digits) of at least `min_value`. Above `max_value` it is cut to `max_value`:
+    a client asking for more than the server gives gets what the server gives.
+    """
+    raw = query_string(request, name)
+    if not raw:
+        return default
+    if not _INTEGER.fullmatch(raw):
+        raise MatrixError(400, Codes.INVALID_PARAM, f"Query parameter {name!r} must be an integer")
+    value = int(raw)
+    if min_value is not None and value < min_value:
+        raise MatrixError(
+            400, Codes.INVALID_PARAM, f"Query parameter {name!r} must be at least {min_value}"
+        )
+    if max_value is not None:
+        value = min(value, max_value)
     return value
 
 

@@ -2,6 +2,8 @@
 
 Each user's data is private to them. Every write takes the next position in the account
 data stream and wakes the owner's syncs. Tags are the room account data event `m.tag`.
+Push rules are the global `m.push_rules` (written by `homeserver.push.handler`): what is
+stored is what the user changed, and every read serves the full ruleset, defaults included.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from typing import Any
 
 from homeserver.auth.tokens import Requester
 from homeserver.errors import Codes, MatrixError
+from homeserver.identifiers import check_room_id
 from homeserver.linearizer import Linearizer
+from homeserver.push.rules import push_rules_content
 from homeserver.sync.change_cache import StreamChangeCache
 from homeserver.sync.notifier import Notifier
 from storage.stores.account_data import AccountDataStore
@@ -36,12 +40,6 @@ class AccountDataChanges:
 
     global_events: list[JsonDict] = field(default_factory=list)
     room_events: dict[str, list[JsonDict]] = field(default_factory=dict)
-
-
-def check_room_id(room_id: str) -> None:
-    # Room version 12 room IDs have no server part, so "!" is all that every version shares.
-    if not room_id.startswith("!") or len(room_id) < 2:
-        raise MatrixError(400, Codes.INVALID_PARAM, f"{room_id!r} is not a valid room ID")
 
 
 class AccountDataHandler:
@@ -100,6 +98,8 @@ class AccountDataHandler:
         if room_id is not None:
             check_room_id(room_id)
         content = await self._store.get_account_data(user_id, room_id, data_type)
+        if room_id is None and data_type == PUSH_RULES:
+            return push_rules_content(user_id, content)
         if content is None:
             where = "Room account data" if room_id is not None else "Account data"
             raise MatrixError(404, Codes.NOT_FOUND, f"{where} not found")
@@ -159,11 +159,12 @@ class AccountDataHandler:
     # ----- for sync --------------------------------------------------------------------------
 
     async def get_changes(
-        self, user_id: str, since: int, up_to: int | None = None
+        self, user_id: str, since: int, up_to: int | None = None, *, initial: bool = False
     ) -> AccountDataChanges:
         """The user's account data written after `since` (everything for 0), up to `up_to`.
 
-        Each type appears once, with its latest content.
+        Each type appears once, with its latest content. `initial` (a sync from scratch) adds
+        the server-default push rules for a user who never wrote any.
         """
         changes = AccountDataChanges()
         if since > 0 and not self._changes.has_changed_since(user_id, since):
@@ -171,9 +172,20 @@ class AccountDataHandler:
         for data in await self._store.get_account_data_changed(user_id, since, up_to):
             event = {"type": data.type, "content": data.content}
             if data.room_id is None:
+                if data.type == PUSH_RULES:
+                    event["content"] = push_rules_content(user_id, data.content)
                 changes.global_events.append(event)
             else:
                 changes.room_events.setdefault(data.room_id, []).append(event)
+        if initial and not any(e["type"] == PUSH_RULES for e in changes.global_events):
+            # Clients need push rules at start-up. A user who never changed theirs has no
+            # stored m.push_rules: the server-default rules apply, so send those. (One stored
+            # but written after `up_to` comes with the next sync, like any other change.)
+            # Not for `since` 0 alone: an incremental sync before any write has that too.
+            if await self._store.get_account_data(user_id, None, PUSH_RULES) is None:
+                changes.global_events.append(
+                    {"type": PUSH_RULES, "content": push_rules_content(user_id, None)}
+                )
         return changes
 
 

@@ -17,6 +17,7 @@ from homeserver.auth.devices import DeviceHandler
 from homeserver.auth.login import LoginHandler
 from homeserver.auth.passwords import PasswordHasher
 from homeserver.auth.registration import RegistrationHandler
+from homeserver.auth.shared_secret import SharedSecretRegistration
 from homeserver.auth.tokens import TokenHandler
 from homeserver.auth.uia import UserInteractiveAuth
 from homeserver.clock import Clock
@@ -25,15 +26,17 @@ from homeserver.events.serialize import EventSerializer
 from homeserver.filtering import Filtering
 from homeserver.presence import PresenceHandler
 from homeserver.profile import ProfileHandler
+from homeserver.push.handler import PushRulesHandler
 from homeserver.ratelimit import RateLimiter
 from homeserver.read_markers import ReadMarkerHandler
 from homeserver.receipts import ReceiptsHandler
 from homeserver.replication import CURRENT_STATE_STREAM, Replication
 from homeserver.rooms.creation import RoomCreationHandler
 from homeserver.rooms.creator import EventCreator
-from homeserver.rooms.directory import DirectoryHandler, RoomAccess, RoomListHandler
+from homeserver.rooms.directory import DirectoryHandler, RoomListHandler, StateContents
 from homeserver.rooms.membership import MembershipHandler
 from homeserver.rooms.messages import MessagesHandler
+from homeserver.rooms.power import RoomPower
 from homeserver.rooms.sending import EventSendHandler
 from homeserver.rooms.state import RoomStateHandler
 from homeserver.rooms.visibility import HistoryVisibility
@@ -110,12 +113,6 @@ class HomeServer:
         self.uia = UserInteractiveAuth(
             self.server_name, self.clock, self.uia_store, self.credentials, config.registration
         )
-        self.registration = RegistrationHandler(
-            self.server_name, self.clock, config.registration, self.accounts, self.hasher
-        )
-        self.registration_limiter = limiter(
-            "registration_per_address", limits.registration_per_address
-        )
         self.login = LoginHandler(
             self.server_name,
             self.credentials,
@@ -123,6 +120,26 @@ class HomeServer:
             self.tokens,
             limiter("login_per_address", limits.login_per_address),
             limiter("login_per_account", limits.login_per_account),
+        )
+        self.registration_limiter = limiter(
+            "registration_per_address", limits.registration_per_address
+        )
+        self.registration = RegistrationHandler(
+            self.server_name,
+            self.clock,
+            config.registration,
+            self.accounts,
+            self.hasher,
+            self.uia,
+            self.login,
+            self.registration_limiter,
+        )
+        self.shared_secret_registration = SharedSecretRegistration(
+            self.clock,
+            config.registration,
+            self.registration,
+            self.login,
+            self.registration_limiter,
         )
         self.account = AccountHandler(
             config.registration, self.accounts, self.hasher, self.devices, self.tokens
@@ -168,19 +185,28 @@ class HomeServer:
             self.event_store,
             self.event_creator,
         )
-        self.alias_store = AliasStore(self.db)
+        # Who may read a room (history visibility) and who has the power to act in it.
+        self.history_visibility = HistoryVisibility(
+            self.event_store, self.state_store, self.room_store
+        )
+        self.room_power = RoomPower(self.event_store, self.state_store, self.room_store)
+        self.state_contents = StateContents(self.event_store, self.state_store)
         # Aliases, the published room directory and the user directory.
-        self.room_access = RoomAccess(self.event_store, self.state_store, self.room_store)
+        self.alias_store = AliasStore(self.db)
         self.directory = DirectoryHandler(
             self.server_name,
             self.alias_store,
-            self.room_access,
+            self.event_store,
             self.state_store,
+            self.room_store,
+            self.state_contents,
+            self.room_power,
+            self.history_visibility,
             self.event_creator,
         )
         self.room_directory_store = RoomDirectoryStore(self.db)
         self.room_list = RoomListHandler(
-            self.server_name, self.room_directory_store, self.room_access
+            self.server_name, self.room_directory_store, self.state_contents, self.room_power
         )
         self.user_directory_store = UserDirectoryStore(self.db)
         self.user_directory = UserDirectoryHandler(self.user_directory_store)
@@ -218,6 +244,7 @@ class HomeServer:
             self.room_store,
             self.directory,
             self.membership,
+            self.room_power,
             self.message_limiter,
             self.presence,
         )
@@ -229,12 +256,9 @@ class HomeServer:
             self.alias_store,
             self.message_limiter,
         )
-        # Filters, history visibility and reading history (/messages, /context, /event).
+        # Filters and reading history (/messages, /context, /event).
         self.filter_store = FilterStore(self.db)
         self.filtering = Filtering(self.filter_store)
-        self.history_visibility = HistoryVisibility(
-            self.event_store, self.state_store, self.room_store
-        )
         self.room_state = RoomStateHandler(
             self.event_store, self.state_store, self.room_store, self.history_visibility
         )
@@ -267,7 +291,9 @@ class HomeServer:
             self.receipt_changes,
             self.notifier,
         )
-        self.read_markers = ReadMarkerHandler(self.receipts, self.account_data)
+        self.read_markers = ReadMarkerHandler(self.receipts, self.account_data, self.presence)
+        # Push rules live in the user's m.push_rules account data (no pushers yet).
+        self.push_rules = PushRulesHandler(self.account_data)
         self.sync = SyncHandler(
             self.clock,
             self.event_store,

@@ -32,7 +32,6 @@ Malformed filters raise `MatrixError(400, M_BAD_JSON)` by default (a request bod
 
 from __future__ import annotations
 
-import json
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,6 +40,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from homeserver.errors import Codes, MatrixError
+from homeserver.events.canonical import load_json
 from homeserver.events.model import Event
 
 if TYPE_CHECKING:
@@ -504,13 +504,9 @@ class Filtering:
 
 def _decode_inline(param: str) -> dict[str, Any]:
     try:
-        raw = json.loads(param, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
+        raw = load_json(param)
+    except ValueError:
         raise MatrixError(400, Codes.INVALID_PARAM, "filter is not valid JSON") from None
     if not isinstance(raw, dict):
         raise MatrixError(400, Codes.INVALID_PARAM, "filter must be a JSON object")
     return raw
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")

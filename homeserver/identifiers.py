@@ -1,4 +1,5 @@
-"""Matrix identifier grammar (appendices: server names, user IDs)."""
+"""Matrix identifier grammar (appendices: server names, user IDs, room aliases, room and
+event IDs)."""
 
 from __future__ import annotations
 
@@ -93,3 +94,31 @@ def split_room_alias(alias: str) -> tuple[str, str]:
     ):
         raise MatrixError(400, Codes.INVALID_PARAM, f"Invalid room alias: {alias[:100]!r}")
     return localpart, server
+
+
+# Room and event IDs, like every identifier, are at most 255 bytes (appendices: "Identifier
+# Grammar"). Their shape depends on the room version: `!opaque:server` and `$opaque:server`
+# in early versions, `$hash` from room v3 and `!hash` (no server part) from room v12, so the
+# sigil and a non-empty rest are all that every version shares.
+MAX_ROOM_ID_BYTES = 255
+MAX_EVENT_ID_BYTES = 255
+
+
+def _check_sigil_id(value: object, sigil: str, max_bytes: int, what: str) -> None:
+    if (
+        not isinstance(value, str)
+        or not value.startswith(sigil)
+        or len(value) < 2
+        or len(value.encode("utf-8")) > max_bytes
+    ):
+        raise MatrixError(400, Codes.INVALID_PARAM, f"Invalid {what}: {str(value)[:100]!r}")
+
+
+def check_room_id(room_id: object) -> None:
+    """400 M_INVALID_PARAM unless `room_id` is a room ID of some room version."""
+    _check_sigil_id(room_id, "!", MAX_ROOM_ID_BYTES, "room ID")
+
+
+def check_event_id(event_id: object) -> None:
+    """400 M_INVALID_PARAM unless `event_id` is an event ID of some room version."""
+    _check_sigil_id(event_id, "$", MAX_EVENT_ID_BYTES, "event ID")

@@ -7,6 +7,7 @@ from typing import Any
 
 from homeserver.auth.tokens import Requester
 from homeserver.errors import Codes, MatrixError
+from homeserver.events.types import MEMBER
 from homeserver.identifiers import split_user_id
 from homeserver.rooms.creator import EventCreator
 from storage.stores.events import EventStore
@@ -18,7 +19,6 @@ logger = logging.getLogger(__name__)
 
 MAX_DISPLAYNAME_LENGTH = 256
 MAX_AVATAR_URL_LENGTH = 1000
-MEMBER = "m.room.member"
 # Member event keys that belonged to the original join and must not be repeated: a reason
 # was for that change, and a restricted-join authorisation only applies to joining.
 _NOT_CARRIED_OVER = ("reason", "join_authorised_via_users_server")

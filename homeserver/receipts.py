@@ -28,7 +28,6 @@ JsonDict = dict[str, Any]
 
 READ = "m.read"
 READ_PRIVATE = "m.read.private"
-FULLY_READ = "m.fully_read"
 RECEIPT_TYPES = frozenset({READ, READ_PRIVATE})
 MAIN_TIMELINE = "main"
 THREAD_REL = "m.thread"
@@ -45,6 +44,14 @@ def _relation(event_content: Mapping[str, Any]) -> tuple[str, str] | None:
     if not isinstance(rel_type, str) or not isinstance(parent, str):
         return None
     return rel_type, parent
+
+
+def check_thread_id(thread_id: object) -> str:
+    """A `thread_id` a client gave: "main" or a thread root's event ID, so a non-empty string
+    (400 M_INVALID_PARAM otherwise; whether the event is in that thread is checked later)."""
+    if not isinstance(thread_id, str) or not thread_id:
+        raise MatrixError(400, Codes.INVALID_PARAM, "thread_id field must be a non-empty string")
+    return thread_id
 
 
 class ReceiptsHandler:
@@ -79,8 +86,7 @@ class ReceiptsHandler:
         """
         check_room_id(room_id)
         check_event_id(event_id)
-        membership = await self._rooms.get_membership(room_id, user_id)
-        if membership is None or membership.membership != "join":
+        if not await self._rooms.is_joined(room_id, user_id):
             raise MatrixError(403, Codes.FORBIDDEN, "You are not joined to this room")
         stored = await self._events.get_stored_event(event_id)
         if stored is None or stored.event.room_id != room_id or stored.outlier:
@@ -106,10 +112,7 @@ class ReceiptsHandler:
             )
         stored = await self.check_target_event(user_id, room_id, event_id)
         if thread_id is not None:
-            if not isinstance(thread_id, str) or not thread_id:
-                raise MatrixError(
-                    400, Codes.INVALID_PARAM, "thread_id field must be a non-empty string"
-                )
+            check_thread_id(thread_id)
             if not await self._is_in_thread(stored, thread_id):
                 raise MatrixError(
                     400,

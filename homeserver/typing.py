@@ -65,8 +65,7 @@ class TypingHandler:
         """
         if requester.user_id != user_id:
             raise MatrixError(403, Codes.FORBIDDEN, "Cannot set another user's typing state")
-        membership = await self._rooms.get_membership(room_id, user_id)
-        if membership is None or membership.membership != "join":
+        if not await self._rooms.is_joined(room_id, user_id):
             raise MatrixError(403, Codes.FORBIDDEN, "You are not joined to this room")
         if typing:
             timeout = DEFAULT_TIMEOUT_MS if timeout_ms is None else timeout_ms

@@ -25,6 +25,11 @@ logger = logging.getLogger(__name__)
 R = TypeVar("R")
 
 MAX_ATTEMPTS = 5
+# Values per query when a list becomes `IN (?, ?, ...)` placeholders: under SQLite's limit
+# on bound variables (999 in old builds), with room for the query's other arguments.
+IN_CHUNK_SIZE = 500
+# Where `Transaction.select_in_chunks` puts the placeholders in its SQL.
+IN_LIST = "{in}"
 
 
 class InvalidTextError(ValueError):
@@ -79,6 +84,36 @@ class Transaction:
     def select_all(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         self.execute(sql, args)
         return self.fetchall()
+
+    def select_in_chunks(
+        self,
+        sql: str,
+        values: Iterable[Any],
+        args_before: Sequence[Any] = (),
+        args_after: Sequence[Any] = (),
+        chunk_size: int = IN_CHUNK_SIZE,
+    ) -> list[tuple[Any, ...]]:
+        """The rows of `sql` for every one of `values`, which may be too many to bind at once.
+
+        `sql` holds `{in}` once, where the comma-separated placeholders of a chunk of
+        `values` go (write `IN ({in})`; `IN ({{in}})` inside an f-string). It runs once per
+        chunk of at most `chunk_size` values with `args_before`, the chunk, then `args_after`
+        as its arguments; the rows of every run are returned together, in order. No values:
+        no query, no rows.
+        """
+        if sql.count(IN_LIST) != 1:
+            raise ValueError(f"SQL must contain {IN_LIST} exactly once: {sql!r}")
+        items = list(values)
+        rows: list[tuple[Any, ...]] = []
+        for start in range(0, len(items), chunk_size):
+            chunk = items[start : start + chunk_size]
+            placeholders = ",".join("?" for _ in chunk)
+            rows.extend(
+                self.select_all(
+                    sql.replace(IN_LIST, placeholders), [*args_before, *chunk, *args_after]
+                )
+            )
+        return rows
 
     @property
     def rowcount(self) -> int:

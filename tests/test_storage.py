@@ -512,6 +512,47 @@ class DatabaseTests(DatabaseCase):
         self.assertEqual(len(attempts), 1)
         self.assertEqual(retries(desc), 0)
 
+    async def test_select_in_chunks_binds_every_value_around_the_other_arguments(self) -> None:
+        users = [f"@u{i:02d}:test.heddle" for i in range(10)]
+        await self.db.run_interaction(
+            "test_insert_users",
+            lambda txn: txn.execute_many(
+                "INSERT INTO users (user_id, created_ts) VALUES (?, ?)",
+                [(user, i) for i, user in enumerate(users)],
+            ),
+        )
+        wanted = [*users[1:9], "@nobody:test.heddle"]
+
+        def select(txn: Transaction, chunk_size: int) -> list[tuple[Any, ...]]:
+            return txn.select_in_chunks(
+                "SELECT user_id FROM users WHERE created_ts > ? AND user_id IN ({in})"
+                " AND created_ts < ? ORDER BY user_id",
+                wanted,
+                args_before=[1],
+                args_after=[8],
+                chunk_size=chunk_size,
+            )
+
+        expected = users[2:8]
+        # One query per chunk, rows in chunk order: the same rows whatever the chunk size.
+        for chunk_size in (1, 3, 500):
+            rows = await self.db.run_interaction("test_in_chunks", select, chunk_size)
+            self.assertEqual([row[0] for row in rows], expected, f"chunk_size={chunk_size}")
+
+    async def test_select_in_chunks_without_values_runs_no_query(self) -> None:
+        rows = await self.db.run_interaction(
+            "test_in_chunks_empty",
+            lambda txn: txn.select_in_chunks("SELECT x FROM no_such_table WHERE x IN ({in})", []),
+        )
+        self.assertEqual(rows, [])
+
+    async def test_select_in_chunks_needs_one_placeholder_list(self) -> None:
+        for sql in ("SELECT user_id FROM users", "SELECT 1 WHERE 1 IN ({in}) OR 2 IN ({in})"):
+            with self.assertRaises(ValueError):
+                await self.db.run_interaction(
+                    "test_in_chunks_bad", lambda txn, sql=sql: txn.select_in_chunks(sql, [1])
+                )
+
     def retryable_error(self) -> BaseException:
         if self.engine == "sqlite":
             return sqlite3.OperationalError("database is locked")

@@ -8,9 +8,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from client_api.auth import optional_user, require_user
-from client_api.http import HeddleRequest, client_path, parse_json_object, query_string
+from client_api.http import (
+    HeddleRequest,
+    client_path,
+    parse_int_query,
+    parse_json_object,
+    query_string,
+)
 from client_api.validation import RequestBody, parse_body
-from homeserver.errors import Codes, MatrixError
 from homeserver.rooms.directory import PublicRoomsQuery
 from homeserver.user_directory import DEFAULT_LIMIT
 
@@ -104,7 +109,7 @@ class PublicRoomsServlet:
         # The spec lists no authentication here; a token, if sent, must still be valid.
         await optional_user(self._hs, request)
         query = PublicRoomsQuery(
-            limit=_int_query(request, "limit"), since=query_string(request, "since")
+            limit=parse_int_query(request, "limit"), since=query_string(request, "since")
         )
         server = query_string(request, "server")
         return 200, await self._hs.room_list.get_public_rooms(server, query)
@@ -134,12 +139,3 @@ class UserDirectorySearchServlet:
         body = parse_body(parse_json_object(request), UserDirectorySearchBody)
         return 200, await self._hs.user_directory.search(requester, body.search_term, body.limit)
 
-
-def _int_query(request: HeddleRequest, name: str) -> int | None:
-    value = query_string(request, name)
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise MatrixError(400, Codes.INVALID_PARAM, f"Query parameter {name!r} must be an integer") from None

@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from client_api.auth import require_user
-from client_api.http import HeddleRequest, client_path, query_string, require_query_string
+from client_api.http import (
+    HeddleRequest,
+    client_path,
+    parse_int_query,
+    query_string,
+    require_query_string,
+)
 from homeserver.errors import Codes, MatrixError
 from homeserver.rooms.messages import DEFAULT_LIMIT, MAX_LIMIT
 
@@ -14,14 +20,8 @@ if TYPE_CHECKING:
 
 
 def parse_limit(request: HeddleRequest, default: int = DEFAULT_LIMIT) -> int:
-    """The `limit` query parameter: a non-negative integer (400 M_INVALID_PARAM otherwise),
-    capped at MAX_LIMIT."""
-    raw = query_string(request, "limit")
-    if raw is None:
-        return default
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
-        raise MatrixError(400, Codes.INVALID_PARAM, "'limit' must be a non-negative integer")
-    return min(int(raw), MAX_LIMIT)
+    """The `limit` query parameter: a non-negative integer, capped at MAX_LIMIT."""
+    return parse_int_query(request, "limit", default, min_value=0, max_value=MAX_LIMIT)
 
 
 class MessagesServlet:

@@ -8,7 +8,7 @@ from client_api.auth import require_user
 from client_api.http import HeddleRequest, client_path, parse_json_object
 from client_api.validation import RequestBody, parse_body
 from homeserver.errors import Codes, MatrixError
-from homeserver.rooms.membership import check_room_id
+from homeserver.identifiers import check_room_id
 
 if TYPE_CHECKING:
     from homeserver.app import HomeServer
@@ -125,45 +125,22 @@ class ForgetServlet:
         return 200, {}
 
 
-class KickServlet:
-    PATTERNS = [client_path(f"{ROOM}/kick")]
+class TargetMembershipServlet:
+    """POST /rooms/{roomId}/kick, /ban and /unban: the same body (`user_id`, `reason`), the
+    action named by the path."""
+
+    PATTERNS = [client_path(f"{ROOM}/(?P<action>kick|ban|unban)")]
 
     def __init__(self, hs: HomeServer) -> None:
         self._hs = hs
 
-    async def on_POST(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
+    async def on_POST(self, request: HeddleRequest, room_id: str, action: str) -> tuple[int, Any]:
         requester = await require_user(self._hs, request)
         check_room_id(room_id)
         body = parse_body(parse_json_object(request), TargetBody)
-        await self._hs.membership.kick(requester, room_id, body.user_id, body.reason)
-        return 200, {}
-
-
-class BanServlet:
-    PATTERNS = [client_path(f"{ROOM}/ban")]
-
-    def __init__(self, hs: HomeServer) -> None:
-        self._hs = hs
-
-    async def on_POST(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
-        requester = await require_user(self._hs, request)
-        check_room_id(room_id)
-        body = parse_body(parse_json_object(request), TargetBody)
-        await self._hs.membership.ban(requester, room_id, body.user_id, body.reason)
-        return 200, {}
-
-
-class UnbanServlet:
-    PATTERNS = [client_path(f"{ROOM}/unban")]
-
-    def __init__(self, hs: HomeServer) -> None:
-        self._hs = hs
-
-    async def on_POST(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
-        requester = await require_user(self._hs, request)
-        check_room_id(room_id)
-        body = parse_body(parse_json_object(request), TargetBody)
-        await self._hs.membership.unban(requester, room_id, body.user_id, body.reason)
+        membership = self._hs.membership
+        act = {"kick": membership.kick, "ban": membership.ban, "unban": membership.unban}[action]
+        await act(requester, room_id, body.user_id, body.reason)
         return 200, {}
 
 

@@ -14,6 +14,7 @@ from client_api.http import (
 )
 from client_api.servlets.login import session_response
 from client_api.validation import RequestBody, parse_body
+from homeserver.auth.registration import ClientRegistration
 from homeserver.errors import Codes, MatrixError
 
 if TYPE_CHECKING:
@@ -41,33 +42,23 @@ class RegisterServlet:
 
     async def on_POST(self, request: HeddleRequest) -> tuple[int, Any]:
         hs = self._hs
-        kind = query_string(request, "kind") or "user"
-        if kind == "guest":
-            raise MatrixError(403, Codes.GUEST_ACCESS_FORBIDDEN, "Guest access is disabled")
-        if kind != "user":
-            raise MatrixError(400, Codes.INVALID_PARAM, f"Unknown registration kind {kind!r}")
+        hs.registration.check_kind(query_string(request, "kind") or "user")
         raw = parse_json_object(request)
         body = parse_body(raw, RegisterBody)
-        if not hs.config.registration.enabled:
-            raise MatrixError(403, Codes.FORBIDDEN, "Registration has been disabled")
-        # Report a bad or taken username before asking the client to authenticate.
-        if body.username is not None:
-            await hs.registration.check_available(body.username)
-        async with hs.uia.operation(
-            raw, "POST", "/register", hs.uia.registration_flows(), user_id=None
-        ):
-            if body.password is None:
-                # Checked after UIA so a client's first, empty request still gets the flows.
-                # Password login is the only way back in: without one the account would be
-                # lost as soon as this session ends.
-                raise MatrixError(400, Codes.MISSING_PARAM, "Missing parameter: password")
-            hs.registration_limiter.check(hs.client_ip(request))
-            user_id = await hs.registration.register(body.username, body.password)
-        if body.inhibit_login:
-            return 200, {"user_id": user_id, "home_server": hs.server_name}
-        tokens = await hs.login.start_session(
-            user_id, body.device_id, body.initial_device_display_name, body.refresh_token
+        user_id, tokens = await hs.registration.register_via_client(
+            raw,
+            ClientRegistration(
+                username=body.username,
+                password=body.password,
+                device_id=body.device_id,
+                initial_device_display_name=body.initial_device_display_name,
+                inhibit_login=body.inhibit_login,
+                refresh_token=body.refresh_token,
+            ),
+            hs.client_ip(request),
         )
+        if tokens is None:
+            return 200, {"user_id": user_id, "home_server": hs.server_name}
         return 200, session_response(hs, user_id, tokens)
 
 

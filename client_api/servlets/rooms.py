@@ -10,8 +10,9 @@ from client_api.auth import require_user
 from client_api.http import HeddleRequest, client_path, parse_json_object, query_string
 from client_api.validation import RequestBody, parse_body
 from homeserver.errors import Codes, MatrixError
+from homeserver.identifiers import check_room_id
 from homeserver.rooms.creation import RoomSpec
-from homeserver.rooms.membership import MEMBERSHIPS, check_room_id
+from homeserver.rooms.membership import MEMBERSHIPS
 
 if TYPE_CHECKING:
     from homeserver.app import HomeServer

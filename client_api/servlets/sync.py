@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from client_api.auth import require_user
-from client_api.http import HeddleRequest, client_path, query_string
+from client_api.http import HeddleRequest, client_path, parse_int_query, query_string
 from homeserver.errors import Codes, MatrixError
 from homeserver.sync.handler import SyncRequest
 from homeserver.sync.tokens import StreamToken
@@ -30,11 +30,8 @@ class SyncServlet:
         requester = await require_user(self._hs, request)
         since_raw = query_string(request, "since")
         since = StreamToken.parse(since_raw) if since_raw is not None else None
-        timeout_raw = query_string(request, "timeout") or "0"
-        try:
-            timeout_ms = min(max(int(timeout_raw), 0), MAX_TIMEOUT_MS)
-        except ValueError:
-            raise MatrixError(400, Codes.INVALID_PARAM, "'timeout' must be an integer") from None
+        # A negative timeout means "do not wait" (not an error).
+        timeout_ms = max(parse_int_query(request, "timeout", 0, max_value=MAX_TIMEOUT_MS), 0)
         full_state_raw = query_string(request, "full_state") or "false"
         if full_state_raw not in ("true", "false"):
             raise MatrixError(400, Codes.INVALID_PARAM, "'full_state' must be true or false")

@@ -1,12 +1,20 @@
+"""Creating accounts: POST /register for clients, and the checks every way in shares."""
+
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
+from typing import Any
 
+from homeserver.auth.login import LoginHandler
 from homeserver.auth.passwords import PasswordHasher
+from homeserver.auth.tokens import IssuedTokens
+from homeserver.auth.uia import UserInteractiveAuth
 from homeserver.clock import Clock
 from homeserver.config import RegistrationConfig
 from homeserver.errors import Codes, MatrixError
 from homeserver.identifiers import check_new_localpart, user_id
+from homeserver.ratelimit import RateLimiter
 from storage.stores.accounts import AccountStore, UserInUseError
 
 MAX_PASSWORD_LENGTH = 512
@@ -26,6 +34,18 @@ def check_password_policy(password: object, config: RegistrationConfig) -> str:
     return password
 
 
+@dataclass(frozen=True)
+class ClientRegistration:
+    """What a client's POST /register asks for, besides its authentication (`auth`)."""
+
+    username: str | None = None
+    password: str | None = None
+    device_id: str | None = None
+    initial_device_display_name: str | None = None
+    inhibit_login: bool = False
+    refresh_token: bool = False
+
+
 class RegistrationHandler:
     def __init__(
         self,
@@ -34,12 +54,61 @@ class RegistrationHandler:
         config: RegistrationConfig,
         accounts: AccountStore,
         hasher: PasswordHasher,
+        uia: UserInteractiveAuth,
+        login: LoginHandler,
+        per_address: RateLimiter,
     ) -> None:
         self._server_name = server_name
         self._clock = clock
         self._config = config
         self._accounts = accounts
         self._hasher = hasher
+        self._uia = uia
+        self._login = login
+        self._per_address = per_address
+
+    # ----- POST /register --------------------------------------------------------------------
+
+    @staticmethod
+    def check_kind(kind: str) -> None:
+        """The `kind` of account asked for: `user` (guests: 403 M_GUEST_ACCESS_FORBIDDEN,
+        anything else 400 M_INVALID_PARAM). Checked before the body is read."""
+        if kind == "guest":
+            raise MatrixError(403, Codes.GUEST_ACCESS_FORBIDDEN, "Guest access is disabled")
+        if kind != "user":
+            raise MatrixError(400, Codes.INVALID_PARAM, f"Unknown registration kind {kind!r}")
+
+    async def register_via_client(
+        self, body: dict[str, Any], request: ClientRegistration, client_ip: str
+    ) -> tuple[str, IssuedTokens | None]:
+        """A user account for a client, and its first session unless `inhibit_login`.
+
+        In order: 403 if registration is disabled; the username's validity and availability
+        (so a client learns of a bad name before authenticating); user-interactive auth
+        (`body` carries `auth`); then the password, required after auth so a client's
+        first, empty request still gets the flows; the per-address rate limit; the account.
+        """
+        if not self._config.enabled:
+            raise MatrixError(403, Codes.FORBIDDEN, "Registration has been disabled")
+        if request.username is not None:
+            await self.check_available(request.username)
+        async with self._uia.operation(
+            body, "POST", "/register", self._uia.registration_flows(), user_id=None
+        ):
+            if request.password is None:
+                # Password login is the only way back in: without one the account would be
+                # lost as soon as this session ends.
+                raise MatrixError(400, Codes.MISSING_PARAM, "Missing parameter: password")
+            self._per_address.check(client_ip)
+            user_id = await self.register(request.username, request.password)
+        if request.inhibit_login:
+            return user_id, None
+        tokens = await self._login.start_session(
+            user_id, request.device_id, request.initial_device_display_name, request.refresh_token
+        )
+        return user_id, tokens
+
+    # ----- shared by every way of registering ------------------------------------------------
 
     async def check_available(self, localpart: str) -> str:
         """The user ID `localpart` would get, or 400 M_INVALID_USERNAME / M_USER_IN_USE."""

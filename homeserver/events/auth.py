@@ -18,17 +18,18 @@ from signedjson.sign import SignatureVerifyException, verify_signed_json
 from homeserver.events.hashing import decode_unpadded_base64, room_id_from_create_event_id
 from homeserver.events.model import Event, StateKey
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from homeserver.events.types import (
+    ALIASES,
+    CREATE,
+    JOIN_RULES,
+    MEMBER,
+    POWER_LEVELS,
+    REDACTION,
+    THIRD_PARTY_INVITE,
+)
 from homeserver.identifiers import is_valid_server_name
 
 StateMap = Mapping[StateKey, Event]
-
-CREATE = "m.room.create"
-MEMBER = "m.room.member"
-JOIN_RULES = "m.room.join_rules"
-POWER_LEVELS = "m.room.power_levels"
-THIRD_PARTY_INVITE = "m.room.third_party_invite"
-ALIASES = "m.room.aliases"
-REDACTION = "m.room.redaction"
 
 # Creators in room version 12 outrank any integer power level.
 INFINITE_POWER = math.inf
@@ -92,7 +93,9 @@ def auth_types_for_event(event_type: str, sender: str, state_key: str | None,
 def parse_power_level(value: Any, room_version: RoomVersion) -> int | None:
     """An integer power level, or None if `value` is not one this room version accepts.
 
-    Before room v10, numeric strings (" +100 ") and floats (truncated) are tolerated.
+    Before room v10, numeric strings (" +100 ") are tolerated; in v1-v5 floats too
+    (truncated). Floats are not valid JSON values from v6 on (canonical JSON), and only the
+    v1-v5 pages include "m.room.power_levels events accept values as floats".
     """
     if isinstance(value, bool):
         return None
@@ -101,7 +104,7 @@ def parse_power_level(value: Any, room_version: RoomVersion) -> int | None:
     if room_version.integer_power_levels:
         return None
     if isinstance(value, float):
-        if math.isnan(value) or math.isinf(value):
+        if room_version.strict_canonical_json or math.isnan(value) or math.isinf(value):
             return None
         return int(value)
     if isinstance(value, str):
@@ -173,9 +176,9 @@ def required_power_level(
     event_type: str, is_state: bool, state: StateMap, room_version: RoomVersion
 ) -> int:
     power_levels = state.get((POWER_LEVELS, ""))
-    if power_levels is None:
-        return 0
-    content = power_levels.content
+    # "If there is no state_default in the m.room.power_levels event, or there is no
+    # m.room.power_levels event, the state_default is 50" (events_default likewise 0).
+    content = power_levels.content if power_levels is not None else {}
     events = content.get("events")
     if isinstance(events, dict) and event_type in events:
         parsed = parse_power_level(events[event_type], room_version)
@@ -481,6 +484,14 @@ def _check_power_levels(event: Event, state: StateMap, sender_level: float, crea
                     parse_power_level(v, rv) is None for v in value.values()
                 ):
                     raise AuthError(f"{key!r} must map to integers")
+    else:
+        # v1-floaty-power-levels: "Infinity, -Infinity and NaN" cause the power levels event
+        # to be rejected (only users' values are otherwise validated before v10).
+        values = [content.get(key) for key in _PL_SCALARS]
+        for key in ("events", "notifications", "users"):
+            values.extend(_as_dict(content.get(key)).values())
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise AuthError("power levels must be finite numbers")
     users = content.get("users", {})
     if not isinstance(users, dict) or any(
         not is_valid_user_id(u) or parse_power_level(v, rv) is None for u, v in users.items()

@@ -1,8 +1,10 @@
-"""Canonical JSON (appendices: "Canonical JSON"), the bytes every hash and signature covers."""
+"""Canonical JSON (appendices: "Canonical JSON"), the bytes every hash and signature covers;
+and reading JSON, which every request body, filter and event from another server goes through."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 # Canonical JSON only allows integers in the range [-(2**53)+1, (2**53)-1].
@@ -47,6 +49,19 @@ def encode_canonical_json(value: Any) -> bytes:
     ).encode("utf-8")
 
 
+def load_json(raw: bytes | str, parse_float: Callable[[str], Any] | None = None) -> Any:
+    """Parse JSON, and only JSON: `NaN` and `Infinity`, which Python's parser accepts, are
+    refused. Any failure, nesting too deep for the parser included, is a ValueError."""
+
+    def reject_constant(name: str) -> Any:
+        raise CanonicalJsonError(f"{name} is not valid JSON")
+
+    try:
+        return json.loads(raw, parse_float=parse_float, parse_constant=reject_constant)
+    except RecursionError:
+        raise CanonicalJsonError("JSON is nested too deeply") from None
+
+
 def parse_json(raw: bytes | str) -> Any:
     """Parse JSON as Matrix sees it: integral floats like `1e10` or `-0` become integers."""
 
@@ -56,7 +71,4 @@ def parse_json(raw: bytes | str) -> Any:
             return int(number)
         return number
 
-    def reject_constant(name: str) -> Any:
-        raise CanonicalJsonError(f"{name} is not valid JSON")
-
-    return json.loads(raw, parse_float=parse_float, parse_constant=reject_constant)
+    return load_json(raw, parse_float=parse_float)

@@ -20,7 +20,6 @@ from typing import Any
 from homeserver.auth.tokens import Requester
 from homeserver.config import RoomsConfig
 from homeserver.errors import Codes, MatrixError
-from homeserver.events.auth import CREATE, JOIN_RULES, MEMBER, POWER_LEVELS
 from homeserver.events.canonical import (
     CanonicalJsonError,
     check_canonical_values,
@@ -31,20 +30,25 @@ from homeserver.events.room_versions import (
     KNOWN_ROOM_VERSIONS,
     RoomVersion,
 )
+from homeserver.events.types import (
+    CANONICAL_ALIAS,
+    CREATE,
+    GUEST_ACCESS,
+    HISTORY_VISIBILITY,
+    JOIN_RULES,
+    MEMBER,
+    NAME,
+    POWER_LEVELS,
+    TOPIC,
+)
 from homeserver.identifiers import MAX_ROOM_ALIAS_BYTES, split_user_id
 from homeserver.ratelimit import RateLimiter
 from homeserver.rooms.creator import MAX_EVENT_BYTES, EventCreator
 from homeserver.rooms.membership import MembershipHandler
-from homeserver.rooms.sending import CANONICAL_ALIAS
 from homeserver.rooms.validation import check_power_levels_content
 from storage.stores.aliases import AliasStore
 
 logger = logging.getLogger(__name__)
-
-HISTORY_VISIBILITY = "m.room.history_visibility"
-GUEST_ACCESS = "m.room.guest_access"
-NAME = "m.room.name"
-TOPIC = "m.room.topic"
 
 
 @dataclass(frozen=True)

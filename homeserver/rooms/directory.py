@@ -30,18 +30,24 @@ from typing import Any
 
 from homeserver.auth.tokens import Requester
 from homeserver.errors import Codes, MatrixError
-from homeserver.events.auth import (
-    CREATE,
-    POWER_LEVELS,
-    required_power_level,
-    server_of,
-    user_power_level,
-)
+from homeserver.events.auth import server_of
 from homeserver.events.model import Event
 from homeserver.events.redaction import prune_event_dict
-from homeserver.identifiers import is_valid_server_name, split_room_alias
+from homeserver.events.types import (
+    AVATAR,
+    CANONICAL_ALIAS,
+    CREATE,
+    GUEST_ACCESS,
+    HISTORY_VISIBILITY,
+    JOIN_RULES,
+    NAME,
+    TOPIC,
+)
+from homeserver.identifiers import check_room_id, is_valid_server_name, split_room_alias
 from homeserver.rooms.creator import EventCreator
-from homeserver.rooms.membership import check_room_id
+from homeserver.rooms.lookup import require_room
+from homeserver.rooms.power import RoomPower
+from homeserver.rooms.visibility import WORLD_READABLE, HistoryVisibility, visibility_from_content
 from storage.stores.aliases import AliasStore
 from storage.stores.directory import PublishedRoom, RoomDirectoryStore
 from storage.stores.events import EventStore
@@ -49,14 +55,6 @@ from storage.stores.rooms import RoomStore
 from storage.stores.state import StateStore
 
 logger = logging.getLogger(__name__)
-
-CANONICAL_ALIAS = "m.room.canonical_alias"
-HISTORY_VISIBILITY = "m.room.history_visibility"
-NAME = "m.room.name"
-TOPIC = "m.room.topic"
-AVATAR = "m.room.avatar"
-JOIN_RULES = "m.room.join_rules"
-GUEST_ACCESS = "m.room.guest_access"
 
 VISIBILITIES = ("public", "private")
 # A page of the room directory holds at most this many rooms, whatever the client asks.
@@ -68,44 +66,13 @@ def _not_guest(requester: Requester, action: str) -> None:
         raise MatrixError(403, Codes.GUEST_ACCESS_FORBIDDEN, f"Guests cannot {action}")
 
 
-class RoomAccess:
-    """A user's standing in a room, read from its current state."""
+class StateContents:
+    """The contents of state events as clients see them: what the directory shows of a
+    room and reads of its canonical alias."""
 
-    def __init__(self, events: EventStore, state: StateStore, rooms: RoomStore) -> None:
+    def __init__(self, events: EventStore, state: StateStore) -> None:
         self._events = events
         self._state = state
-        self._rooms = rooms
-
-    async def room_exists(self, room_id: str) -> bool:
-        return await self._events.get_room_version(room_id) is not None
-
-    async def is_joined(self, room_id: str, user_id: str) -> bool:
-        membership = await self._rooms.get_membership(room_id, user_id)
-        return membership is not None and membership.membership == "join"
-
-    async def is_world_readable(self, room_id: str) -> bool:
-        content = (await self.current_contents(room_id, [HISTORY_VISIBILITY])).get(
-            HISTORY_VISIBILITY, {}
-        )
-        return content.get("history_visibility") == "world_readable"
-
-    async def can_send_state(self, room_id: str, user_id: str, event_type: str) -> bool:
-        """Whether the auth rules would let the user send a state event of this type now:
-        joined, with at least the power level the type requires."""
-        if not await self.is_joined(room_id, user_id):
-            return False
-        room_version = await self._events.get_room_version(room_id)
-        if room_version is None:
-            return False
-        ids = {}
-        for key in ((CREATE, ""), (POWER_LEVELS, "")):
-            event_id = await self._state.get_current_state_event_id(room_id, *key)
-            if event_id is not None:
-                ids[key] = event_id
-        loaded = await self._events.get_events(ids.values())
-        state = {key: loaded[eid] for key, eid in ids.items() if eid in loaded}
-        needed = required_power_level(event_type, True, state, room_version)
-        return user_power_level(user_id, state, room_version) >= needed
 
     async def current_contents(
         self, room_id: str, event_types: Iterable[str]
@@ -141,14 +108,22 @@ class DirectoryHandler:
         self,
         server_name: str,
         aliases: AliasStore,
-        access: RoomAccess,
+        events: EventStore,
         state: StateStore,
+        rooms: RoomStore,
+        contents: StateContents,
+        power: RoomPower,
+        visibility: HistoryVisibility,
         creator: EventCreator,
     ) -> None:
         self._server_name = server_name
         self._aliases = aliases
-        self._access = access
+        self._events = events
         self._state = state
+        self._rooms = rooms
+        self._contents = contents
+        self._power = power
+        self._visibility = visibility
         self._creator = creator
 
     def _check_local_alias(self, room_alias: str) -> None:
@@ -167,9 +142,8 @@ class DirectoryHandler:
         _not_guest(requester, "create room aliases")
         self._check_local_alias(room_alias)
         check_room_id(room_id)
-        if not await self._access.room_exists(room_id):
-            raise MatrixError(404, Codes.NOT_FOUND, "Room not found")
-        if not requester.is_admin and not await self._access.is_joined(room_id, requester.user_id):
+        await require_room(self._events, room_id)
+        if not requester.is_admin and not await self._rooms.is_joined(room_id, requester.user_id):
             raise MatrixError(
                 403, Codes.FORBIDDEN, "You must be joined to the room to give it an alias"
             )
@@ -179,6 +153,21 @@ class DirectoryHandler:
 
     async def resolve_room_alias(self, room_alias: str) -> tuple[str, list[str]]:
         """(room ID, servers that can help join it) for an alias; 404 M_NOT_FOUND if none."""
+        room_id = await self.get_room_id_for_alias(room_alias)
+        return room_id, await self._servers_in_room(room_id)
+
+    async def resolve_room(self, room_id_or_alias: str) -> str:
+        """A room ID, from a room ID or an alias (as /join and /knock take them): 400
+        M_INVALID_PARAM if it is neither, 404 M_NOT_FOUND for an alias that is not ours
+        or points nowhere. Whether the room exists is for the caller to check."""
+        if room_id_or_alias.startswith("#"):
+            return await self.get_room_id_for_alias(room_id_or_alias)
+        check_room_id(room_id_or_alias)
+        return room_id_or_alias
+
+    async def get_room_id_for_alias(self, room_alias: str) -> str:
+        """The room an alias points at: 400 M_INVALID_PARAM if malformed, 404 M_NOT_FOUND
+        if unknown or on another server."""
         _, server = split_room_alias(room_alias)
         if server != self._server_name:
             # A federation directory query (issue 4).
@@ -191,7 +180,7 @@ class DirectoryHandler:
         room_id = await self._aliases.get_room_id(room_alias)
         if room_id is None:
             raise MatrixError(404, Codes.NOT_FOUND, f"Room alias {room_alias} not found")
-        return room_id, await self._servers_in_room(room_id)
+        return room_id
 
     async def _servers_in_room(self, room_id: str) -> list[str]:
         """This server first, then the servers of joined members, most members first."""
@@ -212,7 +201,7 @@ class DirectoryHandler:
         allowed = (
             requester.is_admin
             or mapping.creator == requester.user_id
-            or await self._access.can_send_state(mapping.room_id, requester.user_id, CANONICAL_ALIAS)
+            or await self._power.can_send_state(mapping.room_id, requester.user_id, CANONICAL_ALIAS)
         )
         if not allowed:
             raise MatrixError(403, Codes.FORBIDDEN, "You don't have permission to delete the alias")
@@ -228,7 +217,7 @@ class DirectoryHandler:
     ) -> None:
         # The spec lets servers do this and asks that the deletion succeed even when the
         # user may not change the event: so this is best effort.
-        content = (await self._access.current_contents(room_id, [CANONICAL_ALIAS])).get(
+        content = (await self._contents.current_contents(room_id, [CANONICAL_ALIAS])).get(
             CANONICAL_ALIAS
         )
         if not content:
@@ -262,8 +251,8 @@ class DirectoryHandler:
         check_room_id(room_id)
         allowed = (
             requester.is_admin
-            or await self._access.is_joined(room_id, requester.user_id)
-            or await self._access.is_world_readable(room_id)
+            or await self._rooms.is_joined(room_id, requester.user_id)
+            or await self._visibility.is_world_readable(room_id)
         )
         if not allowed:
             raise MatrixError(403, Codes.FORBIDDEN, "You are not a member of the room")
@@ -280,7 +269,7 @@ class DirectoryHandler:
         need a federation query to check (issue 4); until then they are refused.
         """
         wanted = _canonical_aliases(content, strict=True)
-        previous_content = (await self._access.current_contents(room_id, [CANONICAL_ALIAS])).get(
+        previous_content = (await self._contents.current_contents(room_id, [CANONICAL_ALIAS])).get(
             CANONICAL_ALIAS, {}
         )
         previous = set(_canonical_aliases(previous_content, strict=False))
@@ -372,11 +361,16 @@ def _decode_token(token: str) -> tuple[bool, _SortKey]:
 
 class RoomListHandler:
     def __init__(
-        self, server_name: str, store: RoomDirectoryStore, access: RoomAccess
+        self,
+        server_name: str,
+        store: RoomDirectoryStore,
+        contents: StateContents,
+        power: RoomPower,
     ) -> None:
         self._server_name = server_name
         self._store = store
-        self._access = access
+        self._contents = contents
+        self._power = power
 
     async def get_visibility(self, room_id: str) -> str:
         public = await self._store.get_visibility(room_id)
@@ -394,7 +388,7 @@ class RoomListHandler:
             )
         if await self._store.get_visibility(room_id) is None:
             raise MatrixError(404, Codes.NOT_FOUND, "Room not found")
-        if not requester.is_admin and not await self._access.can_send_state(
+        if not requester.is_admin and not await self._power.can_send_state(
             room_id, requester.user_id, CANONICAL_ALIAS
         ):
             raise MatrixError(
@@ -475,7 +469,7 @@ class RoomListHandler:
 
     async def _summaries(self, rooms: Sequence[PublishedRoom]) -> dict[str, dict[str, Any]]:
         state_ids = await self._store.get_summary_state_ids([room.room_id for room in rooms])
-        contents = await self._access.contents_of(
+        contents = await self._contents.contents_of(
             [eid for ids in state_ids.values() for eid in ids.values()]
         )
         return {
@@ -497,7 +491,7 @@ def room_summary(room: PublishedRoom, state: Mapping[str, Mapping[str, Any]]) ->
     summary: dict[str, Any] = {
         "room_id": room.room_id,
         "num_joined_members": room.joined_members,
-        "world_readable": field(HISTORY_VISIBILITY, "history_visibility") == "world_readable",
+        "world_readable": visibility_from_content(state.get(HISTORY_VISIBILITY)) == WORLD_READABLE,
         "guest_can_join": field(GUEST_ACCESS, "guest_access") == "can_join",
     }
     optional = {

@@ -2,9 +2,10 @@
 
 Every change is an m.room.member event made by `EventCreator.send`, so the auth rules of the
 room version decide what is allowed (403 M_FORBIDDEN). This module adds what the rules do
-not know: resolving aliases, profile data in member events, unknown rooms and users (404),
-repeated requests that change nothing (answered with the existing event), and the parts
-that need federation (issue 4), which answer with a clear 4xx/502 until it exists.
+not know: resolving aliases (through `DirectoryHandler`), profile data in member events,
+unknown rooms and users (404), repeated requests that change nothing (answered with the
+existing event), and the parts that need federation (issue 4), which answer with a clear
+4xx/502 until it exists.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from typing import Any
 
 from homeserver.auth.tokens import Requester
 from homeserver.errors import Codes, MatrixError
-from homeserver.events.auth import MEMBER
-from homeserver.identifiers import split_room_alias, split_user_id
+from homeserver.events.types import MEMBER
+from homeserver.identifiers import split_user_id
 from homeserver.rooms.creator import EventCreator
+from homeserver.rooms.directory import DirectoryHandler
+from homeserver.rooms.lookup import require_room
 from storage.stores.accounts import AccountStore
-from storage.stores.aliases import AliasStore
 from storage.stores.events import EventStore, StoredEvent
 from storage.stores.profiles import ProfileStore
 from storage.stores.rooms import RoomStore
@@ -32,8 +34,8 @@ MEMBERSHIPS = ("join", "invite", "knock", "leave", "ban")
 _WITH_PROFILE = ("join", "invite", "knock")
 
 
-def _room_not_found() -> MatrixError:
-    return MatrixError(404, Codes.NOT_FOUND, "Unknown room")
+# A room we do not know can only be joined over federation (issue 4).
+_NOT_ON_THIS_SERVER = "No known servers: the room is not on this server"
 
 
 class MembershipHandler:
@@ -44,7 +46,7 @@ class MembershipHandler:
         events: EventStore,
         state: StateStore,
         rooms: RoomStore,
-        aliases: AliasStore,
+        directory: DirectoryHandler,
         profiles: ProfileStore,
         accounts: AccountStore,
     ) -> None:
@@ -53,55 +55,28 @@ class MembershipHandler:
         self._events = events
         self._state = state
         self._rooms = rooms
-        self._aliases = aliases
+        self._directory = directory
         self._profiles = profiles
         self._accounts = accounts
         # Called with the user ID after a forget, which changes no stream: caches of the
         # user's rooms (sync) must drop their copy.
         self.forget_listeners: list[Callable[[str], None]] = []
 
-    # ----- finding rooms -------------------------------------------------------------------
-
-    async def resolve_room(self, room_id_or_alias: str) -> str:
-        """A room ID, from a room ID or one of our aliases (400 if neither, 404 if unknown)."""
-        if room_id_or_alias.startswith("#"):
-            _, server = split_room_alias(room_id_or_alias)
-            if server != self._server_name:
-                # Resolving other servers' aliases is a federation query (issue 4).
-                raise MatrixError(
-                    404, Codes.NOT_FOUND, "Room alias not found: aliases on other servers cannot be resolved yet"
-                )
-            room_id = await self._aliases.get_room_id(room_id_or_alias)
-            if room_id is None:
-                raise MatrixError(404, Codes.NOT_FOUND, "Room alias not found")
-            return room_id
-        check_room_id(room_id_or_alias)
-        return room_id_or_alias
-
-    async def _require_room(self, room_id: str, joining: bool = False) -> None:
-        if await self._events.get_room_version(room_id) is None:
-            if joining:
-                # A room we do not know can only be joined over federation (issue 4).
-                raise MatrixError(
-                    404, Codes.NOT_FOUND, "No known servers: the room is not on this server"
-                )
-            raise _room_not_found()
-
     # ----- the actions ---------------------------------------------------------------------
 
     async def join(
         self, requester: Requester, room_id_or_alias: str, reason: str | None = None
     ) -> str:
-        room_id = await self.resolve_room(room_id_or_alias)
-        await self._require_room(room_id, joining=True)
+        room_id = await self._directory.resolve_room(room_id_or_alias)
+        await require_room(self._events, room_id, _NOT_ON_THIS_SERVER)
         await self._send_member(requester.user_id, room_id, requester.user_id, "join", reason)
         return room_id
 
     async def knock(
         self, requester: Requester, room_id_or_alias: str, reason: str | None = None
     ) -> str:
-        room_id = await self.resolve_room(room_id_or_alias)
-        await self._require_room(room_id, joining=True)
+        room_id = await self._directory.resolve_room(room_id_or_alias)
+        await require_room(self._events, room_id, _NOT_ON_THIS_SERVER)
         await self._send_member(requester.user_id, room_id, requester.user_id, "knock", reason)
         return room_id
 
@@ -113,7 +88,7 @@ class MembershipHandler:
         reason: str | None = None,
         is_direct: bool = False,
     ) -> StoredEvent:
-        await self._require_room(room_id)
+        await require_room(self._events, room_id)
         await self.check_invitee(target)
         extra = {"is_direct": True} if is_direct else None
         return await self._send_member(
@@ -121,7 +96,7 @@ class MembershipHandler:
         )
 
     async def leave(self, requester: Requester, room_id: str, reason: str | None = None) -> None:
-        await self._require_room(room_id)
+        await require_room(self._events, room_id)
         current = await self._rooms.get_membership(room_id, requester.user_id)
         if current is not None and current.membership == "leave":
             # Already gone (left, or kicked): nothing to do, and the auth rules would refuse
@@ -133,7 +108,7 @@ class MembershipHandler:
         self, requester: Requester, room_id: str, target: str, reason: str | None = None
     ) -> None:
         split_user_id(target)
-        await self._require_room(room_id)
+        await require_room(self._events, room_id)
         current = await self._rooms.get_membership(room_id, target)
         if current is None or current.membership not in ("join", "invite", "knock"):
             raise MatrixError(403, Codes.FORBIDDEN, "The target user is not in the room")
@@ -143,14 +118,14 @@ class MembershipHandler:
         self, requester: Requester, room_id: str, target: str, reason: str | None = None
     ) -> None:
         split_user_id(target)
-        await self._require_room(room_id)
+        await require_room(self._events, room_id)
         await self._send_member(requester.user_id, room_id, target, "ban", reason)
 
     async def unban(
         self, requester: Requester, room_id: str, target: str, reason: str | None = None
     ) -> None:
         split_user_id(target)
-        await self._require_room(room_id)
+        await require_room(self._events, room_id)
         current = await self._rooms.get_membership(room_id, target)
         if current is None or current.membership != "ban":
             raise MatrixError(403, Codes.FORBIDDEN, "The user is not banned from the room")
@@ -166,7 +141,7 @@ class MembershipHandler:
             raise MatrixError(
                 400, Codes.BAD_JSON, f"'membership' must be one of {', '.join(MEMBERSHIPS)}"
             )
-        await self._require_room(room_id)
+        await require_room(self._events, room_id)
         if membership == "invite":
             await self.check_invitee(target)
         extra = {k: v for k, v in content.items() if k != "membership"}
@@ -175,7 +150,7 @@ class MembershipHandler:
         )
 
     async def forget(self, requester: Requester, room_id: str) -> None:
-        await self._require_room(room_id)
+        await require_room(self._events, room_id)
         current = await self._rooms.get_membership(room_id, requester.user_id)
         if current is None:
             # Never in the room: there is nothing to forget.
@@ -250,9 +225,3 @@ class MembershipHandler:
         if current is None or current.event.sender != sender:
             return None
         return current if dict(current.event.content) == dict(content) else None
-
-
-def check_room_id(room_id: str) -> None:
-    """400 M_INVALID_PARAM unless `room_id` looks like a room ID (`!opaque[:server]`)."""
-    if not room_id.startswith("!") or len(room_id) < 2 or len(room_id.encode("utf-8")) > 255:
-        raise MatrixError(400, Codes.INVALID_PARAM, f"Invalid room ID: {room_id[:100]!r}")

@@ -20,8 +20,8 @@ from typing import Any
 
 from homeserver.auth.tokens import Requester
 from homeserver.errors import Codes, MatrixError
-from homeserver.events.auth import MEMBER
 from homeserver.events.serialize import EventSerializer
+from homeserver.events.types import MEMBER
 from homeserver.filtering import RoomEventFilter
 from homeserver.rooms.visibility import HistoryVisibility, Position, RoomAccess
 from homeserver.sync.tokens import RoomPosition

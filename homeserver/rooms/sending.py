@@ -13,19 +13,14 @@ from typing import Any
 
 from homeserver.auth.tokens import Requester
 from homeserver.errors import Codes, MatrixError
-from homeserver.events.auth import (
-    CREATE,
-    MEMBER,
-    POWER_LEVELS,
-    REDACTION,
-    named_level,
-    user_power_level,
-)
+from homeserver.events.types import CANONICAL_ALIAS, MEMBER, POWER_LEVELS, REDACTION
 from homeserver.presence import PresenceHandler
 from homeserver.ratelimit import RateLimiter
 from homeserver.rooms.creator import EventCreator
 from homeserver.rooms.directory import DirectoryHandler
+from homeserver.rooms.lookup import require_room
 from homeserver.rooms.membership import MembershipHandler
+from homeserver.rooms.power import RoomPower
 from homeserver.rooms.validation import check_power_levels_content
 from storage.persister import ClientTransaction
 from storage.stores.events import EventStore
@@ -33,8 +28,6 @@ from storage.stores.rooms import RoomStore
 from storage.stores.state import StateStore
 
 logger = logging.getLogger(__name__)
-
-CANONICAL_ALIAS = "m.room.canonical_alias"
 
 
 class EventSendHandler:
@@ -47,6 +40,7 @@ class EventSendHandler:
         rooms: RoomStore,
         directory: DirectoryHandler,
         membership: MembershipHandler,
+        power: RoomPower,
         message_limiter: RateLimiter,
         presence: PresenceHandler,
     ) -> None:
@@ -57,6 +51,7 @@ class EventSendHandler:
         self._rooms = rooms
         self._directory = directory
         self._membership = membership
+        self._power = power
         self._limiter = message_limiter
         self._presence = presence
 
@@ -123,11 +118,8 @@ class EventSendHandler:
     ) -> str:
         if not isinstance(redacts, str) or not redacts.startswith("$"):
             raise MatrixError(400, Codes.BAD_JSON, "'redacts' must be an event ID")
-        room_version = await self._events.get_room_version(room_id)
-        if room_version is None:
-            raise MatrixError(404, Codes.NOT_FOUND, "Unknown room")
-        own = await self._rooms.get_membership(room_id, requester.user_id)
-        if own is None or own.membership != "join":
+        room_version = await require_room(self._events, room_id)
+        if not await self._rooms.is_joined(room_id, requester.user_id):
             # Before looking the event up, so outsiders learn nothing about the room.
             raise MatrixError(403, Codes.FORBIDDEN, "You are not in the room")
         target = await self._events.get_stored_event(redacts)
@@ -142,7 +134,10 @@ class EventSendHandler:
             # Spec: "Server administrators may redact events sent by users on their server."
             requester.is_admin and self._membership.is_mine(target.event.sender)
         ):
-            await self._check_may_redact_others(room_id, requester.user_id)
+            if not await self._power.has_named_level(room_id, requester.user_id, "redact"):
+                raise MatrixError(
+                    403, Codes.FORBIDDEN, "You don't have permission to redact other users' events"
+                )
         self._ratelimit(requester)
         body = dict(content)
         extra = None
@@ -158,21 +153,6 @@ class EventSendHandler:
         logger.info("%s: %s redacted %s", room_id, requester.user_id, redacts)
         return stored.event.event_id
 
-    async def _check_may_redact_others(self, room_id: str, user_id: str) -> None:
-        """Redacting someone else's event needs the room's `redact` power level."""
-        current = await self._state.get_current_state_ids(room_id)
-        wanted = {k: current[k] for k in ((CREATE, ""), (POWER_LEVELS, "")) if k in current}
-        loaded = await self._events.get_events(wanted.values())
-        state = {k: loaded[eid] for k, eid in wanted.items() if eid in loaded}
-        room_version = await self._events.get_room_version(room_id)
-        assert room_version is not None
-        if user_power_level(user_id, state, room_version) < named_level(
-            "redact", state, room_version
-        ):
-            raise MatrixError(
-                403, Codes.FORBIDDEN, "You don't have permission to redact other users' events"
-            )
-
     # ----- state ---------------------------------------------------------------------------
 
     async def set_state(
@@ -186,8 +166,7 @@ class EventSendHandler:
         if event_type == MEMBER:
             stored = await self._membership.set_member_state(requester, room_id, state_key, content)
             return stored.event.event_id
-        if await self._events.get_room_version(room_id) is None:
-            raise MatrixError(404, Codes.NOT_FOUND, "Unknown room")
+        await require_room(self._events, room_id)
         if event_type == POWER_LEVELS:
             check_power_levels_content(content)
         elif event_type == CANONICAL_ALIAS:

@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from homeserver.errors import Codes, MatrixError
-from homeserver.events.auth import MEMBER
 from homeserver.events.model import StateKey
+from homeserver.events.types import MEMBER
+from homeserver.rooms.lookup import require_room
 from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.sync.tokens import RoomPosition
 from storage.stores.events import EventStore, StoredEvent
@@ -84,9 +85,8 @@ class RoomStateHandler:
 
     async def get_joined_members(self, user_id: str, room_id: str) -> dict[str, dict[str, Any]]:
         """user_id -> {display_name, avatar_url} as set in their member events."""
-        await self._require_room(room_id)
-        own = await self._rooms.get_membership(room_id, user_id)
-        if own is None or own.membership != "join":
+        await require_room(self._events, room_id)
+        if not await self._rooms.is_joined(room_id, user_id):
             raise MatrixError(403, Codes.FORBIDDEN, "You aren't a member of the room")
         members = await self._state.get_current_members(room_id, "join")
         loaded = await self._events.get_stored_events(members.values())
@@ -104,14 +104,10 @@ class RoomStateHandler:
 
     # ----- what the user may see -----------------------------------------------------------
 
-    async def _require_room(self, room_id: str) -> None:
-        if await self._events.get_room_version(room_id) is None:
-            raise MatrixError(404, Codes.NOT_FOUND, "Unknown room")
-
     async def _visible_state_ids(
         self, user_id: str, room_id: str, position: RoomPosition | None = None
     ) -> Mapping[StateKey, str]:
-        await self._require_room(room_id)
+        await require_room(self._events, room_id)
         access = await self._visibility.get_room_access(user_id, room_id)
         if access is None:
             raise MatrixError(403, Codes.FORBIDDEN, _NOT_A_MEMBER)
@@ -122,7 +118,7 @@ class RoomStateHandler:
                 position = removed
         if position is None:
             return await self._state.get_current_state_ids(room_id)
-        group = await self._state.get_state_group_at_position(
+        group = await self._events.get_state_group_at_position(
             room_id, position.topological, position.stream
         )
         return await self._state.get_state_group(group) if group is not None else {}

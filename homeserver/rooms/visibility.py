@@ -31,12 +31,11 @@ import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from homeserver.events.auth import MEMBER
+from homeserver.events.types import HISTORY_VISIBILITY, MEMBER
 from storage.stores.events import EventStore, StoredEvent
 from storage.stores.rooms import RoomStore
 from storage.stores.state import StateKey, StateStore
 
-HISTORY_VISIBILITY = "m.room.history_visibility"
 WORLD_READABLE = "world_readable"
 SHARED = "shared"
 INVITED = "invited"
@@ -95,6 +94,10 @@ class HistoryVisibility:
         event = await self._events.get_event(event_id) if event_id is not None else None
         return visibility_from_content(event.content if event is not None else None)
 
+    async def is_world_readable(self, room_id: str) -> bool:
+        """Whether anyone may read the room now (its current history visibility)."""
+        return await self.current_visibility(room_id) == WORLD_READABLE
+
     async def get_room_access(self, user_id: str, room_id: str) -> RoomAccess | None:
         """Whether `user_id` may read `room_id` at all (None: no, or no such room)."""
         if await self._events.get_room_version(room_id) is None:
@@ -103,7 +106,7 @@ class HistoryVisibility:
         if member is not None and member.membership == "join":
             return RoomAccess(room_id, "join")
         membership = member.membership if member is not None and not member.forgotten else None
-        world_readable = await self.current_visibility(room_id) == WORLD_READABLE
+        world_readable = await self.is_world_readable(room_id)
         if member is not None and membership in ("leave", "ban") and not world_readable:
             # "After a user has left a room, they may see any events which they were allowed
             # to see before they left the room, but no events received after they left."

@@ -172,10 +172,12 @@ class SyncHandler:
         self, sync_pass: _Pass, rooms: dict[str, dict[str, Any]]
     ) -> list[dict[str, Any]]:
         request, since = sync_pass.request, sync_pass.since
+        initial = since is None or request.full_state
         changes = await self._account_data.get_changes(
             request.user_id,
-            since.account_data if since is not None and not request.full_state else 0,
+            since.account_data if since is not None and not initial else 0,
             sync_pass.now.account_data,
+            initial=initial,
         )
         room_filter = request.filter.room
         for room_id, events in changes.room_events.items():
@@ -406,7 +408,7 @@ class SyncHandler:
         if timeline.events:
             group = await self._events.get_state_group_before(timeline.events[0].event.event_id)
         else:
-            group = await self._events.get_state_group_at_stream(room_id, up_to)
+            group = await self._events.get_state_group_at_position(room_id, None, up_to)
         state_at_start = await self._state.get_state_group(group) if group is not None else {}
 
         if since is None:
@@ -415,7 +417,7 @@ class SyncHandler:
             # Every state change since the token is in the timeline itself.
             wanted = {}
         else:
-            since_group = await self._events.get_state_group_at_stream(room_id, since.events)
+            since_group = await self._events.get_state_group_at_position(room_id, None, since.events)
             state_at_since = (
                 await self._state.get_state_group(since_group) if since_group is not None else {}
             )

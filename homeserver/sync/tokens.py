@@ -54,10 +54,6 @@ class StreamToken:
     def copy_and_replace(self, stream: str, position: int) -> StreamToken:
         return replace(self, **{stream: position})
 
-    def is_after(self, other: StreamToken) -> bool:
-        """True if any stream in self is ahead of other."""
-        return any(getattr(self, f.name) > getattr(other, f.name) for f in fields(self))
-
 
 @dataclass(frozen=True)
 class RoomPosition:

@@ -11,22 +11,29 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+from homeserver.events.types import (
+    AVATAR,
+    CANONICAL_ALIAS,
+    CREATE,
+    GUEST_ACCESS,
+    HISTORY_VISIBILITY,
+    JOIN_RULES,
+    NAME,
+    TOPIC,
+)
 from storage.database import Database, Transaction
 
 # State that describes a room in the directory (all with an empty state key).
 ROOM_SUMMARY_STATE_TYPES = (
-    "m.room.create",
-    "m.room.name",
-    "m.room.topic",
-    "m.room.avatar",
-    "m.room.canonical_alias",
-    "m.room.join_rules",
-    "m.room.history_visibility",
-    "m.room.guest_access",
+    CREATE,
+    NAME,
+    TOPIC,
+    AVATAR,
+    CANONICAL_ALIAS,
+    JOIN_RULES,
+    HISTORY_VISIBILITY,
+    GUEST_ACCESS,
 )
-
-# Rooms per query when a list of room IDs becomes placeholders (SQLite's variable limit).
-_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -88,17 +95,14 @@ class RoomDirectoryStore:
 
         def txn_fn(txn: Transaction) -> dict[str, dict[str, str]]:
             result: dict[str, dict[str, str]] = {room_id: {} for room_id in room_ids}
-            ids = list(room_ids)
             types = ",".join("?" for _ in ROOM_SUMMARY_STATE_TYPES)
-            for start in range(0, len(ids), _CHUNK):
-                chunk = ids[start : start + _CHUNK]
-                rooms = ",".join("?" for _ in chunk)
-                for room_id, event_type, event_id in txn.select_all(
-                    "SELECT room_id, type, event_id FROM current_state_events"
-                    f" WHERE room_id IN ({rooms}) AND type IN ({types}) AND state_key = ''",
-                    [*chunk, *ROOM_SUMMARY_STATE_TYPES],
-                ):
-                    result[room_id][event_type] = event_id
+            for room_id, event_type, event_id in txn.select_in_chunks(
+                "SELECT room_id, type, event_id FROM current_state_events"
+                f" WHERE room_id IN ({{in}}) AND type IN ({types}) AND state_key = ''",
+                room_ids,
+                args_after=ROOM_SUMMARY_STATE_TYPES,
+            ):
+                result[room_id][event_type] = event_id
             return result
 
         return await self._db.run_interaction("get_summary_state_ids", txn_fn)

@@ -39,19 +39,12 @@ def _row_to_stored(row: tuple[Any, ...]) -> StoredEvent:
 
 
 def _select_events_txn(txn: Transaction, event_ids: Collection[str]) -> list[StoredEvent]:
-    results: list[StoredEvent] = []
-    ids = list(event_ids)
-    # Chunk to stay under SQLite's variable limit.
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        placeholders = ",".join("?" for _ in chunk)
-        rows = txn.select_all(
-            f"SELECT {_EVENT_COLUMNS} FROM events e JOIN rooms r USING (room_id)"
-            f" WHERE e.event_id IN ({placeholders})",
-            chunk,
-        )
-        results.extend(_row_to_stored(row) for row in rows)
-    return results
+    rows = txn.select_in_chunks(
+        f"SELECT {_EVENT_COLUMNS} FROM events e JOIN rooms r USING (room_id)"
+        " WHERE e.event_id IN ({in})",
+        event_ids,
+    )
+    return [_row_to_stored(row) for row in rows]
 
 
 class EventStore:
@@ -143,17 +136,31 @@ class EventStore:
         )
         return row[0] if row else None
 
-    async def get_state_group_at_stream(self, room_id: str, position: int) -> int | None:
-        """The state group after the room's last timeline event at or before `position`."""
-        row = await self._db.run_interaction(
-            "get_state_group_at_stream",
-            lambda txn: txn.select_one(
-                "SELECT state_group_after FROM events WHERE room_id = ? AND stream_ordering <= ?"
+    async def get_state_group_at_position(
+        self, room_id: str, topological: int | None, stream: int
+    ) -> int | None:
+        """The group of the room's state at a point in its history: the state after the
+        latest timeline event at or before (topological, stream), or at or before stream
+        position `stream` when `topological` is None (a sync token). None if no event is
+        that early."""
+
+        def txn_fn(txn: Transaction) -> tuple[Any, ...] | None:
+            if topological is None:
+                return txn.select_one(
+                    "SELECT state_group_after FROM events WHERE room_id = ?"
+                    " AND stream_ordering <= ? AND outlier = ? AND rejected_reason IS NULL"
+                    " ORDER BY stream_ordering DESC LIMIT 1",
+                    (room_id, stream, False),
+                )
+            return txn.select_one(
+                "SELECT state_group_after FROM events WHERE room_id = ?"
+                " AND (topological_ordering < ? OR (topological_ordering = ? AND stream_ordering <= ?))"
                 " AND outlier = ? AND rejected_reason IS NULL"
-                " ORDER BY stream_ordering DESC LIMIT 1",
-                (room_id, position, False),
-            ),
-        )
+                " ORDER BY topological_ordering DESC, stream_ordering DESC LIMIT 1",
+                (room_id, topological, topological, stream, False),
+            )
+
+        row = await self._db.run_interaction("get_state_group_at_position", txn_fn)
         return row[0] if row else None
 
     async def get_redactions(self, event_ids: Collection[str]) -> dict[str, str]:
@@ -163,15 +170,10 @@ class EventStore:
 
         def txn_fn(txn: Transaction) -> dict[str, str]:
             result: dict[str, str] = {}
-            ids = list(event_ids)
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                placeholders = ",".join("?" for _ in chunk)
-                for redacts, event_id in txn.select_all(
-                    f"SELECT redacts, event_id FROM redactions WHERE redacts IN ({placeholders})",
-                    chunk,
-                ):
-                    result.setdefault(redacts, event_id)
+            for redacts, event_id in txn.select_in_chunks(
+                "SELECT redacts, event_id FROM redactions WHERE redacts IN ({in})", event_ids
+            ):
+                result.setdefault(redacts, event_id)
             return result
 
         return await self._db.run_interaction("get_redactions", txn_fn)
@@ -282,18 +284,11 @@ class EventStore:
             return found
 
         def txn_fn(txn: Transaction) -> list[tuple[Any, ...]]:
-            rows: list[tuple[Any, ...]] = []
-            for start in range(0, len(missing), 500):
-                chunk = missing[start : start + 500]
-                placeholders = ",".join("?" for _ in chunk)
-                rows.extend(
-                    txn.select_all(
-                        "SELECT event_id, state_group_before, state_group_after FROM events"
-                        f" WHERE event_id IN ({placeholders})",
-                        chunk,
-                    )
-                )
-            return rows
+            return txn.select_in_chunks(
+                "SELECT event_id, state_group_before, state_group_after FROM events"
+                " WHERE event_id IN ({in})",
+                missing,
+            )
 
         for event_id, before, after in await self._db.run_interaction(
             "get_state_groups_for_events", txn_fn
@@ -332,19 +327,14 @@ class EventStore:
             return set()
 
         def txn_fn(txn: Transaction) -> set[str]:
-            changed: set[str] = set()
-            ids = list(room_ids)
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                placeholders = ",".join("?" for _ in chunk)
-                changed.update(
-                    row[0]
-                    for row in txn.select_all(
-                        f"SELECT DISTINCT room_id FROM events WHERE stream_ordering > ?"
-                        f" AND room_id IN ({placeholders})",
-                        [after, *chunk],
-                    )
+            return {
+                row[0]
+                for row in txn.select_in_chunks(
+                    "SELECT DISTINCT room_id FROM events WHERE stream_ordering > ?"
+                    " AND room_id IN ({in})",
+                    room_ids,
+                    args_before=[after],
                 )
-            return changed
+            }
 
         return await self._db.run_interaction("get_rooms_changed_since", txn_fn)

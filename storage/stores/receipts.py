@@ -104,20 +104,11 @@ class ReceiptStore:
             return []
 
         def txn_fn(txn: Transaction) -> list[Receipt]:
-            ids = list(room_ids)
-            found: list[Receipt] = []
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                placeholders = ",".join("?" for _ in chunk)
-                sql = (
-                    f"SELECT {_COLUMNS} FROM receipts WHERE room_id IN ({placeholders})"
-                    " AND stream_id > ?"
-                )
-                args: list[Any] = [*chunk, after]
-                if up_to is not None:
-                    sql += " AND stream_id <= ?"
-                    args.append(up_to)
-                found.extend(_row(r) for r in txn.select_all(sql, args))
-            return found
+            sql = f"SELECT {_COLUMNS} FROM receipts WHERE room_id IN ({{in}}) AND stream_id > ?"
+            args: list[Any] = [after]
+            if up_to is not None:
+                sql += " AND stream_id <= ?"
+                args.append(up_to)
+            return [_row(r) for r in txn.select_in_chunks(sql, room_ids, args_after=args)]
 
         return await self._db.run_interaction("get_receipts_for_rooms", txn_fn)

@@ -41,13 +41,6 @@ class RoomStore:
             ),
         )
 
-    async def room_exists(self, room_id: str) -> bool:
-        row = await self._db.run_interaction(
-            "room_exists",
-            lambda txn: txn.select_one("SELECT 1 FROM rooms WHERE room_id = ?", (room_id,)),
-        )
-        return row is not None
-
     async def get_membership(self, room_id: str, user_id: str) -> Membership | None:
         row = await self._db.run_interaction(
             "get_membership",
@@ -58,6 +51,18 @@ class RoomStore:
             ),
         )
         return _membership(row) if row else None
+
+    async def is_joined(self, room_id: str, user_id: str) -> bool:
+        """Whether the user's current membership of the room is `join`."""
+        row = await self._db.run_interaction(
+            "is_joined",
+            lambda txn: txn.select_one(
+                "SELECT 1 FROM room_memberships WHERE room_id = ? AND user_id = ?"
+                " AND membership = ?",
+                (room_id, user_id, "join"),
+            ),
+        )
+        return row is not None
 
     async def get_rooms_for_user(
         self, user_id: str, memberships: Collection[str] = ("join",)
@@ -90,31 +95,14 @@ class RoomStore:
             )
             if among is None:
                 return {row[0] for row in txn.select_all(sql, (user_id,))}
-            found: set[str] = set()
-            candidates = list(among)
-            for start in range(0, len(candidates), 500):
-                chunk = candidates[start : start + 500]
-                placeholders = ",".join("?" for _ in chunk)
-                found.update(
-                    row[0]
-                    for row in txn.select_all(
-                        f"{sql} AND other.user_id IN ({placeholders})", [user_id, *chunk]
-                    )
+            return {
+                row[0]
+                for row in txn.select_in_chunks(
+                    sql + " AND other.user_id IN ({in})", among, args_before=[user_id]
                 )
-            return found
+            }
 
         return await self._db.run_interaction("get_users_sharing_rooms", txn_fn)
-
-    async def get_memberships_changed_since(self, user_id: str, after: int) -> list[Membership]:
-        rows = await self._db.run_interaction(
-            "get_memberships_changed_since",
-            lambda txn: txn.select_all(
-                f"SELECT {_MEMBERSHIP_COLUMNS} FROM room_memberships"
-                " WHERE user_id = ? AND stream_ordering > ?",
-                (user_id, after),
-            ),
-        )
-        return [_membership(row) for row in rows]
 
     async def forget(self, room_id: str, user_id: str) -> bool:
         """Mark a left room forgotten; False if the user is still joined/invited/knocking."""

@@ -248,42 +248,6 @@ class StateStore:
         )
         return row[0] if row and row[0] is not None else 0
 
-    async def get_state_group_after_event(self, event_id: str) -> int | None:
-        """The group of the state after `event_id` (the state at it, for non-state events)."""
-        row = await self._db.run_interaction(
-            "get_state_group_after_event",
-            lambda txn: txn.select_one(
-                "SELECT state_group_after FROM events WHERE event_id = ?", (event_id,)
-            ),
-        )
-        return row[0] if row else None
-
-    async def get_state_group_at_position(
-        self, room_id: str, topological: int | None, stream: int
-    ) -> int | None:
-        """The group of the room's state at a point in its history: the state after the
-        latest timeline event at or before (topological, stream), or before stream position
-        `stream` when `topological` is None (a sync token). None if no event is that early."""
-
-        def txn_fn(txn: Transaction) -> tuple | None:
-            if topological is None:
-                return txn.select_one(
-                    "SELECT state_group_after FROM events WHERE room_id = ?"
-                    " AND stream_ordering <= ? AND outlier = ? AND rejected_reason IS NULL"
-                    " ORDER BY stream_ordering DESC LIMIT 1",
-                    (room_id, stream, False),
-                )
-            return txn.select_one(
-                "SELECT state_group_after FROM events WHERE room_id = ?"
-                " AND (topological_ordering < ? OR (topological_ordering = ? AND stream_ordering <= ?))"
-                " AND outlier = ? AND rejected_reason IS NULL"
-                " ORDER BY topological_ordering DESC, stream_ordering DESC LIMIT 1",
-                (room_id, topological, topological, stream, False),
-            )
-
-        row = await self._db.run_interaction("get_state_group_at_position", txn_fn)
-        return row[0] if row else None
-
     # ----- current state (cached) ---------------------------------------------------------
 
     async def _load_current(self, room_id: str) -> _CurrentState:
