@@ -133,6 +133,9 @@ class HomeServer:
             self.uia,
             self.login,
             self.registration_limiter,
+            limiter(
+                "registration_sessions_per_address", limits.registration_sessions_per_address
+            ),
         )
         self.shared_secret_registration = SharedSecretRegistration(
             self.clock,

@@ -91,6 +91,8 @@ class RateLimitsConfig(_Section):
     login_per_account: RateLimit = RateLimit(per_second=0.17, burst_count=5)
     login_failures_per_account: RateLimit = RateLimit(per_second=0.17, burst_count=3)
     registration_per_address: RateLimit = RateLimit(per_second=0.17, burst_count=5)
+    # /register requests without `auth`: each opens a user-interactive auth session (a row).
+    registration_sessions_per_address: RateLimit = RateLimit(per_second=1.0, burst_count=20)
     # Events a user sends through /send, /state and /redact (server admins are exempt).
     message_per_user: RateLimit = RateLimit(per_second=0.2, burst_count=10)
 

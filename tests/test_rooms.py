@@ -515,8 +515,14 @@ class StateTests(RoomTestCase):
         self.assertIsInstance(missing, RoomGetStateEventError)
 
     async def test_state_of_unknown_room_and_outsiders(self):
+        # The spec lists only 403 for GET /state: an unknown room looks like a room you
+        # cannot see.
         r = await self.get_state(self.bob, "!nowhere:test.heddle")
-        self.assertError(r, 404, "M_NOT_FOUND")
+        self.assertError(r, 403, "M_FORBIDDEN")
+        r = await self.members(self.bob, "!nowhere:test.heddle")
+        self.assertError(r, 403, "M_FORBIDDEN")
+        r = await self.request("GET", f"{API}/rooms/{q('!nowhere:test.heddle')}/joined_members", token=self.bob.token)
+        self.assertError(r, 403, "M_FORBIDDEN")
         carol = await self.user("carol")
         self.assertError(await self.get_state(carol, self.room), 403, "M_FORBIDDEN")
         self.assertError(await self.get_state(carol, self.room, "m.room.name"), 403, "M_FORBIDDEN")

@@ -65,3 +65,21 @@ class UiaConcurrentUse(HomeserverTestCase):
             for new in ("first new password", "second new password")
         ])
         self.assertEqual(sorted(r.code for r in results), [200, 400], results)
+
+
+@on_both_engines
+class RegistrationSessionsAreRateLimited(HomeserverTestCase):
+    config_overrides = {
+        "rate_limits": {
+            "enabled": True,
+            "registration_sessions_per_address": {"per_second": 0.001, "burst_count": 3},
+        }
+    }
+
+    async def test_opening_sessions_without_auth_is_limited(self):
+        codes = []
+        for i in range(5):
+            r = await self.request("POST", "/_matrix/client/v3/register", {"username": f"u{i}", "password": PASSWORD})
+            codes.append(r.code)
+        self.assertEqual(codes, [401, 401, 401, 429, 429])
+        self.assertError(r, 429, "M_LIMIT_EXCEEDED")

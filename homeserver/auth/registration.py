@@ -57,6 +57,7 @@ class RegistrationHandler:
         uia: UserInteractiveAuth,
         login: LoginHandler,
         per_address: RateLimiter,
+        sessions_per_address: RateLimiter,
     ) -> None:
         self._server_name = server_name
         self._clock = clock
@@ -66,6 +67,7 @@ class RegistrationHandler:
         self._uia = uia
         self._login = login
         self._per_address = per_address
+        self._sessions_per_address = sessions_per_address
 
     # ----- POST /register --------------------------------------------------------------------
 
@@ -92,6 +94,10 @@ class RegistrationHandler:
             raise MatrixError(403, Codes.FORBIDDEN, "Registration has been disabled")
         if request.username is not None:
             await self.check_available(request.username)
+        if body.get("auth") is None:
+            # This request only opens an auth session (a database row): count it against the
+            # address, so an unauthenticated client cannot create rows without limit.
+            self._sessions_per_address.check(client_ip)
         async with self._uia.operation(
             body, "POST", "/register", self._uia.registration_flows(), user_id=None
         ):

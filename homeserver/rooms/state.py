@@ -3,7 +3,8 @@
 Who may read the room at all is `HistoryVisibility.get_room_access`: a joined user sees the
 current state; a user who has left (or was kicked or banned) sees the state as it was when
 they left, until they forget the room; anyone may read the current state of a
-`world_readable` room. Everyone else gets 403; an unknown room is 404.
+`world_readable` room. Everyone else gets 403, for an unknown room too: the spec lists only
+403 for these endpoints, and a 404 would tell outsiders which rooms exist.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any
 from homeserver.errors import Codes, MatrixError
 from homeserver.events.model import StateKey
 from homeserver.events.types import MEMBER
-from homeserver.rooms.lookup import require_room
 from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.sync.tokens import RoomPosition
 from storage.stores.events import EventStore, StoredEvent
@@ -85,7 +85,6 @@ class RoomStateHandler:
 
     async def get_joined_members(self, user_id: str, room_id: str) -> dict[str, dict[str, Any]]:
         """user_id -> {display_name, avatar_url} as set in their member events."""
-        await require_room(self._events, room_id)
         if not await self._rooms.is_joined(room_id, user_id):
             raise MatrixError(403, Codes.FORBIDDEN, "You aren't a member of the room")
         members = await self._state.get_current_members(room_id, "join")
@@ -107,7 +106,6 @@ class RoomStateHandler:
     async def _visible_state_ids(
         self, user_id: str, room_id: str, position: RoomPosition | None = None
     ) -> Mapping[StateKey, str]:
-        await require_room(self._events, room_id)
         access = await self._visibility.get_room_access(user_id, room_id)
         if access is None:
             raise MatrixError(403, Codes.FORBIDDEN, _NOT_A_MEMBER)
