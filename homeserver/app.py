@@ -237,6 +237,7 @@ class HomeServer:
             self.directory,
             self.profile_store,
             self.accounts,
+            self.room_power,
         )
         self.message_limiter = limiter("message_per_user", limits.message_per_user)
         self.event_sender = EventSendHandler(

@@ -16,11 +16,13 @@ from typing import Any
 
 from homeserver.auth.tokens import Requester
 from homeserver.errors import Codes, MatrixError
-from homeserver.events.types import MEMBER
+from homeserver.events.room_versions import RoomVersion
+from homeserver.events.types import JOIN_RULES, MEMBER
 from homeserver.identifiers import split_user_id
 from homeserver.rooms.creator import EventCreator
 from homeserver.rooms.directory import DirectoryHandler
 from homeserver.rooms.lookup import require_room
+from homeserver.rooms.power import RoomPower
 from storage.stores.accounts import AccountStore
 from storage.stores.events import EventStore, StoredEvent
 from storage.stores.profiles import ProfileStore
@@ -49,6 +51,7 @@ class MembershipHandler:
         directory: DirectoryHandler,
         profiles: ProfileStore,
         accounts: AccountStore,
+        power: RoomPower,
     ) -> None:
         self._server_name = server_name
         self._creator = creator
@@ -58,6 +61,7 @@ class MembershipHandler:
         self._directory = directory
         self._profiles = profiles
         self._accounts = accounts
+        self._power = power
         # Called with the user ID after a forget, which changes no stream: caches of the
         # user's rooms (sync) must drop their copy.
         self.forget_listeners: list[Callable[[str], None]] = []
@@ -68,8 +72,11 @@ class MembershipHandler:
         self, requester: Requester, room_id_or_alias: str, reason: str | None = None
     ) -> str:
         room_id = await self._directory.resolve_room(room_id_or_alias)
-        await require_room(self._events, room_id, _NOT_ON_THIS_SERVER)
-        await self._send_member(requester.user_id, room_id, requester.user_id, "join", reason)
+        room_version = await require_room(self._events, room_id, _NOT_ON_THIS_SERVER)
+        extra = await self._restricted_join_authoriser(requester.user_id, room_id, room_version)
+        await self._send_member(
+            requester.user_id, room_id, requester.user_id, "join", reason, extra=extra
+        )
         return room_id
 
     async def knock(
@@ -184,6 +191,52 @@ class MembershipHandler:
             )
         if await self._accounts.get_account(target) is None:
             raise MatrixError(404, Codes.NOT_FOUND, f"Unknown user {target}")
+
+    async def _restricted_join_authoriser(
+        self, user_id: str, room_id: str, room_version: RoomVersion
+    ) -> dict[str, Any] | None:
+        """For a restricted room the user may join through its `allow` list, the content
+        naming a local member who can invite (`join_authorised_via_users_server`), as the
+        auth rules require. None when the join needs no authoriser (other join rules, or
+        the user is already invited or joined): the auth rules then decide as usual.
+        """
+        join_rules_id = await self._state.get_current_state_event_id(room_id, JOIN_RULES, "")
+        join_rules = await self._events.get_event(join_rules_id) if join_rules_id else None
+        rule = join_rules.content.get("join_rule") if join_rules is not None else None
+        restricted = (room_version.restricted_join_rule and rule == "restricted") or (
+            room_version.knock_restricted_join_rule and rule == "knock_restricted"
+        )
+        if not restricted or join_rules is None:
+            return None
+        own = await self._rooms.get_membership(room_id, user_id)
+        if own is not None and own.membership in ("invite", "join"):
+            return None
+        allow = join_rules.content.get("allow")
+        allowed_rooms = [
+            condition["room_id"]
+            for condition in (allow if isinstance(allow, list) else [])
+            if isinstance(condition, dict)
+            and condition.get("type") == "m.room_membership"
+            and isinstance(condition.get("room_id"), str)
+        ]
+        for other in allowed_rooms:
+            if await self._rooms.is_joined(other, user_id):
+                break
+        else:
+            # knock_restricted rooms still take knocks; joining needs an invite then.
+            raise MatrixError(
+                403, Codes.FORBIDDEN, "You are not a member of any room this room allows"
+            )
+        members = await self._state.get_current_members(room_id, "join")
+        for member in sorted(members):
+            if self.is_mine(member) and await self._power.has_named_level(
+                room_id, member, "invite"
+            ):
+                return {"join_authorised_via_users_server": member}
+        # Another server's member could authorise the join: that is federation (issue 4).
+        raise MatrixError(
+            403, Codes.FORBIDDEN, "No member of this server can authorise joining this room"
+        )
 
     async def _send_member(
         self,
