@@ -33,6 +33,8 @@ from homeserver.signing_key import write_new_signing_key
 T = TypeVar("T")
 
 SERVER_NAME = "test.heddle"
+# The password `HomeserverTestCase.register` and `login` use by default.
+PASSWORD = "correct horse battery"
 # Where the suite finds PostgreSQL; every run creates (and drops) its own database there.
 POSTGRES_ADMIN_URL = os.environ.get(
     "HEDDLE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -243,7 +245,7 @@ class HomeserverTestCase:
         return Response(response.code, response.headers, data)
 
     async def register(
-        self, username: str, password: str = "correct horse battery", **extra: Any
+        self, username: str, password: str = PASSWORD, **extra: Any
     ) -> dict[str, Any]:
         body = {"username": username, "password": password, "auth": {"type": "m.login.dummy"}}
         body.update(extra)
@@ -252,7 +254,7 @@ class HomeserverTestCase:
         return response.json
 
     async def login(
-        self, username: str, password: str = "correct horse battery", **extra: Any
+        self, username: str, password: str = PASSWORD, **extra: Any
     ) -> dict[str, Any]:
         body = {
             "type": "m.login.password",
@@ -270,6 +272,20 @@ class HomeserverTestCase:
         assert body.get("errcode") == errcode, f"expected {errcode}, got {body!r}"
         assert isinstance(body.get("error"), str)
         return body
+
+
+def password_auth(
+    user: str = "alice", password: str = PASSWORD, session: str | None = None
+) -> dict[str, Any]:
+    """A user-interactive auth `m.login.password` stage for `user`."""
+    auth: dict[str, Any] = {
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": user},
+        "password": password,
+    }
+    if session is not None:
+        auth["session"] = session
+    return auth
 
 
 # ----- matrix-nio ------------------------------------------------------------------------

@@ -10,9 +10,15 @@ from typing import Any
 
 from nio import AsyncClient, LoginResponse, WhoamiResponse
 
-from tests.harness import HomeserverTestCase, Response, nio, on_both_engines
+from tests.harness import (
+    PASSWORD,
+    HomeserverTestCase,
+    Response,
+    nio,
+    on_both_engines,
+    password_auth,
+)
 
-PASSWORD = "correct horse battery"
 NEW_PASSWORD = "battery staple horse"
 ALICE = "@alice:test.heddle"
 WHOAMI = "/_matrix/client/v3/account/whoami"
@@ -20,19 +26,6 @@ CHANGE_PASSWORD = "/_matrix/client/v3/account/password"
 DEACTIVATE = "/_matrix/client/v3/account/deactivate"
 DEVICES = "/_matrix/client/v3/devices"
 REFRESH = "/_matrix/client/v3/refresh"
-
-
-def password_auth(
-    user: str = "alice", password: str = PASSWORD, session: str | None = None
-) -> dict[str, Any]:
-    auth: dict[str, Any] = {
-        "type": "m.login.password",
-        "identifier": {"type": "m.id.user", "user": user},
-        "password": password,
-    }
-    if session is not None:
-        auth["session"] = session
-    return auth
 
 
 class AccountAssertions:

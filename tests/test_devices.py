@@ -18,26 +18,19 @@ from nio import (
     UpdateDeviceResponse,
 )
 
-from tests.harness import HomeserverTestCase, Response, nio, on_both_engines
+from tests.harness import (
+    PASSWORD,
+    HomeserverTestCase,
+    Response,
+    nio,
+    on_both_engines,
+    password_auth,
+)
 
-PASSWORD = "correct horse battery"
 ALICE = "@alice:test.heddle"
 DEVICES = "/_matrix/client/v3/devices"
 DELETE_DEVICES = "/_matrix/client/v3/delete_devices"
 WHOAMI = "/_matrix/client/v3/account/whoami"
-
-
-def password_auth(
-    user: str = "alice", password: str = PASSWORD, session: str | None = None
-) -> dict[str, Any]:
-    auth: dict[str, Any] = {
-        "type": "m.login.password",
-        "identifier": {"type": "m.id.user", "user": user},
-        "password": password,
-    }
-    if session is not None:
-        auth["session"] = session
-    return auth
 
 
 class DeviceAssertions:

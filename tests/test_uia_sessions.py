@@ -1,8 +1,6 @@
 """A completed user-interactive auth session authorises one operation, not more."""
 
-from tests.harness import HomeserverTestCase, on_both_engines
-
-PASSWORD = "correct horse battery"
+from tests.harness import PASSWORD, HomeserverTestCase, on_both_engines, password_auth
 
 
 @on_both_engines
@@ -17,8 +15,7 @@ class UiaSessionReuse(HomeserverTestCase):
                                {"devices": [second["device_id"]]}, token=token)
         self.assertEqual(r.code, 401)
         session = r.json["session"]
-        auth = {"type": "m.login.password", "session": session, "password": PASSWORD,
-                "identifier": {"type": "m.id.user", "user": "alice"}}
+        auth = password_auth(session=session)
         r = await self.request("POST", "/_matrix/client/v3/delete_devices",
                                {"devices": [second["device_id"]], "auth": auth}, token=token)
         self.assertEqual(r.code, 200, r)
@@ -51,8 +48,7 @@ class UiaConcurrentUse(HomeserverTestCase):
         path = "/_matrix/client/v3/account/password"
         r = await self.request("POST", path, {"new_password": "short"}, token=token)
         session = r.json["session"]
-        auth = {"type": "m.login.password", "session": session, "password": PASSWORD,
-                "identifier": {"type": "m.id.user", "user": "alice"}}
+        auth = password_auth(session=session)
         # The stage completes, then the operation fails (weak password): the session lives on.
         r = await self.request("POST", path, {"new_password": "short", "auth": auth}, token=token)
         self.assertError(r, 400, "M_WEAK_PASSWORD")
