@@ -331,3 +331,23 @@ class AbandonedLongPoll(HomeserverTestCase):
             if not self.hs.notifier._waiters:
                 break
         self.assertEqual(self.hs.notifier._waiters, {})
+
+
+@on_both_engines
+class Heroes(HomeserverTestCase):
+    async def test_heroes_follow_membership_order_and_fall_back_to_leavers(self):
+        alice = (await self.register("alice"))["access_token"]
+        zed = (await self.register("zed"))["access_token"]
+        bob = (await self.register("bob"))["access_token"]
+        r = await self.request("POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat"}, token=alice)
+        room = r.json["room_id"]
+        await self.request("POST", f"/_matrix/client/v3/join/{room}", {}, token=zed)
+        await self.request("POST", f"/_matrix/client/v3/join/{room}", {}, token=bob)
+        r = await self.request("GET", "/_matrix/client/v3/sync", token=alice)
+        summary = r.json["rooms"]["join"][room]["summary"]
+        self.assertEqual(summary["m.heroes"], ["@zed:test.heddle", "@bob:test.heddle"])
+        self.assertEqual(summary["m.joined_member_count"], 3)
+        for token in (zed, bob):
+            await self.request("POST", f"/_matrix/client/v3/rooms/{room}/leave", {}, token=token)
+        r = await self.request("GET", "/_matrix/client/v3/sync", token=alice)
+        self.assertEqual(r.json["rooms"]["join"][room]["summary"]["m.heroes"], ["@zed:test.heddle", "@bob:test.heddle"])

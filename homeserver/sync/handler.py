@@ -8,8 +8,6 @@ the database. The user's own memberships are cached until they change.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -444,13 +442,12 @@ class SyncHandler:
         return result
 
     async def _summary(self, room_id: str, user_id: str) -> dict[str, Any]:
-        # Both from the state store's in-memory member lists; no database read when cached.
+        # Counts from the state store's in-memory member lists; no database read when cached.
         joined = await self._state.get_current_members(room_id, "join")
         invited = await self._state.get_current_members(room_id, "invite")
-        # The first few by user ID, without sorting every member.
-        heroes = heapq.nsmallest(
-            MAX_HEROES, (u for u in itertools.chain(joined, invited) if u != user_id)
-        )
+        # Spec: the first members by stream ordering, joined or invited, never the user;
+        # left and banned members when there are none.
+        heroes = await self._rooms.get_heroes(room_id, user_id, MAX_HEROES)
         return {
             "m.joined_member_count": len(joined),
             "m.invited_member_count": len(invited),

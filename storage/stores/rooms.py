@@ -80,6 +80,23 @@ class RoomStore:
 
         return await self._db.run_interaction("get_rooms_for_user", txn_fn)
 
+    async def get_heroes(self, room_id: str, user_id: str, limit: int) -> list[str]:
+        """The room's first `limit` members other than `user_id` by when their membership
+        took effect: joined or invited ones, or else those who left or were banned."""
+
+        def txn_fn(txn: Transaction) -> list[str]:
+            for memberships in (("join", "invite"), ("leave", "ban")):
+                rows = txn.select_all(
+                    "SELECT user_id FROM room_memberships WHERE room_id = ? AND user_id <> ?"
+                    " AND membership IN (?, ?) ORDER BY stream_ordering LIMIT ?",
+                    (room_id, user_id, *memberships, limit),
+                )
+                if rows:
+                    return [row[0] for row in rows]
+            return []
+
+        return await self._db.run_interaction("get_heroes", txn_fn)
+
     async def get_users_sharing_rooms(
         self, user_id: str, among: Collection[str] | None = None
     ) -> set[str]:
