@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -124,6 +124,16 @@ def _wildcard(pattern: str) -> re.Pattern[str]:
     return re.compile(regex + r"\Z", re.DOTALL)
 
 
+def _allowed_by_lists(
+    value: str | None, included: Collection[str] | None, excluded: Collection[str]
+) -> bool:
+    """The spec's inclusion/exclusion lists (senders, rooms): exclusion wins; no inclusion
+    list means everything not excluded."""
+    if value is not None and value in excluded:
+        return False
+    return included is None or value in included
+
+
 def type_matches(event_type: str | None, pattern: str) -> bool:
     if event_type is None:
         return False
@@ -188,9 +198,7 @@ class EventFilter:
         return self.types is None or any(type_matches(event_type, p) for p in self.types)
 
     def _sender_allowed(self, sender: str | None) -> bool:
-        if sender is not None and sender in self.not_senders:
-            return False
-        return self.senders is None or sender in self.senders
+        return _allowed_by_lists(sender, self.senders, self.not_senders)
 
     def matches(
         self,
@@ -254,9 +262,7 @@ class RoomEventFilter(EventFilter):
         )
 
     def allows_room(self, room_id: str | None) -> bool:
-        if room_id is not None and room_id in self.not_rooms:
-            return False
-        return self.rooms is None or room_id in self.rooms
+        return _allowed_by_lists(room_id, self.rooms, self.not_rooms)
 
     def matches(
         self,
@@ -307,9 +313,7 @@ class RoomFilter:
 
     def allows_room(self, room_id: str) -> bool:
         """`room.rooms`/`room.not_rooms`: applied before the per-section filters."""
-        if room_id in self.not_rooms:
-            return False
-        return self.rooms is None or room_id in self.rooms
+        return _allowed_by_lists(room_id, self.rooms, self.not_rooms)
 
 
 @dataclass(frozen=True)
