@@ -165,7 +165,7 @@ class HomeServer:
         self.membership_changes = StreamChangeCache("memberships", 0)
         self.notifier = Notifier(reactor, self.state_store)
         self.persister = EventPersister(
-            self.db, self.event_store, self.state_store, self.event_stream, self.state_group_ids
+            self.db, self.state_store, self.event_stream, self.state_group_ids
         )
         self.event_creator = EventCreator(
             self.server_name,

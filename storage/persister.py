@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from homeserver.events.canonical import encode_canonical_json
 from homeserver.events.model import Event
 from storage.database import Database, Transaction
-from storage.stores.events import EventStore, StoredEvent
+from storage.stores.events import StoredEvent
 from storage.stores.state import StateKey, StateStore, create_state_group_txn
 from storage.stream_ids import StreamIdGenerator
 
@@ -65,13 +65,11 @@ class EventPersister:
     def __init__(
         self,
         db: Database,
-        events: EventStore,
         state: StateStore,
         event_stream: StreamIdGenerator,
         state_group_ids: IdAllocator,
     ) -> None:
         self._db = db
-        self._events = events
         self._state = state
         self._stream = event_stream
         self._state_group_ids = state_group_ids
@@ -200,7 +198,6 @@ class EventPersister:
                 "INSERT INTO redactions (event_id, redacts) VALUES (?, ?)",
                 (event.event_id, event.redacts),
             )
-            txn.call_after(self._events.invalidate, event.redacts)
 
 
 def _update_current_state_txn(
