@@ -35,7 +35,9 @@ class _Section(BaseModel):
 
 
 class ListenerConfig(_Section):
-    type: Literal["client", "metrics"] = "client"
+    # client: the client API; federation: /_matrix/federation and /_matrix/key (other
+    # servers); metrics: /metrics and /health.
+    type: Literal["client", "federation", "metrics"] = "client"
     bind_address: str = "127.0.0.1"
     port: int = Field(8008, ge=0, le=65535)
     tls: bool = False
@@ -132,11 +134,31 @@ class LimitsConfig(_Section):
     max_request_body_bytes: int = Field(1024 * 1024, ge=1024)
 
 
+class TrustedKeyServer(_Section):
+    server_name: str
+    # key ID -> unpadded base64 verify key. Empty: the notary's own key is fetched from it.
+    verify_keys: dict[str, str] = Field(default_factory=dict)
+
+
+class OldSigningKey(_Section):
+    # A signing key this server used before; published as old_verify_keys until forever
+    # so events it signed stay verifiable.
+    key_id: str
+    # Unpadded base64 of the ed25519 verify key.
+    verify_key: str
+    expired_ts: int = Field(ge=0)
+
+
 class FederationConfig(_Section):
-    # Reserved for the federation work (issue 4): verifying peers' TLS certificates and the
-    # IP ranges outbound requests may reach. Accepted now so configs written today stay valid.
+    # Talk to other servers at all. When off, the federation listener answers 403 and no
+    # outbound request is made (remote joins, aliases and profiles fail with a clear error).
+    enabled: bool = True
+    # Verify peers' TLS certificates (on by default). The exempt list names destinations
+    # (server names) whose certificates are not checked: loopback test peers, say.
     verify_tls: bool = True
     verify_tls_exempt_destinations: list[str] = Field(default_factory=list)
+    # IP ranges outbound federation requests may not reach (a server name resolving there is
+    # refused), unless the address is also in the allow list.
     ip_range_blocklist: list[str] = Field(
         default_factory=lambda: [
             "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
@@ -144,6 +166,20 @@ class FederationConfig(_Section):
         ]
     )
     ip_range_allowlist: list[str] = Field(default_factory=list)
+    # Notary servers asked for other servers' keys before asking those servers directly.
+    trusted_key_servers: list[TrustedKeyServer] = Field(default_factory=list)
+    # Keys this server signed with before the current one.
+    old_signing_keys: list[OldSigningKey] = Field(default_factory=list)
+    # How long other servers may cache our key response (its valid_until_ts).
+    key_validity_period_ms: int = Field(24 * 3600 * 1000, ge=60 * 1000)
+    # Outbound requests give up after this long.
+    request_timeout_ms: int = Field(60 * 1000, ge=1000)
+    # Backoff after a failed delivery: starts here, doubles per failure, capped at the max.
+    retry_min_interval_ms: int = Field(10 * 1000, ge=100)
+    retry_max_interval_ms: int = Field(60 * 60 * 1000, ge=100)
+    # Largest response accepted from a remote server (send_join of a big room is allowed more).
+    max_response_bytes: int = Field(50 * 1024 * 1024, ge=1024)
+    max_join_response_bytes: int = Field(500 * 1024 * 1024, ge=1024)
 
 
 class RedisConfig(_Section):

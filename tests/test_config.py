@@ -103,7 +103,7 @@ class ParseErrorTests(unittest.TestCase):
         cases: list[tuple[dict[str, Any], str]] = [
             (minimal(server_name=8008), "server_name"),
             (minimal(listeners={"type": "client"}), "listeners"),
-            (minimal(listeners=[{"type": "federation"}]), "listeners.0.type"),
+            (minimal(listeners=[{"type": "media"}]), "listeners.0.type"),
             (minimal(listeners=[{"tls": "yes"}]), "listeners.0.tls"),
             (minimal(registration={"enabled": "true"}), "registration.enabled"),
             (minimal(registration={"enabled": 1}), "registration.enabled"),
