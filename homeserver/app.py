@@ -316,6 +316,10 @@ class HomeServer:
         )
         self.membership.forget_listeners.append(self.sync.forget_memberships)
 
+        # Federation (issue 4).
+        # (federation objects are constructed here)
+
+
         self.ports: list[Any] = []
         self._uia_cleanup: task.LoopingCall | None = None
 
@@ -362,6 +366,13 @@ class HomeServer:
         register_client_servlets(router, self)
         return JsonResource(router)
 
+    def build_federation_resource(self) -> resource.Resource:
+        from federation.transport.routes import register_federation_servlets
+
+        router = Router()
+        register_federation_servlets(router, self)
+        return JsonResource(router, cors_prefixes=())
+
     def build_metrics_resource(self) -> resource.Resource:
         from homeserver.health import build_metrics_root
 
@@ -374,6 +385,8 @@ class HomeServer:
     def _listen(self, listener: ListenerConfig) -> Any:
         if listener.type == "client":
             root = self.build_client_resource()
+        elif listener.type == "federation":
+            root = self.build_federation_resource()
         else:
             root = self.build_metrics_resource()
         site: server.Site = HeddleSite(root, self.config.limits.max_request_body_bytes)

@@ -1,0 +1,1 @@
+"""Inbound federation: the HTTP endpoints other servers call, and their authentication."""

@@ -1,0 +1,46 @@
+"""The one table of federation-listener routes (/_matrix/federation and /_matrix/key)."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from client_api.http import HeddleRequest, Router
+
+if TYPE_CHECKING:
+    from homeserver.app import HomeServer
+
+
+def federation_path(path: str, versions: str = "v1") -> re.Pattern[str]:
+    """A pattern for `/_matrix/federation/{versions}{path}`; `path` may use (?P<name>[^/]+)."""
+    return re.compile(f"^/_matrix/federation/(?:{versions}){path}$")
+
+
+def key_path(path: str) -> re.Pattern[str]:
+    return re.compile(f"^/_matrix/key/v2{path}$")
+
+
+class FederationVersionServlet:
+    """GET /_matrix/federation/v1/version: unauthenticated, names the implementation."""
+
+    PATTERNS = [federation_path("/version")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
+        from homeserver import __version__
+
+        return 200, {"server": {"name": "Heddle", "version": __version__}}
+
+
+def federation_servlets() -> list[Any]:
+    # Imported here so each servlet module can import this one for its path helpers.
+    return [
+        FederationVersionServlet,
+    ]
+
+
+def register_federation_servlets(router: Router, hs: HomeServer) -> None:
+    for servlet_class in federation_servlets():
+        router.register_servlet(servlet_class(hs))
