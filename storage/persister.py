@@ -8,13 +8,20 @@ between the two loses nothing, as sync reads from the database.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from homeserver.events.canonical import encode_canonical_json
 from homeserver.events.model import Event
+from homeserver.events.types import MEMBER
 from storage.database import Database, Transaction
 from storage.stores.events import StoredEvent
-from storage.stores.state import StateKey, StateStore, create_state_group_txn
+from storage.stores.state import (
+    StateKey,
+    StateStore,
+    create_state_group_txn,
+    load_group_txn,
+)
 from storage.stream_ids import StreamIdGenerator
 
 
@@ -45,19 +52,39 @@ class EventContext:
     updates_current_state: bool = True
     outlier: bool = False
     internal_metadata: dict = field(default_factory=dict)
+    # Federation: the full state before the event when no stored group holds it (state
+    # resolved across several prev_events, or learned from another server); stored as a new
+    # group, a delta against `state_before_base` when given.
+    state_before: Mapping[StateKey, str] | None = None
+    state_before_base: int | None = None
+    # Federation: the room's whole current state after this event, when it is not simply the
+    # previous current state plus this event (forks resolved, a remote join's state).
+    current_state: Mapping[StateKey, str] | None = None
+    # Passed the auth rules against the state before it but not against the current state:
+    # kept (with its state, for later events citing it) but hidden from clients and not a
+    # forward extremity (spec: "Soft failure").
+    soft_failed: bool = False
+    # Old history fetched from another server: below every sync position, and no effect on
+    # forward extremities or current state.
+    backfilled: bool = False
 
 
 class IdAllocator:
-    """Plain increasing IDs (state groups) for this process; see stream_ids for the caveat."""
+    """Plain increasing IDs (state groups) for this process; see stream_ids for the caveat.
 
-    def __init__(self, current: int = 0) -> None:
+    With `step=-1`, decreasing IDs: the stream positions of outliers and backfilled events,
+    which sit below every position a sync token can hold so sync never reports them.
+    """
+
+    def __init__(self, current: int = 0, step: int = 1) -> None:
         self._current = current
+        self._step = step
 
     def initialise(self, current: int) -> None:
         self._current = current
 
     def next(self) -> int:
-        self._current += 1
+        self._current += self._step
         return self._current
 
 
@@ -68,26 +95,91 @@ class EventPersister:
         state: StateStore,
         event_stream: StreamIdGenerator,
         state_group_ids: IdAllocator,
+        backfill_ids: IdAllocator | None = None,
     ) -> None:
         self._db = db
         self._state = state
         self._stream = event_stream
         self._state_group_ids = state_group_ids
+        self._backfill_ids = backfill_ids or IdAllocator(0, step=-1)
+
+    async def persist_outliers(self, events: Iterable[Event]) -> None:
+        """Store events whose state we do not know (a remote room's auth chain and state,
+        auth events fetched on demand) in one transaction; ones already held are skipped."""
+        rows = []
+        for event in events:
+            rows.append((self._backfill_ids.next(), event))
+        if not rows:
+            return
+        await self._db.run_interaction("persist_outliers", self._persist_outliers_txn, rows)
+
+    def _persist_outliers_txn(self, txn: Transaction, rows: list[tuple[int, Event]]) -> None:
+        known = {
+            r[0]
+            for r in txn.select_in_chunks(
+                "SELECT event_id FROM events WHERE event_id IN ({in})",
+                [event.event_id for _, event in rows],
+            )
+        }
+        fresh = [(pos, ev) for pos, ev in rows if ev.event_id not in known]
+        # The same event twice in one batch is stored once.
+        unique: dict[str, tuple[int, Event]] = {}
+        for pos, ev in fresh:
+            unique.setdefault(ev.event_id, (pos, ev))
+        txn.execute_many(
+            "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender,"
+            " topological_ordering, origin_server_ts, json, internal_metadata, rejected_reason,"
+            " outlier, state_group_before, state_group_after)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (pos, ev.event_id, ev.room_id, ev.type, ev.state_key, ev.sender, ev.depth,
+                 ev.origin_server_ts, encode_canonical_json(ev.pdu).decode("utf-8"), "{}",
+                 ev.rejected_reason, True, None, None)
+                for pos, ev in unique.values()
+            ],
+        )
+        txn.execute_many(
+            "INSERT INTO event_edges (event_id, prev_event_id, room_id) VALUES (?, ?, ?)",
+            [(ev.event_id, prev, ev.room_id) for _, ev in unique.values()
+             for prev in dict.fromkeys(ev.prev_event_ids)],
+        )
+        txn.execute_many(
+            "INSERT INTO event_auth (event_id, auth_id, room_id) VALUES (?, ?, ?)",
+            [(ev.event_id, auth, ev.room_id) for _, ev in unique.values()
+             for auth in dict.fromkeys(ev.auth_event_ids)],
+        )
 
     async def persist(self, event: Event, context: EventContext) -> StoredEvent:
         """Store the event; returns it with its stream position and state group after."""
-        state_group_after = context.state_group_before
+        groups = _NewGroups()
+        if context.state_before is not None and context.state_group_before is None:
+            groups.before = self._state_group_ids.next()
+        state_group_after = (
+            groups.before if groups.before is not None else context.state_group_before
+        )
         new_group: int | None = None
         if event.is_state and event.rejected_reason is None and not context.outlier:
             new_group = self._state_group_ids.next()
             state_group_after = new_group
+        if context.current_state is not None:
+            groups.current = self._state_group_ids.next()
         metadata = dict(context.internal_metadata)
+        if context.soft_failed:
+            metadata["soft_failed"] = True
         if context.txn is not None:
             metadata["txn_id"] = context.txn.txn_id
             metadata["device_id"] = context.txn.device_id
         if context.replaces_state is not None:
             metadata["replaces_state"] = context.replaces_state
 
+        hidden = context.outlier or context.soft_failed
+        if context.backfilled:
+            stream_ordering = self._backfill_ids.next()
+            await self._db.run_interaction(
+                "persist_backfilled_event", self._persist_txn, event, context,
+                stream_ordering, new_group, state_group_after, metadata, groups,
+            )
+            return StoredEvent(event, stream_ordering, event.depth, metadata, hidden)
         async with self._stream.next() as stream_ordering:
             try:
                 await self._db.run_interaction(
@@ -99,13 +191,14 @@ class EventPersister:
                     new_group,
                     state_group_after,
                     metadata,
+                    groups,
                 )
             except Exception:
                 # The commit may have happened (a connection lost while committing), so
                 # the cached current state cannot be trusted either way.
                 self._state.invalidate_current_state(event.room_id)
                 raise
-        stored = StoredEvent(event, stream_ordering, event.depth, metadata, context.outlier)
+        stored = StoredEvent(event, stream_ordering, event.depth, metadata, hidden)
         return stored
 
     def _persist_txn(
@@ -117,8 +210,24 @@ class EventPersister:
         new_group: int | None,
         state_group_after: int | None,
         metadata: dict,
+        groups: _NewGroups,
     ) -> None:
         room_id = event.room_id
+        state_group_before = context.state_group_before
+        if groups.before is not None:
+            assert context.state_before is not None
+            base = context.state_before_base
+            if base is not None:
+                base_state = load_group_txn(txn, base)
+                delta = _state_delta(base_state, context.state_before)
+                create_state_group_txn(
+                    txn, groups.before, room_id, base, delta, full_state=context.state_before
+                )
+            else:
+                create_state_group_txn(
+                    txn, groups.before, room_id, None, {}, full_state=context.state_before
+                )
+            state_group_before = groups.before
         txn.execute(
             "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender,"
             " topological_ordering, origin_server_ts, json, internal_metadata, rejected_reason,"
@@ -136,8 +245,8 @@ class EventPersister:
                 encode_canonical_json(event.pdu).decode("utf-8"),
                 json.dumps(metadata),
                 event.rejected_reason,
-                context.outlier,
-                context.state_group_before,
+                context.outlier or context.soft_failed,
+                state_group_before,
                 state_group_after,
             ),
         )
@@ -159,6 +268,20 @@ class EventPersister:
             )
         if context.outlier or event.rejected_reason is not None:
             return
+        _update_backward_extremities_txn(txn, event)
+        if event.type == "m.room.redaction" and not event.is_state and event.redacts is not None:
+            txn.execute(
+                "INSERT INTO redactions (event_id, redacts) VALUES (?, ?)"
+                " ON CONFLICT (event_id) DO NOTHING",
+                (event.event_id, event.redacts),
+            )
+        if context.soft_failed or context.backfilled:
+            # Its state is kept (later events may cite it) but nothing else moves.
+            if new_group is not None:
+                create_state_group_txn(
+                    txn, new_group, room_id, state_group_before, {event.state_tuple: event.event_id}
+                )
+            return
 
         # The new event replaces its prev_events as a forward extremity.
         for prev in event.prev_event_ids:
@@ -175,17 +298,25 @@ class EventPersister:
             key: StateKey = event.state_tuple
             # The create event starts from nothing; every later group is a delta.
             full_state: dict[StateKey, str] | None = (
-                None if context.state_group_before is not None else {}
+                None if state_group_before is not None else {}
             )
+            if state_group_before is None and context.state_before is not None:
+                full_state = {**context.state_before, key: event.event_id}
             create_state_group_txn(
                 txn,
                 new_group,
                 room_id,
-                context.state_group_before,
+                state_group_before,
                 {key: event.event_id},
                 full_state=full_state,
             )
-        if context.updates_current_state:
+        if context.current_state is not None:
+            assert groups.current is not None
+            _replace_current_state_txn(
+                txn, self._state, room_id, context.current_state, state_group_after,
+                groups.current, stream_ordering,
+            )
+        elif context.updates_current_state:
             txn.execute(
                 "UPDATE rooms SET current_state_group = ? WHERE room_id = ?",
                 (state_group_after, room_id),
@@ -193,11 +324,114 @@ class EventPersister:
             if event.is_state:
                 _update_current_state_txn(txn, self._state, event, stream_ordering)
 
-        if event.type == "m.room.redaction" and not event.is_state and event.redacts is not None:
-            txn.execute(
-                "INSERT INTO redactions (event_id, redacts) VALUES (?, ?)",
-                (event.event_id, event.redacts),
-            )
+
+@dataclass
+class _NewGroups:
+    """State groups a federated event needs beyond the usual "after" group."""
+
+    before: int | None = None
+    current: int | None = None
+
+
+def _state_delta(
+    base: Mapping[StateKey, str], target: Mapping[StateKey, str]
+) -> dict[StateKey, str | None]:
+    delta: dict[StateKey, str | None] = {k: v for k, v in target.items() if base.get(k) != v}
+    delta.update({k: None for k in base if k not in target})
+    return delta
+
+
+def _update_backward_extremities_txn(txn: Transaction, event: Event) -> None:
+    """Backward extremities are the events we know are missing (cited as prev_events but
+    not held): where backfill starts. Locally created events never add any."""
+    txn.execute(
+        "DELETE FROM event_backward_extremities WHERE room_id = ? AND event_id = ?",
+        (event.room_id, event.event_id),
+    )
+    prevs = list(dict.fromkeys(event.prev_event_ids))
+    if not prevs:
+        return
+    held = {
+        row[0]
+        for row in txn.select_in_chunks(
+            "SELECT event_id FROM events WHERE event_id IN ({in}) AND outlier = ?", prevs,
+            args_after=(False,),
+        )
+    }
+    txn.execute_many(
+        "INSERT INTO event_backward_extremities (room_id, event_id) VALUES (?, ?)"
+        " ON CONFLICT (room_id, event_id) DO NOTHING",
+        [(event.room_id, prev) for prev in prevs if prev not in held],
+    )
+
+
+def _replace_current_state_txn(
+    txn: Transaction,
+    state: StateStore,
+    room_id: str,
+    new_state: Mapping[StateKey, str],
+    state_group_after: int | None,
+    current_group: int,
+    stream_ordering: int,
+) -> None:
+    """Make `new_state` the room's current state: a new group (a delta against the event's
+    group), and the rows of current_state_events and room_memberships that changed."""
+    if state_group_after is not None:
+        after = load_group_txn(txn, state_group_after)
+        create_state_group_txn(
+            txn, current_group, room_id, state_group_after, _state_delta(after, new_state),
+            full_state=new_state,
+        )
+    else:
+        create_state_group_txn(txn, current_group, room_id, None, {}, full_state=new_state)
+    txn.execute(
+        "UPDATE rooms SET current_state_group = ? WHERE room_id = ?", (current_group, room_id)
+    )
+    old = {
+        (t, k): e
+        for t, k, e in txn.select_all(
+            "SELECT type, state_key, event_id FROM current_state_events WHERE room_id = ?",
+            (room_id,),
+        )
+    }
+    changed = {k: v for k, v in new_state.items() if old.get(k) != v}
+    removed = [k for k in old if k not in new_state]
+    for t, k in removed:
+        txn.execute(
+            "DELETE FROM current_state_events WHERE room_id = ? AND type = ? AND state_key = ?",
+            (room_id, t, k),
+        )
+    memberships: dict[str, str | None] = {}
+    member_ids = [eid for (t, _), eid in changed.items() if t == MEMBER]
+    for event_id, raw in txn.select_in_chunks(
+        "SELECT event_id, json FROM events WHERE event_id IN ({in})", member_ids
+    ):
+        content = json.loads(raw).get("content")
+        value = content.get("membership") if isinstance(content, dict) else None
+        memberships[event_id] = value if isinstance(value, str) else None
+    txn.execute_many(
+        "INSERT INTO current_state_events (room_id, type, state_key, event_id, membership)"
+        " VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (room_id, type, state_key)"
+        " DO UPDATE SET event_id = excluded.event_id, membership = excluded.membership",
+        [
+            (room_id, t, k, eid, memberships.get(eid) if t == MEMBER else None)
+            for (t, k), eid in changed.items()
+        ],
+    )
+    txn.execute_many(
+        "INSERT INTO room_memberships (room_id, user_id, event_id, membership,"
+        " stream_ordering, forgotten) VALUES (?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (room_id, user_id) DO UPDATE SET event_id = excluded.event_id,"
+        " membership = excluded.membership, stream_ordering = excluded.stream_ordering,"
+        " forgotten = excluded.forgotten",
+        [
+            (room_id, k, eid, memberships.get(eid) or "leave", stream_ordering, False)
+            for (t, k), eid in changed.items()
+            if t == MEMBER
+        ],
+    )
+    txn.call_after(state.current_state_replaced, room_id)
 
 
 def _update_current_state_txn(

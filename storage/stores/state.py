@@ -26,7 +26,7 @@ KEY_CACHE_SIZE = 100_000
 CURRENT_STATE_CACHE_ROOMS = 1000
 
 
-def _load_group_txn(txn: Transaction, group: int) -> dict[StateKey, str]:
+def load_group_txn(txn: Transaction, group: int) -> dict[StateKey, str]:
     """Resolve a group to its full state by walking its parents."""
     chain: list[int] = []
     current: int | None = group
@@ -97,7 +97,7 @@ def create_state_group_txn(
         if full_state is not None:
             base = dict(full_state)
         else:
-            base = _load_group_txn(txn, prev_group) if prev_group is not None else {}
+            base = load_group_txn(txn, prev_group) if prev_group is not None else {}
         entries = dict(apply_state_delta(base, delta))
         prev_group, chain_length = None, 0
     txn.execute(
@@ -193,7 +193,7 @@ class StateStore:
         if cached is not None:
             self._group_cache.move_to_end(group)
             return cached
-        state = await self._db.run_interaction("get_state_group", _load_group_txn, group)
+        state = await self._db.run_interaction("get_state_group", load_group_txn, group)
         self._group_cache[group] = state
         while len(self._group_cache) > GROUP_CACHE_SIZE:
             self._group_cache.popitem(last=False)
@@ -300,6 +300,13 @@ class StateStore:
         cached = self._current.get(room_id)
         if cached is not None:
             self._current[room_id] = cached.apply(key, event_id, membership)
+        for listener in self.current_state_listeners:
+            listener(room_id)
+
+    def current_state_replaced(self, room_id: str) -> None:
+        """After commit: the persister rewrote the room's current state wholesale (a remote
+        join, resolved forks); forget the cached copy here and in other processes."""
+        self.invalidate_current_state(room_id)
         for listener in self.current_state_listeners:
             listener(room_id)
 
