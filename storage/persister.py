@@ -67,6 +67,8 @@ class EventContext:
     # Old history fetched from another server: below every sync position, and no effect on
     # forward extremities or current state.
     backfilled: bool = False
+    # Federation: an outlier row with this event ID may exist and is to be replaced.
+    replace_outlier: bool = False
 
 
 class IdAllocator:
@@ -112,6 +114,47 @@ class EventPersister:
         if not rows:
             return
         await self._db.run_interaction("persist_outliers", self._persist_outliers_txn, rows)
+
+    async def persist_out_of_room_membership(
+        self, event: Event, metadata: dict
+    ) -> StoredEvent:
+        """A local user's membership in a room we hold no state for (an invite from another
+        server, a knock or leave we sent): stored as an outlier, but with a position in the
+        events stream and the user's membership row, so sync reports it."""
+        async with self._stream.next() as stream_ordering:
+            await self._db.run_interaction(
+                "persist_out_of_room_membership",
+                self._out_of_room_membership_txn,
+                event,
+                metadata,
+                stream_ordering,
+            )
+        return StoredEvent(event, stream_ordering, event.depth, metadata, True)
+
+    def _out_of_room_membership_txn(
+        self, txn: Transaction, event: Event, metadata: dict, stream_ordering: int
+    ) -> None:
+        assert event.state_key is not None and event.membership is not None
+        txn.execute("DELETE FROM events WHERE event_id = ? AND outlier = ?", (event.event_id, True))
+        txn.execute(
+            "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender,"
+            " topological_ordering, origin_server_ts, json, internal_metadata, rejected_reason,"
+            " outlier, state_group_before, state_group_after)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (stream_ordering, event.event_id, event.room_id, event.type, event.state_key,
+             event.sender, event.depth, event.origin_server_ts,
+             encode_canonical_json(event.pdu).decode("utf-8"), json.dumps(metadata), None,
+             True, None, None),
+        )
+        txn.execute(
+            "INSERT INTO room_memberships (room_id, user_id, event_id, membership,"
+            " stream_ordering, forgotten) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (room_id, user_id) DO UPDATE SET event_id = excluded.event_id,"
+            " membership = excluded.membership, stream_ordering = excluded.stream_ordering,"
+            " forgotten = excluded.forgotten",
+            (event.room_id, event.state_key, event.event_id, event.membership, stream_ordering,
+             False),
+        )
 
     def _persist_outliers_txn(self, txn: Transaction, rows: list[tuple[int, Event]]) -> None:
         known = {
@@ -214,6 +257,13 @@ class EventPersister:
     ) -> None:
         room_id = event.room_id
         state_group_before = context.state_group_before
+        if context.replace_outlier:
+            # Held as an outlier (an invite, an auth event) and now placed in the timeline.
+            for table in ("event_edges", "event_auth"):
+                txn.execute(f"DELETE FROM {table} WHERE event_id = ?", (event.event_id,))
+            txn.execute(
+                "DELETE FROM events WHERE event_id = ? AND outlier = ?", (event.event_id, True)
+            )
         if groups.before is not None:
             assert context.state_before is not None
             base = context.state_before_base

@@ -72,6 +72,33 @@ class EventCreator:
         self._room_changes = room_changes
         self._membership_changes = membership_changes
         self._writers = Linearizer("room_writer")
+        # Called with each event that reached the room's timeline (federation sends it on).
+        self.persisted_listeners: list[Any] = []
+
+    def room_writer(self, room_id: str) -> Any:
+        """The room's writer lock: held by whoever builds or persists an event of the room
+        (local sends here, federated events in `federation.event_handler`)."""
+        return self._writers.queue(room_id)
+
+    def finish_event(self, pdu: dict[str, Any], room_version: RoomVersion) -> Event:
+        """Sign and check a PDU built from a remote server's template (make_join etc.)."""
+        return self._finish(pdu, room_version)
+
+    async def persist_and_notify(
+        self, room_id: str, event: Event, context: EventContext
+    ) -> StoredEvent:
+        """Persist an event (with the room's writer lock held) and wake its readers."""
+        return await self._persist(room_id, event, context)
+
+    async def notify_membership(self, stored: StoredEvent) -> None:
+        """Wake the target of a membership stored outside the room's timeline (a remote
+        invite, a knock or leave of a room we are not in)."""
+        target = stored.event.state_key
+        if target is None:
+            return
+        self._room_changes.entity_changed(stored.event.room_id, stored.stream_ordering)
+        self._membership_changes.entity_changed(target, stored.stream_ordering)
+        await self._notifier.notify_room(stored.event.room_id, extra_users=[target])
 
     def _finish(self, pdu: dict[str, Any], room_version: RoomVersion) -> Event:
         """Sign, check size and canonical form, and wrap as an Event."""
@@ -160,26 +187,9 @@ class EventCreator:
                     if stored is not None:
                         return stored
             current = await self._state.get_current_state_ids(room_id)
-            extremities = await self._events.get_forward_extremities(room_id)
-            extremities.sort(key=lambda e: e[1], reverse=True)
-            prev = extremities[:MAX_PREV_EVENTS]
-            depth = max((d for _, d in prev), default=0) + 1
-            auth_keys = auth_types_for_event(
-                event_type, sender, state_key, content, room_version
+            pdu = await self.build_pdu(
+                room_id, room_version, sender, event_type, content, state_key, current
             )
-            auth_ids = [current[k] for k in auth_keys if k in current]
-            pdu: dict[str, Any] = {
-                "room_id": room_id,
-                "type": event_type,
-                "sender": sender,
-                "content": dict(content),
-                "origin_server_ts": self._clock.time_msec(),
-                "prev_events": [eid for eid, _ in prev],
-                "auth_events": auth_ids,
-                "depth": depth,
-            }
-            if state_key is not None:
-                pdu["state_key"] = state_key
             if extra:
                 pdu.update(extra)
             event = self._finish(pdu, room_version)
@@ -190,6 +200,46 @@ class EventCreator:
                 txn=txn,
             )
             return await self._persist(room_id, event, context)
+
+    async def build_pdu(
+        self,
+        room_id: str,
+        room_version: RoomVersion,
+        sender: str,
+        event_type: str,
+        content: Mapping[str, Any],
+        state_key: str | None,
+        current: Mapping[StateKey, str],
+    ) -> dict[str, Any]:
+        """An unsigned PDU on top of the room's forward extremities, citing its auth events
+        from `current` (also the template a joining server gets from make_join)."""
+        extremities = await self._events.get_forward_extremities(room_id)
+        extremities.sort(key=lambda e: e[1], reverse=True)
+        prev = extremities[:MAX_PREV_EVENTS]
+        depth = max((d for _, d in prev), default=0) + 1
+        auth_keys = auth_types_for_event(event_type, sender, state_key, content, room_version)
+        pdu: dict[str, Any] = {
+            "room_id": room_id,
+            "type": event_type,
+            "sender": sender,
+            "content": dict(content),
+            "origin_server_ts": self._clock.time_msec(),
+            "prev_events": [eid for eid, _ in prev],
+            "auth_events": [current[k] for k in auth_keys if k in current],
+            "depth": depth,
+        }
+        if state_key is not None:
+            pdu["state_key"] = state_key
+        if room_version.event_id_format is EventIdFormat.RANDOM_WITH_DOMAIN:
+            # v1/v2 cite events with their hashes.
+            stored = await self._events.get_events(pdu["prev_events"] + pdu["auth_events"])
+            pdu["prev_events"] = [[e, stored[e].pdu.get("hashes", {})] for e in pdu["prev_events"]]
+            pdu["auth_events"] = [[e, stored[e].pdu.get("hashes", {})] for e in pdu["auth_events"]]
+        return pdu
+
+    async def check_auth(self, event: Event, current: Mapping[StateKey, str]) -> None:
+        """403 M_FORBIDDEN unless the auth rules allow `event` against `current`."""
+        await self._check_auth(event, current)
 
     async def _check_auth(self, event: Event, current: Mapping[StateKey, str]) -> None:
         rv = event.room_version
@@ -207,6 +257,9 @@ class EventCreator:
 
     async def _persist(self, room_id: str, event: Event, context: EventContext) -> StoredEvent:
         stored = await self._persister.persist(event, context)
+        if stored.outlier or context.backfilled or event.rejected_reason is not None:
+            # Nothing a client syncs on moved.
+            return stored
         position = stored.stream_ordering
         self._room_changes.entity_changed(room_id, position)
         extra: list[str] = []
@@ -214,5 +267,13 @@ class EventCreator:
             self._membership_changes.entity_changed(event.state_key, position)
             # The target may no longer be joined (a leave, a kick) but must hear of it.
             extra.append(event.state_key)
+        if context.current_state is not None:
+            # A wholesale state change (resolved forks, a remote join) may change anyone's
+            # membership; local users' memberships are what sync caches.
+            for key in context.current_state:
+                if key[0] == MEMBER:
+                    self._membership_changes.entity_changed(key[1], position)
         await self._notifier.notify_room(room_id, extra_users=extra)
+        for listener in self.persisted_listeners:
+            listener(stored)
         return stored

@@ -73,7 +73,7 @@ class MembershipHandler:
     ) -> str:
         room_id = await self._directory.resolve_room(room_id_or_alias)
         room_version = await require_room(self._events, room_id, _NOT_ON_THIS_SERVER)
-        extra = await self._restricted_join_authoriser(requester.user_id, room_id, room_version)
+        extra = await self.restricted_join_authoriser(requester.user_id, room_id, room_version)
         await self._send_member(
             requester.user_id, room_id, requester.user_id, "join", reason, extra=extra
         )
@@ -192,7 +192,7 @@ class MembershipHandler:
         if await self._accounts.get_account(target) is None:
             raise MatrixError(404, Codes.NOT_FOUND, f"Unknown user {target}")
 
-    async def _restricted_join_authoriser(
+    async def restricted_join_authoriser(
         self, user_id: str, room_id: str, room_version: RoomVersion
     ) -> dict[str, Any] | None:
         """For a restricted room the user may join through its `allow` list, the content

@@ -455,6 +455,14 @@ class SyncHandler:
         }
 
     async def _stripped_state(self, membership: Membership) -> list[dict[str, Any]]:
+        stored = await self._events.get_stored_event(membership.event_id)
+        if stored is not None:
+            # An invite from another server (or a knock through one) carries the room's
+            # stripped state as that server sent it: we hold none of the room's state.
+            for key in ("invite_room_state", "knock_room_state"):
+                remote = stored.internal_metadata.get(key)
+                if isinstance(remote, list):
+                    return [*remote, _stripped(stored.event)]
         state = await self._state.get_current_state_ids(membership.room_id)
         ids = [state[(t, "")] for t in STRIPPED_STATE_TYPES if (t, "") in state]
         events = await self._events.get_events(ids + [membership.event_id])

@@ -63,6 +63,12 @@ class EventStore:
         while len(self._cache) > EVENT_CACHE_SIZE:
             self._cache.popitem(last=False)
 
+    def forget_event(self, event_id: str) -> None:
+        """Drop cached copies of an event whose row was replaced (an outlier that became a
+        timeline event)."""
+        self._cache.pop(event_id, None)
+        self._state_groups.pop(event_id, None)
+
     async def get_stored_events(self, event_ids: Iterable[str]) -> dict[str, StoredEvent]:
         wanted = list(dict.fromkeys(event_ids))
         found = {eid: self._cache[eid] for eid in wanted if eid in self._cache}
