@@ -10,6 +10,15 @@ from twisted.internet import defer, task
 from twisted.web import resource, server
 
 from client_api.http import HeddleRequest, HeddleSite, JsonResource, Router
+from federation.client import FederationClient
+from federation.discovery import HttpsWellKnownFetcher, IPRangeFilter, ServerResolver, TlsConnector
+from federation.event_handler import FederationEventHandler
+from federation.keys import KeyRing
+from federation.membership import FederationMembership
+from federation.outbound import OutboundEvents
+from federation.queries import RemoteQueries
+from federation.sender import FederationSender
+from federation.transaction import TransactionHandler
 from homeserver.account_data import AccountDataHandler
 from homeserver.auth.account import AccountHandler
 from homeserver.auth.credentials import CredentialChecker
@@ -56,11 +65,14 @@ from storage.stores.aliases import AliasStore
 from storage.stores.devices import DeviceStore
 from storage.stores.directory import RoomDirectoryStore, UserDirectoryStore
 from storage.stores.events import EventStore
+from storage.stores.federation_events import FederationEventStore
+from storage.stores.federation_queue import FederationQueueStore
 from storage.stores.filters import FilterStore
 from storage.stores.presence import PresenceStore
 from storage.stores.profiles import ProfileStore
 from storage.stores.receipts import ReceiptStore
 from storage.stores.rooms import RoomStore
+from storage.stores.server_keys import ServerKeyStore
 from storage.stores.state import StateStore
 from storage.stores.tokens import TokenStore
 from storage.stores.uia import UiaStore
@@ -316,12 +328,97 @@ class HomeServer:
         )
         self.membership.forget_listeners.append(self.sync.forget_memberships)
 
-        # Federation (issue 4).
-        # (federation objects are constructed here)
-
+        # Federation (issue 4): outbound requests (discovery, TLS, signing), keys, the
+        # persisted send queue, inbound events and membership, remote lookups.
+        fed = config.federation
+        self.federation_event_store = FederationEventStore(self.db)
+        self.federation_connector = TlsConnector(
+            reactor, IPRangeFilter(fed.ip_range_blocklist, fed.ip_range_allowlist)
+        )
+        self.server_resolver = ServerResolver(
+            self.clock,
+            fetch_well_known=HttpsWellKnownFetcher(reactor, fed, self.federation_connector),
+        )
+        self.federation_client = FederationClient(
+            reactor,
+            self.clock,
+            self.server_name,
+            self.signing_key,
+            fed,
+            self.server_resolver,
+            self.federation_connector,
+        )
+        self.server_key_store = ServerKeyStore(self.db)
+        self.keyring = KeyRing(
+            self.server_name,
+            self.signing_key,
+            fed,
+            self.clock,
+            self.server_key_store,
+            self.federation_client,
+        )
+        self.federation_queue_store = FederationQueueStore(self.db)
+        self.federation_sender = FederationSender(
+            reactor,
+            self.clock,
+            self.server_name,
+            fed,
+            self.federation_queue_store,
+            self.federation_client,
+            self._load_pdus,
+        )
+        self.federation_events = FederationEventHandler(
+            self.server_name,
+            self.keyring,
+            self.federation_client,
+            self.event_store,
+            self.federation_event_store,
+            self.state_store,
+            self.persister,
+            self.event_creator,
+        )
+        self.federation_membership = FederationMembership(
+            self.server_name,
+            self.signing_key,
+            self.clock,
+            self.federation_client,
+            self.federation_events,
+            self.event_creator,
+            self.persister,
+            self.event_store,
+            self.federation_event_store,
+            self.state_store,
+            self.room_store,
+            self.accounts,
+            self.membership,
+            self.federation_sender,
+            fed.max_join_response_bytes,
+        )
+        self.federation_transactions = TransactionHandler(
+            self.clock,
+            self.federation_event_store,
+            self.event_store,
+            self.state_store,
+            self.federation_events,
+            self.federation_sender,
+        )
+        self.remote_queries = RemoteQueries(self.clock, self.federation_client, fed.enabled)
+        self.profiles.remote = self.remote_queries
+        self.directory.remote = self.remote_queries
+        self.room_list.remote = self.remote_queries
+        if fed.enabled:
+            self.membership.federation = self.federation_membership
+            self.event_creator.remote_invite = self.federation_membership.invite_remote_user
+            outbound = OutboundEvents(self.server_name, self.state_store, self.federation_sender)
+            self.event_creator.persisted_listeners.append(outbound.on_event_persisted)
 
         self.ports: list[Any] = []
         self._uia_cleanup: task.LoopingCall | None = None
+
+    async def _load_pdus(self, event_ids: list[str]) -> list[dict[str, Any]]:
+        """The PDUs of queued events, in order, for the federation sender."""
+        events = await self.event_store.get_events(event_ids)
+        return [events[e].pdu for e in event_ids if e in events]
 
     def _current_state_changed_elsewhere(self, room_id: Any) -> None:
         if isinstance(room_id, str):
@@ -358,6 +455,7 @@ class HomeServer:
         )
         self._uia_cleanup.clock = self.reactor
         self._uia_cleanup.start(UIA_CLEANUP_INTERVAL_S, now=False)
+        await self.federation_sender.start()
 
     def build_client_resource(self) -> resource.Resource:
         from client_api.routes import register_client_servlets
@@ -413,6 +511,7 @@ class HomeServer:
         return port
 
     async def stop(self) -> None:
+        self.federation_sender.stop()
         if self._uia_cleanup is not None and self._uia_cleanup.running:
             self._uia_cleanup.stop()
         self.presence.stop()
@@ -423,5 +522,6 @@ class HomeServer:
                 await stopped
         self.ports = []
         await self.replication.stop()
+        await self.federation_client.close()
         self.db.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import logging
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from homeserver.config import (
 )
 from homeserver.errors import MatrixError
 from homeserver.signing_key import write_new_signing_key
+from homeserver.tls import generate_self_signed_certificate
 
 logger = logging.getLogger("heddle")
 
@@ -72,6 +74,7 @@ def generate_config(server_name: str, data_dir: str, port: int = 8008) -> Path:
         raise StartupError(f"{config_path} already exists; not overwriting it")
     # Validate (server name, port) before creating anything on disk.
     text = generate_config_text(server_name, data_dir, port)
+    text = _with_federation_listener(text, server_name, port)
     directory.mkdir(parents=True, exist_ok=True)
     config_path.write_text(text, encoding="utf-8")
     config_path.chmod(0o600)
@@ -79,7 +82,43 @@ def generate_config(server_name: str, data_dir: str, port: int = 8008) -> Path:
     key_path = config.resolve_path(config.signing_key_path)
     if not key_path.exists():
         write_new_signing_key(key_path)
+    for listener in config.listeners:
+        if listener.type != "federation" or not listener.tls:
+            continue
+        cert_path = config.resolve_path(listener.tls_certificate_path or "")
+        tls_key_path = config.resolve_path(listener.tls_private_key_path or "")
+        if not cert_path.exists() and not tls_key_path.exists():
+            generate_self_signed_certificate(cert_path, tls_key_path, server_name)
     return config_path
+
+
+def federation_port_for(client_port: int) -> int:
+    """The generated federation listener's port: 440 above the client port (so the default
+    8008 gives the spec's 8448), or below it near the top of the range; 0 stays 0."""
+    if client_port == 0:
+        return 0
+    return client_port + 440 if client_port <= 65535 - 440 else client_port - 440
+
+
+def _with_federation_listener(text: str, server_name: str, port: int) -> str:
+    """Add a TLS federation listener, with a self-signed certificate, to a generated config."""
+    base = server_name.replace(":", "_")
+    block = f"""\
+  # Other servers (federation), over TLS with a generated self-signed certificate. Like the
+  # others it binds to loopback: to federate, bind 0.0.0.0 and use a certificate that other
+  # servers trust (they refuse self-signed ones), e.g. from Let's Encrypt.
+  - type: federation
+    bind_address: 127.0.0.1
+    port: {federation_port_for(port)}
+    tls: true
+    tls_certificate_path: {json.dumps(base + ".tls.crt")}
+    tls_private_key_path: {json.dumps(base + ".tls.key")}
+"""
+    marker = "\ndatabase:\n"
+    if marker not in text:
+        raise StartupError("cannot add the federation listener to the generated config")
+    head, tail = text.split(marker, 1)
+    return f"{head}\n{block}database:\n{tail}"
 
 
 def _config_for_run(args: argparse.Namespace) -> HomeserverConfig:

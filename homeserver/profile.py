@@ -1,9 +1,11 @@
-"""User profiles (display name and avatar) of local users."""
+"""User profiles (display name and avatar): local users', and other servers' users' through a
+federation profile query (`federation/queries.py`: cached briefly; their server answering
+404 is 404 M_NOT_FOUND, failing to answer is 502 M_UNKNOWN)."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from homeserver.auth.tokens import Requester
 from homeserver.errors import Codes, MatrixError
@@ -14,6 +16,9 @@ from storage.stores.events import EventStore
 from storage.stores.profiles import Profile, ProfileStore
 from storage.stores.rooms import RoomStore
 from storage.stores.state import StateStore
+
+if TYPE_CHECKING:
+    from federation.queries import RemoteQueries
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +38,11 @@ class ProfileHandler:
         state: StateStore,
         events: EventStore,
         creator: EventCreator,
+        remote: RemoteQueries | None = None,
     ) -> None:
         self._server_name = server_name
+        # Set once federation exists (app.py builds it after the handlers).
+        self.remote = remote
         self._store = store
         self._rooms = rooms
         self._state = state
@@ -42,10 +50,21 @@ class ProfileHandler:
         self._creator = creator
 
     async def get_profile(self, user_id: str) -> Profile:
+        """Any user's profile; 404 M_NOT_FOUND if there is none."""
         _, server = split_user_id(user_id)
         if server != self._server_name:
-            # Remote profiles need the federation query API (issue 4).
-            raise MatrixError(404, Codes.NOT_FOUND, "Profile lookups on other servers are not supported yet")
+            if self.remote is None:
+                raise MatrixError(
+                    404, Codes.NOT_FOUND, "Profile lookups on other servers are not available"
+                )
+            return await self.remote.get_profile(user_id)
+        return await self.get_local_profile(user_id)
+
+    async def get_local_profile(self, user_id: str) -> Profile:
+        """A profile of one of our users; 404 M_NOT_FOUND for anyone else."""
+        _, server = split_user_id(user_id)
+        if server != self._server_name:
+            raise MatrixError(404, Codes.NOT_FOUND, f"{user_id} is not a user of this server")
         profile = await self._store.get_profile(user_id)
         if profile is None:
             raise MatrixError(404, Codes.NOT_FOUND, "Profile was not found")
@@ -64,7 +83,7 @@ class ProfileHandler:
             raise MatrixError(
                 400, Codes.TOO_LARGE, f"Display name may not exceed {MAX_DISPLAYNAME_LENGTH} characters"
             )
-        await self.get_profile(user_id)
+        await self.get_local_profile(user_id)
         await self._store.set_displayname(user_id, value or None)
         await self.update_member_events(user_id)
 
@@ -76,7 +95,7 @@ class ProfileHandler:
             raise MatrixError(
                 400, Codes.TOO_LARGE, f"Avatar URL may not exceed {MAX_AVATAR_URL_LENGTH} characters"
             )
-        await self.get_profile(user_id)
+        await self.get_local_profile(user_id)
         await self._store.set_avatar_url(user_id, value or None)
         await self.update_member_events(user_id)
 
@@ -87,7 +106,7 @@ class ProfileHandler:
         The rest of the member content is kept. A room that refuses the event (or fails)
         is logged and skipped: it must not stop the others. Returns how many were sent.
         """
-        profile = await self.get_profile(user_id)
+        profile = await self.get_local_profile(user_id)
         sent = 0
         for membership in await self._rooms.get_rooms_for_user(user_id, ("join",)):
             room_id = membership.room_id

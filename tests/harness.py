@@ -41,14 +41,14 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 ENGINES = ("sqlite", "postgresql")
 
-_pg_database_url: str | None = None
+_pg_database_urls: dict[int, str] = {}
 
 
-def postgres_database_url() -> str:
-    """A database for this test process, created on first use and dropped at exit."""
-    global _pg_database_url
-    if _pg_database_url is None:
-        name = f"heddle_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+def postgres_database_url(slot: int = 0) -> str:
+    """A database for this test process, created on first use and dropped at exit. Tests
+    running several servers (federation) give each its own `slot`."""
+    if slot not in _pg_database_urls:
+        name = f"heddle_test_{os.getpid()}_{uuid.uuid4().hex[:8]}s{slot}"
         admin = psycopg2.connect(POSTGRES_ADMIN_URL)
         admin.autocommit = True
         with admin.cursor() as cur:
@@ -56,9 +56,9 @@ def postgres_database_url() -> str:
             cur.execute(f'CREATE DATABASE "{name}"')
         admin.close()
         base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
-        _pg_database_url = f"{base}/{name}"
+        _pg_database_urls[slot] = f"{base}/{name}"
         atexit.register(_drop_database, name)
-    return _pg_database_url
+    return _pg_database_urls[slot]
 
 
 def _drop_abandoned_databases(cur: Any) -> None:
@@ -104,15 +104,35 @@ def reset_postgres_database(url: str) -> None:
         conn.close()
 
 
-def database_url_for(engine: str, data_dir: Path) -> str:
+def database_url_for(engine: str, data_dir: Path, slot: int = 0) -> str:
     if engine == "sqlite":
         return f"sqlite:///{data_dir / 'homeserver.db'}"
-    url = postgres_database_url()
+    url = postgres_database_url(slot)
     reset_postgres_database(url)
     return url
 
 
-def make_config(engine: str, data_dir: Path, **overrides: Any) -> HomeserverConfig:
+def isolate_from_dns(hs: HomeServer) -> None:
+    """Tests never reach the network: SRV lookups find nothing, .well-known fetches and
+    host name lookups fail at once (IP literals, as test servers use, still work)."""
+
+    async def no_srv(name: str) -> list[Any]:
+        return []
+
+    async def no_well_known(host: str) -> Any:
+        raise ConnectionRefusedError(f"tests do not fetch https://{host}/.well-known")
+
+    async def no_host_lookup(host: str) -> list[str]:
+        raise ConnectionRefusedError(f"tests do not resolve {host}")
+
+    hs.server_resolver._lookup_srv = no_srv  # type: ignore[attr-defined]
+    hs.server_resolver._fetch_well_known = no_well_known  # type: ignore[attr-defined]
+    hs.federation_connector._resolve_host = no_host_lookup  # type: ignore[attr-defined]
+
+
+def make_config(
+    engine: str, data_dir: Path, slot: int = 0, **overrides: Any
+) -> HomeserverConfig:
     """A config for a test server: random loopback ports, fast bcrypt, no rate limits."""
     key_path = data_dir / "signing.key"
     if not key_path.exists():
@@ -125,7 +145,7 @@ def make_config(engine: str, data_dir: Path, **overrides: Any) -> HomeserverConf
             {"type": "client", "bind_address": "127.0.0.1", "port": 0},
             {"type": "metrics", "bind_address": "127.0.0.1", "port": 0},
         ],
-        "database": {"url": database_url_for(engine, data_dir)},
+        "database": {"url": database_url_for(engine, data_dir, slot)},
         "registration": {"enabled": True, "shared_secret": "test-shared-secret"},
         "auth": {"jwt_secret": "test-jwt-secret-" + "x" * 32, "bcrypt_rounds": 4},
         "rate_limits": {"enabled": False},
@@ -204,6 +224,7 @@ class HomeserverTestCase:
         data_dir = Path(tempfile.mkdtemp(prefix="heddle-test-"))
         config = make_config(self.engine, data_dir, **{**self.config_overrides, **overrides})
         hs = HomeServer(config, reactor)
+        isolate_from_dns(hs)
         await hs.setup()
         hs.start_listening()
         self.addCleanup(lambda: defer.ensureDeferred(hs.stop()))  # type: ignore[attr-defined]

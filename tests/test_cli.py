@@ -20,6 +20,7 @@ from twisted.trial import unittest
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 
+from homeserver.cli import federation_port_for
 from homeserver.config import load_config
 from tests.harness import BytesProducer, postgres_database_url, reset_postgres_database
 
@@ -160,7 +161,7 @@ class CliTestCase(unittest.TestCase):
         *,
         port: int | None = None,
     ) -> Path:
-        """`heddle generate-config`, then both listeners moved to free loopback ports."""
+        """`heddle generate-config`, then every listener moved to a free loopback port."""
         data_dir = data_dir or self.tmpdir() / "data"
         client_port = port if port is not None else free_port()
         proc = await self.heddle(
@@ -175,7 +176,8 @@ class CliTestCase(unittest.TestCase):
         self.assertEqual(proc.exit_code, 0, proc)
         config_path = data_dir / "homeserver.yaml"
         raw = yaml.safe_load(config_path.read_text())
-        raw["listeners"][1]["port"] = free_port()
+        for listener in raw["listeners"][1:]:
+            listener["port"] = free_port()
         # Tests should not wait for bcrypt's production cost.
         raw["auth"]["bcrypt_rounds"] = 4
         config_path.write_text(yaml.safe_dump(raw))
@@ -279,6 +281,12 @@ class GenerateConfigTests(CliTestCase):
         self.assertEqual(config.listeners[0].type, "client")
         self.assertEqual(config.listeners[0].port, port)
         self.assertEqual(config.database_url, f"sqlite:///{data_dir / 'homeserver.db'}")
+        federation = next(lst for lst in config.listeners if lst.type == "federation")
+        self.assertEqual((federation.port, federation.tls), (federation_port_for(port), True))
+        cert_path = config.resolve_path(federation.tls_certificate_path or "")
+        self.assertEqual(cert_path, data_dir / "example.org.tls.crt")
+        tls_key_path = config.resolve_path(federation.tls_private_key_path or "")
+        self.assertEqual(stat.S_IMODE(tls_key_path.stat().st_mode), 0o600)
 
         key_path = config.resolve_path(config.signing_key_path)
         self.assertEqual(key_path, data_dir / "example.org.signing.key")
@@ -290,7 +298,12 @@ class GenerateConfigTests(CliTestCase):
         # Nothing was started: no database, nothing listening.
         self.assertEqual(
             sorted(p.name for p in data_dir.iterdir()),
-            ["example.org.signing.key", "homeserver.yaml"],
+            [
+                "example.org.signing.key",
+                "example.org.tls.crt",
+                "example.org.tls.key",
+                "homeserver.yaml",
+            ],
         )
         self.assertTrue(port_is_free(port))
 

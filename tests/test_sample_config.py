@@ -8,7 +8,6 @@ is required) with its real default value.
 from __future__ import annotations
 
 import re
-
 import typing
 from pathlib import Path
 from typing import Any

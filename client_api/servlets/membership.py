@@ -34,6 +34,13 @@ def _check_no_third_party(body: JoinBody) -> None:
         raise MatrixError(403, Codes.FORBIDDEN, "Third-party invites are not supported")
 
 
+def _via(request: HeddleRequest) -> list[str]:
+    """Servers to join or knock through: `via`, or the older `server_name` parameter."""
+    args = request.args or {}
+    values = args.get(b"via") or args.get(b"server_name") or []
+    return [v.decode("utf-8", "replace") for v in values]
+
+
 class JoinRoomByIdServlet:
     PATTERNS = [client_path(f"{ROOM}/join")]
 
@@ -50,7 +57,6 @@ class JoinRoomByIdServlet:
 
 
 class JoinServlet:
-    # `via` (servers to join through) only matters for joins over federation (issue 4).
     PATTERNS = [client_path("/join/(?P<room_id_or_alias>[^/]+)")]
 
     def __init__(self, hs: HomeServer) -> None:
@@ -60,7 +66,9 @@ class JoinServlet:
         requester = await require_user(self._hs, request)
         body = parse_body(parse_json_object(request), JoinBody)
         _check_no_third_party(body)
-        room_id = await self._hs.membership.join(requester, room_id_or_alias, body.reason)
+        room_id = await self._hs.membership.join(
+            requester, room_id_or_alias, body.reason, via=_via(request)
+        )
         return 200, {"room_id": room_id}
 
 
@@ -73,7 +81,9 @@ class KnockServlet:
     async def on_POST(self, request: HeddleRequest, room_id_or_alias: str) -> tuple[int, Any]:
         requester = await require_user(self._hs, request)
         body = parse_body(parse_json_object(request), ReasonBody)
-        room_id = await self._hs.membership.knock(requester, room_id_or_alias, body.reason)
+        room_id = await self._hs.membership.knock(
+            requester, room_id_or_alias, body.reason, via=_via(request)
+        )
         return 200, {"room_id": room_id}
 
 

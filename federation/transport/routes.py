@@ -36,8 +36,52 @@ class FederationVersionServlet:
 
 def federation_servlets() -> list[Any]:
     # Imported here so each servlet module can import this one for its path helpers.
+    from federation.transport.events import (
+        BackfillServlet,
+        EventAuthServlet,
+        EventServlet,
+        GetMissingEventsServlet,
+        StateIdsServlet,
+        StateServlet,
+    )
+    from federation.transport.keys import (
+        BulkQueryServerKeysServlet,
+        QueryServerKeysServlet,
+        ServerKeysServlet,
+    )
+    from federation.transport.membership import (
+        InviteServlet,
+        MakeMembershipServlet,
+        SendMembershipServlet,
+        SendTransactionServlet,
+    )
+    from federation.transport.queries import (
+        FederationPublicRoomsServlet,
+        QueryDirectoryServlet,
+        QueryProfileServlet,
+        QueryServlet,
+    )
+
     return [
         FederationVersionServlet,
+        ServerKeysServlet,
+        QueryServerKeysServlet,
+        BulkQueryServerKeysServlet,
+        EventServlet,
+        StateServlet,
+        StateIdsServlet,
+        EventAuthServlet,
+        BackfillServlet,
+        GetMissingEventsServlet,
+        QueryProfileServlet,
+        QueryDirectoryServlet,
+        # After the specific query types: it answers every other one.
+        QueryServlet,
+        FederationPublicRoomsServlet,
+        SendTransactionServlet,
+        MakeMembershipServlet,
+        SendMembershipServlet,
+        InviteServlet,
     ]
 
 

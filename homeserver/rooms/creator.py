@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 import string
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from homeserver.clock import Clock
@@ -73,7 +73,9 @@ class EventCreator:
         self._membership_changes = membership_changes
         self._writers = Linearizer("room_writer")
         # Called with each event that reached the room's timeline (federation sends it on).
-        self.persisted_listeners: list[Any] = []
+        self.persisted_listeners: list[Callable[[StoredEvent], Awaitable[None]]] = []
+        # Federation: has a remote invitee's server countersign an invite (set when enabled).
+        self.remote_invite: Callable[[Event], Awaitable[Event]] | None = None
 
     def room_writer(self, room_id: str) -> Any:
         """The room's writer lock: held by whoever builds or persists an event of the room
@@ -194,6 +196,15 @@ class EventCreator:
                 pdu.update(extra)
             event = self._finish(pdu, room_version)
             await self._check_auth(event, current)
+            if (
+                self.remote_invite is not None
+                and event.type == MEMBER
+                and event.membership == "invite"
+                and event.state_key is not None
+                and event.state_key.split(":", 1)[-1] != self._server_name
+            ):
+                # The invitee's server countersigns before the invite enters the room.
+                event = await self.remote_invite(event)
             context = EventContext(
                 state_group_before=await self._events.get_current_state_group(room_id),
                 replaces_state=current.get(event.state_tuple) if event.is_state else None,
@@ -275,5 +286,5 @@ class EventCreator:
                     self._membership_changes.entity_changed(key[1], position)
         await self._notifier.notify_room(room_id, extra_users=extra)
         for listener in self.persisted_listeners:
-            listener(stored)
+            await listener(stored)
         return stored

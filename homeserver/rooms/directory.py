@@ -3,7 +3,9 @@
 Aliases (client-server API "Room aliases"): this server hosts `#local:our.server` aliases.
 Anyone may resolve one; a member of the room may create one; its creator, a room member
 with the power to change `m.room.canonical_alias`, or a server admin may delete it.
-Resolving aliases on other servers needs federation (issue 4) and answers 404 until then.
+Aliases on other servers are resolved by asking their server (federation `query/directory`,
+through `federation/queries.py`), and other servers' directories are listed through their
+federation `publicRooms`.
 
 `DirectoryHandler.validate_canonical_alias` is what the state-sending path calls before an
 `m.room.canonical_alias` event is sent: new aliases must be well formed (400
@@ -26,7 +28,7 @@ import logging
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from homeserver.auth.tokens import Requester
 from homeserver.errors import Codes, MatrixError
@@ -53,6 +55,9 @@ from storage.stores.directory import PublishedRoom, RoomDirectoryStore
 from storage.stores.events import EventStore
 from storage.stores.rooms import RoomStore
 from storage.stores.state import StateStore
+
+if TYPE_CHECKING:
+    from federation.queries import RemoteQueries
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +120,11 @@ class DirectoryHandler:
         power: RoomPower,
         visibility: HistoryVisibility,
         creator: EventCreator,
+        remote: RemoteQueries | None = None,
     ) -> None:
         self._server_name = server_name
+        # Set once federation exists (app.py builds it after the handlers).
+        self.remote = remote
         self._aliases = aliases
         self._events = events
         self._state = state
@@ -152,7 +160,16 @@ class DirectoryHandler:
         logger.info("alias %s -> %s created by %s", room_alias, room_id, requester.user_id)
 
     async def resolve_room_alias(self, room_alias: str) -> tuple[str, list[str]]:
-        """(room ID, servers that can help join it) for an alias; 404 M_NOT_FOUND if none."""
+        """(room ID, servers that can help join it) for an alias; 404 M_NOT_FOUND if none.
+        Another server's alias is asked of that server (502 M_UNKNOWN if it cannot answer)."""
+        _, server = split_room_alias(room_alias)
+        if server != self._server_name and self.remote is not None:
+            return await self.remote.resolve_room_alias(room_alias)
+        return await self.resolve_local_alias(room_alias)
+
+    async def resolve_local_alias(self, room_alias: str) -> tuple[str, list[str]]:
+        """(room ID, this server then those of joined members) for one of our aliases, as
+        the federation directory query answers; 404 M_NOT_FOUND for any other alias."""
         room_id = await self.get_room_id_for_alias(room_alias)
         return room_id, await self._servers_in_room(room_id)
 
@@ -366,8 +383,11 @@ class RoomListHandler:
         store: RoomDirectoryStore,
         contents: StateContents,
         power: RoomPower,
+        remote: RemoteQueries | None = None,
     ) -> None:
         self._server_name = server_name
+        # Set once federation exists (app.py builds it after the handlers).
+        self.remote = remote
         self._store = store
         self._contents = contents
         self._power = power
@@ -399,21 +419,25 @@ class RoomListHandler:
         await self._store.set_visibility(room_id, visibility == "public")
         logger.info("room %s made %s in the directory by %s", room_id, visibility, requester.user_id)
 
-    def check_server(self, server: str | None) -> None:
-        """Only our own directory can be listed until federation exists (issue 4)."""
+    def _remote_for(self, server: str | None) -> RemoteQueries | None:
+        """How to reach `server`'s directory if it is another server's, None if it is ours
+        (400 M_INVALID_PARAM if it is not a server name; 404 M_NOT_FOUND without
+        federation)."""
         if server is None or server == self._server_name:
-            return
+            return None
         if not is_valid_server_name(server):
             raise MatrixError(400, Codes.INVALID_PARAM, f"Invalid server name: {server[:100]!r}")
-        raise MatrixError(
-            404,
-            Codes.NOT_FOUND,
-            f"Cannot list the room directory of {server}: other servers' directories are not"
-            " available yet",
-        )
+        if self.remote is None:
+            raise MatrixError(
+                404,
+                Codes.NOT_FOUND,
+                f"Cannot list the room directory of {server}: other servers' directories are"
+                " not available",
+            )
+        return self.remote
 
     async def get_public_rooms(self, server: str | None, query: PublicRoomsQuery) -> dict[str, Any]:
-        """A page of GET/POST /publicRooms.
+        """A page of GET/POST /publicRooms: ours, or through federation another server's.
 
         Every published room is read with its member count (cheap: see the store), then
         filtered here: matching the search term needs each room's name, topic and alias,
@@ -421,9 +445,11 @@ class RoomListHandler:
         which SQL cannot do the same way on both engines. Only the rooms on the page are
         described without a filter.
         """
-        self.check_server(server)
         if query.limit is not None and query.limit < 0:
             raise MatrixError(400, Codes.INVALID_PARAM, "'limit' must not be negative")
+        remote = self._remote_for(server)
+        if remote is not None and server is not None:
+            return await remote.get_public_rooms(server, query)
         # 0, like no limit, means "as many as you will give".
         limit = min(query.limit or MAX_PUBLIC_ROOMS_LIMIT, MAX_PUBLIC_ROOMS_LIMIT)
         position = _decode_token(query.since) if query.since is not None else None

@@ -11,8 +11,8 @@ existing event), and the parts that need federation (issue 4), which answer with
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from homeserver.auth.tokens import Requester
 from homeserver.errors import Codes, MatrixError
@@ -29,7 +29,14 @@ from storage.stores.profiles import ProfileStore
 from storage.stores.rooms import RoomStore
 from storage.stores.state import StateStore
 
+if TYPE_CHECKING:
+    from federation.membership import FederationMembership
+
 logger = logging.getLogger(__name__)
+
+
+def server_of_id(identifier: str) -> str:
+    return identifier.split(":", 1)[1] if ":" in identifier else ""
 
 MEMBERSHIPS = ("join", "invite", "knock", "leave", "ban")
 # Memberships whose events carry the target's display name and avatar.
@@ -65,13 +72,26 @@ class MembershipHandler:
         # Called with the user ID after a forget, which changes no stream: caches of the
         # user's rooms (sync) must drop their copy.
         self.forget_listeners: list[Callable[[str], None]] = []
+        # Joins, knocks and invite rejections of rooms held by other servers (set by the
+        # composition root when federation is enabled).
+        self.federation: FederationMembership | None = None
 
     # ----- the actions ---------------------------------------------------------------------
 
     async def join(
-        self, requester: Requester, room_id_or_alias: str, reason: str | None = None
+        self,
+        requester: Requester,
+        room_id_or_alias: str,
+        reason: str | None = None,
+        via: Sequence[str] = (),
     ) -> str:
-        room_id = await self._directory.resolve_room(room_id_or_alias)
+        room_id, servers = await self._room_and_servers(room_id_or_alias, via)
+        remote = await self._remote_servers_if_not_resident(requester.user_id, room_id, servers)
+        if remote:
+            assert self.federation is not None
+            content = await self._member_content(requester.user_id, "join", reason)
+            await self.federation.remote_join(requester.user_id, room_id, remote, content)
+            return room_id
         room_version = await require_room(self._events, room_id, _NOT_ON_THIS_SERVER)
         extra = await self.restricted_join_authoriser(requester.user_id, room_id, room_version)
         await self._send_member(
@@ -80,9 +100,19 @@ class MembershipHandler:
         return room_id
 
     async def knock(
-        self, requester: Requester, room_id_or_alias: str, reason: str | None = None
+        self,
+        requester: Requester,
+        room_id_or_alias: str,
+        reason: str | None = None,
+        via: Sequence[str] = (),
     ) -> str:
-        room_id = await self._directory.resolve_room(room_id_or_alias)
+        room_id, servers = await self._room_and_servers(room_id_or_alias, via)
+        remote = await self._remote_servers_if_not_resident(requester.user_id, room_id, servers)
+        if remote:
+            assert self.federation is not None
+            content = await self._member_content(requester.user_id, "knock", reason)
+            await self.federation.remote_knock(requester.user_id, room_id, remote, content)
+            return room_id
         await require_room(self._events, room_id, _NOT_ON_THIS_SERVER)
         await self._send_member(requester.user_id, room_id, requester.user_id, "knock", reason)
         return room_id
@@ -108,6 +138,17 @@ class MembershipHandler:
         if current is not None and current.membership == "leave":
             # Already gone (left, or kicked): nothing to do, and the auth rules would refuse
             # a second leave.
+            return
+        if current is not None and self.federation is not None and not (
+            await self.federation.is_resident(room_id)
+        ):
+            # Rejecting an invite (or withdrawing a knock) to a room held elsewhere: the
+            # leave goes through the server that invited us, or the room's own.
+            event = await self._events.get_event(current.event_id)
+            servers = [server_of_id(event.sender)] if event is not None else []
+            servers.append(server_of_id(room_id))
+            content = await self._member_content(requester.user_id, "leave", reason)
+            await self.federation.remote_leave(requester.user_id, room_id, servers, content)
             return
         await self._send_member(requester.user_id, room_id, requester.user_id, "leave", reason)
 
@@ -177,18 +218,64 @@ class MembershipHandler:
 
     # ----- helpers -------------------------------------------------------------------------
 
+    async def _room_and_servers(
+        self, room_id_or_alias: str, via: Sequence[str]
+    ) -> tuple[str, list[str]]:
+        """The room ID and the servers to join it through: `via` first, then those the
+        alias lookup named, then the room ID's own server."""
+        servers = list(via)
+        if room_id_or_alias.startswith("#"):
+            room_id, alias_servers = await self._directory.resolve_room_alias(room_id_or_alias)
+            servers.extend(alias_servers)
+        else:
+            room_id = await self._directory.resolve_room(room_id_or_alias)
+        servers.append(server_of_id(room_id))
+        return room_id, list(dict.fromkeys(s for s in servers if s))
+
+    async def _remote_servers_if_not_resident(
+        self, user_id: str, room_id: str, servers: Sequence[str]
+    ) -> list[str]:
+        """Servers to ask when the room is held elsewhere: none when this server takes part
+        in the room (or federation is off), so the join is local."""
+        if self.federation is None or await self.federation.is_resident(room_id):
+            return []
+        candidates = [s for s in servers if s != self._server_name]
+        own = await self._rooms.get_membership(room_id, user_id)
+        if own is not None and own.membership == "invite":
+            # The inviting server is in the room.
+            invite = await self._events.get_event(own.event_id)
+            if invite is not None:
+                candidates.insert(0, server_of_id(invite.sender))
+        return list(dict.fromkeys(c for c in candidates if c != self._server_name))
+
+    async def _member_content(
+        self, user_id: str, membership: str, reason: str | None
+    ) -> dict[str, Any]:
+        content: dict[str, Any] = {"membership": membership}
+        if reason is not None:
+            content["reason"] = reason
+        if membership in _WITH_PROFILE:
+            profile = await self._profiles.get_profile(user_id)
+            if profile is not None:
+                if profile.displayname is not None:
+                    content["displayname"] = profile.displayname
+                if profile.avatar_url is not None:
+                    content["avatar_url"] = profile.avatar_url
+        return content
+
     def is_mine(self, user_id: str) -> bool:
         return user_id.split(":", 1)[-1] == self._server_name
 
     async def check_invitee(self, target: str) -> None:
-        """An invite needs a well-formed user ID, local and existing (remote: issue 4)."""
+        """An invite needs a well-formed user ID; a local one must exist (a remote one is
+        checked by its server, which must countersign the invite)."""
         _, server = split_user_id(target)
         if server != self._server_name:
-            raise MatrixError(
-                502,
-                Codes.UNKNOWN,
-                f"Cannot invite {target}: federation with other servers is not available yet",
-            )
+            if self.federation is None:
+                raise MatrixError(
+                    403, Codes.FORBIDDEN, f"Cannot invite {target}: federation is disabled"
+                )
+            return
         if await self._accounts.get_account(target) is None:
             raise MatrixError(404, Codes.NOT_FOUND, f"Unknown user {target}")
 

@@ -1,0 +1,316 @@
+"""Outbound federation requests: JSON over HTTPS to another homeserver, signed with X-Matrix.
+
+`FederationClient.get_json/put_json/post_json(destination, path, ...)` resolve the
+destination (`ServerResolver`), connect to the first target that accepts (`TlsConnector`:
+IP range filter, SNI, certificate checks), send the request with the target's `Host` header,
+and return the parsed JSON body. Every failure is a `FederationError`: `HttpResponseError`
+for a non-2xx answer, `RequestSendFailed` for everything else (DNS, blocked address,
+connection, TLS, timeout, oversized or non-JSON body).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from prometheus_client import Counter, Histogram
+from twisted.internet import defer
+from twisted.internet.interfaces import IProtocol
+from twisted.web.client import URI, Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
+from zope.interface import implementer
+
+from federation.discovery import (
+    BlockedAddressError,
+    BodyTooLargeError,
+    IPRangeFilter,
+    ServerResolver,
+    Target,
+    TlsConnector,
+    read_limited_body,
+)
+from federation.errors import HttpResponseError, RequestSendFailed
+from federation.xmatrix import sign_request
+from homeserver.clock import Clock
+from homeserver.config import FederationConfig
+from homeserver.events.canonical import parse_json
+
+logger = logging.getLogger(__name__)
+
+REQUESTS = Counter(
+    "heddle_federation_client_requests_total",
+    "Outbound federation requests, by method and response code (ERR: no HTTP answer)",
+    ["method", "code"],
+)
+REQUEST_SECONDS = Histogram(
+    "heddle_federation_client_request_seconds",
+    "Time from sending an outbound federation request to having its whole response",
+    ["method"],
+)
+
+# Idle connections kept per destination, and for how long.
+MAX_PERSISTENT_PER_DESTINATION = 5
+IDLE_CONNECTION_TIMEOUT_S = 120
+
+
+def build_path(template: str, *parts: str) -> str:
+    """Fill a `"/_matrix/federation/v1/state/%s"` style template, percent-encoding each part
+    (every reserved character, `/` included)."""
+    return template % tuple(quote(part, safe="") for part in parts)
+
+
+@implementer(IBodyProducer)
+class _BytesProducer:
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: Any) -> defer.Deferred[None]:
+        consumer.write(self._body)
+        return defer.succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@implementer(IAgentEndpointFactory)
+class _TargetsEndpointFactory:
+    """Endpoints for one request: already-resolved targets, tried in order."""
+
+    def __init__(self, connector: TlsConnector, targets: list[Target], verify: bool) -> None:
+        self._connector = connector
+        self._targets = targets
+        self._verify = verify
+
+    def endpointForURI(self, uri: URI) -> Any:
+        return self
+
+    def connect(self, protocol_factory: Any) -> defer.Deferred[IProtocol]:
+        return defer.ensureDeferred(
+            self._connector.connect_first(protocol_factory, self._targets, self._verify)
+        )
+
+
+class FederationClient:
+    def __init__(
+        self,
+        reactor: Any,
+        clock: Clock,
+        server_name: str,
+        signing_key: Any,
+        config: FederationConfig,
+        resolver: ServerResolver,
+        connector: TlsConnector | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._clock = clock
+        self._server_name = server_name
+        self._signing_key = signing_key
+        self._config = config
+        self._resolver = resolver
+        self._connector = connector or TlsConnector(
+            reactor, IPRangeFilter(config.ip_range_blocklist, config.ip_range_allowlist)
+        )
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool.maxPersistentPerHost = MAX_PERSISTENT_PER_DESTINATION
+        self._pool.cachedConnectionTimeout = IDLE_CONNECTION_TIMEOUT_S
+
+    async def get_json(
+        self,
+        destination: str,
+        path: str,
+        args: dict[str, list[str]] | None = None,
+        *,
+        signed: bool = True,
+        timeout_ms: int | None = None,
+        max_response_bytes: int | None = None,
+    ) -> Any:
+        return await self._request(
+            "GET", destination, path, args, None, signed, timeout_ms, max_response_bytes
+        )
+
+    async def put_json(
+        self,
+        destination: str,
+        path: str,
+        data: Any,
+        *,
+        args: dict[str, list[str]] | None = None,
+        signed: bool = True,
+        timeout_ms: int | None = None,
+        max_response_bytes: int | None = None,
+    ) -> Any:
+        return await self._request(
+            "PUT", destination, path, args, data, signed, timeout_ms, max_response_bytes
+        )
+
+    async def post_json(
+        self,
+        destination: str,
+        path: str,
+        data: Any,
+        *,
+        args: dict[str, list[str]] | None = None,
+        signed: bool = True,
+        timeout_ms: int | None = None,
+        max_response_bytes: int | None = None,
+    ) -> Any:
+        return await self._request(
+            "POST", destination, path, args, data, signed, timeout_ms, max_response_bytes
+        )
+
+    async def close(self) -> None:
+        """Drop the idle pooled connections (at shutdown)."""
+        await self._pool.closeCachedConnections()
+
+    async def _request(
+        self,
+        method: str,
+        destination: str,
+        path: str,
+        args: dict[str, list[str]] | None,
+        data: Any,
+        signed: bool,
+        timeout_ms: int | None,
+        max_response_bytes: int | None,
+    ) -> Any:
+        if destination == self._server_name:
+            raise ValueError(f"refusing a federation request to ourselves ({destination})")
+        if not self._config.enabled:
+            raise RequestSendFailed(destination, "federation disabled", can_retry=False)
+        uri = path
+        if args:
+            query = [(name, value) for name, values in args.items() for value in values]
+            uri += "?" + urlencode(query, quote_via=quote)
+        body = None
+        if data is not None:
+            body = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        timeout_s = (timeout_ms or self._config.request_timeout_ms) / 1000
+        max_bytes = max_response_bytes or self._config.max_response_bytes
+
+        start = self._clock.time()
+        code_label = "ERR"
+        timed_out = False
+
+        def time_out() -> None:
+            nonlocal timed_out
+            timed_out = True
+            attempt.cancel()
+
+        attempt = defer.ensureDeferred(
+            self._send(method, destination, uri, data, body, signed, max_bytes)
+        )
+        timer = self._reactor.callLater(timeout_s, time_out)
+        try:
+            code, response_body = await attempt
+            code_label = str(code)
+        except Exception as e:
+            if timed_out:
+                logger.info("%s %s%s: timed out after %gs", method, destination, path, timeout_s)
+                raise RequestSendFailed(destination, f"timed out after {timeout_s:g}s") from None
+            if isinstance(e, RequestSendFailed):
+                logger.info("%s %s%s: %s", method, destination, path, e.reason)
+            raise
+        finally:
+            if timer.active():
+                timer.cancel()
+            REQUESTS.labels(method, code_label).inc()
+            REQUEST_SECONDS.labels(method).observe(self._clock.time() - start)
+
+        try:
+            parsed = parse_json(response_body)
+        except ValueError:
+            parsed = None
+            if 200 <= code < 300:
+                raise RequestSendFailed(destination, f"HTTP {code} with a non-JSON body") from None
+        if not 200 <= code < 300:
+            logger.info("%s %s%s: HTTP %d", method, destination, path, code)
+            raise HttpResponseError(destination, code, parsed)
+        logger.debug("%s %s%s: HTTP %d", method, destination, path, code)
+        return parsed
+
+    async def _send(
+        self,
+        method: str,
+        destination: str,
+        uri: str,
+        data: Any,
+        body: bytes | None,
+        signed: bool,
+        max_bytes: int,
+    ) -> tuple[int, bytes]:
+        """One attempt: (status, body). Raises RequestSendFailed, or CancelledError."""
+        try:
+            targets = await self._resolver.resolve(destination)
+        except ValueError as e:
+            raise RequestSendFailed(destination, str(e), can_retry=False) from None
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            raise RequestSendFailed(destination, f"cannot resolve: {e}") from None
+
+        headers = Headers(
+            {
+                b"Host": [targets[0].host_header.encode("ascii")],
+                b"User-Agent": [_user_agent()],
+            }
+        )
+        if body is not None:
+            headers.addRawHeader(b"Content-Type", b"application/json")
+        if signed:
+            authorization = sign_request(
+                self._signing_key, self._server_name, destination, method, uri, data
+            )
+            headers.addRawHeader(b"Authorization", authorization.encode("utf-8"))
+
+        verify = (
+            self._config.verify_tls
+            and destination not in self._config.verify_tls_exempt_destinations
+        )
+        agent = Agent.usingEndpointFactory(
+            self._reactor, _TargetsEndpointFactory(self._connector, targets, verify), self._pool
+        )
+        # The URI only names the connection pool's key: one pool entry per destination
+        # (hex, so "example.org" and "example.org:80" never share connections).
+        url = f"matrix-federation://{destination.encode('utf-8').hex()}{uri}".encode("ascii")
+        try:
+            response = await agent.request(
+                method.encode("ascii"),
+                url,
+                headers,
+                _BytesProducer(body) if body is not None else None,
+            )
+            response_body = await read_limited_body(response, max_bytes)
+        except defer.CancelledError:
+            raise
+        except BlockedAddressError as e:
+            raise RequestSendFailed(destination, str(e), can_retry=False) from None
+        except BodyTooLargeError as e:
+            raise RequestSendFailed(destination, str(e)) from None
+        except Exception as e:
+            raise RequestSendFailed(destination, _describe(e)) from None
+        return response.code, response_body
+
+
+def _describe(e: Exception) -> str:
+    # ResponseNeverReceived / ResponseFailed wrap a list of Failures: name the first.
+    reasons = getattr(e, "reasons", None)
+    if reasons:
+        inner = reasons[0].value
+        return f"{type(e).__name__}: {type(inner).__name__}: {inner}"
+    return f"{type(e).__name__}: {e}"
+
+
+def _user_agent() -> bytes:
+    from homeserver import __version__
+
+    return f"Heddle/{__version__}".encode("ascii")

@@ -1,0 +1,147 @@
+"""Asking other servers about their users, aliases and room directories (server-server API
+"Querying for information", "Public Room Directory"): the client side of the query
+endpoints, used by the profile and directory handlers for remote users and aliases.
+
+Errors, for the client-server API: the remote server answering 404 is `404 M_NOT_FOUND`;
+any other failure (unreachable, an error status, a malformed answer) is `502 M_UNKNOWN`,
+as Synapse answers, so a client can tell "no such thing" from "could not ask". With
+federation disabled the lookups fail with 404 M_NOT_FOUND saying so.
+
+Remote profiles are cached in memory for PROFILE_CACHE_MS (successes only).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from federation.errors import FederationError, HttpResponseError
+from homeserver.clock import Clock
+from homeserver.errors import Codes, MatrixError
+from homeserver.identifiers import split_room_alias, split_user_id
+from storage.stores.profiles import Profile
+
+if TYPE_CHECKING:
+    from homeserver.rooms.directory import PublicRoomsQuery
+
+logger = logging.getLogger(__name__)
+
+QUERY_PATH = "/_matrix/federation/v1/query/%s"
+PUBLIC_ROOMS_PATH = "/_matrix/federation/v1/publicRooms"
+PROFILE_CACHE_MS = 60 * 1000
+PROFILE_CACHE_SIZE = 10_000
+# A lookup a user waits for should not take the federation client's full default timeout.
+QUERY_TIMEOUT_MS = 30 * 1000
+
+
+class RemoteQueries:
+    """Outbound queries. `client` is the FederationClient (anything with its `get_json` and
+    `post_json`); `enabled` is `federation.enabled`."""
+
+    def __init__(self, clock: Clock, client: Any, enabled: bool = True) -> None:
+        self._clock = clock
+        self._client = client
+        self._enabled = enabled
+        self._profiles: OrderedDict[str, tuple[int, Profile]] = OrderedDict()
+
+    def _require_enabled(self, what: str) -> None:
+        if not self._enabled:
+            raise MatrixError(404, Codes.NOT_FOUND, f"{what}: federation is disabled on this server")
+
+    async def get_profile(self, user_id: str) -> Profile:
+        """A remote user's profile, from their server's `query/profile`."""
+        _, server = split_user_id(user_id)
+        self._require_enabled(f"Cannot look up the profile of {user_id}")
+        now = self._clock.time_msec()
+        cached = self._profiles.get(user_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            answer = await self._client.get_json(
+                server,
+                QUERY_PATH % "profile",
+                {"user_id": [user_id]},
+                timeout_ms=QUERY_TIMEOUT_MS,
+            )
+        except FederationError as e:
+            _fail(e, f"Profile of {user_id}")
+        if not isinstance(answer, dict):
+            _bad_answer(server, f"Profile of {user_id}")
+        profile = Profile(_string(answer, "displayname"), _string(answer, "avatar_url"))
+        self._profiles[user_id] = (now + PROFILE_CACHE_MS, profile)
+        self._profiles.move_to_end(user_id)
+        while len(self._profiles) > PROFILE_CACHE_SIZE:
+            self._profiles.popitem(last=False)
+        return profile
+
+    async def resolve_room_alias(self, room_alias: str) -> tuple[str, list[str]]:
+        """(room ID, servers) for an alias on another server, from its `query/directory`."""
+        _, server = split_room_alias(room_alias)
+        self._require_enabled(f"Cannot resolve room alias {room_alias}")
+        try:
+            answer = await self._client.get_json(
+                server,
+                QUERY_PATH % "directory",
+                {"room_alias": [room_alias]},
+                timeout_ms=QUERY_TIMEOUT_MS,
+            )
+        except FederationError as e:
+            _fail(e, f"Room alias {room_alias}")
+        room_id = answer.get("room_id") if isinstance(answer, dict) else None
+        servers = answer.get("servers") if isinstance(answer, dict) else None
+        if not isinstance(room_id, str) or not isinstance(servers, list):
+            _bad_answer(server, f"Room alias {room_alias}")
+        return room_id, [s for s in servers if isinstance(s, str)]
+
+    async def get_public_rooms(self, server: str, query: PublicRoomsQuery) -> dict[str, Any]:
+        """A page of another server's published room directory: GET when there is no
+        filter, POST with the filter when there is one."""
+        self._require_enabled(f"Cannot list the room directory of {server}")
+        try:
+            if query.search_term is None and query.room_types is None:
+                args: dict[str, list[str]] = {}
+                if query.limit is not None:
+                    args["limit"] = [str(query.limit)]
+                if query.since is not None:
+                    args["since"] = [query.since]
+                if query.third_party_instance_id is not None:
+                    args["third_party_instance_id"] = [query.third_party_instance_id]
+                answer = await self._client.get_json(
+                    server, PUBLIC_ROOMS_PATH, args, timeout_ms=QUERY_TIMEOUT_MS
+                )
+            else:
+                body: dict[str, Any] = {"filter": {}}
+                if query.search_term is not None:
+                    body["filter"]["generic_search_term"] = query.search_term
+                if query.room_types is not None:
+                    body["filter"]["room_types"] = list(query.room_types)
+                for key in ("limit", "since", "third_party_instance_id"):
+                    if getattr(query, key) is not None:
+                        body[key] = getattr(query, key)
+                answer = await self._client.post_json(
+                    server, PUBLIC_ROOMS_PATH, body, timeout_ms=QUERY_TIMEOUT_MS
+                )
+        except FederationError as e:
+            _fail(e, f"Room directory of {server}")
+        if not isinstance(answer, dict) or not isinstance(answer.get("chunk"), list):
+            _bad_answer(server, f"Room directory of {server}")
+        return answer
+
+
+def _string(answer: Mapping[str, Any], key: str) -> str | None:
+    value = answer.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _fail(e: FederationError, what: str) -> NoReturn:
+    if isinstance(e, HttpResponseError) and e.code == 404:
+        raise MatrixError(404, Codes.NOT_FOUND, f"{what} not found") from None
+    logger.info("%s: federation query failed: %s", what, e)
+    raise MatrixError(502, Codes.UNKNOWN, f"{what}: could not get an answer from its server") from None
+
+
+def _bad_answer(server: str, what: str) -> NoReturn:
+    logger.info("%s: malformed answer from %s", what, server)
+    raise MatrixError(502, Codes.UNKNOWN, f"{what}: {server} gave a malformed answer")
