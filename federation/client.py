@@ -120,6 +120,8 @@ class FederationClient:
         self._connector = connector or TlsConnector(
             reactor, IPRangeFilter(config.ip_range_blocklist, config.ip_range_allowlist)
         )
+        self._closed = False
+        self._in_flight: set[defer.Deferred[Any]] = set()
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = MAX_PERSISTENT_PER_DESTINATION
         self._pool.cachedConnectionTimeout = IDLE_CONNECTION_TIMEOUT_S
@@ -169,7 +171,10 @@ class FederationClient:
         )
 
     async def close(self) -> None:
-        """Drop the idle pooled connections (at shutdown)."""
+        """At shutdown: give up on requests still in flight, drop pooled connections."""
+        self._closed = True
+        for attempt in list(self._in_flight):
+            attempt.cancel()
         await self._pool.closeCachedConnections()
 
     async def _request(
@@ -206,9 +211,18 @@ class FederationClient:
             timed_out = True
             attempt.cancel()
 
+        if self._closed:
+            raise RequestSendFailed(destination, "shutting down", can_retry=False)
         attempt = defer.ensureDeferred(
             self._send(method, destination, uri, data, body, signed, max_bytes)
         )
+        self._in_flight.add(attempt)
+
+        def finished(result: Any) -> Any:
+            self._in_flight.discard(attempt)
+            return result
+
+        attempt.addBoth(finished)
         timer = self._reactor.callLater(timeout_s, time_out)
         try:
             code, response_body = await attempt
@@ -219,6 +233,8 @@ class FederationClient:
                 raise RequestSendFailed(destination, f"timed out after {timeout_s:g}s") from None
             if isinstance(e, RequestSendFailed):
                 logger.info("%s %s%s: %s", method, destination, path, e.reason)
+            if isinstance(e, defer.CancelledError) and self._closed:
+                raise RequestSendFailed(destination, "shutting down", can_retry=False) from None
             raise
         finally:
             if timer.active():

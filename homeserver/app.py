@@ -522,6 +522,7 @@ class HomeServer:
                 await stopped
         self.ports = []
         await self.replication.stop()
+        # In-flight outbound requests are abandoned before the database goes away.
         await self.federation_client.close()
         self.db.close()
 

@@ -131,7 +131,7 @@ def isolate_from_dns(hs: HomeServer) -> None:
 
 
 def make_config(
-    engine: str, data_dir: Path, slot: int = 0, **overrides: Any
+    engine: str, data_dir: Path, slot: int = 0, keep_database: bool = False, **overrides: Any
 ) -> HomeserverConfig:
     """A config for a test server: random loopback ports, fast bcrypt, no rate limits."""
     key_path = data_dir / "signing.key"
@@ -145,7 +145,11 @@ def make_config(
             {"type": "client", "bind_address": "127.0.0.1", "port": 0},
             {"type": "metrics", "bind_address": "127.0.0.1", "port": 0},
         ],
-        "database": {"url": database_url_for(engine, data_dir, slot)},
+        "database": {
+            "url": postgres_database_url(slot)
+            if keep_database and engine == "postgresql"
+            else database_url_for(engine, data_dir, slot)
+        },
         "registration": {"enabled": True, "shared_secret": "test-shared-secret"},
         "auth": {"jwt_secret": "test-jwt-secret-" + "x" * 32, "bcrypt_rounds": 4},
         "rate_limits": {"enabled": False},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.trial import unittest
 
 from federation.acl import server_allowed_by_acl
@@ -10,7 +12,7 @@ ALLOW_ALL = {"allow": ["*"]}
 
 
 class ServerAclRuleTests(unittest.TestCase):
-    def assertAllowed(self, server: str, acl: dict, allowed: bool = True) -> None:
+    def assertAllowed(self, server: str, acl: dict[str, Any], allowed: bool = True) -> None:
         self.assertEqual(server_allowed_by_acl(server, acl), allowed, (server, acl))
 
     def test_allow_all_allows_everyone(self) -> None:
@@ -18,7 +20,8 @@ class ServerAclRuleTests(unittest.TestCase):
             self.assertAllowed(server, ALLOW_ALL)
 
     def test_missing_or_empty_allow_denies_everyone(self) -> None:
-        for acl in ({}, {"allow": []}, {"deny": []}, {"deny": ["evil.org"]}):
+        acls: list[dict[str, Any]] = [{}, {"allow": []}, {"deny": []}, {"deny": ["evil.org"]}]
+        for acl in acls:
             self.assertAllowed("example.org", acl, False)
 
     def test_deny_wins_over_allow(self) -> None:

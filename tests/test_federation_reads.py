@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from signedjson.key import encode_verify_key_base64, generate_signing_key, get_verify_key
 from twisted.internet import defer, reactor
+from twisted.trial import unittest
 
 from federation.errors import HttpResponseError, RequestSendFailed
 from federation.queries import RemoteQueries
@@ -37,8 +38,14 @@ REMOTE = "remote.example"
 OTHER_REMOTE = "other.example"
 FAR_FUTURE = 2**53
 
+# `on_both_engines` adds the TestCase base; this tells the type checker about it.
+if TYPE_CHECKING:
+    _TestCase = unittest.TestCase
+else:
+    _TestCase = object
 
-class FederationReadsCase(RoomTestCase):
+
+class FederationReadsCase(RoomTestCase, _TestCase):  # type: ignore[misc]
     fed_url: str
 
     async def start_server(self, **overrides: Any) -> HomeServer:
@@ -273,7 +280,9 @@ class EventReadTests(FederationReadsCase):
 
     async def test_get_missing_events(self) -> None:
         path = f"{FED}/get_missing_events/{q(self.room_id)}"
-        body = {"earliest_events": [self.messages[0]], "latest_events": [self.messages[2]]}
+        body: dict[str, Any] = {
+            "earliest_events": [self.messages[0]], "latest_events": [self.messages[2]]
+        }
         r = await self.fed("POST", path, body)
         self.assertEqual(r.code, 200, r)
         self.assertEqual(r.json, {"events": [await self.pdu(self.messages[1])]})

@@ -52,6 +52,7 @@ async def require_server_in_room(hs: HomeServer, room_id: str, origin: str) -> N
 
 
 async def _check_room_access(hs: HomeServer, room_id: str, origin: str) -> None:
+    """404 for an unknown room, 403 if the ACL denies `origin` or it may not see the room."""
     await require_room(hs.event_store, room_id)
     await check_server_acl(hs, room_id, origin)
     await require_server_in_room(hs, room_id, origin)

@@ -1,0 +1,166 @@
+"""Several Heddle servers federating on loopback, for federation tests.
+
+Each server is named `127.0.0.1:<port>` (an IP literal with a port, so discovery needs no
+DNS), serves federation over TLS with a self-signed certificate on that port, and trusts
+its peers' certificates and loopback addresses (`verify_tls: false`, loopback allowed).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from twisted.internet import defer, reactor, task
+
+from homeserver.app import HomeServer
+from homeserver.tls import generate_self_signed_certificate
+from tests.harness import PASSWORD, HomeserverTestCase, Response, isolate_from_dns, make_config
+from tests.synapse_peer import free_port
+
+API = "/_matrix/client/v3"
+
+
+def q(value: str) -> str:
+    return quote(value, safe="")
+
+
+def peer_federation_config() -> dict[str, Any]:
+    return {
+        "verify_tls": False,
+        "ip_range_allowlist": ["127.0.0.0/8"],
+        "retry_min_interval_ms": 200,
+        "retry_max_interval_ms": 2000,
+        "request_timeout_ms": 20000,
+    }
+
+
+@dataclass
+class Server:
+    hs: HomeServer
+    server_name: str
+    base_url: str
+    data_dir: Path
+    slot: int
+    port: int
+
+
+@dataclass
+class FedUser:
+    user_id: str
+    token: str
+    server: Server
+
+
+class FederationTestCase(HomeserverTestCase):
+    """Mixin: no default server; `start_peer(slot)` starts federating ones."""
+
+    timeout = 240
+
+    def setUp(self) -> Any:
+        self.servers: list[Server] = []
+        return None
+
+    async def start_peer(
+        self, slot: int, port: int | None = None, data_dir: Path | None = None, **overrides: Any
+    ) -> Server:
+        port = port or free_port()
+        server_name = f"127.0.0.1:{port}"
+        fresh = data_dir is None
+        data_dir = data_dir or Path(tempfile.mkdtemp(prefix=f"heddle-fed-{slot}-"))
+        cert, key = data_dir / "tls.crt", data_dir / "tls.key"
+        if not cert.exists():
+            generate_self_signed_certificate(cert, key, "127.0.0.1")
+        raw = {
+            "server_name": server_name,
+            "listeners": [
+                {"type": "client", "bind_address": "127.0.0.1", "port": 0},
+                {
+                    "type": "federation",
+                    "bind_address": "127.0.0.1",
+                    "port": port,
+                    "tls": True,
+                    "tls_certificate_path": str(cert),
+                    "tls_private_key_path": str(key),
+                },
+            ],
+            "federation": peer_federation_config(),
+            **overrides,
+        }
+        config = make_config(self.engine, data_dir, slot, keep_database=not fresh, **raw)
+        hs = HomeServer(config, reactor)
+        isolate_from_dns(hs)
+        await hs.setup()
+        hs.start_listening()
+        client_port = hs.ports[0].getHost().port
+        server = Server(hs, server_name, f"http://127.0.0.1:{client_port}", data_dir, slot, port)
+        self.servers.append(server)
+        self.addCleanup(lambda: defer.ensureDeferred(self._stop(server)))  # type: ignore[attr-defined]
+        return server
+
+    async def _stop(self, server: Server) -> None:
+        if server.hs.ports:
+            await server.hs.stop()
+
+    async def stop_peer(self, server: Server) -> None:
+        await server.hs.stop()
+
+    async def restart_peer(self, server: Server) -> Server:
+        if server.hs.ports:
+            await server.hs.stop()
+        self.servers.remove(server)
+        return await self.start_peer(server.slot, port=server.port, data_dir=server.data_dir)
+
+    async def call(
+        self, server: Server, method: str, path: str, body: Any = None, token: str | None = None
+    ) -> Response:
+        return await self.request(method, path, body, token=token, base_url=server.base_url)
+
+    async def fed_user(self, server: Server, localpart: str) -> FedUser:
+        r = await self.call(
+            server, "POST", f"{API}/register",
+            {"username": localpart, "password": PASSWORD, "auth": {"type": "m.login.dummy"}},
+        )
+        assert r.code == 200, r
+        return FedUser(r.json["user_id"], r.json["access_token"], server)
+
+    async def user_call(self, user: FedUser, method: str, path: str, body: Any = None) -> Response:
+        return await self.call(user.server, method, path, body, token=user.token)
+
+    async def send_text(self, user: FedUser, room_id: str, text: str, txn: str) -> str:
+        r = await self.user_call(
+            user, "PUT", f"{API}/rooms/{q(room_id)}/send/m.room.message/{txn}",
+            {"msgtype": "m.text", "body": text},
+        )
+        assert r.code == 200, r
+        return str(r.json["event_id"])
+
+    async def wait_for(self, predicate: Any, timeout: float = 30.0, what: str = "") -> Any:
+        """Poll an async predicate until it returns something truthy."""
+        deadline = reactor.seconds() + timeout  # type: ignore[attr-defined]
+        while True:
+            value = await predicate()
+            if value:
+                return value
+            if reactor.seconds() > deadline:  # type: ignore[attr-defined]
+                raise AssertionError(f"timed out waiting for {what or predicate}")
+            await task.deferLater(reactor, 0.1, lambda: None)
+
+    async def timeline_bodies(self, user: FedUser, room_id: str) -> list[str]:
+        r = await self.user_call(
+            user, "GET",
+            f"{API}/rooms/{q(room_id)}/messages?dir=b&limit=100&filter="
+            + q(json.dumps({"types": ["m.room.message"]})),
+        )
+        if r.code != 200:
+            return []
+        return [e["content"].get("body") for e in reversed(r.json["chunk"])]
+
+    async def membership(self, user: FedUser, room_id: str, member: str) -> str | None:
+        r = await self.user_call(
+            user, "GET", f"{API}/rooms/{q(room_id)}/state/m.room.member/{q(member)}"
+        )
+        return r.json.get("membership") if r.code == 200 else None
