@@ -105,11 +105,12 @@ class AliasTests(RoomHelpers):
         self.assertError(
             await self.request("GET", alias_path("#nope:test.heddle")), 404, "M_NOT_FOUND"
         )
-        # Other servers' aliases need federation: a clear 404, not a 500.
+        # Another server's alias, whose server cannot be reached (tests resolve no names):
+        # a clear 502, not a 500.
         body = self.assertError(
-            await self.request("GET", alias_path("#room:elsewhere.example")), 404, "M_NOT_FOUND"
+            await self.request("GET", alias_path("#room:elsewhere.example")), 502, "M_UNKNOWN"
         )
-        self.assertIn("other servers", body["error"])
+        self.assertIn("elsewhere.example", body["error"])
         for bad in ("no-sigil:test.heddle", "#no-server", "#:test.heddle", "#a:bad server"):
             self.assertError(await self.request("GET", alias_path(bad)), 400, "M_INVALID_PARAM")
         self.assertError(
@@ -507,8 +508,8 @@ class PublicRoomsTests(RoomHelpers):
         for params in ({"limit": "ten"}, {"limit": "-1"}, {"since": "garbage"}, {"since": "W10"}):
             self.assertError(await self.public_rooms(**params), 400, "M_INVALID_PARAM")
         self.assertError(await self.public_rooms(server="bad server!"), 400, "M_INVALID_PARAM")
-        # Other servers' directories need federation: a clear 404, not a 500.
-        self.assertError(await self.public_rooms(server="elsewhere.example"), 404, "M_NOT_FOUND")
+        # Another server's directory, unreachable: a clear 502, not a 500.
+        self.assertError(await self.public_rooms(server="elsewhere.example"), 502, "M_UNKNOWN")
         r = await self.public_rooms(server="test.heddle", limit="0")
         self.assertEqual(len(r.json["chunk"]), 1)
 
@@ -530,8 +531,8 @@ class PublicRoomsTests(RoomHelpers):
         self.assertError(await self.request("POST", post, {}), 401, "M_MISSING_TOKEN")
         self.assertError(
             await self.request("POST", f"{post}?server=elsewhere.example", {}, token=self.alice),
-            404,
-            "M_NOT_FOUND",
+            502,
+            "M_UNKNOWN",
         )
 
     async def test_visibility(self):
