@@ -434,6 +434,34 @@ class FederationEventHandler:
 
     # ----- helpers for membership and backfill ----------------------------------------------
 
+    async def backfill(self, room_id: str, servers: Sequence[str], limit: int = 100) -> bool:
+        """Ask the room's other servers for history before what we hold (our backward
+        extremities); True when anything new was stored."""
+        extremities = await self._fed_events.get_backward_extremities(room_id)
+        room_version = await self._events.get_room_version(room_id)
+        if not extremities or room_version is None:
+            return False
+        # The most recent gaps first: those are what a reader scrolling back reaches.
+        extremities.sort(key=lambda e: e[1], reverse=True)
+        wanted = [eid for eid, _ in extremities[:5]]
+        for server in servers:
+            try:
+                response = await self._client.get_json(
+                    server,
+                    build_path("/_matrix/federation/v1/backfill/%s", room_id),
+                    args={"v": wanted, "limit": [str(limit)]},
+                )
+            except FederationError as e:
+                logger.info("backfill of %s from %s failed: %s", room_id, server, e)
+                continue
+            pdus = response.get("pdus") if isinstance(response, dict) else None
+            if not isinstance(pdus, list):
+                continue
+            events = await self.check_pdus(pdus[:limit], room_version, room_id)
+            if await self.process_backfilled(server, events):
+                return True
+        return False
+
     async def process_backfilled(self, origin: str, events: Sequence[Event]) -> int:
         """Persist backfilled events (oldest first) below the sync stream; returns how many
         were new."""

@@ -411,9 +411,14 @@ class HomeServer:
             self.event_creator.remote_invite = self.federation_membership.invite_remote_user
             outbound = OutboundEvents(self.server_name, self.state_store, self.federation_sender)
             self.event_creator.persisted_listeners.append(outbound.on_event_persisted)
+            self.messages.backfill = self._backfill
 
         self.ports: list[Any] = []
         self._uia_cleanup: task.LoopingCall | None = None
+
+    async def _backfill(self, room_id: str) -> bool:
+        servers = await self.federation_membership.room_servers(room_id)
+        return await self.federation_events.backfill(room_id, servers)
 
     async def _load_pdus(self, event_ids: list[str]) -> list[dict[str, Any]]:
         """The PDUs of queued events, in order, for the federation sender."""

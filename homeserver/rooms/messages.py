@@ -14,7 +14,7 @@ Every event returned has passed the filter and `HistoryVisibility.filter_events_
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +78,8 @@ class MessagesHandler:
         self._state = state
         self._visibility = visibility
         self._serializer = serializer
+        # Federation: fetch older history of a room from other servers; True if any came.
+        self.backfill: Callable[[str], Awaitable[bool]] | None = None
 
     # ----- GET /rooms/{roomId}/messages --------------------------------------------------
 
@@ -112,9 +114,18 @@ class MessagesHandler:
         page = await self._paginate(
             requester.user_id, access, from_position, direction, limit, event_filter, to_position
         )
-        # TODO(issue 4, federation): when paginating backwards runs out (`page.exhausted`) and
-        # the room's oldest event we hold is not its create event, backfill from other
-        # servers in the room, then read again.
+        if (
+            direction == "b"
+            and page.exhausted
+            and self.backfill is not None
+            and await self.backfill(room_id)
+        ):
+            # History ran out here but not in the room: what other servers hold was fetched,
+            # so read again.
+            page = await self._paginate(
+                requester.user_id, access, from_position, direction, limit, event_filter,
+                to_position,
+            )
         device = (requester.user_id, requester.device_id)
         response: dict[str, Any] = {
             "chunk": await self._serializer.serialize(page.events, requester_device=device),
