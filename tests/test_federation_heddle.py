@@ -144,3 +144,129 @@ class TwoHeddles(FederationTestCase):
 
     async def _contains(self, awaitable, expected):
         return expected in (await awaitable)
+
+
+@on_both_engines
+class InboundBadInput(FederationTestCase):
+    """PDUs crafted on B (signed with B's key, sent with B's X-Matrix signature) and pushed
+    to A's /send: each kind of bad PDU is refused without corrupting A's room."""
+
+    async def _setup(self):
+        a = await self.start_peer(0)
+        b = await self.start_peer(1)
+        alice = await self.fed_user(a, "alice")
+        bob = await self.fed_user(b, "bob")
+        r = await self.user_call(alice, "POST", f"{API}/createRoom", {"preset": "public_chat"})
+        room_id = r.json["room_id"]
+        r = await self.user_call(bob, "POST", f"{API}/join/{q(room_id)}?via={q(a.server_name)}", {})
+        assert r.code == 200, r
+        self.a, self.b, self.alice, self.bob, self.room_id = a, b, alice, bob, room_id
+
+    async def _pdu(self, sender, content, **changes):
+        hs = self.b.hs
+        rv = await hs.event_store.get_room_version(self.room_id)
+        current = await hs.state_store.get_current_state_ids(self.room_id)
+        pdu = await hs.event_creator.build_pdu(
+            self.room_id, rv, sender, "m.room.message", content, None, current
+        )
+        pdu.update(changes)
+        return hs.event_creator.finish_event(pdu, rv)
+
+    async def _send(self, pdus, txn_id, edus=()):
+        return await self.b.hs.federation_client.put_json(
+            self.a.server_name,
+            f"/_matrix/federation/v1/send/{txn_id}",
+            {"origin": self.b.server_name, "origin_server_ts": 1, "pdus": pdus,
+             "edus": list(edus)},
+        )
+
+    async def _stored(self, event_id):
+        return await self.a.hs.event_store.get_stored_event(event_id)
+
+    @ensure_deferred
+    async def test_good_pdu_and_duplicate_transaction(self):
+        await self._setup()
+        event = await self._pdu(self.bob.user_id, {"msgtype": "m.text", "body": "crafted"})
+        first = await self._send([event.pdu], "t-dup")
+        self.assertEqual(first, {"pdus": {event.event_id: {}}})
+        self.assertIn("crafted", await self.timeline_bodies(self.alice, self.room_id))
+        again = await self._send([event.pdu], "t-dup")
+        self.assertEqual(again, first)
+        bodies = await self.timeline_bodies(self.alice, self.room_id)
+        self.assertEqual(bodies.count("crafted"), 1)
+
+    @ensure_deferred
+    async def test_bad_signature_is_dropped(self):
+        await self._setup()
+        event = await self._pdu(self.bob.user_id, {"msgtype": "m.text", "body": "tampered"})
+        pdu = dict(event.pdu)
+        sigs = {k: dict(v) for k, v in pdu["signatures"].items()}
+        key_id = next(iter(sigs[self.b.server_name]))
+        sigs[self.b.server_name][key_id] = "A" * 86
+        pdu["signatures"] = sigs
+        result = await self._send([pdu], "t-sig")
+        self.assertIn("error", result["pdus"][event.event_id])
+        self.assertIsNone(await self._stored(event.event_id))
+
+    @ensure_deferred
+    async def test_forged_sender_is_dropped(self):
+        await self._setup()
+        # Claims to be from A's user but only B signed it.
+        event = await self._pdu(self.alice.user_id, {"msgtype": "m.text", "body": "forged"})
+        result = await self._send([event.pdu], "t-forged")
+        self.assertIn("error", result["pdus"][event.event_id])
+        self.assertIsNone(await self._stored(event.event_id))
+        self.assertNotIn("forged", await self.timeline_bodies(self.alice, self.room_id))
+
+    @ensure_deferred
+    async def test_modified_content_keeps_a_redacted_copy(self):
+        await self._setup()
+        event = await self._pdu(self.bob.user_id, {"msgtype": "m.text", "body": "original"})
+        pdu = dict(event.pdu)
+        pdu["content"] = {"msgtype": "m.text", "body": "changed in transit"}
+        result = await self._send([pdu], "t-hash")
+        self.assertEqual(result["pdus"][event.event_id], {})
+        stored = await self._stored(event.event_id)
+        self.assertIsNotNone(stored)
+        self.assertEqual(dict(stored.event.content), {})
+
+    @ensure_deferred
+    async def test_event_failing_auth_is_rejected(self):
+        await self._setup()
+        mallory = f"@mallory:{self.b.server_name}"  # never joined
+        event = await self._pdu(mallory, {"msgtype": "m.text", "body": "not a member"})
+        await self._send([event.pdu], "t-auth")
+        stored = await self._stored(event.event_id)
+        self.assertIsNotNone(stored)
+        self.assertIsNotNone(stored.event.rejected_reason)
+        self.assertNotIn("not a member", await self.timeline_bodies(self.alice, self.room_id))
+        members = await self.a.hs.state_store.get_current_members(self.room_id, None)
+        self.assertNotIn(mallory, members)
+
+    @ensure_deferred
+    async def test_unknown_prev_events(self):
+        await self._setup()
+        event = await self._pdu(
+            self.bob.user_id, {"msgtype": "m.text", "body": "orphan"},
+            prev_events=["$" + "x" * 43],
+        )
+        result = await self._send([event.pdu], "t-prev")
+        self.assertIn("error", result["pdus"][event.event_id])
+        self.assertNotIn("orphan", await self.timeline_bodies(self.alice, self.room_id))
+        # The room still works.
+        await self.send_text(self.alice, self.room_id, "still fine", "ok1")
+        self.assertIn("still fine", await self.timeline_bodies(self.alice, self.room_id))
+
+    @ensure_deferred
+    async def test_transaction_over_the_limits(self):
+        from federation.errors import HttpResponseError
+
+        await self._setup()
+        event = await self._pdu(self.bob.user_id, {"msgtype": "m.text", "body": "x"})
+        with self.assertRaises(HttpResponseError) as cm:
+            await self._send([event.pdu] * 51, "t-big")
+        self.assertEqual(cm.exception.code, 400)
+        self.assertEqual(cm.exception.errcode, "M_BAD_JSON")
+        with self.assertRaises(HttpResponseError) as cm:
+            await self._send([], "t-edus", edus=[{"edu_type": "m.typing", "content": {}}] * 101)
+        self.assertEqual(cm.exception.code, 400)
