@@ -427,9 +427,11 @@ class FederationEventHandler:
         chain = await self._fed_events.get_auth_chain_ids(all_ids)
         event_map = await self._events.get_events(all_ids | chain)
         if room_version.state_res is StateResAlgorithm.V1:
-            from federation.state_res_v1 import resolve_state_v1
-
-            return resolve_state_v1(room_version, states, event_map)
+            # Room version 1 (the original algorithm) is not implemented: a fork there is
+            # refused rather than resolved wrongly.
+            raise MatrixError(
+                502, Codes.UNKNOWN, "Cannot resolve forked state in a room of version 1"
+            )
         return resolve_state(room_version, states, event_map)
 
     # ----- helpers for membership and backfill ----------------------------------------------
