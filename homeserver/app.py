@@ -176,8 +176,10 @@ class HomeServer:
         self.room_changes = StreamChangeCache("room_events", 0)
         self.membership_changes = StreamChangeCache("memberships", 0)
         self.notifier = Notifier(reactor, self.state_store)
+        # Outliers and backfilled events take positions below zero, counting down.
+        self.backfill_ids = IdAllocator(0, step=-1)
         self.persister = EventPersister(
-            self.db, self.state_store, self.event_stream, self.state_group_ids
+            self.db, self.state_store, self.event_stream, self.state_group_ids, self.backfill_ids
         )
         self.event_creator = EventCreator(
             self.server_name,
@@ -441,6 +443,7 @@ class HomeServer:
         self.room_changes.initialise(max_stream)
         self.membership_changes.initialise(max_stream)
         self.state_group_ids.initialise(await self.state_store.get_max_state_group())
+        self.backfill_ids.initialise(await self.event_store.get_min_stream_ordering())
         for stream, changes, max_id in (
             (self.receipt_stream, self.receipt_changes, self.receipt_store.get_max_stream_id),
             (

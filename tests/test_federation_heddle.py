@@ -139,6 +139,17 @@ class TwoHeddles(FederationTestCase):
         bodies = await self.timeline_bodies(bob, room_id)
         self.assertEqual(bodies, [f"old {i}" for i in range(15)])
 
+    @ensure_deferred
+    async def test_outliers_after_a_restart(self):
+        # Outlier positions count down from the lowest one stored, also after a restart.
+        a, b, alice, bob, room_id = await self._shared_room()
+        b = await self.restart_peer(b)
+        bob.server = b
+        r = await self.user_call(alice, "POST", f"{API}/createRoom", {"preset": "public_chat"})
+        second = r.json["room_id"]
+        r = await self.user_call(bob, "POST", f"{API}/join/{q(second)}?via={q(a.server_name)}", {})
+        self.assertEqual(r.code, 200, r)
+
     async def _is(self, awaitable, expected):
         return (await awaitable) == expected
 

@@ -201,6 +201,14 @@ class EventStore:
         )
         return row[0] if row and row[0] is not None else 0
 
+    async def get_min_stream_ordering(self) -> int:
+        """The lowest position held (outliers and backfilled events sit below zero)."""
+        row = await self._db.run_interaction(
+            "get_min_stream_ordering",
+            lambda txn: txn.select_one("SELECT MIN(stream_ordering) FROM events"),
+        )
+        return min(row[0], 0) if row and row[0] is not None else 0
+
     # ----- timeline queries ----------------------------------------------------------------
 
     async def get_room_events_between(
