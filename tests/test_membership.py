@@ -148,9 +148,10 @@ class MembershipTests(RoomTestCase):
         self.assertError(await self.join(self.bob, "#unknown:test.heddle"), 404, "M_NOT_FOUND")
         for bad in ("#nocolon", "#:test.heddle", "#a:bad server", "garbage", "@bob:test.heddle"):
             self.assertError(await self.join(self.bob, bad), 400, "M_INVALID_PARAM")
-        # Other servers' rooms and aliases need federation: a clear 404, never a 500.
-        self.assertError(await self.join(self.bob, "#room:elsewhere.example"), 404, "M_NOT_FOUND")
-        self.assertError(await self.join(self.bob, "!room:elsewhere.example"), 404, "M_NOT_FOUND")
+        # Other servers' rooms and aliases, when those servers cannot be reached (tests
+        # resolve no names): a clear 502, never a 500.
+        self.assertError(await self.join(self.bob, "#room:elsewhere.example"), 502, "M_UNKNOWN")
+        self.assertError(await self.join(self.bob, "!room:elsewhere.example"), 502, "M_UNKNOWN")
         self.assertError(await self.join(self.bob, "!unknown:test.heddle"), 404, "M_NOT_FOUND")
         r = await self.request(
             "POST", f"{API}/rooms/{q('#lobby:test.heddle')}/join", {}, token=self.bob.token
