@@ -12,6 +12,7 @@ from twisted.web import resource, server
 from client_api.http import HeddleRequest, HeddleSite, JsonResource, Router
 from federation.client import FederationClient
 from federation.discovery import HttpsWellKnownFetcher, IPRangeFilter, ServerResolver, TlsConnector
+from federation.edus import FederationEdus
 from federation.event_handler import FederationEventHandler
 from federation.keys import KeyRing
 from federation.membership import FederationMembership
@@ -414,6 +415,21 @@ class HomeServer:
             outbound = OutboundEvents(self.server_name, self.state_store, self.federation_sender)
             self.event_creator.persisted_listeners.append(outbound.on_event_persisted)
             self.messages.backfill = self._backfill
+            self.federation_edus = FederationEdus(
+                self.server_name,
+                self.federation_sender,
+                self.state_store,
+                self.room_store,
+                self.typing,
+                self.receipts,
+                self.presence,
+            )
+            self.federation_transactions.edu_handlers.update(self.federation_edus.handlers())
+            self.typing.local_change_listeners.append(self.federation_edus.local_typing_changed)
+            self.receipts.listeners.append(self.federation_edus.local_receipt)
+            self.presence.local_change_listeners.append(
+                self.federation_edus.local_presence_changed
+            )
 
         self.ports: list[Any] = []
         self._uia_cleanup: task.LoopingCall | None = None

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import AsyncIterator, Collection, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -111,6 +111,9 @@ class PresenceHandler:
         self._syncing: dict[str, int] = {}
         self._writers = Linearizer("presence")
         self._timeouts: task.LoopingCall | None = None
+        # Called with each notable change of a local user's presence (federation tells the
+        # servers the user shares rooms with).
+        self.local_change_listeners: list[Callable[[UserPresence], Awaitable[None]]] = []
 
     @property
     def enabled(self) -> bool:
@@ -239,6 +242,34 @@ class PresenceHandler:
             self._idle.discard(user_id)
             await self._update(prev, new)
 
+    async def set_remote_presence(
+        self,
+        user_id: str,
+        state: str,
+        last_active_ago: int | None,
+        currently_active: bool,
+        status_msg: str | None,
+    ) -> None:
+        """Presence of another server's user, as its server told us (an m.presence EDU).
+        Timeouts are that server's business, so they do not apply here."""
+        if not self.enabled or state not in PRESENCE_STATES:
+            return
+        now = self._clock.time_msec()
+        async with self._writers.queue(user_id):
+            prev = await self.get_state(user_id)
+            last_active = now - max(last_active_ago or 0, 0)
+            new = prev.copy_and_replace(
+                state=state,
+                status_msg=status_msg,
+                last_active_ts=last_active if last_active_ago is not None else prev.last_active_ts,
+                currently_active=currently_active and state == ONLINE,
+                last_user_sync_ts=now,
+            )
+            await self._update(prev, new)
+
+    def _is_mine(self, user_id: str) -> bool:
+        return user_id.endswith(":" + self._server_name)
+
     async def bump_active(self, user_id: str) -> None:
         """The user did something pro-actively: record the time; unavailable becomes online."""
         if not self.enabled:
@@ -307,6 +338,8 @@ class PresenceHandler:
         of the offline users who changed since the last check (run periodically)."""
         now = self._clock.time_msec() if now_ms is None else now_ms
         for user_id in list(self._states):
+            if not self._is_mine(user_id):
+                continue
             async with self._writers.queue(user_id):
                 prev = self._states.get(user_id)
                 if prev is None:
@@ -384,6 +417,9 @@ class PresenceHandler:
         self._hold(new, saved=True)
         self._changes.entity_changed(new.user_id, stream_id)
         self._notifier.notify_users(await self.users_sharing_rooms(new.user_id))
+        if self._is_mine(new.user_id):
+            for listener in self.local_change_listeners:
+                await listener(new)
         logger.info(
             "presence of %s: %s -> %s (position %d)", new.user_id, prev.state, new.state, stream_id
         )

@@ -9,7 +9,7 @@ content of what changed; private receipts are only ever shown to their owner.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 from homeserver.clock import Clock
@@ -73,6 +73,8 @@ class ReceiptsHandler:
         # Keyed by room_id.
         self._changes = changes
         self._notifier = notifier
+        # Called with each public receipt that moved (federation sends ours on).
+        self.listeners: list[Callable[[Receipt], Awaitable[None]]] = []
 
     @property
     def current_position(self) -> int:
@@ -139,6 +141,8 @@ class ReceiptsHandler:
             self._notifier.notify_users([user_id])
         else:
             await self._notifier.notify_room(room_id, extra_users=[user_id])
+            for listener in self.listeners:
+                await listener(receipt)
         logger.debug("%s receipt of %s in %s at %s", receipt_type, user_id, room_id, event_id)
         return True
 

@@ -12,7 +12,7 @@ ahead of `current_position`; such a token is treated as knowing nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from twisted.internet import defer
@@ -46,6 +46,9 @@ class TypingHandler:
         self._position = 0
         # room_id -> user_id -> the timer that ends their typing.
         self._typing: dict[str, dict[str, Any]] = {}
+        # Called with (room_id, user_id, typing) when a local user starts or stops typing
+        # (federation tells the room's other servers).
+        self.local_change_listeners: list[Callable[[str, str, bool], Awaitable[None]]] = []
 
     @property
     def current_position(self) -> int:
@@ -72,6 +75,8 @@ class TypingHandler:
             await self.started_typing(room_id, user_id, min(max(timeout, 0), MAX_TIMEOUT_MS))
         else:
             await self.stopped_typing(room_id, user_id)
+        for listener in self.local_change_listeners:
+            await listener(room_id, user_id, typing)
 
     async def started_typing(self, room_id: str, user_id: str, timeout_ms: int) -> None:
         users = self._typing.setdefault(room_id, {})

@@ -281,3 +281,96 @@ class InboundBadInput(FederationTestCase):
         with self.assertRaises(HttpResponseError) as cm:
             await self._send([], "t-edus", edus=[{"edu_type": "m.typing", "content": {}}] * 101)
         self.assertEqual(cm.exception.code, 400)
+
+
+@on_both_engines
+class EphemeralAcrossServers(FederationTestCase):
+    """Typing, receipts and presence reach the other server's users through /sync."""
+
+    async def _setup(self):
+        a = await self.start_peer(0)
+        b = await self.start_peer(1)
+        alice = await self.fed_user(a, "alice")
+        bob = await self.fed_user(b, "bob")
+        r = await self.user_call(alice, "POST", f"{API}/createRoom", {"preset": "public_chat"})
+        room_id = r.json["room_id"]
+        r = await self.user_call(bob, "POST", f"{API}/join/{q(room_id)}?via={q(a.server_name)}", {})
+        assert r.code == 200, r
+        await self.wait_for(
+            lambda: self._is_joined(alice, room_id, bob.user_id), what="bob's join on A"
+        )
+        return a, b, alice, bob, room_id
+
+    async def _is_joined(self, user, room_id, member):
+        return await self.membership(user, room_id, member) == "join"
+
+    async def _ephemeral(self, user, room_id, event_type):
+        r = await self.user_call(user, "GET", f"{API}/sync?timeout=0")
+        room = r.json.get("rooms", {}).get("join", {}).get(room_id, {})
+        return [e for e in room.get("ephemeral", {}).get("events", []) if e["type"] == event_type]
+
+    @ensure_deferred
+    async def test_typing_both_ways(self):
+        a, b, alice, bob, room_id = await self._setup()
+        r = await self.user_call(bob, "PUT", f"{API}/rooms/{q(room_id)}/typing/{q(bob.user_id)}",
+                                 {"typing": True, "timeout": 20000})
+        self.assertEqual(r.code, 200, r)
+
+        async def bob_typing_on_a():
+            events = await self._ephemeral(alice, room_id, "m.typing")
+            return events and bob.user_id in events[0]["content"]["user_ids"]
+
+        await self.wait_for(bob_typing_on_a, what="bob typing on A")
+        r = await self.user_call(bob, "PUT", f"{API}/rooms/{q(room_id)}/typing/{q(bob.user_id)}",
+                                 {"typing": False})
+
+        async def bob_stopped_on_a():
+            return a.hs.typing.get_typing_users(room_id) == []
+
+        await self.wait_for(bob_stopped_on_a, what="bob stopped typing on A")
+        await self.user_call(alice, "PUT", f"{API}/rooms/{q(room_id)}/typing/{q(alice.user_id)}",
+                             {"typing": True, "timeout": 20000})
+
+        async def alice_typing_on_b():
+            return alice.user_id in b.hs.typing.get_typing_users(room_id)
+
+        await self.wait_for(alice_typing_on_b, what="alice typing on B")
+
+    @ensure_deferred
+    async def test_read_receipt_reaches_the_other_server(self):
+        a, b, alice, bob, room_id = await self._setup()
+        event_id = await self.send_text(alice, room_id, "read me", "r1")
+        await self.wait_for(
+            lambda: self._has_event(bob, room_id, event_id), what="message on B"
+        )
+        r = await self.user_call(
+            bob, "POST", f"{API}/rooms/{q(room_id)}/receipt/m.read/{q(event_id)}", {}
+        )
+        self.assertEqual(r.code, 200, r)
+
+        async def receipt_on_a():
+            for event in await self._ephemeral(alice, room_id, "m.receipt"):
+                readers = event["content"].get(event_id, {}).get("m.read", {})
+                if bob.user_id in readers:
+                    return True
+            return False
+
+        await self.wait_for(receipt_on_a, what="bob's receipt on A")
+
+    @ensure_deferred
+    async def test_presence_reaches_the_other_server(self):
+        a, b, alice, bob, room_id = await self._setup()
+        r = await self.user_call(bob, "PUT", f"{API}/presence/{q(bob.user_id)}/status",
+                                 {"presence": "unavailable", "status_msg": "away"})
+        self.assertEqual(r.code, 200, r)
+
+        async def presence_on_a():
+            r = await self.user_call(alice, "GET", f"{API}/presence/{q(bob.user_id)}/status")
+            return r.code == 200 and r.json.get("presence") == "unavailable" and \
+                r.json.get("status_msg") == "away"
+
+        await self.wait_for(presence_on_a, what="bob's presence on A")
+
+    async def _has_event(self, user, room_id, event_id):
+        r = await self.user_call(user, "GET", f"{API}/rooms/{q(room_id)}/event/{q(event_id)}")
+        return r.code == 200
