@@ -1,5 +1,7 @@
 """Which servers get each event this server creates: every server with a joined member in
-the room, and the target's server of a membership change (a kicked or invited user's)."""
+the room, and the target's server of a membership change (a kicked or invited user's).
+The rows are queued in the transaction that persists the event (`EventContext.
+outbound_destinations`); once it commits, the sender is told to start."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from homeserver.events.types import MEMBER
 
 if TYPE_CHECKING:
     from federation.sender import FederationSender
+    from homeserver.events.model import Event
     from storage.stores.events import StoredEvent
     from storage.stores.state import StateStore
 
@@ -23,19 +26,22 @@ class OutboundEvents:
         self._state = state
         self._sender = sender
 
-    async def on_event_persisted(self, stored: StoredEvent) -> None:
-        """Queue a timeline event for the room's other servers. Only events our users sent:
-        other servers' events reached everyone from their own origin."""
-        event = stored.event
-        if server_of(event.sender) != self._server_name or stored.outlier:
-            return
+    async def destinations_for(self, event: Event) -> list[str]:
+        """Where a new local event goes: servers with joined members in the room as it is
+        before the event, plus the target's server of a membership change."""
         members = await self._state.get_current_members(event.room_id, "join")
         destinations = {server_of(user) for user in members}
         if event.type == MEMBER and event.state_key is not None:
             destinations.add(server_of(event.state_key))
         destinations.discard(self._server_name)
         destinations.discard("")
+        return sorted(destinations)
+
+    async def on_event_persisted(self, stored: StoredEvent) -> None:
+        """The event and its queue rows are committed: start sending to those servers."""
+        event = stored.event
+        if server_of(event.sender) != self._server_name or stored.outlier:
+            return
+        destinations = await self.destinations_for(event)
         if destinations:
-            await self._sender.send_pdu(
-                event.event_id, event.room_id, stored.stream_ordering, sorted(destinations)
-            )
+            self._sender.on_queued(destinations)

@@ -413,6 +413,7 @@ class HomeServer:
             self.membership.federation = self.federation_membership
             self.event_creator.remote_invite = self.federation_membership.invite_remote_user
             outbound = OutboundEvents(self.server_name, self.state_store, self.federation_sender)
+            self.event_creator.outbound_destinations = outbound.destinations_for
             self.event_creator.persisted_listeners.append(outbound.on_event_persisted)
             self.messages.backfill = self._backfill
             self.federation_edus = FederationEdus(

@@ -16,6 +16,7 @@ from homeserver.events.model import Event
 from homeserver.events.types import MEMBER
 from storage.database import Database, Transaction
 from storage.stores.events import StoredEvent
+from storage.stores.federation_queue import FederationQueueStore
 from storage.stores.state import (
     StateKey,
     StateStore,
@@ -69,6 +70,9 @@ class EventContext:
     backfilled: bool = False
     # Federation: an outlier row with this event ID may exist and is to be replaced.
     replace_outlier: bool = False
+    # Federation: servers to send the event to, queued in the same transaction so a crash
+    # after the commit cannot lose the delivery.
+    outbound_destinations: tuple[str, ...] = ()
 
 
 class IdAllocator:
@@ -318,6 +322,11 @@ class EventPersister:
             )
         if context.outlier or event.rejected_reason is not None:
             return
+        FederationQueueStore.enqueue_pdus_txn(
+            txn,
+            [(dest, stream_ordering, event.event_id, room_id)
+             for dest in context.outbound_destinations],
+        )
         _update_backward_extremities_txn(txn, event)
         if event.type == "m.room.redaction" and not event.is_state and event.redacts is not None:
             txn.execute(

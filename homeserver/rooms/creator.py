@@ -74,6 +74,8 @@ class EventCreator:
         self._writers = Linearizer("room_writer")
         # Called with each event that reached the room's timeline (federation sends it on).
         self.persisted_listeners: list[Callable[[StoredEvent], Awaitable[None]]] = []
+        # Federation: the servers a new local event goes to, queued with the event.
+        self.outbound_destinations: Callable[[Event], Awaitable[list[str]]] | None = None
         # Federation: has a remote invitee's server countersign an invite (set when enabled).
         self.remote_invite: Callable[[Event], Awaitable[Event]] | None = None
 
@@ -210,6 +212,8 @@ class EventCreator:
                 replaces_state=current.get(event.state_tuple) if event.is_state else None,
                 txn=txn,
             )
+            if self.outbound_destinations is not None:
+                context.outbound_destinations = tuple(await self.outbound_destinations(event))
             return await self._persist(room_id, event, context)
 
     async def build_pdu(
