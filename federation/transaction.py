@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 MAX_PDUS = 50
 MAX_EDUS = 100
+# How long a processed transaction's answer is kept for a retrying sender.
+TRANSACTION_MEMORY_MS = 24 * 3600 * 1000
 
 EduHandler = Callable[[str, dict[str, Any]], Awaitable[None]]
 
@@ -85,6 +87,12 @@ class TransactionHandler:
                 origin, transaction_id, response, self._clock.time_msec()
             )
             return response
+
+    async def prune(self) -> None:
+        """Forget transactions older than any sender would still retry."""
+        await self._fed_events.delete_old_transactions(
+            self._clock.time_msec() - TRANSACTION_MEMORY_MS
+        )
 
     async def _handle_pdu(self, origin: str, pdu: Any) -> tuple[str | None, dict[str, Any]]:
         room_id = pdu.get("room_id") if isinstance(pdu, dict) else None

@@ -475,12 +475,23 @@ class HomeServer:
             changes.initialise(position)
         await self.presence.start()
         await self.replication.start()
-        self._uia_cleanup = task.LoopingCall(
-            lambda: defer.ensureDeferred(self.uia.expire_sessions())
-        )
+        self._uia_cleanup = task.LoopingCall(self._periodic_cleanup)
         self._uia_cleanup.clock = self.reactor
         self._uia_cleanup.start(UIA_CLEANUP_INTERVAL_S, now=False)
         await self.federation_sender.start()
+
+    def _periodic_cleanup(self) -> Any:
+        """Expired UIA sessions, and inbound transaction IDs old enough that no server will
+        retry them."""
+
+        async def cleanup() -> None:
+            try:
+                await self.uia.expire_sessions()
+                await self.federation_transactions.prune()
+            except Exception:
+                logger.exception("periodic cleanup failed")
+
+        return defer.ensureDeferred(cleanup())
 
     def build_client_resource(self) -> resource.Resource:
         from client_api.routes import register_client_servlets

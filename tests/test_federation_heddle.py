@@ -205,6 +205,13 @@ class InboundBadInput(FederationTestCase):
         self.assertEqual(again, first)
         bodies = await self.timeline_bodies(self.alice, self.room_id)
         self.assertEqual(bodies.count("crafted"), 1)
+        # Remembered answers are pruned after a day.
+        store = self.a.hs.federation_event_store
+        self.assertIsNotNone(await store.get_transaction_response(self.b.server_name, "t-dup"))
+        await self.a.hs.federation_transactions.prune()
+        self.assertIsNotNone(await store.get_transaction_response(self.b.server_name, "t-dup"))
+        await store.delete_old_transactions(self.a.hs.clock.time_msec() + 1)
+        self.assertIsNone(await store.get_transaction_response(self.b.server_name, "t-dup"))
 
     @ensure_deferred
     async def test_bad_signature_is_dropped(self):
