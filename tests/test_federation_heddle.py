@@ -150,6 +150,34 @@ class TwoHeddles(FederationTestCase):
         r = await self.user_call(bob, "POST", f"{API}/join/{q(second)}?via={q(a.server_name)}", {})
         self.assertEqual(r.code, 200, r)
 
+    @ensure_deferred
+    async def test_history_before_joining_is_served_redacted(self):
+        a = await self.start_peer(0)
+        b = await self.start_peer(1)
+        alice = await self.fed_user(a, "alice")
+        bob = await self.fed_user(b, "bob")
+        r = await self.user_call(alice, "POST", f"{API}/createRoom", {"preset": "public_chat"})
+        room_id = r.json["room_id"]
+        await self.user_call(
+            alice, "PUT", f"{API}/rooms/{q(room_id)}/state/m.room.history_visibility",
+            {"history_visibility": "joined"},
+        )
+        await self.send_text(alice, room_id, "before bob", "s1")
+        r = await self.user_call(bob, "POST", f"{API}/join/{q(room_id)}?via={q(a.server_name)}", {})
+        self.assertEqual(r.code, 200, r)
+        after = await self.send_text(alice, room_id, "after bob", "s2")
+        response = await b.hs.federation_client.get_json(
+            a.server_name,
+            f"/_matrix/federation/v1/backfill/{q(room_id)}",
+            args={"v": [after], "limit": ["20"]},
+        )
+        contents = [ev["content"] for ev in response["pdus"] if ev["type"] == "m.room.message"]
+        self.assertIn({"msgtype": "m.text", "body": "after bob"}, contents)
+        self.assertIn({}, contents)  # "before bob", redacted for B
+        self.assertNotIn({"msgtype": "m.text", "body": "before bob"}, contents)
+        # B's own user sees none of it either.
+        self.assertEqual(await self.timeline_bodies(bob, room_id), ["after bob"])
+
     async def _is(self, awaitable, expected):
         return (await awaitable) == expected
 

@@ -21,6 +21,7 @@ from client_api.validation import RequestBody, parse_body
 from federation.acl import check_server_acl
 from federation.transport.auth import authenticate_request, federation_json_body_and_origin
 from federation.transport.routes import federation_path
+from federation.visibility import pdus_for_server
 from homeserver.errors import Codes, MatrixError
 from homeserver.events.auth import server_of
 from homeserver.rooms.lookup import require_room
@@ -102,7 +103,7 @@ class EventServlet:
         origin = await _authenticate(self._hs, request)
         stored = await _servable_event(self._hs, event_id, None)
         await _check_room_access(self._hs, stored.event.room_id, origin)
-        pdus = await self._hs.event_serializer.federation_forms([stored])
+        pdus = await pdus_for_server(self._hs, origin, [stored])
         return 200, _transaction(self._hs, pdus)
 
 
@@ -203,7 +204,13 @@ class BackfillServlet:
         earlier = await self._hs.federation_event_store.walk_back(
             room_id, starts, [], limit - len(first)
         )
-        return 200, _transaction(self._hs, await _pdus(self._hs, first + earlier))
+        loaded = await self._hs.event_store.get_stored_events(first + earlier)
+        servable = [
+            loaded[eid]
+            for eid in first + earlier
+            if eid in loaded and loaded[eid].event.rejected_reason is None
+        ]
+        return 200, _transaction(self._hs, await pdus_for_server(self._hs, origin, servable))
 
 
 class MissingEventsBody(RequestBody):
@@ -236,4 +243,4 @@ class GetMissingEventsServlet:
             (s for s in loaded.values() if s.event.rejected_reason is None),
             key=lambda s: (s.topological_ordering, s.stream_ordering),
         )
-        return 200, {"events": await self._hs.event_serializer.federation_forms(events)}
+        return 200, {"events": await pdus_for_server(self._hs, origin, events)}
