@@ -138,6 +138,31 @@ class SynapseInterop(FederationTestCase):
 
         await self.wait_for(delivered, timeout=90, what="queued message on Synapse after restart")
 
+    @ensure_deferred
+    async def test_joins_rooms_of_every_version(self):
+        heddle, peer, alice, bob = await self._setup()
+        for version in ("1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"):
+            r = await self._synapse(peer, bob, "POST", f"{API}/createRoom",
+                                    {"preset": "public_chat", "room_version": version})
+            self.assertEqual(r.code, 200, (version, r))
+            room_id = r.json["room_id"]
+            await self._synapse(
+                peer, bob, "PUT", f"{API}/rooms/{q(room_id)}/state/m.room.topic",
+                {"topic": f"v{version}"},
+            )
+            r = await self.user_call(
+                alice, "POST", f"{API}/join/{q(room_id)}?via={q(peer.server_name)}", {}
+            )
+            self.assertEqual(r.code, 200, (version, r))
+            r = await self.user_call(alice, "GET", f"{API}/rooms/{q(room_id)}/state/m.room.topic")
+            self.assertEqual(r.json.get("topic"), f"v{version}", (version, r))
+            await self.send_text(alice, room_id, f"hello v{version}", f"v{version}")
+
+            async def arrived(room_id: str = room_id, version: str = version) -> bool:
+                return f"hello v{version}" in await self._synapse_bodies(peer, bob, room_id)
+
+            await self.wait_for(arrived, timeout=60, what=f"message in a v{version} room")
+
     async def _is(self, awaitable: Any, expected: Any) -> bool:
         return bool((await awaitable) == expected)
 
