@@ -29,6 +29,7 @@ QUERY_KEYS_PATH = "/_matrix/key/v2/query"
 # After a fetch from a server fails (or does not give the key wanted), no new fetch from it
 # is made for this long, so a bad peer cannot make us hammer it (or anyone it names).
 FETCH_FAILURE_BACKOFF_MS = 60 * 1000
+DECODED_KEY_CACHE_SIZE = 10_000
 
 
 class InvalidKeyResponse(ValueError):
@@ -131,6 +132,8 @@ class KeyRing:
         self._in_flight: dict[str, list[defer.Deferred[dict[str, StoredVerifyKey]]]] = {}
         # server name -> when a fetch from it last failed.
         self._failed_fetches: dict[str, int] = {}
+        # (server, key ID) -> (decoded verify key, valid until), oldest first.
+        self._decoded: dict[tuple[str, str], tuple[Any, int]] = {}
 
     def set_client(self, client: Any) -> None:
         self._client = client
@@ -173,15 +176,27 @@ class KeyRing:
     ) -> Any:
         if server_name == self._server_name:
             return self._own_key(key_id, valid_at_ts)
+        # Verifying a big room's state checks thousands of signatures by a few keys: keep
+        # decoded keys in memory rather than reading the database for each.
+        remembered = self._decoded.get((server_name, key_id))
+        if remembered is not None and remembered[1] >= valid_at_ts:
+            return remembered[0]
         cached = await self._store.get_verify_key(server_name, key_id)
         if cached is not None and cached.valid_until_ts >= valid_at_ts:
-            return decode_verify_key(key_id, cached.verify_key)
+            return self._remember(server_name, key_id, cached)
         keys = await self._fetch(server_name, key_id, valid_at_ts, use_notaries)
         found = keys.get(key_id)
         if found is None or found.valid_until_ts < valid_at_ts:
             self._failed_fetches[server_name] = self._clock.time_msec()
             raise KeyLookupError(f"{server_name} has no key {key_id} valid at {valid_at_ts}")
-        return decode_verify_key(key_id, found.verify_key)
+        return self._remember(server_name, key_id, found)
+
+    def _remember(self, server_name: str, key_id: str, stored: StoredVerifyKey) -> Any:
+        key = decode_verify_key(key_id, stored.verify_key)
+        self._decoded[(server_name, key_id)] = (key, stored.valid_until_ts)
+        while len(self._decoded) > DECODED_KEY_CACHE_SIZE:
+            self._decoded.pop(next(iter(self._decoded)))
+        return key
 
     async def _fetch(
         self, server_name: str, key_id: str, valid_at_ts: int, use_notaries: bool
