@@ -40,6 +40,8 @@ from storage.stores.federation_queue import (
 logger = logging.getLogger(__name__)
 
 SEND_PATH = "/_matrix/federation/v1/send/"
+# Answers to a transaction that mean "this transaction is bad", not "try later".
+UNDELIVERABLE_CODES = frozenset({400, 413})
 
 QUEUED_PDUS = Gauge(
     "heddle_federation_queue_pdus",
@@ -61,7 +63,7 @@ TRANSACTION_SECONDS = Histogram(
 )
 TRANSACTIONS = Counter(
     "heddle_federation_transactions_total",
-    "Outbound transactions by result (success, http_error, send_failed, error)",
+    "Outbound transactions by result (success, http_error, send_failed, dropped, error)",
     ["result"],
 )
 
@@ -345,9 +347,28 @@ class FederationSender:
         started = time.monotonic()
         try:
             response = await self._client.put_json(dest.name, path, body)
-        except (RequestSendFailed, HttpResponseError) as e:
+        except HttpResponseError as e:
+            if e.code in UNDELIVERABLE_CODES:
+                # The destination says this transaction itself is unacceptable (malformed,
+                # too large): sending it again cannot help and would block the queue.
+                TRANSACTIONS.labels("dropped").inc()
+                logger.warning(
+                    "%s refused transaction %s (HTTP %d %s): dropping its %d PDUs and %d EDUs",
+                    dest.name, txn_id, e.code, e.errcode, len(batch.pdus), len(batch.edus),
+                )
+                await self._store.delete_sent(
+                    dest.name,
+                    [p.stream_ordering for p in batch.pdus],
+                    [edu.edu_id for edu in batch.edus],
+                )
+                dest.last_batch_key = dest.last_txn_id = None
+                return True
             TRANSACTION_SECONDS.observe(time.monotonic() - started)
-            result = "send_failed" if isinstance(e, RequestSendFailed) else "http_error"
+            TRANSACTIONS.labels("http_error").inc()
+            return await self._back_off(dest, e, True)
+        except RequestSendFailed as e:
+            TRANSACTION_SECONDS.observe(time.monotonic() - started)
+            result = "send_failed"
             TRANSACTIONS.labels(result).inc()
             can_retry = e.can_retry if isinstance(e, RequestSendFailed) else True
             return await self._back_off(dest, e, can_retry)

@@ -47,6 +47,8 @@ class FakeClient:
             raise RequestSendFailed(destination, "blocked IP range", can_retry=False)
         if self.mode == "http":
             raise HttpResponseError(destination, 502, {"errcode": "M_UNKNOWN", "error": "down"})
+        if self.mode == "refused":
+            raise HttpResponseError(destination, 400, {"errcode": "M_BAD_JSON", "error": "no"})
         return self.response
 
     def sent_event_ids(self, destination: str = REMOTE) -> list[list[str]]:
@@ -331,6 +333,19 @@ class FederationSenderTests(HomeserverTestCase):
         await self.settle()
         self.assertTrue(self.sender.is_backing_off(REMOTE))
         self.assertEqual(await self.queue_lengths(), (1, 0))
+
+    @ensure_deferred
+    async def test_a_refused_transaction_is_dropped_not_retried_forever(self) -> None:
+        self.client.mode = "refused"
+        await self.send(1)
+        await self.settle()
+        self.assertFalse(self.sender.is_backing_off(REMOTE))
+        self.assertEqual(await self.queue_lengths(), (0, 0))
+        # The queue is not blocked: later events go out.
+        self.client.mode = "ok"
+        await self.send(2)
+        await self.settle()
+        self.assertEqual(self.client.sent_event_ids()[-1], [event_id(2)])
 
     @ensure_deferred
     async def test_non_retriable_failure_backs_off_at_the_maximum(self) -> None:
