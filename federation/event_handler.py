@@ -14,7 +14,7 @@ Rejected events are stored too (so they are not fetched again) but never become 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from federation.client import build_path
@@ -32,6 +32,7 @@ from homeserver.events.hashing import room_id_from_create_event_id
 from homeserver.events.model import Event, StateKey
 from homeserver.events.room_versions import RoomVersion, StateResAlgorithm
 from homeserver.events.state_res import resolve_state, separate
+from homeserver.events.state_res_v1 import resolve_state_v1
 from storage.persister import EventContext
 from storage.stores.events import StoredEvent
 
@@ -74,6 +75,9 @@ class FederationEventHandler:
         self._state = state
         self._persister = persister
         self._creator = creator
+        # Set by FederationMembership: keeps a leave or ban answering a local user's invite
+        # or knock to a room we are not in (True when it took the event).
+        self.out_of_room_membership: Callable[[str, Event], Awaitable[bool]] | None = None
 
     # ----- checking PDUs ------------------------------------------------------------------
 
@@ -105,6 +109,9 @@ class FederationEventHandler:
         async with self._creator.room_writer(room_id):
             held = await self._fed_events.get_held_event_ids([event.event_id], False)
             if held:
+                return
+            if self.out_of_room_membership is not None and \
+                    await self.out_of_room_membership(origin, event):
                 return
             prevs = event.prev_event_ids
             missing = set(prevs) - await self._fed_events.get_held_event_ids(prevs, False)
@@ -218,7 +225,7 @@ class FederationEventHandler:
             if remaining:
                 # A fork: the room's state is the resolution of every branch.
                 context.current_state = await self.resolve(
-                    room_version, [current, state_after]
+                    room_version, [current, state_after], extra=[event]
                 )
             elif single_group is None or single_group != current_group:
                 context.current_state = state_after
@@ -415,23 +422,25 @@ class FederationEventHandler:
         if fetched:
             await self.store_outliers(fetched)
 
-    async def resolve(self, room_version: RoomVersion, states: Sequence[Mapping[StateKey, str]]
-                      ) -> StateMap:
-        """State resolution over full state maps, loading the events it needs."""
+    async def resolve(self, room_version: RoomVersion, states: Sequence[Mapping[StateKey, str]],
+                      extra: Sequence[Event] = ()) -> StateMap:
+        """State resolution over full state maps, loading the events it needs; `extra` are
+        events the states name that are not stored yet (the event being processed)."""
         if not states:
             return {}
         unconflicted, conflicted = separate(states)
         if not conflicted:
             return dict(unconflicted)
+        unstored = {e.event_id: e for e in extra}
         all_ids = {eid for s in states for eid in s.values()}
-        chain = await self._fed_events.get_auth_chain_ids(all_ids)
-        event_map = await self._events.get_events(all_ids | chain)
+        their_auth = {a for e in unstored.values() for a in e.auth_event_ids}
+        chain = await self._fed_events.get_auth_chain_ids((all_ids - unstored.keys()) | their_auth)
+        event_map = {
+            **await self._events.get_events((all_ids | chain | their_auth) - unstored.keys()),
+            **unstored,
+        }
         if room_version.state_res is StateResAlgorithm.V1:
-            # Room version 1 (the original algorithm) is not implemented: a fork there is
-            # refused rather than resolved wrongly.
-            raise MatrixError(
-                502, Codes.UNKNOWN, "Cannot resolve forked state in a room of version 1"
-            )
+            return resolve_state_v1(room_version, states, event_map)
         return resolve_state(room_version, states, event_map)
 
     # ----- helpers for membership and backfill ----------------------------------------------

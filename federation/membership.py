@@ -317,6 +317,30 @@ class FederationMembership:
         await self._creator.notify_membership(stored)
         return stored
 
+    async def receive_out_of_room_membership(self, origin: str, event: Event) -> bool:
+        """A leave or ban of one of our users in a room we are not in, answering the invite
+        or knock we hold (an invite rescinded, a knock refused). We have no room state to
+        check it against, so it must cite that invite or knock among its auth events; it is
+        then kept like them, so the user's sync shows the room left. False when this does
+        not apply (the event then goes through the usual checks)."""
+        target = event.state_key
+        if (
+            event.type != MEMBER
+            or target is None
+            or server_of(target) != self._server_name
+            or event.membership not in ("leave", "ban")
+            or await self.is_resident(event.room_id)
+        ):
+            return False
+        current = await self._rooms.get_membership(event.room_id, target)
+        if current is None or current.membership not in ("invite", "knock") or \
+                current.event_id not in event.auth_event_ids:
+            return False
+        logger.info("%s: %s's %s answered by %s's %s", event.room_id, target,
+                    current.membership, event.sender, event.membership)
+        await self._store_out_of_room_membership(event, {})
+        return True
+
     async def invite_remote_user(self, event: Event) -> Event:
         """Ask the invitee's server to countersign our invite (v2 invite API) before it is
         sent to the room; returns the invite carrying both signatures."""
@@ -393,7 +417,11 @@ class FederationMembership:
         pdu = await self._creator.build_pdu(
             room_id, room_version, user_id, MEMBER, content, user_id, current
         )
-        template = Event(dict(pdu), room_version, event_id="$template:" + self._server_name)
+        checked = dict(pdu)
+        if "join_authorised_via_users_server" in content:
+            # We countersign the join at send_join; the auth rules want that signature.
+            self._sign(checked, room_version)
+        template = Event(checked, room_version, event_id="$template:" + self._server_name)
         try:
             await self._creator.check_auth(template, current)
         except MatrixError as e:

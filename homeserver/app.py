@@ -409,6 +409,10 @@ class HomeServer:
         self.profiles.remote = self.remote_queries
         self.directory.remote = self.remote_queries
         self.room_list.remote = self.remote_queries
+        # A leave or ban ending a local user's invite or knock in a room we are not in.
+        self.federation_events.out_of_room_membership = (
+            self.federation_membership.receive_out_of_room_membership
+        )
         if fed.enabled:
             self.membership.federation = self.federation_membership
             self.event_creator.remote_invite = self.federation_membership.invite_remote_user
