@@ -19,6 +19,7 @@ from twisted.trial import unittest
 
 from client_api.routes import CLIENT_SERVLETS
 from homeserver import cli
+from homeserver.cli import federation_port_for
 from homeserver.config import ListenerConfig, generate_config_text, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,7 +102,7 @@ class DockerfileTests(unittest.TestCase):
 
     def test_exposes_client_and_metrics_ports_and_the_data_volume(self) -> None:
         exposed = {int(p) for args in instruction("EXPOSE") for p in args.split()}
-        self.assertEqual(exposed, {8008, 9008})
+        self.assertEqual(exposed, {8008, 8448, 9008})
         self.assertIn("/data", " ".join(instruction("VOLUME")))
 
     def test_runs_as_a_non_root_user(self) -> None:
@@ -181,10 +182,14 @@ class ComposeTests(unittest.TestCase):
     def test_ports_reach_the_default_listener_ports(self) -> None:
         service = compose()["services"]["heddle"]
         container_ports = {int(str(p).rsplit(":", 1)[-1]) for p in service["ports"]}
-        self.assertEqual(container_ports, {ListenerConfig().port, 9008})
+        default_port = ListenerConfig().port
+        self.assertEqual(container_ports, {default_port, federation_port_for(default_port), 9008})
+        # `heddle generate-config` adds the federation listener to the generated text.
         generated = yaml.safe_load(generate_config_text("example.org", "/data"))
         self.assertEqual(
-            {listener["port"] for listener in generated["listeners"]}, container_ports
+            {listener["port"] for listener in generated["listeners"]}
+            | {federation_port_for(default_port)},
+            container_ports,
         )
 
     def test_data_volume_is_mounted_at_data(self) -> None:
