@@ -175,7 +175,11 @@ class TwoHeddles(FederationTestCase):
         self.assertIn({"msgtype": "m.text", "body": "after bob"}, contents)
         self.assertIn({}, contents)  # "before bob", redacted for B
         self.assertNotIn({"msgtype": "m.text", "body": "before bob"}, contents)
-        # B's own user sees none of it either.
+        # B's own user sees none of it either, once "after bob" has arrived.
+        await self.wait_for(
+            lambda: self._contains(self.timeline_bodies(bob, room_id), "after bob"),
+            what="the later message on B",
+        )
         self.assertEqual(await self.timeline_bodies(bob, room_id), ["after bob"])
 
     async def _is(self, awaitable, expected):
