@@ -225,6 +225,16 @@ class FederationMembership:
                 raise MatrixError(502, Codes.UNKNOWN, f"Bad join event from {server}: {e}") from None
             if signed_join.event_id == join.event_id:
                 join = signed_join
+        if await self.is_resident(room_id):
+            # Already in the room (another server had to authorise this restricted join):
+            # the join is one more event of a room we hold, checked like any other.
+            join = await self._handler.check_pdu(join.pdu, room_version, room_id)
+            async with self._creator.room_writer(room_id):
+                processed = await self._handler.process_event(server, join)
+            if processed.event.rejected_reason is not None or \
+                    processed.internal_metadata.get("soft_failed"):
+                raise MatrixError(403, Codes.FORBIDDEN, "The join was not allowed")
+            return processed
         state_pdus = response.get("state")
         chain_pdus = response.get("auth_chain")
         if not isinstance(state_pdus, list) or not isinstance(chain_pdus, list):

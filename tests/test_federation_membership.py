@@ -174,6 +174,39 @@ class FederatedMembership(FederationTestCase):
         await self.send_text(bob, room, "restricted hello", "r1")
         await self._wait_body(alice, room, "restricted hello", "bob's message on A")
 
+    @ensure_deferred
+    async def test_restricted_join_only_another_server_can_authorise(self) -> None:
+        # B is already in the room (dave) but none of its members may invite: B asks A.
+        a, b, alice, bob = await self._two()
+        dave = await self.fed_user(b, "dave")
+        space = await self._create(alice, preset="public_chat", room_version="10")
+        r = await self._join(bob, space, a)
+        self.assertEqual(r.code, 200, r)
+        room = await self._create(
+            alice, preset="private_chat", room_version="10",
+            power_level_content_override={"invite": 50},
+            initial_state=[{
+                "type": "m.room.join_rules", "state_key": "",
+                "content": {"join_rule": "restricted",
+                            "allow": [{"type": "m.room_membership", "room_id": space}]},
+            }],
+        )
+        r = await self.user_call(alice, "POST", f"{API}/rooms/{q(room)}/invite",
+                                 {"user_id": dave.user_id})
+        self.assertEqual(r.code, 200, r)
+        r = await self._join(dave, room, a)
+        self.assertEqual(r.code, 200, r)
+        await self._wait_membership(alice, room, dave.user_id, "join", "dave's join on A")
+        r = await self._join(bob, room, a)
+        self.assertEqual(r.code, 200, r)
+        r = await self.user_call(
+            bob, "GET", f"{API}/rooms/{q(room)}/state/m.room.member/{q(bob.user_id)}"
+        )
+        self.assertEqual(r.json.get("join_authorised_via_users_server"), alice.user_id)
+        await self._wait_membership(alice, room, bob.user_id, "join", "bob's join on A")
+        await self.send_text(bob, room, "let in by A", "ra1")
+        await self._wait_body(alice, room, "let in by A", "bob's message on A")
+
     # ----- bans and redactions -------------------------------------------------------------
 
     @ensure_deferred

@@ -35,6 +35,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+class RemoteAuthorisationNeeded(MatrixError):
+    """A restricted join no local member can authorise, but members on `servers` might."""
+
+    def __init__(self, servers: list[str]) -> None:
+        super().__init__(
+            403, Codes.FORBIDDEN, "No member of this server can authorise joining this room"
+        )
+        self.servers = servers
+
+
 def server_of_id(identifier: str) -> str:
     return identifier.split(":", 1)[1] if ":" in identifier else ""
 
@@ -93,7 +103,17 @@ class MembershipHandler:
             await self.federation.remote_join(requester.user_id, room_id, remote, content)
             return room_id
         room_version = await require_room(self._events, room_id, _NOT_ON_THIS_SERVER)
-        extra = await self.restricted_join_authoriser(requester.user_id, room_id, room_version)
+        try:
+            extra = await self.restricted_join_authoriser(
+                requester.user_id, room_id, room_version
+            )
+        except RemoteAuthorisationNeeded as e:
+            # A restricted room only another server can let this user into: join through it
+            # (it names the authorising member and countersigns).
+            assert self.federation is not None
+            content = await self._member_content(requester.user_id, "join", reason)
+            await self.federation.remote_join(requester.user_id, room_id, e.servers, content)
+            return room_id
         await self._send_member(
             requester.user_id, room_id, requester.user_id, "join", reason, extra=extra
         )
@@ -306,24 +326,47 @@ class MembershipHandler:
             and condition.get("type") == "m.room_membership"
             and isinstance(condition.get("room_id"), str)
         ]
+        members = await self._state.get_current_members(room_id, "join")
         for other in allowed_rooms:
             if await self._rooms.is_joined(other, user_id):
                 break
         else:
+            # We may not be in the allowed rooms: a server that is can tell.
+            for other in allowed_rooms:
+                if not await self._is_resident(other):
+                    await self._ask_remote_authoriser(room_id, members)
             # knock_restricted rooms still take knocks; joining needs an invite then.
             raise MatrixError(
                 403, Codes.FORBIDDEN, "You are not a member of any room this room allows"
             )
-        members = await self._state.get_current_members(room_id, "join")
         for member in sorted(members):
             if self.is_mine(member) and await self._power.has_named_level(
                 room_id, member, "invite"
             ):
                 return {"join_authorised_via_users_server": member}
-        # Another server's member could authorise the join: that is federation (issue 4).
+        await self._ask_remote_authoriser(room_id, members)
         raise MatrixError(
             403, Codes.FORBIDDEN, "No member of this server can authorise joining this room"
         )
+
+    async def _is_resident(self, room_id: str) -> bool:
+        members = await self._state.get_current_members(room_id, "join")
+        return any(self.is_mine(m) for m in members)
+
+    async def _ask_remote_authoriser(self, room_id: str, members: Mapping[str, str]) -> None:
+        """Raise RemoteAuthorisationNeeded naming the servers whose members could authorise
+        the join (they may invite), when federation can reach them."""
+        if self.federation is None:
+            return
+        servers: list[str] = []
+        for member in sorted(members):
+            server = server_of_id(member)
+            if server != self._server_name and server not in servers and (
+                await self._power.has_named_level(room_id, member, "invite")
+            ):
+                servers.append(server)
+        if servers:
+            raise RemoteAuthorisationNeeded(servers)
 
     async def _send_member(
         self,
