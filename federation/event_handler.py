@@ -122,11 +122,11 @@ class FederationEventHandler:
     async def _fetch_missing_events(self, origin: str, event: Event) -> None:
         """Ask the sender for the events between our forward extremities and `event`, and
         process the ones we get, oldest first; what is still missing after that is dealt
-        with by fetching the state at the gap (`_state_after`)."""
+        with by fetching the state at the gap (`_state_after_remote`)."""
         room_id = event.room_id
-        extremities = [eid for eid, _ in await self._events.get_forward_extremities(room_id)]
-        min_depth = min((d for _, d in await self._events.get_forward_extremities(room_id)),
-                        default=0)
+        forward = await self._events.get_forward_extremities(room_id)
+        extremities = [eid for eid, _ in forward]
+        min_depth = min((depth for _, depth in forward), default=0)
         try:
             response = await self._client.post_json(
                 origin,
