@@ -332,10 +332,11 @@ class FederationEventHandler:
         for prev in prevs:
             stored = held.get(prev)
             group = groups.get(prev, (None, None))[1]
-            if stored is not None and not stored.outlier and group is not None:
-                after_groups.append(group)
-                states.append(dict(await self._state.get_state_group(group)))
-            elif stored is not None and stored.internal_metadata.get("soft_failed") and group:
+            # Timeline events, and soft-failed ones (flagged as outliers, but with state).
+            known_state = stored is not None and group is not None and (
+                not stored.outlier or stored.internal_metadata.get("soft_failed")
+            )
+            if known_state and group is not None:
                 after_groups.append(group)
                 states.append(dict(await self._state.get_state_group(group)))
             else:
