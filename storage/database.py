@@ -69,7 +69,9 @@ class Transaction:
 
     def execute_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         self._begin(sql)
-        self._cursor.executemany(self.engine.convert_sql(sql), [_checked_args(r) for r in rows])
+        self.engine.execute_many(
+            self._cursor, self.engine.convert_sql(sql), [_checked_args(r) for r in rows]
+        )
 
     def fetchone(self) -> tuple[Any, ...] | None:
         return self._cursor.fetchone()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any
 
 # Keys a JSON path in `json_text` may use: plain names, as event fields are.
@@ -38,6 +39,10 @@ class Engine(ABC):
         text; NULL where the path is absent. `column` and `path` are trusted SQL, never input.
         """
         raise NotImplementedError
+
+    def execute_many(self, cursor: Any, sql: str, rows: list[Sequence[Any]]) -> None:
+        """Run `sql` (already converted) once per row."""
+        cursor.executemany(sql, rows)
 
     def is_retryable(self, exc: BaseException) -> bool:
         return isinstance(exc, self.retryable_errors)

@@ -1,16 +1,19 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
+import psycopg2.extras
 
 from storage.engines.base import JSON_PATH_KEY, Engine
 
 _PLACEHOLDER = re.compile(r"\?")
+EXECUTE_BATCH_PAGE_SIZE = 500
 
 
 class PostgresEngine(Engine):
@@ -40,6 +43,11 @@ class PostgresEngine(Engine):
     def convert_sql(self, sql: str) -> str:
         # psycopg2 treats % as the start of a placeholder: escape literal ones first.
         return _PLACEHOLDER.sub("%s", sql.replace("%", "%%"))
+
+    def execute_many(self, cursor: Any, sql: str, rows: list[Sequence[Any]]) -> None:
+        # psycopg2's executemany makes one round trip per row; batches of statements make
+        # storing a big room's state (tens of thousands of rows) take one round trip per page.
+        psycopg2.extras.execute_batch(cursor, sql, rows, page_size=EXECUTE_BATCH_PAGE_SIZE)
 
     def json_text(self, column: str, *path: str) -> str:
         assert all(JSON_PATH_KEY.fullmatch(key) for key in path), path
