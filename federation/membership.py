@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from signedjson.sign import sign_json
+from twisted.internet import defer
 
 from federation.client import build_path
 from federation.errors import FederationError, HttpResponseError
@@ -102,6 +103,9 @@ class FederationMembership:
         self._local = local_membership
         self.sender = sender
         self._max_join_bytes = max_join_response_bytes
+        # Rooms being joined through another server (count of joins), and who waits for them.
+        self._joins_in_progress: dict[str, int] = {}
+        self._join_waiters: dict[str, list[defer.Deferred[None]]] = {}
 
     # ----- helpers ------------------------------------------------------------------------
 
@@ -139,6 +143,27 @@ class FederationMembership:
         """Join `user_id` to a room hosted elsewhere, through the first of `servers` that
         will have us; the returned state and auth chain are checked before the room is
         stored."""
+        self._joins_in_progress[room_id] = self._joins_in_progress.get(room_id, 0) + 1
+        try:
+            return await self._remote_join(user_id, room_id, servers, content)
+        finally:
+            self._joins_in_progress[room_id] -= 1
+            if not self._joins_in_progress[room_id]:
+                del self._joins_in_progress[room_id]
+                for waiter in self._join_waiters.pop(room_id, []):
+                    waiter.callback(None)
+
+    async def wait_for_joins(self, room_id: str) -> None:
+        """Return once no join of the room through another server is in progress: events
+        the room's servers send meanwhile must wait for the room's state to be stored."""
+        while room_id in self._joins_in_progress:
+            waiter: defer.Deferred[None] = defer.Deferred()
+            self._join_waiters.setdefault(room_id, []).append(waiter)
+            await waiter
+
+    async def _remote_join(
+        self, user_id: str, room_id: str, servers: Sequence[str], content: Mapping[str, Any]
+    ) -> StoredEvent:
         last_error: Exception | None = None
         for server in _candidates(servers, self._server_name):
             try:

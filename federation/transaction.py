@@ -50,6 +50,8 @@ class TransactionHandler:
         self._sender = sender
         self._per_origin = Linearizer("federation_transactions")
         self.edu_handlers: dict[str, EduHandler] = {}
+        # Waits until no join of a room through another server is in progress.
+        self.wait_for_joins: Callable[[str], Awaitable[None]] | None = None
 
     async def on_transaction(
         self, origin: str, transaction_id: str, body: dict[str, Any]
@@ -99,6 +101,9 @@ class TransactionHandler:
         if not isinstance(room_id, str):
             logger.info("PDU from %s without a room ID dropped", origin)
             return None, {}
+        if self.wait_for_joins is not None:
+            # A join of this room in progress: its state is not stored yet.
+            await self.wait_for_joins(room_id)
         room_version = await self._events.get_room_version(room_id)
         if room_version is None:
             # A room we are not in: nothing to check it against.

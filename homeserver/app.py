@@ -409,6 +409,7 @@ class HomeServer:
         self.profiles.remote = self.remote_queries
         self.directory.remote = self.remote_queries
         self.room_list.remote = self.remote_queries
+        self.federation_transactions.wait_for_joins = self.federation_membership.wait_for_joins
         # A leave or ban ending a local user's invite or knock in a room we are not in.
         self.federation_events.out_of_room_membership = (
             self.federation_membership.receive_out_of_room_membership

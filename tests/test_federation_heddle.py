@@ -182,6 +182,34 @@ class TwoHeddles(FederationTestCase):
         )
         self.assertEqual(await self.timeline_bodies(bob, room_id), ["after bob"])
 
+    @ensure_deferred
+    async def test_events_arriving_during_a_join_wait_for_it(self):
+        from twisted.internet import reactor, task
+
+        a = await self.start_peer(0)
+        b = await self.start_peer(1)
+        alice = await self.fed_user(a, "alice")
+        bob = await self.fed_user(b, "bob")
+        r = await self.user_call(alice, "POST", f"{API}/createRoom", {"preset": "public_chat"})
+        room_id = r.json["room_id"]
+        membership = b.hs.federation_membership
+        complete = membership._complete_join
+
+        async def slow_complete(*args):
+            # A has accepted the join: it now sends B a message, which must not be lost
+            # while B is still storing the room.
+            await self.send_text(alice, room_id, "during the join", "dj")
+            await task.deferLater(reactor, 0.5, lambda: None)
+            return await complete(*args)
+
+        membership._complete_join = slow_complete
+        r = await self.user_call(bob, "POST", f"{API}/join/{q(room_id)}?via={q(a.server_name)}", {})
+        self.assertEqual(r.code, 200, r)
+        await self.wait_for(
+            lambda: self._contains(self.timeline_bodies(bob, room_id), "during the join"),
+            what="the message sent during the join",
+        )
+
     async def _is(self, awaitable, expected):
         return (await awaitable) == expected
 
