@@ -98,10 +98,7 @@ class MembershipHandler:
         room_id, servers = await self._room_and_servers(room_id_or_alias, via)
         remote = await self._remote_servers_if_not_resident(requester.user_id, room_id, servers)
         if remote:
-            assert self.federation is not None
-            content = await self._member_content(requester.user_id, "join", reason)
-            await self.federation.remote_join(requester.user_id, room_id, remote, content)
-            return room_id
+            return await self._join_through(requester.user_id, room_id, remote, reason)
         room_version = await require_room(self._events, room_id, _NOT_ON_THIS_SERVER)
         try:
             extra = await self.restricted_join_authoriser(
@@ -110,10 +107,7 @@ class MembershipHandler:
         except RemoteAuthorisationNeeded as e:
             # A restricted room only another server can let this user into: join through it
             # (it names the authorising member and countersigns).
-            assert self.federation is not None
-            content = await self._member_content(requester.user_id, "join", reason)
-            await self.federation.remote_join(requester.user_id, room_id, e.servers, content)
-            return room_id
+            return await self._join_through(requester.user_id, room_id, e.servers, reason)
         await self._send_member(
             requester.user_id, room_id, requester.user_id, "join", reason, extra=extra
         )
@@ -269,19 +263,35 @@ class MembershipHandler:
         return list(dict.fromkeys(c for c in candidates if c != self._server_name))
 
     async def _member_content(
-        self, user_id: str, membership: str, reason: str | None
+        self,
+        target: str,
+        membership: str,
+        reason: str | None,
+        extra: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        content: dict[str, Any] = {"membership": membership}
+        """A member event's content: `extra`, the membership and reason, and for a local
+        target joining, invited or knocking, their profile at the time (spec:
+        m.room.member) unless the client set a per-room one."""
+        content: dict[str, Any] = dict(extra or {})
+        content["membership"] = membership
         if reason is not None:
             content["reason"] = reason
-        if membership in _WITH_PROFILE:
-            profile = await self._profiles.get_profile(user_id)
+        if membership in _WITH_PROFILE and self.is_mine(target):
+            profile = await self._profiles.get_profile(target)
             if profile is not None:
-                if profile.displayname is not None:
+                if "displayname" not in content and profile.displayname is not None:
                     content["displayname"] = profile.displayname
-                if profile.avatar_url is not None:
+                if "avatar_url" not in content and profile.avatar_url is not None:
                     content["avatar_url"] = profile.avatar_url
         return content
+
+    async def _join_through(
+        self, user_id: str, room_id: str, servers: Sequence[str], reason: str | None
+    ) -> str:
+        assert self.federation is not None
+        content = await self._member_content(user_id, "join", reason)
+        await self.federation.remote_join(user_id, room_id, servers, content)
+        return room_id
 
     def is_mine(self, user_id: str) -> bool:
         return user_id.split(":", 1)[-1] == self._server_name
@@ -377,19 +387,7 @@ class MembershipHandler:
         reason: str | None,
         extra: Mapping[str, Any] | None = None,
     ) -> StoredEvent:
-        content: dict[str, Any] = dict(extra or {})
-        content["membership"] = membership
-        if reason is not None:
-            content["reason"] = reason
-        if membership in _WITH_PROFILE and self.is_mine(target):
-            # Member events carry the profile at the time (spec: m.room.member), unless the
-            # client set a per-room one.
-            profile = await self._profiles.get_profile(target)
-            if profile is not None:
-                if "displayname" not in content and profile.displayname is not None:
-                    content["displayname"] = profile.displayname
-                if "avatar_url" not in content and profile.avatar_url is not None:
-                    content["avatar_url"] = profile.avatar_url
+        content = await self._member_content(target, membership, reason, extra)
         existing = await self._unchanged(room_id, sender, target, content)
         if existing is not None:
             return existing
