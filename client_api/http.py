@@ -50,10 +50,29 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+@dataclass(frozen=True)
+class RawBody:
+    """A non-JSON response body (media), with the headers describing it."""
+
+    data: bytes
+    headers: dict[str, str]
+
+
+def _is_media_upload(path: bytes) -> bool:
+    return path.startswith(b"/_matrix/media/") and b"/upload" in path
+
+
 class HeddleRequest(server.Request):
-    """A request that refuses bodies over the configured size without buffering them."""
+    """A request that refuses bodies over the configured size without buffering them.
+    Media uploads have their own, larger limit."""
 
     max_body_bytes = 1024 * 1024
+    max_upload_bytes = 50 * 1024 * 1024
+
+    def _body_limit(self) -> int:
+        # Called before the request line is parsed into `self.path`: the channel has it.
+        path = getattr(self.channel, "_path", None) or getattr(self, "path", b"") or b""
+        return self.max_upload_bytes if _is_media_upload(path) else self.max_body_bytes
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -67,16 +86,18 @@ class HeddleRequest(server.Request):
 
     def gotLength(self, length: int | None) -> None:
         super().gotLength(length)
-        if length is not None and length > self.max_body_bytes:
+        limit = self._body_limit()
+        if length is not None and length > limit:
             self.body_too_large = True
-            if length > self.max_body_bytes * _ABORT_FACTOR:
+            if length > limit * _ABORT_FACTOR:
                 self._refuse_early()
 
     def handleContentChunk(self, data: bytes) -> None:
         self._body_bytes += len(data)
-        if self._body_bytes > self.max_body_bytes:
+        limit = self._body_limit()
+        if self._body_bytes > limit:
             self.body_too_large = True
-            if self._body_bytes > self.max_body_bytes * _ABORT_FACTOR:
+            if self._body_bytes > limit * _ABORT_FACTOR:
                 self._refuse_early()
             return
         super().handleContentChunk(data)
@@ -96,8 +117,14 @@ class HeddleRequest(server.Request):
         return getattr(addr, "host", "unknown")
 
 
-def make_request_factory(max_body_bytes: int) -> type[HeddleRequest]:
-    return type("ConfiguredHeddleRequest", (HeddleRequest,), {"max_body_bytes": max_body_bytes})
+def make_request_factory(
+    max_body_bytes: int, max_upload_bytes: int = HeddleRequest.max_upload_bytes
+) -> type[HeddleRequest]:
+    return type(
+        "ConfiguredHeddleRequest",
+        (HeddleRequest,),
+        {"max_body_bytes": max_body_bytes, "max_upload_bytes": max_upload_bytes},
+    )
 
 
 # ----- parsing helpers --------------------------------------------------------------------
@@ -350,7 +377,10 @@ class JsonResource(resource.Resource):
         if request._disconnected or request.finished:
             return
         request.setResponseCode(code)
-        if isinstance(body, bytes):
+        if isinstance(body, RawBody):
+            payload = body.data
+            headers = {**body.headers, **headers}
+        elif isinstance(body, bytes):
             payload = body
         else:
             payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
@@ -376,9 +406,16 @@ def _loggable(request: server.Request) -> str:
 class HeddleSite(server.Site):
     """A site whose requests carry a body limit; access logging is done by `JsonResource`."""
 
-    def __init__(self, root: resource.Resource, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        root: resource.Resource,
+        max_body_bytes: int,
+        max_upload_bytes: int = HeddleRequest.max_upload_bytes,
+    ) -> None:
         super().__init__(root)
-        self.requestFactory = make_request_factory(max_body_bytes)  # type: ignore[assignment]
+        self.requestFactory = make_request_factory(  # type: ignore[assignment]
+            max_body_bytes, max_upload_bytes
+        )
 
     def log(self, request: http.Request) -> None:
         pass

@@ -56,6 +56,8 @@ from homeserver.sync.handler import SyncHandler
 from homeserver.sync.notifier import Notifier
 from homeserver.typing import TypingHandler
 from homeserver.user_directory import UserDirectoryHandler
+from media_repo.providers.filesystem import FilesystemProvider
+from media_repo.repository import MediaRepository
 from storage.database import Database
 from storage.engines import create_engine
 from storage.migrations import apply_migrations
@@ -69,6 +71,7 @@ from storage.stores.events import EventStore
 from storage.stores.federation_events import FederationEventStore
 from storage.stores.federation_queue import FederationQueueStore
 from storage.stores.filters import FilterStore
+from storage.stores.media import MediaStore
 from storage.stores.presence import PresenceStore
 from storage.stores.profiles import ProfileStore
 from storage.stores.receipts import ReceiptStore
@@ -331,6 +334,17 @@ class HomeServer:
         )
         self.membership.forget_listeners.append(self.sync.forget_memberships)
 
+        # Media (issue 5): metadata in the database, bytes with the storage provider.
+        self.media_store = MediaStore(self.db)
+        self.media = MediaRepository(
+            self.server_name,
+            self.clock,
+            reactor,
+            config.media,
+            self.media_store,
+            FilesystemProvider(config.resolve_path(config.media.store_path), reactor),
+        )
+
         # Federation (issue 4): outbound requests (discovery, TLS, signing), keys, the
         # persisted send queue, inbound events and membership, remote lookups.
         fed = config.federation
@@ -528,7 +542,9 @@ class HomeServer:
             root = self.build_federation_resource()
         else:
             root = self.build_metrics_resource()
-        site: server.Site = HeddleSite(root, self.config.limits.max_request_body_bytes)
+        site: server.Site = HeddleSite(
+            root, self.config.limits.max_request_body_bytes, self.config.media.max_upload_bytes
+        )
         site.heddle_listener = listener  # type: ignore[attr-defined]
         if listener.tls:
             from homeserver.tls import server_context_factory

@@ -182,6 +182,27 @@ class FederationConfig(_Section):
     max_join_response_bytes: int = Field(500 * 1024 * 1024, ge=1024)
 
 
+class MediaConfig(_Section):
+    # Largest upload accepted, in bytes (413 M_TOO_LARGE beyond it). Advertised to clients
+    # as m.upload.size.
+    max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1024)
+    # Where media files are kept (relative to data_dir) by the local storage provider.
+    store_path: str = "media_store"
+    # Content types that may not be uploaded (exact, or "type/*").
+    blocked_content_types: list[str] = Field(default_factory=list)
+    # When not empty, only these content types may be uploaded.
+    allowed_content_types: list[str] = Field(default_factory=list)
+    # Total bytes each user may have uploaded (0: no quota).
+    max_bytes_per_user: int = Field(0, ge=0)
+    # Serve the legacy unauthenticated /_matrix/media/v3/download and /thumbnail endpoints
+    # (clients before spec v1.11 use them). Synapse's enable_authenticated_media turns them off.
+    legacy_unauthenticated_downloads: bool = True
+    # How long an ID from POST /_matrix/media/v1/create may wait for its upload (ms).
+    unused_expires_after_ms: int = Field(24 * 3600 * 1000, ge=1000)
+    # How many IDs a user may hold that were created and not uploaded yet.
+    max_pending_uploads_per_user: int = Field(10, ge=1)
+
+
 class RedisConfig(_Section):
     # Several Heddle processes sharing one database tell each other about revoked tokens
     # (and, later, new events and cache invalidations) over Redis pub/sub.
@@ -226,6 +247,7 @@ class HomeserverConfig(_Section):
     rooms: RoomsConfig = RoomsConfig()
     limits: LimitsConfig = LimitsConfig()
     federation: FederationConfig = FederationConfig()
+    media: MediaConfig = MediaConfig()
     redis: RedisConfig = RedisConfig()
     presence: PresenceConfig = PresenceConfig()
     logging: LoggingConfig = LoggingConfig()

@@ -1,0 +1,168 @@
+"""Media: upload (direct and asynchronous), download, config; the authenticated endpoints
+under /_matrix/client/v1/media and the legacy ones under /_matrix/media."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from client_api.auth import require_user
+from client_api.http import HeddleRequest, RawBody, parse_int_query, query_string
+from homeserver.errors import Codes, MatrixError
+from media_repo.repository import Download
+
+if TYPE_CHECKING:
+    from homeserver.app import HomeServer
+
+_SERVER = "(?P<server_name>[^/]+)"
+_MEDIA = "(?P<media_id>[^/]+)"
+_FILE = "(?:/(?P<file_name>[^/]*))?"  # nio sends an empty file name: ".../{mediaId}/"
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+# Types a browser may show inline without running anything (as Synapse decides); every
+# other type is served as an attachment.
+INLINE_CONTENT_TYPES = frozenset({
+    "text/css", "text/plain", "text/csv", "application/json", "application/ld+json",
+    "image/jpeg", "image/gif", "image/png", "image/apng", "image/webp", "image/avif",
+    "video/mp4", "video/webm", "video/ogg", "video/quicktime",
+    "audio/mp4", "audio/webm", "audio/aac", "audio/mpeg", "audio/ogg", "audio/wave",
+    "audio/wav", "audio/x-wav", "audio/x-pn-wav", "audio/flac", "audio/x-flac",
+})
+# Served media never runs as a page of ours, whatever it claims to be.
+CONTENT_SECURITY_POLICY = (
+    "sandbox; default-src 'none'; script-src 'none'; plugin-types application/pdf;"
+    " style-src 'unsafe-inline'; media-src 'self'; object-src 'self';"
+)
+
+
+def legacy_media_path(path: str) -> re.Pattern[str]:
+    return re.compile(f"^/_matrix/media/(?:r0|v3){path}$")
+
+
+def client_media_path(path: str) -> re.Pattern[str]:
+    return re.compile(f"^/_matrix/client/v1/media{path}$")
+
+
+def content_disposition(content_type: str, file_name: str | None) -> str:
+    base = content_type.split(";", 1)[0].strip().lower()
+    kind = "inline" if base in INLINE_CONTENT_TYPES else "attachment"
+    if not file_name:
+        return kind
+    if file_name.isascii() and file_name.isprintable() and '"' not in file_name \
+            and "\\" not in file_name:
+        return f'{kind}; filename="{file_name}"'
+    return f"{kind}; filename*=utf-8''{quote(file_name, safe='')}"
+
+
+def media_response(download: Download, file_name: str | None) -> RawBody:
+    info = download.info
+    content_type = info.content_type or DEFAULT_CONTENT_TYPE
+    headers = {
+        "Content-Type": content_type,
+        "Content-Disposition": content_disposition(content_type, file_name or info.upload_name),
+        "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+        "X-Content-Type-Options": "nosniff",
+        "Cross-Origin-Resource-Policy": "cross-origin",
+        # Media never changes once uploaded.
+        "Cache-Control": "public, max-age=86400, s-maxage=86400",
+    }
+    return RawBody(download.data, headers)
+
+
+def _upload_body(request: HeddleRequest) -> tuple[bytes, str, str | None]:
+    assert request.content is not None
+    data = request.content.read()
+    content_type = request.getHeader(b"content-type")
+    content_type_text = (
+        content_type.decode("utf-8", "replace") if content_type else DEFAULT_CONTENT_TYPE
+    )
+    file_name = query_string(request, "filename")
+    if file_name is not None and ("/" in file_name or "\x00" in file_name):
+        raise MatrixError(400, Codes.INVALID_PARAM, "Invalid file name")
+    return data, content_type_text, file_name
+
+
+class UploadServlet:
+    PATTERNS = [legacy_media_path("/upload")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_POST(self, request: HeddleRequest) -> tuple[int, Any]:
+        requester = await require_user(self._hs, request)
+        data, content_type, file_name = _upload_body(request)
+        uri = await self._hs.media.upload(requester.user_id, data, content_type, file_name)
+        return 200, {"content_uri": uri}
+
+
+class CreateMediaServlet:
+    PATTERNS = [re.compile("^/_matrix/media/v1/create$")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_POST(self, request: HeddleRequest) -> tuple[int, Any]:
+        requester = await require_user(self._hs, request)
+        uri, expires = await self._hs.media.create(requester.user_id)
+        return 200, {"content_uri": uri, "unused_expires_at": expires}
+
+
+class AsyncUploadServlet:
+    PATTERNS = [legacy_media_path(f"/upload/{_SERVER}/{_MEDIA}")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_PUT(
+        self, request: HeddleRequest, server_name: str, media_id: str
+    ) -> tuple[int, Any]:
+        requester = await require_user(self._hs, request)
+        data, content_type, file_name = _upload_body(request)
+        await self._hs.media.upload_to(
+            requester.user_id, server_name, media_id, data, content_type, file_name
+        )
+        return 200, {}
+
+
+class _Download:
+    """Shared by the authenticated and the legacy download endpoints."""
+
+    authenticated = True
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(
+        self,
+        request: HeddleRequest,
+        server_name: str,
+        media_id: str,
+        file_name: str | None = None,
+    ) -> tuple[int, Any]:
+        if self.authenticated:
+            await require_user(self._hs, request)
+        elif not self._hs.config.media.legacy_unauthenticated_downloads:
+            raise MatrixError(404, Codes.NOT_FOUND, "Use the authenticated media endpoints")
+        wait_ms = parse_int_query(request, "timeout_ms", min_value=0)
+        download = await self._hs.media.download(server_name, media_id, wait_ms)
+        return 200, media_response(download, file_name)
+
+
+class DownloadServlet(_Download):
+    PATTERNS = [client_media_path(f"/download/{_SERVER}/{_MEDIA}{_FILE}")]
+
+
+class LegacyDownloadServlet(_Download):
+    PATTERNS = [legacy_media_path(f"/download/{_SERVER}/{_MEDIA}{_FILE}")]
+    authenticated = False
+
+
+class MediaConfigServlet:
+    PATTERNS = [client_media_path("/config"), legacy_media_path("/config")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
+        await require_user(self._hs, request)
+        return 200, {"m.upload.size": self._hs.media.max_upload_bytes}

@@ -1,0 +1,1 @@
+"""Where media bytes live: the local filesystem (default) or S3-compatible storage."""

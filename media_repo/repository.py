@@ -1,0 +1,220 @@
+"""The media repository: uploads (direct and asynchronous), downloads, limits and dedup.
+
+Contents are stored once per SHA-256 (identical uploads share them, `media_content` counts
+the references); a media ID is a row in `media` pointing at its contents. Bytes go to the
+storage provider before the row is written, so a failed or half-done store never leaves a
+media ID that claims to be available.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import string
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import task
+
+from homeserver.clock import Clock
+from homeserver.config import MediaConfig
+from homeserver.errors import Codes, MatrixError
+from media_repo.providers.base import StorageProvider, StorageUnavailable
+from storage.stores.media import MediaInfo, MediaStore
+
+logger = logging.getLogger(__name__)
+
+MEDIA_ID_LENGTH = 24
+# A download of a media ID created but not uploaded yet waits at most this long.
+DEFAULT_NOT_YET_UPLOADED_WAIT_MS = 20_000
+MAX_NOT_YET_UPLOADED_WAIT_MS = 60_000
+_POLL_INTERVAL_S = 0.25
+_MEDIA_ID_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_media_id() -> str:
+    return "".join(secrets.choice(_MEDIA_ID_ALPHABET) for _ in range(MEDIA_ID_LENGTH))
+
+
+def is_valid_media_id(media_id: str) -> bool:
+    """Media IDs are opaque but must be safe in a URL path and a storage key: the spec's
+    `[A-Za-z0-9_-]+`."""
+    return 0 < len(media_id) <= 255 and all(c in _MEDIA_ID_ALPHABET + "_-" for c in media_id)
+
+
+def content_type_matches(content_type: str, patterns: list[str]) -> bool:
+    base = content_type.split(";", 1)[0].strip().lower()
+    family = base.split("/", 1)[0] + "/*"
+    return any(p.lower() in (base, family) for p in patterns)
+
+
+@dataclass(frozen=True)
+class Download:
+    info: MediaInfo
+    data: bytes
+
+
+class MediaRepository:
+    def __init__(
+        self,
+        server_name: str,
+        clock: Clock,
+        reactor: Any,
+        config: MediaConfig,
+        store: MediaStore,
+        provider: StorageProvider,
+    ) -> None:
+        self._server_name = server_name
+        self._clock = clock
+        self._reactor = reactor
+        self._config = config
+        self._store = store
+        self._provider = provider
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self._config.max_upload_bytes
+
+    # ----- uploading -----------------------------------------------------------------------
+
+    def _check_content_type(self, content_type: str) -> None:
+        config = self._config
+        if content_type_matches(content_type, config.blocked_content_types) or (
+            config.allowed_content_types
+            and not content_type_matches(content_type, config.allowed_content_types)
+        ):
+            raise MatrixError(
+                403, Codes.FORBIDDEN, f"Uploads of type {content_type!r} are not allowed"
+            )
+
+    async def _check_quota(self, user_id: str, size: int) -> None:
+        quota = self._config.max_bytes_per_user
+        if quota and await self._store.bytes_uploaded_by(user_id) + size > quota:
+            raise MatrixError(
+                403, Codes.RESOURCE_LIMIT_EXCEEDED, "Your media storage quota is used up",
+                limit_type="m.upload.quota",
+            )
+
+    async def _store_bytes(self, data: bytes, content_type: str) -> str:
+        sha256 = hashlib.sha256(data).hexdigest()
+        try:
+            # Identical contents are stored once, under their hash.
+            if not await self._provider.exists(sha256):
+                await self._provider.store(sha256, data, content_type)
+        except StorageUnavailable as e:
+            logger.warning("media storage unavailable: %s", e)
+            raise MatrixError(
+                504 if e.timed_out else 502, Codes.UNKNOWN, "Media storage is unavailable"
+            ) from None
+        return sha256
+
+    async def upload(
+        self, user_id: str, data: bytes, content_type: str, upload_name: str | None
+    ) -> str:
+        """Store a new upload; returns its mxc:// URI."""
+        self._check_size(len(data))
+        self._check_content_type(content_type)
+        await self._check_quota(user_id, len(data))
+        sha256 = await self._store_bytes(data, content_type)
+        media_id = new_media_id()
+        await self._store.record_upload(
+            self._server_name, media_id, user_id, content_type, upload_name, len(data), sha256,
+            self._clock.time_msec(),
+        )
+        logger.info("%s uploaded mxc://%s/%s (%d bytes, %s)", user_id, self._server_name,
+                    media_id, len(data), content_type)
+        return f"mxc://{self._server_name}/{media_id}"
+
+    def _check_size(self, size: int) -> None:
+        if size > self._config.max_upload_bytes:
+            raise MatrixError(413, Codes.TOO_LARGE, "The upload is larger than allowed")
+
+    async def create(self, user_id: str) -> tuple[str, int]:
+        """Reserve a media ID for a later upload (async upload): (mxc URI, expiry)."""
+        now = self._clock.time_msec()
+        if await self._store.count_pending(user_id, now) >= self._config.max_pending_uploads_per_user:
+            raise MatrixError(
+                429, Codes.LIMIT_EXCEEDED, "Too many media IDs waiting for their upload",
+                retry_after_ms=self._config.unused_expires_after_ms,
+            )
+        media_id = new_media_id()
+        expires = now + self._config.unused_expires_after_ms
+        await self._store.create_pending(self._server_name, media_id, user_id, now, expires)
+        return f"mxc://{self._server_name}/{media_id}", expires
+
+    async def upload_to(
+        self,
+        user_id: str,
+        server_name: str,
+        media_id: str,
+        data: bytes,
+        content_type: str,
+        upload_name: str | None,
+    ) -> None:
+        """Fill a media ID reserved by `create`."""
+        if server_name != self._server_name or not is_valid_media_id(media_id):
+            raise MatrixError(404, Codes.NOT_FOUND, "Unknown media ID")
+        info = await self._store.get_media(server_name, media_id)
+        now = self._clock.time_msec()
+        if info is None or (
+            not info.uploaded and info.unused_expires_at is not None
+            and info.unused_expires_at <= now
+        ):
+            raise MatrixError(404, Codes.NOT_FOUND, "Unknown media ID")
+        if info.user_id != user_id:
+            raise MatrixError(403, Codes.FORBIDDEN, "This media ID belongs to someone else")
+        if info.uploaded:
+            raise MatrixError(409, Codes.CANNOT_OVERWRITE_MEDIA, "Media already uploaded")
+        self._check_size(len(data))
+        self._check_content_type(content_type)
+        await self._check_quota(user_id, len(data))
+        sha256 = await self._store_bytes(data, content_type)
+        if not await self._store.record_upload(
+            server_name, media_id, user_id, content_type, upload_name, len(data), sha256, now,
+            pending=True,
+        ):
+            raise MatrixError(409, Codes.CANNOT_OVERWRITE_MEDIA, "Media already uploaded")
+
+    # ----- downloading ---------------------------------------------------------------------
+
+    async def get_local_media(
+        self, server_name: str, media_id: str, wait_ms: int | None = None
+    ) -> MediaInfo:
+        """The metadata of an available local media item: 404 M_NOT_FOUND if unknown or
+        quarantined; for an ID whose upload has not happened, wait up to `wait_ms`, then
+        504 M_NOT_YET_UPLOADED."""
+        if not is_valid_media_id(media_id):
+            raise MatrixError(404, Codes.NOT_FOUND, "Unknown media ID")
+        if server_name != self._server_name:
+            # Remote media over federation is not fetched yet.
+            raise MatrixError(404, Codes.NOT_FOUND, "Media from other servers is not available")
+        wait = DEFAULT_NOT_YET_UPLOADED_WAIT_MS if wait_ms is None else wait_ms
+        deadline = self._clock.time_msec() + min(max(wait, 0), MAX_NOT_YET_UPLOADED_WAIT_MS)
+        while True:
+            info = await self._store.get_media(server_name, media_id)
+            if info is None or info.quarantined:
+                raise MatrixError(404, Codes.NOT_FOUND, "Unknown media ID")
+            if info.uploaded:
+                return info
+            if self._clock.time_msec() >= deadline:
+                raise MatrixError(504, Codes.NOT_YET_UPLOADED, "The media is not uploaded yet")
+            await task.deferLater(self._reactor, _POLL_INTERVAL_S, lambda: None)
+
+    async def download(
+        self, server_name: str, media_id: str, wait_ms: int | None = None
+    ) -> Download:
+        info = await self.get_local_media(server_name, media_id, wait_ms)
+        assert info.sha256 is not None
+        try:
+            data = await self._provider.fetch(info.sha256)
+        except StorageUnavailable as e:
+            logger.warning("media storage unavailable: %s", e)
+            raise MatrixError(
+                504 if e.timed_out else 502, Codes.UNKNOWN, "Media storage is unavailable"
+            ) from None
+        if data is None:
+            logger.error("media %s/%s: contents %s missing from storage", server_name,
+                         media_id, info.sha256)
+            raise MatrixError(404, Codes.NOT_FOUND, "Unknown media ID")
+        return Download(info, data)

@@ -1,0 +1,163 @@
+"""Media metadata: media IDs, the deduplicated contents they point at, thumbnails."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from storage.database import Database, Transaction
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    server_name: str
+    media_id: str
+    user_id: str | None
+    content_type: str | None
+    upload_name: str | None
+    size: int | None
+    sha256: str | None
+    created_ts: int
+    unused_expires_at: int | None
+    quarantined: bool
+
+    @property
+    def uploaded(self) -> bool:
+        return self.sha256 is not None
+
+
+_COLUMNS = (
+    "server_name, media_id, user_id, content_type, upload_name, size, sha256, created_ts,"
+    " unused_expires_at, quarantined"
+)
+
+
+def _info(row: tuple) -> MediaInfo:
+    server_name, media_id, user_id, content_type, name, size, sha256, created, expires, q = row
+    return MediaInfo(
+        server_name, media_id, user_id, content_type, name, size, sha256, created, expires,
+        bool(q),
+    )
+
+
+class MediaStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def get_media(self, server_name: str, media_id: str) -> MediaInfo | None:
+        row = await self._db.run_interaction(
+            "get_media",
+            lambda txn: txn.select_one(
+                f"SELECT {_COLUMNS} FROM media WHERE server_name = ? AND media_id = ?",
+                (server_name, media_id),
+            ),
+        )
+        return _info(row) if row else None
+
+    async def create_pending(
+        self, server_name: str, media_id: str, user_id: str, now_ms: int, expires_at: int
+    ) -> None:
+        await self._db.run_interaction(
+            "create_pending_media",
+            lambda txn: txn.execute(
+                "INSERT INTO media (server_name, media_id, user_id, created_ts,"
+                " unused_expires_at) VALUES (?, ?, ?, ?, ?)",
+                (server_name, media_id, user_id, now_ms, expires_at),
+            ),
+        )
+
+    async def count_pending(self, user_id: str, now_ms: int) -> int:
+        row = await self._db.run_interaction(
+            "count_pending_media",
+            lambda txn: txn.select_one(
+                "SELECT COUNT(*) FROM media WHERE user_id = ? AND sha256 IS NULL"
+                " AND unused_expires_at > ?",
+                (user_id, now_ms),
+            ),
+        )
+        return int(row[0]) if row else 0
+
+    async def bytes_uploaded_by(self, user_id: str) -> int:
+        row = await self._db.run_interaction(
+            "bytes_uploaded_by",
+            lambda txn: txn.select_one(
+                "SELECT COALESCE(SUM(size), 0) FROM media WHERE user_id = ?", (user_id,)
+            ),
+        )
+        return int(row[0]) if row else 0
+
+    async def record_upload(
+        self,
+        server_name: str,
+        media_id: str,
+        user_id: str | None,
+        content_type: str,
+        upload_name: str | None,
+        size: int,
+        sha256: str,
+        now_ms: int,
+        pending: bool = False,
+    ) -> bool:
+        """Point a media ID at stored contents (adding a reference to them), in one
+        transaction. With `pending`, fills an ID made by `create_pending`, only if it is
+        still empty: False when it was used meanwhile (or never existed)."""
+
+        def txn_fn(txn: Transaction) -> bool:
+            if pending:
+                txn.execute(
+                    "UPDATE media SET content_type = ?, upload_name = ?, size = ?, sha256 = ?,"
+                    " unused_expires_at = NULL"
+                    " WHERE server_name = ? AND media_id = ? AND sha256 IS NULL",
+                    (content_type, upload_name, size, sha256, server_name, media_id),
+                )
+                if txn.rowcount != 1:
+                    return False
+            else:
+                txn.execute(
+                    f"INSERT INTO media ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (server_name, media_id, user_id, content_type, upload_name, size, sha256,
+                     now_ms, None, False),
+                )
+            txn.execute(
+                "INSERT INTO media_content (sha256, size, refcount) VALUES (?, ?, 1)"
+                " ON CONFLICT (sha256) DO UPDATE SET refcount = media_content.refcount + 1",
+                (sha256, size),
+            )
+            return True
+
+        return await self._db.run_interaction("record_media_upload", txn_fn)
+
+    async def delete_expired_pending(self, now_ms: int) -> int:
+        def txn_fn(txn: Transaction) -> int:
+            txn.execute(
+                "DELETE FROM media WHERE sha256 IS NULL AND unused_expires_at <= ?", (now_ms,)
+            )
+            return max(txn.rowcount, 0)
+
+        return await self._db.run_interaction("delete_expired_pending_media", txn_fn)
+
+    async def get_thumbnails(self, server_name: str, media_id: str) -> list[tuple]:
+        """(width, height, method, animated, content_type, storage_key, size) rows."""
+        return await self._db.run_interaction(
+            "get_media_thumbnails",
+            lambda txn: txn.select_all(
+                "SELECT width, height, method, animated, content_type, storage_key, size"
+                " FROM media_thumbnails WHERE server_name = ? AND media_id = ?",
+                (server_name, media_id),
+            ),
+        )
+
+    async def store_thumbnail(
+        self, server_name: str, media_id: str, width: int, height: int, method: str,
+        animated: bool, content_type: str, storage_key: str, size: int,
+    ) -> None:
+        await self._db.run_interaction(
+            "store_media_thumbnail",
+            lambda txn: txn.execute(
+                "INSERT INTO media_thumbnails (server_name, media_id, width, height, method,"
+                " animated, content_type, storage_key, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (server_name, media_id, width, height, method, animated)"
+                " DO NOTHING",
+                (server_name, media_id, width, height, method, animated, content_type,
+                 storage_key, size),
+            ),
+        )

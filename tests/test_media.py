@@ -1,0 +1,262 @@
+"""Media repository over HTTP: uploads (direct and asynchronous), downloads through the
+authenticated and the legacy endpoints, limits, and what is refused."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+from nio import AsyncClient, UploadResponse
+
+from tests.harness import HomeserverTestCase, ensure_deferred, nio, on_both_engines
+
+MEDIA = "/_matrix/media/v3"
+CLIENT_MEDIA = "/_matrix/client/v1/media"
+
+
+class MediaTestCase(HomeserverTestCase):
+    async def upload(
+        self, token: str, data: bytes, content_type: str = "application/octet-stream",
+        filename: str | None = None,
+    ) -> Any:
+        path = f"{MEDIA}/upload" + (f"?filename={filename}" if filename else "")
+        return await self.request(
+            "POST", path, raw=data, token=token, headers={"Content-Type": content_type}
+        )
+
+    async def uploaded(self, token: str, data: bytes, content_type: str = "image/png") -> str:
+        r = await self.upload(token, data, content_type)
+        assert r.code == 200, r
+        uri = r.json["content_uri"]
+        assert uri.startswith("mxc://"), uri
+        return uri[len("mxc://"):]
+
+
+@on_both_engines
+class UploadDownloadTests(MediaTestCase):
+    @ensure_deferred
+    async def test_upload_then_download_byte_for_byte(self):
+        alice = await self.register("alice")
+        data = os.urandom(300_000)
+        r = await self.upload(alice["access_token"], data, "application/pdf", "report.pdf")
+        self.assertEqual(r.code, 200, r)
+        server_media = r.json["content_uri"][len("mxc://"):]
+        self.assertTrue(server_media.startswith("test.heddle/"))
+        for path, token in (
+            (f"{CLIENT_MEDIA}/download/{server_media}", alice["access_token"]),
+            (f"{MEDIA}/download/{server_media}", None),
+        ):
+            r = await self.request("GET", path, token=token)
+            self.assertEqual(r.code, 200, r)
+            self.assertEqual(r.body, data)
+            self.assertEqual(r.header("Content-Type"), "application/pdf")
+            # Not a type browsers show safely: an attachment, never inline.
+            self.assertEqual(r.header("Content-Disposition"), 'attachment; filename="report.pdf"')
+            self.assertIn("sandbox", r.header("Content-Security-Policy"))
+            self.assertEqual(r.header("X-Content-Type-Options"), "nosniff")
+        # A file name in the path wins, and is encoded when it is not plain ASCII.
+        r = await self.request(
+            "GET", f"{CLIENT_MEDIA}/download/{server_media}/r%C3%A9sum%C3%A9.pdf",
+            token=alice["access_token"],
+        )
+        self.assertEqual(
+            r.header("Content-Disposition"), "attachment; filename*=utf-8''r%C3%A9sum%C3%A9.pdf"
+        )
+
+    @ensure_deferred
+    async def test_images_are_inline_and_html_is_not(self):
+        alice = await self.register("alice")
+        token = alice["access_token"]
+        png = await self.uploaded(token, b"\x89PNG fake", "image/png")
+        html = await self.uploaded(token, b"<script>alert(1)</script>", "text/html")
+        r = await self.request("GET", f"{CLIENT_MEDIA}/download/{png}", token=token)
+        self.assertEqual(r.header("Content-Disposition"), "inline")
+        r = await self.request("GET", f"{CLIENT_MEDIA}/download/{html}", token=token)
+        self.assertEqual(r.header("Content-Disposition"), "attachment")
+        self.assertEqual(r.header("Content-Type"), "text/html")
+
+    @ensure_deferred
+    async def test_identical_uploads_are_stored_once(self):
+        alice = await self.register("alice")
+        bob = await self.register("bob")
+        data = b"the same bytes" * 1000
+        first = await self.uploaded(alice["access_token"], data)
+        second = await self.uploaded(bob["access_token"], data)
+        self.assertNotEqual(first, second)
+        sha = hashlib.sha256(data).hexdigest()
+        row = await self.hs.db.run_interaction(
+            "t", lambda txn: txn.select_one(
+                "SELECT refcount, size FROM media_content WHERE sha256 = ?", (sha,)
+            ),
+        )
+        self.assertEqual(tuple(row), (2, len(data)))
+        store_dir = self.hs.config.resolve_path(self.hs.config.media.store_path)
+        files = [f for _, _, names in os.walk(store_dir) for f in names]
+        self.assertEqual(files, [sha])
+
+    @ensure_deferred
+    async def test_unknown_and_malformed_media(self):
+        alice = await self.register("alice")
+        token = alice["access_token"]
+        for path in (
+            f"{CLIENT_MEDIA}/download/test.heddle/doesNotExist",
+            f"{CLIENT_MEDIA}/download/test.heddle/..%2F..%2Fetc%2Fpasswd",
+            f"{CLIENT_MEDIA}/download/test.heddle/%2E%2E",
+            f"{MEDIA}/download/test.heddle/a%00b",
+            f"{CLIENT_MEDIA}/download/other.example/abcdef",
+        ):
+            r = await self.request("GET", path, token=token)
+            self.assertError(r, 404, "M_NOT_FOUND")
+        r = await self.request("GET", f"{CLIENT_MEDIA}/download/test.heddle/abc")
+        self.assertError(r, 401, "M_MISSING_TOKEN")
+        r = await self.upload(token, b"x", filename="..%2Fescape")
+        self.assertError(r, 400, "M_INVALID_PARAM")
+        r = await self.request("POST", f"{MEDIA}/upload", raw=b"x")
+        self.assertError(r, 401, "M_MISSING_TOKEN")
+
+    @ensure_deferred
+    async def test_config(self):
+        alice = await self.register("alice")
+        for path in (f"{CLIENT_MEDIA}/config", f"{MEDIA}/config"):
+            r = await self.request("GET", path, token=alice["access_token"])
+            self.assertEqual(r.code, 200, r)
+            self.assertEqual(r.json, {"m.upload.size": self.hs.config.media.max_upload_bytes})
+
+    @ensure_deferred
+    async def test_nio_upload_and_download(self):
+        await self.register("alice")
+        client = AsyncClient(self.base_url, "@alice:test.heddle")
+        try:
+            from tests.harness import PASSWORD
+
+            await nio(client.login(PASSWORD))
+            data = os.urandom(50_000)
+            response, _ = await nio(
+                client.upload(lambda *_: data, content_type="image/jpeg",
+                              filename="photo.jpg", filesize=len(data))
+            )
+            self.assertIsInstance(response, UploadResponse, response)
+            downloaded = await nio(client.download(response.content_uri))
+            self.assertEqual(downloaded.body, data)
+            self.assertEqual(downloaded.content_type, "image/jpeg")
+        finally:
+            await nio(client.close())
+
+
+@on_both_engines
+class UploadLimitTests(MediaTestCase):
+    config_overrides = {
+        "media": {
+            "max_upload_bytes": 10_000,
+            "blocked_content_types": ["application/x-msdownload", "video/*"],
+            "max_bytes_per_user": 15_000,
+        }
+    }
+
+    @ensure_deferred
+    async def test_too_large(self):
+        alice = await self.register("alice")
+        r = await self.upload(alice["access_token"], b"x" * 10_001)
+        self.assertError(r, 413, "M_TOO_LARGE")
+        # Past eight times the limit the body is not even read: the connection is closed
+        # or a 413 comes back, but nothing is stored either way.
+        self.assertEqual(await self._media_rows(), 0)
+        r = await self.upload(alice["access_token"], b"x" * 10_000)
+        self.assertEqual(r.code, 200, r)
+
+    @ensure_deferred
+    async def test_blocked_types_and_quota(self):
+        alice = await self.register("alice")
+        token = alice["access_token"]
+        r = await self.upload(token, b"MZ", "application/x-msdownload")
+        self.assertError(r, 403, "M_FORBIDDEN")
+        r = await self.upload(token, b"x", "video/mp4")
+        self.assertError(r, 403, "M_FORBIDDEN")
+        await self.uploaded(token, b"a" * 9_000, "image/png")
+        r = await self.upload(token, b"b" * 9_000, "image/png")
+        self.assertError(r, 403, "M_RESOURCE_LIMIT_EXCEEDED")
+        self.assertEqual(await self._media_rows(), 1)
+
+    async def _media_rows(self) -> int:
+        row = await self.hs.db.run_interaction(
+            "t", lambda txn: txn.select_one("SELECT COUNT(*) FROM media")
+        )
+        return int(row[0])
+
+
+@on_both_engines
+class AsyncUploadTests(MediaTestCase):
+    @ensure_deferred
+    async def test_create_then_upload(self):
+        alice = await self.register("alice")
+        token = alice["access_token"]
+        r = await self.request("POST", "/_matrix/media/v1/create", {}, token=token)
+        self.assertEqual(r.code, 200, r)
+        server_media = r.json["content_uri"][len("mxc://"):]
+        self.assertGreater(r.json["unused_expires_at"], 0)
+        # Not uploaded yet: a download that will not wait answers 504 M_NOT_YET_UPLOADED.
+        r = await self.request(
+            "GET", f"{CLIENT_MEDIA}/download/{server_media}?timeout_ms=0", token=token
+        )
+        self.assertError(r, 504, "M_NOT_YET_UPLOADED")
+        r = await self.request(
+            "PUT", f"{MEDIA}/upload/{server_media}?filename=a.txt", raw=b"later",
+            token=token, headers={"Content-Type": "text/plain"},
+        )
+        self.assertEqual(r.code, 200, r)
+        r = await self.request("GET", f"{CLIENT_MEDIA}/download/{server_media}", token=token)
+        self.assertEqual(r.body, b"later")
+        self.assertEqual(r.header("Content-Disposition"), 'inline; filename="a.txt"')
+        # Once uploaded, it cannot be overwritten.
+        r = await self.request(
+            "PUT", f"{MEDIA}/upload/{server_media}", raw=b"again", token=token,
+            headers={"Content-Type": "text/plain"},
+        )
+        self.assertError(r, 409, "M_CANNOT_OVERWRITE_MEDIA")
+
+    @ensure_deferred
+    async def test_someone_elses_media_id(self):
+        alice = await self.register("alice")
+        bob = await self.register("bob")
+        r = await self.request("POST", "/_matrix/media/v1/create", {}, token=alice["access_token"])
+        server_media = r.json["content_uri"][len("mxc://"):]
+        r = await self.request(
+            "PUT", f"{MEDIA}/upload/{server_media}", raw=b"mine now",
+            token=bob["access_token"], headers={"Content-Type": "text/plain"},
+        )
+        self.assertError(r, 403, "M_FORBIDDEN")
+        for path in (f"{MEDIA}/upload/test.heddle/nope", f"{MEDIA}/upload/other.example/x"):
+            r = await self.request(
+                "PUT", path, raw=b"x", token=bob["access_token"],
+                headers={"Content-Type": "text/plain"},
+            )
+            self.assertError(r, 404, "M_NOT_FOUND")
+
+    @ensure_deferred
+    async def test_pending_ids_are_limited(self):
+        alice = await self.register("alice")
+        limit = self.hs.config.media.max_pending_uploads_per_user
+        for _ in range(limit):
+            r = await self.request(
+                "POST", "/_matrix/media/v1/create", {}, token=alice["access_token"]
+            )
+            self.assertEqual(r.code, 200, r)
+        r = await self.request("POST", "/_matrix/media/v1/create", {}, token=alice["access_token"])
+        self.assertError(r, 429, "M_LIMIT_EXCEEDED")
+
+
+@on_both_engines
+class LegacyDownloadsOffTests(MediaTestCase):
+    config_overrides = {"media": {"legacy_unauthenticated_downloads": False}}
+
+    @ensure_deferred
+    async def test_only_authenticated_downloads(self):
+        alice = await self.register("alice")
+        server_media = await self.uploaded(alice["access_token"], b"data")
+        r = await self.request("GET", f"{MEDIA}/download/{server_media}")
+        self.assertError(r, 404, "M_NOT_FOUND")
+        r = await self.request(
+            "GET", f"{CLIENT_MEDIA}/download/{server_media}", token=alice["access_token"]
+        )
+        self.assertEqual(r.body, b"data")
