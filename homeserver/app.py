@@ -500,13 +500,14 @@ class HomeServer:
         await self.federation_sender.start()
 
     def _periodic_cleanup(self) -> Any:
-        """Expired UIA sessions, and inbound transaction IDs old enough that no server will
-        retry them."""
+        """Expired UIA sessions, inbound transaction IDs old enough that no server will
+        retry them, and media IDs whose upload never came."""
 
         async def cleanup() -> None:
             try:
                 await self.uia.expire_sessions()
                 await self.federation_transactions.prune()
+                await self.media_store.delete_expired_pending(self.clock.time_msec())
             except Exception:
                 logger.exception("periodic cleanup failed")
 

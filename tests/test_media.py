@@ -216,6 +216,21 @@ class AsyncUploadTests(MediaTestCase):
         self.assertError(r, 409, "M_CANNOT_OVERWRITE_MEDIA")
 
     @ensure_deferred
+    async def test_unused_ids_expire(self):
+        alice = await self.register("alice")
+        token = alice["access_token"]
+        r = await self.request("POST", "/_matrix/media/v1/create", {}, token=token)
+        server_media = r.json["content_uri"][len("mxc://"):]
+        expires = r.json["unused_expires_at"]
+        self.assertEqual(await self.hs.media_store.delete_expired_pending(expires - 1), 0)
+        self.assertEqual(await self.hs.media_store.delete_expired_pending(expires), 1)
+        r = await self.request(
+            "PUT", f"{MEDIA}/upload/{server_media}", raw=b"too late", token=token,
+            headers={"Content-Type": "text/plain"},
+        )
+        self.assertError(r, 404, "M_NOT_FOUND")
+
+    @ensure_deferred
     async def test_someone_elses_media_id(self):
         alice = await self.register("alice")
         bob = await self.register("bob")
