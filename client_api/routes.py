@@ -75,6 +75,8 @@ CLIENT_SERVLETS = [
     media.DownloadServlet,
     media.LegacyDownloadServlet,
     media.MediaConfigServlet,
+    media.ThumbnailServlet,
+    media.LegacyThumbnailServlet,
     filters.CreateFilterServlet,
     filters.GetFilterServlet,
     history.MessagesServlet,

@@ -579,6 +579,7 @@ class HomeServer:
             if stopped is not None:
                 await stopped
         self.ports = []
+        await self.media.stop()
         await self.replication.stop()
         # In-flight outbound requests are abandoned before the database goes away.
         await self.federation_client.close()

@@ -15,12 +15,20 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import task
+from twisted.internet import defer, task, threads
 
 from homeserver.clock import Clock
 from homeserver.config import MediaConfig
 from homeserver.errors import Codes, MatrixError
 from media_repo.providers.base import StorageProvider, StorageUnavailable
+from media_repo.thumbnails import (
+    DEFAULT_THUMBNAIL_SIZES,
+    METHODS,
+    THUMBNAILABLE_TYPES,
+    ThumbnailError,
+    make_thumbnail,
+    pick_pregenerated,
+)
 from storage.stores.media import MediaInfo, MediaStore
 
 logger = logging.getLogger(__name__)
@@ -53,6 +61,12 @@ def content_type_matches(content_type: str, patterns: list[str]) -> bool:
 class Download:
     info: MediaInfo
     data: bytes
+    # For a thumbnail: its own type (the original's is in `info`).
+    content_type: str | None = None
+
+
+def _base_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
 
 
 class MediaRepository:
@@ -71,6 +85,8 @@ class MediaRepository:
         self._config = config
         self._store = store
         self._provider = provider
+        # Thumbnails being generated after an upload, awaited at shutdown.
+        self._background: set[defer.Deferred[None]] = set()
 
     @property
     def max_upload_bytes(self) -> int:
@@ -124,7 +140,34 @@ class MediaRepository:
         )
         logger.info("%s uploaded mxc://%s/%s (%d bytes, %s)", user_id, self._server_name,
                     media_id, len(data), content_type)
+        self._pregenerate(media_id, content_type, data)
         return f"mxc://{self._server_name}/{media_id}"
+
+    def _pregenerate(self, media_id: str, content_type: str, data: bytes) -> None:
+        """Make the configured thumbnail sizes of an image in the background (spec: servers
+        SHOULD), so the first client asking does not wait."""
+        if _base_type(content_type) not in THUMBNAILABLE_TYPES:
+            return
+
+        async def generate() -> None:
+            for width, height, method in DEFAULT_THUMBNAIL_SIZES:
+                try:
+                    await self._thumbnail_for(media_id, data, width, height, method, False)
+                except (ThumbnailError, MatrixError) as e:
+                    logger.info("no thumbnails for %s: %s", media_id, e)
+                    return
+                except Exception:
+                    logger.exception("thumbnailing %s failed", media_id)
+                    return
+
+        running = defer.ensureDeferred(generate())
+        self._background.add(running)
+        running.addBoth(lambda _: self._background.discard(running))
+
+    async def stop(self) -> None:
+        """Let background thumbnailing finish (at shutdown)."""
+        while self._background:
+            await defer.DeferredList(list(self._background))
 
     def _check_size(self, size: int) -> None:
         if size > self._config.max_upload_bytes:
@@ -175,6 +218,7 @@ class MediaRepository:
             pending=True,
         ):
             raise MatrixError(409, Codes.CANNOT_OVERWRITE_MEDIA, "Media already uploaded")
+        self._pregenerate(media_id, content_type, data)
 
     # ----- downloading ---------------------------------------------------------------------
 
@@ -218,3 +262,69 @@ class MediaRepository:
                          media_id, info.sha256)
             raise MatrixError(404, Codes.NOT_FOUND, "Unknown media ID")
         return Download(info, data)
+
+    # ----- thumbnails ----------------------------------------------------------------------
+
+    async def thumbnail(
+        self,
+        server_name: str,
+        media_id: str,
+        width: int,
+        height: int,
+        method: str,
+        animated: bool,
+        wait_ms: int | None = None,
+    ) -> Download:
+        """A thumbnail at the configured size that best serves the request (spec: servers
+        return one of their sizes, never the exact request), made on first use and kept.
+        400 M_UNKNOWN when the media is not an image that can be thumbnailed."""
+        if method not in METHODS:
+            raise MatrixError(400, Codes.INVALID_PARAM, "'method' must be crop or scale")
+        if width < 1 or height < 1:
+            raise MatrixError(400, Codes.INVALID_PARAM, "'width' and 'height' must be positive")
+        original = await self.download(server_name, media_id, wait_ms)
+        if _base_type(original.info.content_type) not in THUMBNAILABLE_TYPES:
+            raise MatrixError(400, Codes.UNKNOWN, "This media cannot be thumbnailed")
+        w, h, m = pick_pregenerated(list(DEFAULT_THUMBNAIL_SIZES), width, height, method)
+        data, content_type = await self._thumbnail_for(
+            media_id, original.data, w, h, m, animated
+        )
+        return Download(original.info, data, content_type)
+
+    async def _thumbnail_for(
+        self, media_id: str, original: bytes, width: int, height: int, method: str,
+        animated: bool,
+    ) -> tuple[bytes, str]:
+        for row in await self._store.get_thumbnails(self._server_name, media_id):
+            if tuple(row[:3]) == (width, height, method) and bool(row[3]) == animated:
+                stored = await self._fetch(row[5])
+                if stored is not None:
+                    return stored, row[4]
+        try:
+            thumb = await threads.deferToThreadPool(
+                self._reactor, self._reactor.getThreadPool(),
+                make_thumbnail, original, width, height, method, animated,
+            )
+        except ThumbnailError as e:
+            raise MatrixError(400, Codes.UNKNOWN, f"Cannot thumbnail this media: {e}") from None
+        key = hashlib.sha256(thumb.data).hexdigest()
+        try:
+            if not await self._provider.exists(key):
+                await self._provider.store(key, thumb.data, thumb.content_type)
+        except StorageUnavailable as e:
+            raise MatrixError(
+                504 if e.timed_out else 502, Codes.UNKNOWN, "Media storage is unavailable"
+            ) from None
+        await self._store.store_thumbnail(
+            self._server_name, media_id, width, height, method, animated, thumb.content_type,
+            key, len(thumb.data),
+        )
+        return thumb.data, thumb.content_type
+
+    async def _fetch(self, key: str) -> bytes | None:
+        try:
+            return await self._provider.fetch(key)
+        except StorageUnavailable as e:
+            raise MatrixError(
+                504 if e.timed_out else 502, Codes.UNKNOWN, "Media storage is unavailable"
+            ) from None

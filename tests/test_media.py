@@ -275,3 +275,109 @@ class LegacyDownloadsOffTests(MediaTestCase):
             "GET", f"{CLIENT_MEDIA}/download/{server_media}", token=alice["access_token"]
         )
         self.assertEqual(r.body, b"data")
+
+
+def _png(width: int, height: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _jpeg(width: int, height: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (20, 130, 30)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+@on_both_engines
+class ThumbnailTests(MediaTestCase):
+    async def _thumb(self, token: str | None, server_media: str, query: str, legacy=False):
+        base = MEDIA if legacy else CLIENT_MEDIA
+        return await self.request("GET", f"{base}/thumbnail/{server_media}?{query}", token=token)
+
+    def _size(self, data: bytes) -> tuple[int, int]:
+        import io
+
+        from PIL import Image
+
+        return Image.open(io.BytesIO(data)).size
+
+    @ensure_deferred
+    async def test_crop_and_scale(self):
+        alice = await self.register("alice")
+        token = alice["access_token"]
+        photo = await self.uploaded(token, _jpeg(1600, 1200), "image/jpeg")
+        r = await self._thumb(token, photo, "width=96&height=96&method=crop")
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(r.header("Content-Type"), "image/jpeg")
+        self.assertEqual(self._size(r.body), (96, 96))
+        r = await self._thumb(token, photo, "width=300&height=300&method=scale")
+        # The smallest configured scale size covering 300x300 is 640x480.
+        self.assertEqual(self._size(r.body), (640, 480))
+        r = await self._thumb(None, photo, "width=32&height=32&method=crop", legacy=True)
+        self.assertEqual(self._size(r.body), (32, 32))
+        await self.hs.media.stop()
+        rows = await self.hs.media_store.get_thumbnails("test.heddle", photo.split("/")[1])
+        # Configured sizes were made at upload; requests reuse them.
+        self.assertEqual(len(rows), 5)
+
+    @ensure_deferred
+    async def test_refusals(self):
+        alice = await self.register("alice")
+        token = alice["access_token"]
+        text = await self.uploaded(token, b"just text", "text/plain")
+        corrupt = await self.uploaded(token, b"\x89PNG\r\n\x1a\n broken", "image/png")
+        png = await self.uploaded(token, _png(50, 50), "image/png")
+        self.assertError(await self._thumb(token, text, "width=32&height=32"), 400, "M_UNKNOWN")
+        self.assertError(
+            await self._thumb(token, corrupt, "width=32&height=32"), 400, "M_UNKNOWN"
+        )
+        self.assertError(
+            await self._thumb(token, png, "width=32&height=32&method=zoom"), 400,
+            "M_INVALID_PARAM",
+        )
+        self.assertError(await self._thumb(token, png, "width=32"), 400, "M_MISSING_PARAM")
+        self.assertError(
+            await self._thumb(token, png, "width=0&height=5"), 400, "M_INVALID_PARAM"
+        )
+        self.assertError(
+            await self._thumb(token, "test.heddle/nothingHere", "width=32&height=32"), 404,
+            "M_NOT_FOUND",
+        )
+        self.assertError(await self._thumb(None, png, "width=32&height=32"), 401,
+                         "M_MISSING_TOKEN")
+
+    @ensure_deferred
+    async def test_decompression_bomb_is_refused(self):
+        import struct
+        import zlib
+
+        def chunk(kind: bytes, payload: bytes) -> bytes:
+            body = kind + payload
+            return struct.pack(">I", len(payload)) + body + struct.pack(
+                ">I", zlib.crc32(body) & 0xFFFFFFFF
+            )
+
+        # A small file declaring 50,000 x 50,000 pixels.
+        bomb = (
+            b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", 50_000, 50_000, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 1000))
+            + chunk(b"IEND", b"")
+        )
+        alice = await self.register("alice")
+        token = alice["access_token"]
+        server_media = await self.uploaded(token, bomb, "image/png")
+        r = await self._thumb(token, server_media, "width=96&height=96&method=crop")
+        self.assertError(r, 400, "M_UNKNOWN")
+        # The original is still served as uploaded.
+        r = await self.request("GET", f"{CLIENT_MEDIA}/download/{server_media}", token=token)
+        self.assertEqual(r.body, bomb)

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from client_api.auth import require_user
 from client_api.http import HeddleRequest, RawBody, parse_int_query, query_string
 from homeserver.errors import Codes, MatrixError
-from media_repo.repository import Download
+from media_repo.headers import CONTENT_SECURITY_POLICY, content_disposition
 
 if TYPE_CHECKING:
     from homeserver.app import HomeServer
@@ -19,22 +18,6 @@ _SERVER = "(?P<server_name>[^/]+)"
 _MEDIA = "(?P<media_id>[^/]+)"
 _FILE = "(?:/(?P<file_name>[^/]*))?"  # nio sends an empty file name: ".../{mediaId}/"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
-# Types a browser may show inline without running anything (as Synapse decides); every
-# other type is served as an attachment.
-INLINE_CONTENT_TYPES = frozenset({
-    "text/css", "text/plain", "text/csv", "application/json", "application/ld+json",
-    "image/jpeg", "image/gif", "image/png", "image/apng", "image/webp", "image/avif",
-    "video/mp4", "video/webm", "video/ogg", "video/quicktime",
-    "audio/mp4", "audio/webm", "audio/aac", "audio/mpeg", "audio/ogg", "audio/wave",
-    "audio/wav", "audio/x-wav", "audio/x-pn-wav", "audio/flac", "audio/x-flac",
-})
-# Served media never runs as a page of ours, whatever it claims to be.
-CONTENT_SECURITY_POLICY = (
-    "sandbox; default-src 'none'; script-src 'none'; plugin-types application/pdf;"
-    " style-src 'unsafe-inline'; media-src 'self'; object-src 'self';"
-)
-
-
 def legacy_media_path(path: str) -> re.Pattern[str]:
     return re.compile(f"^/_matrix/media/(?:r0|v3){path}$")
 
@@ -43,30 +26,18 @@ def client_media_path(path: str) -> re.Pattern[str]:
     return re.compile(f"^/_matrix/client/v1/media{path}$")
 
 
-def content_disposition(content_type: str, file_name: str | None) -> str:
-    base = content_type.split(";", 1)[0].strip().lower()
-    kind = "inline" if base in INLINE_CONTENT_TYPES else "attachment"
-    if not file_name:
-        return kind
-    if file_name.isascii() and file_name.isprintable() and '"' not in file_name \
-            and "\\" not in file_name:
-        return f'{kind}; filename="{file_name}"'
-    return f"{kind}; filename*=utf-8''{quote(file_name, safe='')}"
-
-
-def media_response(download: Download, file_name: str | None) -> RawBody:
-    info = download.info
-    content_type = info.content_type or DEFAULT_CONTENT_TYPE
+def media_response(data: bytes, content_type: str | None, file_name: str | None) -> RawBody:
+    content_type = content_type or DEFAULT_CONTENT_TYPE
     headers = {
         "Content-Type": content_type,
-        "Content-Disposition": content_disposition(content_type, file_name or info.upload_name),
+        "Content-Disposition": content_disposition(content_type, file_name),
         "Content-Security-Policy": CONTENT_SECURITY_POLICY,
         "X-Content-Type-Options": "nosniff",
         "Cross-Origin-Resource-Policy": "cross-origin",
         # Media never changes once uploaded.
         "Cache-Control": "public, max-age=86400, s-maxage=86400",
     }
-    return RawBody(download.data, headers)
+    return RawBody(data, headers)
 
 
 def _upload_body(request: HeddleRequest) -> tuple[bytes, str, str | None]:
@@ -145,7 +116,8 @@ class _Download:
             raise MatrixError(404, Codes.NOT_FOUND, "Use the authenticated media endpoints")
         wait_ms = parse_int_query(request, "timeout_ms", min_value=0)
         download = await self._hs.media.download(server_name, media_id, wait_ms)
-        return 200, media_response(download, file_name)
+        info = download.info
+        return 200, media_response(download.data, info.content_type, file_name or info.upload_name)
 
 
 class DownloadServlet(_Download):
@@ -166,3 +138,38 @@ class MediaConfigServlet:
     async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
         await require_user(self._hs, request)
         return 200, {"m.upload.size": self._hs.media.max_upload_bytes}
+
+
+class _Thumbnail:
+    authenticated = True
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(
+        self, request: HeddleRequest, server_name: str, media_id: str
+    ) -> tuple[int, Any]:
+        if self.authenticated:
+            await require_user(self._hs, request)
+        elif not self._hs.config.media.legacy_unauthenticated_downloads:
+            raise MatrixError(404, Codes.NOT_FOUND, "Use the authenticated media endpoints")
+        width = parse_int_query(request, "width", min_value=1)
+        height = parse_int_query(request, "height", min_value=1)
+        if width is None or height is None:
+            raise MatrixError(400, Codes.MISSING_PARAM, "'width' and 'height' are required")
+        method = query_string(request, "method") or "scale"
+        animated = (query_string(request, "animated") or "false").lower() == "true"
+        wait_ms = parse_int_query(request, "timeout_ms", min_value=0)
+        thumb = await self._hs.media.thumbnail(
+            server_name, media_id, width, height, method, animated, wait_ms
+        )
+        return 200, media_response(thumb.data, thumb.content_type, None)
+
+
+class ThumbnailServlet(_Thumbnail):
+    PATTERNS = [client_media_path(f"/thumbnail/{_SERVER}/{_MEDIA}")]
+
+
+class LegacyThumbnailServlet(_Thumbnail):
+    PATTERNS = [legacy_media_path(f"/thumbnail/{_SERVER}/{_MEDIA}")]
+    authenticated = False
