@@ -92,6 +92,7 @@ class RateLimitsConfig(_Section):
     login_per_address: RateLimit = RateLimit(per_second=0.17, burst_count=5)
     login_per_account: RateLimit = RateLimit(per_second=0.17, burst_count=5)
     login_failures_per_account: RateLimit = RateLimit(per_second=0.17, burst_count=3)
+    media_upload_per_user: RateLimit = RateLimit(per_second=1.0, burst_count=20)
     registration_per_address: RateLimit = RateLimit(per_second=0.17, burst_count=5)
     # /register requests without `auth`: each opens a user-interactive auth session (a row).
     registration_sessions_per_address: RateLimit = RateLimit(per_second=1.0, burst_count=20)
@@ -182,6 +183,40 @@ class FederationConfig(_Section):
     max_join_response_bytes: int = Field(500 * 1024 * 1024, ge=1024)
 
 
+class S3StorageConfig(_Section):
+    bucket: str
+    # An S3-compatible endpoint (MinIO, ...); unset means AWS.
+    endpoint_url: str | None = None
+    region: str | None = None
+    # Unset: boto3 finds credentials in the environment (AWS_ACCESS_KEY_ID, ...).
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    key_prefix: str = ""
+    timeout_ms: int = Field(30_000, ge=100)
+    # Answer downloads with a 307 redirect to a presigned URL instead of proxying the bytes.
+    redirect_downloads: bool = True
+    presigned_url_lifetime_ms: int = Field(5 * 60 * 1000, ge=1000)
+    # Offer clients a presigned PUT URL after POST /_matrix/media/v1/create (Heddle
+    # extension); the upload is checked (size, type) before the media becomes available.
+    direct_uploads: bool = False
+
+
+class UrlPreviewConfig(_Section):
+    enabled: bool = False
+    # Addresses previews may never fetch from (private and loopback ranges by default).
+    ip_range_blocklist: list[str] = Field(
+        default_factory=lambda: [
+            "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+            "100.64.0.0/10", "169.254.0.0/16", "::1/128", "fe80::/10", "fc00::/7",
+        ]
+    )
+    ip_range_allowlist: list[str] = Field(default_factory=list)
+    max_response_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    timeout_ms: int = Field(10_000, ge=100)
+    # How long a preview is reused for the same URL.
+    cache_ms: int = Field(3600 * 1000, ge=0)
+
+
 class MediaConfig(_Section):
     # Largest upload accepted, in bytes (413 M_TOO_LARGE beyond it). Advertised to clients
     # as m.upload.size.
@@ -201,6 +236,9 @@ class MediaConfig(_Section):
     unused_expires_after_ms: int = Field(24 * 3600 * 1000, ge=1000)
     # How many IDs a user may hold that were created and not uploaded yet.
     max_pending_uploads_per_user: int = Field(10, ge=1)
+    # Local files (store_path) unless this is set.
+    s3: S3StorageConfig | None = None
+    url_preview: UrlPreviewConfig = UrlPreviewConfig()
 
 
 class RedisConfig(_Section):

@@ -104,7 +104,7 @@ class SampleConfigTests(unittest.TestCase):
         if not parents:
             return False
         line = parents[0].start_mark.line
-        preceding = self.lines[max(0, line - 8) : line]
+        preceding = self.lines[max(0, line - 20) : line]
         return any(
             re.match(rf"\s*#\s+(- )?{re.escape(path[-1])}:", text) for text in preceding
         )
