@@ -56,7 +56,9 @@ from homeserver.sync.handler import SyncHandler
 from homeserver.sync.notifier import Notifier
 from homeserver.typing import TypingHandler
 from homeserver.user_directory import UserDirectoryHandler
+from media_repo.providers.base import StorageProvider
 from media_repo.providers.filesystem import FilesystemProvider
+from media_repo.providers.s3 import S3Provider
 from media_repo.repository import MediaRepository
 from storage.database import Database
 from storage.engines import create_engine
@@ -342,7 +344,8 @@ class HomeServer:
             reactor,
             config.media,
             self.media_store,
-            FilesystemProvider(config.resolve_path(config.media.store_path), reactor),
+            self._media_provider(),
+            limiter("media_upload_per_user", limits.media_upload_per_user),
         )
 
         # Federation (issue 4): outbound requests (discovery, TLS, signing), keys, the
@@ -453,6 +456,23 @@ class HomeServer:
 
         self.ports: list[Any] = []
         self._uia_cleanup: task.LoopingCall | None = None
+
+    def _media_provider(self) -> StorageProvider:
+        s3 = self.config.media.s3
+        if s3 is None:
+            return FilesystemProvider(
+                self.config.resolve_path(self.config.media.store_path), self.reactor
+            )
+        return S3Provider(
+            s3.bucket,
+            s3.endpoint_url,
+            s3.region,
+            s3.access_key_id,
+            s3.secret_access_key,
+            self.reactor,
+            timeout_s=s3.timeout_ms / 1000,
+            key_prefix=s3.key_prefix,
+        )
 
     async def _backfill(self, room_id: str) -> bool:
         servers = await self.federation_membership.room_servers(room_id)

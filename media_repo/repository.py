@@ -20,6 +20,7 @@ from twisted.internet import defer, task, threads
 from homeserver.clock import Clock
 from homeserver.config import MediaConfig
 from homeserver.errors import Codes, MatrixError
+from homeserver.ratelimit import RateLimiter
 from media_repo.providers.base import StorageProvider, StorageUnavailable
 from media_repo.thumbnails import (
     DEFAULT_THUMBNAIL_SIZES,
@@ -78,6 +79,7 @@ class MediaRepository:
         config: MediaConfig,
         store: MediaStore,
         provider: StorageProvider,
+        upload_limiter: RateLimiter,
     ) -> None:
         self._server_name = server_name
         self._clock = clock
@@ -85,6 +87,7 @@ class MediaRepository:
         self._config = config
         self._store = store
         self._provider = provider
+        self._upload_limiter = upload_limiter
         # Thumbnails being generated after an upload, awaited at shutdown.
         self._background: set[defer.Deferred[None]] = set()
 
@@ -129,6 +132,7 @@ class MediaRepository:
         self, user_id: str, data: bytes, content_type: str, upload_name: str | None
     ) -> str:
         """Store a new upload; returns its mxc:// URI."""
+        self._upload_limiter.check(user_id)
         self._check_size(len(data))
         self._check_content_type(content_type)
         await self._check_quota(user_id, len(data))
@@ -209,6 +213,7 @@ class MediaRepository:
             raise MatrixError(403, Codes.FORBIDDEN, "This media ID belongs to someone else")
         if info.uploaded:
             raise MatrixError(409, Codes.CANNOT_OVERWRITE_MEDIA, "Media already uploaded")
+        self._upload_limiter.check(user_id)
         self._check_size(len(data))
         self._check_content_type(content_type)
         await self._check_quota(user_id, len(data))
@@ -244,6 +249,19 @@ class MediaRepository:
             if self._clock.time_msec() >= deadline:
                 raise MatrixError(504, Codes.NOT_YET_UPLOADED, "The media is not uploaded yet")
             await task.deferLater(self._reactor, _POLL_INTERVAL_S, lambda: None)
+
+    def download_url(self, info: MediaInfo, file_name: str | None) -> str | None:
+        """A presigned URL for the bytes when the provider can hand one out and the config
+        asks for redirects (S3); None means the bytes are served by us."""
+        s3 = self._config.s3
+        if s3 is None or not s3.redirect_downloads or info.sha256 is None:
+            return None
+        return self._provider.download_url(
+            info.sha256,
+            file_name or info.upload_name,
+            info.content_type or "application/octet-stream",
+            s3.presigned_url_lifetime_ms // 1000,
+        )
 
     async def download(
         self, server_name: str, media_id: str, wait_ms: int | None = None

@@ -186,6 +186,24 @@ class UploadLimitTests(MediaTestCase):
 
 
 @on_both_engines
+class UploadRateLimitTests(MediaTestCase):
+    config_overrides = {
+        "rate_limits": {"enabled": True, "media_upload_per_user": {"per_second": 0.01,
+                                                                   "burst_count": 2},
+                        "registration_per_address": {"per_second": 100, "burst_count": 100}},
+    }
+
+    @ensure_deferred
+    async def test_uploads_are_rate_limited(self):
+        alice = await self.register("alice")
+        for _ in range(2):
+            await self.uploaded(alice["access_token"], os.urandom(10))
+        r = await self.upload(alice["access_token"], b"one more")
+        body = self.assertError(r, 429, "M_LIMIT_EXCEEDED")
+        self.assertGreater(body["retry_after_ms"], 0)
+
+
+@on_both_engines
 class AsyncUploadTests(MediaTestCase):
     @ensure_deferred
     async def test_create_then_upload(self):
@@ -381,3 +399,80 @@ class ThumbnailTests(MediaTestCase):
         # The original is still served as uploaded.
         r = await self.request("GET", f"{CLIENT_MEDIA}/download/{server_media}", token=token)
         self.assertEqual(r.body, bomb)
+
+
+@on_both_engines
+class S3StorageTests(MediaTestCase):
+    """Media on S3-compatible storage (a moto server on loopback): uploads land in the
+    bucket, downloads redirect to a presigned URL that serves the same bytes."""
+
+    async def start_server(self, **overrides: Any) -> Any:
+        from tests.moto_server import moto_endpoint, new_bucket
+
+        self.bucket = new_bucket()
+        s3 = {
+            "bucket": self.bucket,
+            "endpoint_url": moto_endpoint(),
+            "region": "us-east-1",
+            "access_key_id": "testing",
+            "secret_access_key": "testing",
+            "timeout_ms": 5000,
+        }
+        return await super().start_server(media={"s3": s3}, **overrides)
+
+    @ensure_deferred
+    async def test_upload_goes_to_the_bucket_and_download_redirects(self):
+        from twisted.internet import threads
+
+        from tests.moto_server import s3_client
+
+        alice = await self.register("alice")
+        token = alice["access_token"]
+        data = os.urandom(100_000)
+        server_media = await self.uploaded(token, data, "image/png")
+        keys = await threads.deferToThread(
+            lambda: [o["Key"] for o in
+                     s3_client().list_objects_v2(Bucket=self.bucket).get("Contents", [])]
+        )
+        self.assertIn(hashlib.sha256(data).hexdigest(), keys)
+        r = await self.request("GET", f"{CLIENT_MEDIA}/download/{server_media}", token=token)
+        self.assertEqual(r.code, 307, r)
+        location = r.header("Location")
+        self.assertTrue(location.startswith(s3_client().meta.endpoint_url), location)
+        fetched = await self.request("GET", "", base_url=location)
+        self.assertEqual(fetched.code, 200)
+        self.assertEqual(fetched.body, data)
+        self.assertEqual(fetched.header("Content-Type"), "image/png")
+        # Legacy clients that cannot follow redirects get the bytes proxied.
+        r = await self.request("GET", f"{MEDIA}/download/{server_media}")
+        self.assertEqual(r.code, 200)
+        self.assertEqual(r.body, data)
+        r = await self.request("GET", f"{MEDIA}/download/{server_media}?allow_redirect=true")
+        self.assertEqual(r.code, 307)
+
+
+@on_both_engines
+class S3DownTests(MediaTestCase):
+    config_overrides = {
+        "media": {
+            "s3": {
+                "bucket": "nowhere",
+                # A loopback port nothing listens on.
+                "endpoint_url": "http://127.0.0.1:9",
+                "region": "us-east-1",
+                "access_key_id": "testing",
+                "secret_access_key": "testing",
+                "timeout_ms": 1000,
+            }
+        }
+    }
+
+    @ensure_deferred
+    async def test_storage_down_is_a_clear_502_and_nothing_recorded(self):
+        alice = await self.register("alice")
+        r = await self.upload(alice["access_token"], b"bytes", "text/plain")
+        self.assertError(r, 502, "M_UNKNOWN")
+        row = await self.hs.db.run_interaction(
+            "t", lambda txn: txn.select_one("SELECT COUNT(*) FROM media")
+        )
+        self.assertEqual(row[0], 0)

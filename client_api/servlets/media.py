@@ -115,9 +115,24 @@ class _Download:
         elif not self._hs.config.media.legacy_unauthenticated_downloads:
             raise MatrixError(404, Codes.NOT_FOUND, "Use the authenticated media endpoints")
         wait_ms = parse_int_query(request, "timeout_ms", min_value=0)
-        download = await self._hs.media.download(server_name, media_id, wait_ms)
+        media = self._hs.media
+        if server_name == self._hs.server_name and self._may_redirect(request):
+            info = await media.get_local_media(server_name, media_id, wait_ms)
+            url = media.download_url(info, file_name or None)
+            if url is not None:
+                # The storage serves the bytes itself (S3 presigned URL, short-lived).
+                return 307, RawBody(b"", {"Location": url, "Cache-Control": "no-store"})
+        download = await media.download(server_name, media_id, wait_ms)
         info = download.info
         return 200, media_response(download.data, info.content_type, file_name or info.upload_name)
+
+
+    def _may_redirect(self, request: HeddleRequest) -> bool:
+        # Clients of the authenticated endpoints must follow redirects (spec v1.11); the
+        # legacy ones say whether they can with allow_redirect.
+        if self.authenticated:
+            return True
+        return (query_string(request, "allow_redirect") or "false").lower() == "true"
 
 
 class DownloadServlet(_Download):
