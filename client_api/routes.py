@@ -72,6 +72,7 @@ CLIENT_SERVLETS = [
     media.UploadServlet,
     media.CreateMediaServlet,
     media.AsyncUploadServlet,
+    media.CompleteDirectUploadServlet,
     media.DownloadServlet,
     media.LegacyDownloadServlet,
     media.MediaConfigServlet,

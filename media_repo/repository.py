@@ -52,6 +52,11 @@ def is_valid_media_id(media_id: str) -> bool:
     return 0 < len(media_id) <= 255 and all(c in _MEDIA_ID_ALPHABET + "_-" for c in media_id)
 
 
+def _staging_key(media_id: str) -> str:
+    """Where a direct upload lands before it is checked."""
+    return f"upload-{media_id}"
+
+
 def content_type_matches(content_type: str, patterns: list[str]) -> bool:
     base = content_type.split(";", 1)[0].strip().lower()
     family = base.split("/", 1)[0] + "/*"
@@ -177,6 +182,65 @@ class MediaRepository:
         if size > self._config.max_upload_bytes:
             raise MatrixError(413, Codes.TOO_LARGE, "The upload is larger than allowed")
 
+    def direct_upload_url(self, media_id: str, content_type: str) -> str | None:
+        """With S3 and `direct_uploads`, a presigned PUT for a media ID from `create`: the
+        client sends the bytes to storage, then calls `complete_direct_upload`."""
+        s3 = self._config.s3
+        if s3 is None or not s3.direct_uploads:
+            return None
+        return self._provider.upload_url(
+            _staging_key(media_id), content_type, self._config.max_upload_bytes,
+            s3.presigned_url_lifetime_ms // 1000,
+        )
+
+    async def complete_direct_upload(
+        self, user_id: str, server_name: str, media_id: str, content_type: str,
+        upload_name: str | None,
+    ) -> None:
+        """The client says its direct upload is done: check what arrived in storage (it
+        exists, its size is within the limit) before the media ID points at it. The bytes
+        are moved under their hash like any upload, so dedup and thumbnails still work."""
+        if self._config.s3 is None or not self._config.s3.direct_uploads:
+            raise MatrixError(404, Codes.UNRECOGNIZED, "Direct uploads are not enabled")
+        staging = _staging_key(media_id)
+        info = await self._pending_for(user_id, server_name, media_id)
+        try:
+            size = await self._provider.size_of(staging)
+            if size is None:
+                raise MatrixError(400, Codes.UNKNOWN, "Nothing was uploaded to the given URL")
+            if size > self._config.max_upload_bytes:
+                await self._provider.delete(staging)
+                raise MatrixError(413, Codes.TOO_LARGE, "The upload is larger than allowed")
+            data = await self._provider.fetch(staging)
+        except StorageUnavailable as e:
+            raise MatrixError(
+                504 if e.timed_out else 502, Codes.UNKNOWN, "Media storage is unavailable"
+            ) from None
+        if data is None or len(data) != size:
+            raise MatrixError(400, Codes.UNKNOWN, "The upload changed while being checked")
+        try:
+            await self.upload_to(user_id, info.server_name, media_id, data, content_type,
+                                 upload_name, rate_limited=False)
+        finally:
+            await self._provider.delete(staging)
+
+    async def _pending_for(self, user_id: str, server_name: str, media_id: str) -> MediaInfo:
+        """A media ID from `create` that `user_id` may still upload into."""
+        if server_name != self._server_name or not is_valid_media_id(media_id):
+            raise MatrixError(404, Codes.NOT_FOUND, "Unknown media ID")
+        info = await self._store.get_media(server_name, media_id)
+        now = self._clock.time_msec()
+        if info is None or (
+            not info.uploaded and info.unused_expires_at is not None
+            and info.unused_expires_at <= now
+        ):
+            raise MatrixError(404, Codes.NOT_FOUND, "Unknown media ID")
+        if info.user_id != user_id:
+            raise MatrixError(403, Codes.FORBIDDEN, "This media ID belongs to someone else")
+        if info.uploaded:
+            raise MatrixError(409, Codes.CANNOT_OVERWRITE_MEDIA, "Media already uploaded")
+        return info
+
     async def create(self, user_id: str) -> tuple[str, int]:
         """Reserve a media ID for a later upload (async upload): (mxc URI, expiry)."""
         now = self._clock.time_msec()
@@ -198,22 +262,13 @@ class MediaRepository:
         data: bytes,
         content_type: str,
         upload_name: str | None,
+        rate_limited: bool = True,
     ) -> None:
         """Fill a media ID reserved by `create`."""
-        if server_name != self._server_name or not is_valid_media_id(media_id):
-            raise MatrixError(404, Codes.NOT_FOUND, "Unknown media ID")
-        info = await self._store.get_media(server_name, media_id)
+        await self._pending_for(user_id, server_name, media_id)
         now = self._clock.time_msec()
-        if info is None or (
-            not info.uploaded and info.unused_expires_at is not None
-            and info.unused_expires_at <= now
-        ):
-            raise MatrixError(404, Codes.NOT_FOUND, "Unknown media ID")
-        if info.user_id != user_id:
-            raise MatrixError(403, Codes.FORBIDDEN, "This media ID belongs to someone else")
-        if info.uploaded:
-            raise MatrixError(409, Codes.CANNOT_OVERWRITE_MEDIA, "Media already uploaded")
-        self._upload_limiter.check(user_id)
+        if rate_limited:
+            self._upload_limiter.check(user_id)
         self._check_size(len(data))
         self._check_content_type(content_type)
         await self._check_quota(user_id, len(data))

@@ -417,8 +417,10 @@ class S3StorageTests(MediaTestCase):
             "access_key_id": "testing",
             "secret_access_key": "testing",
             "timeout_ms": 5000,
+            "direct_uploads": True,
         }
-        return await super().start_server(media={"s3": s3}, **overrides)
+        return await super().start_server(media={"s3": s3, "max_upload_bytes": 200_000},
+                                          **overrides)
 
     @ensure_deferred
     async def test_upload_goes_to_the_bucket_and_download_redirects(self):
@@ -449,6 +451,66 @@ class S3StorageTests(MediaTestCase):
         self.assertEqual(r.body, data)
         r = await self.request("GET", f"{MEDIA}/download/{server_media}?allow_redirect=true")
         self.assertEqual(r.code, 307)
+
+
+    @ensure_deferred
+    async def test_direct_upload_to_storage(self):
+        alice = await self.register("alice")
+        bob = await self.register("bob")
+        token = alice["access_token"]
+        r = await self.request(
+            "POST", "/_matrix/media/v1/create", {"org.heddle.content_type": "image/png"},
+            token=token,
+        )
+        self.assertEqual(r.code, 200, r)
+        server_media = r.json["content_uri"][len("mxc://"):]
+        upload_url = r.json["org.heddle.upload_url"]
+        data = os.urandom(50_000)
+        put = await self.request(
+            "PUT", "", raw=data, base_url=upload_url, headers={"Content-Type": "image/png"}
+        )
+        self.assertEqual(put.code, 200, put)
+        complete = f"/_matrix/media/v1/org.heddle/upload_complete/{server_media}"
+        # Someone else cannot claim it.
+        r = await self.request("POST", complete, {"content_type": "image/png"},
+                               token=bob["access_token"])
+        self.assertError(r, 403, "M_FORBIDDEN")
+        r = await self.request("POST", complete, {"content_type": "image/png",
+                                                  "filename": "d.png"}, token=token)
+        self.assertEqual(r.code, 200, r)
+        r = await self.request("GET", f"{MEDIA}/download/{server_media}")
+        self.assertEqual(r.body, data)
+        r = await self.request("POST", complete, {"content_type": "image/png"}, token=token)
+        self.assertError(r, 409, "M_CANNOT_OVERWRITE_MEDIA")
+
+    @ensure_deferred
+    async def test_direct_upload_checked_before_it_counts(self):
+        alice = await self.register("alice")
+        token = alice["access_token"]
+
+        async def created() -> tuple[str, str]:
+            r = await self.request("POST", "/_matrix/media/v1/create", {}, token=token)
+            return (r.json["content_uri"][len("mxc://"):], r.json["org.heddle.upload_url"])
+
+        # Nothing uploaded yet.
+        server_media, _ = await created()
+        complete = f"/_matrix/media/v1/org.heddle/upload_complete/{server_media}"
+        r = await self.request("POST", complete, {}, token=token)
+        self.assertError(r, 400, "M_UNKNOWN")
+        # Too large: refused, and the staged object is gone.
+        server_media, url = await created()
+        put = await self.request(
+            "PUT", "", raw=b"x" * 200_001, base_url=url,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        self.assertEqual(put.code, 200, put)
+        complete = f"/_matrix/media/v1/org.heddle/upload_complete/{server_media}"
+        r = await self.request("POST", complete, {}, token=token)
+        self.assertError(r, 413, "M_TOO_LARGE")
+        r = await self.request(
+            "GET", f"{CLIENT_MEDIA}/download/{server_media}?timeout_ms=0", token=token
+        )
+        self.assertError(r, 504, "M_NOT_YET_UPLOADED")
 
 
 @on_both_engines

@@ -7,7 +7,13 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from client_api.auth import require_user
-from client_api.http import HeddleRequest, RawBody, parse_int_query, query_string
+from client_api.http import (
+    HeddleRequest,
+    RawBody,
+    parse_int_query,
+    parse_json_object,
+    query_string,
+)
 from homeserver.errors import Codes, MatrixError
 from media_repo.headers import CONTENT_SECURITY_POLICY, content_disposition
 
@@ -18,6 +24,8 @@ _SERVER = "(?P<server_name>[^/]+)"
 _MEDIA = "(?P<media_id>[^/]+)"
 _FILE = "(?:/(?P<file_name>[^/]*))?"  # nio sends an empty file name: ".../{mediaId}/"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+DIRECT_UPLOAD_TYPE_FIELD = "org.heddle.content_type"
+DIRECT_UPLOAD_URL_FIELD = "org.heddle.upload_url"
 def legacy_media_path(path: str) -> re.Pattern[str]:
     return re.compile(f"^/_matrix/media/(?:r0|v3){path}$")
 
@@ -74,8 +82,43 @@ class CreateMediaServlet:
 
     async def on_POST(self, request: HeddleRequest) -> tuple[int, Any]:
         requester = await require_user(self._hs, request)
+        body = parse_json_object(request)
         uri, expires = await self._hs.media.create(requester.user_id)
-        return 200, {"content_uri": uri, "unused_expires_at": expires}
+        response: dict[str, Any] = {"content_uri": uri, "unused_expires_at": expires}
+        # Extension: with S3 direct uploads, a URL to PUT the bytes to (with this
+        # Content-Type), then POST .../org.heddle/upload_complete/{serverName}/{mediaId}.
+        content_type = body.get(DIRECT_UPLOAD_TYPE_FIELD, DEFAULT_CONTENT_TYPE)
+        if not isinstance(content_type, str):
+            raise MatrixError(400, Codes.BAD_JSON, f"'{DIRECT_UPLOAD_TYPE_FIELD}' must be a string")
+        url = self._hs.media.direct_upload_url(uri.rsplit("/", 1)[1], content_type)
+        if url is not None:
+            response[DIRECT_UPLOAD_URL_FIELD] = url
+        return 200, response
+
+
+class CompleteDirectUploadServlet:
+    """Heddle extension: the client finished its direct upload to storage."""
+
+    PATTERNS = [re.compile(f"^/_matrix/media/v1/org.heddle/upload_complete/{_SERVER}/{_MEDIA}$")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_POST(
+        self, request: HeddleRequest, server_name: str, media_id: str
+    ) -> tuple[int, Any]:
+        requester = await require_user(self._hs, request)
+        body = parse_json_object(request)
+        content_type = body.get("content_type", DEFAULT_CONTENT_TYPE)
+        file_name = body.get("filename")
+        if not isinstance(content_type, str) or not (
+            file_name is None or isinstance(file_name, str)
+        ):
+            raise MatrixError(400, Codes.BAD_JSON, "'content_type' and 'filename' are strings")
+        await self._hs.media.complete_direct_upload(
+            requester.user_id, server_name, media_id, content_type, file_name
+        )
+        return 200, {}
 
 
 class AsyncUploadServlet:
