@@ -538,3 +538,32 @@ class S3DownTests(MediaTestCase):
             "t", lambda txn: txn.select_one("SELECT COUNT(*) FROM media")
         )
         self.assertEqual(row[0], 0)
+
+
+@on_both_engines
+class TruncatedUploadTests(MediaTestCase):
+    @ensure_deferred
+    async def test_upload_cut_short_records_nothing(self):
+        from twisted.internet import protocol, reactor, task
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        alice = await self.register("alice")
+        port = int(self.base_url.rsplit(":", 1)[1])
+        request = (
+            f"POST {MEDIA}/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {alice['access_token']}\r\n"
+            "Content-Type: image/png\r\nContent-Length: 100000\r\n\r\n"
+        ).encode() + b"only the start of it"
+        client = protocol.Protocol()
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+        await connectProtocol(endpoint, client)
+        client.transport.write(request)
+        await task.deferLater(reactor, 0.3, lambda: None)
+        client.transport.loseConnection()
+        await task.deferLater(reactor, 0.3, lambda: None)
+        row = await self.hs.db.run_interaction(
+            "t", lambda txn: txn.select_one("SELECT COUNT(*) FROM media")
+        )
+        self.assertEqual(row[0], 0)
+        store_dir = self.hs.config.resolve_path(self.hs.config.media.store_path)
+        self.assertEqual([f for _, _, names in os.walk(store_dir) for f in names], [])
