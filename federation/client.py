@@ -170,6 +170,26 @@ class FederationClient:
             "POST", destination, path, args, data, signed, timeout_ms, max_response_bytes
         )
 
+    async def get_raw(
+        self,
+        destination: str,
+        path: str,
+        args: dict[str, list[str]] | None = None,
+        *,
+        signed: bool = True,
+        timeout_ms: int | None = None,
+        max_response_bytes: int | None = None,
+    ) -> RawResponse:
+        """A GET whose answer is not JSON (media): the 2xx status, the response headers and
+        the body, refused past `max_response_bytes`. A non-2xx answer is an
+        `HttpResponseError` like `get_json`'s (with the JSON error body, if any)."""
+        code, headers, body = await self._request_raw(
+            "GET", destination, path, args, None, signed, timeout_ms, max_response_bytes
+        )
+        if not 200 <= code < 300:
+            raise HttpResponseError(destination, code, _json_or_none(body))
+        return RawResponse(code, headers, body)
+
     async def close(self) -> None:
         """At shutdown: give up on requests still in flight, drop pooled connections."""
         self._closed = True
@@ -188,6 +208,32 @@ class FederationClient:
         timeout_ms: int | None,
         max_response_bytes: int | None,
     ) -> Any:
+        code, _, response_body = await self._request_raw(
+            method, destination, path, args, data, signed, timeout_ms, max_response_bytes
+        )
+        try:
+            parsed = parse_json(response_body)
+        except ValueError:
+            parsed = None
+            if 200 <= code < 300:
+                raise RequestSendFailed(destination, f"HTTP {code} with a non-JSON body") from None
+        if not 200 <= code < 300:
+            raise HttpResponseError(destination, code, parsed)
+        return parsed
+
+    async def _request_raw(
+        self,
+        method: str,
+        destination: str,
+        path: str,
+        args: dict[str, list[str]] | None,
+        data: Any,
+        signed: bool,
+        timeout_ms: int | None,
+        max_response_bytes: int | None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Send one request: (status, headers, body) whatever the status. Raises
+        RequestSendFailed when there is no complete answer."""
         if destination == self._server_name:
             raise ValueError(f"refusing a federation request to ourselves ({destination})")
         if not self._config.enabled:
@@ -225,7 +271,7 @@ class FederationClient:
         attempt.addBoth(finished)
         timer = self._reactor.callLater(timeout_s, time_out)
         try:
-            code, response_body = await attempt
+            code, headers, response_body = await attempt
             code_label = str(code)
         except Exception as e:
             if timed_out:
@@ -242,17 +288,11 @@ class FederationClient:
             REQUESTS.labels(method, code_label).inc()
             REQUEST_SECONDS.labels(method).observe(self._clock.time() - start)
 
-        try:
-            parsed = parse_json(response_body)
-        except ValueError:
-            parsed = None
-            if 200 <= code < 300:
-                raise RequestSendFailed(destination, f"HTTP {code} with a non-JSON body") from None
-        if not 200 <= code < 300:
+        if 200 <= code < 300:
+            logger.debug("%s %s%s: HTTP %d", method, destination, path, code)
+        else:
             logger.info("%s %s%s: HTTP %d", method, destination, path, code)
-            raise HttpResponseError(destination, code, parsed)
-        logger.debug("%s %s%s: HTTP %d", method, destination, path, code)
-        return parsed
+        return code, headers, response_body
 
     async def _send(
         self,
@@ -263,8 +303,9 @@ class FederationClient:
         body: bytes | None,
         signed: bool,
         max_bytes: int,
-    ) -> tuple[int, bytes]:
-        """One attempt: (status, body). Raises RequestSendFailed, or CancelledError."""
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One attempt: (status, headers, body). Raises RequestSendFailed, or
+        CancelledError."""
         try:
             targets = await self._resolver.resolve(destination)
         except ValueError as e:
@@ -314,7 +355,18 @@ class FederationClient:
             raise RequestSendFailed(destination, str(e)) from None
         except Exception as e:
             raise RequestSendFailed(destination, _describe(e)) from None
-        return response.code, response_body
+        headers = {
+            name.decode("latin-1").lower(): values[-1].decode("latin-1")
+            for name, values in response.headers.getAllRawHeaders()
+        }
+        return response.code, headers, response_body
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return parse_json(body)
+    except ValueError:
+        return None
 
 
 def _describe(e: Exception) -> str:
