@@ -78,6 +78,7 @@ CLIENT_SERVLETS = [
     media.MediaConfigServlet,
     media.ThumbnailServlet,
     media.LegacyThumbnailServlet,
+    media.PreviewUrlServlet,
     filters.CreateFilterServlet,
     filters.GetFilterServlet,
     history.MessagesServlet,

@@ -3,7 +3,8 @@
 `FederationClient.get_json/put_json/post_json(destination, path, ...)` resolve the
 destination (`ServerResolver`), connect to the first target that accepts (`TlsConnector`:
 IP range filter, SNI, certificate checks), send the request with the target's `Host` header,
-and return the parsed JSON body. Every failure is a `FederationError`: `HttpResponseError`
+and return the parsed JSON body (`get_raw` returns the bytes and headers instead, for media).
+Every failure is a `FederationError`: `HttpResponseError`
 for a non-2xx answer, `RequestSendFailed` for everything else (DNS, blocked address,
 connection, TLS, timeout, oversized or non-JSON body).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -54,6 +56,15 @@ REQUEST_SECONDS = Histogram(
 # Idle connections kept per destination, and for how long.
 MAX_PERSISTENT_PER_DESTINATION = 5
 IDLE_CONNECTION_TIMEOUT_S = 120
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    """A 2xx answer to `get_raw`; `headers` maps lower-case names to the last value."""
+
+    code: int
+    headers: dict[str, str]
+    body: bytes
 
 
 def build_path(template: str, *parts: str) -> str:
@@ -355,11 +366,11 @@ class FederationClient:
             raise RequestSendFailed(destination, str(e)) from None
         except Exception as e:
             raise RequestSendFailed(destination, _describe(e)) from None
-        headers = {
+        response_headers = {
             name.decode("latin-1").lower(): values[-1].decode("latin-1")
             for name, values in response.headers.getAllRawHeaders()
         }
-        return response.code, headers, response_body
+        return response.code, response_headers, response_body
 
 
 def _json_or_none(body: bytes) -> Any:

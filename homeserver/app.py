@@ -56,9 +56,11 @@ from homeserver.sync.handler import SyncHandler
 from homeserver.sync.notifier import Notifier
 from homeserver.typing import TypingHandler
 from homeserver.user_directory import UserDirectoryHandler
+from media_repo.preview import UrlPreviewer
 from media_repo.providers.base import StorageProvider
 from media_repo.providers.filesystem import FilesystemProvider
 from media_repo.providers.s3 import S3Provider
+from media_repo.remote import LocationFetcher, RemoteMedia
 from media_repo.repository import MediaRepository
 from storage.database import Database
 from storage.engines import create_engine
@@ -338,15 +340,17 @@ class HomeServer:
 
         # Media (issue 5): metadata in the database, bytes with the storage provider.
         self.media_store = MediaStore(self.db)
+        self.media_provider = self._media_provider()
         self.media = MediaRepository(
             self.server_name,
             self.clock,
             reactor,
             config.media,
             self.media_store,
-            self._media_provider(),
+            self.media_provider,
             limiter("media_upload_per_user", limits.media_upload_per_user),
         )
+        self.url_previewer = UrlPreviewer(reactor, self.clock, config.media.url_preview, self.media)
 
         # Federation (issue 4): outbound requests (discovery, TLS, signing), keys, the
         # persisted send queue, inbound events and membership, remote lookups.
@@ -426,6 +430,22 @@ class HomeServer:
         self.profiles.remote = self.remote_queries
         self.directory.remote = self.remote_queries
         self.room_list.remote = self.remote_queries
+        # Other servers' media, fetched over federation and kept with ours.
+        self.media.remote = RemoteMedia(
+            self.server_name,
+            self.clock,
+            self.federation_client,
+            self.media_store,
+            self.media_provider,
+            config.media,
+            LocationFetcher(
+                reactor,
+                IPRangeFilter(fed.ip_range_blocklist, fed.ip_range_allowlist),
+                self.federation_connector,
+                fed.verify_tls,
+            ),
+            fed.request_timeout_ms,
+        )
         self.federation_transactions.wait_for_joins = self.federation_membership.wait_for_joins
         # A leave or ban ending a local user's invite or knock in a room we are not in.
         self.federation_events.out_of_room_membership = (

@@ -13,7 +13,7 @@ import logging
 import secrets
 import string
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, task, threads
 
@@ -31,6 +31,9 @@ from media_repo.thumbnails import (
     pick_pregenerated,
 )
 from storage.stores.media import MediaInfo, MediaStore
+
+if TYPE_CHECKING:
+    from media_repo.remote import RemoteMedia
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +98,9 @@ class MediaRepository:
         self._upload_limiter = upload_limiter
         # Thumbnails being generated after an upload, awaited at shutdown.
         self._background: set[defer.Deferred[None]] = set()
+        # Other servers' media, fetched over federation (set by app.py once federation is
+        # built). None: their media is 404.
+        self.remote: RemoteMedia | None = None
 
     @property
     def max_upload_bytes(self) -> int:
@@ -152,6 +158,18 @@ class MediaRepository:
         self._pregenerate(media_id, content_type, data)
         return f"mxc://{self._server_name}/{media_id}"
 
+    async def store_server_media(self, data: bytes, content_type: str) -> str:
+        """Store media the server fetched itself (URL preview images): owned by no user, so
+        no rate limit or quota; the caller bounds its size. Returns its mxc:// URI."""
+        sha256 = await self._store_bytes(data, content_type)
+        media_id = new_media_id()
+        await self._store.record_upload(
+            self._server_name, media_id, None, content_type, None, len(data), sha256,
+            self._clock.time_msec(),
+        )
+        self._pregenerate(media_id, content_type, data)
+        return f"mxc://{self._server_name}/{media_id}"
+
     def _pregenerate(self, media_id: str, content_type: str, data: bytes) -> None:
         """Make the configured thumbnail sizes of an image in the background (spec: servers
         SHOULD), so the first client asking does not wait."""
@@ -161,7 +179,9 @@ class MediaRepository:
         async def generate() -> None:
             for width, height, method in DEFAULT_THUMBNAIL_SIZES:
                 try:
-                    await self._thumbnail_for(media_id, data, width, height, method, False)
+                    await self._thumbnail_for(
+                        self._server_name, media_id, data, width, height, method, False
+                    )
                 except (ThumbnailError, MatrixError) as e:
                     logger.info("no thumbnails for %s: %s", media_id, e)
                     return
@@ -283,16 +303,21 @@ class MediaRepository:
     # ----- downloading ---------------------------------------------------------------------
 
     async def get_local_media(
-        self, server_name: str, media_id: str, wait_ms: int | None = None
+        self, server_name: str, media_id: str, wait_ms: int | None = None,
+        allow_remote: bool = True,
     ) -> MediaInfo:
         """The metadata of an available local media item: 404 M_NOT_FOUND if unknown or
         quarantined; for an ID whose upload has not happened, wait up to `wait_ms`, then
-        504 M_NOT_YET_UPLOADED."""
+        504 M_NOT_YET_UPLOADED. Another server's media is our stored copy, fetched first
+        unless `allow_remote` is false (`RemoteMedia.fetch`: 404, or 502 if unreachable)."""
         if not is_valid_media_id(media_id):
             raise MatrixError(404, Codes.NOT_FOUND, "Unknown media ID")
         if server_name != self._server_name:
-            # Remote media over federation is not fetched yet.
-            raise MatrixError(404, Codes.NOT_FOUND, "Media from other servers is not available")
+            if self.remote is None:
+                raise MatrixError(
+                    404, Codes.NOT_FOUND, "Media from other servers is not available"
+                )
+            return await self.remote.fetch(server_name, media_id, allow_remote=allow_remote)
         wait = DEFAULT_NOT_YET_UPLOADED_WAIT_MS if wait_ms is None else wait_ms
         deadline = self._clock.time_msec() + min(max(wait, 0), MAX_NOT_YET_UPLOADED_WAIT_MS)
         while True:
@@ -319,9 +344,10 @@ class MediaRepository:
         )
 
     async def download(
-        self, server_name: str, media_id: str, wait_ms: int | None = None
+        self, server_name: str, media_id: str, wait_ms: int | None = None,
+        allow_remote: bool = True,
     ) -> Download:
-        info = await self.get_local_media(server_name, media_id, wait_ms)
+        info = await self.get_local_media(server_name, media_id, wait_ms, allow_remote)
         assert info.sha256 is not None
         try:
             data = await self._provider.fetch(info.sha256)
@@ -347,6 +373,7 @@ class MediaRepository:
         method: str,
         animated: bool,
         wait_ms: int | None = None,
+        allow_remote: bool = True,
     ) -> Download:
         """A thumbnail at the configured size that best serves the request (spec: servers
         return one of their sizes, never the exact request), made on first use and kept.
@@ -355,20 +382,21 @@ class MediaRepository:
             raise MatrixError(400, Codes.INVALID_PARAM, "'method' must be crop or scale")
         if width < 1 or height < 1:
             raise MatrixError(400, Codes.INVALID_PARAM, "'width' and 'height' must be positive")
-        original = await self.download(server_name, media_id, wait_ms)
+        # Another server's media is thumbnailed here, from our copy of the original.
+        original = await self.download(server_name, media_id, wait_ms, allow_remote)
         if _base_type(original.info.content_type) not in THUMBNAILABLE_TYPES:
             raise MatrixError(400, Codes.UNKNOWN, "This media cannot be thumbnailed")
         w, h, m = pick_pregenerated(list(DEFAULT_THUMBNAIL_SIZES), width, height, method)
         data, content_type = await self._thumbnail_for(
-            media_id, original.data, w, h, m, animated
+            server_name, media_id, original.data, w, h, m, animated
         )
         return Download(original.info, data, content_type)
 
     async def _thumbnail_for(
-        self, media_id: str, original: bytes, width: int, height: int, method: str,
-        animated: bool,
+        self, server_name: str, media_id: str, original: bytes, width: int, height: int,
+        method: str, animated: bool,
     ) -> tuple[bytes, str]:
-        for row in await self._store.get_thumbnails(self._server_name, media_id):
+        for row in await self._store.get_thumbnails(server_name, media_id):
             if tuple(row[:3]) == (width, height, method) and bool(row[3]) == animated:
                 stored = await self._fetch(row[5])
                 if stored is not None:
@@ -389,7 +417,7 @@ class MediaRepository:
                 504 if e.timed_out else 502, Codes.UNKNOWN, "Media storage is unavailable"
             ) from None
         await self._store.store_thumbnail(
-            self._server_name, media_id, width, height, method, animated, thumb.content_type,
+            server_name, media_id, width, height, method, animated, thumb.content_type,
             key, len(thumb.data),
         )
         return thumb.data, thumb.content_type

@@ -104,10 +104,14 @@ class UploadDownloadTests(MediaTestCase):
             f"{CLIENT_MEDIA}/download/test.heddle/..%2F..%2Fetc%2Fpasswd",
             f"{CLIENT_MEDIA}/download/test.heddle/%2E%2E",
             f"{MEDIA}/download/test.heddle/a%00b",
-            f"{CLIENT_MEDIA}/download/other.example/abcdef",
+            f"{MEDIA}/download/other.example/abcdef?allow_remote=false",
         ):
             r = await self.request("GET", path, token=token)
             self.assertError(r, 404, "M_NOT_FOUND")
+        # Another server's media, whose server cannot be reached (tests resolve no names).
+        r = await self.request("GET", f"{CLIENT_MEDIA}/download/other.example/abcdef",
+                               token=token)
+        self.assertError(r, 502, "M_UNKNOWN")
         r = await self.request("GET", f"{CLIENT_MEDIA}/download/test.heddle/abc")
         self.assertError(r, 401, "M_MISSING_TOKEN")
         r = await self.upload(token, b"x", filename="..%2Fescape")

@@ -13,6 +13,7 @@ from client_api.http import (
     parse_int_query,
     parse_json_object,
     query_string,
+    require_query_string,
 )
 from homeserver.errors import Codes, MatrixError
 from media_repo.headers import CONTENT_SECURITY_POLICY, content_disposition
@@ -46,6 +47,11 @@ def media_response(data: bytes, content_type: str | None, file_name: str | None)
         "Cache-Control": "public, max-age=86400, s-maxage=86400",
     }
     return RawBody(data, headers)
+
+
+def _allow_remote(request: HeddleRequest) -> bool:
+    """Legacy clients may ask us not to fetch other servers' media (`allow_remote=false`)."""
+    return (query_string(request, "allow_remote") or "true").lower() != "false"
 
 
 def _upload_body(request: HeddleRequest) -> tuple[bytes, str, str | None]:
@@ -165,7 +171,7 @@ class _Download:
             if url is not None:
                 # The storage serves the bytes itself (S3 presigned URL, short-lived).
                 return 307, RawBody(b"", {"Location": url, "Cache-Control": "no-store"})
-        download = await media.download(server_name, media_id, wait_ms)
+        download = await media.download(server_name, media_id, wait_ms, _allow_remote(request))
         info = download.info
         return 200, media_response(download.data, info.content_type, file_name or info.upload_name)
 
@@ -219,7 +225,8 @@ class _Thumbnail:
         animated = (query_string(request, "animated") or "false").lower() == "true"
         wait_ms = parse_int_query(request, "timeout_ms", min_value=0)
         thumb = await self._hs.media.thumbnail(
-            server_name, media_id, width, height, method, animated, wait_ms
+            server_name, media_id, width, height, method, animated, wait_ms,
+            _allow_remote(request),
         )
         return 200, media_response(thumb.data, thumb.content_type, None)
 
@@ -231,3 +238,24 @@ class ThumbnailServlet(_Thumbnail):
 class LegacyThumbnailServlet(_Thumbnail):
     PATTERNS = [legacy_media_path(f"/thumbnail/{_SERVER}/{_MEDIA}")]
     authenticated = False
+
+
+class PreviewUrlServlet:
+    """OpenGraph data for a URL (media_repo/preview.py). Both endpoints need an access token
+    (the legacy one too, per the spec). With previews disabled the endpoint answers like an
+    unknown one, 404 M_UNRECOGNIZED, before authentication."""
+
+    PATTERNS = [client_media_path("/preview_url"), legacy_media_path("/preview_url")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
+        previewer = self._hs.url_previewer
+        if not previewer.enabled:
+            raise MatrixError(404, Codes.UNRECOGNIZED, "URL previews are disabled")
+        requester = await require_user(self._hs, request)
+        url = require_query_string(request, "url")
+        # Validated, but a preview is not chosen by time (see media_repo/preview.py).
+        parse_int_query(request, "ts", min_value=0)
+        return 200, await previewer.preview(requester.user_id, url)

@@ -49,6 +49,7 @@ def federation_servlets() -> list[Any]:
         QueryServerKeysServlet,
         ServerKeysServlet,
     )
+    from federation.transport.media import FederationDownloadServlet, FederationThumbnailServlet
     from federation.transport.membership import (
         InviteServlet,
         MakeMembershipServlet,
@@ -82,6 +83,8 @@ def federation_servlets() -> list[Any]:
         MakeMembershipServlet,
         SendMembershipServlet,
         InviteServlet,
+        FederationDownloadServlet,
+        FederationThumbnailServlet,
     ]
 
 
