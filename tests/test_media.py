@@ -458,6 +458,41 @@ class S3StorageTests(MediaTestCase):
 
 
     @ensure_deferred
+    async def test_thumbnails_on_s3(self):
+        import io
+
+        from PIL import Image
+
+        alice = await self.register("alice")
+        token = alice["access_token"]
+        photo = await self.uploaded(token, _jpeg(1200, 900), "image/jpeg")
+        r = await self.request(
+            "GET", f"{CLIENT_MEDIA}/thumbnail/{photo}?width=96&height=96&method=crop",
+            token=token,
+        )
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(Image.open(io.BytesIO(r.body)).size, (96, 96))
+        r = await self.request(
+            "GET", f"{CLIENT_MEDIA}/thumbnail/{photo}?width=320&height=240&method=scale",
+            token=token,
+        )
+        self.assertEqual(Image.open(io.BytesIO(r.body)).size, (320, 240))
+
+    @ensure_deferred
+    async def test_presigned_urls_expire(self):
+        from urllib.parse import parse_qs, urlsplit
+
+        alice = await self.register("alice")
+        token = alice["access_token"]
+        server_media = await self.uploaded(token, b"short-lived", "text/plain")
+        r = await self.request("GET", f"{CLIENT_MEDIA}/download/{server_media}", token=token)
+        query = parse_qs(urlsplit(r.header("Location")).query)
+        # moto does not enforce expiry, so check what the URL asks of a real S3.
+        self.assertEqual(
+            query["X-Amz-Expires"], [str(self.hs.config.media.s3.presigned_url_lifetime_ms // 1000)]
+        )
+
+    @ensure_deferred
     async def test_direct_upload_to_storage(self):
         alice = await self.register("alice")
         bob = await self.register("bob")
