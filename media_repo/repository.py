@@ -147,24 +147,23 @@ class MediaRepository:
         self._check_size(len(data))
         self._check_content_type(content_type)
         await self._check_quota(user_id, len(data))
-        sha256 = await self._store_bytes(data, content_type)
-        media_id = new_media_id()
-        await self._store.record_upload(
-            self._server_name, media_id, user_id, content_type, upload_name, len(data), sha256,
-            self._clock.time_msec(),
-        )
-        logger.info("%s uploaded mxc://%s/%s (%d bytes, %s)", user_id, self._server_name,
-                    media_id, len(data), content_type)
-        self._pregenerate(media_id, content_type, data)
-        return f"mxc://{self._server_name}/{media_id}"
+        uri = await self._store_new(user_id, data, content_type, upload_name)
+        logger.info("%s uploaded %s (%d bytes, %s)", user_id, uri, len(data), content_type)
+        return uri
 
     async def store_server_media(self, data: bytes, content_type: str) -> str:
         """Store media the server fetched itself (URL preview images): owned by no user, so
         no rate limit or quota; the caller bounds its size. Returns its mxc:// URI."""
+        return await self._store_new(None, data, content_type, None)
+
+    async def _store_new(
+        self, user_id: str | None, data: bytes, content_type: str, upload_name: str | None
+    ) -> str:
+        """Store the bytes, then give them a new media ID; returns its mxc:// URI."""
         sha256 = await self._store_bytes(data, content_type)
         media_id = new_media_id()
         await self._store.record_upload(
-            self._server_name, media_id, None, content_type, None, len(data), sha256,
+            self._server_name, media_id, user_id, content_type, upload_name, len(data), sha256,
             self._clock.time_msec(),
         )
         self._pregenerate(media_id, content_type, data)
@@ -302,11 +301,11 @@ class MediaRepository:
 
     # ----- downloading ---------------------------------------------------------------------
 
-    async def get_local_media(
+    async def get_media_info(
         self, server_name: str, media_id: str, wait_ms: int | None = None,
         allow_remote: bool = True,
     ) -> MediaInfo:
-        """The metadata of an available local media item: 404 M_NOT_FOUND if unknown or
+        """The metadata of an available media item: 404 M_NOT_FOUND if unknown or
         quarantined; for an ID whose upload has not happened, wait up to `wait_ms`, then
         504 M_NOT_YET_UPLOADED. Another server's media is our stored copy, fetched first
         unless `allow_remote` is false (`RemoteMedia.fetch`: 404, or 502 if unreachable)."""
@@ -347,7 +346,7 @@ class MediaRepository:
         self, server_name: str, media_id: str, wait_ms: int | None = None,
         allow_remote: bool = True,
     ) -> Download:
-        info = await self.get_local_media(server_name, media_id, wait_ms, allow_remote)
+        info = await self.get_media_info(server_name, media_id, wait_ms, allow_remote)
         assert info.sha256 is not None
         try:
             data = await self._provider.fetch(info.sha256)

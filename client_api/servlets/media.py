@@ -166,7 +166,7 @@ class _Download:
         wait_ms = parse_int_query(request, "timeout_ms", min_value=0)
         media = self._hs.media
         if server_name == self._hs.server_name and self._may_redirect(request):
-            info = await media.get_local_media(server_name, media_id, wait_ms)
+            info = await media.get_media_info(server_name, media_id, wait_ms)
             url = media.download_url(info, file_name or None)
             if url is not None:
                 # The storage serves the bytes itself (S3 presigned URL, short-lived).

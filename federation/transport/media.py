@@ -76,7 +76,7 @@ class FederationDownloadServlet(_FederationMedia):
         wait_ms = parse_int_query(request, "timeout_ms", min_value=0)
         media = self._hs.media
         server_name = self._hs.server_name
-        info = await media.get_local_media(server_name, media_id, wait_ms)
+        info = await media.get_media_info(server_name, media_id, wait_ms)
         url = media.download_url(info, None)
         if url is not None:
             return 200, multipart_body(None, None, None, location=url)
