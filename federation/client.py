@@ -11,6 +11,7 @@ connection, TLS, timeout, oversized or non-JSON body).
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from dataclasses import dataclass
@@ -20,9 +21,9 @@ from urllib.parse import quote, urlencode
 from prometheus_client import Counter, Histogram
 from twisted.internet import defer
 from twisted.internet.interfaces import IProtocol
-from twisted.web.client import URI, Agent, HTTPConnectionPool
+from twisted.web.client import URI, Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
+from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from federation.discovery import (
@@ -71,26 +72,6 @@ def build_path(template: str, *parts: str) -> str:
     """Fill a `"/_matrix/federation/v1/state/%s"` style template, percent-encoding each part
     (every reserved character, `/` included)."""
     return template % tuple(quote(part, safe="") for part in parts)
-
-
-@implementer(IBodyProducer)
-class _BytesProducer:
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: Any) -> defer.Deferred[None]:
-        consumer.write(self._body)
-        return defer.succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 @implementer(IAgentEndpointFactory)
@@ -355,7 +336,7 @@ class FederationClient:
                 method.encode("ascii"),
                 url,
                 headers,
-                _BytesProducer(body) if body is not None else None,
+                FileBodyProducer(io.BytesIO(body)) if body is not None else None,
             )
             response_body = await read_limited_body(response, max_bytes)
         except defer.CancelledError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import io
 import json
 import os
 import sys
@@ -21,10 +22,8 @@ from typing import Any, TypeVar
 import psycopg2
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
-from twisted.web.client import Agent, readBody
+from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
 
 from homeserver.app import HomeServer
 from homeserver.config import HomeserverConfig, parse_config
@@ -178,21 +177,9 @@ def on_both_engines(mixin: type) -> type:
     return mixin
 
 
-@implementer(IBodyProducer)
-class BytesProducer:
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: Any) -> defer.Deferred[None]:
-        consumer.write(self._body)
-        return defer.succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
+def BytesProducer(body: bytes) -> FileBodyProducer:
+    """A request body for twisted's Agent."""
+    return FileBodyProducer(io.BytesIO(body))
 
 
 class Response:
