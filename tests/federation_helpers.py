@@ -114,6 +114,33 @@ class FederationTestCase(HomeserverTestCase):
         self.servers.remove(server)
         return await self.start_peer(server.slot, port=server.port, data_dir=server.data_dir)
 
+    async def two_peers(self) -> tuple[Server, Server, FedUser, FedUser]:
+        """Heddles A and B, with alice on A and bob on B."""
+        a = await self.start_peer(0)
+        b = await self.start_peer(1)
+        return a, b, await self.fed_user(a, "alice"), await self.fed_user(b, "bob")
+
+    async def heddle_and_synapse(
+        self, synapse_password: str
+    ) -> tuple[Server, Any, FedUser, dict[str, Any]]:
+        """A Heddle with alice, and a real Synapse peer with bob (skipped without one)."""
+        from tests.synapse_peer import SynapsePeer, ensure_stopped, require_synapse
+
+        require_synapse()
+        heddle = await self.start_peer(0)
+        peer = SynapsePeer(Path(self.mktemp()))  # type: ignore[attr-defined]
+        self.addCleanup(ensure_stopped, peer)  # type: ignore[attr-defined]
+        await peer.start()
+        alice = await self.fed_user(heddle, "alice")
+        bob = await peer.register_user("bob", synapse_password)
+        return heddle, peer, alice, bob
+
+    async def _is(self, awaitable: Any, expected: Any) -> bool:
+        return bool((await awaitable) == expected)
+
+    async def _contains(self, awaitable: Any, expected: Any) -> bool:
+        return expected in (await awaitable)
+
     async def call(
         self, server: Server, method: str, path: str, body: Any = None, token: str | None = None
     ) -> Response:

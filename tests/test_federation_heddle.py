@@ -10,10 +10,7 @@ from tests.harness import ensure_deferred, on_both_engines
 @on_both_engines
 class TwoHeddles(FederationTestCase):
     async def _shared_room(self):
-        a = await self.start_peer(0)
-        b = await self.start_peer(1)
-        alice = await self.fed_user(a, "alice")
-        bob = await self.fed_user(b, "bob")
+        a, b, alice, bob = await self.two_peers()
         r = await self.user_call(alice, "POST", f"{API}/createRoom", {"preset": "public_chat"})
         assert r.code == 200, r
         room_id = r.json["room_id"]
@@ -53,10 +50,7 @@ class TwoHeddles(FederationTestCase):
 
     @ensure_deferred
     async def test_room_on_b_joined_from_a(self):
-        a = await self.start_peer(0)
-        b = await self.start_peer(1)
-        alice = await self.fed_user(a, "alice")
-        bob = await self.fed_user(b, "bob")
+        a, b, alice, bob = await self.two_peers()
         r = await self.user_call(bob, "POST", f"{API}/createRoom", {"preset": "public_chat",
                                                                      "room_alias_name": "lobby"})
         room_id = r.json["room_id"]
@@ -72,10 +66,7 @@ class TwoHeddles(FederationTestCase):
 
     @ensure_deferred
     async def test_invite_and_leave(self):
-        a = await self.start_peer(0)
-        b = await self.start_peer(1)
-        alice = await self.fed_user(a, "alice")
-        bob = await self.fed_user(b, "bob")
+        a, b, alice, bob = await self.two_peers()
         r = await self.user_call(alice, "POST", f"{API}/createRoom", {"preset": "private_chat"})
         room_id = r.json["room_id"]
         r = await self.user_call(alice, "POST", f"{API}/rooms/{q(room_id)}/invite",
@@ -120,10 +111,7 @@ class TwoHeddles(FederationTestCase):
 
     @ensure_deferred
     async def test_history_backfilled_from_the_other_side(self):
-        a = await self.start_peer(0)
-        b = await self.start_peer(1)
-        alice = await self.fed_user(a, "alice")
-        bob = await self.fed_user(b, "bob")
+        a, b, alice, bob = await self.two_peers()
         r = await self.user_call(alice, "POST", f"{API}/createRoom", {"preset": "public_chat"})
         room_id = r.json["room_id"]
         r = await self.user_call(
@@ -152,10 +140,7 @@ class TwoHeddles(FederationTestCase):
 
     @ensure_deferred
     async def test_history_before_joining_is_served_redacted(self):
-        a = await self.start_peer(0)
-        b = await self.start_peer(1)
-        alice = await self.fed_user(a, "alice")
-        bob = await self.fed_user(b, "bob")
+        a, b, alice, bob = await self.two_peers()
         r = await self.user_call(alice, "POST", f"{API}/createRoom", {"preset": "public_chat"})
         room_id = r.json["room_id"]
         await self.user_call(
@@ -186,10 +171,7 @@ class TwoHeddles(FederationTestCase):
     async def test_events_arriving_during_a_join_wait_for_it(self):
         from twisted.internet import reactor, task
 
-        a = await self.start_peer(0)
-        b = await self.start_peer(1)
-        alice = await self.fed_user(a, "alice")
-        bob = await self.fed_user(b, "bob")
+        a, b, alice, bob = await self.two_peers()
         r = await self.user_call(alice, "POST", f"{API}/createRoom", {"preset": "public_chat"})
         room_id = r.json["room_id"]
         membership = b.hs.federation_membership
@@ -210,11 +192,6 @@ class TwoHeddles(FederationTestCase):
             what="the message sent during the join",
         )
 
-    async def _is(self, awaitable, expected):
-        return (await awaitable) == expected
-
-    async def _contains(self, awaitable, expected):
-        return expected in (await awaitable)
 
 
 @on_both_engines
@@ -223,10 +200,7 @@ class InboundBadInput(FederationTestCase):
     to A's /send: each kind of bad PDU is refused without corrupting A's room."""
 
     async def _setup(self):
-        a = await self.start_peer(0)
-        b = await self.start_peer(1)
-        alice = await self.fed_user(a, "alice")
-        bob = await self.fed_user(b, "bob")
+        a, b, alice, bob = await self.two_peers()
         r = await self.user_call(alice, "POST", f"{API}/createRoom", {"preset": "public_chat"})
         room_id = r.json["room_id"]
         r = await self.user_call(bob, "POST", f"{API}/join/{q(room_id)}?via={q(a.server_name)}", {})
@@ -355,10 +329,7 @@ class EphemeralAcrossServers(FederationTestCase):
     """Typing, receipts and presence reach the other server's users through /sync."""
 
     async def _setup(self):
-        a = await self.start_peer(0)
-        b = await self.start_peer(1)
-        alice = await self.fed_user(a, "alice")
-        bob = await self.fed_user(b, "bob")
+        a, b, alice, bob = await self.two_peers()
         r = await self.user_call(alice, "POST", f"{API}/createRoom", {"preset": "public_chat"})
         room_id = r.json["room_id"]
         r = await self.user_call(bob, "POST", f"{API}/join/{q(room_id)}?via={q(a.server_name)}", {})

@@ -4,24 +4,19 @@ three servers, and concurrent sends from two servers (forks resolved by state re
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
 
 from tests.federation_helpers import API, FederationTestCase, FedUser, Server, q
 from tests.harness import ensure_deferred, on_both_engines
-from tests.synapse_peer import SynapsePeer, ensure_stopped, require_synapse
+from tests.synapse_peer import SynapsePeer
 
 
 @on_both_engines
 class FederatedMembership(FederationTestCase):
     async def _two(self) -> tuple[Server, Server, FedUser, FedUser]:
-        a = await self.start_peer(0)
-        b = await self.start_peer(1)
-        alice = await self.fed_user(a, "alice")
-        bob = await self.fed_user(b, "bob")
-        return a, b, alice, bob
+        return await self.two_peers()
 
     async def _create(self, user: FedUser, **body: Any) -> str:
         r = await self.user_call(user, "POST", f"{API}/createRoom", body)
@@ -435,14 +430,7 @@ class MembershipWithSynapse(FederationTestCase):
     timeout = 300
 
     async def _setup(self) -> tuple[Server, SynapsePeer, FedUser, dict[str, Any]]:
-        require_synapse()
-        heddle = await self.start_peer(0)
-        peer = SynapsePeer(Path(self.mktemp()))  # type: ignore[attr-defined]
-        self.addCleanup(ensure_stopped, peer)  # type: ignore[attr-defined]
-        await peer.start()
-        alice = await self.fed_user(heddle, "alice")
-        bob = await peer.register_user("bob", "synapse-membership-pw")
-        return heddle, peer, alice, bob
+        return await self.heddle_and_synapse("synapse-membership-pw")
 
     async def _synapse(self, peer: SynapsePeer, user: dict[str, Any], method: str, path: str,
                        body: Any = None) -> Any:

@@ -4,12 +4,11 @@ invites, leaves, a remote profile lookup, and delivery after a restart."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from tests.federation_helpers import API, FederationTestCase, FedUser, q
 from tests.harness import ensure_deferred, on_both_engines
-from tests.synapse_peer import SynapsePeer, ensure_stopped, require_synapse
+from tests.synapse_peer import SynapsePeer
 
 PW = "synapse-test-password"
 
@@ -19,14 +18,7 @@ class SynapseInterop(FederationTestCase):
     timeout = 300
 
     async def _setup(self) -> tuple[Any, SynapsePeer, FedUser, dict[str, Any]]:
-        require_synapse()
-        heddle = await self.start_peer(0)
-        peer = SynapsePeer(Path(self.mktemp()))  # type: ignore[attr-defined]
-        self.addCleanup(ensure_stopped, peer)  # type: ignore[attr-defined]
-        await peer.start()
-        alice = await self.fed_user(heddle, "alice")
-        bob = await peer.register_user("bob", PW)
-        return heddle, peer, alice, bob
+        return await self.heddle_and_synapse(PW)
 
     async def _synapse(self, peer: SynapsePeer, user: dict[str, Any], method: str, path: str,
                        body: Any = None) -> Any:
@@ -163,8 +155,3 @@ class SynapseInterop(FederationTestCase):
 
             await self.wait_for(arrived, timeout=60, what=f"message in a v{version} room")
 
-    async def _is(self, awaitable: Any, expected: Any) -> bool:
-        return bool((await awaitable) == expected)
-
-    async def _contains(self, awaitable: Any, expected: Any) -> bool:
-        return expected in (await awaitable)
