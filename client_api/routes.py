@@ -14,6 +14,8 @@ from client_api.servlets import (
     discovery,
     filters,
     history,
+    keys,
+    keys_changes,
     login,
     media,
     membership,
@@ -22,8 +24,10 @@ from client_api.servlets import (
     push_rules,
     receipts,
     register,
+    room_keys,
     rooms,
     sync,
+    to_device,
     typing,
 )
 
@@ -50,6 +54,12 @@ CLIENT_SERVLETS = [
     devices.DevicesServlet,
     devices.DeviceServlet,
     devices.DeleteDevicesServlet,
+    keys.KeysUploadServlet,
+    keys.KeysQueryServlet,
+    keys.KeysClaimServlet,
+    keys.CrossSigningUploadServlet,
+    keys.SignaturesUploadServlet,
+    keys_changes.KeysChangesServlet,
     profile.ProfileServlet,
     profile.ProfileFieldServlet,
     admin.SharedSecretRegisterServlet,
@@ -87,6 +97,7 @@ CLIENT_SERVLETS = [
     typing.TypingServlet,
     receipts.ReceiptServlet,
     receipts.ReadMarkersServlet,
+    to_device.SendToDeviceServlet,
     account_data.AccountDataServlet,
     account_data.RoomAccountDataServlet,
     account_data.TagsServlet,
@@ -102,6 +113,11 @@ CLIENT_SERVLETS = [
     directory.RoomVisibilityServlet,
     directory.PublicRoomsServlet,
     directory.UserDirectorySearchServlet,
+    room_keys.RoomKeysVersionServlet,
+    room_keys.RoomKeysVersionByIdServlet,
+    room_keys.RoomKeysServlet,
+    room_keys.RoomKeysRoomServlet,
+    room_keys.RoomKeysSessionServlet,
 ]
 
 

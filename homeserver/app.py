@@ -32,6 +32,10 @@ from homeserver.auth.tokens import TokenHandler
 from homeserver.auth.uia import UserInteractiveAuth
 from homeserver.clock import Clock
 from homeserver.config import HomeserverConfig, ListenerConfig
+from homeserver.e2e.device_lists import DeviceListHandler
+from homeserver.e2e.keys import E2eKeysHandler
+from homeserver.e2e.room_keys import RoomKeysHandler
+from homeserver.e2e.to_device import DIRECT_TO_DEVICE, ToDeviceHandler
 from homeserver.events.serialize import EventSerializer
 from homeserver.filtering import Filtering
 from homeserver.presence import PresenceHandler
@@ -69,8 +73,11 @@ from storage.persister import EventPersister, IdAllocator
 from storage.stores.account_data import AccountDataStore
 from storage.stores.accounts import AccountStore
 from storage.stores.aliases import AliasStore
+from storage.stores.device_inbox import DeviceInboxStore
+from storage.stores.device_lists import DeviceListStore
 from storage.stores.devices import DeviceStore
 from storage.stores.directory import RoomDirectoryStore, UserDirectoryStore
+from storage.stores.e2e_keys import E2eKeyStore
 from storage.stores.events import EventStore
 from storage.stores.federation_events import FederationEventStore
 from storage.stores.federation_queue import FederationQueueStore
@@ -79,6 +86,7 @@ from storage.stores.media import MediaStore
 from storage.stores.presence import PresenceStore
 from storage.stores.profiles import ProfileStore
 from storage.stores.receipts import ReceiptStore
+from storage.stores.room_keys import RoomKeysStore
 from storage.stores.rooms import RoomStore
 from storage.stores.server_keys import ServerKeyStore
 from storage.stores.state import StateStore
@@ -318,6 +326,13 @@ class HomeServer:
             self.notifier,
         )
         self.read_markers = ReadMarkerHandler(self.receipts, self.account_data, self.presence)
+        # Send-to-device messages (issue 6): per-device inboxes, acknowledged by /sync.
+        self.device_inbox_store = DeviceInboxStore(self.db)
+        self.to_device_stream = StreamIdGenerator("to_device", 0)
+        self.to_device = ToDeviceHandler(
+            self.server_name, self.clock, self.device_inbox_store, self.to_device_stream,
+            self.notifier,
+        )
         # Push rules live in the user's m.push_rules account data (no pushers yet).
         self.push_rules = PushRulesHandler(self.account_data)
         self.sync = SyncHandler(
@@ -351,6 +366,10 @@ class HomeServer:
             limiter("media_upload_per_user", limits.media_upload_per_user),
         )
         self.url_previewer = UrlPreviewer(reactor, self.clock, config.media.url_preview, self.media)
+
+        # Server-side key backups (issue 6).
+        self.room_keys_store = RoomKeysStore(self.db)
+        self.room_keys = RoomKeysHandler(self.room_keys_store)
 
         # Federation (issue 4): outbound requests (discovery, TLS, signing), keys, the
         # persisted send queue, inbound events and membership, remote lookups.
@@ -430,6 +449,43 @@ class HomeServer:
         self.profiles.remote = self.remote_queries
         self.directory.remote = self.remote_queries
         self.room_list.remote = self.remote_queries
+        # End-to-end encryption keys (issue 6): device, one-time, fallback and cross-signing
+        # keys; other servers' users are asked over federation.
+        self.e2e_key_store = E2eKeyStore(self.db)
+        self.e2e_keys = E2eKeysHandler(
+            self.server_name,
+            self.clock,
+            self.e2e_key_store,
+            self.device_store,
+            self.federation_client,
+        )
+        # Device lists (issue 6): who changed devices or cross-signing keys, for sync and
+        # /keys/changes; our users' changes go out as EDUs, other servers' are cached.
+        self.device_list_store = DeviceListStore(self.db)
+        self.device_list_stream = StreamIdGenerator("device_lists", 0)
+        self.device_list_changes = StreamChangeCache("device_lists", 0)
+        self.device_lists = DeviceListHandler(
+            self.server_name,
+            reactor,
+            self.device_list_store,
+            self.device_store,
+            self.room_store,
+            self.state_store,
+            self.device_list_stream,
+            self.device_list_changes,
+            self.room_changes,
+            self.membership_changes,
+            self.notifier,
+            self.federation_client,
+            self.federation_sender,
+            fed.enabled,
+        )
+        self.device_lists.e2e_keys = self.e2e_keys
+        self.e2e_keys.device_lists = self.device_lists
+        self.devices.device_lists = self.device_lists
+        self.sync.device_lists = self.device_lists
+        self.sync.to_device = self.to_device
+        self.sync.e2e_keys = self.e2e_keys
         # Other servers' media, fetched over federation and kept with ours.
         self.media.remote = RemoteMedia(
             self.server_name,
@@ -468,6 +524,12 @@ class HomeServer:
                 self.presence,
             )
             self.federation_transactions.edu_handlers.update(self.federation_edus.handlers())
+            self.federation_transactions.edu_handlers.update(self.device_lists.edu_handlers())
+            self.event_creator.persisted_listeners.append(self.device_lists.on_event_persisted)
+            self.to_device.federation = self.federation_sender
+            self.federation_transactions.edu_handlers[DIRECT_TO_DEVICE] = (
+                self.to_device.on_direct_to_device
+            )
             self.typing.local_change_listeners.append(self.federation_edus.local_typing_changed)
             self.receipts.listeners.append(self.federation_edus.local_receipt)
             self.presence.local_change_listeners.append(
@@ -528,10 +590,16 @@ class HomeServer:
                 self.account_data_store.get_max_stream_id,
             ),
             (self.presence_stream, self.presence_changes, self.presence_store.get_max_stream_id),
+            (
+                self.device_list_stream,
+                self.device_list_changes,
+                self.device_list_store.get_max_stream_id,
+            ),
         ):
             position = await max_id()
             stream.initialise(position)
             changes.initialise(position)
+        self.to_device_stream.initialise(await self.device_inbox_store.get_max_stream_id())
         await self.presence.start()
         await self.replication.start()
         self._uia_cleanup = task.LoopingCall(self._periodic_cleanup)
@@ -541,13 +609,15 @@ class HomeServer:
 
     def _periodic_cleanup(self) -> Any:
         """Expired UIA sessions, inbound transaction IDs old enough that no server will
-        retry them, and media IDs whose upload never came."""
+        retry them, media IDs whose upload never came, and to-device transaction and
+        message IDs no sender will retry."""
 
         async def cleanup() -> None:
             try:
                 await self.uia.expire_sessions()
                 await self.federation_transactions.prune()
                 await self.media_store.delete_expired_pending(self.clock.time_msec())
+                await self.to_device.prune()
             except Exception:
                 logger.exception("periodic cleanup failed")
 

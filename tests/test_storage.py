@@ -904,8 +904,9 @@ class DeviceStoreTests(TokenFixtures):
         await self.tokens.add_access_token("a2", ALICE, "D2", 1, None, "r2", "h2", 200)
         await self.tokens.add_access_token("b1", BOB, "D1", 1, None, "rb", "hb", 200)
 
-        revoked = await self.devices.delete_devices(ALICE, ["D1", "missing"])
-        self.assertEqual(sorted(revoked), ["a1", "a1b"])
+        deleted = await self.devices.delete_devices(ALICE, ["D1", "missing"])
+        self.assertEqual(sorted(deleted.revoked_token_ids), ["a1", "a1b"])
+        self.assertEqual(deleted.device_ids, ["D1"])
         self.assertIsNone(await self.devices.get_device(ALICE, "D1"))
         self.assertIsNone(await self.tokens.get_access_token("a1"))
         self.assertIsNone(await self.tokens.get_access_token("a1b"))
@@ -921,12 +922,11 @@ class DeviceStoreTests(TokenFixtures):
         await self.tokens.add_access_token("a1", ALICE, "D1", 1, None)
         await self.tokens.add_access_token("a2", ALICE, "D2", 1, None)
         await self.tokens.add_access_token("b1", BOB, "D1", 1, None)
-        self.assertEqual(
-            await self.devices.delete_all_devices(ALICE, except_device_id="D2"), ["a1"]
-        )
+        deleted = await self.devices.delete_all_devices(ALICE, except_device_id="D2")
+        self.assertEqual((deleted.device_ids, deleted.revoked_token_ids), (["D1"], ["a1"]))
         self.assertEqual([d.device_id for d in await self.devices.get_devices(ALICE)], ["D2"])
         self.assertIsNotNone(await self.tokens.get_access_token("a2"))
-        self.assertEqual(await self.devices.delete_all_devices(ALICE), ["a2"])
+        self.assertEqual((await self.devices.delete_all_devices(ALICE)).revoked_token_ids, ["a2"])
         self.assertEqual(await self.devices.get_devices(ALICE), [])
         self.assertIsNotNone(await self.tokens.get_access_token("b1"))
 

@@ -62,6 +62,8 @@ def federation_servlets() -> list[Any]:
         QueryProfileServlet,
         QueryServlet,
     )
+    from federation.transport.user_devices import UserDevicesServlet
+    from federation.transport.user_keys import UserKeysClaimServlet, UserKeysQueryServlet
 
     return [
         FederationVersionServlet,
@@ -85,6 +87,9 @@ def federation_servlets() -> list[Any]:
         InviteServlet,
         FederationDownloadServlet,
         FederationThumbnailServlet,
+        UserKeysQueryServlet,
+        UserKeysClaimServlet,
+        UserDevicesServlet,
     ]
 
 

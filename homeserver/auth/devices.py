@@ -2,16 +2,26 @@ from __future__ import annotations
 
 import secrets
 import string
+from collections.abc import Collection
+from typing import Protocol
 
 from homeserver.auth.tokens import TokenHandler
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
-from storage.stores.devices import Device, DeviceStore
+from storage.stores.devices import DeletedDevices, Device, DeviceStore
 
 MAX_DEVICE_DISPLAY_NAME_LENGTH = 100
 MAX_DEVICE_ID_LENGTH = 255
 # Record last-seen at most this often per device, so every request is not a write.
 LAST_SEEN_INTERVAL_MS = 60 * 1000
+
+
+class DeviceListUpdates(Protocol):
+    """Who hears of device changes (`DeviceListHandler`)."""
+
+    async def device_changed(
+        self, user_id: str, device_ids: Collection[str], deleted: bool = False
+    ) -> None: ...
 
 
 def generate_device_id() -> str:
@@ -46,6 +56,8 @@ class DeviceHandler:
         self._store = store
         self._tokens = tokens
         self._last_seen_written: dict[tuple[str, str], int] = {}
+        # Set by the composition root: told of new, renamed and deleted devices.
+        self.device_lists: DeviceListUpdates | None = None
 
     async def ensure_device(
         self, user_id: str, device_id: str | None, display_name: str | None
@@ -56,6 +68,8 @@ class DeviceHandler:
         created = await self._store.ensure_device(
             user_id, device_id, display_name, self._clock.time_msec()
         )
+        if created and self.device_lists is not None:
+            await self.device_lists.device_changed(user_id, [device_id])
         return device_id, created
 
     async def get_devices(self, user_id: str) -> list[Device]:
@@ -70,13 +84,23 @@ class DeviceHandler:
     async def set_display_name(self, user_id: str, device_id: str, display_name: str) -> None:
         if not await self._store.set_display_name(user_id, device_id, display_name):
             raise MatrixError(404, Codes.NOT_FOUND, "Device not found")
+        if self.device_lists is not None:
+            await self.device_lists.device_changed(user_id, [device_id])
 
     async def delete_devices(self, user_id: str, device_ids: list[str]) -> None:
-        """Delete devices and revoke their tokens (unknown device IDs are ignored, as in the spec)."""
-        self._tokens.forget(await self._store.delete_devices(user_id, device_ids))
+        """Delete devices with their keys and to-device messages, revoke their tokens, and
+        tell the user's room-mates (unknown device IDs are ignored, as in the spec)."""
+        await self._deleted(user_id, await self._store.delete_devices(user_id, device_ids))
 
     async def delete_all_devices(self, user_id: str, except_device_id: str | None = None) -> None:
-        self._tokens.forget(await self._store.delete_all_devices(user_id, except_device_id))
+        await self._deleted(
+            user_id, await self._store.delete_all_devices(user_id, except_device_id)
+        )
+
+    async def _deleted(self, user_id: str, deleted: DeletedDevices) -> None:
+        self._tokens.forget(deleted.revoked_token_ids)
+        if deleted.device_ids and self.device_lists is not None:
+            await self.device_lists.device_changed(user_id, deleted.device_ids, deleted=True)
 
     async def record_activity(
         self, user_id: str, device_id: str, ip: str, user_agent: str | None

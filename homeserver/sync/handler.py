@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from homeserver.account_data import AccountDataHandler
 from homeserver.clock import Clock
@@ -29,6 +29,11 @@ from storage.stores.rooms import Membership, RoomStore
 from storage.stores.state import StateStore
 from storage.stream_ids import StreamIdGenerator
 
+if TYPE_CHECKING:
+    from homeserver.e2e.device_lists import DeviceListHandler
+    from homeserver.e2e.keys import E2eKeysHandler
+    from homeserver.e2e.to_device import ToDeviceHandler
+
 logger = logging.getLogger(__name__)
 
 # State shared with invitees and knockers (spec: "Stripped state"); Synapse's set.
@@ -45,6 +50,9 @@ MAX_HEROES = 5
 MEMBERSHIP_CACHE_SIZE = 50_000
 DEFAULT_TIMELINE_LIMIT = 10
 MAX_TIMELINE_LIMIT = 100
+# Devices that were sent to-device messages and have not acknowledged them yet (see
+# `_to_device_section`); past this many, the oldest entries are forgotten.
+TO_DEVICE_UNACKED_SIZE = 100_000
 
 
 @dataclass
@@ -108,6 +116,14 @@ class SyncHandler:
         self._receipts = receipts
         self._account_data = account_data
         self._presence = presence
+        # End-to-end encryption (set by the composition root): device-list changes, send-to-
+        # device messages, and one-time/fallback key counts.
+        self.device_lists: DeviceListHandler | None = None
+        self.to_device: ToDeviceHandler | None = None
+        self.e2e_keys: E2eKeysHandler | None = None
+        # (user_id, device_id) -> to-device position of the last messages delivered, until a
+        # sync acknowledges them: only then does a sync with nothing new delete them.
+        self._to_device_unacked: dict[tuple[str, str], int] = {}
         # user_id -> (events position when read, memberships): kept until the user's
         # memberships change, so a quiet incremental sync does no per-room database work.
         self._memberships_cache: dict[str, tuple[int, list[Membership]]] = {}
@@ -119,6 +135,10 @@ class SyncHandler:
             typing=self._typing.current_position,
             account_data=self._account_data.current_position,
             presence=self._presence.current_position,
+            to_device=self.to_device.current_position if self.to_device is not None else 0,
+            device_lists=(
+                self.device_lists.current_position if self.device_lists is not None else 0
+            ),
         )
 
     def forget_memberships(self, user_id: str) -> None:
@@ -148,20 +168,34 @@ class SyncHandler:
         if since is not None:
             # Other streams ahead of the server (typing restarts at 0 with the process; a
             # restored database): send that stream in full rather than miss what comes next.
-            for stream in ("receipts", "typing", "account_data", "presence"):
+            for stream in (
+                "receipts", "typing", "account_data", "presence", "to_device", "device_lists"
+            ):
                 if getattr(since, stream) > getattr(now, stream):
                     since = since.copy_and_replace(stream, 0)
         sync_pass = _Pass(request, since, now)
         rooms = await self._rooms_section(sync_pass)
         account_data = await self._account_data_section(sync_pass, rooms)
         presence = await self._presence_section(sync_pass)
+        device_lists = await self._device_lists_section(sync_pass)
+        to_device, to_device_position = await self._to_device_section(sync_pass)
         response: dict[str, Any] = {
-            "next_batch": str(now),
+            "next_batch": str(now.copy_and_replace("to_device", to_device_position)),
             "rooms": rooms,
             "account_data": {"events": account_data},
             "presence": {"events": presence},
+            "to_device": {"events": to_device},
+            "device_lists": device_lists,
         }
-        empty = not any(rooms.values()) and not account_data and not presence
+        await self._add_key_counts(sync_pass, response)
+        empty = (
+            not any(rooms.values())
+            and not account_data
+            and not presence
+            and not to_device
+            and not device_lists["changed"]
+            and not device_lists["left"]
+        )
         return response, empty and since is not None
 
     # ----- global sections -----------------------------------------------------------------
@@ -209,6 +243,61 @@ class SyncHandler:
             if new_mates:
                 events += await self._presence.get_presence_events_for_users(new_mates)
         return request.filter.presence.filter_events(events)
+
+    # ----- end-to-end encryption -------------------------------------------------------------
+
+    async def _device_lists_section(self, sync_pass: _Pass) -> dict[str, list[str]]:
+        """Users whose devices the client should query again, and those it shares no room
+        with any more: incremental syncs only (the spec's `device_lists`)."""
+        since, now = sync_pass.since, sync_pass.now
+        if since is None or self.device_lists is None:
+            return {"changed": [], "left": []}
+        user_id = sync_pass.request.user_id
+        joined = [
+            m.room_id for m in await self._memberships_of(user_id, now) if m.membership == "join"
+        ]
+        changed, left = await self.device_lists.get_changes(
+            user_id, since.device_lists, now.device_lists, since.events, now.events, joined
+        )
+        return {"changed": sorted(changed), "left": sorted(left)}
+
+    async def _to_device_section(self, sync_pass: _Pass) -> tuple[list[dict[str, Any]], int]:
+        """The device's to-device events, and the to-device position for `next_batch`.
+
+        Messages are deleted once a sync token acknowledges them. A sync with nothing new
+        for the device skips the database, unless messages it was sent still await that
+        acknowledgement."""
+        now = sync_pass.now.to_device
+        if self.to_device is None:
+            return [], now
+        request, since = sync_pass.request, sync_pass.since
+        since_position = since.to_device if since is not None else 0
+        key = (request.user_id, request.device_id)
+        if since is not None and since_position >= now and key not in self._to_device_unacked:
+            return [], now
+        events, position = await self.to_device.get_for_sync(
+            request.user_id, request.device_id, since_position, now
+        )
+        self._to_device_unacked.pop(key, None)
+        if events:
+            self._to_device_unacked[key] = position
+            if len(self._to_device_unacked) > TO_DEVICE_UNACKED_SIZE:
+                self._to_device_unacked.pop(next(iter(self._to_device_unacked)))
+        return events, position
+
+    async def _add_key_counts(self, sync_pass: _Pass, response: dict[str, Any]) -> None:
+        """The device's unclaimed one-time keys per algorithm, and the algorithms of its
+        unused fallback keys."""
+        if self.e2e_keys is None:
+            return
+        request = sync_pass.request
+        counts = await self.e2e_keys.count_one_time_keys(request.user_id, request.device_id)
+        # Clients (matrix-nio, as Synapse's users) read this count to decide when to upload
+        # more keys; zero is sent rather than left out.
+        response["device_one_time_keys_count"] = {"signed_curve25519": 0, **counts}
+        response["device_unused_fallback_key_types"] = (
+            await self.e2e_keys.unused_fallback_key_types(request.user_id, request.device_id)
+        )
 
     # ----- rooms ---------------------------------------------------------------------------
 

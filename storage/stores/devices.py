@@ -15,7 +15,16 @@ class Device:
     last_seen_ip: str | None
 
 
+@dataclass(frozen=True)
+class DeletedDevices:
+    device_ids: list[str]
+    revoked_token_ids: list[str]
+
+
 _COLUMNS = "user_id, device_id, display_name, last_seen_ts, last_seen_ip"
+# What else belongs to a device and goes with it: its end-to-end keys and the to-device
+# messages waiting for it.
+_DEVICE_DATA_TABLES = ("e2e_device_keys", "e2e_one_time_keys", "e2e_fallback_keys", "device_inbox")
 
 
 def delete_device_tokens_txn(
@@ -40,11 +49,26 @@ def delete_device_tokens_txn(
     return revoked
 
 
-def _delete_devices_txn(txn: Transaction, user_id: str, device_ids: Collection[str]) -> list[str]:
+def _delete_devices_txn(
+    txn: Transaction, user_id: str, device_ids: Collection[str]
+) -> DeletedDevices:
     revoked = delete_device_tokens_txn(txn, user_id, device_ids)
+    deleted = []
     for device_id in device_ids:
         txn.execute("DELETE FROM devices WHERE user_id = ? AND device_id = ?", (user_id, device_id))
-    return revoked
+        if txn.rowcount > 0:
+            deleted.append(device_id)
+        for table in _DEVICE_DATA_TABLES:
+            txn.execute(
+                f"DELETE FROM {table} WHERE user_id = ? AND device_id = ?", (user_id, device_id)
+            )
+        # Signatures of the device's keys (by the user's self-signing key).
+        txn.execute(
+            "DELETE FROM e2e_cross_signing_signatures"
+            " WHERE target_user_id = ? AND target_device_id = ?",
+            (user_id, device_id),
+        )
+    return DeletedDevices(deleted, revoked)
 
 
 class DeviceStore:
@@ -111,8 +135,9 @@ class DeviceStore:
             ),
         )
 
-    async def delete_devices(self, user_id: str, device_ids: Collection[str]) -> list[str]:
-        """Delete devices with all their tokens, atomically; returns revoked access token IDs."""
+    async def delete_devices(self, user_id: str, device_ids: Collection[str]) -> DeletedDevices:
+        """Delete devices with all their tokens, keys and to-device messages, atomically;
+        returns the devices that existed and the revoked access token IDs."""
 
         return await self._db.run_interaction(
             "delete_devices", _delete_devices_txn, user_id, list(device_ids)
@@ -120,8 +145,8 @@ class DeviceStore:
 
     async def delete_all_devices(
         self, user_id: str, except_device_id: str | None = None
-    ) -> list[str]:
-        def txn_fn(txn: Transaction) -> list[str]:
+    ) -> DeletedDevices:
+        def txn_fn(txn: Transaction) -> DeletedDevices:
             device_ids = [
                 row[0]
                 for row in txn.select_all(
