@@ -25,6 +25,20 @@ from storage.stores.state import (
 )
 from storage.stream_ids import StreamIdGenerator
 
+# A user's latest membership of a room. `membership_stream_ordering` only moves when the
+# membership itself changes (not for a joined member's new display name).
+UPSERT_MEMBERSHIP_SQL = (
+    "INSERT INTO room_memberships (room_id, user_id, event_id, membership,"
+    " stream_ordering, forgotten, membership_stream_ordering) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (room_id, user_id) DO UPDATE SET event_id = excluded.event_id,"
+    " membership = excluded.membership, stream_ordering = excluded.stream_ordering,"
+    " forgotten = excluded.forgotten,"
+    " membership_stream_ordering = CASE"
+    " WHEN room_memberships.membership = excluded.membership"
+    " THEN room_memberships.membership_stream_ordering"
+    " ELSE excluded.membership_stream_ordering END"
+)
+
 
 @dataclass(frozen=True)
 class ClientTransaction:
@@ -151,13 +165,9 @@ class EventPersister:
              True, None, None),
         )
         txn.execute(
-            "INSERT INTO room_memberships (room_id, user_id, event_id, membership,"
-            " stream_ordering, forgotten) VALUES (?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (room_id, user_id) DO UPDATE SET event_id = excluded.event_id,"
-            " membership = excluded.membership, stream_ordering = excluded.stream_ordering,"
-            " forgotten = excluded.forgotten",
+            UPSERT_MEMBERSHIP_SQL,
             (event.room_id, event.state_key, event.event_id, event.membership, stream_ordering,
-             False),
+             False, stream_ordering),
         )
 
     def _persist_outliers_txn(self, txn: Transaction, rows: list[tuple[int, Event]]) -> None:
@@ -479,13 +489,10 @@ def _replace_current_state_txn(
         ],
     )
     txn.execute_many(
-        "INSERT INTO room_memberships (room_id, user_id, event_id, membership,"
-        " stream_ordering, forgotten) VALUES (?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (room_id, user_id) DO UPDATE SET event_id = excluded.event_id,"
-        " membership = excluded.membership, stream_ordering = excluded.stream_ordering,"
-        " forgotten = excluded.forgotten",
+        UPSERT_MEMBERSHIP_SQL,
         [
-            (room_id, k, eid, memberships.get(eid) or "leave", stream_ordering, False)
+            (room_id, k, eid, memberships.get(eid) or "leave", stream_ordering, False,
+             stream_ordering)
             for (t, k), eid in changed.items()
             if t == MEMBER
         ],
@@ -511,10 +518,7 @@ def _update_current_state_txn(
     )
     if membership is not None:
         txn.execute(
-            "INSERT INTO room_memberships (room_id, user_id, event_id, membership,"
-            " stream_ordering, forgotten) VALUES (?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (room_id, user_id) DO UPDATE SET event_id = excluded.event_id,"
-            " membership = excluded.membership, stream_ordering = excluded.stream_ordering,"
-            " forgotten = excluded.forgotten",
-            (event.room_id, event.state_key, event.event_id, membership, stream_ordering, False),
+            UPSERT_MEMBERSHIP_SQL,
+            (event.room_id, event.state_key, event.event_id, membership, stream_ordering, False,
+             stream_ordering),
         )

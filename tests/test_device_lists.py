@@ -233,6 +233,18 @@ class DeviceListsInSync(DeviceListCase):
             {"changed": sorted([alice["user_id"], bob["user_id"]]), "left": []},
         )
 
+    async def test_profile_changes_are_not_membership_changes(self):
+        # A new display name is an m.room.member event (join -> join) in every room: it
+        # changes whom nobody shares a room with, so nobody is told to refetch devices.
+        alice, bob = await self.user("alice"), await self.user("bob")
+        await self.shared_room(alice, bob)
+        alice_since, bob_since = await self.token(alice), await self.token(bob)
+        r = await self.request("PUT", f"{API}/profile/{q(bob['user_id'])}/displayname",
+                               {"displayname": "Bobby"}, token=bob["access_token"])
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(await self.device_lists(alice, alice_since), {"changed": [], "left": []})
+        self.assertEqual(await self.device_lists(bob, bob_since), {"changed": [], "left": []})
+
     async def test_left_room_mate_changes_are_not_reported(self):
         alice, bob = await self.user("alice"), await self.user("bob")
         room_id = await self.shared_room(alice, bob)

@@ -142,6 +142,12 @@ class SignatureMergeTests(unittest.TestCase):
         # The original is left alone.
         self.assertEqual(obj["signatures"], {ALICE: {"ed25519:DEV": "a"}})
 
+    def test_add_signatures_replaces_malformed_signatures(self):
+        # A remote server's key may carry anything there; merging must not fail on it.
+        for garbage in ("x", 1, [0], None):
+            merged = add_signatures({"signatures": garbage}, [(ALICE, "ed25519:USK", "c")])
+            self.assertEqual(merged["signatures"], {ALICE: {"ed25519:USK": "c"}})
+
     def test_signatures_of_and_without_signatures(self):
         obj = {"a": 1, "unsigned": {}, "signatures": {ALICE: {"ed25519:X": "s", "bad": 3}}}
         self.assertEqual(signatures_of(obj, ALICE), {"ed25519:X": "s"})

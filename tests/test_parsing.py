@@ -65,6 +65,15 @@ class LoadJsonTests(unittest.TestCase):
             with self.assertRaises(ValueError):
                 load_json(text)
 
+    def test_numbers_too_large_for_a_float_are_refused(self) -> None:
+        # 1e999 would parse as infinity, which can never be written back as JSON.
+        for text in ('{"a": 1e999}', '{"a": -1e999}', '[1.5e400]'):
+            with self.assertRaises(ValueError):
+                load_json(text)
+            with self.assertRaises(ValueError):
+                parse_json(text)
+        self.assertEqual(load_json('{"a": 1e308}'), {"a": 1e308})
+
     def test_every_failure_is_a_value_error(self) -> None:
         for text in ("", "{", "[1,]", "[" * 100_000 + "]" * 100_000):
             with self.assertRaises(ValueError):

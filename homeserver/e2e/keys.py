@@ -940,4 +940,8 @@ async def _all(coroutines: Any) -> None:
     """Run these coroutines concurrently and wait for all of them."""
     deferreds = [defer.ensureDeferred(c) for c in coroutines]
     if deferreds:
-        await defer.gatherResults(deferreds, consumeErrors=True)
+        try:
+            await defer.gatherResults(deferreds, consumeErrors=True)
+        except defer.FirstError as e:
+            # The first failure itself, so a MatrixError still reaches the client as one.
+            e.subFailure.raiseException()

@@ -99,8 +99,11 @@ def add_signatures(obj: dict[str, Any], signatures: list[tuple[str, str, str]]) 
         return obj
     merged = dict(obj)
     existing = obj.get("signatures")
+    if not isinstance(existing, dict):
+        # A remote server's key with garbage for signatures: ours replace it.
+        existing = {}
     all_signatures: dict[str, dict[str, str]] = {
-        user: dict(by_key) for user, by_key in (existing or {}).items() if isinstance(by_key, dict)
+        user: dict(by_key) for user, by_key in existing.items() if isinstance(by_key, dict)
     }
     for user_id, key_id, signature in signatures:
         all_signatures.setdefault(user_id, {})[key_id] = signature

@@ -4,6 +4,7 @@ and reading JSON, which every request body, filter and event from another server
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -51,13 +52,21 @@ def encode_canonical_json(value: Any) -> bytes:
 
 def load_json(raw: bytes | str, parse_float: Callable[[str], Any] | None = None) -> Any:
     """Parse JSON, and only JSON: `NaN` and `Infinity`, which Python's parser accepts, are
-    refused. Any failure, nesting too deep for the parser included, is a ValueError."""
+    refused, and so are numbers too large for a float (`1e999`, which would parse as
+    infinity and could never be written back as JSON). Any failure, nesting too deep for
+    the parser included, is a ValueError."""
 
     def reject_constant(name: str) -> Any:
         raise CanonicalJsonError(f"{name} is not valid JSON")
 
+    def finite_float(text: str) -> Any:
+        value = parse_float(text) if parse_float is not None else float(text)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise CanonicalJsonError(f"{text[:50]} is out of range")
+        return value
+
     try:
-        return json.loads(raw, parse_float=parse_float, parse_constant=reject_constant)
+        return json.loads(raw, parse_float=finite_float, parse_constant=reject_constant)
     except RecursionError:
         raise CanonicalJsonError("JSON is nested too deeply") from None
 

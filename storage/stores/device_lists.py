@@ -136,7 +136,8 @@ class DeviceListStore:
                 " FROM room_memberships mine"
                 " JOIN room_memberships other ON other.room_id = mine.room_id"
                 " WHERE mine.user_id = ? AND mine.membership = 'join' AND other.user_id <> ?"
-                " AND other.stream_ordering > ? AND other.stream_ordering <= ?"
+                " AND other.membership_stream_ordering > ?"
+                " AND other.membership_stream_ordering <= ?"
             )
             args = (user_id, user_id, after, up_to)
             if room_ids is None:
@@ -154,9 +155,11 @@ class DeviceListStore:
                         " FROM room_memberships mine"
                         " JOIN room_memberships other ON other.room_id = mine.room_id"
                         " WHERE mine.user_id = ? AND other.user_id <> ?"
-                        " AND mine.stream_ordering > ? AND mine.stream_ordering <= ?"
+                        " AND mine.membership_stream_ordering > ?"
+                        " AND mine.membership_stream_ordering <= ?"
                         " AND (other.membership = 'join'"
-                        "      OR (other.stream_ordering > ? AND other.stream_ordering <= ?))",
+                        "      OR (other.membership_stream_ordering > ?"
+                        "          AND other.membership_stream_ordering <= ?))",
                         (user_id, user_id, after, up_to, after, up_to),
                     )
                 )
