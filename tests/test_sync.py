@@ -67,6 +67,25 @@ class Sync(HomeserverTestCase):
         self.assertEqual([e["type"] for e in room["state"]["events"]], ["m.room.name"])
         self.assertTrue(room["timeline"]["prev_batch"].startswith("t"))
 
+    async def test_own_profile_change_is_not_a_new_join(self):
+        # A new display name is an m.room.member event (join -> join): the room arrives as
+        # an incremental update, not as a freshly joined room with its full state again.
+        await self.setup_users()
+        room_id = await self.make_room([ALICE, BOB])
+        first = await self.sync(self.bob)
+        await self.hs.event_creator.send(
+            room_id, BOB, "m.room.member", {"membership": "join", "displayname": "Bobby"},
+            state_key=BOB,
+        )
+        second = await self.sync(self.bob, since=first["next_batch"])
+        room = second["rooms"]["join"][room_id]
+        self.assertFalse(room["timeline"]["limited"])
+        self.assertEqual(
+            [(e["type"], e["content"].get("displayname")) for e in room["timeline"]["events"]],
+            [("m.room.member", "Bobby")],
+        )
+        self.assertEqual(room["state"]["events"], [])
+
     async def test_long_poll_wakes_on_message(self):
         await self.setup_users()
         room_id = await self.make_room([ALICE, BOB])

@@ -329,6 +329,8 @@ class SyncHandler:
             room_id = membership.room_id
             is_new = since is None or membership.stream_ordering > since.events
             if membership.membership == "join":
+                # A new display name is a member event too, but not a newly joined room.
+                is_new = since is None or membership.changed_at > since.events
                 if room_id not in changed_rooms and not is_new:
                     continue
                 if is_new and since is not None:

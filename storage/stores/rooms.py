@@ -16,13 +16,19 @@ class Membership:
     membership: str
     stream_ordering: int
     forgotten: bool
+    # Where the membership itself last changed; `stream_ordering` also moves for a joined
+    # member's new display name or avatar.
+    changed_at: int
 
 
-_MEMBERSHIP_COLUMNS = "room_id, user_id, event_id, membership, stream_ordering, forgotten"
+_MEMBERSHIP_COLUMNS = (
+    "room_id, user_id, event_id, membership, stream_ordering, forgotten,"
+    " membership_stream_ordering"
+)
 
 
 def _membership(row: tuple) -> Membership:
-    return Membership(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
+    return Membership(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6])
 
 
 class RoomStore:
