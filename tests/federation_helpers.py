@@ -157,6 +157,21 @@ class FederationTestCase(HomeserverTestCase):
     async def user_call(self, user: FedUser, method: str, path: str, body: Any = None) -> Response:
         return await self.call(user.server, method, path, body, token=user.token)
 
+    async def device_of(self, user: FedUser) -> str:
+        r = await self.user_call(user, "GET", f"{API}/account/whoami")
+        assert r.code == 200, r
+        return str(r.json["device_id"])
+
+    async def second_device(self, user: FedUser) -> tuple[FedUser, str]:
+        """Log the user in again: a new device, and its ID."""
+        r = await self.call(
+            user.server, "POST", f"{API}/login",
+            {"type": "m.login.password", "identifier": {"type": "m.id.user",
+             "user": user.user_id}, "password": PASSWORD},
+        )
+        assert r.code == 200, r
+        return FedUser(user.user_id, r.json["access_token"], user.server), r.json["device_id"]
+
     async def send_text(self, user: FedUser, room_id: str, text: str, txn: str) -> str:
         r = await self.user_call(
             user, "PUT", f"{API}/rooms/{q(room_id)}/send/m.room.message/{txn}",

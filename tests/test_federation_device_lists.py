@@ -13,7 +13,7 @@ from typing import Any
 
 from federation.errors import HttpResponseError
 from tests.federation_helpers import API, FederationTestCase, FedUser, Server, q
-from tests.harness import PASSWORD, on_both_engines, password_auth
+from tests.harness import on_both_engines, password_auth
 from tests.test_device_lists import Keys, cross_signing_body
 
 USER_DEVICES = "/_matrix/federation/v1/user/devices/"
@@ -42,20 +42,6 @@ class FederatedDeviceLists(FederationTestCase):
 
         b.hs.device_lists.get_user_devices_for_federation = counting  # type: ignore[method-assign]
         return a, b, alice, bob, room_id
-
-    async def device_id(self, user: FedUser) -> str:
-        r = await self.user_call(user, "GET", f"{API}/account/whoami")
-        assert r.code == 200, r
-        return str(r.json["device_id"])
-
-    async def login(self, user: FedUser) -> tuple[FedUser, str]:
-        r = await self.call(
-            user.server, "POST", f"{API}/login",
-            {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user.user_id},
-             "password": PASSWORD},
-        )
-        assert r.code == 200, r
-        return FedUser(user.user_id, r.json["access_token"], user.server), r.json["device_id"]
 
     async def upload_keys(self, user: FedUser, device_id: str) -> dict[str, Any]:
         device_keys = Keys(user.user_id, device_id).device_keys()
@@ -106,12 +92,12 @@ class FederatedDeviceLists(FederationTestCase):
 
     async def test_remote_device_changes_reach_the_room_mate(self):
         a, b, alice, bob, _ = await self.setup_room()
-        first = await self.device_id(bob)
+        first = await self.device_of(bob)
         since = await self.track(a, alice, bob, first)
         self.assertEqual(self.resyncs, 1)
 
         # A second device: its EDU follows the last one, so A applies it without a fetch.
-        second_bob, second = await self.login(bob)
+        second_bob, second = await self.second_device(bob)
         since = await self.wait_for_changed(alice, since, bob.user_id, "bob's new device")
         keys = await self.upload_keys(second_bob, second)
         since = await self.wait_for_changed(alice, since, bob.user_id, "keys of bob's new device")
@@ -149,12 +135,12 @@ class FederatedDeviceLists(FederationTestCase):
     async def test_local_changes_reach_the_remote_room_mate(self):
         a, b, alice, bob, _ = await self.setup_room()
         since = await self.sync_token(bob)
-        await self.upload_keys(alice, await self.device_id(alice))
+        await self.upload_keys(alice, await self.device_of(alice))
         await self.wait_for_changed(bob, since, alice.user_id, "alice's keys in bob's sync")
 
     async def test_missed_update_resyncs_through_user_devices(self):
         a, b, alice, bob, _ = await self.setup_room()
-        first = await self.device_id(bob)
+        first = await self.device_of(bob)
         since = await self.track(a, alice, bob, first)
         self.assertEqual(self.resyncs, 1)
 
@@ -174,7 +160,7 @@ class FederatedDeviceLists(FederationTestCase):
         handlers["m.device_list_update"] = apply
 
         # The next one names the lost one as prev_id: A sees the gap and fetches the list.
-        second_bob, second = await self.login(bob)
+        second_bob, second = await self.second_device(bob)
         await self.wait_for(lambda: self._async(self.resyncs == 2), what="a resync")
         await self.wait_for_changed(alice, since, bob.user_id, "bob's changes after the resync")
 
@@ -193,7 +179,7 @@ class FederatedDeviceLists(FederationTestCase):
 
     async def test_signing_key_update(self):
         a, b, alice, bob, _ = await self.setup_room()
-        since = await self.track(a, alice, bob, await self.device_id(bob))
+        since = await self.track(a, alice, bob, await self.device_of(bob))
         body = cross_signing_body(bob.user_id)
         r = await self.user_call(bob, "POST", f"{API}/keys/device_signing/upload", body)
         self.assertEqual(r.code, 200, r)
@@ -212,7 +198,7 @@ class FederatedDeviceLists(FederationTestCase):
 
     async def test_untracked_after_leaving(self):
         a, b, alice, bob, room_id = await self.setup_room()
-        await self.track(a, alice, bob, await self.device_id(bob))
+        await self.track(a, alice, bob, await self.device_of(bob))
         since = await self.sync_token(alice)
         r = await self.user_call(bob, "POST", f"{API}/rooms/{q(room_id)}/leave", {})
         self.assertEqual(r.code, 200, r)
@@ -230,7 +216,7 @@ class FederatedDeviceLists(FederationTestCase):
 
     async def test_updates_from_the_wrong_server_are_dropped(self):
         a, b, alice, bob, _ = await self.setup_room()
-        first = await self.device_id(bob)
+        first = await self.device_of(bob)
         await self.track(a, alice, bob, first)
         position = a.hs.device_lists.current_position
         remote, _ = await self.cached(a, bob.user_id)
@@ -252,7 +238,7 @@ class FederatedDeviceLists(FederationTestCase):
 
     async def test_positions_survive_restarts(self):
         a, b, alice, bob, _ = await self.setup_room()
-        await self.track(a, alice, bob, await self.device_id(bob))
+        await self.track(a, alice, bob, await self.device_of(bob))
         b = await self.restart_peer(b)
         bob = FedUser(bob.user_id, bob.token, b)
         position = a.hs.device_lists.current_position
@@ -269,7 +255,7 @@ class FederatedDeviceLists(FederationTestCase):
 
         a.hs.device_lists._fetch_user_devices = counting  # type: ignore[method-assign]
         since = await self.sync_token(alice)
-        _, second = await self.login(bob)
+        _, second = await self.second_device(bob)
         await self.wait_for_changed(alice, since, bob.user_id, "bob's new device after restarts")
         # B's EDU named the update A held before both restarts: applied, nothing fetched.
         held = await self.cached(a, bob.user_id)
@@ -298,7 +284,7 @@ class FederatedDeviceLists(FederationTestCase):
 
     async def test_user_devices_endpoint(self):
         a, b, alice, bob, _ = await self.setup_room()
-        device_id = await self.device_id(bob)
+        device_id = await self.device_of(bob)
         keys = await self.upload_keys(bob, device_id)
         r = await self.user_call(bob, "PUT", f"{API}/devices/{q(device_id)}", {"display_name": "tab"})
         self.assertEqual(r.code, 200, r)
@@ -306,7 +292,7 @@ class FederatedDeviceLists(FederationTestCase):
         r = await self.user_call(bob, "POST", f"{API}/keys/device_signing/upload", body)
         self.assertEqual(r.code, 200, r)
         # A device with no keys is not listed.
-        await self.login(bob)
+        await self.second_device(bob)
 
         client = a.hs.federation_client
         answer = await client.get_json(b.server_name, USER_DEVICES + q(bob.user_id))

@@ -14,27 +14,13 @@ from typing import Any
 from twisted.internet import defer
 
 from tests.federation_helpers import API, FederationTestCase, FedUser, Server, q
-from tests.harness import PASSWORD, on_both_engines
+from tests.harness import on_both_engines
 
 _txn_ids = itertools.count(1)
 
 
 @on_both_engines
 class FederatedToDevice(FederationTestCase):
-    async def device_of(self, user: FedUser) -> str:
-        r = await self.user_call(user, "GET", f"{API}/account/whoami")
-        assert r.code == 200, r
-        return str(r.json["device_id"])
-
-    async def second_device(self, user: FedUser) -> tuple[FedUser, str]:
-        r = await self.call(
-            user.server, "POST", f"{API}/login",
-            {"type": "m.login.password", "identifier": {"type": "m.id.user",
-             "user": user.user_id}, "password": PASSWORD},
-        )
-        assert r.code == 200, r
-        return FedUser(user.user_id, r.json["access_token"], user.server), r.json["device_id"]
-
     async def send_to_device(
         self, sender: FedUser, messages: Any, event_type: str = "org.example.ping"
     ):
