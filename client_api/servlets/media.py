@@ -49,6 +49,19 @@ def media_response(data: bytes, content_type: str | None, file_name: str | None)
     return RawBody(data, headers)
 
 
+def parse_thumbnail_query(request: HeddleRequest) -> tuple[int, int, str, bool, int | None]:
+    """The thumbnail query (client and federation alike): width, height, method, animated
+    and timeout_ms."""
+    width = parse_int_query(request, "width", min_value=1)
+    height = parse_int_query(request, "height", min_value=1)
+    if width is None or height is None:
+        raise MatrixError(400, Codes.MISSING_PARAM, "'width' and 'height' are required")
+    method = query_string(request, "method") or "scale"
+    animated = (query_string(request, "animated") or "false").lower() == "true"
+    wait_ms = parse_int_query(request, "timeout_ms", min_value=0)
+    return width, height, method, animated, wait_ms
+
+
 def _allow_remote(request: HeddleRequest) -> bool:
     """Legacy clients may ask us not to fetch other servers' media (`allow_remote=false`)."""
     return (query_string(request, "allow_remote") or "true").lower() != "false"
@@ -217,13 +230,7 @@ class _Thumbnail:
             await require_user(self._hs, request)
         elif not self._hs.config.media.legacy_unauthenticated_downloads:
             raise MatrixError(404, Codes.NOT_FOUND, "Use the authenticated media endpoints")
-        width = parse_int_query(request, "width", min_value=1)
-        height = parse_int_query(request, "height", min_value=1)
-        if width is None or height is None:
-            raise MatrixError(400, Codes.MISSING_PARAM, "'width' and 'height' are required")
-        method = query_string(request, "method") or "scale"
-        animated = (query_string(request, "animated") or "false").lower() == "true"
-        wait_ms = parse_int_query(request, "timeout_ms", min_value=0)
+        width, height, method, animated, wait_ms = parse_thumbnail_query(request)
         thumb = await self._hs.media.thumbnail(
             server_name, media_id, width, height, method, animated, wait_ms,
             _allow_remote(request),

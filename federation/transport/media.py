@@ -13,10 +13,10 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from client_api.http import HeddleRequest, RawBody, parse_int_query, query_string
+from client_api.http import HeddleRequest, RawBody, parse_int_query
+from client_api.servlets.media import parse_thumbnail_query
 from federation.transport.auth import authenticate_request
 from federation.transport.routes import federation_path
-from homeserver.errors import Codes, MatrixError
 from media_repo.headers import content_disposition
 
 if TYPE_CHECKING:
@@ -93,13 +93,7 @@ class FederationThumbnailServlet(_FederationMedia):
 
     async def on_GET(self, request: HeddleRequest, media_id: str) -> tuple[int, Any]:
         await authenticate_request(self._hs, request, None)
-        width = parse_int_query(request, "width", min_value=1)
-        height = parse_int_query(request, "height", min_value=1)
-        if width is None or height is None:
-            raise MatrixError(400, Codes.MISSING_PARAM, "'width' and 'height' are required")
-        method = query_string(request, "method") or "scale"
-        animated = (query_string(request, "animated") or "false").lower() == "true"
-        wait_ms = parse_int_query(request, "timeout_ms", min_value=0)
+        width, height, method, animated, wait_ms = parse_thumbnail_query(request)
         thumb = await self._hs.media.thumbnail(
             self._hs.server_name, media_id, width, height, method, animated, wait_ms
         )
