@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -117,6 +118,13 @@ class FederationClient:
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = MAX_PERSISTENT_PER_DESTINATION
         self._pool.cachedConnectionTimeout = IDLE_CONNECTION_TIMEOUT_S
+        # Told the name of every destination that answers (with anything but a 5xx, which
+        # may come from a proxy in front of a server that is down).
+        self._answer_listeners: list[Callable[[str], None]] = []
+
+    def add_answer_listener(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(destination)` whenever a destination answers a request."""
+        self._answer_listeners.append(listener)
 
     async def get_json(
         self,
@@ -284,6 +292,9 @@ class FederationClient:
             logger.debug("%s %s%s: HTTP %d", method, destination, path, code)
         else:
             logger.info("%s %s%s: HTTP %d", method, destination, path, code)
+        if code < 500:
+            for listener in self._answer_listeners:
+                listener(destination)
         return code, headers, response_body
 
     async def _send(

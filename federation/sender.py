@@ -8,10 +8,11 @@ then it reads again, until the queue is empty. A failure keeps the rows and pers
 backoff (doubling from `retry_min_interval_ms` up to `retry_max_interval_ms`); a timer
 retries when it ends, or sooner if we hear from that server (`wake_destination`).
 
-Catch-up: the spec lets a sender that fell behind skip a backlog of PDUs and send only the
-latest, leaving the receiver to fetch the gap with `get_missing_events`. After the first
-success following failures, and at start-up for a queue over one transaction long, the
-PDU queue of the destination is collapsed to the newest queued event of each room.
+Catch-up: after an outage the whole backlog is sent, oldest first, 50 PDUs a transaction.
+The spec would let a sender skip to the newest event of each room and leave the receiver to
+fetch the gap with `get_missing_events`, but a receiver fetches only so much that way (Synapse
+10 events, then the state at the gap), so its users would miss messages. Sending in stream
+order means the receiver always holds an event's prev_events and never has a gap to fill.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from federation.errors import HttpResponseError, RequestSendFailed
 from homeserver.clock import Clock
 from homeserver.config import FederationConfig
 from storage.stores.federation_queue import (
-    MAX_PDUS_PER_TRANSACTION,
     FederationQueueStore,
     OutboundBatch,
     RetryState,
@@ -88,8 +88,6 @@ class _Destination:
     more: bool = False
     # We heard from the server: any backoff is over.
     woken: bool = False
-    # Collapse the PDU queue before the next batch.
-    catch_up: bool = False
     retry_call: Any = None
     # The last transaction attempted, so a retry of the very same batch reuses its ID.
     last_batch_key: tuple[tuple[int, ...], tuple[int, ...]] | None = None
@@ -142,8 +140,6 @@ class FederationSender:
             dest = self._destination(name)
             QUEUED_PDUS.labels(name).set(lengths.pdus)
             QUEUED_EDUS.labels(name).set(lengths.edus)
-            if lengths.pdus > MAX_PDUS_PER_TRANSACTION:
-                dest.catch_up = True
             self._kick(dest)
         if pending:
             logger.info("resuming federation sending to %d destinations", len(pending))
@@ -215,6 +211,19 @@ class FederationSender:
             self._clear_backoff(dest)
         self._kick(dest)
 
+    def peer_is_up(self, destination: str) -> None:
+        """We heard from `destination` (it answered a request of ours, or signed one to us):
+        if it is backing off, its queue goes now instead of waiting out the backoff. Cheap
+        for a destination with nothing held back, as it runs on every such request."""
+        if not self._config.enabled or self._stopped:
+            return
+        dest = self._destinations.get(destination)
+        if dest is None or dest.running:
+            return
+        waiting = dest.retry_call is not None and dest.retry_call.active()
+        if waiting or dest.retry_interval_ms:
+            self.wake_destination(destination)
+
     def is_backing_off(self, destination: str) -> bool:
         dest = self._destinations.get(destination)
         return dest is not None and self._in_backoff(dest)
@@ -263,7 +272,7 @@ class FederationSender:
 
     def _clear_backoff(self, dest: _Destination) -> None:
         """End the backoff in memory (written back by the loop); `failure_ts` stays until a
-        transaction succeeds, so that success still triggers catch-up."""
+        transaction succeeds, which logs the recovery."""
         dest.retry_last_ts = 0
         dest.retry_interval_ms = 0
         dest.dirty = True
@@ -314,11 +323,6 @@ class FederationSender:
             if dest.dirty:
                 dest.dirty = False
                 await self._store.set_retry_state(dest.name, dest.retry_state())
-            if dest.catch_up:
-                dest.catch_up = False
-                dropped = await self._store.collapse_pdus(dest.name)
-                if dropped:
-                    logger.info("catch-up for %s: skipped %d older queued PDUs", dest.name, dropped)
             dest.more = False
             batch = await self._store.get_next_batch(dest.name)
             QUEUED_PDUS.labels(dest.name).set(batch.pdu_queue_length)
@@ -393,11 +397,13 @@ class FederationSender:
         )
         dest.last_batch_key = dest.last_txn_id = None
         if dest.failure_ts is not None:
-            logger.info("%s is reachable again: catching up", dest.name)
+            logger.info(
+                "%s is reachable again: sending its backlog of %d PDUs",
+                dest.name, max(batch.pdu_queue_length - len(batch.pdus), 0),
+            )
             dest.failure_ts = None
             dest.retry_last_ts = dest.retry_interval_ms = 0
             dest.dirty = True
-            dest.catch_up = True
             BACKOFF_SECONDS.labels(dest.name).set(0)
         return True
 

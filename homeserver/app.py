@@ -410,6 +410,7 @@ class HomeServer:
             self.federation_client,
             self._load_pdus,
         )
+        self.federation_client.add_answer_listener(self.federation_sender.peer_is_up)
         self.federation_events = FederationEventHandler(
             self.server_name,
             self.keyring,

@@ -1,5 +1,6 @@
 """The outbound federation queue: persisted per destination, sent in transactions of at most
-50 PDUs and 100 EDUs, one in flight per destination, with backoff, catch-up and restarts."""
+50 PDUs and 100 EDUs, one in flight per destination, with backoff, the whole backlog sent
+after an outage, and restarts."""
 
 from __future__ import annotations
 
@@ -407,6 +408,33 @@ class FederationSenderTests(HomeserverTestCase):
         self.assertEqual(len(self.client.calls), 2)
 
     @ensure_deferred
+    async def test_peer_heard_from_while_backing_off_gets_its_queue_at_once(self) -> None:
+        self.client.mode = "fail"
+        await self.send(1)
+        await self.send(2)
+        await self.settle()
+        self.assertTrue(self.sender.is_backing_off(REMOTE))
+        self.client.mode = "ok"
+        # It sent us a request, or answered one of ours: no waiting out the backoff.
+        self.sender.peer_is_up(REMOTE)
+        await until(lambda: len(self.client.calls) == 2)
+        await self.settle()
+        self.assertEqual(self.client.sent_event_ids()[1], [event_id(1), event_id(2)])
+        self.assertEqual(await self.queue_lengths(), (0, 0))
+
+    @ensure_deferred
+    async def test_peer_heard_from_with_nothing_held_back_costs_nothing(self) -> None:
+        await self.send(1)
+        await self.settle()
+        calls = len(self.client.calls)
+        self.sender.peer_is_up(REMOTE)
+        self.sender.peer_is_up(OTHER)
+        self.assertFalse(self.sender.is_sending(REMOTE))
+        self.assertFalse(self.sender.is_sending(OTHER))
+        await self.settle()
+        self.assertEqual(len(self.client.calls), calls)
+
+    @ensure_deferred
     async def test_wake_of_an_idle_destination_sends_nothing(self) -> None:
         self.sender.wake_destination(REMOTE)
         await self.settle()
@@ -473,50 +501,37 @@ class FederationSenderTests(HomeserverTestCase):
         )
 
     @ensure_deferred
-    async def test_catch_up_after_recovery_keeps_newest_event_per_room(self) -> None:
+    async def test_whole_backlog_is_sent_in_order_after_recovery(self) -> None:
         self.client.mode = "fail"
-        await self.queue_two_rooms(60)
+        await self.queue_two_rooms(160)
         self.sender.on_queued([REMOTE])
         await self.settle()
         self.client.mode = "ok"
         await self.advance(MAX_MS)
-        await until(lambda: len(self.client.calls) == 3)
+        await until(lambda: len(self.client.calls) == 5)
         await self.settle()
         sent = self.client.sent_event_ids()
-        # The retry that succeeded carried the oldest 50; the remaining backlog (51..60)
-        # collapsed to the newest event of each room.
-        self.assertEqual(sent[1], [event_id(n) for n in range(1, 51)])
-        self.assertEqual(sent[2], [event_id(59), event_id(60)])
+        # The failed attempt, then every queued event, oldest first, 50 a transaction: the
+        # receiver never has a gap to fill.
+        self.assertEqual(sent[0], [event_id(n) for n in range(1, 51)])
+        self.assertEqual([len(batch) for batch in sent[1:]], [50, 50, 50, 10])
+        self.assertEqual(
+            [eid for batch in sent[1:] for eid in batch], [event_id(n) for n in range(1, 161)]
+        )
         self.assertEqual(await self.queue_lengths(), (0, 0))
 
     @ensure_deferred
-    async def test_catch_up_at_start_up_for_a_long_queue(self) -> None:
-        await self.queue_two_rooms(60)
+    async def test_whole_backlog_is_sent_at_start_up(self) -> None:
+        await self.queue_two_rooms(120)
         await self.store.enqueue_pdus([(OTHER, 1, event_id(1), "!a:test.heddle")])
         await self.sender.start()
-        await until(lambda: len(self.client.calls) == 2)
+        await until(lambda: len(self.client.calls) == 4)
         await self.settle(REMOTE, OTHER)
-        self.assertEqual(self.client.sent_event_ids(REMOTE), [[event_id(59), event_id(60)]])
-        self.assertEqual(self.client.sent_event_ids(OTHER), [[event_id(1)]])
-
-    @ensure_deferred
-    async def test_short_queue_is_not_collapsed_at_start_up(self) -> None:
-        await self.queue_two_rooms(50)
-        await self.sender.start()
-        await until(lambda: len(self.client.calls) == 1)
-        await self.settle()
-        self.assertEqual(len(self.client.sent_event_ids()[0]), 50)
-
-    @ensure_deferred
-    async def test_collapse_keeps_only_other_destinations_untouched(self) -> None:
-        await self.queue_two_rooms(6)
-        await self.store.enqueue_pdus(
-            (OTHER, n, event_id(n), "!a:test.heddle") for n in range(1, 4)
+        self.assertEqual(
+            [eid for batch in self.client.sent_event_ids(REMOTE) for eid in batch],
+            [event_id(n) for n in range(1, 121)],
         )
-        self.assertEqual(await self.store.collapse_pdus(REMOTE), 4)
-        batch = await self.store.get_next_batch(REMOTE)
-        self.assertEqual([p.event_id for p in batch.pdus], [event_id(5), event_id(6)])
-        self.assertEqual(await self.queue_lengths(OTHER), (3, 0))
+        self.assertEqual(self.client.sent_event_ids(OTHER), [[event_id(1)]])
 
 
 on_both_engines(FederationSenderTests)

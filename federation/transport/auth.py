@@ -70,6 +70,8 @@ async def authenticate_request(hs: HomeServer, request: HeddleRequest, content: 
         signed["signatures"] = {origin: {auth.key_id: auth.signature}}
         try:
             await hs.keyring.verify_json_for_server(origin, signed, now)
+            # It is up: whatever we hold back for it can go now.
+            hs.federation_sender.peer_is_up(origin)
             return origin
         except SignatureVerifyError as e:
             problems.append(str(e))

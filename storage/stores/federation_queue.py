@@ -174,23 +174,6 @@ class FederationQueueStore:
         if stream_orderings or edu_ids:
             await self._db.run_interaction("delete_sent_federation_items", txn_fn)
 
-    async def collapse_pdus(self, destination: str) -> int:
-        """Catch-up: keep only the newest queued PDU of each room for `destination` (the
-        receiver fetches the gap with get_missing_events). Returns how many rows went."""
-
-        def txn_fn(txn: Transaction) -> int:
-            txn.execute(
-                "DELETE FROM federation_outbound_pdus WHERE destination = ?"
-                " AND stream_ordering < (SELECT MAX(newer.stream_ordering)"
-                " FROM federation_outbound_pdus newer"
-                " WHERE newer.destination = federation_outbound_pdus.destination"
-                " AND newer.room_id = federation_outbound_pdus.room_id)",
-                (destination,),
-            )
-            return max(txn.rowcount, 0)
-
-        return await self._db.run_interaction("collapse_federation_pdus", txn_fn)
-
     async def get_queue_lengths(self, destination: str) -> QueueLengths:
         return await self._db.run_interaction(
             "get_federation_queue_lengths", _queue_lengths_txn, destination
