@@ -57,7 +57,13 @@ class DatabaseConfig(_Section):
     @classmethod
     def _known_scheme(cls, url: str) -> str:
         if not (url.startswith("sqlite://") or url.startswith(("postgresql://", "postgres://"))):
-            raise ValueError("must start with sqlite:// or postgresql://")
+            # Name the scheme only: the rest of a URL may hold a password.
+            scheme = url.split("://", 1)[0] if "://" in url else ""
+            given = f"{scheme}:// is not supported" if scheme else "is not a database URL"
+            raise ValueError(
+                f"{given}; Heddle supports SQLite (sqlite:///path/to/homeserver.db) and "
+                "PostgreSQL (postgresql://user:password@host:5432/database)"
+            )
         return url
 
 
@@ -72,6 +78,12 @@ class RegistrationConfig(_Section):
     min_password_length: int = Field(8, ge=0, le=1024)
 
 
+# What config/homeserver.sample.yaml has for auth.jwt_secret: a server started with it
+# unchanged would sign tokens with a secret anyone can read, so it is refused.
+JWT_SECRET_PLACEHOLDER = "change me: a long random string, at least 32 characters"
+GENERATE_SECRET_COMMAND = "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
+
+
 class AuthConfig(_Section):
     # HMAC secret that signs access tokens (JWT, HS256). Generated with the config.
     jwt_secret: str = Field(min_length=32)
@@ -80,6 +92,17 @@ class AuthConfig(_Section):
     refresh_token_lifetime_ms: int = Field(7 * 24 * 3600 * 1000, ge=1000)
     # bcrypt cost; tests lower it, production keeps the default.
     bcrypt_rounds: int = Field(12, ge=4, le=31)
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _not_a_placeholder(cls, secret: str) -> str:
+        # The sample's text, or an edit of it that kept the "change me".
+        if secret.strip().lower().startswith(("change me", "changeme")):
+            raise ValueError(
+                "is the sample config's placeholder; replace it with a random secret, e.g. "
+                f"the output of {GENERATE_SECRET_COMMAND} (or set HEDDLE_JWT_SECRET)"
+            )
+        return secret
 
 
 class RateLimit(_Section):
@@ -345,7 +368,11 @@ _TOP_LEVEL_SCALARS = frozenset(
 )
 
 
-def _apply_env_overrides(raw: dict[str, Any], environ: dict[str, str]) -> None:
+def _apply_env_overrides(
+    raw: dict[str, Any], environ: dict[str, str]
+) -> dict[tuple[str, ...], str]:
+    """Write the environment's overrides into `raw`; returns which variable set each option."""
+    sources: dict[tuple[str, ...], str] = {}
     for name, value in environ.items():
         if name in ENV_ALIASES:
             path = ENV_ALIASES[name]
@@ -368,19 +395,49 @@ def _apply_env_overrides(raw: dict[str, Any], environ: dict[str, str]) -> None:
             target[path[-1]] = value
         if path == ("database", "url") or path[-1] in ("jwt_secret", "shared_secret"):
             target[path[-1]] = value
+        sources[path] = name
+    return sources
 
 
-def _format_validation_error(source: str, err: ValidationError) -> str:
+# Options whose values never appear in an error message: an operator's terminal, or the log
+# collecting a service's output, is no place for secrets (a database URL may hold a password).
+_SECRET_OPTIONS: tuple[tuple[str, ...], ...] = (
+    ("auth", "jwt_secret"),
+    ("registration", "shared_secret"),
+    ("registration", "tokens"),
+    ("database", "url"),
+    ("media", "s3", "access_key_id"),
+    ("media", "s3", "secret_access_key"),
+)
+
+
+def _is_within(path: tuple[str, ...], prefix: tuple[str, ...]) -> bool:
+    return path[: len(prefix)] == prefix
+
+
+def _format_validation_error(
+    source: str, err: ValidationError, env_sources: dict[tuple[str, ...], str] | None = None
+) -> str:
     first = err.errors()[0]
-    location = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    loc = tuple(str(part) for part in first["loc"])
+    location = ".".join(loc) or "(top level)"
     if first["type"] == "extra_forbidden":
         message = "unknown option"
     elif first["type"] == "missing":
         message = "required option is missing"
     else:
-        message = first["msg"]
-        if "input" in first and not isinstance(first["input"], dict | list):
+        # A validator's own ValueError reads as written, without pydantic's "Value error, ".
+        error = first.get("ctx", {}).get("error")
+        message = str(error) if first["type"] == "value_error" and error else first["msg"]
+        secret = any(_is_within(loc, option) for option in _SECRET_OPTIONS)
+        if "input" in first and not isinstance(first["input"], dict | list) and not secret:
             message += f" (got {first['input']!r})"
+    # An option set (or an unknown one invented) by an environment variable is that
+    # variable's fault, not the file's.
+    for path, variable in (env_sources or {}).items():
+        if loc and (_is_within(loc, path) or _is_within(path, loc)):
+            source = f"environment variable {variable}"
+            break
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
     return f"{source}: {location}: {message}{more}"
 
@@ -392,11 +449,11 @@ def parse_config(
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of options")
-    _apply_env_overrides(raw, dict(os.environ) if environ is None else environ)
+    env_sources = _apply_env_overrides(raw, dict(os.environ) if environ is None else environ)
     try:
         return HomeserverConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(source, e)) from None
+        raise ConfigError(_format_validation_error(source, e, env_sources)) from None
 
 
 def load_config(path: str, environ: dict[str, str] | None = None) -> HomeserverConfig:

@@ -138,6 +138,41 @@ class ParseErrorTests(unittest.TestCase):
             message = self.assertConfigError(raw, f"{location}: ")
             self.assertNotIn("unknown option", message)
 
+    def test_unsupported_database_scheme_names_the_supported_ones(self) -> None:
+        message = self.assertConfigError(
+            minimal(database={"url": "mysql://heddle:hunter2@db.example/heddle"}),
+            "database.url: mysql:// is not supported",
+            "sqlite:///",
+            "postgresql://",
+        )
+        self.assertNotIn("hunter2", message, "a database URL may hold a password")
+        self.assertConfigError(
+            minimal(database={"url": "homeserver.db"}), "database.url: is not a database URL"
+        )
+
+    def test_secrets_are_not_echoed_in_errors(self) -> None:
+        message = self.assertConfigError(
+            minimal(auth={"jwt_secret": "hunter2-short"}), "auth.jwt_secret: "
+        )
+        self.assertNotIn("hunter2", message)
+        message = self.assertConfigError(
+            minimal(registration={"shared_secret": 1234567}), "registration.shared_secret: "
+        )
+        self.assertNotIn("1234567", message)
+
+    def test_placeholder_jwt_secret_is_refused(self) -> None:
+        for placeholder in (
+            "change me: a long random string, at least 32 characters",
+            "CHANGE ME to something with at least 32 characters",
+            "changeme-changeme-changeme-changeme",
+        ):
+            message = self.assertConfigError(
+                minimal(auth={"jwt_secret": placeholder}),
+                "auth.jwt_secret: is the sample config's placeholder",
+                "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'",
+            )
+            self.assertNotIn(placeholder, message)
+
     def test_invalid_server_names(self) -> None:
         for name in (
             "",
@@ -330,6 +365,38 @@ class EnvironmentOverrideTests(unittest.TestCase):
         # Listeners are a list: the environment cannot address them, and says so.
         with self.assertRaises(ConfigError):
             parse(minimal(listeners=[{"port": 1}]), {"HEDDLE_LISTENERS__0__PORT": "2"})
+
+    def test_errors_in_environment_overrides_name_the_variable(self) -> None:
+        """An unknown option or a bad value that came from the environment is reported as that
+        variable's, not as a mistake in the config file."""
+        cases = [
+            ("HEDDLE_REGISTRATON__ENABLED", "true", "registraton: unknown option"),
+            ("HEDDLE_REGISTRATION__ENABLD", "true", "registration.enabld: unknown option"),
+            (
+                "HEDDLE_REGISTRATION__ENABLED",
+                "maybe",
+                "registration.enabled: Input should be a valid boolean (got 'maybe')",
+            ),
+            ("HEDDLE_RATE_LIMITS__MESSAGE_PER_USER", "5", "rate_limits.message_per_user: "),
+            ("HEDDLE_SERVER_NAME", "not valid!", "server_name: is not a valid Matrix server name"),
+            ("HEDDLE_DATA_DIR", "12", "data_dir: Input should be a valid string (got 12)"),
+        ]
+        for variable, value, expected in cases:
+            with self.assertRaises(ConfigError) as cm:
+                parse(minimal(), {variable: value})
+            self.assertTrue(
+                str(cm.exception).startswith(f"environment variable {variable}: {expected}"),
+                str(cm.exception),
+            )
+        # Overrides elsewhere do not take the blame for the file's own mistakes.
+        with self.assertRaises(ConfigError) as cm:
+            parse(
+                minimal(registration={"enabled": "sometimes"}),
+                {"HEDDLE_REGISTRATION__REQUIRE_TOKEN": "true", "HEDDLE_LOG_LEVEL": "INFO"},
+            )
+        self.assertTrue(
+            str(cm.exception).startswith("test.yaml: registration.enabled: "), str(cm.exception)
+        )
 
     def test_process_environment_is_the_default(self) -> None:
         self.patch(os, "environ", {"HEDDLE_SERVER_NAME": "from-environ.example"})

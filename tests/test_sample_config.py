@@ -16,7 +16,14 @@ import yaml
 from pydantic import BaseModel
 from twisted.trial import unittest
 
-from homeserver.config import ENV_ALIASES, HomeserverConfig, ListenerConfig, load_config
+from homeserver.config import (
+    ENV_ALIASES,
+    JWT_SECRET_PLACEHOLDER,
+    ConfigError,
+    HomeserverConfig,
+    ListenerConfig,
+    load_config,
+)
 
 SAMPLE = Path(__file__).resolve().parent.parent / "config" / "homeserver.sample.yaml"
 
@@ -24,8 +31,16 @@ SAMPLE = Path(__file__).resolve().parent.parent / "config" / "homeserver.sample.
 REQUIRED_IN_SAMPLE = {
     ("server_name",): "example.com",
     ("signing_key_path",): "example.com.signing.key",
-    ("auth", "jwt_secret"): "change me: a long random string, at least 32 characters",
+    ("auth", "jwt_secret"): JWT_SECRET_PLACEHOLDER,
 }
+
+# The sample's jwt_secret is a placeholder that start-up refuses; an operator replaces it (here
+# through the environment, as a container would).
+REAL_SECRET = "s" * 48
+
+
+def load_sample() -> HomeserverConfig:
+    return load_config(str(SAMPLE), environ={"HEDDLE_JWT_SECRET": REAL_SECRET})
 
 
 def _nested_models(annotation: Any) -> list[type[BaseModel]]:
@@ -83,12 +98,23 @@ class SampleConfigTests(unittest.TestCase):
         self.lines = self.text.splitlines()
         self.tree = yaml.compose(self.text)
 
-    def test_sample_config_loads(self) -> None:
-        config = load_config(str(SAMPLE), environ={})
+    def test_sample_config_loads_once_the_secret_is_replaced(self) -> None:
+        config = load_sample()
         self.assertEqual(config.server_name, "example.com")
+        self.assertEqual(config.auth.jwt_secret, REAL_SECRET)
         self.assertEqual(config.rooms.default_room_version, "11")
         # data_dir "." means the directory of the file.
         self.assertEqual(Path(config.data_dir), SAMPLE.parent)
+
+    def test_placeholder_secret_is_refused_with_a_way_to_make_one(self) -> None:
+        with self.assertRaises(ConfigError) as cm:
+            load_config(str(SAMPLE), environ={})
+        message = str(cm.exception)
+        self.assertNotIn("\n", message)
+        self.assertIn(f"{SAMPLE}: auth.jwt_secret: is the sample config's placeholder", message)
+        self.assertIn("secrets.token_urlsafe", message)
+        # The secret, even a placeholder, is never echoed.
+        self.assertNotIn(JWT_SECRET_PLACEHOLDER, message)
 
     def test_schema_walk_finds_nested_sections(self) -> None:
         # Guard the guard: the walk must reach into list[ListenerConfig] and the rate limits.
@@ -139,8 +165,9 @@ class SampleConfigTests(unittest.TestCase):
             for part in path[:-1]:
                 target = target.setdefault(part, {})
             target[path[-1]] = value
+        minimal["auth"]["jwt_secret"] = REAL_SECRET
         defaults = HomeserverConfig.model_validate(minimal).model_dump()
-        sample = load_config(str(SAMPLE), environ={}).model_dump()
+        sample = load_sample().model_dump()
         # The sample adds a metrics listener after the (default) client listener.
         self.assertEqual(sample["listeners"][0], defaults["listeners"][0])
         self.assertEqual(len(defaults["listeners"]), 1)
