@@ -6,6 +6,7 @@ import argparse
 import getpass
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,32 +39,126 @@ def _parser() -> argparse.ArgumentParser:
         prog="heddle",
         description="Heddle Matrix homeserver. With no command, runs the server.",
     )
-    parser.add_argument("--config", "-c", help="run from this config file")
-    parser.add_argument("--server-name", help="server name (generates a config on first start)")
+    parser.add_argument("--version", action="version", version=f"heddle {_version()}")
     parser.add_argument(
-        "--data-dir", default=DEFAULT_DATA_DIR, help=f"data directory (default {DEFAULT_DATA_DIR})"
+        "--config",
+        "-c",
+        metavar="FILE",
+        help="run from this config file (default: <data-dir>/homeserver.yaml)",
     )
-    sub = parser.add_subparsers(dest="command")
+    parser.add_argument(
+        "--server-name",
+        metavar="NAME",
+        help="server name, e.g. example.org; with no config yet, one is generated for it",
+    )
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=DEFAULT_DATA_DIR,
+        help=f"data directory (default {DEFAULT_DATA_DIR})",
+    )
+    sub = parser.add_subparsers(dest="command", title="commands")
 
-    gen = sub.add_parser("generate-config", help="write a config and signing key, then exit")
-    gen.add_argument("--server-name", required=True)
+    gen = sub.add_parser(
+        "generate-config",
+        help="write a config, signing key and TLS certificate, then exit",
+        description="Write <data-dir>/homeserver.yaml (a working single-process SQLite setup "
+        "with fresh secrets), the signing key and a self-signed certificate for the federation "
+        "listener. Refuses to overwrite an existing config.",
+    )
+    gen.add_argument(
+        "--server-name",
+        required=True,
+        metavar="NAME",
+        help="the server name in user IDs (@alice:NAME); cannot be changed once there are users",
+    )
     # SUPPRESS: when not given after the command, keep the value given before it (argparse
     # would otherwise overwrite `heddle --data-dir D generate-config` with the default).
-    gen.add_argument("--data-dir", default=argparse.SUPPRESS)
-    gen.add_argument("--port", type=int, default=8008, help="client listener port (default 8008)")
+    gen.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help=f"where to write the files (default {DEFAULT_DATA_DIR})",
+    )
+    gen.add_argument(
+        "--port",
+        type=int,
+        metavar="PORT",
+        default=8008,
+        help="client listener port (default 8008); the TLS federation listener gets PORT + 440 "
+        "(8448) and the metrics listener PORT + 1000 (9008)",
+    )
 
-    reg = sub.add_parser("register-user", help="create an account directly in the database")
+    key = sub.add_parser(
+        "generate-signing-key",
+        help="write a new ed25519 signing key, then exit",
+        description="Write a new ed25519 signing key (mode 600) in the format signing_key_path "
+        "expects. Refuses to overwrite an existing file unless --force is given: a server whose "
+        "key is replaced must list the old one in federation.old_signing_keys.",
+    )
+    key.add_argument(
+        "--output", "-o", metavar="FILE", required=True, help="file to write the key to"
+    )
+    key.add_argument(
+        "--key-version",
+        metavar="VERSION",
+        default="a_1",
+        help="the key's version, the part after 'ed25519:' in its key ID (default a_1); "
+        "give a new one when rotating keys",
+    )
+    key.add_argument(
+        "--force", action="store_true", help="overwrite the file at --output if it exists"
+    )
+
+    reg = sub.add_parser(
+        "register-user",
+        help="create an account directly in the database",
+        description="Create an account directly in the database; works while the server runs.",
+    )
     reg.add_argument(
         "--config",
         "-c",
+        metavar="FILE",
         default=argparse.SUPPRESS,
         help="config file (default: <data-dir>/homeserver.yaml)",
     )
-    reg.add_argument("--data-dir", default=argparse.SUPPRESS)
-    reg.add_argument("--user", "-u", required=True, help="localpart of the new user")
+    reg.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help=f"data directory holding homeserver.yaml (default {DEFAULT_DATA_DIR})",
+    )
+    reg.add_argument(
+        "--user", "-u", metavar="LOCALPART", required=True, help="localpart of the new user"
+    )
     reg.add_argument("--password", "-p", help="password (prompted for when omitted)")
     reg.add_argument("--admin", action="store_true", help="make the user a server admin")
     return parser
+
+
+# The version part of a key ID (`ed25519:<version>`): the spec allows [a-zA-Z0-9_].
+_KEY_VERSION = re.compile(r"[A-Za-z0-9_]+")
+
+
+def generate_signing_key(output: str, key_version: str = "a_1", force: bool = False) -> Path:
+    """Write a new signing key to `output`; refuse to replace an existing file unless forced."""
+    path = Path(output)
+    if not _KEY_VERSION.fullmatch(key_version):
+        raise StartupError(
+            f"--key-version: {key_version!r} may only hold letters, digits and underscores"
+        )
+    if path.is_dir():
+        raise StartupError(f"{path} is a directory; give the key file's path")
+    if path.exists() and not force:
+        raise StartupError(
+            f"{path} already exists; not overwriting it (--force replaces it: list the old "
+            "key in federation.old_signing_keys so events it signed stay verifiable)"
+        )
+    try:
+        write_new_signing_key(path, key_version)
+    except OSError as e:
+        raise StartupError(f"cannot write signing key {path}: {e.strerror}") from None
+    return path
 
 
 def generate_config(server_name: str, data_dir: str, port: int = 8008) -> Path:
@@ -170,6 +265,7 @@ def run_server(config: HomeserverConfig) -> int:
     exit_code = [0]
 
     async def start() -> None:
+        await check_database(hs)
         try:
             await hs.setup()
             hs.start_listening()
@@ -197,6 +293,34 @@ def run_server(config: HomeserverConfig) -> int:
     )
     reactor.run()
     return exit_code[0]
+
+
+async def check_database(hs: Any) -> None:
+    """Connect to the database once, before anything else uses it, so that one that is down,
+    missing or refusing us stops start-up with one line (the traceback is logged at debug)."""
+    try:
+        await hs.db.run_interaction("check_database", lambda txn: None)
+    except Exception as e:
+        logger.debug("cannot connect to the database", exc_info=True)
+        raise StartupError(
+            f"cannot connect to the database {hs.db.engine.describe()}: {_database_reason(e)}"
+        ) from None
+
+
+# libpq starts a TCP connection failure with the host and port it tried, which the error names
+# already (a Unix socket's path is kept: the description does not show it).
+_LIBPQ_WHERE = re.compile(
+    r'^connection to server at "[^"]*"( \([^)]*\))?, port \d+ failed: '
+)
+
+
+def _database_reason(e: Exception) -> str:
+    """The driver's reason on one line: `Connection refused`, `database "x" does not exist`."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    reason = _LIBPQ_WHERE.sub("", lines[0])
+    return " ".join(reason.removeprefix("FATAL:").split())
 
 
 def _one_line(message: str) -> str:
@@ -231,6 +355,7 @@ def register_user(args: argparse.Namespace) -> int:
         hs = None
         try:
             hs = HomeServer(config, reactor)
+            await check_database(hs)
             await hs.setup()
             user_id = await hs.registration.register(
                 args.user.lower(), password, admin=args.admin
@@ -263,6 +388,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "generate-config":
             path = generate_config(args.server_name, args.data_dir, args.port)
             print(f"Wrote {path}")
+            sys.exit(0)
+        if args.command == "generate-signing-key":
+            path = generate_signing_key(args.output, args.key_version, args.force)
+            print(f"Wrote {path} (key ID ed25519:{args.key_version})")
             sys.exit(0)
         if args.command == "register-user":
             sys.exit(register_user(args))

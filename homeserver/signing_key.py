@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,11 @@ from homeserver.config import ConfigError
 def write_new_signing_key(path: Path, version: str = "a_1") -> None:
     key = generate_signing_key(version)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"ed25519 {version} {encode_signing_key_base64(key)}\n", encoding="ascii")
+    # Created with mode 600 rather than chmod-ed afterwards: the key is never readable by
+    # others, not even for a moment. (An existing file keeps its mode until the chmod.)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(f"ed25519 {version} {encode_signing_key_base64(key)}\n")
     path.chmod(0o600)
 
 

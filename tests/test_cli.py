@@ -4,6 +4,7 @@ overrides."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -20,8 +21,11 @@ from twisted.trial import unittest
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 
+import homeserver
+from homeserver import cli
 from homeserver.cli import federation_port_for
-from homeserver.config import load_config
+from homeserver.config import JWT_SECRET_PLACEHOLDER, load_config
+from homeserver.signing_key import load_signing_key
 from tests.harness import BytesProducer, postgres_database_url, reset_postgres_database
 
 HEDDLE = str(Path(sys.executable).with_name("heddle"))
@@ -377,6 +381,28 @@ class GenerateConfigTests(CliTestCase):
         self.assertEqual(proc.exit_code, 0, proc)
         self.assertTrue((cwd / "before" / "homeserver.yaml").exists())
 
+    async def test_version(self) -> None:
+        proc = await self.heddle("--version")
+        self.assertEqual(proc.exit_code, 0, proc)
+        self.assertEqual(proc.out, f"heddle {homeserver.__version__}\n")
+
+    def test_every_option_and_command_has_help(self) -> None:
+        undocumented = []
+
+        def walk(parser: argparse.ArgumentParser, prefix: str) -> None:
+            for action in parser._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    helped = {choice.dest for choice in action._choices_actions if choice.help}
+                    for name, subparser in action.choices.items():
+                        if name not in helped:
+                            undocumented.append(f"{prefix}{name}")
+                        walk(subparser, f"{prefix}{name} ")
+                elif not action.help or action.help == argparse.SUPPRESS:
+                    undocumented.append(f"{prefix}{'/'.join(action.option_strings)}")
+
+        walk(cli._parser(), "heddle ")
+        self.assertEqual(undocumented, [])
+
     async def test_usage_errors(self) -> None:
         proc = await self.heddle("generate-config")
         self.assertNotEqual(proc.exit_code, 0, proc)
@@ -385,6 +411,54 @@ class GenerateConfigTests(CliTestCase):
         self.assertEqual(proc.exit_code, 0, proc)
         for command in ("generate-config", "register-user"):
             self.assertIn(command, proc.out)
+
+
+class GenerateSigningKeyTests(CliTestCase):
+    async def test_writes_a_key_and_refuses_to_overwrite_it(self) -> None:
+        key_path = self.tmpdir() / "keys" / "example.org.signing.key"
+        proc = await self.heddle("generate-signing-key", "--output", str(key_path))
+        self.assertEqual(proc.exit_code, 0, proc)
+        self.assertEqual(proc.out, f"Wrote {key_path} (key ID ed25519:a_1)\n")
+        self.assertEqual(stat.S_IMODE(key_path.stat().st_mode), 0o600)
+        self.assertEqual(load_signing_key(key_path).version, "a_1")
+        first = key_path.read_text()
+
+        proc = await self.heddle("generate-signing-key", "-o", str(key_path))
+        self.assertOneLineError(proc, str(key_path), "already exists", "--force")
+        self.assertEqual(key_path.read_text(), first)
+
+        proc = await self.heddle(
+            "generate-signing-key", "-o", str(key_path), "--key-version", "a_2", "--force"
+        )
+        self.assertEqual(proc.exit_code, 0, proc)
+        self.assertEqual(load_signing_key(key_path).version, "a_2")
+        self.assertNotEqual(key_path.read_text().split()[2], first.split()[2])
+
+    async def test_a_server_runs_with_the_key(self) -> None:
+        config_path = await self.generate("localhost")
+        key_path = config_path.parent / "localhost.signing.key"
+        proc = await self.heddle("generate-signing-key", "-o", str(key_path), "--force")
+        self.assertEqual(proc.exit_code, 0, proc)
+        base_url = self.client_url(config_path)
+        server = await self.start_server("--config", str(config_path), base_url=base_url)
+        await self.stop_server(server)
+
+    async def test_refusals(self) -> None:
+        directory = self.tmpdir()
+        self.assertOneLineError(
+            await self.heddle("generate-signing-key", "-o", str(directory)), "is a directory"
+        )
+        self.assertOneLineError(
+            await self.heddle(
+                "generate-signing-key", "-o", str(directory / "k"), "--key-version", "a:1"
+            ),
+            "--key-version",
+            "'a:1'",
+        )
+        self.assertEqual(list(directory.iterdir()), [])
+        proc = await self.heddle("generate-signing-key")
+        self.assertNotEqual(proc.exit_code, 0, proc)
+        self.assertIn("--output", proc.err)
 
 
 class RunTests(CliTestCase):
@@ -586,14 +660,58 @@ class BadConfigTests(CliTestCase):
         self.assertNotIn("Traceback", proc.err)
 
     async def test_unreachable_database(self) -> None:
+        """Nothing listens on the port: one line saying so, no traceback (that is logged at
+        debug level only), for the server and for register-user alike."""
         config_path = await self.generate()
         port = free_port()
-        proc = await self.run_config(
-            config_path,
-            env=child_env(HEDDLE_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{port}/heddle"),
+        env = child_env(HEDDLE_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{port}/heddle")
+        proc = await self.run_config(config_path, env=env)
+        line = self.assertOneLineError(
+            proc, "cannot connect to the database", f"127.0.0.1:{port}/heddle", "Connection refused"
         )
-        # The log has the traceback; the last word is one line.
-        self.assertOneLineError(proc, "start-up failed", str(port), only_line=False)
+        self.assertEqual(proc.err, line + "\n")
+        proc = await self.heddle(
+            "register-user", "--config", str(config_path), "-u", "x", "-p", PASSWORD, env=env
+        )
+        self.assertOneLineError(proc, "cannot connect to the database", "Connection refused")
+
+    async def test_database_that_does_not_exist(self) -> None:
+        config_path = await self.generate()
+        base = postgres_database_url().rsplit("/", 1)[0]
+        url = f"{base}/heddle_no_such_database"
+        proc = await self.run_config(config_path, env=child_env(HEDDLE_DATABASE_URL=url))
+        line = self.assertOneLineError(
+            proc,
+            "cannot connect to the database",
+            "/heddle_no_such_database",
+            'database "heddle_no_such_database" does not exist',
+        )
+        self.assertEqual(proc.err, line + "\n")
+
+    async def test_unsupported_database_scheme(self) -> None:
+        config_path = await self.generate()
+        raw = yaml.safe_load(config_path.read_text())
+        raw["database"]["url"] = "mysql://heddle:hunter2@127.0.0.1/heddle"
+        config_path.write_text(yaml.safe_dump(raw))
+        line = self.assertOneLineError(
+            await self.run_config(config_path),
+            f"{config_path}: database.url: mysql:// is not supported",
+            "sqlite:///",
+            "postgresql://",
+        )
+        self.assertNotIn("hunter2", line)
+
+    async def test_placeholder_jwt_secret(self) -> None:
+        """A config that kept the sample's placeholder secret does not start."""
+        config_path = await self.generate()
+        raw = yaml.safe_load(config_path.read_text())
+        raw["auth"]["jwt_secret"] = JWT_SECRET_PLACEHOLDER
+        config_path.write_text(yaml.safe_dump(raw))
+        self.assertOneLineError(
+            await self.run_config(config_path),
+            f"{config_path}: auth.jwt_secret: is the sample config's placeholder",
+            "secrets.token_urlsafe(48)",
+        )
 
     async def test_server_name_mismatch(self) -> None:
         config_path = await self.generate("localhost")
@@ -801,6 +919,16 @@ class EnvironmentOverrideTests(CliTestCase):
         self.assertIn(429, limited)
         unlimited = await failed_login_codes(child_env(HEDDLE_RATE_LIMITS__ENABLED="false"))
         self.assertEqual(unlimited, [403] * 8)
+
+    async def test_unknown_option_from_the_environment_names_the_variable(self) -> None:
+        config_path = await self.generate("localhost")
+        proc = await self.heddle(
+            "--config", str(config_path), env=child_env(HEDDLE_REGISTRATON__ENABLED="true")
+        )
+        line = self.assertOneLineError(
+            proc, "environment variable HEDDLE_REGISTRATON__ENABLED: registraton: unknown option"
+        )
+        self.assertNotIn(str(config_path), line)
 
     async def test_bad_environment_value_is_one_line(self) -> None:
         config_path = await self.generate("localhost")
