@@ -24,7 +24,7 @@ from homeserver.events.serialize import EventSerializer
 from homeserver.events.types import MEMBER
 from homeserver.filtering import RoomEventFilter
 from homeserver.rooms.visibility import HistoryVisibility, Position, RoomAccess
-from homeserver.sync.tokens import RoomPosition
+from homeserver.sync.tokens import MAX_POSITION, RoomPosition
 from storage.stores.events import EventStore, StoredEvent
 from storage.stores.state import StateKey, StateStore
 
@@ -38,8 +38,10 @@ MAX_LIMIT = 1000
 # allowed by the spec ("Clients should continue to paginate until no `end` property").
 MAX_SCANNED_EVENTS = 2000
 MAX_BATCH = 500
-# Before any history: forwards from here starts at the room's first event.
-START_OF_ROOM: Position = (0, 0)
+# Before any history: forwards from here starts at the room's first event. Depths start at 0
+# (federation accepts a room whose create event has depth 0) and backfilled events have
+# negative stream positions, so the stream part is the lowest a token can carry.
+START_OF_ROOM: Position = (0, -MAX_POSITION)
 
 
 @dataclass

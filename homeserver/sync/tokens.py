@@ -19,8 +19,9 @@ from homeserver.errors import Codes, MatrixError
 
 # Positions are BIGINT columns: anything larger cannot be one of ours (and would overflow SQL).
 MAX_POSITION = 2**63 - 1
-_SYNC_TOKEN = re.compile(r"^s(\d{1,19}(?:_\d{1,19}){0,6})$")
-_ROOM_TOKEN = re.compile(r"^t(-?\d{1,19})-(\d{1,19})$")
+# ASCII digits only, and nothing after them (not even the newline `$` would let through).
+_SYNC_TOKEN = re.compile(r"s([0-9]{1,19}(?:_[0-9]{1,19}){0,6})")
+_ROOM_TOKEN = re.compile(r"t(-?[0-9]{1,19})-(-?[0-9]{1,19})")
 
 
 def _invalid(kind: str, token: str) -> MatrixError:
@@ -43,7 +44,7 @@ class StreamToken:
     @classmethod
     def parse(cls, token: str) -> StreamToken:
         """Parse a client-supplied token; 400 M_INVALID_PARAM if it is not one of ours."""
-        match = _SYNC_TOKEN.match(token)
+        match = _SYNC_TOKEN.fullmatch(token)
         if match is None:
             raise _invalid("sync", token)
         parts = [int(part) for part in match.group(1).split("_")]
@@ -69,10 +70,10 @@ class RoomPosition:
 
     @classmethod
     def parse(cls, token: str) -> RoomPosition:
-        match = _ROOM_TOKEN.match(token)
+        match = _ROOM_TOKEN.fullmatch(token)
         if match is not None:
             topological, stream = int(match.group(1)), int(match.group(2))
-            if abs(topological) > MAX_POSITION or stream > MAX_POSITION:
+            if abs(topological) > MAX_POSITION or abs(stream) > MAX_POSITION:
                 raise _invalid("pagination", token)
             return cls(topological, stream)
         if token.startswith("s"):
