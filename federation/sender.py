@@ -8,6 +8,15 @@ then it reads again, until the queue is empty. A failure keeps the rows and pers
 backoff (doubling from `retry_min_interval_ms` up to `retry_max_interval_ms`); a timer
 retries when it ends, or sooner if we hear from that server (`wake_destination`).
 
+EDUs of which only the latest counts (a user typing in a room, a user's read receipt, a
+user's presence) are not persisted: they are held in memory per destination under a key,
+a newer one replacing the one waiting, and go out with the persisted items (at least half
+of a transaction's EDU room is theirs while they wait). Typing lapses on its own and would
+be stale after a restart anyway; receipts and presence are kept by their own stores and
+the next change sends them again. Holding them costs no write and cannot conflict with
+another writer, however often clients send them (Synapse keeps these EDUs in memory too).
+EDUs that must arrive (to-device messages, device list updates) are persisted first.
+
 Catch-up: after an outage the whole backlog is sent, oldest first, 50 PDUs a transaction.
 The spec would let a sender skip to the newest event of each room and leave the receiver to
 fetch the gap with `get_missing_events`, but a receiver fetches only so much that way (Synapse
@@ -22,7 +31,8 @@ import random
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from itertools import islice
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -32,8 +42,10 @@ from federation.errors import HttpResponseError, RequestSendFailed
 from homeserver.clock import Clock
 from homeserver.config import FederationConfig
 from storage.stores.federation_queue import (
+    MAX_EDUS_PER_TRANSACTION,
     FederationQueueStore,
     OutboundBatch,
+    QueuedEdu,
     RetryState,
 )
 
@@ -70,6 +82,14 @@ TRANSACTIONS = Counter(
 LoadPdus = Callable[[list[str]], Awaitable[list[dict[str, Any]]]]
 
 
+@dataclass(frozen=True)
+class _HeldEdu(QueuedEdu):
+    """An EDU held in memory under `key` (see the module docstring). Its `edu_id` comes from
+    the same allocator as persisted EDUs, so the IDs in one transaction never collide."""
+
+    key: str
+
+
 @dataclass
 class _Destination:
     """What the sender knows about one destination, in memory."""
@@ -89,6 +109,8 @@ class _Destination:
     # We heard from the server: any backoff is over.
     woken: bool = False
     retry_call: Any = None
+    # EDUs held in memory, by key, oldest first.
+    held_edus: dict[str, _HeldEdu] = field(default_factory=dict)
     # The last transaction attempted, so a retry of the very same batch reuses its ID.
     last_batch_key: tuple[tuple[int, ...], tuple[int, ...]] | None = None
     last_txn_id: str | None = None
@@ -174,17 +196,23 @@ class FederationSender:
         content: dict[str, Any],
         dedupe_key: str | None = None,
     ) -> None:
-        """Queue an EDU for `destination`. A `dedupe_key` (e.g. typing in one room) replaces
-        an EDU still queued under the same key."""
+        """Queue an EDU for `destination`: persisted, or with a `dedupe_key` (e.g. typing of
+        one user in one room) held in memory only, replacing an EDU still waiting under the
+        same key and taking its place at the end of the queue."""
         if not self._config.enabled or self._stopped or destination == self._server_name:
             return
         await self._ensure_edu_ids()
         assert self._next_edu_id is not None
         edu_id = self._next_edu_id
         self._next_edu_id += 1
-        await self._store.enqueue_edu(destination, edu_id, edu_type, content, dedupe_key)
         if dedupe_key is None:
+            await self._store.enqueue_edu(destination, edu_id, edu_type, content)
             QUEUED_EDUS.labels(destination).inc()
+        else:
+            held = self._destination(destination).held_edus
+            if held.pop(dedupe_key, None) is None:
+                QUEUED_EDUS.labels(destination).inc()
+            held[dedupe_key] = _HeldEdu(edu_id, edu_type, content, dedupe_key)
         self.on_queued([destination])
 
     def on_queued(self, destinations: Iterable[str]) -> None:
@@ -324,7 +352,7 @@ class FederationSender:
                 dest.dirty = False
                 await self._store.set_retry_state(dest.name, dest.retry_state())
             dest.more = False
-            batch = await self._store.get_next_batch(dest.name)
+            batch = await self._next_batch(dest)
             QUEUED_PDUS.labels(dest.name).set(batch.pdu_queue_length)
             QUEUED_EDUS.labels(dest.name).set(batch.edu_queue_length)
             if self._stopped:
@@ -360,11 +388,7 @@ class FederationSender:
                     "%s refused transaction %s (HTTP %d %s): dropping its %d PDUs and %d EDUs",
                     dest.name, txn_id, e.code, e.errcode, len(batch.pdus), len(batch.edus),
                 )
-                await self._store.delete_sent(
-                    dest.name,
-                    [p.stream_ordering for p in batch.pdus],
-                    [edu.edu_id for edu in batch.edus],
-                )
+                await self._dequeue(dest, batch)
                 dest.last_batch_key = dest.last_txn_id = None
                 return True
             TRANSACTION_SECONDS.observe(time.monotonic() - started)
@@ -390,11 +414,7 @@ class FederationSender:
             len(batch.edus),
         )
         self._log_pdu_errors(dest.name, txn_id, response)
-        await self._store.delete_sent(
-            dest.name,
-            [p.stream_ordering for p in batch.pdus],
-            [e.edu_id for e in batch.edus],
-        )
+        await self._dequeue(dest, batch)
         dest.last_batch_key = dest.last_txn_id = None
         if dest.failure_ts is not None:
             logger.info(
@@ -406,6 +426,34 @@ class FederationSender:
             dest.dirty = True
             BACKOFF_SECONDS.labels(dest.name).set(0)
         return True
+
+    async def _next_batch(self, dest: _Destination) -> OutboundBatch:
+        """The oldest persisted PDUs and EDUs, and the oldest held EDUs. While EDUs of both
+        kinds wait, each gets at least half the room, so a backlog of one (say to-device
+        messages) never holds the other back."""
+        held_share = min(len(dest.held_edus), MAX_EDUS_PER_TRANSACTION // 2)
+        batch = await self._store.get_next_batch(
+            dest.name, max_edus=MAX_EDUS_PER_TRANSACTION - held_share
+        )
+        held = islice(dest.held_edus.values(), MAX_EDUS_PER_TRANSACTION - len(batch.edus))
+        return replace(
+            batch,
+            edus=[*batch.edus, *held],
+            edu_queue_length=batch.edu_queue_length + len(dest.held_edus),
+        )
+
+    async def _dequeue(self, dest: _Destination, batch: OutboundBatch) -> None:
+        """Take the batch off the queue: delete its rows and let go of its held EDUs, except
+        those replaced meanwhile (the newer one is still to be sent)."""
+        persisted: list[int] = []
+        for edu in batch.edus:
+            if not isinstance(edu, _HeldEdu):
+                persisted.append(edu.edu_id)
+            elif dest.held_edus.get(edu.key) is edu:
+                del dest.held_edus[edu.key]
+        await self._store.delete_sent(
+            dest.name, [p.stream_ordering for p in batch.pdus], persisted
+        )
 
     def _transaction_id(self, dest: _Destination, batch: OutboundBatch) -> str:
         """A new ID, unless this is a retry of exactly the batch last attempted: a receiver

@@ -15,6 +15,7 @@ from typing import Any
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
 from homeserver.identifiers import check_event_id, check_room_id
+from homeserver.linearizer import Linearizer
 from homeserver.sync.change_cache import StreamChangeCache
 from homeserver.sync.notifier import Notifier
 from storage.stores.events import EventStore, StoredEvent
@@ -75,6 +76,11 @@ class ReceiptsHandler:
         self._notifier = notifier
         # Called with each public receipt that moved (federation sends ours on).
         self.listeners: list[Callable[[Receipt], Awaitable[None]]] = []
+        # One write per receipt (room, type, user, thread) at a time, listeners included:
+        # concurrent writes of one row would only conflict in the database (and be retried
+        # until they fail), and listeners hear of the moves in the order they were made, so
+        # the last receipt federation sends is the one stored.
+        self._writers = Linearizer("receipts")
 
     @property
     def current_position(self) -> int:
@@ -121,28 +127,29 @@ class ReceiptsHandler:
                     Codes.INVALID_PARAM,
                     f"Event {event_id} is not related to thread {thread_id}",
                 )
-        async with self._stream.next() as stream_id:
-            receipt = Receipt(
-                room_id,
-                receipt_type,
-                user_id,
-                thread_id,
-                event_id,
-                self._clock.time_msec(),
-                stream_id,
-            )
-            written = await self._store.upsert_receipt(receipt, stored.stream_ordering)
+        async with self._writers.queue((room_id, receipt_type, user_id, thread_id)):
+            async with self._stream.next() as stream_id:
+                receipt = Receipt(
+                    room_id,
+                    receipt_type,
+                    user_id,
+                    thread_id,
+                    event_id,
+                    self._clock.time_msec(),
+                    stream_id,
+                )
+                written = await self._store.upsert_receipt(receipt, stored.stream_ordering)
+                if not written:
+                    self._stream.unused(stream_id)
             if not written:
-                self._stream.unused(stream_id)
-        if not written:
-            return False
-        self._changes.entity_changed(room_id, stream_id)
-        if receipt_type == READ_PRIVATE:
-            self._notifier.notify_users([user_id])
-        else:
-            await self._notifier.notify_room(room_id, extra_users=[user_id])
-            for listener in self.listeners:
-                await listener(receipt)
+                return False
+            self._changes.entity_changed(room_id, stream_id)
+            if receipt_type == READ_PRIVATE:
+                self._notifier.notify_users([user_id])
+            else:
+                await self._notifier.notify_room(room_id, extra_users=[user_id])
+                for listener in self.listeners:
+                    await listener(receipt)
         logger.debug("%s receipt of %s in %s at %s", receipt_type, user_id, room_id, event_id)
         return True
 

@@ -19,6 +19,7 @@ from twisted.internet import defer
 
 from homeserver.auth.tokens import Requester
 from homeserver.errors import Codes, MatrixError
+from homeserver.linearizer import Linearizer
 from homeserver.sync.change_cache import StreamChangeCache
 from homeserver.sync.notifier import Notifier
 from storage.stores.rooms import RoomStore
@@ -49,6 +50,9 @@ class TypingHandler:
         # Called with (room_id, user_id, typing) when a local user starts or stops typing
         # (federation tells the room's other servers).
         self.local_change_listeners: list[Callable[[str, str, bool], Awaitable[None]]] = []
+        # One local change of a user in a room at a time, listeners included: they hear of
+        # the changes in the order they were made, so the last one told is the state held.
+        self._local_changes = Linearizer("typing")
 
     @property
     def current_position(self) -> int:
@@ -70,13 +74,16 @@ class TypingHandler:
             raise MatrixError(403, Codes.FORBIDDEN, "Cannot set another user's typing state")
         if not await self._rooms.is_joined(room_id, user_id):
             raise MatrixError(403, Codes.FORBIDDEN, "You are not joined to this room")
-        if typing:
-            timeout = DEFAULT_TIMEOUT_MS if timeout_ms is None else timeout_ms
-            await self.started_typing(room_id, user_id, min(max(timeout, 0), MAX_TIMEOUT_MS))
-        else:
-            await self.stopped_typing(room_id, user_id)
-        for listener in self.local_change_listeners:
-            await listener(room_id, user_id, typing)
+        async with self._local_changes.queue((room_id, user_id)):
+            if typing:
+                timeout = DEFAULT_TIMEOUT_MS if timeout_ms is None else timeout_ms
+                await self.started_typing(
+                    room_id, user_id, min(max(timeout, 0), MAX_TIMEOUT_MS)
+                )
+            else:
+                await self.stopped_typing(room_id, user_id)
+            for listener in self.local_change_listeners:
+                await listener(room_id, user_id, typing)
 
     async def started_typing(self, room_id: str, user_id: str, timeout_ms: int) -> None:
         users = self._typing.setdefault(room_id, {})

@@ -268,7 +268,8 @@ class FederationSenderTests(HomeserverTestCase):
         await self.sender.send_edu(REMOTE, "m.typing", {"n": 3}, dedupe_key="typing:!a")
         await self.sender.send_edu(REMOTE, "m.typing", {"n": 4}, dedupe_key="typing:!b")
         await self.sender.send_edu(REMOTE, "m.typing", {"n": 5}, dedupe_key="typing:!a")
-        self.assertEqual(await self.queue_lengths(), (0, 3))
+        # EDUs with a key are held in memory: only the to-device one is in the database.
+        self.assertEqual(await self.queue_lengths(), (0, 1))
         self.client.mode = "ok"
         self.sender.wake_destination(REMOTE)
         await self.settle()
@@ -300,6 +301,68 @@ class FederationSenderTests(HomeserverTestCase):
         await sender.start()
         await sender.send_edu(REMOTE, "m.direct_to_device", {"n": 3})
         self.assertEqual(await self.store.get_max_edu_id(), 3)
+
+    @ensure_deferred
+    async def test_edus_with_a_key_cost_no_write_and_survive_failures(self) -> None:
+        self.client.mode = "fail"
+        for n in range(50):
+            await self.sender.send_edu(REMOTE, "m.typing", {"n": n}, dedupe_key="typing:!a")
+        await self.settle()
+        self.assertEqual(await self.store.get_max_edu_id(), 0)
+        self.assertEqual(await self.queue_lengths(), (0, 0))
+        self.assertEqual(
+            REGISTRY.get_sample_value(
+                "heddle_federation_queue_edus", {"destination": REMOTE}
+            ),
+            1,
+        )
+        # Still waiting after the failures; the latest goes out once the server is back.
+        self.client.mode = "ok"
+        self.sender.wake_destination(REMOTE)
+        await until(lambda: len(self.client.calls) >= 2)
+        await self.settle()
+        self.assertEqual(self.client.calls[-1][2]["edus"], [
+            {"edu_type": "m.typing", "content": {"n": 49}}
+        ])
+        # Sent: nothing is left to send.
+        self.sender.wake_destination(REMOTE)
+        await self.settle()
+        self.assertEqual(len([c for c in self.client.calls if c[2]["edus"]]), 2)
+
+    @ensure_deferred
+    async def test_a_refused_transaction_drops_its_edus_with_a_key_too(self) -> None:
+        self.client.mode = "refused"
+        await self.sender.send_edu(REMOTE, "m.typing", {"n": 1}, dedupe_key="typing:!a")
+        await self.settle()
+        self.client.mode = "ok"
+        self.sender.wake_destination(REMOTE)
+        await self.settle()
+        self.assertEqual(len(self.client.calls), 1)
+
+    @ensure_deferred
+    async def test_a_backlog_of_persisted_edus_leaves_room_for_held_ones(self) -> None:
+        for n in range(1, 251):
+            await self.store.enqueue_edu(REMOTE, n, "m.direct_to_device", {"n": n})
+        self.client.hold = True
+        self.sender.on_queued([REMOTE])
+        await until(lambda: len(self.client.calls) == 1)
+        for room in range(80):
+            await self.sender.send_edu(
+                REMOTE, "m.typing", {"room": room}, dedupe_key=f"typing:!{room}"
+            )
+        self.client.held[0].callback({})
+        await until(lambda: len(self.client.calls) == 2)
+        # The second transaction: half to-device messages, half typing, oldest first.
+        edus = self.client.calls[1][2]["edus"]
+        self.assertEqual([e["content"]["n"] for e in edus[:50]], list(range(101, 151)))
+        self.assertEqual([e["content"]["room"] for e in edus[50:]], list(range(50)))
+        self.client.hold = False
+        self.client.held[1].callback({})
+        await self.settle()
+        sent = [e["content"] for _, _, data in self.client.calls for e in data["edus"]]
+        self.assertEqual(sorted(c["n"] for c in sent if "n" in c), list(range(1, 251)))
+        self.assertEqual(sorted(c["room"] for c in sent if "room" in c), list(range(80)))
+        self.assertEqual(await self.queue_lengths(), (0, 0))
 
     # ----- backoff -------------------------------------------------------------------------
 

@@ -93,24 +93,22 @@ class FederationQueueStore:
             await self._db.run_interaction("enqueue_federation_pdus", self.enqueue_pdus_txn, rows)
 
     async def enqueue_edu(
-        self,
-        destination: str,
-        edu_id: int,
-        edu_type: str,
-        content: dict[str, Any],
-        dedupe_key: str | None = None,
+        self, destination: str, edu_id: int, edu_type: str, content: dict[str, Any]
     ) -> None:
-        """Queue an EDU. With a `dedupe_key`, an EDU still queued for the destination under
-        the same key is replaced, and the new one takes its place at the end of the queue."""
+        """Queue an EDU that must be delivered (to-device messages, device list updates).
+
+        A plain insert of a new row: concurrent callers never touch the same row, so this
+        cannot fail on a conflict. EDUs of which only the latest counts (typing, receipts,
+        presence) are not stored at all: the sender holds them in memory, replacing one
+        another, so that they cost no write. (The `dedupe_key` column is what once did
+        that here; it is no longer written, and rows an older version left are sent once.)
+        """
         await self._db.run_interaction(
             "enqueue_federation_edu",
             lambda txn: txn.execute(
-                "INSERT INTO federation_outbound_edus"
-                " (destination, edu_id, edu_type, content, dedupe_key) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (destination, dedupe_key) DO UPDATE SET"
-                " edu_id = excluded.edu_id, edu_type = excluded.edu_type,"
-                " content = excluded.content",
-                (destination, edu_id, edu_type, json.dumps(content), dedupe_key),
+                "INSERT INTO federation_outbound_edus (destination, edu_id, edu_type, content)"
+                " VALUES (?, ?, ?, ?)",
+                (destination, edu_id, edu_type, json.dumps(content)),
             ),
         )
 
