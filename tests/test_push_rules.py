@@ -37,13 +37,16 @@ from homeserver.push.rules import (
 from tests.harness import Response, nio, on_both_engines
 from tests.room_helpers import API, RoomTestCase, User, q
 
-SPEC_OVERRIDE_IDS = [
+# The spec's, with the two legacy rules Synapse still serves after the mention rules.
+DEFAULT_OVERRIDE_IDS = [
     ".m.rule.master",
     ".m.rule.suppress_notices",
     ".m.rule.invite_for_me",
     ".m.rule.member_event",
     ".m.rule.is_user_mention",
+    ".m.rule.contains_display_name",
     ".m.rule.is_room_mention",
+    ".m.rule.roomnotif",
     ".m.rule.tombstone",
     ".m.rule.reaction",
     ".m.rule.room.server_acl",
@@ -118,9 +121,9 @@ class PushRulesApiTests(PushRulesTestCase):
         self.assertEqual(r.code, 200, r)
         ruleset = r.json["global"]
         self.assertEqual(sorted(ruleset), sorted(KINDS))
-        self.assertEqual(ids(ruleset["override"]), SPEC_OVERRIDE_IDS)
+        self.assertEqual(ids(ruleset["override"]), DEFAULT_OVERRIDE_IDS)
         self.assertEqual(ids(ruleset["underride"]), SPEC_UNDERRIDE_IDS)
-        # Spec v1.17 removed the legacy body-matching defaults: no content rules by default.
+        # No content rules by default: spec v1.17 removed `.m.rule.contains_user_name`.
         self.assertEqual((ruleset["content"], ruleset["room"], ruleset["sender"]), ([], [], []))
         for rule in ruleset["override"] + ruleset["underride"]:
             self.assertTrue(rule["default"], rule)
@@ -177,6 +180,72 @@ class PushRulesApiTests(PushRulesTestCase):
         bob_rules = await self.ruleset(self.bob)
         self.assertEqual(bob_rules["override"][2]["conditions"][2]["pattern"], self.bob.user_id)
 
+    async def test_legacy_mention_rules_are_served_where_clients_expect_them(self):
+        """`.m.rule.contains_display_name` and `.m.rule.roomnotif`, which matrix-js-sdk warns
+        about when missing: override rules, as the spec defined them before v1.17, each right
+        after the `m.mentions` rule that replaced it (Synapse's order, and the SDK's)."""
+        override = (await self.ruleset())["override"]
+        position = ids(override).index
+        self.assertEqual(position(".m.rule.contains_display_name"), position(".m.rule.is_user_mention") + 1)
+        self.assertEqual(position(".m.rule.roomnotif"), position(".m.rule.is_room_mention") + 1)
+        self.assertEqual(
+            override[position(".m.rule.contains_display_name")],
+            {
+                "rule_id": ".m.rule.contains_display_name",
+                "default": True,
+                "enabled": True,
+                "conditions": [{"kind": "contains_display_name"}],
+                "actions": ["notify", {"set_tweak": "sound", "value": "default"}, {"set_tweak": "highlight"}],
+            },
+        )
+        self.assertEqual(
+            override[position(".m.rule.roomnotif")],
+            {
+                "rule_id": ".m.rule.roomnotif",
+                "default": True,
+                "enabled": True,
+                "conditions": [
+                    {"kind": "event_match", "key": "content.body", "pattern": "@room"},
+                    {"kind": "sender_notification_permission", "key": "room"},
+                ],
+                "actions": ["notify", {"set_tweak": "highlight"}],
+            },
+        )
+        # Only as override rules.
+        for kind in ("content", "underride"):
+            r = await self.get(rule_path(kind, ".m.rule.contains_display_name"))
+            self.assertError(r, 404, "M_NOT_FOUND")
+
+    async def test_legacy_mention_rules_can_be_disabled_and_changed(self):
+        for rule_id in (".m.rule.contains_display_name", ".m.rule.roomnotif"):
+            r = await self.get(rule_path("override", rule_id))
+            self.assertEqual(r.code, 200, r)
+            self.assertTrue(r.json["enabled"])
+            r = await self.put(rule_path("override", rule_id, "enabled"), {"enabled": False})
+            self.assertEqual((r.code, r.json), (200, {}))
+            self.assertEqual((await self.get(rule_path("override", rule_id, "enabled"))).json, {"enabled": False})
+        r = await self.put(rule_path("override", ".m.rule.roomnotif", "actions"), {"actions": ["notify"]})
+        self.assertEqual((r.code, r.json), (200, {}))
+        override = (await self.ruleset())["override"]
+        self.assertEqual(ids(override), DEFAULT_OVERRIDE_IDS)
+        rules = {r["rule_id"]: r for r in override}
+        self.assertFalse(rules[".m.rule.contains_display_name"]["enabled"])
+        self.assertEqual(
+            (rules[".m.rule.roomnotif"]["enabled"], rules[".m.rule.roomnotif"]["actions"]),
+            (False, ["notify"]),
+        )
+        # Server-default rules: they cannot be deleted.
+        r = await self.delete(rule_path("override", ".m.rule.roomnotif"))
+        self.assertError(r, 400, "M_INVALID_PARAM")
+        # Back on; Bob's were never touched.
+        r = await self.put(rule_path("override", ".m.rule.contains_display_name", "enabled"), {"enabled": True})
+        self.assertEqual(r.code, 200, r)
+        r = await self.get(rule_path("override", ".m.rule.contains_display_name", "enabled"))
+        self.assertEqual(r.json, {"enabled": True})
+        bob_rules = {r["rule_id"]: r for r in (await self.ruleset(self.bob))["override"]}
+        self.assertTrue(bob_rules[".m.rule.roomnotif"]["enabled"])
+        self.assertEqual(bob_rules[".m.rule.roomnotif"]["actions"], ["notify", {"set_tweak": "highlight"}])
+
     async def test_get_one_rule_and_its_attributes(self):
         r = await self.get(rule_path("underride", ".m.rule.message"))
         self.assertEqual(
@@ -215,7 +284,7 @@ class PushRulesApiTests(PushRulesTestCase):
         )
         # User rules come after .m.rule.master and before the other server-default rules.
         override = (await self.ruleset())["override"]
-        self.assertEqual(ids(override), [".m.rule.master", "beer", *SPEC_OVERRIDE_IDS[1:]])
+        self.assertEqual(ids(override), [".m.rule.master", "beer", *DEFAULT_OVERRIDE_IDS[1:]])
 
         # A new rule with neither before nor after is the most important user rule.
         await self.put(rule_path("override", "wine"), {"actions": []})
@@ -252,7 +321,7 @@ class PushRulesApiTests(PushRulesTestCase):
         self.assertError(await self.delete(rule_path("override", "mead")), 404, "M_NOT_FOUND")
         # Bob has none of Alice's rules.
         self.assertEqual(
-            ids((await self.ruleset(self.bob))["override"]), SPEC_OVERRIDE_IDS
+            ids((await self.ruleset(self.bob))["override"]), DEFAULT_OVERRIDE_IDS
         )
 
     async def test_content_room_and_sender_rules(self):
@@ -309,7 +378,7 @@ class PushRulesApiTests(PushRulesTestCase):
         r = await self.get(rule_path("underride", ".m.rule.message", "actions"))
         self.assertEqual(r.json, {"actions": ["notify", {"set_tweak": "highlight", "value": True}]})
         ruleset = await self.ruleset()
-        self.assertEqual(ids(ruleset["override"]), SPEC_OVERRIDE_IDS)
+        self.assertEqual(ids(ruleset["override"]), DEFAULT_OVERRIDE_IDS)
         self.assertEqual(ids(ruleset["underride"]), SPEC_UNDERRIDE_IDS)
         message = ruleset["underride"][3]
         self.assertEqual(
@@ -417,7 +486,7 @@ class PushRulesBadInputTests(PushRulesTestCase):
         self.assertError(await self.put(rule_path("sender", "nobody"), {"actions": []}), 400, "M_INVALID_PARAM")
         # Server-default rules cannot be deleted.
         self.assertError(await self.delete(rule_path("override", ".m.rule.master")), 400, "M_INVALID_PARAM")
-        self.assertEqual(ids((await self.ruleset())["override"]), SPEC_OVERRIDE_IDS)
+        self.assertEqual(ids((await self.ruleset())["override"]), DEFAULT_OVERRIDE_IDS)
 
     async def test_unknown_before_and_after(self):
         await self.put(rule_path("override", "beer"), BEER)
@@ -495,7 +564,7 @@ class PushRulesSyncTests(PushRulesTestCase):
         first = await self.sync(self.alice)
         events = push_rules_events(first)
         self.assertEqual(events, [{"type": "m.push_rules", "content": {"global": await self.ruleset()}}])
-        self.assertEqual(ids(events[0]["content"]["global"]["override"]), SPEC_OVERRIDE_IDS)
+        self.assertEqual(ids(events[0]["content"]["global"]["override"]), DEFAULT_OVERRIDE_IDS)
         # Reading them wrote nothing: the account data stream has not moved.
         self.assertEqual(self.hs.account_data.current_position, 0)
         # Incremental syncs do not repeat them.
@@ -550,7 +619,7 @@ class PushRulesNioTests(PushRulesTestCase):
         synced = await nio(client.sync(timeout=0))
         self.assertIsInstance(synced, SyncResponse)
         (event,) = [e for e in synced.account_data_events if isinstance(e, PushRulesEvent)]
-        self.assertEqual([r.id for r in event.global_rules.override], SPEC_OVERRIDE_IDS)
+        self.assertEqual([r.id for r in event.global_rules.override], DEFAULT_OVERRIDE_IDS)
         self.assertEqual([r.id for r in event.global_rules.underride], SPEC_UNDERRIDE_IDS)
 
         resp = await nio(
@@ -632,7 +701,7 @@ class PushRulesDataTests(unittest.TestCase):
             }
         }
         ruleset = push_rules_content("@a:x", stored)["global"]
-        self.assertEqual(ids(ruleset["override"]), [".m.rule.master", "mine", *SPEC_OVERRIDE_IDS[1:]])
+        self.assertEqual(ids(ruleset["override"]), [".m.rule.master", "mine", *DEFAULT_OVERRIDE_IDS[1:]])
         self.assertEqual(ruleset["override"][1]["actions"], [])
         self.assertEqual(push_rules_content("@a:x", {"global": 5})["global"]["content"], [])
 

@@ -61,9 +61,13 @@ def _rule(
     }
 
 
-# The server-default rules of spec v1.19, per kind, in the spec's order. (v1.17 removed the
-# legacy body-matching rules `.m.rule.contains_user_name`, `.m.rule.contains_display_name`
-# and `.m.rule.roomnotif`, so there are no default content rules.)
+# The server-default rules of spec v1.19, per kind, in the spec's order, plus two legacy
+# body-matching override rules that spec v1.17 removed: `.m.rule.contains_display_name` and
+# `.m.rule.roomnotif`, as the spec defined them before. Synapse still serves both, right after
+# the mention rules that replaced them, and matrix-js-sdk warns about a ruleset without them
+# (and adds local copies): clients that do not send `m.mentions` rely on them. The third
+# legacy rule, `.m.rule.contains_user_name` (a content rule), is not served: matrix-js-sdk
+# does not expect it, and `.m.rule.is_user_mention` does its work.
 DEFAULT_RULES: dict[str, list[JsonDict]] = {
     "override": [
         _rule(MASTER_RULE_ID, [], [], enabled=False),
@@ -90,9 +94,22 @@ DEFAULT_RULES: dict[str, list[JsonDict]] = {
             ["notify", _SOUND_DEFAULT, _HIGHLIGHT],
         ),
         _rule(
+            ".m.rule.contains_display_name",
+            [{"kind": "contains_display_name"}],
+            ["notify", _SOUND_DEFAULT, _HIGHLIGHT],
+        ),
+        _rule(
             ".m.rule.is_room_mention",
             [
                 {"kind": "event_property_is", "key": "content.m\\.mentions.room", "value": True},
+                {"kind": "sender_notification_permission", "key": "room"},
+            ],
+            ["notify", _HIGHLIGHT],
+        ),
+        _rule(
+            ".m.rule.roomnotif",
+            [
+                _event_match("content.body", "@room"),
                 {"kind": "sender_notification_permission", "key": "room"},
             ],
             ["notify", _HIGHLIGHT],
