@@ -1,8 +1,9 @@
-"""docker/: the Dockerfile and docker-compose.yml agree with the code they package.
+"""docker/: the Dockerfile, docker-compose.yml and .dockerignore agree with the code they
+package.
 
 No Docker engine is needed: the files are parsed, and what they name (console script, CLI
-flags, config options, environment overrides, listener ports, the /health route) is checked
-against Heddle itself.
+flags, config options, environment overrides, listener ports, the /health route, the files
+Heddle writes) is checked against Heddle itself.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import configparser
 import json
 import re
 import shlex
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +23,17 @@ from twisted.trial import unittest
 
 from client_api.routes import CLIENT_SERVLETS
 from homeserver import cli
-from homeserver.cli import federation_port_for
-from homeserver.config import ListenerConfig, generate_config_text, parse_config
+from homeserver.cli import federation_port_for, generate_config
+from homeserver.config import ListenerConfig, generate_config_text, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 DOCKERFILE = DOCKER / "Dockerfile"
 COMPOSE = DOCKER / "docker-compose.yml"
 DOCKER_README = DOCKER / "README.md"
+# The build context is the repository root (compose: `context: ..`); builders read the ignore
+# file there. BuildKit would prefer docker/Dockerfile.dockerignore, which must not exist.
+DOCKERIGNORE = ROOT / ".dockerignore"
 
 _DEFAULT_VAR = re.compile(r"\$\{(\w+):-([^}]*)\}")
 
@@ -135,9 +142,10 @@ class DockerfileTests(unittest.TestCase):
 class ComposeTests(unittest.TestCase):
     def test_services(self) -> None:
         services = compose()["services"]
-        self.assertEqual(set(services), {"heddle", "postgres", "redis"})
+        # No Redis: it only connects Heddle processes sharing a database, and a second
+        # process on one database refuses to start.
+        self.assertEqual(set(services), {"heddle", "postgres"})
         self.assertEqual(services["postgres"]["image"], "postgres:16")
-        self.assertEqual(services["redis"]["image"], "redis:7")
 
     def test_heddle_is_built_from_the_repository_with_this_dockerfile(self) -> None:
         build = compose()["services"]["heddle"]["build"]
@@ -152,7 +160,7 @@ class ComposeTests(unittest.TestCase):
         depends = services["heddle"]["depends_on"]
         self.assertEqual(
             {name: dep["condition"] for name, dep in depends.items()},
-            {"postgres": "service_healthy", "redis": "service_healthy"},
+            {"postgres": "service_healthy"},
         )
         test = " ".join(services["heddle"]["healthcheck"]["test"])
         self.assertIn("http://127.0.0.1:8008/health", test)
@@ -175,9 +183,24 @@ class ComposeTests(unittest.TestCase):
         self.assertTrue(all(name.startswith("HEDDLE_") for name in env))
         config = parse_config(_generated_config(), source="generated", environ=env)
         self.assertTrue(config.database.url.startswith("postgresql://"))
-        self.assertTrue(config.redis.enabled)
-        self.assertEqual(config.redis.host, "redis")
         self.assertFalse(config.registration.enabled)
+
+    def test_public_baseurl_is_set_and_defaults_to_the_published_client_port(self) -> None:
+        raw = compose()["services"]["heddle"]["environment"]["HEDDLE_PUBLIC_BASEURL"]
+        self.assertEqual(_DEFAULT_VAR.fullmatch(raw).group(1), "PUBLIC_BASEURL")  # type: ignore[union-attr]
+        # As the docker README has it: the config's listeners opened to 0.0.0.0, from which
+        # Heddle alone would derive a URL naming the container's own address.
+        opened = yaml.safe_load(
+            generate_config_text("example.org", "/data").replace("127.0.0.1", "0.0.0.0")
+        )
+        config = parse_config(opened, environ=heddle_environment())
+        published = {
+            int(str(p).rsplit(":", 1)[-1]): str(p) for p in compose()["services"]["heddle"]["ports"]
+        }
+        client_port = next(lst.port for lst in config.listeners if lst.type == "client")
+        self.assertEqual(published[client_port], f"{client_port}:{client_port}")
+        self.assertEqual(config.client_base_url, f"http://localhost:{client_port}/")
+        self.assertIn("PUBLIC_BASEURL=https://", DOCKER_README.read_text(encoding="utf-8"))
 
     def test_ports_reach_the_default_listener_ports(self) -> None:
         service = compose()["services"]["heddle"]
@@ -231,6 +254,128 @@ class DockerReadmeTests(unittest.TestCase):
         config = parse_config(yaml.safe_load(text.replace(old, new)), environ={})
         self.assertTrue(config.listeners)
         self.assertEqual({listener.bind_address for listener in config.listeners}, {"0.0.0.0"})
+
+
+def dockerignore_rules() -> list[tuple[bool, re.Pattern[str]]]:
+    """(is an exception `!...`, regex) per pattern, in order, as Docker reads them: paths are
+    relative to the context root, `*` and `?` stay within one path segment, `**` spans any."""
+    rules = []
+    for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines():
+        pattern = line.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").strip("/")
+        regex, i = "", 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                regex, i = regex + "(?:.*/)?", i + 3
+            elif pattern.startswith("**", i):
+                regex, i = regex + ".*", i + 2
+            elif pattern[i] in "*?":
+                regex, i = regex + ("[^/]*" if pattern[i] == "*" else "[^/]"), i + 1
+            else:
+                regex, i = regex + re.escape(pattern[i]), i + 1
+        rules.append((negate, re.compile(regex + r"\Z")))
+    return rules
+
+
+def dockerignored(path: str) -> bool:
+    """Whether the build context leaves `path` out: the last pattern matching it or one of its
+    parent directories decides."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    excluded = False
+    for negate, regex in dockerignore_rules():
+        if any(regex.match(prefix) for prefix in prefixes):
+            excluded = not negate
+    return excluded
+
+
+def files_heddle_writes_in_a_data_dir() -> list[str]:
+    """What a first start writes in its data directory: config, signing key, TLS certificate
+    and key (from `generate_config`), the SQLite database, its journal and its lock file."""
+    data_dir = Path(tempfile.mkdtemp(prefix="heddle-dockerignore-"))
+    try:
+        config = load_config(str(generate_config("localhost", str(data_dir))), environ={})
+        written = sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.is_file())
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    database = Path(config.database_url.removeprefix("sqlite:///")).name
+    return written + [database, f"{database}-wal", f"{database}-journal", f"{database}.lock"]
+
+
+class DockerignoreTests(unittest.TestCase):
+    def test_ignore_file_sits_at_the_build_context_root(self) -> None:
+        build = compose()["services"]["heddle"]["build"]
+        self.assertEqual((DOCKER / build["context"]).resolve() / ".dockerignore", DOCKERIGNORE)
+        self.assertTrue(DOCKERIGNORE.exists())
+        self.assertFalse(
+            (DOCKER / "Dockerfile.dockerignore").exists(),
+            "BuildKit would read docker/Dockerfile.dockerignore instead of .dockerignore",
+        )
+
+    def test_local_environments_and_test_output_stay_out(self) -> None:
+        for path in (
+            ".git/config",
+            ".venv/bin/python",
+            ".ci-venv/bin/python",
+            ".synapse-venv/lib/python3.11/site-packages/synapse/__init__.py",
+            "_trial_temp/test.log",
+            "_trial_temp-1/test.log",
+            "heddle-tests.log",
+            "homeserver/__pycache__/cli.cpython-311.pyc",
+            "heddle.egg-info/PKG-INFO",
+            ".env",
+        ):
+            self.assertTrue(dockerignored(path), f"{path} would be sent to the builder")
+
+    def test_keys_and_databases_stay_out_wherever_they_are(self) -> None:
+        written = files_heddle_writes_in_a_data_dir()
+        self.assertIn("homeserver.yaml", written)
+        self.assertIn("localhost.signing.key", written)
+        self.assertIn("localhost.tls.key", written)
+        for name in written:
+            # The quick start's ./heddle-data, another directory, or the repository root.
+            for path in (f"heddle-data/{name}", f"my-server/{name}", name):
+                self.assertTrue(dockerignored(path), f"{path} would be sent to the builder")
+
+    def test_everything_the_dockerfile_copies_is_in_the_context(self) -> None:
+        sources = [source for args in instruction("COPY") for source in shlex.split(args)[:-1]]
+        if shutil.which("git") is None or not (ROOT / ".git").exists():
+            raise unittest.SkipTest("needs git to list the repository's files")
+        tracked = subprocess.run(
+            ["git", "-C", str(ROOT), "ls-files", "--", *sources],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()
+        self.assertGreater(len(tracked), len(sources))
+        left_out = [path for path in tracked if dockerignored(path)]
+        self.assertEqual(left_out, [], "the Dockerfile copies these, but .dockerignore drops them")
+
+
+class ReadmeLinkTests(unittest.TestCase):
+    """Relative links in docker/README.md point at files and headings that exist."""
+
+    def test_links_resolve(self) -> None:
+        links = re.findall(r"\]\(([^)\s]+)\)", DOCKER_README.read_text(encoding="utf-8"))
+        relative = [link for link in links if "://" not in link]
+        self.assertTrue(relative)
+        for link in relative:
+            target, _, anchor = link.partition("#")
+            path = (DOCKER / target).resolve() if target else DOCKER_README
+            self.assertTrue(path.exists(), f"docker/README.md links to missing {target}")
+            if anchor:
+                self.assertIn(anchor, _heading_anchors(path), f"no heading for #{anchor} in {target}")
+
+
+def _heading_anchors(markdown: Path) -> set[str]:
+    """GitHub's anchors for a file's headings: lower case, punctuation dropped, spaces to -."""
+    anchors = set()
+    for line in markdown.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
 
 
 def _generated_config() -> dict[str, Any]:
