@@ -686,3 +686,24 @@ class DeployReadmeTests(unittest.TestCase):
         self.assertTrue(config.serve_server_wellknown)
         self.assertEqual(config.federation_address, f"{MATRIX_HOST}:443")
         self.assertEqual(config.client_base_url, f"https://{MATRIX_HOST}/")
+
+
+class ReadmeTests(unittest.TestCase):
+    """What the top-level README says about listeners and proxies is what Heddle does."""
+
+    def setUp(self) -> None:
+        self.text = (ROOT / "README.md").read_text(encoding="utf-8")
+
+    def test_quick_start_names_every_listener_a_generated_config_opens(self) -> None:
+        for listener in generated_config().listeners:
+            scheme = "https" if listener.tls else "http"
+            self.assertIn(f"`{scheme}://127.0.0.1:{listener.port}`", self.text, listener.type)
+        self.assertIn("`P + 440`", self.text)
+        self.assertEqual(federation_port_for(9000), 9440)
+
+    def test_reverse_proxy_section_gives_federation_its_own_upstream(self) -> None:
+        section = self.text.split("### Behind a reverse proxy", 1)[1].split("\n### ", 1)[0]
+        for prefix in ("/_matrix/federation", "/_matrix/key"):
+            self.assertIn(f"`{prefix}`", section)
+        self.assertIn("(docs/deploy/README.md)", section)
+        self.assertTrue(DEPLOY_README.exists())
