@@ -41,6 +41,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory
 from zope.interface import implementer
 
+from homeserver.caches import LruCache
 from homeserver.clock import Clock
 from homeserver.config import ConfigError, FederationConfig
 from homeserver.events.canonical import load_json
@@ -211,7 +212,11 @@ class ServerResolver:
         self._fetch_well_known = fetch_well_known
         self._lookup_srv = lookup_srv
         self._rng = rng or random.Random()
-        self._well_known: dict[str, _WellKnownEntry] = {}
+        # host -> its answer, also past `expires_at`: a stale entry still counts failures and
+        # answers through a transient failure (so a lookup finding it counts as a hit).
+        self._well_known: LruCache[str, _WellKnownEntry] = LruCache(
+            "well_known", WELL_KNOWN_CACHE_MAX_ENTRIES
+        )
         self._in_flight: dict[str, defer.Deferred[str | None]] = {}
 
     async def resolve(self, server_name: str) -> list[Target]:
@@ -290,7 +295,7 @@ class ServerResolver:
             logger.info("well-known fetch for %s failed (%s); retrying in %ds", host, e, period)
             # A host that answered before keeps its last answer through a transient failure.
             server = previous.server if previous is not None else None
-            self._store(host, _WellKnownEntry(server, now + period, failures))
+            self._well_known.set(host, _WellKnownEntry(server, now + period, failures))
             return server
         server = parse_well_known(response)
         if server is None:
@@ -300,19 +305,8 @@ class ServerResolver:
         else:
             period = _cache_period(response.headers, now, WELL_KNOWN_DEFAULT_CACHE_S)
             logger.debug("%s delegates to %s", host, server)
-        self._store(host, _WellKnownEntry(server, now + period, 0))
+        self._well_known.set(host, _WellKnownEntry(server, now + period, 0))
         return server
-
-    def _store(self, host: str, entry: _WellKnownEntry) -> None:
-        cache = self._well_known
-        cache.pop(host, None)
-        if len(cache) >= WELL_KNOWN_CACHE_MAX_ENTRIES:
-            now = self._clock.time()
-            for key in [k for k, v in cache.items() if v.expires_at <= now]:
-                del cache[key]
-            while len(cache) >= WELL_KNOWN_CACHE_MAX_ENTRIES:
-                del cache[next(iter(cache))]  # the oldest insertion
-        cache[host] = entry
 
 
 def parse_well_known(response: WellKnownResponse) -> str | None:

@@ -17,6 +17,7 @@ from twisted.internet import defer
 from unpaddedbase64 import decode_base64
 
 from federation.errors import FederationError, KeyLookupError, SignatureVerifyError
+from homeserver.caches import LruCache
 from homeserver.clock import Clock
 from homeserver.config import FederationConfig
 from homeserver.identifiers import is_valid_server_name
@@ -30,6 +31,9 @@ QUERY_KEYS_PATH = "/_matrix/key/v2/query"
 # is made for this long, so a bad peer cannot make us hammer it (or anyone it names).
 FETCH_FAILURE_BACKOFF_MS = 60 * 1000
 DECODED_KEY_CACHE_SIZE = 10_000
+# Servers whose last key fetch failed, remembered for FETCH_FAILURE_BACKOFF_MS. Notary queries
+# name any server they like, so this is bounded too.
+FAILED_FETCH_CACHE_SIZE = 10_000
 
 
 class InvalidKeyResponse(ValueError):
@@ -130,10 +134,17 @@ class KeyRing:
         }
         # One fetch per server at a time: later callers wait for the one in flight.
         self._in_flight: dict[str, list[defer.Deferred[dict[str, StoredVerifyKey]]]] = {}
-        # server name -> when a fetch from it last failed.
-        self._failed_fetches: dict[str, int] = {}
-        # (server, key ID) -> (decoded verify key, valid until), oldest first.
-        self._decoded: dict[tuple[str, str], tuple[Any, int]] = {}
+        # server name -> when a fetch from it last failed (forgotten after the backoff).
+        self._failed_fetches: LruCache[str, int] = LruCache(
+            "key_fetch_failures",
+            FAILED_FETCH_CACHE_SIZE,
+            ttl_s=FETCH_FAILURE_BACKOFF_MS / 1000,
+            clock=clock,
+        )
+        # (server, key ID) -> (decoded verify key, valid until).
+        self._decoded: LruCache[tuple[str, str], tuple[Any, int]] = LruCache(
+            "decoded_verify_keys", DECODED_KEY_CACHE_SIZE
+        )
 
     def set_client(self, client: Any) -> None:
         self._client = client
@@ -187,15 +198,13 @@ class KeyRing:
         keys = await self._fetch(server_name, key_id, valid_at_ts, use_notaries)
         found = keys.get(key_id)
         if found is None or found.valid_until_ts < valid_at_ts:
-            self._failed_fetches[server_name] = self._clock.time_msec()
+            self._failed_fetches.set(server_name, self._clock.time_msec())
             raise KeyLookupError(f"{server_name} has no key {key_id} valid at {valid_at_ts}")
         return self._remember(server_name, key_id, found)
 
     def _remember(self, server_name: str, key_id: str, stored: StoredVerifyKey) -> Any:
         key = decode_verify_key(key_id, stored.verify_key)
-        self._decoded[(server_name, key_id)] = (key, stored.valid_until_ts)
-        while len(self._decoded) > DECODED_KEY_CACHE_SIZE:
-            self._decoded.pop(next(iter(self._decoded)))
+        self._decoded.set((server_name, key_id), (key, stored.valid_until_ts))
         return key
 
     async def _fetch(
@@ -205,8 +214,7 @@ class KeyRing:
         within the last minute. Returns the keys learned (possibly none)."""
         if self._client is None:
             raise KeyLookupError(f"cannot fetch keys of {server_name}: federation is not set up")
-        failed_at = self._failed_fetches.get(server_name)
-        if failed_at is not None and self._clock.time_msec() - failed_at < FETCH_FAILURE_BACKOFF_MS:
+        if self._failed_fetches.get(server_name) is not None:
             raise KeyLookupError(f"not fetching keys of {server_name} again so soon")
         waiters = self._in_flight.get(server_name)
         if waiters is not None:
@@ -218,7 +226,7 @@ class KeyRing:
             keys = await self._fetch_from_sources(server_name, key_id, valid_at_ts, use_notaries)
         except BaseException as e:
             del self._in_flight[server_name]
-            self._failed_fetches[server_name] = self._clock.time_msec()
+            self._failed_fetches.set(server_name, self._clock.time_msec())
             for waiter in waiters:
                 waiter.errback(e)
             raise
@@ -391,7 +399,7 @@ class KeyRing:
                 logger.info("Notary: no fresh keys for %s: %s", server_name, e)
             responses = await self._store.get_key_responses(server_name, wanted_ids)
             if not _fresh_enough(responses, minimums, any_minimum):
-                self._failed_fetches[server_name] = self._clock.time_msec()
+                self._failed_fetches.set(server_name, self._clock.time_msec())
         served: list[dict[str, Any]] = []
         seen: set[str] = set()
         for stored in _latest_per_key(responses, wanted_ids):

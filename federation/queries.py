@@ -7,17 +7,17 @@ any other failure (unreachable, an error status, a malformed answer) is `502 M_U
 as Synapse answers, so a client can tell "no such thing" from "could not ask". With
 federation disabled the lookups fail with 404 M_NOT_FOUND saying so.
 
-Remote profiles are cached in memory for PROFILE_CACHE_MS (successes only).
+Remote profiles are cached in memory for PROFILE_CACHE_S (successes only).
 """
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from federation.errors import FederationError, HttpResponseError
+from homeserver.caches import LruCache
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
 from homeserver.identifiers import split_room_alias, split_user_id
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 QUERY_PATH = "/_matrix/federation/v1/query/%s"
 PUBLIC_ROOMS_PATH = "/_matrix/federation/v1/publicRooms"
-PROFILE_CACHE_MS = 60 * 1000
+PROFILE_CACHE_S = 60.0
 PROFILE_CACHE_SIZE = 10_000
 # A lookup a user waits for should not take the federation client's full default timeout.
 QUERY_TIMEOUT_MS = 30 * 1000
@@ -44,7 +44,9 @@ class RemoteQueries:
         self._clock = clock
         self._client = client
         self._enabled = enabled
-        self._profiles: OrderedDict[str, tuple[int, Profile]] = OrderedDict()
+        self._profiles: LruCache[str, Profile] = LruCache(
+            "remote_profiles", PROFILE_CACHE_SIZE, ttl_s=PROFILE_CACHE_S, clock=clock
+        )
 
     def _require_enabled(self, what: str) -> None:
         if not self._enabled:
@@ -54,10 +56,9 @@ class RemoteQueries:
         """A remote user's profile, from their server's `query/profile`."""
         _, server = split_user_id(user_id)
         self._require_enabled(f"Cannot look up the profile of {user_id}")
-        now = self._clock.time_msec()
         cached = self._profiles.get(user_id)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        if cached is not None:
+            return cached
         try:
             answer = await self._client.get_json(
                 server,
@@ -70,10 +71,7 @@ class RemoteQueries:
         if not isinstance(answer, dict):
             _bad_answer(server, f"Profile of {user_id}")
         profile = Profile(_string(answer, "displayname"), _string(answer, "avatar_url"))
-        self._profiles[user_id] = (now + PROFILE_CACHE_MS, profile)
-        self._profiles.move_to_end(user_id)
-        while len(self._profiles) > PROFILE_CACHE_SIZE:
-            self._profiles.popitem(last=False)
+        self._profiles.set(user_id, profile)
         return profile
 
     async def resolve_room_alias(self, room_alias: str) -> tuple[str, list[str]]:

@@ -33,12 +33,12 @@ Malformed filters raise `MatrixError(400, M_BAD_JSON)` by default (a request bod
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from homeserver.caches import LruCache
 from homeserver.errors import Codes, MatrixError
 from homeserver.events.canonical import load_json
 from homeserver.events.model import Event
@@ -446,7 +446,8 @@ class Filtering:
 
     def __init__(self, store: FilterStore) -> None:
         self._store = store
-        self._cache: OrderedDict[tuple[str, str], Filter] = OrderedDict()
+        # (user_id, filter ID) -> the parsed filter; stored filters never change.
+        self._cache: LruCache[tuple[str, str], Filter] = LruCache("filters", FILTER_CACHE_SIZE)
 
     async def create_filter(self, user_id: str, raw: Any) -> str:
         """Validate (400 M_BAD_JSON) and store a filter; returns its ID. Uploading the same
@@ -468,12 +469,9 @@ class Filtering:
         key = (user_id, filter_id)
         cached = self._cache.get(key)
         if cached is not None:
-            self._cache.move_to_end(key)
             return cached
         parsed = Filter.from_json(await self.get_filter_json(user_id, filter_id))
-        self._cache[key] = parsed
-        while len(self._cache) > FILTER_CACHE_SIZE:
-            self._cache.popitem(last=False)
+        self._cache.set(key, parsed)
         return parsed
 
     async def resolve_filter(self, user_id: str, param: str | None) -> Filter:

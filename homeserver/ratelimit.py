@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 from homeserver import metrics
+from homeserver.caches import LruCache
 from homeserver.clock import Clock
 from homeserver.config import RateLimit
 from homeserver.errors import LimitExceededError
@@ -20,17 +19,17 @@ class RateLimiter:
         self._rate = limit.per_second
         self._burst = limit.burst_count
         self._enabled = enabled
-        # key -> (tokens left, time of last update)
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        # key -> (tokens left, time of last update). A forgotten bucket starts full again,
+        # which only the least recently seen keys risk.
+        self._buckets: LruCache[str, tuple[float, float]] = LruCache(
+            f"ratelimit_{name}", MAX_TRACKED_KEYS
+        )
 
     def _refill(self, key: str) -> float:
         now = self._clock.time()
         tokens, last = self._buckets.get(key, (float(self._burst), now))
         tokens = min(float(self._burst), tokens + (now - last) * self._rate)
-        self._buckets[key] = (tokens, now)
-        self._buckets.move_to_end(key)
-        while len(self._buckets) > MAX_TRACKED_KEYS:
-            self._buckets.popitem(last=False)
+        self._buckets.set(key, (tokens, now))
         return tokens
 
     def check(self, key: str) -> None:
@@ -38,8 +37,8 @@ class RateLimiter:
         if not self._enabled:
             return
         self.check_only(key)
-        tokens, now = self._buckets[key]
-        self._buckets[key] = (tokens - 1.0, now)
+        tokens, now = self._buckets.peek(key, (float(self._burst), self._clock.time()))
+        self._buckets.set(key, (tokens - 1.0, now))
 
     def check_only(self, key: str) -> None:
         """Raise 429 if `key` has no action left, without using one up."""
@@ -56,4 +55,4 @@ class RateLimiter:
         if not self._enabled:
             return
         tokens = self._refill(key)
-        self._buckets[key] = (tokens - 1.0, self._clock.time())
+        self._buckets.set(key, (tokens - 1.0, self._clock.time()))

@@ -37,7 +37,6 @@ import codecs
 import ipaddress
 import logging
 import re
-from collections import OrderedDict
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Any
@@ -64,6 +63,7 @@ from federation.discovery import (
     is_ip_literal,
     read_limited_body,
 )
+from homeserver.caches import LruCache
 from homeserver.clock import Clock
 from homeserver.config import ConfigError, UrlPreviewConfig
 from homeserver.errors import Codes, MatrixError
@@ -328,8 +328,10 @@ class UrlPreviewer:
         self._media = media
         self._ip_filter = _config_networks(config)
         self._resolve_host = resolve_host or getaddrinfo_resolver(reactor)
-        # URL -> (fetched at, preview), oldest first.
-        self._cache: OrderedDict[str, tuple[int, dict[str, Any]]] = OrderedDict()
+        # URL -> preview.
+        self._cache: LruCache[str, dict[str, Any]] = LruCache(
+            "url_previews", CACHE_MAX_ENTRIES, ttl_s=config.cache_ms / 1000, clock=clock
+        )
         # URL -> callers waiting for a fetch already running.
         self._in_flight: dict[str, list[defer.Deferred[dict[str, Any]]]] = {}
 
@@ -343,10 +345,9 @@ class UrlPreviewer:
             raise MatrixError(404, Codes.UNRECOGNIZED, "URL previews are disabled")
         target = parse_preview_url(url)
         key = target.url
-        now = self._clock.time_msec()
         cached = self._cache.get(key)
-        if cached is not None and now - cached[0] < self._config.cache_ms:
-            return dict(cached[1])
+        if cached is not None:
+            return dict(cached)
         waiters = self._in_flight.get(key)
         if waiters is not None:
             waiter: defer.Deferred[dict[str, Any]] = defer.Deferred()
@@ -370,10 +371,7 @@ class UrlPreviewer:
     def _remember(self, key: str, result: dict[str, Any]) -> None:
         if self._config.cache_ms <= 0:
             return
-        self._cache[key] = (self._clock.time_msec(), result)
-        self._cache.move_to_end(key)
-        while len(self._cache) > CACHE_MAX_ENTRIES:
-            self._cache.popitem(last=False)
+        self._cache.set(key, result)
 
     async def _build_preview(self, target: PreviewUrl) -> dict[str, Any]:
         page = await self._fetch(target)

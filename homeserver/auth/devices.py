@@ -6,6 +6,7 @@ from collections.abc import Collection
 from typing import Protocol
 
 from homeserver.auth.tokens import TokenHandler
+from homeserver.caches import LruCache
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
 from storage.stores.devices import DeletedDevices, Device, DeviceStore
@@ -14,6 +15,8 @@ MAX_DEVICE_DISPLAY_NAME_LENGTH = 100
 MAX_DEVICE_ID_LENGTH = 255
 # Record last-seen at most this often per device, so every request is not a write.
 LAST_SEEN_INTERVAL_MS = 60 * 1000
+# Devices whose last-seen write is remembered; one forgotten early is written again sooner.
+LAST_SEEN_CACHE_SIZE = 100_000
 
 
 class DeviceListUpdates(Protocol):
@@ -55,7 +58,13 @@ class DeviceHandler:
         self._clock = clock
         self._store = store
         self._tokens = tokens
-        self._last_seen_written: dict[tuple[str, str], int] = {}
+        # (user_id, device_id) -> when last-seen was written, for LAST_SEEN_INTERVAL_MS.
+        self._last_seen_written: LruCache[tuple[str, str], int] = LruCache(
+            "device_last_seen_written",
+            LAST_SEEN_CACHE_SIZE,
+            ttl_s=LAST_SEEN_INTERVAL_MS / 1000,
+            clock=clock,
+        )
         # Set by the composition root: told of new, renamed and deleted devices.
         self.device_lists: DeviceListUpdates | None = None
 
@@ -99,17 +108,17 @@ class DeviceHandler:
 
     async def _deleted(self, user_id: str, deleted: DeletedDevices) -> None:
         self._tokens.forget(deleted.revoked_token_ids)
+        for device_id in deleted.device_ids:
+            self._last_seen_written.pop((user_id, device_id))
         if deleted.device_ids and self.device_lists is not None:
             await self.device_lists.device_changed(user_id, deleted.device_ids, deleted=True)
 
     async def record_activity(
         self, user_id: str, device_id: str, ip: str, user_agent: str | None
     ) -> None:
-        now = self._clock.time_msec()
         key = (user_id, device_id)
-        if now - self._last_seen_written.get(key, 0) < LAST_SEEN_INTERVAL_MS:
+        if self._last_seen_written.get(key) is not None:
             return
-        self._last_seen_written[key] = now
-        if len(self._last_seen_written) > 100_000:
-            self._last_seen_written.clear()
+        now = self._clock.time_msec()
+        self._last_seen_written.set(key, now)
         await self._store.record_last_seen(user_id, device_id, ip, user_agent, now)

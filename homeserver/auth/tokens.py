@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import jwt
 
+from homeserver.caches import LruCache
 from homeserver.clock import Clock
 from homeserver.config import AuthConfig
 from homeserver.errors import Codes, MatrixError
@@ -25,7 +25,7 @@ REFRESH_TOKEN_PREFIX = "hrt_"
 # Validated tokens kept in memory; revocation removes them (see `forget`), in every process
 # through replication. The TTL bounds how long a revocation can go unseen if Redis is down.
 TOKEN_CACHE_SIZE = 50_000
-TOKEN_CACHE_TTL_MS = 60 * 1000
+TOKEN_CACHE_TTL_S = 60.0
 REVOKED_TOKENS_STREAM = "revoked_tokens"
 REVOKED_USERS_STREAM = "revoked_users"
 
@@ -75,8 +75,10 @@ class TokenHandler:
         self._tokens = tokens
         self._accounts = accounts
         self._replication = replication
-        # token_id -> (requester, time cached)
-        self._cache: OrderedDict[str, tuple[Requester, int]] = OrderedDict()
+        # token_id -> who it authenticates.
+        self._cache: LruCache[str, Requester] = LruCache(
+            "access_tokens", TOKEN_CACHE_SIZE, ttl_s=TOKEN_CACHE_TTL_S, clock=clock
+        )
         replication.subscribe(REVOKED_TOKENS_STREAM, self._forget_local)
         replication.subscribe(REVOKED_USERS_STREAM, self._forget_user_local)
         replication.on_resync(self._cache.clear)
@@ -183,11 +185,8 @@ class TokenHandler:
         token_id = claims["jti"]
         if not isinstance(token_id, str):
             raise _unknown_token("Unrecognised access token")
-        cached = self._cache.get(token_id)
-        if cached is not None and cached[1] + TOKEN_CACHE_TTL_MS > self._clock.time_msec():
-            requester = cached[0]
-            self._cache.move_to_end(token_id)
-        else:
+        requester = self._cache.get(token_id)
+        if requester is None:
             requester = await self._load(token_id, claims)
         # The row's millisecond deadline, not the JWT `exp` (whole seconds, rounded up), so a
         # cached token expires exactly when an uncached one does.
@@ -214,10 +213,7 @@ class TokenHandler:
             is_guest=account.is_guest,
             expires_ts=row.expires_ts,
         )
-        self._cache[token_id] = (requester, self._clock.time_msec())
-        self._cache.move_to_end(token_id)
-        while len(self._cache) > TOKEN_CACHE_SIZE:
-            self._cache.popitem(last=False)
+        self._cache.set(token_id, requester)
         return requester
 
     def forget(self, token_ids: Iterable[str]) -> None:
@@ -237,8 +233,7 @@ class TokenHandler:
             self._cache.pop(token_id, None)
 
     def _forget_user_local(self, user_id: str) -> None:
-        for token_id in [t for t, (r, _) in self._cache.items() if r.user_id == user_id]:
-            del self._cache[token_id]
+        self._cache.pop_where(lambda _token_id, requester: requester.user_id == user_id)
 
     async def revoke(self, requester: Requester) -> None:
         await self._tokens.delete_access_token(requester.token_id)

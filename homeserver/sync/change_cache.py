@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Collection, Hashable
 from collections.abc import Set as AbstractSet
 
+from homeserver.caches import keep_newer_half, report_size
+
 MAX_ENTITIES = 100_000
 
 
@@ -21,6 +23,11 @@ class StreamChangeCache:
         self.earliest_known = current
         self._max_entities = max_entities
         self._latest: dict[Hashable, int] = {}
+        report_size(self, f"stream_changes_{name}", max_entities, len)
+
+    def __len__(self) -> int:
+        """Entities whose latest change is held."""
+        return len(self._latest)
 
     def initialise(self, current: int) -> None:
         """Start knowing changes from `current` on (at start-up)."""
@@ -36,9 +43,7 @@ class StreamChangeCache:
 
     def _evict(self) -> None:
         # Forget the older half; positions before what we keep become unknown.
-        positions = sorted(self._latest.values())
-        cutoff = positions[len(positions) // 2]
-        self._latest = {e: p for e, p in self._latest.items() if p > cutoff}
+        self._latest, cutoff = keep_newer_half(self._latest)
         self.earliest_known = max(self.earliest_known, cutoff)
 
     def knows_since(self, position: int) -> bool:

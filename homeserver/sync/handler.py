@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from homeserver.account_data import AccountDataHandler
+from homeserver.caches import LruCache
 from homeserver.clock import Clock
 from homeserver.events.model import Event
 from homeserver.events.serialize import EventSerializer
@@ -87,6 +88,7 @@ class _Pass:
 class SyncHandler:
     def __init__(
         self,
+        server_name: str,
         clock: Clock,
         events: EventStore,
         state: StateStore,
@@ -102,6 +104,7 @@ class SyncHandler:
         account_data: AccountDataHandler,
         presence: PresenceHandler,
     ) -> None:
+        self._server_name = server_name
         self._clock = clock
         self._events = events
         self._state = state
@@ -123,10 +126,14 @@ class SyncHandler:
         self.e2e_keys: E2eKeysHandler | None = None
         # (user_id, device_id) -> to-device position of the last messages delivered, until a
         # sync acknowledges them: only then does a sync with nothing new delete them.
-        self._to_device_unacked: dict[tuple[str, str], int] = {}
+        self._to_device_unacked: LruCache[tuple[str, str], int] = LruCache(
+            "sync_to_device_unacknowledged", TO_DEVICE_UNACKED_SIZE
+        )
         # user_id -> (events position when read, memberships): kept until the user's
         # memberships change, so a quiet incremental sync does no per-room database work.
-        self._memberships_cache: dict[str, tuple[int, list[Membership]]] = {}
+        self._memberships_cache: LruCache[str, tuple[int, list[Membership]]] = LruCache(
+            "sync_memberships", MEMBERSHIP_CACHE_SIZE
+        )
 
     def current_token(self) -> StreamToken:
         return StreamToken(
@@ -280,9 +287,7 @@ class SyncHandler:
         )
         self._to_device_unacked.pop(key, None)
         if events:
-            self._to_device_unacked[key] = position
-            if len(self._to_device_unacked) > TO_DEVICE_UNACKED_SIZE:
-                self._to_device_unacked.pop(next(iter(self._to_device_unacked)))
+            self._to_device_unacked.set(key, position)
         return events, position
 
     async def _add_key_counts(self, sync_pass: _Pass, response: dict[str, Any]) -> None:
@@ -419,9 +424,7 @@ class SyncHandler:
         memberships = await self._rooms.get_rooms_for_user(
             user_id, ("join", "invite", "leave", "ban", "knock")
         )
-        self._memberships_cache[user_id] = (now.events, memberships)
-        if len(self._memberships_cache) > MEMBERSHIP_CACHE_SIZE:
-            self._memberships_cache.pop(next(iter(self._memberships_cache)))
+        self._memberships_cache.set(user_id, (now.events, memberships))
         return memberships
 
     async def _timeline(
@@ -435,6 +438,11 @@ class SyncHandler:
         wanted = timeline_filter.filter_events(visible)
         limited = len(wanted) > limit or len(fetched) == batch
         events = wanted[-limit:] if limit > 0 else []
+        if not limited and after > 0 and await self._after_gap(room_id, events):
+            # Other servers' events arrived with history missing before them (more than
+            # federation fetched at once): `limited` tells the client to paginate back from
+            # `prev_batch`, where `/messages` backfills the gap.
+            limited = True
         if events:
             first = events[0]
             prev = RoomPosition(first.topological_ordering, first.stream_ordering - 1)
@@ -444,6 +452,15 @@ class SyncHandler:
         else:
             prev = RoomPosition(None, up_to)
         return _RoomTimeline(events, limited, str(prev))
+
+    async def _after_gap(self, room_id: str, events: list[StoredEvent]) -> bool:
+        # Only other servers' events can follow a gap: ours always extend what we hold.
+        remote = [
+            e.event.event_id
+            for e in events
+            if e.event.sender.partition(":")[2] != self._server_name
+        ]
+        return bool(remote) and await self._events.follows_gap(room_id, remote)
 
     async def _serialize(
         self, sync_pass: _Pass, events: list[StoredEvent]

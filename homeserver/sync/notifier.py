@@ -17,19 +17,33 @@ from typing import Any
 
 from twisted.internet import defer
 
+from homeserver.caches import keep_newer_half, report_size
 from storage.stores.state import StateStore
+
+# Users whose notification position is held; past this, the older half is forgotten.
+MAX_USER_POSITIONS = 100_000
 
 
 class Notifier:
-    def __init__(self, reactor: Any, state: StateStore) -> None:
+    def __init__(
+        self, reactor: Any, state: StateStore, max_user_positions: int = MAX_USER_POSITIONS
+    ) -> None:
         self._reactor = reactor
         self._state = state
         self._counter = itertools.count(1)
         self._positions: dict[str, int] = {}
+        self._max_user_positions = max_user_positions
+        # The highest position forgotten: a user not held reads as this. A waiter who read a
+        # position before it was forgotten may then wake once for nothing (and looks again),
+        # but never misses a notification.
+        self._forgotten_up_to = 0
         self._waiters: dict[str, set[defer.Deferred[bool]]] = {}
+        report_size(
+            self, "notifier_user_positions", max_user_positions, lambda n: len(n._positions)
+        )
 
     def position(self, user_id: str) -> int:
-        return self._positions.get(user_id, 0)
+        return self._positions.get(user_id, self._forgotten_up_to)
 
     def notify_users(self, user_ids: Iterable[str]) -> None:
         position = next(self._counter)
@@ -38,6 +52,12 @@ class Notifier:
             for waiter in self._waiters.pop(user_id, set()):
                 if not waiter.called:
                     waiter.callback(True)
+        if len(self._positions) > self._max_user_positions:
+            self._forget_older_half()
+
+    def _forget_older_half(self) -> None:
+        self._positions, cutoff = keep_newer_half(self._positions)
+        self._forgotten_up_to = max(self._forgotten_up_to, cutoff)
 
     async def notify_room(self, room_id: str, extra_users: Iterable[str] = ()) -> None:
         """Wake everyone joined to `room_id`, and `extra_users` (say, a member who just left)."""

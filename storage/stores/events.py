@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from homeserver.caches import LruCache
 from homeserver.events.model import Event
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from storage.database import Database, Transaction
 
-EVENT_CACHE_SIZE = 20_000
+# Events parsed from their JSON, the largest cache of all (a few KB each; see
+# docs/architecture.md, "Caches").
+EVENT_CACHE_SIZE = 10_000
+# Rooms whose version is remembered (a room's version never changes).
+ROOM_VERSION_CACHE_SIZE = 10_000
 
 _EVENT_COLUMNS = (
     "e.event_id, e.json, e.internal_metadata, e.rejected_reason, e.stream_ordering,"
@@ -50,18 +54,19 @@ def _select_events_txn(txn: Transaction, event_ids: Collection[str]) -> list[Sto
 class EventStore:
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._cache: OrderedDict[str, StoredEvent] = OrderedDict()
-        self._room_versions: dict[str, RoomVersion] = {}
+        self._cache: LruCache[str, StoredEvent] = LruCache("events", EVENT_CACHE_SIZE)
+        self._room_versions: LruCache[str, RoomVersion] = LruCache(
+            "room_versions", ROOM_VERSION_CACHE_SIZE
+        )
         # State groups of an event never change once it is persisted as a timeline event.
-        self._state_groups: OrderedDict[str, tuple[int | None, int | None]] = OrderedDict()
+        self._state_groups: LruCache[str, tuple[int | None, int | None]] = LruCache(
+            "event_state_groups", EVENT_CACHE_SIZE
+        )
 
     # ----- single events -------------------------------------------------------------------
 
     def _cache_put(self, stored: StoredEvent) -> None:
-        self._cache[stored.event.event_id] = stored
-        self._cache.move_to_end(stored.event.event_id)
-        while len(self._cache) > EVENT_CACHE_SIZE:
-            self._cache.popitem(last=False)
+        self._cache.set(stored.event.event_id, stored)
 
     def forget_event(self, event_id: str) -> None:
         """Drop cached copies of an event whose row was replaced (an outlier that became a
@@ -71,8 +76,7 @@ class EventStore:
 
     async def get_stored_events(self, event_ids: Iterable[str]) -> dict[str, StoredEvent]:
         wanted = list(dict.fromkeys(event_ids))
-        found = {eid: self._cache[eid] for eid in wanted if eid in self._cache}
-        missing = [eid for eid in wanted if eid not in found]
+        found, missing = self._cache.get_many(wanted)
         if missing:
             for stored in await self._db.run_interaction(
                 "get_events", _select_events_txn, missing
@@ -105,7 +109,7 @@ class EventStore:
             if row is None:
                 return None
             version = KNOWN_ROOM_VERSIONS[row[0]]
-            self._room_versions[room_id] = version
+            self._room_versions.set(room_id, version)
         return version
 
     async def get_forward_extremities(self, room_id: str) -> list[tuple[str, int]]:
@@ -231,6 +235,25 @@ class EventStore:
             self._cache_put(stored)
         return events
 
+    async def follows_gap(self, room_id: str, event_ids: Collection[str]) -> bool:
+        """Whether any of the events cites a prev_event we do not hold (a backward
+        extremity): history is missing just before it, for backfill to fetch."""
+        if not event_ids:
+            return False
+
+        def txn_fn(txn: Transaction) -> bool:
+            return bool(
+                txn.select_in_chunks(
+                    "SELECT 1 FROM event_backward_extremities b"
+                    " JOIN event_edges ed ON ed.prev_event_id = b.event_id"
+                    " WHERE b.room_id = ? AND ed.event_id IN ({in}) LIMIT 1",
+                    event_ids,
+                    args_before=(room_id,),
+                )
+            )
+
+        return await self._db.run_interaction("follows_gap", txn_fn)
+
     async def paginate_room_events(
         self,
         room_id: str,
@@ -288,8 +311,7 @@ class EventStore:
     ) -> dict[str, tuple[int | None, int | None]]:
         """event_id -> (state group before, state group after), for the events we have."""
         wanted = [eid for eid in dict.fromkeys(event_ids)]
-        found = {eid: self._state_groups[eid] for eid in wanted if eid in self._state_groups}
-        missing = [eid for eid in wanted if eid not in found]
+        found, missing = self._state_groups.get_many(wanted)
         if not missing:
             return found
 
@@ -303,9 +325,8 @@ class EventStore:
         for event_id, before, after in await self._db.run_interaction(
             "get_state_groups_for_events", txn_fn
         ):
-            found[event_id] = self._state_groups[event_id] = (before, after)
-        while len(self._state_groups) > EVENT_CACHE_SIZE:
-            self._state_groups.popitem(last=False)
+            found[event_id] = (before, after)
+            self._state_groups.set(event_id, (before, after))
         return found
 
     async def get_room_position_at_stream(

@@ -7,11 +7,12 @@ any group touches at most that many groups.
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from homeserver.caches import LruCache
 from homeserver.events.auth import MEMBER
 from storage.database import Database, Transaction
 
@@ -24,6 +25,8 @@ GROUP_CACHE_SIZE = 2000
 KEY_CACHE_SIZE = 100_000
 # Rooms whose current state (and member lists) are held in memory, least recently used out.
 CURRENT_STATE_CACHE_ROOMS = 1000
+# A (group, key) lookup not cached at all (None is cached too: the group lacks the key).
+_UNKNOWN = object()
 
 
 def load_group_txn(txn: Transaction, group: int) -> dict[StateKey, str]:
@@ -170,12 +173,18 @@ class StateStore:
     def __init__(self, db: Database, current_state_rooms: int = CURRENT_STATE_CACHE_ROOMS) -> None:
         self._db = db
         # State groups never change once written, so caching them is always safe.
-        self._group_cache: OrderedDict[int, dict[StateKey, str]] = OrderedDict()
-        self._key_cache: OrderedDict[tuple[int, StateKey], str | None] = OrderedDict()
+        self._group_cache: LruCache[int, dict[StateKey, str]] = LruCache(
+            "state_groups", GROUP_CACHE_SIZE
+        )
+        # (group, key) -> event ID, or None: the group has no such key.
+        self._key_cache: LruCache[tuple[int, StateKey], str | None] = LruCache(
+            "state_group_keys", KEY_CACHE_SIZE
+        )
         # Current state of recently used rooms. Unlike groups it changes: the persister calls
         # `current_state_changed` after each commit that moves it (see `_load_current`).
-        self._current: OrderedDict[str, _CurrentState] = OrderedDict()
-        self._current_max_rooms = current_state_rooms
+        self._current: LruCache[str, _CurrentState] = LruCache(
+            "current_state", current_state_rooms
+        )
         # room_id -> reads of its current state in flight, and how often it changed during
         # them (entries exist only while reads are in flight).
         self._current_loads: Counter[str] = Counter()
@@ -191,12 +200,9 @@ class StateStore:
         """The full state map (type, state_key) -> event_id of a group."""
         cached = self._group_cache.get(group)
         if cached is not None:
-            self._group_cache.move_to_end(group)
             return cached
         state = await self._db.run_interaction("get_state_group", load_group_txn, group)
-        self._group_cache[group] = state
-        while len(self._group_cache) > GROUP_CACHE_SIZE:
-            self._group_cache.popitem(last=False)
+        self._group_cache.set(group, state)
         return state
 
     async def get_state_for_groups(
@@ -211,7 +217,7 @@ class StateStore:
         result: dict[int, dict[StateKey, str]] = {}
         to_fetch: dict[int, list[StateKey]] = {}
         for group in dict.fromkeys(groups):
-            full = self._group_cache.get(group)
+            full = self._group_cache.peek(group)
             found: dict[StateKey, str] = {}
             result[group] = found
             for key in wanted_keys:
@@ -220,12 +226,11 @@ class StateStore:
                         found[key] = full[key]
                     continue
                 cache_key = (group, key)
-                if cache_key in self._key_cache:
-                    cached = self._key_cache[cache_key]
-                    if cached is not None:
-                        found[key] = cached
-                else:
+                cached = self._key_cache.get(cache_key, _UNKNOWN)
+                if cached is _UNKNOWN:
                     to_fetch.setdefault(group, []).append(key)
+                elif isinstance(cached, str):
+                    found[key] = cached
         if not to_fetch:
             return result
 
@@ -235,11 +240,9 @@ class StateStore:
         fetched = await self._db.run_interaction("get_state_for_groups", txn_fn)
         for group, values in fetched.items():
             for key, event_id in values.items():
-                self._key_cache[(group, key)] = event_id
+                self._key_cache.set((group, key), event_id)
                 if event_id is not None:
                     result[group][key] = event_id
-        while len(self._key_cache) > KEY_CACHE_SIZE:
-            self._key_cache.popitem(last=False)
         return result
 
     async def get_max_state_group(self) -> int:
@@ -260,7 +263,6 @@ class StateStore:
         """
         cached = self._current.get(room_id)
         if cached is not None:
-            self._current.move_to_end(room_id)
             return cached
         changes_before = self._current_changes[room_id]
         self._current_loads[room_id] += 1
@@ -281,9 +283,7 @@ class StateStore:
                 self._current_changes.pop(room_id, None)
         loaded = _CurrentState.from_rows(rows)
         if unchanged and room_id not in self._current:
-            self._current[room_id] = loaded
-            while len(self._current) > self._current_max_rooms:
-                self._current.popitem(last=False)
+            self._current.set(room_id, loaded)
         return loaded
 
     def _current_state_moved(self, room_id: str) -> None:
@@ -297,9 +297,9 @@ class StateStore:
         (`membership` as stored for member events, else None). Per room these calls come in
         commit order, as writes to a room are serialised (`EventCreator`)."""
         self._current_state_moved(room_id)
-        cached = self._current.get(room_id)
+        cached = self._current.peek(room_id)
         if cached is not None:
-            self._current[room_id] = cached.apply(key, event_id, membership)
+            self._current.replace(room_id, cached.apply(key, event_id, membership))
         for listener in self.current_state_listeners:
             listener(room_id)
 
