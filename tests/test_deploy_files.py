@@ -355,11 +355,14 @@ def fetch(
         connection.close()
 
 
-def wait_for_port(port: int, process: subprocess.Popen[str], timeout: float = 15.0) -> None:
+def wait_for_port(
+    port: int, process: subprocess.Popen[str], error_log: Path, timeout: float = 15.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"nginx exited with status {process.returncode}")
+            log = error_log.read_text(encoding="utf-8") if error_log.exists() else ""
+            raise AssertionError(f"nginx exited with status {process.returncode}: {log}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
@@ -412,7 +415,10 @@ class NginxInFrontOfHeddleTests(unittest.TestCase):
         hs.start_listening()
         self.client_port, self.federation_port = (p.getHost().port for p in hs.ports)
 
-        self.https_port, self.http_port, self.port_8448 = free_port(), free_port(), free_port()
+        ports: set[int] = set()
+        while len(ports) < 3:
+            ports.add(free_port())
+        self.https_port, self.http_port, self.port_8448 = sorted(ports)
         text = NGINX_CONF.read_text(encoding="utf-8")
         site = self._adapted(text + uncommented_port_8448_block(text))
         main = nginx_main_config(self.tmp, with_test_certificates(site, self.tmp))
@@ -433,7 +439,7 @@ class NginxInFrontOfHeddleTests(unittest.TestCase):
 
         self.addCleanup(stop_nginx)
         for port in (self.https_port, self.http_port, self.port_8448):
-            await threads.deferToThread(wait_for_port, port, process)
+            await threads.deferToThread(wait_for_port, port, process, self.tmp / "error.log")
 
     def _adapted(self, site: str) -> str:
         """`site` on the test's free ports, in front of the test server's listeners."""
