@@ -32,6 +32,7 @@ import gc
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -232,6 +233,7 @@ class Server:
                 self.process.wait()
         if self.pg_name is not None:
             self._pg(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
+        shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
 class Client:

@@ -113,8 +113,10 @@ class LruCache(Generic[K, V]):
         self.max_size = max_size
         self._ttl_s = ttl_s
         self._clock = clock
-        # key -> (value, when set, or 0.0 without a time to live); oldest use first.
-        self._entries: OrderedDict[K, tuple[V, float]] = OrderedDict()
+        # key -> value, least recently used first.
+        self._entries: OrderedDict[K, V] = OrderedDict()
+        # key -> when it was set, with a time to live only (no per-entry cost otherwise).
+        self._set_at: dict[K, float] | None = {} if ttl_s is not None else None
         self._hits = CACHE_HITS.labels(name)
         self._misses = CACHE_MISSES.labels(name)
         self._evictions = CACHE_EVICTIONS.labels(name)
@@ -125,13 +127,18 @@ class LruCache(Generic[K, V]):
 
     def __contains__(self, key: K) -> bool:
         """Held and not expired; neither counted nor a use."""
-        return self.peek(key, _MISSING) is not _MISSING
+        return self._fresh(key)
 
-    def _now(self) -> float:
-        return self._clock.time() if self._clock is not None else 0.0
-
-    def _expired(self, set_at: float) -> bool:
-        return self._ttl_s is not None and self._now() - set_at >= self._ttl_s
+    def _fresh(self, key: K) -> bool:
+        """Whether `key` is held and within its time to live (an expired entry is dropped)."""
+        if key not in self._entries:
+            return False
+        if self._set_at is not None and self._clock is not None and self._ttl_s is not None:
+            if self._clock.time() - self._set_at[key] >= self._ttl_s:
+                del self._entries[key]
+                del self._set_at[key]
+                return False
+        return True
 
     @overload
     def get(self, key: K) -> V | None: ...
@@ -140,15 +147,12 @@ class LruCache(Generic[K, V]):
 
     def get(self, key: K, default: object = None) -> object:
         """The value, as a use of the entry (counted as a hit), or `default` (a miss)."""
-        entry = self._entries.get(key)
-        if entry is None or self._expired(entry[1]):
-            if entry is not None:
-                del self._entries[key]
+        if not self._fresh(key):
             self._misses.inc()
             return default
         self._entries.move_to_end(key)
         self._hits.inc()
-        return entry[0]
+        return self._entries[key]
 
     def get_many(self, keys: Iterable[K]) -> tuple[dict[K, V], list[K]]:
         """The values held for `keys` (each lookup counted, as `get`), and the keys not
@@ -171,23 +175,23 @@ class LruCache(Generic[K, V]):
     def peek(self, key: K, default: object = None) -> object:
         """The value without counting the lookup or making it a use (for checks and
         in-place updates)."""
-        entry = self._entries.get(key)
-        if entry is None or self._expired(entry[1]):
-            return default
-        return entry[0]
+        return self._entries[key] if self._fresh(key) else default
 
     def set(self, key: K, value: V) -> None:
-        self._entries[key] = (value, self._now())
+        self._entries[key] = value
         self._entries.move_to_end(key)
+        if self._set_at is not None and self._clock is not None:
+            self._set_at[key] = self._clock.time()
         while len(self._entries) > self.max_size:
-            self._entries.popitem(last=False)
+            evicted, _ = self._entries.popitem(last=False)
+            if self._set_at is not None:
+                del self._set_at[evicted]
             self._evictions.inc()
 
     def replace(self, key: K, value: V) -> None:
         """Change a held entry's value, keeping its place and age; nothing if not held."""
-        entry = self._entries.get(key)
-        if entry is not None:
-            self._entries[key] = (value, entry[1])
+        if key in self._entries:
+            self._entries[key] = value
 
     @overload
     def pop(self, key: K) -> V | None: ...
@@ -195,13 +199,16 @@ class LruCache(Generic[K, V]):
     def pop(self, key: K, default: D) -> V | D: ...
 
     def pop(self, key: K, default: object = None) -> object:
-        entry = self._entries.pop(key, None)
-        return default if entry is None else entry[0]
+        if self._set_at is not None:
+            self._set_at.pop(key, None)
+        return self._entries.pop(key, default)  # type: ignore[arg-type]
 
     def pop_where(self, predicate: Callable[[K, V], bool]) -> None:
         """Forget every entry for which `predicate(key, value)` holds (a linear scan)."""
-        for key in [k for k, (v, _) in self._entries.items() if predicate(k, v)]:
-            del self._entries[key]
+        for key in [k for k, v in self._entries.items() if predicate(k, v)]:
+            self.pop(key)
 
     def clear(self) -> None:
         self._entries.clear()
+        if self._set_at is not None:
+            self._set_at.clear()
