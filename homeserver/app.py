@@ -4,6 +4,7 @@ constructs these singletons; everything receives what it needs from here."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, task
@@ -30,6 +31,7 @@ from homeserver.auth.registration import RegistrationHandler
 from homeserver.auth.shared_secret import SharedSecretRegistration
 from homeserver.auth.tokens import TokenHandler
 from homeserver.auth.uia import UserInteractiveAuth
+from homeserver.cli import StartupError
 from homeserver.clock import Clock
 from homeserver.config import HomeserverConfig, ListenerConfig
 from homeserver.e2e.device_lists import DeviceListHandler
@@ -97,12 +99,32 @@ from storage.stream_ids import StreamIdGenerator
 logger = logging.getLogger(__name__)
 
 UIA_CLEANUP_INTERVAL_S = 15 * 60
+# How often a running server makes sure it still holds the database's writer lock. A pool
+# connection found broken is a reason to check at once; this catches the lock's connection
+# failing alone.
+WRITER_LOCK_CHECK_INTERVAL_S = 5.0
+
+
+class DatabaseInUseError(StartupError):
+    """Another process holds the database's writer lock."""
 
 
 class HomeServer:
-    def __init__(self, config: HomeserverConfig, reactor: Any) -> None:
+    def __init__(
+        self, config: HomeserverConfig, reactor: Any, *, writer_lock: bool = True
+    ) -> None:
+        """`writer_lock=False` is for processes that share the database with the running
+        server without taking its writer lock: `heddle register-user` (it writes accounts,
+        which no per-process allocator numbers) and tests that run a second server on one
+        database on purpose. A server that writes events must hold it."""
         self.config = config
         self.reactor = reactor
+        self._takes_writer_lock = writer_lock
+        # Why the server stopped itself, when carrying on could have corrupted data (the
+        # CLI then exits non-zero, so a supervisor restarts it).
+        self.fatal_error: str | None = None
+        # What to do then: stop the process. Tests record the call instead.
+        self.on_fatal_error: Callable[[], None] = self._stop_reactor
         self.server_name = config.server_name
         self.clock = Clock(reactor)
         self.signing_key = load_signing_key(config.resolve_path(config.signing_key_path))
@@ -539,6 +561,8 @@ class HomeServer:
 
         self.ports: list[Any] = []
         self._uia_cleanup: task.LoopingCall | None = None
+        self._writer_lock_check: task.LoopingCall | None = None
+        self._stopped = False
 
     def _media_provider(self) -> StorageProvider:
         s3 = self.config.media.s3
@@ -575,7 +599,10 @@ class HomeServer:
         return request.client_ip(trust_forwarded=bool(listener and listener.x_forwarded))
 
     async def setup(self) -> None:
-        """Bring the database schema up to date; call before `start_listening`."""
+        """Take the database's writer lock, bring its schema up to date; call before
+        `start_listening`."""
+        if self._takes_writer_lock:
+            await self._take_writer_lock()
         await apply_migrations(self.db)
         max_stream = await self.event_store.get_max_stream_ordering()
         self.event_stream.initialise(max_stream)
@@ -607,6 +634,40 @@ class HomeServer:
         self._uia_cleanup.clock = self.reactor
         self._uia_cleanup.start(UIA_CLEANUP_INTERVAL_S, now=False)
         await self.federation_sender.start()
+
+    async def _take_writer_lock(self) -> None:
+        """Refuse to start next to another writing process (see `WriterLock`); once started,
+        stop rather than write without the lock. Reconnecting and taking the lock again is
+        not safe: another process may have taken it and written in between, which this
+        process's stream positions and caches know nothing about. A fresh start reads them
+        back from the database (or is refused while the other process runs)."""
+        if not await self.db.take_writer_lock(on_lost=self._writer_lock_lost):
+            raise DatabaseInUseError(
+                "another Heddle process is already writing to this database"
+                f" ({self.db.engine.location()}); stop it first"
+            )
+        self._writer_lock_check = task.LoopingCall(
+            lambda: defer.ensureDeferred(self.db.check_writer_lock())
+        )
+        self._writer_lock_check.clock = self.reactor
+        self._writer_lock_check.start(WRITER_LOCK_CHECK_INTERVAL_S, now=False).addErrback(
+            lambda failure: logger.error(
+                "checking the database writer lock failed:\n%s", failure.getTraceback()
+            )
+        )
+
+    def _writer_lock_lost(self) -> None:
+        # The database already refuses every transaction; what is left is to stop.
+        self.fatal_error = (
+            f"lost the writer lock on the database ({self.db.engine.location()});"
+            " stopping, since another process may be writing to it"
+        )
+        logger.critical("%s", self.fatal_error)
+        self.on_fatal_error()
+
+    def _stop_reactor(self) -> None:
+        if self.reactor.running:
+            self.reactor.stop()
 
     def _periodic_cleanup(self) -> Any:
         """Expired UIA sessions, inbound transaction IDs old enough that no server will
@@ -680,6 +741,20 @@ class HomeServer:
         return port
 
     async def stop(self) -> None:
+        """Undo `setup` and `start_listening`; calling it again does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._writer_lock_check is not None and self._writer_lock_check.running:
+            self._writer_lock_check.stop()
+        try:
+            await self._stop_services()
+        finally:
+            # Whatever failed above, the database closes and the writer lock is let go, so the
+            # next server (a restart, the next test) can start.
+            self.db.close()
+
+    async def _stop_services(self) -> None:
         self.federation_sender.stop()
         if self._uia_cleanup is not None and self._uia_cleanup.running:
             self._uia_cleanup.stop()
@@ -694,5 +769,4 @@ class HomeServer:
         await self.replication.stop()
         # In-flight outbound requests are abandoned before the database goes away.
         await self.federation_client.close()
-        self.db.close()
 

@@ -292,7 +292,8 @@ def run_server(config: HomeserverConfig) -> int:
         "before", "shutdown", lambda: defer.ensureDeferred(hs.stop())
     )
     reactor.run()
-    return exit_code[0]
+    # A server that stopped itself (it lost the database's writer lock) exits non-zero too.
+    return exit_code[0] or (1 if hs.fatal_error else 0)
 
 
 async def check_database(hs: Any) -> None:
@@ -354,7 +355,8 @@ def register_user(args: argparse.Namespace) -> int:
     async def create(reactor: Any) -> None:
         hs = None
         try:
-            hs = HomeServer(config, reactor)
+            # Next to a running server: accounts are not numbered by its allocators.
+            hs = HomeServer(config, reactor, writer_lock=False)
             await check_database(hs)
             await hs.setup()
             user_id = await hs.registration.register(

@@ -18,7 +18,7 @@ from twisted.internet import threads
 from twisted.python.threadpool import ThreadPool
 
 from homeserver import metrics
-from storage.engines import Engine
+from storage.engines import Engine, WriterLock
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,11 @@ MAX_ATTEMPTS = 5
 IN_CHUNK_SIZE = 500
 # Where `Transaction.select_in_chunks` puts the placeholders in its SQL.
 IN_LIST = "{in}"
+
+
+class WriterLockLostError(Exception):
+    """This process no longer holds the database's writer lock (see `Database.take_writer_lock`),
+    so another may be writing with the same stream positions: no transaction runs any more."""
 
 
 class InvalidTextError(ValueError):
@@ -135,8 +140,60 @@ class Database:
         self._connections: list[Any] = []
         self._connections_lock = threading.Lock()
         self._in_use = 0
+        self._writer_lock: WriterLock | None = None
+        self._writer_lock_lost = False
+        self._on_writer_lock_lost: Callable[[], None] | None = None
+        self._lost_lock = threading.Lock()
         metrics.DB_POOL_SIZE.set(engine.max_connections)
         self._pool.start()
+
+    async def take_writer_lock(self, on_lost: Callable[[], None]) -> bool:
+        """Claim the database as this process's to write (see `WriterLock`); False when
+        another process holds it.
+
+        Once it is held, losing it stops this Database for good: every transaction from then
+        on fails with `WriterLockLostError`, and `on_lost()` runs once on the reactor thread.
+        The loss is noticed by `check_writer_lock()` (which the caller runs periodically) and
+        before any pool connection is reopened, since whatever broke that connection (a
+        database restart, a network failure) may have ended the lock's session too.
+        """
+        lock = await threads.deferToThreadPool(
+            self._reactor, self._reactor.getThreadPool(), self.engine.try_writer_lock
+        )
+        if lock is None:
+            return False
+        self._writer_lock = lock
+        self._on_writer_lock_lost = on_lost
+        return True
+
+    async def check_writer_lock(self) -> bool:
+        """Whether this process still holds the writer lock it took (True if it took none)."""
+        return bool(
+            await threads.deferToThreadPool(
+                self._reactor, self._reactor.getThreadPool(), self._writer_lock_held
+            )
+        )
+
+    def _writer_lock_held(self) -> bool:
+        """Check the writer lock (blocking; on a thread); a loss is recorded and reported."""
+        lock = self._writer_lock
+        if lock is None:
+            return True
+        if not self._writer_lock_lost and lock.is_held():
+            return True
+        if self._writer_lock is not lock:
+            return True  # let go by close() meanwhile: released, not lost
+        with self._lost_lock:
+            first = not self._writer_lock_lost
+            self._writer_lock_lost = True
+        if first:
+            logger.critical("lost the writer lock on %s", self.engine.location())
+            if self._on_writer_lock_lost is not None:
+                self._reactor.callFromThread(self._on_writer_lock_lost)
+        return False
+
+    def _lost_writer_lock_error(self) -> WriterLockLostError:
+        return WriterLockLostError(f"this process lost the writer lock on {self.engine.location()}")
 
     async def run_interaction(
         self, desc: str, func: Callable[..., R], *args: Any, **kwargs: Any
@@ -183,6 +240,8 @@ class Database:
         attempt = 0
         while True:
             attempt += 1
+            if self._writer_lock_lost:
+                raise self._lost_writer_lock_error()
             conn = self._connection()
             cursor = conn.cursor()
             txn = Transaction(cursor, self.engine)
@@ -198,9 +257,12 @@ class Database:
                     time.sleep(0.01 * 2**attempt)
                     continue
                 if self.engine.is_connection_lost(e) and attempt < MAX_ATTEMPTS:
-                    # The server closed the connection (restart, idle timeout): reconnect once.
+                    # The server closed the connection (restart, idle timeout): reconnect once,
+                    # unless the writer lock went with it.
                     logger.warning("[%s] database connection lost (%s); reconnecting", desc, e)
                     self._drop_connection()
+                    if not self._writer_lock_held():
+                        raise self._lost_writer_lock_error() from e
                     continue
                 self._rollback(conn)
                 raise
@@ -218,7 +280,8 @@ class Database:
             self._drop_connection()
 
     def close(self) -> None:
-        """Stop the pool and close every connection (on shutdown, and between tests)."""
+        """Stop the pool and close every connection (on shutdown, and between tests), then
+        let the writer lock go: nothing of this process writes after that."""
         self._pool.stop()
         with self._connections_lock:
             conns, self._connections = self._connections, []
@@ -227,3 +290,6 @@ class Database:
                 conn.close()
             except Exception:
                 pass
+        lock, self._writer_lock = self._writer_lock, None
+        if lock is not None:
+            lock.release()

@@ -8,7 +8,6 @@ its peers' certificates and loopback addresses (`verify_tls: false`, loopback al
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,7 +69,8 @@ class FederationTestCase(HomeserverTestCase):
         port = port or free_port()
         server_name = f"127.0.0.1:{port}"
         fresh = data_dir is None
-        data_dir = data_dir or Path(tempfile.mkdtemp(prefix=f"heddle-fed-{slot}-"))
+        # A restart reuses the first start's directory, removed when the test ends.
+        data_dir = data_dir or self.make_data_dir(prefix=f"heddle-fed-{slot}-")
         cert, key = data_dir / "tls.crt", data_dir / "tls.key"
         if not cert.exists():
             generate_self_signed_certificate(cert, key, "127.0.0.1")
@@ -93,8 +93,13 @@ class FederationTestCase(HomeserverTestCase):
         config = make_config(self.engine, data_dir, slot, keep_database=not fresh, **raw)
         hs = HomeServer(config, reactor)
         isolate_from_dns(hs)
-        await hs.setup()
-        hs.start_listening()
+        try:
+            await hs.setup()
+            hs.start_listening()
+        except BaseException:
+            # Close the database (and let go of its writer lock) for the next server on it.
+            await hs.stop()
+            raise
         client_port = hs.ports[0].getHost().port
         server = Server(hs, server_name, f"http://127.0.0.1:{client_port}", data_dir, slot, port)
         self.servers.append(server)

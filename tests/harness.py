@@ -12,6 +12,7 @@ import atexit
 import io
 import json
 import os
+import shutil
 import sys
 import tempfile
 import uuid
@@ -211,14 +212,24 @@ class HomeserverTestCase:
     base_url: str
     metrics_url: str
 
+    def make_data_dir(self, prefix: str = "heddle-test-") -> Path:
+        """A new directory for a server's data (database, keys, media), removed when the test
+        ends. Cleanups run last-in first-out, so servers using it, whose cleanups are added
+        later, have stopped by then."""
+        data_dir = Path(tempfile.mkdtemp(prefix=prefix))
+        self.addCleanup(shutil.rmtree, data_dir, ignore_errors=True)  # type: ignore[attr-defined]
+        return data_dir
+
     async def start_server(self, **overrides: Any) -> HomeServer:
-        data_dir = Path(tempfile.mkdtemp(prefix="heddle-test-"))
+        data_dir = self.make_data_dir()
         config = make_config(self.engine, data_dir, **{**self.config_overrides, **overrides})
         hs = HomeServer(config, reactor)
         isolate_from_dns(hs)
+        # Stopped even if start-up fails half-way: stopping closes the database and lets go of
+        # its writer lock, which the next test's server on the same database needs.
+        self.addCleanup(lambda: defer.ensureDeferred(hs.stop()))  # type: ignore[attr-defined]
         await hs.setup()
         hs.start_listening()
-        self.addCleanup(lambda: defer.ensureDeferred(hs.stop()))  # type: ignore[attr-defined]
         client_port, metrics_port = (p.getHost().port for p in hs.ports)
         self.hs = hs
         self.base_url = f"http://127.0.0.1:{client_port}"

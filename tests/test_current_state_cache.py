@@ -242,7 +242,7 @@ class CurrentStateFanOut(HomeserverTestCase):
         )
 
     async def start_second_server(self) -> HomeServer:
-        other = HomeServer(self.hs.config, reactor)
+        other = HomeServer(self.hs.config, reactor, writer_lock=False)
         await other.setup()
         other.start_listening()
         self.addCleanup(lambda: defer.ensureDeferred(other.stop()))

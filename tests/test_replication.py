@@ -12,7 +12,7 @@ from tests.harness import HomeserverTestCase, on_both_engines
 class TokenRevocationFanOut(HomeserverTestCase):
     async def start_second_server(self) -> str:
         """Another HomeServer on the same database and Redis; returns its client base URL."""
-        other = HomeServer(self.hs.config, reactor)
+        other = HomeServer(self.hs.config, reactor, writer_lock=False)
         await other.setup()
         other.start_listening()
         self.addCleanup(lambda: defer.ensureDeferred(other.stop()))

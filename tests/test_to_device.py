@@ -391,7 +391,7 @@ class SendToDeviceTests(RoomTestCase):
                                                             self.bob.device_id), 0)
         # Pruning keeps the highest position.
         await self.hs.device_inbox_store.prune(self.hs.clock.time_msec() + 1)
-        restarted = HomeServer(self.hs.config, reactor)
+        restarted = HomeServer(self.hs.config, reactor, writer_lock=False)
         await restarted.setup()
         try:
             self.assertEqual(restarted.to_device.current_position, position)

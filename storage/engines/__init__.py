@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from storage.engines.base import Engine
+from storage.engines.base import Engine, WriterLock
 from storage.engines.postgres import PostgresEngine
 from storage.engines.sqlite import SqliteEngine
 
@@ -15,4 +15,4 @@ def create_engine(url: str, max_connections: int = 10) -> Engine:
     raise ValueError(f"unsupported database URL: {url}")
 
 
-__all__ = ["Engine", "PostgresEngine", "SqliteEngine", "create_engine"]
+__all__ = ["Engine", "PostgresEngine", "SqliteEngine", "WriterLock", "create_engine"]

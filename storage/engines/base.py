@@ -9,6 +9,25 @@ from typing import Any
 JSON_PATH_KEY = re.compile(r"^[A-Za-z0-9_.]+$")
 
 
+class WriterLock(ABC):
+    """This process's claim to be the only one writing to a database.
+
+    Stream positions and state-group IDs are handed out by per-process allocators, so two
+    processes writing to one database would hand out the same ones. The lock is taken at
+    start-up and held until `release()` or the end of the process. Both methods block (they
+    may talk to the database): call them off the reactor thread.
+    """
+
+    @abstractmethod
+    def is_held(self) -> bool:
+        """Whether the lock is still ours (False once it has been lost, e.g. with the
+        connection that held it)."""
+
+    @abstractmethod
+    def release(self) -> None:
+        """Let the lock go; another process may take it from then on."""
+
+
 class Engine(ABC):
     """The differences between database engines, as data and small functions.
 
@@ -44,6 +63,11 @@ class Engine(ABC):
         """Run `sql` (already converted) once per row."""
         cursor.executemany(sql, rows)
 
+    @abstractmethod
+    def try_writer_lock(self) -> WriterLock | None:
+        """Take this database's writer lock without waiting; None when another process (or
+        another `Database` in this one) holds it. Blocks: call off the reactor thread."""
+
     def is_retryable(self, exc: BaseException) -> bool:
         return isinstance(exc, self.retryable_errors)
 
@@ -52,3 +76,8 @@ class Engine(ABC):
 
     def describe(self) -> str:
         return self.name
+
+    @abstractmethod
+    def location(self) -> str:
+        """Where the database is, for messages to operators: a SQLite file's path, or a
+        PostgreSQL URL without its password and query string."""

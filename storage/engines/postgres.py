@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -10,10 +11,53 @@ import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 
-from storage.engines.base import JSON_PATH_KEY, Engine
+from storage.engines.base import JSON_PATH_KEY, Engine, WriterLock
 
 _PLACEHOLDER = re.compile(r"\?")
 EXECUTE_BATCH_PAGE_SIZE = 500
+# The advisory lock a writing process holds for its whole life: a fixed 64-bit key, taken
+# from a hash of a name so it stays clear of small numbers (the migration lock's, other
+# software's). Advisory locks are per database, so one server can host many Heddles.
+WRITER_LOCK_KEY = int.from_bytes(
+    hashlib.sha256(b"heddle: the one writing process").digest()[:8], "big", signed=True
+)
+# The lock's connection is idle between checks: TCP keepalives (and a limit on unacknowledged
+# data, for a check sent into a dead network) make a vanished server or network show up as
+# an error within about half a minute instead of the kernel's many minutes.
+_LOCK_CONNECTION_OPTIONS = {
+    "application_name": "heddle writer lock",
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+
+
+class PostgresWriterLock(WriterLock):
+    """A session-level advisory lock, held by a connection of its own (autocommit, so it
+    never sits in an open transaction). PostgreSQL drops the lock when that session ends,
+    whether the process exits, the connection breaks or the server restarts; the connection
+    is never reopened, since another process may have taken the lock in between."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def is_held(self) -> bool:
+        # A session-level advisory lock lasts as long as its session: a working round trip on
+        # the connection that took it is proof enough.
+        try:
+            with self._conn.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            return True
+        except psycopg2.Error:
+            return False
+
+    def release(self) -> None:
+        try:
+            self._conn.close()
+        except psycopg2.Error:
+            pass
 
 
 class PostgresEngine(Engine):
@@ -32,6 +76,21 @@ class PostgresEngine(Engine):
         conn = psycopg2.connect(self.url)
         self.on_new_connection(conn)
         return conn
+
+    def try_writer_lock(self) -> PostgresWriterLock | None:
+        conn = psycopg2.connect(self.url, **_LOCK_CONNECTION_OPTIONS)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT pg_try_advisory_lock(%s)", (WRITER_LOCK_KEY,))
+                row = cursor.fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        if row is None or not row[0]:
+            conn.close()
+            return None
+        return PostgresWriterLock(conn)
 
     def on_new_connection(self, conn: Any) -> None:
         # REPEATABLE READ: a transaction sees one snapshot; conflicting writers get a
@@ -69,3 +128,9 @@ class PostgresEngine(Engine):
     def describe(self) -> str:
         parts = urlsplit(self.url)
         return f"postgresql ({parts.hostname}:{parts.port or 5432}{parts.path})"
+
+    def location(self) -> str:
+        parts = urlsplit(self.url)
+        user_info, _, host_port = parts.netloc.rpartition("@")
+        user = user_info.split(":", 1)[0]
+        return f"{parts.scheme}://{user + '@' if user else ''}{host_port}{parts.path}"

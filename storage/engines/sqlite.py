@@ -1,10 +1,49 @@
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
 
-from storage.engines.base import JSON_PATH_KEY, Engine
+from storage.engines.base import JSON_PATH_KEY, Engine, WriterLock
+
+
+class SqliteWriterLock(WriterLock):
+    """An exclusive `flock` on `<database>.lock`, held through an open file descriptor. The
+    kernel lets go when the descriptor is closed, including when the process dies, so a
+    crash never leaves a stale lock. The file itself stays: deleting it would let a process
+    lock a new file while another still holds the old one."""
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    def is_held(self) -> bool:
+        if self._fd is None:
+            return False
+        # Someone deleting or replacing the lock file would let another process lock the
+        # new one: the lock only counts while the path still names the file we locked.
+        try:
+            on_disk, ours = os.stat(self.path), os.fstat(self._fd)
+        except OSError:
+            return False
+        return (on_disk.st_dev, on_disk.st_ino) == (ours.st_dev, ours.st_ino)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+
+class MemoryWriterLock(WriterLock):
+    """An in-memory database is private to its one connection: nothing to share, no lock."""
+
+    def is_held(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
 
 
 class SqliteEngine(Engine):
@@ -29,6 +68,24 @@ class SqliteEngine(Engine):
         )
         self.on_new_connection(conn)
         return conn
+
+    def try_writer_lock(self) -> WriterLock | None:
+        if self.path == ":memory:":
+            return MemoryWriterLock()
+        lock_path = self.path + ".lock"
+        Path(lock_path).parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            # flock (not fcntl's record locks, which are per process): two opens of the file
+            # conflict even within one process, as two servers in one test run do.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        return SqliteWriterLock(lock_path, fd)
 
     def on_new_connection(self, conn: Any) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
@@ -55,3 +112,6 @@ class SqliteEngine(Engine):
 
     def describe(self) -> str:
         return f"sqlite ({self.path})"
+
+    def location(self) -> str:
+        return self.path
