@@ -46,8 +46,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# get_missing_events asks for at most this many events at a time.
-MISSING_EVENTS_LIMIT = 10
+# get_missing_events asks for at most this many events at a time (what Synapse serves).
+MISSING_EVENTS_LIMIT = 20
+# A gap before a received event is filled with at most this many events; beyond that the
+# rest is left to backfill, so one event cannot make us fetch a room's whole history.
+MISSING_EVENTS_MAX = 2000
 # With more than this many events of a state snapshot unknown, /state fetches them all at
 # once instead of one /event request each.
 FETCH_INDIVIDUALLY_MAX = 20
@@ -120,40 +123,80 @@ class FederationEventHandler:
             await self.process_event(origin, event)
 
     async def _fetch_missing_events(self, origin: str, event: Event) -> None:
-        """Ask the sender for the events between our forward extremities and `event`, and
-        process the ones we get, oldest first; what is still missing after that is dealt
-        with by fetching the state at the gap (`_state_after_remote`)."""
+        """Ask the sender for the events between our forward extremities and `event`, round
+        after round (a server answers at most 20 at a time), until every prev_event is held
+        or fetched, or `MISSING_EVENTS_MAX` is reached; then process them, oldest first.
+        A sender catching up after an outage may send only its newest event in the room
+        (Synapse does), so this is how the rest of the backlog reaches our users. Whatever is
+        still missing after that is a gap: the state there is fetched (`_state_after_remote`)
+        and the gap is filled by backfill when a client paginates into it."""
         room_id = event.room_id
         forward = await self._events.get_forward_extremities(room_id)
         extremities = [eid for eid, _ in forward]
         min_depth = min((depth for _, depth in forward), default=0)
-        try:
-            response = await self._client.post_json(
-                origin,
-                build_path("/_matrix/federation/v1/get_missing_events/%s", room_id),
-                {
-                    "earliest_events": extremities,
-                    "latest_events": [event.event_id],
-                    "limit": MISSING_EVENTS_LIMIT,
-                    "min_depth": min_depth,
-                },
+        fetched: dict[str, Event] = {}
+        frontier = [event]
+        while frontier and len(fetched) < MISSING_EVENTS_MAX:
+            new = await self._get_missing_events_round(
+                origin, event, extremities, [e.event_id for e in frontier], min_depth, fetched
             )
-        except FederationError as e:
-            logger.info("get_missing_events from %s failed: %s", origin, e)
-            return
-        pdus = response.get("events") if isinstance(response, dict) else None
-        if not isinstance(pdus, list):
-            return
-        fetched = await self.check_pdus(pdus[: MISSING_EVENTS_LIMIT * 5], event.room_version, room_id)
-        for missing_event in sorted(fetched, key=lambda e: (e.depth, e.event_id)):
-            if missing_event.event_id == event.event_id:
-                continue
+            if not new:
+                break
+            # The next round walks back from the fetched events whose prev_events we still
+            # lack (neither held nor fetched), the oldest first.
+            wanted = {p for e in fetched.values() for p in e.prev_event_ids if p not in fetched}
+            lacking = wanted - await self._fed_events.get_held_event_ids(wanted, False)
+            frontier = sorted(
+                (e for e in fetched.values() if not lacking.isdisjoint(e.prev_event_ids)),
+                key=lambda e: (e.depth, e.event_id),
+            )[:MISSING_EVENTS_LIMIT]
+        if len(fetched) >= MISSING_EVENTS_MAX:
+            logger.info(
+                "gap before %s in %s from %s: fetched %d events, leaving the rest to backfill",
+                event.event_id, room_id, origin, len(fetched),
+            )
+        for missing_event in sorted(fetched.values(), key=lambda e: (e.depth, e.event_id)):
             if await self._fed_events.get_held_event_ids([missing_event.event_id], False):
                 continue
             try:
                 await self.process_event(origin, missing_event)
             except (MatrixError, FederationError) as e:
                 logger.info("missing event %s not processed: %s", missing_event.event_id, e)
+
+    async def _get_missing_events_round(
+        self,
+        origin: str,
+        event: Event,
+        earliest: list[str],
+        latest: list[str],
+        min_depth: int,
+        fetched: dict[str, Event],
+    ) -> list[Event]:
+        """One get_missing_events request; the checked events it brought that are new to
+        `fetched` (added to it)."""
+        room_id = event.room_id
+        try:
+            response = await self._client.post_json(
+                origin,
+                build_path("/_matrix/federation/v1/get_missing_events/%s", room_id),
+                {
+                    "earliest_events": earliest,
+                    "latest_events": latest,
+                    "limit": MISSING_EVENTS_LIMIT,
+                    "min_depth": min_depth,
+                },
+            )
+        except FederationError as e:
+            logger.info("get_missing_events from %s failed: %s", origin, e)
+            return []
+        pdus = response.get("events") if isinstance(response, dict) else None
+        if not isinstance(pdus, list):
+            return []
+        checked = await self.check_pdus(pdus[:MISSING_EVENTS_LIMIT], event.room_version, room_id)
+        new = [pdu for pdu in checked if pdu.event_id not in fetched and pdu.event_id != event.event_id]
+        for pdu in new:
+            fetched[pdu.event_id] = pdu
+        return new
 
     async def process_event(
         self, origin: str, event: Event, backfilled: bool = False
@@ -446,17 +489,32 @@ class FederationEventHandler:
 
     # ----- helpers for membership and backfill ----------------------------------------------
 
-    async def backfill(self, room_id: str, servers: Sequence[str], limit: int = 100) -> bool:
-        """Ask the room's other servers for history before what we hold (our backward
-        extremities); True when anything new was stored."""
-        extremities = await self._fed_events.get_backward_extremities(room_id)
+    async def backfill(
+        self,
+        room_id: str,
+        find_servers: Callable[[], Awaitable[Sequence[str]]],
+        limit: int = 100,
+        cited_between: tuple[int | None, int | None] = (None, None),
+    ) -> bool:
+        """Ask the room's other servers (`find_servers()`, asked only when something is
+        missing) for history before what we hold (our backward extremities); True when
+        anything new was stored. `cited_between` (lowest, highest; None: no bound) keeps to
+        the gaps below events of those depths: where a reader is."""
+        lowest, highest = cited_between
+        extremities = [
+            (event_id, depth)
+            for event_id, depth in await self._fed_events.get_backward_extremities(room_id)
+            if (lowest is None or depth >= lowest) and (highest is None or depth <= highest)
+        ]
+        if not extremities:
+            return False
         room_version = await self._events.get_room_version(room_id)
-        if not extremities or room_version is None:
+        if room_version is None:
             return False
         # The most recent gaps first: those are what a reader scrolling back reaches.
         extremities.sort(key=lambda e: e[1], reverse=True)
         wanted = [eid for eid, _ in extremities[:5]]
-        for server in servers:
+        for server in await find_servers():
             try:
                 response = await self._client.get_json(
                     server,

@@ -358,6 +358,7 @@ class HomeServer:
         # Push rules live in the user's m.push_rules account data (no pushers yet).
         self.push_rules = PushRulesHandler(self.account_data)
         self.sync = SyncHandler(
+            self.server_name,
             self.clock,
             self.event_store,
             self.state_store,
@@ -581,9 +582,12 @@ class HomeServer:
             key_prefix=s3.key_prefix,
         )
 
-    async def _backfill(self, room_id: str) -> bool:
-        servers = await self.federation_membership.room_servers(room_id)
-        return await self.federation_events.backfill(room_id, servers)
+    async def _backfill(self, room_id: str, lowest: int | None, highest: int) -> bool:
+        return await self.federation_events.backfill(
+            room_id,
+            lambda: self.federation_membership.room_servers(room_id),
+            cited_between=(lowest, highest),
+        )
 
     async def _load_pdus(self, event_ids: list[str]) -> list[dict[str, Any]]:
         """The PDUs of queued events, in order, for the federation sender."""

@@ -57,6 +57,10 @@ def _position_of(stored: StoredEvent) -> Position:
     return (stored.topological_ordering, stored.stream_ordering)
 
 
+# (room_id, lowest, highest) -> whether anything new was stored; see `MessagesHandler.backfill`.
+Backfill = Callable[[str, int | None, int], Awaitable[bool]]
+
+
 def _continue_after(stored: StoredEvent, direction: str) -> Position:
     """The position from which a page in `direction` continues past `stored`."""
     if direction == "b":
@@ -80,8 +84,9 @@ class MessagesHandler:
         self._state = state
         self._visibility = visibility
         self._serializer = serializer
-        # Federation: fetch older history of a room from other servers; True if any came.
-        self.backfill: Callable[[str], Awaitable[bool]] | None = None
+        # Federation: fetch from other servers the history missing before the room's events
+        # of depth `lowest` (None: any) to `highest`; True if any came (`Backfill`).
+        self.backfill: Backfill | None = None
 
     # ----- GET /rooms/{roomId}/messages --------------------------------------------------
 
@@ -118,12 +123,14 @@ class MessagesHandler:
         )
         if (
             direction == "b"
-            and page.exhausted
             and self.backfill is not None
-            and await self.backfill(room_id)
+            and await self.backfill(
+                room_id, None if page.exhausted else page.next_position[0], from_position[0]
+            )
         ):
-            # History ran out here but not in the room: what other servers hold was fetched,
-            # so read again.
+            # History ran out here, or the page crossed a gap (events whose prev_events we
+            # never received: a federation outage longer than catch-up fetched), but other
+            # servers hold more: what they sent was stored, so read again.
             page = await self._paginate(
                 requester.user_id, access, from_position, direction, limit, event_filter,
                 to_position,
