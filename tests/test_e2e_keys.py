@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import copy
 import os
+import shutil
 import tempfile
 from types import SimpleNamespace
 from typing import Any
@@ -1080,6 +1081,7 @@ class NioKeysTests(KeysTestCase):
         await self.register("alice", inhibit_login=True)
         bob = await self.account("bob")
         store = tempfile.mkdtemp(prefix="heddle-nio-store-")
+        self.addCleanup(shutil.rmtree, store, True)
         client = AsyncClient(
             self.base_url,
             "@alice:test.heddle",

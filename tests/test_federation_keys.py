@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from signedjson.key import encode_verify_key_base64, generate_signing_key, get_verify_key
@@ -119,7 +117,7 @@ class FederationKeysCase(HomeserverTestCase, _TestCase):  # type: ignore[misc]
     fed_url: str
 
     async def start_server(self, **overrides: Any) -> HomeServer:
-        data_dir = Path(tempfile.mkdtemp(prefix="heddle-test-"))
+        data_dir = self.make_data_dir()
         overrides = {"listeners": LISTENERS, **self.config_overrides, **overrides}
         config = make_config(self.engine, data_dir, **overrides)
         hs = HomeServer(config, reactor)

@@ -9,8 +9,6 @@ a world_readable room, which any server may read; the 403 cases a private room.
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
@@ -49,7 +47,7 @@ class FederationReadsCase(RoomTestCase, _TestCase):  # type: ignore[misc]
     fed_url: str
 
     async def start_server(self, **overrides: Any) -> HomeServer:
-        data_dir = Path(tempfile.mkdtemp(prefix="heddle-test-"))
+        data_dir = self.make_data_dir()
         config = make_config(self.engine, data_dir, listeners=LISTENERS, **overrides)
         hs = HomeServer(config, reactor)
         await hs.setup()

@@ -5,6 +5,7 @@ stores."""
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import tempfile
 import threading
@@ -91,6 +92,7 @@ class DatabaseCase:
         """An empty database of our own: a new SQLite file, or a new PostgreSQL database."""
         if self.engine == "sqlite":
             directory = Path(tempfile.mkdtemp(prefix="heddle-storage-"))
+            self.addCleanup(shutil.rmtree, directory, True)
             return f"sqlite:///{directory / 'test.db'}"
         name = f"heddle_test_storage_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         admin = psycopg2.connect(POSTGRES_ADMIN_URL)
@@ -238,6 +240,7 @@ class MigrationTests(DatabaseCase):
     def use_schema(self, files: dict[str, str]) -> Path:
         """Make apply_migrations read this schema directory instead of the real one."""
         directory = Path(tempfile.mkdtemp(prefix="heddle-schema-"))
+        self.addCleanup(shutil.rmtree, directory, True)
         for name, text in files.items():
             (directory / name).write_text(text, encoding="utf-8")
         real = migrations.migrations_for

@@ -49,8 +49,9 @@ CREATE TABLE federation_outbound_pdus (
     PRIMARY KEY (destination, stream_ordering)
 );
 
--- EDUs waiting to be sent. A non-NULL dedupe_key keeps only the latest EDU of its kind
--- (typing in one room, one user's presence).
+-- EDUs waiting to be sent: those that must arrive (to-device messages, device list updates).
+-- dedupe_key is no longer written: EDUs of which only the latest counts (typing, receipts,
+-- presence) are held in memory by the sender; rows an older version left are sent once.
 CREATE TABLE federation_outbound_edus (
     destination TEXT NOT NULL,
     edu_id BIGINT NOT NULL,
