@@ -81,6 +81,12 @@ TRANSACTIONS = Counter(
 
 LoadPdus = Callable[[list[str]], Awaitable[list[dict[str, Any]]]]
 
+# Destinations kept in memory. Beyond this many, those idle and healthy (nothing held, no
+# backoff, nothing unsaved, no loop running) are forgotten, with their metric labels: their
+# queue and retry state are in the database, read back when they are next needed. Only
+# beyond it, so the servers of busy rooms never pay that read.
+MAX_DESTINATIONS_IN_MEMORY = 10_000
+
 
 @dataclass(frozen=True)
 class _HeldEdu(QueuedEdu):
@@ -141,6 +147,8 @@ class FederationSender:
         self._load_pdus = load_pdus
         self._rng = rng or random.Random()
         self._destinations: dict[str, _Destination] = {}
+        # Size at which idle destinations are next forgotten (see MAX_DESTINATIONS_IN_MEMORY).
+        self._forget_idle_at = MAX_DESTINATIONS_IN_MEMORY
         self._stopped = False
         # Transaction IDs: unique across restarts because each run has its own prefix.
         self._txn_prefix = str(clock.time_msec())
@@ -267,8 +275,35 @@ class FederationSender:
     def _destination(self, name: str) -> _Destination:
         dest = self._destinations.get(name)
         if dest is None:
+            if len(self._destinations) >= self._forget_idle_at:
+                self._forget_idle_destinations()
             dest = self._destinations[name] = _Destination(name)
         return dest
+
+    def _forget_idle_destinations(self) -> None:
+        idle = [dest.name for dest in self._destinations.values() if self._is_idle(dest)]
+        for name in idle:
+            del self._destinations[name]
+            for gauge in (QUEUED_PDUS, QUEUED_EDUS, BACKOFF_SECONDS):
+                try:
+                    gauge.remove(name)
+                except KeyError:
+                    pass
+        # If most are busy, sweeping again at the next new destination would cost as much
+        # for as little: wait until the map has grown as much again.
+        self._forget_idle_at = max(MAX_DESTINATIONS_IN_MEMORY, 2 * len(self._destinations))
+        logger.debug("forgot %d idle federation destinations", len(idle))
+
+    @staticmethod
+    def _is_idle(dest: _Destination) -> bool:
+        return not (
+            dest.running
+            or dest.more
+            or dest.dirty
+            or dest.held_edus
+            or dest.retry_interval_ms
+            or (dest.retry_call is not None and dest.retry_call.active())
+        )
 
     def _in_backoff(self, dest: _Destination) -> bool:
         return dest.retry_interval_ms > 0 and (

@@ -221,6 +221,11 @@ class HomeserverTestCase:
         return data_dir
 
     async def start_server(self, **overrides: Any) -> HomeServer:
+        previous: HomeServer | None = getattr(self, "hs", None)
+        if previous is not None:
+            # Starting again (with other settings) replaces this test's server: one writing
+            # process per database, so the first lets go of it.
+            await previous.stop()
         data_dir = self.make_data_dir()
         config = make_config(self.engine, data_dir, **{**self.config_overrides, **overrides})
         hs = HomeServer(config, reactor)

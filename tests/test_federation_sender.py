@@ -11,6 +11,7 @@ from typing import Any
 from prometheus_client import REGISTRY
 from twisted.internet import defer, reactor, task
 
+from federation import sender as sender_module
 from federation.errors import HttpResponseError, RequestSendFailed
 from federation.sender import SEND_PATH, FederationSender
 from homeserver.clock import Clock
@@ -78,6 +79,10 @@ async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
             raise AssertionError("condition not reached in time")
         await sleep(0.01)
         waited += 0.01
+
+
+def queue_gauge(name: str, destination: str) -> float | None:
+    return REGISTRY.get_sample_value(name, {"destination": destination})
 
 
 def backoff_gauge(destination: str) -> float | None:
@@ -363,6 +368,36 @@ class FederationSenderTests(HomeserverTestCase):
         self.assertEqual(sorted(c["n"] for c in sent if "n" in c), list(range(1, 251)))
         self.assertEqual(sorted(c["room"] for c in sent if "room" in c), list(range(80)))
         self.assertEqual(await self.queue_lengths(), (0, 0))
+
+    @ensure_deferred
+    async def test_idle_destinations_are_forgotten_beyond_the_bound(self) -> None:
+        self.patch(sender_module, "MAX_DESTINATIONS_IN_MEMORY", 4)
+        sender = self.new_sender()
+        # One destination is down (backing off, its event still queued): never forgotten.
+        self.client.mode = "fail"
+        await sender.send_pdu(event_id(1), "!room:test.heddle", 1, ["down.example"])
+        await self.settle("down.example", sender=sender)
+        self.client.mode = "ok"
+        healthy = [f"s{n}.example" for n in range(12)]
+        for n, name in enumerate(healthy, start=2):
+            await sender.send_pdu(event_id(n), "!room:test.heddle", n, [name])
+            await self.settle(name, sender=sender)
+        self.assertEqual(sorted(d for d, _, _ in self.client.calls[1:]), sorted(healthy))
+        remembered = sender._destinations.keys()
+        self.assertLessEqual(len(remembered), 4)
+        self.assertIn("down.example", remembered)
+        self.assertTrue(sender.is_backing_off("down.example"))
+        # What was forgotten left the metrics too; what is remembered is still there.
+        forgotten = [name for name in healthy if name not in remembered]
+        self.assertTrue(forgotten)
+        for name in forgotten:
+            self.assertIsNone(queue_gauge("heddle_federation_queue_pdus", name))
+        self.assertEqual(queue_gauge("heddle_federation_queue_pdus", "down.example"), 1)
+        # A forgotten destination is read back when needed: its next event goes out.
+        await sender.send_pdu(event_id(99), "!room:test.heddle", 99, [forgotten[0]])
+        await self.settle(forgotten[0], sender=sender)
+        self.assertEqual(self.client.calls[-1][0], forgotten[0])
+        self.assertEqual(await self.queue_lengths(forgotten[0]), (0, 0))
 
     # ----- backoff -------------------------------------------------------------------------
 
