@@ -54,6 +54,14 @@ PRESENCE_STATES = frozenset({ONLINE, UNAVAILABLE, OFFLINE})
 # `currently_active` lapses after this long without activity (as in Synapse).
 LAST_ACTIVE_GRANULARITY_MS = 60_000
 TIMEOUT_CHECK_INTERVAL_S = 5.0
+# Another server's user goes offline after this long without word of them: their server may
+# be gone for good, and would otherwise leave them online here (and in memory) forever.
+# Servers repeat their users' presence more often than that (Synapse: the same 30 minutes).
+REMOTE_PRESENCE_TIMEOUT_MS = 30 * 60_000
+# How often our users who are not offline have their presence sent again to the servers
+# they share rooms with, so those servers' timeouts (above; Synapse's) do not take them
+# offline while they are still here. Synapse repeats its own every 25 minutes too.
+PRESENCE_REPEAT_INTERVAL_MS = 25 * 60_000
 
 
 def is_notable_change(prev: UserPresence, new: UserPresence) -> bool:
@@ -111,6 +119,9 @@ class PresenceHandler:
         self._syncing: dict[str, int] = {}
         self._writers = Linearizer("presence")
         self._timeouts: task.LoopingCall | None = None
+        # When our users' presence was last sent again to other servers (see
+        # PRESENCE_REPEAT_INTERVAL_MS).
+        self._last_repeat_ms = clock.time_msec()
         # Called with each notable change of a local user's presence (federation tells the
         # servers the user shares rooms with).
         self.local_change_listeners: list[Callable[[UserPresence], Awaitable[None]]] = []
@@ -251,7 +262,9 @@ class PresenceHandler:
         status_msg: str | None,
     ) -> None:
         """Presence of another server's user, as its server told us (an m.presence EDU).
-        Timeouts are that server's business, so they do not apply here."""
+        Idle and sync timeouts are that server's business; ours only takes them offline
+        when their server stops telling us about them (`REMOTE_PRESENCE_TIMEOUT_MS`; the
+        time we last heard is kept as `last_user_sync_ts`)."""
         if not self.enabled or state not in PRESENCE_STATES:
             return
         now = self._clock.time_msec()
@@ -334,11 +347,14 @@ class PresenceHandler:
                     )
 
     async def check_timeouts(self, now_ms: int | None = None) -> None:
-        """Apply the idle and sync timeouts to every user not offline, then write and let go
-        of the offline users who changed since the last check (run periodically)."""
+        """Apply the idle and sync timeouts to every user not offline (other servers' users:
+        the timeout for not hearing of them), then write and let go of the offline users who
+        changed since the last check; now and then, send our users' presence again (run
+        periodically)."""
         now = self._clock.time_msec() if now_ms is None else now_ms
         for user_id in list(self._states):
             if not self._is_mine(user_id):
+                await self._check_remote_timeout(user_id, now)
                 continue
             async with self._writers.queue(user_id):
                 prev = self._states.get(user_id)
@@ -361,6 +377,25 @@ class PresenceHandler:
                 if new != prev:
                     await self._update(prev, new)
         await self._save_offline()
+        if now - self._last_repeat_ms >= PRESENCE_REPEAT_INTERVAL_MS:
+            self._last_repeat_ms = now
+            await self._repeat_to_other_servers()
+
+    async def _check_remote_timeout(self, user_id: str, now: int) -> None:
+        async with self._writers.queue(user_id):
+            prev = self._states.get(user_id)
+            if prev is None or now - prev.last_user_sync_ts <= REMOTE_PRESENCE_TIMEOUT_MS:
+                return
+            logger.info("no presence of %s for 30 minutes: taking them offline", user_id)
+            await self._update(prev, prev.copy_and_replace(state=OFFLINE, currently_active=False))
+
+    async def _repeat_to_other_servers(self) -> None:
+        """Send our users' presence (those not offline) again to the servers they share
+        rooms with: the sender keeps only the latest per user, so this costs one EDU each."""
+        ours = [p for user_id, p in list(self._states.items()) if self._is_mine(user_id)]
+        for presence in ours:
+            for listener in self.local_change_listeners:
+                await listener(presence)
 
     async def _save_offline(self) -> None:
         """Write offline users' unsaved changes, and forget the offline users who did not

@@ -154,6 +154,47 @@ class PresenceTimeoutTests(PresenceTestCase):
         await presence.check_timeouts(self.now() + MINUTE_MS)
         self.assertEqual(await self.state_of(self.alice), "offline")
 
+    async def test_another_servers_user_goes_offline_when_their_server_falls_silent(self):
+        presence = self.hs.presence
+        remote = "@dave:gone.example"
+        await presence.set_remote_presence(remote, "online", 0, True, "at work")
+        in_memory = presence.users_in_memory
+        # Our own timeouts do not apply: after 29 minutes Dave is still online...
+        await presence.check_timeouts(self.now() + 29 * MINUTE_MS)
+        self.assertEqual((await presence.get_state(remote)).state, "online")
+        # ...and his server telling us again restarts the wait.
+        await presence.set_remote_presence(remote, "online", 0, True, "at work")
+        await presence.check_timeouts(self.now() + 29 * MINUTE_MS)
+        self.assertEqual((await presence.get_state(remote)).state, "online")
+        # After 30 minutes without word he is offline, and no longer held in memory.
+        await presence.check_timeouts(self.now() + 31 * MINUTE_MS)
+        await presence.check_timeouts(self.now() + 31 * MINUTE_MS)
+        state = await presence.get_state(remote)
+        self.assertEqual((state.state, state.status_msg), ("offline", "at work"))
+        self.assertEqual(presence.users_in_memory, in_memory - 1)
+
+    async def test_our_users_presence_is_sent_again_before_other_servers_time_it_out(self):
+        presence = self.hs.presence
+        sent: list[tuple[str, str]] = []
+
+        async def record(p):
+            sent.append((p.user_id, p.state))
+
+        presence.local_change_listeners.append(record)
+        await self.put_presence(self.alice, {"presence": "online"})
+        sent.clear()
+        async with presence.syncing(self.alice.user_id, None):
+            # Idle after 10 minutes: told as a change.
+            await presence.check_timeouts(self.now() + 10 * MINUTE_MS)
+            self.assertEqual(sent, [(self.alice.user_id, "unavailable")])
+            sent.clear()
+            # Within other servers' 30 minutes: sent again, unchanged, offline users not.
+            await presence.check_timeouts(self.now() + 26 * MINUTE_MS)
+            self.assertEqual(sent, [(self.alice.user_id, "unavailable")])
+            # Not again until another interval has passed.
+            await presence.check_timeouts(self.now() + 27 * MINUTE_MS)
+            self.assertEqual(len(sent), 1)
+
     async def test_set_presence_on_sync(self):
         presence = self.hs.presence
         await presence.on_sync(self.alice.user_id, "offline")
