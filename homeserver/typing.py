@@ -53,6 +53,7 @@ class TypingHandler:
         # One local change of a user in a room at a time, listeners included: they hear of
         # the changes in the order they were made, so the last one told is the state held.
         self._local_changes = Linearizer("typing")
+        self._stopped = False
 
     @property
     def current_position(self) -> int:
@@ -86,6 +87,10 @@ class TypingHandler:
                 await listener(room_id, user_id, typing)
 
     async def started_typing(self, room_id: str, user_id: str, timeout_ms: int) -> None:
+        if self._stopped:
+            # A request (or federation EDU) still in flight at shutdown: no timer may outlive
+            # the server.
+            return
         users = self._typing.setdefault(room_id, {})
         timer = users.get(user_id)
         if timer is not None and timer.active():
@@ -153,7 +158,8 @@ class TypingHandler:
         }
 
     def stop(self) -> None:
-        """Cancel every timer (at shutdown)."""
+        """Cancel every timer (at shutdown); typing started afterwards is ignored."""
+        self._stopped = True
         for users in self._typing.values():
             for timer in users.values():
                 if timer.active():

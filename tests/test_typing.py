@@ -96,6 +96,14 @@ class TypingTests(RoomTestCase):
         self.assertEqual(self.hs.typing.get_typing_users(self.room_id), [])
         self.assertEqual(self.hs.typing.current_position, position + 1)
 
+    async def test_typing_arriving_at_shutdown_leaves_no_timer(self):
+        # A request or federation EDU still in flight when the server stops: no timer may
+        # outlive it (a stray timer fires into a stopped server).
+        self.hs.typing.stop()
+        await self.hs.typing.started_typing(self.room_id, self.alice.user_id, 30_000)
+        self.assertEqual(self.hs.typing.get_typing_users(self.room_id), [])
+        self.assertFalse([c for c in reactor.getDelayedCalls() if "_expire" in repr(c)])
+
     async def test_typing_wakes_room_members(self):
         notifier = self.hs.notifier
         bob_before = notifier.position(self.bob.user_id)
