@@ -9,14 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 from federation.event_checks import server_of
 from homeserver.errors import MatrixError
+from storage.stores.receipts import Receipt
 
 if TYPE_CHECKING:
     from federation.sender import FederationSender
     from homeserver.presence import PresenceHandler
     from homeserver.receipts import ReceiptsHandler
+    from homeserver.streams.bus import StreamUpdate
     from homeserver.typing import TypingHandler
     from storage.stores.presence import UserPresence
-    from storage.stores.receipts import Receipt
     from storage.stores.rooms import RoomStore
     from storage.stores.state import StateStore
 
@@ -74,6 +75,12 @@ class FederationEdus:
             await self._sender.send_edu(
                 destination, TYPING, content, dedupe_key=f"typing {room_id} {user_id}"
             )
+
+    async def on_receipts_update(self, update: StreamUpdate) -> None:
+        """A stream-bus subscriber (receipts stream): our users' public receipts go to the
+        room's other servers; private ones stay here."""
+        if not update.private and isinstance(update.detail, Receipt):
+            await self.local_receipt(update.detail)
 
     async def local_receipt(self, receipt: Receipt) -> None:
         if not self._is_mine(receipt.user_id):

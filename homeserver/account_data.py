@@ -17,10 +17,9 @@ from homeserver.errors import Codes, MatrixError
 from homeserver.identifiers import check_room_id
 from homeserver.linearizer import Linearizer
 from homeserver.push.rules import push_rules_content
-from homeserver.sync.change_cache import StreamChangeCache
-from homeserver.sync.notifier import Notifier
+from homeserver.streams.bus import StreamBus, StreamUpdate
+from homeserver.streams.registry import Stream
 from storage.stores.account_data import AccountDataStore
-from storage.stream_ids import StreamIdGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -46,15 +45,15 @@ class AccountDataHandler:
     def __init__(
         self,
         store: AccountDataStore,
-        stream: StreamIdGenerator,
-        changes: StreamChangeCache,
-        notifier: Notifier,
+        stream: Stream,
+        bus: StreamBus,
     ) -> None:
         self._store = store
         self._stream = stream
+        self._ids = stream.id_generator()
         # Keyed by user_id.
-        self._changes = changes
-        self._notifier = notifier
+        self._changes = stream.users_index()
+        self._bus = bus
         # Read-modify-write of m.tag, per (user, room).
         self._tag_writers = Linearizer("room_tags")
 
@@ -149,10 +148,11 @@ class AccountDataHandler:
         self, user_id: str, room_id: str | None, data_type: str, content: JsonDict
     ) -> int:
         """Store account data with no checks; returns its stream position."""
-        async with self._stream.next() as stream_id:
+        async with self._ids.next() as stream_id:
             await self._store.set_account_data(user_id, room_id, data_type, content, stream_id)
-        self._changes.entity_changed(user_id, stream_id)
-        self._notifier.notify_users([user_id])
+        await self._bus.publish(
+            StreamUpdate.of("account_data", stream_id, users=[user_id], wake=[user_id])
+        )
         logger.debug("account data %s of %s in %s at %d", data_type, user_id, room_id, stream_id)
         return stream_id
 

@@ -48,7 +48,7 @@ from homeserver.read_markers import ReadMarkerHandler
 from homeserver.receipts import ReceiptsHandler
 from homeserver.replication import CURRENT_STATE_STREAM, Replication
 from homeserver.rooms.creation import RoomCreationHandler
-from homeserver.rooms.creator import EventCreator
+from homeserver.rooms.creator import EventCreator, timeline_subscriber
 from homeserver.rooms.directory import DirectoryHandler, RoomListHandler, StateContents
 from homeserver.rooms.membership import MembershipHandler
 from homeserver.rooms.messages import MessagesHandler
@@ -57,7 +57,9 @@ from homeserver.rooms.sending import EventSendHandler
 from homeserver.rooms.state import RoomStateHandler
 from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.signing_key import load_signing_key
-from homeserver.sync.change_cache import StreamChangeCache
+from homeserver.streams.bus import StreamBus
+from homeserver.streams.declarations import SYNC_STREAMS
+from homeserver.streams.registry import StreamRegistry
 from homeserver.sync.handler import SyncHandler
 from homeserver.sync.notifier import Notifier
 from homeserver.typing import TypingHandler
@@ -94,7 +96,6 @@ from storage.stores.server_keys import ServerKeyStore
 from storage.stores.state import StateStore
 from storage.stores.tokens import TokenStore
 from storage.stores.uia import UiaStore
-from storage.stream_ids import StreamIdGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -209,11 +210,17 @@ class HomeServer:
         self.replication.subscribe(CURRENT_STATE_STREAM, self._current_state_changed_elsewhere)
         self.replication.on_resync(self.state_store.clear_current_state_cache)
         self.room_store = RoomStore(self.db)
-        self.event_stream = StreamIdGenerator("events", 0)
-        self.state_group_ids = IdAllocator()
-        self.room_changes = StreamChangeCache("room_events", 0)
-        self.membership_changes = StreamChangeCache("memberships", 0)
+        # Every stream a client syncs on (see homeserver/streams/): allocators, visible
+        # positions and change indexes, loaded in `setup()` from the stores named in the
+        # declarations. Writers publish on the bus after commit; the notifier wakes syncs.
+        self.streams = StreamRegistry.build(SYNC_STREAMS, self)
+        self.stream_bus = StreamBus(self.streams, reactor)
         self.notifier = Notifier(reactor, self.state_store)
+        self.stream_bus.subscribe(self.notifier.on_stream_update)
+        self.event_stream = self.streams["events"].id_generator()
+        self.room_changes = self.streams["events"].rooms_index()
+        self.membership_changes = self.streams["events"].users_index()
+        self.state_group_ids = IdAllocator()
         # Outliers and backfilled events take positions below zero, counting down.
         self.backfill_ids = IdAllocator(0, step=-1)
         self.persister = EventPersister(
@@ -227,9 +234,7 @@ class HomeServer:
             self.state_store,
             self.room_store,
             self.persister,
-            self.notifier,
-            self.room_changes,
-            self.membership_changes,
+            self.stream_bus,
         )
         self.event_serializer = EventSerializer(self.clock, self.event_store)
         self.profiles = ProfileHandler(
@@ -267,8 +272,7 @@ class HomeServer:
         self.user_directory = UserDirectoryHandler(self.user_directory_store)
         # Presence comes first among the per-user streams: sending events counts as activity.
         self.presence_store = PresenceStore(self.db)
-        self.presence_stream = StreamIdGenerator("presence", 0)
-        self.presence_changes = StreamChangeCache("presence", 0)
+        self.presence_changes = self.streams["presence"].users_index()
         self.presence = PresenceHandler(
             config.presence,
             self.server_name,
@@ -276,9 +280,8 @@ class HomeServer:
             reactor,
             self.presence_store,
             self.room_store,
-            self.presence_stream,
-            self.presence_changes,
-            self.notifier,
+            self.streams["presence"],
+            self.stream_bus,
         )
         self.membership = MembershipHandler(
             self.server_name,
@@ -321,39 +324,32 @@ class HomeServer:
         self.messages = MessagesHandler(
             self.event_store, self.state_store, self.history_visibility, self.event_serializer
         )
-        # Ephemeral and per-user data (issue 3): each stream has its positions and a change
-        # index (receipts and typing by room, account data and presence by user).
+        # Ephemeral and per-user data: each handler writes its stream (typing in memory only).
         self.receipt_store = ReceiptStore(self.db)
         self.account_data_store = AccountDataStore(self.db)
-        self.receipt_stream = StreamIdGenerator("receipts", 0)
-        self.receipt_changes = StreamChangeCache("receipts", 0)
-        self.account_data_stream = StreamIdGenerator("account_data", 0)
-        self.account_data_changes = StreamChangeCache("account_data", 0)
-        # Typing lives in memory only: its positions are the handler's own counter.
-        self.typing_changes = StreamChangeCache("typing", 0)
-        self.typing = TypingHandler(reactor, self.room_store, self.notifier, self.typing_changes)
+        self.typing = TypingHandler(
+            reactor, self.room_store, self.streams["typing"], self.stream_bus
+        )
         self.account_data = AccountDataHandler(
-            self.account_data_store,
-            self.account_data_stream,
-            self.account_data_changes,
-            self.notifier,
+            self.account_data_store, self.streams["account_data"], self.stream_bus
         )
         self.receipts = ReceiptsHandler(
             self.clock,
             self.receipt_store,
             self.event_store,
             self.room_store,
-            self.receipt_stream,
-            self.receipt_changes,
-            self.notifier,
+            self.streams["receipts"],
+            self.stream_bus,
         )
         self.read_markers = ReadMarkerHandler(self.receipts, self.account_data, self.presence)
         # Send-to-device messages (issue 6): per-device inboxes, acknowledged by /sync.
         self.device_inbox_store = DeviceInboxStore(self.db)
-        self.to_device_stream = StreamIdGenerator("to_device", 0)
         self.to_device = ToDeviceHandler(
-            self.server_name, self.clock, self.device_inbox_store, self.to_device_stream,
-            self.notifier,
+            self.server_name,
+            self.clock,
+            self.device_inbox_store,
+            self.streams["to_device"],
+            self.stream_bus,
         )
         # Push rules live in the user's m.push_rules account data (no pushers yet).
         self.push_rules = PushRulesHandler(self.account_data)
@@ -365,9 +361,7 @@ class HomeServer:
             self.room_store,
             self.event_serializer,
             self.notifier,
-            self.event_stream,
-            self.room_changes,
-            self.membership_changes,
+            self.streams,
             self.history_visibility,
             self.typing,
             self.receipts,
@@ -486,8 +480,6 @@ class HomeServer:
         # Device lists (issue 6): who changed devices or cross-signing keys, for sync and
         # /keys/changes; our users' changes go out as EDUs, other servers' are cached.
         self.device_list_store = DeviceListStore(self.db)
-        self.device_list_stream = StreamIdGenerator("device_lists", 0)
-        self.device_list_changes = StreamChangeCache("device_lists", 0)
         self.device_lists = DeviceListHandler(
             self.server_name,
             reactor,
@@ -495,11 +487,10 @@ class HomeServer:
             self.device_store,
             self.room_store,
             self.state_store,
-            self.device_list_stream,
-            self.device_list_changes,
+            self.streams["device_lists"],
             self.room_changes,
             self.membership_changes,
-            self.notifier,
+            self.stream_bus,
             self.federation_client,
             self.federation_sender,
             fed.enabled,
@@ -536,7 +527,9 @@ class HomeServer:
             self.event_creator.remote_invite = self.federation_membership.invite_remote_user
             outbound = OutboundEvents(self.server_name, self.state_store, self.federation_sender)
             self.event_creator.outbound_destinations = outbound.destinations_for
-            self.event_creator.persisted_listeners.append(outbound.on_event_persisted)
+            self.stream_bus.subscribe(
+                timeline_subscriber(outbound.on_event_persisted), streams=["events"]
+            )
             self.messages.backfill = self._backfill
             self.federation_edus = FederationEdus(
                 self.server_name,
@@ -549,13 +542,17 @@ class HomeServer:
             )
             self.federation_transactions.edu_handlers.update(self.federation_edus.handlers())
             self.federation_transactions.edu_handlers.update(self.device_lists.edu_handlers())
-            self.event_creator.persisted_listeners.append(self.device_lists.on_event_persisted)
+            self.stream_bus.subscribe(
+                timeline_subscriber(self.device_lists.on_event_persisted), streams=["events"]
+            )
             self.to_device.federation = self.federation_sender
             self.federation_transactions.edu_handlers[DIRECT_TO_DEVICE] = (
                 self.to_device.on_direct_to_device
             )
             self.typing.local_change_listeners.append(self.federation_edus.local_typing_changed)
-            self.receipts.listeners.append(self.federation_edus.local_receipt)
+            self.stream_bus.subscribe(
+                self.federation_edus.on_receipts_update, streams=["receipts"]
+            )
             self.presence.local_change_listeners.append(
                 self.federation_edus.local_presence_changed
             )
@@ -608,30 +605,9 @@ class HomeServer:
         if self._takes_writer_lock:
             await self._take_writer_lock()
         await apply_migrations(self.db)
-        max_stream = await self.event_store.get_max_stream_ordering()
-        self.event_stream.initialise(max_stream)
-        self.room_changes.initialise(max_stream)
-        self.membership_changes.initialise(max_stream)
+        await self.streams.load()
         self.state_group_ids.initialise(await self.state_store.get_max_state_group())
         self.backfill_ids.initialise(await self.event_store.get_min_stream_ordering())
-        for stream, changes, max_id in (
-            (self.receipt_stream, self.receipt_changes, self.receipt_store.get_max_stream_id),
-            (
-                self.account_data_stream,
-                self.account_data_changes,
-                self.account_data_store.get_max_stream_id,
-            ),
-            (self.presence_stream, self.presence_changes, self.presence_store.get_max_stream_id),
-            (
-                self.device_list_stream,
-                self.device_list_changes,
-                self.device_list_store.get_max_stream_id,
-            ),
-        ):
-            position = await max_id()
-            stream.initialise(position)
-            changes.initialise(position)
-        self.to_device_stream.initialise(await self.device_inbox_store.get_max_stream_id())
         await self.presence.start()
         await self.replication.start()
         self._uia_cleanup = task.LoopingCall(self._periodic_cleanup)

@@ -37,11 +37,10 @@ from homeserver.config import PresenceConfig
 from homeserver.errors import Codes, MatrixError
 from homeserver.identifiers import split_user_id
 from homeserver.linearizer import Linearizer
-from homeserver.sync.change_cache import StreamChangeCache
-from homeserver.sync.notifier import Notifier
+from homeserver.streams.bus import StreamBus, StreamUpdate
+from homeserver.streams.registry import Stream
 from storage.stores.presence import PresenceStore, UserPresence
 from storage.stores.rooms import RoomStore
-from storage.stream_ids import StreamIdGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -86,9 +85,8 @@ class PresenceHandler:
         reactor: Any,
         store: PresenceStore,
         rooms: RoomStore,
-        stream: StreamIdGenerator,
-        changes: StreamChangeCache,
-        notifier: Notifier,
+        stream: Stream,
+        bus: StreamBus,
     ) -> None:
         self._config = config
         self._server_name = server_name
@@ -97,9 +95,10 @@ class PresenceHandler:
         self._store = store
         self._rooms = rooms
         self._stream = stream
+        self._ids = stream.id_generator()
         # Keyed by user_id.
-        self._changes = changes
-        self._notifier = notifier
+        self._changes = stream.users_index()
+        self._bus = bus
         # Everyone not offline: the users the timeouts apply to.
         self._states: dict[str, UserPresence] = {}
         # Offline users who changed since the last timeout check, held until it runs, so one
@@ -446,12 +445,16 @@ class PresenceHandler:
         if not is_notable_change(prev, new):
             self._hold(new, saved=False)
             return
-        async with self._stream.next() as stream_id:
+        # Read before the write: between the write ending and its publication nothing may
+        # yield, or a sync could read the new position before the change index has it.
+        sharing = await self.users_sharing_rooms(new.user_id)
+        async with self._ids.next() as stream_id:
             new = new.copy_and_replace(stream_id=stream_id)
             await self._store.store_presence(new)
         self._hold(new, saved=True)
-        self._changes.entity_changed(new.user_id, stream_id)
-        self._notifier.notify_users(await self.users_sharing_rooms(new.user_id))
+        await self._bus.publish(
+            StreamUpdate.of("presence", stream_id, users=[new.user_id], wake=sharing, detail=new)
+        )
         if self._is_mine(new.user_id):
             for listener in self.local_change_listeners:
                 await listener(new)

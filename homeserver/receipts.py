@@ -9,19 +9,18 @@ content of what changed; private receipts are only ever shown to their owner.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
 from homeserver.identifiers import check_event_id, check_room_id
 from homeserver.linearizer import Linearizer
-from homeserver.sync.change_cache import StreamChangeCache
-from homeserver.sync.notifier import Notifier
+from homeserver.streams.bus import StreamBus, StreamUpdate
+from homeserver.streams.registry import Stream
 from storage.stores.events import EventStore, StoredEvent
 from storage.stores.receipts import Receipt, ReceiptStore
 from storage.stores.rooms import RoomStore
-from storage.stream_ids import StreamIdGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -62,24 +61,24 @@ class ReceiptsHandler:
         store: ReceiptStore,
         events: EventStore,
         rooms: RoomStore,
-        stream: StreamIdGenerator,
-        changes: StreamChangeCache,
-        notifier: Notifier,
+        stream: Stream,
+        bus: StreamBus,
     ) -> None:
         self._clock = clock
         self._store = store
         self._events = events
         self._rooms = rooms
         self._stream = stream
+        self._ids = stream.id_generator()
         # Keyed by room_id.
-        self._changes = changes
-        self._notifier = notifier
-        # Called with each public receipt that moved (federation sends ours on).
-        self.listeners: list[Callable[[Receipt], Awaitable[None]]] = []
-        # One write per receipt (room, type, user, thread) at a time, listeners included:
-        # concurrent writes of one row would only conflict in the database (and be retried
-        # until they fail), and listeners hear of the moves in the order they were made, so
-        # the last receipt federation sends is the one stored.
+        self._changes = stream.rooms_index()
+        # Each receipt that moved is published with the `Receipt` as detail (federation sends
+        # ours on; a private one is marked `private`).
+        self._bus = bus
+        # One write per receipt (room, type, user, thread) at a time: concurrent writes of
+        # one row would only conflict in the database (and be retried until they fail). The
+        # bus delivers in position order, so the last receipt federation sends is the one
+        # stored.
         self._writers = Linearizer("receipts")
 
     @property
@@ -128,7 +127,7 @@ class ReceiptsHandler:
                     f"Event {event_id} is not related to thread {thread_id}",
                 )
         async with self._writers.queue((room_id, receipt_type, user_id, thread_id)):
-            async with self._stream.next() as stream_id:
+            async with self._ids.next() as stream_id:
                 receipt = Receipt(
                     room_id,
                     receipt_type,
@@ -140,16 +139,19 @@ class ReceiptsHandler:
                 )
                 written = await self._store.upsert_receipt(receipt, stored.stream_ordering)
                 if not written:
-                    self._stream.unused(stream_id)
+                    self._ids.unused(stream_id)
             if not written:
                 return False
-            self._changes.entity_changed(room_id, stream_id)
-            if receipt_type == READ_PRIVATE:
-                self._notifier.notify_users([user_id])
-            else:
-                await self._notifier.notify_room(room_id, extra_users=[user_id])
-                for listener in self.listeners:
-                    await listener(receipt)
+            await self._bus.publish(
+                StreamUpdate.of(
+                    "receipts",
+                    stream_id,
+                    rooms=[room_id],
+                    wake=[user_id],
+                    private=receipt_type == READ_PRIVATE,
+                    detail=receipt,
+                )
+            )
         logger.debug("%s receipt of %s in %s at %s", receipt_type, user_id, room_id, event_id)
         return True
 

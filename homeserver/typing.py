@@ -20,8 +20,8 @@ from twisted.internet import defer
 from homeserver.auth.tokens import Requester
 from homeserver.errors import Codes, MatrixError
 from homeserver.linearizer import Linearizer
-from homeserver.sync.change_cache import StreamChangeCache
-from homeserver.sync.notifier import Notifier
+from homeserver.streams.bus import StreamBus, StreamUpdate
+from homeserver.streams.registry import Stream
 from storage.stores.rooms import RoomStore
 
 logger = logging.getLogger(__name__)
@@ -36,15 +36,15 @@ class TypingHandler:
         self,
         reactor: Any,
         rooms: RoomStore,
-        notifier: Notifier,
-        changes: StreamChangeCache,
+        stream: Stream,
+        bus: StreamBus,
     ) -> None:
         self._reactor = reactor
         self._rooms = rooms
-        self._notifier = notifier
+        self._ids = stream.memory_ids()
         # Keyed by room_id.
-        self._changes = changes
-        self._position = 0
+        self._changes = stream.rooms_index()
+        self._bus = bus
         # room_id -> user_id -> the timer that ends their typing.
         self._typing: dict[str, dict[str, Any]] = {}
         # Called with (room_id, user_id, typing) when a local user starts or stops typing
@@ -57,7 +57,7 @@ class TypingHandler:
 
     @property
     def current_position(self) -> int:
-        return self._position
+        return self._ids.current
 
     async def set_typing(
         self,
@@ -128,9 +128,7 @@ class TypingHandler:
         defer.ensureDeferred(changed())
 
     async def _changed(self, room_id: str) -> None:
-        self._position += 1
-        self._changes.entity_changed(room_id, self._position)
-        await self._notifier.notify_room(room_id)
+        await self._bus.publish(StreamUpdate.of("typing", self._ids.advance(), rooms=[room_id]))
 
     # ----- for sync ---------------------------------------------------------------------------
 
@@ -142,7 +140,7 @@ class TypingHandler:
 
         With `since` 0 (an initial sync), the rooms where anyone is typing.
         """
-        if since <= 0 or since > self._position:
+        if since <= 0 or since > self._ids.current:
             # Initial sync, or a token from before a restart: report whatever is current.
             return {r for r in room_ids if self._typing.get(r)}
         changed = self._changes.changed_since(room_ids, since)

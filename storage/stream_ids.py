@@ -10,7 +10,7 @@ need a shared allocator (a PostgreSQL sequence) and per-writer positions: not do
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 
@@ -20,6 +20,12 @@ class StreamIdGenerator:
         self._last_allocated = current
         self._current = current
         self._unfinished: set[int] = set()
+        # Called whenever `current` may have moved (the stream bus delivers held updates).
+        self._advance_listeners: list[Callable[[], None]] = []
+
+    def on_advance(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` after each write block ends (`current` may have moved)."""
+        self._advance_listeners.append(listener)
 
     def initialise(self, current: int) -> None:
         """Start from the highest position in the database (at start-up, before any write)."""
@@ -32,6 +38,8 @@ class StreamIdGenerator:
 
     def _advance(self) -> None:
         self._current = min(self._unfinished) - 1 if self._unfinished else self._last_allocated
+        for listener in self._advance_listeners:
+            listener()
 
     @asynccontextmanager
     async def next(self) -> AsyncIterator[int]:
@@ -60,3 +68,28 @@ class StreamIdGenerator:
         are written above it."""
         if position == self._last_allocated:
             self._last_allocated -= 1
+
+
+class MemoryStreamIdGenerator:
+    """Positions of a stream held in memory only (typing): each change is visible at once,
+    so `current` is simply the last position handed out. It restarts from 0 with the
+    process; a client token ahead of it is treated as knowing nothing."""
+
+    def __init__(self, name: str, current: int = 0) -> None:
+        self.name = name
+        self._current = current
+
+    def initialise(self, current: int) -> None:
+        self._current = current
+
+    @property
+    def current(self) -> int:
+        return self._current
+
+    def on_advance(self, listener: Callable[[], None]) -> None:
+        """Nothing is ever held back here, so there is nothing to tell."""
+
+    def advance(self) -> int:
+        """The next position, visible at once."""
+        self._current += 1
+        return self._current

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Any
 
 from client_api.auth import require_user
 from client_api.http import HeddleRequest, client_path, query_string, require_query_string
-from homeserver.sync.tokens import StreamToken
 
 if TYPE_CHECKING:
     from homeserver.app import HomeServer
@@ -23,10 +22,10 @@ class KeysChangesServlet:
 
     async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
         requester = await require_user(self._hs, request)
-        since = StreamToken.parse(require_query_string(request, "from"))
+        since = self._hs.streams.parse_token(require_query_string(request, "from"))
         to_raw = query_string(request, "to")
         now = self._hs.sync.current_token()
-        until = StreamToken.parse(to_raw) if to_raw is not None else now
+        until = self._hs.streams.parse_token(to_raw) if to_raw is not None else now
         changed, left = await self._hs.device_lists.get_changes(
             requester.user_id,
             min(since.device_lists, now.device_lists),

@@ -8,7 +8,6 @@ from client_api.auth import require_user
 from client_api.http import HeddleRequest, client_path, parse_int_query, query_string
 from homeserver.errors import Codes, MatrixError
 from homeserver.sync.handler import SyncRequest
-from homeserver.sync.tokens import StreamToken
 
 if TYPE_CHECKING:
     from homeserver.app import HomeServer
@@ -29,7 +28,7 @@ class SyncServlet:
     async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
         requester = await require_user(self._hs, request)
         since_raw = query_string(request, "since")
-        since = StreamToken.parse(since_raw) if since_raw is not None else None
+        since = self._hs.streams.parse_token(since_raw) if since_raw is not None else None
         # A negative timeout means "do not wait" (not an error).
         timeout_ms = max(parse_int_query(request, "timeout", 0, max_value=MAX_TIMEOUT_MS), 0)
         full_state_raw = query_string(request, "full_state") or "false"

@@ -30,18 +30,18 @@ from twisted.internet import defer
 from federation.errors import FederationError
 from homeserver.events.types import MEMBER
 from homeserver.linearizer import Linearizer
+from homeserver.streams.bus import StreamBus, StreamUpdate
 from storage.stores.device_lists import DeviceListStore, RemoteDevice
 
 if TYPE_CHECKING:
     from federation.client import FederationClient
     from federation.sender import FederationSender
+    from homeserver.streams.registry import Stream
     from homeserver.sync.change_cache import StreamChangeCache
-    from homeserver.sync.notifier import Notifier
     from storage.stores.devices import DeviceStore
     from storage.stores.events import StoredEvent
     from storage.stores.rooms import RoomStore
     from storage.stores.state import StateStore
-    from storage.stream_ids import StreamIdGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -125,11 +125,10 @@ class DeviceListHandler:
         devices: DeviceStore,
         rooms: RoomStore,
         state: StateStore,
-        stream: StreamIdGenerator,
-        changes: StreamChangeCache,
+        stream: Stream,
         room_changes: StreamChangeCache,
         membership_changes: StreamChangeCache,
-        notifier: Notifier,
+        bus: StreamBus,
         federation_client: FederationClient,
         federation_sender: FederationSender,
         federation_enabled: bool,
@@ -141,11 +140,12 @@ class DeviceListHandler:
         self._rooms = rooms
         self._state = state
         self._stream = stream
+        self._ids = stream.id_generator()
         # Keyed by user_id: the latest position of each user's device-list change.
-        self._changes = changes
+        self._changes = stream.users_index()
         self._room_changes = room_changes
         self._membership_changes = membership_changes
-        self._notifier = notifier
+        self._bus = bus
         self._client = federation_client
         self._sender = federation_sender
         self._federation = federation_enabled
@@ -180,13 +180,14 @@ class DeviceListHandler:
         if not device_ids:
             return
         async with self._local_writers.queue(user_id):
+            sharing = await self._rooms.get_users_sharing_rooms(user_id)
             positions: list[tuple[str, int, int | None]] = []
             for device_id in device_ids:
-                async with self._stream.next() as stream_id:
+                async with self._ids.next() as stream_id:
                     prev_id = await self._store.add_change(user_id, stream_id, True)
                 positions.append((device_id, stream_id, prev_id))
-            self._changes.entity_changed(user_id, positions[-1][1])
-            destinations = await self._wake_room_mates(user_id)
+                await self._publish(user_id, stream_id, sharing)
+            destinations = self._destinations(user_id, sharing)
             if not destinations:
                 return
             keys: dict[str, JsonDict] = {}
@@ -215,10 +216,11 @@ class DeviceListHandler:
     async def signing_keys_changed(self, user_id: str) -> None:
         """A local user's cross-signing keys (or signatures they made with them) changed."""
         async with self._local_writers.queue(user_id):
-            async with self._stream.next() as stream_id:
+            sharing = await self._rooms.get_users_sharing_rooms(user_id)
+            async with self._ids.next() as stream_id:
                 await self._store.add_change(user_id, stream_id, False)
-            self._changes.entity_changed(user_id, stream_id)
-            destinations = await self._wake_room_mates(user_id)
+            await self._publish(user_id, stream_id, sharing)
+            destinations = self._destinations(user_id, sharing)
             if not destinations or self.e2e_keys is None:
                 return
             master, self_signing = await self.e2e_keys.get_local_cross_signing_keys(user_id)
@@ -232,11 +234,21 @@ class DeviceListHandler:
             for destination in destinations:
                 await self._sender.send_edu(destination, SIGNING_KEY_UPDATE, content)
 
-    async def _wake_room_mates(self, user_id: str) -> list[str]:
-        """Wake the syncs of the user and of everyone sharing a room with them; returns the
-        other servers sharing a room with them (none when federation is off)."""
-        sharing = await self._rooms.get_users_sharing_rooms(user_id)
-        self._notifier.notify_users([u for u in sharing if self._is_mine(u)] + [user_id])
+    async def _publish(self, user_id: str, stream_id: int, sharing: Collection[str]) -> None:
+        """Announce a change of the user's devices: it wakes the syncs of the user and of our
+        users sharing a room with them. `sharing` is read before the write: nothing may
+        yield between the write ending and its publication (see `StreamBus`)."""
+        await self._bus.publish(
+            StreamUpdate.of(
+                "device_lists",
+                stream_id,
+                users=[user_id],
+                wake=[u for u in [*sharing, user_id] if self._is_mine(u)],
+            )
+        )
+
+    def _destinations(self, user_id: str, sharing: Collection[str]) -> list[str]:
+        """The other servers sharing a room with the user (none when federation is off)."""
         if not self._federation or not self._is_mine(user_id):
             return []
         return sorted({_server_of(u) for u in sharing} - {self._server_name, ""})
@@ -522,11 +534,10 @@ class DeviceListHandler:
 
     async def _remote_user_changed(self, user_id: str) -> None:
         """A remote user's list changed: a stream position, and wake local room-mates."""
-        async with self._stream.next() as stream_id:
-            await self._store.add_change(user_id, stream_id, False)
-        self._changes.entity_changed(user_id, stream_id)
         sharing = await self._rooms.get_users_sharing_rooms(user_id)
-        self._notifier.notify_users(u for u in sharing if self._is_mine(u))
+        async with self._ids.next() as stream_id:
+            await self._store.add_change(user_id, stream_id, False)
+        await self._publish(user_id, stream_id, sharing)
 
     async def on_event_persisted(self, stored: StoredEvent) -> None:
         """After a membership change: stop tracking remote users no local user shares a room

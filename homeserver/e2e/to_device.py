@@ -30,13 +30,13 @@ from homeserver.errors import Codes, MatrixError
 from homeserver.events.auth import server_of
 from homeserver.events.canonical import encode_canonical_json
 from homeserver.identifiers import split_user_id
-from homeserver.sync.notifier import Notifier
+from homeserver.streams.bus import StreamBus, StreamUpdate
+from homeserver.streams.registry import Stream
 from storage.stores.device_inbox import (
     ClientTxnKey,
     DeviceInboxStore,
     FederationMessageKey,
 )
-from storage.stream_ids import StreamIdGenerator
 
 if TYPE_CHECKING:
     from federation.sender import FederationSender
@@ -90,14 +90,15 @@ class ToDeviceHandler:
         server_name: str,
         clock: Clock,
         store: DeviceInboxStore,
-        stream: StreamIdGenerator,
-        notifier: Notifier,
+        stream: Stream,
+        bus: StreamBus,
     ) -> None:
         self._server_name = server_name
         self._clock = clock
         self._store = store
         self._stream = stream
-        self._notifier = notifier
+        self._ids = stream.id_generator()
+        self._bus = bus
         # Set by the composition root when federation is enabled; without it, messages for
         # other servers' users are dropped.
         self.federation: FederationSender | None = None
@@ -139,7 +140,7 @@ class ToDeviceHandler:
         self._check_sizes(sender_user_id, event_type, messages)
 
         key = ClientTxnKey(sender_user_id, sender_device_id, event_type, txn_id)
-        async with self._stream.next() as stream_id:
+        async with self._ids.next() as stream_id:
             delivered = await self._store.add_messages(
                 stream_id, sender_user_id, event_type, local, key, self._clock.time_msec()
             )
@@ -148,7 +149,7 @@ class ToDeviceHandler:
                          sender_device_id)
             return
         if delivered:
-            self._notifier.notify_users(delivered)
+            await self._bus.publish(StreamUpdate.of("to_device", stream_id, wake=delivered))
         for destination, by_user in sorted(remote.items()):
             await self._send_remote(destination, sender_user_id, event_type, by_user)
         logger.info(
@@ -245,7 +246,7 @@ class ToDeviceHandler:
         if not local:
             return
         key = FederationMessageKey(origin, message_id)
-        async with self._stream.next() as stream_id:
+        async with self._ids.next() as stream_id:
             delivered = await self._store.add_messages(
                 stream_id, sender, event_type, local, key, self._clock.time_msec()
             )
@@ -253,7 +254,7 @@ class ToDeviceHandler:
             logger.info("m.direct_to_device %s from %s: already received", message_id, origin)
             return
         if delivered:
-            self._notifier.notify_users(delivered)
+            await self._bus.publish(StreamUpdate.of("to_device", stream_id, wake=delivered))
         logger.debug(
             "to-device %s from %s (%s): %d local users", event_type, sender, origin,
             len(delivered),

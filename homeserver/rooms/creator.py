@@ -28,8 +28,7 @@ from homeserver.events.model import Event, StateKey
 from homeserver.events.room_versions import EventIdFormat, RoomVersion
 from homeserver.events.signing import sign_event
 from homeserver.linearizer import Linearizer
-from homeserver.sync.change_cache import StreamChangeCache
-from homeserver.sync.notifier import Notifier
+from homeserver.streams.bus import StreamBus, StreamUpdate
 from storage.persister import ClientTransaction, EventContext, EventPersister
 from storage.stores.events import EventStore, StoredEvent
 from storage.stores.rooms import RoomStore
@@ -57,9 +56,7 @@ class EventCreator:
         state: StateStore,
         rooms: RoomStore,
         persister: EventPersister,
-        notifier: Notifier,
-        room_changes: StreamChangeCache,
-        membership_changes: StreamChangeCache,
+        bus: StreamBus,
     ) -> None:
         self._server_name = server_name
         self._signing_key = signing_key
@@ -68,12 +65,10 @@ class EventCreator:
         self._state = state
         self._rooms = rooms
         self._persister = persister
-        self._notifier = notifier
-        self._room_changes = room_changes
-        self._membership_changes = membership_changes
+        # Each event that reached the room's timeline is published on the events stream with
+        # its `StoredEvent` as detail (see `timeline_subscriber`).
+        self._bus = bus
         self._writers = Linearizer("room_writer")
-        # Called with each event that reached the room's timeline (federation sends it on).
-        self.persisted_listeners: list[Callable[[StoredEvent], Awaitable[None]]] = []
         # Federation: the servers a new local event goes to, queued with the event.
         self.outbound_destinations: Callable[[Event], Awaitable[list[str]]] | None = None
         # Federation: has a remote invitee's server countersign an invite (set when enabled).
@@ -100,9 +95,16 @@ class EventCreator:
         target = stored.event.state_key
         if target is None:
             return
-        self._room_changes.entity_changed(stored.event.room_id, stored.stream_ordering)
-        self._membership_changes.entity_changed(target, stored.stream_ordering)
-        await self._notifier.notify_room(stored.event.room_id, extra_users=[target])
+        # No detail: it is not in the room's timeline, so nothing is sent on from here.
+        await self._bus.publish(
+            StreamUpdate.of(
+                "events",
+                stored.stream_ordering,
+                rooms=[stored.event.room_id],
+                users=[target],
+                wake=[target],
+            )
+        )
 
     def _finish(self, pdu: dict[str, Any], room_version: RoomVersion) -> Event:
         """Sign, check size and canonical form, and wrap as an Event."""
@@ -275,20 +277,38 @@ class EventCreator:
         if stored.outlier or context.backfilled or event.rejected_reason is not None:
             # Nothing a client syncs on moved.
             return stored
-        position = stored.stream_ordering
-        self._room_changes.entity_changed(room_id, position)
-        extra: list[str] = []
+        # Users whose membership changed (the events stream's index by user). The target of a
+        # member event may no longer be joined (a leave, a kick) but must hear of it.
+        members: set[str] = set()
+        target: list[str] = []
         if event.type == MEMBER and event.state_key is not None:
-            self._membership_changes.entity_changed(event.state_key, position)
-            # The target may no longer be joined (a leave, a kick) but must hear of it.
-            extra.append(event.state_key)
+            members.add(event.state_key)
+            target.append(event.state_key)
         if context.current_state is not None:
             # A wholesale state change (resolved forks, a remote join) may change anyone's
             # membership; local users' memberships are what sync caches.
-            for key in context.current_state:
-                if key[0] == MEMBER:
-                    self._membership_changes.entity_changed(key[1], position)
-        await self._notifier.notify_room(room_id, extra_users=extra)
-        for listener in self.persisted_listeners:
-            await listener(stored)
+            members.update(key[1] for key in context.current_state if key[0] == MEMBER)
+        await self._bus.publish(
+            StreamUpdate.of(
+                "events",
+                stored.stream_ordering,
+                rooms=[room_id],
+                users=members,
+                wake=target,
+                detail=stored,
+            )
+        )
         return stored
+
+
+def timeline_subscriber(
+    callback: Callable[[StoredEvent], Awaitable[None]],
+) -> Callable[[StreamUpdate], Awaitable[None]]:
+    """A stream-bus subscriber calling `callback(stored)` for each event that reached its
+    room's timeline (subscribe it to the events stream)."""
+
+    async def on_update(update: StreamUpdate) -> None:
+        if isinstance(update.detail, StoredEvent):
+            await callback(update.detail)
+
+    return on_update

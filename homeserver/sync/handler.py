@@ -21,14 +21,13 @@ from homeserver.filtering import Filter, RoomEventFilter
 from homeserver.presence import PresenceHandler
 from homeserver.receipts import ReceiptsHandler
 from homeserver.rooms.visibility import HistoryVisibility
-from homeserver.sync.change_cache import StreamChangeCache
+from homeserver.streams.registry import StreamRegistry
 from homeserver.sync.notifier import Notifier
 from homeserver.sync.tokens import RoomPosition, StreamToken
 from homeserver.typing import TypingHandler
 from storage.stores.events import EventStore, StoredEvent
 from storage.stores.rooms import Membership, RoomStore
 from storage.stores.state import StateStore
-from storage.stream_ids import StreamIdGenerator
 
 if TYPE_CHECKING:
     from homeserver.e2e.device_lists import DeviceListHandler
@@ -95,9 +94,7 @@ class SyncHandler:
         rooms: RoomStore,
         serializer: EventSerializer,
         notifier: Notifier,
-        event_stream: StreamIdGenerator,
-        room_changes: StreamChangeCache,
-        membership_changes: StreamChangeCache,
+        streams: StreamRegistry,
         visibility: HistoryVisibility,
         typing: TypingHandler,
         receipts: ReceiptsHandler,
@@ -111,9 +108,9 @@ class SyncHandler:
         self._rooms = rooms
         self._serializer = serializer
         self._notifier = notifier
-        self._event_stream = event_stream
-        self._room_changes = room_changes
-        self._membership_changes = membership_changes
+        self._streams = streams
+        self._room_changes = streams["events"].rooms_index()
+        self._membership_changes = streams["events"].users_index()
         self._visibility = visibility
         self._typing = typing
         self._receipts = receipts
@@ -136,17 +133,7 @@ class SyncHandler:
         )
 
     def current_token(self) -> StreamToken:
-        return StreamToken(
-            events=self._event_stream.current,
-            receipts=self._receipts.current_position,
-            typing=self._typing.current_position,
-            account_data=self._account_data.current_position,
-            presence=self._presence.current_position,
-            to_device=self.to_device.current_position if self.to_device is not None else 0,
-            device_lists=(
-                self.device_lists.current_position if self.device_lists is not None else 0
-            ),
-        )
+        return self._streams.current_token()
 
     def forget_memberships(self, user_id: str) -> None:
         """Drop the cached memberships (after a change with no stream position: forget)."""
@@ -175,10 +162,8 @@ class SyncHandler:
         if since is not None:
             # Other streams ahead of the server (typing restarts at 0 with the process; a
             # restored database): send that stream in full rather than miss what comes next.
-            for stream in (
-                "receipts", "typing", "account_data", "presence", "to_device", "device_lists"
-            ):
-                if getattr(since, stream) > getattr(now, stream):
+            for stream, position in since.items():
+                if position > now.get(stream):
                     since = since.copy_and_replace(stream, 0)
         sync_pass = _Pass(request, since, now)
         rooms = await self._rooms_section(sync_pass)

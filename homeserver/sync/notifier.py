@@ -5,8 +5,9 @@ Each user has a notification counter. A waiter first reads it (`position`), comp
 response, and then waits only if the counter has not moved since: so a notification that
 lands between computing and waiting is never lost.
 
-`notify_room` wakes a room's joined members, read from the state store's cached member lists,
-so telling a room about a new event, receipt or typing change costs no database read.
+It subscribes to the stream bus (`on_stream_update`): an update wakes the joined members of
+its rooms, read from the state store's cached member lists (so telling a room about a new
+event, receipt or typing change costs no database read), and the users it says to wake.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from twisted.internet import defer
 
 from homeserver.caches import keep_newer_half, report_size
+from homeserver.streams.bus import StreamUpdate
 from storage.stores.state import StateStore
 
 # Users whose notification position is held; past this, the older half is forgotten.
@@ -63,6 +65,15 @@ class Notifier:
         """Wake everyone joined to `room_id`, and `extra_users` (say, a member who just left)."""
         joined = await self._state.get_current_members(room_id, "join")
         self.notify_users(itertools.chain(joined, extra_users))
+
+    async def on_stream_update(self, update: StreamUpdate) -> None:
+        """Wake whoever should hear of a stream update (a `StreamBus` subscriber)."""
+        users: set[str] = set(update.wake)
+        if not update.private:
+            for room_id in update.rooms:
+                users.update(await self._state.get_current_members(room_id, "join"))
+        if users:
+            self.notify_users(users)
 
     async def wait(self, user_id: str, since_position: int, timeout_ms: int) -> bool:
         """Wait until `user_id` is notified after `since_position`, or the timeout passes.

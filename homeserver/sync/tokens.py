@@ -1,8 +1,10 @@
 """Sync tokens and pagination tokens, as strings clients hold.
 
 A sync token (`next_batch`, `since`) is the tuple of positions in every stream a client
-syncs on: `s{events}_{receipts}_{typing}_{account_data}_{presence}_{to_device}_{device_lists}`.
-Streams that do not exist yet are 0. Older tokens with fewer parts parse with 0 for the rest.
+syncs on, in the order the streams are declared (`homeserver/streams/declarations.py`):
+today `s{events}_{receipts}_{typing}_{account_data}_{presence}_{to_device}_{device_lists}`.
+A new stream is declared last, so older tokens, which have fewer parts, parse with 0 for
+the rest. The events stream always comes first (pagination tokens rely on it).
 
 A pagination token (`prev_batch`, `/messages` `from`/`to`/`start`/`end`) is a position in one
 room's history: `t{topological}-{stream}` means "just after the event at (depth, stream)".
@@ -13,47 +15,111 @@ A sync token is also accepted where a pagination token is expected (the spec all
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields, replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
 from homeserver.errors import Codes, MatrixError
+from homeserver.streams.declarations import SYNC_STREAM_NAMES
 
 # Positions are BIGINT columns: anything larger cannot be one of ours (and would overflow SQL).
 MAX_POSITION = 2**63 - 1
-# ASCII digits only, and nothing after them (not even the newline `$` would let through).
-_SYNC_TOKEN = re.compile(r"s([0-9]{1,19}(?:_[0-9]{1,19}){0,6})")
 _ROOM_TOKEN = re.compile(r"t(-?[0-9]{1,19})-(-?[0-9]{1,19})")
+# The events position of any sync token, whatever its streams (for pagination).
+_ANY_SYNC_TOKEN = re.compile(r"s([0-9]{1,19})(?:_[0-9]{1,19}){0,63}")
+
+
+@lru_cache(maxsize=16)
+def _sync_token_pattern(parts: int) -> re.Pattern[str]:
+    # ASCII digits only, and nothing after them (not even the newline `$` would let through).
+    return re.compile(rf"s([0-9]{{1,19}}(?:_[0-9]{{1,19}}){{0,{parts - 1}}})")
 
 
 def _invalid(kind: str, token: str) -> MatrixError:
     return MatrixError(400, Codes.INVALID_PARAM, f"Invalid {kind} token: {token[:100]!r}")
 
 
-@dataclass(frozen=True)
 class StreamToken:
-    events: int = 0
-    receipts: int = 0
-    typing: int = 0
-    account_data: int = 0
-    presence: int = 0
-    to_device: int = 0
-    device_lists: int = 0
+    """A position in each of `streams` (immutable). `token.events`, `token.receipts` and so on
+    read one stream's position; `StreamToken(events=5)` builds a token of the sync streams.
+    A registry with other streams makes its tokens with `StreamToken.of`."""
 
-    def __str__(self) -> str:
-        return "s" + "_".join(str(getattr(self, f.name)) for f in fields(self))
+    __slots__ = ("_streams", "_positions")
+    _streams: tuple[str, ...]
+    _positions: tuple[int, ...]
+
+    def __init__(self, **positions: int) -> None:
+        self._set(SYNC_STREAM_NAMES, positions)
 
     @classmethod
-    def parse(cls, token: str) -> StreamToken:
+    def of(cls, streams: Sequence[str], positions: Mapping[str, int]) -> StreamToken:
+        token = cls.__new__(cls)
+        token._set(tuple(streams), positions)
+        return token
+
+    def _set(self, streams: tuple[str, ...], positions: Mapping[str, int]) -> None:
+        unknown = set(positions) - set(streams)
+        if unknown:
+            raise TypeError(f"not streams of this token: {sorted(unknown)}")
+        object.__setattr__(self, "_streams", streams)
+        object.__setattr__(self, "_positions", tuple(positions.get(s, 0) for s in streams))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("StreamToken is immutable")
+
+    def __getattr__(self, stream: str) -> int:
+        # Only called for names that are not slots or methods: a stream's position.
+        try:
+            return self.get(stream)
+        except KeyError:
+            raise AttributeError(stream) from None
+
+    def get(self, stream: str) -> int:
+        """The position in `stream`; KeyError if the token has no such stream."""
+        if stream not in self._streams:
+            raise KeyError(stream)
+        return self._positions[self._streams.index(stream)]
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        return self._streams
+
+    def items(self) -> Iterator[tuple[str, int]]:
+        return zip(self._streams, self._positions, strict=True)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StreamToken):
+            return NotImplemented
+        return self._streams == other._streams and self._positions == other._positions
+
+    def __hash__(self) -> int:
+        return hash((self._streams, self._positions))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{s}={p}" for s, p in self.items())
+        return f"StreamToken({inner})"
+
+    def __str__(self) -> str:
+        return "s" + "_".join(str(p) for p in self._positions)
+
+    @classmethod
+    def parse(cls, token: str, streams: Sequence[str] = SYNC_STREAM_NAMES) -> StreamToken:
         """Parse a client-supplied token; 400 M_INVALID_PARAM if it is not one of ours."""
-        match = _SYNC_TOKEN.fullmatch(token)
+        match = _sync_token_pattern(len(streams)).fullmatch(token)
         if match is None:
             raise _invalid("sync", token)
         parts = [int(part) for part in match.group(1).split("_")]
         if any(part > MAX_POSITION for part in parts):
             raise _invalid("sync", token)
-        return cls(*parts)
+        return cls.of(streams, dict(zip(streams, parts, strict=False)))
 
     def copy_and_replace(self, stream: str, position: int) -> StreamToken:
-        return replace(self, **{stream: position})
+        positions = dict(self.items())
+        if stream not in positions:
+            raise KeyError(stream)
+        positions[stream] = position
+        return StreamToken.of(self._streams, positions)
 
 
 @dataclass(frozen=True)
@@ -76,6 +142,7 @@ class RoomPosition:
             if abs(topological) > MAX_POSITION or abs(stream) > MAX_POSITION:
                 raise _invalid("pagination", token)
             return cls(topological, stream)
-        if token.startswith("s"):
-            return cls(None, StreamToken.parse(token).events)
+        match = _ANY_SYNC_TOKEN.fullmatch(token)
+        if match is not None and int(match.group(1)) <= MAX_POSITION:
+            return cls(None, int(match.group(1)))
         raise _invalid("pagination", token)
