@@ -92,7 +92,7 @@ class SyncWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 
     def close(self, code: int, reason: str) -> None:
         # A close reason is at most 123 bytes.
-        self.sendClose(code, reason.encode("utf-8")[:120].decode("utf-8", "ignore"))
+        self.sendClose(int(code), reason.encode("utf-8")[:120].decode("utf-8", "ignore"))
 
     # ----- IPushProducer --------------------------------------------------------------------
 
