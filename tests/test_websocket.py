@@ -56,7 +56,10 @@ class WsClient:
 
     def _closed(self, code: int | None, reason: str | None) -> None:
         self.is_closed = True
-        self.close_code, self.close_reason = code, reason
+        # The code the server sent, even when it then dropped the connection (1006 locally).
+        remote = getattr(self.protocol, "remoteCloseCode", None)
+        self.close_code = remote if remote is not None else code
+        self.close_reason = getattr(self.protocol, "remoteCloseReason", None) or reason
         if not self.open.called:
             self.open.errback(ConnectionError(f"handshake failed: {code} {reason}"))
 
@@ -278,7 +281,8 @@ class WebSocketSyncTests(WebSocketTestCase):
         m1 = (await self.send(bob, room_id)).json["event_id"]
         t1 = (await client.next_sync(1))["next_batch"]
         await self.to_device(bob, alice, {"n": 1})
-        p2 = await client.next_sync(2)
+        await client.wait_for(lambda: any(b["to_device"]["events"] for b in client.syncs()))
+        p2 = client.syncs()[-1]
         self.assertEqual([e["content"] for e in p2["to_device"]["events"]], [{"n": 1}])
         t2 = p2["next_batch"]
         client.close()
@@ -539,8 +543,10 @@ class _RawWebSocket(protocol.Protocol):
     def send_json(self, message: Any) -> None:
         payload = json.dumps(message).encode()
         mask = b"\x01\x02\x03\x04"
-        assert len(payload) < 126
-        header = bytes([0x81, 0x80 | len(payload)]) + mask
+        if len(payload) < 126:
+            header = bytes([0x81, 0x80 | len(payload)]) + mask
+        else:
+            header = bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big") + mask
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         self.transport.write(header + masked)  # type: ignore[union-attr]
 
@@ -710,6 +716,7 @@ class WebSocketBadInputTests(WebSocketTestCase):
         raw = _RawWebSocket()
         port = int(self.base_url.rsplit(":", 1)[1])
         await protocol.ClientCreator(reactor, lambda: raw).connectTCP("127.0.0.1", port)
+        self.addCleanup(lambda: raw.transport.abortConnection())  # type: ignore[union-attr]
         await raw.upgraded
         raw.send_json({"type": "auth", "access_token": alice.token})
         raw.send_json({"type": "subscribe"})
@@ -732,8 +739,9 @@ class WebSocketBadInputTests(WebSocketTestCase):
         self.assertLess(largest_buffer, 64 * 1024 + 3 * 8 * 1024)
         # ... and then the client is disconnected.
         deadline = time.monotonic() + 10
-        while self.hs.websocket_connections and time.monotonic() < deadline:
+        while server_transport.connected and time.monotonic() < deadline:
             await task.deferLater(reactor, 0.1, lambda: None)
+        self.assertFalse(server_transport.connected)
         self.assertEqual(len(self.hs.websocket_connections), 0)
 
     @ensure_deferred

@@ -75,6 +75,12 @@ class SyncWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             self.session.activity()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        # autobahn leaves this timer running when the connection is lost before the client
+        # answers our close frame (a client we dropped for not reading).
+        timer = getattr(self, "closeHandshakeTimeoutCall", None)
+        if timer is not None:
+            timer.cancel()
+            self.closeHandshakeTimeoutCall = None
         if self.session is not None:
             self.session.closed()
             self.session = None
@@ -92,7 +98,15 @@ class SyncWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 
     def close(self, code: int, reason: str) -> None:
         # A close reason is at most 123 bytes.
-        self.sendClose(int(code), reason.encode("utf-8")[:120].decode("utf-8", "ignore"))
+        reason = reason.encode("utf-8")[:120].decode("utf-8", "ignore")
+        if code == 1000 or 3000 <= code <= 4999:
+            self.sendClose(int(code), reason)
+        else:
+            # Protocol-level codes (1003): autobahn sends them only when failing the connection.
+            self._fail_connection(int(code), reason)
+
+    def abort(self) -> None:
+        self.dropConnection(abort=True)
 
     # ----- IPushProducer --------------------------------------------------------------------
 
@@ -133,6 +147,9 @@ class SyncWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
             allowedOrigins=["*"],
             perMessageCompressionAccept=accept_compression if config.compression else None,
             openHandshakeTimeout=config.auth_timeout_ms / 1000,
+            # A protocol violation (an oversized message) is answered with a close frame
+            # saying why (1009), not a silent drop.
+            failByDrop=False,
         )
 
 

@@ -59,6 +59,9 @@ class Connection(Protocol):
 
     def close(self, code: int, reason: str) -> None: ...
 
+    def abort(self) -> None:
+        """Drop the connection at once, without waiting for the client's close frame."""
+
 
 class AuthMessage(RequestBody):
     type: str
@@ -187,7 +190,8 @@ class WebSocketSession:
         try:
             await self._hs.tokens.validate(self._access_token)
         except MatrixError as e:
-            self._send_error(None, e)  # a 401: closes the connection
+            self._send_error(None, e)
+            self.close(CloseCode.UNAUTHORIZED, e.errcode)
         except Exception:
             logger.exception("%s: checking the access token failed", self.session_id)
 
@@ -227,9 +231,10 @@ class WebSocketSession:
                 body = await self._requests.handle(requester, message)
             self._send_response(request_id, body)
         except Exception as e:
-            self._send_error(request_id, e, kind)
-            if self._requester is None:
-                # Nothing but a good `auth` is accepted first.
+            status = self._send_error(request_id, e, kind)
+            if status == 401 or self._requester is None:
+                # Nothing but a good `auth` is accepted first; a token that has stopped
+                # working ends the connection.
                 self.close(CloseCode.UNAUTHORIZED, "Authentication failed")
 
     async def _authenticate(self, message: dict[str, Any]) -> None:
@@ -346,7 +351,10 @@ class WebSocketSession:
 
     def _too_slow(self) -> None:
         logger.info("%s: the client has read nothing for too long; closing", self.session_id)
+        # The close frame goes into the full buffer in case the client reads again; waiting
+        # for its answer would keep the buffer (and the connection) held for nothing.
         self.close(CloseCode.SLOW_READER, "Client too slow reading")
+        self._connection.abort()
 
     @staticmethod
     def _cancel_timer(timer: Any) -> None:
@@ -366,11 +374,11 @@ class WebSocketSession:
     def _send_response(self, request_id: str | None, body: dict[str, Any]) -> None:
         self._send({"type": "response", "request_id": request_id, "body": body})
 
-    def _send_error(self, request_id: str | None, error: Exception, kind: str = "?") -> None:
+    def _send_error(self, request_id: str | None, error: Exception, kind: str = "?") -> int:
+        """Send the error frame HTTP's answer would carry; return its status."""
         status, body, _headers = error_response(error, f"{self.session_id} {kind}")
         self._send({"type": "error", "request_id": request_id, "status": status, "body": body})
-        if status == 401 and not self._closed:
-            self.close(CloseCode.UNAUTHORIZED, str(body.get("errcode", Codes.UNKNOWN_TOKEN)))
+        return status
 
     def close(self, code: int, reason: str) -> None:
         if self._closed:
