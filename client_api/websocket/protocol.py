@@ -15,9 +15,9 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.interfaces import IPushProducer
 from twisted.web import resource, server
 from zope.interface import implementer
-from twisted.internet.interfaces import IPushProducer
 
 from client_api.websocket import WEBSOCKET_PATH
 from client_api.websocket.session import WebSocketSession
@@ -52,7 +52,8 @@ class SyncWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         if self.factory.listener.x_forwarded and forwarded:
             self._client_ip = forwarded.split(",")[0].strip()
         else:
-            self._client_ip = getattr(self.transport.getPeer(), "host", "unknown")
+            transport: Any = self.transport
+            self._client_ip = getattr(transport.getPeer(), "host", "unknown")
         self._user_agent = request.headers.get("user-agent")
         return None
 
@@ -90,11 +91,13 @@ class SyncWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     def send_text(self, data: bytes) -> None:
         # autobahn applies maxMessagePayloadSize to sending too; the limit is for what
         # clients send, and sync responses may be larger.
-        limit, self.maxMessagePayloadSize = self.maxMessagePayloadSize, 0
+        options: Any = self
+        limit: int = options.maxMessagePayloadSize
+        options.maxMessagePayloadSize = 0
         try:
             self.sendMessage(data, isBinary=False)
         finally:
-            self.maxMessagePayloadSize = limit
+            options.maxMessagePayloadSize = limit
 
     def close(self, code: int, reason: str) -> None:
         # A close reason is at most 123 bytes.
@@ -123,7 +126,7 @@ class SyncWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 
 
 class SyncWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
-    protocol = SyncWebSocketProtocol
+    protocol = SyncWebSocketProtocol  # type: ignore[assignment]
 
     def __init__(self, hs: HomeServer, listener: ListenerConfig) -> None:
         super().__init__()
@@ -160,7 +163,7 @@ class _UpgradeResource(WebSocketResource):  # type: ignore[misc]
         return super().render(request)
 
 
-def build_websocket_resource(hs: HomeServer, listener: ListenerConfig) -> resource.Resource:
+def build_websocket_resource(hs: HomeServer, listener: ListenerConfig) -> Any:
     return _UpgradeResource(SyncWebSocketFactory(hs, listener))
 
 
@@ -168,13 +171,13 @@ class ClientRootResource(resource.Resource):
     """The client listener's root: the WebSocket path goes to `websocket`, every other path
     to `json` (which routes and renders it)."""
 
-    def __init__(self, json: resource.Resource, websocket: resource.Resource) -> None:
+    def __init__(self, json: resource.Resource, websocket: Any) -> None:
         super().__init__()
         self._json = json
         self._websocket = websocket
         self._path = WEBSOCKET_PATH.encode("ascii")
 
-    def getChildWithDefault(self, path: bytes, request: server.Request) -> resource.Resource:
+    def getChildWithDefault(self, path: bytes, request: server.Request) -> Any:
         if request.path == self._path:
             return self._websocket
         return self._json

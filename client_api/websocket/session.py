@@ -332,10 +332,7 @@ class WebSocketSession:
                 error.errcode,
             )
             return None
-        logger.error(
-            "%s: sync push failed", self.session_id,
-            exc_info=(failure.type, failure.value, failure.getTracebackObject()),
-        )
+        logger.error("%s: sync push failed", self.session_id, exc_info=failure.value)
         self.close(CloseCode.INTERNAL_ERROR, "Internal server error")
         return None
 
