@@ -60,7 +60,8 @@ def drop_pg_database(admin_url: str, name: str) -> None:
 
 
 @asynccontextmanager
-async def running_server(db: str):
+async def running_server(db: str, pids: list[int] | None = None):
+    """Start a server; yield its base URL (and append its process ID to `pids`, if given)."""
     data_dir = Path(tempfile.mkdtemp(prefix="heddle-bench-"))
     port = free_port()
     subprocess.run(
@@ -80,6 +81,8 @@ async def running_server(db: str):
         config["database"] = {"url": url, "max_connections": 10}
     config_path.write_text(yaml.safe_dump(config))
     process = subprocess.Popen([str(HEDDLE), "--config", str(config_path)])
+    if pids is not None:
+        pids.append(process.pid)
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as session:
