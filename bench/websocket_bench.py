@@ -16,25 +16,14 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from heddle_bench import ROOT, Client, new_clients, running_server
+from heddle_bench import ROOT, Client, new_clients, running_server, summary, sync_latency
 
 WS_PATH = "/_matrix/client/unstable/org.heddle.ws/sync"
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {
-        "count": len(ordered),
-        "p50_ms": round(statistics.median(ordered) * 1000, 2),
-        "p99_ms": round(ordered[max(int(len(ordered) * 0.99) - 1, 0)] * 1000, 2),
-        "max_ms": round(ordered[-1] * 1000, 2),
-    }
 
 
 def rss_kib(pid: int) -> int:
@@ -105,33 +94,7 @@ async def websocket_latency(session: aiohttp.ClientSession, base: str, n: int, m
         latencies += [listener.arrivals[body] - sent_at for listener in listeners]
     for listener in listeners:
         await listener.ws.close()
-    return {"subscribers": n, "messages": messages, "send_to_frame": percentiles(latencies)}
-
-
-async def long_poll_latency(session: aiohttp.ClientSession, base: str, n: int, messages: int) -> dict[str, Any]:
-    readers, sender, room_id = await setup_room(session, base, n, "pollreader")
-    tokens = {id(r): (await r.sync())["next_batch"] for r in readers}
-    latencies: list[float] = []
-    for i in range(messages):
-        body = f"ping {i}"
-
-        async def wait_for(reader: Client, body: str = body) -> float:
-            since = tokens[id(reader)]
-            while True:
-                data = await reader.sync(since, timeout=10000)
-                since = data["next_batch"]
-                events = data["rooms"]["join"].get(room_id, {}).get("timeline", {}).get("events", [])
-                if any(e["content"].get("body") == body for e in events):
-                    tokens[id(reader)] = since
-                    return time.perf_counter()
-
-        waiters = [asyncio.ensure_future(wait_for(r)) for r in readers]
-        await asyncio.sleep(0.2 + n / 2000)  # every reader parked in its long-poll
-        sent_at = time.perf_counter()
-        await sender.send(room_id, body)
-        received = await asyncio.gather(*waiters)
-        latencies += [t - sent_at for t in received]
-    return {"subscribers": n, "messages": messages, "send_to_response": percentiles(latencies)}
+    return {"subscribers": n, "messages": messages, "send_to_frame": summary(latencies)}
 
 
 async def idle_memory(session: aiohttp.ClientSession, base: str, pid: int, n: int) -> dict[str, Any]:
@@ -170,7 +133,7 @@ async def main() -> None:
     print(json.dumps(results["websocket"]), flush=True)
     async with running_server(args.db) as base:
         async with aiohttp.ClientSession(connector=connector()) as session:
-            results["long_poll"] = await long_poll_latency(session, base, args.subscribers, args.messages)
+            results["long_poll"] = await sync_latency(session, base, args.subscribers, args.messages)
     print(json.dumps(results["long_poll"]), flush=True)
     pids: list[int] = []
     async with running_server(args.db, pids) as base:
