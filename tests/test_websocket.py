@@ -35,6 +35,10 @@ class _ClientProtocol(WebSocketClientProtocol):  # type: ignore[misc]
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.client.frames.append(json.loads(payload))
 
+    def onPing(self, payload: bytes) -> None:
+        self.client.pings += 1
+        super().onPing(payload)
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.client._closed(code, reason)
 
@@ -49,6 +53,7 @@ class WsClient:
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self.is_closed = False
+        self.pings = 0
 
     def _opened(self, proto: _ClientProtocol) -> None:
         self.protocol = proto
@@ -285,6 +290,9 @@ class WebSocketSyncTests(WebSocketTestCase):
         p2 = client.syncs()[-1]
         self.assertEqual([e["content"] for e in p2["to_device"]["events"]], [{"n": 1}])
         t2 = p2["next_batch"]
+        # One more push computed from t2: it must not count as the client having read t2.
+        extra = (await self.send(bob, room_id)).json["event_id"]
+        await client.wait_for(lambda: extra in timeline_ids(client.syncs()[-1], room_id))
         client.close()
         await client.wait_closed()
         # While away: two messages and a to-device message.
@@ -296,7 +304,7 @@ class WebSocketSyncTests(WebSocketTestCase):
         # that push comes again (a pushed frame is not an acknowledgement).
         again = await self.subscribed(alice, since=t1)
         first = again.syncs()[0]
-        self.assertEqual(timeline_ids(first, room_id), [m2, m3])
+        self.assertEqual(timeline_ids(first, room_id), [extra, m2, m3])
         self.assertEqual([e["content"] for e in first["to_device"]["events"]], [{"n": 1}, {"n": 2}])
         self.assertNotIn(m1, timeline_ids(first, room_id))
         again.close()
@@ -305,7 +313,7 @@ class WebSocketSyncTests(WebSocketTestCase):
         # Resuming from the last next_batch received: what came after it, once.
         resumed = await self.subscribed(alice, since=t2)
         first = resumed.syncs()[0]
-        self.assertEqual(timeline_ids(first, room_id), [m2, m3])
+        self.assertEqual(timeline_ids(first, room_id), [extra, m2, m3])
         self.assertEqual([e["content"] for e in first["to_device"]["events"]], [{"n": 2}])
 
     async def to_device(self, sender: User, target: User, content: dict[str, Any]) -> None:
@@ -331,6 +339,32 @@ class WebSocketSyncTests(WebSocketTestCase):
         self.assertEqual(count, 1)
         reply = await client.request("ack", next_batch="s999999999_0_0_0_0_999999_0")
         self.assertEqual(reply["body"]["errcode"], "M_INVALID_PARAM")
+
+    @ensure_deferred
+    async def test_a_slow_reader_gets_one_coalesced_response(self) -> None:
+        """While the transport says its buffer is full nothing is computed; once it drains,
+        one response carries everything since the last one."""
+        alice, bob = await self.user("alice"), await self.user("bob")
+        room_id = await self.room_with(alice, bob)
+        client = await self.subscribed(alice)
+        (session,) = self.hs.websocket_connections._open
+        session.pause_writing()  # what the transport calls when its buffer is full
+        sent = [(await self.send(bob, room_id)).json["event_id"] for _ in range(5)]
+        await task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(len(client.syncs()), 1)
+        session.resume_writing()
+        pushed = await client.next_sync(1)
+        self.assertEqual(timeline_ids(pushed, room_id), sent)
+        await task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(len(client.syncs()), 2)
+
+    @ensure_deferred
+    async def test_the_server_pings(self) -> None:
+        await self.start_server(websocket={"ping_interval_ms": 1000})
+        alice = await self.user("alice")
+        client = await self.authed(alice)
+        await client.wait_for(lambda: client.pings >= 1, timeout=5)
+        self.assertFalse(client.is_closed)
 
     @ensure_deferred
     async def test_revoked_token_closes_the_socket_within_a_second(self) -> None:

@@ -296,7 +296,9 @@ class WebSocketSession:
             full_state=subscribe.full_state,
             filter=sync_filter,
         )
-        self._position = PushPosition(since, since.to_device if since is not None else None)
+        # Without `since` the client has acknowledged no to-device message yet (0), which is
+        # not the same as leaving it to the token (None).
+        self._position = PushPosition(since, since.to_device if since is not None else 0)
         # Answered before the first push, so the client sees its subscription accepted first.
         self._send_response(subscribe.request_id, {})
         self._push = defer.ensureDeferred(
@@ -315,7 +317,7 @@ class WebSocketSession:
         if token.to_device > position.token.to_device:
             raise MatrixError(400, Codes.INVALID_PARAM, "'next_batch' was never sent")
         position.acknowledged_to_device = max(
-            position.acknowledged_to_device or 0, token.to_device
+            position.acknowledged_to_device, token.to_device
         )
         return {}
 

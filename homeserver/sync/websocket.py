@@ -64,7 +64,7 @@ class PushPosition:
     messages are deleted only up to it, since a pushed frame may never be read."""
 
     token: StreamToken | None
-    acknowledged_to_device: int | None
+    acknowledged_to_device: int
 
 
 class WebSocketSyncHandler:
