@@ -17,9 +17,11 @@ from autobahn.websocket.compress import (
     PerMessageDeflateResponse,
     PerMessageDeflateResponseAccept,
 )
-from twisted.internet import defer, protocol, reactor, task
+from twisted.internet import defer, protocol, reactor, ssl, task
 
-from client_api.websocket import WEBSOCKET_PATH
+from client_api.websocket import WEBSOCKET_PATH, websocket_url
+from homeserver.config import ListenerConfig
+from homeserver.tls import generate_self_signed_certificate
 from tests.harness import ensure_deferred, on_both_engines
 from tests.room_helpers import API, RoomTestCase, User, q
 
@@ -123,9 +125,14 @@ def timeline_ids(body: dict[str, Any], room_id: str) -> list[str]:
 
 class WebSocketTestCase(RoomTestCase):
     async def connect(
-        self, headers: dict[str, str] | None = None, compression: bool = False
+        self,
+        headers: dict[str, str] | None = None,
+        compression: bool = False,
+        tls: bool = False,
+        port: int | None = None,
     ) -> WsClient:
-        url = "ws" + self.base_url[len("http"):] + WEBSOCKET_PATH
+        port = port or int(self.base_url.rsplit(":", 1)[1])
+        url = f"{'wss' if tls else 'ws'}://127.0.0.1:{port}{WEBSOCKET_PATH}"
         client = WsClient()
         factory = WebSocketClientFactory(url, headers=headers or {})
         factory.protocol = type("P", (_ClientProtocol,), {"client": client})
@@ -138,8 +145,11 @@ class WebSocketTestCase(RoomTestCase):
                     else None
                 ),
             )
-        port = int(self.base_url.rsplit(":", 1)[1])
-        connector = reactor.connectTCP("127.0.0.1", port, factory)
+        if tls:
+            options = ssl.CertificateOptions(verify=False)
+            connector = reactor.connectSSL("127.0.0.1", port, factory, options)
+        else:
+            connector = reactor.connectTCP("127.0.0.1", port, factory)
         self.addCleanup(connector.disconnect)  # type: ignore[attr-defined]
         await client.open
         return client
@@ -186,6 +196,30 @@ class WebSocketSyncTests(WebSocketTestCase):
             well_known["org.heddle.ws"],
             {"url": "ws" + base_url[4:] + "_matrix/client/unstable/org.heddle.ws/sync"},
         )
+
+    @ensure_deferred
+    async def test_wss_on_a_tls_client_listener(self) -> None:
+        """A TLS client listener serves the socket too (wss://), and says so."""
+        data_dir = self.make_data_dir()
+        cert, key = data_dir / "tls.crt", data_dir / "tls.key"
+        generate_self_signed_certificate(cert, key, "127.0.0.1")
+        listener = ListenerConfig(
+            type="client", bind_address="127.0.0.1", port=0, tls=True,
+            tls_certificate_path=str(cert), tls_private_key_path=str(key),
+        )
+        # Beside the plain listener the HTTP helpers use (stopped with the server).
+        tls_port = self.hs._listen(listener)
+        self.hs.ports.append(tls_port)
+        alice, bob = await self.user("alice"), await self.user("bob")
+        room_id = await self.room_with(alice, bob)
+        client = await self.connect(tls=True, port=tls_port.getHost().port)
+        await client.request("auth", access_token=alice.token)
+        await client.request("subscribe")
+        await client.next_sync(0)
+        event_id = (await self.send(bob, room_id)).json["event_id"]
+        self.assertEqual(timeline_ids(await client.next_sync(1), room_id), [event_id])
+        config = self.hs.config.model_copy(update={"listeners": [listener]})
+        self.assertTrue(websocket_url(config).startswith("wss://127.0.0.1:0/"))
 
     @ensure_deferred
     async def test_messages_are_pushed_with_next_batch(self) -> None:
