@@ -775,6 +775,8 @@ class HomeServer:
             self.db.close()
 
     async def _stop_services(self) -> None:
+        # Open WebSockets stop pushing (their loops read the database) and are told why.
+        self.websocket_connections.close_all()
         self.federation_sender.stop()
         if self._uia_cleanup is not None and self._uia_cleanup.running:
             self._uia_cleanup.stop()

@@ -393,6 +393,15 @@ class WebSocketSyncTests(WebSocketTestCase):
         self.assertEqual(len(client.syncs()), 2)
 
     @ensure_deferred
+    async def test_stopping_the_server_closes_sockets_with_1001(self) -> None:
+        alice = await self.user("alice")
+        client = await self.subscribed(alice)
+        await self.hs.stop()
+        code, _ = await client.wait_closed()
+        self.assertEqual(code, 1001)
+        self.assertEqual(len(self.hs.websocket_connections), 0)
+
+    @ensure_deferred
     async def test_the_server_pings(self) -> None:
         await self.start_server(websocket={"ping_interval_ms": 1000})
         alice = await self.user("alice")

@@ -184,6 +184,9 @@ class WebSocketSession:
     def token_revoked(self) -> None:
         defer.ensureDeferred(self._check_token())
 
+    def server_stopping(self) -> None:
+        self.close(CloseCode.GOING_AWAY, "Server shutting down")
+
     async def _check_token(self) -> None:
         if self._access_token is None or self._closed:
             return

@@ -119,6 +119,9 @@ class RevocableConnection(Protocol):
     def token_revoked(self) -> None:
         """The connection's token may have been revoked: check it again, close if so."""
 
+    def server_stopping(self) -> None:
+        """The server is stopping: close."""
+
 
 class ConnectionRegistry:
     """The open connections of this process, by access token and by user."""
@@ -169,6 +172,10 @@ class ConnectionRegistry:
                 held.discard(connection)
                 if not held:
                     del index[key]
+
+    def close_all(self) -> None:
+        for connection in list(self._open):
+            connection.server_stopping()
 
     def revoked(self, token_ids: list[str], user_id: str | None) -> None:
         """A `TokenHandler` revocation listener."""
