@@ -8,6 +8,7 @@ import itertools
 import json
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -17,12 +18,13 @@ from autobahn.websocket.compress import (
     PerMessageDeflateResponse,
     PerMessageDeflateResponseAccept,
 )
+from nio import AsyncClient, ReceiptEvent, SyncResponse, TypingNoticeEvent
 from twisted.internet import defer, protocol, reactor, ssl, task
 
 from client_api.websocket import WEBSOCKET_PATH, websocket_url
 from homeserver.config import ListenerConfig
 from homeserver.tls import generate_self_signed_certificate
-from tests.harness import ensure_deferred, on_both_engines
+from tests.harness import ensure_deferred, nio, on_both_engines
 from tests.room_helpers import API, RoomTestCase, User, q
 
 _request_ids = itertools.count(1)
@@ -116,6 +118,32 @@ class WsClient:
     async def wait_closed(self, timeout: float = 10.0) -> tuple[int | None, str | None]:
         await self.wait_for(lambda: self.is_closed, timeout)
         return self.close_code, self.close_reason
+
+
+def nio_as_json(response: SyncResponse) -> dict[str, Any]:
+    """The parts of a matrix-nio sync response the equivalence tests compare, as /sync JSON."""
+    join: dict[str, Any] = {}
+    for room_id, room in response.rooms.join.items():
+        ephemeral: list[dict[str, Any]] = []
+        for event in room.ephemeral:
+            if isinstance(event, TypingNoticeEvent):
+                ephemeral.append({"type": "m.typing", "content": {"user_ids": event.users}})
+            elif isinstance(event, ReceiptEvent):
+                content: dict[str, Any] = {}
+                for receipt in event.receipts:
+                    content.setdefault(receipt.event_id, {}).setdefault(receipt.receipt_type, {})[
+                        receipt.user_id
+                    ] = {"ts": receipt.timestamp}
+                ephemeral.append({"type": "m.receipt", "content": content})
+        join[room_id] = {
+            "timeline": {"events": [event.source for event in room.timeline.events]},
+            "ephemeral": {"events": ephemeral},
+        }
+    return {
+        "rooms": {"join": join},
+        "to_device": {"events": [event.source for event in response.to_device_events]},
+        "device_lists": {"changed": list(response.device_list.changed)},
+    }
 
 
 def timeline_ids(body: dict[str, Any], room_id: str) -> list[str]:
@@ -241,6 +269,31 @@ class WebSocketSyncTests(WebSocketTestCase):
     async def test_same_events_in_same_order_as_a_long_polling_client(self) -> None:
         """Alice's first device listens on a WebSocket, her second long-polls /sync: both see
         the same timeline, typing, receipts, to-device messages and device-list changes."""
+
+        async def long_poll(poller: User, since: str) -> tuple[dict[str, Any], str]:
+            body = await self.long_poll(poller, since, timeout_ms=10_000)
+            return body, body["next_batch"]
+
+        await self.check_equivalence(long_poll)
+
+    @ensure_deferred
+    async def test_same_events_in_same_order_as_a_matrix_nio_client(self) -> None:
+        """The same, with matrix-nio long-polling (its parsed responses turned back into the
+        fields compared)."""
+        clients: dict[str, AsyncClient] = {}
+
+        async def nio_poll(poller: User, since: str) -> tuple[dict[str, Any], str]:
+            if poller.token not in clients:
+                clients[poller.token] = self.nio_client(poller)
+            response = await nio(clients[poller.token].sync(timeout=10_000, since=since))
+            assert isinstance(response, SyncResponse), response
+            return nio_as_json(response), response.next_batch
+
+        await self.check_equivalence(nio_poll)
+
+    async def check_equivalence(
+        self, poll_once: Callable[[User, str], Awaitable[tuple[dict[str, Any], str]]]
+    ) -> None:
         alice, bob = await self.user("alice"), await self.user("bob")
         room_id = await self.room_with(alice, bob)
         second = await self.login("alice")
@@ -260,9 +313,8 @@ class WebSocketSyncTests(WebSocketTestCase):
             bodies: list[dict[str, Any]] = []
             since = poll_start
             while not saw_marker(bodies):
-                body = await self.long_poll(poller, since, timeout_ms=10_000)
+                body, since = await poll_once(poller, since)
                 bodies.append(body)
-                since = body["next_batch"]
             return bodies
 
         polling = defer.ensureDeferred(poll())
