@@ -4,6 +4,7 @@ loopback: authentication, subscription, pushes, requests, and every kind of bad 
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import socket
@@ -22,6 +23,7 @@ from nio import AsyncClient, ReceiptEvent, SyncResponse, TypingNoticeEvent
 from twisted.internet import defer, protocol, reactor, ssl, task
 
 from client_api.websocket import WEBSOCKET_PATH, websocket_url
+from client_api.websocket.session import WebSocketSession
 from homeserver.config import ListenerConfig
 from homeserver.tls import generate_self_signed_certificate
 from tests.harness import ensure_deferred, nio, on_both_engines
@@ -41,7 +43,8 @@ class _ClientProtocol(WebSocketClientProtocol):  # type: ignore[misc]
 
     def onPing(self, payload: bytes) -> None:
         self.client.pings += 1
-        super().onPing(payload)
+        if self.client.answer_pings:
+            super().onPing(payload)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.client._closed(code, reason)
@@ -58,6 +61,7 @@ class WsClient:
         self.close_reason: str | None = None
         self.is_closed = False
         self.pings = 0
+        self.answer_pings = True
 
     def _opened(self, proto: _ClientProtocol) -> None:
         self.protocol = proto
@@ -460,6 +464,16 @@ class WebSocketSyncTests(WebSocketTestCase):
         client = await self.authed(alice)
         await client.wait_for(lambda: client.pings >= 1, timeout=5)
         self.assertFalse(client.is_closed)
+
+    @ensure_deferred
+    async def test_a_ping_not_answered_drops_the_connection(self) -> None:
+        await self.start_server(websocket={"ping_interval_ms": 1000, "ping_timeout_ms": 1000})
+        alice = await self.user("alice")
+        client = await self.subscribed(alice)
+        client.answer_pings = False
+        await client.wait_closed(timeout=5)
+        self.assertGreaterEqual(client.pings, 1)
+        await client.wait_for(lambda: len(self.hs.websocket_connections) == 0)
 
     @ensure_deferred
     async def test_revoked_token_closes_the_socket_within_a_second(self) -> None:
@@ -891,6 +905,8 @@ class WebSocketBadInputTests(WebSocketTestCase):
         self.assertEqual(self.hs.websocket_connections.indexed_sizes(), (0, 0))
         self.assertEqual(self.hs.notifier._waiters, {})
         self.assertNotIn(alice.user_id, self.hs.presence._syncing)
+        gc.collect()
+        self.assertEqual([o for o in gc.get_objects() if isinstance(o, WebSocketSession)], [])
         metrics = (await self.request("GET", "/metrics", base_url=self.metrics_url)).body.decode()
         self.assertIn("heddle_websocket_connections 0.0", metrics)
         self.assertIn('heddle_websocket_frames_total{direction="in"}', metrics)
