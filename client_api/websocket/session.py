@@ -188,11 +188,15 @@ class WebSocketSession:
         self.close(CloseCode.GOING_AWAY, "Server shutting down")
 
     async def _check_token(self) -> None:
-        if self._access_token is None or self._closed:
+        token = self._access_token
+        if token is None or self._closed:
             return
         try:
-            await self._hs.tokens.validate(self._access_token)
+            await self._hs.tokens.validate(token)
         except MatrixError as e:
+            if token != self._access_token:
+                # Replaced meanwhile by a new `auth` (a refreshed token revokes the old).
+                return
             self._send_error(None, e)
             self.close(CloseCode.UNAUTHORIZED, e.errcode)
         except Exception:
@@ -251,11 +255,10 @@ class WebSocketSession:
             raise MatrixError(
                 403, Codes.FORBIDDEN, "A connection stays with the user and device it began with"
             )
-        await self._hs.devices.record_activity(
-            requester.user_id, requester.device_id, self._client_ip, self._user_agent
-        )
         if self._closed:
             return
+        # Taken at once: the new token's first use may revoke the old one (a refresh), and
+        # the check that revocation starts must find the new token in place.
         self._requester, self._access_token = requester, auth.access_token
         self._cancel_timer(self._auth_timer)
         self._cancel_timer(self._expiry_timer)
@@ -264,6 +267,9 @@ class WebSocketSession:
             delay = max(requester.expires_ts - self._hs.clock.time_msec(), 0) / 1000
             self._expiry_timer = self._hs.reactor.callLater(delay, self.token_revoked)
         self._hs.websocket_connections.authenticated(self, requester.token_id, requester.user_id)
+        await self._hs.devices.record_activity(
+            requester.user_id, requester.device_id, self._client_ip, self._user_agent
+        )
         if previous is None:
             logger.info(
                 "%s: %s/%s connected from %s",
