@@ -60,7 +60,8 @@ def drop_pg_database(admin_url: str, name: str) -> None:
 
 
 @asynccontextmanager
-async def running_server(db: str):
+async def running_server(db: str, pids: list[int] | None = None):
+    """Start a server; yield its base URL (and append its process ID to `pids`, if given)."""
     data_dir = Path(tempfile.mkdtemp(prefix="heddle-bench-"))
     port = free_port()
     subprocess.run(
@@ -80,6 +81,8 @@ async def running_server(db: str):
         config["database"] = {"url": url, "max_connections": 10}
     config_path.write_text(yaml.safe_dump(config))
     process = subprocess.Popen([str(HEDDLE), "--config", str(config_path)])
+    if pids is not None:
+        pids.append(process.pid)
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as session:
@@ -158,6 +161,7 @@ def summary(values: list[float]) -> dict[str, float]:
         "count": len(values),
         "p50_ms": round(statistics.median(ordered) * 1000, 2),
         "p95_ms": round(ordered[int(len(ordered) * 0.95) - 1] * 1000, 2),
+        "p99_ms": round(ordered[max(int(len(ordered) * 0.99) - 1, 0)] * 1000, 2),
         "max_ms": round(ordered[-1] * 1000, 2),
     }
 
@@ -183,14 +187,17 @@ async def send_throughput(session: aiohttp.ClientSession, base: str) -> dict[str
             "messages_per_second": round(total / elapsed, 1), "send_latency": summary(latencies)}
 
 
-async def sync_latency(session: aiohttp.ClientSession, base: str) -> dict[str, Any]:
-    readers = await new_clients(session, base, 50, "reader")
+async def sync_latency(
+    session: aiohttp.ClientSession, base: str, n: int = 50, messages: int = 10
+) -> dict[str, Any]:
+    readers = await new_clients(session, base, n, "reader")
     sender = (await new_clients(session, base, 1, "speaker"))[0]
     room_id = await sender.create_room(preset="public_chat")
-    await asyncio.gather(*(r.join(room_id) for r in readers))
+    for start in range(0, n, 50):
+        await asyncio.gather(*(r.join(room_id) for r in readers[start:start + 50]))
     tokens = {id(r): (await r.sync())["next_batch"] for r in readers}
     latencies: list[float] = []
-    for i in range(10):
+    for i in range(messages):
         body = f"ping {i}"
 
         async def wait_for(reader: Client, body: str = body) -> float:
@@ -204,12 +211,12 @@ async def sync_latency(session: aiohttp.ClientSession, base: str) -> dict[str, A
                     return time.perf_counter()
 
         waiters = [asyncio.ensure_future(wait_for(r)) for r in readers]
-        await asyncio.sleep(0.2)  # let every reader be parked in its long-poll
+        await asyncio.sleep(0.2 + n / 2000)  # let every reader be parked in its long-poll
         sent_at = time.perf_counter()
         await sender.send(room_id, body)
         received = await asyncio.gather(*waiters)
         latencies.extend(t - sent_at for t in received)
-    return {"readers": len(readers), "messages": 10, "send_to_receive": summary(latencies)}
+    return {"readers": len(readers), "messages": messages, "send_to_receive": summary(latencies)}
 
 
 async def initial_sync_100_rooms(session: aiohttp.ClientSession, base: str) -> dict[str, Any]:

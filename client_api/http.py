@@ -137,6 +137,12 @@ def parse_json_object(request: HeddleRequest) -> dict[str, Any]:
     if not raw.strip():
         # Several endpoints (logout, refresh for some clients) are sent without a body.
         return {}
+    return parse_json_bytes(raw)
+
+
+def parse_json_bytes(raw: bytes) -> dict[str, Any]:
+    """`raw` as a JSON object, or 400 M_NOT_JSON / M_BAD_JSON: the rules of a request body,
+    shared with WebSocket messages."""
     try:
         body = load_json(raw.decode("utf-8"))
     except ValueError:  # UnicodeDecodeError included
@@ -277,6 +283,23 @@ class Router:
         return None, {}, allowed
 
 
+def error_response(e: Exception, what: str) -> tuple[int, Any, dict[str, str]]:
+    """The status, JSON body and headers that answer a request which raised `e`; `what`
+    names the request in the log. Shared by HTTP and WebSocket requests."""
+    if isinstance(e, MatrixError):
+        if e.http_code >= 500:
+            logger.error("%s failed: %s", what, e)
+        return e.http_code, e.to_json(), e.headers
+    if isinstance(e, InteractiveAuthIncomplete):
+        return 401, e.body, {}
+    if isinstance(e, InvalidTextError):
+        # A NUL character in a path parameter or a field that reached the database.
+        return 400, {"errcode": Codes.INVALID_PARAM, "error": str(e)}, {}
+    # Logged with its traceback, never sent: the client only learns it was our fault.
+    logger.error("%s raised", what, exc_info=e)
+    return 500, {"errcode": Codes.UNKNOWN, "error": "Internal server error"}, {}
+
+
 class JsonResource(resource.Resource):
     """The one resource every listener serves: dispatch, render JSON, turn errors into HTTP."""
 
@@ -314,22 +337,11 @@ class JsonResource(resource.Resource):
         headers: dict[str, str] = {}
         try:
             code, body, headers = await self._dispatch(request, method, raw_path)
-        except MatrixError as e:
-            code, body, headers = e.http_code, e.to_json(), e.headers
-            if code >= 500:
-                logger.error("%s %s failed: %s", method, _loggable(request), e)
-        except InteractiveAuthIncomplete as e:
-            code, body = 401, e.body
         except defer.CancelledError:
             # The client went away and the handler was cancelled: nobody to answer.
             code, body = 499, {"errcode": Codes.UNKNOWN, "error": "Client closed the request"}
-        except InvalidTextError as e:
-            # A NUL character in a path parameter or a field that reached the database.
-            code, body = 400, {"errcode": Codes.INVALID_PARAM, "error": str(e)}
-        except Exception:
-            # Logged with its traceback, never sent: the client only learns it was our fault.
-            logger.exception("%s %s raised", method, _loggable(request))
-            code, body = 500, {"errcode": Codes.UNKNOWN, "error": "Internal server error"}
+        except Exception as e:
+            code, body, headers = error_response(e, f"{method} {_loggable(request)}")
         finally:
             metrics.HTTP_REQUESTS_IN_FLIGHT.dec()
         self._respond(request, method, code, body, headers)

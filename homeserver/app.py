@@ -62,6 +62,7 @@ from homeserver.streams.declarations import SYNC_STREAMS
 from homeserver.streams.registry import StreamRegistry
 from homeserver.sync.handler import SyncHandler
 from homeserver.sync.notifier import Notifier
+from homeserver.sync.websocket import ConnectionRegistry, WebSocketSyncHandler
 from homeserver.typing import TypingHandler
 from homeserver.user_directory import UserDirectoryHandler
 from media_repo.preview import UrlPreviewer
@@ -369,6 +370,16 @@ class HomeServer:
             self.presence,
         )
         self.membership.forget_listeners.append(self.sync.forget_memberships)
+        # Sync pushed over WebSockets (client_api/websocket/): the push loops, and the open
+        # connections, which a token revocation closes.
+        self.websocket_sync = WebSocketSyncHandler(
+            self.sync, self.notifier, self.presence, self.clock
+        )
+        self.websocket_connections = ConnectionRegistry(config.websocket.max_connections)
+        self.tokens.add_revocation_listener(self.websocket_connections.revoked)
+        self.websocket_request_limiter = limiter(
+            "websocket_requests", config.websocket.request_rate
+        )
 
         # Media (issue 5): metadata in the database, bytes with the storage provider.
         self.media_store = MediaStore(self.db)
@@ -665,12 +676,17 @@ class HomeServer:
 
         return defer.ensureDeferred(cleanup())
 
-    def build_client_resource(self) -> resource.Resource:
+    def build_client_resource(self, listener: ListenerConfig) -> resource.Resource:
         from client_api.routes import register_client_servlets
 
         router = Router()
         register_client_servlets(router, self)
-        return JsonResource(router)
+        json_resource = JsonResource(router)
+        if not self.config.websocket.enabled:
+            return json_resource
+        from client_api.websocket.protocol import ClientRootResource, build_websocket_resource
+
+        return ClientRootResource(json_resource, build_websocket_resource(self, listener))
 
     def build_federation_resource(self) -> resource.Resource:
         from federation.transport.routes import register_federation_servlets
@@ -690,7 +706,7 @@ class HomeServer:
 
     def _listen(self, listener: ListenerConfig) -> Any:
         if listener.type == "client":
-            root = self.build_client_resource()
+            root = self.build_client_resource(listener)
         elif listener.type == "federation":
             root = self.build_federation_resource()
         else:
@@ -735,6 +751,8 @@ class HomeServer:
             self.db.close()
 
     async def _stop_services(self) -> None:
+        # Open WebSockets stop pushing (their loops read the database) and are told why.
+        self.websocket_connections.close_all()
         self.federation_sender.stop()
         if self._uia_cleanup is not None and self._uia_cleanup.running:
             self._uia_cleanup.stop()

@@ -285,6 +285,33 @@ class PresenceConfig(_Section):
     sync_timeout_ms: int = Field(30 * 1000, ge=1000)
 
 
+class WebSocketConfig(_Section):
+    # Serve sync (and the frequent small requests) over a WebSocket on every client listener,
+    # at /_matrix/client/unstable/org.heddle.ws/sync; see docs/websocket.md.
+    enabled: bool = True
+    # The largest message a client may send (after decompression); larger ones close the
+    # socket with 1009. Pushed sync responses are not limited.
+    max_message_bytes: int = Field(64 * 1024, ge=1024)
+    # The server pings every this often; a pong not back within ping_timeout_ms closes.
+    ping_interval_ms: int = Field(30 * 1000, ge=1000)
+    ping_timeout_ms: int = Field(20 * 1000, ge=1000)
+    # Nothing at all received (messages, pongs) for this long closes the socket.
+    idle_timeout_ms: int = Field(120 * 1000, ge=1000)
+    # A connection that has not authenticated within this long is closed.
+    auth_timeout_ms: int = Field(10 * 1000, ge=100)
+    # A client that reads nothing for this long while data waits for it is disconnected.
+    slow_reader_timeout_ms: int = Field(60 * 1000, ge=100)
+    # Browser origins allowed to connect ("*" wildcards allowed); clients that send no
+    # Origin header (not browsers) are always allowed, since the token is what authenticates.
+    allowed_origins: list[str] = Field(default_factory=lambda: ["*"])
+    # Open sockets per process; further upgrades get 503.
+    max_connections: int = Field(10_000, ge=1)
+    # Offer permessage-deflate compression to clients that ask for it.
+    compression: bool = True
+    # Requests (send, typing, receipts, read markers) per connection.
+    request_rate: RateLimit = RateLimit(per_second=10.0, burst_count=50)
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Log file path; unset logs to stderr.
@@ -311,6 +338,7 @@ class HomeserverConfig(_Section):
     media: MediaConfig = MediaConfig()
     redis: RedisConfig = RedisConfig()
     presence: PresenceConfig = PresenceConfig()
+    websocket: WebSocketConfig = WebSocketConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @field_validator("server_name")

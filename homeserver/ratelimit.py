@@ -56,3 +56,7 @@ class RateLimiter:
             return
         tokens = self._refill(key)
         self._buckets.set(key, (tokens - 1.0, self._clock.time()))
+
+    def forget(self, key: str) -> None:
+        """Drop `key`'s bucket (its owner is gone: a closed connection)."""
+        self._buckets.pop(key, None)

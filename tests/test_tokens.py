@@ -13,7 +13,7 @@ from typing import Any
 
 import jwt
 from nio import AsyncClient, LoginResponse, LogoutResponse, WhoamiError, WhoamiResponse
-from twisted.internet import reactor, task
+from twisted.internet import defer, reactor, task
 
 from tests.harness import SERVER_NAME, HomeserverTestCase, Response, nio, on_both_engines
 
@@ -79,6 +79,17 @@ class TokenAssertions:
 
 @on_both_engines
 class AccessTokenTests(TokenAssertions, HomeserverTestCase):
+    async def test_many_first_uses_at_once_all_succeed(self):
+        """A new token used by many requests at once (a client opening its connections):
+        each marks it used, and none of them fails for racing the others."""
+        session = await self.register("alice")
+        # Straight to the handler, so the first uses really overlap (not sent one by one).
+        requesters = await defer.gatherResults([
+            defer.ensureDeferred(self.hs.tokens.validate(session["access_token"]))
+            for _ in range(50)
+        ])
+        self.assertEqual({r.user_id for r in requesters}, {session["user_id"]})
+
     async def test_nio_login_whoami_logout(self):
         await self.register("alice")
         client = AsyncClient(self.base_url, "@alice:test.heddle")

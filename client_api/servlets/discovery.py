@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from client_api.auth import require_user
 from client_api.http import HeddleRequest, client_path
+from client_api.websocket import FEATURE, websocket_url
 from homeserver.errors import Codes, MatrixError
 from homeserver.events.room_versions import CREATABLE_ROOM_VERSIONS
 
@@ -29,7 +30,10 @@ class VersionsServlet:
         self._hs = hs
 
     async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
-        return 200, {"versions": SUPPORTED_SPEC_VERSIONS, "unstable_features": {}}
+        return 200, {
+            "versions": SUPPORTED_SPEC_VERSIONS,
+            "unstable_features": {FEATURE: self._hs.config.websocket.enabled},
+        }
 
 
 class ClientWellKnownServlet:
@@ -39,7 +43,11 @@ class ClientWellKnownServlet:
         self._hs = hs
 
     async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
-        return 200, {"m.homeserver": {"base_url": self._hs.config.client_base_url}}
+        config = self._hs.config
+        body: dict[str, Any] = {"m.homeserver": {"base_url": config.client_base_url}}
+        if config.websocket.enabled:
+            body[FEATURE] = {"url": websocket_url(config)}
+        return 200, body
 
 
 class ServerWellKnownServlet:

@@ -16,6 +16,14 @@ if TYPE_CHECKING:
 MAX_TIMEOUT_MS = 5 * 60 * 1000
 
 
+def check_set_presence(value: str | None) -> str:
+    """The `set_presence` of a sync (default "online"), or 400 M_INVALID_PARAM."""
+    set_presence = value or "online"
+    if set_presence not in ("online", "offline", "unavailable"):
+        raise MatrixError(400, Codes.INVALID_PARAM, "Invalid 'set_presence'")
+    return set_presence
+
+
 class SyncServlet:
     PATTERNS = [client_path("/sync")]
     # A long-poll whose client has gone should stop waiting (and stop counting the user as
@@ -34,9 +42,7 @@ class SyncServlet:
         full_state_raw = query_string(request, "full_state") or "false"
         if full_state_raw not in ("true", "false"):
             raise MatrixError(400, Codes.INVALID_PARAM, "'full_state' must be true or false")
-        set_presence = query_string(request, "set_presence") or "online"
-        if set_presence not in ("online", "offline", "unavailable"):
-            raise MatrixError(400, Codes.INVALID_PARAM, "Invalid 'set_presence'")
+        set_presence = check_set_presence(query_string(request, "set_presence"))
         sync_filter = await self._hs.filtering.resolve_filter(
             requester.user_id, query_string(request, "filter")
         )

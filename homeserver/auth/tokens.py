@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import jwt
@@ -41,6 +41,10 @@ class Requester:
     is_guest: bool = False
     # When the access token expires (ms); None for tokens issued without a refresh token.
     expires_ts: int | None = None
+
+
+# (revoked token IDs, user whose every token was revoked or None)
+RevocationListener = Callable[[list[str], "str | None"], None]
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,9 @@ class TokenHandler:
         replication.subscribe(REVOKED_TOKENS_STREAM, self._forget_local)
         replication.subscribe(REVOKED_USERS_STREAM, self._forget_user_local)
         replication.on_resync(self._cache.clear)
+        # Told of every revocation seen by this process (its own and, through replication,
+        # other processes'), so long-lived connections (WebSockets) can close at once.
+        self._revocation_listeners: list[RevocationListener] = []
 
     def _mint_jwt(
         self, token_id: str, user_id: str, device_id: str, expires_ts: int | None
@@ -228,12 +235,21 @@ class TokenHandler:
         self._forget_user_local(user_id)
         self._replication.publish(REVOKED_USERS_STREAM, user_id)
 
+    def add_revocation_listener(self, listener: RevocationListener) -> None:
+        """Call `listener(token_ids, user_id)` after tokens are revoked: the token IDs, or
+        (an account deactivated) every token of `user_id`."""
+        self._revocation_listeners.append(listener)
+
     def _forget_local(self, token_ids: list[str]) -> None:
         for token_id in token_ids:
             self._cache.pop(token_id, None)
+        for listener in self._revocation_listeners:
+            listener(token_ids, None)
 
     def _forget_user_local(self, user_id: str) -> None:
         self._cache.pop_where(lambda _token_id, requester: requester.user_id == user_id)
+        for listener in self._revocation_listeners:
+            listener([], user_id)
 
     async def revoke(self, requester: Requester) -> None:
         await self._tokens.delete_access_token(requester.token_id)

@@ -269,21 +269,27 @@ class ToDeviceHandler:
         since: int,
         up_to: int,
         limit: int = DEFAULT_SYNC_LIMIT,
+        acknowledged: int | None = None,
     ) -> tuple[list[JsonDict], int]:
         """The device's to-device events after `since` up to `up_to`, oldest first, and the
         to-device position for `next_batch`.
 
-        Messages at or before `since` are deleted first: a sync token that far means the
-        client received them. At most `limit` events are returned; then the position is
-        that of the last one returned, so the rest come with the next sync. Otherwise it
-        is `up_to`.
+        Messages at or before `acknowledged` (by default `since`) are deleted first: a sync
+        token that far means the client received them. A WebSocket pushes from a position
+        the client has not confirmed yet, so it passes what the client last confirmed. At
+        most `limit` events are returned; then the position is that of the last one
+        returned, so the rest come with the next sync. Otherwise it is `up_to`.
         """
         if since > up_to:
             # A token from beyond this stream (a restored database): it acknowledges
             # nothing that is here, so everything is sent again.
             since = 0
+        if acknowledged is None or acknowledged > since:
+            acknowledged = since
         limit = max(limit, 1)
-        rows = await self._store.take_messages(user_id, device_id, since, up_to, limit)
+        rows = await self._store.take_messages(
+            user_id, device_id, acknowledged, up_to, limit, after=since
+        )
         if len(rows) > limit:
             rows = rows[:limit]
             return [row.event for row in rows], rows[-1].stream_id

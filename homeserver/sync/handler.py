@@ -62,6 +62,10 @@ class SyncRequest:
     since: StreamToken | None
     full_state: bool
     filter: Filter = field(default_factory=Filter.default)
+    # The to-device position the client has confirmed receiving, when it is behind `since`
+    # (a WebSocket pushes from its last push, which the client may never have read):
+    # to-device messages are deleted only up to it. None: `since` confirms them.
+    to_device_acknowledged: int | None = None
 
 
 @dataclass
@@ -268,7 +272,11 @@ class SyncHandler:
         if since is not None and since_position >= now and key not in self._to_device_unacked:
             return [], now
         events, position = await self.to_device.get_for_sync(
-            request.user_id, request.device_id, since_position, now
+            request.user_id,
+            request.device_id,
+            since_position,
+            now,
+            acknowledged=request.to_device_acknowledged,
         )
         self._to_device_unacked.pop(key, None)
         if events:

@@ -134,11 +134,19 @@ class DeviceInboxStore:
         return await self._db.run_interaction("add_device_inbox_messages", txn_fn)
 
     async def take_messages(
-        self, user_id: str, device_id: str, acknowledged: int, up_to: int, limit: int
+        self,
+        user_id: str,
+        device_id: str,
+        acknowledged: int,
+        up_to: int,
+        limit: int,
+        after: int | None = None,
     ) -> list[InboxMessage]:
         """Delete the device's messages at or before `acknowledged` (the client's sync token
-        says it has them), then return the next ones, after `acknowledged` and at or before
-        `up_to`, oldest first: at most `limit` + 1, so the caller can tell there are more."""
+        says it has them), then return the next ones, after `after` (by default
+        `acknowledged`) and at or before `up_to`, oldest first: at most `limit` + 1, so the
+        caller can tell there are more."""
+        start = acknowledged if after is None else max(after, acknowledged)
 
         def txn_fn(txn: Transaction) -> list[InboxMessage]:
             if acknowledged > 0:
@@ -151,7 +159,7 @@ class DeviceInboxStore:
                 "SELECT stream_id, message_json FROM device_inbox"
                 " WHERE user_id = ? AND device_id = ? AND stream_id > ? AND stream_id <= ?"
                 " ORDER BY stream_id LIMIT ?",
-                (user_id, device_id, acknowledged, up_to, limit + 1),
+                (user_id, device_id, start, up_to, limit + 1),
             )
             return [InboxMessage(row[0], json.loads(row[1])) for row in rows]
 

@@ -103,10 +103,20 @@ class TokenStore:
         return AccessTokenRow(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
 
     async def mark_access_token_used(self, token_id: str, refresh_token_id: str | None) -> None:
-        """First use of a refreshed access token retires the refresh token it replaced."""
+        """First use of a refreshed access token retires the refresh token it replaced.
+
+        Many first uses at once (a client opening several connections with a new token)
+        race here: the one that marks the row does the rest. On PostgreSQL the others' first
+        attempts conflict; retried, they see the row marked and change nothing, so the
+        retries end instead of conflicting again."""
 
         def txn_fn(txn: Transaction) -> None:
-            txn.execute("UPDATE access_tokens SET used = ? WHERE token_id = ?", (True, token_id))
+            txn.execute(
+                "UPDATE access_tokens SET used = ? WHERE token_id = ? AND used = ?",
+                (True, token_id, False),
+            )
+            if txn.rowcount == 0:
+                return
             if refresh_token_id is not None:
                 txn.execute(
                     "UPDATE refresh_tokens SET revoked = ? WHERE next_token_id = ?",

@@ -1,0 +1,395 @@
+"""One WebSocket connection's conversation: authentication, the sync subscription, requests,
+timeouts and closing. The transport (`protocol.py`) only moves frames; the push loop is
+`WebSocketSyncHandler.push_loop`. The protocol is described in docs/websocket.md.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections import deque
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic import Field
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from client_api.http import error_response, parse_json_bytes
+from client_api.servlets.sync import check_set_presence
+from client_api.validation import RequestBody, parse_body
+from client_api.websocket.requests import WebSocketRequests
+from homeserver.auth.tokens import Requester
+from homeserver.errors import Codes, MatrixError
+from homeserver.sync.handler import SyncRequest
+from homeserver.sync.tokens import StreamToken
+from homeserver.sync.websocket import FRAMES, PUSH_SECONDS, PushPosition
+
+if TYPE_CHECKING:
+    from homeserver.app import HomeServer
+
+logger = logging.getLogger(__name__)
+
+# Messages received but not yet handled (they are handled one at a time, in order); past
+# this, a message is refused with 429 at once rather than queued.
+MAX_QUEUED_MESSAGES = 32
+
+_session_ids = itertools.count(1)
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes the server uses (docs/websocket.md)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    UNSUPPORTED_DATA = 1003  # a binary message
+    TOO_BIG = 1009  # sent by autobahn for a message over websocket.max_message_bytes
+    INTERNAL_ERROR = 1011
+    IDLE_TIMEOUT = 4000
+    UNAUTHORIZED = 4001  # no, bad, expired or revoked token; the error frame says which
+    AUTH_TIMEOUT = 4002
+    SLOW_READER = 4003
+
+
+class Connection(Protocol):
+    """What a session needs from its transport."""
+
+    def send_text(self, data: bytes) -> None: ...
+
+    def close(self, code: int, reason: str) -> None: ...
+
+    def abort(self) -> None:
+        """Drop the connection at once, without waiting for the client's close frame."""
+
+
+class AuthMessage(RequestBody):
+    type: str
+    request_id: str | None = Field(None, max_length=255)
+    access_token: str = Field(max_length=4096)
+
+
+class SubscribeMessage(RequestBody):
+    type: str
+    request_id: str | None = Field(None, max_length=255)
+    # A filter ID, a filter as JSON text, or the filter object itself.
+    filter: str | dict[str, Any] | None = None
+    since: str | None = None
+    full_state: bool = False
+    set_presence: str | None = None
+
+
+class AckMessage(RequestBody):
+    type: str
+    request_id: str | None = Field(None, max_length=255)
+    next_batch: str
+
+
+class WebSocketSession:
+    def __init__(
+        self, hs: HomeServer, connection: Connection, client_ip: str, user_agent: str | None
+    ) -> None:
+        self._hs = hs
+        self._config = hs.config.websocket
+        self._connection = connection
+        self._client_ip = client_ip
+        self._user_agent = user_agent
+        self.session_id = f"ws{next(_session_ids)}"
+        self._requests = WebSocketRequests(hs)
+        self._requester: Requester | None = None
+        self._access_token: str | None = None
+        self._closed = False
+        self._queue: deque[bytes] = deque()
+        self._draining = False
+        # The sync subscription: where it stands, and its push loop.
+        self._position: PushPosition | None = None
+        self._push: defer.Deferred[None] | None = None
+        # Backpressure: the transport says when its buffer is full (`pause_writing`) and
+        # when it has drained (`resume_writing`); the push loop waits in between.
+        self._paused = False
+        self._writable: defer.Deferred[None] | None = None
+        reactor = hs.reactor
+        self._auth_timer = reactor.callLater(self._config.auth_timeout_ms / 1000, self._auth_timed_out)
+        self._idle_timer = reactor.callLater(self._config.idle_timeout_ms / 1000, self._idle_timed_out)
+        self._slow_timer: Any = None
+        self._expiry_timer: Any = None
+        hs.websocket_connections.opened(self)
+
+    # ----- from the transport --------------------------------------------------------------
+
+    def message_received(self, payload: bytes, is_binary: bool) -> None:
+        FRAMES.labels("in").inc()
+        self.activity()
+        if self._closed:
+            return
+        if is_binary:
+            self.close(CloseCode.UNSUPPORTED_DATA, "Binary messages are not supported")
+            return
+        if len(self._queue) >= MAX_QUEUED_MESSAGES:
+            self._send_error(None, MatrixError(429, Codes.LIMIT_EXCEEDED, "Too many requests waiting"))
+            return
+        self._queue.append(payload)
+        if not self._draining:
+            defer.ensureDeferred(self._drain())
+
+    def activity(self) -> None:
+        """Something (a message, a pong) arrived: the connection is not idle."""
+        if self._idle_timer.active():
+            self._idle_timer.reset(self._config.idle_timeout_ms / 1000)
+
+    def pause_writing(self) -> None:
+        if self._paused:
+            return
+        self._paused = True
+        self._slow_timer = self._hs.reactor.callLater(
+            self._config.slow_reader_timeout_ms / 1000, self._too_slow
+        )
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._cancel_timer(self._slow_timer)
+        waiter, self._writable = self._writable, None
+        if waiter is not None:
+            waiter.callback(None)
+
+    def closed(self) -> None:
+        """The connection is gone: stop everything and forget it."""
+        self._closed = True
+        self._queue.clear()
+        for timer in (self._auth_timer, self._idle_timer, self._slow_timer, self._expiry_timer):
+            self._cancel_timer(timer)
+        if self._push is not None:
+            self._push.cancel()
+            self._push = None
+        if self._writable is not None:
+            self._writable.cancel()
+            self._writable = None
+        self._hs.websocket_connections.closed(self)
+        self._hs.websocket_request_limiter.forget(self.session_id)
+
+    # ----- for the push loop (`PushTarget`) -------------------------------------------------
+
+    async def wait_writable(self) -> None:
+        while self._paused:
+            if self._writable is None:
+                self._writable = defer.Deferred()
+            await self._writable
+
+    def push_sync(self, response: dict[str, Any], woken_at: float) -> None:
+        self._send({"type": "sync", "body": response})
+        PUSH_SECONDS.observe(max(self._hs.clock.time() - woken_at, 0.0))
+
+    # ----- for the registry (`RevocableConnection`) -----------------------------------------
+
+    def token_revoked(self) -> None:
+        defer.ensureDeferred(self._check_token())
+
+    def server_stopping(self) -> None:
+        self.close(CloseCode.GOING_AWAY, "Server shutting down")
+
+    async def _check_token(self) -> None:
+        token = self._access_token
+        if token is None or self._closed:
+            return
+        try:
+            await self._hs.tokens.validate(token)
+        except MatrixError as e:
+            if token != self._access_token:
+                # Replaced meanwhile by a new `auth` (a refreshed token revokes the old).
+                return
+            self._send_error(None, e)
+            self.close(CloseCode.UNAUTHORIZED, e.errcode)
+        except Exception:
+            logger.exception("%s: checking the access token failed", self.session_id)
+
+    # ----- messages ------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        self._draining = True
+        try:
+            while self._queue and not self._closed:
+                await self._handle(self._queue.popleft())
+        finally:
+            self._draining = False
+
+    async def _handle(self, payload: bytes) -> None:
+        request_id: str | None = None
+        kind = "?"
+        try:
+            message = parse_json_bytes(payload)
+            raw_id = message.get("request_id")
+            request_id = raw_id if isinstance(raw_id, str) else None
+            kind = str(message.get("type"))[:50]
+            if self._requester is None and kind != "auth":
+                raise MatrixError(
+                    401, Codes.MISSING_TOKEN, "The first message must be 'auth' with an access token"
+                )
+            if kind == "auth":
+                await self._authenticate(message)
+                return
+            if kind == "subscribe":
+                await self._subscribe(message)
+                return
+            requester = await self._current_requester()
+            if kind == "ack":
+                body = self._acknowledge(message)
+            else:
+                self._hs.websocket_request_limiter.check(self.session_id)
+                body = await self._requests.handle(requester, message)
+            self._send_response(request_id, body)
+        except Exception as e:
+            status = self._send_error(request_id, e, kind)
+            if status == 401 or self._requester is None:
+                # Nothing but a good `auth` is accepted first; a token that has stopped
+                # working ends the connection.
+                self.close(CloseCode.UNAUTHORIZED, "Authentication failed")
+
+    async def _authenticate(self, message: dict[str, Any]) -> None:
+        auth = parse_body(message, AuthMessage)
+        requester = await self._hs.tokens.validate(auth.access_token)
+        previous = self._requester
+        if previous is not None and (previous.user_id, previous.device_id) != (
+            requester.user_id,
+            requester.device_id,
+        ):
+            raise MatrixError(
+                403, Codes.FORBIDDEN, "A connection stays with the user and device it began with"
+            )
+        if self._closed:
+            return
+        # Taken at once: the new token's first use may revoke the old one (a refresh), and
+        # the check that revocation starts must find the new token in place.
+        self._requester, self._access_token = requester, auth.access_token
+        self._cancel_timer(self._auth_timer)
+        self._cancel_timer(self._expiry_timer)
+        self._expiry_timer = None
+        if requester.expires_ts is not None:
+            delay = max(requester.expires_ts - self._hs.clock.time_msec(), 0) / 1000
+            self._expiry_timer = self._hs.reactor.callLater(delay, self.token_revoked)
+        self._hs.websocket_connections.authenticated(self, requester.token_id, requester.user_id)
+        await self._hs.devices.record_activity(
+            requester.user_id, requester.device_id, self._client_ip, self._user_agent
+        )
+        if previous is None:
+            logger.info(
+                "%s: %s/%s connected from %s",
+                self.session_id, requester.user_id, requester.device_id, self._client_ip,
+            )
+        self._send_response(
+            auth.request_id, {"user_id": requester.user_id, "device_id": requester.device_id}
+        )
+
+    async def _current_requester(self) -> Requester:
+        """The requester, with the token checked again (expiry, revocation): a request over
+        the socket is refused whenever the same request over HTTP would be."""
+        assert self._access_token is not None
+        return await self._hs.tokens.validate(self._access_token)
+
+    async def _subscribe(self, message: dict[str, Any]) -> None:
+        subscribe = parse_body(message, SubscribeMessage)
+        requester = await self._current_requester()
+        if self._push is not None:
+            raise MatrixError(400, Codes.INVALID_PARAM, "Already subscribed")
+        since = StreamToken.parse(subscribe.since) if subscribe.since is not None else None
+        set_presence = check_set_presence(subscribe.set_presence)
+        raw_filter = subscribe.filter
+        if isinstance(raw_filter, dict):
+            raw_filter = json.dumps(raw_filter)
+        sync_filter = await self._hs.filtering.resolve_filter(requester.user_id, raw_filter)
+        if self._closed or self._push is not None:
+            return
+        request = SyncRequest(
+            user_id=requester.user_id,
+            device_id=requester.device_id,
+            since=since,
+            full_state=subscribe.full_state,
+            filter=sync_filter,
+        )
+        # Without `since` the client has acknowledged no to-device message yet (0), which is
+        # not the same as leaving it to the token (None).
+        self._position = PushPosition(since, since.to_device if since is not None else 0)
+        # Answered before the first push, so the client sees its subscription accepted first.
+        self._send_response(subscribe.request_id, {})
+        self._push = defer.ensureDeferred(
+            self._hs.websocket_sync.push_loop(self, request, self._position, set_presence)
+        )
+        self._push.addErrback(self._push_failed)
+
+    def _acknowledge(self, message: dict[str, Any]) -> dict[str, Any]:
+        """The client has the responses up to `next_batch`: to-device messages up to there
+        may be deleted (by the next push)."""
+        ack = parse_body(message, AckMessage)
+        token = StreamToken.parse(ack.next_batch)
+        position = self._position
+        if position is None or position.token is None:
+            raise MatrixError(400, Codes.INVALID_PARAM, "Nothing has been sent to acknowledge")
+        if token.to_device > position.token.to_device:
+            raise MatrixError(400, Codes.INVALID_PARAM, "'next_batch' was never sent")
+        position.acknowledged_to_device = max(
+            position.acknowledged_to_device, token.to_device
+        )
+        return {}
+
+    def _push_failed(self, failure: Failure) -> None:
+        if failure.check(defer.CancelledError):
+            return None
+        if self._closed:
+            return None
+        error = failure.value
+        if isinstance(error, MatrixError):
+            self._send_error(None, error, "sync")
+            self.close(
+                CloseCode.UNAUTHORIZED if error.http_code == 401 else CloseCode.INTERNAL_ERROR,
+                error.errcode,
+            )
+            return None
+        logger.error("%s: sync push failed", self.session_id, exc_info=failure.value)
+        self.close(CloseCode.INTERNAL_ERROR, "Internal server error")
+        return None
+
+    # ----- timers --------------------------------------------------------------------------
+
+    def _auth_timed_out(self) -> None:
+        if self._requester is None:
+            self._send_error(None, MatrixError(401, Codes.MISSING_TOKEN, "No 'auth' message in time"))
+            self.close(CloseCode.AUTH_TIMEOUT, "No auth message in time")
+
+    def _idle_timed_out(self) -> None:
+        self.close(CloseCode.IDLE_TIMEOUT, "Idle for too long")
+
+    def _too_slow(self) -> None:
+        logger.info("%s: the client has read nothing for too long; closing", self.session_id)
+        # The close frame goes into the full buffer in case the client reads again; waiting
+        # for its answer would keep the buffer (and the connection) held for nothing.
+        self.close(CloseCode.SLOW_READER, "Client too slow reading")
+        self._connection.abort()
+
+    @staticmethod
+    def _cancel_timer(timer: Any) -> None:
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    # ----- sending -------------------------------------------------------------------------
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if self._closed:
+            return
+        FRAMES.labels("out").inc()
+        self._connection.send_text(
+            json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        )
+
+    def _send_response(self, request_id: str | None, body: dict[str, Any]) -> None:
+        self._send({"type": "response", "request_id": request_id, "body": body})
+
+    def _send_error(self, request_id: str | None, error: Exception, kind: str = "?") -> int:
+        """Send the error frame HTTP's answer would carry; return its status."""
+        status, body, _headers = error_response(error, f"{self.session_id} {kind}")
+        self._send({"type": "error", "request_id": request_id, "status": status, "body": body})
+        return status
+
+    def close(self, code: int, reason: str) -> None:
+        if self._closed:
+            return
+        self._connection.close(code, reason)
+        self.closed()

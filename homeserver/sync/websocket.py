@@ -1,0 +1,188 @@
+"""Sync pushed over a long-lived connection (the WebSocket transport, `client_api/websocket/`).
+
+One push loop per subscribed connection: compute an incremental sync from the connection's
+current token, send it if it holds anything, wait for news, and again. The loop computes a
+response only when the connection can take one: a slow reader never has more than one
+response computed for it, and when it catches up it gets one response covering everything
+since its token (coalescing), never a queue of them.
+
+Waiting for news is `wait_for_news`, the one place that knows how (today the `Notifier`, as
+long-polls do).
+
+`ConnectionRegistry` counts the open connections and finds those of a revoked token or a
+deactivated user, so they close at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from homeserver.clock import Clock
+from homeserver.presence import PresenceHandler
+from homeserver.sync.handler import SyncHandler, SyncRequest
+from homeserver.sync.notifier import Notifier
+from homeserver.sync.tokens import StreamToken
+
+logger = logging.getLogger(__name__)
+
+# How long one wait on the notifier lasts before it is started again; nothing is lost at the
+# seam (the wait compares notification positions), it only bounds how long a waiter is held.
+WAIT_SLICE_MS = 5 * 60 * 1000
+
+CONNECTED = Gauge("heddle_websocket_connections", "Open WebSocket sync connections")
+FRAMES = Counter(
+    "heddle_websocket_frames_total", "WebSocket messages, by direction (in, out)", ["direction"]
+)
+PUSH_SECONDS = Histogram(
+    "heddle_websocket_push_latency_seconds",
+    "From the notification after a commit to the sync frame written to the socket",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+
+
+class PushTarget(Protocol):
+    """What the push loop needs from a connection."""
+
+    async def wait_writable(self) -> None:
+        """Return when the connection can take another response (at once if it can)."""
+
+    def push_sync(self, response: dict[str, Any], woken_at: float) -> None:
+        """Send one sync response; `woken_at` is when the news it carries was announced."""
+
+
+@dataclass
+class PushPosition:
+    """Where a connection's pushes have got to.
+
+    `token` is the `next_batch` of the last response pushed (or the `since` the client
+    subscribed with): the next response starts there. `acknowledged_to_device` is the
+    to-device position the client has confirmed (its `since`, or a later `ack`): to-device
+    messages are deleted only up to it, since a pushed frame may never be read."""
+
+    token: StreamToken | None
+    acknowledged_to_device: int
+
+
+class WebSocketSyncHandler:
+    def __init__(
+        self, sync: SyncHandler, notifier: Notifier, presence: PresenceHandler, clock: Clock
+    ) -> None:
+        self._sync = sync
+        self._notifier = notifier
+        self._presence = presence
+        self._clock = clock
+
+    async def wait_for_news(self, user_id: str, since_position: int) -> float:
+        """Wait until `user_id` is notified after `since_position`; return when (seconds)."""
+        while not await self._notifier.wait(user_id, since_position, WAIT_SLICE_MS):
+            pass
+        return self._clock.time()
+
+    async def push_loop(
+        self,
+        target: PushTarget,
+        request: SyncRequest,
+        position: PushPosition,
+        set_presence: str,
+    ) -> None:
+        """Push sync responses to `target` until cancelled (the connection closed).
+
+        The first response is always sent (the client learns its `next_batch`); later ones
+        only when they hold something, as a long-poll returns only then. `position` is
+        updated after every push, so the connection can tell where it stands."""
+        user_id = request.user_id
+        async with self._presence.syncing(user_id, set_presence):
+            woken_at = self._clock.time()
+            first = True
+            while True:
+                await target.wait_writable()
+                notified_at = self._notifier.position(user_id)
+                this_pass = replace(
+                    request,
+                    since=position.token,
+                    full_state=request.full_state and first,
+                    to_device_acknowledged=position.acknowledged_to_device,
+                )
+                response, empty = await self._sync.sync(this_pass)
+                if first or not empty:
+                    position.token = StreamToken.parse(response["next_batch"])
+                    target.push_sync(response, woken_at)
+                first = False
+                woken_at = await self.wait_for_news(user_id, notified_at)
+
+
+class RevocableConnection(Protocol):
+    def token_revoked(self) -> None:
+        """The connection's token may have been revoked: check it again, close if so."""
+
+    def server_stopping(self) -> None:
+        """The server is stopping: close."""
+
+
+class ConnectionRegistry:
+    """The open connections of this process, by access token and by user."""
+
+    def __init__(self, max_connections: int) -> None:
+        self._max_connections = max_connections
+        # connection -> the (token ID, user ID) it is indexed under, once authenticated.
+        self._open: dict[RevocableConnection, tuple[str, str] | None] = {}
+        self._by_token: dict[str, set[RevocableConnection]] = {}
+        self._by_user: dict[str, set[RevocableConnection]] = {}
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def indexed_sizes(self) -> tuple[int, int]:
+        """(tokens, users) held in the indexes: for tests that nothing leaks."""
+        return len(self._by_token), len(self._by_user)
+
+    def has_room(self) -> bool:
+        return len(self._open) < self._max_connections
+
+    def opened(self, connection: RevocableConnection) -> None:
+        self._open[connection] = None
+        CONNECTED.set(len(self._open))
+
+    def authenticated(self, connection: RevocableConnection, token_id: str, user_id: str) -> None:
+        """Index `connection` under its (new) token and user."""
+        if connection not in self._open:
+            return
+        self._unindex(connection)
+        self._open[connection] = (token_id, user_id)
+        self._by_token.setdefault(token_id, set()).add(connection)
+        self._by_user.setdefault(user_id, set()).add(connection)
+
+    def closed(self, connection: RevocableConnection) -> None:
+        if connection in self._open:
+            self._unindex(connection)
+            del self._open[connection]
+        CONNECTED.set(len(self._open))
+
+    def _unindex(self, connection: RevocableConnection) -> None:
+        keys = self._open.get(connection)
+        if keys is None:
+            return
+        for index, key in zip((self._by_token, self._by_user), keys, strict=True):
+            held = index.get(key)
+            if held is not None:
+                held.discard(connection)
+                if not held:
+                    del index[key]
+
+    def close_all(self) -> None:
+        for connection in list(self._open):
+            connection.server_stopping()
+
+    def revoked(self, token_ids: list[str], user_id: str | None) -> None:
+        """A `TokenHandler` revocation listener."""
+        affected: set[RevocableConnection] = set()
+        for token_id in token_ids:
+            affected |= self._by_token.get(token_id, set())
+        if user_id is not None:
+            affected |= self._by_user.get(user_id, set())
+        for connection in affected:
+            connection.token_revoked()
