@@ -375,7 +375,7 @@ class HomeServer:
         self.websocket_sync = WebSocketSyncHandler(
             self.sync, self.notifier, self.presence, self.clock
         )
-        self.websocket_connections = ConnectionRegistry(config.websocket.max_connections)
+        self.websocket_connections: ConnectionRegistry = ConnectionRegistry(config.websocket.max_connections)
         self.tokens.add_revocation_listener(self.websocket_connections.revoked)
         self.websocket_request_limiter = limiter(
             "websocket_requests", config.websocket.request_rate
