@@ -78,8 +78,9 @@ class FederationEventHandler:
         self._state = state
         self._persister = persister
         self._creator = creator
-        # Set by FederationMembership: keeps a leave or ban answering a local user's invite
-        # or knock to a room we are not in (True when it took the event).
+        # FederationMembership's, joined by `build_federation`: keeps a leave or ban
+        # answering a local user's invite or knock to a room we are not in (True when it
+        # took the event).
         self.out_of_room_membership: Callable[[str, Event], Awaitable[bool]] | None = None
 
     # ----- checking PDUs ------------------------------------------------------------------

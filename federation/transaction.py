@@ -41,6 +41,7 @@ class TransactionHandler:
         state: StateStore,
         event_handler: FederationEventHandler,
         sender: FederationSender | None,
+        wait_for_joins: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._clock = clock
         self._fed_events = fed_events
@@ -51,7 +52,7 @@ class TransactionHandler:
         self._per_origin = Linearizer("federation_transactions")
         self.edu_handlers: dict[str, EduHandler] = {}
         # Waits until no join of a room through another server is in progress.
-        self.wait_for_joins: Callable[[str], Awaitable[None]] | None = None
+        self.wait_for_joins = wait_for_joins
 
     async def on_transaction(
         self, origin: str, transaction_id: str, body: dict[str, Any]

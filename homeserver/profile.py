@@ -41,7 +41,7 @@ class ProfileHandler:
         remote: RemoteQueries | None = None,
     ) -> None:
         self._server_name = server_name
-        # Set once federation exists (app.py builds it after the handlers).
+        # Other servers' answers (`federation.queries.RemoteQueries`); None: local only.
         self.remote = remote
         self._store = store
         self._rooms = rooms

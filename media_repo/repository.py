@@ -88,6 +88,7 @@ class MediaRepository:
         store: MediaStore,
         provider: StorageProvider,
         upload_limiter: RateLimiter,
+        remote: RemoteMedia | None = None,
     ) -> None:
         self._server_name = server_name
         self._clock = clock
@@ -98,9 +99,8 @@ class MediaRepository:
         self._upload_limiter = upload_limiter
         # Thumbnails being generated after an upload, awaited at shutdown.
         self._background: set[defer.Deferred[None]] = set()
-        # Other servers' media, fetched over federation (set by app.py once federation is
-        # built). None: their media is 404.
-        self.remote: RemoteMedia | None = None
+        # Other servers' media, fetched over federation. None: their media is 404.
+        self.remote = remote
 
     @property
     def max_upload_bytes(self) -> int:

@@ -54,7 +54,13 @@ def check_device_id(device_id: object) -> str:
 
 
 class DeviceHandler:
-    def __init__(self, clock: Clock, store: DeviceStore, tokens: TokenHandler) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        store: DeviceStore,
+        tokens: TokenHandler,
+        device_lists: DeviceListUpdates | None = None,
+    ) -> None:
         self._clock = clock
         self._store = store
         self._tokens = tokens
@@ -65,8 +71,8 @@ class DeviceHandler:
             ttl_s=LAST_SEEN_INTERVAL_MS / 1000,
             clock=clock,
         )
-        # Set by the composition root: told of new, renamed and deleted devices.
-        self.device_lists: DeviceListUpdates | None = None
+        # Told of new, renamed and deleted devices.
+        self.device_lists = device_lists
 
     async def ensure_device(
         self, user_id: str, device_id: str | None, display_name: str | None

@@ -35,7 +35,7 @@ The rules, in the order they are checked:
 - **Who sees which signature**: a signature by the key's owner is public; a signature by
   another user (their user-signing key) is shown to that user only.
 
-Whoever tracks device lists (`device_lists`, set by app.py) is told after each change.
+Whoever tracks device lists (`device_lists`, joined by `homeserver/areas/e2e.py`) is told after each change.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ class E2eKeysHandler:
         self._store = store
         self._device_store = device_store
         self._federation = federation_client
-        # Set by app.py once the device-list tracker exists; None means nobody to tell.
+        # Joined by `build_e2e` (the tracker needs these keys too); None: nobody to tell.
         self.device_lists: DeviceListUpdates | None = None
         # One upload per device at a time: one-time key conflicts are checked, then stored.
         self._upload_linearizer = Linearizer("e2e_keys_upload")

@@ -92,6 +92,7 @@ class ToDeviceHandler:
         store: DeviceInboxStore,
         stream: Stream,
         bus: StreamBus,
+        federation: FederationSender | None = None,
     ) -> None:
         self._server_name = server_name
         self._clock = clock
@@ -99,9 +100,8 @@ class ToDeviceHandler:
         self._stream = stream
         self._ids = stream.id_generator()
         self._bus = bus
-        # Set by the composition root when federation is enabled; without it, messages for
-        # other servers' users are dropped.
-        self.federation: FederationSender | None = None
+        # None when federation is disabled: messages for other servers' users are dropped.
+        self.federation = federation
 
     @property
     def current_position(self) -> int:

@@ -57,6 +57,9 @@ class EventCreator:
         rooms: RoomStore,
         persister: EventPersister,
         bus: StreamBus,
+        *,
+        outbound_destinations: Callable[[Event], Awaitable[list[str]]] | None = None,
+        remote_invite: Callable[[Event], Awaitable[Event]] | None = None,
     ) -> None:
         self._server_name = server_name
         self._signing_key = signing_key
@@ -69,10 +72,10 @@ class EventCreator:
         # its `StoredEvent` as detail (see `timeline_subscriber`).
         self._bus = bus
         self._writers = Linearizer("room_writer")
-        # Federation: the servers a new local event goes to, queued with the event.
-        self.outbound_destinations: Callable[[Event], Awaitable[list[str]]] | None = None
-        # Federation: has a remote invitee's server countersign an invite (set when enabled).
-        self.remote_invite: Callable[[Event], Awaitable[Event]] | None = None
+        # Federation (None when disabled): the servers a new local event goes to, queued
+        # with the event; and having a remote invitee's server countersign an invite.
+        self.outbound_destinations = outbound_destinations
+        self.remote_invite = remote_invite
 
     def room_writer(self, room_id: str) -> Any:
         """The room's writer lock: held by whoever builds or persists an event of the room

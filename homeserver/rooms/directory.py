@@ -123,7 +123,7 @@ class DirectoryHandler:
         remote: RemoteQueries | None = None,
     ) -> None:
         self._server_name = server_name
-        # Set once federation exists (app.py builds it after the handlers).
+        # Other servers' answers (`federation.queries.RemoteQueries`); None: local only.
         self.remote = remote
         self._aliases = aliases
         self._events = events
@@ -386,7 +386,7 @@ class RoomListHandler:
         remote: RemoteQueries | None = None,
     ) -> None:
         self._server_name = server_name
-        # Set once federation exists (app.py builds it after the handlers).
+        # Other servers' answers (`federation.queries.RemoteQueries`); None: local only.
         self.remote = remote
         self._store = store
         self._contents = contents

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from homeserver.auth.tokens import Requester
 from homeserver.errors import Codes, MatrixError
@@ -29,8 +29,24 @@ from storage.stores.profiles import ProfileStore
 from storage.stores.rooms import RoomStore
 from storage.stores.state import StateStore
 
-if TYPE_CHECKING:
-    from federation.membership import FederationMembership
+
+class RemoteMembership(Protocol):
+    """What membership needs from federation (`federation.membership.FederationMembership`):
+    joins, leaves and knocks of rooms held by other servers."""
+
+    async def is_resident(self, room_id: str) -> bool: ...
+
+    async def remote_join(
+        self, user_id: str, room_id: str, servers: Sequence[str], content: Mapping[str, Any]
+    ) -> StoredEvent: ...
+
+    async def remote_leave(
+        self, user_id: str, room_id: str, servers: Sequence[str], content: Mapping[str, Any]
+    ) -> StoredEvent: ...
+
+    async def remote_knock(
+        self, user_id: str, room_id: str, servers: Sequence[str], content: Mapping[str, Any]
+    ) -> StoredEvent: ...
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +85,7 @@ class MembershipHandler:
         profiles: ProfileStore,
         accounts: AccountStore,
         power: RoomPower,
+        federation: RemoteMembership | None = None,
     ) -> None:
         self._server_name = server_name
         self._creator = creator
@@ -82,9 +99,9 @@ class MembershipHandler:
         # Called with the user ID after a forget, which changes no stream: caches of the
         # user's rooms (sync) must drop their copy.
         self.forget_listeners: list[Callable[[str], None]] = []
-        # Joins, knocks and invite rejections of rooms held by other servers (set by the
-        # composition root when federation is enabled).
-        self.federation: FederationMembership | None = None
+        # Joins, knocks and invite rejections of rooms held by other servers (None when
+        # federation is disabled).
+        self.federation = federation
 
     # ----- the actions ---------------------------------------------------------------------
 

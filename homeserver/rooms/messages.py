@@ -79,6 +79,7 @@ class MessagesHandler:
         state: StateStore,
         visibility: HistoryVisibility,
         serializer: EventSerializer,
+        backfill: Backfill | None = None,
     ) -> None:
         self._events = events
         self._state = state
@@ -86,7 +87,7 @@ class MessagesHandler:
         self._serializer = serializer
         # Federation: fetch from other servers the history missing before the room's events
         # of depth `lowest` (None: any) to `highest`; True if any came (`Backfill`).
-        self.backfill: Backfill | None = None
+        self.backfill = backfill
 
     # ----- GET /rooms/{roomId}/messages --------------------------------------------------
 

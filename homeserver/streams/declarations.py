@@ -22,14 +22,21 @@ if TYPE_CHECKING:
 
 
 class StreamStores(Protocol):
-    """The stores the declared streams read their highest positions from (`HomeServer`)."""
+    """The stores the declared streams read their highest positions from
+    (`homeserver.areas.stores.Stores`)."""
 
-    event_store: EventStore
-    receipt_store: ReceiptStore
-    account_data_store: AccountDataStore
-    presence_store: PresenceStore
-    device_inbox_store: DeviceInboxStore
-    device_list_store: DeviceListStore
+    @property
+    def event_store(self) -> EventStore: ...
+    @property
+    def receipt_store(self) -> ReceiptStore: ...
+    @property
+    def account_data_store(self) -> AccountDataStore: ...
+    @property
+    def presence_store(self) -> PresenceStore: ...
+    @property
+    def device_inbox_store(self) -> DeviceInboxStore: ...
+    @property
+    def device_list_store(self) -> DeviceListStore: ...
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,10 @@ class SyncHandler:
         receipts: ReceiptsHandler,
         account_data: AccountDataHandler,
         presence: PresenceHandler,
+        *,
+        device_lists: DeviceListHandler | None = None,
+        to_device: ToDeviceHandler | None = None,
+        e2e_keys: E2eKeysHandler | None = None,
     ) -> None:
         self._server_name = server_name
         self._clock = clock
@@ -120,11 +124,11 @@ class SyncHandler:
         self._receipts = receipts
         self._account_data = account_data
         self._presence = presence
-        # End-to-end encryption (set by the composition root): device-list changes, send-to-
-        # device messages, and one-time/fallback key counts.
-        self.device_lists: DeviceListHandler | None = None
-        self.to_device: ToDeviceHandler | None = None
-        self.e2e_keys: E2eKeysHandler | None = None
+        # End-to-end encryption: device-list changes, send-to-device messages, and
+        # one-time/fallback key counts.
+        self.device_lists = device_lists
+        self.to_device = to_device
+        self.e2e_keys = e2e_keys
         # (user_id, device_id) -> to-device position of the last messages delivered, until a
         # sync acknowledges them: only then does a sync with nothing new delete them.
         self._to_device_unacked: LruCache[tuple[str, str], int] = LruCache(

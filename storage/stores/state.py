@@ -191,7 +191,7 @@ class StateStore:
         self._current_changes: Counter[str] = Counter()
         # Called with a room_id after this process changed the room's current state. The
         # cache is per process: with several processes on one database, the others must drop
-        # their copy, which `homeserver/app.py` wires to the "current_state" replication
+        # their copy, which `homeserver/areas/stores.py` wires to the "current_state" replication
         # stream (Redis). Until the message arrives they may answer from the older copy, as
         # from a read made a moment earlier; without Redis, run one process only.
         self.current_state_listeners: list[Callable[[str], None]] = []

@@ -1,0 +1,95 @@
+"""Accounts, access tokens, devices, passwords, user-interactive auth, login and
+registration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from homeserver.areas.core import Core
+from homeserver.areas.stores import Stores
+from homeserver.auth.account import AccountHandler
+from homeserver.auth.credentials import CredentialChecker
+from homeserver.auth.devices import DeviceHandler, DeviceListUpdates
+from homeserver.auth.login import LoginHandler
+from homeserver.auth.passwords import PasswordHasher
+from homeserver.auth.registration import RegistrationHandler
+from homeserver.auth.shared_secret import SharedSecretRegistration
+from homeserver.auth.tokens import TokenHandler
+from homeserver.auth.uia import UserInteractiveAuth
+from homeserver.ratelimit import RateLimiter
+
+
+@dataclass(frozen=True)
+class Auth:
+    hasher: PasswordHasher
+    tokens: TokenHandler
+    devices: DeviceHandler
+    credentials: CredentialChecker
+    uia: UserInteractiveAuth
+    login: LoginHandler
+    registration_limiter: RateLimiter
+    registration: RegistrationHandler
+    shared_secret_registration: SharedSecretRegistration
+    account: AccountHandler
+
+
+def build_auth(core: Core, stores: Stores, device_lists: DeviceListUpdates) -> Auth:
+    config = core.config
+    limits = config.rate_limits
+    hasher = PasswordHasher(config.auth.bcrypt_rounds)
+    tokens = TokenHandler(
+        config.auth,
+        core.server_name,
+        core.clock,
+        stores.token_store,
+        stores.accounts,
+        core.replication,
+    )
+    devices = DeviceHandler(core.clock, stores.device_store, tokens, device_lists)
+    credentials = CredentialChecker(
+        core.server_name,
+        stores.accounts,
+        hasher,
+        core.limiter("login_failures_per_account", limits.login_failures_per_account),
+    )
+    uia = UserInteractiveAuth(
+        core.server_name, core.clock, stores.uia_store, credentials, config.registration
+    )
+    login = LoginHandler(
+        core.server_name,
+        credentials,
+        devices,
+        tokens,
+        core.limiter("login_per_address", limits.login_per_address),
+        core.limiter("login_per_account", limits.login_per_account),
+    )
+    registration_limiter = core.limiter(
+        "registration_per_address", limits.registration_per_address
+    )
+    registration = RegistrationHandler(
+        core.server_name,
+        core.clock,
+        config.registration,
+        stores.accounts,
+        hasher,
+        uia,
+        login,
+        registration_limiter,
+        core.limiter(
+            "registration_sessions_per_address", limits.registration_sessions_per_address
+        ),
+    )
+    return Auth(
+        hasher=hasher,
+        tokens=tokens,
+        devices=devices,
+        credentials=credentials,
+        uia=uia,
+        login=login,
+        registration_limiter=registration_limiter,
+        registration=registration,
+        shared_secret_registration=SharedSecretRegistration(
+            core.clock, config.registration, registration, login, registration_limiter
+        ),
+        account=AccountHandler(config.registration, stores.accounts, hasher, devices, tokens),
+    )

@@ -1,0 +1,170 @@
+"""Rooms and events: persisting and creating events, profiles, visibility and power,
+aliases and directories, membership, sending, room creation, state and history."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from federation.queries import RemoteQueries
+from homeserver.areas.core import Core
+from homeserver.areas.stores import Stores
+from homeserver.events.model import Event
+from homeserver.events.serialize import EventSerializer
+from homeserver.presence import PresenceHandler
+from homeserver.profile import ProfileHandler
+from homeserver.ratelimit import RateLimiter
+from homeserver.rooms.creation import RoomCreationHandler
+from homeserver.rooms.creator import EventCreator
+from homeserver.rooms.directory import DirectoryHandler, RoomListHandler, StateContents
+from homeserver.rooms.membership import MembershipHandler, RemoteMembership
+from homeserver.rooms.messages import Backfill, MessagesHandler
+from homeserver.rooms.power import RoomPower
+from homeserver.rooms.sending import EventSendHandler
+from homeserver.rooms.state import RoomStateHandler
+from homeserver.rooms.visibility import HistoryVisibility
+from homeserver.streams.bus import StreamBus
+from homeserver.streams.registry import StreamRegistry
+from homeserver.user_directory import UserDirectoryHandler
+from storage.persister import EventPersister, IdAllocator
+from storage.stream_ids import StreamIdGenerator
+
+
+@dataclass(frozen=True)
+class RoomsFederation:
+    """What rooms need from federation, None each when it is disabled. The values may be
+    late-bound (see `homeserver.areas.federation.LateRoomFederation`): federation's
+    handlers are built from rooms' own."""
+
+    membership: RemoteMembership | None = None
+    remote_invite: Callable[[Event], Awaitable[Event]] | None = None
+    backfill: Backfill | None = None
+    outbound_destinations: Callable[[Event], Awaitable[list[str]]] | None = None
+
+
+@dataclass(frozen=True)
+class Rooms:
+    event_stream: StreamIdGenerator
+    state_group_ids: IdAllocator
+    backfill_ids: IdAllocator
+    persister: EventPersister
+    event_creator: EventCreator
+    event_serializer: EventSerializer
+    profiles: ProfileHandler
+    history_visibility: HistoryVisibility
+    room_power: RoomPower
+    state_contents: StateContents
+    directory: DirectoryHandler
+    room_list: RoomListHandler
+    user_directory: UserDirectoryHandler
+    membership: MembershipHandler
+    message_limiter: RateLimiter
+    event_sender: EventSendHandler
+    room_creation: RoomCreationHandler
+    room_state: RoomStateHandler
+    messages: MessagesHandler
+
+
+def build_rooms(
+    core: Core,
+    stores: Stores,
+    streams: StreamRegistry,
+    bus: StreamBus,
+    presence: PresenceHandler,
+    remote: RemoteQueries,
+    federation: RoomsFederation,
+) -> Rooms:
+    events, state, rooms = stores.event_store, stores.state_store, stores.room_store
+    event_stream = streams["events"].id_generator()
+    state_group_ids = IdAllocator()
+    # Outliers and backfilled events take positions below zero, counting down.
+    backfill_ids = IdAllocator(0, step=-1)
+    persister = EventPersister(core.db, state, event_stream, state_group_ids, backfill_ids)
+    creator = EventCreator(
+        core.server_name,
+        core.signing_key,
+        core.clock,
+        events,
+        state,
+        rooms,
+        persister,
+        bus,
+        outbound_destinations=federation.outbound_destinations,
+        remote_invite=federation.remote_invite,
+    )
+    serializer = EventSerializer(core.clock, events)
+    profiles = ProfileHandler(
+        core.server_name, stores.profile_store, rooms, state, events, creator, remote
+    )
+    # Who may read a room (history visibility) and who has the power to act in it.
+    visibility = HistoryVisibility(events, state, rooms)
+    power = RoomPower(events, state, rooms)
+    state_contents = StateContents(events, state)
+    # Aliases, the published room directory and the user directory.
+    directory = DirectoryHandler(
+        core.server_name,
+        stores.alias_store,
+        events,
+        state,
+        rooms,
+        state_contents,
+        power,
+        visibility,
+        creator,
+        remote,
+    )
+    membership = MembershipHandler(
+        core.server_name,
+        creator,
+        events,
+        state,
+        rooms,
+        directory,
+        stores.profile_store,
+        stores.accounts,
+        power,
+        federation.membership,
+    )
+    message_limiter = core.limiter("message_per_user", core.config.rate_limits.message_per_user)
+    return Rooms(
+        event_stream=event_stream,
+        state_group_ids=state_group_ids,
+        backfill_ids=backfill_ids,
+        persister=persister,
+        event_creator=creator,
+        event_serializer=serializer,
+        profiles=profiles,
+        history_visibility=visibility,
+        room_power=power,
+        state_contents=state_contents,
+        directory=directory,
+        room_list=RoomListHandler(
+            core.server_name, stores.room_directory_store, state_contents, power, remote
+        ),
+        user_directory=UserDirectoryHandler(stores.user_directory_store),
+        membership=membership,
+        message_limiter=message_limiter,
+        event_sender=EventSendHandler(
+            core.server_name,
+            creator,
+            events,
+            state,
+            rooms,
+            directory,
+            membership,
+            power,
+            message_limiter,
+            presence,
+        ),
+        room_creation=RoomCreationHandler(
+            core.server_name,
+            core.config.rooms,
+            creator,
+            membership,
+            stores.alias_store,
+            message_limiter,
+        ),
+        # Reading history (/messages, /context, /event) and state.
+        room_state=RoomStateHandler(events, state, rooms, visibility),
+        messages=MessagesHandler(events, state, visibility, serializer, federation.backfill),
+    )

@@ -1,0 +1,101 @@
+"""Every store, each a small class over the one `Database` (no SQL runs while building)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from homeserver.replication import CURRENT_STATE_STREAM, Replication
+from storage.database import Database
+from storage.stores.account_data import AccountDataStore
+from storage.stores.accounts import AccountStore
+from storage.stores.aliases import AliasStore
+from storage.stores.device_inbox import DeviceInboxStore
+from storage.stores.device_lists import DeviceListStore
+from storage.stores.devices import DeviceStore
+from storage.stores.directory import RoomDirectoryStore, UserDirectoryStore
+from storage.stores.e2e_keys import E2eKeyStore
+from storage.stores.events import EventStore
+from storage.stores.federation_events import FederationEventStore
+from storage.stores.federation_queue import FederationQueueStore
+from storage.stores.filters import FilterStore
+from storage.stores.media import MediaStore
+from storage.stores.presence import PresenceStore
+from storage.stores.profiles import ProfileStore
+from storage.stores.receipts import ReceiptStore
+from storage.stores.room_keys import RoomKeysStore
+from storage.stores.rooms import RoomStore
+from storage.stores.server_keys import ServerKeyStore
+from storage.stores.state import StateStore
+from storage.stores.tokens import TokenStore
+from storage.stores.uia import UiaStore
+
+
+@dataclass(frozen=True)
+class Stores:
+    """Satisfies `homeserver.streams.declarations.StreamStores` (what stream loaders read)."""
+
+    accounts: AccountStore
+    device_store: DeviceStore
+    token_store: TokenStore
+    uia_store: UiaStore
+    profile_store: ProfileStore
+    event_store: EventStore
+    state_store: StateStore
+    room_store: RoomStore
+    alias_store: AliasStore
+    room_directory_store: RoomDirectoryStore
+    user_directory_store: UserDirectoryStore
+    presence_store: PresenceStore
+    filter_store: FilterStore
+    receipt_store: ReceiptStore
+    account_data_store: AccountDataStore
+    device_inbox_store: DeviceInboxStore
+    media_store: MediaStore
+    room_keys_store: RoomKeysStore
+    federation_event_store: FederationEventStore
+    server_key_store: ServerKeyStore
+    federation_queue_store: FederationQueueStore
+    e2e_key_store: E2eKeyStore
+    device_list_store: DeviceListStore
+
+
+def build_stores(db: Database, replication: Replication) -> Stores:
+    state_store = StateStore(db)
+    # Each process caches rooms' current state; a change made here makes the others drop
+    # their copy of that room (and a lost Redis connection makes them drop all).
+    state_store.current_state_listeners.append(
+        lambda room_id: replication.publish(CURRENT_STATE_STREAM, room_id)
+    )
+
+    def changed_elsewhere(room_id: Any) -> None:
+        if isinstance(room_id, str):
+            state_store.invalidate_current_state(room_id)
+
+    replication.subscribe(CURRENT_STATE_STREAM, changed_elsewhere)
+    replication.on_resync(state_store.clear_current_state_cache)
+    return Stores(
+        accounts=AccountStore(db),
+        device_store=DeviceStore(db),
+        token_store=TokenStore(db),
+        uia_store=UiaStore(db),
+        profile_store=ProfileStore(db),
+        event_store=EventStore(db),
+        state_store=state_store,
+        room_store=RoomStore(db),
+        alias_store=AliasStore(db),
+        room_directory_store=RoomDirectoryStore(db),
+        user_directory_store=UserDirectoryStore(db),
+        presence_store=PresenceStore(db),
+        filter_store=FilterStore(db),
+        receipt_store=ReceiptStore(db),
+        account_data_store=AccountDataStore(db),
+        device_inbox_store=DeviceInboxStore(db),
+        media_store=MediaStore(db),
+        room_keys_store=RoomKeysStore(db),
+        federation_event_store=FederationEventStore(db),
+        server_key_store=ServerKeyStore(db),
+        federation_queue_store=FederationQueueStore(db),
+        e2e_key_store=E2eKeyStore(db),
+        device_list_store=DeviceListStore(db),
+    )

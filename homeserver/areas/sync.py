@@ -1,0 +1,71 @@
+"""Filters and /sync: reads every stream, the rooms' timelines and state, and the e2e
+sections; and sync pushed over WebSockets (client_api/websocket/)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from homeserver.areas.auth import Auth
+from homeserver.areas.core import Core
+from homeserver.areas.e2e import E2e
+from homeserver.areas.rooms import Rooms
+from homeserver.areas.stores import Stores
+from homeserver.areas.streams import Streams
+from homeserver.areas.user_data import UserData
+from homeserver.filtering import Filtering
+from homeserver.ratelimit import RateLimiter
+from homeserver.sync.handler import SyncHandler
+from homeserver.sync.websocket import ConnectionRegistry, WebSocketSyncHandler
+
+
+@dataclass(frozen=True)
+class Sync:
+    filtering: Filtering
+    handler: SyncHandler
+    # The WebSocket transport's push loops, its open connections (which a token revocation
+    # closes) and the per-connection limit on requests sent over a socket.
+    websocket: WebSocketSyncHandler
+    websocket_connections: ConnectionRegistry
+    websocket_request_limiter: RateLimiter
+
+
+def build_sync(
+    core: Core,
+    stores: Stores,
+    streams: Streams,
+    rooms: Rooms,
+    user_data: UserData,
+    e2e: E2e,
+    auth: Auth,
+) -> Sync:
+    handler = SyncHandler(
+        core.server_name,
+        core.clock,
+        stores.event_store,
+        stores.state_store,
+        stores.room_store,
+        rooms.event_serializer,
+        streams.notifier,
+        streams.registry,
+        rooms.history_visibility,
+        user_data.typing,
+        user_data.receipts,
+        user_data.account_data,
+        user_data.presence,
+        device_lists=e2e.device_lists,
+        to_device=e2e.to_device,
+        e2e_keys=e2e.keys,
+    )
+    # A forget changes no stream: sync's caches of the user's rooms must hear of it.
+    rooms.membership.forget_listeners.append(handler.forget_memberships)
+    connections = ConnectionRegistry(core.config.websocket.max_connections)
+    auth.tokens.add_revocation_listener(connections.revoked)
+    return Sync(
+        filtering=Filtering(stores.filter_store),
+        handler=handler,
+        websocket=WebSocketSyncHandler(handler, streams.notifier, user_data.presence, core.clock),
+        websocket_connections=connections,
+        websocket_request_limiter=core.limiter(
+            "websocket_requests", core.config.websocket.request_rate
+        ),
+    )

@@ -1,0 +1,62 @@
+"""Ephemeral and per-user data, each handler writing its own stream: presence, typing (in
+memory only), receipts, account data, read markers and push rules. Built before rooms:
+sending an event counts as presence activity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from homeserver.account_data import AccountDataHandler
+from homeserver.areas.core import Core
+from homeserver.areas.stores import Stores
+from homeserver.presence import PresenceHandler
+from homeserver.push.handler import PushRulesHandler
+from homeserver.read_markers import ReadMarkerHandler
+from homeserver.receipts import ReceiptsHandler
+from homeserver.streams.bus import StreamBus
+from homeserver.streams.registry import StreamRegistry
+from homeserver.typing import TypingHandler
+
+
+@dataclass(frozen=True)
+class UserData:
+    presence: PresenceHandler
+    typing: TypingHandler
+    receipts: ReceiptsHandler
+    account_data: AccountDataHandler
+    read_markers: ReadMarkerHandler
+    push_rules: PushRulesHandler
+
+
+def build_user_data(
+    core: Core, stores: Stores, streams: StreamRegistry, bus: StreamBus
+) -> UserData:
+    presence = PresenceHandler(
+        core.config.presence,
+        core.server_name,
+        core.clock,
+        core.reactor,
+        stores.presence_store,
+        stores.room_store,
+        streams["presence"],
+        bus,
+    )
+    typing = TypingHandler(core.reactor, stores.room_store, streams["typing"], bus)
+    account_data = AccountDataHandler(stores.account_data_store, streams["account_data"], bus)
+    receipts = ReceiptsHandler(
+        core.clock,
+        stores.receipt_store,
+        stores.event_store,
+        stores.room_store,
+        streams["receipts"],
+        bus,
+    )
+    return UserData(
+        presence=presence,
+        typing=typing,
+        receipts=receipts,
+        account_data=account_data,
+        read_markers=ReadMarkerHandler(receipts, account_data, presence),
+        # Push rules live in the user's m.push_rules account data (no pushers yet).
+        push_rules=PushRulesHandler(account_data),
+    )
