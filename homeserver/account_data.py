@@ -167,7 +167,9 @@ class AccountDataHandler:
         the server-default push rules for a user who never wrote any.
         """
         changes = AccountDataChanges()
-        if since > 0 and not self._changes.has_changed_since(user_id, since):
+        # Since 0 too: a user who never wrote account data costs no read (the index knows
+        # whether anything was written since it started).
+        if not initial and not self._changes.has_changed_since(user_id, since):
             return changes
         for data in await self._store.get_account_data_changed(user_id, since, up_to):
             event = {"type": data.type, "content": data.content}

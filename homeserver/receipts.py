@@ -196,10 +196,13 @@ class ReceiptsHandler:
 
         Other users' private receipts are left out; rooms with nothing to show are absent.
         """
-        if since > 0:
-            changed = self._changes.changed_since(room_ids, since)
-            if changed is not None:
-                room_ids = [r for r in room_ids if r in changed]
+        # Since 0 too, when the index covers it: rooms nobody ever sent a receipt in cost
+        # no read.
+        changed = self._changes.changed_since(room_ids, since)
+        if changed is not None:
+            room_ids = [r for r in room_ids if r in changed]
+        if not room_ids:
+            return {}
         receipts = await self._store.get_receipts_for_rooms(room_ids, since, up_to)
         by_room: dict[str, JsonDict] = {}
         for receipt in receipts:

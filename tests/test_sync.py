@@ -370,3 +370,68 @@ class Heroes(HomeserverTestCase):
             await self.request("POST", f"/_matrix/client/v3/rooms/{room}/leave", {}, token=token)
         r = await self.request("GET", "/_matrix/client/v3/sync", token=alice)
         self.assertEqual(r.json["rooms"]["join"][room]["summary"]["m.heroes"], ["@zed:test.heddle", "@bob:test.heddle"])
+
+
+@on_both_engines
+class OneMessageManyListeners(HomeserverTestCase):
+    """One message wakes every listener in the room at once; what they all ask alike (the
+    room's timeline between the same positions, its heroes) is read once, and streams where
+    nothing happened (account data, receipts, device lists) are not read at all."""
+
+    LISTENERS = 50
+
+    async def test_listeners_woken_by_one_message_share_the_reads(self):
+        speaker = (await self.register("speaker"))["access_token"]
+        r = await self.request("POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat"}, token=speaker)
+        room = r.json["room_id"]
+        tokens = []
+        for i in range(self.LISTENERS):
+            token = (await self.register(f"listener{i}"))["access_token"]
+            r = await self.request("POST", f"/_matrix/client/v3/join/{room}", {}, token=token)
+            self.assertEqual(r.code, 200, r)
+            tokens.append(token)
+        sinces = []
+        for token in tokens:
+            # Offline: listeners coming online would wake each other with presence.
+            r = await self.request("GET", "/_matrix/client/v3/sync?set_presence=offline", token=token)
+            sinces.append(r.json["next_batch"])
+
+        calls: list[str] = []
+        original = self.hs.db.run_interaction
+
+        async def counting(desc, *args, **kwargs):
+            calls.append(desc)
+            return await original(desc, *args, **kwargs)
+
+        self.hs.db.run_interaction = counting
+        try:
+            polls = [
+                defer.ensureDeferred(self.request(
+                    "GET", f"/_matrix/client/v3/sync?since={since}&timeout=10000&set_presence=offline",
+                    token=token,
+                ))
+                for token, since in zip(tokens, sinces, strict=True)
+            ]
+            for _ in range(250):
+                if len(self.hs.notifier._waiters) == self.LISTENERS:
+                    break
+                await task.deferLater(reactor, 0.02, lambda: None)
+            self.assertEqual(len(self.hs.notifier._waiters), self.LISTENERS)
+            del calls[:]
+            await self.hs.event_creator.send(room, "@speaker:test.heddle", "m.room.message", {"body": "hello all"})
+            responses = await defer.gatherResults(polls)
+        finally:
+            self.hs.db.run_interaction = original
+
+        timelines = []
+        for response in responses:
+            self.assertEqual(response.code, 200, response)
+            joined = response.json["rooms"]["join"][room]
+            timelines.append(joined["timeline"]["events"])
+            self.assertEqual(joined["summary"]["m.joined_member_count"], self.LISTENERS + 1)
+        self.assertEqual([[e["content"]["body"] for e in t] for t in timelines], [["hello all"]] * self.LISTENERS)
+        self.assertEqual(calls.count("get_room_events_between"), 1, calls)
+        self.assertEqual(calls.count("get_heroes"), 1, calls)
+        self.assertLessEqual(calls.count("get_state_groups_for_events"), 1, calls)
+        for quiet in ("get_account_data_changed", "get_receipts_for_rooms", "get_membership_changes"):
+            self.assertEqual(calls.count(quiet), 0, calls)

@@ -290,7 +290,10 @@ class DeviceListHandler:
             if joined_room_ids is not None:
                 from_cache = self._room_changes.changed_since(joined_room_ids, since_events)
                 rooms = None if from_cache is None else {str(r) for r in from_cache}
-            if own_changes or rooms is None or rooms:
+            # Only other members' membership changes matter here: when nobody's membership
+            # changed in the window (a message), the index says so without a read.
+            anyone = self._membership_changes.any_changed_since(since_events)
+            if anyone and (own_changes or rooms is None or rooms):
                 for row in await self._store.get_membership_changes(
                     user_id, since_events, now_events, rooms, own_changes
                 ):

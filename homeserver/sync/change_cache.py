@@ -23,6 +23,8 @@ class StreamChangeCache:
         self.earliest_known = current
         self._max_entities = max_entities
         self._latest: dict[Hashable, int] = {}
+        # The latest position of any change held (`earliest_known` when none).
+        self._newest = current
         report_size(self, f"stream_changes_{name}", max_entities, len)
 
     def __len__(self) -> int:
@@ -32,12 +34,14 @@ class StreamChangeCache:
     def initialise(self, current: int) -> None:
         """Start knowing changes from `current` on (at start-up)."""
         self.earliest_known = current
+        self._newest = current
         self._latest.clear()
 
     def entity_changed(self, entity: Hashable, position: int) -> None:
         if position <= self._latest.get(entity, self.earliest_known):
             return
         self._latest[entity] = position
+        self._newest = max(self._newest, position)
         if len(self._latest) > self._max_entities:
             self._evict()
 
@@ -66,6 +70,10 @@ class StreamChangeCache:
             wanted = entities if isinstance(entities, AbstractSet) else set(entities)
             return {e for e, p in self._latest.items() if p > position and e in wanted}
         return {e for e in entities if self._latest.get(e, self.earliest_known) > position}
+
+    def any_changed_since(self, position: int) -> bool:
+        """True if anything changed after `position`, or if we cannot tell."""
+        return not self.knows_since(position) or self._newest > position
 
     def all_changed_since(self, position: int) -> set[Hashable] | None:
         if not self.knows_since(position):

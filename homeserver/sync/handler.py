@@ -23,6 +23,7 @@ from homeserver.receipts import ReceiptsHandler
 from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.streams.registry import StreamRegistry
 from homeserver.sync.notifier import Notifier
+from homeserver.sync.shared_reads import SharedReads
 from homeserver.sync.tokens import RoomPosition, StreamToken
 from homeserver.typing import TypingHandler
 from storage.stores.events import EventStore, StoredEvent
@@ -53,6 +54,9 @@ MAX_TIMELINE_LIMIT = 100
 # Devices that were sent to-device messages and have not acknowledged them yet (see
 # `_to_device_section`); past this many, the oldest entries are forgotten.
 TO_DEVICE_UNACKED_SIZE = 100_000
+# Reads shared by the sync passes one commit wakes (see `SharedReads`): one entry per room
+# and stream position, so a few thousand cover every room active in the last moments.
+SHARED_READS_SIZE = 4096
 
 
 @dataclass
@@ -138,6 +142,14 @@ class SyncHandler:
         # memberships change, so a quiet incremental sync does no per-room database work.
         self._memberships_cache: LruCache[str, tuple[int, list[Membership]]] = LruCache(
             "sync_memberships", MEMBERSHIP_CACHE_SIZE
+        )
+        # (room_id, after, up_to, batch) -> the room's timeline events in (after, up_to].
+        self._shared_timelines: SharedReads[tuple[str, int, int, int], list[StoredEvent]] = (
+            SharedReads("timelines", SHARED_READS_SIZE)
+        )
+        # (room_id, events position) -> heroes candidates, for any viewer (see `_heroes`).
+        self._shared_heroes: SharedReads[tuple[str, int], list[str]] = SharedReads(
+            "heroes", SHARED_READS_SIZE
         )
 
     def current_token(self) -> StreamToken:
@@ -430,7 +442,10 @@ class SyncHandler:
         limit = timeline_filter.limit_or(DEFAULT_TIMELINE_LIMIT, MAX_TIMELINE_LIMIT)
         # Fetch extra so filtering still fills the limit in the common case.
         batch = limit * 2 + 1
-        fetched = await self._events.get_room_events_between(room_id, after, up_to, batch)
+        fetched = await self._shared_timelines.get(
+            (room_id, after, up_to, batch),
+            lambda: self._room_events_between(room_id, after, up_to, batch),
+        )
         visible = await self._visibility.filter_events_for_user(user_id, fetched)
         wanted = timeline_filter.filter_events(visible)
         limited = len(wanted) > limit or len(fetched) == batch
@@ -449,6 +464,15 @@ class SyncHandler:
         else:
             prev = RoomPosition(None, up_to)
         return _RoomTimeline(events, limited, str(prev))
+
+    async def _room_events_between(
+        self, room_id: str, after: int, up_to: int, limit: int
+    ) -> list[StoredEvent]:
+        fetched = await self._events.get_room_events_between(room_id, after, up_to, limit)
+        # Every viewer's visibility check reads these events' state groups: read them once
+        # here, into the store's cache, rather than once per viewer woken at the same moment.
+        await self._events.get_state_groups_for_events([e.event.event_id for e in fetched])
+        return fetched
 
     async def _after_gap(self, room_id: str, events: list[StoredEvent]) -> bool:
         # Only other servers' events can follow a gap: ours always extend what we hold.
@@ -492,7 +516,7 @@ class SyncHandler:
             "state": {"events": await self._serialize(sync_pass, state_events)},
             "ephemeral": {"events": []},
             "account_data": {"events": []},
-            "summary": await self._summary(room_id, request.user_id),
+            "summary": await self._summary(room_id, request.user_id, now.events),
         }
 
     async def _state_for_sync(
@@ -546,18 +570,31 @@ class SyncHandler:
         result.sort(key=lambda s: s.stream_ordering)
         return result
 
-    async def _summary(self, room_id: str, user_id: str) -> dict[str, Any]:
+    async def _summary(self, room_id: str, user_id: str, position: int) -> dict[str, Any]:
         # Counts from the state store's in-memory member lists; no database read when cached.
         joined = await self._state.get_current_members(room_id, "join")
         invited = await self._state.get_current_members(room_id, "invite")
         # Spec: the first members by stream ordering, joined or invited, never the user;
         # left and banned members when there are none.
-        heroes = await self._rooms.get_heroes(room_id, user_id, MAX_HEROES)
+        heroes = await self._heroes(room_id, user_id, position)
         return {
             "m.joined_member_count": len(joined),
             "m.invited_member_count": len(invited),
             "m.heroes": heroes,
         }
+
+    async def _heroes(self, room_id: str, user_id: str, position: int) -> list[str]:
+        """The room's heroes for `user_id`, from one read shared by every viewer: the first
+        members other than nobody, one more than needed, with the viewer taken out."""
+        candidates = await self._shared_heroes.get(
+            (room_id, position), lambda: self._rooms.get_heroes(room_id, "", MAX_HEROES + 1)
+        )
+        heroes = [u for u in candidates if u != user_id][:MAX_HEROES]
+        if not heroes and candidates:
+            # The viewer is the room's only joined or invited member: the heroes are then
+            # those who left or were banned, which the shared read did not look at.
+            return await self._rooms.get_heroes(room_id, user_id, MAX_HEROES)
+        return heroes
 
     async def _stripped_state(self, membership: Membership) -> list[dict[str, Any]]:
         stored = await self._events.get_stored_event(membership.event_id)
