@@ -5,7 +5,7 @@
     .venv/bin/python bench/federation_join.py --db sqlite --db postgresql://...   # both, one room
     .venv/bin/python bench/federation_join.py --members 50 --state 200        # a quick check
 
-What it does (issue 4), with real servers as subprocesses on loopback:
+What it does, with real servers as subprocesses on loopback:
 
 1. starts a Synapse (`tests/synapse_peer.py`'s `SynapsePeer`, SQLite, fresh directory), the
    resident server;

@@ -3,7 +3,7 @@
     .venv/bin/python bench/heddle_bench.py --db sqlite
     .venv/bin/python bench/heddle_bench.py --db postgresql://postgres@127.0.0.1:5432/postgres
 
-Scenarios (issue 3): message send throughput (20 senders, one room), send-to-receive latency
+Scenarios: message send throughput (20 senders, one room), send-to-receive latency
 seen by 50 syncing clients, initial sync of a user in 100 rooms, and /messages pagination
 over 2,000 events. Results are printed as JSON. The clients are plain aiohttp (no Matrix
 SDK), so what is measured is the server.

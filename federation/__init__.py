@@ -1,1 +1,1 @@
-"""Server-server API (issue 4). Nothing is served from here yet."""
+"""Server-server API: transport, signing keys, inbound and outbound events, EDUs and queries."""

@@ -4,7 +4,7 @@ A user can find the users they share a room with, and everyone joined to a room 
 rule is `public` or whose history is `world_readable`; deactivated accounts never show.
 The term is split into words; each word must appear, case-insensitively, in the user ID or
 the display name (the user's global profile; remote users are matched by user ID until
-federation brings their profiles, issue 4).
+federation brings their profiles).
 
 Case folding: SQL `LOWER()` folds ASCII on both engines but the rest of Unicode only on
 some (PostgreSQL with a UTF-8 ctype, not SQLite). Words that are plain ASCII are matched,

@@ -1,1 +1,1 @@
-"""Media repository (issue 5). Nothing is served from here yet."""
+"""Media repository: uploads, downloads, thumbnails, storage providers and remote media."""

@@ -162,6 +162,6 @@ V12 = _version(
 KNOWN_ROOM_VERSIONS: dict[str, RoomVersion] = {
     v.identifier: v for v in (V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12)
 }
-# Versions a local user may create a room in (issue 3: 10, 11 and 12).
+# Versions a local user may create a room in (10, 11 and 12).
 CREATABLE_ROOM_VERSIONS = ("10", "11", "12")
 DEFAULT_ROOM_VERSION = "11"

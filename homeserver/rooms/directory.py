@@ -187,7 +187,7 @@ class DirectoryHandler:
         if unknown or on another server."""
         _, server = split_room_alias(room_alias)
         if server != self._server_name:
-            # A federation directory query (issue 4).
+            # A federation directory query.
             raise MatrixError(
                 404,
                 Codes.NOT_FOUND,
@@ -283,7 +283,7 @@ class DirectoryHandler:
         Aliases the current event does not already name must point to this room: 400
         M_BAD_ALIAS if one is missing or points elsewhere. (Ones that drifted since they
         were published do not block other changes to the event.) Other servers' aliases
-        need a federation query to check (issue 4); until then they are refused.
+        need a federation query to check; until then they are refused.
         """
         wanted = _canonical_aliases(content, strict=True)
         previous_content = (await self._contents.current_contents(room_id, [CANONICAL_ALIAS])).get(

@@ -4,7 +4,7 @@ Every change is an m.room.member event made by `EventCreator.send`, so the auth 
 room version decide what is allowed (403 M_FORBIDDEN). This module adds what the rules do
 not know: resolving aliases (through `DirectoryHandler`), profile data in member events,
 unknown rooms and users (404), repeated requests that change nothing (answered with the
-existing event), and the parts that need federation (issue 4), which answer with a clear
+existing event), and the parts that need federation, which answer with a clear
 4xx/502 until it exists.
 """
 
@@ -69,7 +69,7 @@ MEMBERSHIPS = ("join", "invite", "knock", "leave", "ban")
 _WITH_PROFILE = ("join", "invite", "knock")
 
 
-# A room we do not know can only be joined over federation (issue 4).
+# A room we do not know can only be joined over federation.
 _NOT_ON_THIS_SERVER = "No known servers: the room is not on this server"
 
 

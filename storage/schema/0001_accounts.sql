@@ -1,4 +1,4 @@
--- Accounts, devices, tokens, user-interactive auth sessions and profiles (issue 2).
+-- Accounts, devices, tokens, user-interactive auth sessions and profiles.
 
 CREATE TABLE users (
     user_id TEXT PRIMARY KEY,

@@ -1,5 +1,5 @@
 -- Rooms, events, the room DAG, state (current and at every event), and the per-user data
--- that sync streams (issue 3).
+-- that sync streams.
 
 CREATE TABLE rooms (
     room_id TEXT PRIMARY KEY,

@@ -1,4 +1,4 @@
--- Device lists (issue 6): the stream clients learn device-list changes from, and the device
+-- Device lists: the stream clients learn device-list changes from, and the device
 -- lists of remote users, kept up to date by their servers' m.device_list_update EDUs.
 
 -- The device-list stream: each user's latest change of devices, device keys or

@@ -1,4 +1,4 @@
--- Send-to-device messaging (issue 6): messages waiting for local devices, the stream's
+-- Send-to-device messaging: messages waiting for local devices, the stream's
 -- positions, idempotency of PUT /sendToDevice, and inbound m.direct_to_device dedupe.
 
 -- Messages waiting for a device, until its next /sync acknowledges them. All the messages of
