@@ -614,6 +614,30 @@ class SqliteLockTests(DatabaseCase, unittest.TestCase):
         self.assertEqual(await self.user_ids(), [ALICE, BOB])
 
 
+class SqliteFirstConnectionTests(unittest.TestCase):
+    def test_switch_to_wal_waits_for_a_connection_creating_the_schema(self) -> None:
+        """The switch to WAL fails at once, without busy_timeout, while another connection
+        writes to the fresh file in rollback-journal mode (as a second process applying the
+        migrations does): connecting must wait for it, not fail with "database is locked"."""
+        directory = tempfile.mkdtemp(prefix="heddle-wal-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "homeserver.db")
+        blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.addCleanup(blocker.close)
+        blocker.execute("BEGIN IMMEDIATE")
+        blocker.execute("CREATE TABLE created_first (x INTEGER)")
+        releaser = threading.Timer(0.2, blocker.execute, ("COMMIT",))
+        releaser.start()
+        self.addCleanup(releaser.join)
+
+        conn = SqliteEngine("sqlite:///" + path).connect()
+        self.addCleanup(conn.close)
+        self.assertEqual(conn.execute("PRAGMA journal_mode").fetchone(), ("wal",))
+        self.assertEqual(
+            conn.execute("SELECT name FROM sqlite_master").fetchall(), [("created_first",)]
+        )
+
+
 class PostgresConcurrencyTests(DatabaseCase, unittest.TestCase):
     engine = "postgresql"
 

@@ -3,10 +3,13 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 from storage.engines.base import JSON_PATH_KEY, Engine, WriterLock
+
+WAL_SWITCH_TIMEOUT_SECONDS = 10.0
 
 
 class SqliteWriterLock(WriterLock):
@@ -88,10 +91,32 @@ class SqliteEngine(Engine):
         return SqliteWriterLock(lock_path, fd)
 
     def on_new_connection(self, conn: Any) -> None:
-        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA busy_timeout=10000")
+        self._use_write_ahead_log(conn)
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=10000")
+
+    @staticmethod
+    def _use_write_ahead_log(conn: Any) -> None:
+        """Switch the file to WAL, which persists in the file, once.
+
+        The switch needs the database to itself, and SQLite reports "database is locked" at
+        once, without waiting out busy_timeout, while another connection is creating the
+        schema; so the switch is retried here instead (connections open on pool threads).
+        """
+        deadline = time.monotonic() + WAL_SWITCH_TIMEOUT_SECONDS
+        delay = 0.005
+        while True:
+            try:
+                (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+                if str(mode).lower() != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
     def is_retryable(self, exc: BaseException) -> bool:
         # Another process (e.g. `heddle register-user` next to a running server) holding the
