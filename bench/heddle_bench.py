@@ -60,8 +60,11 @@ def drop_pg_database(admin_url: str, name: str) -> None:
 
 
 @asynccontextmanager
-async def running_server(db: str, pids: list[int] | None = None):
-    """Start a server; yield its base URL (and append its process ID to `pids`, if given)."""
+async def running_server(
+    db: str, pids: list[int] | None = None, about: dict[str, Any] | None = None
+):
+    """Start a server; yield its base URL. Its process ID is appended to `pids`, and `about`
+    gets "pid" and "metrics" (its /metrics URL), when given."""
     data_dir = Path(tempfile.mkdtemp(prefix="heddle-bench-"))
     port = free_port()
     subprocess.run(
@@ -71,7 +74,11 @@ async def running_server(db: str, pids: list[int] | None = None):
     )
     config_path = data_dir / "homeserver.yaml"
     config = yaml.safe_load(config_path.read_text())
-    config["listeners"] = [{"type": "client", "bind_address": "127.0.0.1", "port": port}]
+    metrics_port = free_port()
+    config["listeners"] = [
+        {"type": "client", "bind_address": "127.0.0.1", "port": port},
+        {"type": "metrics", "bind_address": "127.0.0.1", "port": metrics_port},
+    ]
     config["rate_limits"] = {"enabled": False}
     config["auth"]["bcrypt_rounds"] = 4
     config["logging"] = {"level": "WARNING"}
@@ -80,9 +87,17 @@ async def running_server(db: str, pids: list[int] | None = None):
         url, pg_name = create_pg_database(db)
         config["database"] = {"url": url, "max_connections": 10}
     config_path.write_text(yaml.safe_dump(config))
-    process = subprocess.Popen([str(HEDDLE), "--config", str(config_path)])
+    command = [str(HEDDLE), "--config", str(config_path)]
+    profile_to = os.environ.get("HEDDLE_BENCH_PROFILE")
+    if profile_to:
+        # Profiling is off until the benchmark sends SIGUSR1 (see `profiled`).
+        command = [sys.executable, str(ROOT / "bench" / "profiled_server.py"), profile_to,
+                   "--config", str(config_path)]
+    process = subprocess.Popen(command)
     if pids is not None:
         pids.append(process.pid)
+    if about is not None:
+        about.update(pid=process.pid, metrics=f"http://127.0.0.1:{metrics_port}/metrics")
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as session:

@@ -20,8 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import aiohttp
 from heddle_bench import ROOT, Client, new_clients, running_server, summary, sync_latency
+from prometheus_client.parser import text_string_to_metric_families
 
 WS_PATH = "/_matrix/client/unstable/org.heddle.ws/sync"
 
@@ -73,13 +78,118 @@ async def open_listener(session: aiohttp.ClientSession, base: str, reader: Clien
     return listener
 
 
-async def websocket_latency(session: aiohttp.ClientSession, base: str, n: int, messages: int) -> dict[str, Any]:
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def scrape(session: aiohttp.ClientSession, metrics_url: str) -> Samples:
+    async with session.get(metrics_url) as response:
+        text = await response.text()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def frames_out(samples: Samples) -> float:
+    return samples.get(("heddle_websocket_frames_total", (("direction", "out"),)), 0.0)
+
+
+async def wait_until_quiet(session: aiohttp.ClientSession, metrics_url: str) -> float:
+    """Wait until the server has pushed nothing for a second (the presence of a thousand
+    users coming online is still being pushed to their room-mates after they subscribe);
+    returns how long that took, in seconds."""
+    started = time.monotonic()
+    last = frames_out(await scrape(session, metrics_url))
+    quiet_polls = 0
+    while quiet_polls < 4 and time.monotonic() - started < 600:
+        await asyncio.sleep(0.25)
+        now = frames_out(await scrape(session, metrics_url))
+        quiet_polls = quiet_polls + 1 if now == last else 0
+        last = now
+    return round(time.monotonic() - started, 1)
+
+
+def histogram_quantiles(before: Samples, after: Samples, name: str) -> dict[str, Any]:
+    """p50/p99 of what a histogram recorded between two scrapes, as bucket upper bounds."""
+    buckets: list[tuple[float, float]] = []
+    for (sample, labels), value in after.items():
+        if sample == name + "_bucket":
+            bound = float(dict(labels)["le"])
+            buckets.append((bound, value - before.get((sample, labels), 0.0)))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0.0
+
+    def bound_of(q: float) -> float | None:
+        for bound, count in buckets:
+            if count >= q * total:
+                return bound
+        return None
+
+    def ms(bound: float | None) -> float | str | None:
+        return "over the top bucket" if bound == float("inf") else (
+            None if bound is None else bound * 1000
+        )
+
+    return {"count": int(total), "p50_at_most_ms": ms(bound_of(0.5)),
+            "p99_at_most_ms": ms(bound_of(0.99))}
+
+
+def transactions_per_message(before: Samples, after: Samples, messages: int) -> dict[str, float]:
+    """Database transactions by name during the measured phase, per message sent."""
+    counts: dict[str, float] = {}
+    for (sample, labels), value in after.items():
+        if sample == "heddle_db_transaction_duration_seconds_count":
+            done = value - before.get((sample, labels), 0.0)
+            if done:
+                counts[dict(labels)["desc"]] = round(done / messages, 1)
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+
+@asynccontextmanager
+async def profiled(pid: int) -> AsyncIterator[None]:
+    """Profile the server meanwhile, when it runs under bench/profiled_server.py."""
+    profiling = bool(os.environ.get("HEDDLE_BENCH_PROFILE"))
+    if profiling:
+        os.kill(pid, signal.SIGUSR1)
+    try:
+        yield
+    finally:
+        if profiling:
+            os.kill(pid, signal.SIGUSR2)
+
+
+async def websocket_latency(
+    session: aiohttp.ClientSession, base: str, server: dict[str, Any], n: int, messages: int
+) -> dict[str, Any]:
     readers, sender, room_id = await setup_room(session, base, n, "wsreader")
     listeners: list[WsListener] = []
     for start in range(0, n, 50):
         listeners += await asyncio.gather(
             *(open_listener(session, base, r, room_id) for r in readers[start:start + 50])
         )
+    settling_s = await wait_until_quiet(session, server["metrics"])
+    before = await scrape(session, server["metrics"])
+    async with profiled(server["pid"]):
+        latencies = await measure_pushes(listeners, sender, room_id, messages)
+    after = await scrape(session, server["metrics"])
+    for listener in listeners:
+        await listener.ws.close()
+    return {
+        "subscribers": n,
+        "messages": messages,
+        "settling_after_subscribing_s": settling_s,
+        "send_to_frame": summary(latencies),
+        "server_commit_to_frame": histogram_quantiles(
+            before, after, "heddle_websocket_push_latency_seconds"
+        ),
+        "db_transactions_per_message": transactions_per_message(before, after, messages),
+    }
+
+
+async def measure_pushes(
+    listeners: list[WsListener], sender: Client, room_id: str, messages: int
+) -> list[float]:
     latencies: list[float] = []
     for i in range(messages):
         body = f"ping {i}"
@@ -92,9 +202,7 @@ async def websocket_latency(session: aiohttp.ClientSession, base: str, n: int, m
                 raise RuntimeError("a listener never got the message")
             await asyncio.sleep(0.005)
         latencies += [listener.arrivals[body] - sent_at for listener in listeners]
-    for listener in listeners:
-        await listener.ws.close()
-    return {"subscribers": n, "messages": messages, "send_to_frame": summary(latencies)}
+    return latencies
 
 
 async def idle_memory(session: aiohttp.ClientSession, base: str, pid: int, n: int) -> dict[str, Any]:
@@ -124,21 +232,32 @@ async def main() -> None:
     parser.add_argument("--subscribers", type=int, default=200)
     parser.add_argument("--messages", type=int, default=10)
     parser.add_argument("--idle", type=int, default=1000, help="idle sockets for the memory figure")
+    parser.add_argument(
+        "--parts", default="websocket,long_poll,memory",
+        help="which measurements to run (comma-separated); each starts its own server",
+    )
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     results: dict[str, Any] = {"db": "sqlite" if args.db == "sqlite" else "postgresql"}
     connector = lambda: aiohttp.TCPConnector(limit=0)  # noqa: E731
-    async with running_server(args.db) as base:
-        async with aiohttp.ClientSession(connector=connector()) as session:
-            results["websocket"] = await websocket_latency(session, base, args.subscribers, args.messages)
-    print(json.dumps(results["websocket"]), flush=True)
-    async with running_server(args.db) as base:
-        async with aiohttp.ClientSession(connector=connector()) as session:
-            results["long_poll"] = await sync_latency(session, base, args.subscribers, args.messages)
-    print(json.dumps(results["long_poll"]), flush=True)
-    pids: list[int] = []
-    async with running_server(args.db, pids) as base:
-        async with aiohttp.ClientSession(connector=connector()) as session:
-            results["memory"] = await idle_memory(session, base, pids[0], args.idle)
+    if "websocket" in parts:
+        server: dict[str, Any] = {}
+        async with running_server(args.db, about=server) as base:
+            async with aiohttp.ClientSession(connector=connector()) as session:
+                results["websocket"] = await websocket_latency(
+                    session, base, server, args.subscribers, args.messages
+                )
+        print(json.dumps(results["websocket"]), flush=True)
+    if "long_poll" in parts:
+        async with running_server(args.db) as base:
+            async with aiohttp.ClientSession(connector=connector()) as session:
+                results["long_poll"] = await sync_latency(session, base, args.subscribers, args.messages)
+        print(json.dumps(results["long_poll"]), flush=True)
+    if "memory" in parts:
+        pids: list[int] = []
+        async with running_server(args.db, pids) as base:
+            async with aiohttp.ClientSession(connector=connector()) as session:
+                results["memory"] = await idle_memory(session, base, pids[0], args.idle)
     print(json.dumps(results, indent=2))
 
 
