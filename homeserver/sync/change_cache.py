@@ -8,8 +8,10 @@ grow with what changed. It remembers the latest position per entity for everythi
 
 from __future__ import annotations
 
-from collections.abc import Collection, Hashable
+from collections.abc import Collection, Hashable, Iterator
 from collections.abc import Set as AbstractSet
+
+from sortedcontainers import SortedDict
 
 from homeserver.caches import keep_newer_half, report_size
 
@@ -23,6 +25,9 @@ class StreamChangeCache:
         self.earliest_known = current
         self._max_entities = max_entities
         self._latest: dict[Hashable, int] = {}
+        # The same, by position: "what changed after P" walks only the positions after P
+        # (a presence change of one user must not cost a scan of every user who changed).
+        self._by_position: SortedDict = SortedDict()
         # The latest position of any change held (`earliest_known` when none).
         self._newest = current
         report_size(self, f"stream_changes_{name}", max_entities, len)
@@ -36,11 +41,16 @@ class StreamChangeCache:
         self.earliest_known = current
         self._newest = current
         self._latest.clear()
+        self._by_position.clear()
 
     def entity_changed(self, entity: Hashable, position: int) -> None:
-        if position <= self._latest.get(entity, self.earliest_known):
+        previous = self._latest.get(entity)
+        if position <= (self.earliest_known if previous is None else previous):
             return
+        if previous is not None:
+            self._unindex(entity, previous)
         self._latest[entity] = position
+        self._by_position.setdefault(position, set()).add(entity)
         self._newest = max(self._newest, position)
         if len(self._latest) > self._max_entities:
             self._evict()
@@ -49,6 +59,19 @@ class StreamChangeCache:
         # Forget the older half; positions before what we keep become unknown.
         self._latest, cutoff = keep_newer_half(self._latest)
         self.earliest_known = max(self.earliest_known, cutoff)
+        for position in list(self._by_position.irange(maximum=cutoff)):
+            del self._by_position[position]
+
+    def _unindex(self, entity: Hashable, position: int) -> None:
+        at = self._by_position.get(position)
+        if at is not None:
+            at.discard(entity)
+            if not at:
+                del self._by_position[position]
+
+    def _changed_after(self, position: int) -> Iterator[Hashable]:
+        for at in self._by_position.irange(minimum=position, inclusive=(False, True)):
+            yield from self._by_position[at]
 
     def knows_since(self, position: int) -> bool:
         return position >= self.earliest_known
@@ -68,7 +91,7 @@ class StreamChangeCache:
         if len(entities) > len(self._latest):
             # Callers often pass lists: one set, not a scan of `entities` per entry.
             wanted = entities if isinstance(entities, AbstractSet) else set(entities)
-            return {e for e, p in self._latest.items() if p > position and e in wanted}
+            return {e for e in self._changed_after(position) if e in wanted}
         return {e for e in entities if self._latest.get(e, self.earliest_known) > position}
 
     def any_changed_since(self, position: int) -> bool:
@@ -78,4 +101,4 @@ class StreamChangeCache:
     def all_changed_since(self, position: int) -> set[Hashable] | None:
         if not self.knows_since(position):
             return None
-        return {e for e, p in self._latest.items() if p > position}
+        return set(self._changed_after(position))
