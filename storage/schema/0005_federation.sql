@@ -1,4 +1,4 @@
--- Federation (issue 4): remote servers' signing keys, the outbound queue per destination,
+-- Federation: remote servers' signing keys, the outbound queue per destination,
 -- inbound transaction deduplication, and backward extremities for backfill.
 
 -- Verify keys of remote servers (and our own old ones), as learned from key responses.

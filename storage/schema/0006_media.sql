@@ -1,4 +1,4 @@
--- Media repository (issue 5): what each media ID is, and the stored contents it points at.
+-- Media repository: what each media ID is, and the stored contents it points at.
 
 -- One row per media ID, local (uploaded here) or remote (cached from its origin server).
 CREATE TABLE media (

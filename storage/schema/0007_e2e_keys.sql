@@ -1,4 +1,4 @@
--- End-to-end encryption keys (issue 6): device identity keys, one-time and fallback keys,
+-- End-to-end encryption keys: device identity keys, one-time and fallback keys,
 -- cross-signing keys and the signatures users upload for each other's keys.
 -- Every key_json is canonical JSON text, exactly as the client uploaded it (minus
 -- `unsigned`); signatures uploaded later with /keys/signatures/upload live in their own table

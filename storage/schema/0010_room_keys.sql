@@ -1,4 +1,4 @@
--- Server-side key backups (issue 6; spec: client-server API "Server-side key backups").
+-- Server-side key backups (spec: client-server API "Server-side key backups").
 
 -- Each user's backup versions. Versions are numbered per user from 1 and never reused: a
 -- deleted version keeps its row (deleted = TRUE, its keys removed) so the next one created
