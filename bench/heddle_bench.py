@@ -59,6 +59,21 @@ def drop_pg_database(admin_url: str, name: str) -> None:
     conn.close()
 
 
+async def wait_until_up(base: str, timeout_s: float) -> None:
+    """Return once the server at `base` answers /versions."""
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(base + "/_matrix/client/versions") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise RuntimeError("server did not start")
+
+
 @asynccontextmanager
 async def running_server(
     db: str, pids: list[int] | None = None, about: dict[str, Any] | None = None
@@ -100,17 +115,7 @@ async def running_server(
         about.update(pid=process.pid, metrics=f"http://127.0.0.1:{metrics_port}/metrics")
     base = f"http://127.0.0.1:{port}"
     try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(200):
-                try:
-                    async with session.get(base + "/_matrix/client/versions") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
-            else:
-                raise RuntimeError("server did not start")
+        await wait_until_up(base, 10.0)
         yield base
     finally:
         process.terminate()

@@ -384,7 +384,10 @@ def main() -> None:
     server = Server(args)
     results: list[dict[str, Any]] = []
     try:
-        asyncio.run(_wait_until_up(server.base))
+        from heddle_bench import wait_until_up
+
+        # Start-up under tracemalloc with many frames takes a while.
+        asyncio.run(wait_until_up(server.base, 120.0))
         results.append(server.measure("start"))
         _print_measurement(results[-1], None, args)
         for round_no in range(1, args.rounds + 1):
@@ -395,22 +398,6 @@ def main() -> None:
         server.stop()
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
-
-
-async def _wait_until_up(base: str) -> None:
-    import aiohttp
-
-    async with aiohttp.ClientSession() as session:
-        # Start-up under tracemalloc with many frames takes a while.
-        for _ in range(2400):
-            try:
-                async with session.get(base + "/_matrix/client/versions") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise RuntimeError("server did not start")
 
 
 if __name__ == "__main__":

@@ -16,13 +16,12 @@ import argparse
 import asyncio
 import json
 import os
-import time
-from pathlib import Path
-from typing import Any
-
 import signal
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 from heddle_bench import ROOT, Client, new_clients, running_server, summary, sync_latency

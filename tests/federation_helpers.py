@@ -185,6 +185,24 @@ class FederationTestCase(HomeserverTestCase):
         assert r.code == 200, r
         return str(r.json["event_id"])
 
+    async def history_then_join(self, alice: FedUser, bob: FedUser, messages: int) -> str:
+        """Alice creates a world-readable public room and sends `messages` texts ("old 0",
+        ...); then bob joins from his server, which holds none of that history."""
+        r = await self.user_call(alice, "POST", f"{API}/createRoom", {"preset": "public_chat"})
+        assert r.code == 200, r
+        room_id = str(r.json["room_id"])
+        r = await self.user_call(
+            alice, "PUT", f"{API}/rooms/{q(room_id)}/state/m.room.history_visibility",
+            {"history_visibility": "world_readable"},
+        )
+        assert r.code == 200, r
+        for i in range(messages):
+            await self.send_text(alice, room_id, f"old {i}", f"o{i}")
+        via = alice.server.server_name
+        r = await self.user_call(bob, "POST", f"{API}/join/{q(room_id)}?via={q(via)}", {})
+        assert r.code == 200, r
+        return room_id
+
     async def wait_for(self, predicate: Any, timeout: float = 30.0, what: str = "") -> Any:
         """Poll an async predicate until it returns something truthy."""
         deadline = reactor.seconds() + timeout  # type: ignore[attr-defined]

@@ -112,17 +112,7 @@ class TwoHeddles(FederationTestCase):
     @ensure_deferred
     async def test_history_backfilled_from_the_other_side(self):
         a, b, alice, bob = await self.two_peers()
-        r = await self.user_call(alice, "POST", f"{API}/createRoom", {"preset": "public_chat"})
-        room_id = r.json["room_id"]
-        r = await self.user_call(
-            alice, "PUT", f"{API}/rooms/{q(room_id)}/state/m.room.history_visibility",
-            {"history_visibility": "world_readable"},
-        )
-        self.assertEqual(r.code, 200, r)
-        for i in range(15):
-            await self.send_text(alice, room_id, f"old {i}", f"o{i}")
-        r = await self.user_call(bob, "POST", f"{API}/join/{q(room_id)}?via={q(a.server_name)}", {})
-        self.assertEqual(r.code, 200, r)
+        room_id = await self.history_then_join(alice, bob, 15)
         # B holds only the state and the join; scrolling back fetches the rest from A.
         bodies = await self.timeline_bodies(bob, room_id)
         self.assertEqual(bodies, [f"old {i}" for i in range(15)])

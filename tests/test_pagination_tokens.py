@@ -387,17 +387,7 @@ class PagingAfterRealBackfill(FederationTestCase):
     @ensure_deferred
     async def test_paging_back_through_backfilled_history(self):
         a, b, alice, bob = await self.two_peers()
-        r = await self.user_call(alice, "POST", f"{API}/createRoom", {"preset": "public_chat"})
-        room_id = r.json["room_id"]
-        r = await self.user_call(
-            alice, "PUT", f"{API}/rooms/{q(room_id)}/state/m.room.history_visibility",
-            {"history_visibility": "world_readable"},
-        )
-        self.assertEqual(r.code, 200, r)
-        for i in range(12):
-            await self.send_text(alice, room_id, f"old {i}", f"o{i}")
-        r = await self.user_call(bob, "POST", f"{API}/join/{q(room_id)}?via={q(a.server_name)}", {})
-        self.assertEqual(r.code, 200, r)
+        room_id = await self.history_then_join(alice, bob, 12)
         await self.wait_for(
             lambda: self._is(self.membership(alice, room_id, bob.user_id), "join"),
             what="bob's join on A",
