@@ -57,6 +57,9 @@ TO_DEVICE_UNACKED_SIZE = 100_000
 # Reads shared by the sync passes one commit wakes (see `SharedReads`): one entry per room
 # and stream position, so a few thousand cover every room active in the last moments.
 SHARED_READS_SIZE = 4096
+# A shared room section (see `_SharedRoomSection`) serves the passes one commit wakes; a
+# pass later than this computes it again (a redaction since then must show).
+SHARED_SECTION_MAX_AGE_S = 2.0
 
 
 @dataclass
@@ -77,6 +80,29 @@ class _RoomTimeline:
     events: list[StoredEvent]
     limited: bool
     prev_batch: str
+    # Every fetched event that passed the visibility check, served or not.
+    visible: list[StoredEvent]
+
+
+@dataclass(frozen=True)
+class _SharedRoomSection:
+    """A joined room's incremental sync section between two positions, computed once for
+    every viewer with the same filter who has been joined since before the first position.
+
+    One message wakes every member of its room; each of their sync passes would read,
+    filter and serialize the same events. A viewer takes this section when it would have
+    computed the same: it was joined throughout, so every event from this server is visible
+    to it (its membership at each of them was `join`); the events from other servers, whose
+    state may predate its join, are checked for it (`remote_events`); it sent none of the
+    served events (which would carry its `transaction_id`) and is not among the hero
+    candidates (heroes leave the viewer out). Anyone else computes the section alone.
+    """
+
+    # timeline, state and summary; None when there is nothing to send.
+    room: dict[str, Any] | None
+    senders: frozenset[str]
+    remote_events: tuple[StoredEvent, ...]
+    hero_candidates: tuple[str, ...]
 
 
 @dataclass
@@ -150,6 +176,12 @@ class SyncHandler:
         # (room_id, events position) -> heroes candidates, for any viewer (see `_heroes`).
         self._shared_heroes: SharedReads[tuple[str, int], list[str]] = SharedReads(
             "heroes", SHARED_READS_SIZE
+        )
+        # (room_id, since, now, filter) -> the room's section for viewers who qualify.
+        self._shared_sections: SharedReads[
+            tuple[str, int, int, Filter], _SharedRoomSection
+        ] = SharedReads(
+            "room_sections", SHARED_READS_SIZE, max_age_s=SHARED_SECTION_MAX_AGE_S, clock=clock
         )
 
     def current_token(self) -> StreamToken:
@@ -437,8 +469,15 @@ class SyncHandler:
         return memberships
 
     async def _timeline(
-        self, user_id: str, room_id: str, timeline_filter: RoomEventFilter, after: int, up_to: int
+        self,
+        viewer: str | None,
+        room_id: str,
+        timeline_filter: RoomEventFilter,
+        after: int,
+        up_to: int,
     ) -> _RoomTimeline:
+        """The room's timeline in (after, up_to] as `viewer` may see it; with no viewer, every
+        event that can be in a timeline at all (for `_SharedRoomSection`)."""
         limit = timeline_filter.limit_or(DEFAULT_TIMELINE_LIMIT, MAX_TIMELINE_LIMIT)
         # Fetch extra so filtering still fills the limit in the common case.
         batch = limit * 2 + 1
@@ -446,7 +485,10 @@ class SyncHandler:
             (room_id, after, up_to, batch),
             lambda: self._room_events_between(room_id, after, up_to, batch),
         )
-        visible = await self._visibility.filter_events_for_user(user_id, fetched)
+        if viewer is not None:
+            visible = await self._visibility.filter_events_for_user(viewer, fetched)
+        else:
+            visible = [e for e in fetched if not e.outlier and e.event.rejected_reason is None]
         wanted = timeline_filter.filter_events(visible)
         limited = len(wanted) > limit or len(fetched) == batch
         events = wanted[-limit:] if limit > 0 else []
@@ -463,7 +505,7 @@ class SyncHandler:
             prev = RoomPosition(first.topological_ordering, first.stream_ordering - 1)
         else:
             prev = RoomPosition(None, up_to)
-        return _RoomTimeline(events, limited, str(prev))
+        return _RoomTimeline(events, limited, str(prev), visible)
 
     async def _room_events_between(
         self, room_id: str, after: int, up_to: int, limit: int
@@ -487,10 +529,16 @@ class SyncHandler:
         self, sync_pass: _Pass, events: list[StoredEvent]
     ) -> list[dict[str, Any]]:
         request = sync_pass.request
-        serialized = await self._serializer.serialize(
-            events, (request.user_id, request.device_id), include_room_id=False
+        return await self._serialize_for(
+            request.filter, (request.user_id, request.device_id), events
         )
-        flt = request.filter
+
+    async def _serialize_for(
+        self, flt: Filter, requester_device: tuple[str, str] | None, events: list[StoredEvent]
+    ) -> list[dict[str, Any]]:
+        serialized = await self._serializer.serialize(
+            events, requester_device, include_room_id=False
+        )
         if flt.event_fields is None and flt.event_format == "client":
             return serialized
         pdus = await self._serializer.federation_forms(events)
@@ -500,6 +548,13 @@ class SyncHandler:
         self, sync_pass: _Pass, room_id: str, since: StreamToken | None
     ) -> dict[str, Any] | None:
         request, now = sync_pass.request, sync_pass.now
+        if since is not None and self._may_share(sync_pass, room_id, since):
+            section = await self._shared_sections.get(
+                (room_id, since.events, now.events, request.filter),
+                lambda: self._shared_room_section(room_id, since, now, request.filter),
+            )
+            if await self._takes_shared(request.user_id, section):
+                return self._viewer_copy(section.room) if section.room is not None else None
         after = since.events if since is not None else 0
         timeline = await self._timeline(
             request.user_id, room_id, request.filter.room.timeline, after, now.events
@@ -518,6 +573,80 @@ class SyncHandler:
             "account_data": {"events": []},
             "summary": await self._summary(room_id, request.user_id, now.events),
         }
+
+    def _viewer_copy(self, shared: dict[str, Any]) -> dict[str, Any]:
+        """A viewer's own copy of a shared room section: its own ephemeral and account data
+        blocks (filled in later), and each timeline event's `age` as of now. Everything
+        else is shared and never changed."""
+        now = self._clock.time_msec()
+        timeline = shared["timeline"]
+        return {
+            **shared,
+            "timeline": {
+                **timeline,
+                "events": [
+                    {**e, "unsigned": {**e["unsigned"], "age": max(0, now - e["origin_server_ts"])}}
+                    if "unsigned" in e and "origin_server_ts" in e
+                    else e
+                    for e in timeline["events"]
+                ],
+            },
+            "ephemeral": {"events": []},
+            "account_data": {"events": []},
+        }
+
+    def _may_share(self, sync_pass: _Pass, room_id: str, since: StreamToken) -> bool:
+        """Whether the viewer may take a `_SharedRoomSection`, as far as can be told before
+        computing it: joined since before `since`, with no member event of its own after
+        (a room joined since is computed afresh anyway; a new display name is left out
+        too, to keep the rule simple: its membership at every event is then its current
+        one)."""
+        if sync_pass.request.full_state or sync_pass.request.filter.lazy_load_members:
+            return False
+        member = sync_pass.memberships.get(room_id)
+        return (
+            member is not None
+            and member.membership == "join"
+            and member.stream_ordering <= since.events
+        )
+
+    async def _takes_shared(self, user_id: str, section: _SharedRoomSection) -> bool:
+        if user_id in section.senders or user_id in section.hero_candidates:
+            return False
+        if not section.remote_events:
+            return True
+        visible = await self._visibility.filter_events_for_user(
+            user_id, list(section.remote_events)
+        )
+        return len(visible) == len(section.remote_events)
+
+    async def _shared_room_section(
+        self, room_id: str, since: StreamToken, now: StreamToken, flt: Filter
+    ) -> _SharedRoomSection:
+        timeline = await self._timeline(None, room_id, flt.room.timeline, since.events, now.events)
+        # Lazy-loading filters never share, so the state block holds no viewer's own member.
+        state_events = await self._state_for_sync(
+            _Pass(SyncRequest("", "", since, False, flt), since, now),
+            room_id, timeline, since, now.events,
+        )
+        remote = tuple(
+            e for e in timeline.visible if e.event.sender.partition(":")[2] != self._server_name
+        )
+        candidates = tuple(await self._hero_candidates(room_id, now.events))
+        served = [*timeline.events, *state_events]
+        senders = frozenset(e.event.sender for e in served)
+        if not timeline.events and not state_events:
+            return _SharedRoomSection(None, senders, remote, candidates)
+        room = {
+            "timeline": {
+                "events": await self._serialize_for(flt, None, timeline.events),
+                "limited": timeline.limited,
+                "prev_batch": timeline.prev_batch,
+            },
+            "state": {"events": await self._serialize_for(flt, None, state_events)},
+            "summary": await self._summary(room_id, "", now.events),
+        }
+        return _SharedRoomSection(room, senders, remote, candidates)
 
     async def _state_for_sync(
         self,
@@ -583,12 +712,17 @@ class SyncHandler:
             "m.heroes": heroes,
         }
 
+    async def _hero_candidates(self, room_id: str, position: int) -> list[str]:
+        """The room's first members, one more than there are heroes: read once for every
+        viewer, who is then taken out (see `_heroes`)."""
+        return await self._shared_heroes.get(
+            (room_id, position), lambda: self._rooms.get_heroes(room_id, "", MAX_HEROES + 1)
+        )
+
     async def _heroes(self, room_id: str, user_id: str, position: int) -> list[str]:
         """The room's heroes for `user_id`, from one read shared by every viewer: the first
         members other than nobody, one more than needed, with the viewer taken out."""
-        candidates = await self._shared_heroes.get(
-            (room_id, position), lambda: self._rooms.get_heroes(room_id, "", MAX_HEROES + 1)
-        )
+        candidates = await self._hero_candidates(room_id, position)
         heroes = [u for u in candidates if u != user_id][:MAX_HEROES]
         if not heroes and candidates:
             # The viewer is the room's only joined or invited member: the heroes are then
