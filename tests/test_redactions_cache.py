@@ -6,8 +6,10 @@ served whole after its redaction.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import REGISTRY
@@ -198,31 +200,69 @@ class RedactionsServedFromMemory(_RedactionTestCase):
             )
         await self.assert_served_redacted(late.event_id, redaction.event.event_id, since)
 
-    async def test_redaction_whose_commit_is_in_doubt_is_read_again(self):
-        """A persist that fails after its transaction may have committed (a connection lost
-        while committing) leaves nothing remembered about the event it redacts."""
-        event_id = await self.message()
-        self.assert_whole(await self.event_over_http(self.bob, event_id))
+    @contextlib.contextmanager
+    def commit_then_fail(self, desc: str) -> Iterator[None]:
+        """Transactions named `desc` commit, then fail as a connection lost while
+        committing would: the caller sees an error, and no after-commit work runs."""
         db = self.hs.db
         original = db._run_in_thread
 
-        def commits_then_fails(desc: str, *args: Any) -> Any:
-            result = original(desc, *args)
-            if desc == "persist_event":
+        def commits_then_fails(name: str, *args: Any) -> Any:
+            result = original(name, *args)
+            if name == desc:
                 raise ConnectionError("lost after the commit")
             return result
 
         db._run_in_thread = commits_then_fails  # type: ignore[method-assign]
         try:
-            with self.assertRaises(ConnectionError):
-                await self.hs.event_creator.send(
-                    self.room_id, self.alice.user_id, "m.room.redaction", {"redacts": event_id}
-                )
+            yield
         finally:
             db._run_in_thread = original  # type: ignore[method-assign]
-        redactions = await self.hs.event_store.get_redactions([event_id])
-        self.assertEqual(list(redactions), [event_id])
-        self.assert_redacted_by(await self.event_over_http(self.bob, event_id), redactions[event_id])
+
+    async def assert_read_again_after_doubt(self, event_id: str, redaction_id: str) -> None:
+        self.assertEqual(
+            await self.hs.event_store.get_redactions([event_id]), {event_id: redaction_id}
+        )
+        self.assert_redacted_by(await self.event_over_http(self.bob, event_id), redaction_id)
+
+    async def test_redaction_whose_commit_is_in_doubt_is_read_again(self):
+        """A persist that fails after its transaction may have committed (a connection lost
+        while committing) leaves nothing remembered about the event it redacts."""
+        event_id = await self.message()
+        self.assert_whole(await self.event_over_http(self.bob, event_id))
+        with self.commit_then_fail("persist_event"), self.assertRaises(ConnectionError):
+            await self.hs.event_creator.send(
+                self.room_id, self.alice.user_id, "m.room.redaction", {"redacts": event_id}
+            )
+        # The redaction's row, read past every cache: it was committed.
+        row = await self.hs.db.run_interaction(
+            "test_redaction_row",
+            lambda txn: txn.select_one(
+                "SELECT event_id FROM redactions WHERE redacts = ?", (event_id,)
+            ),
+        )
+        assert row is not None
+        await self.assert_read_again_after_doubt(event_id, row[0])
+
+    async def test_backfilled_redaction_whose_commit_is_in_doubt_is_read_again(self):
+        event_id = await self.message()
+        self.assert_whole(await self.event_over_http(self.bob, event_id))
+        creator = self.hs.event_creator
+        version = await self.hs.event_store.get_room_version(self.room_id)
+        assert version is not None
+        current = await self.hs.state_store.get_current_state_ids(self.room_id)
+        pdu = await creator.build_pdu(
+            self.room_id, version, self.alice.user_id, "m.room.redaction",
+            {"redacts": event_id}, None, current,
+        )
+        redaction = creator.finish_event(pdu, version)
+        group = await self.hs.event_store.get_current_state_group(self.room_id)
+        context = EventContext(
+            state_group_before=group, backfilled=True, updates_current_state=False
+        )
+        with self.commit_then_fail("persist_backfilled_event"), self.assertRaises(ConnectionError):
+            await self.hs.persister.persist(redaction, context)
+        await self.assert_read_again_after_doubt(event_id, redaction.event_id)
 
     async def test_redaction_from_another_room_still_does_not_apply(self):
         """`redacts` may name an event of another room (federation stores what it is
