@@ -4,9 +4,8 @@ Each process publishes what others must react to at once (revoked access tokens,
 logout is effective everywhere; rooms whose current state changed, so cached copies are
 dropped; redactions stored, so no cache keeps serving the redacted event whole) and
 subscribes to the same channels. Messages are JSON `{"from": <process id>, "data": ...}`; a
-process ignores its own. When the subscription
-connection is lost and comes back, messages may have been missed, so subscribers are told
-to drop whatever they cache (`on_resync`).
+process ignores its own. When the subscription connection is lost and comes back, messages
+may have been missed, so subscribers are told to drop whatever they cache (`on_resync`).
 
 With `redis.enabled: false` (the single-process default) nothing is sent anywhere.
 """
