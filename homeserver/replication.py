@@ -2,10 +2,10 @@
 
 Each process publishes what others must react to at once (revoked access tokens, so a
 logout is effective everywhere; rooms whose current state changed, so cached copies are
-dropped) and subscribes to the same channels. Messages are JSON
-`{"from": <process id>, "data": ...}`; a process ignores its own. When the subscription
-connection is lost and comes back, messages may have been missed, so subscribers are told
-to drop whatever they cache (`on_resync`).
+dropped; redactions stored, so no cache keeps serving the redacted event whole) and
+subscribes to the same channels. Messages are JSON `{"from": <process id>, "data": ...}`; a
+process ignores its own. When the subscription connection is lost and comes back, messages
+may have been missed, so subscribers are told to drop whatever they cache (`on_resync`).
 
 With `redis.enabled: false` (the single-process default) nothing is sent anywhere.
 """
@@ -29,6 +29,9 @@ Handler = Callable[[Any], None]
 
 # A room_id: its current state changed; other processes drop their cached copy.
 CURRENT_STATE_STREAM = "current_state"
+# [redacted event ID, redaction event ID]: a redaction was stored; other processes stop
+# answering "not redacted" for that event from their cache.
+REDACTIONS_STREAM = "redactions"
 
 
 class Replication:

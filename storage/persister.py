@@ -15,7 +15,7 @@ from homeserver.events.canonical import encode_canonical_json
 from homeserver.events.model import Event
 from homeserver.events.types import MEMBER
 from storage.database import Database, Transaction
-from storage.stores.events import StoredEvent
+from storage.stores.events import EventStore, StoredEvent
 from storage.stores.federation_queue import FederationQueueStore
 from storage.stores.state import (
     StateKey,
@@ -112,12 +112,14 @@ class EventPersister:
     def __init__(
         self,
         db: Database,
+        events: EventStore,
         state: StateStore,
         event_stream: StreamIdGenerator,
         state_group_ids: IdAllocator,
         backfill_ids: IdAllocator | None = None,
     ) -> None:
         self._db = db
+        self._events = events
         self._state = state
         self._stream = event_stream
         self._state_group_ids = state_group_ids
@@ -232,10 +234,14 @@ class EventPersister:
         hidden = context.outlier or context.soft_failed
         if context.backfilled:
             stream_ordering = self._backfill_ids.next()
-            await self._db.run_interaction(
-                "persist_backfilled_event", self._persist_txn, event, context,
-                stream_ordering, new_group, state_group_after, metadata, groups,
-            )
+            try:
+                await self._db.run_interaction(
+                    "persist_backfilled_event", self._persist_txn, event, context,
+                    stream_ordering, new_group, state_group_after, metadata, groups,
+                )
+            except Exception:
+                self._forget_uncertain_redaction(event)
+                raise
             return StoredEvent(event, stream_ordering, event.depth, metadata, hidden)
         async with self._stream.next() as stream_ordering:
             try:
@@ -254,9 +260,17 @@ class EventPersister:
                 # The commit may have happened (a connection lost while committing), so
                 # the cached current state cannot be trusted either way.
                 self._state.invalidate_current_state(event.room_id)
+                self._forget_uncertain_redaction(event)
                 raise
         stored = StoredEvent(event, stream_ordering, event.depth, metadata, hidden)
         return stored
+
+    def _forget_uncertain_redaction(self, event: Event) -> None:
+        """After a failed persist: a redaction's row may have been committed all the same (a
+        connection lost while committing), so what is cached about its target is in doubt."""
+        redacts = _stored_as_redaction(event)
+        if redacts is not None:
+            self._events.forget_redactions_of(redacts)
 
     def _persist_txn(
         self,
@@ -338,12 +352,14 @@ class EventPersister:
              for dest in context.outbound_destinations],
         )
         _update_backward_extremities_txn(txn, event)
-        if event.type == "m.room.redaction" and not event.is_state and event.redacts is not None:
+        redacts = _stored_as_redaction(event)
+        if redacts is not None:
             txn.execute(
                 "INSERT INTO redactions (event_id, redacts) VALUES (?, ?)"
                 " ON CONFLICT (event_id) DO NOTHING",
-                (event.event_id, event.redacts),
+                (event.event_id, redacts),
             )
+            txn.call_after(self._events.redaction_stored, redacts, event.event_id)
         if context.soft_failed or context.backfilled:
             # Its state is kept (later events may cite it) but nothing else moves.
             if new_group is not None:
@@ -392,6 +408,13 @@ class EventPersister:
             )
             if event.is_state:
                 _update_current_state_txn(txn, self._state, event, stream_ordering)
+
+
+def _stored_as_redaction(event: Event) -> str | None:
+    """The event a redaction event redacts, as the `redactions` table records it."""
+    if event.type == "m.room.redaction" and not event.is_state:
+        return event.redacts
+    return None
 
 
 @dataclass

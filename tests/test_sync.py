@@ -433,5 +433,7 @@ class OneMessageManyListeners(HomeserverTestCase):
         self.assertEqual(calls.count("get_room_events_between"), 1, calls)
         self.assertEqual(calls.count("get_heroes"), 1, calls)
         self.assertLessEqual(calls.count("get_state_groups_for_events"), 1, calls)
+        # Whether the message is redacted: asked once, not once per listener serializing it.
+        self.assertLessEqual(calls.count("get_redactions"), 1, calls)
         for quiet in ("get_account_data_changed", "get_receipts_for_rooms", "get_membership_changes"):
             self.assertEqual(calls.count(quiet), 0, calls)

@@ -79,7 +79,9 @@ def build_rooms(
     state_group_ids = IdAllocator()
     # Outliers and backfilled events take positions below zero, counting down.
     backfill_ids = IdAllocator(0, step=-1)
-    persister = EventPersister(core.db, state, event_stream, state_group_ids, backfill_ids)
+    persister = EventPersister(
+        core.db, events, state, event_stream, state_group_ids, backfill_ids
+    )
     creator = EventCreator(
         core.server_name,
         core.signing_key,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from homeserver.replication import CURRENT_STATE_STREAM, Replication
+from homeserver.replication import CURRENT_STATE_STREAM, REDACTIONS_STREAM, Replication
 from storage.database import Database
 from storage.stores.account_data import AccountDataStore
 from storage.stores.accounts import AccountStore
@@ -74,13 +74,28 @@ def build_stores(db: Database, replication: Replication) -> Stores:
 
     replication.subscribe(CURRENT_STATE_STREAM, changed_elsewhere)
     replication.on_resync(state_store.clear_current_state_cache)
+
+    # Likewise each process caches which events are redacted.
+    event_store = EventStore(db)
+    event_store.redaction_listeners.append(
+        lambda redacts, redaction_id: replication.publish(
+            REDACTIONS_STREAM, [redacts, redaction_id]
+        )
+    )
+
+    def redacted_elsewhere(data: Any) -> None:
+        if isinstance(data, list) and len(data) == 2 and all(isinstance(d, str) for d in data):
+            event_store.redaction_stored_elsewhere(data[0], data[1])
+
+    replication.subscribe(REDACTIONS_STREAM, redacted_elsewhere)
+    replication.on_resync(event_store.clear_redactions_cache)
     return Stores(
         accounts=AccountStore(db),
         device_store=DeviceStore(db),
         token_store=TokenStore(db),
         uia_store=UiaStore(db),
         profile_store=ProfileStore(db),
-        event_store=EventStore(db),
+        event_store=event_store,
         state_store=state_store,
         room_store=RoomStore(db),
         alias_store=AliasStore(db),

@@ -511,9 +511,12 @@ class SyncHandler:
         self, room_id: str, after: int, up_to: int, limit: int
     ) -> list[StoredEvent]:
         fetched = await self._events.get_room_events_between(room_id, after, up_to, limit)
-        # Every viewer's visibility check reads these events' state groups: read them once
-        # here, into the store's cache, rather than once per viewer woken at the same moment.
-        await self._events.get_state_groups_for_events([e.event.event_id for e in fetched])
+        # Every viewer's visibility check reads these events' state groups, and serializing
+        # them for every viewer asks whether they are redacted: read both once here, into
+        # the store's caches, rather than once per viewer woken at the same moment.
+        event_ids = [e.event.event_id for e in fetched]
+        await self._events.get_state_groups_for_events(event_ids)
+        await self._events.get_redactions(event_ids)
         return fetched
 
     async def _after_gap(self, room_id: str, events: list[StoredEvent]) -> bool:

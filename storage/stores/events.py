@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,9 @@ from storage.database import Database, Transaction
 EVENT_CACHE_SIZE = 10_000
 # Rooms whose version is remembered (a room's version never changes).
 ROOM_VERSION_CACHE_SIZE = 10_000
+# Events whose redaction (or lack of one) is remembered: one per cached event, as every event
+# served is asked about.
+REDACTIONS_CACHE_SIZE = EVENT_CACHE_SIZE
 
 _EVENT_COLUMNS = (
     "e.event_id, e.json, e.internal_metadata, e.rejected_reason, e.stream_ordering,"
@@ -33,6 +36,10 @@ class StoredEvent:
     topological_ordering: int
     internal_metadata: dict[str, Any]
     outlier: bool
+
+
+# `LruCache.peek`'s answer for an event not held (None means held as not redacted).
+_NOT_HELD = object()
 
 
 def _row_to_stored(row: tuple[Any, ...]) -> StoredEvent:
@@ -62,6 +69,21 @@ class EventStore:
         self._state_groups: LruCache[str, tuple[int | None, int | None]] = LruCache(
             "event_state_groups", EVENT_CACHE_SIZE
         )
+        # event_id -> the redaction `get_redactions` answers for it, or None: not redacted.
+        # Unlike events it changes: the persister calls `redaction_stored` after each commit
+        # that stores a redaction (see `get_redactions`).
+        self._redactions: LruCache[str, str | None] = LruCache(
+            "event_redactions", REDACTIONS_CACHE_SIZE
+        )
+        # Moves on with every redaction stored: a read of the table that began before a move
+        # may have missed that redaction, so its answers are not cached.
+        self._redactions_generation = 0
+        # Called with (redacts, redaction event ID) after this process stored a redaction.
+        # The cache is per process: `homeserver/areas/stores.py` tells the others over the
+        # "redactions" replication stream (Redis), which apply it with
+        # `redaction_stored_elsewhere`. Until the message arrives they may serve the event
+        # unredacted, as from a read made a moment earlier; without Redis, run one process.
+        self.redaction_listeners: list[Callable[[str, str], None]] = []
 
     # ----- single events -------------------------------------------------------------------
 
@@ -170,19 +192,68 @@ class EventStore:
         return row[0] if row else None
 
     async def get_redactions(self, event_ids: Collection[str]) -> dict[str, str]:
-        """event_id -> ID of a redaction that applies to it, for those that are redacted."""
-        if not event_ids:
-            return {}
+        """event_id -> ID of a redaction that applies to it, for those that are redacted.
 
-        def txn_fn(txn: Transaction) -> dict[str, str]:
-            result: dict[str, str] = {}
-            for redacts, event_id in txn.select_in_chunks(
-                "SELECT redacts, event_id FROM redactions WHERE redacts IN ({in})", event_ids
-            ):
-                result.setdefault(redacts, event_id)
+        Answered from memory for events asked about before, "not redacted" included. A read
+        that began before a redaction was stored may return without it, after that
+        redaction's `redaction_stored` ran; such a read is used by its caller (as any read
+        may be slightly old) but not cached, so the cache never goes back in time.
+        """
+        wanted = list(dict.fromkeys(event_ids))
+        if not wanted:
+            return {}
+        held, missing = self._redactions.get_many(wanted)
+        result = {
+            event_id: redaction for event_id, redaction in held.items() if redaction is not None
+        }
+        if not missing:
             return result
 
-        return await self._db.run_interaction("get_redactions", txn_fn)
+        def txn_fn(txn: Transaction) -> dict[str, str]:
+            found: dict[str, str] = {}
+            for redacts, event_id in txn.select_in_chunks(
+                "SELECT redacts, event_id FROM redactions WHERE redacts IN ({in})", missing
+            ):
+                found.setdefault(redacts, event_id)
+            return found
+
+        generation = self._redactions_generation
+        fetched = await self._db.run_interaction("get_redactions", txn_fn)
+        if generation == self._redactions_generation:
+            for event_id in missing:
+                self._redactions.set(event_id, fetched.get(event_id))
+        result.update(fetched)
+        return result
+
+    def redaction_stored(self, redacts: str, redaction_id: str) -> None:
+        """After commit: the persister stored `redaction_id` as a redaction of `redacts` (which
+        may not be held yet: federation can deliver a redaction before its target)."""
+        self._redaction_added(redacts, redaction_id)
+        for listener in self.redaction_listeners:
+            listener(redacts, redaction_id)
+
+    def redaction_stored_elsewhere(self, redacts: str, redaction_id: str) -> None:
+        """Another process stored a redaction of `redacts` (told over replication)."""
+        self._redaction_added(redacts, redaction_id)
+
+    def _redaction_added(self, redacts: str, redaction_id: str) -> None:
+        self._redactions_generation += 1
+        if self._redactions.peek(redacts, _NOT_HELD) is None:
+            # Held as not redacted: this is its first redaction. An event held as redacted
+            # keeps the redaction it has: with several, the table's answer is any one of them.
+            self._redactions.replace(redacts, redaction_id)
+
+    def forget_redactions_of(self, redacts: str) -> None:
+        """Whether a redaction of `redacts` was stored is unknown (its transaction failed
+        while committing): ask the table next time."""
+        self._redactions_generation += 1
+        self._redactions.pop(redacts, None)
+
+    def clear_redactions_cache(self) -> None:
+        """Forget every event's redactions (redactions stored elsewhere may have been
+        missed)."""
+        self._redactions_generation += 1
+        self._redactions.clear()
 
     async def get_event_for_txn(
         self, user_id: str, device_id: str, txn_id: str
