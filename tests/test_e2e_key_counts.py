@@ -85,6 +85,22 @@ class KeyCountsCase(DeviceListCase):
         self.assertEqual(reads, 0, "key counts were read from the database again")
         return next_batch
 
+    async def assert_counts_from_memory_after_one_read(
+        self,
+        user: dict[str, Any],
+        since: str | None,
+        one_time: dict[str, int],
+        fallback: list[str],
+    ) -> str:
+        """After a change: the next sync reads the counts once and reports them; the one
+        after that reports them from memory."""
+        (counts, types, next_batch), reads = await key_count_reads(
+            self.hs, lambda: self.counts(user, since)
+        )
+        self.assertEqual((counts, types), (one_time, fallback))
+        self.assertGreaterEqual(reads, 1)
+        return await self.assert_counts_from_memory(user, next_batch, one_time, fallback)
+
     async def claim(self, claimer: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
         """One signed_curve25519 key of `owner`'s device, claimed by `claimer`."""
         wanted = {"one_time_keys": {owner["user_id"]: {owner["device_id"]: SIGNED_CURVE}}}
@@ -195,32 +211,16 @@ class KeyCountsFromMemory(KeyCountsCase):
         # Nobody can sync as bob any more: ask the handler, as sync would.
         keys_handler = self.hs.e2e_keys
 
-        async def counts() -> tuple[dict[str, int], list[str]]:
+        async def asked() -> tuple[dict[str, int], list[str]]:
             return (
                 await keys_handler.count_one_time_keys(bob["user_id"], bob["device_id"]),
                 await keys_handler.unused_fallback_key_types(bob["user_id"], bob["device_id"]),
             )
 
         for _ in range(2):
-            answer, reads = await key_count_reads(self.hs, counts)
+            answer, reads = await key_count_reads(self.hs, asked)
             self.assertEqual(answer, ({SIGNED_CURVE: 0}, []))
         self.assertEqual(reads, 0)
-
-    async def assert_counts_from_memory_after_one_read(
-        self,
-        user: dict[str, Any],
-        since: str | None,
-        one_time: dict[str, int],
-        fallback: list[str],
-    ) -> str:
-        """After a change: the next sync reads the counts once and reports them; the one
-        after that reports them from memory."""
-        (counts, types, next_batch), reads = await key_count_reads(
-            self.hs, lambda: self.counts(user, since)
-        )
-        self.assertEqual((counts, types), (one_time, fallback))
-        self.assertGreaterEqual(reads, 1)
-        return await self.assert_counts_from_memory(user, next_batch, one_time, fallback)
 
     async def test_a_read_overtaken_by_a_claim_is_not_cached(self):
         """Bob's sync reads his counts; before its answer is used, Alice's claim commits and
@@ -247,12 +247,14 @@ class KeyCountsFromMemory(KeyCountsCase):
         self.hs.db.run_interaction = held  # type: ignore[method-assign]
         try:
             syncing = defer.ensureDeferred(self.counts(bob))
-            await read_done
+            await read_done.addTimeout(10, reactor)  # the sync's read of the counts
             await self.claim(alice, bob)  # commits while the read is in flight
             release.callback(None)
             counts, _, since = await syncing
         finally:
             self.hs.db.run_interaction = original  # type: ignore[method-assign]
+            if not release.called:
+                release.callback(None)
         self.assertIn(counts, ({SIGNED_CURVE: 2}, {SIGNED_CURVE: 1}))
         # Whatever that sync answered, the next one knows of the claim, and the one after
         # that answers from memory.
@@ -260,9 +262,9 @@ class KeyCountsFromMemory(KeyCountsCase):
         self.assertEqual(counts, {SIGNED_CURVE: 1})
         await self.assert_counts_from_memory(bob, since, {SIGNED_CURVE: 1}, [])
 
-    async def test_store_read_overtaken_by_a_change_is_not_cached(self):
-        """The same at the store: a change committing during a read (here, one made behind
-        the store's back and then announced, as another process's would be)."""
+    async def test_store_read_overtaken_by_a_write_is_not_cached(self):
+        """The same at the store: its read of a device's counts has run, and before the
+        answer is used, an upload of one-time keys commits."""
         store = self.hs.e2e_key_store
         bob = await self.user("bob")
         device = (bob["user_id"], bob["device_id"])
@@ -282,26 +284,16 @@ class KeyCountsFromMemory(KeyCountsCase):
             reading = defer.ensureDeferred(store.get_key_counts(*device))
         finally:
             self.hs.db.run_interaction = original  # type: ignore[method-assign]
-        await read_done  # read (no keys yet) and committed; its answer waits
-        await self.insert_one_time_key(*device, "K1")
-        store.forget_key_counts([device])  # the change's after-commit forgetting
-        release.callback(None)
+        try:
+            await read_done.addTimeout(10, reactor)  # read with no keys; its answer waits
+            await store.add_one_time_keys(*device, [(SIGNED_CURVE, "K1", "{}")], 0)
+        finally:
+            release.callback(None)
         self.assertEqual(dict((await reading).one_time_keys), {})
         counts, reads = await key_count_reads(self.hs, lambda: store.get_key_counts(*device))
         self.assertEqual((dict(counts.one_time_keys), reads), ({SIGNED_CURVE: 1}, 1))
         counts, reads = await key_count_reads(self.hs, lambda: store.get_key_counts(*device))
         self.assertEqual((dict(counts.one_time_keys), reads), ({SIGNED_CURVE: 1}, 0))
-
-    async def insert_one_time_key(self, user_id: str, device_id: str, key_id: str) -> None:
-        await self.hs.db.run_interaction(
-            "test_insert_one_time_key",
-            lambda txn: txn.execute(
-                "INSERT INTO e2e_one_time_keys"
-                " (user_id, device_id, algorithm, key_id, key_json, upload_seq, ts_added_ms)"
-                " VALUES (?, ?, ?, ?, '{}', 1, 0)",
-                (user_id, device_id, SIGNED_CURVE, key_id),
-            ),
-        )
 
     async def test_rolled_back_claim_leaves_the_counts_alone(self):
         alice, bob = await self.user("alice"), await self.user("bob")
