@@ -2,10 +2,10 @@
 
 Each process publishes what others must react to at once (revoked access tokens, so a
 logout is effective everywhere; rooms whose current state changed and devices whose key
-counts changed, so cached copies are dropped) and subscribes to the same channels. Messages are JSON
-`{"from": <process id>, "data": ...}`; a process ignores its own. When the subscription
-connection is lost and comes back, messages may have been missed, so subscribers are told
-to drop whatever they cache (`on_resync`).
+counts changed, so cached copies are dropped) and subscribes to the same channels. Messages
+are JSON `{"from": <process id>, "data": ...}`; a process ignores its own. When the
+subscription connection is lost and comes back, messages may have been missed, so
+subscribers are told to drop whatever they cache (`on_resync`).
 
 With `redis.enabled: false` (the single-process default) nothing is sent anywhere.
 """

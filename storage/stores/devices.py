@@ -72,8 +72,8 @@ def _delete_devices_txn(
             (user_id, device_id),
         )
     if keys_deleted is not None and device_ids:
-        # Every device named, not only those that existed: keys can outlive their device
-        # row (uploaded by a device whose row was deleted in between).
+        # Every device named, not only those whose row existed: their keys were deleted
+        # either way.
         txn.call_after(keys_deleted, [(user_id, device_id) for device_id in device_ids])
     return DeletedDevices(deleted, revoked)
 
