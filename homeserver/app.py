@@ -83,6 +83,7 @@ class HomeServer:
         self.server_key_store = stores.server_key_store
         self.federation_queue_store = stores.federation_queue_store
         self.device_list_store = stores.device_list_store
+        self.e2e_key_store = stores.e2e_key_store
 
         streams = build_streams(reactor, stores, stores.state_store)
         self.streams = streams.registry

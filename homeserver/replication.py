@@ -1,11 +1,12 @@
 """Fan-out between Heddle processes that share one database, over Redis pub/sub.
 
 Each process publishes what others must react to at once (revoked access tokens, so a
-logout is effective everywhere; rooms whose current state changed, so cached copies are
-dropped; redactions stored, so no cache keeps serving the redacted event whole) and
-subscribes to the same channels. Messages are JSON `{"from": <process id>, "data": ...}`; a
-process ignores its own. When the subscription connection is lost and comes back, messages
-may have been missed, so subscribers are told to drop whatever they cache (`on_resync`).
+logout is effective everywhere; rooms whose current state changed and devices whose key
+counts changed, so cached copies are dropped; redactions stored, so no cache keeps serving
+the redacted event whole) and subscribes to the same channels. Messages are JSON
+`{"from": <process id>, "data": ...}`; a process ignores its own. When the subscription
+connection is lost and comes back, messages may have been missed, so subscribers are told
+to drop whatever they cache (`on_resync`).
 
 With `redis.enabled: false` (the single-process default) nothing is sent anywhere.
 """
@@ -32,6 +33,9 @@ CURRENT_STATE_STREAM = "current_state"
 # [redacted event ID, redaction event ID]: a redaction was stored; other processes stop
 # answering "not redacted" for that event from their cache.
 REDACTIONS_STREAM = "redactions"
+# A list of [user_id, device_id]: those devices' one-time or fallback keys changed; other
+# processes drop their cached key counts.
+E2E_KEY_COUNTS_STREAM = "e2e_key_counts"
 
 
 class Replication:

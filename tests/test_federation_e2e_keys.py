@@ -16,6 +16,7 @@ from signedjson.sign import verify_signed_json
 from federation.errors import HttpResponseError
 from tests.federation_helpers import API, FederationTestCase, FedUser, q
 from tests.harness import on_both_engines
+from tests.test_e2e_key_counts import key_count_reads
 from tests.test_e2e_keys import SIGNED_CURVE, CrossSigning, Device
 
 FED = "/_matrix/federation/v1"
@@ -167,6 +168,34 @@ class FederatedKeysTests(FederationTestCase):
             },
         )
         self.assertEqual(result, {"one_time_keys": {}, "failures": {}})
+
+    async def alice_key_counts(self) -> tuple[dict[str, int], list[str], int]:
+        """Alice's sync on her server: one-time key counts, unused fallback key types, and
+        how many key-count transactions her server ran for it."""
+        r, reads = await key_count_reads(
+            self.a.hs, lambda: self.user_call(self.alice, "GET", f"{API}/sync?timeout=0")
+        )
+        self.assertEqual(r.code, 200, r)
+        return (
+            r.json["device_one_time_keys_count"],
+            r.json["device_unused_fallback_key_types"],
+            reads,
+        )
+
+    async def test_a_remote_claim_changes_the_counts_alice_syncs(self):
+        """Alice's counts, held in memory by her server once read, are forgotten when a
+        claim over federation takes one of her keys or hands out her fallback key."""
+        wanted = {self.alice.user_id: {self.alice_device.device_id: SIGNED_CURVE}}
+        left = len(self.alice_otks)
+        self.assertEqual((await self.alice_key_counts())[:2], ({SIGNED_CURVE: left}, [SIGNED_CURVE]))
+        for expected in (*range(left - 1, -1, -1), "fallback"):
+            result = await self.keys_call(self.bob, "claim", {"one_time_keys": wanted})
+            self.assertEqual(result["failures"], {})
+            unused = [] if expected == "fallback" else [SIGNED_CURVE]
+            counts = {SIGNED_CURVE: 0 if expected == "fallback" else expected}
+            self.assertEqual(await self.alice_key_counts(), (counts, unused, 1))
+            # And the next sync answers from memory.
+            self.assertEqual(await self.alice_key_counts(), (counts, unused, 0))
 
     async def test_signing_a_remote_master_key_is_seen_by_the_signer_only(self):
         bob_keys = CrossSigning(self.bob.user_id)

@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from homeserver.replication import CURRENT_STATE_STREAM, REDACTIONS_STREAM, Replication
+from homeserver.replication import (
+    CURRENT_STATE_STREAM,
+    E2E_KEY_COUNTS_STREAM,
+    REDACTIONS_STREAM,
+    Replication,
+)
 from storage.database import Database
 from storage.stores.account_data import AccountDataStore
 from storage.stores.accounts import AccountStore
@@ -89,9 +94,27 @@ def build_stores(db: Database, replication: Replication) -> Stores:
 
     replication.subscribe(REDACTIONS_STREAM, redacted_elsewhere)
     replication.on_resync(event_store.clear_redactions_cache)
+
+    # Devices' key counts likewise; the device store deletes keys with their devices, and
+    # tells the key store after commit.
+    e2e_key_store = E2eKeyStore(db)
+    e2e_key_store.key_counts_listeners.append(
+        lambda devices: replication.publish(E2E_KEY_COUNTS_STREAM, devices)
+    )
+
+    def key_counts_changed_elsewhere(devices: Any) -> None:
+        if isinstance(devices, list):
+            e2e_key_store.forget_key_counts(
+                (d[0], d[1])
+                for d in devices
+                if isinstance(d, list) and len(d) == 2 and all(isinstance(p, str) for p in d)
+            )
+
+    replication.subscribe(E2E_KEY_COUNTS_STREAM, key_counts_changed_elsewhere)
+    replication.on_resync(e2e_key_store.clear_key_counts)
     return Stores(
         accounts=AccountStore(db),
-        device_store=DeviceStore(db),
+        device_store=DeviceStore(db, keys_deleted=e2e_key_store.key_counts_changed),
         token_store=TokenStore(db),
         uia_store=UiaStore(db),
         profile_store=ProfileStore(db),
@@ -111,6 +134,6 @@ def build_stores(db: Database, replication: Replication) -> Stores:
         federation_event_store=FederationEventStore(db),
         server_key_store=ServerKeyStore(db),
         federation_queue_store=FederationQueueStore(db),
-        e2e_key_store=E2eKeyStore(db),
+        e2e_key_store=e2e_key_store,
         device_list_store=DeviceListStore(db),
     )

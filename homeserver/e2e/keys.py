@@ -333,14 +333,15 @@ class E2eKeysHandler:
         return checked
 
     async def count_one_time_keys(self, user_id: str, device_id: str) -> dict[str, int]:
-        """Unclaimed one-time keys of the device by algorithm (for /keys/upload and sync)."""
-        counts = await self._store.count_one_time_keys(user_id, device_id)
-        counts.setdefault(DEFAULT_COUNTED_ALGORITHM, 0)
-        return counts
+        """Unclaimed one-time keys of the device by algorithm (for /keys/upload and sync;
+        from memory after the first read, see `E2eKeyStore.get_key_counts`)."""
+        counts = await self._store.get_key_counts(user_id, device_id)
+        return {DEFAULT_COUNTED_ALGORITHM: 0, **counts.one_time_keys}
 
     async def unused_fallback_key_types(self, user_id: str, device_id: str) -> list[str]:
         """Algorithms whose fallback key has not been handed out yet (for sync)."""
-        return await self._store.unused_fallback_key_types(user_id, device_id)
+        counts = await self._store.get_key_counts(user_id, device_id)
+        return list(counts.unused_fallback_key_types)
 
     # ----- query --------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from storage.database import Database, Transaction
@@ -50,7 +50,10 @@ def delete_device_tokens_txn(
 
 
 def _delete_devices_txn(
-    txn: Transaction, user_id: str, device_ids: Collection[str]
+    txn: Transaction,
+    user_id: str,
+    device_ids: Collection[str],
+    keys_deleted: Callable[[list[tuple[str, str]]], None] | None,
 ) -> DeletedDevices:
     revoked = delete_device_tokens_txn(txn, user_id, device_ids)
     deleted = []
@@ -68,12 +71,24 @@ def _delete_devices_txn(
             " WHERE target_user_id = ? AND target_device_id = ?",
             (user_id, device_id),
         )
+    if keys_deleted is not None and device_ids:
+        # Every device named, not only those whose row existed: their keys were deleted
+        # either way.
+        txn.call_after(keys_deleted, [(user_id, device_id) for device_id in device_ids])
     return DeletedDevices(deleted, revoked)
 
 
 class DeviceStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(
+        self,
+        db: Database,
+        keys_deleted: Callable[[list[tuple[str, str]]], None] | None = None,
+    ) -> None:
         self._db = db
+        # Called after a deletion commits with the (user ID, device ID) of every device whose
+        # one-time and fallback keys it deleted (`E2eKeyStore.key_counts_changed`, which
+        # caches their counts).
+        self._keys_deleted = keys_deleted
 
     async def ensure_device(
         self, user_id: str, device_id: str, display_name: str | None, now_ms: int
@@ -140,7 +155,7 @@ class DeviceStore:
         returns the devices that existed and the revoked access token IDs."""
 
         return await self._db.run_interaction(
-            "delete_devices", _delete_devices_txn, user_id, list(device_ids)
+            "delete_devices", _delete_devices_txn, user_id, list(device_ids), self._keys_deleted
         )
 
     async def delete_all_devices(
@@ -154,6 +169,6 @@ class DeviceStore:
                 )
                 if row[0] != except_device_id
             ]
-            return _delete_devices_txn(txn, user_id, device_ids)
+            return _delete_devices_txn(txn, user_id, device_ids, self._keys_deleted)
 
         return await self._db.run_interaction("delete_all_devices", txn_fn)

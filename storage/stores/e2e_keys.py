@@ -2,18 +2,32 @@
 cross-signing keys and uploaded signatures (tables in 0007_e2e_keys.sql).
 
 Keys are JSON text, stored and returned as given; the handler parses, checks and merges.
+
+Each device's key counts (unclaimed one-time keys, unused fallback keys), which every /sync
+pass reports, are kept in memory after the first read and forgotten after each commit that
+changes them (`get_key_counts`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
+from homeserver.caches import LruCache
 from storage.database import Database, Transaction
 
 MASTER = "master"
 SELF_SIGNING = "self_signing"
 USER_SIGNING = "user_signing"
+
+# Devices whose key counts are held in memory (a few hundred bytes each): every device that
+# syncs reads its own on each pass, so this covers the devices of a large server's active
+# users; one forgotten is read again on its next sync.
+KEY_COUNTS_CACHE_DEVICES = 100_000
+
+UserDevice = tuple[str, str]  # (user ID, device ID)
 
 
 @dataclass(frozen=True)
@@ -22,6 +36,16 @@ class StoredDeviceKeys:
     key_json: str
     # From the devices table; None when the device has no name (or no longer exists).
     display_name: str | None
+
+
+@dataclass(frozen=True)
+class KeyCounts:
+    """What /sync tells a device of its keys. Shared with the cache: read-only."""
+
+    # Algorithm -> unclaimed one-time keys (algorithms without any are left out).
+    one_time_keys: Mapping[str, int]
+    # Algorithms whose fallback key has not been handed out since it was uploaded, sorted.
+    unused_fallback_key_types: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -50,8 +74,20 @@ class KeySignature:
 
 
 class E2eKeyStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, key_counts_devices: int = KEY_COUNTS_CACHE_DEVICES) -> None:
         self._db = db
+        self._key_counts: LruCache[UserDevice, KeyCounts] = LruCache(
+            "e2e_key_counts", key_counts_devices
+        )
+        # Device -> reads of its key counts in flight, and how many changes committed during
+        # them (entries exist only while reads are in flight): a read overtaken by a change
+        # is not cached (see `get_key_counts`).
+        self._key_count_reads: Counter[UserDevice] = Counter()
+        self._key_count_changes: Counter[UserDevice] = Counter()
+        # Called with the devices whose key counts this process changed, after commit. The
+        # cache is per process: `homeserver/areas/stores.py` tells the other processes on
+        # this database over Redis, as for current state.
+        self.key_counts_listeners: list[Callable[[list[UserDevice]], None]] = []
 
     # ----- device keys ---------------------------------------------------------------------
 
@@ -162,19 +198,9 @@ class E2eKeyStore:
                 " ON CONFLICT (user_id, device_id, algorithm, key_id) DO NOTHING",
                 [(user_id, device_id, a, k, j, seq, now_ms) for a, k, j in rows],
             )
+            self._key_counts_changed_txn(txn, [(user_id, device_id)])
 
         await self._db.run_interaction("add_e2e_one_time_keys", txn_fn)
-
-    async def count_one_time_keys(self, user_id: str, device_id: str) -> dict[str, int]:
-        rows = await self._db.run_interaction(
-            "count_e2e_one_time_keys",
-            lambda txn: txn.select_all(
-                "SELECT algorithm, COUNT(*) FROM e2e_one_time_keys"
-                " WHERE user_id = ? AND device_id = ? GROUP BY algorithm",
-                (user_id, device_id),
-            ),
-        )
-        return {algorithm: int(count) for algorithm, count in rows}
 
     async def set_fallback_key(
         self, user_id: str, device_id: str, algorithm: str, key_id: str, key_json: str
@@ -198,20 +224,67 @@ class E2eKeyStore:
                 " key_id = excluded.key_id, key_json = excluded.key_json, used = excluded.used",
                 (user_id, device_id, algorithm, key_id, key_json, False),
             )
+            self._key_counts_changed_txn(txn, [(user_id, device_id)])
             return True
 
         return await self._db.run_interaction("set_e2e_fallback_key", txn_fn)
 
-    async def unused_fallback_key_types(self, user_id: str, device_id: str) -> list[str]:
-        rows = await self._db.run_interaction(
-            "get_e2e_unused_fallback_key_types",
-            lambda txn: txn.select_all(
-                "SELECT algorithm FROM e2e_fallback_keys"
-                " WHERE user_id = ? AND device_id = ? AND used = ? ORDER BY algorithm",
-                (user_id, device_id, False),
-            ),
-        )
-        return [row[0] for row in rows]
+    async def get_key_counts(self, user_id: str, device_id: str) -> KeyCounts:
+        """The device's unclaimed one-time keys and unused fallback key types, from memory if
+        held, else read (in one transaction) and, unless a change committed meanwhile,
+        remembered.
+
+        Every write of the one-time and fallback key tables forgets the devices it changed
+        after it commits (`_key_counts_changed_txn`, `key_counts_changed`). A read that began
+        before such a commit may return the older counts after the device was forgotten;
+        its caller uses them (as any read may be a moment old), but they are not cached, so
+        the cache never goes back in time.
+        """
+        device = (user_id, device_id)
+        cached = self._key_counts.get(device)
+        if cached is not None:
+            return cached
+        changes_before = self._key_count_changes[device]
+        self._key_count_reads[device] += 1
+        try:
+            counts = await self._db.run_interaction(
+                "get_e2e_key_counts", _key_counts_txn, user_id, device_id
+            )
+        finally:
+            unchanged = self._key_count_changes[device] == changes_before
+            self._key_count_reads[device] -= 1
+            if self._key_count_reads[device] <= 0:
+                del self._key_count_reads[device]
+                self._key_count_changes.pop(device, None)
+        if unchanged and device not in self._key_counts:
+            self._key_counts.set(device, counts)
+        return counts
+
+    def _key_counts_changed_txn(self, txn: Transaction, devices: Collection[UserDevice]) -> None:
+        """These devices' one-time or fallback keys change in this transaction: forget their
+        counts once it commits (a rolled back or retried attempt forgets nothing)."""
+        if devices:
+            txn.call_after(self.key_counts_changed, list(devices))
+
+    def key_counts_changed(self, devices: list[UserDevice]) -> None:
+        """After commit: these devices' one-time or fallback keys changed (here, or in the
+        device store's deletion of devices); forget their counts here and in other processes."""
+        self.forget_key_counts(devices)
+        for listener in self.key_counts_listeners:
+            listener(devices)
+
+    def forget_key_counts(self, devices: Iterable[UserDevice]) -> None:
+        """Forget these devices' key counts (their keys changed, perhaps in another process)."""
+        for device in devices:
+            if device in self._key_count_reads:
+                self._key_count_changes[device] += 1
+            self._key_counts.pop(device)
+
+    def clear_key_counts(self) -> None:
+        """Forget every device's key counts (changes may have been missed)."""
+        for device in self._key_count_reads:
+            self._key_count_changes[device] += 1
+        self._key_counts.clear()
 
     async def claim_keys(
         self, wanted: Collection[tuple[str, str, str]]
@@ -224,6 +297,9 @@ class E2eKeyStore:
 
         def txn_fn(txn: Transaction) -> dict[tuple[str, str, str], ClaimedKey]:
             claimed: dict[tuple[str, str, str], ClaimedKey] = {}
+            # Devices whose counts this claim changes: a one-time key went, or a fallback key
+            # became used.
+            changed: set[UserDevice] = set()
             for user_id, device_id, algorithm in wanted:
                 row = txn.select_one(
                     "SELECT key_id, key_json FROM e2e_one_time_keys"
@@ -239,6 +315,7 @@ class E2eKeyStore:
                     )
                     if txn.rowcount != 1:
                         raise RuntimeError("one-time key vanished while being claimed")
+                    changed.add((user_id, device_id))
                     claimed[(user_id, device_id, algorithm)] = ClaimedKey(
                         f"{algorithm}:{row[0]}", row[1]
                     )
@@ -256,9 +333,11 @@ class E2eKeyStore:
                         " WHERE user_id = ? AND device_id = ? AND algorithm = ?",
                         (True, user_id, device_id, algorithm),
                     )
+                    changed.add((user_id, device_id))
                 claimed[(user_id, device_id, algorithm)] = ClaimedKey(
                     f"{algorithm}:{row[0]}", row[1]
                 )
+            self._key_counts_changed_txn(txn, changed)
             return claimed
 
         return await self._db.run_interaction("claim_e2e_keys", txn_fn)
@@ -355,3 +434,20 @@ class E2eKeyStore:
                 ],
             ),
         )
+
+
+def _key_counts_txn(txn: Transaction, user_id: str, device_id: str) -> KeyCounts:
+    one_time = txn.select_all(
+        "SELECT algorithm, COUNT(*) FROM e2e_one_time_keys"
+        " WHERE user_id = ? AND device_id = ? GROUP BY algorithm",
+        (user_id, device_id),
+    )
+    fallback = txn.select_all(
+        "SELECT algorithm FROM e2e_fallback_keys"
+        " WHERE user_id = ? AND device_id = ? AND used = ? ORDER BY algorithm",
+        (user_id, device_id, False),
+    )
+    return KeyCounts(
+        MappingProxyType({algorithm: int(count) for algorithm, count in one_time}),
+        tuple(row[0] for row in fallback),
+    )
