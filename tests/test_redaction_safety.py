@@ -50,6 +50,32 @@ class RedactionSafety(HomeserverTestCase):
         event = await self.get_event(alice, victim_room, secret)
         self.assertEqual(event["content"]["body"], "keep me")
 
+    async def test_a_redaction_from_another_room_does_not_hide_a_real_one(self):
+        """Any server can store a redaction naming an event of a room it is not in (the
+        server that sent it decides its content); it must never be the one that counts."""
+        alice = (await self.register("alice"))["access_token"]
+        mallory = (await self.register("mallory"))["access_token"]
+        victim_room = await self.make_room(alice, preset="public_chat")
+        secret = await self.send(alice, victim_room, "remove me", "t1")
+        own_room = await self.make_room(mallory)
+        # As it would arrive over federation: the servlet refuses it (see above), the
+        # event pipeline stores it.
+        await self.hs.event_creator.send(
+            own_room, "@mallory:test.heddle", "m.room.redaction", {"redacts": secret}
+        )
+        self.assertEqual((await self.get_event(alice, victim_room, secret))["content"]["body"], "remove me")
+        r = await self.request(
+            "PUT", f"/_matrix/client/v3/rooms/{victim_room}/redact/{secret}/r1", {}, token=alice
+        )
+        self.assertEqual(r.code, 200, r)
+        event = await self.get_event(alice, victim_room, secret)
+        self.assertEqual(event["content"], {})
+        self.assertEqual(event["unsigned"]["redacted_because"]["event_id"], r.json["event_id"])
+        # Also when nothing was cached: the table's answer.
+        self.hs.event_store.clear_redactions_cache()
+        event = await self.get_event(alice, victim_room, secret)
+        self.assertEqual(event["content"], {})
+
     async def test_federation_event_format_does_not_leak_redacted_content(self):
         alice = (await self.register("alice"))["access_token"]
         room = await self.make_room(alice)

@@ -39,7 +39,6 @@ class StoredEvent:
 
 
 # `LruCache.peek`'s answer for an event not held (None means held as not redacted).
-_NOT_HELD = object()
 
 
 def _row_to_stored(row: tuple[Any, ...]) -> StoredEvent:
@@ -210,11 +209,22 @@ class EventStore:
             return result
 
         def txn_fn(txn: Transaction) -> dict[str, str]:
+            # A redaction applies only within its own room, but any server in any room can
+            # send one naming an event ID it has seen: those are never the answer, or one
+            # could hide a real redaction of the event. (A target not stored yet has no
+            # room to compare: its redactions count, and are checked when serialized.)
             found: dict[str, str] = {}
-            for redacts, event_id in txn.select_in_chunks(
-                "SELECT redacts, event_id FROM redactions WHERE redacts IN ({in})", missing
+            for redacts, event_id, same_room in txn.select_in_chunks(
+                "SELECT r.redacts, r.event_id,"
+                " CASE WHEN t.room_id IS NULL OR t.room_id = re.room_id THEN 1 ELSE 0 END"
+                " FROM redactions r"
+                " JOIN events re ON re.event_id = r.event_id"
+                " LEFT JOIN events t ON t.event_id = r.redacts"
+                " WHERE r.redacts IN ({in})",
+                missing,
             ):
-                found.setdefault(redacts, event_id)
+                if same_room:
+                    found.setdefault(redacts, event_id)
             return found
 
         generation = self._redactions_generation
@@ -238,10 +248,8 @@ class EventStore:
 
     def _redaction_added(self, redacts: str, redaction_id: str) -> None:
         self._redactions_generation += 1
-        if self._redactions.peek(redacts, _NOT_HELD) is None:
-            # Held as not redacted: this is its first redaction. An event held as redacted
-            # keeps the redaction it has: with several, the table's answer is any one of them.
-            self._redactions.replace(redacts, redaction_id)
+        # Asked of the table next time, which knows whether it is in the event's own room.
+        self._redactions.pop(redacts, None)
 
     def forget_redactions_of(self, redacts: str) -> None:
         """Whether a redaction of `redacts` was stored is unknown (its transaction failed
