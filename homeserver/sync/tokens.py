@@ -45,9 +45,10 @@ class StreamToken:
     read one stream's position; `StreamToken(events=5)` builds a token of the sync streams.
     A registry with other streams makes its tokens with `StreamToken.of`."""
 
-    __slots__ = ("_streams", "_positions")
+    __slots__ = ("_by_stream", "_positions", "_streams")
     _streams: tuple[str, ...]
     _positions: tuple[int, ...]
+    _by_stream: dict[str, int]
 
     def __init__(self, **positions: int) -> None:
         self._set(SYNC_STREAM_NAMES, positions)
@@ -62,8 +63,10 @@ class StreamToken:
         unknown = set(positions) - set(streams)
         if unknown:
             raise TypeError(f"not streams of this token: {sorted(unknown)}")
+        by_stream = {s: positions.get(s, 0) for s in streams}
         object.__setattr__(self, "_streams", streams)
-        object.__setattr__(self, "_positions", tuple(positions.get(s, 0) for s in streams))
+        object.__setattr__(self, "_positions", tuple(by_stream.values()))
+        object.__setattr__(self, "_by_stream", by_stream)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("StreamToken is immutable")
@@ -77,9 +80,7 @@ class StreamToken:
 
     def get(self, stream: str) -> int:
         """The position in `stream`; KeyError if the token has no such stream."""
-        if stream not in self._streams:
-            raise KeyError(stream)
-        return self._positions[self._streams.index(stream)]
+        return self._by_stream[stream]
 
     @property
     def streams(self) -> tuple[str, ...]:
@@ -115,11 +116,25 @@ class StreamToken:
         return cls.of(streams, dict(zip(streams, parts, strict=False)))
 
     def copy_and_replace(self, stream: str, position: int) -> StreamToken:
-        positions = dict(self.items())
-        if stream not in positions:
+        if stream not in self._by_stream:
             raise KeyError(stream)
-        positions[stream] = position
-        return StreamToken.of(self._streams, positions)
+        return StreamToken.of(self._streams, {**self._by_stream, stream: position})
+
+
+def _position_of(stream: str) -> property:
+    def position(token: StreamToken) -> int:
+        try:
+            return token._by_stream[stream]
+        except KeyError:
+            raise AttributeError(stream) from None
+
+    return property(position, doc=f"The {stream} position.")
+
+
+# The sync streams read as attributes directly (`token.events`), which sync does many times
+# per pass; other registries' streams go through `__getattr__`.
+for _stream in SYNC_STREAM_NAMES:
+    setattr(StreamToken, _stream, _position_of(_stream))
 
 
 @dataclass(frozen=True)
