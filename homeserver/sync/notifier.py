@@ -75,26 +75,32 @@ class Notifier:
         if users:
             self.notify_users(users)
 
-    async def wait(self, user_id: str, since_position: int, timeout_ms: int) -> bool:
-        """Wait until `user_id` is notified after `since_position`, or the timeout passes.
+    async def wait(self, user_id: str, since_position: int, timeout_ms: int | None) -> bool:
+        """Wait until `user_id` is notified after `since_position`, or the timeout passes
+        (None: no timeout; the caller cancels the wait when it no longer wants it).
 
         Returns True if notified (possibly before the call), False on timeout.
         """
         if self.position(user_id) > since_position:
             return True
-        if timeout_ms <= 0:
+        if timeout_ms is not None and timeout_ms <= 0:
             return False
         waiter: defer.Deferred[bool] = defer.Deferred()
         self._waiters.setdefault(user_id, set()).add(waiter)
+
         def expire() -> None:
             if not waiter.called:
                 waiter.callback(False)
 
-        timer = self._reactor.callLater(timeout_ms / 1000.0, expire)
+        timer = (
+            self._reactor.callLater(timeout_ms / 1000.0, expire)
+            if timeout_ms is not None
+            else None
+        )
         try:
             return await waiter
         finally:
-            if timer.active():
+            if timer is not None and timer.active():
                 timer.cancel()
             waiters = self._waiters.get(user_id)
             if waiters is not None:

@@ -29,10 +29,6 @@ from homeserver.sync.tokens import StreamToken
 
 logger = logging.getLogger(__name__)
 
-# How long one wait on the notifier lasts before it is started again; nothing is lost at the
-# seam (the wait compares notification positions), it only bounds how long a waiter is held.
-WAIT_SLICE_MS = 5 * 60 * 1000
-
 CONNECTED = Gauge("heddle_websocket_connections", "Open WebSocket sync connections")
 FRAMES = Counter(
     "heddle_websocket_frames_total", "WebSocket messages, by direction (in, out)", ["direction"]
@@ -77,9 +73,10 @@ class WebSocketSyncHandler:
         self._clock = clock
 
     async def wait_for_news(self, user_id: str, since_position: int) -> float:
-        """Wait until `user_id` is notified after `since_position`; return when (seconds)."""
-        while not await self._notifier.wait(user_id, since_position, WAIT_SLICE_MS):
-            pass
+        """Wait until `user_id` is notified after `since_position`; return when (seconds).
+        No timeout: the wait ends with the connection (the push loop is cancelled), so no
+        timer is set and cancelled for every push."""
+        await self._notifier.wait(user_id, since_position, None)
         return self._clock.time()
 
     async def push_loop(
