@@ -37,10 +37,10 @@ from homeserver.config import PresenceConfig
 from homeserver.errors import Codes, MatrixError
 from homeserver.identifiers import split_user_id
 from homeserver.linearizer import Linearizer
+from homeserver.rooms.shared_rooms import SharedRooms
 from homeserver.streams.bus import StreamBus, StreamUpdate
 from homeserver.streams.registry import Stream
 from storage.stores.presence import PresenceStore, UserPresence
-from storage.stores.rooms import RoomStore
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class PresenceHandler:
         clock: Clock,
         reactor: Any,
         store: PresenceStore,
-        rooms: RoomStore,
+        shared_rooms: SharedRooms,
         stream: Stream,
         bus: StreamBus,
     ) -> None:
@@ -93,7 +93,9 @@ class PresenceHandler:
         self._clock = clock
         self._reactor = reactor
         self._store = store
-        self._rooms = rooms
+        # Who shares a room with whom, from memory: asked on every notable change and by
+        # every incremental sync while presence changes.
+        self._shared_rooms = shared_rooms
         self._stream = stream
         self._ids = stream.id_generator()
         # Keyed by user_id.
@@ -225,7 +227,7 @@ class PresenceHandler:
 
     async def users_sharing_rooms(self, user_id: str) -> set[str]:
         """Everyone joined to a room the user is joined to, the user included."""
-        return await self._rooms.get_users_sharing_rooms(user_id) | {user_id}
+        return await self._shared_rooms.get_users_sharing_rooms(user_id) | {user_id}
 
     # ----- changing --------------------------------------------------------------------------
 
@@ -485,7 +487,7 @@ class PresenceHandler:
             if not recently_changed:
                 return []
             candidates = {str(u) for u in recently_changed}
-            changed: set[str] = await self._rooms.get_users_sharing_rooms(
+            changed: set[str] = await self._shared_rooms.get_users_sharing_rooms(
                 user_id, among=candidates
             )
             if user_id in candidates:
