@@ -329,6 +329,12 @@ class HomeServer:
         if self._uia_cleanup is not None and self._uia_cleanup.running:
             self._uia_cleanup.stop()
         self.presence.stop()
+        try:
+            # What moved without being written (the last active time of active users), so
+            # the next start reads it back.
+            await self.presence.save()
+        except Exception:
+            logger.exception("writing presence on the way down failed")
         self.typing.stop()
         for port in self.ports:
             stopped: Any = port.stopListening()
