@@ -5,7 +5,8 @@ send theirs (server-server API, "Typing Notifications", "Receipts", "Presence").
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any, Protocol
 
 from federation.event_checks import server_of
 from homeserver.errors import MatrixError
@@ -18,7 +19,6 @@ if TYPE_CHECKING:
     from homeserver.streams.bus import StreamUpdate
     from homeserver.typing import TypingHandler
     from storage.stores.presence import UserPresence
-    from storage.stores.rooms import RoomStore
     from storage.stores.state import StateStore
 
 logger = logging.getLogger(__name__)
@@ -33,13 +33,22 @@ REMOTE_TYPING_TIMEOUT_MS = 30_000
 MAX_PRESENCE_PUSHES = 500
 
 
+class RoomMates(Protocol):
+    """Who shares a room with a user (`homeserver.rooms.shared_rooms.SharedRooms`, from
+    memory): where our users' presence goes."""
+
+    async def get_users_sharing_rooms(
+        self, user_id: str, among: Collection[str] | None = None
+    ) -> set[str]: ...
+
+
 class FederationEdus:
     def __init__(
         self,
         server_name: str,
         sender: FederationSender,
         state: StateStore,
-        rooms: RoomStore,
+        shared_rooms: RoomMates,
         typing: TypingHandler,
         receipts: ReceiptsHandler,
         presence: PresenceHandler,
@@ -47,7 +56,7 @@ class FederationEdus:
         self._server_name = server_name
         self._sender = sender
         self._state = state
-        self._rooms = rooms
+        self._shared_rooms = shared_rooms
         self._typing = typing
         self._receipts = receipts
         self._presence = presence
@@ -101,7 +110,7 @@ class FederationEdus:
             await self._sender.send_edu(destination, RECEIPT, content, dedupe_key=key)
 
     async def local_presence_changed(self, presence: UserPresence) -> None:
-        sharing = await self._rooms.get_users_sharing_rooms(presence.user_id)
+        sharing = await self._shared_rooms.get_users_sharing_rooms(presence.user_id)
         destinations = sorted({server_of(u) for u in sharing} - {self._server_name, ""})
         if not destinations:
             return

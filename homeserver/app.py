@@ -85,10 +85,11 @@ class HomeServer:
         self.device_list_store = stores.device_list_store
         self.e2e_key_store = stores.e2e_key_store
 
-        streams = build_streams(reactor, stores, stores.state_store)
+        streams = build_streams(reactor, stores, stores.state_store, stores.room_store)
         self.streams = streams.registry
         self.stream_bus = streams.bus
         self.notifier = streams.notifier
+        self.shared_rooms = streams.shared_rooms
         self.presence_changes = streams.registry["presence"].users_index()
 
         transport = build_federation_transport(core, stores)
@@ -98,7 +99,7 @@ class HomeServer:
         self.keyring = transport.keyring
         self.federation_sender = transport.sender
 
-        e2e = build_e2e(core, stores, streams.registry, streams.bus, transport)
+        e2e = build_e2e(core, stores, streams, transport)
         self.e2e_keys = e2e.keys
         self.device_lists = e2e.device_lists
         self.to_device = e2e.to_device
@@ -114,7 +115,7 @@ class HomeServer:
         self.shared_secret_registration = auth.shared_secret_registration
         self.account = auth.account
 
-        user_data = build_user_data(core, stores, streams.registry, streams.bus)
+        user_data = build_user_data(core, stores, streams)
         self.presence = user_data.presence
         self.typing = user_data.typing
         self.receipts = user_data.receipts
@@ -134,8 +135,7 @@ class HomeServer:
         rooms = self.rooms = build_rooms(
             core,
             stores,
-            streams.registry,
-            streams.bus,
+            streams,
             user_data.presence,
             transport.remote_queries,
             late_federation.for_rooms() if late_federation is not None else RoomsFederation(),
@@ -167,7 +167,7 @@ class HomeServer:
         self.url_previewer = media.url_previewer
 
         federation = build_federation(
-            core, stores, streams.bus, transport, rooms, user_data, e2e, late_federation
+            core, stores, streams, transport, rooms, user_data, e2e, late_federation
         )
         self.federation_events = federation.events
         self.federation_membership = federation.membership
@@ -329,6 +329,12 @@ class HomeServer:
         if self._uia_cleanup is not None and self._uia_cleanup.running:
             self._uia_cleanup.stop()
         self.presence.stop()
+        try:
+            # What moved without being written (the last active time of active users), so
+            # the next start reads it back.
+            await self.presence.save()
+        except Exception:
+            logger.exception("writing presence on the way down failed")
         self.typing.stop()
         for port in self.ports:
             stopped: Any = port.stopListening()

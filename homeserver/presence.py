@@ -17,8 +17,11 @@ How presence moves:
   activity, and users offline once they have had no sync for `sync_timeout_ms`.
 
 Only changes to the state, status message or `currently_active`, and jumps of the last
-active time, are sent to clients; while `currently_active` is true the last active time moves
-silently (spec: "Last active ago").
+active time, are sent to clients and other servers (and wake syncs); while `currently_active`
+is true the last active time moves silently (spec: "Last active ago"; see
+`is_notable_change`). What moves silently is held in memory, where every read finds it
+(`last_active_ago` is computed when presence is read), and written now and then
+(`SAVE_ACTIVITY_INTERVAL_MS`) and when the server stops, so a restart resumes from it.
 """
 
 from __future__ import annotations
@@ -37,10 +40,10 @@ from homeserver.config import PresenceConfig
 from homeserver.errors import Codes, MatrixError
 from homeserver.identifiers import split_user_id
 from homeserver.linearizer import Linearizer
+from homeserver.rooms.shared_rooms import SharedRooms
 from homeserver.streams.bus import StreamBus, StreamUpdate
 from homeserver.streams.registry import Stream
 from storage.stores.presence import PresenceStore, UserPresence
-from storage.stores.rooms import RoomStore
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +64,23 @@ REMOTE_PRESENCE_TIMEOUT_MS = 30 * 60_000
 # they share rooms with, so those servers' timeouts (above; Synapse's) do not take them
 # offline while they are still here. Synapse repeats its own every 25 minutes too.
 PRESENCE_REPEAT_INTERVAL_MS = 25 * 60_000
+# How often the silent changes of users not offline (the last active time of a currently
+# active user, sync times) are written: clients are not told of them, but a restart reads
+# them back. Offline users' are written at every timeout check, as they then leave memory.
+# Synapse also writes such changes once a minute.
+SAVE_ACTIVITY_INTERVAL_MS = 60_000
 
 
 def is_notable_change(prev: UserPresence, new: UserPresence) -> bool:
-    """Whether clients should be told of the change from `prev` to `new` (as Synapse decides):
-    the last active time alone only counts when it jumps, and not while currently active."""
+    """Whether clients (and other servers) should be told of the change from `prev` to `new`.
+
+    Followed: the spec's "Last active ago" (while `currently_active` is true the server
+    sends no further updates of the last active time, until `currently_active` turns false
+    or the state leaves `online`), and Synapse's `should_notify`, which says when: a change of
+    the state, the status message or `currently_active`; or, for a user not currently
+    active, a last active time moved on by more than `LAST_ACTIVE_GRANULARITY_MS`. So an
+    active user sending message after message wakes nobody with presence; their last active
+    time is still kept (and written later), and is current whenever presence is read."""
     if prev.state != new.state or prev.status_msg != new.status_msg:
         return True
     jumped = new.last_active_ts - prev.last_active_ts > LAST_ACTIVE_GRANULARITY_MS
@@ -84,7 +99,7 @@ class PresenceHandler:
         clock: Clock,
         reactor: Any,
         store: PresenceStore,
-        rooms: RoomStore,
+        shared_rooms: SharedRooms,
         stream: Stream,
         bus: StreamBus,
     ) -> None:
@@ -93,7 +108,9 @@ class PresenceHandler:
         self._clock = clock
         self._reactor = reactor
         self._store = store
-        self._rooms = rooms
+        # Who shares a room with whom, from memory: asked on every notable change and by
+        # every incremental sync while presence changes.
+        self._shared_rooms = shared_rooms
         self._stream = stream
         self._ids = stream.id_generator()
         # Keyed by user_id.
@@ -103,9 +120,11 @@ class PresenceHandler:
         self._states: dict[str, UserPresence] = {}
         # Offline users who changed since the last timeout check, held until it runs, so one
         # who keeps doing things (say, sending without syncing) is not re-read every time.
-        # Those in `_unsaved` changed only in what clients are not told of (the last active
-        # time creeping on): the check writes that, rather than each change costing a write.
         self._recent_offline: dict[str, UserPresence] = {}
+        # Users held (in either map) whose presence changed only in what clients are not
+        # told of (the last active time creeping on, sync times) since it was written: the
+        # timeout check writes that (see SAVE_ACTIVITY_INTERVAL_MS), rather than each change
+        # costing a write.
         self._unsaved: set[str] = set()
         # Database reads of presence in flight, each collecting the users dropped from memory
         # while it ran (what it read may be older than what they were dropped with).
@@ -121,6 +140,8 @@ class PresenceHandler:
         # When our users' presence was last sent again to other servers (see
         # PRESENCE_REPEAT_INTERVAL_MS).
         self._last_repeat_ms = clock.time_msec()
+        # When the silent changes of users not offline were last written.
+        self._last_save_ms = clock.time_msec()
         # Called with each notable change of a local user's presence (federation tells the
         # servers the user shares rooms with).
         self.local_change_listeners: list[Callable[[UserPresence], Awaitable[None]]] = []
@@ -148,6 +169,11 @@ class PresenceHandler:
     def stop(self) -> None:
         if self._timeouts is not None and self._timeouts.running:
             self._timeouts.stop()
+
+    async def save(self) -> None:
+        """Write every silent change held (when the server stops)."""
+        if self.enabled:
+            await self._save_unsaved(include_not_offline=True)
 
     # ----- reading ---------------------------------------------------------------------------
 
@@ -225,7 +251,7 @@ class PresenceHandler:
 
     async def users_sharing_rooms(self, user_id: str) -> set[str]:
         """Everyone joined to a room the user is joined to, the user included."""
-        return await self._rooms.get_users_sharing_rooms(user_id) | {user_id}
+        return await self._shared_rooms.get_users_sharing_rooms(user_id) | {user_id}
 
     # ----- changing --------------------------------------------------------------------------
 
@@ -348,8 +374,8 @@ class PresenceHandler:
     async def check_timeouts(self, now_ms: int | None = None) -> None:
         """Apply the idle and sync timeouts to every user not offline (other servers' users:
         the timeout for not hearing of them), then write and let go of the offline users who
-        changed since the last check; now and then, send our users' presence again (run
-        periodically)."""
+        changed since the last check; now and then, write the silent changes of the others
+        and send our users' presence again (run periodically)."""
         now = self._clock.time_msec() if now_ms is None else now_ms
         for user_id in list(self._states):
             if not self._is_mine(user_id):
@@ -375,7 +401,10 @@ class PresenceHandler:
                     self._idle.discard(user_id)
                 if new != prev:
                     await self._update(prev, new)
-        await self._save_offline()
+        save_not_offline = now - self._last_save_ms >= SAVE_ACTIVITY_INTERVAL_MS
+        if save_not_offline:
+            self._last_save_ms = now
+        await self._save_unsaved(include_not_offline=save_not_offline)
         if now - self._last_repeat_ms >= PRESENCE_REPEAT_INTERVAL_MS:
             self._last_repeat_ms = now
             await self._repeat_to_other_servers()
@@ -396,19 +425,27 @@ class PresenceHandler:
             for listener in self.local_change_listeners:
                 await listener(presence)
 
-    async def _save_offline(self) -> None:
-        """Write offline users' unsaved changes, and forget the offline users who did not
-        change again meanwhile (reads then find them in the database)."""
-        if not self._recent_offline:
-            return
+    async def _save_unsaved(self, include_not_offline: bool) -> None:
+        """Write offline users' silent changes (and, with `include_not_offline`, everyone's),
+        and forget the offline users who did not change again meanwhile (reads then find them
+        in the database)."""
         recent = dict(self._recent_offline)
-        unsaved = [recent[u] for u in self._unsaved if u in recent]
+        unsaved: list[UserPresence] = []
+        for user_id in self._unsaved:
+            presence = recent.get(user_id)
+            if presence is None and include_not_offline:
+                presence = self._states.get(user_id)
+            if presence is not None:
+                unsaved.append(presence)
         if unsaved:
             await self._store.store_presence_activity(unsaved)
+        for presence in unsaved:
+            # Unless it changed again while being written.
+            if self._held(presence.user_id) is presence:
+                self._unsaved.discard(presence.user_id)
         for user_id, presence in recent.items():
             if self._recent_offline.get(user_id) is presence:
                 del self._recent_offline[user_id]
-                self._unsaved.discard(user_id)
                 self._dropped(presence)
 
     def _dropped(self, presence: UserPresence) -> None:
@@ -421,10 +458,9 @@ class PresenceHandler:
         if presence.state != OFFLINE:
             self._states[user_id] = presence
             self._recent_offline.pop(user_id, None)
-            self._unsaved.discard(user_id)
-            return
-        self._states.pop(user_id, None)
-        self._recent_offline[user_id] = presence
+        else:
+            self._states.pop(user_id, None)
+            self._recent_offline[user_id] = presence
         if saved:
             self._unsaved.discard(user_id)
         else:
@@ -485,7 +521,7 @@ class PresenceHandler:
             if not recently_changed:
                 return []
             candidates = {str(u) for u in recently_changed}
-            changed: set[str] = await self._rooms.get_users_sharing_rooms(
+            changed: set[str] = await self._shared_rooms.get_users_sharing_rooms(
                 user_id, among=candidates
             )
             if user_id in candidates:

@@ -42,9 +42,9 @@ SERVER_CACHES = {
     "state_groups",
     "stream_changes_memberships",
     "stream_changes_room_events",
-    "sync_memberships",
     "sync_to_device_unacknowledged",
     "url_previews",
+    "user_memberships",
     "well_known",
 }
 

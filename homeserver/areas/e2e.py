@@ -9,12 +9,11 @@ from dataclasses import dataclass
 from homeserver.areas.core import Core
 from homeserver.areas.federation_transport import FederationTransport
 from homeserver.areas.stores import Stores
+from homeserver.areas.streams import Streams
 from homeserver.e2e.device_lists import DeviceListHandler
 from homeserver.e2e.keys import E2eKeysHandler
 from homeserver.e2e.room_keys import RoomKeysHandler
 from homeserver.e2e.to_device import ToDeviceHandler
-from homeserver.streams.bus import StreamBus
-from homeserver.streams.registry import StreamRegistry
 
 
 @dataclass(frozen=True)
@@ -28,10 +27,10 @@ class E2e:
 def build_e2e(
     core: Core,
     stores: Stores,
-    streams: StreamRegistry,
-    bus: StreamBus,
+    streams: Streams,
     federation: FederationTransport,
 ) -> E2e:
+    registry, bus = streams.registry, streams.bus
     enabled = core.config.federation.enabled
     keys = E2eKeysHandler(
         core.server_name, core.clock, stores.e2e_key_store, stores.device_store, federation.client
@@ -43,11 +42,11 @@ def build_e2e(
         core.reactor,
         stores.device_list_store,
         stores.device_store,
-        stores.room_store,
+        streams.shared_rooms,
         stores.state_store,
-        streams["device_lists"],
-        streams["events"].rooms_index(),
-        streams["events"].users_index(),
+        registry["device_lists"],
+        registry["events"].rooms_index(),
+        registry["events"].users_index(),
         bus,
         federation.client,
         federation.sender,
@@ -61,7 +60,7 @@ def build_e2e(
         core.server_name,
         core.clock,
         stores.device_inbox_store,
-        streams["to_device"],
+        registry["to_device"],
         bus,
         federation.sender if enabled else None,
     )

@@ -17,11 +17,11 @@ from homeserver.areas.e2e import E2e
 from homeserver.areas.federation_transport import FederationTransport
 from homeserver.areas.rooms import Rooms, RoomsFederation
 from homeserver.areas.stores import Stores
+from homeserver.areas.streams import Streams
 from homeserver.areas.user_data import UserData
 from homeserver.e2e.to_device import DIRECT_TO_DEVICE
 from homeserver.events.model import Event
 from homeserver.rooms.creator import timeline_subscriber
-from homeserver.streams.bus import StreamBus
 from storage.stores.events import StoredEvent
 
 
@@ -102,7 +102,7 @@ class Federation:
 def build_federation(
     core: Core,
     stores: Stores,
-    bus: StreamBus,
+    streams: Streams,
     transport: FederationTransport,
     rooms: Rooms,
     user_data: UserData,
@@ -110,6 +110,7 @@ def build_federation(
     late: LateRoomFederation | None,
 ) -> Federation:
     """`late` is what rooms were given (None when federation is disabled); bound here."""
+    bus = streams.bus
     fed = core.config.federation
     events = FederationEventHandler(
         core.server_name,
@@ -160,7 +161,7 @@ def build_federation(
         core.server_name,
         transport.sender,
         stores.state_store,
-        stores.room_store,
+        streams.shared_rooms,
         user_data.typing,
         user_data.receipts,
         user_data.presence,

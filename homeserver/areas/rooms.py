@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from federation.queries import RemoteQueries
 from homeserver.areas.core import Core
 from homeserver.areas.stores import Stores
+from homeserver.areas.streams import Streams
 from homeserver.events.model import Event
 from homeserver.events.serialize import EventSerializer
 from homeserver.presence import PresenceHandler
@@ -23,8 +24,6 @@ from homeserver.rooms.power import RoomPower
 from homeserver.rooms.sending import EventSendHandler
 from homeserver.rooms.state import RoomStateHandler
 from homeserver.rooms.visibility import HistoryVisibility
-from homeserver.streams.bus import StreamBus
-from homeserver.streams.registry import StreamRegistry
 from homeserver.user_directory import UserDirectoryHandler
 from storage.persister import EventPersister, IdAllocator
 from storage.stream_ids import StreamIdGenerator
@@ -68,14 +67,13 @@ class Rooms:
 def build_rooms(
     core: Core,
     stores: Stores,
-    streams: StreamRegistry,
-    bus: StreamBus,
+    streams: Streams,
     presence: PresenceHandler,
     remote: RemoteQueries,
     federation: RoomsFederation,
 ) -> Rooms:
     events, state, rooms = stores.event_store, stores.state_store, stores.room_store
-    event_stream = streams["events"].id_generator()
+    event_stream = streams.registry["events"].id_generator()
     state_group_ids = IdAllocator()
     # Outliers and backfilled events take positions below zero, counting down.
     backfill_ids = IdAllocator(0, step=-1)
@@ -90,7 +88,7 @@ def build_rooms(
         state,
         rooms,
         persister,
-        bus,
+        streams.bus,
         outbound_destinations=federation.outbound_destinations,
         remote_invite=federation.remote_invite,
     )
@@ -127,6 +125,8 @@ def build_rooms(
         power,
         federation.membership,
     )
+    # A forget changes no stream position: the cached memberships of the user must hear of it.
+    membership.forget_listeners.append(streams.shared_rooms.forget)
     message_limiter = core.limiter("message_per_user", core.config.rate_limits.message_per_user)
     return Rooms(
         event_stream=event_stream,

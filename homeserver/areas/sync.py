@@ -44,6 +44,7 @@ def build_sync(
         stores.event_store,
         stores.state_store,
         stores.room_store,
+        streams.shared_rooms,
         rooms.event_serializer,
         streams.notifier,
         streams.registry,
@@ -56,8 +57,6 @@ def build_sync(
         to_device=e2e.to_device,
         e2e_keys=e2e.keys,
     )
-    # A forget changes no stream: sync's caches of the user's rooms must hear of it.
-    rooms.membership.forget_listeners.append(handler.forget_memberships)
     connections = ConnectionRegistry(core.config.websocket.max_connections)
     auth.tokens.add_revocation_listener(connections.revoked)
     return Sync(

@@ -9,12 +9,11 @@ from dataclasses import dataclass
 from homeserver.account_data import AccountDataHandler
 from homeserver.areas.core import Core
 from homeserver.areas.stores import Stores
+from homeserver.areas.streams import Streams
 from homeserver.presence import PresenceHandler
 from homeserver.push.handler import PushRulesHandler
 from homeserver.read_markers import ReadMarkerHandler
 from homeserver.receipts import ReceiptsHandler
-from homeserver.streams.bus import StreamBus
-from homeserver.streams.registry import StreamRegistry
 from homeserver.typing import TypingHandler
 
 
@@ -28,27 +27,26 @@ class UserData:
     push_rules: PushRulesHandler
 
 
-def build_user_data(
-    core: Core, stores: Stores, streams: StreamRegistry, bus: StreamBus
-) -> UserData:
+def build_user_data(core: Core, stores: Stores, streams: Streams) -> UserData:
+    registry, bus = streams.registry, streams.bus
     presence = PresenceHandler(
         core.config.presence,
         core.server_name,
         core.clock,
         core.reactor,
         stores.presence_store,
-        stores.room_store,
-        streams["presence"],
+        streams.shared_rooms,
+        registry["presence"],
         bus,
     )
-    typing = TypingHandler(core.reactor, stores.room_store, streams["typing"], bus)
-    account_data = AccountDataHandler(stores.account_data_store, streams["account_data"], bus)
+    typing = TypingHandler(core.reactor, stores.room_store, registry["typing"], bus)
+    account_data = AccountDataHandler(stores.account_data_store, registry["account_data"], bus)
     receipts = ReceiptsHandler(
         core.clock,
         stores.receipt_store,
         stores.event_store,
         stores.room_store,
-        streams["receipts"],
+        registry["receipts"],
         bus,
     )
     return UserData(

@@ -36,11 +36,11 @@ from storage.stores.device_lists import DeviceListStore, RemoteDevice
 if TYPE_CHECKING:
     from federation.client import FederationClient
     from federation.sender import FederationSender
+    from homeserver.rooms.shared_rooms import SharedRooms
     from homeserver.streams.registry import Stream
     from homeserver.sync.change_cache import StreamChangeCache
     from storage.stores.devices import DeviceStore
     from storage.stores.events import StoredEvent
-    from storage.stores.rooms import RoomStore
     from storage.stores.state import StateStore
 
 logger = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class DeviceListHandler:
         reactor: Any,
         store: DeviceListStore,
         devices: DeviceStore,
-        rooms: RoomStore,
+        shared_rooms: SharedRooms,
         state: StateStore,
         stream: Stream,
         room_changes: StreamChangeCache,
@@ -137,7 +137,7 @@ class DeviceListHandler:
         self._reactor = reactor
         self._store = store
         self._devices = devices
-        self._rooms = rooms
+        self._shared_rooms = shared_rooms
         self._state = state
         self._stream = stream
         self._ids = stream.id_generator()
@@ -180,7 +180,7 @@ class DeviceListHandler:
         if not device_ids:
             return
         async with self._local_writers.queue(user_id):
-            sharing = await self._rooms.get_users_sharing_rooms(user_id)
+            sharing = await self._shared_rooms.get_users_sharing_rooms(user_id)
             positions: list[tuple[str, int, int | None]] = []
             for device_id in device_ids:
                 async with self._ids.next() as stream_id:
@@ -216,7 +216,7 @@ class DeviceListHandler:
     async def signing_keys_changed(self, user_id: str) -> None:
         """A local user's cross-signing keys (or signatures they made with them) changed."""
         async with self._local_writers.queue(user_id):
-            sharing = await self._rooms.get_users_sharing_rooms(user_id)
+            sharing = await self._shared_rooms.get_users_sharing_rooms(user_id)
             async with self._ids.next() as stream_id:
                 await self._store.add_change(user_id, stream_id, False)
             await self._publish(user_id, stream_id, sharing)
@@ -305,7 +305,7 @@ class DeviceListHandler:
 
         others = (device_changed | left_candidates) - changed - {user_id}
         sharing = (
-            await self._rooms.get_users_sharing_rooms(user_id, among=others) if others else set()
+            await self._shared_rooms.get_users_sharing_rooms(user_id, among=others) if others else set()
         )
         changed |= device_changed & sharing
         if user_id in device_changed:
@@ -537,7 +537,7 @@ class DeviceListHandler:
 
     async def _remote_user_changed(self, user_id: str) -> None:
         """A remote user's list changed: a stream position, and wake local room-mates."""
-        sharing = await self._rooms.get_users_sharing_rooms(user_id)
+        sharing = await self._shared_rooms.get_users_sharing_rooms(user_id)
         async with self._ids.next() as stream_id:
             await self._store.add_change(user_id, stream_id, False)
         await self._publish(user_id, stream_id, sharing)

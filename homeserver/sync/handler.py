@@ -20,6 +20,7 @@ from homeserver.events.serialize import EventSerializer
 from homeserver.filtering import Filter, RoomEventFilter
 from homeserver.presence import PresenceHandler
 from homeserver.receipts import ReceiptsHandler
+from homeserver.rooms.shared_rooms import SharedRooms
 from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.streams.registry import StreamRegistry
 from homeserver.sync.notifier import Notifier
@@ -48,7 +49,6 @@ STRIPPED_STATE_TYPES = (
     "m.room.topic",
 )
 MAX_HEROES = 5
-MEMBERSHIP_CACHE_SIZE = 50_000
 DEFAULT_TIMELINE_LIMIT = 10
 MAX_TIMELINE_LIMIT = 100
 # Devices that were sent to-device messages and have not acknowledged them yet (see
@@ -126,6 +126,7 @@ class SyncHandler:
         events: EventStore,
         state: StateStore,
         rooms: RoomStore,
+        shared_rooms: SharedRooms,
         serializer: EventSerializer,
         notifier: Notifier,
         streams: StreamRegistry,
@@ -144,11 +145,13 @@ class SyncHandler:
         self._events = events
         self._state = state
         self._rooms = rooms
+        # Each user's memberships, from memory unless they changed since last read (a quiet
+        # incremental sync then does no per-room database work).
+        self._shared_rooms = shared_rooms
         self._serializer = serializer
         self._notifier = notifier
         self._streams = streams
         self._room_changes = streams["events"].rooms_index()
-        self._membership_changes = streams["events"].users_index()
         self._visibility = visibility
         self._typing = typing
         self._receipts = receipts
@@ -163,11 +166,6 @@ class SyncHandler:
         # sync acknowledges them: only then does a sync with nothing new delete them.
         self._to_device_unacked: LruCache[tuple[str, str], int] = LruCache(
             "sync_to_device_unacknowledged", TO_DEVICE_UNACKED_SIZE
-        )
-        # user_id -> (events position when read, memberships): kept until the user's
-        # memberships change, so a quiet incremental sync does no per-room database work.
-        self._memberships_cache: LruCache[str, tuple[int, list[Membership]]] = LruCache(
-            "sync_memberships", MEMBERSHIP_CACHE_SIZE
         )
         # (room_id, after, up_to, batch) -> the room's timeline events in (after, up_to].
         self._shared_timelines: SharedReads[tuple[str, int, int, int], list[StoredEvent]] = (
@@ -186,10 +184,6 @@ class SyncHandler:
 
     def current_token(self) -> StreamToken:
         return self._streams.current_token()
-
-    def forget_memberships(self, user_id: str) -> None:
-        """Drop the cached memberships (after a change with no stream position: forget)."""
-        self._memberships_cache.pop(user_id, None)
 
     async def wait_for_sync(self, request: SyncRequest, timeout_ms: int) -> dict[str, Any]:
         """Compute the response; if it is empty, wait for news up to `timeout_ms` and retry."""
@@ -297,9 +291,7 @@ class SyncHandler:
         if since is None or self.device_lists is None:
             return {"changed": [], "left": []}
         user_id = sync_pass.request.user_id
-        joined = [
-            m.room_id for m in await self._memberships_of(user_id, now) if m.membership == "join"
-        ]
+        joined = await self._shared_rooms.joined_rooms(user_id)
         changed, left = await self.device_lists.get_changes(
             user_id, since.device_lists, now.device_lists, since.events, now.events, joined
         )
@@ -352,7 +344,7 @@ class SyncHandler:
         room_filter = request.filter.room
         memberships = [
             m
-            for m in await self._memberships_of(request.user_id, now)
+            for m in await self._shared_rooms.memberships_of(request.user_id)
             if room_filter.allows_room(m.room_id) and m.stream_ordering <= now.events
         ]
         sync_pass.memberships = {m.room_id: m for m in memberships}
@@ -454,19 +446,6 @@ class SyncHandler:
             "ephemeral": {"events": []},
             "account_data": {"events": []},
         }
-
-    async def _memberships_of(self, user_id: str, now: StreamToken) -> list[Membership]:
-        """The user's memberships, from memory unless they changed since we last looked."""
-        cached = self._memberships_cache.get(user_id)
-        if cached is not None and not self._membership_changes.has_changed_since(
-            user_id, cached[0]
-        ):
-            return cached[1]
-        memberships = await self._rooms.get_rooms_for_user(
-            user_id, ("join", "invite", "leave", "ban", "knock")
-        )
-        self._memberships_cache.set(user_id, (now.events, memberships))
-        return memberships
 
     async def _timeline(
         self,
