@@ -162,8 +162,10 @@ class Client:
         )
         return data["event_id"]
 
-    async def sync(self, since: str | None = None, timeout: int = 0) -> Any:
-        path = f"/_matrix/client/v3/sync?timeout={timeout}"
+    async def sync(
+        self, since: str | None = None, timeout: int = 0, set_presence: str = "online"
+    ) -> Any:
+        path = f"/_matrix/client/v3/sync?timeout={timeout}&set_presence={set_presence}"
         if since:
             path += f"&since={since}"
         return await self.call("GET", path)
@@ -208,14 +210,18 @@ async def send_throughput(session: aiohttp.ClientSession, base: str) -> dict[str
 
 
 async def sync_latency(
-    session: aiohttp.ClientSession, base: str, n: int = 50, messages: int = 10
+    session: aiohttp.ClientSession,
+    base: str,
+    n: int = 50,
+    messages: int = 10,
+    set_presence: str = "online",
 ) -> dict[str, Any]:
     readers = await new_clients(session, base, n, "reader")
     sender = (await new_clients(session, base, 1, "speaker"))[0]
     room_id = await sender.create_room(preset="public_chat")
     for start in range(0, n, 50):
         await asyncio.gather(*(r.join(room_id) for r in readers[start:start + 50]))
-    tokens = {id(r): (await r.sync())["next_batch"] for r in readers}
+    tokens = {id(r): (await r.sync(set_presence=set_presence))["next_batch"] for r in readers}
     latencies: list[float] = []
     for i in range(messages):
         body = f"ping {i}"
@@ -223,7 +229,7 @@ async def sync_latency(
         async def wait_for(reader: Client, body: str = body) -> float:
             since = tokens[id(reader)]
             while True:
-                data = await reader.sync(since, timeout=10000)
+                data = await reader.sync(since, timeout=10000, set_presence=set_presence)
                 since = data["next_batch"]
                 events = data["rooms"]["join"].get(room_id, {}).get("timeline", {}).get("events", [])
                 if any(e["content"].get("body") == body for e in events):

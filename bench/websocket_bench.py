@@ -67,10 +67,18 @@ class WsListener:
                 self.arrivals.setdefault(event["content"].get("body", ""), now)
 
 
+# What listeners say their presence is: "online" as clients do (then each one's presence
+# changes reach all the others), or "offline" (`--presence`), to see messages alone.
+SET_PRESENCE = "online"
+
+
 async def open_listener(session: aiohttp.ClientSession, base: str, reader: Client, room_id: str) -> WsListener:
     ws = await session.ws_connect("ws" + base[4:] + WS_PATH, max_msg_size=0)
     await ws.send_json({"type": "auth", "access_token": reader.token})
-    await ws.send_json({"type": "subscribe", "filter": {"room": {"timeline": {"limit": 1}}}})
+    await ws.send_json({
+        "type": "subscribe", "filter": {"room": {"timeline": {"limit": 1}}},
+        "set_presence": SET_PRESENCE,
+    })
     listener = WsListener(ws, room_id)
     listener.task = asyncio.ensure_future(listener.run())  # type: ignore[attr-defined]
     await listener.ready.wait()
@@ -235,9 +243,17 @@ async def main() -> None:
         "--parts", default="websocket,long_poll,memory",
         help="which measurements to run (comma-separated); each starts its own server",
     )
+    parser.add_argument(
+        "--presence", choices=("online", "offline"), default="online",
+        help="the listeners' set_presence (offline: no presence traffic between them)",
+    )
     args = parser.parse_args()
+    global SET_PRESENCE
+    SET_PRESENCE = args.presence
     parts = set(args.parts.split(","))
-    results: dict[str, Any] = {"db": "sqlite" if args.db == "sqlite" else "postgresql"}
+    results: dict[str, Any] = {
+        "db": "sqlite" if args.db == "sqlite" else "postgresql", "presence": args.presence,
+    }
     connector = lambda: aiohttp.TCPConnector(limit=0)  # noqa: E731
     if "websocket" in parts:
         server: dict[str, Any] = {}
@@ -250,7 +266,9 @@ async def main() -> None:
     if "long_poll" in parts:
         async with running_server(args.db) as base:
             async with aiohttp.ClientSession(connector=connector()) as session:
-                results["long_poll"] = await sync_latency(session, base, args.subscribers, args.messages)
+                results["long_poll"] = await sync_latency(
+                    session, base, args.subscribers, args.messages, args.presence
+                )
         print(json.dumps(results["long_poll"]), flush=True)
     if "memory" in parts:
         pids: list[int] = []

@@ -501,17 +501,18 @@ class PresenceHandler:
     # ----- for sync --------------------------------------------------------------------------
 
     async def get_presence_events(
-        self, user_id: str, since: int, up_to: int | None = None
+        self, user_id: str, since: int | None, up_to: int | None = None
     ) -> list[JsonDict]:
         """`m.presence` events for the user and everyone sharing a room with them.
 
-        With `since` 0 (an initial sync): everyone not offline. Otherwise: everyone whose
-        presence changed after `since` (and at or before `up_to`), offline included.
+        With `since` None (an initial sync): everyone not offline. Otherwise: everyone whose
+        presence changed after `since` (and at or before `up_to`), offline included. (0 is a
+        position like any other: a token taken before any presence changed.)
         """
         if not self.enabled:
             return []
         now = self._clock.time_msec()
-        if since <= 0:
+        if since is None:
             states = await self.get_states(await self.users_sharing_rooms(user_id))
             return [self.format_event(p, now) for p in states.values() if p.state != OFFLINE]
         recently_changed = self._changes.all_changed_since(since)

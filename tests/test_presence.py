@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from nio import PresenceGetError, PresenceGetResponse, PresenceSetResponse
 
+from homeserver.sync.tokens import StreamToken
 from tests.harness import nio, on_both_engines
 from tests.room_helpers import API, RoomTestCase, User, q
 
@@ -215,7 +216,7 @@ class PresenceSyncApiTests(PresenceTestCase):
         presence = self.hs.presence
         await self.put_presence(self.alice, {"presence": "online", "status_msg": "hi"})
         await self.put_presence(self.carol, {"presence": "online"})
-        events = await presence.get_presence_events(self.bob.user_id, 0)
+        events = await presence.get_presence_events(self.bob.user_id, None)
         # Bob sees Alice (shared room), not Carol (no shared room), and not himself (offline).
         self.assertEqual([e["sender"] for e in events], [self.alice.user_id])
         [event] = events
@@ -242,6 +243,39 @@ class PresenceSyncApiTests(PresenceTestCase):
         self.hs.presence_changes.initialise(presence.current_position)
         events = await presence.get_presence_events(self.bob.user_id, position)
         self.assertEqual([e["sender"] for e in events], [self.alice.user_id])
+
+    async def test_a_token_from_before_any_presence_is_incremental(self):
+        """A sync token's presence position is 0 until someone's presence first changes: a
+        sync from it is incremental (who changed since), not an initial one reading the
+        presence of every room-mate."""
+        offline_mates = [await self.user(f"mate{i}") for i in range(10)]
+        for mate in offline_mates:
+            r = await self.join(mate, self.room_id)
+            self.assertEqual(r.code, 200, r)
+        r = await self.request("GET", f"{API}/sync?set_presence=offline", token=self.bob.token)
+        self.assertEqual(r.code, 200, r)
+        since = r.json["next_batch"]
+        self.assertTrue(since.startswith("s"))
+        self.assertEqual(StreamToken.parse(since).presence, 0)
+        await self.put_presence(self.alice, {"presence": "online"})
+        calls: list[str] = []
+        original = self.hs.db.run_interaction
+
+        async def counting(desc, *args, **kwargs):
+            calls.append(desc)
+            return await original(desc, *args, **kwargs)
+
+        self.hs.db.run_interaction = counting
+        try:
+            r = await self.request(
+                "GET", f"{API}/sync?set_presence=offline&since={q(since)}", token=self.bob.token
+            )
+        finally:
+            self.hs.db.run_interaction = original
+        self.assertEqual(r.code, 200, r)
+        senders = [e["sender"] for e in r.json["presence"]["events"]]
+        self.assertEqual(senders, [self.alice.user_id])
+        self.assertNotIn("get_presence", calls)
 
     async def test_changes_wake_everyone_sharing_a_room(self):
         notifier = self.hs.notifier
@@ -289,7 +323,7 @@ class PresenceDisabledTests(PresenceTestCase):
         self.assertEqual(r.code, 200, r)
         r = await self.get_presence(self.bob, self.alice)
         self.assertEqual(r.json, {"presence": "offline"})
-        self.assertEqual(await self.hs.presence.get_presence_events(self.bob.user_id, 0), [])
+        self.assertEqual(await self.hs.presence.get_presence_events(self.bob.user_id, None), [])
         # Permissions still apply.
         r = await self.put_presence(self.bob, {"presence": "online"}, target=self.alice.user_id)
         self.assertError(r, 403, "M_FORBIDDEN")

@@ -15,7 +15,7 @@ class PresenceMemoryTests(PresenceTestCase):
         strangers = [f"@stranger{i}:test.heddle" for i in range(200)]
         states = await presence.get_states(strangers)
         self.assertEqual({s.state for s in states.values()}, {"offline"})
-        await presence.get_presence_events(self.alice.user_id, 0)
+        await presence.get_presence_events(self.alice.user_id, None)
         await presence.get_presence_events_for_users([self.bob.user_id, self.carol.user_id])
         r = await self.get_presence(self.alice, self.bob)
         self.assertEqual((r.code, r.json["presence"]), (200, "offline"))

@@ -268,7 +268,7 @@ class SyncHandler:
         request, since = sync_pass.request, sync_pass.since
         events = await self._presence.get_presence_events(
             request.user_id,
-            since.presence if since is not None and not request.full_state else 0,
+            since.presence if since is not None and not request.full_state else None,
             sync_pass.now.presence,
         )
         if sync_pass.newly_joined:
