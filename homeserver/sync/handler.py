@@ -243,6 +243,8 @@ class SyncHandler:
     ) -> list[dict[str, Any]]:
         request, since = sync_pass.request, sync_pass.since
         initial = since is None or request.full_state
+        if not initial and since is not None and since.account_data == sync_pass.now.account_data:
+            return []
         changes = await self._account_data.get_changes(
             request.user_id,
             since.account_data if since is not None and not initial else 0,
@@ -266,6 +268,13 @@ class SyncHandler:
 
     async def _presence_section(self, sync_pass: _Pass) -> list[dict[str, Any]]:
         request, since = sync_pass.request, sync_pass.since
+        if (
+            since is not None
+            and not request.full_state
+            and since.presence == sync_pass.now.presence
+            and not sync_pass.newly_joined
+        ):
+            return []
         events = await self._presence.get_presence_events(
             request.user_id,
             since.presence if since is not None and not request.full_state else None,
@@ -406,6 +415,14 @@ class SyncHandler:
         """Typing and receipts for joined rooms, adding rooms that only have those."""
         request, since = sync_pass.request, sync_pass.since
         fresh = since is None or request.full_state
+        if (
+            not fresh
+            and since is not None
+            and since.typing == sync_pass.now.typing
+            and since.receipts == sync_pass.now.receipts
+            and not sync_pass.newly_joined
+        ):
+            return  # neither stream moved (a pass woken by a message, say)
         typing = self._typing.get_typing_events(
             joined_ids, 0 if fresh or since is None else since.typing
         )
