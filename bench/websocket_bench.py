@@ -81,6 +81,7 @@ class WsListener:
 
 
 LISTENER_FILTER = {"room": {"timeline": {"limit": 1}}}
+SYNC_PATH = f"/_matrix/client/v3/sync?filter={quote(json.dumps(LISTENER_FILTER))}"
 
 
 async def open_listener(
@@ -232,15 +233,19 @@ async def measure_pushes(
 
 
 async def users_in_rooms(
-    session: aiohttp.ClientSession, base: str, n: int, prefix: str, per_room: int
+    session: aiohttp.ClientSession, base: str, n: int, prefix: str, per_room: int,
+    warm: bool = False,
 ) -> list[tuple[Client, str]]:
     """`n` new users, in public rooms of `per_room` of them (each room created by one more
-    user): (user, their room)."""
+    user): (user, their room). With `warm`, each then syncs once over HTTP, so what the
+    server keeps of a user who syncs (caches, presence) is there before the measurement."""
     users = await new_clients(session, base, n, prefix)
     owners = await new_clients(session, base, -(-n // per_room), prefix + "owner")
     rooms = await gather_limited(owner.create_room(preset="public_chat") for owner in owners)
     placed = [(user, rooms[i // per_room]) for i, user in enumerate(users)]
     await gather_limited((user.join(room_id) for user, room_id in placed), 50)
+    if warm:
+        await gather_limited((user.call("GET", SYNC_PATH + "&timeout=0") for user in users), 50)
     return placed
 
 
@@ -252,16 +257,16 @@ def connections_session() -> aiohttp.ClientSession:
 
 async def idle_memory(
     setup: aiohttp.ClientSession, base: str, server: dict[str, Any], n: int, per_room: int,
-    compress: int,
+    compress: int, warm: bool,
 ) -> dict[str, Any]:
-    placed = await users_in_rooms(setup, base, n, "idle", per_room)
+    placed = await users_in_rooms(setup, base, n, "idle", per_room, warm)
     pid, metrics = server["pid"], server["metrics"]
     async with connections_session() as session:
         # One round first, so caches and code paths warm up outside the measurement.
-        warm = await asyncio.gather(
+        warm_up = await asyncio.gather(
             *(open_listener(session, base, user, room, compress) for user, room in placed[:20])
         )
-        for listener in warm:
+        for listener in warm_up:
             await listener.ws.close()
         await wait_until_quiet(session, metrics)
         before = rss_kib(pid)
@@ -277,7 +282,8 @@ async def idle_memory(
         for listener in listeners:
             listener.task.cancel()  # type: ignore[attr-defined]
         await gather_limited((listener.ws.close() for listener in listeners), 200)
-    return {"idle_sockets": n, "per_room": per_room, "offered_compression": compress,
+    return {"idle_sockets": n, "per_room": per_room, "warm_users": warm,
+            "offered_compression": compress,
             "compression_negotiated": compressed, "opening_s": opening_s,
             "settling_s": settling_s, "rss_before_kib": before, "rss_after_kib": after,
             "kib_per_socket": round((after - before) / n, 1)}
@@ -303,14 +309,15 @@ async def wait_until_parked(session: aiohttp.ClientSession, metrics_url: str, n:
 
 
 async def idle_long_poll_memory(
-    setup: aiohttp.ClientSession, base: str, server: dict[str, Any], n: int, per_room: int
+    setup: aiohttp.ClientSession, base: str, server: dict[str, Any], n: int, per_room: int,
+    warm: bool,
 ) -> dict[str, Any]:
     """The same users and rooms as `idle_memory`, each holding `/sync?timeout=30000` open
     instead of a socket (after an initial sync with the sockets' filter, as a subscription
     starts with one)."""
-    placed = await users_in_rooms(setup, base, n, "idle", per_room)
+    placed = await users_in_rooms(setup, base, n, "idle", per_room, warm)
     pid, metrics = server["pid"], server["metrics"]
-    sync_path = f"/_matrix/client/v3/sync?filter={quote(json.dumps(LISTENER_FILTER))}"
+    sync_path = SYNC_PATH
 
     async def poll_forever(poller: Client, started: list[int]) -> None:
         since = (await poller.call("GET", sync_path + "&timeout=0"))["next_batch"]
@@ -326,9 +333,9 @@ async def idle_long_poll_memory(
             poller.token, poller.user_id = user.token, user.user_id
             pollers.append(poller)
         warm_started: list[int] = []
-        warm = [asyncio.ensure_future(poll_forever(p, warm_started)) for p in pollers[:20]]
+        warm_up = [asyncio.ensure_future(poll_forever(p, warm_started)) for p in pollers[:20]]
         await wait_until_parked(session, metrics, 20)
-        for polling in warm:
+        for polling in warm_up:
             polling.cancel()
         await asyncio.sleep(1)
         before = rss_kib(pid)
@@ -350,7 +357,8 @@ async def idle_long_poll_memory(
         for polling in polls:
             polling.cancel()
         await asyncio.gather(*polls, return_exceptions=True)
-    return {"idle_long_polls": n, "per_room": per_room, "opening_s": opening_s,
+    return {"idle_long_polls": n, "per_room": per_room, "warm_users": warm,
+            "opening_s": opening_s,
             "settling_s": settling_s, "rss_before_kib": before, "rss_after_kib": after,
             "kib_per_long_poll": round((after - before) / n, 1)}
 
@@ -362,6 +370,11 @@ async def main() -> None:
     parser.add_argument("--messages", type=int, default=10)
     parser.add_argument("--idle", type=int, default=1000, help="idle sockets for the memory figure")
     parser.add_argument("--per-room", type=int, default=100, help="idle users per room")
+    parser.add_argument(
+        "--warm-users", action="store_true",
+        help="each idle user syncs once over HTTP before the measurement, which then counts "
+        "the connections without what the server keeps per user",
+    )
     parser.add_argument(
         "--compress", type=int, default=15,
         help="window bits the idle sockets offer with permessage-deflate; 0: none",
@@ -395,7 +408,7 @@ async def main() -> None:
         async with running_server(args.db, about=server, config_sections=room_for_all) as base:
             async with aiohttp.ClientSession(connector=connector()) as session:
                 results["memory"] = await idle_memory(
-                    session, base, server, args.idle, args.per_room, args.compress
+                    session, base, server, args.idle, args.per_room, args.compress, args.warm_users
                 )
         print(json.dumps(results["memory"]), flush=True)
     if "long_poll_memory" in parts:
@@ -403,7 +416,7 @@ async def main() -> None:
         async with running_server(args.db, about=server) as base:
             async with aiohttp.ClientSession(connector=connector()) as session:
                 results["long_poll_memory"] = await idle_long_poll_memory(
-                    session, base, server, args.idle, args.per_room
+                    session, base, server, args.idle, args.per_room, args.warm_users
                 )
     print(json.dumps(results, indent=2))
 
