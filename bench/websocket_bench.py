@@ -401,11 +401,16 @@ async def main() -> None:
             async with aiohttp.ClientSession(connector=connector()) as session:
                 results["long_poll"] = await sync_latency(session, base, args.subscribers, args.messages)
         print(json.dumps(results["long_poll"]), flush=True)
+    # For the idle parts: room for the warm-up sockets too, should they not be gone yet; and
+    # no presence change while the idle users come online (going idle after 5 minutes without
+    # activity, offline 30 seconds after a sync), which would push to every room-mate.
+    idle_config = {
+        "websocket": {"max_connections": args.idle + 100},
+        "presence": {"idle_timeout_ms": 3_600_000, "sync_timeout_ms": 3_600_000},
+    }
     if "memory" in parts:
         server = {}
-        # Room for the warm-up sockets too, should they not be gone yet.
-        room_for_all = {"websocket": {"max_connections": args.idle + 100}}
-        async with running_server(args.db, about=server, config_sections=room_for_all) as base:
+        async with running_server(args.db, about=server, config_sections=idle_config) as base:
             async with aiohttp.ClientSession(connector=connector()) as session:
                 results["memory"] = await idle_memory(
                     session, base, server, args.idle, args.per_room, args.compress, args.warm_users
@@ -413,7 +418,7 @@ async def main() -> None:
         print(json.dumps(results["memory"]), flush=True)
     if "long_poll_memory" in parts:
         server = {}
-        async with running_server(args.db, about=server) as base:
+        async with running_server(args.db, about=server, config_sections=idle_config) as base:
             async with aiohttp.ClientSession(connector=connector()) as session:
                 results["long_poll_memory"] = await idle_long_poll_memory(
                     session, base, server, args.idle, args.per_room, args.warm_users
