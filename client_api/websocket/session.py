@@ -107,7 +107,7 @@ class WebSocketSession:
         self._requester: Requester | None = None
         self._access_token: str | None = None
         self._closed = False
-        # A list, not a deque: it is nearly always empty, and an empty deque takes 600 bytes.
+        # A list, not a deque: it is nearly always empty, and an empty deque takes 760 bytes.
         self._queue: list[bytes] = []
         self._draining = False
         # The sync subscription: where it stands, and its push loop.
