@@ -23,9 +23,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import psycopg2
@@ -33,6 +34,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 HEDDLE = Path(sys.executable).parent / "heddle"
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -76,10 +79,14 @@ async def wait_until_up(base: str, timeout_s: float) -> None:
 
 @asynccontextmanager
 async def running_server(
-    db: str, pids: list[int] | None = None, about: dict[str, Any] | None = None
+    db: str,
+    pids: list[int] | None = None,
+    about: dict[str, Any] | None = None,
+    config_sections: dict[str, dict[str, Any]] | None = None,
 ):
     """Start a server; yield its base URL. Its process ID is appended to `pids`, and `about`
-    gets "pid" and "metrics" (its /metrics URL), when given."""
+    gets "pid" and "metrics" (its /metrics URL), when given. `config_sections` are merged
+    into the generated config's sections (`{"websocket": {"max_connections": 20000}}`)."""
     data_dir = Path(tempfile.mkdtemp(prefix="heddle-bench-"))
     port = free_port()
     subprocess.run(
@@ -97,6 +104,8 @@ async def running_server(
     config["rate_limits"] = {"enabled": False}
     config["auth"]["bcrypt_rounds"] = 4
     config["logging"] = {"level": "WARNING"}
+    for section, values in (config_sections or {}).items():
+        config.setdefault(section, {}).update(values)
     pg_name = None
     if db != "sqlite":
         url, pg_name = create_pg_database(db)
@@ -108,6 +117,11 @@ async def running_server(
         # Profiling is off until the benchmark sends SIGUSR1 (see `profiled`).
         command = [sys.executable, str(ROOT / "bench" / "profiled_server.py"), profile_to,
                    "--config", str(config_path)]
+    trace_to = os.environ.get("HEDDLE_BENCH_TRACEMALLOC")
+    if trace_to:
+        # Snapshots on SIGUSR1 and SIGUSR2, the same signals (see `profiled`).
+        command = [sys.executable, str(ROOT / "bench" / "traced_server.py"), trace_to,
+                   "--config", str(config_path)]
     process = subprocess.Popen(command)
     if pids is not None:
         pids.append(process.pid)
@@ -115,7 +129,7 @@ async def running_server(
         about.update(pid=process.pid, metrics=f"http://127.0.0.1:{metrics_port}/metrics")
     base = f"http://127.0.0.1:{port}"
     try:
-        await wait_until_up(base, 10.0)
+        await wait_until_up(base, 60.0)  # a minute: slower under tracemalloc
         yield base
     finally:
         process.terminate()
@@ -171,9 +185,21 @@ class Client:
         return await self.call("GET", path)
 
 
+async def gather_limited(awaitables: Iterable[Awaitable[T]], limit: int = 100) -> list[T]:
+    """Await them all, at most `limit` at a time; the results in order. (Thousands of
+    requests at once would open thousands of connections, and run out of descriptors.)"""
+    semaphore = asyncio.Semaphore(limit)
+
+    async def one(awaitable: Awaitable[T]) -> T:
+        async with semaphore:
+            return await awaitable
+
+    return await asyncio.gather(*(one(a) for a in awaitables))
+
+
 async def new_clients(session: aiohttp.ClientSession, base: str, n: int, prefix: str) -> list[Client]:
     clients = [Client(session, base) for _ in range(n)]
-    await asyncio.gather(*(c.register(f"{prefix}{i}") for i, c in enumerate(clients)))
+    await gather_limited(c.register(f"{prefix}{i}") for i, c in enumerate(clients))
     return clients
 
 

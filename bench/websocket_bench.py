@@ -7,7 +7,11 @@ N users in one room listen for messages, either over the WebSocket transport or 
 long-polling /sync; one more user sends messages, one at a time. Measured: the time from
 sending each message to each listener holding it (p50/p99; this includes the send itself,
 so it bounds the server's commit-to-frame time from above), and the server's resident
-memory per idle subscribed WebSocket. Printed as JSON.
+memory per idle subscribed WebSocket (`memory`) and per idle long-poll held open
+(`long_poll_memory`): `--idle` users in rooms of `--per-room`, each holding one. The idle
+sockets offer permessage-deflate as browsers do (`--compress 0` not to). Printed as JSON.
+
+    PYTHONPATH=. .venv/bin/python bench/websocket_bench.py --parts memory,long_poll_memory --idle 10000
 """
 
 from __future__ import annotations
@@ -22,9 +26,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
-from heddle_bench import ROOT, Client, new_clients, running_server, summary, sync_latency
+from heddle_bench import (
+    ROOT,
+    Client,
+    gather_limited,
+    new_clients,
+    running_server,
+    summary,
+    sync_latency,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 WS_PATH = "/_matrix/client/unstable/org.heddle.ws/sync"
@@ -67,18 +80,23 @@ class WsListener:
                 self.arrivals.setdefault(event["content"].get("body", ""), now)
 
 
+LISTENER_FILTER = {"room": {"timeline": {"limit": 1}}}
+SYNC_PATH = f"/_matrix/client/v3/sync?filter={quote(json.dumps(LISTENER_FILTER))}"
 # What listeners say their presence is: "online" as clients do (then each one's presence
 # changes reach all the others), or "offline" (`--presence`), to see messages alone.
 SET_PRESENCE = "online"
 
 
-async def open_listener(session: aiohttp.ClientSession, base: str, reader: Client, room_id: str) -> WsListener:
-    ws = await session.ws_connect("ws" + base[4:] + WS_PATH, max_msg_size=0)
+async def open_listener(
+    session: aiohttp.ClientSession, base: str, reader: Client, room_id: str, compress: int = 0
+) -> WsListener:
+    """A subscribed socket; `compress` is the window bits offered with permessage-deflate
+    (15: what browsers offer), 0 to offer none."""
+    ws = await session.ws_connect("ws" + base[4:] + WS_PATH, max_msg_size=0, compress=compress)
     await ws.send_json({"type": "auth", "access_token": reader.token})
-    await ws.send_json({
-        "type": "subscribe", "filter": {"room": {"timeline": {"limit": 1}}},
-        "set_presence": SET_PRESENCE,
-    })
+    await ws.send_json(
+        {"type": "subscribe", "filter": LISTENER_FILTER, "set_presence": SET_PRESENCE}
+    )
     listener = WsListener(ws, room_id)
     listener.task = asyncio.ensure_future(listener.run())  # type: ignore[attr-defined]
     await listener.ready.wait()
@@ -155,8 +173,12 @@ def transactions_per_message(before: Samples, after: Samples, messages: int) -> 
 
 @asynccontextmanager
 async def profiled(pid: int) -> AsyncIterator[None]:
-    """Profile the server meanwhile, when it runs under bench/profiled_server.py."""
-    profiling = bool(os.environ.get("HEDDLE_BENCH_PROFILE"))
+    """Profile the server meanwhile, when it runs under bench/profiled_server.py, or trace
+its allocations, under bench/traced_server.py."""
+    trace_to = os.environ.get("HEDDLE_BENCH_TRACEMALLOC")
+    profiling = bool(os.environ.get("HEDDLE_BENCH_PROFILE") or trace_to)
+    if trace_to and os.path.exists(trace_to):
+        os.unlink(trace_to)
     if profiling:
         os.kill(pid, signal.SIGUSR1)
     try:
@@ -164,6 +186,9 @@ async def profiled(pid: int) -> AsyncIterator[None]:
     finally:
         if profiling:
             os.kill(pid, signal.SIGUSR2)
+        while trace_to and not os.path.exists(trace_to):
+            # Comparing the snapshots takes a while; the server must not stop meanwhile.
+            await asyncio.sleep(1)
 
 
 async def websocket_latency(
@@ -212,25 +237,135 @@ async def measure_pushes(
     return latencies
 
 
-async def idle_memory(session: aiohttp.ClientSession, base: str, pid: int, n: int) -> dict[str, Any]:
-    readers, _sender, room_id = await setup_room(session, base, n, "idle")
-    # One round first, so caches and code paths warm up outside the measurement.
-    warm = await asyncio.gather(*(open_listener(session, base, r, room_id) for r in readers[:20]))
-    for listener in warm:
-        await listener.ws.close()
-    await asyncio.sleep(1)
-    before = rss_kib(pid)
-    listeners: list[WsListener] = []
-    for start in range(0, n, 50):
-        listeners += await asyncio.gather(
-            *(open_listener(session, base, r, room_id) for r in readers[start:start + 50])
+async def users_in_rooms(
+    session: aiohttp.ClientSession, base: str, n: int, prefix: str, per_room: int,
+    warm: bool = False,
+) -> list[tuple[Client, str]]:
+    """`n` new users, in public rooms of `per_room` of them (each room created by one more
+    user): (user, their room). With `warm`, each then syncs once over HTTP, so what the
+    server keeps of a user who syncs (caches, presence) is there before the measurement."""
+    users = await new_clients(session, base, n, prefix)
+    owners = await new_clients(session, base, -(-n // per_room), prefix + "owner")
+    rooms = await gather_limited(owner.create_room(preset="public_chat") for owner in owners)
+    placed = [(user, rooms[i // per_room]) for i, user in enumerate(users)]
+    await gather_limited((user.join(room_id) for user, room_id in placed), 50)
+    if warm:
+        await gather_limited((user.call("GET", SYNC_PATH + "&timeout=0") for user in users), 50)
+    return placed
+
+
+def connections_session() -> aiohttp.ClientSession:
+    """A session of its own for the measured connections: none of them reuses a keep-alive
+    connection opened (and counted in the server's memory) before the measurement."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+
+async def idle_memory(
+    setup: aiohttp.ClientSession, base: str, server: dict[str, Any], n: int, per_room: int,
+    compress: int, warm: bool,
+) -> dict[str, Any]:
+    placed = await users_in_rooms(setup, base, n, "idle", per_room, warm)
+    pid, metrics = server["pid"], server["metrics"]
+    async with connections_session() as session:
+        # One round first, so caches and code paths warm up outside the measurement.
+        warm_up = await asyncio.gather(
+            *(open_listener(session, base, user, room, compress) for user, room in placed[:20])
         )
-    await asyncio.sleep(1)
-    after = rss_kib(pid)
-    for listener in listeners:
-        await listener.ws.close()
-    return {"idle_sockets": n, "rss_before_kib": before, "rss_after_kib": after,
+        for listener in warm_up:
+            await listener.ws.close()
+        await wait_until_quiet(session, metrics)
+        before = rss_kib(pid)
+        async with profiled(pid):
+            started = time.monotonic()
+            listeners = await gather_limited(
+                (open_listener(session, base, user, room, compress) for user, room in placed), 50
+            )
+            opening_s = round(time.monotonic() - started, 1)
+            settling_s = await wait_until_quiet(session, metrics)
+            after = rss_kib(pid)
+        compressed = sum(1 for listener in listeners if listener.ws.compress)
+        for listener in listeners:
+            listener.task.cancel()  # type: ignore[attr-defined]
+        await gather_limited((listener.ws.close() for listener in listeners), 200)
+    return {"idle_sockets": n, "per_room": per_room, "warm_users": warm,
+            "offered_compression": compress,
+            "compression_negotiated": compressed, "opening_s": opening_s,
+            "settling_s": settling_s, "rss_before_kib": before, "rss_after_kib": after,
             "kib_per_socket": round((after - before) / n, 1)}
+
+
+def in_flight(samples: Samples) -> float:
+    return samples.get(("heddle_http_requests_in_flight", ()), 0.0)
+
+
+async def wait_until_parked(session: aiohttp.ClientSession, metrics_url: str, n: int) -> float:
+    """Wait until at least `n` requests have been in flight for a second (every long-poll
+    parked, none returning for the presence of room-mates coming online); returns how long
+    that took, in seconds."""
+    started = time.monotonic()
+    steady_polls = 0
+    while steady_polls < 4:
+        if time.monotonic() - started > 600:
+            raise RuntimeError("the long-polls never all parked")
+        await asyncio.sleep(0.25)
+        parked = in_flight(await scrape(session, metrics_url)) >= n
+        steady_polls = steady_polls + 1 if parked else 0
+    return round(time.monotonic() - started, 1)
+
+
+async def idle_long_poll_memory(
+    setup: aiohttp.ClientSession, base: str, server: dict[str, Any], n: int, per_room: int,
+    warm: bool,
+) -> dict[str, Any]:
+    """The same users and rooms as `idle_memory`, each holding `/sync?timeout=30000` open
+    instead of a socket (after an initial sync with the sockets' filter, as a subscription
+    starts with one)."""
+    placed = await users_in_rooms(setup, base, n, "idle", per_room, warm)
+    pid, metrics = server["pid"], server["metrics"]
+    sync_path = SYNC_PATH
+
+    async def poll_forever(poller: Client, started: list[int]) -> None:
+        since = (await poller.call("GET", sync_path + "&timeout=0"))["next_batch"]
+        started.append(1)
+        while True:
+            path = f"{sync_path}&timeout=30000&since={quote(since)}"
+            since = (await poller.call("GET", path))["next_batch"]
+
+    async with connections_session() as session:
+        pollers = []
+        for user, _room in placed:
+            poller = Client(session, base)
+            poller.token, poller.user_id = user.token, user.user_id
+            pollers.append(poller)
+        warm_started: list[int] = []
+        warm_up = [asyncio.ensure_future(poll_forever(p, warm_started)) for p in pollers[:20]]
+        await wait_until_parked(session, metrics, 20)
+        for polling in warm_up:
+            polling.cancel()
+        await asyncio.sleep(1)
+        before = rss_kib(pid)
+        async with profiled(pid):
+            started_at = time.monotonic()
+            started: list[int] = []
+            polls = []
+            for start in range(0, n, 50):
+                # At most 50 initial syncs at a time, as the sockets are opened.
+                polls += [
+                    asyncio.ensure_future(poll_forever(p, started))
+                    for p in pollers[start:start + 50]
+                ]
+                while len(started) < min(start + 50, n):
+                    await asyncio.sleep(0.01)
+            opening_s = round(time.monotonic() - started_at, 1)
+            settling_s = await wait_until_parked(session, metrics, n)
+            after = rss_kib(pid)
+        for polling in polls:
+            polling.cancel()
+        await asyncio.gather(*polls, return_exceptions=True)
+    return {"idle_long_polls": n, "per_room": per_room, "warm_users": warm,
+            "opening_s": opening_s,
+            "settling_s": settling_s, "rss_before_kib": before, "rss_after_kib": after,
+            "kib_per_long_poll": round((after - before) / n, 1)}
 
 
 async def main() -> None:
@@ -239,9 +374,20 @@ async def main() -> None:
     parser.add_argument("--subscribers", type=int, default=200)
     parser.add_argument("--messages", type=int, default=10)
     parser.add_argument("--idle", type=int, default=1000, help="idle sockets for the memory figure")
+    parser.add_argument("--per-room", type=int, default=100, help="idle users per room")
+    parser.add_argument(
+        "--warm-users", action="store_true",
+        help="each idle user syncs once over HTTP before the measurement, which then counts "
+        "the connections without what the server keeps per user",
+    )
+    parser.add_argument(
+        "--compress", type=int, default=15,
+        help="window bits the idle sockets offer with permessage-deflate; 0: none",
+    )
     parser.add_argument(
         "--parts", default="websocket,long_poll,memory",
-        help="which measurements to run (comma-separated); each starts its own server",
+        help="which measurements to run (comma-separated: websocket, long_poll, memory, "
+        "long_poll_memory); each starts its own server",
     )
     parser.add_argument(
         "--presence", choices=("online", "offline"), default="online",
@@ -270,11 +416,28 @@ async def main() -> None:
                     session, base, args.subscribers, args.messages, args.presence
                 )
         print(json.dumps(results["long_poll"]), flush=True)
+    # For the idle parts: room for the warm-up sockets too, should they not be gone yet; and
+    # no presence change while the idle users come online (going idle after 5 minutes without
+    # activity, offline 30 seconds after a sync), which would push to every room-mate.
+    idle_config = {
+        "websocket": {"max_connections": args.idle + 100},
+        "presence": {"idle_timeout_ms": 3_600_000, "sync_timeout_ms": 3_600_000},
+    }
     if "memory" in parts:
-        pids: list[int] = []
-        async with running_server(args.db, pids) as base:
+        server = {}
+        async with running_server(args.db, about=server, config_sections=idle_config) as base:
             async with aiohttp.ClientSession(connector=connector()) as session:
-                results["memory"] = await idle_memory(session, base, pids[0], args.idle)
+                results["memory"] = await idle_memory(
+                    session, base, server, args.idle, args.per_room, args.compress, args.warm_users
+                )
+        print(json.dumps(results["memory"]), flush=True)
+    if "long_poll_memory" in parts:
+        server = {}
+        async with running_server(args.db, about=server, config_sections=idle_config) as base:
+            async with aiohttp.ClientSession(connector=connector()) as session:
+                results["long_poll_memory"] = await idle_long_poll_memory(
+                    session, base, server, args.idle, args.per_room, args.warm_users
+                )
     print(json.dumps(results, indent=2))
 
 

@@ -306,7 +306,8 @@ class WebSocketConfig(_Section):
     allowed_origins: list[str] = Field(default_factory=lambda: ["*"])
     # Open sockets per process; further upgrades get 503.
     max_connections: int = Field(10_000, ge=1)
-    # Offer permessage-deflate compression to clients that ask for it.
+    # Offer permessage-deflate compression to clients that ask for it (each message on its
+    # own: no compression state is kept between messages).
     compression: bool = True
     # Requests (send, typing, receipts, read markers) per connection.
     request_rate: RateLimit = RateLimit(per_second=10.0, burst_count=50)

@@ -351,25 +351,37 @@ class PresenceHandler:
     async def syncing(self, user_id: str, set_presence: str | None) -> AsyncIterator[None]:
         """Wrap a whole /sync request: `on_sync` at the start, and while any sync is in
         flight the user cannot time out to offline. Preferred over calling `on_sync` alone."""
-        await self.on_sync(user_id, set_presence)
-        counts = set_presence != OFFLINE and self.enabled
-        if counts:
-            self._syncing[user_id] = self._syncing.get(user_id, 0) + 1
+        counted = await self.start_syncing(user_id, set_presence)
         try:
             yield
         finally:
-            if counts:
-                remaining = self._syncing[user_id] - 1
-                if remaining:
-                    self._syncing[user_id] = remaining
-                else:
-                    del self._syncing[user_id]
-                # The sync timeout counts from the end of the last sync.
-                state = self._states.get(user_id)
-                if state is not None:
-                    self._states[user_id] = state.copy_and_replace(
-                        last_user_sync_ts=self._clock.time_msec()
-                    )
+            if counted:
+                self.stop_syncing(user_id)
+
+    async def start_syncing(self, user_id: str, set_presence: str | None) -> bool:
+        """The first half of `syncing`, for a sync held open for long (a WebSocket
+        subscription), which then keeps no context manager: `on_sync`, and the user counted
+        as syncing. Returns whether they were counted (not with "offline"): only then is
+        `stop_syncing` due."""
+        await self.on_sync(user_id, set_presence)
+        if set_presence == OFFLINE or not self.enabled:
+            return False
+        self._syncing[user_id] = self._syncing.get(user_id, 0) + 1
+        return True
+
+    def stop_syncing(self, user_id: str) -> None:
+        """The second half of `syncing`, after `start_syncing` returned True."""
+        remaining = self._syncing[user_id] - 1
+        if remaining:
+            self._syncing[user_id] = remaining
+        else:
+            del self._syncing[user_id]
+        # The sync timeout counts from the end of the last sync.
+        state = self._states.get(user_id)
+        if state is not None:
+            self._states[user_id] = state.copy_and_replace(
+                last_user_sync_ts=self._clock.time_msec()
+            )
 
     async def check_timeouts(self, now_ms: int | None = None) -> None:
         """Apply the idle and sync timeouts to every user not offline (other servers' users:

@@ -175,6 +175,22 @@ class NotifierPositionsTests(unittest.TestCase):
         self.assertNotIn(alice, notifier._positions)
         self.assertTrue(self.successResultOf(_ensure(notifier.wait(alice, read, 1000))))
 
+    def test_wake_after_fires_on_news_and_withdraws_when_cancelled(self) -> None:
+        """What a held WebSocket waits on: a Deferred, fired at once when the news came
+        before the call, later when it comes after; a cancelled one is forgotten."""
+        notifier = self.notifier(4)
+        alice = f"@alice:{SERVER_NAME}"
+        read = notifier.position(alice)
+        waiting = notifier.wake_after(alice, read)
+        self.assertNoResult(waiting)
+        notifier.notify_users([alice])
+        self.assertTrue(self.successResultOf(waiting))
+        self.assertTrue(self.successResultOf(notifier.wake_after(alice, read)))
+        waiting = notifier.wake_after(alice, notifier.position(alice))
+        waiting.cancel()
+        self.failureResultOf(waiting, defer.CancelledError)
+        self.assertEqual(notifier._waiters, {})
+
     def test_a_user_never_notified_still_waits(self) -> None:
         notifier = self.notifier(4)
         bob = f"@bob:{SERVER_NAME}"

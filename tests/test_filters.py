@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from urllib.parse import quote
 
 from nio import AsyncClient, UploadFilterResponse
@@ -261,6 +262,22 @@ class FilterApi(HistoryTestCase):
         parsed = await self.hs.filtering.get_filter(ALICE, response.filter_id)
         self.assertEqual(parsed.room.timeline.limit, 3)
         self.assertTrue(parsed.lazy_load_members)
+
+    async def test_the_same_definition_resolves_to_one_shared_filter(self):
+        """Held subscriptions keep their filter: the same definition, inline (in any key
+        order) or stored by any user, gives one immutable `Filter`, not a parse each."""
+        filtering = self.hs.filtering
+        definition = {"room": {"timeline": {"limit": 1}, "state": {"lazy_load_members": True}}}
+        inline = await filtering.resolve_filter(ALICE, json.dumps(definition))
+        reordered = await filtering.resolve_filter(
+            BOB, '{"room": {"state": {"lazy_load_members": true}, "timeline": {"limit": 1}}}'
+        )
+        self.assertIs(reordered, inline)
+        for user in (ALICE, BOB):
+            created = await self.request("POST", self.path(user), definition, token=self.tokens[user])
+            self.assertIs(await filtering.resolve_filter(user, created.json["filter_id"]), inline)
+        other = await filtering.resolve_filter(ALICE, '{"room": {"timeline": {"limit": 2}}}')
+        self.assertEqual(other.room.timeline.limit, 2)
 
     async def test_resolving_the_filter_query_parameter(self):
         filtering = self.hs.filtering

@@ -9,6 +9,7 @@ import itertools
 import json
 import socket
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
@@ -21,6 +22,7 @@ from autobahn.websocket.compress import (
 )
 from nio import AsyncClient, ReceiptEvent, SyncResponse, TypingNoticeEvent
 from twisted.internet import defer, protocol, reactor, ssl, task
+from twisted.web import server
 
 from client_api.websocket import WEBSOCKET_PATH, websocket_url
 from client_api.websocket.session import WebSocketSession
@@ -40,6 +42,12 @@ class _ClientProtocol(WebSocketClientProtocol):  # type: ignore[misc]
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.client.frames.append(json.loads(payload))
+        # Bytes on the wire and after decompression so far: a message that grew the second
+        # more than the first came compressed.
+        stats = self.trafficStats
+        wire, app = stats.incomingOctetsWebSocketLevel, stats.incomingOctetsAppLevel
+        self.client.compressed.append(app - self.client.app_octets > wire - self.client.wire_octets)
+        self.client.wire_octets, self.client.app_octets = wire, app
 
     def onPing(self, payload: bytes) -> None:
         self.client.pings += 1
@@ -55,6 +63,9 @@ class WsClient:
 
     def __init__(self) -> None:
         self.frames: list[dict[str, Any]] = []
+        # Whether each frame came compressed, in the same order.
+        self.compressed: list[bool] = []
+        self.wire_octets = self.app_octets = 0
         self.protocol: _ClientProtocol | None = None
         self.open: defer.Deferred[None] = defer.Deferred()
         self.close_code: int | None = None
@@ -153,6 +164,22 @@ def nio_as_json(response: SyncResponse) -> dict[str, Any]:
 def timeline_ids(body: dict[str, Any], room_id: str) -> list[str]:
     room = body["rooms"]["join"].get(room_id, {})
     return [e["event_id"] for e in room.get("timeline", {}).get("events", [])]
+
+
+async def pushed_event(client: WsClient, room_id: str, event_id: str) -> tuple[dict[str, Any], int]:
+    """The event once a push has carried it, and the index of that push's frame."""
+
+    def frame_index() -> int | None:
+        for index, frame in enumerate(client.frames):
+            if frame["type"] == "sync" and event_id in timeline_ids(frame["body"], room_id):
+                return index
+        return None
+
+    await client.wait_for(lambda: frame_index() is not None)
+    index = frame_index()
+    assert index is not None
+    events = client.frames[index]["body"]["rooms"]["join"][room_id]["timeline"]["events"]
+    return next(e for e in events if e["event_id"] == event_id), index
 
 
 class WebSocketTestCase(RoomTestCase):
@@ -842,6 +869,129 @@ class WebSocketBadInputTests(WebSocketTestCase):
         await client.next_sync(0)
         event_id = (await self.send(bob, room_id)).json["event_id"]
         self.assertEqual(timeline_ids(await client.next_sync(1), room_id), [event_id])
+
+    @ensure_deferred
+    async def test_compression_keeps_no_context_and_spares_small_frames(self) -> None:
+        """permessage-deflate is negotiated without context takeover either way (so neither
+        side keeps a compressor between messages); large frames come compressed and intact,
+        one after another, and small ones uncompressed."""
+        alice, bob = await self.user("alice"), await self.user("bob")
+        room_id = await self.room_with(alice, bob)
+        client = await self.connect(compression=True)
+        assert client.protocol is not None
+        extensions = client.protocol.http_headers["sec-websocket-extensions"]
+        self.assertIn("server_no_context_takeover", extensions)
+        self.assertIn("client_no_context_takeover", extensions)
+        self.assertIn("client_max_window_bits=12", extensions)
+        reply = await client.request("auth", access_token=alice.token)
+        self.assertFalse(client.compressed[client.frames.index(reply)])
+        await client.request("subscribe")
+        await client.next_sync(0)
+        bodies = [" ".join(f"word{i * n}" for i in range(4000)) for n in (1, 2)]
+        for body in bodies:
+            r = await self.send(bob, room_id, {"msgtype": "m.text", "body": body})
+            event, frame = await pushed_event(client, room_id, r.json["event_id"])
+            self.assertEqual(event["content"]["body"], body)
+            self.assertTrue(client.compressed[frame])
+
+    @ensure_deferred
+    async def test_an_idle_compressed_connection_holds_no_zlib_stream(self) -> None:
+        """After a large message each way, the server keeps neither a compressor nor a
+        decompressor for the connection: each would take tens to hundreds of KiB."""
+        alice, bob = await self.user("alice"), await self.user("bob")
+        room_id = await self.room_with(alice, bob)
+        client = await self.connect(compression=True)
+        await client.request("auth", access_token=alice.token)
+        await client.request("subscribe")
+        await client.next_sync(0)
+        body = " ".join(f"word{i}" for i in range(4000))
+        # A large message from the client (compressed by it), and its push back (by us).
+        reply = await client.request(
+            "send", room_id=room_id, event_type="m.room.message", txn_id="big",
+            body={"msgtype": "m.text", "body": body},
+        )
+        self.assertEqual(reply["type"], "response", reply)
+        event, frame = await pushed_event(client, room_id, reply["body"]["event_id"])
+        self.assertEqual(event["content"]["body"], body)
+        self.assertTrue(client.compressed[frame])
+        (session,) = self.hs.websocket_connections._open
+        deflate = session._connection._perMessageCompress  # type: ignore[attr-defined]
+        self.assertIsNotNone(deflate)
+        self.assertIsNone(deflate._compressor)
+        self.assertIsNone(deflate._decompressor)
+        # ... and the next large message each way still works.
+        reply = await client.request(
+            "send", room_id=room_id, event_type="m.room.message", txn_id="bigger",
+            body={"msgtype": "m.text", "body": body + "!"},
+        )
+        event, frame = await pushed_event(client, room_id, reply["body"]["event_id"])
+        self.assertEqual(event["content"]["body"], body + "!")
+        self.assertIsNone(deflate._compressor)
+        self.assertIsNone(deflate._decompressor)
+
+    @ensure_deferred
+    async def test_an_idle_connection_holds_neither_its_upgrade_nor_its_last_response(self) -> None:
+        """Once subscribed and waiting, a connection keeps nothing of the HTTP request that
+        upgraded it, nor the responses it pushed (the first can be a large initial sync):
+        all of it goes by reference counting, without waiting for a garbage collection."""
+        alice, bob = await self.user("alice"), await self.user("bob")
+        room_id = await self.room_with(alice, bob)
+        pushed: list[weakref.ref[dict[str, Any]]] = []
+
+        class Tracked(dict):  # type: ignore[type-arg]
+            """A response that can be watched for going away."""
+
+        sync = self.hs.websocket_sync._sync
+        compute = sync.sync
+
+        async def tracked_sync(request: Any) -> tuple[dict[str, Any], bool]:
+            response, empty = await compute(request)
+            tracked = Tracked(response)
+            pushed.append(weakref.ref(tracked))
+            return tracked, empty
+
+        self.patch(sync, "sync", tracked_sync)
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        client = await self.subscribed(alice)
+        await pushed_event(client, room_id, (await self.send(bob, room_id)).json["event_id"])
+        await task.deferLater(reactor, 0.1, lambda: None)
+        self.assertGreaterEqual(len(pushed), 2)
+        self.assertEqual([ref() for ref in pushed], [None] * len(pushed))
+        upgrades = [
+            o for o in gc.get_objects()
+            if isinstance(o, server.Request) and o.path == WEBSOCKET_PATH.encode()
+        ]
+        self.assertEqual(upgrades, [])
+
+    @ensure_deferred
+    async def test_a_push_into_a_closing_socket_is_not_an_error(self) -> None:
+        """A close under way when a push is written (the server's close frame sent, the
+        client not yet answering) is a normal end: nothing is logged as an error, and the
+        connection goes when the close completes."""
+        alice, bob = await self.user("alice"), await self.user("bob")
+        room_id = await self.room_with(alice, bob)
+        client = await self.subscribed(alice)
+        assert client.protocol is not None
+        (session,) = self.hs.websocket_connections._open
+        position = session._position
+        assert position is not None
+        first_token = position.token
+        # The client reads nothing more for now, so the close cannot complete.
+        client.protocol.transport.pauseProducing()
+        session._connection.sendClose(1000)  # type: ignore[attr-defined]
+        with self.assertNoLogs("client_api.websocket", level="ERROR"):
+            await self.send(bob, room_id)
+            deadline = time.monotonic() + 10
+            while position.token == first_token and time.monotonic() < deadline:
+                await task.deferLater(reactor, 0.01, lambda: None)
+            self.assertNotEqual(position.token, first_token)  # the push was made
+            await task.deferLater(reactor, 0.1, lambda: None)
+        client.protocol.transport.resumeProducing()
+        code, _ = await client.wait_closed()
+        self.assertEqual(code, 1000)
+        await client.wait_for(lambda: len(self.hs.websocket_connections) == 0)
 
     @ensure_deferred
     async def test_an_idle_socket_is_closed(self) -> None:

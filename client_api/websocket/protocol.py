@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
+from autobahn.websocket.compress import (
+    PerMessageDeflate,
+    PerMessageDeflateOffer,
+    PerMessageDeflateOfferAccept,
+)
+from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.interfaces import IPushProducer
 from twisted.web import resource, server
 from zope.interface import implementer
 
 from client_api.websocket import WEBSOCKET_PATH
+from client_api.websocket.requests import WebSocketRequests
 from client_api.websocket.session import WebSocketSession
 from homeserver.config import ListenerConfig
 
@@ -28,16 +34,120 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# permessage-deflate. Messages shorter than this go uncompressed: they fit in one packet
+# either way, and compressing costs CPU for every listener a push goes to.
+COMPRESS_FROM_BYTES = 1024
+# The server's side of the stream: a zlib compressor with these settings exists only while
+# one message is compressed (no context is kept between messages), so an idle connection
+# holds none; 32 KiB while it lasts instead of 256 KiB at zlib's defaults (15, 8), for
+# JSON compressed nearly as well.
+SERVER_WINDOW_BITS = 12
+SERVER_MEM_LEVEL = 5
+# The window the client is asked to compress within, when it lets the server choose: the
+# server's decompressor for one message needs 2 ** bits bytes.
+CLIENT_WINDOW_BITS = 12
+
+
+class _DeflateAccept(PerMessageDeflateOfferAccept):  # type: ignore[misc]
+    """Accepts a permessage-deflate offer without context takeover in either direction,
+    and says so: autobahn announces `server_no_context_takeover` only when the client asked
+    for it, though a server may always add it."""
+
+    def get_extension_string(self) -> str:
+        extension: str = super().get_extension_string()
+        if not self.offer.request_no_context_takeover:
+            extension += "; server_no_context_takeover"
+        return extension
+
+
+def accept_deflate(offer: PerMessageDeflateOffer, max_message_bytes: int) -> _DeflateAccept:
+    """How the server takes a client's permessage-deflate offer: no context kept between
+    messages in either direction, so that nothing of zlib's needs keeping between them."""
+    window_bits = SERVER_WINDOW_BITS
+    if offer.request_max_window_bits:
+        window_bits = min(window_bits, offer.request_max_window_bits)
+    return _DeflateAccept(
+        offer,
+        request_no_context_takeover=offer.accept_no_context_takeover,
+        request_max_window_bits=CLIENT_WINDOW_BITS if offer.accept_max_window_bits else 0,
+        no_context_takeover=True,
+        window_bits=window_bits,
+        mem_level=SERVER_MEM_LEVEL,
+        max_message_size=max_message_bytes,
+    )
+
+
+class MessageScopedDeflate(PerMessageDeflate):  # type: ignore[misc]
+    """permessage-deflate that holds its zlib streams only while a message is compressed or
+    decompressed. Without context takeover each message starts a new stream anyway; autobahn
+    would keep the last one until the next message, which on an idle connection is never."""
+
+    @classmethod
+    def replacing(cls, negotiated: PerMessageDeflate) -> MessageScopedDeflate:
+        return cls(
+            True,
+            negotiated.server_no_context_takeover,
+            negotiated.client_no_context_takeover,
+            negotiated.server_max_window_bits,
+            negotiated.client_max_window_bits,
+            negotiated.mem_level,
+            negotiated.max_message_size,
+        )
+
+    def end_compress_message(self) -> bytes:
+        data: bytes = super().end_compress_message()
+        if self.server_no_context_takeover:
+            self._compressor = None
+        return data
+
+    def end_decompress_message(self) -> None:
+        super().end_decompress_message()
+        if self.client_no_context_takeover:
+            self._decompressor = None
+
+
+_HANDSHAKE_ATTRIBUTES = (
+    "http_request_data",
+    "http_status_line",
+    "http_headers",
+    "http_request_uri",
+    "http_request_host",
+    "http_request_path",
+    "http_request_params",
+    "http_response_data",
+    "websocket_origin",
+    "websocket_extensions",
+)
+
+
+class _SendQueue(list):  # type: ignore[type-arg]
+    """autobahn's queue of chopped or synchronous writes, which this server never makes.
+    autobahn uses only append, popleft and len of it: as a list it takes 56 bytes empty, as
+    autobahn's deque 760."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
 
 @implementer(IPushProducer)
 class SyncWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     """One connection. Registered as the transport's producer, so Twisted tells it when the
-    socket's send buffer is full and when it has drained."""
+    socket's send buffer is full and when it has drained.
+
+    Thousands of these sit idle at once, so what each holds is kept small: autobahn's
+    options are class attributes (`SyncWebSocketFactory`), and what it keeps only for the
+    handshake, or could share, is let go in `onOpen`."""
 
     factory: SyncWebSocketFactory
     session: WebSocketSession | None = None
     _client_ip = "unknown"
     _user_agent: str | None = None
+
+    def _connectionMade(self) -> None:
+        super()._connectionMade()
+        self.send_queue = _SendQueue()  # type: ignore[assignment]
 
     def onConnect(self, request: ConnectionRequest) -> None:
         hs = self.factory.hs
@@ -58,13 +168,27 @@ class SyncWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         return None
 
     def onOpen(self) -> None:
+        # What autobahn keeps of the handshake and never reads after it (the request as
+        # received, its headers parsed, the response sent): 1.5 KiB a connection.
+        for name in _HANDSHAKE_ATTRIBUTES:
+            setattr(self, name, None)
+        negotiated = self._perMessageCompress
+        if isinstance(negotiated, PerMessageDeflate):
+            # Nothing has been compressed or decompressed yet: the handshake has just ended.
+            scoped = MessageScopedDeflate.replacing(negotiated)
+            self._perMessageCompress = scoped
+            self.websocket_extensions_in_use = [
+                scoped if extension is negotiated else extension
+                for extension in self.websocket_extensions_in_use
+            ]
         transport: Any = self.transport
         if getattr(transport, "producer", None) is not None:
             # The HTTP channel that served the upgrade registered itself; it is done.
             transport.unregisterProducer()
         transport.registerProducer(self, True)
+        factory = self.factory
         self.session = WebSocketSession(
-            self.factory.hs, self, self._client_ip, self._user_agent
+            factory.hs, factory.requests, self, self._client_ip, self._user_agent
         )
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -89,13 +213,19 @@ class SyncWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     # ----- `Connection`, for the session ----------------------------------------------------
 
     def send_text(self, data: bytes) -> None:
+        if self.state != WebSocketProtocol.STATE_OPEN:
+            # Closing (the client's close frame or ours has been sent): nothing more can go
+            # out, and the session hears of the close when the connection is gone.
+            return
         # autobahn applies maxMessagePayloadSize to sending too; the limit is for what
         # clients send, and sync responses may be larger.
         options: Any = self
         limit: int = options.maxMessagePayloadSize
         options.maxMessagePayloadSize = 0
         try:
-            self.sendMessage(data, isBinary=False)
+            self.sendMessage(
+                data, isBinary=False, doNotCompress=len(data) < COMPRESS_FROM_BYTES
+            )
         finally:
             options.maxMessagePayloadSize = limit
 
@@ -132,13 +262,15 @@ class SyncWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
         super().__init__()
         self.hs = hs
         self.listener = listener
+        # Shared by every connection: it holds nothing of any one of them.
+        self.requests = WebSocketRequests(hs)
         config = hs.config.websocket
         max_bytes = config.max_message_bytes
 
         def accept_compression(offers: list[Any]) -> PerMessageDeflateOfferAccept | None:
             for offer in offers:
                 if isinstance(offer, PerMessageDeflateOffer):
-                    return PerMessageDeflateOfferAccept(offer, max_message_size=max_bytes)
+                    return accept_deflate(offer, max_bytes)
             return None
 
         self.setProtocolOptions(
@@ -154,13 +286,41 @@ class SyncWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
             # saying why (1009), not a silent drop.
             failByDrop=False,
         )
+        # autobahn copies each of these options into every connection's own attributes,
+        # unless its class has them: 40 entries a connection, in a dict that then needs
+        # twice the room. As class attributes of this factory's protocol they are shared.
+        # Not the message size limit, which `send_text` sets on the connection and back: a
+        # key added to the dict later would make it grow again.
+        options = {
+            name: _as_class_attribute(getattr(self, name))
+            for name in SyncWebSocketProtocol.CONFIG_ATTRS
+            if name != "maxMessagePayloadSize"
+        }
+        self.protocol = cast(
+            type[SyncWebSocketProtocol],
+            type("SyncWebSocketProtocol", (SyncWebSocketProtocol,), options),
+        )
+
+
+def _as_class_attribute(value: Any) -> Any:
+    # A function in a class is a method; the option (a callback) must stay a plain function.
+    return staticmethod(value) if callable(value) else value
 
 
 class _UpgradeResource(WebSocketResource):  # type: ignore[misc]
     def render(self, request: server.Request) -> Any:
+        channel = request.channel
         # The HTTP channel's idle timeout must not fire on a connection it no longer owns.
-        request.channel.setTimeout(None)
-        return super().render(request)
+        channel.setTimeout(None)
+        result = super().render(request)
+        if result is server.NOT_DONE_YET and request in channel.requests:
+            # Upgraded: the connection is the WebSocket's now, and the request is never
+            # finished. The channel would keep it in its list of requests, and the two (with
+            # the request's headers and body) would wait for a full garbage collection,
+            # which with thousands of long-lived objects comes seldom; unlinked, both go at
+            # once.
+            channel.requests.remove(request)
+        return result
 
 
 def build_websocket_resource(hs: HomeServer, listener: ListenerConfig) -> Any:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from collections import deque
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -86,8 +85,17 @@ class AckMessage(RequestBody):
 
 
 class WebSocketSession:
+    """One connection's state. Thousands of these sit idle at once, so what one holds while
+    idle is kept small: what every connection uses alike (`requests`) is shared, and what
+    only an early part of the conversation needs is let go after it."""
+
     def __init__(
-        self, hs: HomeServer, connection: Connection, client_ip: str, user_agent: str | None
+        self,
+        hs: HomeServer,
+        requests: WebSocketRequests,
+        connection: Connection,
+        client_ip: str,
+        user_agent: str | None,
     ) -> None:
         self._hs = hs
         self._config = hs.config.websocket
@@ -95,11 +103,12 @@ class WebSocketSession:
         self._client_ip = client_ip
         self._user_agent = user_agent
         self.session_id = f"ws{next(_session_ids)}"
-        self._requests = WebSocketRequests(hs)
+        self._requests = requests
         self._requester: Requester | None = None
         self._access_token: str | None = None
         self._closed = False
-        self._queue: deque[bytes] = deque()
+        # A list, not a deque: it is nearly always empty, and an empty deque takes 760 bytes.
+        self._queue: list[bytes] = []
         self._draining = False
         # The sync subscription: where it stands, and its push loop.
         self._position: PushPosition | None = None
@@ -109,7 +118,9 @@ class WebSocketSession:
         self._paused = False
         self._writable: defer.Deferred[None] | None = None
         reactor = hs.reactor
-        self._auth_timer = reactor.callLater(self._config.auth_timeout_ms / 1000, self._auth_timed_out)
+        self._auth_timer: Any = reactor.callLater(
+            self._config.auth_timeout_ms / 1000, self._auth_timed_out
+        )
         self._idle_timer = reactor.callLater(self._config.idle_timeout_ms / 1000, self._idle_timed_out)
         self._slow_timer: Any = None
         self._expiry_timer: Any = None
@@ -208,7 +219,7 @@ class WebSocketSession:
         self._draining = True
         try:
             while self._queue and not self._closed:
-                await self._handle(self._queue.popleft())
+                await self._handle(self._queue.pop(0))
         finally:
             self._draining = False
 
@@ -261,6 +272,7 @@ class WebSocketSession:
         # the check that revocation starts must find the new token in place.
         self._requester, self._access_token = requester, auth.access_token
         self._cancel_timer(self._auth_timer)
+        self._auth_timer = None
         self._cancel_timer(self._expiry_timer)
         self._expiry_timer = None
         if requester.expires_ts is not None:

@@ -12,6 +12,7 @@ event, receipt or typing change costs no database read), and the users it says t
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterable
 from typing import Any
@@ -75,32 +76,43 @@ class Notifier:
         if users:
             self.notify_users(users)
 
-    async def wait(self, user_id: str, since_position: int, timeout_ms: int | None) -> bool:
-        """Wait until `user_id` is notified after `since_position`, or the timeout passes
-        (None: no timeout; the caller cancels the wait when it no longer wants it).
+    def wake_after(self, user_id: str, since_position: int) -> defer.Deferred[bool]:
+        """A Deferred fired (with True) when `user_id` is notified after `since_position`, at
+        once if they have been already; cancelling it withdraws it. No timer and no
+        coroutine behind it: what a held WebSocket waits on, thousands at a time."""
+        if self.position(user_id) > since_position:
+            return defer.succeed(True)
+        waiter: defer.Deferred[bool] = defer.Deferred(functools.partial(self._withdraw, user_id))
+        self._waiters.setdefault(user_id, set()).add(waiter)
+        return waiter
+
+    def _withdraw(self, user_id: str, waiter: defer.Deferred[bool]) -> None:
+        waiters = self._waiters.get(user_id)
+        if waiters is not None:
+            waiters.discard(waiter)
+            if not waiters:
+                del self._waiters[user_id]
+
+    async def wait(self, user_id: str, since_position: int, timeout_ms: int) -> bool:
+        """Wait until `user_id` is notified after `since_position`, or the timeout passes.
 
         Returns True if notified (possibly before the call), False on timeout.
         """
         if self.position(user_id) > since_position:
             return True
-        if timeout_ms is not None and timeout_ms <= 0:
+        if timeout_ms <= 0:
             return False
         waiter: defer.Deferred[bool] = defer.Deferred()
         self._waiters.setdefault(user_id, set()).add(waiter)
-
         def expire() -> None:
             if not waiter.called:
                 waiter.callback(False)
 
-        timer = (
-            self._reactor.callLater(timeout_ms / 1000.0, expire)
-            if timeout_ms is not None
-            else None
-        )
+        timer = self._reactor.callLater(timeout_ms / 1000.0, expire)
         try:
             return await waiter
         finally:
-            if timer is not None and timer.active():
+            if timer.active():
                 timer.cancel()
             waiters = self._waiters.get(user_id)
             if waiters is not None:
