@@ -37,7 +37,10 @@ FRAMES = Counter(
 PUSH_SECONDS = Histogram(
     "heddle_websocket_push_latency_seconds",
     "From the notification after a commit to the sync frame written to the socket",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    buckets=(
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
+        1.0, 2.5, 5.0, 10.0,
+    ),
 )
 
 
