@@ -257,11 +257,13 @@ def run_server(config: HomeserverConfig) -> int:
     from twisted.internet import reactor as default_reactor
 
     from homeserver.app import HomeServer
+    from homeserver.gc_manager import GarbageCollector
 
     # The global reactor's type is an interface union mypy cannot call methods on usefully.
     reactor: Any = default_reactor
     setup_logging(config)
     hs = HomeServer(config, reactor)
+    garbage_collector = GarbageCollector(reactor)
     exit_code = [0]
 
     async def start() -> None:
@@ -273,6 +275,7 @@ def run_server(config: HomeserverConfig) -> int:
             raise StartupError(
                 f"cannot listen on {e.interface or '*'}:{e.port}: {_listen_reason(e)}"
             ) from None
+        garbage_collector.start()
         logger.info("Heddle %s is running as %s", _version(), config.server_name)
 
     def failed(failure: Any) -> None:
@@ -291,6 +294,7 @@ def run_server(config: HomeserverConfig) -> int:
     reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: defer.ensureDeferred(hs.stop())
     )
+    reactor.addSystemEventTrigger("after", "shutdown", garbage_collector.stop)
     reactor.run()
     # A server that stopped itself (it lost the database's writer lock) exits non-zero too.
     return exit_code[0] or (1 if hs.fatal_error else 0)
