@@ -184,8 +184,16 @@ class SharedSectionsMatchAlone(HomeserverTestCase):
             sinces = await self.since_tokens(sync_filter)
             self.took_shared.clear()
             await self.send(self.owner, "filtered", f"t{number}")
-            await self.compare(sinces, sync_filter)
+            responses = await self.compare(sinces, sync_filter)
             self.assertTrue(self.took_shared, definition)
+            # `age` is where the filter keeps it, and only there.
+            for user in set(self.took_shared):
+                [event] = self.timeline(responses[user])
+                alone = await self.incremental(user, sinces[user], sync_filter)
+                [event_alone] = self.timeline(alone)
+                self.assertEqual(
+                    "age" in event.get("unsigned", {}), "age" in event_alone.get("unsigned", {})
+                )
 
     async def test_lazy_loading_members_computes_alone(self):
         await self.set_up_room()

@@ -585,7 +585,7 @@ class SyncHandler:
                 **timeline,
                 "events": [
                     {**e, "unsigned": {**e["unsigned"], "age": max(0, now - e["origin_server_ts"])}}
-                    if "unsigned" in e and "origin_server_ts" in e
+                    if "age" in e.get("unsigned", ()) and "origin_server_ts" in e
                     else e
                     for e in timeline["events"]
                 ],
