@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import io
 import json
 import os
@@ -16,7 +17,7 @@ import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -160,6 +161,23 @@ def make_config(
         else:
             raw[key] = value
     return parse_config(raw, source="test config", environ={})
+
+
+@contextlib.contextmanager
+def transactions_recorded(hs: HomeServer) -> Iterator[list[str]]:
+    """The names of the database transactions `hs` runs meanwhile, in order."""
+    calls: list[str] = []
+    original = hs.db.run_interaction
+
+    async def counting(desc: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(desc)
+        return await original(desc, *args, **kwargs)
+
+    hs.db.run_interaction = counting  # type: ignore[method-assign]
+    try:
+        yield calls
+    finally:
+        hs.db.run_interaction = original  # type: ignore[method-assign]
 
 
 def on_both_engines(mixin: type) -> type:

@@ -11,7 +11,7 @@ from twisted.internet import defer, reactor, task
 from homeserver.app import HomeServer
 from storage.persister import _update_current_state_txn
 from storage.stores.state import StateStore
-from tests.harness import HomeserverTestCase, on_both_engines
+from tests.harness import HomeserverTestCase, on_both_engines, transactions_recorded
 from tests.room_helpers import RoomTestCase
 
 TOPIC = ("m.room.topic", "")
@@ -71,18 +71,8 @@ class CacheTestCase(RoomTestCase):
             )
 
     async def count_transactions(self, action):
-        calls: list[str] = []
-        original = self.hs.db.run_interaction
-
-        async def counting(desc, *args, **kwargs):
-            calls.append(desc)
-            return await original(desc, *args, **kwargs)
-
-        self.hs.db.run_interaction = counting
-        try:
+        with transactions_recorded(self.hs) as calls:
             await action()
-        finally:
-            self.hs.db.run_interaction = original
         return calls
 
 

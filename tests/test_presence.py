@@ -9,7 +9,7 @@ from __future__ import annotations
 from nio import PresenceGetError, PresenceGetResponse, PresenceSetResponse
 
 from homeserver.sync.tokens import StreamToken
-from tests.harness import nio, on_both_engines
+from tests.harness import nio, on_both_engines, transactions_recorded
 from tests.room_helpers import API, RoomTestCase, User, q
 
 MINUTE_MS = 60_000
@@ -258,20 +258,10 @@ class PresenceSyncApiTests(PresenceTestCase):
         self.assertTrue(since.startswith("s"))
         self.assertEqual(StreamToken.parse(since).presence, 0)
         await self.put_presence(self.alice, {"presence": "online"})
-        calls: list[str] = []
-        original = self.hs.db.run_interaction
-
-        async def counting(desc, *args, **kwargs):
-            calls.append(desc)
-            return await original(desc, *args, **kwargs)
-
-        self.hs.db.run_interaction = counting
-        try:
+        with transactions_recorded(self.hs) as calls:
             r = await self.request(
                 "GET", f"{API}/sync?set_presence=offline&since={q(since)}", token=self.bob.token
             )
-        finally:
-            self.hs.db.run_interaction = original
         self.assertEqual(r.code, 200, r)
         senders = [e["sender"] for e in r.json["presence"]["events"]]
         self.assertEqual(senders, [self.alice.user_id])
