@@ -330,6 +330,17 @@ class Filter:
     account_data: EventFilter = field(default_factory=EventFilter)
     room: RoomFilter = field(default_factory=RoomFilter)
 
+    def __hash__(self) -> int:
+        # Sync keys its shared room sections by filter, for every woken listener: hashing
+        # the nested dataclasses each time costs more than the lookup, so it is done once.
+        try:
+            return self.__dict__["_hash"]  # type: ignore[no-any-return]
+        except KeyError:
+            value = hash((self.event_fields, self.event_format, self.presence,
+                          self.account_data, self.room))
+            object.__setattr__(self, "_hash", value)
+            return value
+
     @classmethod
     def default(cls) -> Filter:
         return _DEFAULT_FILTER

@@ -20,7 +20,7 @@ from federation.keys import KeyRing
 from homeserver.caches import LruCache
 from homeserver.clock import Clock
 from homeserver.config import FederationConfig
-from homeserver.sync.notifier import Notifier
+from homeserver.sync.notifier import NOTIFICATION_TIMES, Notifier
 from tests.harness import SERVER_NAME, HomeserverTestCase, on_both_engines
 from tests.room_helpers import RoomTestCase
 
@@ -178,18 +178,34 @@ class NotifierPositionsTests(unittest.TestCase):
     def test_wake_after_fires_on_news_and_withdraws_when_cancelled(self) -> None:
         """What a held WebSocket waits on: a Deferred, fired at once when the news came
         before the call, later when it comes after; a cancelled one is forgotten."""
-        notifier = self.notifier(4)
+        clock = task.Clock()
+        notifier = Notifier(clock, state=None, max_user_positions=4)  # type: ignore[arg-type]
         alice = f"@alice:{SERVER_NAME}"
         read = notifier.position(alice)
         waiting = notifier.wake_after(alice, read)
         self.assertNoResult(waiting)
+        clock.advance(5)
         notifier.notify_users([alice])
-        self.assertTrue(self.successResultOf(waiting))
-        self.assertTrue(self.successResultOf(notifier.wake_after(alice, read)))
+        self.assertEqual(self.successResultOf(waiting), 5)
+        clock.advance(3)
+        # Woken late (news before the call): still the time of the notification.
+        self.assertEqual(self.successResultOf(notifier.wake_after(alice, read)), 5)
         waiting = notifier.wake_after(alice, notifier.position(alice))
         waiting.cancel()
         self.failureResultOf(waiting, defer.CancelledError)
         self.assertEqual(notifier._waiters, {})
+
+    def test_a_late_waiter_whose_notification_is_too_old_gets_now(self) -> None:
+        clock = task.Clock()
+        notifier = Notifier(clock, state=None, max_user_positions=10)  # type: ignore[arg-type]
+        alice = f"@alice:{SERVER_NAME}"
+        read = notifier.position(alice)
+        notifier.notify_users([alice])
+        for _ in range(NOTIFICATION_TIMES):
+            notifier.notify_users([f"@bob:{SERVER_NAME}"])
+        clock.advance(7)
+        self.assertEqual(self.successResultOf(notifier.wake_after(alice, read)), 7)
+        self.assertLessEqual(len(notifier._times), NOTIFICATION_TIMES)
 
     def test_a_user_never_notified_still_waits(self) -> None:
         notifier = self.notifier(4)

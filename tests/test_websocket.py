@@ -944,11 +944,11 @@ class WebSocketBadInputTests(WebSocketTestCase):
         sync = self.hs.websocket_sync._sync
         compute = sync.sync
 
-        async def tracked_sync(request: Any) -> tuple[dict[str, Any], bool]:
-            response, empty = await compute(request)
+        async def tracked_sync(request: Any) -> tuple[dict[str, Any], bool, Any]:
+            response, empty, next_batch = await compute(request)
             tracked = Tracked(response)
             pushed.append(weakref.ref(tracked))
-            return tracked, empty
+            return tracked, empty, next_batch
 
         self.patch(sync, "sync", tracked_sync)
         gc.collect()

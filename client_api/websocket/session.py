@@ -21,9 +21,10 @@ from client_api.validation import RequestBody, parse_body
 from client_api.websocket.requests import WebSocketRequests
 from homeserver.auth.tokens import Requester
 from homeserver.errors import Codes, MatrixError
+from homeserver.sync.encoding import dumps_sync
 from homeserver.sync.handler import SyncRequest
 from homeserver.sync.tokens import StreamToken
-from homeserver.sync.websocket import FRAMES, PUSH_SECONDS, PushPosition
+from homeserver.sync.websocket import FRAMES_IN, FRAMES_OUT, PUSH_SECONDS, PushPosition
 
 if TYPE_CHECKING:
     from homeserver.app import HomeServer
@@ -129,7 +130,7 @@ class WebSocketSession:
     # ----- from the transport --------------------------------------------------------------
 
     def message_received(self, payload: bytes, is_binary: bool) -> None:
-        FRAMES.labels("in").inc()
+        FRAMES_IN.inc()
         self.activity()
         if self._closed:
             return
@@ -187,7 +188,12 @@ class WebSocketSession:
             await self._writable
 
     def push_sync(self, response: dict[str, Any], woken_at: float) -> None:
-        self._send({"type": "sync", "body": response})
+        if self._closed:
+            return
+        FRAMES_OUT.inc()
+        self._connection.send_text(
+            ('{"type":"sync","body":' + dumps_sync(response) + "}").encode("utf-8")
+        )
         PUSH_SECONDS.observe(max(self._hs.clock.time() - woken_at, 0.0))
 
     # ----- for the registry (`RevocableConnection`) -----------------------------------------
@@ -386,7 +392,7 @@ class WebSocketSession:
     def _send(self, message: dict[str, Any]) -> None:
         if self._closed:
             return
-        FRAMES.labels("out").inc()
+        FRAMES_OUT.inc()
         self._connection.send_text(
             json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         )

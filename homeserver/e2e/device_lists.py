@@ -255,6 +255,12 @@ class DeviceListHandler:
 
     # ----- sync and /keys/changes ------------------------------------------------------------
 
+    def may_have_changes(self, since: int, up_to: int, since_events: int) -> bool:
+        """False when `get_changes` would find nothing for anyone between these positions:
+        no device list moved and nobody's membership changed (what every listener woken by
+        a message asks, so it is answered without the user's rooms)."""
+        return since < up_to or self._membership_changes.any_changed_since(since_events)
+
     async def get_changes(
         self,
         user_id: str,

@@ -152,7 +152,9 @@ class StreamRegistry:
 
     def current_token(self) -> StreamToken:
         """What readers may see of every stream now."""
-        return StreamToken.of(self.names, {s.name: s.current for s in self})
+        return StreamToken.from_positions(
+            self.names, tuple([s.current for s in self._streams.values()])
+        )
 
     def token(self, **positions: int) -> StreamToken:
         return StreamToken.of(self.names, positions)

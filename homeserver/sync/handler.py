@@ -23,6 +23,7 @@ from homeserver.receipts import ReceiptsHandler
 from homeserver.rooms.shared_rooms import SharedRooms
 from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.streams.registry import StreamRegistry
+from homeserver.sync.encoding import SharedJoinedRoom, SharedPart
 from homeserver.sync.notifier import Notifier
 from homeserver.sync.shared_reads import SharedReads
 from homeserver.sync.tokens import RoomPosition, StreamToken
@@ -103,6 +104,30 @@ class _SharedRoomSection:
     senders: frozenset[str]
     remote_events: tuple[StoredEvent, ...]
     hero_candidates: tuple[str, ...]
+    # [time in ms, the room as of then]: what every viewer served in that millisecond shares.
+    _latest: list[Any] = field(default_factory=list, compare=False, repr=False)
+
+    def as_of(self, now_ms: int) -> SharedPart:
+        """The room with each timeline event's `age` as of `now_ms`, made once a millisecond
+        (viewers served in the same one share it, and its JSON text)."""
+        if self._latest and self._latest[0] == now_ms:
+            return self._latest[1]  # type: ignore[no-any-return]
+        assert self.room is not None
+        timeline = self.room["timeline"]
+        aged = SharedPart({
+            **self.room,
+            "timeline": {
+                **timeline,
+                "events": [
+                    {**e, "unsigned": {**e["unsigned"], "age": max(0, now_ms - e["origin_server_ts"])}}
+                    if "age" in e.get("unsigned", ()) and "origin_server_ts" in e
+                    else e
+                    for e in timeline["events"]
+                ],
+            },
+        })
+        self._latest[:] = [now_ms, aged]
+        return aged
 
 
 @dataclass
@@ -190,7 +215,7 @@ class SyncHandler:
         deadline = self._clock.time_msec() + timeout_ms
         while True:
             notified_at = self._notifier.position(request.user_id)
-            response, empty = await self.sync(request)
+            response, empty, _ = await self.sync(request)
             remaining = deadline - self._clock.time_msec()
             if request.since is None or not empty or remaining <= 0:
                 return response
@@ -198,8 +223,9 @@ class SyncHandler:
                 # Timed out: the (empty) response carries the latest token.
                 return (await self.sync(request))[0]
 
-    async def sync(self, request: SyncRequest) -> tuple[dict[str, Any], bool]:
-        """One sync pass; returns (response, whether it holds nothing new)."""
+    async def sync(self, request: SyncRequest) -> tuple[dict[str, Any], bool, StreamToken]:
+        """One sync pass; returns (response, whether it holds nothing new, its `next_batch`
+        as a token)."""
         now = self.current_token()
         since = request.since
         if since is not None and since.events > now.events:
@@ -217,8 +243,9 @@ class SyncHandler:
         presence = await self._presence_section(sync_pass)
         device_lists = await self._device_lists_section(sync_pass)
         to_device, to_device_position = await self._to_device_section(sync_pass)
+        next_batch = now.copy_and_replace("to_device", to_device_position)
         response: dict[str, Any] = {
-            "next_batch": str(now.copy_and_replace("to_device", to_device_position)),
+            "next_batch": str(next_batch),
             "rooms": rooms,
             "account_data": {"events": account_data},
             "presence": {"events": presence},
@@ -234,7 +261,7 @@ class SyncHandler:
             and not device_lists["changed"]
             and not device_lists["left"]
         )
-        return response, empty and since is not None
+        return response, empty and since is not None, next_batch
 
     # ----- global sections -----------------------------------------------------------------
 
@@ -297,7 +324,13 @@ class SyncHandler:
         """Users whose devices the client should query again, and those it shares no room
         with any more: incremental syncs only (the spec's `device_lists`)."""
         since, now = sync_pass.since, sync_pass.now
-        if since is None or self.device_lists is None:
+        if (
+            since is None
+            or self.device_lists is None
+            or not self.device_lists.may_have_changes(
+                since.device_lists, now.device_lists, since.events
+            )
+        ):
             return {"changed": [], "left": []}
         user_id = sync_pass.request.user_id
         joined = await self._shared_rooms.joined_rooms(user_id)
@@ -553,7 +586,7 @@ class SyncHandler:
                 lambda: self._shared_room_section(room_id, since, now, request.filter),
             )
             if await self._takes_shared(request.user_id, section):
-                return self._viewer_copy(section.room) if section.room is not None else None
+                return self._viewer_copy(section) if section.room is not None else None
         after = since.events if since is not None else 0
         timeline = await self._timeline(
             request.user_id, room_id, request.filter.room.timeline, after, now.events
@@ -573,26 +606,14 @@ class SyncHandler:
             "summary": await self._summary(room_id, request.user_id, now.events),
         }
 
-    def _viewer_copy(self, shared: dict[str, Any]) -> dict[str, Any]:
+    def _viewer_copy(self, section: _SharedRoomSection) -> dict[str, Any]:
         """A viewer's own copy of a shared room section: its own ephemeral and account data
         blocks (filled in later), and each timeline event's `age` as of now. Everything
         else is shared and never changed."""
-        now = self._clock.time_msec()
-        timeline = shared["timeline"]
-        return {
-            **shared,
-            "timeline": {
-                **timeline,
-                "events": [
-                    {**e, "unsigned": {**e["unsigned"], "age": max(0, now - e["origin_server_ts"])}}
-                    if "age" in e.get("unsigned", ()) and "origin_server_ts" in e
-                    else e
-                    for e in timeline["events"]
-                ],
-            },
-            "ephemeral": {"events": []},
-            "account_data": {"events": []},
-        }
+        return SharedJoinedRoom(
+            section.as_of(self._clock.time_msec()),
+            {"ephemeral": {"events": []}, "account_data": {"events": []}},
+        )
 
     def _may_share(self, sync_pass: _Pass, room_id: str, since: StreamToken) -> bool:
         """Whether the viewer may take a `_SharedRoomSection`, as far as can be told before

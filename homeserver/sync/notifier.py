@@ -25,6 +25,9 @@ from storage.stores.state import StateStore
 
 # Users whose notification position is held; past this, the older half is forgotten.
 MAX_USER_POSITIONS = 100_000
+# The times of this many latest notifications are held, so that a waiter woken late (it was
+# busy when its news came) can still tell when that was.
+NOTIFICATION_TIMES = 4096
 
 
 class Notifier:
@@ -40,7 +43,9 @@ class Notifier:
         # position before it was forgotten may then wake once for nothing (and looks again),
         # but never misses a notification.
         self._forgotten_up_to = 0
-        self._waiters: dict[str, set[defer.Deferred[bool]]] = {}
+        self._waiters: dict[str, set[defer.Deferred[float]]] = {}
+        # position -> when that notification was made (reactor seconds), the latest ones.
+        self._times: dict[int, float] = {}
         report_size(
             self, "notifier_user_positions", max_user_positions, lambda n: len(n._positions)
         )
@@ -48,13 +53,20 @@ class Notifier:
     def position(self, user_id: str) -> int:
         return self._positions.get(user_id, self._forgotten_up_to)
 
+    def notified_at(self, user_id: str) -> float | None:
+        """When `user_id`'s latest notification was made, if it is recent enough to be held."""
+        return self._times.get(self.position(user_id))
+
     def notify_users(self, user_ids: Iterable[str]) -> None:
         position = next(self._counter)
+        now = self._reactor.seconds()
+        self._times[position] = now
+        self._times.pop(position - NOTIFICATION_TIMES, None)
         for user_id in set(user_ids):
             self._positions[user_id] = position
             for waiter in self._waiters.pop(user_id, set()):
                 if not waiter.called:
-                    waiter.callback(True)
+                    waiter.callback(now)
         if len(self._positions) > self._max_user_positions:
             self._forget_older_half()
 
@@ -76,17 +88,19 @@ class Notifier:
         if users:
             self.notify_users(users)
 
-    def wake_after(self, user_id: str, since_position: int) -> defer.Deferred[bool]:
-        """A Deferred fired (with True) when `user_id` is notified after `since_position`, at
-        once if they have been already; cancelling it withdraws it. No timer and no
-        coroutine behind it: what a held WebSocket waits on, thousands at a time."""
+    def wake_after(self, user_id: str, since_position: int) -> defer.Deferred[float]:
+        """A Deferred fired when `user_id` is notified after `since_position`, at once if they
+        have been already, with the time of that notification (now, if it is too old to be
+        held); cancelling it withdraws it. No timer and no coroutine behind it: what a held
+        WebSocket waits on, thousands at a time."""
         if self.position(user_id) > since_position:
-            return defer.succeed(True)
-        waiter: defer.Deferred[bool] = defer.Deferred(functools.partial(self._withdraw, user_id))
+            at = self.notified_at(user_id)
+            return defer.succeed(self._reactor.seconds() if at is None else at)
+        waiter: defer.Deferred[float] = defer.Deferred(functools.partial(self._withdraw, user_id))
         self._waiters.setdefault(user_id, set()).add(waiter)
         return waiter
 
-    def _withdraw(self, user_id: str, waiter: defer.Deferred[bool]) -> None:
+    def _withdraw(self, user_id: str, waiter: defer.Deferred[float]) -> None:
         waiters = self._waiters.get(user_id)
         if waiters is not None:
             waiters.discard(waiter)
@@ -102,15 +116,16 @@ class Notifier:
             return True
         if timeout_ms <= 0:
             return False
-        waiter: defer.Deferred[bool] = defer.Deferred()
+        waiter: defer.Deferred[float] = defer.Deferred()
         self._waiters.setdefault(user_id, set()).add(waiter)
+
         def expire() -> None:
             if not waiter.called:
-                waiter.callback(False)
+                waiter.callback(-1.0)
 
         timer = self._reactor.callLater(timeout_ms / 1000.0, expire)
         try:
-            return await waiter
+            return await waiter >= 0
         finally:
             if timer.active():
                 timer.cancel()

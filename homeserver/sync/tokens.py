@@ -59,6 +59,18 @@ class StreamToken:
         token._set(tuple(streams), positions)
         return token
 
+    @classmethod
+    def from_positions(cls, streams: tuple[str, ...], positions: tuple[int, ...]) -> StreamToken:
+        """The token with `positions[i]` in `streams[i]`, one for each stream. Sync makes
+        a few tokens per pass for every woken listener, so this skips `of`'s checks."""
+        if len(positions) != len(streams):
+            raise TypeError(f"{len(streams)} streams but {len(positions)} positions")
+        token = cls.__new__(cls)
+        object.__setattr__(token, "_streams", streams)
+        object.__setattr__(token, "_positions", positions)
+        object.__setattr__(token, "_by_stream", dict(zip(streams, positions, strict=True)))
+        return token
+
     def _set(self, streams: tuple[str, ...], positions: Mapping[str, int]) -> None:
         unknown = set(positions) - set(streams)
         if unknown:
@@ -102,7 +114,7 @@ class StreamToken:
         return f"StreamToken({inner})"
 
     def __str__(self) -> str:
-        return "s" + "_".join(str(p) for p in self._positions)
+        return "s" + "_".join(map(str, self._positions))
 
     @classmethod
     def parse(cls, token: str, streams: Sequence[str] = SYNC_STREAM_NAMES) -> StreamToken:
@@ -113,12 +125,17 @@ class StreamToken:
         parts = [int(part) for part in match.group(1).split("_")]
         if any(part > MAX_POSITION for part in parts):
             raise _invalid("sync", token)
-        return cls.of(streams, dict(zip(streams, parts, strict=False)))
+        streams = tuple(streams)
+        return cls.from_positions(streams, (*parts, *(0,) * (len(streams) - len(parts))))
 
     def copy_and_replace(self, stream: str, position: int) -> StreamToken:
-        if stream not in self._by_stream:
-            raise KeyError(stream)
-        return StreamToken.of(self._streams, {**self._by_stream, stream: position})
+        if self._by_stream[stream] == position:
+            return self
+        index = self._streams.index(stream)
+        positions = self._positions
+        return StreamToken.from_positions(
+            self._streams, (*positions[:index], position, *positions[index + 1 :])
+        )
 
 
 def _position_of(stream: str) -> property:

@@ -34,6 +34,7 @@ CONNECTED = Gauge("heddle_websocket_connections", "Open WebSocket sync connectio
 FRAMES = Counter(
     "heddle_websocket_frames_total", "WebSocket messages, by direction (in, out)", ["direction"]
 )
+FRAMES_IN, FRAMES_OUT = FRAMES.labels("in"), FRAMES.labels("out")
 PUSH_SECONDS = Histogram(
     "heddle_websocket_push_latency_seconds",
     "From the notification after a commit to the sync frame written to the socket",
@@ -76,10 +77,10 @@ class WebSocketSyncHandler:
         self._presence = presence
         self._clock = clock
 
-    def wait_for_news(self, user_id: str, since_position: int) -> defer.Deferred[bool]:
-        """Fired when `user_id` is notified after `since_position`. A Deferred and not a
-        coroutine, with no timer: every idle connection waits on one (cancelled with the
-        connection)."""
+    def wait_for_news(self, user_id: str, since_position: int) -> defer.Deferred[float]:
+        """Fired when `user_id` is notified after `since_position`, with the time of that
+        notification. A Deferred and not a coroutine, with no timer: every idle connection
+        waits on one (cancelled with the connection)."""
         return self._notifier.wake_after(user_id, since_position)
 
     async def push_loop(
@@ -106,8 +107,9 @@ class WebSocketSyncHandler:
                 notified_at = self._notifier.position(user_id)
                 await self._push_once(target, request, position, first, woken_at)
                 first = False
-                await self.wait_for_news(user_id, notified_at)
-                woken_at = self._clock.time()
+                # Latency is counted from the notification, not from when this loop got
+                # to run: one commit wakes every listener of the room, one after another.
+                woken_at = await self.wait_for_news(user_id, notified_at)
         finally:
             if counted:
                 self._presence.stop_syncing(user_id)
@@ -129,9 +131,9 @@ class WebSocketSyncHandler:
             full_state=request.full_state and first,
             to_device_acknowledged=position.acknowledged_to_device,
         )
-        response, empty = await self._sync.sync(this_pass)
+        response, empty, next_batch = await self._sync.sync(this_pass)
         if first or not empty:
-            position.token = StreamToken.parse(response["next_batch"])
+            position.token = next_batch
             target.push_sync(response, woken_at)
 
 
