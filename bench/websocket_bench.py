@@ -50,6 +50,13 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def cpu_seconds(pid: int) -> float:
+    """The process's user and system CPU time so far: unlike its latency, not inflated by
+    whatever else runs on the machine (the clients, for a start)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def setup_room(session: aiohttp.ClientSession, base: str, n: int, prefix: str) -> tuple[list[Client], Client, str]:
     readers = await new_clients(session, base, n, prefix)
     sender = (await new_clients(session, base, 1, prefix + "speaker"))[0]
@@ -202,8 +209,10 @@ async def websocket_latency(
         )
     settling_s = await wait_until_quiet(session, server["metrics"])
     before = await scrape(session, server["metrics"])
+    cpu_before = cpu_seconds(server["pid"])
     async with profiled(server["pid"]):
         latencies = await measure_pushes(listeners, sender, room_id, messages)
+    cpu_used = cpu_seconds(server["pid"]) - cpu_before
     after = await scrape(session, server["metrics"])
     for listener in listeners:
         await listener.ws.close()
@@ -216,6 +225,8 @@ async def websocket_latency(
             before, after, "heddle_websocket_push_latency_seconds"
         ),
         "db_transactions_per_message": transactions_per_message(before, after, messages),
+        # The send, its commit and every listener's push (and the measuring's own requests).
+        "server_cpu_ms_per_message": round(cpu_used / messages * 1000, 1),
     }
 
 

@@ -58,6 +58,13 @@ class DumpsSyncTests(unittest.TestCase):
         # Encoded once, spliced into both.
         self.assertIs(part._text, part.text())
 
+    def test_text_like_the_placeholder_is_left_alone(self) -> None:
+        part = shared_part('"heddle-shared-room-0"')
+        room = SharedJoinedRoom(part, {"ephemeral": {"events": ["heddle-shared-room-0"]}})
+        plain = {"heddle-shared-room-0": "heddle-shared-room-1", "x": '"heddle-shared-room-0"'}
+        whole = response({"heddle-shared-room-0": plain, "!a:x": room, "!b:x": room})
+        self.assertEqual(dumps_sync(whole), reference(whole))
+
     def test_a_replaced_shared_value_is_encoded_as_it_is_now(self) -> None:
         part = shared_part("hi")
         part.text()

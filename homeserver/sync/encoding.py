@@ -9,11 +9,14 @@ each response. The result is byte for byte what `json.dumps` gives for the same 
 
 from __future__ import annotations
 
-import functools
 import json
+import secrets
 from typing import Any
 
-_dumps = functools.partial(json.dumps, ensure_ascii=False, separators=(",", ":"))
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# Stands in for a shared room while the rest of a response is encoded, then is replaced by
+# the room's text. Secret and random, so that no string a user sends can be taken for it.
+_PLACEHOLDER = "heddle-shared-room-" + secrets.token_hex(16) + "-"
 
 
 class SharedPart:
@@ -28,7 +31,7 @@ class SharedPart:
 
     def text(self) -> str:
         if self._text is None:
-            self._text = _dumps(self.values)[1:-1]
+            self._text = _encode(self.values)[1:-1]
         return self._text
 
 
@@ -46,42 +49,34 @@ class SharedJoinedRoom(dict[str, Any]):
     def to_json(self) -> str:
         shared = self.shared.values
         if any(self.get(key) is not value for key, value in shared.items()):
-            return _dumps(self)  # a shared value was replaced: encode what is there now
-        own = ",".join(
-            f"{_dumps(key)}:{_dumps(value)}" for key, value in self.items() if key not in shared
-        )
+            return _encode(self)  # a shared value was replaced: encode what is there now
+        own = _encode({key: value for key, value in self.items() if key not in shared})
         text = self.shared.text()
-        if not own:
+        if own == "{}":
             return "{" + text + "}"
-        return "{" + text + ("," if text else "") + own + "}"
+        return "{" + text + ("," if text else "") + own[1:]
 
 
 def dumps_sync(response: dict[str, Any]) -> str:
     """`json.dumps(response)` (compact, not ASCII-escaped), taking the shared rooms' text."""
     rooms = response.get("rooms")
     if not isinstance(rooms, dict):
-        return _dumps(response)
+        return _encode(response)
     joined = rooms.get("join")
-    if not isinstance(joined, dict) or not any(
-        isinstance(room, SharedJoinedRoom) for room in joined.values()
-    ):
-        return _dumps(response)
-    return _object_text(
-        response,
-        {"rooms": lambda: _object_text(rooms, {"join": lambda: _rooms_text(joined)})},
-    )
-
-
-def _rooms_text(joined: dict[str, Any]) -> str:
-    return "{" + ",".join(
-        f"{_dumps(room_id)}:"
-        + (room.to_json() if isinstance(room, SharedJoinedRoom) else _dumps(room))
-        for room_id, room in joined.items()
-    ) + "}"
-
-
-def _object_text(value: dict[str, Any], special: dict[str, Any]) -> str:
-    return "{" + ",".join(
-        f"{_dumps(key)}:" + (special[key]() if key in special else _dumps(item))
-        for key, item in value.items()
-    ) + "}"
+    if not isinstance(joined, dict):
+        return _encode(response)
+    texts: dict[str, str] = {}
+    placed: dict[str, Any] = {}
+    for room_id, room in joined.items():
+        if isinstance(room, SharedJoinedRoom):
+            placeholder = f"{_PLACEHOLDER}{len(texts)}"
+            texts[placeholder] = room.to_json()
+            placed[room_id] = placeholder
+        else:
+            placed[room_id] = room
+    if not texts:
+        return _encode(response)
+    text = _encode({**response, "rooms": {**rooms, "join": placed}})
+    for placeholder, room_text in texts.items():
+        text = text.replace(f'"{placeholder}"', room_text, 1)
+    return text
