@@ -241,7 +241,10 @@ async def sync_latency(
     n: int = 50,
     messages: int = 10,
     set_presence: str = "online",
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
+    """With `server_pid`, also the server's CPU time per message (the send, and each reader's
+    wake-up and next long-poll)."""
     readers = await new_clients(session, base, n, "reader")
     sender = (await new_clients(session, base, 1, "speaker"))[0]
     room_id = await sender.create_room(preset="public_chat")
@@ -249,6 +252,7 @@ async def sync_latency(
         await asyncio.gather(*(r.join(room_id) for r in readers[start:start + 50]))
     tokens = {id(r): (await r.sync(set_presence=set_presence))["next_batch"] for r in readers}
     latencies: list[float] = []
+    cpu_used = 0.0
     for i in range(messages):
         body = f"ping {i}"
 
@@ -264,11 +268,26 @@ async def sync_latency(
 
         waiters = [asyncio.ensure_future(wait_for(r)) for r in readers]
         await asyncio.sleep(0.2 + n / 2000)  # let every reader be parked in its long-poll
+        cpu_before = cpu_seconds(server_pid) if server_pid is not None else 0.0
         sent_at = time.perf_counter()
         await sender.send(room_id, body)
         received = await asyncio.gather(*waiters)
         latencies.extend(t - sent_at for t in received)
-    return {"readers": len(readers), "messages": messages, "send_to_receive": summary(latencies)}
+        if server_pid is not None:
+            cpu_used += cpu_seconds(server_pid) - cpu_before
+    result: dict[str, Any] = {
+        "readers": len(readers), "messages": messages, "send_to_receive": summary(latencies)
+    }
+    if server_pid is not None:
+        result["server_cpu_ms_per_message"] = round(cpu_used / messages * 1000, 1)
+    return result
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's user and system CPU time so far: unlike its latency, not inflated by
+    whatever else runs on the machine (the clients, for a start)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def initial_sync_100_rooms(session: aiohttp.ClientSession, base: str) -> dict[str, Any]:

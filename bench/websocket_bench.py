@@ -32,6 +32,7 @@ import aiohttp
 from heddle_bench import (
     ROOT,
     Client,
+    cpu_seconds,
     gather_limited,
     new_clients,
     running_server,
@@ -48,13 +49,6 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError("no VmRSS")
-
-
-def cpu_seconds(pid: int) -> float:
-    """The process's user and system CPU time so far: unlike its latency, not inflated by
-    whatever else runs on the machine (the clients, for a start)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def setup_room(session: aiohttp.ClientSession, base: str, n: int, prefix: str) -> tuple[list[Client], Client, str]:
@@ -421,10 +415,12 @@ async def main() -> None:
                 )
         print(json.dumps(results["websocket"]), flush=True)
     if "long_poll" in parts:
-        async with running_server(args.db) as base:
+        long_poll_server: dict[str, Any] = {}
+        async with running_server(args.db, about=long_poll_server) as base:
             async with aiohttp.ClientSession(connector=connector()) as session:
                 results["long_poll"] = await sync_latency(
-                    session, base, args.subscribers, args.messages, args.presence
+                    session, base, args.subscribers, args.messages, args.presence,
+                    server_pid=long_poll_server["pid"],
                 )
         print(json.dumps(results["long_poll"]), flush=True)
     # For the idle parts: room for the warm-up sockets too, should they not be gone yet; and
