@@ -23,8 +23,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -242,9 +242,11 @@ async def sync_latency(
     messages: int = 10,
     set_presence: str = "online",
     server_pid: int | None = None,
+    each_message: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
 ) -> dict[str, Any]:
     """With `server_pid`, also the server's CPU time per message (the send, and each reader's
-    wake-up and next long-poll)."""
+    wake-up and next long-poll). `each_message`, if given, is entered around each message's
+    send and delivery (to read the server's metrics then, say)."""
     readers = await new_clients(session, base, n, "reader")
     sender = (await new_clients(session, base, 1, "speaker"))[0]
     room_id = await sender.create_room(preset="public_chat")
@@ -268,10 +270,11 @@ async def sync_latency(
 
         waiters = [asyncio.ensure_future(wait_for(r)) for r in readers]
         await asyncio.sleep(0.2 + n / 2000)  # let every reader be parked in its long-poll
-        cpu_before = cpu_seconds(server_pid) if server_pid is not None else 0.0
-        sent_at = time.perf_counter()
-        await sender.send(room_id, body)
-        received = await asyncio.gather(*waiters)
+        async with each_message() if each_message is not None else nullcontext():
+            cpu_before = cpu_seconds(server_pid) if server_pid is not None else 0.0
+            sent_at = time.perf_counter()
+            await sender.send(room_id, body)
+            received = await asyncio.gather(*waiters)
         latencies.extend(t - sent_at for t in received)
         if server_pid is not None:
             cpu_used += cpu_seconds(server_pid) - cpu_before

@@ -418,10 +418,26 @@ async def main() -> None:
         long_poll_server: dict[str, Any] = {}
         async with running_server(args.db, about=long_poll_server) as base:
             async with aiohttp.ClientSession(connector=connector()) as session:
+                transactions: dict[str, float] = {}
+
+                @asynccontextmanager
+                async def counting_transactions() -> AsyncIterator[None]:
+                    before = await scrape(session, long_poll_server["metrics"])
+                    # Profiled message by message: the profile written is the last one's.
+                    async with profiled(long_poll_server["pid"]):
+                        yield
+                    after = await scrape(session, long_poll_server["metrics"])
+                    for name, count in transactions_per_message(before, after, 1).items():
+                        transactions[name] = transactions.get(name, 0.0) + count
+
                 results["long_poll"] = await sync_latency(
                     session, base, args.subscribers, args.messages, args.presence,
-                    server_pid=long_poll_server["pid"],
+                    server_pid=long_poll_server["pid"], each_message=counting_transactions,
                 )
+                results["long_poll"]["db_transactions_per_message"] = {
+                    name: round(count / args.messages, 1)
+                    for name, count in sorted(transactions.items(), key=lambda item: -item[1])
+                }
         print(json.dumps(results["long_poll"]), flush=True)
     # For the idle parts: room for the warm-up sockets too, should they not be gone yet; and
     # no presence change while the idle users come online (going idle after 5 minutes without
