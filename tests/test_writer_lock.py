@@ -14,6 +14,7 @@ from twisted.trial import unittest
 
 from homeserver.app import DatabaseInUseError, HomeServer
 from storage.database import Transaction, WriterLockLostError
+from storage.engines.postgres import PostgresEngine
 from tests.harness import (
     PASSWORD,
     POSTGRES_ADMIN_URL,
@@ -217,3 +218,27 @@ class WriterLockCliTests(CliTestCase):
             config_path, url, child_env(HEDDLE_DATABASE_URL=url)
         )
 
+
+
+class PostgresLockReleaseTests(unittest.TestCase):
+    def test_a_released_lock_can_be_taken_at_once(self) -> None:
+        """A restart takes the lock right after the stopped server released it: releasing
+        must not leave it to the server's backend to end the session in its own time."""
+        engine = PostgresEngine(postgres_database_url(7))
+        lock = engine.try_writer_lock()
+        assert lock is not None
+        self.addCleanup(lock.release)
+        self.assertIsNone(engine.try_writer_lock())
+        # Released on the server while the session still lives (as a closed connection's
+        # session may, for a while): the next taker does not depend on when it ends.
+        lock.unlock()
+        self.assertEqual(lock._conn.closed, 0)
+        again = engine.try_writer_lock()
+        self.assertIsNotNone(again)
+        assert again is not None
+        again.release()
+        lock.release()
+        after = engine.try_writer_lock()
+        self.assertIsNotNone(after)
+        assert after is not None
+        after.release()

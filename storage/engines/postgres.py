@@ -54,8 +54,20 @@ class PostgresWriterLock(WriterLock):
             return False
 
     def release(self) -> None:
+        # Unlocked explicitly first: closing alone ends the session only when the server's
+        # backend gets round to it, and a server started right after (a restart) could
+        # still find the lock taken.
+        self.unlock()
         try:
             self._conn.close()
+        except psycopg2.Error:
+            pass
+
+    def unlock(self) -> None:
+        """Give the lock up on the server, before the connection closes."""
+        try:
+            with self._conn.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", (WRITER_LOCK_KEY,))
         except psycopg2.Error:
             pass
 
