@@ -470,6 +470,19 @@ class PusherDeliveryTests(PusherTestCase):
         assert queued is not None
         self.assertEqual(queued[1].notification, {"event_id": "$e"})
 
+    async def test_a_pushers_queue_keeps_the_newest_notifications(self):
+        await self.set_pusher(self.alice, http_pusher(url=self.gateway.url))
+        [pusher] = await self.hs.pusher_store.get_pushers(self.alice.user_id)
+        store, now = self.hs.pusher_store, self.hs.clock.time_msec()
+        for n in range(4):
+            await store.enqueue(
+                self.alice.user_id, {"event_id": f"${n}"}, {}, False, now, keep_at_most=2
+            )
+        self.assertEqual(await store.count_queued(pusher.id), 2)
+        queued = await store.next_queued(pusher.id)
+        assert queued is not None
+        self.assertEqual(queued[1].notification, {"event_id": "$2"})
+
     async def test_a_queued_notification_is_delivered_after_a_restart(self):
         await self.set_pusher(self.alice, http_pusher(url=self.gateway.url))
         self.gateway.default = ERROR
@@ -485,6 +498,11 @@ class PusherDeliveryTests(PusherTestCase):
         self.assertEqual(received[-1].notification["event_id"], event.event_id)
         await self.hs.push_delivery.idle()
         self.assertEqual(await self.queued(), 0)
+        # The new server knows the pusher: what comes next is pushed too.
+        later = await self.message("later")
+        await self.notify(later)
+        received = await self.gateway.wait_for(failed_attempts + 2)
+        self.assertEqual(received[-1].notification["event_id"], later.event_id)
 
     async def queued_in_database(self) -> int:
         """Rows in the queue, read with a server of our own (the test's is stopped)."""

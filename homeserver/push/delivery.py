@@ -43,13 +43,16 @@ from homeserver.push.gateway import (
     tweaks_from_actions,
 )
 from storage.stores.events import EventStore
-from storage.stores.pushers import Pusher, PusherStore, QueuedNotification
+from storage.stores.pushers import HTTP, Pusher, PusherStore, QueuedNotification
 from storage.stores.state import StateStore
 
 logger = logging.getLogger(__name__)
 
 # The largest gateway answer read; it should be `{"rejected": [...]}`.
 MAX_RESPONSE_BYTES = 64 * 1024
+# A pusher's queue holds at most this many notifications; beyond, the oldest are dropped
+# (a gateway down for hours while its user is in busy rooms).
+MAX_QUEUED_PER_PUSHER = 1000
 # After an unexpected error in a loop (the database unreachable, say), wait this long.
 LOOP_ERROR_RETRY_S = 10.0
 
@@ -108,6 +111,10 @@ class PushDelivery:
         self._waits: dict[int, defer.Deferred[None]] = {}
         self._requests: dict[int, defer.Deferred[bytes]] = {}
         self._stopping = False
+        # Users with an HTTP pusher, so that a notification for anyone else costs nothing:
+        # read at start, added to when a pusher is set here, and a user whose notification
+        # found no pusher (one deleted since) leaves it. Bounded by the pushers table.
+        self._users_with_pushers: set[str] = set()
 
     # ----- lifecycle -------------------------------------------------------------------------
 
@@ -115,6 +122,7 @@ class PushDelivery:
         """Resume delivery of whatever was queued before the last stop."""
         if not self._config.enabled:
             return
+        self._users_with_pushers = await self._store.users_with_http_pushers()
         for pusher_id in await self._store.pushers_with_queued():
             self._wake(pusher_id)
 
@@ -144,7 +152,12 @@ class PushDelivery:
         actions: Sequence[Any],
         counts: Mapping[str, int],
     ) -> None:
-        if not self._config.enabled or not should_notify(actions) or event.sender == user_id:
+        if (
+            not self._config.enabled
+            or user_id not in self._users_with_pushers
+            or not should_notify(actions)
+            or event.sender == user_id
+        ):
             return
         tweaks = tweaks_from_actions(actions)
         sender_name, room_name, room_alias = await self._describe(room_id, event.sender)
@@ -154,7 +167,7 @@ class PushDelivery:
         await self._enqueue(user_id, notification, tweaks, badge_only=False)
 
     async def on_counts_changed(self, user_id: str, counts: Mapping[str, int]) -> None:
-        if not self._config.enabled:
+        if not self._config.enabled or user_id not in self._users_with_pushers:
             return
         await self._enqueue(user_id, badge_notification(counts), {}, badge_only=True)
 
@@ -162,10 +175,22 @@ class PushDelivery:
         self, user_id: str, notification: dict[str, Any], tweaks: dict[str, Any], badge_only: bool
     ) -> None:
         pusher_ids = await self._store.enqueue(
-            user_id, notification, tweaks, badge_only, self._clock.time_msec()
+            user_id,
+            notification,
+            tweaks,
+            badge_only,
+            self._clock.time_msec(),
+            keep_at_most=MAX_QUEUED_PER_PUSHER,
         )
+        if not pusher_ids:
+            self._users_with_pushers.discard(user_id)
         for pusher_id in pusher_ids:
             self._wake(pusher_id)
+
+    def pusher_set(self, user_id: str, kind: str) -> None:
+        """A pusher was set for the user (after commit)."""
+        if kind == HTTP:
+            self._users_with_pushers.add(user_id)
 
     async def _describe(
         self, room_id: str, sender: str

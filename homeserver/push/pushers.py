@@ -211,6 +211,7 @@ class PusherHandler:
             # users' pushers with this app_id and pushkey are removed).
             replace_others=not request.append,
         )
+        self.delivery.pusher_set(requester.user_id, request.kind)
         logger.info(
             "%s pusher set for %s (app_id %s)", request.kind, requester.user_id, request.app_id
         )

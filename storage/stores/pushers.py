@@ -183,10 +183,12 @@ class PusherStore:
         tweaks: dict[str, Any],
         badge_only: bool,
         now_ms: int,
+        keep_at_most: int | None = None,
     ) -> list[int]:
         """Queue `notification` for each of the user's enabled HTTP pushers; returns their
         IDs. A badge-only update replaces the badge-only updates still queued for those
-        pushers: only the latest counts matter."""
+        pushers: only the latest counts matter. With `keep_at_most`, a pusher's oldest
+        notifications beyond that many are dropped."""
 
         def txn_fn(txn: Transaction) -> list[int]:
             pusher_ids = [
@@ -215,6 +217,14 @@ class PusherStore:
                     for pusher_id in pusher_ids
                 ],
             )
+            if keep_at_most is not None:
+                for pusher_id in pusher_ids:
+                    txn.execute(
+                        "DELETE FROM pusher_queue WHERE pusher_id = ? AND id <= ("
+                        " SELECT id FROM pusher_queue WHERE pusher_id = ?"
+                        " ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                        (pusher_id, pusher_id, keep_at_most),
+                    )
             return pusher_ids
 
         return await self._db.run_interaction("enqueue_push_notification", txn_fn)
@@ -257,6 +267,15 @@ class PusherStore:
                 (attempts, next_attempt_ts, queued_id),
             ),
         )
+
+    async def users_with_http_pushers(self) -> set[str]:
+        rows = await self._db.run_interaction(
+            "users_with_http_pushers",
+            lambda txn: txn.select_all(
+                "SELECT DISTINCT user_id FROM pushers WHERE kind = ? AND enabled", (HTTP,)
+            ),
+        )
+        return {row[0] for row in rows}
 
     async def pushers_with_queued(self) -> list[int]:
         """Every pusher with notifications waiting (to resume delivery at start-up)."""
