@@ -172,6 +172,7 @@ class PusherApiTests(PusherTestCase):
             "https://push.example.org/notify",
             "https:///_matrix/push/v1/notify",
             "https://push.example.org:port/_matrix/push/v1/notify",
+            "https://püsh.example.org/_matrix/push/v1/notify",
             "not a url",
         ):
             await self.assertRefused(http_pusher(url=url), "M_INVALID_PARAM")

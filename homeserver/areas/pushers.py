@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from homeserver.areas.core import Core
 from homeserver.areas.stores import Stores
 from homeserver.push.delivery import PushDelivery
+from homeserver.push.gateway_client import PushGatewayClient
 from homeserver.push.pushers import PusherHandler
 
 
@@ -27,6 +28,7 @@ def build_pushers(core: Core, stores: Stores) -> Pushers:
         stores.pusher_store,
         stores.state_store,
         stores.event_store,
+        PushGatewayClient(core.reactor, core.config.pushers.gateway_timeout_ms / 1000),
     )
     return Pushers(
         handler=PusherHandler(core.clock, stores.pusher_store, delivery), delivery=delivery

@@ -14,20 +14,14 @@ flight (their notifications stay queued, and go after the restart).
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client import Counter
 from twisted.internet import defer
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
 
-from federation.discovery import read_limited_body
 from homeserver.clock import Clock
 from homeserver.config import PushersConfig
 from homeserver.events.model import Event
@@ -42,14 +36,13 @@ from homeserver.push.gateway import (
     should_notify,
     tweaks_from_actions,
 )
+from homeserver.push.gateway_client import GatewayHttpError, PushGatewayClient
 from storage.stores.events import EventStore
 from storage.stores.pushers import HTTP, Pusher, PusherStore, QueuedNotification
 from storage.stores.state import StateStore
 
 logger = logging.getLogger(__name__)
 
-# The largest gateway answer read; it should be `{"rejected": [...]}`.
-MAX_RESPONSE_BYTES = 64 * 1024
 # A pusher's queue holds at most this many notifications; beyond, the oldest are dropped
 # (a gateway down for hours while its user is in busy rooms).
 MAX_QUEUED_PER_PUSHER = 1000
@@ -62,18 +55,6 @@ PUSH_ATTEMPTS = Counter(
     " bad_response, failed, dropped)",
     ["outcome"],
 )
-
-
-class GatewayHttpError(Exception):
-    def __init__(self, code: int) -> None:
-        super().__init__(f"the gateway answered HTTP {code}")
-        self.code = code
-
-
-def _timed_out(result: Any, timeout: float) -> Any:
-    # The Agent reports a cancelled request as ResponseNeverReceived; what cut it short was
-    # the timeout.
-    raise defer.TimeoutError(f"no answer within {timeout} s")
 
 
 def _gateway_host(url: str) -> str:
@@ -93,6 +74,7 @@ class PushDelivery:
         store: PusherStore,
         state_store: StateStore,
         event_store: EventStore,
+        client: PushGatewayClient,
     ) -> None:
         self._config = config
         self._reactor = reactor
@@ -100,16 +82,14 @@ class PushDelivery:
         self._store = store
         self._state_store = state_store
         self._event_store = event_store
-        self._pool = HTTPConnectionPool(reactor, persistent=True)
-        self._agent = Agent(reactor, pool=self._pool)
+        self._client = client
         # pusher ID -> its running delivery loop.
         self._loops: dict[int, defer.Deferred[None]] = {}
         # Pushers given something new since their loop last looked at the queue: a loop
         # that just found it empty looks again instead of ending.
         self._pending: set[int] = set()
-        # The loops' waits (backoff) and requests in flight, so `stop` can end them.
+        # The loops' waits (backoff), so `stop` can end them.
         self._waits: dict[int, defer.Deferred[None]] = {}
-        self._requests: dict[int, defer.Deferred[bytes]] = {}
         self._stopping = False
         # Users with an HTTP pusher, so that a notification for anyone else costs nothing:
         # read at start, added to when a pusher is set here, and a user whose notification
@@ -132,10 +112,9 @@ class PushDelivery:
         self._stopping = True
         for wait in list(self._waits.values()):
             wait.cancel()
-        for request in list(self._requests.values()):
-            request.cancel()
+        self._client.cancel_requests()
         await self.idle()
-        await self._pool.closeCachedConnections()
+        await self._client.close()
 
     async def idle(self) -> None:
         """Wait until no delivery loop runs (one waiting to retry counts as running)."""
@@ -252,6 +231,10 @@ class PushDelivery:
         if found is None:
             return False
         pusher, queued = found
+        if pusher.kind != HTTP or not pusher.enabled:
+            # Set again as another kind (or disabled) since this was queued.
+            await self._store.delete_queued(queued.id)
+            return True
         now = self._clock.time_msec()
         if now - queued.queued_ts > self._config.max_notification_age_ms:
             logger.warning(
@@ -270,16 +253,14 @@ class PushDelivery:
 
     async def _attempt(self, pusher: Pusher, queued: QueuedNotification) -> None:
         url = pusher.data.get("url")
-        body = request_body(
-            queued.notification,
-            device_entry(pusher.app_id, pushkey=pusher.pushkey, pushkey_ts_ms=pusher.pushkey_ts,
-                         data=pusher.data, tweaks=queued.tweaks),
-            pusher.data,
+        device = device_entry(
+            pusher.app_id, pusher.pushkey, pusher.pushkey_ts, pusher.data, queued.tweaks
         )
+        body = request_body(queued.notification, device, pusher.data)
         try:
             if not isinstance(url, str):
                 raise ValueError("the pusher has no URL")
-            answer = await self._post(pusher.id, url, body)
+            answer = await self._client.post_json(url, body)
             rejected = rejected_pushkeys(answer)
         except defer.CancelledError:
             raise
@@ -319,30 +300,6 @@ class PushDelivery:
         )
         await self._store.reschedule(queued.id, attempts, self._clock.time_msec() + delay_ms)
 
-    async def _post(self, pusher_id: int, url: str, body: dict[str, Any]) -> bytes:
-        """POST `body` to `url`; the answer's body if it is 2xx, else an exception."""
-        timeout_s = self._config.gateway_timeout_ms / 1000
-        request = defer.ensureDeferred(self._request(url, body))
-        request.addTimeout(timeout_s, self._reactor, onTimeoutCancel=_timed_out)
-        self._requests[pusher_id] = request
-        try:
-            return await request
-        finally:
-            self._requests.pop(pusher_id, None)
-
-    async def _request(self, url: str, body: dict[str, Any]) -> bytes:
-        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        headers = Headers({
-            b"Content-Type": [b"application/json"],
-            b"User-Agent": [_user_agent()],
-        })
-        producer = cast(IBodyProducer, FileBodyProducer(io.BytesIO(payload)))
-        response = await self._agent.request(b"POST", url.encode("utf-8"), headers, producer)
-        answer = await read_limited_body(response, MAX_RESPONSE_BYTES)
-        if not 200 <= response.code < 300:
-            raise GatewayHttpError(response.code)
-        return answer
-
     async def _wait(self, pusher_id: int, seconds: float) -> None:
         wait: defer.Deferred[None] = defer.Deferred()
         call = self._reactor.callLater(max(0.0, seconds), wait.callback, None)
@@ -359,8 +316,3 @@ class PushDelivery:
         finally:
             self._waits.pop(pusher_id, None)
 
-
-def _user_agent() -> bytes:
-    from homeserver import __version__
-
-    return f"Heddle/{__version__} (push)".encode("ascii")

@@ -85,6 +85,9 @@ def _check_gateway_url(data: Mapping[str, Any]) -> None:
     url = data["url"]
     if not isinstance(url, str):
         raise _invalid("'data.url' must be a string")
+    if not url.isascii() or any(c.isspace() for c in url):
+        # Not sendable as it is; a client must encode it.
+        raise _invalid("'data.url' must be an ASCII URL without spaces")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a port that is not a number
@@ -215,10 +218,6 @@ class PusherHandler:
         logger.info(
             "%s pusher set for %s (app_id %s)", request.kind, requester.user_id, request.app_id
         )
-
-    async def delete_all_for_user(self, user_id: str) -> None:
-        """Every pusher of the user (the account is being deactivated)."""
-        await self._store.delete_all_for_user(user_id)
 
     # ----- entry points for push evaluation ------------------------------------------------
 
