@@ -7,6 +7,7 @@ Gateway API (api/push-gateway/push_notifier.yaml).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -279,7 +280,7 @@ class PusherDeliveryTests(PusherTestCase):
 
     async def notify(self, event: Any, actions: Any = NOTIFY_LOUDLY, unread: int = 2) -> None:
         await self.hs.pushers.on_notification(
-            self.alice.user_id, self.room_id, event, actions, {"unread": unread, "missed_calls": 0}
+            self.alice.user_id, event.room_id, event, actions, {"unread": unread, "missed_calls": 0}
         )
 
     async def queued(self) -> int:
@@ -505,6 +506,24 @@ class PusherDeliveryTests(PusherTestCase):
         received = await self.gateway.wait_for(failed_attempts + 2)
         self.assertEqual(received[-1].notification["event_id"], later.event_id)
 
+    async def test_stopping_waits_for_no_retry_and_no_gateway(self):
+        await self.start_server(
+            pushers={"initial_backoff_ms": 600_000, "gateway_timeout_ms": 600_000}
+        )
+        self.alice = await self.user("alice")
+        failing, hanging = self.gateway, PushGateway.start(self)
+        failing.default, hanging.default = ERROR, HANG
+        await self.set_pusher(self.alice, http_pusher("failing", url=failing.url))
+        await self.set_pusher(self.alice, http_pusher("hanging", url=hanging.url))
+        await self.notify(await self.message_in_new_room())
+        await failing.wait_for(1)
+        await hanging.wait_for(1)
+        started = time.monotonic()
+        await self.hs.stop()
+        # Neither the ten-minute retry wait nor the ten-minute timeout held it up.
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual(await self.queued_in_database(), 2)
+
     async def queued_in_database(self) -> int:
         """Rows in the queue, read with a server of our own (the test's is stopped)."""
         config = make_config(
@@ -532,7 +551,7 @@ class PusherDeliveryTests(PusherTestCase):
         self.assertEqual(await self.queued(), 0)
 
     async def message_in_new_room(self) -> Any:
-        bob = await self.user("bob")
+        bob = await self.user("bob2")
         room_id = await self.create_room(bob)
         r = await self.send(bob, room_id)
         assert r.code == 200, r

@@ -228,7 +228,7 @@ class PushDelivery:
         """Try the pusher's oldest notification once (or wait until it is due); False when
         nothing is left to do."""
         found = await self._store.next_queued(pusher_id)
-        if found is None:
+        if found is None or self._stopping:
             return False
         pusher, queued = found
         if pusher.kind != HTTP or not pusher.enabled:
@@ -301,6 +301,9 @@ class PushDelivery:
         await self._store.reschedule(queued.id, attempts, self._clock.time_msec() + delay_ms)
 
     async def _wait(self, pusher_id: int, seconds: float) -> None:
+        if self._stopping:
+            # `stop` has already cancelled the waits it saw; this one must not outlast it.
+            raise defer.CancelledError()
         wait: defer.Deferred[None] = defer.Deferred()
         call = self._reactor.callLater(max(0.0, seconds), wait.callback, None)
 
