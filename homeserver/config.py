@@ -325,6 +325,16 @@ class PushersConfig(_Section):
     max_backoff_ms: int = Field(3600 * 1000, ge=10)
     # A notification its gateway has not taken within this long is dropped.
     max_notification_age_ms: int = Field(24 * 3600 * 1000, ge=1000)
+    # Addresses gateways may not be on: a pusher's URL is any user's choice, and must not
+    # reach internal services (private and loopback ranges by default).
+    ip_range_blocklist: list[str] = Field(
+        default_factory=lambda: [
+            "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+            "100.64.0.0/10", "169.254.0.0/16", "::1/128", "fe80::/10", "fc00::/7",
+        ]
+    )
+    # Exceptions to the block list, e.g. a gateway on the local network.
+    ip_range_allowlist: list[str] = Field(default_factory=list)
 
 
 class LoggingConfig(_Section):

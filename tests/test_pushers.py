@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from homeserver.app import HomeServer
@@ -251,7 +252,14 @@ NOTIFY_LOUDLY = ["notify", {"set_tweak": "sound", "value": "default"}, {"set_twe
 
 @on_both_engines
 class PusherDeliveryTests(PusherTestCase):
-    config_overrides = {"pushers": {"initial_backoff_ms": 100, "gateway_timeout_ms": 1000}}
+    config_overrides = {
+        "pushers": {
+            "initial_backoff_ms": 100,
+            "gateway_timeout_ms": 1000,
+            # The test gateways are on loopback, which is blocked by default.
+            "ip_range_allowlist": ["127.0.0.1/32"],
+        }
+    }
 
     async def setUp(self) -> None:  # type: ignore[override]
         await super().setUp()
@@ -506,9 +514,33 @@ class PusherDeliveryTests(PusherTestCase):
         received = await self.gateway.wait_for(failed_attempts + 2)
         self.assertEqual(received[-1].notification["event_id"], later.event_id)
 
+    async def test_a_gateway_on_a_blocked_address_is_not_contacted(self):
+        await self.start_server(pushers={"initial_backoff_ms": 100})
+        self.alice = await self.user("alice")
+        # 127.0.0.1 is in the default block list; "localhost" resolves there too.
+        await self.set_pusher(self.alice, http_pusher("by-address", url=self.gateway.url))
+        by_name = self.gateway.url.replace("127.0.0.1", "localhost")
+        await self.set_pusher(self.alice, http_pusher("by-name", url=by_name))
+        await self.notify(await self.message_in_new_room())
+        store = self.hs.pusher_store
+        pushers = await store.get_pushers(self.alice.user_id)
+        for _ in range(100):
+            heads = [await store.next_queued(p.id) for p in pushers]
+            if all(head is not None and head[1].attempts >= 2 for head in heads):
+                break
+            await deferLater(reactor, 0.05)
+        else:
+            self.fail(f"not retried: {heads}")
+        # Refused before connecting: the gateway heard nothing, and it stays queued.
+        self.assertEqual(self.gateway.received, [])
+
     async def test_stopping_waits_for_no_retry_and_no_gateway(self):
         await self.start_server(
-            pushers={"initial_backoff_ms": 600_000, "gateway_timeout_ms": 600_000}
+            pushers={
+                **self.config_overrides["pushers"],
+                "initial_backoff_ms": 600_000,
+                "gateway_timeout_ms": 600_000,
+            }
         )
         self.alice = await self.user("alice")
         failing, hanging = self.gateway, PushGateway.start(self)

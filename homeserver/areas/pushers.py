@@ -28,7 +28,7 @@ def build_pushers(core: Core, stores: Stores) -> Pushers:
         stores.pusher_store,
         stores.state_store,
         stores.event_store,
-        PushGatewayClient(core.reactor, core.config.pushers.gateway_timeout_ms / 1000),
+        PushGatewayClient(core.reactor, core.config.pushers),
     )
     return Pushers(
         handler=PusherHandler(core.clock, stores.pusher_store, delivery), delivery=delivery
