@@ -18,6 +18,7 @@ from homeserver.areas.e2e import build_e2e
 from homeserver.areas.federation import LateRoomFederation, build_federation
 from homeserver.areas.federation_transport import build_federation_transport
 from homeserver.areas.media import build_media
+from homeserver.areas.pushers import build_pushers
 from homeserver.areas.rooms import RoomsFederation, build_rooms
 from homeserver.areas.stores import build_stores
 from homeserver.areas.streams import build_streams
@@ -84,6 +85,7 @@ class HomeServer:
         self.federation_queue_store = stores.federation_queue_store
         self.device_list_store = stores.device_list_store
         self.e2e_key_store = stores.e2e_key_store
+        self.pusher_store = stores.pusher_store
 
         streams = build_streams(reactor, stores, stores.state_store, stores.room_store)
         self.streams = streams.registry
@@ -122,6 +124,10 @@ class HomeServer:
         self.account_data = user_data.account_data
         self.read_markers = user_data.read_markers
         self.push_rules = user_data.push_rules
+
+        pushers = build_pushers(core, stores)
+        self.pushers = pushers.handler
+        self.push_delivery = pushers.delivery
 
         # Rooms and federation need each other; rooms get a late-bound view of federation
         # that `build_federation` binds (see `LateRoomFederation`).
@@ -197,6 +203,7 @@ class HomeServer:
         self._uia_cleanup.clock = self.reactor
         self._uia_cleanup.start(UIA_CLEANUP_INTERVAL_S, now=False)
         await self.federation_sender.start()
+        await self.push_delivery.start()
 
     async def _take_writer_lock(self) -> None:
         """Refuse to start next to another writing process (see `WriterLock`); once started,
@@ -342,6 +349,8 @@ class HomeServer:
                 await stopped
         self.ports = []
         await self.media.stop()
+        # Requests to push gateways are abandoned; what they carried stays queued.
+        await self.push_delivery.stop()
         await self.replication.stop()
         # In-flight outbound requests are abandoned before the database goes away.
         await self.federation_client.close()

@@ -313,6 +313,30 @@ class WebSocketConfig(_Section):
     request_rate: RateLimit = RateLimit(per_second=10.0, burst_count=50)
 
 
+class PushersConfig(_Section):
+    # Push notifications to the push gateways of clients' HTTP pushers. When off, pushers can
+    # still be set and listed, but nothing is sent.
+    enabled: bool = True
+    # How long a gateway has to answer one notification before it counts as failed.
+    gateway_timeout_ms: int = Field(10_000, ge=100)
+    # After a failed attempt, wait this long before the next; the wait doubles with each
+    # further failure, up to max_backoff_ms.
+    initial_backoff_ms: int = Field(1000, ge=10)
+    max_backoff_ms: int = Field(3600 * 1000, ge=10)
+    # A notification its gateway has not taken within this long is dropped.
+    max_notification_age_ms: int = Field(24 * 3600 * 1000, ge=1000)
+    # Addresses gateways may not be on: a pusher's URL is any user's choice, and must not
+    # reach internal services (private and loopback ranges by default).
+    ip_range_blocklist: list[str] = Field(
+        default_factory=lambda: [
+            "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+            "100.64.0.0/10", "169.254.0.0/16", "::1/128", "fe80::/10", "fc00::/7",
+        ]
+    )
+    # Exceptions to the block list, e.g. a gateway on the local network.
+    ip_range_allowlist: list[str] = Field(default_factory=list)
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Log file path; unset logs to stderr.
@@ -340,6 +364,7 @@ class HomeserverConfig(_Section):
     redis: RedisConfig = RedisConfig()
     presence: PresenceConfig = PresenceConfig()
     websocket: WebSocketConfig = WebSocketConfig()
+    pushers: PushersConfig = PushersConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @field_validator("server_name")

@@ -91,5 +91,7 @@ def build_auth(core: Core, stores: Stores, device_lists: DeviceListUpdates) -> A
         shared_secret_registration=SharedSecretRegistration(
             core.clock, config.registration, registration, login, registration_limiter
         ),
-        account=AccountHandler(config.registration, stores.accounts, hasher, devices, tokens),
+        account=AccountHandler(
+            config.registration, stores.accounts, hasher, devices, tokens, stores.pusher_store
+        ),
     )

@@ -27,6 +27,7 @@ from storage.stores.filters import FilterStore
 from storage.stores.media import MediaStore
 from storage.stores.presence import PresenceStore
 from storage.stores.profiles import ProfileStore
+from storage.stores.pushers import PusherStore
 from storage.stores.receipts import ReceiptStore
 from storage.stores.room_keys import RoomKeysStore
 from storage.stores.rooms import RoomStore
@@ -63,6 +64,7 @@ class Stores:
     federation_queue_store: FederationQueueStore
     e2e_key_store: E2eKeyStore
     device_list_store: DeviceListStore
+    pusher_store: PusherStore
 
 
 def build_stores(db: Database, replication: Replication) -> Stores:
@@ -136,4 +138,5 @@ def build_stores(db: Database, replication: Replication) -> Stores:
         federation_queue_store=FederationQueueStore(db),
         e2e_key_store=e2e_key_store,
         device_list_store=DeviceListStore(db),
+        pusher_store=PusherStore(db),
     )

@@ -55,6 +55,6 @@ def build_user_data(core: Core, stores: Stores, streams: Streams) -> UserData:
         receipts=receipts,
         account_data=account_data,
         read_markers=ReadMarkerHandler(receipts, account_data, presence),
-        # Push rules live in the user's m.push_rules account data (no pushers yet).
+        # Push rules live in the user's m.push_rules account data (pushers: `build_pushers`).
         push_rules=PushRulesHandler(account_data),
     )

@@ -8,6 +8,7 @@ from homeserver.auth.registration import check_password_policy
 from homeserver.auth.tokens import Requester, TokenHandler
 from homeserver.config import RegistrationConfig
 from storage.stores.accounts import AccountStore
+from storage.stores.pushers import PusherStore
 
 
 class AccountHandler:
@@ -18,12 +19,14 @@ class AccountHandler:
         hasher: PasswordHasher,
         devices: DeviceHandler,
         tokens: TokenHandler,
+        pushers: PusherStore,
     ) -> None:
         self._config = config
         self._accounts = accounts
         self._hasher = hasher
         self._devices = devices
         self._tokens = tokens
+        self._pushers = pushers
 
     async def change_password(
         self, user_id: str, new_password: object, logout_devices: bool, requester: Requester | None
@@ -36,5 +39,7 @@ class AccountHandler:
 
     async def deactivate(self, user_id: str, erase: bool) -> None:
         await self._devices.delete_all_devices(user_id)
+        # Deleting the devices deleted the pushers they set; this takes any other.
+        await self._pushers.delete_all_for_user(user_id)
         await self._accounts.mark_deactivated(user_id, erase)
         self._tokens.forget_user(user_id)

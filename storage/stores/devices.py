@@ -4,6 +4,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from storage.database import Database, Transaction
+from storage.stores.pushers import delete_device_pushers_txn
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ def _delete_devices_txn(
             " WHERE target_user_id = ? AND target_device_id = ?",
             (user_id, device_id),
         )
+    # Pushers go with the device whose token created them (logout included).
+    delete_device_pushers_txn(txn, user_id, device_ids)
     if keys_deleted is not None and device_ids:
         # Every device named, not only those whose row existed: their keys were deleted
         # either way.
