@@ -3,27 +3,49 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from homeserver.clock import Clock
 from homeserver.events.redaction import prune_event_dict
+from homeserver.events.relations import BUNDLED_REL_TYPES, REFERENCE, REPLACE, THREAD, latest_edit
 from storage.stores.events import EventStore, StoredEvent
+from storage.stores.relations import RelationRow, RelationStore
+
+
+@dataclass
+class _Aggregation:
+    """What is bundled under one event's `unsigned.m.relations`, before serializing."""
+
+    edit: StoredEvent | None = None
+    references: list[str] = field(default_factory=list)
+    thread_latest: StoredEvent | None = None
+    thread_count: int = 0
+    thread_participants: set[str] = field(default_factory=set)
 
 
 class EventSerializer:
-    def __init__(self, clock: Clock, events: EventStore) -> None:
+    def __init__(
+        self, clock: Clock, events: EventStore, relations: RelationStore | None = None
+    ) -> None:
         self._clock = clock
         self._events = events
+        self._relations = relations
 
     async def serialize(
         self,
         stored_events: Iterable[StoredEvent],
         requester_device: tuple[str, str] | None = None,
         include_room_id: bool = True,
+        bundle_aggregations: bool = False,
+        viewer: str | None = None,
     ) -> list[dict[str, Any]]:
         """Serialize in order, applying redactions and adding `unsigned` data.
 
         `requester_device` (user_id, device_id) gets `transaction_id` on its own events.
+        With `bundle_aggregations`, each event carries its children's aggregations in
+        `unsigned.m.relations` (spec: "Aggregations of child events"), as seen by `viewer`
+        (default: the requester; None: nobody, so `current_user_participated` is false).
         """
         stored_list = list(stored_events)
         ids = [s.event.event_id for s in stored_list]
@@ -35,10 +57,133 @@ class EventSerializer:
         redactions = await self._events.get_redactions(ids + replaced_ids)
         related = await self._events.get_stored_events(list(redactions.values()) + replaced_ids)
         now = self._clock.time_msec()
-        return [
+        serialized = [
             self._serialize_one(s, redactions, related, requester_device, include_room_id, now)
             for s in stored_list
         ]
+        if bundle_aggregations and self._relations is not None:
+            if viewer is None and requester_device is not None:
+                viewer = requester_device[0]
+            await self._bundle(
+                stored_list, serialized, redactions, viewer, requester_device, include_room_id
+            )
+        return serialized
+
+    async def _bundle(
+        self,
+        stored_list: list[StoredEvent],
+        serialized: list[dict[str, Any]],
+        redactions: dict[str, str],
+        viewer: str | None,
+        requester_device: tuple[str, str] | None,
+        include_room_id: bool,
+    ) -> None:
+        """Add `unsigned.m.relations` to the serialized events that have children."""
+        aggregations = await self._aggregations(stored_list, redactions)
+        if not aggregations:
+            return
+        edits = [a.edit for a in aggregations.values() if a.edit is not None]
+        latest = [a.thread_latest for a in aggregations.values() if a.thread_latest is not None]
+        edits_json = dict(zip(
+            (e.event.event_id for e in edits),
+            await self.serialize(edits, requester_device, include_room_id),
+            strict=True,
+        ))
+        # A thread's latest event carries its own edit, one level down only.
+        latest_json = dict(zip(
+            (e.event.event_id for e in latest),
+            await self.serialize(
+                latest, requester_device, include_room_id, bundle_aggregations=bool(latest),
+                viewer=viewer,
+            ) if latest else [],
+            strict=True,
+        ))
+        for stored, body in zip(stored_list, serialized, strict=True):
+            aggregation = aggregations.get(stored.event.event_id)
+            if aggregation is None:
+                continue
+            bundle: dict[str, Any] = {}
+            if aggregation.edit is not None:
+                bundle[REPLACE] = edits_json[aggregation.edit.event.event_id]
+            if aggregation.references:
+                bundle[REFERENCE] = {"chunk": [{"event_id": e} for e in aggregation.references]}
+            if aggregation.thread_latest is not None:
+                bundle[THREAD] = {
+                    "latest_event": latest_json[aggregation.thread_latest.event.event_id],
+                    "count": aggregation.thread_count,
+                    "current_user_participated": viewer is not None
+                    and viewer in aggregation.thread_participants,
+                }
+            if bundle:
+                body["unsigned"]["m.relations"] = bundle
+
+    async def _aggregations(
+        self, stored_list: list[StoredEvent], redactions: dict[str, str]
+    ) -> dict[str, _Aggregation]:
+        """event_id -> its children's aggregations, for the events that have any."""
+        assert self._relations is not None
+        by_room: dict[str, list[str]] = {}
+        for stored in stored_list:
+            if not stored.outlier:
+                by_room.setdefault(stored.event.room_id, []).append(stored.event.event_id)
+        rows: list[RelationRow] = []
+        for room_id, parent_ids in by_room.items():
+            rows += await self._relations.get_children_of_many(
+                room_id, parent_ids, BUNDLED_REL_TYPES
+            )
+        if not rows:
+            return {}
+        parents = {s.event.event_id: s for s in stored_list}
+        edit_rows = [r for r in rows if r.rel_type == REPLACE and r.parent_id not in redactions]
+        thread_rows: dict[str, list[RelationRow]] = {}
+        for row in rows:
+            if row.rel_type == THREAD:
+                thread_rows.setdefault(row.parent_id, []).append(row)
+        loaded = await self._events.get_stored_events(
+            [r.event_id for r in edit_rows] + [t[-1].event_id for t in thread_rows.values()]
+        )
+        aggregations: dict[str, _Aggregation] = {}
+        edits_by_parent: dict[str, list[StoredEvent]] = {}
+        for row in edit_rows:
+            if row.event_id in loaded:
+                edits_by_parent.setdefault(row.parent_id, []).append(loaded[row.event_id])
+        for parent_id, candidates in edits_by_parent.items():
+            edit = latest_edit(parents[parent_id].event, [c.event for c in candidates])
+            if edit is not None:
+                aggregations.setdefault(parent_id, _Aggregation()).edit = next(
+                    c for c in candidates if c.event.event_id == edit.event_id
+                )
+        for row in rows:
+            if row.rel_type == REFERENCE:
+                aggregations.setdefault(row.parent_id, _Aggregation()).references.append(
+                    row.event_id
+                )
+        for parent_id, thread in thread_rows.items():
+            latest_stored = loaded.get(thread[-1].event_id)
+            if latest_stored is None:
+                continue
+            aggregation = aggregations.setdefault(parent_id, _Aggregation())
+            aggregation.thread_latest = latest_stored
+            aggregation.thread_count = len(thread)
+            aggregation.thread_participants = {r.sender for r in thread}
+            aggregation.thread_participants.add(parents[parent_id].event.sender)
+        return aggregations
+
+    async def thread_participants(self, stored_list: list[StoredEvent]) -> set[str]:
+        """Everyone for whom `current_user_participated` is true on one of these events:
+        the senders of thread roots among them and of their threads' events."""
+        if self._relations is None:
+            return set()
+        by_room: dict[str, list[str]] = {}
+        for stored in stored_list:
+            by_room.setdefault(stored.event.room_id, []).append(stored.event.event_id)
+        parents = {s.event.event_id: s for s in stored_list}
+        participants: set[str] = set()
+        for room_id, parent_ids in by_room.items():
+            for row in await self._relations.get_children_of_many(room_id, parent_ids, (THREAD,)):
+                participants.add(row.sender)
+                participants.add(parents[row.parent_id].event.sender)
+        return participants
 
     async def federation_forms(self, stored_events: Iterable[StoredEvent]) -> list[dict[str, Any]]:
         """The PDUs as signed (for `event_format: federation`), pruned where redacted."""
