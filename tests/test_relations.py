@@ -510,3 +510,42 @@ class Threads(RelationsTestCase):
             {"thread_id": root}, token=self.alice.token,
         )
         self.assertError(r, 400, "M_INVALID_PARAM")
+
+
+@on_both_engines
+class NioEndToEnd(RelationsTestCase):
+    async def test_edit_react_and_reply_in_a_thread(self):
+        from nio import RoomMessagesResponse, RoomSendResponse, SyncResponse
+
+        from tests.harness import nio
+
+        sender = self.nio_client(self.alice)
+        reader = self.nio_client(self.bob)
+
+        async def send(event_type: str, content: dict[str, Any]) -> str:
+            resp = await nio(sender.room_send(self.room_id, event_type, content))
+            self.assertIsInstance(resp, RoomSendResponse)
+            return str(resp.event_id)
+
+        root = await send("m.room.message", text("v1"))
+        await send("m.room.message", edit_of(root, "v2"))
+        latest = await send("m.room.message", edit_of(root, "v3"))
+        await send("m.reaction", reaction(root, "👍"))
+        reply = await send("m.room.message", in_thread(root, "in thread"))
+
+        synced = await nio(reader.sync(full_state=True))
+        self.assertIsInstance(synced, SyncResponse)
+        timeline = {e.event_id: e for e in synced.rooms.join[self.room_id].timeline.events}
+        relations = timeline[root].source["unsigned"]["m.relations"]
+        self.assertEqual(relations["m.replace"]["event_id"], latest)
+        self.assertEqual(relations["m.replace"]["content"]["m.new_content"]["body"], "v3")
+        self.assertEqual(relations["m.thread"]["latest_event"]["event_id"], reply)
+        self.assertFalse(relations["m.thread"]["current_user_participated"])
+        self.assertNotIn("m.annotation", relations)
+
+        page = await nio(reader.room_messages(self.room_id, synced.next_batch, limit=20))
+        self.assertIsInstance(page, RoomMessagesResponse)
+        by_id = {e.event_id: e for e in page.chunk}
+        self.assertEqual(
+            by_id[root].source["unsigned"]["m.relations"]["m.replace"]["event_id"], latest
+        )
