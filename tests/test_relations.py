@@ -370,6 +370,23 @@ class Edits(RelationsTestCase):
         [served] = r.json["chunk"]
         self.assertEqual(served["unsigned"]["m.relations"]["m.replace"]["event_id"], reply_edit)
 
+    async def test_children_a_viewer_may_not_see_are_not_bundled(self):
+        root = await self.post(self.alice, text("v1"))
+        seen = await self.post(self.alice, edit_of(root, "v2"))
+        reply = await self.post(self.alice, in_thread(root, "before bob left"))
+        r = await self.membership_action(self.bob, self.room_id, "leave")
+        self.assertEqual(r.code, 200, r)
+        await self.post(self.alice, edit_of(root, "v3, after bob left"))
+        await self.post(self.alice, in_thread(root, "after bob left"))
+        # Bob still reads the history up to his leave, without what came after it.
+        bundle = await self.bundle(self.bob, root)
+        self.assertEqual(bundle["m.replace"]["event_id"], seen)
+        self.assertEqual(bundle["m.thread"]["latest_event"]["event_id"], reply)
+        self.assertEqual(
+            (await self.bundle(self.carol, root))["m.replace"]["content"]["m.new_content"],
+            text("v3, after bob left"),
+        )
+
     async def test_edits_are_bundled_in_sync(self):
         root = await self.post(self.alice, text("v1"))
         edit = await self.post(self.alice, edit_of(root, "v2"))

@@ -94,12 +94,14 @@ def build_rooms(
         outbound_destinations=federation.outbound_destinations,
         remote_invite=federation.remote_invite,
     )
-    serializer = EventSerializer(core.clock, events, stores.relation_store)
     profiles = ProfileHandler(
         core.server_name, stores.profile_store, rooms, state, events, creator, remote
     )
     # Who may read a room (history visibility) and who has the power to act in it.
     visibility = HistoryVisibility(events, state, rooms)
+    serializer = EventSerializer(
+        core.clock, events, stores.relation_store, visibility.filter_events_for_user
+    )
     power = RoomPower(events, state, rooms)
     state_contents = StateContents(events, state)
     # Aliases, the published room directory and the user directory.

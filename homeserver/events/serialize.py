@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +11,11 @@ from homeserver.events.redaction import prune_event_dict
 from homeserver.events.relations import BUNDLED_REL_TYPES, REFERENCE, REPLACE, THREAD, latest_edit
 from storage.stores.events import EventStore, StoredEvent
 from storage.stores.relations import RelationRow, RelationStore
+
+# (user_id, events) -> those of the events the user may see, in order.
+VisibleTo = Callable[[str, Sequence[StoredEvent]], Awaitable[list[StoredEvent]]]
+# How many of a thread's newest events are read to find the latest one the viewer may see.
+LATEST_CANDIDATES = 5
 
 
 @dataclass
@@ -26,11 +31,18 @@ class _Aggregation:
 
 class EventSerializer:
     def __init__(
-        self, clock: Clock, events: EventStore, relations: RelationStore | None = None
+        self,
+        clock: Clock,
+        events: EventStore,
+        relations: RelationStore | None = None,
+        visible_to: VisibleTo | None = None,
     ) -> None:
         self._clock = clock
         self._events = events
         self._relations = relations
+        # History visibility (`HistoryVisibility.filter_events_for_user`), for the children
+        # bundled with an event.
+        self._visible_to = visible_to
 
     async def serialize(
         self,
@@ -79,7 +91,7 @@ class EventSerializer:
         include_room_id: bool,
     ) -> None:
         """Add `unsigned.m.relations` to the serialized events that have children."""
-        aggregations = await self._aggregations(stored_list, redactions)
+        aggregations = await self._aggregations(stored_list, redactions, viewer)
         if not aggregations:
             return
         edits = [a.edit for a in aggregations.values() if a.edit is not None]
@@ -118,9 +130,11 @@ class EventSerializer:
                 body["unsigned"]["m.relations"] = bundle
 
     async def _aggregations(
-        self, stored_list: list[StoredEvent], redactions: dict[str, str]
+        self, stored_list: list[StoredEvent], redactions: dict[str, str], viewer: str | None
     ) -> dict[str, _Aggregation]:
-        """event_id -> its children's aggregations, for the events that have any."""
+        """event_id -> its children's aggregations, for the events that have any. With a
+        viewer, only children it may see count (an edit made after it left the room must
+        not show); without one (a shared sync section, whose viewers are all joined), all."""
         assert self._relations is not None
         by_room: dict[str, list[str]] = {}
         for stored in stored_list:
@@ -134,14 +148,22 @@ class EventSerializer:
         if not rows:
             return {}
         parents = {s.event.event_id: s for s in stored_list}
+        # The original's edits stop applying once it is redacted (spec: "Redactions of
+        # the original event").
         edit_rows = [r for r in rows if r.rel_type == REPLACE and r.parent_id not in redactions]
+        reference_rows = [r for r in rows if r.rel_type == REFERENCE]
         thread_rows: dict[str, list[RelationRow]] = {}
         for row in rows:
             if row.rel_type == THREAD:
                 thread_rows.setdefault(row.parent_id, []).append(row)
-        loaded = await self._events.get_stored_events(
-            [r.event_id for r in edit_rows] + [t[-1].event_id for t in thread_rows.values()]
-        )
+        # A thread's latest event is the newest of its last few the viewer may see.
+        latest_candidates = [r for thread in thread_rows.values() for r in thread[-LATEST_CANDIDATES:]]
+        wanted = [r.event_id for r in (*edit_rows, *reference_rows, *latest_candidates)]
+        loaded = await self._events.get_stored_events(wanted)
+        if viewer is not None and self._visible_to is not None:
+            visible = await self._visible_to(viewer, list(loaded.values()))
+            loaded = {s.event.event_id: s for s in visible}
+
         aggregations: dict[str, _Aggregation] = {}
         edits_by_parent: dict[str, list[StoredEvent]] = {}
         for row in edit_rows:
@@ -153,17 +175,17 @@ class EventSerializer:
                 aggregations.setdefault(parent_id, _Aggregation()).edit = next(
                     c for c in candidates if c.event.event_id == edit.event_id
                 )
-        for row in rows:
-            if row.rel_type == REFERENCE:
+        for row in reference_rows:
+            if row.event_id in loaded:
                 aggregations.setdefault(row.parent_id, _Aggregation()).references.append(
                     row.event_id
                 )
         for parent_id, thread in thread_rows.items():
-            latest_stored = loaded.get(thread[-1].event_id)
-            if latest_stored is None:
+            shown = [loaded[r.event_id] for r in thread[-LATEST_CANDIDATES:] if r.event_id in loaded]
+            if not shown:
                 continue
             aggregation = aggregations.setdefault(parent_id, _Aggregation())
-            aggregation.thread_latest = latest_stored
+            aggregation.thread_latest = shown[-1]
             aggregation.thread_count = len(thread)
             aggregation.thread_participants = {r.sender for r in thread}
             aggregation.thread_participants.add(parents[parent_id].event.sender)
