@@ -506,7 +506,13 @@ class Threads(RelationsTestCase):
         r = await self.request(
             "GET", f"{V1}/rooms/{q('!nowhere:test.heddle')}/threads", token=self.alice.token
         )
-        self.assertError(r, 404, "M_NOT_FOUND")
+        self.assertError(r, 403, "M_FORBIDDEN")
+        # A room one may not read answers the same as one that does not exist.
+        outsider_room = await self.create_room(self.bob, preset="private_chat")
+        r = await self.request(
+            "GET", f"{V1}/rooms/{q(outsider_room)}/threads", token=self.alice.token
+        )
+        self.assertError(r, 403, "M_FORBIDDEN")
 
     async def test_threaded_receipts_reach_sync(self):
         root = await self.post(self.alice, text("root"))

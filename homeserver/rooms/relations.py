@@ -121,12 +121,12 @@ class RelationsHandler:
         limit: int,
     ) -> dict[str, Any]:
         """The room's thread roots the requester can see, latest activity first (spec:
-        "Fetching all threads in a room"). 404 M_NOT_FOUND for an unknown room or one the
-        requester may not read; 400 M_INVALID_PARAM for a malformed token."""
+        "Fetching all threads in a room"). 403 M_FORBIDDEN for a room the requester may not
+        read, or that does not exist (the spec's one answer for both); 400 M_INVALID_PARAM
+        for a malformed token."""
         before = self._parse_threads_token(from_token) if from_token is not None else None
-        await require_room(self._events, room_id)
         if await self._visibility.get_room_access(requester.user_id, room_id) is None:
-            raise MatrixError(404, Codes.NOT_FOUND, "Unknown room")
+            raise MatrixError(403, Codes.FORBIDDEN, "You are not allowed to view this room")
         participant = requester.user_id if include == INCLUDE_PARTICIPATED else None
         roots = await self._relations.get_thread_roots(room_id, limit + 1, before, participant)
         more = len(roots) > limit
