@@ -467,6 +467,27 @@ class Threads(RelationsTestCase):
             thread = events[root]["unsigned"]["m.relations"]["m.thread"]
             self.assertEqual(thread["current_user_participated"], participated)
 
+    async def test_a_thread_of_thread_events_is_summarised_one_level_down_only(self):
+        root = await self.post(self.alice, text("root"))
+        reply = await self.post(self.bob, in_thread(root, "one"))
+        reply_edit = await self.post(self.bob, edit_of(reply, "one!"))
+        # A local client cannot do this (see below); another server can.
+        nested = await self.hs.event_creator.send(
+            self.room_id, self.carol.user_id, "m.room.message", in_thread(reply, "nested")
+        )
+        await self.hs.event_creator.send(
+            self.room_id, self.carol.user_id, "m.room.message",
+            in_thread(nested.event.event_id, "deeper"),
+        )
+        latest = (await self.bundle(self.alice, root))["m.thread"]["latest_event"]
+        self.assertEqual(latest["event_id"], reply)
+        self.assertEqual(set(latest["unsigned"]["m.relations"]), {"m.replace"})
+        self.assertEqual(latest["unsigned"]["m.relations"]["m.replace"]["event_id"], reply_edit)
+        # The reply, served itself, has its own thread summary.
+        thread = (await self.bundle(self.alice, reply))["m.thread"]
+        self.assertEqual(thread["latest_event"]["event_id"], nested.event.event_id)
+        self.assertNotIn("m.thread", thread["latest_event"]["unsigned"].get("m.relations", {}))
+
     async def test_a_thread_cannot_start_from_a_relation(self):
         root = await self.post(self.alice, text("root"))
         reply = await self.post(self.bob, in_thread(root, "one"))

@@ -77,8 +77,26 @@ class EventSerializer:
             if viewer is None and requester_device is not None:
                 viewer = requester_device[0]
             await self._bundle(
-                stored_list, serialized, redactions, viewer, requester_device, include_room_id
+                stored_list, serialized, redactions, viewer, requester_device, include_room_id,
+                with_threads=True,
             )
+        return serialized
+
+    async def _serialize_bundled(
+        self,
+        stored_list: list[StoredEvent],
+        viewer: str | None,
+        requester_device: tuple[str, str] | None,
+        include_room_id: bool,
+    ) -> list[dict[str, Any]]:
+        """A thread's latest event, with its own edit but no thread summary: other servers
+        can send threads of thread events, a chain of any length, not to be followed."""
+        serialized = await self.serialize(stored_list, requester_device, include_room_id)
+        redactions = await self._events.get_redactions([s.event.event_id for s in stored_list])
+        await self._bundle(
+            stored_list, serialized, redactions, viewer, requester_device, include_room_id,
+            with_threads=False,
+        )
         return serialized
 
     async def _bundle(
@@ -89,9 +107,10 @@ class EventSerializer:
         viewer: str | None,
         requester_device: tuple[str, str] | None,
         include_room_id: bool,
+        with_threads: bool,
     ) -> None:
         """Add `unsigned.m.relations` to the serialized events that have children."""
-        aggregations = await self._aggregations(stored_list, redactions, viewer)
+        aggregations = await self._aggregations(stored_list, redactions, viewer, with_threads)
         if not aggregations:
             return
         edits = [a.edit for a in aggregations.values() if a.edit is not None]
@@ -101,13 +120,10 @@ class EventSerializer:
             await self.serialize(edits, requester_device, include_room_id),
             strict=True,
         ))
-        # A thread's latest event carries its own edit, one level down only.
         latest_json = dict(zip(
             (e.event.event_id for e in latest),
-            await self.serialize(
-                latest, requester_device, include_room_id, bundle_aggregations=bool(latest),
-                viewer=viewer,
-            ) if latest else [],
+            await self._serialize_bundled(latest, viewer, requester_device, include_room_id)
+            if latest else [],
             strict=True,
         ))
         for stored, body in zip(stored_list, serialized, strict=True):
@@ -130,7 +146,11 @@ class EventSerializer:
                 body["unsigned"]["m.relations"] = bundle
 
     async def _aggregations(
-        self, stored_list: list[StoredEvent], redactions: dict[str, str], viewer: str | None
+        self,
+        stored_list: list[StoredEvent],
+        redactions: dict[str, str],
+        viewer: str | None,
+        with_threads: bool,
     ) -> dict[str, _Aggregation]:
         """event_id -> its children's aggregations, for the events that have any. With a
         viewer, only children it may see count (an edit made after it left the room must
@@ -140,11 +160,10 @@ class EventSerializer:
         for stored in stored_list:
             if not stored.outlier:
                 by_room.setdefault(stored.event.room_id, []).append(stored.event.event_id)
+        rel_types = BUNDLED_REL_TYPES if with_threads else (REPLACE, REFERENCE)
         rows: list[RelationRow] = []
         for room_id, parent_ids in by_room.items():
-            rows += await self._relations.get_children_of_many(
-                room_id, parent_ids, BUNDLED_REL_TYPES
-            )
+            rows += await self._relations.get_children_of_many(room_id, parent_ids, rel_types)
         if not rows:
             return {}
         parents = {s.event.event_id: s for s in stored_list}
@@ -157,7 +176,9 @@ class EventSerializer:
             if row.rel_type == THREAD:
                 thread_rows.setdefault(row.parent_id, []).append(row)
         # A thread's latest event is the newest of its last few the viewer may see.
-        latest_candidates = [r for thread in thread_rows.values() for r in thread[-LATEST_CANDIDATES:]]
+        latest_candidates = [
+            r for thread in thread_rows.values() for r in thread[-LATEST_CANDIDATES:]
+        ]
         wanted = [r.event_id for r in (*edit_rows, *reference_rows, *latest_candidates)]
         loaded = await self._events.get_stored_events(wanted)
         if viewer is not None and self._visible_to is not None:
@@ -181,7 +202,9 @@ class EventSerializer:
                     row.event_id
                 )
         for parent_id, thread in thread_rows.items():
-            shown = [loaded[r.event_id] for r in thread[-LATEST_CANDIDATES:] if r.event_id in loaded]
+            shown = [
+                loaded[r.event_id] for r in thread[-LATEST_CANDIDATES:] if r.event_id in loaded
+            ]
             if not shown:
                 continue
             aggregation = aggregations.setdefault(parent_id, _Aggregation())
