@@ -237,7 +237,7 @@ class RelationsEndpoint(RelationsTestCase):
             self.assertError(r, 400, "M_INVALID_PARAM")
         for limit in ("0", "-1", "many"):
             r = await self.relations(self.alice, root, limit=limit)
-            self.assertEqual(r.code, 400, r)
+            self.assertError(r, 400, "M_INVALID_PARAM")
         # A large limit is capped, not refused.
         r = await self.relations(self.alice, root, limit=100000)
         self.assertEqual(r.code, 200, r)

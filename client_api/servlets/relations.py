@@ -23,8 +23,7 @@ _ROOM = "/rooms/(?P<room_id>[^/]+)"
 
 def _parse_limit(request: HeddleRequest, default: int) -> int:
     """`limit`: a positive integer; larger values are capped (the spec lets servers cap)."""
-    limit = parse_int_query(request, "limit", default, min_value=1)
-    return min(limit, MAX_LIMIT)
+    return parse_int_query(request, "limit", default, min_value=1, max_value=MAX_LIMIT)
 
 
 def _parse_bool(request: HeddleRequest, name: str) -> bool | None:
