@@ -160,6 +160,7 @@ class HomeServer:
         self.room_creation = rooms.room_creation
         self.room_state = rooms.room_state
         self.messages = rooms.messages
+        self.relations = rooms.relations
 
         sync = build_sync(core, stores, streams, rooms, user_data, e2e, auth)
         self.filtering = sync.filtering

@@ -17,6 +17,7 @@ from homeserver.events.types import MEMBER
 from storage.database import Database, Transaction
 from storage.stores.events import EventStore, StoredEvent
 from storage.stores.federation_queue import FederationQueueStore
+from storage.stores.relations import forget_redacted_relation_txn, store_relation_txn
 from storage.stores.state import (
     StateKey,
     StateStore,
@@ -360,6 +361,10 @@ class EventPersister:
                 (event.event_id, redacts),
             )
             txn.call_after(self._events.redaction_stored, redacts, event.event_id)
+            forget_redacted_relation_txn(txn, redacts, room_id)
+        if not context.soft_failed:
+            # Hidden events relate to nothing clients can see; backfilled ones do.
+            store_relation_txn(txn, event, stream_ordering)
         if context.soft_failed or context.backfilled:
             # Its state is kept (later events may cite it) but nothing else moves.
             if new_group is not None:

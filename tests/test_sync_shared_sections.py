@@ -226,3 +226,30 @@ class SharedSectionsMatchAlone(HomeserverTestCase):
         self.assertTrue(self.took_shared)
         bodies = [e["content"]["body"] for e in self.timeline(responses[newcomer["user_id"]])]
         self.assertEqual(bodies, ["after the join"])
+
+    async def test_a_thread_root_is_shared_only_with_those_not_in_its_thread(self):
+        """`current_user_participated` differs per viewer: a member who replied in a thread
+        whose root is served computes the section alone, even when its reply is filtered
+        out of the timeline (so it is not among the senders of what is served)."""
+        await self.set_up_room()
+        starter, replier = self.users[-1], self.users[-2]
+        sync_filter = json.dumps({"room": {"timeline": {"not_senders": [replier]}}})
+        sinces = await self.since_tokens(sync_filter)
+        root = await self.send(starter, "a thread", "t1")
+        r = await self.request(
+            "PUT", f"{API}/rooms/{quote(self.room_id)}/send/m.room.message/t2",
+            {"msgtype": "m.text", "body": "in it",
+             "m.relates_to": {"rel_type": "m.thread", "event_id": root}},
+            token=self.tokens[replier],
+        )
+        self.assertEqual(r.code, 200, r)
+        responses = await self.compare(sinces, sync_filter)
+        self.assertTrue(self.took_shared)
+        self.assertNotIn(replier, self.took_shared)
+        for user in self.users:
+            [event] = self.timeline(responses[user])
+            thread = event["unsigned"]["m.relations"]["m.thread"]
+            self.assertEqual(thread["count"], 1)
+            self.assertEqual(
+                thread["current_user_participated"], user in (starter, replier), user
+            )

@@ -21,6 +21,7 @@ from homeserver.rooms.directory import DirectoryHandler, RoomListHandler, StateC
 from homeserver.rooms.membership import MembershipHandler, RemoteMembership
 from homeserver.rooms.messages import Backfill, MessagesHandler
 from homeserver.rooms.power import RoomPower
+from homeserver.rooms.relations import RelationsHandler
 from homeserver.rooms.sending import EventSendHandler
 from homeserver.rooms.state import RoomStateHandler
 from homeserver.rooms.visibility import HistoryVisibility
@@ -62,6 +63,7 @@ class Rooms:
     room_creation: RoomCreationHandler
     room_state: RoomStateHandler
     messages: MessagesHandler
+    relations: RelationsHandler
 
 
 def build_rooms(
@@ -92,12 +94,14 @@ def build_rooms(
         outbound_destinations=federation.outbound_destinations,
         remote_invite=federation.remote_invite,
     )
-    serializer = EventSerializer(core.clock, events)
     profiles = ProfileHandler(
         core.server_name, stores.profile_store, rooms, state, events, creator, remote
     )
     # Who may read a room (history visibility) and who has the power to act in it.
     visibility = HistoryVisibility(events, state, rooms)
+    serializer = EventSerializer(
+        core.clock, events, stores.relation_store, visibility.filter_events_for_user
+    )
     power = RoomPower(events, state, rooms)
     state_contents = StateContents(events, state)
     # Aliases, the published room directory and the user directory.
@@ -128,6 +132,7 @@ def build_rooms(
     # A forget changes no stream position: the cached memberships of the user must hear of it.
     membership.forget_listeners.append(streams.shared_rooms.forget)
     message_limiter = core.limiter("message_per_user", core.config.rate_limits.message_per_user)
+    relations = RelationsHandler(events, stores.relation_store, visibility, serializer)
     return Rooms(
         event_stream=event_stream,
         state_group_ids=state_group_ids,
@@ -157,6 +162,7 @@ def build_rooms(
             power,
             message_limiter,
             presence,
+            relations,
         ),
         room_creation=RoomCreationHandler(
             core.server_name,
@@ -169,4 +175,5 @@ def build_rooms(
         # Reading history (/messages, /context, /event) and state.
         room_state=RoomStateHandler(events, state, rooms, visibility),
         messages=MessagesHandler(events, state, visibility, serializer, federation.backfill),
+        relations=relations,
     )

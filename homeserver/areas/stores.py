@@ -29,6 +29,7 @@ from storage.stores.presence import PresenceStore
 from storage.stores.profiles import ProfileStore
 from storage.stores.pushers import PusherStore
 from storage.stores.receipts import ReceiptStore
+from storage.stores.relations import RelationStore
 from storage.stores.room_keys import RoomKeysStore
 from storage.stores.rooms import RoomStore
 from storage.stores.server_keys import ServerKeyStore
@@ -55,6 +56,7 @@ class Stores:
     presence_store: PresenceStore
     filter_store: FilterStore
     receipt_store: ReceiptStore
+    relation_store: RelationStore
     account_data_store: AccountDataStore
     device_inbox_store: DeviceInboxStore
     media_store: MediaStore
@@ -129,6 +131,7 @@ def build_stores(db: Database, replication: Replication) -> Stores:
         presence_store=PresenceStore(db),
         filter_store=FilterStore(db),
         receipt_store=ReceiptStore(db),
+        relation_store=RelationStore(db),
         account_data_store=AccountDataStore(db),
         device_inbox_store=DeviceInboxStore(db),
         media_store=MediaStore(db),

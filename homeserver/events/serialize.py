@@ -2,28 +2,62 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from homeserver.clock import Clock
 from homeserver.events.redaction import prune_event_dict
+from homeserver.events.relations import BUNDLED_REL_TYPES, REFERENCE, REPLACE, THREAD, latest_edit
 from storage.stores.events import EventStore, StoredEvent
+from storage.stores.relations import RelationRow, RelationStore
+
+# (user_id, events) -> those of the events the user may see, in order.
+VisibleTo = Callable[[str, Sequence[StoredEvent]], Awaitable[list[StoredEvent]]]
+# How many of a thread's newest events are read to find the latest one the viewer may see.
+LATEST_CANDIDATES = 5
+
+
+@dataclass
+class _Aggregation:
+    """What is bundled under one event's `unsigned.m.relations`, before serializing."""
+
+    edit: StoredEvent | None = None
+    references: list[str] = field(default_factory=list)
+    thread_latest: StoredEvent | None = None
+    thread_count: int = 0
+    thread_participants: set[str] = field(default_factory=set)
 
 
 class EventSerializer:
-    def __init__(self, clock: Clock, events: EventStore) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        events: EventStore,
+        relations: RelationStore | None = None,
+        visible_to: VisibleTo | None = None,
+    ) -> None:
         self._clock = clock
         self._events = events
+        self._relations = relations
+        # History visibility (`HistoryVisibility.filter_events_for_user`), for the children
+        # bundled with an event.
+        self._visible_to = visible_to
 
     async def serialize(
         self,
         stored_events: Iterable[StoredEvent],
         requester_device: tuple[str, str] | None = None,
         include_room_id: bool = True,
+        bundle_aggregations: bool = False,
+        viewer: str | None = None,
     ) -> list[dict[str, Any]]:
         """Serialize in order, applying redactions and adding `unsigned` data.
 
         `requester_device` (user_id, device_id) gets `transaction_id` on its own events.
+        With `bundle_aggregations`, each event carries its children's aggregations in
+        `unsigned.m.relations` (spec: "Aggregations of child events"), as seen by `viewer`
+        (default: the requester; None: nobody, so `current_user_participated` is false).
         """
         stored_list = list(stored_events)
         ids = [s.event.event_id for s in stored_list]
@@ -35,10 +69,166 @@ class EventSerializer:
         redactions = await self._events.get_redactions(ids + replaced_ids)
         related = await self._events.get_stored_events(list(redactions.values()) + replaced_ids)
         now = self._clock.time_msec()
-        return [
+        serialized = [
             self._serialize_one(s, redactions, related, requester_device, include_room_id, now)
             for s in stored_list
         ]
+        if bundle_aggregations and self._relations is not None:
+            if viewer is None and requester_device is not None:
+                viewer = requester_device[0]
+            await self._bundle(
+                stored_list, serialized, redactions, viewer, requester_device, include_room_id,
+                with_threads=True,
+            )
+        return serialized
+
+    async def _serialize_bundled(
+        self,
+        stored_list: list[StoredEvent],
+        viewer: str | None,
+        requester_device: tuple[str, str] | None,
+        include_room_id: bool,
+    ) -> list[dict[str, Any]]:
+        """A thread's latest event, with its own edit but no thread summary: other servers
+        can send threads of thread events, a chain of any length, not to be followed."""
+        serialized = await self.serialize(stored_list, requester_device, include_room_id)
+        redactions = await self._events.get_redactions([s.event.event_id for s in stored_list])
+        await self._bundle(
+            stored_list, serialized, redactions, viewer, requester_device, include_room_id,
+            with_threads=False,
+        )
+        return serialized
+
+    async def _bundle(
+        self,
+        stored_list: list[StoredEvent],
+        serialized: list[dict[str, Any]],
+        redactions: dict[str, str],
+        viewer: str | None,
+        requester_device: tuple[str, str] | None,
+        include_room_id: bool,
+        with_threads: bool,
+    ) -> None:
+        """Add `unsigned.m.relations` to the serialized events that have children."""
+        aggregations = await self._aggregations(stored_list, redactions, viewer, with_threads)
+        if not aggregations:
+            return
+        edits = [a.edit for a in aggregations.values() if a.edit is not None]
+        latest = [a.thread_latest for a in aggregations.values() if a.thread_latest is not None]
+        edits_json = dict(zip(
+            (e.event.event_id for e in edits),
+            await self.serialize(edits, requester_device, include_room_id),
+            strict=True,
+        ))
+        latest_json = dict(zip(
+            (e.event.event_id for e in latest),
+            await self._serialize_bundled(latest, viewer, requester_device, include_room_id)
+            if latest else [],
+            strict=True,
+        ))
+        for stored, body in zip(stored_list, serialized, strict=True):
+            aggregation = aggregations.get(stored.event.event_id)
+            if aggregation is None:
+                continue
+            bundle: dict[str, Any] = {}
+            if aggregation.edit is not None:
+                bundle[REPLACE] = edits_json[aggregation.edit.event.event_id]
+            if aggregation.references:
+                bundle[REFERENCE] = {"chunk": [{"event_id": e} for e in aggregation.references]}
+            if aggregation.thread_latest is not None:
+                bundle[THREAD] = {
+                    "latest_event": latest_json[aggregation.thread_latest.event.event_id],
+                    "count": aggregation.thread_count,
+                    "current_user_participated": viewer is not None
+                    and viewer in aggregation.thread_participants,
+                }
+            if bundle:
+                body["unsigned"]["m.relations"] = bundle
+
+    async def _aggregations(
+        self,
+        stored_list: list[StoredEvent],
+        redactions: dict[str, str],
+        viewer: str | None,
+        with_threads: bool,
+    ) -> dict[str, _Aggregation]:
+        """event_id -> its children's aggregations, for the events that have any. With a
+        viewer, only children it may see count (an edit made after it left the room must
+        not show); without one (a shared sync section, whose viewers are all joined), all."""
+        assert self._relations is not None
+        by_room: dict[str, list[str]] = {}
+        for stored in stored_list:
+            if not stored.outlier:
+                by_room.setdefault(stored.event.room_id, []).append(stored.event.event_id)
+        rel_types = BUNDLED_REL_TYPES if with_threads else (REPLACE, REFERENCE)
+        rows: list[RelationRow] = []
+        for room_id, parent_ids in by_room.items():
+            rows += await self._relations.get_children_of_many(room_id, parent_ids, rel_types)
+        if not rows:
+            return {}
+        parents = {s.event.event_id: s for s in stored_list}
+        # The original's edits stop applying once it is redacted (spec: "Redactions of
+        # the original event").
+        edit_rows = [r for r in rows if r.rel_type == REPLACE and r.parent_id not in redactions]
+        reference_rows = [r for r in rows if r.rel_type == REFERENCE]
+        thread_rows: dict[str, list[RelationRow]] = {}
+        for row in rows:
+            if row.rel_type == THREAD:
+                thread_rows.setdefault(row.parent_id, []).append(row)
+        # A thread's latest event is the newest of its last few the viewer may see.
+        latest_candidates = [
+            r for thread in thread_rows.values() for r in thread[-LATEST_CANDIDATES:]
+        ]
+        wanted = [r.event_id for r in (*edit_rows, *reference_rows, *latest_candidates)]
+        loaded = await self._events.get_stored_events(wanted)
+        if viewer is not None and self._visible_to is not None:
+            visible = await self._visible_to(viewer, list(loaded.values()))
+            loaded = {s.event.event_id: s for s in visible}
+
+        aggregations: dict[str, _Aggregation] = {}
+        edits_by_parent: dict[str, list[StoredEvent]] = {}
+        for row in edit_rows:
+            if row.event_id in loaded:
+                edits_by_parent.setdefault(row.parent_id, []).append(loaded[row.event_id])
+        for parent_id, candidates in edits_by_parent.items():
+            edit = latest_edit(parents[parent_id].event, [c.event for c in candidates])
+            if edit is not None:
+                aggregations.setdefault(parent_id, _Aggregation()).edit = next(
+                    c for c in candidates if c.event.event_id == edit.event_id
+                )
+        for row in reference_rows:
+            if row.event_id in loaded:
+                aggregations.setdefault(row.parent_id, _Aggregation()).references.append(
+                    row.event_id
+                )
+        for parent_id, thread in thread_rows.items():
+            shown = [
+                loaded[r.event_id] for r in thread[-LATEST_CANDIDATES:] if r.event_id in loaded
+            ]
+            if not shown:
+                continue
+            aggregation = aggregations.setdefault(parent_id, _Aggregation())
+            aggregation.thread_latest = shown[-1]
+            aggregation.thread_count = len(thread)
+            aggregation.thread_participants = {r.sender for r in thread}
+            aggregation.thread_participants.add(parents[parent_id].event.sender)
+        return aggregations
+
+    async def thread_participants(self, stored_list: list[StoredEvent]) -> set[str]:
+        """Everyone for whom `current_user_participated` is true on one of these events:
+        the senders of thread roots among them and of their threads' events."""
+        if self._relations is None:
+            return set()
+        by_room: dict[str, list[str]] = {}
+        for stored in stored_list:
+            by_room.setdefault(stored.event.room_id, []).append(stored.event.event_id)
+        parents = {s.event.event_id: s for s in stored_list}
+        participants: set[str] = set()
+        for room_id, parent_ids in by_room.items():
+            for row in await self._relations.get_children_of_many(room_id, parent_ids, (THREAD,)):
+                participants.add(row.sender)
+                participants.add(parents[row.parent_id].event.sender)
+        return participants
 
     async def federation_forms(self, stored_events: Iterable[StoredEvent]) -> list[dict[str, Any]]:
         """The PDUs as signed (for `event_format: federation`), pruned where redacted."""

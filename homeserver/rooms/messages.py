@@ -138,7 +138,9 @@ class MessagesHandler:
             )
         device = (requester.user_id, requester.device_id)
         response: dict[str, Any] = {
-            "chunk": await self._serializer.serialize(page.events, requester_device=device),
+            "chunk": await self._serializer.serialize(
+                page.events, requester_device=device, bundle_aggregations=True
+            ),
             "start": start,
         }
         # Backwards, `end` goes once the start of the (visible) history is reached. Forwards,
@@ -192,9 +194,15 @@ class MessagesHandler:
         device = (requester.user_id, requester.device_id)
         serialize = self._serializer.serialize
         return {
-            "event": (await serialize([stored], requester_device=device))[0],
-            "events_before": await serialize(before.events, requester_device=device),
-            "events_after": await serialize(after.events, requester_device=device),
+            "event": (
+                await serialize([stored], requester_device=device, bundle_aggregations=True)
+            )[0],
+            "events_before": await serialize(
+                before.events, requester_device=device, bundle_aggregations=True
+            ),
+            "events_after": await serialize(
+                after.events, requester_device=device, bundle_aggregations=True
+            ),
             "start": _token(before.next_position),
             "end": _token(after.next_position),
             "state": await serialize(state, requester_device=device),
@@ -209,7 +217,9 @@ class MessagesHandler:
             raise MatrixError(404, Codes.NOT_FOUND, "Event not found")
         stored = await self._readable_event(requester.user_id, room_id, event_id)
         serialized = await self._serializer.serialize(
-            [stored], requester_device=(requester.user_id, requester.device_id)
+            [stored],
+            requester_device=(requester.user_id, requester.device_id),
+            bundle_aggregations=True,
         )
         return serialized[0]
 

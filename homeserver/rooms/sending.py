@@ -21,6 +21,7 @@ from homeserver.rooms.directory import DirectoryHandler
 from homeserver.rooms.lookup import require_room
 from homeserver.rooms.membership import MembershipHandler
 from homeserver.rooms.power import RoomPower
+from homeserver.rooms.relations import RelationsHandler
 from homeserver.rooms.validation import check_power_levels_content
 from storage.persister import ClientTransaction
 from storage.stores.events import EventStore
@@ -43,6 +44,7 @@ class EventSendHandler:
         power: RoomPower,
         message_limiter: RateLimiter,
         presence: PresenceHandler,
+        relations: RelationsHandler,
     ) -> None:
         self._server_name = server_name
         self._creator = creator
@@ -54,6 +56,7 @@ class EventSendHandler:
         self._power = power
         self._limiter = message_limiter
         self._presence = presence
+        self._relations = relations
 
     # ----- messages ------------------------------------------------------------------------
 
@@ -74,6 +77,7 @@ class EventSendHandler:
             # Spec v1.18: /send must accept redactions in every room version.
             return await self._redact(requester, room_id, content.get("redacts"), content, txn)
         self._ratelimit(requester)
+        await self._relations.check_new_relation(room_id, requester.user_id, event_type, content)
         stored = await self._creator.send(
             room_id, requester.user_id, event_type, content, txn=txn
         )

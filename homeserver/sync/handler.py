@@ -16,6 +16,7 @@ from homeserver.account_data import AccountDataHandler
 from homeserver.caches import LruCache
 from homeserver.clock import Clock
 from homeserver.events.model import Event
+from homeserver.events.relations import THREAD
 from homeserver.events.serialize import EventSerializer
 from homeserver.filtering import Filter, RoomEventFilter
 from homeserver.presence import PresenceHandler
@@ -95,8 +96,10 @@ class _SharedRoomSection:
     computed the same: it was joined throughout, so every event from this server is visible
     to it (its membership at each of them was `join`); the events from other servers, whose
     state may predate its join, are checked for it (`remote_events`); it sent none of the
-    served events (which would carry its `transaction_id`) and is not among the hero
-    candidates (heroes leave the viewer out). Anyone else computes the section alone.
+    served events (which would carry its `transaction_id`), is not among the hero
+    candidates (heroes leave the viewer out) and took no part in a thread whose root is
+    served (`current_user_participated` is per viewer). Anyone else computes the section
+    alone.
     """
 
     # timeline, state and summary; None when there is nothing to send.
@@ -104,6 +107,9 @@ class _SharedRoomSection:
     senders: frozenset[str]
     remote_events: tuple[StoredEvent, ...]
     hero_candidates: tuple[str, ...]
+    # Who started or replied in a thread whose root is in the timeline: the section says
+    # `current_user_participated: false` on every root, which is not what they would see.
+    thread_participants: frozenset[str]
     # [time in ms, the room as of then]: what every viewer served in that millisecond shares.
     _latest: list[Any] = field(default_factory=list, compare=False, repr=False)
 
@@ -558,18 +564,24 @@ class SyncHandler:
         return bool(remote) and await self._events.follows_gap(room_id, remote)
 
     async def _serialize(
-        self, sync_pass: _Pass, events: list[StoredEvent]
+        self, sync_pass: _Pass, events: list[StoredEvent], timeline: bool = False
     ) -> list[dict[str, Any]]:
         request = sync_pass.request
         return await self._serialize_for(
-            request.filter, (request.user_id, request.device_id), events
+            request.filter, (request.user_id, request.device_id), events, timeline
         )
 
     async def _serialize_for(
-        self, flt: Filter, requester_device: tuple[str, str] | None, events: list[StoredEvent]
+        self,
+        flt: Filter,
+        requester_device: tuple[str, str] | None,
+        events: list[StoredEvent],
+        timeline: bool = False,
     ) -> list[dict[str, Any]]:
+        """Timeline events carry their bundled aggregations; with no requester (a shared
+        section), as seen by nobody: see `_SharedRoomSection.thread_participants`."""
         serialized = await self._serializer.serialize(
-            events, requester_device, include_room_id=False
+            events, requester_device, include_room_id=False, bundle_aggregations=timeline
         )
         if flt.event_fields is None and flt.event_format == "client":
             return serialized
@@ -596,7 +608,7 @@ class SyncHandler:
             return None
         return {
             "timeline": {
-                "events": await self._serialize(sync_pass, timeline.events),
+                "events": await self._serialize(sync_pass, timeline.events, timeline=True),
                 "limited": timeline.limited,
                 "prev_batch": timeline.prev_batch,
             },
@@ -631,7 +643,11 @@ class SyncHandler:
         )
 
     async def _takes_shared(self, user_id: str, section: _SharedRoomSection) -> bool:
-        if user_id in section.senders or user_id in section.hero_candidates:
+        if (
+            user_id in section.senders
+            or user_id in section.hero_candidates
+            or user_id in section.thread_participants
+        ):
             return False
         if not section.remote_events:
             return True
@@ -656,17 +672,21 @@ class SyncHandler:
         served = [*timeline.events, *state_events]
         senders = frozenset(e.event.sender for e in served)
         if not timeline.events and not state_events:
-            return _SharedRoomSection(None, senders, remote, candidates)
+            return _SharedRoomSection(None, senders, remote, candidates, frozenset())
+        timeline_events = await self._serialize_for(flt, None, timeline.events, timeline=True)
+        participants: frozenset[str] = frozenset()
+        if any(THREAD in e.get("unsigned", {}).get("m.relations", ()) for e in timeline_events):
+            participants = frozenset(await self._serializer.thread_participants(timeline.events))
         room = {
             "timeline": {
-                "events": await self._serialize_for(flt, None, timeline.events),
+                "events": timeline_events,
                 "limited": timeline.limited,
                 "prev_batch": timeline.prev_batch,
             },
             "state": {"events": await self._serialize_for(flt, None, state_events)},
             "summary": await self._summary(room_id, "", now.events),
         }
-        return _SharedRoomSection(room, senders, remote, candidates)
+        return _SharedRoomSection(room, senders, remote, candidates, participants)
 
     async def _state_for_sync(
         self,
@@ -789,7 +809,7 @@ class SyncHandler:
         )
         return {
             "timeline": {
-                "events": await self._serialize(sync_pass, timeline.events),
+                "events": await self._serialize(sync_pass, timeline.events, timeline=True),
                 "limited": timeline.limited,
                 "prev_batch": timeline.prev_batch,
             },
