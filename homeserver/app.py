@@ -145,9 +145,14 @@ class HomeServer:
             user_data.presence,
             transport.remote_queries,
             late_federation.for_rooms() if late_federation is not None else RoomsFederation(),
+            user_data.account_data,
+            user_data.notification_counts,
         )
         self.event_stream = rooms.event_stream
         self.persister = rooms.persister
+        self.push_actions = rooms.push_actions
+        self.notifications = rooms.notifications
+        self.notification_counts = user_data.notification_counts
         self.event_creator = rooms.event_creator
         self.event_serializer = rooms.event_serializer
         self.profiles = rooms.profiles
