@@ -349,6 +349,8 @@ class HomeServer:
         except Exception:
             logger.exception("writing presence on the way down failed")
         self.typing.stop()
+        # What is staged stays staged (read back on the next start).
+        await self.push_actions.stop()
         for port in self.ports:
             stopped: Any = port.stopListening()
             if stopped is not None:

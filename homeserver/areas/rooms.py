@@ -16,7 +16,7 @@ from homeserver.events.serialize import EventSerializer
 from homeserver.presence import PresenceHandler
 from homeserver.profile import ProfileHandler
 from homeserver.push.actions import PushActionGenerator
-from homeserver.push.counts import NotificationCounts
+from homeserver.push.counts import NotificationCounts, StagedActionsMover
 from homeserver.push.notifications import NotificationsHandler
 from homeserver.ratelimit import RateLimiter
 from homeserver.rooms.creation import RoomCreationHandler
@@ -90,7 +90,13 @@ def build_rooms(
     # Every event a local user can see is evaluated against their push rules before it is
     # written; the actions are written with it.
     push_actions = PushActionGenerator(
-        core.server_name, core.clock, events, state, stores.account_data_store, counts
+        core.server_name,
+        core.clock,
+        events,
+        state,
+        stores.account_data_store,
+        counts,
+        StagedActionsMover(core.reactor, stores.push_action_store),
     )
     account_data.change_listeners.append(push_actions.account_data_changed)
     persister = EventPersister(

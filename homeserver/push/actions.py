@@ -39,9 +39,10 @@ from homeserver.events.auth import user_power_level
 from homeserver.events.model import Event
 from homeserver.events.room_versions import RoomVersion
 from homeserver.events.types import CREATE, MEMBER, POWER_LEVELS
-from homeserver.push.counts import NotificationCounts
+from homeserver.push.counts import NotificationCounts, StagedActionsMover
 from homeserver.push.evaluator import (
     DEFAULT_NOTIFICATION_LEVEL,
+    SELF,
     CompiledRuleset,
     EventView,
     PushContext,
@@ -59,8 +60,11 @@ from storage.stores.state import StateKey, StateStore
 logger = logging.getLogger(__name__)
 
 PUSH_RULES = "m.push_rules"
+JsonDict = dict[str, Any]
 # Compiled rulesets held: every local member of a few big rooms.
-RULESETS_CACHE_SIZE = 20_000
+RULESETS_CACHE_SIZE = 100_000
+# Distinct stored rulesets compiled (users who changed nothing share one).
+SHARED_RULESETS_CACHE_SIZE = 10_000
 # Rooms whose push-relevant state is held.
 ROOM_CACHE_SIZE = 10_000
 
@@ -92,15 +96,22 @@ class PushActionGenerator:
         state: StateStore,
         account_data: AccountDataStore,
         counts: NotificationCounts,
+        mover: StagedActionsMover | None = None,
     ) -> None:
+        self._mover = mover
         self._suffix = ":" + server_name
         self._clock = clock
         self._events = events
         self._state = state
         self._account_data = account_data
         self._counts = counts
+        # user_id -> their compiled ruleset; users with the same stored rules (most have
+        # none) share one, found by the stored content's JSON.
         self._rulesets: LruCache[str, CompiledRuleset] = LruCache(
             "push_rulesets", RULESETS_CACHE_SIZE
+        )
+        self._shared_rulesets: LruCache[str, CompiledRuleset] = LruCache(
+            "push_shared_rulesets", SHARED_RULESETS_CACHE_SIZE
         )
         # Bumped by every change of anyone's rules: a load that overlapped one is used but
         # not cached.
@@ -122,13 +133,23 @@ class PushActionGenerator:
         generation = self._rules_generation
         stored = await self._account_data.get_global_for_users(missing, PUSH_RULES)
         for user_id in missing:
-            ruleset = compile_ruleset(
-                user_id, build_ruleset(user_id, UserPushRules.from_content(stored.get(user_id)))
-            )
+            ruleset = self._compiled(user_id, stored.get(user_id))
             found[user_id] = ruleset
             if generation == self._rules_generation:
                 self._rulesets.set(user_id, ruleset)
         return found
+
+    def _compiled(self, user_id: str, content: JsonDict | None) -> CompiledRuleset:
+        """The ruleset of stored rules `content`, compiled once for every user with them:
+        the owner's own ID is `SELF` in it."""
+        key = json.dumps(content, sort_keys=True)
+        ruleset = self._shared_rulesets.get(key)
+        if ruleset is None:
+            ruleset = compile_ruleset(
+                user_id, build_ruleset(SELF, UserPushRules.from_content(content))
+            )
+            self._shared_rulesets.set(key, ruleset)
+        return ruleset
 
     # ----- rooms ---------------------------------------------------------------------------
 
@@ -205,36 +226,34 @@ class PushActionGenerator:
         rulesets = await self.rulesets_of(users)
         sender_power = user_power_level(sender, room.power_state, room.room_version)
         levels = room.notification_levels or {"room": DEFAULT_NOTIFICATION_LEVEL}
-        # One context per distinct display name: most users share everything else.
-        contexts: dict[str | None, PushContext] = {}
-
-        def context_for(name: str | None) -> PushContext:
-            found = contexts.get(name)
-            if found is None:
-                found = contexts[name] = PushContext(
-                    room.member_count, name, sender_power, levels
-                )
-            return found
-
+        count = room.member_count
         view = EventView({**event.pdu, "room_id": event.room_id, "event_id": event.event_id})
         matched = evaluate_all(
-            view, ((u, rulesets[u], context_for(names[u])) for u in users if u in rulesets)
+            view,
+            (
+                (u, rulesets[u], PushContext(count, names[u], sender_power, levels, u))
+                for u in users
+                if u in rulesets
+            ),
         )
-        encoded: dict[int, str] = {}
-        rows = []
-        for user_id, rule in matched.items():
-            text = encoded.get(id(rule))
-            if text is None:
-                text = encoded[id(rule)] = json.dumps(list(rule.actions))
-            rows.append(PushActionRow(user_id, thread_id, rule.notify, rule.highlight, text))
+        rows = [
+            PushActionRow(user_id, thread_id, rule.notify, rule.highlight, rule.actions_json)
+            for user_id, rule in matched.items()
+        ]
         return PushActionBatch(tuple(rows), thread_id, local_sender, self._clock.time_msec())
 
     def committed(self, event: Event, stream_ordering: int, batch: PushActionBatch) -> None:
         """After the event's transaction committed: move the counts, then (in the
         background) tell the listeners."""
         self._counts.actions_committed(event.room_id, stream_ordering, batch)
+        if batch.rows and self._mover is not None:
+            self._mover.staged()
         if self.notification_listeners and batch.rows:
             defer.ensureDeferred(self._tell_listeners(event, batch))
+
+    async def stop(self) -> None:
+        if self._mover is not None:
+            await self._mover.stop()
 
     async def _tell_listeners(self, event: Event, batch: PushActionBatch) -> None:
         for row in batch.rows:

@@ -14,9 +14,12 @@ the state store's current-state cache, so the cache never goes back in time.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Collection
 from typing import Any
+
+from twisted.internet import defer
 
 from homeserver.caches import LruCache
 from storage.stores.push_actions import (
@@ -26,8 +29,13 @@ from storage.stores.push_actions import (
     RoomCounts,
 )
 
+logger = logging.getLogger(__name__)
+
 # (user, room) pairs held: a thousand users in a hundred rooms each.
 COUNTS_CACHE_SIZE = 100_000
+# How long staged push actions wait to be moved to the per-user table with those that
+# follow (see `PushActionStore.flush_staging`).
+FLUSH_DELAY_S = 0.5
 
 JsonDict = dict[str, Any]
 
@@ -128,3 +136,44 @@ class NotificationCounts:
             fields["unread_thread_notifications"] = threads
         return fields
 
+
+
+class StagedActionsMover:
+    """Moves staged push actions (one row per event, written with the event) into the
+    per-user table, a batch of events at a time, half a second after the first one waiting.
+    Readers of the per-user table move whatever is still staged first, so this only keeps
+    the staging table short."""
+
+    def __init__(self, reactor: Any, store: PushActionStore) -> None:
+        self._reactor = reactor
+        self._store = store
+        self._pending: Any = None  # an IDelayedCall
+        self._running: defer.Deferred[None] | None = None
+        self._stopped = False
+
+    def staged(self) -> None:
+        if self._stopped or self._pending is not None:
+            return
+        self._pending = self._reactor.callLater(FLUSH_DELAY_S, self._fire)
+
+    def _fire(self) -> None:
+        self._pending = None
+        if self._running is None:
+            self._running = defer.ensureDeferred(self._move())
+
+    async def _move(self) -> None:
+        try:
+            while not self._stopped and await self._store.flush_staging() > 0:
+                pass
+        except Exception:
+            logger.exception("Moving staged push actions failed (retried on the next event)")
+        finally:
+            self._running = None
+
+    async def stop(self) -> None:
+        self._stopped = True
+        if self._pending is not None and self._pending.active():
+            self._pending.cancel()
+        self._pending = None
+        if self._running is not None:
+            await self._running

@@ -17,6 +17,7 @@ A condition of a kind the spec does not define makes its rule never match (spec)
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -33,6 +34,9 @@ JsonDict = dict[str, Any]
 # defaults to 50; other keys are given the same default.
 DEFAULT_NOTIFICATION_LEVEL = 50
 _MISSING = object()
+# Stands for the ruleset owner's user ID in a compiled ruleset (see `compile_ruleset`), so
+# that users with the same stored rules share one: compared with `PushContext.user_id`.
+SELF = "\x00self"
 _MAX_SAFE_INTEGER = 2**53 - 1
 _MEMBER_COUNT = re.compile(r"^(==|<|>|>=|<=)?([0-9]+)$")
 # A word boundary (spec): the start or end of the value, or any character outside
@@ -43,7 +47,9 @@ _WORD_END = r"(?:$|(?=[^A-Za-z0-9_]))"
 
 @dataclass(frozen=True)
 class PushContext:
-    """What the conditions need to know beyond the event, for one user."""
+    """What the conditions need to know beyond the event, for one user. Everything but the
+    display name is the room's, and must be the same for every user one `EventView` is
+    evaluated for (conditions reading it are answered once per event)."""
 
     # Joined members of the room.
     member_count: int
@@ -52,19 +58,23 @@ class PushContext:
     # The sender's power level and the levels `notifications` requires, per key.
     sender_power: float
     notification_levels: Mapping[str, int] = field(default_factory=dict)
+    # The user whose rules these are: what `SELF` in a compiled ruleset stands for.
+    user_id: str = ""
 
 
 class EventView:
     """One event as the conditions read it, with what they found remembered: the values at
     property paths, and the answers of conditions that depend on the event alone."""
 
-    __slots__ = ("_event", "_values", "answers")
+    __slots__ = ("_event", "_values", "answers", "plans")
 
     def __init__(self, event: Mapping[str, Any]) -> None:
         self._event = event
         self._values: dict[tuple[str, ...], Any] = {}
         # A condition's memo key -> whether it matched this event.
         self.answers: dict[Any, bool] = {}
+        # A ruleset -> what of it is left to check per user (see `CompiledRuleset`).
+        self.plans: dict[Any, Any] = {}
 
     def value(self, path: tuple[str, ...]) -> Any:
         """The value at `path`, or `_MISSING`."""
@@ -149,16 +159,27 @@ def _same_scalar(a: Any, b: Any) -> bool:
 Matcher = Callable[[EventView, PushContext], bool]
 
 
-def _memoized(memo_key: Any, test: Callable[[EventView], bool]) -> Matcher:
-    """A condition that depends on the event alone: answered once per event."""
+class _EventOnly:
+    """A condition whose answer is the same for every user the event is evaluated for: it
+    reads the event, or the parts of the context that are the room's (member count, the
+    sender's power, the notification levels), never the user's display name. Answered once
+    per event; `memo_key` names what it tests (equal keys, equal answers)."""
 
-    def match(view: EventView, _ctx: PushContext) -> bool:
-        answer = view.answers.get(memo_key)
+    __slots__ = ("memo_key", "_test")
+
+    def __init__(self, memo_key: Any, test: Callable[[EventView, PushContext], bool]) -> None:
+        self.memo_key = memo_key
+        self._test = test
+
+    def __call__(self, view: EventView, ctx: PushContext) -> bool:
+        answer = view.answers.get(self.memo_key)
         if answer is None:
-            answer = view.answers[memo_key] = test(view)
+            answer = view.answers[self.memo_key] = self._test(view, ctx)
         return answer
 
-    return match
+
+def _memoized(memo_key: Any, test: Callable[[EventView], bool]) -> Matcher:
+    return _EventOnly(memo_key, lambda view, _ctx: test(view))
 
 
 def _string(condition: Mapping[str, Any], name: str) -> str:
@@ -170,7 +191,17 @@ def _string(condition: Mapping[str, Any], name: str) -> str:
 
 def _event_match(key: str, pattern: str) -> Matcher:
     path = split_path(key)
-    regex = compile_glob(pattern, word_boundary=path == ("content", "body"))
+    word_boundary = path == ("content", "body")
+    if pattern == SELF:
+
+        def match_self(view: EventView, ctx: PushContext) -> bool:
+            value = view.value(path)
+            return isinstance(value, str) and (
+                compile_glob(ctx.user_id, word_boundary).search(value) is not None
+            )
+
+        return match_self
+    regex = compile_glob(pattern, word_boundary)
 
     def test(view: EventView) -> bool:
         value = view.value(path)
@@ -191,7 +222,7 @@ def _member_count(spec: str) -> Matcher:
         "<=": lambda n: n <= number,
         ">=": lambda n: n >= number,
     }[op]
-    return lambda _view, ctx: compare(ctx.member_count)
+    return _EventOnly(("room_member_count", op, number), lambda _v, ctx: compare(ctx.member_count))
 
 
 def _contains_display_name(view: EventView, ctx: PushContext) -> bool:
@@ -210,6 +241,18 @@ def _display_name_regex(name: str) -> re.Pattern[str]:
     return re.compile(_WORD_START + re.escape(name) + _WORD_END, re.IGNORECASE)
 
 
+def _property_self(kind: str, path: tuple[str, ...]) -> Matcher:
+    """`event_property_is` / `_contains` of the ruleset owner's user ID."""
+    if kind == "event_property_is":
+        return lambda view, ctx: view.value(path) == ctx.user_id
+
+    def contains(view: EventView, ctx: PushContext) -> bool:
+        found = view.value(path)
+        return isinstance(found, list) and ctx.user_id in found
+
+    return contains
+
+
 def compile_condition(condition: Any) -> Matcher:
     """A matcher for one condition; InvalidRule for one that is malformed. A kind the spec
     does not define never matches (spec)."""
@@ -223,6 +266,8 @@ def compile_condition(condition: Any) -> Matcher:
         if "value" not in condition or not _is_scalar(condition["value"]):
             raise InvalidRule(f"{kind} condition needs a scalar 'value'")
         wanted = condition["value"]
+        if wanted == SELF:
+            return _property_self(kind, path)
         if kind == "event_property_is":
 
             def test_is(view: EventView) -> bool:
@@ -242,8 +287,10 @@ def compile_condition(condition: Any) -> Matcher:
         return _member_count(_string(condition, "is"))
     if kind == "sender_notification_permission":
         key = _string(condition, "key")
-        return lambda _view, ctx: ctx.sender_power >= ctx.notification_levels.get(
-            key, DEFAULT_NOTIFICATION_LEVEL
+        return _EventOnly(
+            ("sender_notification_permission", key),
+            lambda _view, ctx: ctx.sender_power
+            >= ctx.notification_levels.get(key, DEFAULT_NOTIFICATION_LEVEL),
         )
     if isinstance(kind, str):
         return lambda _view, _ctx: False
@@ -258,10 +305,21 @@ class CompiledRule:
     rule_id: str
     kind: str
     conditions: tuple[Matcher, ...]
-    # The rule's actions as stored (for /notifications and pushers).
+    # The rule's actions as stored (for /notifications and pushers), and as JSON text.
     actions: tuple[Any, ...]
     notify: bool
     highlight: bool
+    actions_json: str = "[]"
+
+    @property
+    def event_conditions(self) -> tuple[_EventOnly, ...]:
+        """The conditions answered once per event, whoever the user."""
+        return tuple(c for c in self.conditions if isinstance(c, _EventOnly))
+
+    @property
+    def user_conditions(self) -> tuple[Matcher, ...]:
+        """The conditions that depend on the user (display name, own user ID)."""
+        return tuple(c for c in self.conditions if not isinstance(c, _EventOnly))
 
     def matches(self, view: EventView, ctx: PushContext) -> bool:
         for condition in self.conditions:
@@ -314,7 +372,9 @@ def compile_rule(kind: str, rule: Any) -> CompiledRule | None:
     else:
         raise InvalidRule(f"unknown kind {kind!r}")
     actions, notify, highlight = parse_actions(rule.get("actions", []))
-    return CompiledRule(rule_id, kind, tuple(conditions), actions, notify, highlight)
+    return CompiledRule(
+        rule_id, kind, tuple(conditions), actions, notify, highlight, json.dumps(list(actions))
+    )
 
 
 def _exact(path: tuple[str, ...], wanted: str) -> Matcher:
@@ -322,17 +382,48 @@ def _exact(path: tuple[str, ...], wanted: str) -> Matcher:
 
 
 @dataclass(frozen=True)
-class CompiledRuleset:
-    """A user's enabled rules, most important first."""
+class _Plan:
+    """A ruleset against one event: the rules that may still match, each with only its
+    user-dependent conditions left to check, and the rule every other user gets."""
 
-    rules: tuple[CompiledRule, ...]
+    candidates: tuple[tuple[CompiledRule, tuple[Matcher, ...]], ...]
+    fallback: CompiledRule | None
+
+
+class CompiledRuleset:
+    """A user's enabled rules, most important first. Users with the same stored rules share
+    one (their own user ID is `SELF` in it): evaluated against an event, what does not
+    depend on the user is worked out once (`_Plan`) and each user checks only the rest (a
+    mention of them, their display name)."""
+
+    __slots__ = ("rules", "_split")
+
+    def __init__(self, rules: tuple[CompiledRule, ...]) -> None:
+        self.rules = rules
+        self._split = tuple((r, r.event_conditions, r.user_conditions) for r in rules)
 
     def evaluate(self, view: EventView, ctx: PushContext) -> CompiledRule | None:
         """The first rule that matches the event (spec: the first match decides)."""
-        for rule in self.rules:
-            if rule.matches(view, ctx):
+        plan = view.plans.get(self)
+        if plan is None:
+            plan = view.plans[self] = self._plan(view, ctx)
+        for rule, conditions in plan.candidates:
+            for condition in conditions:
+                if not condition(view, ctx):
+                    break
+            else:
                 return rule
-        return None
+        return plan.fallback
+
+    def _plan(self, view: EventView, ctx: PushContext) -> _Plan:
+        candidates: list[tuple[CompiledRule, tuple[Matcher, ...]]] = []
+        for rule, event_conditions, user_conditions in self._split:
+            if not all(c(view, ctx) for c in event_conditions):
+                continue
+            if not user_conditions:
+                return _Plan(tuple(candidates), rule)
+            candidates.append((rule, user_conditions))
+        return _Plan(tuple(candidates), None)
 
 
 def compile_ruleset(user_id: str, ruleset: Mapping[str, Any]) -> CompiledRuleset:

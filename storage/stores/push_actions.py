@@ -100,16 +100,21 @@ class PushActionStore:
         stream_ordering: int,
         batch: PushActionBatch,
     ) -> None:
-        txn.execute_many(
-            "INSERT INTO event_push_actions (user_id, room_id, event_id, stream_ordering,"
-            " thread_id, notify, highlight, actions, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (user_id, event_id) DO NOTHING",
-            [
-                (row.user_id, room_id, event_id, stream_ordering, row.thread_id, row.notify,
-                 row.highlight, row.actions, batch.ts)
+        """One staging row for the event's actions (see `flush_staging_txn`), and the local
+        sender's new position."""
+        if batch.rows:
+            actions: dict[str, int] = {}
+            users = [
+                [row.user_id, actions.setdefault(row.actions, len(actions)), int(row.notify),
+                 int(row.highlight)]
                 for row in batch.rows
-            ],
-        )
+            ]
+            txn.execute(
+                "INSERT INTO event_push_actions_staging (stream_ordering, event_id, room_id,"
+                " thread_id, ts, users) VALUES (?, ?, ?, ?, ?, ?)",
+                (stream_ordering, event_id, room_id, batch.thread_id, batch.ts,
+                 json.dumps({"actions": list(actions), "users": users})),
+            )
         if batch.local_sender is not None:
             txn.execute(
                 "INSERT INTO push_sent_positions (user_id, room_id, thread_id, stream_ordering)"
@@ -119,6 +124,11 @@ class PushActionStore:
                 (batch.local_sender, room_id, batch.thread_id, stream_ordering),
             )
 
+    async def flush_staging(self) -> int:
+        """Move a batch of staged events' actions to the per-user table; returns how many
+        events were moved."""
+        return await self._db.run_interaction("flush_push_actions", flush_staging_txn)
+
     # ----- counts ------------------------------------------------------------------------
 
     async def get_counts(
@@ -127,10 +137,12 @@ class PushActionStore:
         """(user_id, room_id) -> counts, in one transaction."""
         if not keys:
             return {}
-        return await self._db.run_interaction(
-            "get_notification_counts",
-            lambda txn: {key: _counts_txn(txn, *key) for key in keys},
-        )
+
+        def txn_fn(txn: Transaction) -> dict[tuple[str, str], RoomCounts]:
+            _flush_all_txn(txn)
+            return {key: _counts_txn(txn, *key) for key in keys}
+
+        return await self._db.run_interaction("get_notification_counts", txn_fn)
 
     # ----- the notifications list ----------------------------------------------------------
 
@@ -140,6 +152,7 @@ class PushActionStore:
         """The user's notifying actions, newest first, below `before` (a stream position)."""
 
         def txn_fn(txn: Transaction) -> list[Notification]:
+            _flush_all_txn(txn)
             sql = (
                 "SELECT room_id, event_id, stream_ordering, thread_id, highlight, actions, ts"
                 " FROM event_push_actions WHERE user_id = ? AND notify = ?"
@@ -169,6 +182,46 @@ class PushActionStore:
             return result
 
         return await self._db.run_interaction("get_notifications", txn_fn)
+
+
+# Staged events moved per transaction.
+FLUSH_BATCH = 200
+
+
+def flush_staging_txn(txn: Transaction) -> int:
+    staged = txn.select_all(
+        "SELECT stream_ordering, event_id, room_id, thread_id, ts, users"
+        " FROM event_push_actions_staging ORDER BY stream_ordering LIMIT ?",
+        (FLUSH_BATCH,),
+    )
+    if not staged:
+        return 0
+    rows = []
+    for stream_ordering, event_id, room_id, thread_id, ts, users in staged:
+        packed = json.loads(users)
+        actions = packed["actions"]
+        for user_id, index, notify, highlight in packed["users"]:
+            rows.append((user_id, room_id, event_id, stream_ordering, thread_id, bool(notify),
+                         bool(highlight), actions[index], ts))
+    # Grouped by user, so each user's page is visited once.
+    rows.sort(key=lambda r: (r[0], r[3]))
+    txn.execute_many(
+        "INSERT INTO event_push_actions (user_id, room_id, event_id, stream_ordering,"
+        " thread_id, notify, highlight, actions, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (user_id, stream_ordering) DO NOTHING",
+        rows,
+    )
+    txn.execute_many(
+        "DELETE FROM event_push_actions_staging WHERE stream_ordering = ?",
+        [(row[0],) for row in staged],
+    )
+    return len(staged)
+
+
+def _flush_all_txn(txn: Transaction) -> None:
+    """Move every staged event: readers of the per-user table see all that is committed."""
+    while flush_staging_txn(txn) >= FLUSH_BATCH:
+        pass
 
 
 def _read_positions_txn(txn: Transaction, user_id: str, room_id: str) -> dict[str, int]:
@@ -211,8 +264,8 @@ def _counts_txn(txn: Transaction, user_id: str, room_id: str) -> RoomCounts:
     threads: dict[str, list[int]] = {}
     for thread_id, notifications, highlights in txn.select_all(
         f"SELECT thread_id, {_COUNT_COLUMNS} FROM event_push_actions"
-        " WHERE user_id = ? AND room_id = ? AND stream_ordering > ? GROUP BY thread_id",
-        (user_id, room_id, base),
+        " WHERE user_id = ? AND stream_ordering > ? AND room_id = ? GROUP BY thread_id",
+        (user_id, base, room_id),
     ):
         threads[thread_id] = [notifications, highlights]
     # A thread read further than the unthreaded position: take away what it has read.
@@ -221,8 +274,8 @@ def _counts_txn(txn: Transaction, user_id: str, room_id: str) -> RoomCounts:
             continue
         row = txn.select_one(
             f"SELECT {_COUNT_COLUMNS} FROM event_push_actions WHERE user_id = ?"
-            " AND room_id = ? AND thread_id = ? AND stream_ordering > ? AND stream_ordering <= ?",
-            (user_id, room_id, thread_id, base, position),
+            " AND stream_ordering > ? AND stream_ordering <= ? AND room_id = ? AND thread_id = ?",
+            (user_id, base, position, room_id, thread_id),
         )
         if row is not None:
             threads[thread_id][0] -= row[0]
