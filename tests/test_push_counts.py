@@ -12,6 +12,8 @@ import json
 from typing import Any
 from urllib.parse import urlencode
 
+from twisted.internet import defer, reactor, task
+
 from homeserver.account_data import PUSH_RULES
 from tests.harness import on_both_engines, transactions_recorded
 from tests.room_helpers import API, RoomTestCase, User, q
@@ -283,3 +285,48 @@ class CountsCostTests(PushCountsTestCase):
             response = await self.sync(self.bob, since)
         self.assertEqual(self.counts(response), (1, 0))
         self.assertNotIn("get_notification_counts", calls)
+
+
+@on_both_engines
+class StagingAndListenerTests(PushCountsTestCase):
+    async def staged_and_moved(self) -> tuple[int, int]:
+        def txn_fn(txn: Any) -> tuple[int, int]:
+            staged = txn.select_one("SELECT COUNT(*) FROM event_push_actions_staging")[0]
+            moved = txn.select_one("SELECT COUNT(*) FROM event_push_actions")[0]
+            return staged, moved
+
+        return await self.hs.db.run_interaction("test_counts", txn_fn)
+
+    async def test_actions_are_staged_with_the_event_then_moved(self) -> None:
+        await self.message(self.alice)
+        # Written with the event: one staging row for its two recipients.
+        self.assertEqual(await self.staged_and_moved(), (1, 0))
+        await task.deferLater(reactor, 1.0, lambda: None)
+        self.assertEqual(await self.staged_and_moved(), (0, 2))
+
+    async def test_notification_listeners_hear_of_new_actions(self) -> None:
+        heard: list[tuple[str, str, str, tuple[Any, ...], tuple[int, int]]] = []
+        done = defer.Deferred()
+
+        async def listener(user_id: str, room_id: str, event: Any, actions: Any,
+                           counts: Any) -> None:
+            heard.append((user_id, room_id, event.event_id, actions, counts.totals()))
+            if len(heard) == 2:
+                done.callback(None)
+
+        async def broken(*args: Any) -> None:
+            raise RuntimeError("a pusher failing must not stop the others")
+
+        self.hs.push_actions.notification_listeners.extend([broken, listener])
+        event_id = await self.message(
+            self.alice, "hi", **{"m.mentions": {"user_ids": [self.bob.user_id]}}
+        )
+        await done
+        by_user = {h[0]: h for h in heard}
+        self.assertEqual(set(by_user), {self.bob.user_id, self.carol.user_id})
+        bob = by_user[self.bob.user_id]
+        self.assertEqual(bob[1:3], (self.room_id, event_id))
+        self.assertIn({"set_tweak": "highlight"}, bob[3])
+        self.assertEqual(bob[4], (1, 1))
+        self.assertEqual(by_user[self.carol.user_id][4], (1, 0))
+        self.flushLoggedErrors(RuntimeError)
