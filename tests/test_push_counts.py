@@ -110,6 +110,11 @@ class NotificationCountTests(PushCountsTestCase):
         self.assertEqual(self.counts(await self.sync(self.bob)), (2, 0))
         await self.message(self.bob, "reply")
         self.assertEqual(self.counts(await self.sync(self.bob)), (0, 0))
+        # What the database says agrees (a restart reads it).
+        stored = await self.hs.stores.push_action_store.get_counts([(self.bob.user_id, self.room_id)])
+        self.assertEqual(stored[(self.bob.user_id, self.room_id)].totals(), (0, 0))
+        await self.message(self.alice)
+        self.assertEqual(self.counts(await self.sync(self.bob)), (1, 0))
 
     async def test_counts_survive_a_cold_cache(self) -> None:
         """What is counted in memory is what the database holds (a restart reads it)."""

@@ -98,7 +98,12 @@ class NotificationCounts:
                                             row.highlight)
                 )
         if batch.local_sender is not None:
-            self.read_moved(batch.local_sender, room_id)
+            # Sending reads the thread up to the new event, which is past every action held.
+            key = (batch.local_sender, room_id)
+            self._changed(key)
+            cached = self._cache.peek(key)
+            if cached is not None:
+                self._cache.replace(key, cached.with_read(batch.thread_id, stream_ordering))
 
     def read_moved(self, user_id: str, room_id: str) -> None:
         """The user's read position in the room moved (a receipt, an event they sent)."""

@@ -63,6 +63,14 @@ class RoomCounts:
         counts[1] += int(highlight)
         return RoomCounts(dict(self.read_up_to), threads)
 
+    def with_read(self, thread_id: str, stream_ordering: int) -> RoomCounts:
+        """These counts once the thread is read up to `stream_ordering`, a position past
+        every action counted (the user's own new event)."""
+        read_up_to = dict(self.read_up_to)
+        read_up_to[thread_id] = max(read_up_to.get(thread_id, 0), stream_ordering)
+        threads = {t: list(c) for t, c in self.threads.items() if t != thread_id}
+        return RoomCounts(read_up_to, threads)
+
     def totals(self, thread_id: str | None = None) -> tuple[int, int]:
         """(notifications, highlights) of one thread, or of them all."""
         if thread_id is not None:
