@@ -23,6 +23,7 @@ from twisted.internet import defer
 
 from homeserver.caches import LruCache
 from storage.stores.push_actions import (
+    FLUSH_BATCH,
     MAIN_THREAD,
     PushActionBatch,
     PushActionStore,
@@ -168,7 +169,8 @@ class StagedActionsMover:
 
     async def _move(self) -> None:
         try:
-            while not self._stopped and await self._store.flush_staging() > 0:
+            # A short batch means nothing was left.
+            while not self._stopped and await self._store.flush_staging() >= FLUSH_BATCH:
                 pass
         except Exception:
             logger.exception("Moving staged push actions failed (retried on the next event)")
