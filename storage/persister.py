@@ -105,6 +105,8 @@ class PushActionSource(Protocol):
 
     def committed(self, event: Event, stream_ordering: int, batch: PushActionBatch) -> None: ...
 
+    def commit_uncertain(self, event: Event, batch: PushActionBatch) -> None: ...
+
 
 class IdAllocator:
     """Plain increasing IDs (state groups) for this process; see stream_ids for the caveat.
@@ -282,10 +284,13 @@ class EventPersister:
                 # the cached current state cannot be trusted either way.
                 self._state.invalidate_current_state(event.room_id)
                 self._forget_uncertain_redaction(event)
+                if push is not None and self._push_actions is not None:
+                    self._push_actions.commit_uncertain(event, push)
                 raise
-        if push is not None and self._push_actions is not None:
-            # Before the caller publishes the event: the sync that serves it serves its count.
-            self._push_actions.committed(event, stream_ordering, push)
+            if push is not None and self._push_actions is not None:
+                # Before the position becomes current and the caller publishes the event:
+                # the sync that serves the event serves its count.
+                self._push_actions.committed(event, stream_ordering, push)
         stored = StoredEvent(event, stream_ordering, event.depth, metadata, hidden)
         return stored
 

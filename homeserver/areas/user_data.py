@@ -53,7 +53,7 @@ def build_user_data(core: Core, stores: Stores, streams: Streams) -> UserData:
     )
     # Unread notification counts, measured from each user's receipts.
     counts = NotificationCounts(stores.push_action_store)
-    receipts.read_listeners.append(counts.read_moved)
+    receipts.read_listeners.append(counts.forget)
     return UserData(
         presence=presence,
         typing=typing,

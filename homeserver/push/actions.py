@@ -251,6 +251,14 @@ class PushActionGenerator:
         if self.notification_listeners and batch.rows:
             defer.ensureDeferred(self._tell_listeners(event, batch))
 
+    def commit_uncertain(self, event: Event, batch: PushActionBatch) -> None:
+        """The event's transaction failed, perhaps after committing: what is held of these
+        users' counts in the room is in doubt."""
+        for row in batch.rows:
+            self._counts.forget(row.user_id, event.room_id)
+        if batch.local_sender is not None:
+            self._counts.forget(batch.local_sender, event.room_id)
+
     async def stop(self) -> None:
         if self._mover is not None:
             await self._mover.stop()

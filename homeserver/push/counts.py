@@ -5,7 +5,7 @@ memory and moved by the commits that change them: each committed event adds its 
 to the counts held for its room's users (`actions_committed`, called by the persister after
 the commit and before the event is published, so the sync that serves the event serves its
 count too), and a receipt, or an event sent by the user, forgets the user's counts in that
-room (`read_moved`), to be read again once. So one message fanned out to a thousand
+room (`forget`), to be read again once. So one message fanned out to a thousand
 listeners costs no read per listener for its counts.
 
 A read that was in flight while such a change committed is answered but not cached, as in
@@ -106,8 +106,9 @@ class NotificationCounts:
             if cached is not None:
                 self._cache.replace(key, cached.with_read(batch.thread_id, stream_ordering))
 
-    def read_moved(self, user_id: str, room_id: str) -> None:
-        """The user's read position in the room moved (a receipt, an event they sent)."""
+    def forget(self, user_id: str, room_id: str) -> None:
+        """Forget what is held of the user's counts in the room: their read position moved
+        (a receipt), or a commit that may have changed them failed."""
         key = (user_id, room_id)
         self._changed(key)
         self._cache.pop(key, None)
