@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 from twisted.internet import defer, reactor, task
 
 from homeserver.account_data import PUSH_RULES
+from storage.persister import EventContext
 from tests.harness import on_both_engines, transactions_recorded
 from tests.room_helpers import API, RoomTestCase, User, q
 
@@ -335,3 +336,38 @@ class StagingAndListenerTests(PushCountsTestCase):
         self.assertEqual(bob[4], (1, 1))
         self.assertEqual(by_user[self.carol.user_id][4], (1, 0))
         self.flushLoggedErrors(RuntimeError)
+
+
+@on_both_engines
+class WhichEventsTests(PushCountsTestCase):
+    async def test_hidden_events_get_no_actions(self) -> None:
+        event_id = await self.message(self.alice)
+        event = await self.hs.event_store.get_event(event_id)
+        assert event is not None
+        generator = self.hs.push_actions
+        visible = await generator.for_event(event, EventContext(state_group_before=None))
+        assert visible is not None
+        self.assertEqual({r.user_id for r in visible.rows},
+                         {self.bob.user_id, self.carol.user_id})
+        for hidden in (
+            EventContext(state_group_before=None, outlier=True),
+            EventContext(state_group_before=None, backfilled=True),
+            EventContext(state_group_before=None, soft_failed=True),
+        ):
+            self.assertIsNone(await generator.for_event(event, hidden))
+
+    async def test_invitee_gets_invite_for_me(self) -> None:
+        dave = await self.user("dave")
+        r = await self.membership_action(self.alice, self.room_id, "invite",
+                                         {"user_id": dave.user_id})
+        self.assertEqual(r.code, 200, r)
+        notes = await self.hs.stores.push_action_store.get_notifications(
+            dave.user_id, None, 10, False
+        )
+        self.assertEqual(len(notes), 1)
+        self.assertEqual(notes[0].actions, ["notify", {"set_tweak": "sound", "value": "default"}])
+        # The room's members are not notified of the invite (member events are suppressed).
+        bob = await self.hs.stores.push_action_store.get_notifications(
+            self.bob.user_id, None, 10, False
+        )
+        self.assertEqual(bob, [])
