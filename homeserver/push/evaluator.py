@@ -71,8 +71,8 @@ class EventView:
     def __init__(self, event: Mapping[str, Any]) -> None:
         self._event = event
         self._values: dict[tuple[str, ...], Any] = {}
-        # A condition's memo key -> whether it matched this event.
-        self.answers: dict[Any, bool] = {}
+        # A condition's memo key -> whether it matched this event (or what it needs of it).
+        self.answers: dict[Any, Any] = {}
         # A ruleset -> what of it is left to check per user (see `CompiledRuleset`).
         self.plans: dict[Any, Any] = {}
 
@@ -246,9 +246,17 @@ def _property_self(kind: str, path: tuple[str, ...]) -> Matcher:
     if kind == "event_property_is":
         return lambda view, ctx: view.value(path) == ctx.user_id
 
+    memo_key = ("self_contains", path)
+
     def contains(view: EventView, ctx: PushContext) -> bool:
-        found = view.value(path)
-        return isinstance(found, list) and ctx.user_id in found
+        # The array's strings as a set, made once per event for all its users.
+        strings = view.answers.get(memo_key)
+        if strings is None:
+            found = view.value(path)
+            strings = view.answers[memo_key] = frozenset(
+                v for v in found if isinstance(v, str)
+            ) if isinstance(found, list) else frozenset()
+        return ctx.user_id in strings
 
     return contains
 
