@@ -95,6 +95,17 @@ class NotificationCountTests(PushCountsTestCase):
         # Carol's counts are hers.
         self.assertEqual(self.counts(await self.sync(self.carol)), (1, 0))
 
+    async def test_room_returned_for_its_account_data_has_counts(self) -> None:
+        await self.message(self.alice)
+        since = (await self.sync(self.bob))["next_batch"]
+        r = await self.request(
+            "PUT", f"{API}/user/{q(self.bob.user_id)}/rooms/{q(self.room_id)}/tags/u.work", {},
+            token=self.bob.token,
+        )
+        self.assertEqual(r.code, 200, r)
+        response = await self.sync(self.bob, since)
+        self.assertEqual(self.counts(response), (1, 0))
+
     async def test_later_of_public_and_private_receipts_counts(self) -> None:
         first = await self.message(self.alice, "1")
         second = await self.message(self.alice, "2")

@@ -250,6 +250,8 @@ class SyncHandler:
         sync_pass = _Pass(request, since, now)
         rooms = await self._rooms_section(sync_pass)
         account_data = await self._account_data_section(sync_pass, rooms)
+        # Last of the room parts: every joined room the response holds has its counts.
+        await self._add_notification_counts(sync_pass, rooms["join"])
         presence = await self._presence_section(sync_pass)
         device_lists = await self._device_lists_section(sync_pass)
         to_device, to_device_position = await self._to_device_section(sync_pass)
@@ -446,7 +448,6 @@ class SyncHandler:
                 section["leave"][room_id] = await self._left_room(sync_pass, membership)
 
         await self._add_ephemeral(sync_pass, section["join"], joined_ids)
-        await self._add_notification_counts(sync_pass, section["join"])
         return section
 
     async def _add_notification_counts(
