@@ -17,6 +17,7 @@ from twisted.internet import defer, reactor, task
 from homeserver.account_data import PUSH_RULES
 from storage.persister import EventContext
 from tests.harness import on_both_engines, transactions_recorded
+from tests.push_gateway import PushGateway
 from tests.room_helpers import API, RoomTestCase, User, q
 
 THREADED_FILTER = json.dumps({"room": {"timeline": {"unread_thread_notifications": True}}})
@@ -382,3 +383,31 @@ class WhichEventsTests(PushCountsTestCase):
             self.bob.user_id, None, 10, False
         )
         self.assertEqual(bob, [])
+
+
+@on_both_engines
+class PushersTests(PushCountsTestCase):
+    """Push evaluation hands notifications and lowered counts to the pushers
+    (tests/test_pushers.py tests their delivery)."""
+
+    config_overrides = {"pushers": {"ip_range_allowlist": ["127.0.0.1/32"]}}
+
+    async def test_notifications_and_badge_updates_reach_the_gateway(self) -> None:
+        gateway = PushGateway.start(self)
+        r = await self.request("POST", f"{API}/pushers/set", {
+            "kind": "http", "app_id": "org.example.app", "pushkey": "key-1",
+            "app_display_name": "Example", "device_display_name": "Bob's phone",
+            "lang": "en", "data": {"url": gateway.url},
+        }, token=self.bob.token)
+        self.assertEqual(r.code, 200, r)
+        first = await self.message(self.alice, "one")
+        await self.message(self.alice, "two")
+        received = await gateway.wait_for(2)
+        self.assertEqual([n.notification["event_id"] for n in received][:1], [first])
+        self.assertEqual([n.notification["counts"]["unread"] for n in received], [1, 2])
+        # Carol has no pusher: nothing for her.
+        self.assertTrue(all(n.notification["devices"][0]["pushkey"] == "key-1" for n in received))
+        await self.receipt(self.bob, first)
+        [*_, badge] = await gateway.wait_for(3)
+        self.assertNotIn("event_id", badge.notification)
+        self.assertEqual(badge.notification["counts"]["unread"], 1)
