@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 
 from twisted.internet import defer, reactor, task
 
+import homeserver.push.counts as push_counts
 from homeserver.account_data import PUSH_RULES
 from storage.persister import EventContext
 from tests.harness import on_both_engines, transactions_recorded
@@ -316,10 +317,19 @@ class StagingAndListenerTests(PushCountsTestCase):
         return await self.hs.db.run_interaction("test_counts", txn_fn)
 
     async def test_actions_are_staged_with_the_event_then_moved(self) -> None:
+        mover = self.hs.push_actions._mover
+        assert mover is not None
+        # Slow enough that nothing moves the staged row before it is looked at.
+        self.patch(push_counts, "FLUSH_DELAY_S", 30.0)
         await self.message(self.alice)
         # Written with the event: one staging row for its two recipients.
         self.assertEqual(await self.staged_and_moved(), (1, 0))
-        await task.deferLater(reactor, 1.0, lambda: None)
+        self.assertIsNotNone(mover._pending)
+        mover._pending.reset(0)
+        for _ in range(50):
+            if await self.staged_and_moved() == (0, 2):
+                break
+            await task.deferLater(reactor, 0.1, lambda: None)
         self.assertEqual(await self.staged_and_moved(), (0, 2))
 
     async def test_notification_listeners_hear_of_new_actions(self) -> None:
@@ -336,6 +346,8 @@ class StagingAndListenerTests(PushCountsTestCase):
             raise RuntimeError("a pusher failing must not stop the others")
 
         self.hs.push_actions.notification_listeners.extend([broken, listener])
+        for user in (self.bob, self.carol):
+            await self.sync(user)  # their counts are now held
         event_id = await self.message(
             self.alice, "hi", **{"m.mentions": {"user_ids": [self.bob.user_id]}}
         )

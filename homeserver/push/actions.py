@@ -18,7 +18,8 @@ After the commit, `committed` moves the cached notification counts and then call
     await listener(user_id, room_id, event, actions, counts)
 
 `actions` is the matching rule's actions (a tuple of the spec's action values) and `counts`
-the user's `RoomCounts` in that room, this event included. Listeners run in the
+the user's `RoomCounts` in that room, this event included, when held in memory (a syncing
+user's are), else None: nothing is read for users no listener cares about. Listeners run in the
 background, after the event is published; one that raises is logged and the others still
 run.
 """
@@ -69,7 +70,7 @@ SHARED_RULESETS_CACHE_SIZE = 10_000
 ROOM_CACHE_SIZE = 10_000
 
 NotificationListener = Callable[
-    [str, str, Event, tuple[Any, ...], RoomCounts], Awaitable[None]
+    [str, str, Event, tuple[Any, ...], RoomCounts | None], Awaitable[None]
 ]
 
 
@@ -280,11 +281,8 @@ class PushActionGenerator:
         for row in batch.rows:
             if not row.notify:
                 continue
-            try:
-                counts = await self._counts.get(row.user_id, event.room_id)
-            except Exception:
-                logger.exception("Reading notification counts of %s failed", row.user_id)
-                continue
+            # What is held (a syncing user's counts always are); no read for the others.
+            counts = self._counts.held(row.user_id, event.room_id)
             actions = tuple(json.loads(row.actions))
             for listener in list(self.notification_listeners):
                 try:

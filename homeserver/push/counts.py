@@ -79,6 +79,10 @@ class NotificationCounts:
             result[key[1]] = counts
         return result
 
+    def held(self, user_id: str, room_id: str) -> RoomCounts | None:
+        """The user's counts in the room if held in memory (no read)."""
+        return self._cache.peek((user_id, room_id))
+
     def _changed(self, key: tuple[str, str]) -> None:
         if key in self._loads:
             self._changes[key] += 1

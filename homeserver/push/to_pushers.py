@@ -40,7 +40,7 @@ class PusherBridge:
 
     async def on_notification(
         self, user_id: str, room_id: str, event: Event, actions: tuple[Any, ...],
-        counts: RoomCounts,
+        counts: RoomCounts | None,
     ) -> None:
         """A `PushActionGenerator.notification_listeners` entry."""
         if not self._delivery.has_http_pusher(user_id):
