@@ -9,6 +9,7 @@ stored is what the user changed, and every read serves the full ruleset, default
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,9 @@ class AccountDataHandler:
         self._bus = bus
         # Read-modify-write of m.tag, per (user, room).
         self._tag_writers = Linearizer("room_tags")
+        # Called with (user_id, room_id, type) after each write commits, before it is
+        # published (the push evaluator forgets a user's compiled rules).
+        self.change_listeners: list[Callable[[str, str | None, str], None]] = []
 
     @property
     def current_position(self) -> int:
@@ -150,6 +154,8 @@ class AccountDataHandler:
         """Store account data with no checks; returns its stream position."""
         async with self._ids.next() as stream_id:
             await self._store.set_account_data(user_id, room_id, data_type, content, stream_id)
+            for listener in self.change_listeners:
+                listener(user_id, room_id, data_type)
         await self._bus.publish(
             StreamUpdate.of("account_data", stream_id, users=[user_id], wake=[user_id])
         )

@@ -26,6 +26,7 @@ from homeserver.areas.sync import build_sync
 from homeserver.areas.user_data import build_user_data
 from homeserver.cli import StartupError
 from homeserver.config import HomeserverConfig, ListenerConfig
+from homeserver.push.to_pushers import PusherBridge
 from storage.migrations import apply_migrations
 
 logger = logging.getLogger(__name__)
@@ -145,9 +146,21 @@ class HomeServer:
             user_data.presence,
             transport.remote_queries,
             late_federation.for_rooms() if late_federation is not None else RoomsFederation(),
+            user_data.account_data,
+            user_data.notification_counts,
         )
         self.event_stream = rooms.event_stream
         self.persister = rooms.persister
+        self.push_actions = rooms.push_actions
+        self.notifications = rooms.notifications
+        self.notification_counts = user_data.notification_counts
+        # New notifications and lowered unread counts go to the user's pushers.
+        to_pushers = self.pusher_bridge = PusherBridge(
+            user_data.notification_counts, streams.shared_rooms, self.pushers,
+            self.push_delivery,
+        )
+        rooms.push_actions.notification_listeners.append(to_pushers.on_notification)
+        user_data.receipts.read_listeners.append(to_pushers.read_moved)
         self.event_creator = rooms.event_creator
         self.event_serializer = rooms.event_serializer
         self.profiles = rooms.profiles
@@ -344,6 +357,8 @@ class HomeServer:
         except Exception:
             logger.exception("writing presence on the way down failed")
         self.typing.stop()
+        # What is staged stays staged (read back on the next start).
+        await self.push_actions.stop()
         for port in self.ports:
             stopped: Any = port.stopListening()
             if stopped is not None:

@@ -9,7 +9,7 @@ content of what changed; private receipts are only ever shown to their owner.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from homeserver.clock import Clock
@@ -80,6 +80,9 @@ class ReceiptsHandler:
         # bus delivers in position order, so the last receipt federation sends is the one
         # stored.
         self._writers = Linearizer("receipts")
+        # Called with (user_id, room_id) after a receipt of the user moved, before it is
+        # published (notification counts are measured from it).
+        self.read_listeners: list[Callable[[str, str], None]] = []
 
     @property
     def current_position(self) -> int:
@@ -142,6 +145,8 @@ class ReceiptsHandler:
                     self._ids.unused(stream_id)
             if not written:
                 return False
+            for listener in self.read_listeners:
+                listener(user_id, room_id)
             await self._bus.publish(
                 StreamUpdate.of(
                     "receipts",

@@ -8,8 +8,10 @@ between the two loses nothing, as sync reads from the database.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from homeserver.events.canonical import encode_canonical_json
 from homeserver.events.model import Event
@@ -17,6 +19,7 @@ from homeserver.events.types import MEMBER
 from storage.database import Database, Transaction
 from storage.stores.events import EventStore, StoredEvent
 from storage.stores.federation_queue import FederationQueueStore
+from storage.stores.push_actions import PushActionBatch, PushActionStore
 from storage.stores.relations import forget_redacted_relation_txn, store_relation_txn
 from storage.stores.state import (
     StateKey,
@@ -25,6 +28,8 @@ from storage.stores.state import (
     load_group_txn,
 )
 from storage.stream_ids import StreamIdGenerator
+
+logger = logging.getLogger(__name__)
 
 # A user's latest membership of a room. `membership_stream_ordering` only moves when the
 # membership itself changes (not for a joined member's new display name).
@@ -90,6 +95,19 @@ class EventContext:
     outbound_destinations: tuple[str, ...] = ()
 
 
+class PushActionSource(Protocol):
+    """Push rules applied to an event (`homeserver.push.actions.PushActionGenerator`):
+    computed before the event's transaction, written in it, announced after its commit."""
+
+    async def for_event(
+        self, event: Event, context: EventContext
+    ) -> PushActionBatch | None: ...
+
+    def committed(self, event: Event, stream_ordering: int, batch: PushActionBatch) -> None: ...
+
+    def commit_uncertain(self, event: Event, batch: PushActionBatch) -> None: ...
+
+
 class IdAllocator:
     """Plain increasing IDs (state groups) for this process; see stream_ids for the caveat.
 
@@ -118,8 +136,10 @@ class EventPersister:
         event_stream: StreamIdGenerator,
         state_group_ids: IdAllocator,
         backfill_ids: IdAllocator | None = None,
+        push_actions: PushActionSource | None = None,
     ) -> None:
         self._db = db
+        self._push_actions = push_actions
         self._events = events
         self._state = state
         self._stream = event_stream
@@ -233,6 +253,7 @@ class EventPersister:
             metadata["replaces_state"] = context.replaces_state
 
         hidden = context.outlier or context.soft_failed
+        push = await self._push_actions_for(event, context)
         if context.backfilled:
             stream_ordering = self._backfill_ids.next()
             try:
@@ -256,15 +277,35 @@ class EventPersister:
                     state_group_after,
                     metadata,
                     groups,
+                    push,
                 )
             except Exception:
                 # The commit may have happened (a connection lost while committing), so
                 # the cached current state cannot be trusted either way.
                 self._state.invalidate_current_state(event.room_id)
                 self._forget_uncertain_redaction(event)
+                if push is not None and self._push_actions is not None:
+                    self._push_actions.commit_uncertain(event, push)
                 raise
+            if push is not None and self._push_actions is not None:
+                # Before the position becomes current and the caller publishes the event:
+                # the sync that serves the event serves its count.
+                self._push_actions.committed(event, stream_ordering, push)
         stored = StoredEvent(event, stream_ordering, event.depth, metadata, hidden)
         return stored
+
+    async def _push_actions_for(
+        self, event: Event, context: EventContext
+    ) -> PushActionBatch | None:
+        """The push actions to write with the event. A failure here is logged and the event
+        stored without them: sending must not depend on anyone's push rules."""
+        if self._push_actions is None or context.backfilled:
+            return None
+        try:
+            return await self._push_actions.for_event(event, context)
+        except Exception:
+            logger.exception("Computing push actions for %s failed", event.event_id)
+            return None
 
     def _forget_uncertain_redaction(self, event: Event) -> None:
         """After a failed persist: a redaction's row may have been committed all the same (a
@@ -283,6 +324,7 @@ class EventPersister:
         state_group_after: int | None,
         metadata: dict,
         groups: _NewGroups,
+        push: PushActionBatch | None = None,
     ) -> None:
         room_id = event.room_id
         state_group_before = context.state_group_before
@@ -365,6 +407,8 @@ class EventPersister:
         if not context.soft_failed:
             # Hidden events relate to nothing clients can see; backfilled ones do.
             store_relation_txn(txn, event, stream_ordering)
+        if push is not None and not context.soft_failed and not context.backfilled:
+            PushActionStore.insert_txn(txn, room_id, event.event_id, stream_ordering, push)
         if context.soft_failed or context.backfilled:
             # Its state is kept (later events may cite it) but nothing else moves.
             if new_group is not None:

@@ -250,6 +250,13 @@ class PusherApiTests(PusherTestCase):
 NOTIFY_LOUDLY = ["notify", {"set_tweak": "sound", "value": "default"}, {"set_tweak": "highlight"}]
 
 
+def unhook_push_evaluation(hs: HomeServer) -> None:
+    """These tests hand notifications to the pushers themselves: what push evaluation would
+    hand them is left out (tests/test_push_counts.py tests that)."""
+    hs.push_actions.notification_listeners.remove(hs.pusher_bridge.on_notification)
+    hs.receipts.read_listeners.remove(hs.pusher_bridge.read_moved)
+
+
 @on_both_engines
 class PusherDeliveryTests(PusherTestCase):
     config_overrides = {
@@ -263,6 +270,7 @@ class PusherDeliveryTests(PusherTestCase):
 
     async def setUp(self) -> None:  # type: ignore[override]
         await super().setUp()
+        unhook_push_evaluation(self.hs)
         self.gateway = PushGateway.start(self)
         self.alice = await self.user("alice")
         self.bob = await self.user("bob")
@@ -306,6 +314,7 @@ class PusherDeliveryTests(PusherTestCase):
         isolate_from_dns(hs)
         self.addCleanup(lambda: defer.ensureDeferred(hs.stop()))
         await hs.setup()
+        unhook_push_evaluation(hs)
         hs.start_listening()
         self.hs = hs
         self.base_url = f"http://127.0.0.1:{hs.ports[0].getHost().port}"

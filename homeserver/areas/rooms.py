@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from federation.queries import RemoteQueries
+from homeserver.account_data import AccountDataHandler
 from homeserver.areas.core import Core
 from homeserver.areas.stores import Stores
 from homeserver.areas.streams import Streams
@@ -14,6 +15,9 @@ from homeserver.events.model import Event
 from homeserver.events.serialize import EventSerializer
 from homeserver.presence import PresenceHandler
 from homeserver.profile import ProfileHandler
+from homeserver.push.actions import PushActionGenerator
+from homeserver.push.counts import NotificationCounts, StagedActionsMover
+from homeserver.push.notifications import NotificationsHandler
 from homeserver.ratelimit import RateLimiter
 from homeserver.rooms.creation import RoomCreationHandler
 from homeserver.rooms.creator import EventCreator
@@ -48,6 +52,8 @@ class Rooms:
     state_group_ids: IdAllocator
     backfill_ids: IdAllocator
     persister: EventPersister
+    push_actions: PushActionGenerator
+    notifications: NotificationsHandler
     event_creator: EventCreator
     event_serializer: EventSerializer
     profiles: ProfileHandler
@@ -73,14 +79,28 @@ def build_rooms(
     presence: PresenceHandler,
     remote: RemoteQueries,
     federation: RoomsFederation,
+    account_data: AccountDataHandler,
+    counts: NotificationCounts,
 ) -> Rooms:
     events, state, rooms = stores.event_store, stores.state_store, stores.room_store
     event_stream = streams.registry["events"].id_generator()
     state_group_ids = IdAllocator()
     # Outliers and backfilled events take positions below zero, counting down.
     backfill_ids = IdAllocator(0, step=-1)
+    # Every event a local user can see is evaluated against their push rules before it is
+    # written; the actions are written with it.
+    push_actions = PushActionGenerator(
+        core.server_name,
+        core.clock,
+        events,
+        state,
+        stores.account_data_store,
+        counts,
+        StagedActionsMover(core.reactor, stores.push_action_store),
+    )
+    account_data.change_listeners.append(push_actions.account_data_changed)
     persister = EventPersister(
-        core.db, events, state, event_stream, state_group_ids, backfill_ids
+        core.db, events, state, event_stream, state_group_ids, backfill_ids, push_actions
     )
     creator = EventCreator(
         core.server_name,
@@ -138,6 +158,8 @@ def build_rooms(
         state_group_ids=state_group_ids,
         backfill_ids=backfill_ids,
         persister=persister,
+        push_actions=push_actions,
+        notifications=NotificationsHandler(stores.push_action_store, events, serializer),
         event_creator=creator,
         event_serializer=serializer,
         profiles=profiles,

@@ -27,6 +27,7 @@ from storage.stores.filters import FilterStore
 from storage.stores.media import MediaStore
 from storage.stores.presence import PresenceStore
 from storage.stores.profiles import ProfileStore
+from storage.stores.push_actions import PushActionStore
 from storage.stores.pushers import PusherStore
 from storage.stores.receipts import ReceiptStore
 from storage.stores.relations import RelationStore
@@ -67,6 +68,7 @@ class Stores:
     e2e_key_store: E2eKeyStore
     device_list_store: DeviceListStore
     pusher_store: PusherStore
+    push_action_store: PushActionStore
 
 
 def build_stores(db: Database, replication: Replication) -> Stores:
@@ -142,4 +144,5 @@ def build_stores(db: Database, replication: Replication) -> Stores:
         e2e_key_store=e2e_key_store,
         device_list_store=DeviceListStore(db),
         pusher_store=PusherStore(db),
+        push_action_store=PushActionStore(db),
     )

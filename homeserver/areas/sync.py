@@ -56,6 +56,7 @@ def build_sync(
         device_lists=e2e.device_lists,
         to_device=e2e.to_device,
         e2e_keys=e2e.keys,
+        counts=user_data.notification_counts,
     )
     connections = ConnectionRegistry(core.config.websocket.max_connections)
     auth.tokens.add_revocation_listener(connections.revoked)

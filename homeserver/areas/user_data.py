@@ -11,6 +11,7 @@ from homeserver.areas.core import Core
 from homeserver.areas.stores import Stores
 from homeserver.areas.streams import Streams
 from homeserver.presence import PresenceHandler
+from homeserver.push.counts import NotificationCounts
 from homeserver.push.handler import PushRulesHandler
 from homeserver.read_markers import ReadMarkerHandler
 from homeserver.receipts import ReceiptsHandler
@@ -25,6 +26,7 @@ class UserData:
     account_data: AccountDataHandler
     read_markers: ReadMarkerHandler
     push_rules: PushRulesHandler
+    notification_counts: NotificationCounts
 
 
 def build_user_data(core: Core, stores: Stores, streams: Streams) -> UserData:
@@ -49,6 +51,9 @@ def build_user_data(core: Core, stores: Stores, streams: Streams) -> UserData:
         registry["receipts"],
         bus,
     )
+    # Unread notification counts, measured from each user's receipts.
+    counts = NotificationCounts(stores.push_action_store)
+    receipts.read_listeners.append(counts.forget)
     return UserData(
         presence=presence,
         typing=typing,
@@ -57,4 +62,5 @@ def build_user_data(core: Core, stores: Stores, streams: Streams) -> UserData:
         read_markers=ReadMarkerHandler(receipts, account_data, presence),
         # Push rules live in the user's m.push_rules account data (pushers: `build_pushers`).
         push_rules=PushRulesHandler(account_data),
+        notification_counts=counts,
     )

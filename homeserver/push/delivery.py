@@ -166,6 +166,11 @@ class PushDelivery:
         for pusher_id in pusher_ids:
             self._wake(pusher_id)
 
+    def has_http_pusher(self, user_id: str) -> bool:
+        """Whether anything sent for this user would be delivered (push evaluation skips
+        reading the user's unread count otherwise)."""
+        return self._config.enabled and user_id in self._users_with_pushers
+
     def pusher_set(self, user_id: str, kind: str) -> None:
         """A pusher was set for the user (after commit)."""
         if kind == HTTP:

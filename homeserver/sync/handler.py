@@ -20,6 +20,7 @@ from homeserver.events.relations import THREAD
 from homeserver.events.serialize import EventSerializer
 from homeserver.filtering import Filter, RoomEventFilter
 from homeserver.presence import PresenceHandler
+from homeserver.push.counts import NotificationCounts
 from homeserver.receipts import ReceiptsHandler
 from homeserver.rooms.shared_rooms import SharedRooms
 from homeserver.rooms.visibility import HistoryVisibility
@@ -170,8 +171,11 @@ class SyncHandler:
         device_lists: DeviceListHandler | None = None,
         to_device: ToDeviceHandler | None = None,
         e2e_keys: E2eKeysHandler | None = None,
+        counts: NotificationCounts | None = None,
     ) -> None:
         self._server_name = server_name
+        # Unread notification counts per (user, room).
+        self._counts = counts
         self._clock = clock
         self._events = events
         self._state = state
@@ -246,6 +250,8 @@ class SyncHandler:
         sync_pass = _Pass(request, since, now)
         rooms = await self._rooms_section(sync_pass)
         account_data = await self._account_data_section(sync_pass, rooms)
+        # Last of the room parts: every joined room the response holds has its counts.
+        await self._add_notification_counts(sync_pass, rooms["join"])
         presence = await self._presence_section(sync_pass)
         device_lists = await self._device_lists_section(sync_pass)
         to_device, to_device_position = await self._to_device_section(sync_pass)
@@ -443,6 +449,22 @@ class SyncHandler:
 
         await self._add_ephemeral(sync_pass, section["join"], joined_ids)
         return section
+
+    async def _add_notification_counts(
+        self, sync_pass: _Pass, joined: dict[str, dict[str, Any]]
+    ) -> None:
+        """Each joined room in the response gets the user's unread notification counts: the
+        viewer's own part of a shared section. Held in memory once read, and moved by each
+        commit that changes them, so a pass woken by a message reads nothing for them."""
+        if self._counts is None or not joined:
+            return
+        request = sync_pass.request
+        per_thread = request.filter.room.timeline.unread_thread_notifications
+        counts = await self._counts.get_many(request.user_id, list(joined))
+        for room_id, room in joined.items():
+            room_counts = counts.get(room_id)
+            if room_counts is not None:
+                room.update(self._counts.sync_fields(room_counts, per_thread))
 
     def _is_joined(self, sync_pass: _Pass, room_id: str) -> bool:
         member = sync_pass.memberships.get(room_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,21 @@ class AccountDataStore:
             ),
         )
         return json.loads(row[0]) if row else None
+
+    async def get_global_for_users(
+        self, user_ids: Collection[str], data_type: str
+    ) -> dict[str, dict[str, Any]]:
+        """user_id -> content of their global `data_type`, for those who have one."""
+        rows = await self._db.run_interaction(
+            "get_global_account_data_for_users",
+            lambda txn: txn.select_in_chunks(
+                "SELECT user_id, content FROM account_data WHERE user_id IN ({in})"
+                " AND room_id = ? AND type = ?",
+                user_ids,
+                args_after=(GLOBAL, data_type),
+            ),
+        )
+        return {user_id: json.loads(content) for user_id, content in rows}
 
     async def get_account_data_changed(
         self, user_id: str, after: int, up_to: int | None = None

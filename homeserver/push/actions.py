@@ -1,0 +1,292 @@
+"""Push rules applied to every event a local user can see: the actions the persister stores
+with the event, and the seam pushers hang on.
+
+`PushActionGenerator.for_event` runs before the event's write transaction (the persister
+calls it; the room's writer lock is held, so the room's state is the state the event
+extends). It evaluates each local joined member's rules, except the sender's (and a local
+invitee's, for `.m.rule.invite_for_me`), and returns the rows the persister writes in the
+event's own transaction. Everything it needs is held in memory once warm:
+
+- each user's compiled ruleset (`CompiledRuleset`), read for all the room's users in one
+  transaction on a miss, and forgotten when their `m.push_rules` account data changes;
+- per room, the local joined members' display names, the member count and the power levels,
+  rebuilt only when the state store's current state of the room changes.
+
+After the commit, `committed` moves the cached notification counts and then calls each of
+`notification_listeners` (pushers) with every user a new action notifies:
+
+    await listener(user_id, room_id, event, actions, counts)
+
+`actions` is the matching rule's actions (a tuple of the spec's action values) and `counts`
+the user's `RoomCounts` in that room, this event included, when held in memory (a syncing
+user's are), else None: nothing is read for users no listener cares about. Listeners run in the
+background, after the event is published; one that raises is logged and the others still
+run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+
+from homeserver.caches import LruCache
+from homeserver.clock import Clock
+from homeserver.events.auth import user_power_level
+from homeserver.events.model import Event
+from homeserver.events.room_versions import RoomVersion
+from homeserver.events.types import CREATE, MEMBER, POWER_LEVELS
+from homeserver.push.counts import NotificationCounts, StagedActionsMover
+from homeserver.push.evaluator import (
+    DEFAULT_NOTIFICATION_LEVEL,
+    SELF,
+    CompiledRuleset,
+    EventView,
+    PushContext,
+    compile_ruleset,
+    evaluate_all,
+    thread_id_of,
+)
+from homeserver.push.rules import UserPushRules, build_ruleset
+from storage.persister import EventContext
+from storage.stores.account_data import AccountDataStore
+from storage.stores.events import EventStore
+from storage.stores.push_actions import PushActionBatch, PushActionRow, RoomCounts
+from storage.stores.state import StateKey, StateStore
+
+logger = logging.getLogger(__name__)
+
+PUSH_RULES = "m.push_rules"
+JsonDict = dict[str, Any]
+# Compiled rulesets held: every local member of a few big rooms.
+RULESETS_CACHE_SIZE = 100_000
+# Distinct stored rulesets compiled (users who changed nothing share one).
+SHARED_RULESETS_CACHE_SIZE = 10_000
+# Rooms whose push-relevant state is held.
+ROOM_CACHE_SIZE = 10_000
+
+NotificationListener = Callable[
+    [str, str, Event, tuple[Any, ...], RoomCounts | None], Awaitable[None]
+]
+
+
+@dataclass(frozen=True)
+class _RoomPushState:
+    """What evaluation needs of a room's current state, for one version of it."""
+
+    state: Mapping[StateKey, str]
+    member_count: int
+    # Local joined members -> display name in the room (None without one).
+    local_members: Mapping[str, str | None]
+    # (type, state_key) -> event, for the power level rules: create and power levels.
+    power_state: Mapping[StateKey, Event]
+    notification_levels: Mapping[str, int]
+    room_version: RoomVersion
+    # [rules generation, local member -> ruleset]: the members' rulesets, as long as nobody's
+    # rules changed (saves a thousand cache lookups per event in a big room).
+    rulesets: list[Any] = field(default_factory=list, compare=False)
+
+
+class PushActionGenerator:
+    def __init__(
+        self,
+        server_name: str,
+        clock: Clock,
+        events: EventStore,
+        state: StateStore,
+        account_data: AccountDataStore,
+        counts: NotificationCounts,
+        mover: StagedActionsMover | None = None,
+    ) -> None:
+        self._mover = mover
+        self._suffix = ":" + server_name
+        self._clock = clock
+        self._events = events
+        self._state = state
+        self._account_data = account_data
+        self._counts = counts
+        # user_id -> their compiled ruleset; users with the same stored rules (most have
+        # none) share one, found by the stored content's JSON.
+        self._rulesets: LruCache[str, CompiledRuleset] = LruCache(
+            "push_rulesets", RULESETS_CACHE_SIZE
+        )
+        self._shared_rulesets: LruCache[str, CompiledRuleset] = LruCache(
+            "push_shared_rulesets", SHARED_RULESETS_CACHE_SIZE
+        )
+        # Bumped by every change of anyone's rules: a load that overlapped one is used but
+        # not cached.
+        self._rules_generation = 0
+        self._rooms: LruCache[str, _RoomPushState] = LruCache("push_room_state", ROOM_CACHE_SIZE)
+        self.notification_listeners: list[NotificationListener] = []
+
+    # ----- rules ---------------------------------------------------------------------------
+
+    def account_data_changed(self, user_id: str, room_id: str | None, data_type: str) -> None:
+        if room_id is None and data_type == PUSH_RULES:
+            self._rules_generation += 1
+            self._rulesets.pop(user_id, None)
+
+    async def rulesets_of(self, user_ids: list[str]) -> dict[str, CompiledRuleset]:
+        found, missing = self._rulesets.get_many(user_ids)
+        if not missing:
+            return found
+        generation = self._rules_generation
+        stored = await self._account_data.get_global_for_users(missing, PUSH_RULES)
+        for user_id in missing:
+            ruleset = self._compiled(user_id, stored.get(user_id))
+            found[user_id] = ruleset
+            if generation == self._rules_generation:
+                self._rulesets.set(user_id, ruleset)
+        return found
+
+    def _compiled(self, user_id: str, content: JsonDict | None) -> CompiledRuleset:
+        """The ruleset of stored rules `content`, compiled once for every user with them:
+        the owner's own ID is `SELF` in it."""
+        key = json.dumps(content, sort_keys=True)
+        ruleset = self._shared_rulesets.get(key)
+        if ruleset is None:
+            ruleset = compile_ruleset(
+                user_id, build_ruleset(SELF, UserPushRules.from_content(content))
+            )
+            self._shared_rulesets.set(key, ruleset)
+        return ruleset
+
+    async def _member_rulesets(self, room: _RoomPushState) -> Mapping[str, CompiledRuleset]:
+        if room.rulesets and room.rulesets[0] == self._rules_generation:
+            return room.rulesets[1]  # type: ignore[no-any-return]
+        generation = self._rules_generation
+        rulesets = await self.rulesets_of(list(room.local_members))
+        if generation == self._rules_generation:
+            room.rulesets[:] = [generation, rulesets]
+        return rulesets
+
+    # ----- rooms ---------------------------------------------------------------------------
+
+    async def _room_state(self, room_id: str) -> _RoomPushState | None:
+        state = await self._state.get_current_state_ids(room_id)
+        cached = self._rooms.get(room_id)
+        if cached is not None and cached.state is state:
+            return cached
+        room_version = await self._events.get_room_version(room_id)
+        if room_version is None:
+            return None
+        joined = await self._state.get_current_members(room_id, "join")
+        local = {u: e for u, e in joined.items() if u.endswith(self._suffix)}
+        wanted = [*local.values()]
+        wanted += [state[k] for k in ((CREATE, ""), (POWER_LEVELS, "")) if k in state]
+        loaded = await self._events.get_events(wanted)
+        names: dict[str, str | None] = {}
+        for user_id, event_id in local.items():
+            member = loaded.get(event_id)
+            name = member.content.get("displayname") if member is not None else None
+            names[user_id] = name if isinstance(name, str) else None
+        power_state = {
+            k: loaded[state[k]]
+            for k in ((CREATE, ""), (POWER_LEVELS, ""))
+            if k in state and state[k] in loaded
+        }
+        levels: dict[str, int] = {}
+        power_levels = power_state.get((POWER_LEVELS, ""))
+        notifications = power_levels.content.get("notifications") if power_levels else None
+        if isinstance(notifications, Mapping):
+            for key, value in notifications.items():
+                if isinstance(value, int) and not isinstance(value, bool):
+                    levels[key] = value
+                elif isinstance(value, str) and value.lstrip("-").isdigit():
+                    levels[key] = int(value)  # room versions before 10 allow strings
+        room = _RoomPushState(state, len(joined), names, power_state, levels, room_version)
+        self._rooms.set(room_id, room)
+        return room
+
+    # ----- evaluation ----------------------------------------------------------------------
+
+    async def for_event(self, event: Event, context: EventContext) -> PushActionBatch | None:
+        """The actions to store with the event: None for events no one is notified of
+        (outliers, backfilled history, rejected or soft-failed events)."""
+        if (
+            context.outlier
+            or context.backfilled
+            or context.soft_failed
+            or event.rejected_reason is not None
+        ):
+            return None
+        room = await self._room_state(event.room_id)
+        if room is None:
+            return None
+        sender = event.sender
+        names = room.local_members
+        users = [u for u in names if u != sender]
+        thread_id = thread_id_of(event.content)
+        local_sender = sender if sender.endswith(self._suffix) else None
+        rulesets = await self._member_rulesets(room)
+        target = event.state_key
+        if (
+            event.type == MEMBER
+            and target is not None
+            and target.endswith(self._suffix)
+            and target != sender
+            and target not in names
+        ):
+            # An invitee (or anyone else acted upon) is no member, but
+            # `.m.rule.invite_for_me` is for them.
+            names = {**names, target: None}
+            users.append(target)
+            rulesets = {**rulesets, **await self.rulesets_of([target])}
+        if not users:
+            return PushActionBatch((), thread_id, local_sender, self._clock.time_msec())
+        sender_power = user_power_level(sender, room.power_state, room.room_version)
+        levels = room.notification_levels or {"room": DEFAULT_NOTIFICATION_LEVEL}
+        count = room.member_count
+        view = EventView({**event.pdu, "room_id": event.room_id, "event_id": event.event_id})
+        matched = evaluate_all(
+            view,
+            (
+                (u, rulesets[u], PushContext(count, names[u], sender_power, levels, u))
+                for u in users
+                if u in rulesets
+            ),
+        )
+        rows = [
+            PushActionRow(user_id, thread_id, rule.notify, rule.highlight, rule.actions_json)
+            for user_id, rule in matched.items()
+        ]
+        return PushActionBatch(tuple(rows), thread_id, local_sender, self._clock.time_msec())
+
+    def committed(self, event: Event, stream_ordering: int, batch: PushActionBatch) -> None:
+        """After the event's transaction committed: move the counts, then (in the
+        background) tell the listeners."""
+        self._counts.actions_committed(event.room_id, stream_ordering, batch)
+        if batch.rows and self._mover is not None:
+            self._mover.staged()
+        if self.notification_listeners and batch.rows:
+            defer.ensureDeferred(self._tell_listeners(event, batch))
+
+    def commit_uncertain(self, event: Event, batch: PushActionBatch) -> None:
+        """The event's transaction failed, perhaps after committing: what is held of these
+        users' counts in the room is in doubt."""
+        for row in batch.rows:
+            self._counts.forget(row.user_id, event.room_id)
+        if batch.local_sender is not None:
+            self._counts.forget(batch.local_sender, event.room_id)
+
+    async def stop(self) -> None:
+        if self._mover is not None:
+            await self._mover.stop()
+
+    async def _tell_listeners(self, event: Event, batch: PushActionBatch) -> None:
+        for row in batch.rows:
+            if not row.notify:
+                continue
+            # What is held (a syncing user's counts always are); no read for the others.
+            counts = self._counts.held(row.user_id, event.room_id)
+            actions = tuple(json.loads(row.actions))
+            for listener in list(self.notification_listeners):
+                try:
+                    await listener(row.user_id, event.room_id, event, actions, counts)
+                except Exception:
+                    logger.exception("A notification listener failed for %s", row.user_id)
+
