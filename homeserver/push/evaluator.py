@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from homeserver.filtering import split_field_path
 from homeserver.push.rules import KINDS
 
 logger = logging.getLogger(__name__)
@@ -101,23 +102,7 @@ class InvalidRule(ValueError):
 def split_path(key: str) -> tuple[str, ...]:
     """A dot-separated property path (spec appendix): `\\.` is a literal dot and `\\\\` a
     literal backslash; any other backslash is itself."""
-    parts: list[str] = []
-    current: list[str] = []
-    i = 0
-    while i < len(key):
-        char = key[i]
-        if char == "\\" and i + 1 < len(key) and key[i + 1] in ".\\":
-            current.append(key[i + 1])
-            i += 2
-            continue
-        if char == ".":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-        i += 1
-    parts.append("".join(current))
-    return tuple(parts)
+    return tuple(split_field_path(key))
 
 
 def _glob_to_regex(pattern: str) -> str:

@@ -233,22 +233,10 @@ class MessagesHandler:
         return access
 
     async def _readable_event(self, user_id: str, room_id: str, event_id: str) -> StoredEvent:
-        stored = await self._events.get_stored_event(event_id)
-        if (
-            stored is None
-            or stored.event.room_id != room_id
-            or not await self._visibility.is_event_visible(user_id, stored)
-        ):
-            raise MatrixError(404, Codes.NOT_FOUND, "Event not found")
-        return stored
+        return await readable_event(self._events, self._visibility, user_id, room_id, event_id)
 
     async def _resolve(self, room_id: str, position: RoomPosition) -> Position:
-        """A token as a history position; a sync token becomes the position of the room's
-        last event at or before its stream position."""
-        if position.topological is not None:
-            return (position.topological, position.stream)
-        found = await self._events.get_room_position_at_stream(room_id, position.stream)
-        return found if found is not None else START_OF_ROOM
+        return await resolve_position(self._events, room_id, position)
 
     async def _latest_position(self, room_id: str, access: RoomAccess) -> Position:
         if access.until is not None:
@@ -364,3 +352,27 @@ class MessagesHandler:
 
 def _in_order(events: Iterable[StoredEvent]) -> list[StoredEvent]:
     return sorted(events, key=_position_of)
+
+
+async def readable_event(
+    events: EventStore, visibility: HistoryVisibility, user_id: str, room_id: str, event_id: str
+) -> StoredEvent:
+    """The event, if it is in `room_id` and `user_id` may see it; 404 otherwise (the same
+    answer either way, so that an event's existence does not leak)."""
+    stored = await events.get_stored_event(event_id)
+    if (
+        stored is None
+        or stored.event.room_id != room_id
+        or not await visibility.is_event_visible(user_id, stored)
+    ):
+        raise MatrixError(404, Codes.NOT_FOUND, "Event not found")
+    return stored
+
+
+async def resolve_position(events: EventStore, room_id: str, position: RoomPosition) -> Position:
+    """A token as a history position; a sync token becomes the position of the room's last
+    event at or before its stream position."""
+    if position.topological is not None:
+        return (position.topological, position.stream)
+    found = await events.get_room_position_at_stream(room_id, position.stream)
+    return found if found is not None else START_OF_ROOM

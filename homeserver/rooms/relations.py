@@ -18,7 +18,7 @@ from homeserver.errors import Codes, MatrixError
 from homeserver.events.relations import ANNOTATION, THREAD, relation_of
 from homeserver.events.serialize import EventSerializer
 from homeserver.rooms.lookup import require_room
-from homeserver.rooms.messages import START_OF_ROOM
+from homeserver.rooms.messages import readable_event, resolve_position
 from homeserver.rooms.visibility import HistoryVisibility, Position
 from homeserver.sync.tokens import RoomPosition
 from storage.stores.events import EventStore, StoredEvent
@@ -192,19 +192,7 @@ class RelationsHandler:
     # ----- the parts -----------------------------------------------------------------------
 
     async def _visible_event(self, user_id: str, room_id: str, event_id: str) -> StoredEvent:
-        stored = await self._events.get_stored_event(event_id)
-        if (
-            stored is None
-            or stored.event.room_id != room_id
-            or not await self._visibility.is_event_visible(user_id, stored)
-        ):
-            raise MatrixError(404, Codes.NOT_FOUND, "Event not found")
-        return stored
+        return await readable_event(self._events, self._visibility, user_id, room_id, event_id)
 
     async def _resolve(self, room_id: str, position: RoomPosition) -> Position:
-        """A token as a history position; a sync token becomes the position of the room's
-        last event at or before its stream position."""
-        if position.topological is not None:
-            return (position.topological, position.stream)
-        found = await self._events.get_room_position_at_stream(room_id, position.stream)
-        return found if found is not None else START_OF_ROOM
+        return await resolve_position(self._events, room_id, position)
