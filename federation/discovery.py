@@ -431,6 +431,36 @@ def client_tls_options(server_name: str, verify: bool) -> Any:
     return _UnverifiedClientTLS(server_name)
 
 
+async def connect_to_first(
+    reactor: Any,
+    addresses: list[str],
+    host: str,
+    port: int,
+    https: bool,
+    timeout_s: float,
+    protocol_factory: Any,
+) -> IProtocol:
+    """Connect to the first of `host`'s already-checked `addresses` that answers (TLS for
+    `host` on top with `https`); the last failure if none does. For HTTP clients that must
+    reach only addresses they have vetted (URL previews, push gateways)."""
+    last_error: Exception | None = None
+    for address in addresses:
+        tcp_class: Any = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
+        endpoint: Any = tcp_class(reactor, address, port, timeout=timeout_s)
+        if https:
+            endpoint = wrapClientTLS(client_tls_options(host, verify=True), endpoint)
+        try:
+            protocol: IProtocol = await endpoint.connect(protocol_factory)
+            return protocol
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            last_error = e
+    if last_error is None:
+        raise DNSLookupError(f"{host} has no addresses")
+    raise last_error
+
+
 class TlsConnector:
     """Connects to hosts over TLS, after resolving them to addresses the IP range filter
     allows."""

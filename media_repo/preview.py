@@ -43,7 +43,6 @@ from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
 from twisted.internet import defer
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.error import DNSLookupError
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import Protocol
@@ -58,7 +57,7 @@ from federation.discovery import (
     BodyTooLargeError,
     HostResolve,
     IPRangeFilter,
-    client_tls_options,
+    connect_to_first,
     getaddrinfo_resolver,
     is_ip_literal,
     read_limited_body,
@@ -252,24 +251,10 @@ class _PinnedEndpoint:
         return defer.ensureDeferred(self._connect(protocol_factory))
 
     async def _connect(self, protocol_factory: Any) -> IProtocol:
-        last_error: Exception | None = None
-        for address in self._addresses:
-            tcp_class: Any = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
-            endpoint: Any = tcp_class(
-                self._reactor, address, self._target.port, timeout=self._timeout_s
-            )
-            if self._target.scheme == "https":
-                tls = client_tls_options(self._target.host, verify=True)
-                endpoint = wrapClientTLS(tls, endpoint)
-            try:
-                protocol: IProtocol = await endpoint.connect(protocol_factory)
-                return protocol
-            except defer.CancelledError:
-                raise
-            except Exception as e:
-                last_error = e
-        assert last_error is not None
-        raise last_error
+        return await connect_to_first(
+            self._reactor, self._addresses, self._target.host, self._target.port,
+            self._target.scheme == "https", self._timeout_s, protocol_factory,
+        )
 
 
 @implementer(IAgentEndpointFactory)

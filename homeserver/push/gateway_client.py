@@ -15,7 +15,6 @@ import json
 from typing import Any, cast
 
 from twisted.internet import defer
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.error import DNSLookupError
 from twisted.internet.interfaces import IProtocol
 from twisted.web.client import URI, Agent, FileBodyProducer, HTTPConnectionPool
@@ -27,7 +26,7 @@ from federation.discovery import (
     BlockedAddressError,
     HostResolve,
     IPRangeFilter,
-    client_tls_options,
+    connect_to_first,
     getaddrinfo_resolver,
     is_ip_literal,
     read_limited_body,
@@ -91,23 +90,10 @@ class _CheckedEndpoint:
         blocked = [a for a in addresses if not self._filter.allows(a)]
         if blocked:
             raise BlockedAddressError(f"{host} resolves to blocked address {blocked[0]}")
-        last_error: Exception | None = None
-        for address in addresses:
-            tcp_class: Any = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
-            endpoint: Any = tcp_class(
-                self._reactor, address, self._uri.port, timeout=self._timeout_s
-            )
-            if self._uri.scheme == b"https":
-                endpoint = wrapClientTLS(client_tls_options(host, verify=True), endpoint)
-            try:
-                protocol: IProtocol = await endpoint.connect(protocol_factory)
-                return protocol
-            except defer.CancelledError:
-                raise
-            except Exception as e:
-                last_error = e
-        assert last_error is not None
-        raise last_error
+        return await connect_to_first(
+            self._reactor, addresses, host, self._uri.port, self._uri.scheme == b"https",
+            self._timeout_s, protocol_factory,
+        )
 
 
 @implementer(IAgentEndpointFactory)
