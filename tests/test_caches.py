@@ -175,25 +175,48 @@ class NotifierPositionsTests(unittest.TestCase):
         self.assertNotIn(alice, notifier._positions)
         self.assertTrue(self.successResultOf(_ensure(notifier.wait(alice, read, 1000))))
 
-    def test_wake_after_fires_on_news_and_withdraws_when_cancelled(self) -> None:
-        """What a held WebSocket waits on: a Deferred, fired at once when the news came
-        before the call, later when it comes after; a cancelled one is forgotten."""
+    def test_call_on_news_calls_once_on_news_and_withdraw_forgets(self) -> None:
+        """What a held WebSocket waits with: one callback, called with the notification's
+        time when the news comes after the call; when it came before, nothing is held and the
+        time is returned; a withdrawn callback is forgotten."""
         clock = task.Clock()
         notifier = Notifier(clock, state=None, max_user_positions=4)  # type: ignore[arg-type]
         alice = f"@alice:{SERVER_NAME}"
+        heard: list[float] = []
         read = notifier.position(alice)
-        waiting = notifier.wake_after(alice, read)
-        self.assertNoResult(waiting)
+        self.assertIsNone(notifier.call_on_news(alice, read, heard.append))
         clock.advance(5)
         notifier.notify_users([alice])
-        self.assertEqual(self.successResultOf(waiting), 5)
-        clock.advance(3)
-        # Woken late (news before the call): still the time of the notification.
-        self.assertEqual(self.successResultOf(notifier.wake_after(alice, read)), 5)
-        waiting = notifier.wake_after(alice, notifier.position(alice))
-        waiting.cancel()
-        self.failureResultOf(waiting, defer.CancelledError)
+        notifier.notify_users([alice])
+        self.assertEqual(heard, [5])
         self.assertEqual(notifier._waiters, {})
+        clock.advance(3)
+        # Woken late (news before the call): the time of the notification, nothing held.
+        self.assertEqual(notifier.call_on_news(alice, read, heard.append), 5)
+        self.assertEqual(notifier._waiters, {})
+        # Withdrawn by an equal bound method, not the same object; another waiter stays.
+        other: list[float] = []
+        self.assertIsNone(notifier.call_on_news(alice, notifier.position(alice), heard.append))
+        notifier.call_on_news(alice, notifier.position(alice), other.append)
+        notifier.withdraw(alice, heard.append)
+        notifier.notify_users([alice])
+        self.assertEqual((heard, other), ([5], [8]))
+        self.assertEqual(notifier._waiters, {})
+
+    def test_a_failing_callback_does_not_keep_others_asleep(self) -> None:
+        notifier = Notifier(task.Clock(), state=None)  # type: ignore[arg-type]
+        alice, bob = f"@alice:{SERVER_NAME}", f"@bob:{SERVER_NAME}"
+        heard: list[float] = []
+
+        def broken(_at: float) -> None:
+            raise RuntimeError("broken")
+
+        notifier.call_on_news(alice, notifier.position(alice), broken)
+        notifier.call_on_news(alice, notifier.position(alice), heard.append)
+        notifier.call_on_news(bob, notifier.position(bob), heard.append)
+        with self.assertLogs("homeserver.sync.notifier", level="ERROR"):
+            notifier.notify_users([alice, bob])
+        self.assertEqual(heard, [0, 0])
 
     def test_a_late_waiter_whose_notification_is_too_old_gets_now(self) -> None:
         clock = task.Clock()
@@ -204,7 +227,7 @@ class NotifierPositionsTests(unittest.TestCase):
         for _ in range(NOTIFICATION_TIMES):
             notifier.notify_users([f"@bob:{SERVER_NAME}"])
         clock.advance(7)
-        self.assertEqual(self.successResultOf(notifier.wake_after(alice, read)), 7)
+        self.assertEqual(notifier.call_on_news(alice, read, lambda _at: None), 7)
         self.assertLessEqual(len(notifier._times), NOTIFICATION_TIMES)
 
     def test_a_user_never_notified_still_waits(self) -> None:

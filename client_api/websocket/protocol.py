@@ -20,6 +20,7 @@ from autobahn.websocket.compress import (
 )
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.internet.interfaces import IPushProducer
 from twisted.web import resource, server
 from zope.interface import implementer
@@ -117,7 +118,60 @@ _HANDSHAKE_ATTRIBUTES = (
     "http_response_data",
     "websocket_origin",
     "websocket_extensions",
+    "_wskey",
+    "_transport_details",
 )
+
+
+# What autobahn keeps per connection, as slots of `SyncWebSocketProtocol` rather than entries
+# of its instance dict: about 60 of them, which in a dict take 1.5 KiB a connection and as
+# slots 0.5. Only names autobahn always assigns before reading (none has a class-level
+# default that a read could fall back to); any name not listed still works, in the dict.
+_AUTOBAHN_STATE = (
+    "_isMessageCompressed", "_perMessageCompress", "_transport_details", "_wskey",
+    "autoPingPending", "autoPingPendingCall", "autoPingPendingSent", "autoPingPendingSeq",
+    "autoPingTimeoutCall", "closeHandshakeTimeoutCall", "closedByMe", "control_frame_data",
+    "current_frame", "current_frame_masker", "data", "droppedByMe", "failedByMe",
+    "frame_data", "frame_length", "http_headers", "http_request_data", "http_request_host",
+    "http_request_params", "http_request_path", "http_request_uri", "http_response_data",
+    "http_status_line", "inside_message", "localCloseCode", "localCloseReason",
+    "maxMessagePayloadSize", "message_data", "message_data_total_length",
+    "message_is_binary", "openHandshakeTimeoutCall", "remoteCloseCode", "remoteCloseReason",
+    "send_queue", "send_state", "serverConnectionDropTimeoutCall", "state", "trackedTimings",
+    "triggered", "utf8validateIncomingCurrentMessage", "utf8validateLast", "wasClean",
+    "wasCloseHandshakeTimeout", "wasMaxFramePayloadSizeExceeded",
+    "wasMaxMessagePayloadSizeExceeded", "wasNotCleanReason", "wasOpenHandshakeTimeout",
+    "wasServerConnectionDropTimeout", "wasServingFlashSocketPolicyFile",
+    "websocket_extensions", "websocket_extensions_in_use", "websocket_origin",
+    "websocket_protocol_in_use", "websocket_protocols", "websocket_version",
+)
+
+
+class _UncountedTraffic:
+    """Stands in for autobahn's per-connection `TrafficStats` (twelve counters, 344 bytes a
+    connection), which this server never reads: every counter reads 0 and takes no write."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> int:
+        return 0
+
+    def __setattr__(self, name: str, value: object) -> None:
+        pass
+
+
+class _Unwatched:
+    """Stands in for autobahn's `is_open` and `is_closed` Deferreds, which only a client
+    (or a caller of autobahn's own API) waits on: two Deferreds a connection, for nothing."""
+
+    __slots__ = ()
+
+    def callback(self, result: object) -> None:
+        pass
+
+
+_UNCOUNTED_TRAFFIC = _UncountedTraffic()
+_UNWATCHED = _Unwatched()
 
 
 class _SendQueue(list):  # type: ignore[type-arg]
@@ -140,14 +194,49 @@ class SyncWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     options are class attributes (`SyncWebSocketFactory`), and what it keeps only for the
     handshake, or could share, is let go in `onOpen`."""
 
+    __slots__ = _AUTOBAHN_STATE + ("session", "_client_ip", "_user_agent", "_utf8validator")
+
     factory: SyncWebSocketFactory
-    session: WebSocketSession | None = None
-    _client_ip = "unknown"
-    _user_agent: str | None = None
+
+    # autobahn's attributes this server replaces with something smaller (see the classes).
+    trafficStats = property(lambda self: _UNCOUNTED_TRAFFIC, lambda self, value: None)
+    is_open = property(lambda self: _UNWATCHED, lambda self, value: None)
+    is_closed = property(lambda self: _UNWATCHED, lambda self, value: None)
 
     def _connectionMade(self) -> None:
+        self.session: WebSocketSession | None = None
+        self._client_ip = "unknown"
+        self._user_agent: str | None = None
+        self._utf8validator: Utf8Validator | None = None
         super()._connectionMade()
         self.send_queue = _SendQueue()  # type: ignore[assignment]
+
+    def set_valid_events(self, valid_events: Any = None) -> None:
+        """autobahn's observable events (`on("message", ...)`), which this server does not
+        use: without them, the list and dict of them each connection would keep."""
+
+    @property
+    def utf8validator(self) -> Utf8Validator:
+        """The incoming text message's UTF-8 validator, made when a message starts and let go
+        when it ends (`onMessage`): an idle connection holds none (autobahn keeps one
+        per connection for its lifetime, a few hundred bytes)."""
+        validator = self._utf8validator
+        if validator is None:
+            validator = self._utf8validator = Utf8Validator()
+        return validator
+
+    @utf8validator.setter
+    def utf8validator(self, value: Utf8Validator) -> None:
+        # autobahn assigns one when the connection is made; it is made again when needed.
+        self._utf8validator = None
+
+    def _frame_ended(self) -> None:
+        # The last frame's unmasker is not read again: the next frame makes its own. The
+        # validator lasts until the message ends: a control frame can come between two
+        # fragments of one message.
+        self.current_frame_masker = None
+        if not self.inside_message:
+            self._utf8validator = None
 
     def onConnect(self, request: ConnectionRequest) -> None:
         hs = self.factory.hs
@@ -169,7 +258,8 @@ class SyncWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 
     def onOpen(self) -> None:
         # What autobahn keeps of the handshake and never reads after it (the request as
-        # received, its headers parsed, the response sent): 1.5 KiB a connection.
+        # received, its headers parsed, the response sent, the transport's details): 1.5
+        # KiB a connection.
         for name in _HANDSHAKE_ATTRIBUTES:
             setattr(self, name, None)
         negotiated = self._perMessageCompress
@@ -192,12 +282,19 @@ class SyncWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         )
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.current_frame_masker = None
+        self._utf8validator = None
         if self.session is not None:
             self.session.message_received(payload, isBinary)
 
+    def onPing(self, payload: bytes) -> None:
+        self._frame_ended()
+        super().onPing(payload)
+
     def onPong(self, payload: bytes) -> None:
+        self._frame_ended()
         if self.session is not None:
-            self.session.activity()
+            self.session.pong_received()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         # autobahn leaves this timer running when the connection is lost before the client
@@ -238,12 +335,6 @@ class SyncWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             super().sendData(data, sync, chopsize)
             return
         me.transport.write(data)
-        if me.state == WebSocketProtocol.STATE_OPEN:
-            me.trafficStats.outgoingOctetsWireLevel += len(data)
-        elif me.state in (
-            WebSocketProtocol.STATE_CONNECTING, WebSocketProtocol.STATE_PROXY_CONNECTING
-        ):
-            me.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
 
     def close(self, code: int, reason: str) -> None:
         # A close reason is at most 123 bytes.
@@ -256,6 +347,10 @@ class SyncWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 
     def abort(self) -> None:
         self.dropConnection(abort=True)
+
+    def ping(self) -> None:
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self.sendPing()
 
     # ----- IPushProducer --------------------------------------------------------------------
 
@@ -292,8 +387,9 @@ class SyncWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
         self.setProtocolOptions(
             maxMessagePayloadSize=max_bytes,
             maxFramePayloadSize=max_bytes,
-            autoPingInterval=config.ping_interval_ms / 1000,
-            autoPingTimeout=config.ping_timeout_ms / 1000,
+            # Pings are sent and their pongs awaited by the sessions' deadlines, checked by
+            # one sweep (`ConnectionRegistry`): autobahn's own keep a timer per connection.
+            autoPingInterval=0,
             # Origins are checked in `onConnect`, against the Origin header as sent.
             allowedOrigins=["*"],
             perMessageCompressionAccept=accept_compression if config.compression else None,

@@ -1,6 +1,6 @@
 """One WebSocket connection's conversation: authentication, the sync subscription, requests,
 timeouts and closing. The transport (`protocol.py`) only moves frames; the push loop is
-`WebSocketSyncHandler.push_loop`. The protocol is described in docs/websocket.md.
+`homeserver.sync.websocket.PushSubscription`. The protocol is described in docs/websocket.md.
 """
 
 from __future__ import annotations
@@ -24,7 +24,13 @@ from homeserver.errors import Codes, MatrixError
 from homeserver.sync.encoding import dumps_sync
 from homeserver.sync.handler import SyncRequest
 from homeserver.sync.tokens import StreamToken
-from homeserver.sync.websocket import FRAMES_IN, FRAMES_OUT, PUSH_SECONDS, PushPosition
+from homeserver.sync.websocket import (
+    FRAMES_IN,
+    FRAMES_OUT,
+    PUSH_SECONDS,
+    PushPosition,
+    PushSubscription,
+)
 
 if TYPE_CHECKING:
     from homeserver.app import HomeServer
@@ -62,6 +68,9 @@ class Connection(Protocol):
     def abort(self) -> None:
         """Drop the connection at once, without waiting for the client's close frame."""
 
+    def ping(self) -> None:
+        """Send a ping; the client's pong comes back as `pong_received`."""
+
 
 class AuthMessage(RequestBody):
     type: str
@@ -87,8 +96,17 @@ class AckMessage(RequestBody):
 
 class WebSocketSession:
     """One connection's state. Thousands of these sit idle at once, so what one holds while
-    idle is kept small: what every connection uses alike (`requests`) is shared, and what
-    only an early part of the conversation needs is let go after it."""
+    idle is kept small: its attributes are slots; what every connection uses alike
+    (`requests`) is shared; what only an early part of the conversation needs is let go
+    after it; and its timeouts are deadlines (times, not timers) that the
+    `ConnectionRegistry`'s one sweep checks (`check_deadlines`)."""
+
+    __slots__ = (
+        "_hs", "_config", "_connection", "_client_ip", "_user_agent", "session_id",
+        "_requests", "_requester", "_access_token", "_closed", "_queue", "_draining",
+        "_position", "_subscription", "_paused", "_writable", "_opened_at", "_last_received",
+        "_expires_at", "_paused_at", "_next_ping_at", "_ping_sent_at",
+    )
 
     def __init__(
         self,
@@ -111,20 +129,21 @@ class WebSocketSession:
         # A list, not a deque: it is nearly always empty, and an empty deque takes 760 bytes.
         self._queue: list[bytes] = []
         self._draining = False
-        # The sync subscription: where it stands, and its push loop.
+        # The sync subscription: where it stands, and what pushes to it.
         self._position: PushPosition | None = None
-        self._push: defer.Deferred[None] | None = None
+        self._subscription: PushSubscription | None = None
         # Backpressure: the transport says when its buffer is full (`pause_writing`) and
-        # when it has drained (`resume_writing`); the push loop waits in between.
+        # when it has drained (`resume_writing`); a push waits in between.
         self._paused = False
         self._writable: defer.Deferred[None] | None = None
-        reactor = hs.reactor
-        self._auth_timer: Any = reactor.callLater(
-            self._config.auth_timeout_ms / 1000, self._auth_timed_out
-        )
-        self._idle_timer = reactor.callLater(self._config.idle_timeout_ms / 1000, self._idle_timed_out)
-        self._slow_timer: Any = None
-        self._expiry_timer: Any = None
+        # Deadlines, as reactor times (0: none): see `check_deadlines`.
+        now = hs.clock.time()
+        self._opened_at = now
+        self._last_received = now
+        self._expires_at = 0.0
+        self._paused_at = 0.0
+        self._next_ping_at = now + self._config.ping_interval_ms / 1000
+        self._ping_sent_at = 0.0
         hs.websocket_connections.opened(self)
 
     # ----- from the transport --------------------------------------------------------------
@@ -146,20 +165,20 @@ class WebSocketSession:
 
     def activity(self) -> None:
         """Something (a message, a pong) arrived: the connection is not idle."""
-        if self._idle_timer.active():
-            self._idle_timer.reset(self._config.idle_timeout_ms / 1000)
+        self._last_received = self._hs.clock.time()
+
+    def pong_received(self) -> None:
+        self._ping_sent_at = 0.0
+        self.activity()
 
     def pause_writing(self) -> None:
         if self._paused:
             return
         self._paused = True
-        self._slow_timer = self._hs.reactor.callLater(
-            self._config.slow_reader_timeout_ms / 1000, self._too_slow
-        )
+        self._paused_at = self._hs.clock.time()
 
     def resume_writing(self) -> None:
         self._paused = False
-        self._cancel_timer(self._slow_timer)
         waiter, self._writable = self._writable, None
         if waiter is not None:
             waiter.callback(None)
@@ -168,11 +187,9 @@ class WebSocketSession:
         """The connection is gone: stop everything and forget it."""
         self._closed = True
         self._queue.clear()
-        for timer in (self._auth_timer, self._idle_timer, self._slow_timer, self._expiry_timer):
-            self._cancel_timer(timer)
-        if self._push is not None:
-            self._push.cancel()
-            self._push = None
+        if self._subscription is not None:
+            self._subscription.stop()
+            self._subscription = None
         if self._writable is not None:
             self._writable.cancel()
             self._writable = None
@@ -197,6 +214,35 @@ class WebSocketSession:
         PUSH_SECONDS.observe(max(self._hs.clock.time() - woken_at, 0.0))
 
     # ----- for the registry (`RevocableConnection`) -----------------------------------------
+
+    def check_deadlines(self, now: float) -> None:
+        """Act on whichever of the connection's deadlines has passed: no `auth` in time,
+        nothing received for too long, a ping unanswered, a client reading nothing while
+        data waits, or its token's expiry. Called by the registry's sweep about once a
+        second (more often when a timeout is shorter), so each acts within one sweep of
+        its time."""
+        if self._closed:
+            return
+        config = self._config
+        if self._requester is None and now >= self._opened_at + config.auth_timeout_ms / 1000:
+            self._auth_timed_out()
+        elif self._paused and now >= self._paused_at + config.slow_reader_timeout_ms / 1000:
+            self._too_slow()
+        elif now >= self._last_received + config.idle_timeout_ms / 1000:
+            self._idle_timed_out()
+        elif self._ping_sent_at and now >= self._ping_sent_at + config.ping_timeout_ms / 1000:
+            logger.info("%s: no pong in time; dropping the connection", self.session_id)
+            self._connection.abort()
+            self.closed()
+        else:
+            if self._expires_at and now >= self._expires_at:
+                self._expires_at = 0.0
+                self.token_revoked()
+            if now >= self._next_ping_at:
+                self._next_ping_at = now + config.ping_interval_ms / 1000
+                if not self._ping_sent_at:
+                    self._ping_sent_at = now
+                self._connection.ping()
 
     def token_revoked(self) -> None:
         defer.ensureDeferred(self._check_token())
@@ -277,13 +323,9 @@ class WebSocketSession:
         # Taken at once: the new token's first use may revoke the old one (a refresh), and
         # the check that revocation starts must find the new token in place.
         self._requester, self._access_token = requester, auth.access_token
-        self._cancel_timer(self._auth_timer)
-        self._auth_timer = None
-        self._cancel_timer(self._expiry_timer)
-        self._expiry_timer = None
-        if requester.expires_ts is not None:
-            delay = max(requester.expires_ts - self._hs.clock.time_msec(), 0) / 1000
-            self._expiry_timer = self._hs.reactor.callLater(delay, self.token_revoked)
+        self._expires_at = (
+            requester.expires_ts / 1000 if requester.expires_ts is not None else 0.0
+        )
         self._hs.websocket_connections.authenticated(self, requester.token_id, requester.user_id)
         await self._hs.devices.record_activity(
             requester.user_id, requester.device_id, self._client_ip, self._user_agent
@@ -306,7 +348,7 @@ class WebSocketSession:
     async def _subscribe(self, message: dict[str, Any]) -> None:
         subscribe = parse_body(message, SubscribeMessage)
         requester = await self._current_requester()
-        if self._push is not None:
+        if self._subscription is not None:
             raise MatrixError(400, Codes.INVALID_PARAM, "Already subscribed")
         since = StreamToken.parse(subscribe.since) if subscribe.since is not None else None
         set_presence = check_set_presence(subscribe.set_presence)
@@ -314,7 +356,7 @@ class WebSocketSession:
         if isinstance(raw_filter, dict):
             raw_filter = json.dumps(raw_filter)
         sync_filter = await self._hs.filtering.resolve_filter(requester.user_id, raw_filter)
-        if self._closed or self._push is not None:
+        if self._closed or self._subscription is not None:
             return
         request = SyncRequest(
             user_id=requester.user_id,
@@ -328,10 +370,9 @@ class WebSocketSession:
         self._position = PushPosition(since, since.to_device if since is not None else 0)
         # Answered before the first push, so the client sees its subscription accepted first.
         self._send_response(subscribe.request_id, {})
-        self._push = defer.ensureDeferred(
-            self._hs.websocket_sync.push_loop(self, request, self._position, set_presence)
+        self._subscription = self._hs.websocket_sync.subscribe(
+            self, request, self._position, set_presence, self._push_failed
         )
-        self._push.addErrback(self._push_failed)
 
     def _acknowledge(self, message: dict[str, Any]) -> dict[str, Any]:
         """The client has the responses up to `next_batch`: to-device messages up to there
@@ -349,8 +390,7 @@ class WebSocketSession:
         return {}
 
     def _push_failed(self, failure: Failure) -> None:
-        if failure.check(defer.CancelledError):
-            return None
+        self._subscription = None
         if self._closed:
             return None
         error = failure.value
@@ -365,7 +405,7 @@ class WebSocketSession:
         self.close(CloseCode.INTERNAL_ERROR, "Internal server error")
         return None
 
-    # ----- timers --------------------------------------------------------------------------
+    # ----- deadlines -----------------------------------------------------------------------
 
     def _auth_timed_out(self) -> None:
         if self._requester is None:
@@ -381,11 +421,6 @@ class WebSocketSession:
         # for its answer would keep the buffer (and the connection) held for nothing.
         self.close(CloseCode.SLOW_READER, "Client too slow reading")
         self._connection.abort()
-
-    @staticmethod
-    def _cancel_timer(timer: Any) -> None:
-        if timer is not None and timer.active():
-            timer.cancel()
 
     # ----- sending -------------------------------------------------------------------------
 

@@ -15,7 +15,11 @@ from homeserver.areas.user_data import UserData
 from homeserver.filtering import Filtering
 from homeserver.ratelimit import RateLimiter
 from homeserver.sync.handler import SyncHandler
-from homeserver.sync.websocket import ConnectionRegistry, WebSocketSyncHandler
+from homeserver.sync.websocket import (
+    ConnectionRegistry,
+    WebSocketSyncHandler,
+    sweep_interval_s,
+)
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,10 @@ def build_sync(
         e2e_keys=e2e.keys,
         counts=user_data.notification_counts,
     )
-    connections = ConnectionRegistry(core.config.websocket.max_connections)
+    websocket_config = core.config.websocket
+    connections = ConnectionRegistry(
+        websocket_config.max_connections, core.reactor, sweep_interval_s(websocket_config)
+    )
     auth.tokens.add_revocation_listener(connections.revoked)
     return Sync(
         filtering=Filtering(stores.filter_store),

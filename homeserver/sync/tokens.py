@@ -36,6 +36,12 @@ def _sync_token_pattern(parts: int) -> re.Pattern[str]:
     return re.compile(rf"s([0-9]{{1,19}}(?:_[0-9]{{1,19}}){{0,{parts - 1}}})")
 
 
+@lru_cache(maxsize=16)
+def _index_of(streams: tuple[str, ...]) -> dict[str, int]:
+    # Shared by every token of these streams: never modified.
+    return {stream: place for place, stream in enumerate(streams)}
+
+
 def _invalid(kind: str, token: str) -> MatrixError:
     return MatrixError(400, Codes.INVALID_PARAM, f"Invalid {kind} token: {token[:100]!r}")
 
@@ -45,10 +51,12 @@ class StreamToken:
     read one stream's position; `StreamToken(events=5)` builds a token of the sync streams.
     A registry with other streams makes its tokens with `StreamToken.of`."""
 
-    __slots__ = ("_by_stream", "_positions", "_streams")
+    __slots__ = ("_index", "_positions", "_streams")
     _streams: tuple[str, ...]
     _positions: tuple[int, ...]
-    _by_stream: dict[str, int]
+    # Stream name -> its place in `_positions`: one dict shared by every token of the same
+    # streams, not one per token (a WebSocket subscription holds its token while idle).
+    _index: dict[str, int]
 
     def __init__(self, **positions: int) -> None:
         self._set(SYNC_STREAM_NAMES, positions)
@@ -68,17 +76,16 @@ class StreamToken:
         token = cls.__new__(cls)
         object.__setattr__(token, "_streams", streams)
         object.__setattr__(token, "_positions", positions)
-        object.__setattr__(token, "_by_stream", dict(zip(streams, positions, strict=True)))
+        object.__setattr__(token, "_index", _index_of(streams))
         return token
 
     def _set(self, streams: tuple[str, ...], positions: Mapping[str, int]) -> None:
         unknown = set(positions) - set(streams)
         if unknown:
             raise TypeError(f"not streams of this token: {sorted(unknown)}")
-        by_stream = {s: positions.get(s, 0) for s in streams}
         object.__setattr__(self, "_streams", streams)
-        object.__setattr__(self, "_positions", tuple(by_stream.values()))
-        object.__setattr__(self, "_by_stream", by_stream)
+        object.__setattr__(self, "_positions", tuple(positions.get(s, 0) for s in streams))
+        object.__setattr__(self, "_index", _index_of(streams))
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("StreamToken is immutable")
@@ -92,7 +99,7 @@ class StreamToken:
 
     def get(self, stream: str) -> int:
         """The position in `stream`; KeyError if the token has no such stream."""
-        return self._by_stream[stream]
+        return self._positions[self._index[stream]]
 
     @property
     def streams(self) -> tuple[str, ...]:
@@ -129,9 +136,9 @@ class StreamToken:
         return cls.from_positions(streams, (*parts, *(0,) * (len(streams) - len(parts))))
 
     def copy_and_replace(self, stream: str, position: int) -> StreamToken:
-        if self._by_stream[stream] == position:
+        index = self._index[stream]
+        if self._positions[index] == position:
             return self
-        index = self._streams.index(stream)
         positions = self._positions
         return StreamToken.from_positions(
             self._streams, (*positions[:index], position, *positions[index + 1 :])
@@ -141,7 +148,7 @@ class StreamToken:
 def _position_of(stream: str) -> property:
     def position(token: StreamToken) -> int:
         try:
-            return token._by_stream[stream]
+            return token._positions[token._index[stream]]
         except KeyError:
             raise AttributeError(stream) from None
 

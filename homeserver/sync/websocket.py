@@ -1,28 +1,30 @@
 """Sync pushed over a long-lived connection (the WebSocket transport, `client_api/websocket/`).
 
-One push loop per subscribed connection: compute an incremental sync from the connection's
-current token, send it if it holds anything, wait for news, and again. The loop computes a
-response only when the connection can take one: a slow reader never has more than one
-response computed for it, and when it catches up it gets one response covering everything
-since its token (coalescing), never a queue of them.
+One `PushSubscription` per subscribed connection: compute an incremental sync from the
+connection's current token, send it if it holds anything, wait for news, and again. It
+computes a response only when the connection can take one: a slow reader never has more than
+one response computed for it, and when it catches up it gets one response covering
+everything since its token (coalescing), never a queue of them. While it waits for news it
+is only a callback held by the `Notifier`.
 
-Waiting for news is `wait_for_news`, the one place that knows how (today the `Notifier`, as
-long-polls do).
-
-`ConnectionRegistry` counts the open connections and finds those of a revoked token or a
-deactivated user, so they close at once.
+`ConnectionRegistry` counts the open connections, finds those of a revoked token or a
+deactivated user so they close at once, and checks every connection's timeouts in one
+periodic sweep.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
-from twisted.internet import defer
+from twisted.internet import defer, task
+from twisted.python.failure import Failure
 
 from homeserver.clock import Clock
+from homeserver.config import WebSocketConfig
 from homeserver.presence import PresenceHandler
 from homeserver.sync.handler import SyncHandler, SyncRequest
 from homeserver.sync.notifier import Notifier
@@ -55,7 +57,7 @@ class PushTarget(Protocol):
         """Send one sync response; `woken_at` is when the news it carries was announced."""
 
 
-@dataclass
+@dataclass(slots=True)
 class PushPosition:
     """Where a connection's pushes have got to.
 
@@ -77,64 +79,139 @@ class WebSocketSyncHandler:
         self._presence = presence
         self._clock = clock
 
-    def wait_for_news(self, user_id: str, since_position: int) -> defer.Deferred[float]:
-        """Fired when `user_id` is notified after `since_position`, with the time of that
-        notification. A Deferred and not a coroutine, with no timer: every idle connection
-        waits on one (cancelled with the connection)."""
-        return self._notifier.wake_after(user_id, since_position)
-
-    async def push_loop(
+    def subscribe(
         self,
         target: PushTarget,
         request: SyncRequest,
         position: PushPosition,
         set_presence: str,
-    ) -> None:
-        """Push sync responses to `target` until cancelled (the connection closed).
+        on_failure: Callable[[Failure], None],
+    ) -> PushSubscription:
+        """Start pushing sync responses to `target`; `stop` the subscription when the
+        connection closes. A push that fails (an error computing the response) ends it and
+        is passed to `on_failure`."""
+        subscription = PushSubscription(self, target, request, position, on_failure)
+        subscription.start(set_presence)
+        return subscription
 
-        The first response is always sent (the client learns its `next_batch`); later ones
-        only when they hold something, as a long-poll returns only then. `position` is
-        updated after every push, so the connection can tell where it stands."""
-        user_id = request.user_id
-        # `presence.syncing` in two halves: its context manager would be held by every
-        # connection for as long as it is open.
-        counted = await self._presence.start_syncing(user_id, set_presence)
-        try:
-            woken_at = self._clock.time()
-            first = True
-            while True:
-                await target.wait_writable()
-                notified_at = self._notifier.position(user_id)
-                await self._push_once(target, request, position, first, woken_at)
-                first = False
-                # Latency is counted from the notification, not from when this loop got
-                # to run: one commit wakes every listener of the room, one after another.
-                woken_at = await self.wait_for_news(user_id, notified_at)
-        finally:
-            if counted:
-                self._presence.stop_syncing(user_id)
 
-    async def _push_once(
+class PushSubscription:
+    """One connection's sync subscription: compute an incremental sync from its position,
+    push it if it holds anything (the first always: the client learns its `next_batch`),
+    and again whenever the connection's user is notified.
+
+    Between pushes it is parked: the notifier holds one bound method of it (`_news`), and
+    nothing else runs or waits for it: no coroutine, Deferred or timer per idle connection,
+    thousands of which sit idle at once. A pass (a coroutine) exists only while a response
+    is computed or waits for the connection to drain."""
+
+    __slots__ = (
+        "_handler", "_target", "_request", "position", "_on_failure", "_user_id",
+        "_first", "_running", "_parked", "_stopped", "_presence_counted",
+    )
+
+    def __init__(
         self,
+        handler: WebSocketSyncHandler,
         target: PushTarget,
         request: SyncRequest,
         position: PushPosition,
-        first: bool,
-        woken_at: float,
+        on_failure: Callable[[Failure], None],
     ) -> None:
-        """Compute one response from `position`; push it if it holds anything (the first
+        self._handler = handler
+        self._target = target
+        self._request = request
+        self.position = position
+        self._on_failure = on_failure
+        self._user_id = request.user_id
+        self._first = True
+        # The pass under way, if any; whether the notifier holds `_news`.
+        self._running: defer.Deferred[None] | None = None
+        self._parked = False
+        self._stopped = False
+        self._presence_counted = False
+
+    def start(self, set_presence: str) -> None:
+        self._begin(self._run(self._handler._clock.time(), set_presence))
+
+    def stop(self) -> None:
+        """The connection is gone: withdraw from the notifier, cancel a pass under way,
+        and stop counting the user as syncing."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._parked:
+            self._parked = False
+            self._handler._notifier.withdraw(self._user_id, self._news)
+        running, self._running = self._running, None
+        if running is not None:
+            running.cancel()
+        if self._presence_counted:
+            self._presence_counted = False
+            self._handler._presence.stop_syncing(self._user_id)
+
+    def _news(self, notified_at: float) -> None:
+        """The notifier's callback: the user was notified at `notified_at`."""
+        self._parked = False
+        if not self._stopped:
+            self._begin(self._run(notified_at))
+
+    def _begin(self, run: Coroutine[Any, Any, None]) -> None:
+        running = defer.ensureDeferred(run)
+        running.addBoth(self._pass_ended)
+        if not running.called:
+            self._running = running
+
+    def _pass_ended(self, result: None | Failure) -> None:
+        self._running = None
+        if isinstance(result, Failure) and not result.check(defer.CancelledError):
+            self.stop()
+            self._on_failure(result)
+
+    async def _run(self, woken_at: float, set_presence: str | None = None) -> None:
+        """Push until there is no news left, then park. Latency is counted from the
+        notification (`woken_at`), not from when this pass got to run: one commit wakes
+        every listener of the room, one after another."""
+        handler = self._handler
+        if set_presence is not None:
+            # `presence.syncing` in two halves: its context manager would be held by every
+            # subscription for as long as it is open.
+            counted = await handler._presence.start_syncing(self._user_id, set_presence)
+            if self._stopped:
+                if counted:
+                    handler._presence.stop_syncing(self._user_id)
+                return
+            self._presence_counted = counted
+        notifier = handler._notifier
+        while not self._stopped:
+            await self._target.wait_writable()
+            notified = notifier.position(self._user_id)
+            await self._push_once(woken_at)
+            if self._stopped:
+                return
+            at = notifier.call_on_news(self._user_id, notified, self._news)
+            if at is None:
+                self._parked = True
+                return
+            woken_at = at
+
+    async def _push_once(self, woken_at: float) -> None:
+        """Compute one response from the position; push it if it holds anything (the first
         always). A function of its own so that the response, once sent, is not kept alive
-        in the loop's frame while the connection waits for news."""
+        in the pass's frame."""
+        position = self.position
+        first, self._first = self._first, False
+        request = self._request
         this_pass = replace(
             request,
             since=position.token,
             full_state=request.full_state and first,
             to_device_acknowledged=position.acknowledged_to_device,
         )
-        response, empty, next_batch = await self._sync.sync(this_pass)
-        if first or not empty:
+        response, empty, next_batch = await self._handler._sync.sync(this_pass)
+        if (first or not empty) and not self._stopped:
             position.token = next_batch
-            target.push_sync(response, woken_at)
+            self._target.push_sync(response, woken_at)
 
 
 class RevocableConnection(Protocol):
@@ -144,12 +221,20 @@ class RevocableConnection(Protocol):
     def server_stopping(self) -> None:
         """The server is stopping: close."""
 
+    def check_deadlines(self, now: float) -> None:
+        """Act on any of the connection's timeouts that has passed by `now` (reactor time)."""
+
 
 class ConnectionRegistry:
-    """The open connections of this process, by access token and by user."""
+    """The open connections of this process, by access token and by user; and the one
+    sweep that checks their timeouts, every `sweep_interval_s` while any is open (a timer
+    per connection would cost each idle connection a few hundred bytes)."""
 
-    def __init__(self, max_connections: int) -> None:
+    def __init__(self, max_connections: int, reactor: Any, sweep_interval_s: float) -> None:
         self._max_connections = max_connections
+        self._reactor = reactor
+        self._sweep_interval_s = sweep_interval_s
+        self._sweep: task.LoopingCall | None = None
         # connection -> the (token ID, user ID) it is indexed under, once authenticated.
         self._open: dict[RevocableConnection, tuple[str, str] | None] = {}
         # Token ID / user ID -> its connections. Tuples: nearly always of one connection,
@@ -170,6 +255,29 @@ class ConnectionRegistry:
     def opened(self, connection: RevocableConnection) -> None:
         self._open[connection] = None
         CONNECTED.set(len(self._open))
+        if self._sweep is None:
+            self._sweep = task.LoopingCall(self._check_deadlines)
+            self._sweep.clock = self._reactor
+            self._sweep.start(self._sweep_interval_s, now=False).addErrback(
+                lambda failure: logger.error(
+                    "the WebSocket deadline sweep failed:\n%s", failure.getTraceback()
+                )
+            )
+
+    def _check_deadlines(self) -> None:
+        now = self._reactor.seconds()
+        for connection in list(self._open):
+            try:
+                connection.check_deadlines(now)
+            except Exception:
+                logger.exception("checking a WebSocket connection's deadlines failed")
+        if not self._open:
+            self._stop_sweeping()
+
+    def _stop_sweeping(self) -> None:
+        sweep, self._sweep = self._sweep, None
+        if sweep is not None and sweep.running:
+            sweep.stop()
 
     def authenticated(self, connection: RevocableConnection, token_id: str, user_id: str) -> None:
         """Index `connection` under its (new) token and user."""
@@ -200,6 +308,7 @@ class ConnectionRegistry:
     def close_all(self) -> None:
         for connection in list(self._open):
             connection.server_stopping()
+        self._stop_sweeping()
 
     def revoked(self, token_ids: list[str], user_id: str | None) -> None:
         """A `TokenHandler` revocation listener."""
@@ -210,3 +319,13 @@ class ConnectionRegistry:
             affected.update(self._by_user.get(user_id, ()))
         for connection in affected:
             connection.token_revoked()
+
+
+def sweep_interval_s(config: WebSocketConfig) -> float:
+    """How often the registry checks deadlines: a quarter of the shortest timeout, so each
+    acts at most a quarter late, but at least once a second and at most twenty times."""
+    shortest_ms = min(
+        config.auth_timeout_ms, config.idle_timeout_ms, config.ping_interval_ms,
+        config.ping_timeout_ms, config.slow_reader_timeout_ms,
+    )
+    return min(max(shortest_ms / 4000, 0.05), 1.0)
