@@ -966,6 +966,64 @@ class WebSocketBadInputTests(WebSocketTestCase):
         self.assertEqual(upgrades, [])
 
     @ensure_deferred
+    async def test_idle_connections_hold_no_timer_coroutine_or_deferred_of_their_own(self) -> None:
+        """What thousands of idle sockets each hold is kept small: no timer per connection
+        (one sweep checks every deadline), no coroutine or Deferred while waiting for news
+        (one callback in the notifier), and autobahn's state in slots, not a dict."""
+        alice, bob = await self.user("alice"), await self.user("bob")
+        room_id = await self.room_with(alice, bob)
+        clients = [await self.subscribed(alice) for _ in range(10)]
+        await pushed_event(clients[0], room_id, (await self.send(bob, room_id)).json["event_id"])
+        for client in clients:
+            await client.next_sync(1)
+        await task.deferLater(reactor, 0.1, lambda: None)
+        sessions = list(self.hs.websocket_connections._open)
+        self.assertEqual(len(sessions), 10)
+        per_connection = {id(session) for session in sessions} | {
+            id(session._connection) for session in sessions
+        }
+        timers = [
+            call for call in reactor.getDelayedCalls()
+            if id(getattr(call.func, "__self__", None)) in per_connection
+            or "batched" in repr(call).lower()  # autobahn's keep-alive pings
+        ]
+        self.assertEqual(timers, [])
+        waiting = self.hs.notifier._waiters[alice.user_id]
+        self.assertEqual(len(waiting), 10)
+        for session in sessions:
+            subscription = session._subscription
+            self.assertIsNone(subscription._running)
+            self.assertIn(subscription._news, waiting)
+            connection = session._connection
+            # Twisted's and autobahn's few attributes with class-level defaults.
+            self.assertLessEqual(set(vars(connection)), {"transport", "factory", "connected", "peer"})
+            self.assertIsNone(connection._utf8validator)
+            self.assertIsNone(connection.current_frame_masker)
+
+    @ensure_deferred
+    async def test_a_message_fragmented_around_a_ping_is_still_read(self) -> None:
+        """The UTF-8 validator lasts across a control frame between two fragments of one
+        message, even when a character is split between them."""
+        alice = await self.user("alice")
+        client = await self.connect()
+        proto = client.protocol
+        assert proto is not None
+        encoded = json.dumps(
+            {"type": "auth", "request_id": "split", "access_token": alice.token,
+             "note": "caf\u00e9"}, ensure_ascii=False,
+        ).encode()
+        cut = encoded.index("é".encode()) + 1  # between the two bytes of "é"
+        proto.beginMessage(isBinary=False)
+        proto.sendMessageFrame(encoded[:cut])
+        proto.sendPing(b"between")
+        await task.deferLater(reactor, 0.1, lambda: None)
+        proto.sendMessageFrame(encoded[cut:])
+        proto.endMessage()
+        reply = await client.reply_to("split")
+        self.assertEqual(reply["type"], "response", reply)
+        self.assertFalse(client.is_closed)
+
+    @ensure_deferred
     async def test_a_push_into_a_closing_socket_is_not_an_error(self) -> None:
         """A close under way when a push is written (the server's close frame sent, the
         client not yet answering) is a normal end: nothing is logged as an error, and the
