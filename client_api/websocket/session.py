@@ -102,7 +102,7 @@ class WebSocketSession:
     `ConnectionRegistry`'s one sweep checks (`check_deadlines`)."""
 
     __slots__ = (
-        "_hs", "_config", "_connection", "_client_ip", "_user_agent", "session_id",
+        "_hs", "_timeouts", "_connection", "_client_ip", "_user_agent", "session_id",
         "_requests", "_requester", "_access_token", "_closed", "_queue", "_draining",
         "_position", "_subscription", "_paused", "_writable", "_opened_at", "_last_received",
         "_expires_at", "_paused_at", "_next_ping_at", "_ping_sent_at",
@@ -117,7 +117,7 @@ class WebSocketSession:
         user_agent: str | None,
     ) -> None:
         self._hs = hs
-        self._config = hs.config.websocket
+        self._timeouts = hs.websocket_connections.timeouts
         self._connection = connection
         self._client_ip = client_ip
         self._user_agent = user_agent
@@ -142,7 +142,7 @@ class WebSocketSession:
         self._last_received = now
         self._expires_at = 0.0
         self._paused_at = 0.0
-        self._next_ping_at = now + self._config.ping_interval_ms / 1000
+        self._next_ping_at = now + self._timeouts.ping_interval_s
         self._ping_sent_at = 0.0
         hs.websocket_connections.opened(self)
 
@@ -223,14 +223,14 @@ class WebSocketSession:
         its time."""
         if self._closed:
             return
-        config = self._config
-        if self._requester is None and now >= self._opened_at + config.auth_timeout_ms / 1000:
+        timeouts = self._timeouts
+        if self._requester is None and now >= self._opened_at + timeouts.auth_s:
             self._auth_timed_out()
-        elif self._paused and now >= self._paused_at + config.slow_reader_timeout_ms / 1000:
+        elif self._paused and now >= self._paused_at + timeouts.slow_reader_s:
             self._too_slow()
-        elif now >= self._last_received + config.idle_timeout_ms / 1000:
+        elif now >= self._last_received + timeouts.idle_s:
             self._idle_timed_out()
-        elif self._ping_sent_at and now >= self._ping_sent_at + config.ping_timeout_ms / 1000:
+        elif self._ping_sent_at and now >= self._ping_sent_at + timeouts.ping_timeout_s:
             logger.info("%s: no pong in time; dropping the connection", self.session_id)
             self._connection.abort()
             self.closed()
@@ -239,7 +239,7 @@ class WebSocketSession:
                 self._expires_at = 0.0
                 self.token_revoked()
             if now >= self._next_ping_at:
-                self._next_ping_at = now + config.ping_interval_ms / 1000
+                self._next_ping_at = now + timeouts.ping_interval_s
                 if not self._ping_sent_at:
                     self._ping_sent_at = now
                 self._connection.ping()

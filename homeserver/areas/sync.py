@@ -17,8 +17,8 @@ from homeserver.ratelimit import RateLimiter
 from homeserver.sync.handler import SyncHandler
 from homeserver.sync.websocket import (
     ConnectionRegistry,
+    ConnectionTimeouts,
     WebSocketSyncHandler,
-    sweep_interval_s,
 )
 
 
@@ -64,7 +64,9 @@ def build_sync(
     )
     websocket_config = core.config.websocket
     connections = ConnectionRegistry(
-        websocket_config.max_connections, core.reactor, sweep_interval_s(websocket_config)
+        websocket_config.max_connections,
+        core.reactor,
+        ConnectionTimeouts.from_config(websocket_config),
     )
     auth.tokens.add_revocation_listener(connections.revoked)
     return Sync(

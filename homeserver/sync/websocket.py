@@ -225,15 +225,48 @@ class RevocableConnection(Protocol):
         """Act on any of the connection's timeouts that has passed by `now` (reactor time)."""
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectionTimeouts:
+    """The WebSocket timeouts in seconds, shared by every connection (which checks them
+    many times a second between them all)."""
+
+    auth_s: float
+    idle_s: float
+    ping_interval_s: float
+    ping_timeout_s: float
+    slow_reader_s: float
+
+    @classmethod
+    def from_config(cls, config: WebSocketConfig) -> ConnectionTimeouts:
+        return cls(
+            auth_s=config.auth_timeout_ms / 1000,
+            idle_s=config.idle_timeout_ms / 1000,
+            ping_interval_s=config.ping_interval_ms / 1000,
+            ping_timeout_s=config.ping_timeout_ms / 1000,
+            slow_reader_s=config.slow_reader_timeout_ms / 1000,
+        )
+
+    def sweep_interval_s(self) -> float:
+        """How often deadlines are checked: a quarter of the shortest timeout, so each acts
+        at most a quarter late, but never less often than once a second nor more often
+        than twenty times."""
+        shortest = min(
+            self.auth_s, self.idle_s, self.ping_interval_s, self.ping_timeout_s,
+            self.slow_reader_s,
+        )
+        return min(max(shortest / 4, 0.05), 1.0)
+
+
 class ConnectionRegistry:
     """The open connections of this process, by access token and by user; and the one
-    sweep that checks their timeouts, every `sweep_interval_s` while any is open (a timer
-    per connection would cost each idle connection a few hundred bytes)."""
+    sweep that checks their timeouts while any is open (a timer per connection would cost
+    each idle connection a few hundred bytes)."""
 
-    def __init__(self, max_connections: int, reactor: Any, sweep_interval_s: float) -> None:
+    def __init__(self, max_connections: int, reactor: Any, timeouts: ConnectionTimeouts) -> None:
         self._max_connections = max_connections
         self._reactor = reactor
-        self._sweep_interval_s = sweep_interval_s
+        self.timeouts = timeouts
+        self._sweep_interval_s = timeouts.sweep_interval_s()
         self._sweep: task.LoopingCall | None = None
         # connection -> the (token ID, user ID) it is indexed under, once authenticated.
         self._open: dict[RevocableConnection, tuple[str, str] | None] = {}
@@ -320,12 +353,3 @@ class ConnectionRegistry:
         for connection in affected:
             connection.token_revoked()
 
-
-def sweep_interval_s(config: WebSocketConfig) -> float:
-    """How often the registry checks deadlines: a quarter of the shortest timeout, so each
-    acts at most a quarter late, but at least once a second and at most twenty times."""
-    shortest_ms = min(
-        config.auth_timeout_ms, config.idle_timeout_ms, config.ping_interval_ms,
-        config.ping_timeout_ms, config.slow_reader_timeout_ms,
-    )
-    return min(max(shortest_ms / 4000, 0.05), 1.0)
