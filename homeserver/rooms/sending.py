@@ -11,6 +11,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from homeserver.auth.restrictions import (
+    check_message_rate,
+    check_not_suspended,
+    fake_event_id,
+)
 from homeserver.auth.tokens import Requester
 from homeserver.errors import Codes, MatrixError
 from homeserver.events.types import CANONICAL_ALIAS, MEMBER, POWER_LEVELS, REDACTION
@@ -76,7 +81,10 @@ class EventSendHandler:
         if event_type == REDACTION:
             # Spec v1.18: /send must accept redactions in every room version.
             return await self._redact(requester, room_id, content.get("redacts"), content, txn)
+        check_not_suspended(requester)
         self._ratelimit(requester)
+        if requester.shadow_banned:
+            return self._dropped(requester, room_id, event_type)
         await self._relations.check_new_relation(room_id, requester.user_id, event_type, content)
         stored = await self._creator.send(
             room_id, requester.user_id, event_type, content, txn=txn
@@ -107,8 +115,16 @@ class EventSendHandler:
         return found[1] if found else None
 
     def _ratelimit(self, requester: Requester) -> None:
-        if not requester.is_admin:
-            self._limiter.check(requester.user_id)
+        check_message_rate(self._limiter, requester)
+
+    @staticmethod
+    def _dropped(requester: Requester, room_id: str, event_type: str) -> str:
+        """A shadow-banned user's event: an ID for the client, nothing for anyone else.
+        (A retry of the transaction gets another ID: nothing was stored to find.)"""
+        logger.info(
+            "%s: dropped %s from shadow-banned %s", room_id, event_type, requester.user_id
+        )
+        return fake_event_id()
 
     # ----- redactions ----------------------------------------------------------------------
 
@@ -142,7 +158,12 @@ class EventSendHandler:
                 raise MatrixError(
                     403, Codes.FORBIDDEN, "You don't have permission to redact other users' events"
                 )
+        if target.event.sender != requester.user_id:
+            # Redacting one's own events is allowed while suspended; others' is not.
+            check_not_suspended(requester)
         self._ratelimit(requester)
+        if requester.shadow_banned:
+            return self._dropped(requester, room_id, REDACTION)
         body = dict(content)
         extra = None
         if room_version.redacts_in_content:
@@ -170,6 +191,7 @@ class EventSendHandler:
         if event_type == MEMBER:
             stored = await self._membership.set_member_state(requester, room_id, state_key, content)
             return stored.event.event_id
+        check_not_suspended(requester)
         await require_room(self._events, room_id)
         if event_type == POWER_LEVELS:
             check_power_levels_content(content)
@@ -186,6 +208,8 @@ class EventSendHandler:
             ):
                 return current_id
         self._ratelimit(requester)
+        if requester.shadow_banned:
+            return self._dropped(requester, room_id, event_type)
         stored = await self._creator.send(
             room_id, requester.user_id, event_type, content, state_key=state_key
         )
