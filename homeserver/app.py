@@ -196,6 +196,7 @@ class HomeServer:
 
         admin = self.admin = build_admin(core, stores, auth, rooms)
         self.admin_audit = admin.audit
+        self.admin_audit_store = stores.admin_audit_store
         self.admin_users = admin.users
 
         self.ports: list[Any] = []

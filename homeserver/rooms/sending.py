@@ -150,6 +150,9 @@ class EventSendHandler:
             or target.event.rejected_reason is not None
         ):
             raise MatrixError(404, Codes.NOT_FOUND, "Event not found")
+        if target.event.sender != requester.user_id:
+            # Redacting one's own events is allowed while suspended; others' is not.
+            check_not_suspended(requester)
         if target.event.sender != requester.user_id and not (
             # Spec: "Server administrators may redact events sent by users on their server."
             requester.is_admin and self._membership.is_mine(target.event.sender)
@@ -158,9 +161,6 @@ class EventSendHandler:
                 raise MatrixError(
                     403, Codes.FORBIDDEN, "You don't have permission to redact other users' events"
                 )
-        if target.event.sender != requester.user_id:
-            # Redacting one's own events is allowed while suspended; others' is not.
-            check_not_suspended(requester)
         self._ratelimit(requester)
         if requester.shadow_banned:
             return self._dropped(requester, room_id, REDACTION)
