@@ -70,6 +70,7 @@ CLIENT_SERVLETS = [
     # The admin API (see client_api/servlets/admin/).
     admin_users.UsersServlet,
     admin_users.UserServlet,
+    admin_users.UserAdminServlet,
     admin_users.DeactivateServlet,
     admin_users.ResetPasswordServlet,
     admin_users.WhoisServlet,

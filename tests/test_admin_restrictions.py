@@ -223,6 +223,10 @@ class ShadowBanTests(AdminTestCase):
             alice, room_id, "invite", {"user_id": f"@carol:{SERVER_NAME}"}
         )
         self.assertEqual(r.code, 200, r)
+        r = await self.put_state(
+            alice, room_id, "m.room.member", {"membership": "invite"}, f"@carol:{SERVER_NAME}"
+        )
+        self.assertEqual(r.code, 200, r)
         r = await self.request(
             "PUT", f"{API}/rooms/{q(room_id)}/typing/{q(ALICE)}",
             {"typing": True, "timeout": 30000}, token=alice.token,

@@ -25,6 +25,8 @@ def user_paths(user_id: str) -> list[tuple[str, str, Any]]:
         ("GET", f"{ADMIN}/v3/users", None),
         ("GET", f"{ADMIN}/v2/users/{u}", None),
         ("PUT", f"{ADMIN}/v2/users/{u}", {"displayname": "x"}),
+        ("GET", f"{ADMIN}/v1/users/{u}/admin", None),
+        ("PUT", f"{ADMIN}/v1/users/{u}/admin", {"admin": True}),
         ("POST", f"{ADMIN}/v1/deactivate/{u}", {}),
         ("POST", f"{ADMIN}/v1/reset_password/{u}", {"new_password": "another password"}),
         ("GET", f"{ADMIN}/v1/whois/{u}", None),
@@ -420,6 +422,30 @@ class UserAccountTests(AdminTestCase):
         )
         self.assertError(r, 400, "M_INVALID_PARAM")
         self.assertTrue((await self.hs.accounts.get_account(admin.user_id)).is_admin)
+
+    async def test_admin_flag_endpoint(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        path = f"/v1/users/{q(ALICE)}/admin"
+        r = await self.admin_get(admin, path)
+        self.assertEqual((r.code, r.json), (200, {"admin": False}))
+        r = await self.admin_call(admin, "PUT", path, {"admin": True})
+        self.assertEqual((r.code, r.json), (200, {}))
+        r = await self.admin_get(alice, path)
+        self.assertEqual(r.json, {"admin": True})
+        r = await self.admin_call(admin, "PUT", path, {"admin": "no"})
+        self.assertError(r, 400, "M_BAD_JSON")
+        r = await self.admin_call(alice, "PUT", f"/v1/users/{q(alice.user_id)}/admin",
+                                  {"admin": False})
+        self.assertError(r, 400, "M_INVALID_PARAM")
+        r = await self.admin_call(admin, "PUT", path, {"admin": False})
+        self.assertEqual(r.code, 200, r)
+        r = await self.admin_get(alice, path)
+        self.assertError(r, 403, "M_FORBIDDEN")
+        self.assertEqual(
+            [(e.action, e.details) for e in await self.audit(ALICE)],
+            [("modify_user", {"admin": True}), ("modify_user", {"admin": False})],
+        )
 
     async def test_reactivate_through_put(self):
         admin = await self.make_admin()

@@ -233,6 +233,11 @@ class AdminUsersHandler:
         if changed:
             await self._audit.record(admin.user_id, "modify_user", user_id, changed)
 
+    async def set_admin(self, admin: Requester, user_id: str, is_admin: bool) -> None:
+        """Make the user a server admin or not (an existing account only)."""
+        account = await self.require_account(user_id)
+        await self._modify(admin, account, UserChanges(admin=is_admin))
+
     async def _check_may_remove_admin(self, admin: Requester, user_id: str, what: str) -> None:
         """Refuse (400) to deactivate or demote the last active admin, or oneself: either
         could leave the server with nobody able to administer it."""

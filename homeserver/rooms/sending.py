@@ -189,6 +189,10 @@ class EventSendHandler:
         content: Mapping[str, Any],
     ) -> str:
         if event_type == MEMBER:
+            if requester.shadow_banned and content.get("membership") == "invite":
+                # Invites are what a shadow ban drops (as `MembershipHandler.invite`).
+                check_not_suspended(requester)
+                return self._dropped(requester, room_id, event_type)
             stored = await self._membership.set_member_state(requester, room_id, state_key, content)
             return stored.event.event_id
         check_not_suspended(requester)

@@ -191,6 +191,30 @@ class UserServlet:
         return (201 if created else 200), details_json(details)
 
 
+class AdminFlagBody(RequestBody):
+    admin: bool
+
+
+class UserAdminServlet:
+    """Synapse's `/v1/users/{userId}/admin`: whether the user is a server admin."""
+
+    PATTERNS = [admin_path("/users" + USER + "/admin")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest, user_id: str) -> tuple[int, Any]:
+        await require_admin(self._hs, request)
+        details = await self._hs.admin_users.get_user(user_id)
+        return 200, {"admin": details.account.is_admin}
+
+    async def on_PUT(self, request: HeddleRequest, user_id: str) -> tuple[int, Any]:
+        admin = await require_admin(self._hs, request)
+        body = parse_body(parse_json_object(request), AdminFlagBody)
+        await self._hs.admin_users.set_admin(admin, user_id, body.admin)
+        return 200, {}
+
+
 class DeactivateBody(RequestBody):
     erase: bool = False
 
