@@ -291,6 +291,22 @@ class UserListTests(AdminTestCase):
             body = await self.list(order_by=order_by)
             self.assertEqual(body["total"], 6, order_by)
 
+    async def test_missing_values_sort_first_on_both_engines(self):
+        # SQLite and PostgreSQL disagree on where NULLs sort by default; the list does not.
+        for user_id, name in ((f"@bob:{SERVER_NAME}", ""), (f"@carol:{SERVER_NAME}", "Aaron")):
+            r = await self.admin_call(
+                self.admin, "PUT", f"/v2/users/{q(user_id)}", {"displayname": name}
+            )
+            self.assertEqual(r.code, 200, r)
+        self.assertEqual(
+            self.names(await self.list(order_by="displayname")),
+            ["bob", "carol", "alice", "dave", "erin", "root"],
+        )
+        self.assertEqual(
+            self.names(await self.list(order_by="displayname", dir="b")),
+            ["root", "erin", "dave", "alice", "carol", "bob"],
+        )
+
     async def test_locked_users_listed_only_when_asked(self):
         r = await self.request(
             "PUT", f"/_matrix/client/v1/admin/lock/{q(ALICE)}", {"locked": True},
