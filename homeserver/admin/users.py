@@ -271,9 +271,10 @@ class AdminUsersHandler:
         ):
             try:
                 await self._membership.leave(as_user, membership.room_id)
-            except MatrixError as e:
-                # One room refusing (its state forbids the leave) must not keep the account
-                # in the others.
+            except Exception as e:
+                # One room refusing (its state forbids the leave, or the server holding an
+                # invite is unreachable) must not keep the account in the others, nor turn a
+                # deactivation that happened into an error.
                 logger.warning(
                     "deactivating %s: could not leave %s: %s", user_id, membership.room_id, e
                 )
