@@ -1,9 +1,9 @@
 """The admin API driven by synadm, the command-line admin tool Synapse admins use, as a
 subprocess against a real server on both engines.
 
-synadm is not one of Heddle's dependencies: it lives in a virtualenv of its own (for
-example `python -m venv .synadm-venv && .synadm-venv/bin/pip install synadm`), found
-through `$HEDDLE_SYNADM`, the path of its `synadm` executable. Without the variable these
+synadm is not one of Heddle's dependencies: it lives in a virtualenv of its own (`.ci/run`
+builds `.synadm-venv` from `.ci/synadm-requirements.txt`), found through `$HEDDLE_SYNADM`,
+the path of its `synadm` executable. Without the variable these
 tests are skipped; with it set to anything that does not run, they fail, so a run that
 meant to include them never skips them quietly.
 """
