@@ -28,11 +28,15 @@ def access_token_from(request: HeddleRequest) -> str | None:
     return None
 
 
-async def require_user(hs: HomeServer, request: HeddleRequest) -> Requester:
+async def require_user(
+    hs: HomeServer, request: HeddleRequest, allow_locked: bool = False
+) -> Requester:
+    """Who made the request: 401 M_MISSING_TOKEN without a token, M_UNKNOWN_TOKEN for a bad
+    one, M_USER_LOCKED for a locked account unless `allow_locked` (only logging out is)."""
     token = access_token_from(request)
     if token is None:
         raise MatrixError(401, Codes.MISSING_TOKEN, "Missing access token")
-    requester = await hs.tokens.validate(token)
+    requester = await hs.tokens.validate(token, allow_locked=allow_locked)
     user_agent = request.getHeader(b"user-agent")
     await hs.devices.record_activity(
         requester.user_id,

@@ -237,6 +237,19 @@ def parse_int_query(
     return value
 
 
+def parse_bool_query(request: HeddleRequest, name: str) -> bool | None:
+    """The boolean query parameter `name` (`true` or `false`), None when it is absent;
+    400 M_INVALID_PARAM for anything else."""
+    raw = query_string(request, name)
+    if raw is None or raw == "":
+        return None
+    if raw not in ("true", "false"):
+        raise MatrixError(
+            400, Codes.INVALID_PARAM, f"Query parameter {name!r} must be 'true' or 'false'"
+        )
+    return raw == "true"
+
+
 # ----- routing ----------------------------------------------------------------------------
 
 Handler = Callable[..., Awaitable[tuple[int, Any]]]

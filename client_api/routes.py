@@ -8,7 +8,6 @@ from client_api.http import Router
 from client_api.servlets import (
     account,
     account_data,
-    admin,
     devices,
     directory,
     discovery,
@@ -33,6 +32,8 @@ from client_api.servlets import (
     to_device,
     typing,
 )
+from client_api.servlets.admin import register as admin_register
+from client_api.servlets.admin import users as admin_users
 
 if TYPE_CHECKING:
     from homeserver.app import HomeServer
@@ -65,7 +66,25 @@ CLIENT_SERVLETS = [
     keys_changes.KeysChangesServlet,
     profile.ProfileServlet,
     profile.ProfileFieldServlet,
-    admin.SharedSecretRegisterServlet,
+    admin_register.SharedSecretRegisterServlet,
+    # The admin API (see client_api/servlets/admin/).
+    admin_users.UsersServlet,
+    admin_users.UserServlet,
+    admin_users.UserAdminServlet,
+    admin_users.DeactivateServlet,
+    admin_users.ResetPasswordServlet,
+    admin_users.WhoisServlet,
+    admin_users.UserDevicesServlet,
+    admin_users.UserDeviceServlet,
+    admin_users.DeleteDevicesServlet,
+    admin_users.JoinedRoomsServlet,
+    admin_users.AccountDataServlet,
+    admin_users.LoginAsServlet,
+    admin_users.ShadowBanServlet,
+    admin_users.RatelimitOverrideServlet,
+    admin_users.LockServlet,
+    admin_users.SuspendServlet,
+    admin_users.SynapseSuspendServlet,
     sync.SyncServlet,
     rooms.CreateRoomServlet,
     rooms.SendEventServlet,

@@ -12,6 +12,7 @@ from twisted.web import resource, server
 
 from client_api.http import HeddleRequest, HeddleSite, JsonResource, Router
 from federation.outbound import OutboundEvents
+from homeserver.areas.admin import build_admin
 from homeserver.areas.auth import build_auth
 from homeserver.areas.core import build_core
 from homeserver.areas.e2e import build_e2e
@@ -192,6 +193,11 @@ class HomeServer:
         self.federation_events = federation.events
         self.federation_membership = federation.membership
         self.federation_transactions = federation.transactions
+
+        admin = self.admin = build_admin(core, stores, auth, rooms)
+        self.admin_audit = admin.audit
+        self.admin_audit_store = stores.admin_audit_store
+        self.admin_users = admin.users
 
         self.ports: list[Any] = []
         self._uia_cleanup: task.LoopingCall | None = None

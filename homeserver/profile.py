@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from homeserver.auth.restrictions import check_not_suspended
 from homeserver.auth.tokens import Requester
 from homeserver.errors import Codes, MatrixError
 from homeserver.events.types import MEMBER
@@ -74,6 +75,8 @@ class ProfileHandler:
         split_user_id(user_id)
         if requester.user_id != user_id and not requester.is_admin:
             raise MatrixError(403, Codes.FORBIDDEN, "You cannot change another user's profile")
+        if requester.user_id == user_id:
+            check_not_suspended(requester)
 
     async def set_displayname(self, requester: Requester, user_id: str, value: object) -> None:
         self._check_can_edit(requester, user_id)

@@ -25,36 +25,47 @@ class RateLimiter:
             f"ratelimit_{name}", MAX_TRACKED_KEYS
         )
 
-    def _refill(self, key: str) -> float:
+    def _refill(self, key: str, rate: float, burst: float) -> float:
         now = self._clock.time()
-        tokens, last = self._buckets.get(key, (float(self._burst), now))
-        tokens = min(float(self._burst), tokens + (now - last) * self._rate)
+        tokens, last = self._buckets.get(key, (burst, now))
+        tokens = min(burst, tokens + (now - last) * rate)
         self._buckets.set(key, (tokens, now))
         return tokens
 
-    def check(self, key: str) -> None:
-        """Take one action from `key`'s bucket, or raise 429 M_LIMIT_EXCEEDED."""
-        if not self._enabled:
+    def check(
+        self, key: str, per_second: float | None = None, burst_count: int | None = None
+    ) -> None:
+        """Take one action from `key`'s bucket, or raise 429 M_LIMIT_EXCEEDED.
+
+        `per_second` and `burst_count` replace the configured limit for this key (an admin's
+        override for one user); `per_second=0` means no limit for it at all."""
+        if not self._enabled or per_second == 0:
             return
-        self.check_only(key)
-        tokens, now = self._buckets.peek(key, (float(self._burst), self._clock.time()))
+        self.check_only(key, per_second, burst_count)
+        burst = float(burst_count if burst_count is not None else self._burst)
+        tokens, now = self._buckets.peek(key, (burst, self._clock.time()))
         self._buckets.set(key, (tokens - 1.0, now))
 
-    def check_only(self, key: str) -> None:
+    def check_only(
+        self, key: str, per_second: float | None = None, burst_count: int | None = None
+    ) -> None:
         """Raise 429 if `key` has no action left, without using one up."""
-        if not self._enabled:
+        if not self._enabled or per_second == 0:
             return
-        tokens = self._refill(key)
+        rate = per_second if per_second is not None else self._rate
+        tokens = self._refill(
+            key, rate, float(burst_count if burst_count is not None else self._burst)
+        )
         if tokens < 1.0:
             metrics.RATE_LIMITED.labels(self.name).inc()
-            retry_after_ms = int((1.0 - tokens) / self._rate * 1000) + 1
+            retry_after_ms = int((1.0 - tokens) / rate * 1000) + 1
             raise LimitExceededError(retry_after_ms)
 
     def record(self, key: str) -> None:
         """Use up one action without checking (e.g. count a failure after the fact)."""
         if not self._enabled:
             return
-        tokens = self._refill(key)
+        tokens = self._refill(key, self._rate, float(self._burst))
         self._buckets.set(key, (tokens - 1.0, self._clock.time()))
 
     def forget(self, key: str) -> None:

@@ -75,6 +75,9 @@ class TypingHandler:
             raise MatrixError(403, Codes.FORBIDDEN, "Cannot set another user's typing state")
         if not await self._rooms.is_joined(room_id, user_id):
             raise MatrixError(403, Codes.FORBIDDEN, "You are not joined to this room")
+        if requester.shadow_banned:
+            # Accepted and not shown: nobody else may learn they are here.
+            return
         async with self._local_changes.queue((room_id, user_id)):
             if typing:
                 timeout = DEFAULT_TIMEOUT_MS if timeout_ms is None else timeout_ms

@@ -70,22 +70,24 @@ class CapabilitiesServlet:
         self._hs = hs
 
     async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
-        await require_user(self._hs, request)
-        return 200, {
-            "capabilities": {
-                "m.change_password": {"enabled": True},
-                "m.set_displayname": {"enabled": True},
-                "m.set_avatar_url": {"enabled": True},
-                "m.3pid_changes": {"enabled": False},
-                "m.get_login_token": {"enabled": False},
-                "m.room_versions": {
-                    "default": self._hs.config.rooms.default_room_version,
-                    # Only the versions /createRoom accepts: clients offer these for
-                    # creation and upgrades.
-                    "available": {version: "stable" for version in CREATABLE_ROOM_VERSIONS},
-                },
-            }
+        requester = await require_user(self._hs, request)
+        capabilities: dict[str, Any] = {
+            "m.change_password": {"enabled": True},
+            "m.set_displayname": {"enabled": True},
+            "m.set_avatar_url": {"enabled": True},
+            "m.3pid_changes": {"enabled": False},
+            "m.get_login_token": {"enabled": False},
+            "m.room_versions": {
+                "default": self._hs.config.rooms.default_room_version,
+                # Only the versions /createRoom accepts: clients offer these for
+                # creation and upgrades.
+                "available": {version: "stable" for version in CREATABLE_ROOM_VERSIONS},
+            },
         }
+        if requester.is_admin:
+            # Omitted for everyone else, as the spec asks when both would be false.
+            capabilities["m.account_moderation"] = {"lock": True, "suspend": True}
+        return 200, {"capabilities": capabilities}
 
 
 class HealthServlet:

@@ -81,7 +81,8 @@ class LogoutServlet:
         self._hs = hs
 
     async def on_POST(self, request: HeddleRequest) -> tuple[int, Any]:
-        requester = await require_user(self._hs, request)
+        # The spec lets a locked account log out (and nothing else).
+        requester = await require_user(self._hs, request, allow_locked=True)
         # Logging out ends the device too (spec: "the device associated with the access token
         # is also deleted"), which revokes its access and refresh tokens.
         await self._hs.devices.delete_devices(requester.user_id, [requester.device_id])
@@ -95,6 +96,6 @@ class LogoutAllServlet:
         self._hs = hs
 
     async def on_POST(self, request: HeddleRequest) -> tuple[int, Any]:
-        requester = await require_user(self._hs, request)
+        requester = await require_user(self._hs, request, allow_locked=True)
         await self._hs.devices.delete_all_devices(requester.user_id)
         return 200, {}

@@ -3,7 +3,7 @@
 `homeserver.app.HomeServer` calls them in this order, each taking only the areas it needs:
 
     core -> stores -> streams -> federation transport -> e2e -> auth -> user data
-         -> rooms -> sync -> media -> federation
+         -> rooms -> sync -> media -> federation -> admin
 
 Each `build_<area>` returns a small frozen object holding that area's handlers. An area
 built later may depend on one built earlier, never the reverse; where two areas truly need

@@ -14,6 +14,7 @@ from homeserver.replication import (
 from storage.database import Database
 from storage.stores.account_data import AccountDataStore
 from storage.stores.accounts import AccountStore
+from storage.stores.admin_audit import AdminAuditStore
 from storage.stores.aliases import AliasStore
 from storage.stores.device_inbox import DeviceInboxStore
 from storage.stores.device_lists import DeviceListStore
@@ -37,6 +38,7 @@ from storage.stores.server_keys import ServerKeyStore
 from storage.stores.state import StateStore
 from storage.stores.tokens import TokenStore
 from storage.stores.uia import UiaStore
+from storage.stores.user_admin import UserAdminStore
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ class Stores:
     device_list_store: DeviceListStore
     pusher_store: PusherStore
     push_action_store: PushActionStore
+    admin_audit_store: AdminAuditStore
+    user_admin_store: UserAdminStore
 
 
 def build_stores(db: Database, replication: Replication) -> Stores:
@@ -145,4 +149,6 @@ def build_stores(db: Database, replication: Replication) -> Stores:
         device_list_store=DeviceListStore(db),
         pusher_store=PusherStore(db),
         push_action_store=PushActionStore(db),
+        admin_audit_store=AdminAuditStore(db),
+        user_admin_store=UserAdminStore(db),
     )

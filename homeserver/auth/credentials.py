@@ -69,3 +69,8 @@ class CredentialChecker:
             raise MatrixError(403, Codes.FORBIDDEN, INVALID_CREDENTIALS)
         if account.deactivated:
             raise MatrixError(403, Codes.USER_DEACTIVATED, "This account has been deactivated")
+        if account.locked:
+            # Only after the password matched, so a lock tells nobody else the account exists.
+            raise MatrixError(
+                401, Codes.USER_LOCKED, "This account has been locked", soft_logout=True
+            )

@@ -15,7 +15,7 @@ from homeserver.clock import Clock
 from homeserver.config import AuthConfig
 from homeserver.errors import Codes, MatrixError
 from homeserver.replication import Replication
-from storage.stores.accounts import AccountStore
+from storage.stores.accounts import AccountStore, RatelimitOverride
 from storage.stores.tokens import NewTokens, RefreshOutcome, TokenStore
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,12 @@ class Requester:
     is_guest: bool = False
     # When the access token expires (ms); None for tokens issued without a refresh token.
     expires_ts: int | None = None
+    # What admins set on the account (see `homeserver/admin/users.py`). Changing any of them
+    # drops the user's cached requesters (`forget_user`), so they apply at once.
+    locked: bool = False
+    suspended: bool = False
+    shadow_banned: bool = False
+    ratelimit_override: RatelimitOverride | None = None
 
 
 # (revoked token IDs, user whose every token was revoked or None)
@@ -177,8 +183,12 @@ class TokenHandler:
             access_token, result.device_id, self._config.access_token_lifetime_ms, new_refresh_token
         )
 
-    async def validate(self, access_token: str) -> Requester:
-        """Check signature, expiry and revocation; 401 M_UNKNOWN_TOKEN if any fails."""
+    async def validate(self, access_token: str, allow_locked: bool = False) -> Requester:
+        """Check signature, expiry and revocation; 401 M_UNKNOWN_TOKEN if any fails.
+
+        A locked account's tokens stay valid (unlocking restores its sessions, as the spec
+        asks) but are refused with 401 M_USER_LOCKED everywhere except where `allow_locked`
+        (logging out)."""
         try:
             claims = jwt.decode(
                 access_token,
@@ -199,6 +209,11 @@ class TokenHandler:
         # cached token expires exactly when an uncached one does.
         if requester.expires_ts is not None and requester.expires_ts <= self._clock.time_msec():
             raise _unknown_token("Access token has expired", soft_logout=True)
+        if requester.locked and not allow_locked:
+            # soft_logout: the spec's; the client keeps its session and encryption state.
+            raise MatrixError(
+                401, Codes.USER_LOCKED, "This account has been locked", soft_logout=True
+            )
         return requester
 
     async def _load(self, token_id: str, claims: dict) -> Requester:
@@ -219,9 +234,25 @@ class TokenHandler:
             is_admin=account.is_admin,
             is_guest=account.is_guest,
             expires_ts=row.expires_ts,
+            locked=account.locked,
+            suspended=account.suspended,
+            shadow_banned=account.shadow_banned,
+            ratelimit_override=account.ratelimit_override,
         )
         self._cache.set(token_id, requester)
         return requester
+
+    async def issue_without_device(self, user_id: str, device_id: str, expires_ts: int) -> str:
+        """An expiring access token with no refresh token, for a device ID that has no
+        device row: admins' login-as tokens, which the user must not see in their device
+        list. Such a token survives the user's logout of all devices (their devices are
+        what that deletes), as in Synapse; it ends at `expires_ts`, on /logout with it, or
+        when the account is deactivated."""
+        token_id = secrets.token_urlsafe(18)
+        await self._tokens.add_access_token(
+            token_id, user_id, device_id, self._clock.time_msec(), expires_ts
+        )
+        return self._mint_jwt(token_id, user_id, device_id, expires_ts)
 
     def forget(self, token_ids: Iterable[str]) -> None:
         """Drop revoked tokens from every process's cache so they are refused at once."""
@@ -231,7 +262,8 @@ class TokenHandler:
             self._replication.publish(REVOKED_TOKENS_STREAM, token_ids)
 
     def forget_user(self, user_id: str) -> None:
-        """Drop all cached tokens of a user (account deactivated), in every process."""
+        """Drop all cached tokens of a user (account deactivated, or an admin changed what
+        `Requester` carries), in every process."""
         self._forget_user_local(user_id)
         self._replication.publish(REVOKED_USERS_STREAM, user_id)
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from homeserver.auth.restrictions import check_message_rate, check_not_suspended
 from homeserver.auth.tokens import Requester
 from homeserver.config import RoomsConfig
 from homeserver.errors import Codes, MatrixError
@@ -136,10 +137,11 @@ class RoomCreationHandler:
         user_id = requester.user_id
         if requester.is_guest:
             raise MatrixError(403, Codes.GUEST_ACCESS_FORBIDDEN, "Guests cannot create rooms")
-        if not requester.is_admin:
-            # Once for the whole room, as Synapse does: its initial events are not counted
-            # one by one, so a room is never left half-made by the limit.
-            self._limiter.check(user_id)
+        # Creating a room is joining one.
+        check_not_suspended(requester)
+        # Once for the whole room, as Synapse does: its initial events are not counted
+        # one by one, so a room is never left half-made by the limit.
+        check_message_rate(self._limiter, requester)
         room_version = self._room_version(spec.room_version)
         preset = PRESETS[spec.preset or ("public_chat" if spec.visibility == "public" else "private_chat")]
         alias = await self._check_alias(spec.room_alias_name)

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from homeserver.auth.restrictions import check_not_suspended
 from homeserver.auth.tokens import Requester
 from homeserver.errors import Codes, MatrixError
 from homeserver.events.room_versions import RoomVersion
@@ -112,6 +113,7 @@ class MembershipHandler:
         reason: str | None = None,
         via: Sequence[str] = (),
     ) -> str:
+        check_not_suspended(requester)
         room_id, servers = await self._room_and_servers(room_id_or_alias, via)
         remote = await self._remote_servers_if_not_resident(requester.user_id, room_id, servers)
         if remote:
@@ -137,6 +139,7 @@ class MembershipHandler:
         reason: str | None = None,
         via: Sequence[str] = (),
     ) -> str:
+        check_not_suspended(requester)
         room_id, servers = await self._room_and_servers(room_id_or_alias, via)
         remote = await self._remote_servers_if_not_resident(requester.user_id, room_id, servers)
         if remote:
@@ -155,9 +158,16 @@ class MembershipHandler:
         target: str,
         reason: str | None = None,
         is_direct: bool = False,
-    ) -> StoredEvent:
+    ) -> StoredEvent | None:
+        """The invite event, or None when the inviter is shadow-banned: the invite is
+        answered as if sent, and dropped."""
+        check_not_suspended(requester)
         await require_room(self._events, room_id)
         await self.check_invitee(target)
+        if requester.shadow_banned:
+            logger.info("%s: dropped invite of %s by shadow-banned %s", room_id, target,
+                        requester.user_id)
+            return None
         extra = {"is_direct": True} if is_direct else None
         return await self._send_member(
             requester.user_id, room_id, target, "invite", reason, extra=extra
@@ -186,6 +196,7 @@ class MembershipHandler:
     async def kick(
         self, requester: Requester, room_id: str, target: str, reason: str | None = None
     ) -> None:
+        check_not_suspended(requester)
         split_user_id(target)
         await require_room(self._events, room_id)
         current = await self._rooms.get_membership(room_id, target)
@@ -196,6 +207,7 @@ class MembershipHandler:
     async def ban(
         self, requester: Requester, room_id: str, target: str, reason: str | None = None
     ) -> None:
+        check_not_suspended(requester)
         split_user_id(target)
         await require_room(self._events, room_id)
         await self._send_member(requester.user_id, room_id, target, "ban", reason)
@@ -203,6 +215,7 @@ class MembershipHandler:
     async def unban(
         self, requester: Requester, room_id: str, target: str, reason: str | None = None
     ) -> None:
+        check_not_suspended(requester)
         split_user_id(target)
         await require_room(self._events, room_id)
         current = await self._rooms.get_membership(room_id, target)
@@ -220,6 +233,9 @@ class MembershipHandler:
             raise MatrixError(
                 400, Codes.BAD_JSON, f"'membership' must be one of {', '.join(MEMBERSHIPS)}"
             )
+        if membership != "leave" or target != requester.user_id:
+            # Leaving (rejecting an invite, withdrawing a knock) is all a suspended user may do.
+            check_not_suspended(requester)
         await require_room(self._events, room_id)
         if membership == "invite":
             await self.check_invitee(target)

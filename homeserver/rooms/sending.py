@@ -11,6 +11,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from homeserver.auth.restrictions import (
+    check_message_rate,
+    check_not_suspended,
+    fake_event_id,
+)
 from homeserver.auth.tokens import Requester
 from homeserver.errors import Codes, MatrixError
 from homeserver.events.types import CANONICAL_ALIAS, MEMBER, POWER_LEVELS, REDACTION
@@ -76,7 +81,10 @@ class EventSendHandler:
         if event_type == REDACTION:
             # Spec v1.18: /send must accept redactions in every room version.
             return await self._redact(requester, room_id, content.get("redacts"), content, txn)
+        check_not_suspended(requester)
         self._ratelimit(requester)
+        if requester.shadow_banned:
+            return self._dropped(requester, room_id, event_type)
         await self._relations.check_new_relation(room_id, requester.user_id, event_type, content)
         stored = await self._creator.send(
             room_id, requester.user_id, event_type, content, txn=txn
@@ -107,8 +115,16 @@ class EventSendHandler:
         return found[1] if found else None
 
     def _ratelimit(self, requester: Requester) -> None:
-        if not requester.is_admin:
-            self._limiter.check(requester.user_id)
+        check_message_rate(self._limiter, requester)
+
+    @staticmethod
+    def _dropped(requester: Requester, room_id: str, event_type: str) -> str:
+        """A shadow-banned user's event: an ID for the client, nothing for anyone else.
+        (A retry of the transaction gets another ID: nothing was stored to find.)"""
+        logger.info(
+            "%s: dropped %s from shadow-banned %s", room_id, event_type, requester.user_id
+        )
+        return fake_event_id()
 
     # ----- redactions ----------------------------------------------------------------------
 
@@ -134,6 +150,9 @@ class EventSendHandler:
             or target.event.rejected_reason is not None
         ):
             raise MatrixError(404, Codes.NOT_FOUND, "Event not found")
+        if target.event.sender != requester.user_id:
+            # Redacting one's own events is allowed while suspended; others' is not.
+            check_not_suspended(requester)
         if target.event.sender != requester.user_id and not (
             # Spec: "Server administrators may redact events sent by users on their server."
             requester.is_admin and self._membership.is_mine(target.event.sender)
@@ -143,6 +162,8 @@ class EventSendHandler:
                     403, Codes.FORBIDDEN, "You don't have permission to redact other users' events"
                 )
         self._ratelimit(requester)
+        if requester.shadow_banned:
+            return self._dropped(requester, room_id, REDACTION)
         body = dict(content)
         extra = None
         if room_version.redacts_in_content:
@@ -168,8 +189,13 @@ class EventSendHandler:
         content: Mapping[str, Any],
     ) -> str:
         if event_type == MEMBER:
+            if requester.shadow_banned and content.get("membership") == "invite":
+                # Invites are what a shadow ban drops (as `MembershipHandler.invite`).
+                check_not_suspended(requester)
+                return self._dropped(requester, room_id, event_type)
             stored = await self._membership.set_member_state(requester, room_id, state_key, content)
             return stored.event.event_id
+        check_not_suspended(requester)
         await require_room(self._events, room_id)
         if event_type == POWER_LEVELS:
             check_power_levels_content(content)
@@ -186,6 +212,8 @@ class EventSendHandler:
             ):
                 return current_id
         self._ratelimit(requester)
+        if requester.shadow_banned:
+            return self._dropped(requester, room_id, event_type)
         stored = await self._creator.send(
             room_id, requester.user_id, event_type, content, state_key=state_key
         )

@@ -6,6 +6,14 @@ from storage.database import Database, Transaction
 
 
 @dataclass(frozen=True)
+class RatelimitOverride:
+    """An admin's override of a user's message rate limit (0 per second: no limit)."""
+
+    messages_per_second: int
+    burst_count: int
+
+
+@dataclass(frozen=True)
 class Account:
     user_id: str
     password_hash: str | None
@@ -13,6 +21,32 @@ class Account:
     is_admin: bool
     is_guest: bool
     deactivated: bool
+    locked: bool = False
+    suspended: bool = False
+    shadow_banned: bool = False
+    erased: bool = False
+    user_type: str | None = None
+    ratelimit_override: RatelimitOverride | None = None
+
+
+# The flags an admin sets with `AccountStore.set_flag`: column names, never user input.
+FLAGS = ("is_admin", "locked", "suspended", "shadow_banned")
+
+_ACCOUNT_SQL = (
+    "SELECT u.user_id, u.password_hash, u.created_ts, u.is_admin, u.is_guest, u.deactivated,"
+    " u.locked, u.suspended, u.shadow_banned, u.erased, u.user_type,"
+    " r.messages_per_second, r.burst_count"
+    " FROM users AS u LEFT JOIN ratelimit_overrides AS r ON r.user_id = u.user_id"
+    " WHERE u.user_id = ?"
+)
+
+
+def _account(row: tuple) -> Account:
+    override = RatelimitOverride(row[11], row[12]) if row[11] is not None else None
+    return Account(
+        row[0], row[1], row[2], bool(row[3]), bool(row[4]), bool(row[5]), bool(row[6]),
+        bool(row[7]), bool(row[8]), bool(row[9]), row[10], override,
+    )
 
 
 class UserInUseError(Exception):
@@ -54,16 +88,9 @@ class AccountStore:
 
     async def get_account(self, user_id: str) -> Account | None:
         row = await self._db.run_interaction(
-            "get_account",
-            lambda txn: txn.select_one(
-                "SELECT user_id, password_hash, created_ts, is_admin, is_guest, deactivated"
-                " FROM users WHERE user_id = ?",
-                (user_id,),
-            ),
+            "get_account", lambda txn: txn.select_one(_ACCOUNT_SQL, (user_id,))
         )
-        if row is None:
-            return None
-        return Account(row[0], row[1], row[2], bool(row[3]), bool(row[4]), bool(row[5]))
+        return _account(row) if row is not None else None
 
     async def is_user_id_taken(self, user_id: str) -> bool:
         return await self.get_account(user_id) is not None
@@ -84,6 +111,62 @@ class AccountStore:
             ),
         )
 
+    async def set_flag(self, user_id: str, flag: str, value: bool) -> None:
+        """Set one of `FLAGS` (admin, locked, suspended, shadow-banned)."""
+        if flag not in FLAGS:
+            raise ValueError(f"not an account flag: {flag}")
+        await self._db.run_interaction(
+            f"set_{flag}",
+            lambda txn: txn.execute(
+                f"UPDATE users SET {flag} = ? WHERE user_id = ?", (value, user_id)
+            ),
+        )
+
+    async def set_user_type(self, user_id: str, user_type: str | None) -> None:
+        await self._db.run_interaction(
+            "set_user_type",
+            lambda txn: txn.execute(
+                "UPDATE users SET user_type = ? WHERE user_id = ?", (user_type, user_id)
+            ),
+        )
+
+    async def reactivate(self, user_id: str) -> None:
+        """Undo `mark_deactivated` (the password, wiped then, is set separately)."""
+        await self._db.run_interaction(
+            "reactivate",
+            lambda txn: txn.execute(
+                "UPDATE users SET deactivated = ?, erased = ? WHERE user_id = ?",
+                (False, False, user_id),
+            ),
+        )
+
+    async def count_active_admins(self) -> int:
+        row = await self._db.run_interaction(
+            "count_active_admins",
+            lambda txn: txn.select_one(
+                "SELECT COUNT(*) FROM users WHERE is_admin = ? AND deactivated = ?",
+                (True, False),
+            ),
+        )
+        return int(row[0]) if row else 0
+
+    async def set_ratelimit_override(
+        self, user_id: str, override: RatelimitOverride | None
+    ) -> None:
+        def txn_fn(txn: Transaction) -> None:
+            if override is None:
+                txn.execute("DELETE FROM ratelimit_overrides WHERE user_id = ?", (user_id,))
+                return
+            txn.execute(
+                "INSERT INTO ratelimit_overrides (user_id, messages_per_second, burst_count)"
+                " VALUES (?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET"
+                " messages_per_second = excluded.messages_per_second,"
+                " burst_count = excluded.burst_count",
+                (user_id, override.messages_per_second, override.burst_count),
+            )
+
+        await self._db.run_interaction("set_ratelimit_override", txn_fn)
+
     async def mark_deactivated(self, user_id: str, erase: bool) -> None:
         """Deactivate: no password, and with `erase` the profile is wiped too."""
 
@@ -93,6 +176,7 @@ class AccountStore:
                 (True, user_id),
             )
             if erase:
+                txn.execute("UPDATE users SET erased = ? WHERE user_id = ?", (True, user_id))
                 txn.execute(
                     "UPDATE profiles SET displayname = NULL, avatar_url = NULL WHERE user_id = ?",
                     (user_id,),

@@ -14,6 +14,7 @@ class Device:
     display_name: str | None
     last_seen_ts: int | None
     last_seen_ip: str | None
+    last_seen_user_agent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,9 @@ class DeletedDevices:
     revoked_token_ids: list[str]
 
 
-_COLUMNS = "user_id, device_id, display_name, last_seen_ts, last_seen_ip"
+_COLUMNS = (
+    "user_id, device_id, display_name, last_seen_ts, last_seen_ip, last_seen_user_agent"
+)
 # What else belongs to a device and goes with it: its end-to-end keys and the to-device
 # messages waiting for it.
 _DEVICE_DATA_TABLES = ("e2e_device_keys", "e2e_one_time_keys", "e2e_fallback_keys", "device_inbox")

@@ -1,0 +1,29 @@
+"""What every admin endpoint starts with: who is asking, and are they a server admin."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from client_api.auth import require_user
+from client_api.http import HeddleRequest
+from homeserver.auth.tokens import Requester
+from homeserver.errors import Codes, MatrixError
+
+if TYPE_CHECKING:
+    from homeserver.app import HomeServer
+
+
+async def require_admin(hs: HomeServer, request: HeddleRequest) -> Requester:
+    """The requester, if a server admin: 401 M_MISSING_TOKEN without a token (and the
+    usual 401s for a bad one), 403 M_FORBIDDEN for anyone else. Always before looking up
+    what the request names, so non-admins cannot probe which users exist."""
+    requester = await require_user(hs, request)
+    if not requester.is_admin:
+        raise MatrixError(403, Codes.FORBIDDEN, "You are not a server admin")
+    return requester
+
+
+def admin_path(path: str, versions: str = "v1") -> re.Pattern[str]:
+    """A pattern for `/_synapse/admin/{versions}{path}`; `path` may use (?P<name>[^/]+)."""
+    return re.compile(f"^/_synapse/admin/(?:{versions}){path}$")

@@ -1,0 +1,125 @@
+"""The admin API driven by synadm, the command-line admin tool Synapse admins use, as a
+subprocess against a real server on both engines.
+
+synadm is not one of Heddle's dependencies: it lives in a virtualenv of its own (`.ci/run`
+builds `.synadm-venv` from `.ci/synadm-requirements.txt`), found through `$HEDDLE_SYNADM`,
+the path of its `synadm` executable. Without the variable these
+tests are skipped; with it set to anything that does not run, they fail, so a run that
+meant to include them never skips them quietly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from typing import Any
+
+from twisted.internet import threads
+from twisted.trial.unittest import SkipTest
+
+from tests.admin_helpers import AdminTestCase, User
+from tests.harness import SERVER_NAME, on_both_engines
+
+SYNADM = os.environ.get("HEDDLE_SYNADM")
+ALICE = f"@alice:{SERVER_NAME}"
+CAROL = f"@carol:{SERVER_NAME}"
+
+
+@on_both_engines
+class SynadmTests(AdminTestCase):
+    async def setUp(self) -> None:
+        if not SYNADM:
+            raise SkipTest("set HEDDLE_SYNADM to a synadm executable to run these")
+        await super().setUp()
+        self.admin = await self.make_admin()
+        self.home = self.make_data_dir("heddle-synadm-")
+        self.config = self.home / "synadm.yaml"
+        self.config.write_text(
+            json.dumps(
+                {
+                    "user": self.admin.user_id,
+                    "token": self.admin.token,
+                    "base_url": self.base_url,
+                    "admin_path": "/_synapse/admin",
+                    "matrix_path": "/_matrix",
+                    "format": "json",
+                    "timeout": 30,
+                    "server_discovery": "well-known",
+                    "homeserver": SERVER_NAME,
+                    "ssl_verify": False,
+                }
+            )
+        )
+
+    def _run_synadm(self, args: list[str]) -> subprocess.CompletedProcess[str]:
+        assert SYNADM is not None
+        return subprocess.run(
+            [SYNADM, "-c", str(self.config), "--batch", "-o", "minified", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            # synadm writes a debug log under $HOME.
+            env={**os.environ, "HOME": str(self.home)},
+        )
+
+    async def synadm(self, *args: str) -> Any:
+        """Run synadm (on a thread: the server under test runs on this reactor) and
+        return the JSON of its last line of output (None if it printed nothing): some
+        commands print what they are about to change first."""
+        done = await threads.deferToThread(self._run_synadm, list(args))
+        self.assertEqual(done.returncode, 0, f"synadm {args}: {done.stdout}{done.stderr}")
+        out = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+        try:
+            return json.loads(out) if out else None
+        except ValueError:
+            self.fail(f"synadm {args} printed no JSON: {out!r} {done.stderr!r}")
+
+    async def test_list_and_details(self) -> None:
+        await self.user("alice")
+        await self.user("bob")
+        listed = await self.synadm("user", "list")
+        self.assertEqual(listed["total"], 3)
+        self.assertEqual(
+            [u["name"] for u in listed["users"]],
+            [ALICE, f"@bob:{SERVER_NAME}", self.admin.user_id],
+        )
+        page = await self.synadm("user", "list", "--limit", "2")
+        self.assertEqual((len(page["users"]), page["next_token"]), (2, "2"))
+        found = await self.synadm("user", "list", "--name", "bo")
+        self.assertEqual([u["name"] for u in found["users"]], [f"@bob:{SERVER_NAME}"])
+        details = await self.synadm("user", "details", ALICE)
+        self.assertEqual(details["name"], ALICE)
+        self.assertFalse(details["admin"])
+
+    async def test_create_modify_and_deactivate(self) -> None:
+        await self.synadm(
+            "user", "modify", CAROL, "--password", "carol's password", "--display-name", "Carol"
+        )
+        await self.login("carol", "carol's password")
+        details = await self.synadm("user", "details", CAROL)
+        self.assertEqual(details["displayname"], "Carol")
+        await self.synadm("user", "password", CAROL, "--password", "another password")
+        await self.login("carol", "another password")
+        await self.synadm("user", "deactivate", CAROL)
+        self.assertTrue((await self.hs.accounts.get_account(CAROL)).deactivated)
+        actions = [e.action for e in await self.audit(CAROL)]
+        self.assertEqual(actions, ["create_user", "reset_password", "deactivate_user"])
+
+    async def test_whois_login_and_moderation(self) -> None:
+        alice: User = await self.user("alice")
+        await self.request("GET", "/_matrix/client/v3/account/whoami", token=alice.token)
+        whois = await self.synadm("user", "whois", ALICE)
+        self.assertEqual(list(whois["devices"]), [alice.device_id])
+        login = await self.synadm("user", "login", ALICE, "--expire-days", "1")
+        r = await self.request(
+            "GET", "/_matrix/client/v3/account/whoami", token=login["access_token"]
+        )
+        self.assertEqual(r.json["user_id"], ALICE)
+        await self.synadm("user", "shadow-ban", ALICE)
+        self.assertTrue((await self.hs.accounts.get_account(ALICE)).shadow_banned)
+        await self.synadm("user", "shadow-ban", "--unban", ALICE)
+        await self.synadm("user", "suspend", ALICE)
+        self.assertTrue((await self.hs.accounts.get_account(ALICE)).suspended)
+        await self.synadm("user", "modify", ALICE, "--lock")
+        self.assertTrue((await self.hs.accounts.get_account(ALICE)).locked)

@@ -1,0 +1,752 @@
+"""The admin API for users (Synapse's `/_synapse/admin/.../users...` and the spec's
+`/admin/whois`), over real HTTP on both engines: access control, the user list, querying,
+creating and changing accounts, deactivation, password resets, sessions, devices, rooms,
+account data, login-as, and the audit log every change writes."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from tests.admin_helpers import ADMIN, AdminTestCase, q
+from tests.harness import PASSWORD, SERVER_NAME, on_both_engines
+
+API = "/_matrix/client/v3"
+ALICE = f"@alice:{SERVER_NAME}"
+REMOTE = "@someone:elsewhere.example"
+UNKNOWN = f"@nobody:{SERVER_NAME}"
+
+
+def user_paths(user_id: str) -> list[tuple[str, str, Any]]:
+    """Every admin endpoint of this change, about `user_id`: (method, full path, body)."""
+    u = q(user_id)
+    return [
+        ("GET", f"{ADMIN}/v2/users", None),
+        ("GET", f"{ADMIN}/v3/users", None),
+        ("GET", f"{ADMIN}/v2/users/{u}", None),
+        ("PUT", f"{ADMIN}/v2/users/{u}", {"displayname": "x"}),
+        ("GET", f"{ADMIN}/v1/users/{u}/admin", None),
+        ("PUT", f"{ADMIN}/v1/users/{u}/admin", {"admin": True}),
+        ("POST", f"{ADMIN}/v1/deactivate/{u}", {}),
+        ("POST", f"{ADMIN}/v1/reset_password/{u}", {"new_password": "another password"}),
+        ("GET", f"{ADMIN}/v1/whois/{u}", None),
+        ("GET", f"{ADMIN}/v2/users/{u}/devices", None),
+        ("POST", f"{ADMIN}/v2/users/{u}/devices", {"device_id": "NEWDEVICE"}),
+        ("GET", f"{ADMIN}/v2/users/{u}/devices/DEV", None),
+        ("PUT", f"{ADMIN}/v2/users/{u}/devices/DEV", {"display_name": "x"}),
+        ("DELETE", f"{ADMIN}/v2/users/{u}/devices/DEV", None),
+        ("POST", f"{ADMIN}/v2/users/{u}/delete_devices", {"devices": ["DEV"]}),
+        ("GET", f"{ADMIN}/v1/users/{u}/joined_rooms", None),
+        ("GET", f"{ADMIN}/v1/users/{u}/accountdata", None),
+        ("POST", f"{ADMIN}/v1/users/{u}/login", {}),
+        ("POST", f"{ADMIN}/v1/users/{u}/shadow_ban", None),
+        ("DELETE", f"{ADMIN}/v1/users/{u}/shadow_ban", None),
+        ("GET", f"{ADMIN}/v1/users/{u}/override_ratelimit", None),
+        ("POST", f"{ADMIN}/v1/users/{u}/override_ratelimit", {}),
+        ("DELETE", f"{ADMIN}/v1/users/{u}/override_ratelimit", None),
+        ("PUT", f"{ADMIN}/v1/suspend/{u}", {"suspend": True}),
+        ("GET", f"/_matrix/client/v1/admin/lock/{u}", None),
+        ("PUT", f"/_matrix/client/v1/admin/lock/{u}", {"locked": True}),
+        ("GET", f"/_matrix/client/v1/admin/suspend/{u}", None),
+        ("PUT", f"/_matrix/client/v1/admin/suspend/{u}", {"suspended": True}),
+    ]
+
+
+class _Logged(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@on_both_engines
+class AdminAccessTests(AdminTestCase):
+    async def test_every_endpoint_needs_a_token(self):
+        for method, path, body in user_paths(ALICE):
+            r = await self.request(method, path, body)
+            self.assertError(r, 401, "M_MISSING_TOKEN")
+
+    async def test_every_endpoint_refuses_non_admins_before_looking_the_user_up(self):
+        mallory = await self.user("mallory")
+        alice = await self.user("alice")
+        # About an existing user, an unknown one and a remote one alike: a non-admin learns
+        # nothing about which users exist (the spec: authorisation before lookup).
+        for target in (alice.user_id, UNKNOWN, REMOTE):
+            for method, path, body in user_paths(target):
+                if "/whois/" in path and target == mallory.user_id:
+                    continue
+                r = await self.request(method, path, body, token=mallory.token)
+                self.assertError(r, 403, "M_FORBIDDEN")
+        # Nothing was changed.
+        account = await self.hs.accounts.get_account(alice.user_id)
+        self.assertFalse(account.deactivated or account.locked or account.suspended)
+        self.assertEqual(await self.hs.admin_audit_store.entries(), [])
+
+    async def test_whois_lets_users_ask_about_themselves(self):
+        alice = await self.user("alice")
+        for path in (f"{ADMIN}/v1/whois/{q(ALICE)}", f"{API}/admin/whois/{q(ALICE)}"):
+            r = await self.request("GET", path, token=alice.token)
+            self.assertEqual(r.code, 200, r)
+            self.assertEqual(r.json["user_id"], ALICE)
+
+    async def test_unknown_users_are_not_found(self):
+        admin = await self.make_admin()
+        for method, path, body in user_paths(UNKNOWN):
+            if path.endswith("/users"):
+                continue
+            if method == "PUT" and "/v2/users/" in path and "/devices" not in path:
+                continue  # creates the user
+            r = await self.request(method, path, body, token=admin.token)
+            self.assertError(r, 404, "M_NOT_FOUND")
+
+    async def test_remote_users_are_refused(self):
+        admin = await self.make_admin()
+        for method, path, body in user_paths(REMOTE):
+            if path.endswith("/users"):
+                continue
+            r = await self.request(method, path, body, token=admin.token)
+            self.assertError(r, 400, "M_INVALID_PARAM")
+        for bad in ("not-a-user-id", "@no-server"):
+            r = await self.admin_get(admin, f"/v2/users/{q(bad)}")
+            self.assertError(r, 400, "M_INVALID_PARAM")
+
+    async def test_changes_are_audited_and_logged(self):
+        admin = await self.make_admin()
+        await self.user("alice")
+        handler = _Logged()
+        logger = logging.getLogger("heddle.admin.audit")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        self.addCleanup(logger.removeHandler, handler)
+        r = await self.admin_call(admin, "PUT", f"/v2/users/{q(ALICE)}", {"displayname": "Al"})
+        self.assertEqual(r.code, 200, r)
+        # Reads are not audited.
+        await self.admin_get(admin, f"/v2/users/{q(ALICE)}")
+        await self.admin_get(admin, "/v2/users")
+        entries = await self.audit(ALICE)
+        self.assertEqual(len(entries), 1)
+        entry = entries[0]
+        self.assertEqual(
+            (entry.admin_user_id, entry.action, entry.target, entry.details),
+            (admin.user_id, "modify_user", ALICE, {"displayname": "Al"}),
+        )
+        self.assertGreater(entry.ts, 0)
+        self.assertEqual(len(handler.messages), 1)
+        self.assertIn("modify_user", handler.messages[0])
+        self.assertIn(admin.user_id, handler.messages[0])
+        self.assertIn(ALICE, handler.messages[0])
+
+    async def test_passwords_never_reach_the_audit_log(self):
+        admin = await self.make_admin()
+        await self.user("alice")
+        secret = "a brand new secret password"
+        r = await self.admin_call(
+            admin, "POST", f"/v1/reset_password/{q(ALICE)}", {"new_password": secret}
+        )
+        self.assertEqual(r.code, 200, r)
+        r = await self.admin_call(admin, "PUT", f"/v2/users/{q(ALICE)}", {"password": secret})
+        self.assertEqual(r.code, 200, r)
+        entries = await self.audit(ALICE)
+        self.assertEqual([e.action for e in entries], ["reset_password", "modify_user"])
+        self.assertNotIn(secret, repr(entries))
+
+    async def test_capabilities_offer_account_moderation_to_admins_only(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        r = await self.request("GET", f"{API}/capabilities", token=admin.token)
+        self.assertEqual(
+            r.json["capabilities"]["m.account_moderation"], {"lock": True, "suspend": True}
+        )
+        r = await self.request("GET", f"{API}/capabilities", token=alice.token)
+        self.assertNotIn("m.account_moderation", r.json["capabilities"])
+
+    async def test_shared_secret_registration_still_works(self):
+        r = await self.request("GET", f"{ADMIN}/v1/register")
+        self.assertEqual(r.code, 200, r)
+        self.assertIn("nonce", r.json)
+
+
+@on_both_engines
+class UserListTests(AdminTestCase):
+    async def setUp(self):
+        await super().setUp()
+        self.admin = await self.make_admin("root")
+        for name in ("alice", "bob", "carol", "dave", "erin"):
+            await self.user(name)
+
+    async def list(self, version: str = "v2", **params: Any) -> dict[str, Any]:
+        r = await self.admin_get(self.admin, f"/{version}/users", **params)
+        self.assertEqual(r.code, 200, r)
+        return r.json
+
+    def names(self, body: dict[str, Any]) -> list[str]:
+        return [u["name"].split(":")[0][1:] for u in body["users"]]
+
+    async def test_listing_shape(self):
+        body = await self.list()
+        self.assertEqual(body["total"], 6)
+        self.assertNotIn("next_token", body)
+        self.assertEqual(self.names(body), ["alice", "bob", "carol", "dave", "erin", "root"])
+        alice = body["users"][0]
+        self.assertEqual(
+            set(alice),
+            {
+                "name", "is_guest", "admin", "user_type", "deactivated", "erased",
+                "shadow_banned", "displayname", "avatar_url", "creation_ts", "last_seen_ts",
+                "locked", "suspended",
+            },
+        )
+        self.assertEqual(alice["name"], ALICE)
+        self.assertEqual(alice["displayname"], "alice")
+        self.assertFalse(alice["admin"])
+        self.assertTrue(body["users"][-1]["admin"])
+        # Milliseconds in the list (Synapse's).
+        self.assertGreater(alice["creation_ts"], 10**12)
+        # Seen: only root, who asked for the list.
+        self.assertIsNone(alice["last_seen_ts"])
+        self.assertIsInstance(body["users"][-1]["last_seen_ts"], int)
+
+    async def test_pagination(self):
+        seen: list[str] = []
+        token: str | None = "0"
+        pages = 0
+        while token is not None:
+            body = await self.list(**{"from": token, "limit": 2})
+            self.assertEqual(body["total"], 6)
+            self.assertLessEqual(len(body["users"]), 2)
+            seen += self.names(body)
+            token = body.get("next_token")
+            if token is not None:
+                self.assertIsInstance(token, str)
+            pages += 1
+        self.assertEqual(pages, 3)
+        self.assertEqual(seen, ["alice", "bob", "carol", "dave", "erin", "root"])
+        # Past the end: an empty page, no next token.
+        body = await self.list(**{"from": 100})
+        self.assertEqual((body["users"], body["total"]), ([], 6))
+        self.assertNotIn("next_token", body)
+
+    async def test_bad_pagination_and_filters_are_refused(self):
+        for params in (
+            {"from": "abc"},
+            {"from": "-1"},
+            {"from": "1.5"},
+            {"from": "9" * 30},
+            {"limit": "0"},
+            {"limit": "-5"},
+            {"limit": "ten"},
+            {"order_by": "password_hash"},
+            {"dir": "up"},
+            {"admins": "maybe"},
+            {"guests": "1"},
+            {"deactivated": "yes"},
+        ):
+            r = await self.admin_get(self.admin, "/v2/users", **params)
+            self.assertError(r, 400, "M_INVALID_PARAM")
+
+    async def test_name_and_user_id_filters(self):
+        r = await self.admin_call(
+            self.admin, "PUT", f"/v2/users/{q(ALICE)}", {"displayname": "Zebra Person"}
+        )
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(self.names(await self.list(name="zebra")), ["alice"])
+        self.assertEqual(self.names(await self.list(name="CAR")), ["carol"])
+        # `name` looks at localparts, not the server name.
+        self.assertEqual((await self.list(name="heddle"))["total"], 0)
+        self.assertEqual(self.names(await self.list(user_id="o")), ["bob", "carol", "root"])
+        # LIKE wildcards are taken literally.
+        self.assertEqual((await self.list(user_id="%"))["total"], 0)
+        self.assertEqual((await self.list(name="_"))["total"], 0)
+
+    async def test_deactivated_v2_and_v3(self):
+        r = await self.admin_call(self.admin, "POST", f"/v1/deactivate/{q(ALICE)}", {})
+        self.assertEqual(r.code, 200, r)
+        # v2: left out unless asked for; then included with the others.
+        self.assertNotIn("alice", self.names(await self.list()))
+        self.assertIn("alice", self.names(await self.list(deactivated="true")))
+        self.assertEqual((await self.list(deactivated="true"))["total"], 6)
+        # v3: a filter with three states.
+        self.assertEqual((await self.list("v3"))["total"], 6)
+        self.assertEqual(self.names(await self.list("v3", deactivated="true")), ["alice"])
+        self.assertNotIn("alice", self.names(await self.list("v3", deactivated="false")))
+
+    async def test_admins_filter_and_ordering(self):
+        self.assertEqual(self.names(await self.list(admins="true")), ["root"])
+        self.assertNotIn("root", self.names(await self.list(admins="false")))
+        self.assertEqual(
+            self.names(await self.list(dir="b")),
+            ["root", "erin", "dave", "carol", "bob", "alice"],
+        )
+        # Ties broken by name, ascending, whichever the direction.
+        self.assertEqual(
+            self.names(await self.list(order_by="admin", dir="b")),
+            ["root", "alice", "bob", "carol", "dave", "erin"],
+        )
+        by_creation = self.names(await self.list(order_by="creation_ts"))
+        self.assertEqual(by_creation[0], "root")
+        for order_by in ("displayname", "last_seen_ts", "avatar_url", "user_type", "is_guest",
+                         "deactivated", "shadow_banned", "locked"):
+            body = await self.list(order_by=order_by)
+            self.assertEqual(body["total"], 6, order_by)
+
+    async def test_missing_values_sort_first_on_both_engines(self):
+        # SQLite and PostgreSQL disagree on where NULLs sort by default; the list does not.
+        for user_id, name in ((f"@bob:{SERVER_NAME}", ""), (f"@carol:{SERVER_NAME}", "Aaron")):
+            r = await self.admin_call(
+                self.admin, "PUT", f"/v2/users/{q(user_id)}", {"displayname": name}
+            )
+            self.assertEqual(r.code, 200, r)
+        self.assertEqual(
+            self.names(await self.list(order_by="displayname")),
+            ["bob", "carol", "alice", "dave", "erin", "root"],
+        )
+        self.assertEqual(
+            self.names(await self.list(order_by="displayname", dir="b")),
+            ["root", "erin", "dave", "alice", "carol", "bob"],
+        )
+
+    async def test_locked_users_listed_only_when_asked(self):
+        r = await self.request(
+            "PUT", f"/_matrix/client/v1/admin/lock/{q(ALICE)}", {"locked": True},
+            token=self.admin.token,
+        )
+        self.assertEqual(r.code, 200, r)
+        self.assertNotIn("alice", self.names(await self.list()))
+        listed = await self.list(locked="true")
+        self.assertIn("alice", self.names(listed))
+        self.assertTrue(listed["users"][0]["locked"])
+
+
+@on_both_engines
+class UserAccountTests(AdminTestCase):
+    async def test_query_user(self):
+        admin = await self.make_admin()
+        await self.user("alice")
+        r = await self.admin_get(admin, f"/v2/users/{q(ALICE)}")
+        self.assertEqual(r.code, 200, r)
+        body = r.json
+        self.assertEqual(body["name"], ALICE)
+        self.assertEqual(body["displayname"], "alice")
+        self.assertEqual(body["threepids"], [])
+        self.assertEqual(body["external_ids"], [])
+        for flag in ("is_guest", "admin", "deactivated", "erased", "shadow_banned",
+                     "locked", "suspended"):
+            self.assertIs(body[flag], False, flag)
+        self.assertIsNone(body["user_type"])
+        # Seconds here (Synapse's), unlike the list.
+        self.assertLess(body["creation_ts"], 10**11)
+        self.assertGreater(body["creation_ts"], 10**9)
+
+    async def test_create_user(self):
+        admin = await self.make_admin()
+        r = await self.admin_call(
+            admin,
+            "PUT",
+            f"/v2/users/{q(ALICE)}",
+            {"password": PASSWORD, "displayname": "Alice", "admin": False,
+             "user_type": "bot", "avatar_url": "mxc://test.heddle/abc"},
+        )
+        self.assertEqual(r.code, 201, r)
+        self.assertEqual(r.json["name"], ALICE)
+        self.assertEqual(r.json["displayname"], "Alice")
+        self.assertEqual(r.json["avatar_url"], "mxc://test.heddle/abc")
+        self.assertEqual(r.json["user_type"], "bot")
+        self.assertFalse(r.json["admin"])
+        await self.login("alice")
+        [entry] = await self.audit(ALICE)
+        self.assertEqual(entry.action, "create_user")
+        self.assertEqual(entry.details["user_type"], "bot")
+
+    async def test_create_without_password_cannot_log_in(self):
+        admin = await self.make_admin()
+        r = await self.admin_call(admin, "PUT", f"/v2/users/{q(ALICE)}", {})
+        self.assertEqual(r.code, 201, r)
+        r = await self.request(
+            "POST", f"{API}/login",
+            {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"},
+             "password": PASSWORD},
+        )
+        self.assertError(r, 403, "M_FORBIDDEN")
+
+    async def test_create_admin_with_bad_input(self):
+        admin = await self.make_admin()
+        for body, code, errcode in (
+            ({"admin": "yes"}, 400, "M_BAD_JSON"),
+            ({"user_type": "wizard"}, 400, "M_INVALID_PARAM"),
+            ({"password": "x"}, 400, "M_WEAK_PASSWORD"),
+            ({"threepids": [{"medium": "email", "address": "a@example.org"}]}, 400,
+             "M_INVALID_PARAM"),
+            ({"deactivated": True}, 400, "M_INVALID_PARAM"),
+        ):
+            r = await self.admin_call(admin, "PUT", f"/v2/users/{q(ALICE)}", body)
+            self.assertError(r, code, errcode)
+        r = await self.admin_call(admin, "PUT", f"/v2/users/{q('@Bad Name:test.heddle')}", {})
+        self.assertError(r, 400, "M_INVALID_USERNAME")
+        self.assertIsNone(await self.hs.accounts.get_account(ALICE))
+
+    async def test_modify_user(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        r = await self.admin_call(
+            admin, "PUT", f"/v2/users/{q(ALICE)}",
+            {"displayname": "Alice A.", "admin": True, "user_type": "support"},
+        )
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(r.json["displayname"], "Alice A.")
+        self.assertTrue(r.json["admin"])
+        self.assertEqual(r.json["user_type"], "support")
+        # The new admin can use the admin API at once.
+        r = await self.admin_get(alice, "/v2/users")
+        self.assertEqual(r.code, 200, r)
+        # user_type: null clears it; leaving it out keeps it.
+        r = await self.admin_call(admin, "PUT", f"/v2/users/{q(ALICE)}", {"displayname": ""})
+        self.assertEqual((r.json["user_type"], r.json["displayname"]), ("support", None))
+        r = await self.admin_call(admin, "PUT", f"/v2/users/{q(ALICE)}", {"user_type": None})
+        self.assertIsNone(r.json["user_type"])
+
+    async def test_modify_password_logs_out_unless_asked_not_to(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        r = await self.admin_call(
+            admin, "PUT", f"/v2/users/{q(ALICE)}",
+            {"password": "second password", "logout_devices": False},
+        )
+        self.assertEqual(r.code, 200, r)
+        r = await self.request("GET", f"{API}/account/whoami", token=alice.token)
+        self.assertEqual(r.code, 200, r)
+        r = await self.admin_call(
+            admin, "PUT", f"/v2/users/{q(ALICE)}", {"password": "third password"}
+        )
+        self.assertEqual(r.code, 200, r)
+        r = await self.request("GET", f"{API}/account/whoami", token=alice.token)
+        self.assertError(r, 401, "M_UNKNOWN_TOKEN")
+        await self.login("alice", "third password")
+
+    async def test_admins_cannot_demote_or_deactivate_themselves_through_put(self):
+        admin = await self.make_admin()
+        r = await self.admin_call(admin, "PUT", f"/v2/users/{q(admin.user_id)}", {"admin": False})
+        body = self.assertError(r, 400, "M_INVALID_PARAM")
+        self.assertIn("last server admin", body["error"])
+        await self.make_admin("second")
+        r = await self.admin_call(admin, "PUT", f"/v2/users/{q(admin.user_id)}", {"admin": False})
+        body = self.assertError(r, 400, "M_INVALID_PARAM")
+        self.assertIn("yourself", body["error"])
+        r = await self.admin_call(
+            admin, "PUT", f"/v2/users/{q(admin.user_id)}", {"deactivated": True}
+        )
+        self.assertError(r, 400, "M_INVALID_PARAM")
+        self.assertTrue((await self.hs.accounts.get_account(admin.user_id)).is_admin)
+
+    async def test_admin_flag_endpoint(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        path = f"/v1/users/{q(ALICE)}/admin"
+        r = await self.admin_get(admin, path)
+        self.assertEqual((r.code, r.json), (200, {"admin": False}))
+        r = await self.admin_call(admin, "PUT", path, {"admin": True})
+        self.assertEqual((r.code, r.json), (200, {}))
+        r = await self.admin_get(alice, path)
+        self.assertEqual(r.json, {"admin": True})
+        r = await self.admin_call(admin, "PUT", path, {"admin": "no"})
+        self.assertError(r, 400, "M_BAD_JSON")
+        r = await self.admin_call(alice, "PUT", f"/v1/users/{q(alice.user_id)}/admin",
+                                  {"admin": False})
+        self.assertError(r, 400, "M_INVALID_PARAM")
+        r = await self.admin_call(admin, "PUT", path, {"admin": False})
+        self.assertEqual(r.code, 200, r)
+        r = await self.admin_get(alice, path)
+        self.assertError(r, 403, "M_FORBIDDEN")
+        self.assertEqual(
+            [(e.action, e.details) for e in await self.audit(ALICE)],
+            [("modify_user", {"admin": True}), ("modify_user", {"admin": False})],
+        )
+
+    async def test_reactivate_through_put(self):
+        admin = await self.make_admin()
+        await self.user("alice")
+        r = await self.admin_call(admin, "PUT", f"/v2/users/{q(ALICE)}", {"deactivated": True})
+        self.assertEqual(r.code, 200, r)
+        self.assertTrue(r.json["deactivated"])
+        r = await self.admin_call(
+            admin, "PUT", f"/v2/users/{q(ALICE)}",
+            {"deactivated": False, "password": "a new start"},
+        )
+        self.assertEqual(r.code, 200, r)
+        self.assertFalse(r.json["deactivated"])
+        await self.login("alice", "a new start")
+
+
+@on_both_engines
+class DeactivationTests(AdminTestCase):
+    async def test_deactivate_user(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        room_id = await self.create_room(bob, preset="public_chat")
+        invited_to = await self.create_room(bob, invite=[ALICE])
+        r = await self.join(alice, room_id)
+        self.assertEqual(r.code, 200, r)
+        r = await self.admin_call(admin, "POST", f"/v1/deactivate/{q(ALICE)}", {})
+        self.assertEqual(r.code, 200, r)
+        account = await self.hs.accounts.get_account(ALICE)
+        self.assertTrue(account.deactivated)
+        self.assertFalse(account.erased)
+        # Logged out, cannot log in, out of the room and its invite declined.
+        r = await self.request("GET", f"{API}/account/whoami", token=alice.token)
+        self.assertError(r, 401, "M_UNKNOWN_TOKEN")
+        r = await self.request(
+            "POST", f"{API}/login",
+            {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"},
+             "password": PASSWORD},
+        )
+        self.assertEqual(r.code, 403, r)
+        self.assertEqual(await self.membership_of(room_id, alice), "leave")
+        self.assertEqual(await self.membership_of(invited_to, alice), "leave")
+        # The profile stays without `erase`.
+        r = await self.admin_get(admin, f"/v2/users/{q(ALICE)}")
+        self.assertEqual(r.json["displayname"], "alice")
+        [entry] = await self.audit(ALICE)
+        self.assertEqual((entry.action, entry.details), ("deactivate_user", {"erase": False}))
+
+    async def test_deactivate_with_erase(self):
+        admin = await self.make_admin()
+        await self.user("alice")
+        r = await self.admin_call(admin, "POST", f"/v1/deactivate/{q(ALICE)}", {"erase": True})
+        self.assertEqual(r.code, 200, r)
+        r = await self.admin_get(admin, f"/v2/users/{q(ALICE)}")
+        self.assertTrue(r.json["erased"])
+        self.assertTrue(r.json["deactivated"])
+        self.assertIsNone(r.json["displayname"])
+
+    async def test_empty_body_is_accepted(self):
+        admin = await self.make_admin()
+        await self.user("alice")
+        r = await self.request(
+            "POST", f"{ADMIN}/v1/deactivate/{q(ALICE)}", raw=b"", token=admin.token
+        )
+        self.assertEqual(r.code, 200, r)
+
+    async def test_last_admin_and_oneself_are_refused(self):
+        admin = await self.make_admin()
+        r = await self.admin_call(admin, "POST", f"/v1/deactivate/{q(admin.user_id)}", {})
+        body = self.assertError(r, 400, "M_INVALID_PARAM")
+        self.assertIn("last server admin", body["error"])
+        second = await self.make_admin("second")
+        r = await self.admin_call(admin, "POST", f"/v1/deactivate/{q(admin.user_id)}", {})
+        body = self.assertError(r, 400, "M_INVALID_PARAM")
+        self.assertIn("yourself", body["error"])
+        self.assertFalse((await self.hs.accounts.get_account(admin.user_id)).deactivated)
+        # Another admin may be deactivated while one remains.
+        r = await self.admin_call(admin, "POST", f"/v1/deactivate/{q(second.user_id)}", {})
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(await self.audit(admin.user_id), [])
+
+    async def test_bad_body(self):
+        admin = await self.make_admin()
+        await self.user("alice")
+        r = await self.admin_call(admin, "POST", f"/v1/deactivate/{q(ALICE)}", {"erase": "yes"})
+        self.assertError(r, 400, "M_BAD_JSON")
+        r = await self.request(
+            "POST", f"{ADMIN}/v1/deactivate/{q(ALICE)}", raw=b"{not json", token=admin.token
+        )
+        self.assertError(r, 400, "M_NOT_JSON")
+
+
+@on_both_engines
+class PasswordAndSessionTests(AdminTestCase):
+    async def test_reset_password(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        r = await self.admin_call(
+            admin, "POST", f"/v1/reset_password/{q(ALICE)}", {"new_password": "new password!"}
+        )
+        self.assertEqual(r.code, 200, r)
+        r = await self.request("GET", f"{API}/account/whoami", token=alice.token)
+        self.assertError(r, 401, "M_UNKNOWN_TOKEN")
+        await self.login("alice", "new password!")
+        [entry] = await self.audit(ALICE)
+        self.assertEqual(entry.details, {"logout_devices": True})
+
+    async def test_reset_password_keeping_sessions(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        r = await self.admin_call(
+            admin, "POST", f"/v1/reset_password/{q(ALICE)}",
+            {"new_password": "new password!", "logout_devices": False},
+        )
+        self.assertEqual(r.code, 200, r)
+        r = await self.request("GET", f"{API}/account/whoami", token=alice.token)
+        self.assertEqual(r.code, 200, r)
+
+    async def test_reset_password_bad_input(self):
+        admin = await self.make_admin()
+        await self.user("alice")
+        r = await self.admin_call(admin, "POST", f"/v1/reset_password/{q(ALICE)}", {})
+        self.assertError(r, 400, "M_BAD_JSON")
+        r = await self.admin_call(
+            admin, "POST", f"/v1/reset_password/{q(ALICE)}", {"new_password": "x"}
+        )
+        self.assertError(r, 400, "M_WEAK_PASSWORD")
+
+    async def test_whois(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        r = await self.request(
+            "GET", f"{API}/account/whoami", token=alice.token,
+            headers={"User-Agent": "AliceClient/1.0"},
+        )
+        self.assertEqual(r.code, 200, r)
+        for path in (f"{ADMIN}/v1/whois/{q(ALICE)}", f"{API}/admin/whois/{q(ALICE)}",
+                     f"/_matrix/client/r0/admin/whois/{q(ALICE)}"):
+            r = await self.request("GET", path, token=admin.token)
+            self.assertEqual(r.code, 200, r)
+            self.assertEqual(r.json["user_id"], ALICE)
+            [(device_id, info)] = r.json["devices"].items()
+            self.assertEqual(device_id, alice.device_id)
+            [session] = info["sessions"]
+            [connection] = session["connections"]
+            self.assertEqual(connection["ip"], "127.0.0.1")
+            # The first request's (last-seen is written at most once a minute).
+            self.assertEqual(connection["user_agent"], "AliceClient/1.0")
+            self.assertIsInstance(connection["last_seen"], int)
+
+    async def test_devices(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        second = await self.login("alice", device_id="SECOND")
+        u = q(ALICE)
+        r = await self.admin_get(admin, f"/v2/users/{u}/devices")
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(r.json["total"], 2)
+        ids = sorted(d["device_id"] for d in r.json["devices"])
+        self.assertEqual(ids, sorted([alice.device_id, "SECOND"]))
+        device = next(d for d in r.json["devices"] if d["device_id"] == alice.device_id)
+        self.assertEqual(
+            set(device),
+            {"device_id", "display_name", "last_seen_ip", "last_seen_user_agent",
+             "last_seen_ts", "user_id", "dehydrated"},
+        )
+        self.assertEqual(device["user_id"], ALICE)
+        r = await self.admin_call(
+            admin, "PUT", f"/v2/users/{u}/devices/SECOND", {"display_name": "phone"}
+        )
+        self.assertEqual(r.code, 200, r)
+        r = await self.admin_get(admin, f"/v2/users/{u}/devices/SECOND")
+        self.assertEqual(r.json["display_name"], "phone")
+        r = await self.admin_get(admin, f"/v2/users/{u}/devices/NOPE")
+        self.assertError(r, 404, "M_NOT_FOUND")
+        r = await self.admin_call(
+            admin, "PUT", f"/v2/users/{u}/devices/NOPE", {"display_name": "x"}
+        )
+        self.assertError(r, 404, "M_NOT_FOUND")
+        r = await self.admin_call(admin, "DELETE", f"/v2/users/{u}/devices/SECOND")
+        self.assertEqual(r.code, 200, r)
+        r = await self.request("GET", f"{API}/account/whoami", token=second["access_token"])
+        self.assertError(r, 401, "M_UNKNOWN_TOKEN")
+        r = await self.admin_call(admin, "POST", f"/v2/users/{u}/devices", {"device_id": "NEW"})
+        self.assertEqual(r.code, 201, r)
+        r = await self.admin_call(
+            admin, "POST", f"/v2/users/{u}/delete_devices",
+            {"devices": [alice.device_id, "NEW", "NEVER_EXISTED"]},
+        )
+        self.assertEqual(r.code, 200, r)
+        r = await self.admin_get(admin, f"/v2/users/{u}/devices")
+        self.assertEqual(r.json, {"devices": [], "total": 0})
+        r = await self.admin_call(admin, "POST", f"/v2/users/{u}/delete_devices", {"devices": "x"})
+        self.assertError(r, 400, "M_BAD_JSON")
+        actions = [e.action for e in await self.audit(ALICE)]
+        self.assertEqual(
+            actions,
+            ["rename_device", "delete_devices", "create_device", "delete_devices"],
+        )
+
+    async def test_joined_rooms_and_account_data(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        first = await self.create_room(alice)
+        second = await self.create_room(alice)
+        r = await self.admin_get(admin, f"/v1/users/{q(ALICE)}/joined_rooms")
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(sorted(r.json["joined_rooms"]), sorted([first, second]))
+        self.assertEqual(r.json["total"], 2)
+        r = await self.request(
+            "PUT", f"{API}/user/{q(ALICE)}/account_data/org.example.settings", {"a": 1},
+            token=alice.token,
+        )
+        self.assertEqual(r.code, 200, r)
+        r = await self.request(
+            "PUT", f"{API}/user/{q(ALICE)}/rooms/{q(first)}/account_data/org.example.r",
+            {"b": 2}, token=alice.token,
+        )
+        self.assertEqual(r.code, 200, r)
+        r = await self.admin_get(admin, f"/v1/users/{q(ALICE)}/accountdata")
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(r.json["account_data"]["global"]["org.example.settings"], {"a": 1})
+        self.assertEqual(r.json["account_data"]["rooms"], {first: {"org.example.r": {"b": 2}}})
+
+
+@on_both_engines
+class LoginAsTests(AdminTestCase):
+    async def test_login_as_user(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        r = await self.admin_call(admin, "POST", f"/v1/users/{q(ALICE)}/login", {})
+        self.assertEqual(r.code, 200, r)
+        token = r.json["access_token"]
+        r = await self.request("GET", f"{API}/account/whoami", token=token)
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(r.json["user_id"], ALICE)
+        # Not a device the user sees.
+        r = await self.request("GET", f"{API}/devices", token=alice.token)
+        self.assertEqual([d["device_id"] for d in r.json["devices"]], [alice.device_id])
+        [entry] = await self.audit(ALICE)
+        self.assertEqual(entry.action, "login_as")
+        self.assertEqual(entry.admin_user_id, admin.user_id)
+        self.assertNotIn(token, repr(entry))
+        # It expires (an hour by default): the row holds the deadline.
+        claims_row = await self.hs.token_store.get_access_token(
+            __import__("jwt").decode(token, options={"verify_signature": False})["jti"]
+        )
+        now = self.hs.clock.time_msec()
+        self.assertLessEqual(claims_row.expires_ts, now + 60 * 60 * 1000)
+        self.assertGreater(claims_row.expires_ts, now)
+        # Logging out with it ends it.
+        r = await self.request("POST", f"{API}/logout", {}, token=token)
+        self.assertEqual(r.code, 200, r)
+        r = await self.request("GET", f"{API}/account/whoami", token=token)
+        self.assertError(r, 401, "M_UNKNOWN_TOKEN")
+        r = await self.request("GET", f"{API}/account/whoami", token=alice.token)
+        self.assertEqual(r.code, 200, r)
+
+    async def test_valid_until(self):
+        admin = await self.make_admin()
+        await self.user("alice")
+        now = self.hs.clock.time_msec()
+        r = await self.admin_call(
+            admin, "POST", f"/v1/users/{q(ALICE)}/login", {"valid_until_ms": now + 60_000}
+        )
+        self.assertEqual(r.code, 200, r)
+        self.hs.clock.time_msec = lambda: now + 60_001  # type: ignore[method-assign]
+        r = await self.request("GET", f"{API}/account/whoami", token=r.json["access_token"])
+        self.assertError(r, 401, "M_UNKNOWN_TOKEN")
+
+    async def test_refused(self):
+        admin = await self.make_admin()
+        await self.user("alice")
+        now = self.hs.clock.time_msec()
+        for body in ({"valid_until_ms": now - 1000}, {"valid_until_ms": now + 10 * 86400_000}):
+            r = await self.admin_call(admin, "POST", f"/v1/users/{q(ALICE)}/login", body)
+            self.assertError(r, 400, "M_INVALID_PARAM")
+        r = await self.admin_call(
+            admin, "POST", f"/v1/users/{q(ALICE)}/login", {"valid_until_ms": "soon"}
+        )
+        self.assertError(r, 400, "M_BAD_JSON")
+        r = await self.admin_call(admin, "POST", f"/v1/users/{q(admin.user_id)}/login", {})
+        self.assertError(r, 400, "M_INVALID_PARAM")
+        r = await self.admin_call(admin, "POST", f"/v1/deactivate/{q(ALICE)}", {})
+        self.assertEqual(r.code, 200, r)
+        r = await self.admin_call(admin, "POST", f"/v1/users/{q(ALICE)}/login", {})
+        self.assertError(r, 403, "M_USER_DEACTIVATED")
+        self.assertEqual([e.action for e in await self.audit(ALICE)], ["deactivate_user"])
