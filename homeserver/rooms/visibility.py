@@ -157,18 +157,31 @@ class HistoryVisibility:
             event = state_events.get(event_id) if event_id is not None else None
             return event.content if event is not None else None
 
+        def at_group(group: int | None) -> tuple[str, str | None]:
+            """(visibility, the user's membership) in a state group."""
+            member_content = at(group, keys[1])
+            membership = member_content.get("membership") if member_content else None
+            return (
+                visibility_from_content(at(group, keys[0])),
+                membership if isinstance(membership, str) else None,
+            )
+
+        # Most events share their state group with many others (only state changes make
+        # new ones): read each group's two values once.
+        by_group: dict[int | None, tuple[str, str | None]] = {}
         last_join: dict[str, Position | None] = {}
         currently_joined: dict[str, bool] = {}
         visible: list[StoredEvent] = []
         for stored in candidates:
             event = stored.event
             before = groups.get(event.event_id, (None, None))[0]
-            visibilities = [visibility_from_content(at(before, keys[0]))]
+            if before not in by_group:
+                by_group[before] = at_group(before)
+            visibility, membership = by_group[before]
+            visibilities = [visibility]
             if event.type == HISTORY_VISIBILITY and event.state_key == "":
                 visibilities.append(visibility_from_content(event.content))
-            member_content = at(before, keys[1])
-            membership = member_content.get("membership") if member_content else None
-            memberships = [membership if isinstance(membership, str) else None]
+            memberships = [membership]
             if event.type == MEMBER and event.state_key == user_id:
                 memberships.append(event.membership)
 
