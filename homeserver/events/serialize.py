@@ -165,8 +165,8 @@ class EventSerializer:
         of its events the viewer may see, where Synapse counts every event it holds: the
         spec says the aggregation lacks what the user cannot see, and a count of hidden
         replies tells a user who joined later how much was said before.
-        Without a viewer (a shared sync section, which a viewer takes only when its
-        timeline bundles no thread or reference: see `homeserver/sync/handler.py`), all."""
+        Without a viewer (a shared sync section, which a viewer takes only when it would
+        aggregate the same children: see `bundled_children`), all."""
         assert self._relations is not None
         by_room: dict[str, list[str]] = {}
         for stored in stored_list:
