@@ -739,6 +739,53 @@ class ThreadSummaryVisibility(RelationsTestCase):
         r = await self.relations(dave, root, "m.thread")
         self.assertEqual(len(r.json["chunk"]), 2)
 
+    async def test_replies_a_member_saw_as_they_came_are_counted_unread(self):
+        """Counting a long thread for a member joined before it began reads none of its
+        replies: those this server made after the join are visible to them by construction.
+        Older replies, and those from other servers, are read and checked."""
+        root = await self.post(self.alice, text("root"))
+        replies = [await self.post(self.carol, in_thread(root, f"r{i}")) for i in range(12)]
+        visibility = self.hs.history_visibility
+        checked: list[str] = []
+        original = visibility.filter_events_for_user
+
+        async def recording(user_id: str, events: Any) -> Any:
+            checked.extend(e.event.event_id for e in events)
+            return await original(user_id, events)
+
+        visibility.filter_events_for_user = recording  # type: ignore[method-assign]
+        self.addCleanup(setattr, visibility, "filter_events_for_user", original)
+        thread = (await self.bundle(self.bob, root))["m.thread"]
+        self.assertEqual((thread["count"], thread["latest_event"]["event_id"]), (12, replies[-1]))
+        self.assertFalse(set(checked) & set(replies))
+        # Dave, who joins now, has every earlier reply checked (here `shared`: all seen).
+        dave = await self.user("dave")
+        r = await self.join(dave, self.room_id)
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual((await self.bundle(dave, root))["m.thread"]["count"], 12)
+        self.assertEqual(set(checked) & set(replies), set(replies))
+
+    async def test_replies_made_while_a_member_was_away_are_not_counted(self):
+        await self.set_visibility("joined")
+        root = await self.post(self.alice, text("root"))
+        await self.post(self.carol, in_thread(root, "before bob left"))
+        r = await self.membership_action(self.bob, self.room_id, "leave")
+        self.assertEqual(r.code, 200, r)
+        for i in range(3):
+            await self.post(self.carol, in_thread(root, f"while away {i}"))
+        r = await self.join(self.bob, self.room_id)
+        self.assertEqual(r.code, 200, r)
+        # A new display name moves his member event, not where his membership began.
+        r = await self.put_state(
+            self.bob, self.room_id, "m.room.member",
+            {"membership": "join", "displayname": "Robert"}, state_key=self.bob.user_id,
+        )
+        self.assertEqual(r.code, 200, r)
+        back = await self.post(self.carol, in_thread(root, "after he came back"))
+        thread = (await self.bundle(self.bob, root))["m.thread"]
+        self.assertEqual((thread["count"], thread["latest_event"]["event_id"]), (2, back))
+        self.assertEqual((await self.bundle(self.carol, root))["m.thread"]["count"], 5)
+
     async def test_a_departed_member_sees_the_thread_as_it_left_it(self):
         await self.set_visibility("joined")
         root = await self.post(self.alice, text("root"))

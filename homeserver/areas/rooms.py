@@ -118,10 +118,15 @@ def build_rooms(
         core.server_name, stores.profile_store, rooms, state, events, creator, remote
     )
     # Who may read a room (history visibility) and who has the power to act in it.
-    visibility = HistoryVisibility(events, state, rooms)
+    visibility = HistoryVisibility(core.server_name, events, state, rooms)
     ignored = IgnoredUsers(stores.account_data_store)
     serializer = EventSerializer(
-        core.clock, events, stores.relation_store, visibility.filter_events_for_user, ignored.of
+        core.clock,
+        events,
+        stores.relation_store,
+        visibility.filter_events_for_user,
+        ignored.of,
+        visibility.filter_relations_for_user,
     )
     power = RoomPower(events, state, rooms)
     state_contents = StateContents(events, state)

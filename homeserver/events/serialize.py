@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,8 @@ from storage.stores.relations import RelationRow, RelationStore
 
 # (user_id, events) -> those of the events the user may see, in order.
 VisibleTo = Callable[[str, Sequence[StoredEvent]], Awaitable[list[StoredEvent]]]
+# (user_id, relation rows) -> those whose events the user may see, in order.
+RowsVisibleTo = Callable[[str, Sequence[RelationRow]], Awaitable[list[RelationRow]]]
 # user_id -> the users they ignore (`homeserver.account_data.IgnoredUsers.of`).
 IgnoredBy = Callable[[str], Awaitable[frozenset[str]]]
 
@@ -37,6 +40,7 @@ class EventSerializer:
         relations: RelationStore | None = None,
         visible_to: VisibleTo | None = None,
         ignored_by: IgnoredBy | None = None,
+        rows_visible_to: RowsVisibleTo | None = None,
     ) -> None:
         self._clock = clock
         self._events = events
@@ -44,6 +48,9 @@ class EventSerializer:
         # History visibility (`HistoryVisibility.filter_events_for_user`), for the children
         # bundled with an event.
         self._visible_to = visible_to
+        # The same for a thread's events, which are counted: without reading them all
+        # (`HistoryVisibility.filter_relations_for_user`).
+        self._rows_visible_to = rows_visible_to
         # Children sent by users the viewer ignores are left out of its aggregations.
         self._ignored_by = ignored_by
 
@@ -194,11 +201,17 @@ class EventSerializer:
         edit_rows = [r for r in rows if r.rel_type == REPLACE and r.parent_id not in redactions]
         reference_rows = [r for r in rows if r.rel_type == REFERENCE]
         thread_rows = [r for r in rows if r.rel_type == THREAD]
-        wanted = [r.event_id for r in (*edit_rows, *reference_rows, *thread_rows)]
-        loaded = await self._events.get_stored_events(wanted)
+        if viewer is not None and self._rows_visible_to is not None and thread_rows:
+            thread_rows = await self._rows_visible_to(viewer, thread_rows)
+        # Of a thread's events only the latest shown is served; the others are counted.
+        latest_rows = list({r.parent_id: r for r in thread_rows}.values())
+        loaded = await self._events.get_stored_events(
+            r.event_id for r in (*edit_rows, *reference_rows)
+        )
         if viewer is not None and self._visible_to is not None:
             visible = await self._visible_to(viewer, list(loaded.values()))
             loaded = {s.event.event_id: s for s in visible}
+        loaded_latest = await self._events.get_stored_events(r.event_id for r in latest_rows)
 
         aggregations: dict[str, _Aggregation] = {}
         edits_by_parent: dict[str, list[StoredEvent]] = {}
@@ -217,11 +230,12 @@ class EventSerializer:
                     row.event_id
                 )
         # Rows are in history order: a thread's latest event is the last one shown.
-        for row in thread_rows:
-            if row.event_id in loaded:
+        counts = Counter(r.parent_id for r in thread_rows)
+        for row in latest_rows:
+            if row.event_id in loaded_latest:
                 aggregation = aggregations.setdefault(row.parent_id, _Aggregation())
-                aggregation.thread_latest = loaded[row.event_id]
-                aggregation.thread_count += 1
+                aggregation.thread_latest = loaded_latest[row.event_id]
+                aggregation.thread_count = counts[row.parent_id]
                 aggregation.thread_participants = participants[row.parent_id]
         return aggregations
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from homeserver.events.types import HISTORY_VISIBILITY, MEMBER
 from storage.stores.events import EventStore, StoredEvent
+from storage.stores.relations import RelationRow
 from storage.stores.rooms import RoomStore
 from storage.stores.state import StateKey, StateStore
 
@@ -82,7 +83,10 @@ class RoomAccess:
 
 
 class HistoryVisibility:
-    def __init__(self, events: EventStore, state: StateStore, rooms: RoomStore) -> None:
+    def __init__(
+        self, server_name: str, events: EventStore, state: StateStore, rooms: RoomStore
+    ) -> None:
+        self._server_name = server_name
         self._events = events
         self._state = state
         self._rooms = rooms
@@ -204,6 +208,39 @@ class HistoryVisibility:
             ):
                 visible.append(stored)
         return visible
+
+    async def filter_relations_for_user(
+        self, user_id: str, rows: Sequence[RelationRow]
+    ) -> list[RelationRow]:
+        """The relation rows whose events `user_id` may see, in the order given (a thread's
+        summary counts every reply the viewer may see: threads can be long).
+
+        Events this server created after the user's current membership became `join` are
+        visible without reading them: each was built on the room's current state, which
+        held that join (as for `homeserver/sync/handler.py`'s shared sections). The rest
+        (events from other servers, whose state may differ, and older ones) are checked
+        one by one."""
+        joined_since: dict[str, int | None] = {}
+        for room_id in {row.room_id for row in rows}:
+            member = await self._rooms.get_membership(room_id, user_id)
+            joined = member is not None and member.membership == "join"
+            joined_since[room_id] = member.changed_at if member is not None and joined else None
+
+        def surely_visible(row: RelationRow) -> bool:
+            since = joined_since[row.room_id]
+            return (
+                since is not None
+                and row.stream_ordering > since
+                and row.sender.partition(":")[2] == self._server_name
+            )
+
+        to_check = [row.event_id for row in rows if not surely_visible(row)]
+        visible_ids: set[str] = set()
+        if to_check:
+            loaded = await self._events.get_stored_events(to_check)
+            visible = await self.filter_events_for_user(user_id, list(loaded.values()))
+            visible_ids = {stored.event.event_id for stored in visible}
+        return [row for row in rows if surely_visible(row) or row.event_id in visible_ids]
 
     async def is_event_visible(self, user_id: str, event: StoredEvent) -> bool:
         return bool(await self.filter_events_for_user(user_id, [event]))

@@ -19,6 +19,7 @@ Position = tuple[int, int]
 class RelationRow:
     event_id: str
     parent_id: str
+    room_id: str
     rel_type: str
     type: str
     sender: str
@@ -32,15 +33,16 @@ class RelationRow:
 
 
 _COLUMNS = (
-    "event_id, relates_to_id, rel_type, type, sender, aggregation_key,"
+    "event_id, relates_to_id, room_id, rel_type, type, sender, aggregation_key,"
     " topological_ordering, stream_ordering"
 )
 
 
 def _row(row: tuple[Any, ...]) -> RelationRow:
-    event_id, parent_id, rel_type, event_type, sender, key, topological, stream = row
+    event_id, parent_id, room_id, rel_type, event_type, sender, key, topological, stream = row
     return RelationRow(
-        event_id, parent_id, rel_type, event_type, sender, key, int(topological), int(stream)
+        event_id, parent_id, room_id, rel_type, event_type, sender, key, int(topological),
+        int(stream),
     )
 
 
