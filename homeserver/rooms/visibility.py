@@ -19,6 +19,10 @@ Two questions, two entry points:
   For `m.room.history_visibility` events the visibility before *or* after the event counts;
   for the user's own `m.room.member` events their membership before *or* after counts.
 
+`HistoryVisibility.filter_relations_for_user(user_id, rows)` answers the second question
+for relation rows (a thread's replies, counted for its summary) without reading the events
+this server made after the user's current join.
+
 Every read path that hands room events to a client (/messages, /context, /event, /sync)
 runs them through `filter_events_for_user`. It reads only two state keys per state group
 (the history visibility and the user's membership), batched over all events, through
