@@ -29,9 +29,31 @@ JsonDict = dict[str, Any]
 TAG = "m.tag"
 FULLY_READ = "m.fully_read"
 PUSH_RULES = "m.push_rules"
+# Spec: "Ignoring Users". Its content is `{"ignored_users": {"<user_id>": {}, ...}}`.
+IGNORED_USER_LIST = "m.ignored_user_list"
 # Types the server manages; clients may read them but not set them through this API.
 SERVER_MANAGED_TYPES = frozenset({FULLY_READ, PUSH_RULES})
 MAX_TAG_BYTES = 255
+
+
+def ignored_users_of(content: JsonDict | None) -> frozenset[str]:
+    """The users an `m.ignored_user_list` content ignores; anything malformed ignores no one
+    (clients write this event freely, so a bad one must not break reading)."""
+    ignored = content.get("ignored_users") if content is not None else None
+    if not isinstance(ignored, dict):
+        return frozenset()
+    return frozenset(user_id for user_id in ignored if isinstance(user_id, str))
+
+
+class IgnoredUsers:
+    """Whom a user ignores, read from their account data on each call: callers ask only
+    when there is something from other users to leave out (relations, thread summaries)."""
+
+    def __init__(self, store: AccountDataStore) -> None:
+        self._store = store
+
+    async def of(self, user_id: str) -> frozenset[str]:
+        return ignored_users_of(await self._store.get_account_data(user_id, None, IGNORED_USER_LIST))
 
 
 @dataclass

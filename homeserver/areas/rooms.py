@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from federation.queries import RemoteQueries
-from homeserver.account_data import AccountDataHandler
+from homeserver.account_data import AccountDataHandler, IgnoredUsers
 from homeserver.areas.core import Core
 from homeserver.areas.stores import Stores
 from homeserver.areas.streams import Streams
@@ -118,9 +118,15 @@ def build_rooms(
         core.server_name, stores.profile_store, rooms, state, events, creator, remote
     )
     # Who may read a room (history visibility) and who has the power to act in it.
-    visibility = HistoryVisibility(events, state, rooms)
+    visibility = HistoryVisibility(core.server_name, events, state, rooms)
+    ignored = IgnoredUsers(stores.account_data_store)
     serializer = EventSerializer(
-        core.clock, events, stores.relation_store, visibility.filter_events_for_user
+        core.clock,
+        events,
+        stores.relation_store,
+        visibility.filter_events_for_user,
+        ignored.of,
+        visibility.filter_relations_for_user,
     )
     power = RoomPower(events, state, rooms)
     state_contents = StateContents(events, state)
@@ -152,7 +158,9 @@ def build_rooms(
     # A forget changes no stream position: the cached memberships of the user must hear of it.
     membership.forget_listeners.append(streams.shared_rooms.forget)
     message_limiter = core.limiter("message_per_user", core.config.rate_limits.message_per_user)
-    relations = RelationsHandler(events, stores.relation_store, visibility, serializer)
+    relations = RelationsHandler(
+        events, stores.relation_store, visibility, serializer, ignored.of
+    )
     return Rooms(
         event_stream=event_stream,
         state_group_ids=state_group_ids,
