@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from homeserver.auth.tokens import Requester
+from homeserver.caches import LruCache
 from homeserver.errors import Codes, MatrixError
 from homeserver.identifiers import check_room_id
 from homeserver.linearizer import Linearizer
@@ -34,6 +35,8 @@ IGNORED_USER_LIST = "m.ignored_user_list"
 # Types the server manages; clients may read them but not set them through this API.
 SERVER_MANAGED_TYPES = frozenset({FULLY_READ, PUSH_RULES})
 MAX_TAG_BYTES = 255
+# Users whose ignore list is held (every syncing user's is read).
+IGNORED_USERS_CACHE_SIZE = 100_000
 
 
 def ignored_users_of(content: JsonDict | None) -> frozenset[str]:
@@ -46,14 +49,36 @@ def ignored_users_of(content: JsonDict | None) -> frozenset[str]:
 
 
 class IgnoredUsers:
-    """Whom a user ignores, read from their account data on each call: callers ask only
-    when there is something from other users to leave out (relations, thread summaries)."""
+    """Whom each user ignores, held in memory: sync asks for every viewer it computes a room
+    for, many at once when a message wakes a room's listeners. Kept current by
+    `account_data_changed` (an `AccountDataHandler` change listener), so an update of the
+    list takes effect on the next sync (spec: "the sync API for all clients should
+    immediately start ignoring (or un-ignoring) the user")."""
 
     def __init__(self, store: AccountDataStore) -> None:
         self._store = store
+        self._cache: LruCache[str, frozenset[str]] = LruCache(
+            "ignored_users", IGNORED_USERS_CACHE_SIZE
+        )
+        # Bumped by every change, so a read that raced one is not kept.
+        self._changes = 0
 
     async def of(self, user_id: str) -> frozenset[str]:
-        return ignored_users_of(await self._store.get_account_data(user_id, None, IGNORED_USER_LIST))
+        held = self._cache.get(user_id)
+        if held is not None:
+            return held
+        changes = self._changes
+        ignored = ignored_users_of(
+            await self._store.get_account_data(user_id, None, IGNORED_USER_LIST)
+        )
+        if changes == self._changes:
+            self._cache.set(user_id, ignored)
+        return ignored
+
+    def account_data_changed(self, user_id: str, room_id: str | None, data_type: str) -> None:
+        if room_id is None and data_type == IGNORED_USER_LIST:
+            self._changes += 1
+            self._cache.pop(user_id)
 
 
 @dataclass

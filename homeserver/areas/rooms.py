@@ -70,6 +70,8 @@ class Rooms:
     room_state: RoomStateHandler
     messages: MessagesHandler
     relations: RelationsHandler
+    # Whom each user ignores (spec: "Ignoring Users"), held in memory.
+    ignored_users: IgnoredUsers
 
 
 def build_rooms(
@@ -120,6 +122,7 @@ def build_rooms(
     # Who may read a room (history visibility) and who has the power to act in it.
     visibility = HistoryVisibility(core.server_name, events, state, rooms)
     ignored = IgnoredUsers(stores.account_data_store)
+    account_data.change_listeners.append(ignored.account_data_changed)
     serializer = EventSerializer(
         core.clock,
         events,
@@ -204,6 +207,9 @@ def build_rooms(
         ),
         # Reading history (/messages, /context, /event) and state.
         room_state=RoomStateHandler(events, state, rooms, visibility),
-        messages=MessagesHandler(events, state, visibility, serializer, federation.backfill),
+        messages=MessagesHandler(
+            events, state, visibility, serializer, federation.backfill, ignored.of
+        ),
         relations=relations,
+        ignored_users=ignored,
     )

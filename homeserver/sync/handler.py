@@ -9,10 +9,11 @@ the database. The user's own memberships are cached until they change.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from homeserver.account_data import IGNORED_USER_LIST, AccountDataHandler, ignored_users_of
+from homeserver.account_data import AccountDataHandler
 from homeserver.caches import LruCache
 from homeserver.clock import Clock
 from homeserver.events.model import Event
@@ -177,8 +178,12 @@ class SyncHandler:
         to_device: ToDeviceHandler | None = None,
         e2e_keys: E2eKeysHandler | None = None,
         counts: NotificationCounts | None = None,
+        ignored_by: Callable[[str], Awaitable[frozenset[str]]] | None = None,
     ) -> None:
         self._server_name = server_name
+        # user_id -> whom they ignore (spec: "Ignoring Users"): their events other than state
+        # are left out of the user's timelines, and their invites out of its invites.
+        self._ignored_by = ignored_by
         # Unread notification counts per (user, room).
         self._counts = counts
         self._clock = clock
@@ -437,7 +442,9 @@ class SyncHandler:
                 if room is not None:
                     section["join"][room_id] = room
             elif membership.membership == "invite":
-                if is_new or request.full_state:
+                if (is_new or request.full_state) and not await self._invited_by_ignored(
+                    request.user_id, membership
+                ):
                     events = await self._stripped_state(membership)
                     section["invite"][room_id] = {"invite_state": {"events": events}}
             elif membership.membership == "knock":
@@ -549,6 +556,11 @@ class SyncHandler:
         )
         if viewer is not None:
             visible = await self._visibility.filter_events_for_user(viewer, fetched)
+            ignored = await self._ignored(viewer)
+            if ignored:
+                visible = [
+                    e for e in visible if e.event.is_state or e.event.sender not in ignored
+                ]
         else:
             visible = [e for e in fetched if not e.outlier and e.event.rejected_reason is None]
         wanted = timeline_filter.filter_events(visible)
@@ -669,6 +681,19 @@ class SyncHandler:
             and member.stream_ordering <= since.events
         )
 
+    async def _ignored(self, user_id: str) -> frozenset[str]:
+        if self._ignored_by is None:
+            return frozenset()
+        return await self._ignored_by(user_id)
+
+    async def _invited_by_ignored(self, user_id: str, membership: Membership) -> bool:
+        """Spec: "Servers must not send room invites from ignored users to clients"."""
+        ignored = await self._ignored(user_id)
+        if not ignored:
+            return False
+        invite = await self._events.get_event(membership.event_id)
+        return invite is not None and invite.sender in ignored
+
     async def _takes_shared(self, user_id: str, section: _SharedRoomSection) -> bool:
         if (
             user_id in section.senders
@@ -676,12 +701,11 @@ class SyncHandler:
             or user_id in section.thread_participants
         ):
             return False
-        if section.bundled_senders:
-            ignored = ignored_users_of(
-                await self._account_data.get(user_id, None, IGNORED_USER_LIST)
-            )
-            if not ignored.isdisjoint(section.bundled_senders):
-                return False
+        ignored = await self._ignored(user_id)
+        if ignored and not (
+            ignored.isdisjoint(section.senders) and ignored.isdisjoint(section.bundled_senders)
+        ):
+            return False
         to_check = [*section.remote_events, *section.bundled_to_check]
         if not to_check:
             return True
