@@ -11,16 +11,21 @@ from homeserver.areas.auth import Auth
 from homeserver.areas.core import Core
 from homeserver.areas.rooms import Rooms
 from homeserver.areas.stores import Stores
+from homeserver.rooms.deactivation import AccountDeactivation
 
 
 @dataclass(frozen=True)
 class Admin:
     audit: AdminAudit
     users: AdminUsersHandler
+    # Deactivating an account (its user's request or an admin's): built here, where the
+    # account and the rooms it leaves are both at hand.
+    deactivation: AccountDeactivation
 
 
 def build_admin(core: Core, stores: Stores, auth: Auth, rooms: Rooms) -> Admin:
     audit = AdminAudit(core.clock, stores.admin_audit_store)
+    deactivation = AccountDeactivation(auth.account, stores.room_store, rooms.membership)
     users = AdminUsersHandler(
         core.server_name,
         core.clock,
@@ -33,7 +38,7 @@ def build_admin(core: Core, stores: Stores, auth: Auth, rooms: Rooms) -> Admin:
         auth.devices,
         auth.tokens,
         rooms.profiles,
-        rooms.membership,
+        deactivation,
         audit,
     )
-    return Admin(audit=audit, users=users)
+    return Admin(audit=audit, users=users, deactivation=deactivation)
