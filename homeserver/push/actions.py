@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,22 +40,23 @@ from homeserver.events.auth import user_power_level
 from homeserver.events.model import Event
 from homeserver.events.room_versions import RoomVersion
 from homeserver.events.types import CREATE, MEMBER, POWER_LEVELS
-from homeserver.push.counts import NotificationCounts, StagedActionsMover
+from homeserver.push.counts import NotificationCounts, SummaryRotator
 from homeserver.push.evaluator import (
     DEFAULT_NOTIFICATION_LEVEL,
     SELF,
     CompiledRuleset,
     EventView,
+    Member,
     PushContext,
     compile_ruleset,
-    evaluate_all,
+    evaluate_members,
     thread_id_of,
 )
 from homeserver.push.rules import UserPushRules, build_ruleset
 from storage.persister import EventContext
 from storage.stores.account_data import AccountDataStore
 from storage.stores.events import EventStore
-from storage.stores.push_actions import PushActionBatch, PushActionRow, RoomCounts
+from storage.stores.push_actions import ActionGroup, PushActionBatch, RoomCounts
 from storage.stores.state import StateKey, StateStore
 
 logger = logging.getLogger(__name__)
@@ -86,8 +87,9 @@ class _RoomPushState:
     power_state: Mapping[StateKey, Event]
     notification_levels: Mapping[str, int]
     room_version: RoomVersion
-    # [rules generation, local member -> ruleset]: the members' rulesets, as long as nobody's
-    # rules changed (saves a thousand cache lookups per event in a big room).
+    # [rules generation, local member -> ruleset, [(ruleset, its members), ...]]: the
+    # members' rulesets, and the members grouped by the ruleset they share, as long as
+    # nobody's rules changed (saves a thousand cache lookups per event in a big room).
     rulesets: list[Any] = field(default_factory=list, compare=False)
 
 
@@ -100,9 +102,9 @@ class PushActionGenerator:
         state: StateStore,
         account_data: AccountDataStore,
         counts: NotificationCounts,
-        mover: StagedActionsMover | None = None,
+        rotator: SummaryRotator | None = None,
     ) -> None:
-        self._mover = mover
+        self._rotator = rotator
         self._suffix = ":" + server_name
         self._clock = clock
         self._events = events
@@ -122,6 +124,8 @@ class PushActionGenerator:
         self._rules_generation = 0
         self._rooms: LruCache[str, _RoomPushState] = LruCache("push_room_state", ROOM_CACHE_SIZE)
         self.notification_listeners: list[NotificationListener] = []
+        # A listener -> the users it wants to hear of (see `add_notification_listener`).
+        self._interest: dict[NotificationListener, Callable[[], Collection[str]]] = {}
 
     # ----- rules ---------------------------------------------------------------------------
 
@@ -155,14 +159,23 @@ class PushActionGenerator:
             self._shared_rulesets.set(key, ruleset)
         return ruleset
 
-    async def _member_rulesets(self, room: _RoomPushState) -> Mapping[str, CompiledRuleset]:
+    async def _member_rulesets(
+        self, room: _RoomPushState
+    ) -> tuple[Mapping[str, CompiledRuleset], list[tuple[CompiledRuleset, list[Member]]]]:
+        """The local members' rulesets, and the members grouped by the ruleset they share."""
         if room.rulesets and room.rulesets[0] == self._rules_generation:
-            return room.rulesets[1]  # type: ignore[no-any-return]
+            return room.rulesets[1], room.rulesets[2]
         generation = self._rules_generation
         rulesets = await self.rulesets_of(list(room.local_members))
+        by_ruleset: dict[int, tuple[CompiledRuleset, list[Member]]] = {}
+        for user_id, name in room.local_members.items():
+            ruleset = rulesets.get(user_id)
+            if ruleset is not None:
+                by_ruleset.setdefault(id(ruleset), (ruleset, []))[1].append((user_id, name))
+        grouped = list(by_ruleset.values())
         if generation == self._rules_generation:
-            room.rulesets[:] = [generation, rulesets]
-        return rulesets
+            room.rulesets[:] = [generation, rulesets, grouped]
+        return rulesets, grouped
 
     # ----- rooms ---------------------------------------------------------------------------
 
@@ -218,75 +231,104 @@ class PushActionGenerator:
         if room is None:
             return None
         sender = event.sender
-        names = room.local_members
-        users = [u for u in names if u != sender]
         thread_id = thread_id_of(event.content)
         local_sender = sender if sender.endswith(self._suffix) else None
-        rulesets = await self._member_rulesets(room)
+        _, grouped = await self._member_rulesets(room)
+        # Every local member but the sender, grouped by the ruleset they share.
+        groups: list[tuple[CompiledRuleset, Sequence[Member]]] = [
+            (ruleset, [m for m in members if m[0] != sender] if sender in room.local_members
+             else members)
+            for ruleset, members in grouped
+        ]
         target = event.state_key
         if (
             event.type == MEMBER
             and target is not None
             and target.endswith(self._suffix)
             and target != sender
-            and target not in names
+            and target not in room.local_members
         ):
             # An invitee (or anyone else acted upon) is no member, but
             # `.m.rule.invite_for_me` is for them.
-            names = {**names, target: None}
-            users.append(target)
-            rulesets = {**rulesets, **await self.rulesets_of([target])}
-        if not users:
-            return PushActionBatch((), thread_id, local_sender, self._clock.time_msec())
+            invitee = await self.rulesets_of([target])
+            if target in invitee:
+                groups.append((invitee[target], [(target, None)]))
+        ts = self._clock.time_msec()
+        if not any(members for _, members in groups):
+            return PushActionBatch((), thread_id, local_sender, ts)
         sender_power = user_power_level(sender, room.power_state, room.room_version)
         levels = room.notification_levels or {"room": DEFAULT_NOTIFICATION_LEVEL}
-        count = room.member_count
         view = EventView({**event.pdu, "room_id": event.room_id, "event_id": event.event_id})
-        matched = evaluate_all(
-            view,
-            (
-                (u, rulesets[u], PushContext(count, names[u], sender_power, levels, u))
-                for u in users
-                if u in rulesets
+        # The room's context: each member brings their own ID and display name.
+        ctx = PushContext(room.member_count, None, sender_power, levels)
+        # Users with the same outcome (most of a room, for most events) share one group.
+        outcomes: dict[tuple[str, bool, bool], list[str]] = {}
+        for rule, users in evaluate_members(view, ctx, groups):
+            outcomes.setdefault((rule.actions_json, rule.notify, rule.highlight), []).extend(
+                users
+            )
+        return PushActionBatch(
+            tuple(
+                ActionGroup(actions, notify, highlight, tuple(users))
+                for (actions, notify, highlight), users in outcomes.items()
             ),
+            thread_id,
+            local_sender,
+            ts,
         )
-        rows = [
-            PushActionRow(user_id, thread_id, rule.notify, rule.highlight, rule.actions_json)
-            for user_id, rule in matched.items()
-        ]
-        return PushActionBatch(tuple(rows), thread_id, local_sender, self._clock.time_msec())
 
     def committed(self, event: Event, stream_ordering: int, batch: PushActionBatch) -> None:
         """After the event's transaction committed: move the counts, then (in the
         background) tell the listeners."""
         self._counts.actions_committed(event.room_id, stream_ordering, batch)
-        if batch.rows and self._mover is not None:
-            self._mover.staged()
-        if self.notification_listeners and batch.rows:
+        if batch.groups and self._rotator is not None:
+            self._rotator.queued()
+        if self.notification_listeners and batch.groups:
             defer.ensureDeferred(self._tell_listeners(event, batch))
 
     def commit_uncertain(self, event: Event, batch: PushActionBatch) -> None:
         """The event's transaction failed, perhaps after committing: what is held of these
         users' counts in the room is in doubt."""
-        for row in batch.rows:
-            self._counts.forget(row.user_id, event.room_id)
+        for group in batch.groups:
+            for user_id in group.users:
+                self._counts.forget(user_id, event.room_id)
         if batch.local_sender is not None:
             self._counts.forget(batch.local_sender, event.room_id)
 
     async def stop(self) -> None:
-        if self._mover is not None:
-            await self._mover.stop()
+        if self._rotator is not None:
+            await self._rotator.stop()
+
+    def add_notification_listener(
+        self,
+        listener: NotificationListener,
+        interested: Callable[[], Collection[str]] | None = None,
+    ) -> None:
+        """Call `listener` for each user a new action notifies; with `interested`, only for
+        the users in what it returns (a pusher bridge: the users with a pusher), so a
+        thousand-member room costs a set lookup per notified user, not a call."""
+        self.notification_listeners.append(listener)
+        if interested is not None:
+            self._interest[listener] = interested
 
     async def _tell_listeners(self, event: Event, batch: PushActionBatch) -> None:
-        for row in batch.rows:
-            if not row.notify:
+        for listener in list(self.notification_listeners):
+            interested = self._interest.get(listener)
+            wanted = interested() if interested is not None else None
+            if wanted is not None and not wanted:
                 continue
-            # What is held (a syncing user's counts always are); no read for the others.
-            counts = self._counts.held(row.user_id, event.room_id)
-            actions = tuple(json.loads(row.actions))
-            for listener in list(self.notification_listeners):
-                try:
-                    await listener(row.user_id, event.room_id, event, actions, counts)
-                except Exception:
-                    logger.exception("A notification listener failed for %s", row.user_id)
-
+            for group in batch.groups:
+                if not group.notify:
+                    continue
+                users: Iterable[str] = group.users
+                if wanted is not None:
+                    users = [u for u in group.users if u in wanted]
+                actions = tuple(json.loads(group.actions))
+                for user_id in users:
+                    # What is held (a syncing user's counts always are); no read for the
+                    # others.
+                    counts = self._counts.held(user_id, event.room_id)
+                    try:
+                        await listener(user_id, event.room_id, event, actions, counts)
+                    except Exception:
+                        logger.exception("A notification listener failed for %s", user_id)

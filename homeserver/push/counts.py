@@ -23,8 +23,8 @@ from twisted.internet import defer
 
 from homeserver.caches import LruCache
 from storage.stores.push_actions import (
-    FLUSH_BATCH,
     MAIN_THREAD,
+    ROTATE_BATCH,
     PushActionBatch,
     PushActionStore,
     RoomCounts,
@@ -34,9 +34,9 @@ logger = logging.getLogger(__name__)
 
 # (user, room) pairs held: a thousand users in a hundred rooms each.
 COUNTS_CACHE_SIZE = 100_000
-# How long staged push actions wait to be moved to the per-user table with those that
-# follow (see `PushActionStore.flush_staging`).
-FLUSH_DELAY_S = 0.5
+# How long an event's push actions wait to be counted into the summary with those that
+# follow (see `PushActionStore.rotate`).
+ROTATE_DELAY_S = 0.5
 
 JsonDict = dict[str, Any]
 
@@ -93,15 +93,19 @@ class NotificationCounts:
         self, room_id: str, stream_ordering: int, batch: PushActionBatch
     ) -> None:
         """An event's actions were committed: add them to the counts held."""
-        for row in batch.rows:
-            key = (row.user_id, room_id)
-            self._changed(key)
-            cached = self._cache.peek(key)
-            if cached is not None:
-                self._cache.replace(
-                    key, cached.with_action(row.thread_id, stream_ordering, row.notify,
-                                            row.highlight)
-                )
+        thread_id = batch.thread_id
+        loads, peek = self._loads, self._cache.peek
+        for group in batch.groups:
+            notify, highlight = group.notify, group.highlight
+            for user_id in group.users:
+                key = (user_id, room_id)
+                if key in loads:
+                    self._changes[key] += 1
+                cached = peek(key)
+                if cached is not None:
+                    self._cache.replace(
+                        key, cached.with_action(thread_id, stream_ordering, notify, highlight)
+                    )
         if batch.local_sender is not None:
             # Sending reads the thread up to the new event, which is past every action held.
             key = (batch.local_sender, room_id)
@@ -149,11 +153,12 @@ class NotificationCounts:
 
 
 
-class StagedActionsMover:
-    """Moves staged push actions (one row per event, written with the event) into the
-    per-user table, a batch of events at a time, half a second after the first one waiting.
-    Readers of the per-user table move whatever is still staged first, so this only keeps
-    the staging table short."""
+class SummaryRotator:
+    """Counts queued push actions (one row per event, written with the event) into the
+    per-(user, room, thread) summary, a batch of events at a time, half a second after the
+    first one waiting, so a busy room's members have their summary rows written once per
+    batch. Readers of counts rotate whatever is still queued first, and count what they
+    cannot, so this only keeps the queue short."""
 
     def __init__(self, reactor: Any, store: PushActionStore) -> None:
         self._reactor = reactor
@@ -162,23 +167,23 @@ class StagedActionsMover:
         self._running: defer.Deferred[None] | None = None
         self._stopped = False
 
-    def staged(self) -> None:
+    def queued(self) -> None:
         if self._stopped or self._pending is not None:
             return
-        self._pending = self._reactor.callLater(FLUSH_DELAY_S, self._fire)
+        self._pending = self._reactor.callLater(ROTATE_DELAY_S, self._fire)
 
     def _fire(self) -> None:
         self._pending = None
         if self._running is None:
-            self._running = defer.ensureDeferred(self._move())
+            self._running = defer.ensureDeferred(self._rotate())
 
-    async def _move(self) -> None:
+    async def _rotate(self) -> None:
         try:
             # A short batch means nothing was left.
-            while not self._stopped and await self._store.flush_staging() >= FLUSH_BATCH:
+            while not self._stopped and await self._store.rotate() >= ROTATE_BATCH:
                 pass
         except Exception:
-            logger.exception("Moving staged push actions failed (retried on the next event)")
+            logger.exception("Rotating push actions failed (retried on the next event)")
         finally:
             self._running = None
 

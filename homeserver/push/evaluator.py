@@ -20,7 +20,7 @@ import functools
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,6 +142,63 @@ def _same_scalar(a: Any, b: Any) -> bool:
 # ----- conditions ---------------------------------------------------------------------------
 
 Matcher = Callable[[EventView, PushContext], bool]
+# A user an event is evaluated for, with their display name in the room (None without one).
+Member = tuple[str, str | None]
+
+
+def _member_context(ctx: PushContext, member: Member) -> PushContext:
+    return PushContext(
+        ctx.member_count, member[1], ctx.sender_power, ctx.notification_levels, member[0]
+    )
+
+
+class _PerUser:
+    """A condition that depends on the user (their ID, their display name). Checked for one
+    user (`__call__`), or for many users of one ruleset at once (`select`): then what it
+    needs of the event (the body lowered, a mention list as a set) is worked out once and
+    each user costs a set lookup or a substring test, not a regular expression."""
+
+    __slots__ = ("_test", "_select")
+
+    def __init__(
+        self,
+        test: Matcher,
+        select: Callable[[EventView, list[Member]], list[Member]] | None = None,
+    ) -> None:
+        self._test = test
+        self._select = select
+
+    def __call__(self, view: EventView, ctx: PushContext) -> bool:
+        return self._test(view, ctx)
+
+    def select(self, view: EventView, ctx: PushContext, members: list[Member]) -> list[Member]:
+        """The members for whom the condition holds; `ctx` is the room's (its display name
+        and user ID are not read)."""
+        if self._select is not None:
+            return self._select(view, members)
+        return [m for m in members if self._test(view, _member_context(ctx, m))]
+
+
+def _lowered_ascii(view: EventView, path: tuple[str, ...]) -> str | None:
+    """The string at `path` lowered, if it is ASCII (else None), once per event. Then an
+    ASCII needle matching it case-insensitively, at word boundaries or not, is a substring
+    of it: a cheap test to rule users out before their regular expression."""
+    key = ("lowered_ascii", path)
+    if key in view.answers:
+        return view.answers[key]  # type: ignore[no-any-return]
+    value = view.value(path)
+    lowered = value.lower() if isinstance(value, str) and value.isascii() else None
+    view.answers[key] = lowered
+    return lowered
+
+
+def _may_match(lowered: str | None, needle: str) -> bool:
+    """False only when `needle` (a user ID or display name) cannot match a value whose
+    lowered ASCII form is `lowered`, ignoring case. Glob characters in a user ID make no
+    promise."""
+    if lowered is None or not needle.isascii() or "*" in needle or "?" in needle:
+        return True
+    return needle.lower() in lowered
 
 
 class _EventOnly:
@@ -179,13 +236,21 @@ def _event_match(key: str, pattern: str) -> Matcher:
     word_boundary = path == ("content", "body")
     if pattern == SELF:
 
-        def match_self(view: EventView, ctx: PushContext) -> bool:
-            value = view.value(path)
+        def matches(value: Any, user_id: str) -> bool:
             return isinstance(value, str) and (
-                compile_glob(ctx.user_id, word_boundary).search(value) is not None
+                compile_glob(user_id, word_boundary).search(value) is not None
             )
 
-        return match_self
+        def select_self(view: EventView, members: list[Member]) -> list[Member]:
+            value = view.value(path)
+            if not isinstance(value, str):
+                return []
+            lowered = _lowered_ascii(view, path)
+            return [
+                m for m in members if _may_match(lowered, m[0]) and matches(value, m[0])
+            ]
+
+        return _PerUser(lambda view, ctx: matches(view.value(path), ctx.user_id), select_self)
     regex = compile_glob(pattern, word_boundary)
 
     def test(view: EventView) -> bool:
@@ -221,6 +286,22 @@ def _contains_display_name(view: EventView, ctx: PushContext) -> bool:
     return regex.search(body) is not None
 
 
+def _select_display_name(view: EventView, members: list[Member]) -> list[Member]:
+    body = view.value(("content", "body"))
+    if not isinstance(body, str):
+        return []
+    lowered = _lowered_ascii(view, ("content", "body"))
+    return [
+        m
+        for m in members
+        if m[1] and _may_match(lowered, m[1]) and m[1].strip()
+        and _display_name_regex(m[1]).search(body) is not None
+    ]
+
+
+_DISPLAY_NAME = _PerUser(_contains_display_name, _select_display_name)
+
+
 @functools.lru_cache(maxsize=10_000)
 def _display_name_regex(name: str) -> re.Pattern[str]:
     return re.compile(_WORD_START + re.escape(name) + _WORD_END, re.IGNORECASE)
@@ -229,11 +310,16 @@ def _display_name_regex(name: str) -> re.Pattern[str]:
 def _property_self(kind: str, path: tuple[str, ...]) -> Matcher:
     """`event_property_is` / `_contains` of the ruleset owner's user ID."""
     if kind == "event_property_is":
-        return lambda view, ctx: view.value(path) == ctx.user_id
+
+        def select_is(view: EventView, members: list[Member]) -> list[Member]:
+            value = view.value(path)
+            return [m for m in members if m[0] == value]
+
+        return _PerUser(lambda view, ctx: view.value(path) == ctx.user_id, select_is)
 
     memo_key = ("self_contains", path)
 
-    def contains(view: EventView, ctx: PushContext) -> bool:
+    def strings_of(view: EventView) -> frozenset[str]:
         # The array's strings as a set, made once per event for all its users.
         strings = view.answers.get(memo_key)
         if strings is None:
@@ -241,9 +327,16 @@ def _property_self(kind: str, path: tuple[str, ...]) -> Matcher:
             strings = view.answers[memo_key] = frozenset(
                 v for v in found if isinstance(v, str)
             ) if isinstance(found, list) else frozenset()
-        return ctx.user_id in strings
+        return strings  # type: ignore[no-any-return]
 
-    return contains
+    def select_contains(view: EventView, members: list[Member]) -> list[Member]:
+        strings = strings_of(view)
+        return [m for m in members if m[0] in strings]
+
+    return _PerUser(lambda view, ctx: ctx.user_id in strings_of(view), select_contains)
+
+
+_NEVER = _PerUser(lambda _view, _ctx: False, lambda _view, _members: [])
 
 
 def compile_condition(condition: Any) -> Matcher:
@@ -275,7 +368,7 @@ def compile_condition(condition: Any) -> Matcher:
 
         return _memoized((kind, path, type(wanted), wanted), test_contains)
     if kind == "contains_display_name":
-        return _contains_display_name
+        return _DISPLAY_NAME
     if kind == "room_member_count":
         return _member_count(_string(condition, "is"))
     if kind == "sender_notification_permission":
@@ -286,7 +379,7 @@ def compile_condition(condition: Any) -> Matcher:
             >= ctx.notification_levels.get(key, DEFAULT_NOTIFICATION_LEVEL),
         )
     if isinstance(kind, str):
-        return lambda _view, _ctx: False
+        return _NEVER
     raise InvalidRule(f"condition without a 'kind': {condition!r}")
 
 
@@ -408,6 +501,38 @@ class CompiledRuleset:
                 return rule
         return plan.fallback
 
+    def evaluate_many(
+        self, view: EventView, ctx: PushContext, members: Sequence[Member]
+    ) -> list[tuple[CompiledRule, list[str]]]:
+        """`evaluate` for every member at once (users sharing this ruleset): the matching
+        rules, each with the members it matched, in rule order; members no rule matched
+        are left out. `ctx` is the room's; each member brings their ID and display name.
+        Each rule's user conditions are checked against the members still unmatched, a
+        condition at a time, so what they need of the event is worked out once."""
+        plan = view.plans.get(self)
+        if plan is None:
+            plan = view.plans[self] = self._plan(view, ctx)
+        matched_rules: list[tuple[CompiledRule, list[str]]] = []
+        remaining = list(members)
+        for rule, conditions in plan.candidates:
+            if not remaining:
+                return matched_rules
+            matched = remaining
+            for condition in conditions:
+                matched = _select(condition, view, ctx, matched)
+                if not matched:
+                    break
+            if not matched:
+                continue
+            matched_rules.append((rule, [m[0] for m in matched]))
+            if len(matched) == len(remaining):
+                return matched_rules
+            taken = {m[0] for m in matched}
+            remaining = [m for m in remaining if m[0] not in taken]
+        if remaining and plan.fallback is not None:
+            matched_rules.append((plan.fallback, [m[0] for m in remaining]))
+        return matched_rules
+
     def _plan(self, view: EventView, ctx: PushContext) -> _Plan:
         candidates: list[tuple[CompiledRule, tuple[Matcher, ...]]] = []
         for rule, event_conditions, user_conditions in self._split:
@@ -417,6 +542,14 @@ class CompiledRuleset:
                 return _Plan(tuple(candidates), rule)
             candidates.append((rule, user_conditions))
         return _Plan(tuple(candidates), None)
+
+
+def _select(
+    condition: Matcher, view: EventView, ctx: PushContext, members: list[Member]
+) -> list[Member]:
+    if isinstance(condition, _PerUser):
+        return condition.select(view, ctx, members)
+    return [m for m in members if condition(view, _member_context(ctx, m))]
 
 
 def compile_ruleset(user_id: str, ruleset: Mapping[str, Any]) -> CompiledRuleset:
@@ -464,4 +597,31 @@ def evaluate_all(
             continue
         if rule is not None and (rule.notify or rule.highlight):
             results[user_id] = rule
+    return results
+
+
+def evaluate_members(
+    view: EventView,
+    ctx: PushContext,
+    groups: Iterable[tuple[CompiledRuleset, Sequence[Member]]],
+) -> list[tuple[CompiledRule, list[str]]]:
+    """The rules that notify or highlight, each with the users it matched, for users
+    grouped by the ruleset they share (`ctx` is the room's). Equivalent to `evaluate_all`;
+    a group whose evaluation fails is evaluated again user by user, so one user's failure
+    is logged and skipped, never the others'."""
+    results: list[tuple[CompiledRule, list[str]]] = []
+    for ruleset, members in groups:
+        try:
+            matched = ruleset.evaluate_many(view, ctx, members)
+        except Exception:
+            matched = []
+            for member in members:
+                try:
+                    rule = ruleset.evaluate(view, _member_context(ctx, member))
+                except Exception:
+                    logger.exception("Evaluating the push rules of %s failed", member[0])
+                    continue
+                if rule is not None:
+                    matched.append((rule, [member[0]]))
+        results.extend((rule, users) for rule, users in matched if rule.notify or rule.highlight)
     return results
