@@ -46,7 +46,7 @@ from homeserver.push.evaluator import (
     SELF,
     CompiledRuleset,
     EventView,
-    Member,
+    Members,
     PushContext,
     compile_ruleset,
     evaluate_members,
@@ -87,9 +87,9 @@ class _RoomPushState:
     power_state: Mapping[StateKey, Event]
     notification_levels: Mapping[str, int]
     room_version: RoomVersion
-    # [rules generation, local member -> ruleset, [(ruleset, its members), ...]]: the
-    # members' rulesets, and the members grouped by the ruleset they share, as long as
-    # nobody's rules changed (saves a thousand cache lookups per event in a big room).
+    # [rules generation, [(ruleset, its members), ...]]: the local members grouped by the
+    # ruleset they share, as long as nobody's rules changed (saves a thousand cache
+    # lookups per event in a big room, and keeps each group's indexes).
     rulesets: list[Any] = field(default_factory=list, compare=False)
 
 
@@ -161,21 +161,21 @@ class PushActionGenerator:
 
     async def _member_rulesets(
         self, room: _RoomPushState
-    ) -> tuple[Mapping[str, CompiledRuleset], list[tuple[CompiledRuleset, list[Member]]]]:
-        """The local members' rulesets, and the members grouped by the ruleset they share."""
+    ) -> list[tuple[CompiledRuleset, Members]]:
+        """The local members grouped by the ruleset they share."""
         if room.rulesets and room.rulesets[0] == self._rules_generation:
-            return room.rulesets[1], room.rulesets[2]
+            return room.rulesets[1]  # type: ignore[no-any-return]
         generation = self._rules_generation
         rulesets = await self.rulesets_of(list(room.local_members))
-        by_ruleset: dict[int, tuple[CompiledRuleset, list[Member]]] = {}
+        by_ruleset: dict[int, tuple[CompiledRuleset, dict[str, str | None]]] = {}
         for user_id, name in room.local_members.items():
             ruleset = rulesets.get(user_id)
             if ruleset is not None:
-                by_ruleset.setdefault(id(ruleset), (ruleset, []))[1].append((user_id, name))
-        grouped = list(by_ruleset.values())
+                by_ruleset.setdefault(id(ruleset), (ruleset, {}))[1][user_id] = name
+        grouped = [(ruleset, Members(names)) for ruleset, names in by_ruleset.values()]
         if generation == self._rules_generation:
-            room.rulesets[:] = [generation, rulesets, grouped]
-        return rulesets, grouped
+            room.rulesets[:] = [generation, grouped]
+        return grouped
 
     # ----- rooms ---------------------------------------------------------------------------
 
@@ -188,7 +188,9 @@ class PushActionGenerator:
         if room_version is None:
             return None
         joined = await self._state.get_current_members(room_id, "join")
-        local = {u: e for u, e in joined.items() if u.endswith(self._suffix)}
+        # (A user ID with a space cannot be ours, and the stored actions list users
+        # space-separated: `encode_groups`.)
+        local = {u: e for u, e in joined.items() if u.endswith(self._suffix) and " " not in u}
         wanted = [*local.values()]
         wanted += [state[k] for k in ((CREATE, ""), (POWER_LEVELS, "")) if k in state]
         loaded = await self._events.get_events(wanted)
@@ -233,18 +235,14 @@ class PushActionGenerator:
         sender = event.sender
         thread_id = thread_id_of(event.content)
         local_sender = sender if sender.endswith(self._suffix) else None
-        _, grouped = await self._member_rulesets(room)
         # Every local member but the sender, grouped by the ruleset they share.
-        groups: list[tuple[CompiledRuleset, Sequence[Member]]] = [
-            (ruleset, [m for m in members if m[0] != sender] if sender in room.local_members
-             else members)
-            for ruleset, members in grouped
-        ]
+        groups = list(await self._member_rulesets(room))
         target = event.state_key
         if (
             event.type == MEMBER
             and target is not None
             and target.endswith(self._suffix)
+            and " " not in target
             and target != sender
             and target not in room.local_members
         ):
@@ -252,9 +250,9 @@ class PushActionGenerator:
             # `.m.rule.invite_for_me` is for them.
             invitee = await self.rulesets_of([target])
             if target in invitee:
-                groups.append((invitee[target], [(target, None)]))
+                groups.append((invitee[target], Members({target: None})))
         ts = self._clock.time_msec()
-        if not any(members for _, members in groups):
+        if not any(members.all_but(sender) for _, members in groups):
             return PushActionBatch((), thread_id, local_sender, ts)
         sender_power = user_power_level(sender, room.power_state, room.room_version)
         levels = room.notification_levels or {"room": DEFAULT_NOTIFICATION_LEVEL}
@@ -262,15 +260,20 @@ class PushActionGenerator:
         # The room's context: each member brings their own ID and display name.
         ctx = PushContext(room.member_count, None, sender_power, levels)
         # Users with the same outcome (most of a room, for most events) share one group.
-        outcomes: dict[tuple[str, bool, bool], list[str]] = {}
-        for rule, users in evaluate_members(view, ctx, groups):
-            outcomes.setdefault((rule.actions_json, rule.notify, rule.highlight), []).extend(
+        outcomes: dict[tuple[str, bool, bool], list[Sequence[str]]] = {}
+        for rule, users in evaluate_members(view, ctx, groups, sender):
+            outcomes.setdefault((rule.actions_json, rule.notify, rule.highlight), []).append(
                 users
             )
         return PushActionBatch(
             tuple(
-                ActionGroup(actions, notify, highlight, tuple(users))
-                for (actions, notify, highlight), users in outcomes.items()
+                ActionGroup(
+                    actions, notify, highlight,
+                    # One part (the usual case): the tuple as evaluation gave it.
+                    parts[0] if len(parts) == 1 and isinstance(parts[0], tuple)
+                    else tuple(u for part in parts for u in part),
+                )
+                for (actions, notify, highlight), parts in outcomes.items()
             ),
             thread_id,
             local_sender,

@@ -51,6 +51,10 @@ class NotificationCounts:
         # only while reads are in flight).
         self._loads: Counter[tuple[str, str]] = Counter()
         self._changes: Counter[tuple[str, str]] = Counter()
+        # room_id -> users whose counts there may be held (entries the cache evicted are
+        # dropped when next found missing): an event in a room where nobody's counts are
+        # held (nobody syncing) moves nothing, without a lookup per member.
+        self._held_in_room: dict[str, set[str]] = {}
 
     async def get(self, user_id: str, room_id: str) -> RoomCounts:
         return (await self.get_many(user_id, [room_id]))[room_id]
@@ -76,6 +80,7 @@ class NotificationCounts:
         for key, counts in loaded.items():
             if key in unchanged and key not in self._cache:
                 self._cache.set(key, counts)
+                self._held_in_room.setdefault(key[1], set()).add(key[0])
             result[key[1]] = counts
         return result
 
@@ -94,18 +99,27 @@ class NotificationCounts:
     ) -> None:
         """An event's actions were committed: add them to the counts held."""
         thread_id = batch.thread_id
+        held = self._held_in_room.get(room_id)
         loads, peek = self._loads, self._cache.peek
         for group in batch.groups:
+            if not held and not loads:
+                break
             notify, highlight = group.notify, group.highlight
             for user_id in group.users:
                 key = (user_id, room_id)
-                if key in loads:
+                if loads and key in loads:
                     self._changes[key] += 1
+                if not held or user_id not in held:
+                    continue
                 cached = peek(key)
-                if cached is not None:
+                if cached is None:
+                    held.discard(user_id)
+                else:
                     self._cache.replace(
                         key, cached.with_action(thread_id, stream_ordering, notify, highlight)
                     )
+        if held is not None and not held:
+            del self._held_in_room[room_id]
         if batch.local_sender is not None:
             # Sending reads the thread up to the new event, which is past every action held.
             key = (batch.local_sender, room_id)
@@ -120,6 +134,11 @@ class NotificationCounts:
         key = (user_id, room_id)
         self._changed(key)
         self._cache.pop(key, None)
+        held = self._held_in_room.get(room_id)
+        if held is not None:
+            held.discard(user_id)
+            if not held:
+                del self._held_in_room[room_id]
 
     # ----- for sync ----------------------------------------------------------------------
 

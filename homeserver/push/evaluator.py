@@ -142,41 +142,97 @@ def _same_scalar(a: Any, b: Any) -> bool:
 # ----- conditions ---------------------------------------------------------------------------
 
 Matcher = Callable[[EventView, PushContext], bool]
-# A user an event is evaluated for, with their display name in the room (None without one).
-Member = tuple[str, str | None]
+class Members:
+    """The users of one room who share one ruleset, with their display names there: what
+    the user-dependent conditions are checked against all at once (`CompiledRuleset.
+    evaluate_many`). Made once per version of the room's state (the push generator holds
+    it); what it indexes is built when first needed and kept with it."""
+
+    __slots__ = ("names", "_all_but", "_by_word", "_unindexed")
+
+    def __init__(self, names: Mapping[str, str | None]) -> None:
+        # user_id -> display name (None without one), in a stable order.
+        self.names: dict[str, str | None] = dict(names)
+        self._all_but: dict[str | None, tuple[str, ...]] = {}
+        self._by_word: dict[str, list[str]] | None = None
+        self._unindexed: list[str] = []
+
+    def all_but(self, excluded: str | None) -> tuple[str, ...]:
+        """Every member but `excluded` (the sender), the same tuple for each event of the
+        same sender: the users a rule matching everyone gives its actions to."""
+        key = excluded if excluded in self.names else None
+        found = self._all_but.get(key)
+        if found is None:
+            if len(self._all_but) >= _ALL_BUT_HELD:
+                self._all_but.clear()
+            found = self._all_but[key] = tuple(u for u in self.names if u != key)
+        return found
+
+    def may_be_named_in(self, lowered: str | None) -> list[str]:
+        """The members whose display name a body may contain (a superset, each checked
+        with its regular expression after), given the body lowered if ASCII (else None:
+        every member with a name). A name's first run of word characters is a whole word of
+        any body its regular expression matches (the match starts and ends at word
+        boundaries), so members are indexed by that word and a body's words find them."""
+        if lowered is None:
+            return [u for u, name in self.names.items() if name]
+        if self._by_word is None:
+            self._by_word = {}
+            for user_id, name in self.names.items():
+                if not name or not name.strip():
+                    continue
+                first = _WORD.search(name.lower()) if name.isascii() else None
+                if first is None:
+                    self._unindexed.append(user_id)
+                else:
+                    self._by_word.setdefault(first.group(), []).append(user_id)
+        found = list(self._unindexed)
+        for word in set(_WORD.findall(lowered)):
+            found.extend(self._by_word.get(word, ()))
+        return found
 
 
-def _member_context(ctx: PushContext, member: Member) -> PushContext:
+# Senders whose "everyone but them" tuples a `Members` keeps.
+_ALL_BUT_HELD = 16
+# A run of word characters in a lowered ASCII string (spec: word boundaries).
+_WORD = re.compile(r"[a-z0-9_]+")
+
+
+def _member_context(ctx: PushContext, members: Members, user_id: str) -> PushContext:
     return PushContext(
-        ctx.member_count, member[1], ctx.sender_power, ctx.notification_levels, member[0]
+        ctx.member_count, members.names.get(user_id), ctx.sender_power,
+        ctx.notification_levels, user_id,
     )
+
+
+# Select the members (all of them for None, else those listed) for whom a condition holds.
+Selector = Callable[[EventView, PushContext, Members, "Sequence[str] | None"], list[str]]
 
 
 class _PerUser:
     """A condition that depends on the user (their ID, their display name). Checked for one
-    user (`__call__`), or for many users of one ruleset at once (`select`): then what it
-    needs of the event (the body lowered, a mention list as a set) is worked out once and
-    each user costs a set lookup or a substring test, not a regular expression."""
+    user (`__call__`), or for the members of a room sharing a ruleset at once (`select`):
+    then what it needs of the event (a mention list as a set, the body's words) is worked
+    out once, and only the members it could hold for are looked at."""
 
     __slots__ = ("_test", "_select")
 
-    def __init__(
-        self,
-        test: Matcher,
-        select: Callable[[EventView, list[Member]], list[Member]] | None = None,
-    ) -> None:
+    def __init__(self, test: Matcher, select: Selector | None = None) -> None:
         self._test = test
         self._select = select
 
     def __call__(self, view: EventView, ctx: PushContext) -> bool:
         return self._test(view, ctx)
 
-    def select(self, view: EventView, ctx: PushContext, members: list[Member]) -> list[Member]:
-        """The members for whom the condition holds; `ctx` is the room's (its display name
-        and user ID are not read)."""
+    def select(
+        self, view: EventView, ctx: PushContext, members: Members, among: Sequence[str] | None
+    ) -> list[str]:
+        """The members (`among` them, if given) for whom the condition holds; `ctx` is the
+        room's (its display name and user ID are not read)."""
         if self._select is not None:
-            return self._select(view, members)
-        return [m for m in members if self._test(view, _member_context(ctx, m))]
+            return self._select(view, ctx, members, among)
+        pool = members.names if among is None else among
+        return [u for u in pool if self._test(view, _member_context(ctx, members, u))]
 
 
 def _lowered_ascii(view: EventView, path: tuple[str, ...]) -> str | None:
@@ -241,14 +297,15 @@ def _event_match(key: str, pattern: str) -> Matcher:
                 compile_glob(user_id, word_boundary).search(value) is not None
             )
 
-        def select_self(view: EventView, members: list[Member]) -> list[Member]:
+        def select_self(
+            view: EventView, _ctx: PushContext, members: Members, among: Sequence[str] | None
+        ) -> list[str]:
             value = view.value(path)
             if not isinstance(value, str):
                 return []
             lowered = _lowered_ascii(view, path)
-            return [
-                m for m in members if _may_match(lowered, m[0]) and matches(value, m[0])
-            ]
+            pool = members.names if among is None else among
+            return [u for u in pool if _may_match(lowered, u) and matches(value, u)]
 
         return _PerUser(lambda view, ctx: matches(view.value(path), ctx.user_id), select_self)
     regex = compile_glob(pattern, word_boundary)
@@ -286,17 +343,26 @@ def _contains_display_name(view: EventView, ctx: PushContext) -> bool:
     return regex.search(body) is not None
 
 
-def _select_display_name(view: EventView, members: list[Member]) -> list[Member]:
+def _select_display_name(
+    view: EventView, _ctx: PushContext, members: Members, among: Sequence[str] | None
+) -> list[str]:
     body = view.value(("content", "body"))
     if not isinstance(body, str):
         return []
     lowered = _lowered_ascii(view, ("content", "body"))
-    return [
-        m
-        for m in members
-        if m[1] and _may_match(lowered, m[1]) and m[1].strip()
-        and _display_name_regex(m[1]).search(body) is not None
-    ]
+    pool = members.may_be_named_in(lowered) if among is None else among
+    names = members.names
+    found = []
+    for user_id in pool:
+        name = names.get(user_id)
+        if (
+            name
+            and _may_match(lowered, name)
+            and name.strip()
+            and _display_name_regex(name).search(body) is not None
+        ):
+            found.append(user_id)
+    return found
 
 
 _DISPLAY_NAME = _PerUser(_contains_display_name, _select_display_name)
@@ -311,9 +377,13 @@ def _property_self(kind: str, path: tuple[str, ...]) -> Matcher:
     """`event_property_is` / `_contains` of the ruleset owner's user ID."""
     if kind == "event_property_is":
 
-        def select_is(view: EventView, members: list[Member]) -> list[Member]:
+        def select_is(
+            view: EventView, _ctx: PushContext, members: Members, among: Sequence[str] | None
+        ) -> list[str]:
             value = view.value(path)
-            return [m for m in members if m[0] == value]
+            if among is not None:
+                return [u for u in among if u == value]
+            return [value] if isinstance(value, str) and value in members.names else []
 
         return _PerUser(lambda view, ctx: view.value(path) == ctx.user_id, select_is)
 
@@ -329,14 +399,18 @@ def _property_self(kind: str, path: tuple[str, ...]) -> Matcher:
             ) if isinstance(found, list) else frozenset()
         return strings  # type: ignore[no-any-return]
 
-    def select_contains(view: EventView, members: list[Member]) -> list[Member]:
+    def select_contains(
+        view: EventView, _ctx: PushContext, members: Members, among: Sequence[str] | None
+    ) -> list[str]:
         strings = strings_of(view)
-        return [m for m in members if m[0] in strings]
+        if among is not None:
+            return [u for u in among if u in strings]
+        return [u for u in strings if u in members.names]
 
     return _PerUser(lambda view, ctx: ctx.user_id in strings_of(view), select_contains)
 
 
-_NEVER = _PerUser(lambda _view, _ctx: False, lambda _view, _members: [])
+_NEVER = _PerUser(lambda _view, _ctx: False, lambda _view, _ctx, _members, _among: [])
 
 
 def compile_condition(condition: Any) -> Matcher:
@@ -502,35 +576,37 @@ class CompiledRuleset:
         return plan.fallback
 
     def evaluate_many(
-        self, view: EventView, ctx: PushContext, members: Sequence[Member]
-    ) -> list[tuple[CompiledRule, list[str]]]:
-        """`evaluate` for every member at once (users sharing this ruleset): the matching
+        self, view: EventView, ctx: PushContext, members: Members, excluded: str | None
+    ) -> list[tuple[CompiledRule, Sequence[str]]]:
+        """`evaluate` for every member but `excluded` (the sender) at once: the matching
         rules, each with the members it matched, in rule order; members no rule matched
-        are left out. `ctx` is the room's; each member brings their ID and display name.
-        Each rule's user conditions are checked against the members still unmatched, a
-        condition at a time, so what they need of the event is worked out once."""
+        are left out. `ctx` is the room's. Each rule's user conditions select their members
+        a condition at a time (a mention: the members named; a display name: the members
+        whose name's first word is in the body), so a big room's members cost nothing each
+        unless a condition could hold for them; the rule that matches everyone else gives
+        them the same tuple event after event."""
         plan = view.plans.get(self)
         if plan is None:
             plan = view.plans[self] = self._plan(view, ctx)
-        matched_rules: list[tuple[CompiledRule, list[str]]] = []
-        remaining = list(members)
+        matched_rules: list[tuple[CompiledRule, Sequence[str]]] = []
+        taken: set[str] = set()
         for rule, conditions in plan.candidates:
-            if not remaining:
-                return matched_rules
-            matched = remaining
+            matched: list[str] | None = None
             for condition in conditions:
-                matched = _select(condition, view, ctx, matched)
+                matched = _select(condition, view, ctx, members, matched)
                 if not matched:
                     break
             if not matched:
                 continue
-            matched_rules.append((rule, [m[0] for m in matched]))
-            if len(matched) == len(remaining):
-                return matched_rules
-            taken = {m[0] for m in matched}
-            remaining = [m for m in remaining if m[0] not in taken]
-        if remaining and plan.fallback is not None:
-            matched_rules.append((plan.fallback, [m[0] for m in remaining]))
+            fresh = [u for u in matched if u not in taken and u != excluded]
+            if fresh:
+                matched_rules.append((rule, fresh))
+                taken.update(fresh)
+        if plan.fallback is not None:
+            everyone = members.all_but(excluded)
+            rest = tuple(u for u in everyone if u not in taken) if taken else everyone
+            if rest:
+                matched_rules.append((plan.fallback, rest))
         return matched_rules
 
     def _plan(self, view: EventView, ctx: PushContext) -> _Plan:
@@ -545,11 +621,16 @@ class CompiledRuleset:
 
 
 def _select(
-    condition: Matcher, view: EventView, ctx: PushContext, members: list[Member]
-) -> list[Member]:
+    condition: Matcher,
+    view: EventView,
+    ctx: PushContext,
+    members: Members,
+    among: Sequence[str] | None,
+) -> list[str]:
     if isinstance(condition, _PerUser):
-        return condition.select(view, ctx, members)
-    return [m for m in members if condition(view, _member_context(ctx, m))]
+        return condition.select(view, ctx, members, among)
+    pool = members.names if among is None else among
+    return [u for u in pool if condition(view, _member_context(ctx, members, u))]
 
 
 def compile_ruleset(user_id: str, ruleset: Mapping[str, Any]) -> CompiledRuleset:
@@ -603,25 +684,26 @@ def evaluate_all(
 def evaluate_members(
     view: EventView,
     ctx: PushContext,
-    groups: Iterable[tuple[CompiledRuleset, Sequence[Member]]],
-) -> list[tuple[CompiledRule, list[str]]]:
-    """The rules that notify or highlight, each with the users it matched, for users
-    grouped by the ruleset they share (`ctx` is the room's). Equivalent to `evaluate_all`;
-    a group whose evaluation fails is evaluated again user by user, so one user's failure
-    is logged and skipped, never the others'."""
-    results: list[tuple[CompiledRule, list[str]]] = []
+    groups: Iterable[tuple[CompiledRuleset, Members]],
+    excluded: str | None,
+) -> list[tuple[CompiledRule, Sequence[str]]]:
+    """The rules that notify or highlight, each with the users it matched, for a room's
+    users grouped by the ruleset they share, all but `excluded` (`ctx` is the room's).
+    Equivalent to `evaluate_all`; a group whose evaluation fails is evaluated again user by
+    user, so one user's failure is logged and skipped, never the others'."""
+    results: list[tuple[CompiledRule, Sequence[str]]] = []
     for ruleset, members in groups:
         try:
-            matched = ruleset.evaluate_many(view, ctx, members)
+            matched = ruleset.evaluate_many(view, ctx, members, excluded)
         except Exception:
             matched = []
-            for member in members:
+            for user_id in members.all_but(excluded):
                 try:
-                    rule = ruleset.evaluate(view, _member_context(ctx, member))
+                    rule = ruleset.evaluate(view, _member_context(ctx, members, user_id))
                 except Exception:
-                    logger.exception("Evaluating the push rules of %s failed", member[0])
+                    logger.exception("Evaluating the push rules of %s failed", user_id)
                     continue
                 if rule is not None:
-                    matched.append((rule, [member[0]]))
+                    matched.append((rule, [user_id]))
         results.extend((rule, users) for rule, users in matched if rule.notify or rule.highlight)
     return results

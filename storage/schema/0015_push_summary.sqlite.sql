@@ -1,14 +1,15 @@
 -- Push actions as one row per event, and unread counts kept per (user, room, thread) in a
 -- summary brought up to date a batch of events at a time ("rotation"), instead of one row
 -- per (user, event): a message in a room of a thousand local members wrote a thousand rows.
--- 0015_push_summary.postgresql.sql is the same but for the JSON functions that move the
+-- 0015_push_summary.postgresql.sql is the same but for the string functions that move the
 -- rows of 0013's per-user table into the new shape.
 ALTER TABLE event_push_actions RENAME TO event_push_actions_0013;
 
 -- What each local user's push rules said of an event, for the users whose actions notify or
--- highlight, written in the event's own transaction. `groups` is JSON: the users grouped by
--- outcome, [[<actions JSON text>, notify (0/1), highlight (0/1), [user_id, ...]], ...]
--- (rows staged by 0013 hold its older object form, which readers still understand).
+-- highlight, written in the event's own transaction. `groups`: the users grouped by outcome,
+-- one line per group: notify and highlight as 0/1 digits, the actions' JSON text, a tab,
+-- the user IDs separated by spaces (rows staged by 0013 hold its JSON object instead,
+-- which readers still understand).
 -- `highlight`: whether any group highlights (GET /notifications?only=highlight reads only
 -- those rows). Never updated once written.
 CREATE TABLE event_push_actions (
@@ -58,10 +59,11 @@ FROM event_push_actions_staging;
 INSERT INTO event_push_actions (stream_ordering, event_id, room_id, thread_id, ts, groups,
                                 highlight)
 SELECT stream_ordering, MIN(event_id), MIN(room_id), MIN(thread_id), MIN(ts),
-       json_group_array(json(grp)), MAX(highlight)
+       group_concat(grp, char(10)), MAX(highlight)
 FROM (
     SELECT stream_ordering, event_id, room_id, thread_id, ts, highlight,
-           json_array(actions, notify, highlight, json_group_array(user_id)) AS grp
+           CAST(notify AS INTEGER) || CAST(highlight AS INTEGER) || actions || char(9)
+           || group_concat(user_id, ' ') AS grp
     FROM event_push_actions_0013
     GROUP BY stream_ordering, event_id, room_id, thread_id, ts, actions, notify, highlight
 )

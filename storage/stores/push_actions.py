@@ -138,32 +138,54 @@ class Notification:
 
 
 def encode_groups(groups: Iterable[ActionGroup]) -> str:
-    return json.dumps([[g.actions, int(g.notify), int(g.highlight), g.users] for g in groups])
+    """One line per group: notify and highlight as two digits, the actions' JSON text, a
+    tab, then the users separated by spaces. Not JSON: encoding or decoding a thousand user
+    IDs as JSON strings costs about 90 µs either way, joining or splitting them about 10.
+    Neither a user ID (ours: `homeserver.identifiers`; the push generator leaves out any
+    other) nor JSON text holds a tab, a newline or a space outside a string."""
+    return "\n".join(
+        f"{int(g.notify)}{int(g.highlight)}{g.actions}\t{' '.join(g.users)}" for g in groups
+    )
 
 
 def decode_groups(text: str) -> list[tuple[str, bool, bool, list[str]]]:
-    """(actions JSON text, notify, highlight, users) per group. Also reads the object form
+    """(actions JSON text, notify, highlight, users) per group. Also reads the JSON object
     0013 staged: {"actions": [<actions JSON text>, ...], "users": [[user_id, index into
     actions, notify, highlight], ...]}."""
-    packed = json.loads(text)
-    if isinstance(packed, list):
-        return [(a, bool(n), bool(h), users) for a, n, h, users in packed]
-    grouped: dict[tuple[int, bool, bool], list[str]] = {}
-    for user_id, index, notify, highlight in packed["users"]:
-        grouped.setdefault((index, bool(notify), bool(highlight)), []).append(user_id)
-    actions = packed["actions"]
-    return [(actions[i], n, h, users) for (i, n, h), users in grouped.items()]
+    if text.startswith("{"):
+        packed = json.loads(text)
+        grouped: dict[tuple[int, bool, bool], list[str]] = {}
+        for user_id, index, notify, highlight in packed["users"]:
+            grouped.setdefault((index, bool(notify), bool(highlight)), []).append(user_id)
+        actions = packed["actions"]
+        return [(actions[i], n, h, users) for (i, n, h), users in grouped.items()]
+    decoded = []
+    for line in text.split("\n"):
+        head, users = line.split("\t", 1)
+        decoded.append((head[2:], head[0] == "1", head[1] == "1", users.split(" ")))
+    return decoded
 
 
 def outcome_for(text: str, user_id: str) -> tuple[str, bool, bool] | None:
     """The user's (actions, notify, highlight) in one event's JSON; None if they have none.
-    Most rows of a user's rooms do name them, but a quick look for their quoted ID skips
-    decoding the rows that do not."""
-    if json.dumps(user_id) not in text:
+    Most rows of a user's rooms do name them, but a quick look for their ID skips decoding
+    the rows that do not."""
+    if user_id not in text:
         return None
-    for actions, notify, highlight, users in decode_groups(text):
-        if user_id in users:
-            return actions, notify, highlight
+    if text.startswith("{"):
+        for actions, notify, highlight, users in decode_groups(text):
+            if user_id in users:
+                return actions, notify, highlight
+        return None
+    for line in text.split("\n"):
+        tab = line.index("\t")
+        start = line.find(user_id, tab)
+        while start != -1:
+            end = start + len(user_id)
+            # A whole entry, not part of a longer user ID.
+            if line[start - 1] in "\t " and (end == len(line) or line[end] == " "):
+                return line[2:tab], line[0] == "1", line[1] == "1"
+            start = line.find(user_id, end)
     return None
 
 
