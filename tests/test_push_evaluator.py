@@ -14,8 +14,8 @@ from twisted.trial import unittest
 from homeserver.push.evaluator import (
     SELF,
     CompiledRuleset,
-    Members,
     EventView,
+    Members,
     PushContext,
     compile_condition,
     compile_ruleset,
