@@ -256,7 +256,7 @@ OLD_ROWS = [
     ("@carol:old", "!r:old", "$e2", 2, "main", True, False, '["notify"]', 20),
     ("@carol:old", "!r:old", "$e3", 3, "$e1", True, False, '["notify"]', 30),
 ]
-# 0013's staging form: one event not yet moved to the per-user table.
+# 0013's staging form: one event not yet moved to its per-user table.
 OLD_STAGED = (
     4, "$e4", "!r:old", "main", 40,
     '{"actions": ["[\\"notify\\"]"], "users": [["@bob:old", 0, 1, 0], ["@carol:old", 0, 1, 0]]}',

@@ -10,6 +10,12 @@ listeners costs no read per listener for its counts.
 
 A read that was in flight while such a change committed is answered but not cached, as in
 the state store's current-state cache, so the cache never goes back in time.
+
+In the database, counts are a per-(user, room, thread) summary kept up to date by rotation
+(`SummaryRotator`, here; the SQL in `storage.stores.push_actions`): an event's actions wait
+in a queue, written with the event, and are counted into the summary a batch of events at a
+time, half a second after the first, so a big room's members have their row written once
+per batch rather than once per event.
 """
 
 from __future__ import annotations
