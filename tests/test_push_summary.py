@@ -52,17 +52,18 @@ class RotationTestCase(PushCountsTestCase):
             "test_counts", push_actions._counts_txn, user_id, self.room_id
         )
 
-    async def check(self, user: Any, expected: tuple[int, int], **thread_counts: Any) -> None:
-        """The same counts from the summary with the queue, from the database once rotated,
-        and from a cold /sync."""
+    async def check(self, user: Any, expected: tuple[int, int]) -> None:
+        """The same counts from the summary with the queue, from a cold /sync, and once
+        everything queued is rotated."""
         self.assertEqual((await self.unrotated_counts(user.user_id)).totals(), expected)
         self.hs.notification_counts.forget(user.user_id, self.room_id)
         self.assertEqual(self.counts(await self.sync(user)), expected)
+        await self.rotate()
+        self.assertEqual(await self.queued(), 0)
         stored = await self.hs.stores.push_action_store.get_counts(
             [(user.user_id, self.room_id)]
         )
         self.assertEqual(stored[(user.user_id, self.room_id)].totals(), expected)
-        self.assertEqual(await self.queued(), 0)
 
 
 @on_both_engines
@@ -134,14 +135,18 @@ class RotationTests(RotationTestCase):
         await self.receipt(self.bob, first)
         # The row was counted after no receipt: counted again from the per-event rows.
         await self.check(self.bob, (2, 2))
-        [(read_position,)] = await self.select(
-            "SELECT read_position FROM event_push_summary WHERE user_id = ?", self.bob.user_id
+        # The next rotation touching the row writes it counted after the receipt.
+        await self.message(self.alice, "4")
+        await self.rotate()
+        [(read_position, notifs, highlights)] = await self.select(
+            "SELECT read_position, notif_count, highlight_count FROM event_push_summary"
+            " WHERE user_id = ?", self.bob.user_id,
         )
         stored = await self.hs.event_store.get_stored_event(first)
         assert stored is not None
-        self.assertEqual(read_position, stored.stream_ordering)
+        self.assertEqual((read_position, notifs, highlights), (stored.stream_ordering, 3, 2))
         await self.receipt(self.bob, third)
-        await self.check(self.bob, (0, 0))
+        await self.check(self.bob, (1, 0))
 
     async def test_thread_receipts_across_rotation(self) -> None:
         root = await self.message(self.alice, "root")
@@ -294,10 +299,14 @@ class MigrationFrom0013Tests(DatabaseCase):
         self.assertEqual(await apply_migrations(db), [15])
 
         store = PushActionStore(db)
-        counts = await store.get_counts([("@bob:old", "!r:old"), ("@carol:old", "!r:old")])
-        bob, carol = counts[("@bob:old", "!r:old")], counts[("@carol:old", "!r:old")]
-        self.assertEqual(bob.threads, {"main": [3, 1]})
-        self.assertEqual(carol.threads, {"main": [3, 0], "$e1": [1, 0]})
+        keys = [("@bob:old", "!r:old"), ("@carol:old", "!r:old")]
+        # Every moved event waits in the queue; counted from there, then once rotated.
+        for rotated in (False, True):
+            if rotated:
+                self.assertEqual(await store.rotate(), 4)
+            counts = await store.get_counts(keys)
+            self.assertEqual(counts[keys[0]].threads, {"main": [3, 1]})
+            self.assertEqual(counts[keys[1]].threads, {"main": [3, 0], "$e1": [1, 0]})
         notes = await store.get_notifications("@bob:old", None, 10, False)
         self.assertEqual([(n.event_id, n.highlight, n.actions, n.ts) for n in notes], [
             ("$e4", False, ["notify"], 40),

@@ -182,8 +182,8 @@ class SummaryRotator:
     """Counts queued push actions (one row per event, written with the event) into the
     per-(user, room, thread) summary, a batch of events at a time, half a second after the
     first one waiting, so a busy room's members have their summary rows written once per
-    batch. Readers of counts rotate whatever is still queued first, and count what they
-    cannot, so this only keeps the queue short."""
+    batch. Readers of counts count what is still queued themselves, so this keeps the
+    queue short (and readers quick), it does not make counts right."""
 
     def __init__(self, reactor: Any, store: PushActionStore) -> None:
         self._reactor = reactor

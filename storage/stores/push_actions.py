@@ -19,6 +19,15 @@ when their read position moved since: a receipt, or an event they sent) plus the
 still queued. Nothing of a count lives only in memory or only in the summary: the summary is
 derivable from `event_push_actions` and the read positions, which are written in the
 transactions of the events and receipts themselves, so a crash at any point loses no count.
+Readers only read: a stale row is counted again by each reader until the next rotation that
+touches it writes it.
+
+`GET /notifications` reads the per-event rows of the user's rooms (those they have a summary
+row in, left ones included, and queued events) newest first and keeps the events whose line
+for the user notifies. Keeping per-user rows for highlights only was the other choice: it
+would make `only=highlight` an index read, but write a thousand rows in the event's
+transaction for every `@room`, the cost this layout exists to remove; per-event rows flagged
+`highlight` keep that filter short, highlights being rare.
 """
 
 from __future__ import annotations
@@ -241,7 +250,6 @@ class PushActionStore:
             return {}
 
         def txn_fn(txn: Transaction) -> dict[tuple[str, str], RoomCounts]:
-            _rotate_all_txn(txn)
             return {key: _counts_txn(txn, *key) for key in keys}
 
         return await self._db.run_interaction("get_notification_counts", txn_fn)
@@ -483,12 +491,6 @@ def _base_counts_txn(
     return notifs, highlights, latest
 
 
-def _rotate_all_txn(txn: Transaction) -> None:
-    """Count every queued event: readers of the summary see all that is committed."""
-    while rotate_txn(txn) >= ROTATE_BATCH:
-        pass
-
-
 def _room_read_positions_txn(
     txn: Transaction, room_id: str, users: Sequence[str]
 ) -> dict[str, dict[str, int]]:
@@ -555,8 +557,10 @@ def _read_positions_txn(txn: Transaction, user_id: str, room_id: str) -> dict[st
 
 def _counts_txn(txn: Transaction, user_id: str, room_id: str) -> RoomCounts:
     """The summary's counts, each thread's brought to the user's read position now, plus
-    the events still queued (rotated by another transaction meanwhile, or committed since
-    this one rotated)."""
+    the events still queued. Only reads: a reader never conflicts with a rotation (on
+    PostgreSQL, a thousand members reading their counts at once would otherwise all try to
+    rotate the same batch), and a stale row counted again here is written by the next
+    rotation that touches it."""
     positions = _read_positions_txn(txn, user_id, room_id)
 
     def effective(thread_id: str) -> int:
@@ -568,19 +572,10 @@ def _counts_txn(txn: Transaction, user_id: str, room_id: str) -> RoomCounts:
         " FROM event_push_summary WHERE user_id = ? AND room_id = ?",
         (user_id, room_id),
     ):
-        position = effective(thread_id)
         n, h, _ = _base_counts_txn(
-            txn, user_id, room_id, thread_id, position,
+            txn, user_id, room_id, thread_id, effective(thread_id),
             (notifs, highlights, read_position, latest),
         )
-        if position != read_position and position < latest:
-            # Counted again for a moved read position: keep it for the next reader.
-            txn.execute(
-                "UPDATE event_push_summary SET notif_count = ?, highlight_count = ?,"
-                " read_position = ? WHERE user_id = ? AND room_id = ? AND thread_id = ?"
-                " AND stream_ordering = ?",
-                (n, h, position, user_id, room_id, thread_id, latest),
-            )
         threads[thread_id] = [n, h]
     for ordering, thread_id, text in txn.select_all(
         "SELECT e.stream_ordering, e.thread_id, e.groups FROM event_push_actions e"
