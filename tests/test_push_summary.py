@@ -16,12 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor, task
+from twisted.trial import unittest
 
 import homeserver.push.counts as push_counts
 from storage import migrations
 from storage.migrations import SCHEMA_DIR, apply_migrations
 from storage.stores import push_actions
-from storage.stores.push_actions import PushActionStore, RoomCounts, decode_groups
+from storage.stores.push_actions import (
+    ActionGroup,
+    PushActionBatch,
+    PushActionStore,
+    RoomCounts,
+    decode_groups,
+)
 from tests.harness import on_both_engines
 from tests.test_push_counts import THREADED_FILTER, PushCountsTestCase
 from tests.test_storage import DatabaseCase
@@ -319,3 +326,33 @@ class MigrationFrom0013Tests(DatabaseCase):
             [n.event_id for n in await store.get_notifications("@carol:old", 3, 10, False)],
             ["$e2", "$e1"],
         )
+
+
+class _CountsStore:
+    """Counts of nothing for every key asked."""
+
+    async def get_counts(self, keys: Any) -> dict[tuple[str, str], RoomCounts]:
+        return {key: RoomCounts() for key in keys}
+
+
+class HeldCountsTests(unittest.TestCase):
+    async def test_commits_move_only_counts_still_held_and_the_index_stays_bounded(
+        self,
+    ) -> None:
+        self.patch(push_counts, "COUNTS_CACHE_SIZE", 3)
+        counts = push_counts.NotificationCounts(_CountsStore())  # type: ignore[arg-type]
+        for user_id in ("@a:t", "@b:t", "@c:t", "@d:t"):
+            await counts.get(user_id, "!r:t")  # @d evicts @a
+        everyone = ActionGroup('["notify"]', True, False, ("@a:t", "@b:t", "@c:t", "@d:t"))
+        counts.actions_committed("!r:t", 5, PushActionBatch((everyone,), "main", None, 0))
+        self.assertIsNone(counts.held("@a:t", "!r:t"))
+        held_b = counts.held("@b:t", "!r:t")
+        assert held_b is not None
+        self.assertEqual(held_b.totals(), (1, 0))
+        self.assertEqual(counts._held_in_room["!r:t"], {"@b:t", "@c:t", "@d:t"})
+        # A room where nobody's counts are held has no entry; quiet rooms' evicted users
+        # are dropped when the index is rebuilt.
+        self.assertNotIn("!other:t", counts._held_in_room)
+        for i in range(10):
+            await counts.get("@x:t", f"!q{i}:t")
+        self.assertLessEqual(sum(len(users) for users in counts._held_in_room.values()), 4)

@@ -61,6 +61,9 @@ class NotificationCounts:
         # dropped when next found missing): an event in a room where nobody's counts are
         # held (nobody syncing) moves nothing, without a lookup per member.
         self._held_in_room: dict[str, set[str]] = {}
+        # Users added to that index since it was last rebuilt from the cache's keys: evicted
+        # entries of quiet rooms are never found missing, so it is rebuilt now and then.
+        self._held_added = 0
 
     async def get(self, user_id: str, room_id: str) -> RoomCounts:
         return (await self.get_many(user_id, [room_id]))[room_id]
@@ -86,9 +89,18 @@ class NotificationCounts:
         for key, counts in loaded.items():
             if key in unchanged and key not in self._cache:
                 self._cache.set(key, counts)
-                self._held_in_room.setdefault(key[1], set()).add(key[0])
+                self._hold(key)
             result[key[1]] = counts
         return result
+
+    def _hold(self, key: tuple[str, str]) -> None:
+        self._held_added += 1
+        if self._held_added > 2 * COUNTS_CACHE_SIZE:
+            self._held_added = 0
+            self._held_in_room = {}
+            for user_id, room_id in self._cache.keys():
+                self._held_in_room.setdefault(room_id, set()).add(user_id)
+        self._held_in_room.setdefault(key[1], set()).add(key[0])
 
     def held(self, user_id: str, room_id: str) -> RoomCounts | None:
         """The user's counts in the room if held in memory (no read)."""
