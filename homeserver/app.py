@@ -160,7 +160,9 @@ class HomeServer:
             user_data.notification_counts, streams.shared_rooms, self.pushers,
             self.push_delivery,
         )
-        rooms.push_actions.notification_listeners.append(to_pushers.on_notification)
+        rooms.push_actions.add_notification_listener(
+            to_pushers.on_notification, self.push_delivery.users_with_http_pushers
+        )
         user_data.receipts.read_listeners.append(to_pushers.read_moved)
         self.event_creator = rooms.event_creator
         self.event_serializer = rooms.event_serializer

@@ -16,7 +16,7 @@ from homeserver.events.serialize import EventSerializer
 from homeserver.presence import PresenceHandler
 from homeserver.profile import ProfileHandler
 from homeserver.push.actions import PushActionGenerator
-from homeserver.push.counts import NotificationCounts, StagedActionsMover
+from homeserver.push.counts import NotificationCounts, SummaryRotator
 from homeserver.push.notifications import NotificationsHandler
 from homeserver.ratelimit import RateLimiter
 from homeserver.rooms.creation import RoomCreationHandler
@@ -98,7 +98,7 @@ def build_rooms(
         state,
         stores.account_data_store,
         counts,
-        StagedActionsMover(core.reactor, stores.push_action_store),
+        SummaryRotator(core.reactor, stores.push_action_store),
     )
     account_data.change_listeners.append(push_actions.account_data_changed)
     persister = EventPersister(
