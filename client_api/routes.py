@@ -32,6 +32,7 @@ from client_api.servlets import (
     to_device,
     typing,
 )
+from client_api.servlets.admin import federation as admin_federation
 from client_api.servlets.admin import register as admin_register
 from client_api.servlets.admin import users as admin_users
 
@@ -68,6 +69,10 @@ CLIENT_SERVLETS = [
     profile.ProfileFieldServlet,
     admin_register.SharedSecretRegisterServlet,
     # The admin API (see client_api/servlets/admin/).
+    admin_federation.DestinationsServlet,
+    admin_federation.DestinationServlet,
+    admin_federation.ResetConnectionServlet,
+    admin_federation.ServerVersionServlet,
     admin_users.UsersServlet,
     admin_users.UserServlet,
     admin_users.UserAdminServlet,

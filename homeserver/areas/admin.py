@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from homeserver.admin.audit import AdminAudit
+from homeserver.admin.federation import AdminFederationHandler, DestinationWaker
 from homeserver.admin.users import AdminUsersHandler
 from homeserver.areas.auth import Auth
 from homeserver.areas.core import Core
@@ -21,9 +22,12 @@ class Admin:
     # Deactivating an account (its user's request or an admin's): built here, where the
     # account and the rooms it leaves are both at hand.
     deactivation: AccountDeactivation
+    federation: AdminFederationHandler
 
 
-def build_admin(core: Core, stores: Stores, auth: Auth, rooms: Rooms) -> Admin:
+def build_admin(
+    core: Core, stores: Stores, auth: Auth, rooms: Rooms, federation_sender: DestinationWaker
+) -> Admin:
     audit = AdminAudit(core.clock, stores.admin_audit_store)
     deactivation = AccountDeactivation(auth.account, stores.room_store, rooms.membership)
     users = AdminUsersHandler(
@@ -41,4 +45,11 @@ def build_admin(core: Core, stores: Stores, auth: Auth, rooms: Rooms) -> Admin:
         deactivation,
         audit,
     )
-    return Admin(audit=audit, users=users, deactivation=deactivation)
+    return Admin(
+        audit=audit,
+        users=users,
+        deactivation=deactivation,
+        federation=AdminFederationHandler(
+            stores.federation_queue_store, federation_sender, audit
+        ),
+    )
