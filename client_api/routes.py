@@ -34,6 +34,7 @@ from client_api.servlets import (
 )
 from client_api.servlets.admin import federation as admin_federation
 from client_api.servlets.admin import register as admin_register
+from client_api.servlets.admin import server_notices as admin_server_notices
 from client_api.servlets.admin import users as admin_users
 
 if TYPE_CHECKING:
@@ -73,6 +74,8 @@ CLIENT_SERVLETS = [
     admin_federation.DestinationServlet,
     admin_federation.ResetConnectionServlet,
     admin_federation.ServerVersionServlet,
+    admin_server_notices.SendServerNoticeServlet,
+    admin_server_notices.SendServerNoticeTxnServlet,
     admin_users.UsersServlet,
     admin_users.UserServlet,
     admin_users.UserAdminServlet,

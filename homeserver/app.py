@@ -196,12 +196,15 @@ class HomeServer:
         self.federation_membership = federation.membership
         self.federation_transactions = federation.transactions
 
-        admin = self.admin = build_admin(core, stores, auth, rooms, transport.sender)
+        admin = self.admin = build_admin(
+            core, stores, auth, rooms, user_data.account_data, transport.sender
+        )
         self.admin_audit = admin.audit
         self.admin_audit_store = stores.admin_audit_store
         self.admin_users = admin.users
         self.account_deactivation = admin.deactivation
         self.admin_federation = admin.federation
+        self.server_notices = admin.server_notices
 
         self.ports: list[Any] = []
         self._uia_cleanup: task.LoopingCall | None = None

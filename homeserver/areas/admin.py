@@ -1,12 +1,14 @@
 """The admin API's handlers (`homeserver/admin/`): the audit log every one of them writes
-to, and one handler per admin area (users today)."""
+to, and one handler per admin area (users, federation destinations, server notices)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from homeserver.account_data import AccountDataHandler
 from homeserver.admin.audit import AdminAudit
 from homeserver.admin.federation import AdminFederationHandler, DestinationWaker
+from homeserver.admin.server_notices import ServerNoticesHandler
 from homeserver.admin.users import AdminUsersHandler
 from homeserver.areas.auth import Auth
 from homeserver.areas.core import Core
@@ -23,10 +25,16 @@ class Admin:
     # account and the rooms it leaves are both at hand.
     deactivation: AccountDeactivation
     federation: AdminFederationHandler
+    server_notices: ServerNoticesHandler
 
 
 def build_admin(
-    core: Core, stores: Stores, auth: Auth, rooms: Rooms, federation_sender: DestinationWaker
+    core: Core,
+    stores: Stores,
+    auth: Auth,
+    rooms: Rooms,
+    account_data: AccountDataHandler,
+    federation_sender: DestinationWaker,
 ) -> Admin:
     audit = AdminAudit(core.clock, stores.admin_audit_store)
     deactivation = AccountDeactivation(auth.account, stores.room_store, rooms.membership)
@@ -51,5 +59,19 @@ def build_admin(
         deactivation=deactivation,
         federation=AdminFederationHandler(
             stores.federation_queue_store, federation_sender, audit
+        ),
+        server_notices=ServerNoticesHandler(
+            core.server_name,
+            core.config.server_notices,
+            core.clock,
+            stores.accounts,
+            stores.server_notice_store,
+            stores.room_store,
+            users,
+            rooms.room_creation,
+            rooms.membership,
+            rooms.event_sender,
+            account_data,
+            audit,
         ),
     )

@@ -157,6 +157,7 @@ def build_rooms(
         stores.accounts,
         power,
         federation.membership,
+        stores.server_notice_store.is_notice_room_of,
     )
     # A forget changes no stream position: the cached memberships of the user must hear of it.
     membership.forget_listeners.append(streams.shared_rooms.forget)
