@@ -75,7 +75,8 @@ def _commands() -> dict[str, tuple[str, list[tuple[str, dict[str, Any]]], Callab
         "unsuspend": ("end the suspension", [user], lambda a: _flag("suspend", a.user_id, False)),
         "destinations": (
             "list federation destinations and their backoff",
-            [("--from", {"dest": "offset", "default": "0"}), ("--limit", {"default": "100"})],
+            [("--from", {"dest": "offset", "default": "0", "help": "start at this offset"}),
+             ("--limit", {"default": "100", "help": "at most this many"})],
             lambda a: Call("GET", f"{ADMIN}/v1/federation/destinations?"
                            + urlencode({"from": a.offset, "limit": a.limit})),
         ),
