@@ -62,6 +62,13 @@ class IgnoredUsers:
         )
         # Bumped by every change, so a read that raced one is not kept.
         self._changes = 0
+        # The other way round, for push rules (who must not be notified of a sender's
+        # events): user_id -> the users who ignore them. Every list is read once, on first
+        # use (few users ignore anyone); a user whose list changed is read again before the
+        # next answer.
+        self._ignorers: dict[str, set[str]] | None = None
+        self._ignoring: dict[str, frozenset[str]] = {}
+        self._stale: set[str] = set()
 
     async def of(self, user_id: str) -> frozenset[str]:
         held = self._cache.get(user_id)
@@ -75,10 +82,40 @@ class IgnoredUsers:
             self._cache.set(user_id, ignored)
         return ignored
 
+    async def ignorers_of(self, user_id: str) -> frozenset[str]:
+        """The users who ignore `user_id`."""
+        if self._ignorers is None:
+            everyone = await self._store.get_global_of_type(IGNORED_USER_LIST)
+            if self._ignorers is None:
+                self._ignorers = {}
+                for ignorer, content in everyone.items():
+                    self._set_ignoring(ignorer, ignored_users_of(content))
+        while self._stale:
+            ignorer = self._stale.pop()
+            self._set_ignoring(ignorer, ignored_users_of(
+                await self._store.get_account_data(ignorer, None, IGNORED_USER_LIST)
+            ))
+        return frozenset(self._ignorers.get(user_id, ()))
+
+    def _set_ignoring(self, ignorer: str, ignored: frozenset[str]) -> None:
+        assert self._ignorers is not None
+        for user_id in self._ignoring.pop(ignorer, frozenset()):
+            held = self._ignorers.get(user_id)
+            if held is not None:
+                held.discard(ignorer)
+                if not held:
+                    del self._ignorers[user_id]
+        if ignored:
+            self._ignoring[ignorer] = ignored
+            for user_id in ignored:
+                self._ignorers.setdefault(user_id, set()).add(ignorer)
+
     def account_data_changed(self, user_id: str, room_id: str | None, data_type: str) -> None:
         if room_id is None and data_type == IGNORED_USER_LIST:
             self._changes += 1
             self._cache.pop(user_id)
+            if self._ignorers is not None:
+                self._stale.add(user_id)
 
 
 @dataclass

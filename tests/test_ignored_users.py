@@ -132,3 +132,30 @@ class IgnoredUsersTests(RoomTestCase):
         self.assertIn(renamed, context)
         self.assertIn(last, context)
         self.assertNotIn(from_carol, context)
+
+    @ensure_deferred
+    async def test_an_ignored_user_notifies_no_one_who_ignores_them(self) -> None:
+        """No count, no `/notifications` entry (and so no push) for a user who ignores the
+        sender, even when mentioned; the others are notified as usual. A list changed after
+        the first message is followed too."""
+        alice, bob, carol, room_id = await self.room_of_three()
+        mention = {"msgtype": "m.text", "body": "bob and carol!",
+                   "m.mentions": {"user_ids": [bob.user_id, carol.user_id]}}
+        await self.send(carol, room_id)  # the ignore lists are read once, before the change
+        await self.ignore(bob, alice)
+        await self.send(alice, room_id, mention)
+
+        async def counts(user: User) -> dict[str, int]:
+            room = (await self.sync(user))["rooms"]["join"][room_id]
+            result: dict[str, int] = room["unread_notifications"]
+            return result
+
+        async def notified(user: User) -> list[str]:
+            r = await self.request("GET", f"{API}/notifications", token=user.token)
+            assert r.code == 200, r
+            return [n["event"]["sender"] for n in r.json["notifications"]]
+
+        self.assertEqual(await counts(bob), {"notification_count": 1, "highlight_count": 0})
+        self.assertEqual(await notified(bob), [carol.user_id])
+        self.assertEqual((await counts(carol))["highlight_count"], 1)
+        self.assertEqual(await notified(carol), [alice.user_id])

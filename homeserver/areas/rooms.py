@@ -91,6 +91,9 @@ def build_rooms(
     backfill_ids = IdAllocator(0, step=-1)
     # Every event a local user can see is evaluated against their push rules before it is
     # written; the actions are written with it.
+    # Whom each user ignores (and who ignores whom), held in memory.
+    ignored = IgnoredUsers(stores.account_data_store)
+    account_data.change_listeners.append(ignored.account_data_changed)
     push_actions = PushActionGenerator(
         core.server_name,
         core.clock,
@@ -99,6 +102,7 @@ def build_rooms(
         stores.account_data_store,
         counts,
         SummaryRotator(core.reactor, stores.push_action_store),
+        ignored.ignorers_of,
     )
     account_data.change_listeners.append(push_actions.account_data_changed)
     persister = EventPersister(
@@ -121,8 +125,6 @@ def build_rooms(
     )
     # Who may read a room (history visibility) and who has the power to act in it.
     visibility = HistoryVisibility(core.server_name, events, state, rooms)
-    ignored = IgnoredUsers(stores.account_data_store)
-    account_data.change_listeners.append(ignored.account_data_changed)
     serializer = EventSerializer(
         core.clock,
         events,

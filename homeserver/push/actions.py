@@ -111,8 +111,12 @@ class PushActionGenerator:
         account_data: AccountDataStore,
         counts: NotificationCounts,
         rotator: SummaryRotator | None = None,
+        ignorers_of: Callable[[str], Awaitable[frozenset[str]]] | None = None,
     ) -> None:
         self._rotator = rotator
+        # user_id -> the users who ignore them: never notified of their events (spec:
+        # "Ignoring Users": they no longer receive them).
+        self._ignorers_of = ignorers_of
         self._suffix = ":" + server_name
         self._clock = clock
         self._events = events
@@ -269,7 +273,12 @@ class PushActionGenerator:
         ctx = PushContext(room.member_count, None, sender_power, levels)
         # Users with the same outcome (most of a room, for most events) share one group.
         outcomes: dict[tuple[str, bool, bool], list[Sequence[str]]] = {}
+        ignorers = await self._ignorers_of(sender) if self._ignorers_of is not None else ()
         for rule, users in evaluate_members(view, ctx, groups, sender):
+            if ignorers:
+                users = tuple(u for u in users if u not in ignorers)
+                if not users:
+                    continue
             outcomes.setdefault((rule.actions_json, rule.notify, rule.highlight), []).append(
                 users
             )

@@ -88,6 +88,17 @@ class AccountDataStore:
         )
         return {user_id: json.loads(content) for user_id, content in rows}
 
+    async def get_global_of_type(self, data_type: str) -> dict[str, dict[str, Any]]:
+        """user_id -> content of their global `data_type`, for every user who has one."""
+        rows = await self._db.run_interaction(
+            "get_global_account_data_of_type",
+            lambda txn: txn.select_all(
+                "SELECT user_id, content FROM account_data WHERE room_id = ? AND type = ?",
+                (GLOBAL, data_type),
+            ),
+        )
+        return {user_id: json.loads(content) for user_id, content in rows}
+
     async def get_account_data_changed(
         self, user_id: str, after: int, up_to: int | None = None
     ) -> list[AccountData]:
