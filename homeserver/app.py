@@ -231,6 +231,7 @@ class HomeServer:
         self._uia_cleanup.start(UIA_CLEANUP_INTERVAL_S, now=False)
         await self.federation_sender.start()
         await self.push_delivery.start()
+        self.push_actions.start()
 
     async def _take_writer_lock(self) -> None:
         """Refuse to start next to another writing process (see `WriterLock`); once started,

@@ -103,6 +103,23 @@ class RotationTests(RotationTestCase):
             [(self.bob.user_id, "main", 1, 0), (self.carol.user_id, "main", 1, 0)],
         )
 
+    async def test_what_waits_in_the_queue_is_rotated_at_start_up(self) -> None:
+        """Queued actions (from the last run, or the migration of old rows) are counted
+        when the server starts, not only once the next event comes."""
+        await self.message(self.alice)
+        rotator = self.hs.push_actions._rotator
+        assert rotator is not None and rotator._pending is not None
+        # As after a restart: nothing scheduled, something queued.
+        rotator._pending.cancel()
+        rotator._pending = None
+        self.patch(push_counts, "ROTATE_DELAY_S", 0.0)
+        self.hs.push_actions.start()
+        for _ in range(50):
+            if await self.queued() == 0:
+                break
+            await task.deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(await self.queued(), 0)
+
     async def test_a_batch_writes_each_member_once(self) -> None:
         for i in range(5):
             await self.message(self.alice, f"m{i}")

@@ -297,6 +297,13 @@ class PushActionGenerator:
             ts,
         )
 
+    def start(self) -> None:
+        """At start-up: count whatever waits in the queue (left by the last run, or by the
+        migration that brought the old per-user rows over), rather than wait for the next
+        event; until then every read of counts reads the queue."""
+        if self._rotator is not None:
+            self._rotator.queued()
+
     def committed(self, event: Event, stream_ordering: int, batch: PushActionBatch) -> None:
         """After the event's transaction committed: move the counts, then (in the
         background) tell the listeners."""

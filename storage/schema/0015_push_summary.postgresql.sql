@@ -69,7 +69,7 @@ FROM (
 ) AS grouped
 GROUP BY stream_ordering;
 
--- Nothing is counted yet: every event waits for rotation (the first reader does it).
+-- Nothing is counted yet: every event waits for rotation (started when the server starts).
 INSERT INTO event_push_rotation_queue (stream_ordering, room_id)
 SELECT stream_ordering, room_id FROM event_push_actions;
 
