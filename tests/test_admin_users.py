@@ -720,6 +720,17 @@ class LoginAsTests(AdminTestCase):
         r = await self.request("GET", f"{API}/account/whoami", token=alice.token)
         self.assertEqual(r.code, 200, r)
 
+    async def test_login_as_a_locked_user_is_refused(self):
+        admin = await self.make_admin()
+        await self.user("alice")
+        r = await self.request(
+            "PUT", f"/_matrix/client/v1/admin/lock/{q(ALICE)}", {"locked": True}, token=admin.token
+        )
+        self.assertEqual(r.code, 200, r)
+        r = await self.admin_call(admin, "POST", f"/v1/users/{q(ALICE)}/login", {})
+        self.assertError(r, 400, "M_INVALID_PARAM")
+        self.assertNotIn("login_as", [e.action for e in await self.audit(ALICE)])
+
     async def test_valid_until(self):
         admin = await self.make_admin()
         await self.user("alice")

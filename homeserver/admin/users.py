@@ -331,6 +331,9 @@ class AdminUsersHandler:
             raise MatrixError(
                 403, Codes.USER_DEACTIVATED, "Cannot log in as a deactivated user"
             )
+        if account.locked:
+            # The token would be refused on every use (401 M_USER_LOCKED).
+            raise MatrixError(400, Codes.INVALID_PARAM, "Cannot log in as a locked user")
         now = self._clock.time_msec()
         expires = now + LOGIN_AS_DEFAULT_LIFETIME_MS if valid_until_ms is None else valid_until_ms
         if expires <= now or expires > now + LOGIN_AS_MAX_LIFETIME_MS:
