@@ -30,6 +30,28 @@ MAX_AVATAR_URL_LENGTH = 1000
 _NOT_CARRIED_OVER = ("reason", "join_authorised_via_users_server")
 
 
+def check_displayname(value: object) -> str | None:
+    """`value`, if a display name a profile may hold (or None); 400 otherwise."""
+    if value is not None and not isinstance(value, str):
+        raise MatrixError(400, Codes.BAD_JSON, "'displayname' must be a string")
+    if value is not None and len(value) > MAX_DISPLAYNAME_LENGTH:
+        raise MatrixError(
+            400, Codes.TOO_LARGE, f"Display name may not exceed {MAX_DISPLAYNAME_LENGTH} characters"
+        )
+    return value
+
+
+def check_avatar_url(value: object) -> str | None:
+    """`value`, if an avatar URL a profile may hold (or None); 400 otherwise."""
+    if value is not None and not isinstance(value, str):
+        raise MatrixError(400, Codes.BAD_JSON, "'avatar_url' must be a string")
+    if value is not None and len(value) > MAX_AVATAR_URL_LENGTH:
+        raise MatrixError(
+            400, Codes.TOO_LARGE, f"Avatar URL may not exceed {MAX_AVATAR_URL_LENGTH} characters"
+        )
+    return value
+
+
 class ProfileHandler:
     def __init__(
         self,
@@ -80,24 +102,14 @@ class ProfileHandler:
 
     async def set_displayname(self, requester: Requester, user_id: str, value: object) -> None:
         self._check_can_edit(requester, user_id)
-        if value is not None and not isinstance(value, str):
-            raise MatrixError(400, Codes.BAD_JSON, "'displayname' must be a string")
-        if value is not None and len(value) > MAX_DISPLAYNAME_LENGTH:
-            raise MatrixError(
-                400, Codes.TOO_LARGE, f"Display name may not exceed {MAX_DISPLAYNAME_LENGTH} characters"
-            )
+        value = check_displayname(value)
         await self.get_local_profile(user_id)
         await self._store.set_displayname(user_id, value or None)
         await self.update_member_events(user_id)
 
     async def set_avatar_url(self, requester: Requester, user_id: str, value: object) -> None:
         self._check_can_edit(requester, user_id)
-        if value is not None and not isinstance(value, str):
-            raise MatrixError(400, Codes.BAD_JSON, "'avatar_url' must be a string")
-        if value is not None and len(value) > MAX_AVATAR_URL_LENGTH:
-            raise MatrixError(
-                400, Codes.TOO_LARGE, f"Avatar URL may not exceed {MAX_AVATAR_URL_LENGTH} characters"
-            )
+        value = check_avatar_url(value)
         await self.get_local_profile(user_id)
         await self._store.set_avatar_url(user_id, value or None)
         await self.update_member_events(user_id)

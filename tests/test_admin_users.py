@@ -424,6 +424,28 @@ class UserAccountTests(AdminTestCase):
         self.assertError(r, 401, "M_UNKNOWN_TOKEN")
         await self.login("alice", "third password")
 
+    async def test_a_refused_put_changes_nothing(self):
+        """A value that would be refused (a display name too long, a password too short) is
+        found before anything is written: no password changed, no device logged out, no
+        account made."""
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        for body in ({"password": "new password!", "displayname": "x" * 5000},
+                     {"password": "new password!", "avatar_url": "m" * 5000},
+                     {"displayname": "Alice", "password": ""}):
+            r = await self.admin_call(admin, "PUT", f"/v2/users/{q(ALICE)}", body)
+            self.assertEqual(r.code, 400, r)
+        r = await self.request("GET", f"{API}/account/whoami", token=alice.token)
+        self.assertEqual(r.code, 200, r)
+        await self.login("alice", PASSWORD)
+        r = await self.admin_call(
+            admin, "PUT", f"/v2/users/{q(f'@new:{SERVER_NAME}')}",
+            {"password": "new password!", "avatar_url": "m" * 5000},
+        )
+        self.assertEqual(r.code, 400, r)
+        self.assertIsNone(await self.hs.accounts.get_account(f"@new:{SERVER_NAME}"))
+        self.assertEqual(await self.hs.admin_audit_store.entries(), [])
+
     async def test_admins_cannot_demote_or_deactivate_themselves_through_put(self):
         admin = await self.make_admin()
         r = await self.admin_call(admin, "PUT", f"/v2/users/{q(admin.user_id)}", {"admin": False})

@@ -24,7 +24,7 @@ from homeserver.auth.tokens import Requester, TokenHandler
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
 from homeserver.identifiers import split_user_id
-from homeserver.profile import ProfileHandler
+from homeserver.profile import ProfileHandler, check_avatar_url, check_displayname
 from homeserver.rooms.deactivation import AccountDeactivation
 from storage.stores.accounts import Account, AccountStore, RatelimitOverride
 from storage.stores.devices import Device
@@ -167,6 +167,7 @@ class AdminUsersHandler:
     async def _create(self, admin: Requester, user_id: str, changes: UserChanges) -> None:
         if changes.deactivated:
             raise MatrixError(400, Codes.INVALID_PARAM, "A new account cannot be deactivated")
+        self._check_values(changes)
         localpart, _ = split_user_id(user_id)
         await self._registration.register(
             localpart,
@@ -195,6 +196,7 @@ class AdminUsersHandler:
     async def _modify(self, admin: Requester, account: Account, changes: UserChanges) -> None:
         user_id = account.user_id
         # Every check first, so a refused request changes nothing.
+        self._check_values(changes)
         if changes.admin is False and account.is_admin:
             await self._check_may_remove_admin(admin, user_id, "demote")
         if changes.deactivated is True and not account.deactivated:
@@ -232,6 +234,13 @@ class AdminUsersHandler:
             changed["deactivated"] = True
         if changed:
             await self._audit.record(admin.user_id, "modify_user", user_id, changed)
+
+    def _check_values(self, changes: UserChanges) -> None:
+        """The values a PUT would write, checked before any is (400 otherwise)."""
+        if changes.password is not None:
+            self._registration.check_password(changes.password)
+        check_displayname(changes.displayname)
+        check_avatar_url(changes.avatar_url)
 
     async def set_admin(self, admin: Requester, user_id: str, is_admin: bool) -> None:
         """Make the user a server admin or not (an existing account only)."""

@@ -71,6 +71,10 @@ class RegistrationHandler:
 
     # ----- POST /register --------------------------------------------------------------------
 
+    def check_password(self, password: object) -> str:
+        """The password, if the server's policy accepts it; 400 otherwise."""
+        return check_password_policy(password, self._config)
+
     @staticmethod
     def check_kind(kind: str) -> None:
         """The `kind` of account asked for: `user` (guests: 403 M_GUEST_ACCESS_FORBIDDEN,
