@@ -33,6 +33,7 @@ from client_api.servlets import (
     typing,
 )
 from client_api.servlets.admin import register as admin_register
+from client_api.servlets.admin import rooms as admin_rooms
 from client_api.servlets.admin import users as admin_users
 
 if TYPE_CHECKING:
@@ -85,6 +86,16 @@ CLIENT_SERVLETS = [
     admin_users.LockServlet,
     admin_users.SuspendServlet,
     admin_users.SynapseSuspendServlet,
+    admin_rooms.RoomsServlet,
+    admin_rooms.RoomServlet,
+    admin_rooms.DeleteRoomServlet,
+    admin_rooms.DeleteStatusByRoomServlet,
+    admin_rooms.DeleteStatusServlet,
+    admin_rooms.RoomMembersServlet,
+    admin_rooms.RoomStateServlet,
+    admin_rooms.RoomMessagesServlet,
+    admin_rooms.BlockRoomServlet,
+    admin_rooms.ForwardExtremitiesServlet,
     sync.SyncServlet,
     rooms.CreateRoomServlet,
     rooms.SendEventServlet,

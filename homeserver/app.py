@@ -198,6 +198,8 @@ class HomeServer:
         self.admin_audit = admin.audit
         self.admin_audit_store = stores.admin_audit_store
         self.admin_users = admin.users
+        self.admin_rooms = admin.rooms
+        self.room_admin_store = stores.room_admin_store
 
         self.ports: list[Any] = []
         self._uia_cleanup: task.LoopingCall | None = None

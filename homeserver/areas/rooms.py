@@ -148,6 +148,7 @@ def build_rooms(
         stores.accounts,
         power,
         federation.membership,
+        blocked_rooms=stores.room_admin_store,
     )
     # A forget changes no stream position: the cached memberships of the user must hear of it.
     membership.forget_listeners.append(streams.shared_rooms.forget)
