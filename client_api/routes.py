@@ -96,6 +96,7 @@ CLIENT_SERVLETS = [
     admin_rooms.RoomMessagesServlet,
     admin_rooms.BlockRoomServlet,
     admin_rooms.ForwardExtremitiesServlet,
+    admin_rooms.MakeRoomAdminServlet,
     sync.SyncServlet,
     rooms.CreateRoomServlet,
     rooms.SendEventServlet,

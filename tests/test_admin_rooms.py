@@ -29,6 +29,7 @@ def room_paths(room_id: str) -> list[tuple[str, str, Any]]:
         ("PUT", f"{ADMIN}/v1/rooms/{r}/block", {"block": True}),
         ("DELETE", f"{ADMIN}/v2/rooms/{r}", {}),
         ("GET", f"{ADMIN}/v2/rooms/{r}/delete_status", None),
+        ("POST", f"{ADMIN}/v1/rooms/{r}/make_room_admin", {}),
     ]
 
 
@@ -438,3 +439,53 @@ class DeleteRoomTests(RoomAdminTestCase):
             r = await self.delete(body)
             self.assertEqual(r.code, 400, (body, r))
         self.assertEqual(await self.membership_of(self.room_id, self.alice), "join")
+
+
+@on_both_engines
+class MakeRoomAdminTests(RoomAdminTestCase):
+    async def power_of(self, room_id: str, user_id: str) -> Any:
+        state = await self.current_state(room_id)
+        return state[("m.room.power_levels", "")].content.get("users", {}).get(user_id)
+
+    async def test_the_admin_is_invited_and_given_the_highest_local_level(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        room_id = await self.create_room(alice, preset="private_chat")
+        r = await self.admin_call(admin, "POST", f"/v1/rooms/{q(room_id)}/make_room_admin", {})
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(await self.membership_of(room_id, admin), "invite")
+        self.assertGreaterEqual(await self.power_of(room_id, admin.user_id), 100)
+        # The invite lets them in, with the power to act.
+        self.assertEqual((await self.join(admin, room_id)).code, 200)
+        r = await self.put_state(admin, room_id, "m.room.name", {"name": "Taken over"})
+        self.assertEqual(r.code, 200, r)
+        (entry,) = await self.audit(room_id)
+        self.assertEqual((entry.action, entry.details["user_id"]),
+                         ("make_room_admin", admin.user_id))
+
+    async def test_another_user_of_a_public_room_is_not_invited(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        room_id = await self.create_room(alice, preset="public_chat")
+        r = await self.admin_call(
+            admin, "POST", f"/v1/rooms/{q(room_id)}/make_room_admin", {"user_id": bob.user_id}
+        )
+        self.assertEqual(r.code, 200, r)
+        self.assertIsNone(await self.membership_of(room_id, bob))
+        self.assertGreaterEqual(await self.power_of(room_id, bob.user_id), 100)
+
+    async def test_refusals(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        room_id = await self.create_room(alice)
+        path = f"/v1/rooms/{q(room_id)}/make_room_admin"
+        r = await self.admin_call(admin, "POST", path, {"user_id": "@x:elsewhere.example"})
+        self.assertError(r, 400, "M_INVALID_PARAM")
+        r = await self.admin_call(admin, "POST", path, {"user_id": 5})
+        self.assertEqual(r.code, 400, r)
+        # Nobody local is left to grant power.
+        self.assertEqual((await self.membership_action(alice, room_id, "leave")).code, 200)
+        r = await self.admin_call(admin, "POST", path, {})
+        self.assertError(r, 400, "M_UNKNOWN")
+        self.assertEqual(await self.audit(room_id), [])

@@ -21,6 +21,7 @@ from homeserver.admin.audit import AdminAudit
 from homeserver.auth.tokens import Requester
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
+from homeserver.events.auth import INFINITE_POWER, required_power_level, user_power_level
 from homeserver.events.serialize import EventSerializer
 from homeserver.events.types import (
     AVATAR,
@@ -30,6 +31,7 @@ from homeserver.events.types import (
     HISTORY_VISIBILITY,
     JOIN_RULES,
     NAME,
+    POWER_LEVELS,
     TOPIC,
 )
 from homeserver.filtering import RoomEventFilter
@@ -259,6 +261,61 @@ class AdminRoomsHandler:
             for event_id, group, depth in found
         ]
 
+    # ----- make room admin ---------------------------------------------------------------
+
+    async def make_room_admin(self, admin: Requester, room_id: str, user_id: str) -> None:
+        """Give `user_id` (local) the highest power level a joined local member has, sent as
+        that member; invite the user first unless they are joined or the room is public.
+        400 if no joined local member may change the power levels."""
+        await self.require_room(room_id)
+        _, server = split_user_id(user_id)
+        if server != self._server_name:
+            raise MatrixError(400, Codes.INVALID_PARAM, "Only local users can be admins of rooms")
+        room_version = await self._events.get_room_version(room_id)
+        assert room_version is not None
+        ids = {}
+        for key in ((CREATE, ""), (POWER_LEVELS, "")):
+            event_id = await self._state.get_current_state_event_id(room_id, *key)
+            if event_id is not None:
+                ids[key] = event_id
+        loaded = await self._events.get_events(ids.values())
+        state = {key: loaded[eid] for key, eid in ids.items() if eid in loaded}
+        needed = required_power_level(POWER_LEVELS, True, state, room_version)
+        joined = await self._state.get_current_members(room_id, "join")
+        candidates = sorted(
+            (
+                (user_power_level(member, state, room_version), member)
+                for member in joined
+                if split_user_id(member)[1] == self._server_name
+            ),
+            key=lambda pair: (-pair[0], pair[1]),
+        )
+        if not candidates or candidates[0][0] < needed:
+            raise MatrixError(400, Codes.UNKNOWN, "No local admin user in room")
+        level, acting = candidates[0]
+        power_levels = state.get((POWER_LEVELS, ""))
+        content = dict(power_levels.content) if power_levels is not None else {}
+        users = dict(content.get("users") or {})
+        if level == INFINITE_POWER:
+            # A room v12 creator: no level stands for theirs; the highest listed one (at
+            # least 100) is the most another user can be given.
+            numbers = [v for v in users.values() if isinstance(v, int)]
+            level = max([100, *numbers])
+        if user_id not in joined:
+            rules = await self._contents.current_contents(room_id, [JOIN_RULES])
+            if rules.get(JOIN_RULES, {}).get("join_rule") != "public":
+                await self._membership.invite(_acting_as(acting), room_id, user_id)
+        if acting != user_id and not (
+            room_version.room_id_is_create_hash
+            and user_power_level(user_id, state, room_version) == INFINITE_POWER
+        ):
+            users[user_id] = int(level)
+            content["users"] = users
+            await self._creator.send(room_id, acting, POWER_LEVELS, content, state_key="")
+        await self._audit.record(
+            admin.user_id, "make_room_admin", room_id, {"user_id": user_id, "level": int(level)}
+        )
+
     # ----- blocking ----------------------------------------------------------------------
 
     async def get_block(self, room_id: str) -> str | None:
@@ -431,7 +488,8 @@ class AdminRoomsHandler:
             pass
         await self._store.purge_room_finish(room_id)
         self._events.forget_room(room_id, purged)
-        self._state.invalidate_current_state(room_id)
+        # Other processes drop their copy of the room's current state too.
+        self._state.current_state_replaced(room_id)
         for user_id in had_membership:
             for listener in self.purge_listeners:
                 listener(user_id)

@@ -246,3 +246,22 @@ class ForwardExtremitiesServlet:
         await require_admin(self._hs, request)
         results = await self._hs.admin_rooms.forward_extremities(room_id)
         return 200, {"count": len(results), "results": results}
+
+
+class MakeRoomAdminBody(RequestBody):
+    user_id: str | None = None
+
+
+class MakeRoomAdminServlet:
+    PATTERNS = [admin_path("/rooms" + ROOM + "/make_room_admin")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_POST(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
+        admin = await require_admin(self._hs, request)
+        body = parse_body(parse_json_object(request), MakeRoomAdminBody)
+        await self._hs.admin_rooms.make_room_admin(
+            admin, room_id, body.user_id if body.user_id is not None else admin.user_id
+        )
+        return 200, {}
