@@ -479,6 +479,10 @@ class AdminRoomsHandler:
             for user_id in await self._state.get_current_members(room_id, None)
             if split_user_id(user_id)[1] == self._server_name
         ]
+        # The room's row and aliases first: from then on the room is unknown here, so
+        # nothing (a remote server's event, a join) adds to it while the batches run.
+        await self._store.purge_room_start(room_id)
+        self._events.forget_room(room_id, ())
         purged: list[str] = []
         while batch := await self._store.purge_event_batch(room_id):
             purged.extend(batch)
@@ -486,7 +490,6 @@ class AdminRoomsHandler:
             pass
         while await self._store.purge_room_row_batch(room_id):
             pass
-        await self._store.purge_room_finish(room_id)
         self._events.forget_room(room_id, purged)
         # Other processes drop their copy of the room's current state too.
         self._state.current_state_replaced(room_id)

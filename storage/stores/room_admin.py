@@ -299,11 +299,12 @@ class RoomAdminStore:
 
         return await self._db.run_interaction("admin_purge_room_rows", txn_fn)
 
-    async def purge_room_finish(self, room_id: str) -> None:
-        """The last step: the room's aliases and its row (its directory entry with it)."""
+    async def purge_room_start(self, room_id: str) -> None:
+        """The first step: the room's aliases and its row (its directory entry with it),
+        after which the server no longer knows the room."""
 
         def txn_fn(txn: Transaction) -> None:
             txn.execute("DELETE FROM room_aliases WHERE room_id = ?", (room_id,))
             txn.execute("DELETE FROM rooms WHERE room_id = ?", (room_id,))
 
-        await self._db.run_interaction("admin_purge_room_finish", txn_fn)
+        await self._db.run_interaction("admin_purge_room_start", txn_fn)
