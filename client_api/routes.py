@@ -97,6 +97,8 @@ CLIENT_SERVLETS = [
     admin_rooms.BlockRoomServlet,
     admin_rooms.ForwardExtremitiesServlet,
     admin_rooms.MakeRoomAdminServlet,
+    admin_rooms.PurgeHistoryServlet,
+    admin_rooms.PurgeHistoryStatusServlet,
     sync.SyncServlet,
     rooms.CreateRoomServlet,
     rooms.SendEventServlet,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import reactor, task
+from twisted.internet import defer, reactor, task
 
 from tests.admin_helpers import ADMIN, AdminTestCase, User, q
 from tests.harness import SERVER_NAME, on_both_engines
@@ -30,10 +30,15 @@ def room_paths(room_id: str) -> list[tuple[str, str, Any]]:
         ("DELETE", f"{ADMIN}/v2/rooms/{r}", {}),
         ("GET", f"{ADMIN}/v2/rooms/{r}/delete_status", None),
         ("POST", f"{ADMIN}/v1/rooms/{r}/make_room_admin", {}),
+        ("POST", f"{ADMIN}/v1/purge_history/{r}", {"purge_up_to_ts": 1}),
     ]
 
 
-ALL_PATHS = [("GET", f"{ADMIN}/v1/rooms", None), ("GET", f"{ADMIN}/v2/rooms/delete_status/x", None)]
+ALL_PATHS = [
+    ("GET", f"{ADMIN}/v1/rooms", None),
+    ("GET", f"{ADMIN}/v2/rooms/delete_status/x", None),
+    ("GET", f"{ADMIN}/v1/purge_history_status/x", None),
+]
 
 
 class RoomAdminTestCase(AdminTestCase):
@@ -75,6 +80,8 @@ class AdminRoomAccessTests(RoomAdminTestCase):
             r = await self.request(method, path, body, token=admin.token)
             self.assertError(r, 404, "M_NOT_FOUND")
         r = await self.admin_get(admin, "/v2/rooms/delete_status/nosuchid")
+        self.assertError(r, 404, "M_NOT_FOUND")
+        r = await self.admin_get(admin, "/v1/purge_history_status/nosuchid")
         self.assertError(r, 404, "M_NOT_FOUND")
 
     async def test_bad_room_ids_are_refused(self):
@@ -427,11 +434,27 @@ class DeleteRoomTests(RoomAdminTestCase):
         self.assertEqual(await self.count("events"), 0)
 
     async def test_a_room_mid_delete_cannot_be_deleted_again(self):
+        # Hold the delete at its purge until the second request is answered.
+        store = self.hs.room_admin_store
+        original = store.purge_room_start
+        release: defer.Deferred[None] = defer.Deferred()
+
+        async def held(room_id: str) -> None:
+            await release
+            await original(room_id)
+
+        self.patch(store, "purge_room_start", held)
         r = await self.delete({})
         self.assertEqual(r.code, 200, r)
+        status = await self.admin_get(self.admin, f"/v2/rooms/delete_status/{r.json['delete_id']}")
+        self.assertEqual(status.json["status"], "active")
         again = await self.delete({})
         self.assertError(again, 400, "M_UNKNOWN")
-        await self.wait_for_delete(self.admin, r.json["delete_id"])
+        release.callback(None)
+        status = await self.wait_for_delete(self.admin, r.json["delete_id"])
+        self.assertEqual(status["status"], "complete")
+        # Once finished, the room is gone: a new delete finds nothing.
+        self.assertError(await self.delete({}), 404, "M_NOT_FOUND")
 
     async def test_bad_bodies_are_refused(self):
         for body in (None, {"purge": "yes"}, {"new_room_user_id": "@x:elsewhere.example"},
@@ -489,3 +512,107 @@ class MakeRoomAdminTests(RoomAdminTestCase):
         r = await self.admin_call(admin, "POST", path, {})
         self.assertError(r, 400, "M_UNKNOWN")
         self.assertEqual(await self.audit(room_id), [])
+
+
+@on_both_engines
+class PurgeHistoryTests(RoomAdminTestCase):
+    async def setUp(self):
+        await super().setUp()
+        self.admin = await self.make_admin()
+        self.alice = await self.user("alice")
+        self.room_id = await self.create_room(self.alice, name="Chatty")
+        self.event_ids = []
+        for i in range(5):
+            r = await self.send(self.alice, self.room_id, {"msgtype": "m.text", "body": f"m{i}"})
+            self.event_ids.append(r.json["event_id"])
+
+    async def purge(self, body: Any, event_id: str | None = None) -> Any:
+        path = f"/v1/purge_history/{q(self.room_id)}"
+        if event_id is not None:
+            path += f"/{q(event_id)}"
+        return await self.admin_call(self.admin, "POST", path, body)
+
+    async def wait_for_purge(self, purge_id: str) -> dict[str, Any]:
+        for _ in range(300):
+            r = await self.admin_get(self.admin, f"/v1/purge_history_status/{purge_id}")
+            self.assertEqual(r.code, 200, r)
+            if r.json["status"] != "active":
+                return r.json
+            await task.deferLater(reactor, 0.02, lambda: None)
+        self.fail("the purge did not finish")
+
+    async def bodies(self) -> list[str]:
+        r = await self.request(
+            "GET", f"{API}/rooms/{q(self.room_id)}/messages?dir=b&limit=50",
+            token=self.alice.token,
+        )
+        self.assertEqual(r.code, 200, r)
+        return [e["content"]["body"] for e in r.json["chunk"] if e["type"] == "m.room.message"]
+
+    async def test_history_before_the_event_goes_state_stays(self):
+        r = await self.purge(
+            {"delete_local_events": True, "purge_up_to_event_id": self.event_ids[3]}
+        )
+        self.assertEqual(r.code, 200, r)
+        status = await self.wait_for_purge(r.json["purge_id"])
+        self.assertEqual(status, {"status": "complete"})
+        self.assertEqual(await self.bodies(), ["m4", "m3"])
+        r = await self.request(
+            "GET", f"{API}/rooms/{q(self.room_id)}/event/{q(self.event_ids[0])}",
+            token=self.alice.token,
+        )
+        self.assertError(r, 404, "M_NOT_FOUND")
+        # The room still works: state and new messages.
+        r = await self.admin_get(self.admin, f"/v1/rooms/{q(self.room_id)}")
+        self.assertEqual(r.json["name"], "Chatty")
+        self.assertEqual((await self.send(self.alice, self.room_id)).code, 200)
+        (entry,) = await self.audit(self.room_id)
+        self.assertEqual(entry.action, "purge_history")
+
+    async def test_local_events_are_kept_unless_asked(self):
+        r = await self.purge({}, event_id=self.event_ids[4])
+        status = await self.wait_for_purge(r.json["purge_id"])
+        self.assertEqual(status["status"], "complete")
+        self.assertEqual(await self.bodies(), ["m4", "m3", "m2", "m1", "m0"])
+
+    async def test_up_to_a_timestamp(self):
+        r = await self.purge({"delete_local_events": True, "purge_up_to_ts": 2**52})
+        status = await self.wait_for_purge(r.json["purge_id"])
+        self.assertEqual(status["status"], "complete")
+        # The last event is the point: everything before it goes.
+        self.assertEqual(await self.bodies(), ["m4"])
+        r = await self.purge({"purge_up_to_ts": 1})
+        self.assertError(r, 404, "M_NOT_FOUND")
+
+    async def test_refusals(self):
+        other = await self.create_room(self.alice)
+        self.assertError(await self.purge({}), 400, "M_BAD_JSON")
+        r = await self.purge({"purge_up_to_event_id": "not-an-event"})
+        self.assertError(r, 400, "M_INVALID_PARAM")
+        r = await self.purge({}, event_id=(await self.room_events(other))[0].event_id)
+        self.assertError(r, 404, "M_NOT_FOUND")
+        r = await self.purge({"purge_up_to_ts": "soon"})
+        self.assertEqual(r.code, 400, r)
+        # Hold the purge at its first batch until both requests below are answered.
+        store = self.hs.room_admin_store
+        original = store.purge_history_batch
+        release: defer.Deferred[None] = defer.Deferred()
+
+        async def held(*args: Any, **kwargs: Any) -> list[str]:
+            await release
+            return await original(*args, **kwargs)
+
+        self.patch(store, "purge_history_batch", held)
+        first = await self.purge({"delete_local_events": True, "purge_up_to_ts": 2**52})
+        self.assertEqual(first.code, 200, first)
+        # While it runs, neither a second purge nor a delete of the room.
+        self.assertError(await self.purge({"purge_up_to_ts": 2**52}), 400, "M_UNKNOWN")
+        r = await self.admin_call(self.admin, "DELETE", f"/v2/rooms/{q(self.room_id)}", {})
+        self.assertError(r, 400, "M_UNKNOWN")
+        release.callback(None)
+        self.assertEqual(
+            (await self.wait_for_purge(first.json["purge_id"]))["status"], "complete"
+        )
+        self.assertEqual(
+            [e.action for e in await self.audit(self.room_id)], ["purge_history"]
+        )

@@ -118,6 +118,20 @@ class DeleteTask:
         return self.status in ("scheduled", "active")
 
 
+@dataclass
+class PurgeTask:
+    purge_id: str
+    room_id: str
+    # active, complete, failed (Synapse's words).
+    status: str = "active"
+    error: str | None = None
+    finished_ts: int | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.status == "active"
+
+
 class AdminRoomsHandler:
     def __init__(
         self,
@@ -155,6 +169,8 @@ class AdminRoomsHandler:
         # The deletes this process ran or runs, by ID (kept a day after they finish; lost
         # on restart, as Synapse's were before its task scheduler).
         self._deletes: dict[str, DeleteTask] = {}
+        # History purges, likewise.
+        self._purges: dict[str, PurgeTask] = {}
         # Called with the user ID of each local user whose membership of a purged room was
         # removed (caches of the user's rooms must drop their copy).
         self.purge_listeners: list[Callable[[str], None]] = []
@@ -349,7 +365,7 @@ class AdminRoomsHandler:
         self._forget_old_deletes()
         # No await between this check and registering the task: two requests cannot both
         # pass it.
-        if any(t.room_id == room_id and t.running for t in self._deletes.values()):
+        if self._busy(room_id):
             # M_UNKNOWN, as Synapse answers it.
             raise MatrixError(
                 400, Codes.UNKNOWN, f"History purge already in progress for {room_id}"
@@ -391,6 +407,84 @@ class AdminRoomsHandler:
         for delete_id, task in list(self._deletes.items()):
             if task.finished_ts is not None and task.finished_ts < oldest:
                 del self._deletes[delete_id]
+        for purge_id, purge in list(self._purges.items()):
+            if purge.finished_ts is not None and purge.finished_ts < oldest:
+                del self._purges[purge_id]
+
+    def _busy(self, room_id: str) -> bool:
+        """Whether a delete or a history purge of the room is under way."""
+        return any(t.room_id == room_id and t.running for t in self._deletes.values()) or any(
+            p.room_id == room_id and p.running for p in self._purges.values()
+        )
+
+    # ----- purging history -------------------------------------------------------------
+
+    async def start_purge_history(
+        self,
+        admin: Requester,
+        room_id: str,
+        event_id: str | None,
+        ts: int | None,
+        delete_local_events: bool,
+    ) -> str:
+        """Start deleting the room's history before `event_id` (or the last event sent
+        before `ts`) in the background; the purge ID."""
+        await self.require_room(room_id)
+        if event_id is not None:
+            stored = await self._events.get_stored_event(event_id)
+            if stored is None or stored.event.room_id != room_id:
+                raise MatrixError(404, Codes.NOT_FOUND, "Event not found in this room")
+            depth = stored.topological_ordering
+        elif ts is not None:
+            found = await self._store.depth_before_ts(room_id, ts)
+            if found is None:
+                raise MatrixError(404, Codes.NOT_FOUND, "There is no event to be purged")
+            depth = found
+        else:
+            raise MatrixError(
+                400, Codes.BAD_JSON, "must specify purge_up_to_event_id or purge_up_to_ts"
+            )
+        self._forget_old_deletes()
+        if self._busy(room_id):
+            raise MatrixError(
+                400, Codes.UNKNOWN, f"History purge already in progress for {room_id}"
+            )
+        purge = PurgeTask(purge_id=secrets.token_urlsafe(12), room_id=room_id)
+        self._purges[purge.purge_id] = purge
+        await self._audit.record(
+            admin.user_id,
+            "purge_history",
+            room_id,
+            {
+                "purge_id": purge.purge_id,
+                "below_depth": depth,
+                "delete_local_events": delete_local_events,
+            },
+        )
+        defer.ensureDeferred(self._run_purge_history(purge, depth, delete_local_events))
+        return purge.purge_id
+
+    def purge_history_status(self, purge_id: str) -> PurgeTask:
+        self._forget_old_deletes()
+        purge = self._purges.get(purge_id)
+        if purge is None:
+            raise MatrixError(404, Codes.NOT_FOUND, "purge id not found")
+        return purge
+
+    async def _run_purge_history(
+        self, purge: PurgeTask, depth: int, delete_local_events: bool
+    ) -> None:
+        keep = None if delete_local_events else self._server_name
+        try:
+            while batch := await self._store.purge_history_batch(purge.room_id, depth, keep):
+                self._events.forget_room(purge.room_id, batch)
+            purge.status = "complete"
+        except Exception as e:
+            logger.exception("Purging the history of %s failed", purge.room_id)
+            purge.status = "failed"
+            purge.error = str(e) or type(e).__name__
+        finally:
+            purge.finished_ts = self._clock.time_msec()
 
     async def _run_delete(self, admin: Requester, task: DeleteTask, params: DeleteParams) -> None:
         task.status = "active"

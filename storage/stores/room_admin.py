@@ -308,3 +308,61 @@ class RoomAdminStore:
             txn.execute("DELETE FROM rooms WHERE room_id = ?", (room_id,))
 
         await self._db.run_interaction("admin_purge_room_start", txn_fn)
+
+    # ----- purging history -------------------------------------------------------------
+
+    async def depth_before_ts(self, room_id: str, ts: int) -> int | None:
+        """The depth of the room's last event (by arrival) sent before `ts`, or None."""
+        row = await self._db.run_interaction(
+            "admin_depth_before_ts",
+            lambda txn: txn.select_one(
+                "SELECT topological_ordering FROM events"
+                " WHERE room_id = ? AND origin_server_ts < ? AND outlier = ?"
+                " ORDER BY stream_ordering DESC LIMIT 1",
+                (room_id, ts, False),
+            ),
+        )
+        return int(row[0]) if row else None
+
+    async def purge_history_batch(
+        self, room_id: str, below_depth: int, keep_server: str | None, limit: int = PURGE_BATCH
+    ) -> list[str]:
+        """Delete up to `limit` of the room's timeline events deeper in history than
+        `below_depth` (and what hangs off them); the IDs deleted, [] once none are left.
+        State events stay (state and auth rules need them), and so do redactions (else what
+        they redacted would reappear) and forward extremities; with `keep_server`, so do the
+        events its users sent."""
+
+        def txn_fn(txn: Transaction) -> list[str]:
+            sql = (
+                "SELECT event_id FROM events WHERE room_id = ? AND topological_ordering < ?"
+                " AND state_key IS NULL AND type != 'm.room.redaction' AND outlier = ?"
+                " AND event_id NOT IN"
+                " (SELECT event_id FROM event_forward_extremities WHERE room_id = ?)"
+            )
+            args: list[object] = [room_id, below_depth, False, room_id]
+            if keep_server is not None:
+                escaped = (
+                    keep_server.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                )
+                sql += " AND sender NOT LIKE ? ESCAPE '\\'"
+                args.append("%:" + escaped)
+            sql += " ORDER BY stream_ordering LIMIT ?"
+            args.append(limit)
+            event_ids = [row[0] for row in txn.select_all(sql, args)]
+            if not event_ids:
+                return []
+            marks = ",".join("?" for _ in event_ids)
+            for table in (
+                "event_edges",
+                "event_auth",
+                "event_relations",
+                "event_push_actions",
+                "event_push_actions_staging",
+                "federation_outbound_pdus",
+                "events",
+            ):
+                txn.execute(f"DELETE FROM {table} WHERE event_id IN ({marks})", event_ids)
+            return event_ids
+
+        return await self._db.run_interaction("admin_purge_history", txn_fn)

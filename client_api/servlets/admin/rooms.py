@@ -17,6 +17,7 @@ from client_api.servlets.admin.access import admin_path, require_admin
 from client_api.validation import RequestBody, parse_body
 from homeserver.admin.rooms import ORDER_BY, DeleteParams, DeleteTask, RoomQuery
 from homeserver.errors import Codes, MatrixError
+from homeserver.identifiers import check_event_id
 from homeserver.rooms.messages import DEFAULT_LIMIT, MAX_LIMIT
 
 if TYPE_CHECKING:
@@ -265,3 +266,47 @@ class MakeRoomAdminServlet:
             admin, room_id, body.user_id if body.user_id is not None else admin.user_id
         )
         return 200, {}
+
+
+class PurgeHistoryBody(RequestBody):
+    delete_local_events: bool = False
+    purge_up_to_event_id: str | None = None
+    purge_up_to_ts: int | None = None
+
+
+class PurgeHistoryServlet:
+    PATTERNS = [
+        admin_path("/purge_history" + ROOM),
+        admin_path("/purge_history" + ROOM + "/(?P<event_id>[^/]+)"),
+    ]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_POST(
+        self, request: HeddleRequest, room_id: str, event_id: str | None = None
+    ) -> tuple[int, Any]:
+        admin = await require_admin(self._hs, request)
+        body = parse_body(parse_json_object(request), PurgeHistoryBody)
+        event_id = event_id or body.purge_up_to_event_id
+        if event_id is not None:
+            check_event_id(event_id)
+        purge_id = await self._hs.admin_rooms.start_purge_history(
+            admin, room_id, event_id, body.purge_up_to_ts, body.delete_local_events
+        )
+        return 200, {"purge_id": purge_id}
+
+
+class PurgeHistoryStatusServlet:
+    PATTERNS = [admin_path("/purge_history_status/(?P<purge_id>[^/]+)")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest, purge_id: str) -> tuple[int, Any]:
+        await require_admin(self._hs, request)
+        purge = self._hs.admin_rooms.purge_history_status(purge_id)
+        body: dict[str, Any] = {"status": purge.status}
+        if purge.error is not None:
+            body["error"] = purge.error
+        return 200, body
