@@ -34,6 +34,7 @@ from client_api.servlets import (
 )
 from client_api.servlets.admin import federation as admin_federation
 from client_api.servlets.admin import register as admin_register
+from client_api.servlets.admin import rooms as admin_rooms
 from client_api.servlets.admin import server_notices as admin_server_notices
 from client_api.servlets.admin import users as admin_users
 
@@ -93,6 +94,19 @@ CLIENT_SERVLETS = [
     admin_users.LockServlet,
     admin_users.SuspendServlet,
     admin_users.SynapseSuspendServlet,
+    admin_rooms.RoomsServlet,
+    admin_rooms.RoomServlet,
+    admin_rooms.DeleteRoomServlet,
+    admin_rooms.DeleteStatusByRoomServlet,
+    admin_rooms.DeleteStatusServlet,
+    admin_rooms.RoomMembersServlet,
+    admin_rooms.RoomStateServlet,
+    admin_rooms.RoomMessagesServlet,
+    admin_rooms.BlockRoomServlet,
+    admin_rooms.ForwardExtremitiesServlet,
+    admin_rooms.MakeRoomAdminServlet,
+    admin_rooms.PurgeHistoryServlet,
+    admin_rooms.PurgeHistoryStatusServlet,
     sync.SyncServlet,
     rooms.CreateRoomServlet,
     rooms.SendEventServlet,

@@ -205,6 +205,8 @@ class HomeServer:
         self.account_deactivation = admin.deactivation
         self.admin_federation = admin.federation
         self.server_notices = admin.server_notices
+        self.admin_rooms = admin.rooms
+        self.room_admin_store = stores.room_admin_store
 
         self.ports: list[Any] = []
         self._uia_cleanup: task.LoopingCall | None = None

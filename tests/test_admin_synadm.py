@@ -123,3 +123,37 @@ class SynadmTests(AdminTestCase):
         self.assertTrue((await self.hs.accounts.get_account(ALICE)).suspended)
         await self.synadm("user", "modify", ALICE, "--lock")
         self.assertTrue((await self.hs.accounts.get_account(ALICE)).locked)
+
+    async def test_rooms(self) -> None:
+        alice: User = await self.user("alice")
+        r = await self.request(
+            "POST", "/_matrix/client/v3/createRoom", {"name": "Lobby"}, token=alice.token
+        )
+        room_id = r.json["room_id"]
+        listed = await self.synadm("room", "list")
+        self.assertEqual(
+            (listed["total_rooms"], [room["name"] for room in listed["rooms"]]), (1, ["Lobby"])
+        )
+        details = await self.synadm("room", "details", room_id)
+        self.assertEqual((details["room_id"], details["joined_members"]), (room_id, 1))
+        members = await self.synadm("room", "members", room_id)
+        self.assertEqual(members["members"], [ALICE])
+        state = await self.synadm("room", "state", room_id)
+        self.assertIn("m.room.create", {event["type"] for event in state["state"]})
+        await self.synadm("room", "block", room_id)
+        blocked = await self.synadm("room", "block-status", room_id)
+        self.assertEqual(blocked, {"block": True, "user_id": self.admin.user_id})
+        await self.synadm("room", "block", "--unblock", room_id)
+        await self.synadm("room", "make-admin", room_id)
+        started = await self.synadm("room", "delete", room_id)
+        delete_id = started["delete_id"]
+        for _ in range(100):
+            status = await self.synadm("room", "delete-status", "--delete-id", delete_id)
+            if status["status"] == "complete":
+                break
+        self.assertEqual(status["status"], "complete", status)
+        self.assertIsNone(await self.hs.event_store.get_room_version(room_id))
+        actions = [e.action for e in await self.audit(room_id)]
+        self.assertEqual(
+            actions, ["block_room", "unblock_room", "make_room_admin", "delete_room"]
+        )

@@ -1,5 +1,6 @@
 """The admin API's handlers (`homeserver/admin/`): the audit log every one of them writes
-to, and one handler per admin area (users, federation destinations, server notices)."""
+to, and one handler per admin area (users, rooms, federation destinations, server
+notices)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 from homeserver.account_data import AccountDataHandler
 from homeserver.admin.audit import AdminAudit
 from homeserver.admin.federation import AdminFederationHandler, DestinationWaker
+from homeserver.admin.rooms import AdminRoomsHandler
 from homeserver.admin.server_notices import ServerNoticesHandler
 from homeserver.admin.users import AdminUsersHandler
 from homeserver.areas.auth import Auth
@@ -26,6 +28,7 @@ class Admin:
     deactivation: AccountDeactivation
     federation: AdminFederationHandler
     server_notices: ServerNoticesHandler
+    rooms: AdminRoomsHandler
 
 
 def build_admin(
@@ -53,9 +56,29 @@ def build_admin(
         deactivation,
         audit,
     )
+    admin_rooms = AdminRoomsHandler(
+        core.server_name,
+        core.clock,
+        stores.room_admin_store,
+        stores.event_store,
+        stores.state_store,
+        stores.room_store,
+        stores.alias_store,
+        stores.room_directory_store,
+        rooms.state_contents,
+        rooms.event_serializer,
+        rooms.messages,
+        rooms.membership,
+        rooms.room_creation,
+        rooms.event_creator,
+        audit,
+    )
+    # A purge removes memberships without a stream change: cached room lists must hear.
+    admin_rooms.purge_listeners.extend(rooms.membership.forget_listeners)
     return Admin(
         audit=audit,
         users=users,
+        rooms=admin_rooms,
         deactivation=deactivation,
         federation=AdminFederationHandler(
             stores.federation_queue_store, federation_sender, audit

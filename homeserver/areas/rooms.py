@@ -160,6 +160,7 @@ def build_rooms(
         power,
         federation.membership,
         stores.server_notice_store.is_notice_room_of,
+        blocked_rooms=stores.room_admin_store,
     )
     # A forget changes no stream position: the cached memberships of the user must hear of it.
     membership.forget_listeners.append(streams.shared_rooms.forget)

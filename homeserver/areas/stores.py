@@ -32,6 +32,7 @@ from storage.stores.push_actions import PushActionStore
 from storage.stores.pushers import PusherStore
 from storage.stores.receipts import ReceiptStore
 from storage.stores.relations import RelationStore
+from storage.stores.room_admin import RoomAdminStore
 from storage.stores.room_keys import RoomKeysStore
 from storage.stores.rooms import RoomStore
 from storage.stores.server_keys import ServerKeyStore
@@ -75,6 +76,7 @@ class Stores:
     admin_audit_store: AdminAuditStore
     server_notice_store: ServerNoticeStore
     user_admin_store: UserAdminStore
+    room_admin_store: RoomAdminStore
 
 
 def build_stores(db: Database, replication: Replication) -> Stores:
@@ -154,4 +156,5 @@ def build_stores(db: Database, replication: Replication) -> Stores:
         admin_audit_store=AdminAuditStore(db),
         server_notice_store=ServerNoticeStore(db),
         user_admin_store=UserAdminStore(db),
+        room_admin_store=RoomAdminStore(db),
     )

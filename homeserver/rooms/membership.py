@@ -27,6 +27,7 @@ from homeserver.rooms.power import RoomPower
 from storage.stores.accounts import AccountStore
 from storage.stores.events import EventStore, StoredEvent
 from storage.stores.profiles import ProfileStore
+from storage.stores.room_admin import RoomAdminStore
 from storage.stores.rooms import RoomStore
 from storage.stores.state import StateStore
 
@@ -88,6 +89,7 @@ class MembershipHandler:
         power: RoomPower,
         federation: RemoteMembership | None = None,
         is_server_notice_room: Callable[[str, str], Awaitable[bool]] | None = None,
+        blocked_rooms: RoomAdminStore | None = None,
     ) -> None:
         # (user_id, room_id) -> whether it is the user's server notices room, whose invite
         # may not be rejected (spec: "Server Notices").
@@ -107,6 +109,14 @@ class MembershipHandler:
         # Joins, knocks and invite rejections of rooms held by other servers (None when
         # federation is disabled).
         self.federation = federation
+        # Rooms an admin blocked (`homeserver/admin/rooms.py`): no local user may join,
+        # knock on or be invited to them.
+        self._blocked_rooms = blocked_rooms
+
+    async def check_not_blocked(self, room_id: str) -> None:
+        """403 M_FORBIDDEN if an admin blocked the room."""
+        if self._blocked_rooms is not None and await self._blocked_rooms.get_block(room_id):
+            raise MatrixError(403, Codes.FORBIDDEN, "This room has been blocked on this server")
 
     # ----- the actions ---------------------------------------------------------------------
 
@@ -119,6 +129,7 @@ class MembershipHandler:
     ) -> str:
         check_not_suspended(requester)
         room_id, servers = await self._room_and_servers(room_id_or_alias, via)
+        await self.check_not_blocked(room_id)
         remote = await self._remote_servers_if_not_resident(requester.user_id, room_id, servers)
         if remote:
             return await self._join_through(requester.user_id, room_id, remote, reason)
@@ -145,6 +156,7 @@ class MembershipHandler:
     ) -> str:
         check_not_suspended(requester)
         room_id, servers = await self._room_and_servers(room_id_or_alias, via)
+        await self.check_not_blocked(room_id)
         remote = await self._remote_servers_if_not_resident(requester.user_id, room_id, servers)
         if remote:
             assert self.federation is not None
@@ -167,6 +179,7 @@ class MembershipHandler:
         answered as if sent, and dropped."""
         check_not_suspended(requester)
         await require_room(self._events, room_id)
+        await self.check_not_blocked(room_id)
         await self.check_invitee(target)
         if requester.shadow_banned:
             logger.info("%s: dropped invite of %s by shadow-banned %s", room_id, target,
@@ -252,6 +265,8 @@ class MembershipHandler:
             # Leaving (rejecting an invite, withdrawing a knock) is all a suspended user may do.
             check_not_suspended(requester)
         await require_room(self._events, room_id)
+        if membership in ("invite", "join", "knock"):
+            await self.check_not_blocked(room_id)
         if membership == "invite":
             await self.check_invitee(target)
         extra = {k: v for k, v in content.items() if k != "membership"}

@@ -80,6 +80,8 @@ class RoomAccess:
     # The event that removed the user (leave, kick or ban) as (topological, stream): nothing
     # after it is readable. None when there is no such limit.
     until: Position | None = None
+    # The admin API's reads: history visibility does not apply.
+    see_everything: bool = False
 
     @property
     def max_stream(self) -> int | None:

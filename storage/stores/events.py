@@ -95,6 +95,13 @@ class EventStore:
         self._cache.pop(event_id, None)
         self._state_groups.pop(event_id, None)
 
+    def forget_room(self, room_id: str, event_ids: Iterable[str]) -> None:
+        """Drop cached copies of a purged room's version and events (this process only)."""
+        self._room_versions.pop(room_id, None)
+        for event_id in event_ids:
+            self.forget_event(event_id)
+            self._redactions.pop(event_id, None)
+
     async def get_stored_events(self, event_ids: Iterable[str]) -> dict[str, StoredEvent]:
         wanted = list(dict.fromkeys(event_ids))
         found, missing = self._cache.get_many(wanted)

@@ -1,0 +1,646 @@
+"""Admin actions on rooms: the room list and details, members, state and history read as
+an admin who needn't be joined, blocking, and deleting a room (asynchronously: kick the
+local members, optionally move them and the aliases to a new room, purge the database).
+
+Every method validates the room ID (400 M_INVALID_PARAM) and answers 404 M_NOT_FOUND for
+rooms this server does not know (blocking excepted: a room can be blocked before it is
+known). Changes are recorded in the audit log after they succeeded.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+
+from homeserver.admin.audit import AdminAudit
+from homeserver.auth.tokens import Requester
+from homeserver.clock import Clock
+from homeserver.errors import Codes, MatrixError
+from homeserver.events.auth import INFINITE_POWER, required_power_level, user_power_level
+from homeserver.events.serialize import EventSerializer
+from homeserver.events.types import (
+    AVATAR,
+    CANONICAL_ALIAS,
+    CREATE,
+    GUEST_ACCESS,
+    HISTORY_VISIBILITY,
+    JOIN_RULES,
+    NAME,
+    POWER_LEVELS,
+    TOPIC,
+)
+from homeserver.filtering import RoomEventFilter
+from homeserver.identifiers import check_room_id, split_user_id
+from homeserver.rooms.creation import RoomCreationHandler, RoomSpec
+from homeserver.rooms.creator import EventCreator
+from homeserver.rooms.directory import StateContents
+from homeserver.rooms.membership import MembershipHandler
+from homeserver.rooms.messages import MessagesHandler
+from storage.stores.accounts import RatelimitOverride
+from storage.stores.aliases import AliasStore
+from storage.stores.directory import RoomDirectoryStore
+from storage.stores.events import EventStore
+from storage.stores.room_admin import ENCRYPTION, TOMBSTONE, RoomAdminStore, RoomFigures
+from storage.stores.rooms import RoomStore
+from storage.stores.state import StateStore
+
+logger = logging.getLogger(__name__)
+
+# order_by -> (what to sort on, whether `dir=f` is largest first), as Synapse's list.
+ORDER_BY: dict[str, tuple[str, bool]] = {
+    "name": ("name", False),
+    "alphabetical": ("name", False),
+    "canonical_alias": ("canonical_alias", False),
+    "joined_members": ("joined_members", True),
+    "size": ("joined_members", True),
+    "joined_local_members": ("joined_local_members", True),
+    "version": ("version", True),
+    "creator": ("creator", False),
+    "encryption": ("encryption", False),
+    "federatable": ("federatable", True),
+    "public": ("public", True),
+    "join_rules": ("join_rules", False),
+    "guest_access": ("guest_access", False),
+    "history_visibility": ("history_visibility", False),
+    "state_events": ("state_events", True),
+}
+
+DEFAULT_NEW_ROOM_NAME = "Content Violation Notification"
+DEFAULT_NEW_ROOM_MESSAGE = (
+    "Sharing illegal content on this server is not permitted and rooms in violation will be"
+    " blocked."
+)
+# Finished deletes are answered by the status endpoints this long (Synapse's figure).
+DELETE_STATUS_KEPT_MS = 24 * 60 * 60 * 1000
+# A requester for users the server acts for: no rate limit applies to what an admin does.
+_NO_LIMIT = RatelimitOverride(0, 0)
+
+
+@dataclass(frozen=True)
+class RoomQuery:
+    order_by: str = "name"
+    backwards: bool = False
+    search_term: str | None = None
+    public_rooms: bool | None = None
+    empty_rooms: bool | None = None
+
+
+@dataclass(frozen=True)
+class DeleteParams:
+    new_room_user_id: str | None = None
+    room_name: str | None = None
+    message: str | None = None
+    block: bool = False
+    purge: bool = True
+    force_purge: bool = False
+
+
+@dataclass
+class DeleteTask:
+    delete_id: str
+    room_id: str
+    # scheduled, active, complete, failed (Synapse's words).
+    status: str = "scheduled"
+    error: str | None = None
+    kicked_users: list[str] = field(default_factory=list)
+    failed_to_kick_users: list[str] = field(default_factory=list)
+    local_aliases: list[str] = field(default_factory=list)
+    new_room_id: str | None = None
+    finished_ts: int | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.status in ("scheduled", "active")
+
+
+@dataclass
+class PurgeTask:
+    purge_id: str
+    room_id: str
+    # active, complete, failed (Synapse's words).
+    status: str = "active"
+    error: str | None = None
+    finished_ts: int | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.status == "active"
+
+
+class AdminRoomsHandler:
+    def __init__(
+        self,
+        server_name: str,
+        clock: Clock,
+        store: RoomAdminStore,
+        events: EventStore,
+        state: StateStore,
+        rooms: RoomStore,
+        aliases: AliasStore,
+        directory: RoomDirectoryStore,
+        contents: StateContents,
+        serializer: EventSerializer,
+        messages: MessagesHandler,
+        membership: MembershipHandler,
+        room_creation: RoomCreationHandler,
+        creator: EventCreator,
+        audit: AdminAudit,
+    ) -> None:
+        self._server_name = server_name
+        self._clock = clock
+        self._store = store
+        self._events = events
+        self._state = state
+        self._rooms = rooms
+        self._aliases = aliases
+        self._directory = directory
+        self._contents = contents
+        self._serializer = serializer
+        self._messages = messages
+        self._membership = membership
+        self._room_creation = room_creation
+        self._creator = creator
+        self._audit = audit
+        # The deletes this process ran or runs, by ID (kept a day after they finish; lost
+        # on restart, as Synapse's were before its task scheduler).
+        self._deletes: dict[str, DeleteTask] = {}
+        # History purges, likewise.
+        self._purges: dict[str, PurgeTask] = {}
+        # Called with the user ID of each local user whose membership of a purged room was
+        # removed (caches of the user's rooms must drop their copy).
+        self.purge_listeners: list[Callable[[str], None]] = []
+
+    # ----- looking rooms up ------------------------------------------------------------
+
+    async def _require_figures(self, room_id: str) -> RoomFigures:
+        check_room_id(room_id)
+        figures = await self._store.room_figures(self._server_name, room_id)
+        if figures is None:
+            raise MatrixError(404, Codes.NOT_FOUND, "Room not found")
+        return figures
+
+    async def require_room(self, room_id: str) -> None:
+        await self._require_figures(room_id)
+
+    async def _describe(self, rooms: list[RoomFigures]) -> list[dict[str, Any]]:
+        ids = [eid for figures in rooms for eid in figures.state_ids.values()]
+        contents = await self._contents.contents_of(ids)
+        return [_describe(figures, contents) for figures in rooms]
+
+    # ----- reading -----------------------------------------------------------------------
+
+    async def list_rooms(
+        self, query: RoomQuery, offset: int, limit: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page of the room list and how many rooms the query matches in all. Sorted
+        in memory from a summary of every room: an admin's occasional read, not a hot path."""
+        described = await self._describe(await self._store.all_room_figures(self._server_name))
+        matching = [room for room in described if _matches(room, query)]
+        column, largest_first = ORDER_BY[query.order_by]
+        descending = largest_first != query.backwards
+        # Rooms without the value last either way, ties by room ID, as a stable order.
+        matching.sort(key=lambda room: room["room_id"])
+        present = [room for room in matching if room.get(column) is not None]
+        absent = [room for room in matching if room.get(column) is None]
+        present.sort(key=lambda room: room[column], reverse=descending)
+        ordered = present + absent
+        return ordered[offset : offset + limit], len(ordered)
+
+    async def room_details(self, room_id: str) -> dict[str, Any]:
+        figures = await self._require_figures(room_id)
+        (details,) = await self._describe([figures])
+        contents = await self._contents.contents_of(list(figures.state_ids.values()))
+
+        def content(event_type: str) -> Mapping[str, Any]:
+            event_id = figures.state_ids.get(event_type)
+            return contents.get(event_id, {}) if event_id is not None else {}
+
+        tombstone = content(TOMBSTONE)
+        replacement = tombstone.get("replacement_room")
+        details.update(
+            topic=_text(content(TOPIC).get("topic")),
+            avatar=_text(content(AVATAR).get("url")),
+            joined_local_devices=await self._store.local_devices_in_room(room_id),
+            forgotten=await self._store.forgotten_by_all_local_users(self._server_name, room_id),
+            tombstoned=TOMBSTONE in figures.state_ids,
+            replacement_room=replacement if isinstance(replacement, str) else None,
+        )
+        return details
+
+    async def members(self, room_id: str) -> list[str]:
+        await self.require_room(room_id)
+        return sorted(await self._state.get_current_members(room_id, "join"))
+
+    async def state(self, room_id: str, event_type: str | None) -> list[dict[str, Any]]:
+        await self.require_room(room_id)
+        ids = await self._state.get_current_state_ids(room_id)
+        wanted = [eid for key, eid in ids.items() if event_type is None or key[0] == event_type]
+        stored = await self._events.get_stored_events(wanted)
+        return await self._serializer.serialize(
+            [stored[eid] for eid in wanted if eid in stored]
+        )
+
+    async def messages(
+        self,
+        admin: Requester,
+        room_id: str,
+        direction: str,
+        from_token: str | None,
+        to_token: str | None,
+        limit: int,
+        event_filter: RoomEventFilter,
+    ) -> dict[str, Any]:
+        await self.require_room(room_id)
+        return await self._messages.get_messages(
+            admin, room_id, direction, from_token, to_token, limit, event_filter, as_admin=True
+        )
+
+    async def forward_extremities(self, room_id: str) -> list[dict[str, Any]]:
+        await self.require_room(room_id)
+        found = await self._store.forward_extremities(room_id)
+        stored = await self._events.get_stored_events([eid for eid, _, _ in found])
+        return [
+            {
+                "event_id": event_id,
+                "state_group": group,
+                "depth": depth,
+                # Heddle keeps no receive time; the sender's timestamp stands in.
+                "received_ts": stored[event_id].event.origin_server_ts
+                if event_id in stored
+                else None,
+            }
+            for event_id, group, depth in found
+        ]
+
+    # ----- make room admin ---------------------------------------------------------------
+
+    async def make_room_admin(self, admin: Requester, room_id: str, user_id: str) -> None:
+        """Give `user_id` (local) the highest power level a joined local member has, sent as
+        that member; invite the user first unless they are joined or the room is public.
+        400 if no joined local member may change the power levels."""
+        await self.require_room(room_id)
+        _, server = split_user_id(user_id)
+        if server != self._server_name:
+            raise MatrixError(400, Codes.INVALID_PARAM, "Only local users can be admins of rooms")
+        room_version = await self._events.get_room_version(room_id)
+        assert room_version is not None
+        ids = {}
+        for key in ((CREATE, ""), (POWER_LEVELS, "")):
+            event_id = await self._state.get_current_state_event_id(room_id, *key)
+            if event_id is not None:
+                ids[key] = event_id
+        loaded = await self._events.get_events(ids.values())
+        state = {key: loaded[eid] for key, eid in ids.items() if eid in loaded}
+        needed = required_power_level(POWER_LEVELS, True, state, room_version)
+        joined = await self._state.get_current_members(room_id, "join")
+        candidates = sorted(
+            (
+                (user_power_level(member, state, room_version), member)
+                for member in joined
+                if split_user_id(member)[1] == self._server_name
+            ),
+            key=lambda pair: (-pair[0], pair[1]),
+        )
+        if not candidates or candidates[0][0] < needed:
+            raise MatrixError(400, Codes.UNKNOWN, "No local admin user in room")
+        level, acting = candidates[0]
+        power_levels = state.get((POWER_LEVELS, ""))
+        content = dict(power_levels.content) if power_levels is not None else {}
+        users = dict(content.get("users") or {})
+        if level == INFINITE_POWER:
+            # A room v12 creator: no level stands for theirs; the highest listed one (at
+            # least 100) is the most another user can be given.
+            numbers = [v for v in users.values() if isinstance(v, int)]
+            level = max([100, *numbers])
+        if user_id not in joined:
+            rules = await self._contents.current_contents(room_id, [JOIN_RULES])
+            if rules.get(JOIN_RULES, {}).get("join_rule") != "public":
+                await self._membership.invite(_acting_as(acting), room_id, user_id)
+        if acting != user_id and not (
+            room_version.room_id_is_create_hash
+            and user_power_level(user_id, state, room_version) == INFINITE_POWER
+        ):
+            users[user_id] = int(level)
+            content["users"] = users
+            await self._creator.send(room_id, acting, POWER_LEVELS, content, state_key="")
+        await self._audit.record(
+            admin.user_id, "make_room_admin", room_id, {"user_id": user_id, "level": int(level)}
+        )
+
+    # ----- blocking ----------------------------------------------------------------------
+
+    async def get_block(self, room_id: str) -> str | None:
+        check_room_id(room_id)
+        return await self._store.get_block(room_id)
+
+    async def set_block(self, admin: Requester, room_id: str, block: bool) -> None:
+        """Block or unblock; a room unknown to this server can be blocked too."""
+        check_room_id(room_id)
+        await self._store.set_block(
+            room_id, admin.user_id if block else None, self._clock.time_msec()
+        )
+        await self._audit.record(
+            admin.user_id, "block_room" if block else "unblock_room", room_id
+        )
+
+    # ----- deleting ----------------------------------------------------------------------
+
+    async def start_delete(
+        self, admin: Requester, room_id: str, params: DeleteParams
+    ) -> str:
+        """Start deleting the room in the background; its delete ID. 400 if a delete of
+        the room is already under way (as Synapse)."""
+        await self.require_room(room_id)
+        if params.new_room_user_id is not None:
+            _, server = split_user_id(params.new_room_user_id)
+            if server != self._server_name:
+                raise MatrixError(
+                    400, Codes.INVALID_PARAM, "User must be our own: new_room_user_id"
+                )
+        self._forget_old_deletes()
+        # No await between this check and registering the task: two requests cannot both
+        # pass it.
+        if self._busy(room_id):
+            # M_UNKNOWN, as Synapse answers it.
+            raise MatrixError(
+                400, Codes.UNKNOWN, f"History purge already in progress for {room_id}"
+            )
+        task = DeleteTask(delete_id=secrets.token_urlsafe(12), room_id=room_id)
+        self._deletes[task.delete_id] = task
+        await self._audit.record(
+            admin.user_id,
+            "delete_room",
+            room_id,
+            {
+                "delete_id": task.delete_id,
+                "new_room_user_id": params.new_room_user_id,
+                "block": params.block,
+                "purge": params.purge,
+                "force_purge": params.force_purge,
+            },
+        )
+        defer.ensureDeferred(self._run_delete(admin, task, params))
+        return task.delete_id
+
+    def delete_status(self, delete_id: str) -> DeleteTask:
+        self._forget_old_deletes()
+        task = self._deletes.get(delete_id)
+        if task is None:
+            raise MatrixError(404, Codes.NOT_FOUND, "delete id not found")
+        return task
+
+    def delete_statuses(self, room_id: str) -> list[DeleteTask]:
+        check_room_id(room_id)
+        self._forget_old_deletes()
+        found = [t for t in self._deletes.values() if t.room_id == room_id]
+        if not found:
+            raise MatrixError(404, Codes.NOT_FOUND, "No delete task for room_id found")
+        return found
+
+    def _forget_old_deletes(self) -> None:
+        oldest = self._clock.time_msec() - DELETE_STATUS_KEPT_MS
+        for delete_id, task in list(self._deletes.items()):
+            if task.finished_ts is not None and task.finished_ts < oldest:
+                del self._deletes[delete_id]
+        for purge_id, purge in list(self._purges.items()):
+            if purge.finished_ts is not None and purge.finished_ts < oldest:
+                del self._purges[purge_id]
+
+    def _busy(self, room_id: str) -> bool:
+        """Whether a delete or a history purge of the room is under way."""
+        return any(t.room_id == room_id and t.running for t in self._deletes.values()) or any(
+            p.room_id == room_id and p.running for p in self._purges.values()
+        )
+
+    # ----- purging history -------------------------------------------------------------
+
+    async def start_purge_history(
+        self,
+        admin: Requester,
+        room_id: str,
+        event_id: str | None,
+        ts: int | None,
+        delete_local_events: bool,
+    ) -> str:
+        """Start deleting the room's history before `event_id` (or the last event sent
+        before `ts`) in the background; the purge ID."""
+        await self.require_room(room_id)
+        if event_id is not None:
+            stored = await self._events.get_stored_event(event_id)
+            if stored is None or stored.event.room_id != room_id:
+                raise MatrixError(404, Codes.NOT_FOUND, "Event not found in this room")
+            depth = stored.topological_ordering
+        elif ts is not None:
+            found = await self._store.depth_before_ts(room_id, ts)
+            if found is None:
+                raise MatrixError(404, Codes.NOT_FOUND, "There is no event to be purged")
+            depth = found
+        else:
+            raise MatrixError(
+                400, Codes.BAD_JSON, "must specify purge_up_to_event_id or purge_up_to_ts"
+            )
+        self._forget_old_deletes()
+        if self._busy(room_id):
+            raise MatrixError(
+                400, Codes.UNKNOWN, f"History purge already in progress for {room_id}"
+            )
+        purge = PurgeTask(purge_id=secrets.token_urlsafe(12), room_id=room_id)
+        self._purges[purge.purge_id] = purge
+        await self._audit.record(
+            admin.user_id,
+            "purge_history",
+            room_id,
+            {
+                "purge_id": purge.purge_id,
+                "below_depth": depth,
+                "delete_local_events": delete_local_events,
+            },
+        )
+        defer.ensureDeferred(self._run_purge_history(purge, depth, delete_local_events))
+        return purge.purge_id
+
+    def purge_history_status(self, purge_id: str) -> PurgeTask:
+        self._forget_old_deletes()
+        purge = self._purges.get(purge_id)
+        if purge is None:
+            raise MatrixError(404, Codes.NOT_FOUND, "purge id not found")
+        return purge
+
+    async def _run_purge_history(
+        self, purge: PurgeTask, depth: int, delete_local_events: bool
+    ) -> None:
+        keep = None if delete_local_events else self._server_name
+        try:
+            while batch := await self._store.purge_history_batch(purge.room_id, depth, keep):
+                self._events.forget_room(purge.room_id, batch)
+            purge.status = "complete"
+        except Exception as e:
+            logger.exception("Purging the history of %s failed", purge.room_id)
+            purge.status = "failed"
+            purge.error = str(e) or type(e).__name__
+        finally:
+            purge.finished_ts = self._clock.time_msec()
+
+    async def _run_delete(self, admin: Requester, task: DeleteTask, params: DeleteParams) -> None:
+        task.status = "active"
+        try:
+            await self._shut_down(admin, task, params)
+            if params.purge:
+                await self._purge(task.room_id, params.force_purge)
+            task.status = "complete"
+            logger.info("Deleted room %s (%s)", task.room_id, task.delete_id)
+        except Exception as e:
+            # Any failure ends the task with its reason on record, never a lost Deferred.
+            logger.exception("Deleting room %s failed", task.room_id)
+            task.status = "failed"
+            task.error = e.message if isinstance(e, MatrixError) else str(e) or type(e).__name__
+        finally:
+            task.finished_ts = self._clock.time_msec()
+
+    async def _shut_down(self, admin: Requester, task: DeleteTask, params: DeleteParams) -> None:
+        room_id = task.room_id
+        if params.block:
+            await self._store.set_block(room_id, admin.user_id, self._clock.time_msec())
+        new_room_id = None
+        if params.new_room_user_id is not None:
+            new_room_id = await self._new_room(params)
+            task.new_room_id = new_room_id
+        # Published no more, so nobody finds it while the members are being removed.
+        await self._directory.set_visibility(room_id, False)
+        local = [
+            user_id
+            for membership in ("join", "invite", "knock")
+            for user_id in await self._state.get_current_members(room_id, membership)
+            if split_user_id(user_id)[1] == self._server_name
+        ]
+        joined = set(await self._state.get_current_members(room_id, "join"))
+        for user_id in sorted(set(local)):
+            as_user = _acting_as(user_id)
+            try:
+                await self._membership.leave(as_user, room_id)
+                task.kicked_users.append(user_id)
+                if new_room_id is not None and user_id in joined and user_id != params.new_room_user_id:
+                    assert params.new_room_user_id is not None
+                    await self._membership.invite(
+                        _acting_as(params.new_room_user_id), new_room_id, user_id
+                    )
+                    await self._membership.join(as_user, new_room_id)
+            except MatrixError as e:
+                logger.warning("Could not remove %s from %s: %s", user_id, room_id, e.message)
+                task.failed_to_kick_users.append(user_id)
+        if new_room_id is not None:
+            task.local_aliases = await self._store.move_aliases(room_id, new_room_id)
+        else:
+            task.local_aliases = await self._aliases.get_aliases_for_room(room_id)
+            for alias in task.local_aliases:
+                await self._aliases.delete_alias(alias)
+
+    async def _new_room(self, params: DeleteParams) -> str:
+        assert params.new_room_user_id is not None
+        owner = _acting_as(params.new_room_user_id)
+        room_id = await self._room_creation.create_room(
+            owner,
+            RoomSpec(
+                preset="public_chat",
+                name=params.room_name or DEFAULT_NEW_ROOM_NAME,
+                # Those moved here may read, not speak (Synapse's choice).
+                power_level_content_override={"users_default": -10},
+            ),
+        )
+        await self._creator.send(
+            room_id,
+            owner.user_id,
+            "m.room.message",
+            {"msgtype": "m.text", "body": params.message or DEFAULT_NEW_ROOM_MESSAGE},
+        )
+        return room_id
+
+    async def _purge(self, room_id: str, force: bool) -> None:
+        """Remove the room from the database, a bounded batch per transaction."""
+        joined = await self._state.get_current_members(room_id, "join")
+        local_joined = [u for u in joined if split_user_id(u)[1] == self._server_name]
+        if local_joined and not force:
+            raise MatrixError(
+                400, Codes.UNKNOWN, f"Users are still joined to this room: {local_joined}"
+            )
+        had_membership = [
+            user_id
+            for user_id in await self._state.get_current_members(room_id, None)
+            if split_user_id(user_id)[1] == self._server_name
+        ]
+        # The room's row and aliases first: from then on the room is unknown here, so
+        # nothing (a remote server's event, a join) adds to it while the batches run.
+        await self._store.purge_room_start(room_id)
+        self._events.forget_room(room_id, ())
+        purged: list[str] = []
+        while batch := await self._store.purge_event_batch(room_id):
+            purged.extend(batch)
+        while await self._store.purge_state_group_batch(room_id):
+            pass
+        while await self._store.purge_room_row_batch(room_id):
+            pass
+        self._events.forget_room(room_id, purged)
+        # Other processes drop their copy of the room's current state too.
+        self._state.current_state_replaced(room_id)
+        for user_id in had_membership:
+            for listener in self.purge_listeners:
+                listener(user_id)
+
+
+def _acting_as(user_id: str) -> Requester:
+    return Requester(
+        user_id=user_id, device_id="", token_id="", is_admin=False, ratelimit_override=_NO_LIMIT
+    )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _describe(figures: RoomFigures, contents: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    def content(event_type: str) -> Mapping[str, Any]:
+        event_id = figures.state_ids.get(event_type)
+        return contents.get(event_id, {}) if event_id is not None else {}
+
+    create = content(CREATE)
+    federate = create.get("m.federate", True)
+    room_type = create.get("type")
+    return {
+        "room_id": figures.room_id,
+        "name": _text(content(NAME).get("name")),
+        "canonical_alias": _text(content(CANONICAL_ALIAS).get("alias")),
+        "joined_members": figures.joined_members,
+        "joined_local_members": figures.joined_local_members,
+        "version": figures.room_version,
+        "creator": figures.creator,
+        "encryption": _text(content(ENCRYPTION).get("algorithm")),
+        "federatable": federate if isinstance(federate, bool) else True,
+        "public": figures.is_public,
+        "join_rules": _text(content(JOIN_RULES).get("join_rule")),
+        "guest_access": _text(content(GUEST_ACCESS).get("guest_access")),
+        "history_visibility": _text(content(HISTORY_VISIBILITY).get("history_visibility")),
+        "state_events": figures.state_events,
+        "room_type": _text(room_type),
+    }
+
+
+def _matches(room: dict[str, Any], query: RoomQuery) -> bool:
+    if query.public_rooms is not None and room["public"] != query.public_rooms:
+        return False
+    if query.empty_rooms is not None and (room["joined_members"] == 0) != query.empty_rooms:
+        return False
+    term = query.search_term
+    if not term:
+        return True
+    lowered = term.lower()
+    name = room["name"] or ""
+    alias = room["canonical_alias"] or ""
+    alias_localpart = alias[1:].split(":", 1)[0]
+    # The name and the alias's localpart ignore case; the room ID does not (as Synapse).
+    return lowered in name.lower() or lowered in alias_localpart.lower() or term in room["room_id"]
+
