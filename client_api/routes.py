@@ -33,6 +33,7 @@ from client_api.servlets import (
     typing,
 )
 from client_api.servlets.admin import register as admin_register
+from client_api.servlets.admin import registration_tokens as admin_registration_tokens
 from client_api.servlets.admin import users as admin_users
 
 if TYPE_CHECKING:
@@ -85,6 +86,9 @@ CLIENT_SERVLETS = [
     admin_users.LockServlet,
     admin_users.SuspendServlet,
     admin_users.SynapseSuspendServlet,
+    admin_registration_tokens.RegistrationTokensServlet,
+    admin_registration_tokens.NewRegistrationTokenServlet,
+    admin_registration_tokens.RegistrationTokenServlet,
     sync.SyncServlet,
     rooms.CreateRoomServlet,
     rooms.SendEventServlet,

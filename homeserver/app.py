@@ -198,6 +198,7 @@ class HomeServer:
         self.admin_audit = admin.audit
         self.admin_audit_store = stores.admin_audit_store
         self.admin_users = admin.users
+        self.registration_token_store = stores.registration_token_store
 
         self.ports: list[Any] = []
         self._uia_cleanup: task.LoopingCall | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from homeserver.admin.audit import AdminAudit
+from homeserver.admin.registration_tokens import AdminRegistrationTokensHandler
 from homeserver.admin.users import AdminUsersHandler
 from homeserver.areas.auth import Auth
 from homeserver.areas.core import Core
@@ -17,6 +18,7 @@ from homeserver.areas.stores import Stores
 class Admin:
     audit: AdminAudit
     users: AdminUsersHandler
+    registration_tokens: AdminRegistrationTokensHandler
 
 
 def build_admin(core: Core, stores: Stores, auth: Auth, rooms: Rooms) -> Admin:
@@ -36,4 +38,7 @@ def build_admin(core: Core, stores: Stores, auth: Auth, rooms: Rooms) -> Admin:
         rooms.membership,
         audit,
     )
-    return Admin(audit=audit, users=users)
+    registration_tokens = AdminRegistrationTokensHandler(
+        core.clock, stores.registration_token_store, audit
+    )
+    return Admin(audit=audit, users=users, registration_tokens=registration_tokens)

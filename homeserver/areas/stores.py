@@ -31,6 +31,7 @@ from storage.stores.profiles import ProfileStore
 from storage.stores.push_actions import PushActionStore
 from storage.stores.pushers import PusherStore
 from storage.stores.receipts import ReceiptStore
+from storage.stores.registration_tokens import RegistrationTokenStore
 from storage.stores.relations import RelationStore
 from storage.stores.room_keys import RoomKeysStore
 from storage.stores.rooms import RoomStore
@@ -73,6 +74,7 @@ class Stores:
     push_action_store: PushActionStore
     admin_audit_store: AdminAuditStore
     user_admin_store: UserAdminStore
+    registration_token_store: RegistrationTokenStore
 
 
 def build_stores(db: Database, replication: Replication) -> Stores:
@@ -151,4 +153,5 @@ def build_stores(db: Database, replication: Replication) -> Stores:
         push_action_store=PushActionStore(db),
         admin_audit_store=AdminAuditStore(db),
         user_admin_store=UserAdminStore(db),
+        registration_token_store=RegistrationTokenStore(db),
     )
