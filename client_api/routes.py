@@ -32,6 +32,7 @@ from client_api.servlets import (
     to_device,
     typing,
 )
+from client_api.servlets.admin import media as admin_media
 from client_api.servlets.admin import register as admin_register
 from client_api.servlets.admin import registration_tokens as admin_registration_tokens
 from client_api.servlets.admin import users as admin_users
@@ -89,6 +90,14 @@ CLIENT_SERVLETS = [
     admin_registration_tokens.RegistrationTokensServlet,
     admin_registration_tokens.NewRegistrationTokenServlet,
     admin_registration_tokens.RegistrationTokenServlet,
+    admin_media.UserMediaServlet,
+    admin_media.QuarantineMediaServlet,
+    admin_media.QuarantineRoomMediaServlet,
+    admin_media.QuarantineUserMediaServlet,
+    admin_media.ProtectMediaServlet,
+    admin_media.DeleteOldMediaServlet,
+    admin_media.DeleteMediaServlet,
+    admin_media.PurgeMediaCacheServlet,
     sync.SyncServlet,
     rooms.CreateRoomServlet,
     rooms.SendEventServlet,

@@ -194,7 +194,7 @@ class HomeServer:
         self.federation_membership = federation.membership
         self.federation_transactions = federation.transactions
 
-        admin = self.admin = build_admin(core, stores, auth, rooms)
+        admin = self.admin = build_admin(core, stores, auth, rooms, media)
         self.admin_audit = admin.audit
         self.admin_audit_store = stores.admin_audit_store
         self.admin_users = admin.users

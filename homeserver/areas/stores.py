@@ -26,6 +26,7 @@ from storage.stores.federation_events import FederationEventStore
 from storage.stores.federation_queue import FederationQueueStore
 from storage.stores.filters import FilterStore
 from storage.stores.media import MediaStore
+from storage.stores.media_admin import MediaAdminStore
 from storage.stores.presence import PresenceStore
 from storage.stores.profiles import ProfileStore
 from storage.stores.push_actions import PushActionStore
@@ -75,6 +76,7 @@ class Stores:
     admin_audit_store: AdminAuditStore
     user_admin_store: UserAdminStore
     registration_token_store: RegistrationTokenStore
+    media_admin_store: MediaAdminStore
 
 
 def build_stores(db: Database, replication: Replication) -> Stores:
@@ -154,4 +156,5 @@ def build_stores(db: Database, replication: Replication) -> Stores:
         admin_audit_store=AdminAuditStore(db),
         user_admin_store=UserAdminStore(db),
         registration_token_store=RegistrationTokenStore(db),
+        media_admin_store=MediaAdminStore(db),
     )

@@ -12,6 +12,8 @@ CREATE TABLE registration_tokens (
     expiry_time BIGINT
 );
 
--- Media an admin protected: quarantining a room's or a user's media passes it by.
+-- Which admin quarantined the media (set with `quarantined`, which is what downloads read).
+ALTER TABLE media ADD COLUMN quarantined_by TEXT;
+-- Media an admin protected: quarantining passes it by.
 ALTER TABLE media ADD COLUMN safe_from_quarantine BOOLEAN NOT NULL DEFAULT FALSE;
 CREATE INDEX media_created_ts ON media (server_name, created_ts);
