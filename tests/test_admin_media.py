@@ -243,6 +243,34 @@ class QuarantineTests(MediaAdminTestCase):
             [(admin.user_id, "quarantine_media"), (admin.user_id, "unquarantine_media")],
         )
 
+    async def test_quarantine_covers_the_same_contents_under_other_ids(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        data = jpeg(colour=140)
+        first = await self.upload(alice, data)
+        copy = await self.upload(bob, data)
+        other = await self.upload(bob, jpeg(colour=10))
+        await self.admin_ok(admin, "POST", f"/v1/media/quarantine/{SERVER_NAME}/{first}", {})
+        self.assertEqual(await self.download_code(bob, copy), 404)
+        self.assertEqual(await self.download_code(bob, other), 200)
+        # Uploading the bytes again does not get them served under a new ID.
+        again = await self.upload(bob, data)
+        self.assertEqual(await self.download_code(bob, again), 404)
+        r = await self.request("POST", "/_matrix/media/v1/create", {}, token=bob.token)
+        self.assertEqual(r.code, 200, r)
+        pending = r.json["content_uri"].split("/")[-1]
+        r = await self.request(
+            "PUT", f"{MEDIA}/upload/{SERVER_NAME}/{pending}", raw=data, token=bob.token,
+            headers={"Content-Type": "image/jpeg"},
+        )
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(await self.download_code(bob, pending), 404)
+        # Releasing it releases every copy.
+        await self.admin_ok(admin, "POST", f"/v1/media/unquarantine/{SERVER_NAME}/{first}", {})
+        for media_id in (first, copy, again, pending):
+            self.assertEqual(await self.download_code(bob, media_id), 200)
+
     async def test_cached_remote_media_can_be_quarantined(self):
         admin = await self.make_admin()
         alice = await self.user("alice")
@@ -415,7 +443,7 @@ class DeleteMediaTests(MediaAdminTestCase):
         admin = await self.make_admin()
         alice = await self.user("alice")
         avatar = await self.upload(alice, jpeg(colour=200))
-        room_avatar = await self.upload(alice, jpeg(colour=201))
+        room_avatar = await self.upload(alice, jpeg(colour=120))
         room_id = await self.create_room(alice)
         r = await self.request(
             "PUT", f"/_matrix/client/v3/profile/{q(alice.user_id)}/avatar_url",

@@ -71,8 +71,8 @@ class MediaAdminStore:
         return await self._db.run_interaction("admin_user_media", txn_fn)
 
     async def set_quarantined(self, server_name: str, media_id: str, by: str | None) -> bool:
-        """Quarantine (by `by`) or release the media; False if there is no such media.
-        Protected media is not quarantined (but is still found)."""
+        """Quarantine (by `by`) or release the media, and every other media with the same
+        contents; False if there is no such media."""
 
         def txn_fn(txn: Transaction) -> bool:
             if txn.select_one(
@@ -80,51 +80,29 @@ class MediaAdminStore:
                 (server_name, media_id),
             ) is None:
                 return False
-            if by is None:
-                txn.execute(
-                    "UPDATE media SET quarantined = ?, quarantined_by = NULL"
-                    " WHERE server_name = ? AND media_id = ?",
-                    (False, server_name, media_id),
-                )
-            else:
-                txn.execute(
-                    "UPDATE media SET quarantined = ?, quarantined_by = ?"
-                    " WHERE server_name = ? AND media_id = ? AND NOT safe_from_quarantine",
-                    (True, by, server_name, media_id),
-                )
+            _quarantine_txn(txn, [(server_name, media_id)], by)
             return True
 
         return await self._db.run_interaction("set_media_quarantined", txn_fn)
 
     async def quarantine_user_media(self, user_id: str, by: str) -> int:
-        """Quarantine every unprotected item `user_id` uploaded; how many were."""
+        """Quarantine what `user_id` uploaded (and the same contents elsewhere); how many
+        items were."""
 
         def txn_fn(txn: Transaction) -> int:
-            txn.execute(
-                "UPDATE media SET quarantined = ?, quarantined_by = ?"
-                " WHERE user_id = ? AND NOT safe_from_quarantine AND NOT quarantined",
-                (True, by, user_id),
+            rows = txn.select_all(
+                "SELECT server_name, media_id FROM media WHERE user_id = ?", (user_id,)
             )
-            return max(txn.rowcount, 0)
+            return _quarantine_txn(txn, [(row[0], row[1]) for row in rows], by)
 
         return await self._db.run_interaction("quarantine_user_media", txn_fn)
 
     async def quarantine_many(self, media: list[tuple[str, str]], by: str) -> int:
-        """Quarantine these (server name, media ID) pairs where unprotected; how many were."""
-
-        def txn_fn(txn: Transaction) -> int:
-            count = 0
-            for server_name, media_id in media:
-                txn.execute(
-                    "UPDATE media SET quarantined = ?, quarantined_by = ?"
-                    " WHERE server_name = ? AND media_id = ?"
-                    " AND NOT safe_from_quarantine AND NOT quarantined",
-                    (True, by, server_name, media_id),
-                )
-                count += max(txn.rowcount, 0)
-            return count
-
-        return await self._db.run_interaction("quarantine_media_list", txn_fn)
+        """Quarantine these (server name, media ID) pairs (and the same contents elsewhere);
+        how many items were."""
+        return await self._db.run_interaction(
+            "quarantine_media_list", lambda txn: _quarantine_txn(txn, media, by)
+        )
 
     async def set_protected(self, server_name: str, media_id: str, safe: bool) -> bool:
         def txn_fn(txn: Transaction) -> bool:
@@ -232,6 +210,41 @@ class MediaAdminStore:
             return DeletedMedia(deleted, [k for k in sorted(candidates) if _unused(txn, k)])
 
         return await self._db.run_interaction("delete_media", txn_fn)
+
+
+def _quarantine_txn(txn: Transaction, media: list[tuple[str, str]], by: str | None) -> int:
+    """Quarantine (`by` set) or release the media and every media with the same contents,
+    as Synapse does: a re-upload of quarantined bytes must not serve them under a new ID.
+    Protected media is never quarantined. Returns how many items changed."""
+    quarantine = by is not None
+    # Quarantining passes protected media by; releasing does not need to.
+    unprotected = " AND NOT safe_from_quarantine" if quarantine else ""
+    changing = " AND NOT quarantined" if quarantine else " AND quarantined"
+    hashes: set[str] = set()
+    changed = 0
+    for server_name, media_id in media:
+        row = txn.select_one(
+            f"SELECT sha256 FROM media WHERE server_name = ? AND media_id = ?{unprotected}",
+            (server_name, media_id),
+        )
+        if row is None:
+            continue
+        if row[0] is not None:
+            hashes.add(row[0])
+        txn.execute(
+            "UPDATE media SET quarantined = ?, quarantined_by = ?"
+            f" WHERE server_name = ? AND media_id = ?{unprotected}{changing}",
+            (quarantine, by, server_name, media_id),
+        )
+        changed += max(txn.rowcount, 0)
+    for sha256 in sorted(hashes):
+        txn.execute(
+            f"UPDATE media SET quarantined = ?, quarantined_by = ? WHERE sha256 = ?"
+            f"{unprotected}{changing}",
+            (quarantine, by, sha256),
+        )
+        changed += max(txn.rowcount, 0)
+    return changed
 
 
 def _unused(txn: Transaction, key: str) -> bool:
