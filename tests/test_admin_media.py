@@ -198,6 +198,17 @@ class UserMediaListTests(MediaAdminTestCase):
         page += [m["media_id"] for m in r.json["media"]]
         self.assertEqual(page, sorted(ids))
 
+    async def test_missing_names_sort_first_on_both_engines(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        named = await self.upload(alice, b"named", "text/plain", "b.txt")
+        unnamed = await self.upload(alice, b"unnamed", "text/plain")
+        path = f"/v1/users/{q(alice.user_id)}/media"
+        r = await self.admin_get(admin, path, order_by="upload_name")
+        self.assertEqual([m["media_id"] for m in r.json["media"]], [unnamed, named])
+        r = await self.admin_get(admin, path, order_by="upload_name", dir="b")
+        self.assertEqual([m["media_id"] for m in r.json["media"]], [named, unnamed])
+
     async def test_bad_parameters(self):
         admin = await self.make_admin()
         alice = await self.user("alice")

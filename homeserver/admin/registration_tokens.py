@@ -4,6 +4,7 @@ an admin asks for, and recording each change. The tokens work in the
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 from typing import Any
@@ -19,6 +20,13 @@ DEFAULT_TOKEN_LENGTH = 16
 _TOKEN = re.compile(r"[A-Za-z0-9._~-]{1,64}")
 # Not set in a request: leave the field as it is.
 _OMITTED = object()
+
+
+def audit_target(token: str) -> str:
+    """How the audit log and server log name a token: by a hash prefix, as the token itself
+    lets anyone register (logs never hold secrets). An admin who knows the token can find
+    its entries with the same hash."""
+    return "registration_token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
 def _is_int(value: Any) -> bool:
@@ -71,13 +79,16 @@ class AdminRegistrationTokensHandler:
                     f"length must be an integer from 1 to {MAX_TOKEN_LENGTH}",
                 )
             # A random token can collide with an existing one: try a few.
-            for _ in range(5):
+            for _ in range(10):
                 token = "".join(secrets.choice(TOKEN_CHARACTERS) for _ in range(length))
                 if await self._store.create_token(token, uses_allowed, expiry_time):
                     break
             else:
+                # Only likely when most tokens of a very short length exist already.
                 raise MatrixError(
-                    500, Codes.UNKNOWN, "Could not generate a unique token; try a longer one"
+                    400,
+                    Codes.INVALID_PARAM,
+                    "Could not generate an unused token of this length; ask for a longer one",
                 )
         else:
             if not isinstance(token, str) or not _TOKEN.fullmatch(token):
@@ -89,12 +100,10 @@ class AdminRegistrationTokensHandler:
             if not await self._store.create_token(token, uses_allowed, expiry_time):
                 raise MatrixError(400, Codes.INVALID_PARAM, f"Token already exists: {token}")
         created = await self.get_token(token)
-        # The token is what grants registration: the audit log names it (as it names the
-        # target of every action) but it is the admin's own secret to hand out, not a user's.
         await self._audit.record(
             admin,
             "create_registration_token",
-            token,
+            audit_target(token),
             {"uses_allowed": uses_allowed, "expiry_time": expiry_time},
         )
         return created
@@ -109,10 +118,12 @@ class AdminRegistrationTokensHandler:
         if updated is None:
             raise MatrixError(404, Codes.NOT_FOUND, f"No such registration token: {token}")
         if changes:
-            await self._audit.record(admin, "update_registration_token", token, dict(changes))
+            await self._audit.record(
+                admin, "update_registration_token", audit_target(token), dict(changes)
+            )
         return updated
 
     async def delete_token(self, admin: str, token: str) -> None:
         if not await self._store.delete_token(token):
             raise MatrixError(404, Codes.NOT_FOUND, f"No such registration token: {token}")
-        await self._audit.record(admin, "delete_registration_token", token)
+        await self._audit.record(admin, "delete_registration_token", audit_target(token))

@@ -51,7 +51,8 @@ class MediaAdminStore:
         """A page of the media `user_id` uploaded (IDs not yet used are left out), and how
         many there are in all. Ties are broken by media ID, ascending, for a stable order."""
         column = ORDER_COLUMNS[order_by]
-        direction = "DESC" if descending else "ASC"
+        # NULLs (no upload name, never quarantined) sort as the smallest on both engines.
+        direction = "DESC NULLS LAST" if descending else "ASC NULLS FIRST"
 
         def txn_fn(txn: Transaction) -> tuple[list[MediaListing], int]:
             where = "WHERE user_id = ? AND sha256 IS NOT NULL"
