@@ -36,6 +36,8 @@ def media_paths(user_id: str, room_id: str, media_id: str) -> list[tuple[str, st
     s, u = SERVER_NAME, q(user_id)
     return [
         ("GET", f"{ADMIN}/v1/users/{u}/media", None),
+        ("GET", f"{ADMIN}/v1/media/{s}/{media_id}", None),
+        ("GET", f"{ADMIN}/v1/room/{q(room_id)}/media", None),
         ("POST", f"{ADMIN}/v1/media/quarantine/{s}/{media_id}", {}),
         ("POST", f"{ADMIN}/v1/media/unquarantine/{s}/{media_id}", {}),
         ("POST", f"{ADMIN}/v1/room/{q(room_id)}/media/quarantine", {}),
@@ -134,6 +136,9 @@ class MediaAdminAccessTests(MediaAdminTestCase):
             self.assertError(r, 404, "M_NOT_FOUND")
         r = await self.admin_call(admin, "DELETE", f"/v1/media/{SERVER_NAME}/{UNKNOWN_ID}")
         self.assertError(r, 404, "M_NOT_FOUND")
+        for server in (SERVER_NAME, REMOTE_SERVER):
+            r = await self.admin_get(admin, f"/v1/media/{server}/{UNKNOWN_ID}")
+            self.assertError(r, 404, "M_NOT_FOUND")
         self.assertEqual(await self.hs.admin_audit_store.entries(), [])
 
     async def test_bad_media_ids_are_refused(self):
@@ -225,6 +230,65 @@ class UserMediaListTests(MediaAdminTestCase):
         r = await self.admin_get(admin, f"/v1/users/{q('@someone:' + REMOTE_SERVER)}/media")
         self.assertError(r, 400, "M_INVALID_PARAM")
         r = await self.admin_get(admin, f"/v1/users/{q('@nobody:' + SERVER_NAME)}/media")
+        self.assertError(r, 404, "M_NOT_FOUND")
+
+
+@on_both_engines
+class MediaQueryTests(MediaAdminTestCase):
+    async def test_query_local_and_remote_media(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        media_id = await self.upload(alice, b"some text", "text/plain", "note.txt")
+        r = await self.admin_get(admin, f"/v1/media/{SERVER_NAME}/{media_id}")
+        self.assertEqual(r.code, 200, r)
+        info = r.json["media_info"]
+        self.assertEqual(
+            {k: info[k] for k in info if k != "created_ts"},
+            {
+                "media_origin": None,
+                "user_id": alice.user_id,
+                "media_id": media_id,
+                "media_type": "text/plain",
+                "media_length": 9,
+                "upload_name": "note.txt",
+                "filesystem_id": None,
+                "url_cache": None,
+                "last_access_ts": None,
+                "quarantined_by": None,
+                "authenticated": None,
+                "safe_from_quarantine": False,
+                "sha256": hashlib.sha256(b"some text").hexdigest(),
+            },
+        )
+        await self.cache_remote("RemoteQuery", b"remote")
+        await self.admin_ok(admin, "POST", f"/v1/media/quarantine/{REMOTE_SERVER}/RemoteQuery")
+        r = await self.admin_get(admin, f"/v1/media/{REMOTE_SERVER}/RemoteQuery")
+        info = r.json["media_info"]
+        self.assertEqual(
+            (info["media_origin"], info["user_id"], info["quarantined_by"],
+             info["safe_from_quarantine"]),
+            (REMOTE_SERVER, None, admin.user_id, None),
+        )
+
+    async def test_list_a_rooms_media(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        room_id = await self.create_room(alice)
+        image = await self.upload(alice, jpeg())
+        await self.send(alice, room_id, {
+            "msgtype": "m.image", "body": "a.jpg", "url": f"mxc://{SERVER_NAME}/{image}",
+        })
+        await self.send(alice, room_id, {
+            "msgtype": "m.file", "body": "b", "url": f"mxc://{REMOTE_SERVER}/RemoteFile",
+        })
+        await self.send(alice, room_id, {"msgtype": "m.text", "body": "mxc://not/a-url"})
+        r = await self.admin_get(admin, f"/v1/room/{q(room_id)}/media")
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(r.json, {
+            "local": [f"mxc://{SERVER_NAME}/{image}"],
+            "remote": [f"mxc://{REMOTE_SERVER}/RemoteFile"],
+        })
+        r = await self.admin_get(admin, f"/v1/room/{q('!nope:' + SERVER_NAME)}/media")
         self.assertError(r, 404, "M_NOT_FOUND")
 
 

@@ -15,7 +15,7 @@ from homeserver.admin.users import AdminUsersHandler
 from homeserver.errors import Codes, MatrixError
 from media_repo.providers.base import StorageProvider, StorageUnavailable
 from media_repo.repository import is_valid_media_id
-from storage.stores.media_admin import MediaAdminStore, MediaListing
+from storage.stores.media_admin import MediaAdminStore, MediaDetails, MediaListing
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,31 @@ class AdminMediaHandler:
         media, total = await self._store.user_media(user_id, offset, limit, order_by, descending)
         return MediaPage(media, total)
 
+    async def media_details(self, server_name: str, media_id: str) -> MediaDetails:
+        """One item, local or a cached remote copy (404 for one never fetched)."""
+        self._check_media_id(media_id)
+        details = await self._store.media_details(server_name, media_id)
+        if details is None:
+            raise MatrixError(404, Codes.NOT_FOUND, "Unknown media")
+        return details
+
+    async def room_media(self, room_id: str) -> tuple[list[str], list[str]]:
+        """The mxc:// URIs the room's events point at: (this server's, other servers')."""
+        media = await self._media_in_room(room_id)
+        local = [mxc(s, m) for s, m in media if s == self._server_name]
+        remote = [mxc(s, m) for s, m in media if s != self._server_name]
+        return local, remote
+
+    async def _media_in_room(self, room_id: str) -> list[tuple[str, str]]:
+        if not room_id.startswith("!"):
+            raise MatrixError(400, Codes.INVALID_PARAM, "Invalid room ID")
+        if not await self._store.room_exists(room_id):
+            raise MatrixError(404, Codes.NOT_FOUND, "Unknown room")
+        media: set[tuple[str, str]] = set()
+        for raw in await self._store.room_event_json_with_mxc(room_id):
+            media |= media_in_event(json.loads(raw))
+        return sorted(media)
+
     # ----- quarantine and protection -------------------------------------------------------
 
     async def set_quarantined(
@@ -124,14 +149,7 @@ class AdminMediaHandler:
     async def quarantine_room_media(self, admin: str, room_id: str) -> int:
         """Quarantine the media the room's events point at (local media and cached remote
         copies; encrypted events' media cannot be seen, so is not touched)."""
-        if not room_id.startswith("!"):
-            raise MatrixError(400, Codes.INVALID_PARAM, "Invalid room ID")
-        if not await self._store.room_exists(room_id):
-            raise MatrixError(404, Codes.NOT_FOUND, "Unknown room")
-        media: set[tuple[str, str]] = set()
-        for raw in await self._store.room_event_json_with_mxc(room_id):
-            media |= media_in_event(json.loads(raw))
-        count = await self._store.quarantine_many(sorted(media), admin)
+        count = await self._store.quarantine_many(await self._media_in_room(room_id), admin)
         await self._audit.record(
             admin, "quarantine_room_media", room_id, {"num_quarantined": count}
         )

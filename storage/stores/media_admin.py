@@ -35,6 +35,20 @@ class MediaListing:
 
 
 @dataclass(frozen=True)
+class MediaDetails:
+    server_name: str
+    media_id: str
+    user_id: str | None
+    content_type: str | None
+    upload_name: str | None
+    size: int | None
+    created_ts: int
+    sha256: str | None
+    quarantined_by: str | None
+    safe_from_quarantine: bool
+
+
+@dataclass(frozen=True)
 class DeletedMedia:
     media_ids: list[str]
     # Storage keys (contents and thumbnails) that no remaining row refers to.
@@ -70,6 +84,23 @@ class MediaAdminStore:
             return media, int(total[0]) if total else 0
 
         return await self._db.run_interaction("admin_user_media", txn_fn)
+
+    async def media_details(self, server_name: str, media_id: str) -> MediaDetails | None:
+        row = await self._db.run_interaction(
+            "admin_media_details",
+            lambda txn: txn.select_one(
+                "SELECT server_name, media_id, user_id, content_type, upload_name, size,"
+                " created_ts, sha256, quarantined_by, safe_from_quarantine"
+                " FROM media WHERE server_name = ? AND media_id = ?",
+                (server_name, media_id),
+            ),
+        )
+        if row is None:
+            return None
+        return MediaDetails(
+            row[0], row[1], row[2], row[3], row[4], row[5], int(row[6]), row[7], row[8],
+            bool(row[9]),
+        )
 
     async def set_quarantined(self, server_name: str, media_id: str, by: str | None) -> bool:
         """Quarantine (by `by`) or release the media, and every other media with the same

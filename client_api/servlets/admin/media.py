@@ -13,7 +13,7 @@ from client_api.http import (
 )
 from client_api.servlets.admin.access import admin_path, require_admin
 from homeserver.errors import Codes, MatrixError
-from storage.stores.media_admin import ORDER_COLUMNS, MediaListing
+from storage.stores.media_admin import ORDER_COLUMNS, MediaDetails, MediaListing
 
 if TYPE_CHECKING:
     from homeserver.app import HomeServer
@@ -34,6 +34,26 @@ def listing_json(media: MediaListing) -> dict[str, Any]:
         "last_access_ts": None,
         "quarantined_by": media.quarantined_by,
         "safe_from_quarantine": media.safe_from_quarantine,
+    }
+
+
+def details_json(media: MediaDetails, local: bool) -> dict[str, Any]:
+    return {
+        "media_origin": None if local else media.server_name,
+        "user_id": media.user_id,
+        "media_id": media.media_id,
+        "media_type": media.content_type,
+        "media_length": media.size,
+        "upload_name": media.upload_name,
+        "created_ts": media.created_ts,
+        # Synapse's file name for a remote copy; Heddle stores contents under their hash.
+        "filesystem_id": None if local else media.sha256,
+        "url_cache": None,
+        "last_access_ts": None,
+        "quarantined_by": media.quarantined_by,
+        "authenticated": None,
+        "safe_from_quarantine": media.safe_from_quarantine if local else None,
+        "sha256": media.sha256,
     }
 
 
@@ -93,6 +113,18 @@ class QuarantineMediaServlet:
             admin.user_id, server_name, media_id, action == "quarantine"
         )
         return 200, {}
+
+
+class RoomMediaServlet:
+    PATTERNS = [admin_path("/room/(?P<room_id>[^/]+)/media")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
+        await require_admin(self._hs, request)
+        local, remote = await self._hs.admin.media.room_media(room_id)
+        return 200, {"local": local, "remote": remote}
 
 
 class QuarantineRoomMediaServlet:
@@ -160,11 +192,18 @@ class DeleteOldMediaServlet:
         return 200, {"deleted_media": deleted, "total": len(deleted)}
 
 
-class DeleteMediaServlet:
+class MediaServlet:
     PATTERNS = [admin_path("/media" + SERVER_MEDIA)]
 
     def __init__(self, hs: HomeServer) -> None:
         self._hs = hs
+
+    async def on_GET(
+        self, request: HeddleRequest, server_name: str, media_id: str
+    ) -> tuple[int, Any]:
+        await require_admin(self._hs, request)
+        details = await self._hs.admin.media.media_details(server_name, media_id)
+        return 200, {"media_info": details_json(details, server_name == self._hs.server_name)}
 
     async def on_DELETE(
         self, request: HeddleRequest, server_name: str, media_id: str
