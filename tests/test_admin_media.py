@@ -36,6 +36,7 @@ def media_paths(user_id: str, room_id: str, media_id: str) -> list[tuple[str, st
     s, u = SERVER_NAME, q(user_id)
     return [
         ("GET", f"{ADMIN}/v1/users/{u}/media", None),
+        ("DELETE", f"{ADMIN}/v1/users/{u}/media", None),
         ("GET", f"{ADMIN}/v1/media/{s}/{media_id}", None),
         ("GET", f"{ADMIN}/v1/room/{q(room_id)}/media", None),
         ("POST", f"{ADMIN}/v1/media/quarantine/{s}/{media_id}", {}),
@@ -476,6 +477,32 @@ class DeleteMediaTests(MediaAdminTestCase):
         await self.admin_ok(admin, "DELETE", f"/v1/media/{SERVER_NAME}/{second}")
         for key in keys:
             self.assertFalse(await provider.exists(key), key)
+
+    async def test_delete_a_users_media(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        sizes = {await self.upload(alice, bytes([i]) * size, "text/plain"): size
+                 for i, size in enumerate((10, 300, 20))}
+        bobs = await self.upload(bob, b"bob's", "text/plain")
+        path = f"/v1/users/{q(alice.user_id)}/media?order_by=media_length&dir=b&limit=2"
+        body = await self.admin_ok(admin, "DELETE", path)
+        largest = sorted(sizes, key=sizes.__getitem__, reverse=True)[:2]
+        self.assertEqual(body, {"deleted_media": largest, "total": 2})
+        for media_id in largest:
+            self.assertFalse(await self.provider().exists(
+                hashlib.sha256(bytes([list(sizes).index(media_id)]) * sizes[media_id]).hexdigest()
+            ))
+        r = await self.admin_get(admin, f"/v1/users/{q(alice.user_id)}/media")
+        self.assertEqual(r.json["total"], 1)
+        self.assertEqual(await self.download_code(bob, bobs), 200)
+        entries = await self.audit(alice.user_id)
+        self.assertEqual([(e.action, e.details) for e in entries],
+                         [("delete_user_media", {"total": 2})])
+        r = await self.admin_call(admin, "DELETE", f"/v1/users/{q('@x:' + REMOTE_SERVER)}/media")
+        self.assertError(r, 400, "M_INVALID_PARAM")
+        r = await self.admin_call(admin, "DELETE", f"/v1/users/{q(alice.user_id)}/media?dir=x")
+        self.assertError(r, 400, "M_INVALID_PARAM")
 
     async def test_remote_media_cannot_be_deleted_by_id(self):
         admin = await self.make_admin()

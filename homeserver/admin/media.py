@@ -172,6 +172,21 @@ class AdminMediaHandler:
         await self._audit.record(admin, "delete_media", mxc(server_name, media_id))
         return deleted
 
+    async def delete_user_media(
+        self,
+        admin: str,
+        user_id: str,
+        offset: int,
+        limit: int,
+        order_by: str,
+        descending: bool,
+    ) -> list[str]:
+        """Delete one page of what `user_id` uploaded (as `user_media` would list it)."""
+        page = await self.user_media(user_id, offset, limit, order_by, descending)
+        deleted = await self._delete([(self._server_name, m.media_id) for m in page.media])
+        await self._audit.record(admin, "delete_user_media", user_id, {"total": len(deleted)})
+        return deleted
+
     async def delete_old_local_media(
         self, admin: str, before_ts: int, size_gt: int, keep_profiles: bool
     ) -> list[str]:

@@ -72,24 +72,8 @@ class UserMediaServlet:
 
     async def on_GET(self, request: HeddleRequest, user_id: str) -> tuple[int, Any]:
         await require_admin(self._hs, request)
-        offset = parse_int_query(request, "from", 0, min_value=0)
-        limit = parse_int_query(request, "limit", DEFAULT_PAGE, min_value=1, max_value=MAX_PAGE)
-        order_by = query_string(request, "order_by")
-        direction = query_string(request, "dir")
-        if order_by is None and direction is None:
-            # Synapse's default when neither is given: newest first.
-            order_by, direction = "created_ts", "b"
-        order_by = order_by or "created_ts"
-        direction = direction or "f"
-        if order_by not in ORDER_COLUMNS:
-            raise MatrixError(
-                400, Codes.INVALID_PARAM, f"order_by must be one of {sorted(ORDER_COLUMNS)}"
-            )
-        if direction not in ("f", "b"):
-            raise MatrixError(400, Codes.INVALID_PARAM, "dir must be 'f' or 'b'")
-        page = await self._hs.admin.media.user_media(
-            user_id, offset, limit, order_by, direction == "b"
-        )
+        offset, limit, order_by, descending = _page(request)
+        page = await self._hs.admin.media.user_media(user_id, offset, limit, order_by, descending)
         body: dict[str, Any] = {
             "media": [listing_json(m) for m in page.media],
             "total": page.total,
@@ -97,6 +81,36 @@ class UserMediaServlet:
         if offset + len(page.media) < page.total:
             body["next_token"] = offset + len(page.media)
         return 200, body
+
+    async def on_DELETE(self, request: HeddleRequest, user_id: str) -> tuple[int, Any]:
+        """Deletes the page of the user's media the same parameters would list."""
+        admin = await require_admin(self._hs, request)
+        offset, limit, order_by, descending = _page(request)
+        deleted = await self._hs.admin.media.delete_user_media(
+            admin.user_id, user_id, offset, limit, order_by, descending
+        )
+        return 200, {"deleted_media": deleted, "total": len(deleted)}
+
+
+def _page(request: HeddleRequest) -> tuple[int, int, str, bool]:
+    """`from`, `limit`, `order_by` and `dir` of a user's media: (offset, limit, order_by,
+    descending)."""
+    offset = parse_int_query(request, "from", 0, min_value=0)
+    limit = parse_int_query(request, "limit", DEFAULT_PAGE, min_value=1, max_value=MAX_PAGE)
+    order_by = query_string(request, "order_by")
+    direction = query_string(request, "dir")
+    if order_by is None and direction is None:
+        # Synapse's default when neither is given: newest first.
+        order_by, direction = "created_ts", "b"
+    order_by = order_by or "created_ts"
+    direction = direction or "f"
+    if order_by not in ORDER_COLUMNS:
+        raise MatrixError(
+            400, Codes.INVALID_PARAM, f"order_by must be one of {sorted(ORDER_COLUMNS)}"
+        )
+    if direction not in ("f", "b"):
+        raise MatrixError(400, Codes.INVALID_PARAM, "dir must be 'f' or 'b'")
+    return offset, limit, order_by, direction == "b"
 
 
 class QuarantineMediaServlet:
