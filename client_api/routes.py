@@ -32,9 +32,11 @@ from client_api.servlets import (
     to_device,
     typing,
 )
+from client_api.servlets.admin import federation as admin_federation
 from client_api.servlets.admin import media as admin_media
 from client_api.servlets.admin import register as admin_register
 from client_api.servlets.admin import registration_tokens as admin_registration_tokens
+from client_api.servlets.admin import server_notices as admin_server_notices
 from client_api.servlets.admin import users as admin_users
 
 if TYPE_CHECKING:
@@ -70,6 +72,12 @@ CLIENT_SERVLETS = [
     profile.ProfileFieldServlet,
     admin_register.SharedSecretRegisterServlet,
     # The admin API (see client_api/servlets/admin/).
+    admin_federation.DestinationsServlet,
+    admin_federation.DestinationServlet,
+    admin_federation.ResetConnectionServlet,
+    admin_federation.ServerVersionServlet,
+    admin_server_notices.SendServerNoticeServlet,
+    admin_server_notices.SendServerNoticeTxnServlet,
     admin_users.UsersServlet,
     admin_users.UserServlet,
     admin_users.UserAdminServlet,

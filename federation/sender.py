@@ -369,15 +369,19 @@ class FederationSender:
 
     async def _send_until_empty(self, dest: _Destination) -> None:
         if not dest.loaded:
-            stored = await self._store.get_retry_state(dest.name)
+            recorded = await self._store.get_retry_state(dest.name)
             dest.loaded = True
+            # A destination new to the database is written once, healthy, so that the
+            # admin API lists every server this one federates with, not only failing ones.
+            stored = recorded if recorded is not None else RetryState()
             dest.failure_ts = stored.failure_ts
             if dest.woken:
-                dest.dirty = bool(stored.retry_interval_ms)
+                dest.dirty = bool(stored.retry_interval_ms) or recorded is None
             else:
                 dest.retry_last_ts = stored.retry_last_ts
                 dest.retry_interval_ms = stored.retry_interval_ms
                 BACKOFF_SECONDS.labels(dest.name).set(stored.retry_interval_ms / 1000)
+                dest.dirty = dest.dirty or recorded is None
                 if self._in_backoff(dest):
                     self._schedule_retry(dest)
                     return

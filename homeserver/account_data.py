@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from homeserver.auth.tokens import Requester
+from homeserver.caches import LruCache
 from homeserver.errors import Codes, MatrixError
 from homeserver.identifiers import check_room_id
 from homeserver.linearizer import Linearizer
@@ -29,9 +30,55 @@ JsonDict = dict[str, Any]
 TAG = "m.tag"
 FULLY_READ = "m.fully_read"
 PUSH_RULES = "m.push_rules"
+# Spec: "Ignoring Users". Its content is `{"ignored_users": {"<user_id>": {}, ...}}`.
+IGNORED_USER_LIST = "m.ignored_user_list"
 # Types the server manages; clients may read them but not set them through this API.
 SERVER_MANAGED_TYPES = frozenset({FULLY_READ, PUSH_RULES})
 MAX_TAG_BYTES = 255
+# Users whose ignore list is held (every syncing user's is read).
+IGNORED_USERS_CACHE_SIZE = 100_000
+
+
+def ignored_users_of(content: JsonDict | None) -> frozenset[str]:
+    """The users an `m.ignored_user_list` content ignores; anything malformed ignores no one
+    (clients write this event freely, so a bad one must not break reading)."""
+    ignored = content.get("ignored_users") if content is not None else None
+    if not isinstance(ignored, dict):
+        return frozenset()
+    return frozenset(user_id for user_id in ignored if isinstance(user_id, str))
+
+
+class IgnoredUsers:
+    """Whom each user ignores, held in memory: sync asks for every viewer it computes a room
+    for, many at once when a message wakes a room's listeners. Kept current by
+    `account_data_changed` (an `AccountDataHandler` change listener), so an update of the
+    list takes effect on the next sync (spec: "the sync API for all clients should
+    immediately start ignoring (or un-ignoring) the user")."""
+
+    def __init__(self, store: AccountDataStore) -> None:
+        self._store = store
+        self._cache: LruCache[str, frozenset[str]] = LruCache(
+            "ignored_users", IGNORED_USERS_CACHE_SIZE
+        )
+        # Bumped by every change, so a read that raced one is not kept.
+        self._changes = 0
+
+    async def of(self, user_id: str) -> frozenset[str]:
+        held = self._cache.get(user_id)
+        if held is not None:
+            return held
+        changes = self._changes
+        ignored = ignored_users_of(
+            await self._store.get_account_data(user_id, None, IGNORED_USER_LIST)
+        )
+        if changes == self._changes:
+            self._cache.set(user_id, ignored)
+        return ignored
+
+    def account_data_changed(self, user_id: str, room_id: str | None, data_type: str) -> None:
+        if room_id is None and data_type == IGNORED_USER_LIST:
+            self._changes += 1
+            self._cache.pop(user_id)
 
 
 @dataclass

@@ -160,7 +160,9 @@ class HomeServer:
             user_data.notification_counts, streams.shared_rooms, self.pushers,
             self.push_delivery,
         )
-        rooms.push_actions.notification_listeners.append(to_pushers.on_notification)
+        rooms.push_actions.add_notification_listener(
+            to_pushers.on_notification, self.push_delivery.users_with_http_pushers
+        )
         user_data.receipts.read_listeners.append(to_pushers.read_moved)
         self.event_creator = rooms.event_creator
         self.event_serializer = rooms.event_serializer
@@ -194,10 +196,15 @@ class HomeServer:
         self.federation_membership = federation.membership
         self.federation_transactions = federation.transactions
 
-        admin = self.admin = build_admin(core, stores, auth, rooms, media)
+        admin = self.admin = build_admin(
+            core, stores, auth, rooms, media, user_data.account_data, transport.sender
+        )
         self.admin_audit = admin.audit
         self.admin_audit_store = stores.admin_audit_store
         self.admin_users = admin.users
+        self.account_deactivation = admin.deactivation
+        self.admin_federation = admin.federation
+        self.server_notices = admin.server_notices
         self.registration_token_store = stores.registration_token_store
 
         self.ports: list[Any] = []

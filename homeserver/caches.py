@@ -125,6 +125,10 @@ class LruCache(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._entries)
 
+    def keys(self) -> list[K]:
+        """The keys held (expired ones included), least recently used first."""
+        return list(self._entries)
+
     def __contains__(self, key: K) -> bool:
         """Held and not expired; neither counted nor a use."""
         return self._fresh(key)

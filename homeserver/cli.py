@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 
+from homeserver.admin import cli as admin_cli
 from homeserver.config import (
     ConfigError,
     HomeserverConfig,
@@ -133,6 +134,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     reg.add_argument("--password", "-p", help="password (prompted for when omitted)")
     reg.add_argument("--admin", action="store_true", help="make the user a server admin")
+
+    admin_cli.add_parser(sub)
     return parser
 
 
@@ -401,6 +404,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(0)
         if args.command == "register-user":
             sys.exit(register_user(args))
+        if args.command == "admin":
+            sys.exit(admin_cli.run(args))
         sys.exit(run_server(_config_for_run(args)))
     except (ConfigError, StartupError) as e:
         print(f"heddle: {e}", file=sys.stderr)

@@ -337,6 +337,15 @@ class PushersConfig(_Section):
     ip_range_allowlist: list[str] = Field(default_factory=list)
 
 
+class ServerNoticesConfig(_Section):
+    # The local user server notices come from (spec: "Server Notices"), made when the first
+    # notice is sent; unset, the admin API's send_server_notice is refused (as Synapse's).
+    system_mxid_localpart: str | None = Field(None, min_length=1, max_length=64)
+    system_mxid_display_name: str = Field("Server Notices", max_length=256)
+    # The name of each user's server notices room.
+    room_name: str = Field("Server Notices", max_length=256)
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Log file path; unset logs to stderr.
@@ -365,6 +374,7 @@ class HomeserverConfig(_Section):
     presence: PresenceConfig = PresenceConfig()
     websocket: WebSocketConfig = WebSocketConfig()
     pushers: PushersConfig = PushersConfig()
+    server_notices: ServerNoticesConfig = ServerNoticesConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @field_validator("server_name")

@@ -349,6 +349,28 @@ class DeactivationTests(AccountAssertions, HomeserverTestCase):
         await self.assertWorks(bob["access_token"])
         self.assertEqual((await self.try_login("bob", PASSWORD)).code, 200)
 
+    async def test_deactivate_leaves_rooms_and_declines_invites(self):
+        """As Synapse does (the spec leaves it to the server): a deactivated user's rooms
+        see them leave, and the invites they held are declined."""
+        await self.register("bob", inhibit_login=True)
+        bob = (await self.login("bob"))["access_token"]
+        alice = (await self.login("alice"))["access_token"]
+        rooms = "/_matrix/client/v3/createRoom"
+        joined = (await self.request("POST", rooms, {"preset": "public_chat"}, token=bob)).json
+        invited = (await self.request("POST", rooms, {"invite": [ALICE]}, token=bob)).json
+        r = await self.request("POST", f"/_matrix/client/v3/join/{joined['room_id']}", {}, token=alice)
+        self.assertEqual(r.code, 200, r)
+        r = await self.request("POST", DEACTIVATE, {"auth": password_auth()}, token=alice)
+        self.assertEqual(r.code, 200, r)
+        for room in (joined, invited):
+            r = await self.request(
+                "GET",
+                f"/_matrix/client/v3/rooms/{room['room_id']}/state/m.room.member/{ALICE}",
+                token=bob,
+            )
+            self.assertEqual(r.code, 200, r)
+            self.assertEqual(r.json["membership"], "leave")
+
     async def test_deactivate_needs_own_password(self):
         await self.register("bob", "bobs password", inhibit_login=True)
         alice = await self.login("alice")

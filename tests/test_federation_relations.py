@@ -1,5 +1,6 @@
 """Relationships made on another server aggregate here: edits, reactions and threads sent
-from a second Heddle (live and backfilled) and from a real Synapse."""
+from a second Heddle (live and backfilled) and from a real Synapse; and those made here
+aggregate on Synapse, read through its own client API."""
 
 from __future__ import annotations
 
@@ -161,3 +162,65 @@ class RelationsFromSynapse(FederationTestCase):
             return r.code == 200 and {e["event_id"] for e in r.json["chunk"]} == {react, mine}
 
         await self.wait_for(reactions_on_heddle, timeout=60, what="both reactions listed")
+
+    @ensure_deferred
+    async def test_relations_made_here_aggregate_on_synapse(self):
+        """Alice (here) edits, reacts to and replies in a thread under her message; Bob
+        reads them through Synapse's client API: /relations lists every child, and the
+        message's bundle (`/event` and `/messages`) carries the edit and the thread."""
+        heddle, peer, alice, bob = await self.heddle_and_synapse(SYNAPSE_PW)
+        r = await self.user_call(alice, "POST", f"{API}/createRoom", {"preset": "public_chat"})
+        room_id = r.json["room_id"]
+        r = await peer.request(
+            "POST", f"{API}/join/{q(room_id)}?server_name={q(heddle.server_name)}", {},
+            token=bob["access_token"],
+        )
+        self.assertEqual(r.code, 200, r)
+
+        async def send(event_type: str, content: dict[str, Any], txn: str) -> str:
+            r = await self.user_call(
+                alice, "PUT", f"{API}/rooms/{q(room_id)}/send/{q(event_type)}/{txn}", content
+            )
+            assert r.code == 200, r
+            return str(r.json["event_id"])
+
+        root = await send("m.room.message", {"msgtype": "m.text", "body": "v1"}, "h1")
+        edit = await send("m.room.message", edit_of(root, "v2"), "h2")
+        react = await send("m.reaction", reaction(root, "👍"), "h3")
+        first = await send("m.room.message", in_thread(root, "r1"), "h4")
+        reply = await send("m.room.message", in_thread(root, "r2"), "h5")
+
+        async def synapse_get(path: str) -> Any:
+            r = await peer.request("GET", path, token=bob["access_token"])
+            return r.json if r.code == 200 else None
+
+        async def listed_on_synapse() -> bool:
+            body = await synapse_get(f"{V1}/rooms/{q(room_id)}/relations/{q(root)}?limit=50")
+            return body is not None and len(body["chunk"]) == 4
+
+        await self.wait_for(listed_on_synapse, timeout=60, what="every relation on Synapse")
+        body = await synapse_get(f"{V1}/rooms/{q(room_id)}/relations/{q(root)}?limit=50")
+        # Newest first, as Synapse pages backwards by default.
+        self.assertEqual([e["event_id"] for e in body["chunk"]], [reply, first, react, edit])
+        annotations = await synapse_get(
+            f"{V1}/rooms/{q(room_id)}/relations/{q(root)}/m.annotation/m.reaction"
+        )
+        self.assertEqual([e["event_id"] for e in annotations["chunk"]], [react])
+        self.assertEqual(annotations["chunk"][0]["content"]["m.relates_to"]["key"], "👍")
+        threaded = await synapse_get(f"{V1}/rooms/{q(room_id)}/relations/{q(root)}/m.thread")
+        self.assertEqual([e["event_id"] for e in threaded["chunk"]], [reply, first])
+
+        def check_bundle(event: dict[str, Any]) -> None:
+            relations = event["unsigned"]["m.relations"]
+            self.assertEqual(relations["m.replace"]["event_id"], edit)
+            thread = relations["m.thread"]
+            self.assertEqual(thread["latest_event"]["event_id"], reply)
+            self.assertEqual(thread["count"], 2)
+            self.assertFalse(thread["current_user_participated"])
+
+        check_bundle(await synapse_get(f"{API}/rooms/{q(room_id)}/event/{q(root)}"))
+        messages = await synapse_get(f"{API}/rooms/{q(room_id)}/messages?dir=b&limit=50")
+        by_id = {e["event_id"]: e for e in messages["chunk"]}
+        check_bundle(by_id[root])
+        threads = await synapse_get(f"{V1}/rooms/{q(room_id)}/threads")
+        self.assertEqual([e["event_id"] for e in threads["chunk"]], [root])

@@ -153,6 +153,15 @@ class FederationSenderTests(HomeserverTestCase):
         self.assertEqual(await self.queue_lengths(OTHER), (1, 0))
 
     @ensure_deferred
+    async def test_a_healthy_destination_is_recorded_once(self) -> None:
+        """Every destination sent to has a row (the admin API lists them all), written as
+        healthy the first time, not only once it fails."""
+        self.assertIsNone(await self.store.get_retry_state(REMOTE))
+        await self.send(1)
+        await self.settle()
+        self.assertEqual(await self.store.get_retry_state(REMOTE), RetryState(0, 0, None))
+
+    @ensure_deferred
     async def test_own_server_is_never_queued(self) -> None:
         self.client.hold = True
         await self.send(1, "!room:test.heddle", SERVER_NAME, REMOTE)

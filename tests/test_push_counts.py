@@ -12,9 +12,8 @@ import json
 from typing import Any
 from urllib.parse import urlencode
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer
 
-import homeserver.push.counts as push_counts
 from homeserver.account_data import PUSH_RULES
 from storage.persister import EventContext
 from tests.harness import on_both_engines, transactions_recorded
@@ -307,31 +306,7 @@ class CountsCostTests(PushCountsTestCase):
 
 
 @on_both_engines
-class StagingAndListenerTests(PushCountsTestCase):
-    async def staged_and_moved(self) -> tuple[int, int]:
-        def txn_fn(txn: Any) -> tuple[int, int]:
-            staged = txn.select_one("SELECT COUNT(*) FROM event_push_actions_staging")[0]
-            moved = txn.select_one("SELECT COUNT(*) FROM event_push_actions")[0]
-            return staged, moved
-
-        return await self.hs.db.run_interaction("test_counts", txn_fn)
-
-    async def test_actions_are_staged_with_the_event_then_moved(self) -> None:
-        mover = self.hs.push_actions._mover
-        assert mover is not None
-        # Slow enough that nothing moves the staged row before it is looked at.
-        self.patch(push_counts, "FLUSH_DELAY_S", 30.0)
-        await self.message(self.alice)
-        # Written with the event: one staging row for its two recipients.
-        self.assertEqual(await self.staged_and_moved(), (1, 0))
-        self.assertIsNotNone(mover._pending)
-        mover._pending.reset(0)
-        for _ in range(50):
-            if await self.staged_and_moved() == (0, 2):
-                break
-            await task.deferLater(reactor, 0.1, lambda: None)
-        self.assertEqual(await self.staged_and_moved(), (0, 2))
-
+class ListenerTests(PushCountsTestCase):
     async def test_notification_listeners_hear_of_new_actions(self) -> None:
         heard: list[tuple[str, str, str, tuple[Any, ...], tuple[int, int]]] = []
         done = defer.Deferred()

@@ -12,12 +12,15 @@ from typing import Any
 from twisted.trial import unittest
 
 from homeserver.push.evaluator import (
+    SELF,
     CompiledRuleset,
     EventView,
+    Members,
     PushContext,
     compile_condition,
     compile_ruleset,
     evaluate_all,
+    evaluate_members,
     split_path,
     thread_id_of,
 )
@@ -282,3 +285,109 @@ class Threads(unittest.TestCase):
         self.assertEqual(
             thread_id_of({"m.relates_to": {"rel_type": "m.replace", "event_id": "$o"}}), "main"
         )
+
+
+class ManyUsersAtOnce(unittest.TestCase):
+    """`evaluate_members` (every member of a room sharing a ruleset at once, conditions
+    selecting members) gives each user the rule `evaluate` gives them alone."""
+
+    NAMES = {
+        "@alice:test": "Alice",
+        "@bob:test": "Bob Smith",
+        "@bobby:test": "bobby",
+        "@carol:test": None,
+        "@dan:test": "  ",
+        "@eve:test": "[bot] Eve",
+        "@zoe:test": "Zoë",
+        "@kelvin:test": "Kim",
+        "@st:test": "stef",
+        "@me:test": "Me Myself",
+        OTHER: "Other",
+        "@glob*:test": "globby",
+    }
+    BODIES = [
+        "hello",
+        "hi Alice, and bob smith!",
+        "bobby? Bob",
+        "[bot] eve says hi",
+        "zoë and ZOË",
+        "\u212aim here",  # KELVIN SIGN: matches "k" ignoring case
+        "\u017ftef",  # LONG S: matches "s" ignoring case
+        "@me:test ping",
+        "@glob-xyz:test",
+        "bobsmith",
+        "",
+    ]
+    CONTENTS: list[Any] = [
+        None,
+        {"global": {"override": [{"rule_id": "mine", "conditions": [
+            {"kind": "event_match", "key": "content.body", "pattern": "*@*:test*"},
+            {"kind": "contains_display_name"}], "actions": ["notify"]}],
+            "content": [{"rule_id": "word", "pattern": "ping",
+                         "actions": ["notify", {"set_tweak": "highlight"}]}]}},
+        {"global": {"override": [
+            {"rule_id": "self_body", "conditions": [
+                {"kind": "event_match", "key": "content.body", "pattern": "@me:test*"}],
+             "actions": ["notify", {"set_tweak": "sound", "value": "x"}]},
+            {"rule_id": "future", "conditions": [{"kind": "org.example.unknown"}],
+             "actions": ["notify"]}]}},
+    ]
+
+    def test_same_rule_per_user_as_one_at_a_time(self) -> None:
+        members = Members(self.NAMES)
+        room = PushContext(7, None, 100, {"room": 50})
+        checked = 0
+        for content in self.CONTENTS:
+            ruleset = compile_ruleset(SELF, build_ruleset(SELF, UserPushRules.from_content(content)))
+            # A condition on the user's own ID in the body (`SELF` stands for each user).
+            ruleset_self = compile_ruleset(SELF, build_ruleset(SELF, UserPushRules.from_content({
+                "global": {"override": [{"rule_id": "id", "conditions": [
+                    {"kind": "event_match", "key": "content.body", "pattern": SELF}],
+                    "actions": ["notify", {"set_tweak": "highlight"}]}]}})))
+            for compiled in (ruleset, ruleset_self):
+                for body in self.BODIES:
+                    for mentions in ({}, {"m.mentions": {"user_ids": ["@bob:test", "@x:test"],
+                                                         "room": True}}):
+                        ev = event(content={"msgtype": "m.text", "body": body, **mentions})
+                        view = EventView(ev)
+                        together = {
+                            u: rule.rule_id
+                            for rule, users in evaluate_members(view, room, [(compiled, members)],
+                                                                OTHER)
+                            for u in users
+                        }
+                        alone = {}
+                        for user_id, name in self.NAMES.items():
+                            if user_id == OTHER:
+                                continue
+                            rule = compiled.evaluate(
+                                EventView(ev), PushContext(7, name, 100, {"room": 50}, user_id)
+                            )
+                            if rule is not None and (rule.notify or rule.highlight):
+                                alone[user_id] = rule.rule_id
+                        self.assertEqual(together, alone, (content, body, mentions))
+                        checked += 1
+        self.assertEqual(checked, 3 * 2 * len(self.BODIES) * 2)
+
+    def test_one_group_failing_is_evaluated_user_by_user(self) -> None:
+        good = default_ruleset()
+        calls: list[str] = []
+
+        class Exploding(CompiledRuleset):
+            def evaluate_many(self, *args: Any) -> Any:
+                raise RuntimeError("boom")
+
+            def evaluate(self, view: EventView, ctx: PushContext) -> Any:
+                calls.append(ctx.user_id)
+                if ctx.user_id == "@a:test":
+                    raise RuntimeError("boom")
+                return good.evaluate(view, ctx)
+
+        result = evaluate_members(
+            EventView(event()), ctx(),
+            [(Exploding(()), Members({"@a:test": None, "@b:test": None}))], None,
+        )
+        self.assertEqual([(rule.rule_id, list(users)) for rule, users in result],
+                         [(".m.rule.message", ["@b:test"])])
+        self.assertEqual(calls, ["@a:test", "@b:test"])
+        self.flushLoggedErrors(RuntimeError)

@@ -232,7 +232,10 @@ class RelationsEndpoint(RelationsTestCase):
         self.assertError(r, 404, "M_NOT_FOUND")
         r = await self.relations(self.alice, "$unknown")
         self.assertError(r, 404, "M_NOT_FOUND")
-        for params in ({"from": "garbage"}, {"to": "t1"}, {"dir": "x"}, {"recurse": "yes"}):
+        for params in (
+            {"from": "garbage"}, {"from": ""}, {"to": "t1"}, {"dir": "x"}, {"dir": ""},
+            {"recurse": "yes"},
+        ):
             r = await self.relations(self.alice, root, **params)
             self.assertError(r, 400, "M_INVALID_PARAM")
         for limit in ("0", "-1", "many"):
@@ -519,11 +522,59 @@ class Threads(RelationsTestCase):
         r = await self.threads(self.alice, include="participated")
         self.assertEqual(chunk_ids(r), [third, first])
 
+    async def test_participation_is_the_root_or_a_thread_event_only(self):
+        """Spec "Threading": the root's sender, or the sender of an event relating to the
+        root with `m.thread`. Reactions, references, edits and rich replies do not count."""
+        root = await self.post(self.alice, text("root"))
+        reply = await self.post(self.bob, in_thread(root, "one"))
+        await self.post(self.bob, edit_of(reply, "one!"))
+        await self.post(self.carol, reaction(root, "👍"), "m.reaction")
+        await self.post(self.carol, reaction(reply, "👀"), "m.reaction")
+        await self.post(self.carol, reference(root))
+        await self.post(
+            self.carol, {**text("a plain reply"), "m.relates_to": {"m.in_reply_to": {"event_id": root}}}
+        )
+        r = await self.threads(self.carol, include="participated")
+        self.assertEqual(chunk_ids(r), [])
+        self.assertFalse((await self.bundle(self.carol, root))["m.thread"]["current_user_participated"])
+        for user in (self.alice, self.bob):
+            r = await self.threads(user, include="participated")
+            self.assertEqual(chunk_ids(r), [root])
+            self.assertTrue((await self.bundle(user, root))["m.thread"]["current_user_participated"])
+        await self.post(self.carol, in_thread(root, "now carol"))
+        r = await self.threads(self.carol, include="participated")
+        self.assertEqual(chunk_ids(r), [root])
+        self.assertTrue((await self.bundle(self.carol, root))["m.thread"]["current_user_participated"])
+        # A redacted thread event no longer relates to the root (spec: "Redactions"), so
+        # its sender no longer took part.
+        dave = await self.user("dave")
+        r = await self.join(dave, self.room_id)
+        self.assertEqual(r.code, 200, r)
+        daves = await self.post(dave, in_thread(root, "dave, briefly"))
+        r = await self.threads(dave, include="participated")
+        self.assertEqual(chunk_ids(r), [root])
+        await self.redact(dave, daves)
+        r = await self.threads(dave, include="participated")
+        self.assertEqual(chunk_ids(r), [])
+        self.assertFalse((await self.bundle(dave, root))["m.thread"]["current_user_participated"])
+
     async def test_threads_bad_input(self):
         r = await self.threads(self.alice, include="some")
         self.assertError(r, 400, "M_INVALID_PARAM")
+        r = await self.threads(self.alice, include="")
+        self.assertError(r, 400, "M_INVALID_PARAM")
         r = await self.threads(self.alice, **{"from": "nonsense"})
         self.assertError(r, 400, "M_INVALID_PARAM")
+        # A sync token names no place in the room's history; nor does a position too large.
+        for token in ("s5", "s5_1_2", "t99999999999999999999-1", "t1-99999999999999999999"):
+            r = await self.threads(self.alice, **{"from": token})
+            self.assertError(r, 400, "M_INVALID_PARAM")
+        for limit in ("0", "-1", "many", "1.5"):
+            r = await self.threads(self.alice, limit=limit)
+            self.assertError(r, 400, "M_INVALID_PARAM")
+        # A large limit is capped, not refused.
+        r = await self.threads(self.alice, limit=100000)
+        self.assertEqual(r.code, 200, r)
         r = await self.request(
             "GET", f"{V1}/rooms/{q('!nowhere:test.heddle')}/threads", token=self.alice.token
         )
@@ -554,6 +605,216 @@ class Threads(RelationsTestCase):
             {"thread_id": root}, token=self.alice.token,
         )
         self.assertError(r, 400, "M_INVALID_PARAM")
+
+
+@on_both_engines
+class IgnoredUsers(RelationsTestCase):
+    """Spec: "Ignoring Users"; "Aggregations of child events" (servers "must ... not
+    consider child events from ignored users"); "Threading" (`count` and `latest_event`
+    leave ignored users out); threads_list.yaml (an ignored user's root is served
+    redacted)."""
+
+    async def ignore(self, user: User, *ignored: User) -> None:
+        r = await self.request(
+            "PUT", f"{API}/user/{q(user.user_id)}/account_data/m.ignored_user_list",
+            {"ignored_users": {i.user_id: {} for i in ignored}}, token=user.token,
+        )
+        self.assertEqual(r.code, 200, r)
+
+    async def threads(self, user: User) -> Response:
+        return await self.request(
+            "GET", f"{V1}/rooms/{q(self.room_id)}/threads", token=user.token
+        )
+
+    async def test_relations_leave_out_ignored_senders(self):
+        root = await self.post(self.alice, text("root"))
+        mine = await self.post(self.bob, reaction(root, "👍"), "m.reaction")
+        theirs = await self.post(self.carol, reaction(root, "👍"), "m.reaction")
+        reply = await self.post(self.carol, in_thread(root, "from carol"))
+        # A state event relating to the root is still served: the spec keeps ignored users'
+        # state events.
+        r = await self.get_state(self.alice, self.room_id, "m.room.power_levels")
+        levels = r.json
+        levels["users"][self.carol.user_id] = 50
+        r = await self.put_state(self.alice, self.room_id, "m.room.power_levels", levels)
+        self.assertEqual(r.code, 200, r)
+        r = await self.put_state(
+            self.carol, self.room_id, "org.example.state",
+            {"m.relates_to": {"rel_type": "org.example.rel", "event_id": root}}, state_key="k",
+        )
+        self.assertEqual(r.code, 200, r)
+        state = r.json["event_id"]
+        await self.ignore(self.bob, self.carol)
+        r = await self.relations(self.bob, root)
+        self.assertEqual(chunk_ids(r), [state, mine])
+        r = await self.relations(self.alice, root)
+        self.assertEqual(chunk_ids(r), [state, reply, theirs, mine])
+        # Un-ignored, they are back.
+        await self.ignore(self.bob)
+        r = await self.relations(self.bob, root)
+        self.assertEqual(chunk_ids(r), [state, reply, theirs, mine])
+
+    async def test_aggregations_leave_out_ignored_senders(self):
+        root = await self.post(self.alice, text("root"))
+        first = await self.post(self.bob, in_thread(root, "one"))
+        await self.post(self.carol, in_thread(root, "two"))
+        await self.post(self.carol, in_thread(root, "three"))
+        mine = await self.post(self.bob, reference(root))
+        await self.post(self.carol, reference(root))
+        only_carol = await self.post(self.alice, text("another root"))
+        await self.post(self.carol, in_thread(only_carol, "alone"))
+        await self.ignore(self.bob, self.carol)
+        bundle = await self.bundle(self.bob, root)
+        self.assertEqual(bundle["m.thread"]["latest_event"]["event_id"], first)
+        self.assertEqual(bundle["m.thread"]["count"], 1)
+        self.assertTrue(bundle["m.thread"]["current_user_participated"])
+        self.assertEqual(bundle["m.reference"], {"chunk": [{"event_id": mine}]})
+        # A thread of ignored replies only has no summary for him.
+        self.assertNotIn("m.thread", await self.bundle(self.bob, only_carol))
+        # Others see everything.
+        bundle = await self.bundle(self.alice, root)
+        self.assertEqual(bundle["m.thread"]["count"], 3)
+        self.assertEqual(len(bundle["m.reference"]["chunk"]), 2)
+        # In /messages and /threads too.
+        r = await self.request(
+            "GET", f"{API}/rooms/{q(self.room_id)}/messages?dir=b&limit=50", token=self.bob.token
+        )
+        by_id = {e["event_id"]: e for e in r.json["chunk"]}
+        self.assertEqual(by_id[root]["unsigned"]["m.relations"]["m.thread"]["count"], 1)
+        r = await self.threads(self.bob)
+        by_id = {e["event_id"]: e for e in r.json["chunk"]}
+        self.assertEqual(by_id[root]["unsigned"]["m.relations"]["m.thread"]["count"], 1)
+
+    async def test_threads_serve_an_ignored_users_root_redacted(self):
+        root = await self.post(self.carol, text("carol's root"))
+        reply = await self.post(self.alice, in_thread(root, "alice replies"))
+        await self.ignore(self.bob, self.carol)
+        r = await self.threads(self.bob)
+        self.assertEqual(r.code, 200, r)
+        [served] = r.json["chunk"]
+        self.assertEqual(served["event_id"], root)
+        self.assertEqual(served["content"], {})
+        self.assertEqual(
+            served["unsigned"]["m.relations"]["m.thread"]["latest_event"]["event_id"], reply
+        )
+        r = await self.threads(self.alice)
+        self.assertEqual(r.json["chunk"][0]["content"]["body"], "carol's root")
+
+
+@on_both_engines
+class ThreadSummaryVisibility(RelationsTestCase):
+    """A thread's summary counts and shows only the events the viewer may see (spec:
+    "Aggregations of child events": aggregations lack children in history the user
+    cannot see). Synapse counts every event it holds."""
+
+    async def threads(self, user: User, **params: Any) -> Response:
+        url = f"{V1}/rooms/{q(self.room_id)}/threads"
+        if params:
+            url += "?" + urlencode(params)
+        return await self.request("GET", url, token=user.token)
+
+    async def set_visibility(self, value: str) -> None:
+        r = await self.put_state(
+            self.alice, self.room_id, "m.room.history_visibility", {"history_visibility": value}
+        )
+        self.assertEqual(r.code, 200, r)
+
+    async def test_a_late_joiner_counts_only_what_it_may_see(self):
+        # Shared when the thread starts: whoever joins later may read that part.
+        root = await self.post(self.alice, text("root"))
+        await self.post(self.bob, in_thread(root, "shared"))
+        await self.set_visibility("joined")
+        await self.post(self.bob, in_thread(root, "before dave, joined-only"))
+        await self.post(self.bob, in_thread(root, "also before dave"))
+        dave = await self.user("dave")
+        r = await self.join(dave, self.room_id)
+        self.assertEqual(r.code, 200, r)
+        after = await self.post(self.bob, in_thread(root, "after dave joined"))
+        thread = (await self.bundle(dave, root))["m.thread"]
+        self.assertEqual((thread["count"], thread["latest_event"]["event_id"]), (2, after))
+        self.assertEqual((await self.bundle(self.carol, root))["m.thread"]["count"], 4)
+        r = await self.threads(dave)
+        self.assertEqual(chunk_ids(r), [root])
+        self.assertEqual(r.json["chunk"][0]["unsigned"]["m.relations"]["m.thread"]["count"], 2)
+        r = await self.relations(dave, root, "m.thread")
+        self.assertEqual(len(r.json["chunk"]), 2)
+
+    async def test_replies_a_member_saw_as_they_came_are_counted_unread(self):
+        """Counting a long thread for a member joined before it began reads none of its
+        replies: those this server made after the join are visible to them by construction.
+        Older replies, and those from other servers, are read and checked."""
+        root = await self.post(self.alice, text("root"))
+        replies = [await self.post(self.carol, in_thread(root, f"r{i}")) for i in range(12)]
+        visibility = self.hs.history_visibility
+        checked: list[str] = []
+        original = visibility.filter_events_for_user
+
+        async def recording(user_id: str, events: Any) -> Any:
+            checked.extend(e.event.event_id for e in events)
+            return await original(user_id, events)
+
+        visibility.filter_events_for_user = recording  # type: ignore[method-assign]
+        self.addCleanup(setattr, visibility, "filter_events_for_user", original)
+        thread = (await self.bundle(self.bob, root))["m.thread"]
+        self.assertEqual((thread["count"], thread["latest_event"]["event_id"]), (12, replies[-1]))
+        self.assertFalse(set(checked) & set(replies))
+        # Dave, who joins now, has every earlier reply checked (here `shared`: all seen).
+        dave = await self.user("dave")
+        r = await self.join(dave, self.room_id)
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual((await self.bundle(dave, root))["m.thread"]["count"], 12)
+        self.assertEqual(set(checked) & set(replies), set(replies))
+
+    async def test_replies_made_while_a_member_was_away_are_not_counted(self):
+        await self.set_visibility("joined")
+        root = await self.post(self.alice, text("root"))
+        await self.post(self.carol, in_thread(root, "before bob left"))
+        r = await self.membership_action(self.bob, self.room_id, "leave")
+        self.assertEqual(r.code, 200, r)
+        for i in range(3):
+            await self.post(self.carol, in_thread(root, f"while away {i}"))
+        r = await self.join(self.bob, self.room_id)
+        self.assertEqual(r.code, 200, r)
+        # A new display name moves his member event, not where his membership began.
+        r = await self.put_state(
+            self.bob, self.room_id, "m.room.member",
+            {"membership": "join", "displayname": "Robert"}, state_key=self.bob.user_id,
+        )
+        self.assertEqual(r.code, 200, r)
+        back = await self.post(self.carol, in_thread(root, "after he came back"))
+        thread = (await self.bundle(self.bob, root))["m.thread"]
+        self.assertEqual((thread["count"], thread["latest_event"]["event_id"]), (2, back))
+        self.assertEqual((await self.bundle(self.carol, root))["m.thread"]["count"], 5)
+
+    async def test_a_departed_member_sees_the_thread_as_it_left_it(self):
+        await self.set_visibility("joined")
+        root = await self.post(self.alice, text("root"))
+        seen = await self.post(self.carol, in_thread(root, "before bob left"))
+        other = await self.post(self.alice, text("other root"))
+        other_reply = await self.post(self.carol, in_thread(other, "later, still seen"))
+        r = await self.membership_action(self.bob, self.room_id, "leave")
+        self.assertEqual(r.code, 200, r)
+        # More replies after he left than a few newest candidates would cover.
+        for i in range(7):
+            await self.post(self.carol, in_thread(root, f"after {i}"))
+        thread = (await self.bundle(self.bob, root))["m.thread"]
+        self.assertEqual((thread["count"], thread["latest_event"]["event_id"]), (1, seen))
+        # /threads orders by the activity he saw, and counts what he saw.
+        r = await self.threads(self.bob)
+        self.assertEqual(chunk_ids(r), [other, root])
+        self.assertEqual(
+            r.json["chunk"][0]["unsigned"]["m.relations"]["m.thread"]["latest_event"]["event_id"],
+            other_reply,
+        )
+        r = await self.threads(self.bob, limit=1)
+        self.assertEqual(chunk_ids(r), [other])
+        r = await self.threads(self.bob, limit=1, **{"from": r.json["next_batch"]})
+        self.assertEqual(chunk_ids(r), [root])
+        self.assertEqual(r.json["chunk"][0]["unsigned"]["m.relations"]["m.thread"]["count"], 1)
+        # Those still in the room see all of it.
+        r = await self.threads(self.carol)
+        self.assertEqual(chunk_ids(r), [root, other])
+        self.assertEqual(r.json["chunk"][0]["unsigned"]["m.relations"]["m.thread"]["count"], 8)
 
 
 @on_both_engines

@@ -253,3 +253,37 @@ class SharedSectionsMatchAlone(HomeserverTestCase):
             self.assertEqual(
                 thread["current_user_participated"], user in (starter, replier), user
             )
+
+    async def test_a_viewer_ignoring_a_childs_sender_computes_alone(self):
+        """Children from ignored users are not aggregated: a viewer who ignores the sender
+        of a reply or reference under a served event sees another summary than the
+        section's, and computes its own."""
+        await self.set_up_room()
+        # The starter and replier among the hero candidates, so two others may share.
+        starter, replier, ignorer = self.users[1], self.users[2], self.users[-1]
+        r = await self.request(
+            "PUT", f"{API}/user/{quote(ignorer)}/account_data/m.ignored_user_list",
+            {"ignored_users": {replier: {}}}, token=self.tokens[ignorer],
+        )
+        self.assertEqual(r.code, 200, r)
+        sync_filter = json.dumps({"room": {"timeline": {"limit": 10}}})
+        sinces = await self.since_tokens(sync_filter)
+        root = await self.send(starter, "a thread", "t1")
+        for txn, relation in (("t2", "m.thread"), ("t3", "m.reference")):
+            r = await self.request(
+                "PUT", f"{API}/rooms/{quote(self.room_id)}/send/m.room.message/{txn}",
+                {"msgtype": "m.text", "body": "child",
+                 "m.relates_to": {"rel_type": relation, "event_id": root}},
+                token=self.tokens[replier],
+            )
+            self.assertEqual(r.code, 200, r)
+        responses = await self.compare(sinces, sync_filter)
+        self.assertTrue(self.took_shared)
+        self.assertNotIn(ignorer, self.took_shared)
+        for user in self.users:
+            relations = self.timeline(responses[user])[0]["unsigned"].get("m.relations", {})
+            if user == ignorer:
+                self.assertEqual(relations, {})
+            else:
+                self.assertEqual(relations["m.thread"]["count"], 1, user)
+                self.assertEqual(len(relations["m.reference"]["chunk"]), 1, user)

@@ -74,7 +74,7 @@ class DeactivateServlet:
         async with self._hs.uia.operation(
             raw, "POST", "/account/deactivate", [[PASSWORD]], user_id=requester.user_id
         ):
-            await self._hs.account.deactivate(requester.user_id, body.erase)
+            await self._hs.account_deactivation.deactivate(requester.user_id, body.erase)
         # No identity server bindings are ever made, so there is nothing to unbind; the spec
         # says the result "must be `success` if the homeserver has no identifiers to unbind".
         return 200, {"id_server_unbind_result": "success"}

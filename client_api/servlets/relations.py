@@ -57,7 +57,10 @@ class RelationsServlet:
         event_type: str | None = None,
     ) -> tuple[int, Any]:
         requester = await require_user(self._hs, request)
-        direction = query_string(request, "dir") or "b"
+        # An empty value is a bad value, not an absent one.
+        direction = query_string(request, "dir")
+        if direction is None:
+            direction = "b"
         if direction not in ("b", "f"):
             raise MatrixError(400, Codes.INVALID_PARAM, "'dir' must be 'b' or 'f'")
         limit = _parse_limit(request, DEFAULT_LIMIT)
@@ -84,7 +87,9 @@ class ThreadsServlet:
 
     async def on_GET(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
         requester = await require_user(self._hs, request)
-        include = query_string(request, "include") or INCLUDE_ALL
+        include = query_string(request, "include")
+        if include is None:
+            include = INCLUDE_ALL
         if include not in (INCLUDE_ALL, INCLUDE_PARTICIPATED):
             raise MatrixError(400, Codes.INVALID_PARAM, "'include' must be 'all' or 'participated'")
         limit = _parse_limit(request, THREADS_DEFAULT_LIMIT)

@@ -25,7 +25,7 @@ from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
 from homeserver.identifiers import split_user_id
 from homeserver.profile import ProfileHandler
-from homeserver.rooms.membership import MembershipHandler
+from homeserver.rooms.deactivation import AccountDeactivation
 from storage.stores.accounts import Account, AccountStore, RatelimitOverride
 from storage.stores.devices import Device
 from storage.stores.profiles import Profile, ProfileStore
@@ -83,7 +83,7 @@ class AdminUsersHandler:
         devices: DeviceHandler,
         tokens: TokenHandler,
         profile: ProfileHandler,
-        membership: MembershipHandler,
+        deactivation: AccountDeactivation,
         audit: AdminAudit,
     ) -> None:
         self._server_name = server_name
@@ -97,7 +97,7 @@ class AdminUsersHandler:
         self._devices = devices
         self._tokens = tokens
         self._profile = profile
-        self._membership = membership
+        self._deactivation = deactivation
         self._audit = audit
 
     # ----- looking users up -------------------------------------------------------------
@@ -261,23 +261,7 @@ class AdminUsersHandler:
         await self._audit.record(admin.user_id, "deactivate_user", user_id, {"erase": erase})
 
     async def _deactivate(self, user_id: str, erase: bool) -> None:
-        """What the user's own deactivation does (devices, tokens, pushers, password,
-        optionally the profile), then their memberships: an admin deactivating an account
-        also takes it out of its rooms and declines its invites and knocks."""
-        await self._account.deactivate(user_id, erase)
-        as_user = Requester(user_id=user_id, device_id="", token_id="", is_admin=False)
-        for membership in await self._rooms.get_rooms_for_user(
-            user_id, ("join", "invite", "knock")
-        ):
-            try:
-                await self._membership.leave(as_user, membership.room_id)
-            except Exception as e:
-                # One room refusing (its state forbids the leave, or the server holding an
-                # invite is unreachable) must not keep the account in the others, nor turn a
-                # deactivation that happened into an error.
-                logger.warning(
-                    "deactivating %s: could not leave %s: %s", user_id, membership.room_id, e
-                )
+        await self._deactivation.deactivate(user_id, erase)
 
     async def reset_password(
         self, admin: Requester, user_id: str, new_password: str, logout_devices: bool

@@ -1,33 +1,49 @@
 """The admin API's handlers (`homeserver/admin/`): the audit log every one of them writes
-to, and one handler per admin area (users today)."""
+to, and one handler per admin area (users, federation destinations, server notices)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from homeserver.account_data import AccountDataHandler
 from homeserver.admin.audit import AdminAudit
+from homeserver.admin.federation import AdminFederationHandler, DestinationWaker
 from homeserver.admin.media import AdminMediaHandler
 from homeserver.admin.registration_tokens import AdminRegistrationTokensHandler
+from homeserver.admin.server_notices import ServerNoticesHandler
 from homeserver.admin.users import AdminUsersHandler
 from homeserver.areas.auth import Auth
 from homeserver.areas.core import Core
 from homeserver.areas.media import Media
 from homeserver.areas.rooms import Rooms
 from homeserver.areas.stores import Stores
+from homeserver.rooms.deactivation import AccountDeactivation
 
 
 @dataclass(frozen=True)
 class Admin:
     audit: AdminAudit
     users: AdminUsersHandler
+    # Deactivating an account (its user's request or an admin's): built here, where the
+    # account and the rooms it leaves are both at hand.
+    deactivation: AccountDeactivation
+    federation: AdminFederationHandler
+    server_notices: ServerNoticesHandler
     registration_tokens: AdminRegistrationTokensHandler
     media: AdminMediaHandler
 
 
 def build_admin(
-    core: Core, stores: Stores, auth: Auth, rooms: Rooms, media: Media
+    core: Core,
+    stores: Stores,
+    auth: Auth,
+    rooms: Rooms,
+    media: Media,
+    account_data: AccountDataHandler,
+    federation_sender: DestinationWaker,
 ) -> Admin:
     audit = AdminAudit(core.clock, stores.admin_audit_store)
+    deactivation = AccountDeactivation(auth.account, stores.room_store, rooms.membership)
     users = AdminUsersHandler(
         core.server_name,
         core.clock,
@@ -40,18 +56,34 @@ def build_admin(
         auth.devices,
         auth.tokens,
         rooms.profiles,
-        rooms.membership,
+        deactivation,
         audit,
-    )
-    registration_tokens = AdminRegistrationTokensHandler(
-        core.clock, stores.registration_token_store, audit
-    )
-    media_handler = AdminMediaHandler(
-        core.server_name, stores.media_admin_store, media.provider, users, audit
     )
     return Admin(
         audit=audit,
         users=users,
-        registration_tokens=registration_tokens,
-        media=media_handler,
+        deactivation=deactivation,
+        federation=AdminFederationHandler(
+            stores.federation_queue_store, federation_sender, audit
+        ),
+        server_notices=ServerNoticesHandler(
+            core.server_name,
+            core.config.server_notices,
+            core.clock,
+            stores.accounts,
+            stores.server_notice_store,
+            stores.room_store,
+            users,
+            rooms.room_creation,
+            rooms.membership,
+            rooms.event_sender,
+            account_data,
+            audit,
+        ),
+        registration_tokens=AdminRegistrationTokensHandler(
+            core.clock, stores.registration_token_store, audit
+        ),
+        media=AdminMediaHandler(
+            core.server_name, stores.media_admin_store, media.provider, users, audit
+        ),
     )

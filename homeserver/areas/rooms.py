@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from federation.queries import RemoteQueries
-from homeserver.account_data import AccountDataHandler
+from homeserver.account_data import AccountDataHandler, IgnoredUsers
 from homeserver.areas.core import Core
 from homeserver.areas.stores import Stores
 from homeserver.areas.streams import Streams
@@ -16,7 +16,7 @@ from homeserver.events.serialize import EventSerializer
 from homeserver.presence import PresenceHandler
 from homeserver.profile import ProfileHandler
 from homeserver.push.actions import PushActionGenerator
-from homeserver.push.counts import NotificationCounts, StagedActionsMover
+from homeserver.push.counts import NotificationCounts, SummaryRotator
 from homeserver.push.notifications import NotificationsHandler
 from homeserver.ratelimit import RateLimiter
 from homeserver.rooms.creation import RoomCreationHandler
@@ -70,6 +70,8 @@ class Rooms:
     room_state: RoomStateHandler
     messages: MessagesHandler
     relations: RelationsHandler
+    # Whom each user ignores (spec: "Ignoring Users"), held in memory.
+    ignored_users: IgnoredUsers
 
 
 def build_rooms(
@@ -96,7 +98,7 @@ def build_rooms(
         state,
         stores.account_data_store,
         counts,
-        StagedActionsMover(core.reactor, stores.push_action_store),
+        SummaryRotator(core.reactor, stores.push_action_store),
     )
     account_data.change_listeners.append(push_actions.account_data_changed)
     persister = EventPersister(
@@ -118,9 +120,16 @@ def build_rooms(
         core.server_name, stores.profile_store, rooms, state, events, creator, remote
     )
     # Who may read a room (history visibility) and who has the power to act in it.
-    visibility = HistoryVisibility(events, state, rooms)
+    visibility = HistoryVisibility(core.server_name, events, state, rooms)
+    ignored = IgnoredUsers(stores.account_data_store)
+    account_data.change_listeners.append(ignored.account_data_changed)
     serializer = EventSerializer(
-        core.clock, events, stores.relation_store, visibility.filter_events_for_user
+        core.clock,
+        events,
+        stores.relation_store,
+        visibility.filter_events_for_user,
+        ignored.of,
+        visibility.filter_relations_for_user,
     )
     power = RoomPower(events, state, rooms)
     state_contents = StateContents(events, state)
@@ -148,11 +157,14 @@ def build_rooms(
         stores.accounts,
         power,
         federation.membership,
+        stores.server_notice_store.is_notice_room_of,
     )
     # A forget changes no stream position: the cached memberships of the user must hear of it.
     membership.forget_listeners.append(streams.shared_rooms.forget)
     message_limiter = core.limiter("message_per_user", core.config.rate_limits.message_per_user)
-    relations = RelationsHandler(events, stores.relation_store, visibility, serializer)
+    relations = RelationsHandler(
+        events, stores.relation_store, visibility, serializer, ignored.of
+    )
     return Rooms(
         event_stream=event_stream,
         state_group_ids=state_group_ids,
@@ -196,6 +208,9 @@ def build_rooms(
         ),
         # Reading history (/messages, /context, /event) and state.
         room_state=RoomStateHandler(events, state, rooms, visibility),
-        messages=MessagesHandler(events, state, visibility, serializer, federation.backfill),
+        messages=MessagesHandler(
+            events, state, visibility, serializer, federation.backfill, ignored.of
+        ),
         relations=relations,
+        ignored_users=ignored,
     )

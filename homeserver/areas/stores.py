@@ -37,6 +37,7 @@ from storage.stores.relations import RelationStore
 from storage.stores.room_keys import RoomKeysStore
 from storage.stores.rooms import RoomStore
 from storage.stores.server_keys import ServerKeyStore
+from storage.stores.server_notices import ServerNoticeStore
 from storage.stores.state import StateStore
 from storage.stores.tokens import TokenStore
 from storage.stores.uia import UiaStore
@@ -74,6 +75,7 @@ class Stores:
     pusher_store: PusherStore
     push_action_store: PushActionStore
     admin_audit_store: AdminAuditStore
+    server_notice_store: ServerNoticeStore
     user_admin_store: UserAdminStore
     registration_token_store: RegistrationTokenStore
     media_admin_store: MediaAdminStore
@@ -154,6 +156,7 @@ def build_stores(db: Database, replication: Replication) -> Stores:
         pusher_store=PusherStore(db),
         push_action_store=PushActionStore(db),
         admin_audit_store=AdminAuditStore(db),
+        server_notice_store=ServerNoticeStore(db),
         user_admin_store=UserAdminStore(db),
         registration_token_store=RegistrationTokenStore(db),
         media_admin_store=MediaAdminStore(db),

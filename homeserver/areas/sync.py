@@ -61,6 +61,7 @@ def build_sync(
         to_device=e2e.to_device,
         e2e_keys=e2e.keys,
         counts=user_data.notification_counts,
+        ignored_by=rooms.ignored_users.of,
     )
     websocket_config = core.config.websocket
     connections = ConnectionRegistry(

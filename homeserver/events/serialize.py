@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,8 +15,10 @@ from storage.stores.relations import RelationRow, RelationStore
 
 # (user_id, events) -> those of the events the user may see, in order.
 VisibleTo = Callable[[str, Sequence[StoredEvent]], Awaitable[list[StoredEvent]]]
-# How many of a thread's newest events are read to find the latest one the viewer may see.
-LATEST_CANDIDATES = 5
+# (user_id, relation rows) -> those whose events the user may see, in order.
+RowsVisibleTo = Callable[[str, Sequence[RelationRow]], Awaitable[list[RelationRow]]]
+# user_id -> the users they ignore (`homeserver.account_data.IgnoredUsers.of`).
+IgnoredBy = Callable[[str], Awaitable[frozenset[str]]]
 
 
 @dataclass
@@ -36,6 +39,8 @@ class EventSerializer:
         events: EventStore,
         relations: RelationStore | None = None,
         visible_to: VisibleTo | None = None,
+        ignored_by: IgnoredBy | None = None,
+        rows_visible_to: RowsVisibleTo | None = None,
     ) -> None:
         self._clock = clock
         self._events = events
@@ -43,6 +48,11 @@ class EventSerializer:
         # History visibility (`HistoryVisibility.filter_events_for_user`), for the children
         # bundled with an event.
         self._visible_to = visible_to
+        # The same for a thread's events, which are counted: without reading them all
+        # (`HistoryVisibility.filter_relations_for_user`).
+        self._rows_visible_to = rows_visible_to
+        # Children sent by users the viewer ignores are left out of its aggregations.
+        self._ignored_by = ignored_by
 
     async def serialize(
         self,
@@ -152,9 +162,18 @@ class EventSerializer:
         viewer: str | None,
         with_threads: bool,
     ) -> dict[str, _Aggregation]:
-        """event_id -> its children's aggregations, for the events that have any. With a
-        viewer, only children it may see count (an edit made after it left the room must
-        not show); without one (a shared sync section, whose viewers are all joined), all."""
+        """event_id -> its children's aggregations, for the events that have any.
+
+        With a viewer, only children it may see count, and none sent by a user it ignores
+        (spec: "Aggregations of child events": children in history the user cannot see
+        are lacking from aggregations, and servers "must ... not consider child events from
+        ignored users"; "Threading": `count` leaves out ignored users and `latest_event` is
+        the latest sent by an un-ignored user). A thread's `count` is therefore the number
+        of its events the viewer may see, where Synapse counts every event it holds: the
+        spec says the aggregation lacks what the user cannot see, and a count of hidden
+        replies tells a user who joined later how much was said before.
+        Without a viewer (a shared sync section, which a viewer takes only when it would
+        aggregate the same children: see `bundled_children`), all."""
         assert self._relations is not None
         by_room: dict[str, list[str]] = {}
         for stored in stored_list:
@@ -167,23 +186,32 @@ class EventSerializer:
         if not rows:
             return {}
         parents = {s.event.event_id: s for s in stored_list}
+        # Participation is about the viewer's own events: every thread event counts.
+        participants: dict[str, set[str]] = {}
+        for row in rows:
+            if row.rel_type == THREAD:
+                participants.setdefault(row.parent_id, {parents[row.parent_id].event.sender})
+                participants[row.parent_id].add(row.sender)
+        if viewer is not None and self._ignored_by is not None:
+            ignored = await self._ignored_by(viewer)
+            if ignored:
+                rows = [r for r in rows if r.sender not in ignored]
         # The original's edits stop applying once it is redacted (spec: "Redactions of
         # the original event").
         edit_rows = [r for r in rows if r.rel_type == REPLACE and r.parent_id not in redactions]
         reference_rows = [r for r in rows if r.rel_type == REFERENCE]
-        thread_rows: dict[str, list[RelationRow]] = {}
-        for row in rows:
-            if row.rel_type == THREAD:
-                thread_rows.setdefault(row.parent_id, []).append(row)
-        # A thread's latest event is the newest of its last few the viewer may see.
-        latest_candidates = [
-            r for thread in thread_rows.values() for r in thread[-LATEST_CANDIDATES:]
-        ]
-        wanted = [r.event_id for r in (*edit_rows, *reference_rows, *latest_candidates)]
-        loaded = await self._events.get_stored_events(wanted)
+        thread_rows = [r for r in rows if r.rel_type == THREAD]
+        if viewer is not None and self._rows_visible_to is not None and thread_rows:
+            thread_rows = await self._rows_visible_to(viewer, thread_rows)
+        # Of a thread's events only the latest shown is served; the others are counted.
+        latest_rows = list({r.parent_id: r for r in thread_rows}.values())
+        loaded = await self._events.get_stored_events(
+            r.event_id for r in (*edit_rows, *reference_rows)
+        )
         if viewer is not None and self._visible_to is not None:
             visible = await self._visible_to(viewer, list(loaded.values()))
             loaded = {s.event.event_id: s for s in visible}
+        loaded_latest = await self._events.get_stored_events(r.event_id for r in latest_rows)
 
         aggregations: dict[str, _Aggregation] = {}
         edits_by_parent: dict[str, list[StoredEvent]] = {}
@@ -201,34 +229,48 @@ class EventSerializer:
                 aggregations.setdefault(row.parent_id, _Aggregation()).references.append(
                     row.event_id
                 )
-        for parent_id, thread in thread_rows.items():
-            shown = [
-                loaded[r.event_id] for r in thread[-LATEST_CANDIDATES:] if r.event_id in loaded
-            ]
-            if not shown:
-                continue
-            aggregation = aggregations.setdefault(parent_id, _Aggregation())
-            aggregation.thread_latest = shown[-1]
-            aggregation.thread_count = len(thread)
-            aggregation.thread_participants = {r.sender for r in thread}
-            aggregation.thread_participants.add(parents[parent_id].event.sender)
+        # Rows are in history order: a thread's latest event is the last one shown.
+        counts = Counter(r.parent_id for r in thread_rows)
+        for row in latest_rows:
+            if row.event_id in loaded_latest:
+                aggregation = aggregations.setdefault(row.parent_id, _Aggregation())
+                aggregation.thread_latest = loaded_latest[row.event_id]
+                aggregation.thread_count = counts[row.parent_id]
+                aggregation.thread_participants = participants[row.parent_id]
         return aggregations
 
-    async def thread_participants(self, stored_list: list[StoredEvent]) -> set[str]:
-        """Everyone for whom `current_user_participated` is true on one of these events:
-        the senders of thread roots among them and of their threads' events."""
+    async def bundled_children(
+        self, stored_list: list[StoredEvent]
+    ) -> tuple[set[str], list[StoredEvent]]:
+        """What the aggregations of these events are made of when computed for nobody:
+        (everyone for whom `current_user_participated` is true on one of them, the children
+        counted or bundled, with the edits of each thread's latest event). A viewer for
+        whom all those children are visible, and none sent by a user it ignores, computes
+        the same aggregations for itself; a shared sync section relies on that."""
         if self._relations is None:
-            return set()
+            return set(), []
         by_room: dict[str, list[str]] = {}
         for stored in stored_list:
-            by_room.setdefault(stored.event.room_id, []).append(stored.event.event_id)
+            if not stored.outlier:
+                by_room.setdefault(stored.event.room_id, []).append(stored.event.event_id)
         parents = {s.event.event_id: s for s in stored_list}
         participants: set[str] = set()
+        rows: list[RelationRow] = []
         for room_id, parent_ids in by_room.items():
-            for row in await self._relations.get_children_of_many(room_id, parent_ids, (THREAD,)):
-                participants.add(row.sender)
-                participants.add(parents[row.parent_id].event.sender)
-        return participants
+            children = await self._relations.get_children_of_many(
+                room_id, parent_ids, BUNDLED_REL_TYPES
+            )
+            latest = {r.parent_id: r.event_id for r in children if r.rel_type == THREAD}
+            for row in children:
+                if row.rel_type == THREAD:
+                    participants.add(row.sender)
+                    participants.add(parents[row.parent_id].event.sender)
+            rows += children
+            rows += await self._relations.get_children_of_many(
+                room_id, list(latest.values()), (REPLACE, REFERENCE)
+            )
+        loaded = await self._events.get_stored_events(r.event_id for r in rows)
+        return participants, [loaded[r.event_id] for r in rows if r.event_id in loaded]
 
     async def federation_forms(self, stored_events: Iterable[StoredEvent]) -> list[dict[str, Any]]:
         """The PDUs as signed (for `event_format: federation`), pruned where redacted."""

@@ -15,7 +15,7 @@ flight (their notifications stay queued, and go after the restart).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -170,6 +170,10 @@ class PushDelivery:
         """Whether anything sent for this user would be delivered (push evaluation skips
         reading the user's unread count otherwise)."""
         return self._config.enabled and user_id in self._users_with_pushers
+
+    def users_with_http_pushers(self) -> Collection[str]:
+        """Every user `has_http_pusher` is true of (none while pushing is disabled)."""
+        return self._users_with_pushers if self._config.enabled else ()
 
     def pusher_set(self, user_id: str, kind: str) -> None:
         """A pusher was set for the user (after commit)."""

@@ -20,7 +20,7 @@ import functools
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,6 +142,119 @@ def _same_scalar(a: Any, b: Any) -> bool:
 # ----- conditions ---------------------------------------------------------------------------
 
 Matcher = Callable[[EventView, PushContext], bool]
+class Members:
+    """The users of one room who share one ruleset, with their display names there: what
+    the user-dependent conditions are checked against all at once (`CompiledRuleset.
+    evaluate_many`). Made once per version of the room's state (the push generator holds
+    it); what it indexes is built when first needed and kept with it."""
+
+    __slots__ = ("names", "_all_but", "_by_word", "_unindexed")
+
+    def __init__(self, names: Mapping[str, str | None]) -> None:
+        # user_id -> display name (None without one), in a stable order.
+        self.names: dict[str, str | None] = dict(names)
+        self._all_but: dict[str | None, tuple[str, ...]] = {}
+        self._by_word: dict[str, list[str]] | None = None
+        self._unindexed: list[str] = []
+
+    def all_but(self, excluded: str | None) -> tuple[str, ...]:
+        """Every member but `excluded` (the sender), the same tuple for each event of the
+        same sender: the users a rule matching everyone gives its actions to."""
+        key = excluded if excluded in self.names else None
+        found = self._all_but.get(key)
+        if found is None:
+            if len(self._all_but) >= _ALL_BUT_HELD:
+                self._all_but.clear()
+            found = self._all_but[key] = tuple(u for u in self.names if u != key)
+        return found
+
+    def may_be_named_in(self, lowered: str | None) -> list[str]:
+        """The members whose display name a body may contain (a superset, each checked
+        with its regular expression after), given the body lowered if ASCII (else None:
+        every member with a name). A name's first run of word characters is a whole word of
+        any body its regular expression matches (the match starts and ends at word
+        boundaries), so members are indexed by that word and a body's words find them."""
+        if lowered is None:
+            return [u for u, name in self.names.items() if name]
+        if self._by_word is None:
+            self._by_word = {}
+            for user_id, name in self.names.items():
+                if not name or not name.strip():
+                    continue
+                first = _WORD.search(name.lower()) if name.isascii() else None
+                if first is None:
+                    self._unindexed.append(user_id)
+                else:
+                    self._by_word.setdefault(first.group(), []).append(user_id)
+        found = list(self._unindexed)
+        for word in set(_WORD.findall(lowered)):
+            found.extend(self._by_word.get(word, ()))
+        return found
+
+
+# Senders whose "everyone but them" tuples a `Members` keeps.
+_ALL_BUT_HELD = 16
+# A run of word characters in a lowered ASCII string (spec: word boundaries).
+_WORD = re.compile(r"[a-z0-9_]+")
+
+
+def _member_context(ctx: PushContext, members: Members, user_id: str) -> PushContext:
+    return PushContext(
+        ctx.member_count, members.names.get(user_id), ctx.sender_power,
+        ctx.notification_levels, user_id,
+    )
+
+
+# Select the members (all of them for None, else those listed) for whom a condition holds.
+Selector = Callable[[EventView, PushContext, Members, "Sequence[str] | None"], list[str]]
+
+
+class _PerUser:
+    """A condition that depends on the user (their ID, their display name). Checked for one
+    user (`__call__`), or for the members of a room sharing a ruleset at once (`select`):
+    then what it needs of the event (a mention list as a set, the body's words) is worked
+    out once, and only the members it could hold for are looked at."""
+
+    __slots__ = ("_test", "_select")
+
+    def __init__(self, test: Matcher, select: Selector | None = None) -> None:
+        self._test = test
+        self._select = select
+
+    def __call__(self, view: EventView, ctx: PushContext) -> bool:
+        return self._test(view, ctx)
+
+    def select(
+        self, view: EventView, ctx: PushContext, members: Members, among: Sequence[str] | None
+    ) -> list[str]:
+        """The members (`among` them, if given) for whom the condition holds; `ctx` is the
+        room's (its display name and user ID are not read)."""
+        if self._select is not None:
+            return self._select(view, ctx, members, among)
+        pool = members.names if among is None else among
+        return [u for u in pool if self._test(view, _member_context(ctx, members, u))]
+
+
+def _lowered_ascii(view: EventView, path: tuple[str, ...]) -> str | None:
+    """The string at `path` lowered, if it is ASCII (else None), once per event. Then an
+    ASCII needle matching it case-insensitively, at word boundaries or not, is a substring
+    of it: a cheap test to rule users out before their regular expression."""
+    key = ("lowered_ascii", path)
+    if key in view.answers:
+        return view.answers[key]  # type: ignore[no-any-return]
+    value = view.value(path)
+    lowered = value.lower() if isinstance(value, str) and value.isascii() else None
+    view.answers[key] = lowered
+    return lowered
+
+
+def _may_match(lowered: str | None, needle: str) -> bool:
+    """False only when `needle` (a user ID or display name) cannot match a value whose
+    lowered ASCII form is `lowered`, ignoring case. Glob characters in a user ID make no
+    promise."""
+    if lowered is None or not needle.isascii() or "*" in needle or "?" in needle:
+        return True
+    return needle.lower() in lowered
 
 
 class _EventOnly:
@@ -179,13 +292,22 @@ def _event_match(key: str, pattern: str) -> Matcher:
     word_boundary = path == ("content", "body")
     if pattern == SELF:
 
-        def match_self(view: EventView, ctx: PushContext) -> bool:
-            value = view.value(path)
+        def matches(value: Any, user_id: str) -> bool:
             return isinstance(value, str) and (
-                compile_glob(ctx.user_id, word_boundary).search(value) is not None
+                compile_glob(user_id, word_boundary).search(value) is not None
             )
 
-        return match_self
+        def select_self(
+            view: EventView, _ctx: PushContext, members: Members, among: Sequence[str] | None
+        ) -> list[str]:
+            value = view.value(path)
+            if not isinstance(value, str):
+                return []
+            lowered = _lowered_ascii(view, path)
+            pool = members.names if among is None else among
+            return [u for u in pool if _may_match(lowered, u) and matches(value, u)]
+
+        return _PerUser(lambda view, ctx: matches(view.value(path), ctx.user_id), select_self)
     regex = compile_glob(pattern, word_boundary)
 
     def test(view: EventView) -> bool:
@@ -221,6 +343,31 @@ def _contains_display_name(view: EventView, ctx: PushContext) -> bool:
     return regex.search(body) is not None
 
 
+def _select_display_name(
+    view: EventView, _ctx: PushContext, members: Members, among: Sequence[str] | None
+) -> list[str]:
+    body = view.value(("content", "body"))
+    if not isinstance(body, str):
+        return []
+    lowered = _lowered_ascii(view, ("content", "body"))
+    pool = members.may_be_named_in(lowered) if among is None else among
+    names = members.names
+    found = []
+    for user_id in pool:
+        name = names.get(user_id)
+        if (
+            name
+            and _may_match(lowered, name)
+            and name.strip()
+            and _display_name_regex(name).search(body) is not None
+        ):
+            found.append(user_id)
+    return found
+
+
+_DISPLAY_NAME = _PerUser(_contains_display_name, _select_display_name)
+
+
 @functools.lru_cache(maxsize=10_000)
 def _display_name_regex(name: str) -> re.Pattern[str]:
     return re.compile(_WORD_START + re.escape(name) + _WORD_END, re.IGNORECASE)
@@ -229,11 +376,20 @@ def _display_name_regex(name: str) -> re.Pattern[str]:
 def _property_self(kind: str, path: tuple[str, ...]) -> Matcher:
     """`event_property_is` / `_contains` of the ruleset owner's user ID."""
     if kind == "event_property_is":
-        return lambda view, ctx: view.value(path) == ctx.user_id
+
+        def select_is(
+            view: EventView, _ctx: PushContext, members: Members, among: Sequence[str] | None
+        ) -> list[str]:
+            value = view.value(path)
+            if among is not None:
+                return [u for u in among if u == value]
+            return [value] if isinstance(value, str) and value in members.names else []
+
+        return _PerUser(lambda view, ctx: view.value(path) == ctx.user_id, select_is)
 
     memo_key = ("self_contains", path)
 
-    def contains(view: EventView, ctx: PushContext) -> bool:
+    def strings_of(view: EventView) -> frozenset[str]:
         # The array's strings as a set, made once per event for all its users.
         strings = view.answers.get(memo_key)
         if strings is None:
@@ -241,9 +397,20 @@ def _property_self(kind: str, path: tuple[str, ...]) -> Matcher:
             strings = view.answers[memo_key] = frozenset(
                 v for v in found if isinstance(v, str)
             ) if isinstance(found, list) else frozenset()
-        return ctx.user_id in strings
+        return strings  # type: ignore[no-any-return]
 
-    return contains
+    def select_contains(
+        view: EventView, _ctx: PushContext, members: Members, among: Sequence[str] | None
+    ) -> list[str]:
+        strings = strings_of(view)
+        if among is not None:
+            return [u for u in among if u in strings]
+        return [u for u in strings if u in members.names]
+
+    return _PerUser(lambda view, ctx: ctx.user_id in strings_of(view), select_contains)
+
+
+_NEVER = _PerUser(lambda _view, _ctx: False, lambda _view, _ctx, _members, _among: [])
 
 
 def compile_condition(condition: Any) -> Matcher:
@@ -275,7 +442,7 @@ def compile_condition(condition: Any) -> Matcher:
 
         return _memoized((kind, path, type(wanted), wanted), test_contains)
     if kind == "contains_display_name":
-        return _contains_display_name
+        return _DISPLAY_NAME
     if kind == "room_member_count":
         return _member_count(_string(condition, "is"))
     if kind == "sender_notification_permission":
@@ -286,7 +453,7 @@ def compile_condition(condition: Any) -> Matcher:
             >= ctx.notification_levels.get(key, DEFAULT_NOTIFICATION_LEVEL),
         )
     if isinstance(kind, str):
-        return lambda _view, _ctx: False
+        return _NEVER
     raise InvalidRule(f"condition without a 'kind': {condition!r}")
 
 
@@ -408,6 +575,40 @@ class CompiledRuleset:
                 return rule
         return plan.fallback
 
+    def evaluate_many(
+        self, view: EventView, ctx: PushContext, members: Members, excluded: str | None
+    ) -> list[tuple[CompiledRule, Sequence[str]]]:
+        """`evaluate` for every member but `excluded` (the sender) at once: the matching
+        rules, each with the members it matched, in rule order; members no rule matched
+        are left out. `ctx` is the room's. Each rule's user conditions select their members
+        a condition at a time (a mention: the members named; a display name: the members
+        whose name's first word is in the body), so a big room's members cost nothing each
+        unless a condition could hold for them; the rule that matches everyone else gives
+        them the same tuple event after event."""
+        plan = view.plans.get(self)
+        if plan is None:
+            plan = view.plans[self] = self._plan(view, ctx)
+        matched_rules: list[tuple[CompiledRule, Sequence[str]]] = []
+        taken: set[str] = set()
+        for rule, conditions in plan.candidates:
+            matched: list[str] | None = None
+            for condition in conditions:
+                matched = _select(condition, view, ctx, members, matched)
+                if not matched:
+                    break
+            if not matched:
+                continue
+            fresh = [u for u in matched if u not in taken and u != excluded]
+            if fresh:
+                matched_rules.append((rule, fresh))
+                taken.update(fresh)
+        if plan.fallback is not None:
+            everyone = members.all_but(excluded)
+            rest = tuple(u for u in everyone if u not in taken) if taken else everyone
+            if rest:
+                matched_rules.append((plan.fallback, rest))
+        return matched_rules
+
     def _plan(self, view: EventView, ctx: PushContext) -> _Plan:
         candidates: list[tuple[CompiledRule, tuple[Matcher, ...]]] = []
         for rule, event_conditions, user_conditions in self._split:
@@ -417,6 +618,19 @@ class CompiledRuleset:
                 return _Plan(tuple(candidates), rule)
             candidates.append((rule, user_conditions))
         return _Plan(tuple(candidates), None)
+
+
+def _select(
+    condition: Matcher,
+    view: EventView,
+    ctx: PushContext,
+    members: Members,
+    among: Sequence[str] | None,
+) -> list[str]:
+    if isinstance(condition, _PerUser):
+        return condition.select(view, ctx, members, among)
+    pool = members.names if among is None else among
+    return [u for u in pool if condition(view, _member_context(ctx, members, u))]
 
 
 def compile_ruleset(user_id: str, ruleset: Mapping[str, Any]) -> CompiledRuleset:
@@ -464,4 +678,32 @@ def evaluate_all(
             continue
         if rule is not None and (rule.notify or rule.highlight):
             results[user_id] = rule
+    return results
+
+
+def evaluate_members(
+    view: EventView,
+    ctx: PushContext,
+    groups: Iterable[tuple[CompiledRuleset, Members]],
+    excluded: str | None,
+) -> list[tuple[CompiledRule, Sequence[str]]]:
+    """The rules that notify or highlight, each with the users it matched, for a room's
+    users grouped by the ruleset they share, all but `excluded` (`ctx` is the room's).
+    Equivalent to `evaluate_all`; a group whose evaluation fails is evaluated again user by
+    user, so one user's failure is logged and skipped, never the others'."""
+    results: list[tuple[CompiledRule, Sequence[str]]] = []
+    for ruleset, members in groups:
+        try:
+            matched = ruleset.evaluate_many(view, ctx, members, excluded)
+        except Exception:
+            matched = []
+            for user_id in members.all_but(excluded):
+                try:
+                    rule = ruleset.evaluate(view, _member_context(ctx, members, user_id))
+                except Exception:
+                    logger.exception("Evaluating the push rules of %s failed", user_id)
+                    continue
+                if rule is not None:
+                    matched.append((rule, [user_id]))
+        results.extend((rule, users) for rule, users in matched if rule.notify or rule.highlight)
     return results

@@ -11,7 +11,7 @@ existing event), and the parts that need federation, which answer with a clear
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from homeserver.auth.restrictions import check_not_suspended
@@ -87,7 +87,11 @@ class MembershipHandler:
         accounts: AccountStore,
         power: RoomPower,
         federation: RemoteMembership | None = None,
+        is_server_notice_room: Callable[[str, str], Awaitable[bool]] | None = None,
     ) -> None:
+        # (user_id, room_id) -> whether it is the user's server notices room, whose invite
+        # may not be rejected (spec: "Server Notices").
+        self._is_server_notice_room = is_server_notice_room
         self._server_name = server_name
         self._creator = creator
         self._events = events
@@ -180,6 +184,17 @@ class MembershipHandler:
             # Already gone (left, or kicked): nothing to do, and the auth rules would refuse
             # a second leave.
             return
+        if (
+            current is not None
+            and current.membership == "invite"
+            and self._is_server_notice_room is not None
+            and await self._is_server_notice_room(requester.user_id, room_id)
+        ):
+            raise MatrixError(
+                403,
+                Codes.CANNOT_LEAVE_SERVER_NOTICE_ROOM,
+                "You cannot reject this invite: it is your server notices room",
+            )
         if current is not None and self.federation is not None and not (
             await self.federation.is_resident(room_id)
         ):

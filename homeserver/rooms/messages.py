@@ -80,8 +80,14 @@ class MessagesHandler:
         visibility: HistoryVisibility,
         serializer: EventSerializer,
         backfill: Backfill | None = None,
+        ignored_by: Callable[[str], Awaitable[frozenset[str]]] | None = None,
     ) -> None:
         self._events = events
+        # user_id -> whom they ignore: those users' events other than state are left out
+        # of pages (`/messages`, `/context`), as sync leaves them out of timelines. The spec
+        # says so of sync only; Synapse leaves them out of every page too, and a client
+        # that asked not to see someone should not meet them again by scrolling back.
+        self._ignored_by = ignored_by
         self._state = state
         self._visibility = visibility
         self._serializer = serializer
@@ -260,6 +266,7 @@ class MessagesHandler:
         position = from_position
         scanned = 0
         exhausted = False
+        ignored = await self._ignored_by(user_id) if self._ignored_by is not None else frozenset()
         while len(found) < limit and scanned < MAX_SCANNED_EVENTS:
             wanted = limit - len(found)
             # One more than needed the first time, so a last page is known to be the last;
@@ -281,6 +288,10 @@ class MessagesHandler:
             if batch:
                 position = _continue_after(batch[-1], direction)
             passing = await self._apply_filter(batch, event_filter)
+            if ignored:
+                passing = [
+                    e for e in passing if e.event.is_state or e.event.sender not in ignored
+                ]
             found.extend(await self._visibility.filter_events_for_user(user_id, passing))
             if len(batch) < batch_size:
                 exhausted = True

@@ -6,6 +6,12 @@ Who may see what follows the room's history visibility: the requester must be ab
 the parent (404 otherwise, the answer for an event that does not exist), and every child
 served passes `HistoryVisibility.filter_events_for_user`. Children are the rows of the
 relations table, which only holds events of the parent's own room.
+
+Users the requester ignores (spec: "Ignoring Users"): their children are not served by
+/relations (state events excepted, which the spec says are still sent), nor aggregated
+(see `EventSerializer._aggregations`); /threads serves a root they sent redacted, as
+threads_list.yaml says ("to simulate the same behaviour of a client doing aggregation
+locally on the thread"), where Synapse leaves it out.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ from typing import Any
 
 from homeserver.auth.tokens import Requester
 from homeserver.errors import Codes, MatrixError
+from homeserver.events.redaction import prune_event_dict
 from homeserver.events.relations import ANNOTATION, THREAD, relation_of
-from homeserver.events.serialize import EventSerializer
+from homeserver.events.serialize import EventSerializer, IgnoredBy
 from homeserver.rooms.lookup import require_room
 from homeserver.rooms.messages import readable_event, resolve_position
 from homeserver.rooms.visibility import HistoryVisibility, Position
@@ -51,11 +58,13 @@ class RelationsHandler:
         relations: RelationStore,
         visibility: HistoryVisibility,
         serializer: EventSerializer,
+        ignored_by: IgnoredBy,
     ) -> None:
         self._events = events
         self._relations = relations
         self._visibility = visibility
         self._serializer = serializer
+        self._ignored_by = ignored_by
 
     # ----- GET /rooms/{roomId}/relations/{eventId}[/{relType}[/{eventType}]] ---------------
 
@@ -94,6 +103,13 @@ class RelationsHandler:
         loaded = await self._events.get_stored_events(row.event_id for row in rows)
         children = [loaded[row.event_id] for row in rows if row.event_id in loaded]
         visible = await self._visibility.filter_events_for_user(requester.user_id, children)
+        if visible:
+            # Like the visibility filter, this may make a page shorter than `limit`; the
+            # token still continues after the last row read (as Synapse does).
+            ignored = await self._ignored_by(requester.user_id)
+            visible = [
+                s for s in visible if s.event.is_state or s.event.sender not in ignored
+            ]
         response: dict[str, Any] = {
             "chunk": await self._serializer.serialize(
                 visible,
@@ -125,10 +141,16 @@ class RelationsHandler:
         read, or that does not exist (the spec's one answer for both); 400 M_INVALID_PARAM
         for a malformed token."""
         before = self._parse_threads_token(from_token) if from_token is not None else None
-        if await self._visibility.get_room_access(requester.user_id, room_id) is None:
+        access = await self._visibility.get_room_access(requester.user_id, room_id)
+        if access is None:
             raise MatrixError(403, Codes.FORBIDDEN, "You are not allowed to view this room")
         participant = requester.user_id if include == INCLUDE_PARTICIPATED else None
-        roots = await self._relations.get_thread_roots(room_id, limit + 1, before, participant)
+        # A user who left sees threads as they were when they left: ordered by activity up
+        # to then, and paginated from there (spec: "from the most recent event visible to
+        # the user"), so neither the order nor the tokens tell of replies made since.
+        roots = await self._relations.get_thread_roots(
+            room_id, limit + 1, before, participant, until=access.until
+        )
         more = len(roots) > limit
         roots = roots[:limit]
         loaded = await self._events.get_stored_events(root_id for root_id, _ in roots)
@@ -138,13 +160,18 @@ class RelationsHandler:
             if root_id in loaded and loaded[root_id].event.room_id == room_id
         ]
         visible = await self._visibility.filter_events_for_user(requester.user_id, candidates)
-        response: dict[str, Any] = {
-            "chunk": await self._serializer.serialize(
-                visible,
-                requester_device=(requester.user_id, requester.device_id),
-                bundle_aggregations=True,
-            ),
-        }
+        chunk = await self._serializer.serialize(
+            visible,
+            requester_device=(requester.user_id, requester.device_id),
+            bundle_aggregations=True,
+        )
+        ignored = await self._ignored_by(requester.user_id) if visible else frozenset()
+        for stored, served in zip(visible, chunk, strict=True):
+            if stored.event.sender in ignored:
+                served["content"] = prune_event_dict(
+                    stored.event.pdu, stored.event.room_version
+                ).get("content", {})
+        response: dict[str, Any] = {"chunk": chunk}
         if more:
             response["next_batch"] = _token(roots[-1][1])
         return response

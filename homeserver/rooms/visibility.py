@@ -19,6 +19,10 @@ Two questions, two entry points:
   For `m.room.history_visibility` events the visibility before *or* after the event counts;
   for the user's own `m.room.member` events their membership before *or* after counts.
 
+`HistoryVisibility.filter_relations_for_user(user_id, rows)` answers the second question
+for relation rows (a thread's replies, counted for its summary) without reading the events
+this server made after the user's current join.
+
 Every read path that hands room events to a client (/messages, /context, /event, /sync)
 runs them through `filter_events_for_user`. It reads only two state keys per state group
 (the history visibility and the user's membership), batched over all events, through
@@ -33,6 +37,7 @@ from dataclasses import dataclass
 
 from homeserver.events.types import HISTORY_VISIBILITY, MEMBER
 from storage.stores.events import EventStore, StoredEvent
+from storage.stores.relations import RelationRow
 from storage.stores.rooms import RoomStore
 from storage.stores.state import StateKey, StateStore
 
@@ -82,7 +87,10 @@ class RoomAccess:
 
 
 class HistoryVisibility:
-    def __init__(self, events: EventStore, state: StateStore, rooms: RoomStore) -> None:
+    def __init__(
+        self, server_name: str, events: EventStore, state: StateStore, rooms: RoomStore
+    ) -> None:
+        self._server_name = server_name
         self._events = events
         self._state = state
         self._rooms = rooms
@@ -157,18 +165,31 @@ class HistoryVisibility:
             event = state_events.get(event_id) if event_id is not None else None
             return event.content if event is not None else None
 
+        def at_group(group: int | None) -> tuple[str, str | None]:
+            """(visibility, the user's membership) in a state group."""
+            member_content = at(group, keys[1])
+            membership = member_content.get("membership") if member_content else None
+            return (
+                visibility_from_content(at(group, keys[0])),
+                membership if isinstance(membership, str) else None,
+            )
+
+        # Most events share their state group with many others (only state changes make
+        # new ones): read each group's two values once.
+        by_group: dict[int | None, tuple[str, str | None]] = {}
         last_join: dict[str, Position | None] = {}
         currently_joined: dict[str, bool] = {}
         visible: list[StoredEvent] = []
         for stored in candidates:
             event = stored.event
             before = groups.get(event.event_id, (None, None))[0]
-            visibilities = [visibility_from_content(at(before, keys[0]))]
+            if before not in by_group:
+                by_group[before] = at_group(before)
+            visibility, membership = by_group[before]
+            visibilities = [visibility]
             if event.type == HISTORY_VISIBILITY and event.state_key == "":
                 visibilities.append(visibility_from_content(event.content))
-            member_content = at(before, keys[1])
-            membership = member_content.get("membership") if member_content else None
-            memberships = [membership if isinstance(membership, str) else None]
+            memberships = [membership]
             if event.type == MEMBER and event.state_key == user_id:
                 memberships.append(event.membership)
 
@@ -191,6 +212,39 @@ class HistoryVisibility:
             ):
                 visible.append(stored)
         return visible
+
+    async def filter_relations_for_user(
+        self, user_id: str, rows: Sequence[RelationRow]
+    ) -> list[RelationRow]:
+        """The relation rows whose events `user_id` may see, in the order given (a thread's
+        summary counts every reply the viewer may see: threads can be long).
+
+        Events this server created after the user's current membership became `join` are
+        visible without reading them: each was built on the room's current state, which
+        held that join (as for `homeserver/sync/handler.py`'s shared sections). The rest
+        (events from other servers, whose state may differ, and older ones) are checked
+        one by one."""
+        joined_since: dict[str, int | None] = {}
+        for room_id in {row.room_id for row in rows}:
+            member = await self._rooms.get_membership(room_id, user_id)
+            joined = member is not None and member.membership == "join"
+            joined_since[room_id] = member.changed_at if member is not None and joined else None
+
+        def surely_visible(row: RelationRow) -> bool:
+            since = joined_since[row.room_id]
+            return (
+                since is not None
+                and row.stream_ordering > since
+                and row.sender.partition(":")[2] == self._server_name
+            )
+
+        to_check = [row.event_id for row in rows if not surely_visible(row)]
+        visible_ids: set[str] = set()
+        if to_check:
+            loaded = await self._events.get_stored_events(to_check)
+            visible = await self.filter_events_for_user(user_id, list(loaded.values()))
+            visible_ids = {stored.event.event_id for stored in visible}
+        return [row for row in rows if surely_visible(row) or row.event_id in visible_ids]
 
     async def is_event_visible(self, user_id: str, event: StoredEvent) -> bool:
         return bool(await self.filter_events_for_user(user_id, [event]))

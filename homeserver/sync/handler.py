@@ -9,6 +9,7 @@ the database. The user's own memberships are cached until they change.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,6 @@ from homeserver.account_data import AccountDataHandler
 from homeserver.caches import LruCache
 from homeserver.clock import Clock
 from homeserver.events.model import Event
-from homeserver.events.relations import THREAD
 from homeserver.events.serialize import EventSerializer
 from homeserver.filtering import Filter, RoomEventFilter
 from homeserver.presence import PresenceHandler
@@ -98,9 +98,11 @@ class _SharedRoomSection:
     to it (its membership at each of them was `join`); the events from other servers, whose
     state may predate its join, are checked for it (`remote_events`); it sent none of the
     served events (which would carry its `transaction_id`), is not among the hero
-    candidates (heroes leave the viewer out) and took no part in a thread whose root is
-    served (`current_user_participated` is per viewer). Anyone else computes the section
-    alone.
+    candidates (heroes leave the viewer out), took no part in a thread whose root is
+    served (`current_user_participated` is per viewer), and would aggregate the same
+    children under the served events: it may see each of them (checked like the remote
+    events, for those from other servers or from before the first position) and ignores
+    none of their senders. Anyone else computes the section alone.
     """
 
     # timeline, state and summary; None when there is nothing to send.
@@ -111,6 +113,10 @@ class _SharedRoomSection:
     # Who started or replied in a thread whose root is in the timeline: the section says
     # `current_user_participated: false` on every root, which is not what they would see.
     thread_participants: frozenset[str]
+    # The children aggregated under the served events (`EventSerializer.bundled_children`):
+    # the senders a viewer must not ignore, and those a viewer must be checked to see.
+    bundled_senders: frozenset[str]
+    bundled_to_check: tuple[StoredEvent, ...]
     # [time in ms, the room as of then]: what every viewer served in that millisecond shares.
     _latest: list[Any] = field(default_factory=list, compare=False, repr=False)
 
@@ -172,8 +178,12 @@ class SyncHandler:
         to_device: ToDeviceHandler | None = None,
         e2e_keys: E2eKeysHandler | None = None,
         counts: NotificationCounts | None = None,
+        ignored_by: Callable[[str], Awaitable[frozenset[str]]] | None = None,
     ) -> None:
         self._server_name = server_name
+        # user_id -> whom they ignore (spec: "Ignoring Users"): their events other than state
+        # are left out of the user's timelines, and their invites out of its invites.
+        self._ignored_by = ignored_by
         # Unread notification counts per (user, room).
         self._counts = counts
         self._clock = clock
@@ -432,7 +442,9 @@ class SyncHandler:
                 if room is not None:
                     section["join"][room_id] = room
             elif membership.membership == "invite":
-                if is_new or request.full_state:
+                if (is_new or request.full_state) and not await self._invited_by_ignored(
+                    request.user_id, membership
+                ):
                     events = await self._stripped_state(membership)
                     section["invite"][room_id] = {"invite_state": {"events": events}}
             elif membership.membership == "knock":
@@ -544,6 +556,11 @@ class SyncHandler:
         )
         if viewer is not None:
             visible = await self._visibility.filter_events_for_user(viewer, fetched)
+            ignored = await self._ignored(viewer)
+            if ignored:
+                visible = [
+                    e for e in visible if e.event.is_state or e.event.sender not in ignored
+                ]
         else:
             visible = [e for e in fetched if not e.outlier and e.event.rejected_reason is None]
         wanted = timeline_filter.filter_events(visible)
@@ -664,6 +681,19 @@ class SyncHandler:
             and member.stream_ordering <= since.events
         )
 
+    async def _ignored(self, user_id: str) -> frozenset[str]:
+        if self._ignored_by is None:
+            return frozenset()
+        return await self._ignored_by(user_id)
+
+    async def _invited_by_ignored(self, user_id: str, membership: Membership) -> bool:
+        """Spec: "Servers must not send room invites from ignored users to clients"."""
+        ignored = await self._ignored(user_id)
+        if not ignored:
+            return False
+        invite = await self._events.get_event(membership.event_id)
+        return invite is not None and invite.sender in ignored
+
     async def _takes_shared(self, user_id: str, section: _SharedRoomSection) -> bool:
         if (
             user_id in section.senders
@@ -671,12 +701,16 @@ class SyncHandler:
             or user_id in section.thread_participants
         ):
             return False
-        if not section.remote_events:
+        ignored = await self._ignored(user_id)
+        if ignored and not (
+            ignored.isdisjoint(section.senders) and ignored.isdisjoint(section.bundled_senders)
+        ):
+            return False
+        to_check = [*section.remote_events, *section.bundled_to_check]
+        if not to_check:
             return True
-        visible = await self._visibility.filter_events_for_user(
-            user_id, list(section.remote_events)
-        )
-        return len(visible) == len(section.remote_events)
+        visible = await self._visibility.filter_events_for_user(user_id, to_check)
+        return len(visible) == len(to_check)
 
     async def _shared_room_section(
         self, room_id: str, since: StreamToken, now: StreamToken, flt: Filter
@@ -694,11 +728,21 @@ class SyncHandler:
         served = [*timeline.events, *state_events]
         senders = frozenset(e.event.sender for e in served)
         if not timeline.events and not state_events:
-            return _SharedRoomSection(None, senders, remote, candidates, frozenset())
+            return _SharedRoomSection(
+                None, senders, remote, candidates, frozenset(), frozenset(), ()
+            )
         timeline_events = await self._serialize_for(flt, None, timeline.events, timeline=True)
         participants: frozenset[str] = frozenset()
-        if any(THREAD in e.get("unsigned", {}).get("m.relations", ()) for e in timeline_events):
-            participants = frozenset(await self._serializer.thread_participants(timeline.events))
+        bundled: list[StoredEvent] = []
+        if any("m.relations" in e.get("unsigned", ()) for e in timeline_events):
+            found, bundled = await self._serializer.bundled_children(timeline.events)
+            participants = frozenset(found)
+        # The viewers were joined from `since` on: this server's events after it they see.
+        to_check = tuple(
+            e for e in bundled
+            if e.stream_ordering <= since.events
+            or e.event.sender.partition(":")[2] != self._server_name
+        )
         room = {
             "timeline": {
                 "events": timeline_events,
@@ -708,7 +752,10 @@ class SyncHandler:
             "state": {"events": await self._serialize_for(flt, None, state_events)},
             "summary": await self._summary(room_id, "", now.events),
         }
-        return _SharedRoomSection(room, senders, remote, candidates, participants)
+        return _SharedRoomSection(
+            room, senders, remote, candidates, participants,
+            frozenset(e.event.sender for e in bundled), to_check,
+        )
 
     async def _state_for_sync(
         self,

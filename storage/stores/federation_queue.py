@@ -58,6 +58,26 @@ class RetryState:
     failure_ts: int | None = None
 
 
+@dataclass(frozen=True)
+class DestinationRow:
+    """A destination's delivery state, as the admin API lists it."""
+
+    destination: str
+    retry: RetryState
+
+
+# The admin API's `order_by` values -> the column they sort on. NULLs (a healthy
+# destination's `failure_ts`) sort as the smallest value on both engines. Heddle does not
+# record the last PDU sent to each destination: sorting on it keeps the name order.
+DESTINATION_ORDER = {
+    "destination": "destination",
+    "retry_last_ts": "retry_last_ts",
+    "retry_interval": "retry_interval_ms",
+    "failure_ts": "COALESCE(failure_ts, -1)",
+    "last_successful_stream_ordering": "destination",
+}
+
+
 def _queue_lengths_txn(txn: Transaction, destination: str) -> QueueLengths:
     pdus = txn.select_one(
         "SELECT COUNT(*) FROM federation_outbound_pdus WHERE destination = ?", (destination,)
@@ -202,7 +222,8 @@ class FederationQueueStore:
 
     # ----- backoff -------------------------------------------------------------------------
 
-    async def get_retry_state(self, destination: str) -> RetryState:
+    async def get_retry_state(self, destination: str) -> RetryState | None:
+        """The destination's stored state; None if it was never recorded."""
         row = await self._db.run_interaction(
             "get_destination_retry_state",
             lambda txn: txn.select_one(
@@ -211,7 +232,28 @@ class FederationQueueStore:
                 (destination,),
             ),
         )
-        return RetryState(row[0], row[1], row[2]) if row else RetryState()
+        return RetryState(row[0], row[1], row[2]) if row else None
+
+    async def list_destinations(
+        self, offset: int, limit: int, order_by: str, descending: bool
+    ) -> tuple[list[DestinationRow], int]:
+        """A page of the recorded destinations in the order asked (`DESTINATION_ORDER`), the
+        name breaking ties; and how many there are in all."""
+        column = DESTINATION_ORDER[order_by]
+        direction = "DESC" if descending else "ASC"
+
+        def txn_fn(txn: Transaction) -> tuple[list[DestinationRow], int]:
+            total_row = txn.select_one("SELECT COUNT(*) FROM destinations", ())
+            rows = txn.select_all(
+                "SELECT destination, retry_last_ts, retry_interval_ms, failure_ts"
+                f" FROM destinations ORDER BY {column} {direction}, destination {direction}"
+                " LIMIT ? OFFSET ?",
+                (limit, offset),
+            )
+            page = [DestinationRow(r[0], RetryState(r[1], r[2], r[3])) for r in rows]
+            return page, total_row[0] if total_row else 0
+
+        return await self._db.run_interaction("list_destinations", txn_fn)
 
     async def set_retry_state(self, destination: str, state: RetryState) -> None:
         await self._db.run_interaction(

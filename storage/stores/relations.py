@@ -19,6 +19,7 @@ Position = tuple[int, int]
 class RelationRow:
     event_id: str
     parent_id: str
+    room_id: str
     rel_type: str
     type: str
     sender: str
@@ -32,15 +33,16 @@ class RelationRow:
 
 
 _COLUMNS = (
-    "event_id, relates_to_id, rel_type, type, sender, aggregation_key,"
+    "event_id, relates_to_id, room_id, rel_type, type, sender, aggregation_key,"
     " topological_ordering, stream_ordering"
 )
 
 
 def _row(row: tuple[Any, ...]) -> RelationRow:
-    event_id, parent_id, rel_type, event_type, sender, key, topological, stream = row
+    event_id, parent_id, room_id, rel_type, event_type, sender, key, topological, stream = row
     return RelationRow(
-        event_id, parent_id, rel_type, event_type, sender, key, int(topological), int(stream)
+        event_id, parent_id, room_id, rel_type, event_type, sender, key, int(topological),
+        int(stream),
     )
 
 
@@ -178,12 +180,23 @@ class RelationStore:
         limit: int,
         before: Position | None = None,
         participant: str | None = None,
+        until: Position | None = None,
     ) -> list[tuple[str, Position]]:
         """(root event ID, position of its latest thread event) of the room's threads,
         latest activity first, strictly below `before`. With `participant`, only threads
-        that user started or replied in."""
+        that user started or replied in. With `until`, the room as it was at that event:
+        thread events after it are not counted as activity."""
 
         def txn_fn(txn: Transaction) -> list[tuple[str, Position]]:
+            at_or_before = (
+                "({t}.topological_ordering < ? OR ({t}.topological_ordering = ?"
+                " AND {t}.stream_ordering <= ?))"
+            )
+            until_args: list[Any] = []
+            later_until = ""
+            if until is not None:
+                until_args = [until[0], until[0], until[1]]
+                later_until = " AND " + at_or_before.format(t="l")
             # A thread's latest event is the one no other event of the thread follows.
             where = [
                 "r.room_id = ?",
@@ -192,9 +205,12 @@ class RelationStore:
                 " AND l.room_id = r.room_id AND l.rel_type = 'm.thread'"
                 " AND (l.topological_ordering > r.topological_ordering"
                 " OR (l.topological_ordering = r.topological_ordering"
-                " AND l.stream_ordering > r.stream_ordering)))",
+                f" AND l.stream_ordering > r.stream_ordering)){later_until})",
             ]
-            args: list[Any] = [room_id]
+            args: list[Any] = [room_id, *until_args]
+            if until is not None:
+                where.append(at_or_before.format(t="r"))
+                args += until_args
             if before is not None:
                 where.append(
                     "(r.topological_ordering < ? OR (r.topological_ordering = ?"

@@ -1,0 +1,99 @@
+"""The admin API for federation destinations and the server's version, at Synapse's paths
+and with its JSON. The work is `homeserver.admin.federation.AdminFederationHandler`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from client_api.http import HeddleRequest, parse_int_query, parse_json_object, query_string
+from client_api.servlets.admin.access import admin_path, require_admin
+from homeserver import __version__
+from homeserver.errors import Codes, MatrixError
+from storage.stores.federation_queue import DESTINATION_ORDER, RetryState
+
+if TYPE_CHECKING:
+    from homeserver.app import HomeServer
+
+DESTINATIONS = "/federation/destinations"
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+
+
+def destination_json(destination: str, state: RetryState) -> dict[str, Any]:
+    return {
+        "destination": destination,
+        "retry_last_ts": state.retry_last_ts,
+        "retry_interval": state.retry_interval_ms,
+        "failure_ts": state.failure_ts,
+        # Not recorded by Heddle; Synapse's answer allows null ("not tracked yet").
+        "last_successful_stream_ordering": None,
+    }
+
+
+def _choice(request: HeddleRequest, name: str, allowed: Any, default: str) -> str:
+    value = query_string(request, name)
+    if value is None or value == "":
+        return default
+    if value not in allowed:
+        raise MatrixError(400, Codes.INVALID_PARAM, f"Unknown {name}: {value[:50]!r}")
+    return value
+
+
+class DestinationsServlet:
+    PATTERNS = [admin_path(DESTINATIONS)]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
+        await require_admin(self._hs, request)
+        offset = parse_int_query(request, "from", 0, min_value=0)
+        limit = parse_int_query(request, "limit", DEFAULT_PAGE, min_value=1, max_value=MAX_PAGE)
+        order_by = _choice(request, "order_by", DESTINATION_ORDER, "destination")
+        direction = _choice(request, "dir", ("f", "b"), "f")
+        rows, total = await self._hs.admin_federation.list_destinations(
+            offset, limit, order_by, direction == "b"
+        )
+        body: dict[str, Any] = {
+            "destinations": [destination_json(r.destination, r.retry) for r in rows],
+            "total": total,
+        }
+        if offset + len(rows) < total:
+            body["next_token"] = str(offset + len(rows))
+        return 200, body
+
+
+class DestinationServlet:
+    PATTERNS = [admin_path(DESTINATIONS + r"/(?P<destination>[^/]+)")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest, destination: str) -> tuple[int, Any]:
+        await require_admin(self._hs, request)
+        state = await self._hs.admin_federation.get_destination(destination)
+        return 200, destination_json(destination, state)
+
+
+class ResetConnectionServlet:
+    PATTERNS = [admin_path(DESTINATIONS + r"/(?P<destination>[^/]+)/reset_connection")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_POST(self, request: HeddleRequest, destination: str) -> tuple[int, Any]:
+        admin = await require_admin(self._hs, request)
+        parse_json_object(request)
+        await self._hs.admin_federation.reset_connection(admin, destination)
+        return 200, {}
+
+
+class ServerVersionServlet:
+    PATTERNS = [admin_path("/server_version")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
+        await require_admin(self._hs, request)
+        return 200, {"server_version": __version__}
