@@ -33,7 +33,9 @@ from client_api.servlets import (
     typing,
 )
 from client_api.servlets.admin import federation as admin_federation
+from client_api.servlets.admin import media as admin_media
 from client_api.servlets.admin import register as admin_register
+from client_api.servlets.admin import registration_tokens as admin_registration_tokens
 from client_api.servlets.admin import rooms as admin_rooms
 from client_api.servlets.admin import server_notices as admin_server_notices
 from client_api.servlets.admin import users as admin_users
@@ -107,6 +109,18 @@ CLIENT_SERVLETS = [
     admin_rooms.MakeRoomAdminServlet,
     admin_rooms.PurgeHistoryServlet,
     admin_rooms.PurgeHistoryStatusServlet,
+    admin_registration_tokens.RegistrationTokensServlet,
+    admin_registration_tokens.NewRegistrationTokenServlet,
+    admin_registration_tokens.RegistrationTokenServlet,
+    admin_media.UserMediaServlet,
+    admin_media.QuarantineMediaServlet,
+    admin_media.QuarantineRoomMediaServlet,
+    admin_media.QuarantineUserMediaServlet,
+    admin_media.ProtectMediaServlet,
+    admin_media.DeleteOldMediaServlet,
+    admin_media.MediaServlet,
+    admin_media.RoomMediaServlet,
+    admin_media.PurgeMediaCacheServlet,
     sync.SyncServlet,
     rooms.CreateRoomServlet,
     rooms.SendEventServlet,

@@ -197,7 +197,7 @@ class HomeServer:
         self.federation_transactions = federation.transactions
 
         admin = self.admin = build_admin(
-            core, stores, auth, rooms, user_data.account_data, transport.sender
+            core, stores, auth, rooms, media, user_data.account_data, transport.sender
         )
         self.admin_audit = admin.audit
         self.admin_audit_store = stores.admin_audit_store
@@ -207,6 +207,7 @@ class HomeServer:
         self.server_notices = admin.server_notices
         self.admin_rooms = admin.rooms
         self.room_admin_store = stores.room_admin_store
+        self.registration_token_store = stores.registration_token_store
 
         self.ports: list[Any] = []
         self._uia_cleanup: task.LoopingCall | None = None

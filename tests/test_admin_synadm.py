@@ -157,3 +157,47 @@ class SynadmTests(AdminTestCase):
         self.assertEqual(
             actions, ["block_room", "unblock_room", "make_room_admin", "delete_room"]
         )
+
+    async def test_registration_tokens(self) -> None:
+        created = await self.synadm("regtok", "new", "--token", "abcd", "--uses-allowed", "2")
+        self.assertEqual((created["token"], created["uses_allowed"]), ("abcd", 2))
+        random = await self.synadm("regtok", "new", "--length", "20")
+        self.assertEqual(len(random["token"]), 20)
+        listed = await self.synadm("regtok", "list", "--ts")
+        self.assertEqual(
+            sorted(t["token"] for t in listed["registration_tokens"]),
+            sorted(["abcd", random["token"]]),
+        )
+        await self.synadm("regtok", "update", "abcd", "--uses-allowed", "0")
+        invalid = await self.synadm("regtok", "list", "--invalid", "--ts")
+        self.assertEqual([t["token"] for t in invalid["registration_tokens"]], ["abcd"])
+        details = await self.synadm("regtok", "details", "abcd", "--ts")
+        self.assertEqual(details["uses_allowed"], 0)
+        done = await threads.deferToThread(self._run_synadm, ["regtok", "delete", "abcd"])
+        # synadm says so in words, not JSON.
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("successfully deleted", done.stdout)
+        self.assertIsNone(await self.hs.registration_token_store.get_token("abcd"))
+
+    async def test_media(self) -> None:
+        alice: User = await self.user("alice")
+        ids = []
+        for data in (b"first", b"second", b"third"):
+            r = await self.request(
+                "POST", "/_matrix/media/v3/upload", raw=data, token=alice.token,
+                headers={"Content-Type": "text/plain"},
+            )
+            ids.append(r.json["content_uri"].rsplit("/", 1)[1])
+        listed = await self.synadm("media", "list", "--user-id", ALICE, "--ts")
+        self.assertEqual(sorted(m["media_id"] for m in listed["media"]), sorted(ids))
+        await self.synadm("media", "protect", ids[0])
+        await self.synadm("media", "quarantine", "--media-id", ids[1])
+        info = await self.hs.media_store.get_media(SERVER_NAME, ids[1])
+        self.assertTrue(info is not None and info.quarantined)
+        await self.synadm("media", "unquarantine", "--media-id", ids[1])
+        await self.synadm("media", "quarantine", "--user-id", ALICE)
+        protected = await self.hs.media_store.get_media(SERVER_NAME, ids[0])
+        self.assertFalse(protected is None or protected.quarantined)
+        await self.synadm("media", "delete", "--media-id", ids[2])
+        self.assertIsNone(await self.hs.media_store.get_media(SERVER_NAME, ids[2]))
+        await self.synadm("media", "purge", "--before-days", "1")

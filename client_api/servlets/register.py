@@ -89,5 +89,5 @@ class RegistrationTokenValidityServlet:
         if not _REGISTRATION_TOKEN.fullmatch(token):
             raise MatrixError(400, Codes.INVALID_PARAM, "Registration tokens are 1-64 characters of [A-Za-z0-9._~-]")
         self._hs.registration_limiter.check(self._hs.client_ip(request))
-        valid = self._hs.uia.is_registration_token_valid(token)
+        valid = await self._hs.uia.is_registration_token_valid(token)
         return 200, {"valid": valid}

@@ -9,11 +9,14 @@ from dataclasses import dataclass
 from homeserver.account_data import AccountDataHandler
 from homeserver.admin.audit import AdminAudit
 from homeserver.admin.federation import AdminFederationHandler, DestinationWaker
+from homeserver.admin.media import AdminMediaHandler
+from homeserver.admin.registration_tokens import AdminRegistrationTokensHandler
 from homeserver.admin.rooms import AdminRoomsHandler
 from homeserver.admin.server_notices import ServerNoticesHandler
 from homeserver.admin.users import AdminUsersHandler
 from homeserver.areas.auth import Auth
 from homeserver.areas.core import Core
+from homeserver.areas.media import Media
 from homeserver.areas.rooms import Rooms
 from homeserver.areas.stores import Stores
 from homeserver.rooms.deactivation import AccountDeactivation
@@ -29,6 +32,8 @@ class Admin:
     federation: AdminFederationHandler
     server_notices: ServerNoticesHandler
     rooms: AdminRoomsHandler
+    registration_tokens: AdminRegistrationTokensHandler
+    media: AdminMediaHandler
 
 
 def build_admin(
@@ -36,6 +41,7 @@ def build_admin(
     stores: Stores,
     auth: Auth,
     rooms: Rooms,
+    media: Media,
     account_data: AccountDataHandler,
     federation_sender: DestinationWaker,
 ) -> Admin:
@@ -96,5 +102,11 @@ def build_admin(
             rooms.event_sender,
             account_data,
             audit,
+        ),
+        registration_tokens=AdminRegistrationTokensHandler(
+            core.clock, stores.registration_token_store, audit
+        ),
+        media=AdminMediaHandler(
+            core.server_name, stores.media_admin_store, media.provider, users, audit
         ),
     )

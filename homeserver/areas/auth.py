@@ -53,7 +53,12 @@ def build_auth(core: Core, stores: Stores, device_lists: DeviceListUpdates) -> A
         core.limiter("login_failures_per_account", limits.login_failures_per_account),
     )
     uia = UserInteractiveAuth(
-        core.server_name, core.clock, stores.uia_store, credentials, config.registration
+        core.server_name,
+        core.clock,
+        stores.uia_store,
+        credentials,
+        config.registration,
+        stores.registration_token_store,
     )
     login = LoginHandler(
         core.server_name,

@@ -26,11 +26,13 @@ from storage.stores.federation_events import FederationEventStore
 from storage.stores.federation_queue import FederationQueueStore
 from storage.stores.filters import FilterStore
 from storage.stores.media import MediaStore
+from storage.stores.media_admin import MediaAdminStore
 from storage.stores.presence import PresenceStore
 from storage.stores.profiles import ProfileStore
 from storage.stores.push_actions import PushActionStore
 from storage.stores.pushers import PusherStore
 from storage.stores.receipts import ReceiptStore
+from storage.stores.registration_tokens import RegistrationTokenStore
 from storage.stores.relations import RelationStore
 from storage.stores.room_admin import RoomAdminStore
 from storage.stores.room_keys import RoomKeysStore
@@ -77,6 +79,8 @@ class Stores:
     server_notice_store: ServerNoticeStore
     user_admin_store: UserAdminStore
     room_admin_store: RoomAdminStore
+    registration_token_store: RegistrationTokenStore
+    media_admin_store: MediaAdminStore
 
 
 def build_stores(db: Database, replication: Replication) -> Stores:
@@ -157,4 +161,6 @@ def build_stores(db: Database, replication: Replication) -> Stores:
         server_notice_store=ServerNoticeStore(db),
         user_admin_store=UserAdminStore(db),
         room_admin_store=RoomAdminStore(db),
+        registration_token_store=RegistrationTokenStore(db),
+        media_admin_store=MediaAdminStore(db),
     )

@@ -104,13 +104,14 @@ class RegistrationHandler:
             self._sessions_per_address.check(client_ip)
         async with self._uia.operation(
             body, "POST", "/register", self._uia.registration_flows(), user_id=None
-        ):
+        ) as completed:
             if request.password is None:
                 # Password login is the only way back in: without one the account would be
                 # lost as soon as this session ends.
                 raise MatrixError(400, Codes.MISSING_PARAM, "Missing parameter: password")
             self._per_address.check(client_ip)
             user_id = await self.register(request.username, request.password)
+            await self._uia.registration_completed(completed)
         if request.inhibit_login:
             return user_id, None
         tokens = await self._login.start_session(

@@ -11,6 +11,7 @@ from homeserver.auth.credentials import CredentialChecker, user_id_from_identifi
 from homeserver.clock import Clock
 from homeserver.config import RegistrationConfig
 from homeserver.errors import Codes, InteractiveAuthIncomplete, MatrixError
+from storage.stores.registration_tokens import RegistrationTokenStore
 from storage.stores.uia import UiaSession, UiaStore
 
 DUMMY = "m.login.dummy"
@@ -39,12 +40,14 @@ class UserInteractiveAuth:
         store: UiaStore,
         credentials: CredentialChecker,
         registration: RegistrationConfig,
+        registration_tokens: RegistrationTokenStore,
     ) -> None:
         self._server_name = server_name
         self._clock = clock
         self._store = store
         self._credentials = credentials
         self._registration = registration
+        self._registration_tokens = registration_tokens
 
     def registration_flows(self) -> list[list[str]]:
         return [[REGISTRATION_TOKEN]] if self._registration.require_token else [[DUMMY]]
@@ -162,18 +165,51 @@ class UserInteractiveAuth:
             await self._credentials.check_password(user_id, auth.get("password"))
             return user_id
         if stage == REGISTRATION_TOKEN:
-            token = auth.get("token")
-            if not isinstance(token, str) or not self.is_registration_token_valid(token):
-                raise MatrixError(401, Codes.FORBIDDEN, "Invalid registration token")
-            return token
+            return await self._check_registration_token(auth.get("token"))
         raise MatrixError(400, Codes.UNRECOGNIZED, f"Unrecognised auth type {stage!r}")
 
-    def is_registration_token_valid(self, token: str) -> bool:
+    async def _check_registration_token(self, token: Any) -> dict[str, Any]:
+        """The stage's result: the token, and whether it is an admin-made one whose use is
+        now counted as pending (to become completed, or be given back if the session
+        expires). The config's tokens have no limits and are not counted."""
+        if isinstance(token, str):
+            if self._is_config_token(token):
+                return {"token": token, "counted": False}
+            if await self._registration_tokens.start_use(token, self._clock.time_msec()):
+                return {"token": token, "counted": True}
+        raise MatrixError(401, Codes.FORBIDDEN, "Invalid registration token")
+
+    def _is_config_token(self, token: str) -> bool:
         return any(
             secrets.compare_digest(token.encode(), t.encode()) for t in self._registration.tokens
         )
 
+    async def is_registration_token_valid(self, token: str) -> bool:
+        return self._is_config_token(token) or await self._registration_tokens.is_valid(
+            token, self._clock.time_msec()
+        )
+
+    async def registration_completed(self, completed: dict[str, Any]) -> None:
+        """An account was made in a session with these completed stages: a counted
+        registration token's pending use becomes a completed one."""
+        token = _counted_token(completed)
+        if token is not None:
+            await self._registration_tokens.complete_use(token)
+
     async def expire_sessions(self) -> None:
-        await self._store.delete_sessions_older_than(
+        expired = await self._store.delete_sessions_older_than(
             self._clock.time_msec() - SESSION_LIFETIME_MS
         )
+        # Sessions that took one of a registration token's uses and never registered give
+        # it back.
+        for completed in expired:
+            token = _counted_token(completed)
+            if token is not None:
+                await self._registration_tokens.abandon_use(token)
+
+
+def _counted_token(completed: dict[str, Any]) -> str | None:
+    result = completed.get(REGISTRATION_TOKEN)
+    if isinstance(result, dict) and result.get("counted") and isinstance(result.get("token"), str):
+        return str(result["token"])
+    return None

@@ -99,23 +99,32 @@ class MediaStore:
     ) -> bool:
         """Point a media ID at stored contents (adding a reference to them), in one
         transaction. With `pending`, fills an ID made by `create_pending`, only if it is
-        still empty: False when it was used meanwhile (or never existed)."""
+        still empty: False when it was used meanwhile (or never existed). Contents already
+        quarantined under another ID are quarantined under this one too."""
 
         def txn_fn(txn: Transaction) -> bool:
+            # Contents an admin quarantined stay quarantined under any new media ID.
+            found = txn.select_one(
+                "SELECT quarantined_by FROM media WHERE sha256 = ? AND quarantined LIMIT 1",
+                (sha256,),
+            )
+            quarantined_by = (found[0] or "") if found else None
             if pending:
                 txn.execute(
                     "UPDATE media SET content_type = ?, upload_name = ?, size = ?, sha256 = ?,"
-                    " unused_expires_at = NULL"
+                    " unused_expires_at = NULL, quarantined = ?, quarantined_by = ?"
                     " WHERE server_name = ? AND media_id = ? AND sha256 IS NULL",
-                    (content_type, upload_name, size, sha256, server_name, media_id),
+                    (content_type, upload_name, size, sha256, quarantined_by is not None,
+                     quarantined_by, server_name, media_id),
                 )
                 if txn.rowcount != 1:
                     return False
             else:
                 txn.execute(
-                    f"INSERT INTO media ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO media ({_COLUMNS}, quarantined_by)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (server_name, media_id, user_id, content_type, upload_name, size, sha256,
-                     now_ms, None, False),
+                     now_ms, None, quarantined_by is not None, quarantined_by),
                 )
             txn.execute(
                 "INSERT INTO media_content (sha256, size, refcount) VALUES (?, ?, 1)"

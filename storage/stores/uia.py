@@ -93,10 +93,14 @@ class UiaStore:
             ),
         )
 
-    async def delete_sessions_older_than(self, cutoff_ms: int) -> None:
-        await self._db.run_interaction(
-            "expire_uia_sessions",
-            lambda txn: txn.execute(
-                "DELETE FROM ui_auth_sessions WHERE created_ts < ?", (cutoff_ms,)
-            ),
-        )
+    async def delete_sessions_older_than(self, cutoff_ms: int) -> list[dict[str, Any]]:
+        """Delete sessions created before `cutoff_ms`; their completed stages' results."""
+
+        def txn_fn(txn: Transaction) -> list[dict[str, Any]]:
+            rows = txn.select_all(
+                "SELECT completed FROM ui_auth_sessions WHERE created_ts < ?", (cutoff_ms,)
+            )
+            txn.execute("DELETE FROM ui_auth_sessions WHERE created_ts < ?", (cutoff_ms,))
+            return [json.loads(row[0]) for row in rows]
+
+        return await self._db.run_interaction("expire_uia_sessions", txn_fn)
