@@ -228,13 +228,18 @@ class RoomAdminStore:
             if not event_ids:
                 return []
             marks = ",".join("?" for _ in event_ids)
+            # Push actions not yet counted into the summary are queued by stream position.
+            txn.execute(
+                "DELETE FROM event_push_rotation_queue WHERE stream_ordering IN"
+                f" (SELECT stream_ordering FROM events WHERE event_id IN ({marks}))",
+                event_ids,
+            )
             for table in (
                 "event_edges",
                 "event_auth",
                 "redactions",
                 "event_relations",
                 "event_push_actions",
-                "event_push_actions_staging",
                 "events",
             ):
                 txn.execute(f"DELETE FROM {table} WHERE event_id IN ({marks})", event_ids)
@@ -276,6 +281,8 @@ class RoomAdminStore:
                 ("account_data", ("user_id", "type")),
                 ("room_keys", ("user_id", "version", "session_id")),
                 ("push_sent_positions", ("user_id", "thread_id")),
+                ("event_push_summary", ("user_id", "thread_id")),
+                ("server_notice_rooms", ("user_id",)),
                 ("event_txn_ids", ("user_id", "device_id", "txn_id")),
                 ("federation_outbound_pdus", ("destination", "stream_ordering")),
                 ("event_forward_extremities", ("event_id",)),
@@ -353,12 +360,17 @@ class RoomAdminStore:
             if not event_ids:
                 return []
             marks = ",".join("?" for _ in event_ids)
+            # Push actions not yet counted into the summary are queued by stream position.
+            txn.execute(
+                "DELETE FROM event_push_rotation_queue WHERE stream_ordering IN"
+                f" (SELECT stream_ordering FROM events WHERE event_id IN ({marks}))",
+                event_ids,
+            )
             for table in (
                 "event_edges",
                 "event_auth",
                 "event_relations",
                 "event_push_actions",
-                "event_push_actions_staging",
                 "federation_outbound_pdus",
                 "events",
             ):
