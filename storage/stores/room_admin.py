@@ -106,6 +106,23 @@ def _figures_txn(
     ]
 
 
+def _delete_events_txn(txn: Transaction, event_ids: list[str], also: tuple[str, ...]) -> None:
+    """Delete `event_ids` and what hangs on each (their graph edges, auth links, relations,
+    push actions, and those actions still queued for the count summary), and their rows in
+    the tables `also` names, all keyed by event ID."""
+    marks = ",".join("?" for _ in event_ids)
+    # Push actions not yet counted into the summary are queued by stream position.
+    txn.execute(
+        "DELETE FROM event_push_rotation_queue WHERE stream_ordering IN"
+        f" (SELECT stream_ordering FROM events WHERE event_id IN ({marks}))",
+        event_ids,
+    )
+    for table in (
+        "event_edges", "event_auth", "event_relations", "event_push_actions", *also, "events"
+    ):
+        txn.execute(f"DELETE FROM {table} WHERE event_id IN ({marks})", event_ids)
+
+
 class RoomAdminStore:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -227,22 +244,7 @@ class RoomAdminStore:
             event_ids = [row[0] for row in rows]
             if not event_ids:
                 return []
-            marks = ",".join("?" for _ in event_ids)
-            # Push actions not yet counted into the summary are queued by stream position.
-            txn.execute(
-                "DELETE FROM event_push_rotation_queue WHERE stream_ordering IN"
-                f" (SELECT stream_ordering FROM events WHERE event_id IN ({marks}))",
-                event_ids,
-            )
-            for table in (
-                "event_edges",
-                "event_auth",
-                "redactions",
-                "event_relations",
-                "event_push_actions",
-                "events",
-            ):
-                txn.execute(f"DELETE FROM {table} WHERE event_id IN ({marks})", event_ids)
+            _delete_events_txn(txn, event_ids, ("redactions",))
             return event_ids
 
         return await self._db.run_interaction("admin_purge_events", txn_fn)
@@ -359,22 +361,7 @@ class RoomAdminStore:
             event_ids = [row[0] for row in txn.select_all(sql, args)]
             if not event_ids:
                 return []
-            marks = ",".join("?" for _ in event_ids)
-            # Push actions not yet counted into the summary are queued by stream position.
-            txn.execute(
-                "DELETE FROM event_push_rotation_queue WHERE stream_ordering IN"
-                f" (SELECT stream_ordering FROM events WHERE event_id IN ({marks}))",
-                event_ids,
-            )
-            for table in (
-                "event_edges",
-                "event_auth",
-                "event_relations",
-                "event_push_actions",
-                "federation_outbound_pdus",
-                "events",
-            ):
-                txn.execute(f"DELETE FROM {table} WHERE event_id IN ({marks})", event_ids)
+            _delete_events_txn(txn, event_ids, ("federation_outbound_pdus",))
             return event_ids
 
         return await self._db.run_interaction("admin_purge_history", txn_fn)

@@ -6,7 +6,7 @@ import re
 from typing import TYPE_CHECKING
 
 from client_api.auth import require_user
-from client_api.http import HeddleRequest
+from client_api.http import HeddleRequest, query_string
 from homeserver.auth.tokens import Requester
 from homeserver.errors import Codes, MatrixError
 
@@ -22,6 +22,19 @@ async def require_admin(hs: HomeServer, request: HeddleRequest) -> Requester:
     if not requester.is_admin:
         raise MatrixError(403, Codes.FORBIDDEN, "You are not a server admin")
     return requester
+
+
+# Admin lists' page size: Synapse's default, and the most one page may ask for.
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+
+
+def parse_direction(request: HeddleRequest) -> str:
+    """A list's `dir` parameter: "f" (the default) or "b"; 400 M_INVALID_PARAM otherwise."""
+    direction = query_string(request, "dir") or "f"
+    if direction not in ("f", "b"):
+        raise MatrixError(400, Codes.INVALID_PARAM, "'dir' must be 'f' or 'b'")
+    return direction
 
 
 def admin_path(path: str, versions: str = "v1") -> re.Pattern[str]:

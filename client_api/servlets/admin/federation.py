@@ -6,7 +6,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from client_api.http import HeddleRequest, parse_int_query, parse_json_object, query_string
-from client_api.servlets.admin.access import admin_path, require_admin
+from client_api.servlets.admin.access import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    admin_path,
+    parse_direction,
+    require_admin,
+)
 from homeserver import __version__
 from homeserver.errors import Codes, MatrixError
 from storage.stores.federation_queue import DESTINATION_ORDER, RetryState
@@ -15,8 +21,6 @@ if TYPE_CHECKING:
     from homeserver.app import HomeServer
 
 DESTINATIONS = "/federation/destinations"
-DEFAULT_PAGE = 100
-MAX_PAGE = 1000
 
 
 def destination_json(destination: str, state: RetryState) -> dict[str, Any]:
@@ -50,7 +54,7 @@ class DestinationsServlet:
         offset = parse_int_query(request, "from", 0, min_value=0)
         limit = parse_int_query(request, "limit", DEFAULT_PAGE, min_value=1, max_value=MAX_PAGE)
         order_by = _choice(request, "order_by", DESTINATION_ORDER, "destination")
-        direction = _choice(request, "dir", ("f", "b"), "f")
+        direction = parse_direction(request)
         rows, total = await self._hs.admin_federation.list_destinations(
             offset, limit, order_by, direction == "b"
         )

@@ -11,7 +11,12 @@ from client_api.http import (
     parse_int_query,
     query_string,
 )
-from client_api.servlets.admin.access import admin_path, require_admin
+from client_api.servlets.admin.access import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    admin_path,
+    require_admin,
+)
 from homeserver.errors import Codes, MatrixError
 from storage.stores.media_admin import ORDER_COLUMNS, MediaDetails, MediaListing
 
@@ -19,8 +24,6 @@ if TYPE_CHECKING:
     from homeserver.app import HomeServer
 
 SERVER_MEDIA = r"/(?P<server_name>[^/]+)/(?P<media_id>[^/]+)"
-DEFAULT_PAGE = 100
-MAX_PAGE = 1000
 
 
 def listing_json(media: MediaListing) -> dict[str, Any]:

@@ -13,7 +13,13 @@ from client_api.http import (
     parse_json_object,
     query_string,
 )
-from client_api.servlets.admin.access import admin_path, require_admin
+from client_api.servlets.admin.access import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    admin_path,
+    parse_direction,
+    require_admin,
+)
 from client_api.validation import RequestBody, parse_body
 from homeserver.admin.rooms import ORDER_BY, DeleteParams, DeleteTask, RoomQuery
 from homeserver.errors import Codes, MatrixError
@@ -24,15 +30,6 @@ if TYPE_CHECKING:
     from homeserver.app import HomeServer
 
 ROOM = r"/(?P<room_id>[^/]+)"
-DEFAULT_PAGE = 100
-MAX_PAGE = 1000
-
-
-def _direction(request: HeddleRequest) -> str:
-    direction = query_string(request, "dir") or "f"
-    if direction not in ("f", "b"):
-        raise MatrixError(400, Codes.INVALID_PARAM, "'dir' must be 'f' or 'b'")
-    return direction
 
 
 class RoomsServlet:
@@ -52,7 +49,7 @@ class RoomsServlet:
             )
         query = RoomQuery(
             order_by=order_by,
-            backwards=_direction(request) == "b",
+            backwards=parse_direction(request) == "b",
             search_term=query_string(request, "search_term") or None,
             public_rooms=parse_bool_query(request, "public_rooms"),
             empty_rooms=parse_bool_query(request, "empty_rooms"),
@@ -191,7 +188,7 @@ class RoomMessagesServlet:
 
     async def on_GET(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
         admin = await require_admin(self._hs, request)
-        direction = _direction(request)
+        direction = parse_direction(request)
         event_filter = await self._hs.filtering.resolve_room_event_filter(
             admin.user_id, query_string(request, "filter")
         )

@@ -15,7 +15,13 @@ from client_api.http import (
     parse_json_object,
     query_string,
 )
-from client_api.servlets.admin.access import admin_path, require_admin
+from client_api.servlets.admin.access import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    admin_path,
+    parse_direction,
+    require_admin,
+)
 from client_api.validation import RequestBody, parse_body
 from homeserver.admin.users import UserChanges, UserDetails
 from homeserver.errors import Codes, MatrixError
@@ -27,8 +33,6 @@ if TYPE_CHECKING:
     from homeserver.app import HomeServer
 
 USER = r"/(?P<user_id>[^/]+)"
-DEFAULT_PAGE = 100
-MAX_PAGE = 1000
 
 
 def listing_json(user: UserListing) -> dict[str, Any]:
@@ -96,9 +100,7 @@ def _user_query(request: HeddleRequest, version: str) -> UserQuery:
     order_by = query_string(request, "order_by") or "name"
     if order_by not in ORDER_COLUMNS:
         raise MatrixError(400, Codes.INVALID_PARAM, f"Unknown value for 'order_by': {order_by!r}")
-    direction = query_string(request, "dir") or "f"
-    if direction not in ("f", "b"):
-        raise MatrixError(400, Codes.INVALID_PARAM, "'dir' must be 'f' or 'b'")
+    direction = parse_direction(request)
     deactivated = parse_bool_query(request, "deactivated")
     if version == "v2":
         # v2: deactivated accounts are left out unless asked for.
