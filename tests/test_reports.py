@@ -580,6 +580,9 @@ class AdminReportsTests(ReportTestCase):
         status, _, err = await heddle_admin("reports", "show")
         self.assertEqual(status, 1)
         self.assertIn("report ID", err)
+        status, _, err = await heddle_admin("reports", "list", "--kind", "user", "--room-id", "!x")
+        self.assertEqual(status, 1)
+        self.assertIn("--room-id", err)
 
 
 @on_both_engines
