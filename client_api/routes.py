@@ -26,6 +26,7 @@ from client_api.servlets import (
     receipts,
     register,
     relations,
+    reports,
     room_keys,
     rooms,
     sync,
@@ -36,6 +37,7 @@ from client_api.servlets.admin import federation as admin_federation
 from client_api.servlets.admin import media as admin_media
 from client_api.servlets.admin import register as admin_register
 from client_api.servlets.admin import registration_tokens as admin_registration_tokens
+from client_api.servlets.admin import reports as admin_reports
 from client_api.servlets.admin import rooms as admin_rooms
 from client_api.servlets.admin import server_notices as admin_server_notices
 from client_api.servlets.admin import users as admin_users
@@ -121,6 +123,12 @@ CLIENT_SERVLETS = [
     admin_media.MediaServlet,
     admin_media.RoomMediaServlet,
     admin_media.PurgeMediaCacheServlet,
+    admin_reports.EventReportsServlet,
+    admin_reports.EventReportServlet,
+    admin_reports.RoomReportsServlet,
+    admin_reports.RoomReportServlet,
+    admin_reports.UserReportsServlet,
+    admin_reports.UserReportServlet,
     sync.SyncServlet,
     rooms.CreateRoomServlet,
     rooms.SendEventServlet,
@@ -181,6 +189,9 @@ CLIENT_SERVLETS = [
     room_keys.RoomKeysServlet,
     room_keys.RoomKeysRoomServlet,
     room_keys.RoomKeysSessionServlet,
+    reports.ReportEventServlet,
+    reports.ReportRoomServlet,
+    reports.ReportUserServlet,
 ]
 
 

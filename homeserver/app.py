@@ -208,6 +208,9 @@ class HomeServer:
         self.admin_rooms = admin.rooms
         self.room_admin_store = stores.room_admin_store
         self.registration_token_store = stores.registration_token_store
+        self.admin_reports = admin.reports
+        self.abuse_reports = admin.abuse_reports
+        self.report_store = stores.report_store
 
         self.ports: list[Any] = []
         self._uia_cleanup: task.LoopingCall | None = None

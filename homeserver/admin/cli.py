@@ -92,7 +92,50 @@ def _commands() -> dict[str, tuple[str, list[tuple[str, dict[str, Any]]], Callab
             lambda a: Call("POST", f"{ADMIN}/v1/send_server_notice", {
                 "user_id": a.user_id, "content": {"msgtype": "m.server_notice", "body": a.text}}),
         ),
+        "reports": (
+            "abuse reports: list them (newest first), show one, delete one",
+            [("action", {"choices": ["list", "show", "delete"]}),
+             ("report_id", {"nargs": "?", "help": "the report's ID (show, delete)"}),
+             ("--kind", {"choices": list(_REPORT_FILTERS), "default": "event",
+                         "help": "reports about events (the default), rooms or users"}),
+             ("--from", {"dest": "offset", "default": "0", "help": "start at this offset"}),
+             ("--limit", {"default": "100", "help": "at most this many"}),
+             ("--dir", {"choices": ["b", "f"], "default": "b",
+                        "help": "newest first (b, the default) or oldest first (f)"}),
+             ("--user-id", {"help": "only reports filed by this user"}),
+             ("--room-id", {"help": "only reports about this room (event and room reports)"}),
+             ("--sender", {"help": "only reports about this user's events (event reports)"}),
+             ("--target", {"help": "only reports about this user (user reports)"})],
+            _reports_call,
+        ),
     }
+
+
+# Each kind of report: the filters its list takes (option -> query parameter).
+_REPORT_FILTERS = {
+    "event": {"user_id": "user_id", "room_id": "room_id", "sender": "event_sender_user_id"},
+    "room": {"user_id": "user_id", "room_id": "room_id"},
+    "user": {"user_id": "user_id", "target": "target_user_id"},
+}
+
+
+def _reports_call(a: Any) -> Call:
+    path = f"{ADMIN}/v1/{a.kind}_reports"
+    if a.action != "list":
+        if a.report_id is None:
+            raise AdminCliError(f"reports {a.action} needs a report ID")
+        return Call("GET" if a.action == "show" else "DELETE", f"{path}/{_q(a.report_id)}")
+    allowed = _REPORT_FILTERS[a.kind]
+    params = {"from": a.offset, "limit": a.limit, "dir": a.dir}
+    for option in ("user_id", "room_id", "sender", "target"):
+        value = getattr(a, option)
+        if value is None:
+            continue
+        if option not in allowed:
+            flag = "--" + option.replace("_", "-")
+            raise AdminCliError(f"{a.kind} reports cannot be filtered with {flag}")
+        params[allowed[option]] = value
+    return Call("GET", f"{path}?" + urlencode(params))
 
 
 def _flag(kind: str, user_id: str, on: bool) -> Call:

@@ -1,6 +1,6 @@
 """The admin API's handlers (`homeserver/admin/`): the audit log every one of them writes
 to, and one handler per admin area (users, rooms, federation destinations, server
-notices)."""
+notices, abuse reports), with the client API's filing of the reports admins read."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from homeserver.admin.audit import AdminAudit
 from homeserver.admin.federation import AdminFederationHandler, DestinationWaker
 from homeserver.admin.media import AdminMediaHandler
 from homeserver.admin.registration_tokens import AdminRegistrationTokensHandler
+from homeserver.admin.reports import AdminReportsHandler
 from homeserver.admin.rooms import AdminRoomsHandler
 from homeserver.admin.server_notices import ServerNoticesHandler
 from homeserver.admin.users import AdminUsersHandler
@@ -19,6 +20,7 @@ from homeserver.areas.core import Core
 from homeserver.areas.media import Media
 from homeserver.areas.rooms import Rooms
 from homeserver.areas.stores import Stores
+from homeserver.reports import ReportsHandler
 from homeserver.rooms.deactivation import AccountDeactivation
 
 
@@ -34,6 +36,10 @@ class Admin:
     rooms: AdminRoomsHandler
     registration_tokens: AdminRegistrationTokensHandler
     media: AdminMediaHandler
+    reports: AdminReportsHandler
+    # Users filing abuse reports (the client API): built here, beside the admins' side of
+    # the same reports.
+    abuse_reports: ReportsHandler
 
 
 def build_admin(
@@ -108,5 +114,18 @@ def build_admin(
         ),
         media=AdminMediaHandler(
             core.server_name, stores.media_admin_store, media.provider, users, audit
+        ),
+        reports=AdminReportsHandler(
+            stores.report_store, stores.event_store, rooms.state_contents, audit
+        ),
+        abuse_reports=ReportsHandler(
+            core.server_name,
+            core.clock,
+            stores.report_store,
+            stores.event_store,
+            stores.room_store,
+            stores.accounts,
+            rooms.history_visibility,
+            core.limiter("reports_per_user", core.config.rate_limits.reports_per_user),
         ),
     )

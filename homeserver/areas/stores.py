@@ -34,6 +34,7 @@ from storage.stores.pushers import PusherStore
 from storage.stores.receipts import ReceiptStore
 from storage.stores.registration_tokens import RegistrationTokenStore
 from storage.stores.relations import RelationStore
+from storage.stores.reports import ReportStore
 from storage.stores.room_admin import RoomAdminStore
 from storage.stores.room_keys import RoomKeysStore
 from storage.stores.rooms import RoomStore
@@ -81,6 +82,7 @@ class Stores:
     room_admin_store: RoomAdminStore
     registration_token_store: RegistrationTokenStore
     media_admin_store: MediaAdminStore
+    report_store: ReportStore
 
 
 def build_stores(db: Database, replication: Replication) -> Stores:
@@ -163,4 +165,5 @@ def build_stores(db: Database, replication: Replication) -> Stores:
         room_admin_store=RoomAdminStore(db),
         registration_token_store=RegistrationTokenStore(db),
         media_admin_store=MediaAdminStore(db),
+        report_store=ReportStore(db),
     )

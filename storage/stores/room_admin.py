@@ -271,7 +271,7 @@ class RoomAdminStore:
 
     async def purge_room_row_batch(self, room_id: str, limit: int = PURGE_BATCH) -> int:
         """Delete up to `limit` rows of the room's other per-room tables (current state,
-        memberships, receipts, ...); how many, 0 once none are left."""
+        memberships, receipts, abuse reports, ...); how many, 0 once none are left."""
 
         def txn_fn(txn: Transaction) -> int:
             deleted = 0
@@ -289,6 +289,9 @@ class RoomAdminStore:
                 ("federation_outbound_pdus", ("destination", "stream_ordering")),
                 ("event_forward_extremities", ("event_id",)),
                 ("event_backward_extremities", ("event_id",)),
+                # Reports about the room and its events: what they point at is gone.
+                ("event_reports", ("id",)),
+                ("room_reports", ("id",)),
             ):
                 columns = ", ".join(keys)
                 rows = txn.select_all(

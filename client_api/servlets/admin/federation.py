@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from client_api.http import HeddleRequest, parse_int_query, parse_json_object, query_string
+from client_api.http import HeddleRequest, parse_json_object, query_string
 from client_api.servlets.admin.access import (
-    DEFAULT_PAGE,
-    MAX_PAGE,
     admin_path,
     parse_direction,
+    parse_page,
     require_admin,
 )
 from homeserver import __version__
@@ -51,8 +50,7 @@ class DestinationsServlet:
 
     async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
         await require_admin(self._hs, request)
-        offset = parse_int_query(request, "from", 0, min_value=0)
-        limit = parse_int_query(request, "limit", DEFAULT_PAGE, min_value=1, max_value=MAX_PAGE)
+        offset, limit = parse_page(request)
         order_by = _choice(request, "order_by", DESTINATION_ORDER, "destination")
         direction = parse_direction(request)
         rows, total = await self._hs.admin_federation.list_destinations(

@@ -12,9 +12,8 @@ from client_api.http import (
     query_string,
 )
 from client_api.servlets.admin.access import (
-    DEFAULT_PAGE,
-    MAX_PAGE,
     admin_path,
+    parse_page,
     require_admin,
 )
 from homeserver.errors import Codes, MatrixError
@@ -98,8 +97,7 @@ class UserMediaServlet:
 def _page(request: HeddleRequest) -> tuple[int, int, str, bool]:
     """`from`, `limit`, `order_by` and `dir` of a user's media: (offset, limit, order_by,
     descending)."""
-    offset = parse_int_query(request, "from", 0, min_value=0)
-    limit = parse_int_query(request, "limit", DEFAULT_PAGE, min_value=1, max_value=MAX_PAGE)
+    offset, limit = parse_page(request)
     order_by = query_string(request, "order_by")
     direction = query_string(request, "dir")
     if order_by is None and direction is None:

@@ -14,10 +14,9 @@ from client_api.http import (
     query_string,
 )
 from client_api.servlets.admin.access import (
-    DEFAULT_PAGE,
-    MAX_PAGE,
     admin_path,
     parse_direction,
+    parse_page,
     require_admin,
 )
 from client_api.validation import RequestBody, parse_body
@@ -40,8 +39,7 @@ class RoomsServlet:
 
     async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
         await require_admin(self._hs, request)
-        offset = parse_int_query(request, "from", 0, min_value=0)
-        limit = parse_int_query(request, "limit", DEFAULT_PAGE, min_value=1, max_value=MAX_PAGE)
+        offset, limit = parse_page(request)
         order_by = query_string(request, "order_by") or "name"
         if order_by not in ORDER_BY:
             raise MatrixError(

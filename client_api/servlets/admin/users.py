@@ -11,15 +11,13 @@ from client_api.http import (
     HeddleRequest,
     client_path,
     parse_bool_query,
-    parse_int_query,
     parse_json_object,
     query_string,
 )
 from client_api.servlets.admin.access import (
-    DEFAULT_PAGE,
-    MAX_PAGE,
     admin_path,
     parse_direction,
+    parse_page,
     require_admin,
 )
 from client_api.validation import RequestBody, parse_body
@@ -132,8 +130,7 @@ class UsersServlet:
 
     async def on_GET(self, request: HeddleRequest, version: str) -> tuple[int, Any]:
         await require_admin(self._hs, request)
-        offset = parse_int_query(request, "from", 0, min_value=0)
-        limit = parse_int_query(request, "limit", DEFAULT_PAGE, min_value=1, max_value=MAX_PAGE)
+        offset, limit = parse_page(request)
         users, total = await self._hs.admin_users.list_users(
             _user_query(request, version), offset, limit
         )
