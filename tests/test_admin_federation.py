@@ -27,7 +27,6 @@ class AdminFederationTests(AdminTestCase):
             ("GET", DESTINATIONS),
             ("GET", f"{DESTINATIONS}/a.example"),
             ("POST", f"{DESTINATIONS}/a.example/reset_connection"),
-            ("GET", "/v1/server_version"),
         ]
         for method, path in paths:
             self.assertError(await self.request(method, ADMIN + path, {}), 401, "M_MISSING_TOKEN")
@@ -105,3 +104,6 @@ class AdminFederationTests(AdminTestCase):
         r = await self.admin_get(admin, "/v1/server_version")
         self.assertEqual(r.code, 200, r)
         self.assertEqual(r.json, {"server_version": __version__})
+        # Public, as Synapse's (federation's /version says the same to anyone).
+        r = await self.request("GET", ADMIN + "/v1/server_version")
+        self.assertEqual((r.code, r.json), (200, {"server_version": __version__}))
