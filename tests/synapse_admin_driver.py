@@ -41,7 +41,8 @@ def main() -> None:
             # The library builds IDs and URLs from one `server_addr`: the server name.
             # Connections then go to where the test server really listens.
             client = getattr(synapse_admin, class_name)(
-                server_addr=job["server_name"], access_token=job["token"],
+                server_addr=job["server_name"],
+                access_token=job["token"],
                 server_protocol="http",
             )
             client.connection.base_url = job["base_url"]

@@ -36,19 +36,24 @@ CAROL = f"@carol:{SERVER_NAME}"
 class SynapseAdminLibraryTests(AdminTestCase):
     async def setUp(self) -> None:
         if not LIBRARY_PYTHON:
-            raise SkipTest(
-                "set HEDDLE_SYNAPSE_ADMIN_PYTHON to a Python with matrix-synapse-admin"
-            )
+            raise SkipTest("set HEDDLE_SYNAPSE_ADMIN_PYTHON to a Python with matrix-synapse-admin")
         await super().setUp()
         self.admin = await self.make_admin()
 
     def _drive(self, calls: list[list[Any]]) -> subprocess.CompletedProcess[str]:
         assert LIBRARY_PYTHON is not None
-        job = {"base_url": self.base_url, "server_name": SERVER_NAME,
-               "token": self.admin.token, "calls": calls}
+        job = {
+            "base_url": self.base_url,
+            "server_name": SERVER_NAME,
+            "token": self.admin.token,
+            "calls": calls,
+        }
         return subprocess.run(
-            [LIBRARY_PYTHON, str(DRIVER)], input=json.dumps(job), capture_output=True,
-            text=True, timeout=60,
+            [LIBRARY_PYTHON, str(DRIVER)],
+            input=json.dumps(job),
+            capture_output=True,
+            text=True,
+            timeout=60,
             # The library may look for a config file under $HOME; it must find none.
             env={**os.environ, "HOME": self.mktemp()},
         )
@@ -134,7 +139,10 @@ class SynapseAdminLibraryTests(AdminTestCase):
         alice = await self.user("alice")
         room_id = await self.create_room(alice)
         r = await self.request(
-            "POST", f"{MEDIA}/upload?filename=a.txt", raw=b"library media", token=alice.token,
+            "POST",
+            f"{MEDIA}/upload?filename=a.txt",
+            raw=b"library media",
+            token=alice.token,
             headers={"Content-Type": "text/plain"},
         )
         self.assertEqual(r.code, 200, r)

@@ -106,15 +106,23 @@ SESSION: list[Step] = [
         "/v1/reset_password/{bob}",
         {"new_password": PASSWORD + "x", "logout_devices": False},
     ),
-    Step("reset password unknown", "POST", "/v1/reset_password/@nobody:{server}",
-         {"new_password": PASSWORD}),
+    Step(
+        "reset password unknown",
+        "POST",
+        "/v1/reset_password/@nobody:{server}",
+        {"new_password": PASSWORD},
+    ),
     Step("whois", "GET", "/v1/whois/{alice}", id_keyed=("devices",)),
     Step("whois unknown", "GET", "/v1/whois/@nobody:{server}"),
     Step("devices", "GET", "/v2/users/{alice}/devices"),
     Step("device", "GET", "/v2/users/{alice}/devices/{alice_device}"),
     Step("device unknown", "GET", "/v2/users/{alice}/devices/NODEVICE"),
-    Step("device rename", "PUT", "/v2/users/{alice}/devices/{alice_device}",
-         {"display_name": "renamed"}),
+    Step(
+        "device rename",
+        "PUT",
+        "/v2/users/{alice}/devices/{alice_device}",
+        {"display_name": "renamed"},
+    ),
     Step("delete no devices", "POST", "/v2/users/{bob}/delete_devices", {"devices": []}),
     Step("delete devices bad body", "POST", "/v2/users/{bob}/delete_devices", {"devices": "x"}),
     Step("devices unknown user", "GET", "/v2/users/@nobody:{server}/devices"),
@@ -135,8 +143,9 @@ SESSION: list[Step] = [
         {"messages_per_second": 0, "burst_count": 0},
     ),
     Step("ratelimit get", "GET", "/v1/users/{bob}/override_ratelimit"),
-    Step("ratelimit bad", "POST", "/v1/users/{bob}/override_ratelimit",
-         {"messages_per_second": -1}),
+    Step(
+        "ratelimit bad", "POST", "/v1/users/{bob}/override_ratelimit", {"messages_per_second": -1}
+    ),
     Step("ratelimit delete", "DELETE", "/v1/users/{bob}/override_ratelimit"),
     Step("lock", "PUT", "/v2/users/{bob}", {"locked": True}),
     Step("locked token", "GET", "/_matrix/client/v3/account/whoami", as_user="bob"),
@@ -156,10 +165,18 @@ SESSION: list[Step] = [
     Step("room details unknown", "GET", "/v1/rooms/!nope:{server}"),
     Step("room members", "GET", "/v1/rooms/{room}/members"),
     Step("room members unknown", "GET", "/v1/rooms/!nope:{server}/members"),
-    Step("room state", "GET", "/v1/rooms/{room}/state",
-         opaque=("state[].content", "state[].unsigned")),
-    Step("room messages", "GET", "/v1/rooms/{room}/messages?dir=b&limit=5",
-         opaque=("chunk[].content", "chunk[].unsigned")),
+    Step(
+        "room state",
+        "GET",
+        "/v1/rooms/{room}/state",
+        opaque=("state[].content", "state[].unsigned"),
+    ),
+    Step(
+        "room messages",
+        "GET",
+        "/v1/rooms/{room}/messages?dir=b&limit=5",
+        opaque=("chunk[].content", "chunk[].unsigned"),
+    ),
     Step("room messages bad dir", "GET", "/v1/rooms/{room}/messages?dir=sideways"),
     Step("room messages unknown", "GET", "/v1/rooms/!nope:{server}/messages?dir=b"),
     Step("block status", "GET", "/v1/rooms/{room2}/block"),
@@ -167,8 +184,12 @@ SESSION: list[Step] = [
     Step("block status blocked", "GET", "/v1/rooms/{room2}/block"),
     Step("block bad body", "PUT", "/v1/rooms/{room2}/block", {"block": "yes"}),
     Step("make room admin", "POST", "/v1/rooms/{room}/make_room_admin", {"user_id": "{bob}"}),
-    Step("make room admin unknown room", "POST", "/v1/rooms/!nope:{server}/make_room_admin",
-         {"user_id": "{bob}"}),
+    Step(
+        "make room admin unknown room",
+        "POST",
+        "/v1/rooms/!nope:{server}/make_room_admin",
+        {"user_id": "{bob}"},
+    ),
     Step("forward extremities", "GET", "/v1/rooms/{room}/forward_extremities"),
     Step("forward extremities unknown", "GET", "/v1/rooms/!nope:{server}/forward_extremities"),
     Step(
@@ -185,12 +206,12 @@ SESSION: list[Step] = [
     Step("room media unknown", "GET", "/v1/room/!nope:{server}/media"),
     # ----- registration tokens --------------------------------------------------------------
     Step("tokens empty", "GET", "/v1/registration_tokens"),
-    Step("token create", "POST", "/v1/registration_tokens/new",
-         {"token": "abcd", "uses_allowed": 5}),
+    Step(
+        "token create", "POST", "/v1/registration_tokens/new", {"token": "abcd", "uses_allowed": 5}
+    ),
     Step("token create random", "POST", "/v1/registration_tokens/new", {"length": 10}),
     Step("token create duplicate", "POST", "/v1/registration_tokens/new", {"token": "abcd"}),
-    Step("token create past expiry", "POST", "/v1/registration_tokens/new",
-         {"expiry_time": 1000}),
+    Step("token create past expiry", "POST", "/v1/registration_tokens/new", {"expiry_time": 1000}),
     Step("token create bad uses", "POST", "/v1/registration_tokens/new", {"uses_allowed": -1}),
     Step("token get", "GET", "/v1/registration_tokens/abcd"),
     Step("token update", "PUT", "/v1/registration_tokens/abcd", {"uses_allowed": 10}),
@@ -225,14 +246,14 @@ SESSION: list[Step] = [
     Step("purge media cache", "POST", "/v1/purge_media_cache?before_ts=31000000000"),
     Step("purge media cache no ts", "POST", "/v1/purge_media_cache"),
     Step("purge media cache bad ts", "POST", "/v1/purge_media_cache?before_ts=-1"),
-    Step("purge media cache non-admin", "POST", "/v1/purge_media_cache?before_ts=1",
-         as_user="alice"),
+    Step(
+        "purge media cache non-admin", "POST", "/v1/purge_media_cache?before_ts=1", as_user="alice"
+    ),
     # ----- federation -----------------------------------------------------------------------
     Step("destinations", "GET", "/v1/federation/destinations"),
     Step("destinations bad from", "GET", "/v1/federation/destinations?from=-1"),
     Step("destination unknown", "GET", "/v1/federation/destinations/elsewhere.example"),
-    Step("destination rooms unknown", "GET",
-         "/v1/federation/destinations/elsewhere.example/rooms"),
+    Step("destination rooms unknown", "GET", "/v1/federation/destinations/elsewhere.example/rooms"),
     # ----- server notices -------------------------------------------------------------------
     Step(
         "server notice",
@@ -247,15 +268,24 @@ SESSION: list[Step] = [
         {"user_id": "{alice}", "content": {"msgtype": "m.text", "body": "again"}},
     ),
     Step("server notice no content", "POST", "/v1/send_server_notice", {"user_id": "{alice}"}),
-    Step("server notice remote", "POST", "/v1/send_server_notice",
-         {"user_id": "@x:elsewhere.example", "content": {"msgtype": "m.text", "body": "x"}}),
+    Step(
+        "server notice remote",
+        "POST",
+        "/v1/send_server_notice",
+        {"user_id": "@x:elsewhere.example", "content": {"msgtype": "m.text", "body": "x"}},
+    ),
     # ----- destructive steps, last ----------------------------------------------------------
     Step("deactivate", "POST", "/v1/deactivate/{carol}", {"erase": False}),
     Step("query deactivated", "GET", "/v2/users/{carol}"),
     Step("deactivate unknown", "POST", "/v1/deactivate/@nobody:{server}", {}),
     Step("deactivate bad erase", "POST", "/v1/deactivate/{carol}", {"erase": "yes"}),
-    Step("delete room", "DELETE", "/v2/rooms/{room2}", {"purge": True},
-         save={"delete_id": "delete_id"}),
+    Step(
+        "delete room",
+        "DELETE",
+        "/v2/rooms/{room2}",
+        {"purge": True},
+        save={"delete_id": "delete_id"},
+    ),
     Step("delete room status", "GET", "/v2/rooms/{room2}/delete_status", until=_finished),
     Step("delete status by id", "GET", "/v2/rooms/delete_status/{delete_id}"),
     Step("delete status unknown", "GET", "/v2/rooms/delete_status/nonexistent"),
@@ -337,14 +367,24 @@ class Server:
         path = ADMIN + "/v1/register"
         nonce = (await self.json_call("GET", path))["nonce"]
         message = b"\x00".join(
-            [nonce.encode(), localpart.encode(), PASSWORD.encode(),
-             b"admin" if admin else b"notadmin"]
+            [
+                nonce.encode(),
+                localpart.encode(),
+                PASSWORD.encode(),
+                b"admin" if admin else b"notadmin",
+            ]
         )
         mac = hmac.new(self.shared_secret.encode(), message, hashlib.sha1).hexdigest()
         session = await self.json_call(
-            "POST", path,
-            {"nonce": nonce, "username": localpart, "password": PASSWORD, "admin": admin,
-             "mac": mac},
+            "POST",
+            path,
+            {
+                "nonce": nonce,
+                "username": localpart,
+                "password": PASSWORD,
+                "admin": admin,
+                "mac": mac,
+            },
         )
         self.variables[localpart] = session["user_id"]
         self.variables[f"{localpart}_device"] = session["device_id"]
@@ -352,7 +392,11 @@ class Server:
 
     async def upload(self, data: bytes, name: str) -> str:
         r = await self.call(
-            "POST", f"{MEDIA}/upload?filename={name}", None, data, "text/plain",
+            "POST",
+            f"{MEDIA}/upload?filename={name}",
+            None,
+            data,
+            "text/plain",
             self.tokens["alice"],
         )
         assert r.code == 200, f"{self.label}: upload: {r!r}"
@@ -364,15 +408,22 @@ class Server:
         for localpart in ("alice", "bob", "carol"):
             await self.register(localpart)
         alice = self.variables["alice"]
-        room = (await self.json_call(
-            "POST", f"{CLIENT}/createRoom",
-            {"name": "Compare", "preset": "public_chat", "room_alias_name": "compare"},
-            as_user="alice",
-        ))["room_id"]
-        room2 = (await self.json_call(
-            "POST", f"{CLIENT}/createRoom", {"name": "Doomed", "preset": "public_chat"},
-            as_user="alice",
-        ))["room_id"]
+        room = (
+            await self.json_call(
+                "POST",
+                f"{CLIENT}/createRoom",
+                {"name": "Compare", "preset": "public_chat", "room_alias_name": "compare"},
+                as_user="alice",
+            )
+        )["room_id"]
+        room2 = (
+            await self.json_call(
+                "POST",
+                f"{CLIENT}/createRoom",
+                {"name": "Doomed", "preset": "public_chat"},
+                as_user="alice",
+            )
+        )["room_id"]
         self.variables.update(room=room, room2=room2)
         for room_id in (room, room2):
             await self.json_call("POST", f"{CLIENT}/join/{quote(room_id)}", {}, as_user="bob")
@@ -380,23 +431,33 @@ class Server:
         self.variables["media2"] = await self.upload(b"second media!", "two.txt")
         for n in range(3):
             sent = await self.json_call(
-                "PUT", f"{CLIENT}/rooms/{quote(room)}/send/m.room.message/t{n}",
-                {"msgtype": "m.text", "body": f"message {n}"}, as_user="alice",
+                "PUT",
+                f"{CLIENT}/rooms/{quote(room)}/send/m.room.message/t{n}",
+                {"msgtype": "m.text", "body": f"message {n}"},
+                as_user="alice",
             )
             self.variables.setdefault("first_message", sent["event_id"])
         await self.json_call(
-            "PUT", f"{CLIENT}/rooms/{quote(room)}/send/m.room.message/file",
-            {"msgtype": "m.file", "body": "one.txt",
-             "url": f"mxc://{self.variables['server']}/{self.variables['media']}"},
+            "PUT",
+            f"{CLIENT}/rooms/{quote(room)}/send/m.room.message/file",
+            {
+                "msgtype": "m.file",
+                "body": "one.txt",
+                "url": f"mxc://{self.variables['server']}/{self.variables['media']}",
+            },
             as_user="alice",
         )
         await self.json_call(
-            "PUT", f"{CLIENT}/user/{quote(alice)}/account_data/org.example.global", {"a": 1},
+            "PUT",
+            f"{CLIENT}/user/{quote(alice)}/account_data/org.example.global",
+            {"a": 1},
             as_user="alice",
         )
         await self.json_call(
-            "PUT", f"{CLIENT}/user/{quote(alice)}/rooms/{quote(room)}/account_data/org.example.room",
-            {"b": 2}, as_user="alice",
+            "PUT",
+            f"{CLIENT}/user/{quote(alice)}/rooms/{quote(room)}/account_data/org.example.room",
+            {"b": 2},
+            as_user="alice",
         )
 
     # ----- the session ----------------------------------------------------------------------
@@ -532,17 +593,25 @@ async def _synapse_session(work_dir: Path) -> list[Outcome]:
 
 def _synapse_server(peer: SynapsePeer) -> Server:
     async def call(
-        method: str, path: str, body: Any, raw: bytes | None, content_type: str | None,
+        method: str,
+        path: str,
+        body: Any,
+        raw: bytes | None,
+        content_type: str | None,
         token: str | None,
     ) -> Response:
         headers = Headers({b"User-Agent": [b"heddle-tests"]})
         if token is not None:
             headers.setRawHeaders(b"Authorization", [f"Bearer {token}".encode()])
-        payload = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        payload = (
+            raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        )
         if payload is not None:
             headers.setRawHeaders(b"Content-Type", [(content_type or "application/json").encode()])
         d = peer.agent().request(
-            method.encode(), (peer.base_url + path).encode(), headers,
+            method.encode(),
+            (peer.base_url + path).encode(),
+            headers,
             BytesProducer(payload) if payload is not None else None,
         )
         d.addTimeout(30, reactor)
@@ -563,7 +632,11 @@ class AdminSessionVsSynapse(AdminTestCase):
 
     def _heddle_server(self) -> Server:
         async def call(
-            method: str, path: str, body: Any, raw: bytes | None, content_type: str | None,
+            method: str,
+            path: str,
+            body: Any,
+            raw: bytes | None,
+            content_type: str | None,
             token: str | None,
         ) -> Response:
             headers = {"Content-Type": content_type} if content_type else None
