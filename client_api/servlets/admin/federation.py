@@ -43,6 +43,12 @@ def _choice(request: HeddleRequest, name: str, allowed: Any, default: str) -> st
     return value
 
 
+def _page(request: HeddleRequest) -> tuple[int, int]:
+    """`from` and `limit` of a list."""
+    offset = parse_int_query(request, "from", 0, min_value=0)
+    return offset, parse_int_query(request, "limit", DEFAULT_PAGE, min_value=1, max_value=MAX_PAGE)
+
+
 class DestinationsServlet:
     PATTERNS = [admin_path(DESTINATIONS)]
 
@@ -51,8 +57,7 @@ class DestinationsServlet:
 
     async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
         await require_admin(self._hs, request)
-        offset = parse_int_query(request, "from", 0, min_value=0)
-        limit = parse_int_query(request, "limit", DEFAULT_PAGE, min_value=1, max_value=MAX_PAGE)
+        offset, limit = _page(request)
         order_by = _choice(request, "order_by", DESTINATION_ORDER, "destination")
         direction = parse_direction(request)
         rows, total = await self._hs.admin_federation.list_destinations(
@@ -87,8 +92,7 @@ class DestinationRoomsServlet:
 
     async def on_GET(self, request: HeddleRequest, destination: str) -> tuple[int, Any]:
         await require_admin(self._hs, request)
-        offset = parse_int_query(request, "from", 0, min_value=0)
-        limit = parse_int_query(request, "limit", DEFAULT_PAGE, min_value=1, max_value=MAX_PAGE)
+        offset, limit = _page(request)
         direction = parse_direction(request)
         room_ids, total = await self._hs.admin_federation.destination_rooms(
             destination, offset, limit, direction == "b"
