@@ -22,6 +22,7 @@ from typing import Any
 from twisted.internet import threads
 from twisted.trial.unittest import SkipTest
 
+from storage.stores.federation_queue import RetryState
 from tests.admin_helpers import AdminTestCase, q
 from tests.harness import SERVER_NAME, on_both_engines
 
@@ -162,3 +163,16 @@ class SynapseAdminLibraryTests(AdminTestCase):
         self.assertEqual((protected, quarantined, released, deleted), (True, True, True, True))
         r = await self.request("GET", f"{MEDIA}/download/{SERVER_NAME}/{media_id}")
         self.assertEqual(r.code, 404, r)
+
+    async def test_federation(self) -> None:
+        store = self.hs.federation_queue_store
+        await store.set_retry_state("a.example", RetryState(0, 0, None))
+        await store.set_retry_state("b.example", RetryState(5_000, 60_000, 1_000))
+        listed, rooms, unknown = await self.call(
+            ["Management", "federation_list", [], {}],
+            ["Management", "federation_room", ["a.example"], {}],
+            ["Management", "federation_room", ["nowhere.example"], {}],
+        )
+        self.assertEqual([d["destination"] for d in listed["result"]], ["a.example", "b.example"])
+        self.assertEqual(rooms, {"result": []})
+        self.assertEqual(unknown["errcode"], "M_NOT_FOUND")
