@@ -77,6 +77,7 @@ CLIENT_SERVLETS = [
     # The admin API (see client_api/servlets/admin/).
     admin_federation.DestinationsServlet,
     admin_federation.DestinationServlet,
+    admin_federation.DestinationRoomsServlet,
     admin_federation.ResetConnectionServlet,
     admin_federation.ServerVersionServlet,
     admin_server_notices.SendServerNoticeServlet,

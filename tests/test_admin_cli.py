@@ -60,7 +60,7 @@ class AdminCliTests(AdminTestCase):
 
     async def test_errors_are_reported_not_raised(self):
         admin, alice = await self.make_admin(), await self.user("alice")
-        status, printed, err = await self.heddle_admin("--token", alice.token, "version")
+        status, printed, err = await self.heddle_admin("--token", alice.token, "user", alice.user_id)
         self.assertEqual((status, printed), (1, None))
         self.assertIn("M_FORBIDDEN", err)
         status, _, err = await self.heddle_admin(

@@ -180,6 +180,10 @@ class UserMediaListTests(MediaAdminTestCase):
                 "last_access_ts": None,
                 "quarantined_by": None,
                 "safe_from_quarantine": False,
+                "user_id": alice.user_id,
+                "url_cache": None,
+                "authenticated": None,
+                "sha256": hashlib.sha256(b"a" * 10).hexdigest(),
             },
         )
         self.assertIsInstance(one["created_ts"], int)

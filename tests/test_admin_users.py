@@ -195,7 +195,7 @@ class UserListTests(AdminTestCase):
             {
                 "name", "is_guest", "admin", "user_type", "deactivated", "erased",
                 "shadow_banned", "displayname", "avatar_url", "creation_ts", "last_seen_ts",
-                "locked", "suspended",
+                "locked",
             },
         )
         self.assertEqual(alice["name"], ALICE)
@@ -648,7 +648,7 @@ class PasswordAndSessionTests(AdminTestCase):
         self.assertEqual(
             set(device),
             {"device_id", "display_name", "last_seen_ip", "last_seen_user_agent",
-             "last_seen_ts", "user_id", "dehydrated"},
+             "last_seen_ts", "user_id"},
         )
         self.assertEqual(device["user_id"], ALICE)
         r = await self.admin_call(

@@ -32,6 +32,7 @@ class MediaListing:
     created_ts: int
     quarantined_by: str | None
     safe_from_quarantine: bool
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -73,12 +74,12 @@ class MediaAdminStore:
             total = txn.select_one(f"SELECT COUNT(*) FROM media {where}", (user_id,))
             rows = txn.select_all(
                 "SELECT media_id, content_type, upload_name, size, created_ts, quarantined_by,"
-                f" safe_from_quarantine FROM media {where}"
+                f" safe_from_quarantine, sha256 FROM media {where}"
                 f" ORDER BY {column} {direction}, media_id ASC LIMIT ? OFFSET ?",
                 (user_id, limit, offset),
             )
             media = [
-                MediaListing(r[0], r[1], r[2], int(r[3]), int(r[4]), r[5], bool(r[6]))
+                MediaListing(r[0], r[1], r[2], int(r[3]), int(r[4]), r[5], bool(r[6]), r[7])
                 for r in rows
             ]
             return media, int(total[0]) if total else 0

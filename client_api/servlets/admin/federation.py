@@ -77,6 +77,29 @@ class DestinationServlet:
         return 200, destination_json(destination, state)
 
 
+class DestinationRoomsServlet:
+    PATTERNS = [admin_path(DESTINATIONS + r"/(?P<destination>[^/]+)/rooms")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest, destination: str) -> tuple[int, Any]:
+        await require_admin(self._hs, request)
+        offset, limit = parse_page(request)
+        direction = parse_direction(request)
+        room_ids, total = await self._hs.admin_federation.destination_rooms(
+            destination, offset, limit, direction == "b"
+        )
+        body: dict[str, Any] = {
+            # Heddle does not record deliveries per room: no last PDU sent in each.
+            "rooms": [{"room_id": room_id, "stream_ordering": None} for room_id in room_ids],
+            "total": total,
+        }
+        if offset + len(room_ids) < total:
+            body["next_token"] = str(offset + len(room_ids))
+        return 200, body
+
+
 class ResetConnectionServlet:
     PATTERNS = [admin_path(DESTINATIONS + r"/(?P<destination>[^/]+)/reset_connection")]
 
@@ -97,5 +120,5 @@ class ServerVersionServlet:
         self._hs = hs
 
     async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
-        await require_admin(self._hs, request)
+        # No token needed, as Synapse's: federation's /version tells anyone anyway.
         return 200, {"server_version": __version__}

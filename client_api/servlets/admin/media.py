@@ -25,9 +25,10 @@ if TYPE_CHECKING:
 SERVER_MEDIA = r"/(?P<server_name>[^/]+)/(?P<media_id>[^/]+)"
 
 
-def listing_json(media: MediaListing) -> dict[str, Any]:
+def listing_json(media: MediaListing, user_id: str) -> dict[str, Any]:
     return {
         "media_id": media.media_id,
+        "user_id": user_id,
         "media_type": media.content_type,
         "media_length": media.size,
         "upload_name": media.upload_name,
@@ -36,6 +37,9 @@ def listing_json(media: MediaListing) -> dict[str, Any]:
         "last_access_ts": None,
         "quarantined_by": media.quarantined_by,
         "safe_from_quarantine": media.safe_from_quarantine,
+        "url_cache": None,
+        "authenticated": None,
+        "sha256": media.sha256,
     }
 
 
@@ -77,7 +81,7 @@ class UserMediaServlet:
         offset, limit, order_by, descending = _page(request)
         page = await self._hs.admin.media.user_media(user_id, offset, limit, order_by, descending)
         body: dict[str, Any] = {
-            "media": [listing_json(m) for m in page.media],
+            "media": [listing_json(m, user_id) for m in page.media],
             "total": page.total,
         }
         if offset + len(page.media) < page.total:

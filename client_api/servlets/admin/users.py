@@ -48,8 +48,8 @@ def listing_json(user: UserListing) -> dict[str, Any]:
         # so, and tools written for it expect each as it is.
         "creation_ts": user.created_ts,
         "last_seen_ts": user.last_seen_ts,
+        # Not `suspended`: Synapse's list leaves it out (its single-user query has it).
         "locked": user.locked,
-        "suspended": user.suspended,
     }
 
 
@@ -86,8 +86,9 @@ def admin_device_json(device: Device) -> dict[str, Any]:
         "last_seen_ip": device.last_seen_ip,
         "last_seen_user_agent": device.last_seen_user_agent,
         "last_seen_ts": device.last_seen_ts,
+        # No `dehydrated`: Synapse adds it only for a user who has a dehydrated device, and
+        # Heddle has none.
         "user_id": device.user_id,
-        "dehydrated": False,
     }
 
 
