@@ -123,6 +123,7 @@ CLIENT_SERVLETS = [
     admin_media.PurgeMediaCacheServlet,
     sync.SyncServlet,
     rooms.CreateRoomServlet,
+    rooms.UpgradeRoomServlet,
     rooms.SendEventServlet,
     rooms.StateEventServlet,
     rooms.RoomStateServlet,

@@ -17,6 +17,7 @@ from homeserver.presence import PresenceHandler
 from homeserver.profile import ProfileHandler
 from homeserver.push.actions import PushActionGenerator
 from homeserver.push.counts import NotificationCounts, SummaryRotator
+from homeserver.push.handler import PushRulesHandler
 from homeserver.push.notifications import NotificationsHandler
 from homeserver.ratelimit import RateLimiter
 from homeserver.rooms.creation import RoomCreationHandler
@@ -28,6 +29,7 @@ from homeserver.rooms.power import RoomPower
 from homeserver.rooms.relations import RelationsHandler
 from homeserver.rooms.sending import EventSendHandler
 from homeserver.rooms.state import RoomStateHandler
+from homeserver.rooms.upgrade import RoomUpgradeHandler
 from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.user_directory import UserDirectoryHandler
 from storage.persister import EventPersister, IdAllocator
@@ -67,6 +69,7 @@ class Rooms:
     message_limiter: RateLimiter
     event_sender: EventSendHandler
     room_creation: RoomCreationHandler
+    room_upgrades: RoomUpgradeHandler
     room_state: RoomStateHandler
     messages: MessagesHandler
     relations: RelationsHandler
@@ -82,6 +85,7 @@ def build_rooms(
     remote: RemoteQueries,
     federation: RoomsFederation,
     account_data: AccountDataHandler,
+    push_rules: PushRulesHandler,
     counts: NotificationCounts,
 ) -> Rooms:
     events, state, rooms = stores.event_store, stores.state_store, stores.room_store
@@ -207,6 +211,20 @@ def build_rooms(
             creator,
             membership,
             stores.alias_store,
+            message_limiter,
+        ),
+        room_upgrades=RoomUpgradeHandler(
+            core.server_name,
+            core.clock,
+            creator,
+            membership,
+            events,
+            state,
+            state_contents,
+            stores.alias_store,
+            stores.room_directory_store,
+            account_data,
+            push_rules,
             message_limiter,
         ),
         # Reading history (/messages, /context, /event) and state.
