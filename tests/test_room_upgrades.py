@@ -19,7 +19,8 @@ from homeserver.rooms.upgrade import (
     restricted_power_levels,
     split_canonical_alias,
 )
-from tests.harness import Response, nio, on_both_engines
+from tests.federation_helpers import FederationTestCase
+from tests.harness import Response, ensure_deferred, nio, on_both_engines
 from tests.room_helpers import API, RoomTestCase, User, q
 
 PL = "m.room.power_levels"
@@ -457,6 +458,51 @@ class RoomUpgradeTests(UpgradeTestCase):
         create = await nio(bob.room_get_state_event(new, "m.room.create"))
         self.assertIsInstance(create, RoomGetStateEventResponse)
         self.assertEqual(create.content["predecessor"]["room_id"], old)
+
+
+@on_both_engines
+class FederatedRoomUpgrade(FederationTestCase):
+    @ensure_deferred
+    async def test_a_remote_member_sees_the_tombstone_and_joins_the_new_room(self) -> None:
+        a, b, alice, bob = await self.two_peers()
+        r = await self.user_call(alice, "POST", f"{API}/createRoom",
+                                 {"preset": "public_chat", "room_version": "11", "name": "Fed"})
+        old = r.json["room_id"]
+        r = await self.user_call(bob, "POST", f"{API}/join/{q(old)}?via={q(a.server_name)}", {})
+        self.assertEqual(r.code, 200, r)
+        await self.wait_for(
+            lambda: self._is(self.membership(alice, old, bob.user_id), "join"),
+            what="bob's join on A",
+        )
+        r = await self.user_call(alice, "POST", f"{API}/rooms/{q(old)}/upgrade",
+                                 {"new_version": "12"})
+        self.assertEqual(r.code, 200, r)
+        new = r.json["replacement_room"]
+
+        async def tombstone_on_b() -> bool:
+            r = await self.user_call(bob, "GET", f"{API}/rooms/{q(old)}/state/{TOMBSTONE}")
+            return r.code == 200 and r.json.get("replacement_room") == new
+
+        await self.wait_for(tombstone_on_b, what="the tombstone on B")
+        r = await self.user_call(bob, "POST", f"{API}/join/{q(new)}?via={q(a.server_name)}", {})
+        self.assertEqual(r.code, 200, r)
+        r = await self.user_call(bob, "GET", f"{API}/rooms/{q(new)}/state/m.room.create")
+        self.assertEqual(r.json["predecessor"], {"room_id": old})
+        r = await self.user_call(bob, "GET", f"{API}/rooms/{q(new)}/state/m.room.name")
+        self.assertEqual(r.json, {"name": "Fed"})
+        await self.wait_for(
+            lambda: self._is(self.membership(alice, new, bob.user_id), "join"),
+            what="bob's join of the new room on A",
+        )
+        # The old room is locked on B too: bob may no longer talk there.
+        async def locked_on_b() -> bool:
+            r = await self.user_call(bob, "GET", f"{API}/rooms/{q(old)}/state/{PL}")
+            return r.code == 200 and r.json.get("events_default") == 50
+
+        await self.wait_for(locked_on_b, what="the old room's new power levels on B")
+        r = await self.user_call(bob, "PUT", f"{API}/rooms/{q(old)}/send/m.room.message/late",
+                                 {"msgtype": "m.text", "body": "too late"})
+        self.assertEqual(r.code, 403, r)
 
 
 class UpgradeContentRules(unittest.TestCase):
