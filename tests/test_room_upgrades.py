@@ -474,6 +474,15 @@ class FederatedRoomUpgrade(FederationTestCase):
             lambda: self._is(self.membership(alice, old, bob.user_id), "join"),
             what="bob's join on A",
         )
+        # What B keeps of the old room: bob's tag, and an alias on B.
+        r = await self.user_call(
+            bob, "PUT", f"{API}/user/{q(bob.user_id)}/rooms/{q(old)}/tags/u.work", {}
+        )
+        self.assertEqual(r.code, 200, r)
+        b_alias = f"#fed:{b.server_name}"
+        r = await self.user_call(bob, "PUT", f"{API}/directory/room/{q(b_alias)}",
+                                 {"room_id": old})
+        self.assertEqual(r.code, 200, r)
         r = await self.user_call(alice, "POST", f"{API}/rooms/{q(old)}/upgrade",
                                  {"new_version": "12"})
         self.assertEqual(r.code, 200, r)
@@ -490,6 +499,11 @@ class FederatedRoomUpgrade(FederationTestCase):
         self.assertEqual(r.json["predecessor"], {"room_id": old})
         r = await self.user_call(bob, "GET", f"{API}/rooms/{q(new)}/state/m.room.name")
         self.assertEqual(r.json, {"name": "Fed"})
+        # B carried its own side over when it joined the new room (as Synapse does).
+        r = await self.user_call(bob, "GET", f"{API}/user/{q(bob.user_id)}/rooms/{q(new)}/tags")
+        self.assertEqual(r.json, {"tags": {"u.work": {}}})
+        r = await self.user_call(bob, "GET", f"{API}/directory/room/{q(b_alias)}")
+        self.assertEqual(r.json["room_id"], new)
         await self.wait_for(
             lambda: self._is(self.membership(alice, new, bob.user_id), "join"),
             what="bob's join of the new room on A",

@@ -169,6 +169,21 @@ def build_rooms(
     # A forget changes no stream position: the cached memberships of the user must hear of it.
     membership.forget_listeners.append(streams.shared_rooms.forget)
     message_limiter = core.limiter("message_per_user", core.config.rate_limits.message_per_user)
+    room_upgrades = RoomUpgradeHandler(
+        core.server_name,
+        core.clock,
+        creator,
+        membership,
+        events,
+        state,
+        state_contents,
+        stores.alias_store,
+        stores.room_directory_store,
+        account_data,
+        push_rules,
+        message_limiter,
+    )
+    membership.remote_join_listeners.append(room_upgrades.joined_remote_room)
     relations = RelationsHandler(
         events, stores.relation_store, visibility, serializer, ignored.of
     )
@@ -213,20 +228,7 @@ def build_rooms(
             stores.alias_store,
             message_limiter,
         ),
-        room_upgrades=RoomUpgradeHandler(
-            core.server_name,
-            core.clock,
-            creator,
-            membership,
-            events,
-            state,
-            state_contents,
-            stores.alias_store,
-            stores.room_directory_store,
-            account_data,
-            push_rules,
-            message_limiter,
-        ),
+        room_upgrades=room_upgrades,
         # Reading history (/messages, /context, /event) and state.
         room_state=RoomStateHandler(events, state, rooms, visibility),
         messages=MessagesHandler(

@@ -312,10 +312,7 @@ class RoomUpgradeHandler:
             before_persist=set_up_new_room,
         )
         await self._move_aliases(user_id, old_room_id, new_room_id)
-        await self._transfer_user_state(old_room_id, new_room_id)
-        if await self._room_directory.get_visibility(old_room_id):
-            await self._room_directory.set_visibility(old_room_id, False)
-            await self._room_directory.set_visibility(new_room_id, True)
+        await self._transfer_room_state(old_room_id, new_room_id)
         await self._restrict_old_room(user_id, old_room_id, old_version)
         if final_levels[0] is not None:
             # The upgrader's temporary power goes last, as in Synapse.
@@ -395,15 +392,36 @@ class RoomUpgradeHandler:
         await self._send_best_effort(old_room_id, user_id, CANONICAL_ALIAS, old_content, "")
         await self._send_best_effort(new_room_id, user_id, CANONICAL_ALIAS, new_content, "")
 
-    async def _transfer_user_state(self, old_room_id: str, new_room_id: str) -> None:
+    async def joined_remote_room(self, room_id: str) -> None:
+        """This server just joined `room_id`, held elsewhere: if it replaces a room we know,
+        what our side kept of the old room moves to it, as after an upgrade made here (as
+        Synapse does on a remote join)."""
+        create = await self._current_event(room_id, CREATE)
+        predecessor = create.content.get("predecessor") if create is not None else None
+        old_room_id = predecessor.get("room_id") if isinstance(predecessor, dict) else None
+        if not isinstance(old_room_id, str) or await self._events.get_room_version(
+            old_room_id
+        ) is None:
+            return
+        logger.info("%s replaces %s: carrying local state over", room_id, old_room_id)
+        await self._transfer_room_state(old_room_id, room_id)
+        moved = await self._aliases.move_aliases(old_room_id, room_id)
+        if moved:
+            logger.info("moved aliases %s from %s to %s", moved, old_room_id, room_id)
+
+    async def _transfer_room_state(self, old_room_id: str, new_room_id: str) -> None:
         """Each local member's tags, direct chat entry and push rules follow the room (spec:
-        "the server should automatically transfer ... notifications, tags")."""
+        "the server should automatically transfer ... notifications, tags"), and so does
+        the room's entry in our directory (Synapse)."""
         joined = await self._state.get_current_members(old_room_id, "join")
         for member in sorted(joined):
             if split_user_id(member)[1] != self._server_name:
                 continue
             await self._account_data.copy_to_upgraded_room(member, old_room_id, new_room_id)
             await self._push_rules.copy_room_rules(member, old_room_id, new_room_id)
+        if await self._room_directory.get_visibility(old_room_id):
+            await self._room_directory.set_visibility(old_room_id, False)
+            await self._room_directory.set_visibility(new_room_id, True)
 
     async def _restrict_old_room(
         self, user_id: str, old_room_id: str, old_version: RoomVersion
