@@ -112,6 +112,12 @@ class RoomUpgradeTests(UpgradeTestCase):
                     self.alice.user_id in levels["users"], new_version != "12",
                     (old_version, new_version),
                 )
+                if new_version != "12":
+                    # Including a creator of a v12 room: enough power to upgrade again.
+                    self.assertGreaterEqual(
+                        levels["users"][self.alice.user_id], levels["events"][TOMBSTONE],
+                        (old_version, new_version),
+                    )
                 # The upgrader can still act in the new room.
                 r = await self.put_state(self.alice, new, "m.room.topic", {"topic": "t"})
                 self.assertEqual(r.code, 200, (old_version, new_version, r))
@@ -156,6 +162,27 @@ class RoomUpgradeTests(UpgradeTestCase):
         self.assertIsNone(await self.membership_of(new, self.bob))
         self.assertIsNone(await self.membership_of(new, self.carol))
         self.assertEqual(await self.membership_of(old, self.carol), "invite")
+
+    async def test_a_space_keeps_its_type_children_and_federation_setting(self) -> None:
+        old = await self.create_room(
+            self.alice, room_version="11",
+            creation_content={"type": "m.space", "m.federate": False},
+        )
+        child = await self.create_room(self.alice)
+        removed = await self.create_room(self.alice)
+        for room_id, content in ((child, {"via": ["test.heddle"]}), (removed, {})):
+            r = await self.put_state(self.alice, old, "m.space.child", content, room_id)
+            self.assertEqual(r.code, 200, r)
+        new = await self.upgraded(self.alice, old, "12")
+        create = await self.state_content(self.alice, new, "m.room.create")
+        self.assertEqual((create["type"], create["m.federate"]), ("m.space", False))
+        self.assertEqual(
+            await self.state_content(self.alice, new, "m.space.child", child),
+            {"via": ["test.heddle"]},
+        )
+        # A removed child (empty content) is not carried over.
+        self.assertEqual((await self.get_state(self.alice, new, "m.space.child", removed)).code,
+                         404)
 
     async def test_the_old_room_is_restricted(self) -> None:
         old = await self.create_room(self.alice, room_version="11", preset="public_chat")

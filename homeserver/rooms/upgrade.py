@@ -351,9 +351,9 @@ class RoomUpgradeHandler:
         else:
             own = user_power_level(user_id, old_state, old_version)
             if own == INFINITE_POWER:
-                # A creator of a v12 room moving to an older version: the most power the
-                # room names, as they had more than anyone.
-                own = max([100, *users.values()])
+                # A creator of a v12 room moving to an older version: they could do anything
+                # there, so the most power the room names or any of its events needs.
+                own = max([100, *users.values(), level_to_set_up(levels)])
                 users[user_id] = own
             setup_levels = copy.deepcopy(levels)
             setup_levels["users"][user_id] = max(int(own), level_to_set_up(levels))
