@@ -25,8 +25,7 @@ def text(body: str, **extra: Any) -> dict[str, Any]:
     return {"msgtype": "m.text", "body": body, **extra}
 
 
-@on_both_engines
-class JsSdkThreadsAndUnreadCounts(RoomTestCase):
+class JsSdkTestCase(RoomTestCase):
     def setUp(self) -> Any:
         if NODE is None:
             raise unittest.SkipTest("node is not installed")
@@ -34,6 +33,9 @@ class JsSdkThreadsAndUnreadCounts(RoomTestCase):
             raise unittest.SkipTest("matrix-js-sdk is not installed (npm ci in tests/node)")
         return super().setUp()
 
+
+@on_both_engines
+class JsSdkThreadsAndUnreadCounts(JsSdkTestCase):
     async def js_sdk(self, user: User, room_id: str, threads: int, *mode: str) -> list[Any]:
         out, err, status = await utils.getProcessOutputAndValue(
             NODE,  # type: ignore[arg-type]
@@ -81,17 +83,10 @@ UPGRADE_CLIENT = NODE_DIR / "js_sdk_upgrade.mjs"
 
 
 @on_both_engines
-class JsSdkRoomUpgrade(RoomTestCase):
+class JsSdkRoomUpgrade(JsSdkTestCase):
     """The SDK's `upgradeRoom` against the server's endpoint, and a member following the
     tombstone to the new room: the SDK links the two rooms (`getRoomUpgradeHistory`,
     `findPredecessor`) only if the tombstone and the create event's `predecessor` agree."""
-
-    def setUp(self) -> Any:
-        if NODE is None:
-            raise unittest.SkipTest("node is not installed")
-        if not (NODE_DIR / "node_modules" / "matrix-js-sdk").is_dir():
-            raise unittest.SkipTest("matrix-js-sdk is not installed (npm ci in tests/node)")
-        return super().setUp()
 
     async def js_sdk(self, user: User, room_id: str, *mode: str) -> dict[str, Any]:
         out, err, status = await utils.getProcessOutputAndValue(

@@ -30,11 +30,7 @@ from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
 from homeserver.events.auth import INFINITE_POWER, parse_power_level, user_power_level
 from homeserver.events.model import Event
-from homeserver.events.room_versions import (
-    CREATABLE_ROOM_VERSIONS,
-    KNOWN_ROOM_VERSIONS,
-    RoomVersion,
-)
+from homeserver.events.room_versions import RoomVersion
 from homeserver.events.types import (
     AVATAR,
     CANONICAL_ALIAS,
@@ -55,7 +51,7 @@ from homeserver.identifiers import split_room_alias, split_user_id
 from homeserver.linearizer import Linearizer
 from homeserver.push.handler import PushRulesHandler
 from homeserver.ratelimit import RateLimiter
-from homeserver.rooms.creation import default_power_levels
+from homeserver.rooms.creation import creatable_room_version, default_power_levels
 from homeserver.rooms.creator import EventCreator
 from homeserver.rooms.directory import StateContents
 from homeserver.rooms.lookup import require_room
@@ -237,7 +233,7 @@ class RoomUpgradeHandler:
         if requester.is_guest:
             raise MatrixError(403, Codes.GUEST_ACCESS_FORBIDDEN, "Guests cannot upgrade rooms")
         check_not_suspended(requester)
-        new_version = _creatable_version(new_version_id)
+        new_version = creatable_room_version(new_version_id)
         creators = _additional_creators(new_version, additional_creators)
         old_version = await require_room(self._events, room_id)
         user_id = requester.user_id
@@ -249,6 +245,10 @@ class RoomUpgradeHandler:
             {"body": TOMBSTONE_BODY, "replacement_room": room_id},
             state_key="",
         )
+        if requester.shadow_banned:
+            # As Synapse: answered with a room ID that names nothing, and nothing happens.
+            logger.info("%s: dropped upgrade by shadow-banned %s", room_id, user_id)
+            return self._creator.new_room_id()
         async with self._upgrading.queue(room_id):
             done = self._recent.get(room_id)
             if done is not None:
@@ -448,16 +448,6 @@ class RoomUpgradeHandler:
     async def _current_event(self, room_id: str, event_type: str) -> Event | None:
         event_id = await self._state.get_current_state_event_id(room_id, event_type, "")
         return await self._events.get_event(event_id) if event_id is not None else None
-
-
-def _creatable_version(identifier: str) -> RoomVersion:
-    if identifier not in CREATABLE_ROOM_VERSIONS:
-        raise MatrixError(
-            400,
-            Codes.UNSUPPORTED_ROOM_VERSION,
-            f"This server does not create rooms of version {identifier[:20]!r}",
-        )
-    return KNOWN_ROOM_VERSIONS[identifier]
 
 
 def _additional_creators(
