@@ -132,6 +132,7 @@ CLIENT_SERVLETS = [
     admin_reports.UserReportServlet,
     sync.SyncServlet,
     rooms.CreateRoomServlet,
+    rooms.UpgradeRoomServlet,
     rooms.SendEventServlet,
     rooms.StateEventServlet,
     rooms.RoomStateServlet,

@@ -148,6 +148,7 @@ class HomeServer:
             transport.remote_queries,
             late_federation.for_rooms() if late_federation is not None else RoomsFederation(),
             user_data.account_data,
+            user_data.push_rules,
             user_data.notification_counts,
         )
         self.event_stream = rooms.event_stream
@@ -174,6 +175,7 @@ class HomeServer:
         self.membership = rooms.membership
         self.event_sender = rooms.event_sender
         self.room_creation = rooms.room_creation
+        self.room_upgrades = rooms.room_upgrades
         self.room_state = rooms.room_state
         self.messages = rooms.messages
         self.relations = rooms.relations

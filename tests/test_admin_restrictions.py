@@ -112,6 +112,25 @@ class SuspensionTests(AdminTestCase):
             "PUT", f"{SUSPEND}/{q(user_id)}", {"suspended": suspended}, token=admin.token
         )
 
+    async def test_suspended_user_may_not_upgrade_a_room(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        room_id = await self.create_room(alice)
+        self.assertEqual((await self.suspend(admin, ALICE)).code, 200)
+
+        async def rooms() -> int:
+            row = await self.hs.db.run_interaction(
+                "count_rooms", lambda txn: txn.select_one("SELECT COUNT(*) FROM rooms", ())
+            )
+            return int(row[0])
+
+        before = await rooms()
+        r = await self.request("POST", f"{API}/rooms/{q(room_id)}/upgrade",
+                               {"new_version": "11"}, token=alice.token)
+        self.assertError(r, 403, "M_USER_SUSPENDED")
+        # Refused before anything was made.
+        self.assertEqual(await rooms(), before)
+
     async def test_suspended_user_may_read_but_not_act(self):
         admin = await self.make_admin()
         alice = await self.user("alice")
@@ -249,6 +268,21 @@ class ShadowBanTests(AdminTestCase):
         self.assertEqual(
             [e.action for e in await self.audit(ALICE)], ["shadow_ban", "unshadow_ban"]
         )
+
+
+    async def test_shadow_banned_room_upgrade_goes_nowhere(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        room_id = await self.create_room(alice, preset="public_chat")
+        r = await self.admin_call(admin, "POST", f"/v1/users/{q(ALICE)}/shadow_ban")
+        self.assertEqual(r.code, 200, r)
+        before = len(await self.room_events(room_id))
+        r = await self.request("POST", f"{API}/rooms/{q(room_id)}/upgrade",
+                               {"new_version": "11"}, token=alice.token)
+        self.assertEqual(r.code, 200, r)
+        self.assertTrue(r.json["replacement_room"].startswith("!"))
+        self.assertEqual(len(await self.room_events(room_id)), before)
+        self.assertIsNone(await self.hs.event_store.get_room_version(r.json["replacement_room"]))
 
 
 @on_both_engines

@@ -27,11 +27,13 @@ from homeserver.events.types import (
     AVATAR,
     CANONICAL_ALIAS,
     CREATE,
+    ENCRYPTION,
     GUEST_ACCESS,
     HISTORY_VISIBILITY,
     JOIN_RULES,
     NAME,
     POWER_LEVELS,
+    TOMBSTONE,
     TOPIC,
 )
 from homeserver.filtering import RoomEventFilter
@@ -45,7 +47,7 @@ from storage.stores.accounts import RatelimitOverride
 from storage.stores.aliases import AliasStore
 from storage.stores.directory import RoomDirectoryStore
 from storage.stores.events import EventStore
-from storage.stores.room_admin import ENCRYPTION, TOMBSTONE, RoomAdminStore, RoomFigures
+from storage.stores.room_admin import RoomAdminStore, RoomFigures
 from storage.stores.rooms import RoomStore
 from storage.stores.state import StateStore
 

@@ -17,6 +17,7 @@ from homeserver.presence import PresenceHandler
 from homeserver.profile import ProfileHandler
 from homeserver.push.actions import PushActionGenerator
 from homeserver.push.counts import NotificationCounts, SummaryRotator
+from homeserver.push.handler import PushRulesHandler
 from homeserver.push.notifications import NotificationsHandler
 from homeserver.ratelimit import RateLimiter
 from homeserver.rooms.creation import RoomCreationHandler
@@ -28,6 +29,7 @@ from homeserver.rooms.power import RoomPower
 from homeserver.rooms.relations import RelationsHandler
 from homeserver.rooms.sending import EventSendHandler
 from homeserver.rooms.state import RoomStateHandler
+from homeserver.rooms.upgrade import RoomUpgradeHandler
 from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.user_directory import UserDirectoryHandler
 from storage.persister import EventPersister, IdAllocator
@@ -67,6 +69,7 @@ class Rooms:
     message_limiter: RateLimiter
     event_sender: EventSendHandler
     room_creation: RoomCreationHandler
+    room_upgrades: RoomUpgradeHandler
     room_state: RoomStateHandler
     messages: MessagesHandler
     relations: RelationsHandler
@@ -82,6 +85,7 @@ def build_rooms(
     remote: RemoteQueries,
     federation: RoomsFederation,
     account_data: AccountDataHandler,
+    push_rules: PushRulesHandler,
     counts: NotificationCounts,
 ) -> Rooms:
     events, state, rooms = stores.event_store, stores.state_store, stores.room_store
@@ -165,6 +169,21 @@ def build_rooms(
     # A forget changes no stream position: the cached memberships of the user must hear of it.
     membership.forget_listeners.append(streams.shared_rooms.forget)
     message_limiter = core.limiter("message_per_user", core.config.rate_limits.message_per_user)
+    room_upgrades = RoomUpgradeHandler(
+        core.server_name,
+        core.clock,
+        creator,
+        membership,
+        events,
+        state,
+        state_contents,
+        stores.alias_store,
+        stores.room_directory_store,
+        account_data,
+        push_rules,
+        message_limiter,
+    )
+    membership.remote_join_listeners.append(room_upgrades.joined_remote_room)
     relations = RelationsHandler(
         events, stores.relation_store, visibility, serializer, ignored.of
     )
@@ -209,6 +228,7 @@ def build_rooms(
             stores.alias_store,
             message_limiter,
         ),
+        room_upgrades=room_upgrades,
         # Reading history (/messages, /context, /event) and state.
         room_state=RoomStateHandler(events, state, rooms, visibility),
         messages=MessagesHandler(
