@@ -206,6 +206,7 @@ class HomeServer:
         self.admin_federation = admin.federation
         self.server_notices = admin.server_notices
         self.admin_rooms = admin.rooms
+        self.admin_tasks = admin.tasks
         self.room_admin_store = stores.room_admin_store
         self.registration_token_store = stores.registration_token_store
 
@@ -224,6 +225,12 @@ class HomeServer:
         if self._takes_writer_lock:
             await self._take_writer_lock()
         await apply_migrations(self.db)
+        if self._takes_writer_lock:
+            # Only the writer runs admin tasks: those it finds running died with its
+            # predecessor.
+            interrupted = await self.admin_tasks.fail_interrupted()
+            if interrupted:
+                logger.warning("admin tasks interrupted by the last stop: %s", interrupted)
         await self.streams.load()
         self.rooms.state_group_ids.initialise(await self.state_store.get_max_state_group())
         self.rooms.backfill_ids.initialise(await self.event_store.get_min_stream_ordering())
