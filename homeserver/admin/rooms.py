@@ -280,6 +280,35 @@ class AdminRoomsHandler:
             for event_id, group, depth in found
         ]
 
+    async def delete_forward_extremities(self, admin: Requester, room_id: str) -> int:
+        """Keep only the room's newest forward extremity; how many others were deleted."""
+        await self.require_room(room_id)
+        deleted = await self._store.delete_extra_forward_extremities(room_id)
+        await self._audit.record(
+            admin.user_id, "delete_forward_extremities", room_id, {"deleted": deleted}
+        )
+        return deleted
+
+    async def context(
+        self, admin: Requester, room_id: str, event_id: str, limit: int, event_filter: RoomEventFilter
+    ) -> dict[str, Any]:
+        await self.require_room(room_id)
+        return await self._messages.get_context(
+            admin, room_id, event_id, limit, event_filter, as_admin=True
+        )
+
+    async def timestamp_to_event(self, room_id: str, ts: int, forwards: bool) -> dict[str, Any]:
+        await self.require_room(room_id)
+        found = await self._store.closest_event_to_ts(room_id, ts, forwards)
+        if found is None:
+            raise MatrixError(
+                404,
+                Codes.NOT_FOUND,
+                f"Unable to find event from {ts} in direction {'f' if forwards else 'b'}",
+            )
+        event_id, origin_server_ts = found
+        return {"event_id": event_id, "origin_server_ts": origin_server_ts}
+
     # ----- make room admin ---------------------------------------------------------------
 
     async def make_room_admin(self, admin: Requester, room_id: str, user_id: str) -> None:

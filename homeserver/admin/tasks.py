@@ -26,6 +26,14 @@ PURGE_HISTORY = "purge_history"
 # delete's status).
 FINISHED_KEPT_MS = 24 * 60 * 60 * 1000
 INTERRUPTED = "The server stopped while this task ran; run it again"
+# Synapse's background jobs an admin can start, and why Heddle has nothing to run for each.
+NOT_HEDDLE_JOBS = {
+    "populate_stats_process_rooms": "Heddle keeps no room statistics tables: the room list"
+    " counts members and state when asked, so there is nothing to recalculate",
+    "regenerate_directory": "Heddle keeps no user directory tables: user search reads the"
+    " profiles and rooms as they are, so there is nothing to regenerate",
+    "event_resign": "Heddle does not re-sign stored events",
+}
 
 
 @dataclass
@@ -131,6 +139,14 @@ class AdminTasks:
             await waiter
 
     # ----- reading -----------------------------------------------------------------------
+
+    def start_job(self, job_name: str) -> None:
+        """Synapse's `start_job`: Heddle has none of its jobs to run (why is said for each
+        of Synapse's), so every name is refused."""
+        reason = NOT_HEDDLE_JOBS.get(job_name)
+        if reason is not None:
+            raise MatrixError(400, Codes.INVALID_PARAM, reason)
+        raise MatrixError(400, Codes.UNKNOWN, "Invalid job_name")
 
     def running(self) -> list[RunningTask]:
         """This process's tasks under way, oldest first."""

@@ -57,6 +57,7 @@ def build_admin(
         stores.user_admin_store,
         stores.profile_store,
         stores.room_store,
+        stores.pusher_store,
         auth.registration,
         auth.account,
         auth.devices,

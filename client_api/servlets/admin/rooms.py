@@ -20,6 +20,7 @@ from client_api.servlets.admin.access import (
     parse_direction,
     require_admin,
 )
+from client_api.servlets.history import parse_limit
 from client_api.validation import RequestBody, parse_body
 from homeserver.admin.rooms import ORDER_BY, DeleteParams, DeleteTask, RoomQuery
 from homeserver.errors import Codes, MatrixError
@@ -246,6 +247,45 @@ class ForwardExtremitiesServlet:
         await require_admin(self._hs, request)
         results = await self._hs.admin_rooms.forward_extremities(room_id)
         return 200, {"count": len(results), "results": results}
+
+    async def on_DELETE(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
+        admin = await require_admin(self._hs, request)
+        return 200, {"deleted": await self._hs.admin_rooms.delete_forward_extremities(admin, room_id)}
+
+
+class RoomContextServlet:
+    """The client API's /context for an admin who needn't be in the room (as /messages)."""
+
+    PATTERNS = [admin_path("/rooms" + ROOM + "/context/(?P<event_id>[^/]+)")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest, room_id: str, event_id: str) -> tuple[int, Any]:
+        admin = await require_admin(self._hs, request)
+        check_event_id(event_id)
+        limit = parse_limit(request)
+        event_filter = await self._hs.filtering.resolve_room_event_filter(
+            admin.user_id, query_string(request, "filter")
+        )
+        return 200, await self._hs.admin_rooms.context(
+            admin, room_id, event_id, limit, event_filter
+        )
+
+
+class TimestampToEventServlet:
+    PATTERNS = [admin_path("/rooms" + ROOM + "/timestamp_to_event")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
+        await require_admin(self._hs, request)
+        ts = parse_int_query(request, "ts", min_value=0)
+        if ts is None:
+            raise MatrixError(400, Codes.MISSING_PARAM, "Missing query parameter 'ts'")
+        forwards = parse_direction(request) == "f"
+        return 200, await self._hs.admin_rooms.timestamp_to_event(room_id, ts, forwards)
 
 
 class MakeRoomAdminBody(RequestBody):
