@@ -473,7 +473,8 @@ class AdminRoomsHandler:
             raise MatrixError(
                 400, Codes.BAD_JSON, "must specify purge_up_to_event_id or purge_up_to_ts"
             )
-        purge_id = await self._tasks.start(PURGE_HISTORY, room_id, {})
+        # A purge's status is active from the start (Synapse's have no `scheduled`).
+        purge_id = await self._tasks.start(PURGE_HISTORY, room_id, {}, status="active")
         await self._audit.record(
             admin.user_id,
             "purge_history",
@@ -495,15 +496,14 @@ class AdminRoomsHandler:
         self, purge_id: str, room_id: str, depth: int, delete_local_events: bool
     ) -> None:
         keep = None if delete_local_events else self._server_name
+
+        async def batch() -> int:
+            purged = await self._store.purge_history_batch(room_id, depth, keep)
+            self._events.forget_room(room_id, purged)
+            return len(purged)
+
         error = None
         try:
-            await self._tasks.set_status(purge_id, "active")
-
-            async def batch() -> int:
-                purged = await self._store.purge_history_batch(room_id, depth, keep)
-                self._events.forget_room(room_id, purged)
-                return len(purged)
-
             await self._in_batches(purge_id, batch)
         except Exception as e:
             logger.exception("Purging the history of %s failed", room_id)

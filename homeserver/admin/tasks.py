@@ -61,9 +61,12 @@ class AdminTasks:
 
     # ----- starting and recording --------------------------------------------------------
 
-    async def start(self, action: str, resource_id: str, result: dict[str, Any]) -> str:
-        """Record a new scheduled task; its ID. 400 M_UNKNOWN if a task of the room (any
-        action) is under way, as Synapse answers a second delete or purge."""
+    async def start(
+        self, action: str, resource_id: str, result: dict[str, Any], status: str = "scheduled"
+    ) -> str:
+        """Record a new task, `scheduled` or already `active`; its ID. 400 M_UNKNOWN if a
+        task of the room (any action) is under way, as Synapse answers a second delete or
+        purge."""
         # No await between this check and registering the task: two requests cannot both
         # pass it.
         if self.busy(resource_id):
@@ -76,7 +79,7 @@ class AdminTasks:
         try:
             await self._store.delete_finished_before(now - FINISHED_KEPT_MS)
             await self._store.insert(
-                AdminTask(task.id, action, resource_id, "scheduled", now, now, result, None, 0)
+                AdminTask(task.id, action, resource_id, status, now, now, result, None, 0)
             )
         except BaseException:
             del self._running[task.id]
