@@ -225,12 +225,6 @@ class HomeServer:
         if self._takes_writer_lock:
             await self._take_writer_lock()
         await apply_migrations(self.db)
-        if self._takes_writer_lock:
-            # Only the writer runs admin tasks: those it finds running died with its
-            # predecessor.
-            interrupted = await self.admin_tasks.fail_interrupted()
-            if interrupted:
-                logger.warning("admin tasks interrupted by the last stop: %s", interrupted)
         await self.streams.load()
         self.rooms.state_group_ids.initialise(await self.state_store.get_max_state_group())
         self.rooms.backfill_ids.initialise(await self.event_store.get_min_stream_ordering())
@@ -242,6 +236,10 @@ class HomeServer:
         await self.federation_sender.start()
         await self.push_delivery.start()
         self.push_actions.start()
+        if self._takes_writer_lock:
+            # Only the writer runs admin tasks: those it finds running died with its
+            # predecessor.
+            await self.admin_rooms.recover_interrupted()
 
     async def _take_writer_lock(self) -> None:
         """Refuse to start next to another writing process (see `WriterLock`); once started,

@@ -56,6 +56,15 @@ class TaskTestCase(RoomAdminTestCase):
     async def sleep(self) -> None:
         await task.deferLater(reactor, 0.02, lambda: None)
 
+    async def count(self, table: str, room_id: str) -> int:
+        row = await self.hs.db.run_interaction(
+            "count",
+            lambda txn: txn.select_one(
+                f"SELECT COUNT(*) FROM {table} WHERE room_id = ?", (room_id,)
+            ),
+        )
+        return int(row[0])
+
     def hold_purge_start(self) -> defer.Deferred[None]:
         """Hold room purges at their start until the Deferred returned fires."""
         store = self.hs.room_admin_store
@@ -194,6 +203,28 @@ class RestartTests(TaskTestCase):
         # The room is not busy any more: it can be deleted again, to the end.
         status = await self.wait_for_delete(self.admin, await self.delete_v2())
         self.assertEqual(status["status"], "complete")
+
+
+    async def test_a_purge_begun_before_a_stop_is_finished_at_the_next_start(self):
+        # Held after the room's row is gone, before any event is deleted.
+        store = self.hs.room_admin_store
+        reached: defer.Deferred[None] = defer.Deferred()
+
+        async def held(room_id: str, limit: int = 0) -> list[str]:
+            reached.callback(None)
+            await defer.Deferred()  # never: the server stops here
+            return []
+
+        self.patch(store, "purge_event_batch", held)
+        delete_id = await self.delete_v2()
+        await reached
+        self.assertGreater(await self.count("events", self.room_id), 0)
+        await self.restart()
+        status = await self.wait_for_delete(self.admin, delete_id)
+        self.assertEqual(status["status"], "complete", status)
+        self.assertEqual(status["shutdown_room"]["kicked_users"], [self.alice.user_id])
+        for table in ("events", "current_state_events", "room_memberships", "state_groups"):
+            self.assertEqual(await self.count(table, self.room_id), 0, table)
 
 
 @on_both_engines

@@ -17,7 +17,7 @@ from typing import Any
 from twisted.internet import defer
 
 from homeserver.admin.audit import AdminAudit
-from homeserver.admin.tasks import DELETE_ROOM, PURGE_HISTORY, AdminTasks
+from homeserver.admin.tasks import DELETE_ROOM, INTERRUPTED, PURGE_HISTORY, AdminTasks
 from homeserver.auth.tokens import Requester
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
@@ -446,6 +446,33 @@ class AdminRoomsHandler:
             raise MatrixError(404, Codes.NOT_FOUND, "No delete task for room_id found")
         return [DeleteTask.from_record(task) for task in found]
 
+    async def recover_interrupted(self) -> None:
+        """At the writer's start: the tasks its predecessor left running. A delete that had
+        begun its purge (the room's row is gone, so the room is already unknown and only
+        rows nobody reads are left) finishes it in the background; any other task is
+        marked failed, to be run again if the admin wants (its room is still there)."""
+        for task in await self._tasks.interrupted():
+            room_gone = await self._events.get_room_version(task.resource_id) is None
+            if task.action == DELETE_ROOM and room_gone:
+                logger.info("Finishing the purge of %s (%s)", task.resource_id, task.id)
+                self._tasks.resume(task)
+                defer.ensureDeferred(self._finish_purge(task))
+            else:
+                logger.warning(
+                    "Admin task %s (%s of %s) was interrupted", task.id, task.action,
+                    task.resource_id,
+                )
+                await self._tasks.finish(task.id, task.result, INTERRUPTED)
+
+    async def _finish_purge(self, task: AdminTask) -> None:
+        error = None
+        try:
+            await self._purge_rows(task.id, task.resource_id)
+        except Exception as e:
+            logger.exception("Finishing the purge of %s failed", task.resource_id)
+            error = str(e) or type(e).__name__
+        await self._tasks.finish(task.id, task.result, error)
+
     # ----- purging history -------------------------------------------------------------
 
     async def start_purge_history(
@@ -621,6 +648,14 @@ class AdminRoomsHandler:
         # The room's row and aliases first: from then on the room is unknown here, so
         # nothing (a remote server's event, a join) adds to it while the batches run.
         await self._store.purge_room_start(room_id)
+        await self._purge_rows(task_id, room_id)
+        for user_id in had_membership:
+            for listener in self.purge_listeners:
+                listener(user_id)
+
+    async def _purge_rows(self, task_id: str, room_id: str) -> None:
+        """The rest of a purge once the room's row is gone: its events, state groups and
+        other rows, a batch per transaction."""
         self._events.forget_room(room_id, ())
         purged: list[str] = []
 
@@ -635,9 +670,6 @@ class AdminRoomsHandler:
         self._events.forget_room(room_id, purged)
         # Other processes drop their copy of the room's current state too.
         self._state.current_state_replaced(room_id)
-        for user_id in had_membership:
-            for listener in self.purge_listeners:
-                listener(user_id)
 
 
 def _acting_as(user_id: str) -> Requester:

@@ -3,8 +3,7 @@ database, what this process is running, and the switch that pauses them.
 
 Only the writer process runs tasks, so which room is busy is known here without a query,
 and a task found running in the database when that process starts died with the previous
-one: it is marked failed, not resumed (a half-done delete or purge is safe to run again,
-and the admin decides whether to).
+one (`AdminRoomsHandler.recover_interrupted` decides what becomes of it).
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from twisted.internet import defer
 
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
-from storage.stores.admin_tasks import AdminTask, AdminTaskStore, TaskQuery
+from storage.stores.admin_tasks import RUNNING_STATUSES, AdminTask, AdminTaskStore, TaskQuery
 
 # Synapse's action names for the two kinds of task.
 DELETE_ROOM = "shutdown_and_purge_room"
@@ -116,9 +115,20 @@ class AdminTasks:
         finally:
             self._running.pop(task_id, None)
 
-    async def fail_interrupted(self) -> list[str]:
-        """At the writer process's start: the tasks its predecessor left running."""
-        return await self._store.fail_running(self._clock.time_msec(), INTERRUPTED)
+    async def interrupted(self) -> list[AdminTask]:
+        """At the writer process's start: the tasks its predecessor left running (this
+        process has run none yet). Each must be resumed or finished."""
+        return [
+            task
+            for status in RUNNING_STATUSES
+            for task in await self._store.find(TaskQuery(status=status))
+        ]
+
+    def resume(self, task: AdminTask) -> None:
+        """Run `task` (one of `interrupted`) on in this process."""
+        self._running[task.id] = RunningTask(
+            task.id, task.action, task.resource_id, task.started_ts, task.items_done
+        )
 
     # ----- pausing -----------------------------------------------------------------------
 

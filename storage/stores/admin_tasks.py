@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from storage.database import Database, Transaction
+from storage.database import Database
 
 # A task not yet over (Synapse's words for the states of its scheduled tasks).
 RUNNING_STATUSES = ("scheduled", "active")
@@ -139,28 +139,6 @@ class AdminTaskStore:
             "find_admin_tasks", lambda txn: txn.select_all(sql, args)
         )
         return [_task(row) for row in rows]
-
-    async def fail_running(self, ts: int, error: str) -> list[str]:
-        """Mark every task still scheduled or active as failed with `error`; their IDs.
-        For the writer process's start: whatever was running then died with its process."""
-        marks = ",".join("?" for _ in RUNNING_STATUSES)
-
-        def txn_fn(txn: Transaction) -> list[str]:
-            ids = [
-                row[0]
-                for row in txn.select_all(
-                    f"SELECT id FROM admin_tasks WHERE status IN ({marks})", RUNNING_STATUSES
-                )
-            ]
-            if ids:
-                txn.execute(
-                    f"UPDATE admin_tasks SET status = 'failed', error = ?, updated_ts = ?"
-                    f" WHERE status IN ({marks})",
-                    (error, ts, *RUNNING_STATUSES),
-                )
-            return ids
-
-        return await self._db.run_interaction("fail_running_admin_tasks", txn_fn)
 
     async def delete_finished_before(self, ts: int) -> None:
         """Forget the tasks that ended before `ts`."""
