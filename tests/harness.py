@@ -259,6 +259,27 @@ class HomeserverTestCase:
         self.metrics_url = f"http://127.0.0.1:{metrics_port}"
         return hs
 
+    async def restart_server(
+        self, prepare: Callable[[HomeServer], None] | None = None
+    ) -> HomeServer:
+        """Stop this test's server and start another on the same database and data
+        directory; `prepare` is called with it between its set-up and its listening."""
+        data_dir = Path(self.hs.config.data_dir)
+        await self.hs.stop()
+        config = make_config(self.engine, data_dir, keep_database=True, **self.config_overrides)
+        hs = HomeServer(config, reactor)
+        isolate_from_dns(hs)
+        self.addCleanup(lambda: defer.ensureDeferred(hs.stop()))  # type: ignore[attr-defined]
+        await hs.setup()
+        if prepare is not None:
+            prepare(hs)
+        hs.start_listening()
+        client_port, metrics_port = (p.getHost().port for p in hs.ports)
+        self.hs = hs
+        self.base_url = f"http://127.0.0.1:{client_port}"
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}"
+        return hs
+
     def setUp(self) -> defer.Deferred[HomeServer]:
         return defer.ensureDeferred(self.start_server())
 

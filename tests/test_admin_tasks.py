@@ -5,15 +5,13 @@ scheduled tasks endpoints answering from those tasks."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, reactor, task
 
-from homeserver.app import HomeServer
 from homeserver.errors import Codes, MatrixError
 from tests.admin_helpers import ADMIN, q
-from tests.harness import SERVER_NAME, isolate_from_dns, make_config, on_both_engines
+from tests.harness import SERVER_NAME, on_both_engines
 from tests.test_admin_rooms import RoomAdminTestCase
 
 UNKNOWN_ROOM = f"!nosuchroom:{SERVER_NAME}"
@@ -40,18 +38,9 @@ class TaskTestCase(RoomAdminTestCase):
             await self.send(self.alice, self.room_id)
 
     async def restart(self) -> None:
-        """Stop the server and start another on the same database."""
-        data_dir = Path(self.hs.config.data_dir)
-        await self.hs.stop()
-        config = make_config(self.engine, data_dir, keep_database=True, **self.config_overrides)
-        hs = HomeServer(config, reactor)
-        isolate_from_dns(hs)
-        self.addCleanup(lambda: defer.ensureDeferred(hs.stop()))
-        await hs.setup()
-        hs.start_listening()
-        self.hs = hs
-        self.base_url = f"http://127.0.0.1:{hs.ports[0].getHost().port}"
-        # Tokens are in the database: the users' sessions carry on.
+        """Stop the server and start another on the same database (tokens are in the
+        database: the users' sessions carry on)."""
+        await self.restart_server()
 
     async def sleep(self) -> None:
         await task.deferLater(reactor, 0.02, lambda: None)
