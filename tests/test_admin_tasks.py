@@ -54,19 +54,6 @@ class TaskTestCase(RoomAdminTestCase):
         )
         return int(row[0])
 
-    def hold_purge_start(self) -> defer.Deferred[None]:
-        """Hold room purges at their start until the Deferred returned fires."""
-        store = self.hs.room_admin_store
-        original = store.purge_room_start
-        release: defer.Deferred[None] = defer.Deferred()
-
-        async def held(room_id: str) -> None:
-            await release
-            await original(room_id)
-
-        self.patch(store, "purge_room_start", held)
-        return release
-
     async def delete_v2(self, body: Any = None) -> str:
         r = await self.admin_call(
             self.admin, "DELETE", f"/v2/rooms/{q(self.room_id)}", {} if body is None else body
