@@ -1,6 +1,9 @@
-"""Admin actions on rooms: the room list and details, members, state and history read as
-an admin who needn't be joined, blocking, and deleting a room (asynchronously: kick the
-local members, optionally move them and the aliases to a new room, purge the database).
+"""Admin actions on rooms: the room list and details, members, state, history, an event's
+context and the event nearest a time, read as an admin who needn't be joined; blocking;
+trimming forward extremities; deleting a room (kick the local members, optionally move
+them and the aliases to a new room, purge the database) and purging its history, both in
+the background as admin tasks (`homeserver.admin.tasks`), the synchronous delete waiting
+for its task.
 
 Every method validates the room ID (400 M_INVALID_PARAM) and answers 404 M_NOT_FOUND for
 rooms this server does not know (blocking excepted: a room can be blocked before it is
