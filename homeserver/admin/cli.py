@@ -143,7 +143,7 @@ def _commands() -> dict[str, tuple[str, list[tuple[str, dict[str, Any]]], Action
         "create-token": (
             "create a registration token (a random one unless --token)",
             # Not `token`: that is the admin's access token.
-            [("--token", {"dest": "new_token", "help": "the token itself"}),
+            [("--token", {"dest": "new_token", "metavar": "TOKEN", "help": "the token itself"}),
              ("--uses", {"type": int, "help": "how many registrations it allows (default any)"}),
              ("--expiry-ms", {"type": int, "help": "when it expires, ms since the epoch"}),
              ("--length", {"type": int, "help": "a random token's length"})],
@@ -170,9 +170,9 @@ def _commands() -> dict[str, tuple[str, list[tuple[str, dict[str, Any]]], Action
             lambda a: Call("DELETE", f"{ADMIN}/v1/media/{_media_path(a.mxc)}"),
         ),
         "purge-remote-media": (
-            "delete cached copies of other servers' media not accessed since a time",
+            "delete cached copies of other servers' media fetched before a time",
             [("--before-ts", {"type": int, "required": True,
-                              "help": "ms since the epoch: last accessed before this"})],
+                              "help": "ms since the epoch: fetched before this"})],
             lambda a: Call("POST", f"{ADMIN}/v1/purge_media_cache?before_ts={a.before_ts}", {}),
         ),
         "notice": (
