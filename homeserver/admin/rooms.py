@@ -108,8 +108,8 @@ class DeleteTask:
 
     delete_id: str
     room_id: str
-    # scheduled, active, complete, failed (Synapse's words).
-    status: str = "scheduled"
+    # active, complete, failed (Synapse's words).
+    status: str = "active"
     error: str | None = None
     kicked_users: list[str] = field(default_factory=list)
     failed_to_kick_users: list[str] = field(default_factory=list)
@@ -503,8 +503,7 @@ class AdminRoomsHandler:
             raise MatrixError(
                 400, Codes.BAD_JSON, "must specify purge_up_to_event_id or purge_up_to_ts"
             )
-        # A purge's status is active from the start (Synapse's have no `scheduled`).
-        purge_id = await self._tasks.start(PURGE_HISTORY, room_id, {}, status="active")
+        purge_id = await self._tasks.start(PURGE_HISTORY, room_id, {})
         await self._audit.record(
             admin.user_id,
             "purge_history",
@@ -558,9 +557,8 @@ class AdminRoomsHandler:
         delete answers with)."""
         failure: MatrixError | None = None
         try:
-            await self._tasks.set_status(task.delete_id, "active")
             await self._shut_down(admin, task, params)
-            await self._tasks.set_status(task.delete_id, "active", task.shutdown_room())
+            await self._tasks.record_result(task.delete_id, task.shutdown_room())
             if params.purge:
                 await self._purge(task.delete_id, task.room_id, params.force_purge)
             logger.info("Deleted room %s (%s)", task.room_id, task.delete_id)

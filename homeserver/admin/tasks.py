@@ -60,12 +60,10 @@ class AdminTasks:
 
     # ----- starting and recording --------------------------------------------------------
 
-    async def start(
-        self, action: str, resource_id: str, result: dict[str, Any], status: str = "scheduled"
-    ) -> str:
-        """Record a new task, `scheduled` or already `active`; its ID. 400 M_UNKNOWN if a
-        task of the room (any action) is under way, as Synapse answers a second delete or
-        purge."""
+    async def start(self, action: str, resource_id: str, result: dict[str, Any]) -> str:
+        """Record a new task, `active` at once (it starts now, nothing queues it: it is
+        never `scheduled`); its ID. 400 M_UNKNOWN if a task of the room (any action) is
+        under way, as Synapse answers a second delete or purge."""
         # No await between this check and registering the task: two requests cannot both
         # pass it.
         if self.busy(resource_id):
@@ -78,7 +76,7 @@ class AdminTasks:
         try:
             await self._store.delete_finished_before(now - FINISHED_KEPT_MS)
             await self._store.insert(
-                AdminTask(task.id, action, resource_id, status, now, now, result, None, 0)
+                AdminTask(task.id, action, resource_id, "active", now, now, result, None, 0)
             )
         except BaseException:
             del self._running[task.id]
@@ -88,10 +86,9 @@ class AdminTasks:
     def busy(self, resource_id: str) -> bool:
         return any(task.resource_id == resource_id for task in self._running.values())
 
-    async def set_status(
-        self, task_id: str, status: str, result: dict[str, Any] | None = None
-    ) -> None:
-        await self._store.update(task_id, self._clock.time_msec(), status=status, result=result)
+    async def record_result(self, task_id: str, result: dict[str, Any]) -> None:
+        """What the running task has done so far, for its status to tell."""
+        await self._store.update(task_id, self._clock.time_msec(), result=result)
 
     async def progress(self, task_id: str, items: int, busy_ms: int) -> None:
         """`items` more rows deleted in `busy_ms` of work."""

@@ -7,7 +7,8 @@ CREATE TABLE admin_tasks (
     action TEXT NOT NULL,
     -- The room the task is about.
     resource_id TEXT NOT NULL,
-    -- scheduled, active, complete, failed (Synapse's words).
+    -- active, complete, failed (Synapse's words; a task starts at once, so it is never
+    -- `scheduled`, the word Synapse has for one waiting in its queue).
     status TEXT NOT NULL,
     started_ts BIGINT NOT NULL,
     -- The last change of status or progress.
