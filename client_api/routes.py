@@ -33,6 +33,7 @@ from client_api.servlets import (
     to_device,
     typing,
 )
+from client_api.servlets.admin import background as admin_background
 from client_api.servlets.admin import federation as admin_federation
 from client_api.servlets.admin import media as admin_media
 from client_api.servlets.admin import register as admin_register
@@ -92,6 +93,9 @@ CLIENT_SERVLETS = [
     admin_users.UserDeviceServlet,
     admin_users.DeleteDevicesServlet,
     admin_users.JoinedRoomsServlet,
+    admin_users.MembershipsServlet,
+    admin_users.PushersServlet,
+    admin_users.UsernameAvailableServlet,
     admin_users.AccountDataServlet,
     admin_users.LoginAsServlet,
     admin_users.ShadowBanServlet,
@@ -109,9 +113,15 @@ CLIENT_SERVLETS = [
     admin_rooms.RoomMessagesServlet,
     admin_rooms.BlockRoomServlet,
     admin_rooms.ForwardExtremitiesServlet,
+    admin_rooms.RoomContextServlet,
+    admin_rooms.TimestampToEventServlet,
     admin_rooms.MakeRoomAdminServlet,
     admin_rooms.PurgeHistoryServlet,
     admin_rooms.PurgeHistoryStatusServlet,
+    admin_background.BackgroundUpdatesStatusServlet,
+    admin_background.BackgroundUpdatesEnabledServlet,
+    admin_background.BackgroundUpdatesStartJobServlet,
+    admin_background.ScheduledTasksServlet,
     admin_registration_tokens.RegistrationTokensServlet,
     admin_registration_tokens.NewRegistrationTokenServlet,
     admin_registration_tokens.RegistrationTokenServlet,

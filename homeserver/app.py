@@ -208,6 +208,7 @@ class HomeServer:
         self.admin_federation = admin.federation
         self.server_notices = admin.server_notices
         self.admin_rooms = admin.rooms
+        self.admin_tasks = admin.tasks
         self.room_admin_store = stores.room_admin_store
         self.registration_token_store = stores.registration_token_store
         self.admin_reports = admin.reports
@@ -240,6 +241,10 @@ class HomeServer:
         await self.federation_sender.start()
         await self.push_delivery.start()
         self.push_actions.start()
+        if self._takes_writer_lock:
+            # Only the writer runs admin tasks: those it finds running died with its
+            # predecessor.
+            await self.admin_rooms.recover_interrupted()
 
     async def _take_writer_lock(self) -> None:
         """Refuse to start next to another writing process (see `WriterLock`); once started,

@@ -51,6 +51,20 @@ class RoomAdminTestCase(AdminTestCase):
             await task.deferLater(reactor, 0.02, lambda: None)
         self.fail("the delete did not finish")
 
+    def hold_purge_start(self) -> defer.Deferred[None]:
+        """Hold room purges at their start (the room still known) until the Deferred
+        returned fires."""
+        store = self.hs.room_admin_store
+        original = store.purge_room_start
+        release: defer.Deferred[None] = defer.Deferred()
+
+        async def held(room_id: str) -> None:
+            await release
+            await original(room_id)
+
+        self.patch(store, "purge_room_start", held)
+        return release
+
 
 @on_both_engines
 class AdminRoomAccessTests(RoomAdminTestCase):
@@ -435,15 +449,7 @@ class DeleteRoomTests(RoomAdminTestCase):
 
     async def test_a_room_mid_delete_cannot_be_deleted_again(self):
         # Hold the delete at its purge until the second request is answered.
-        store = self.hs.room_admin_store
-        original = store.purge_room_start
-        release: defer.Deferred[None] = defer.Deferred()
-
-        async def held(room_id: str) -> None:
-            await release
-            await original(room_id)
-
-        self.patch(store, "purge_room_start", held)
+        release = self.hold_purge_start()
         r = await self.delete({})
         self.assertEqual(r.code, 200, r)
         status = await self.admin_get(self.admin, f"/v2/rooms/delete_status/{r.json['delete_id']}")

@@ -25,14 +25,18 @@ from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
 from homeserver.identifiers import split_user_id
 from homeserver.profile import ProfileHandler, check_avatar_url, check_displayname
+from homeserver.push.pushers import serialize_pusher
 from homeserver.rooms.deactivation import AccountDeactivation
 from storage.stores.accounts import Account, AccountStore, RatelimitOverride
 from storage.stores.devices import Device
 from storage.stores.profiles import Profile, ProfileStore
+from storage.stores.pushers import PusherStore
 from storage.stores.rooms import RoomStore
 from storage.stores.user_admin import UserAdminStore, UserListing, UserQuery
 
 logger = logging.getLogger(__name__)
+
+ALL_MEMBERSHIPS = ("join", "invite", "knock", "leave", "ban")
 
 # User types an admin may give an account, as Synapse's defaults (None: an ordinary user).
 USER_TYPES = ("bot", "support")
@@ -78,6 +82,7 @@ class AdminUsersHandler:
         user_admin: UserAdminStore,
         profiles: ProfileStore,
         rooms: RoomStore,
+        pushers: PusherStore,
         registration: RegistrationHandler,
         account: AccountHandler,
         devices: DeviceHandler,
@@ -92,6 +97,7 @@ class AdminUsersHandler:
         self._user_admin = user_admin
         self._profiles = profiles
         self._rooms = rooms
+        self._pushers = pushers
         self._registration = registration
         self._account = account
         self._devices = devices
@@ -366,6 +372,22 @@ class AdminUsersHandler:
     async def joined_rooms(self, user_id: str) -> list[str]:
         await self.require_account(user_id)
         return [m.room_id for m in await self._rooms.get_rooms_for_user(user_id)]
+
+    async def memberships(self, user_id: str) -> dict[str, str]:
+        """room ID -> the user's current membership, whatever it is (rooms the user has
+        forgotten left out)."""
+        await self.require_account(user_id)
+        found = await self._rooms.get_rooms_for_user(user_id, ALL_MEMBERSHIPS)
+        return {m.room_id: m.membership for m in found}
+
+    async def pushers(self, user_id: str) -> list[dict[str, Any]]:
+        await self.require_account(user_id)
+        return [serialize_pusher(p) for p in await self._pushers.get_pushers(user_id)]
+
+    async def username_available(self, localpart: str) -> None:
+        """400 M_INVALID_USERNAME or M_USER_IN_USE unless `localpart` could be registered
+        (whether registration is open or not)."""
+        await self._registration.check_available(localpart)
 
     async def account_data(
         self, user_id: str

@@ -14,6 +14,7 @@ from homeserver.admin.registration_tokens import AdminRegistrationTokensHandler
 from homeserver.admin.reports import AdminReportsHandler
 from homeserver.admin.rooms import AdminRoomsHandler
 from homeserver.admin.server_notices import ServerNoticesHandler
+from homeserver.admin.tasks import AdminTasks
 from homeserver.admin.users import AdminUsersHandler
 from homeserver.areas.auth import Auth
 from homeserver.areas.core import Core
@@ -34,6 +35,8 @@ class Admin:
     federation: AdminFederationHandler
     server_notices: ServerNoticesHandler
     rooms: AdminRoomsHandler
+    # Room deletes and history purges running in the background, and their record.
+    tasks: AdminTasks
     registration_tokens: AdminRegistrationTokensHandler
     media: AdminMediaHandler
     reports: AdminReportsHandler
@@ -60,6 +63,7 @@ def build_admin(
         stores.user_admin_store,
         stores.profile_store,
         stores.room_store,
+        stores.pusher_store,
         auth.registration,
         auth.account,
         auth.devices,
@@ -68,6 +72,7 @@ def build_admin(
         deactivation,
         audit,
     )
+    tasks = AdminTasks(core.clock, stores.admin_task_store)
     admin_rooms = AdminRoomsHandler(
         core.server_name,
         core.clock,
@@ -84,6 +89,7 @@ def build_admin(
         rooms.room_creation,
         rooms.event_creator,
         audit,
+        tasks,
     )
     # A purge removes memberships without a stream change: cached room lists must hear.
     admin_rooms.purge_listeners.extend(rooms.membership.forget_listeners)
@@ -91,6 +97,7 @@ def build_admin(
         audit=audit,
         users=users,
         rooms=admin_rooms,
+        tasks=tasks,
         deactivation=deactivation,
         federation=AdminFederationHandler(
             stores.federation_queue_store, federation_sender, audit

@@ -15,6 +15,7 @@ from storage.database import Database
 from storage.stores.account_data import AccountDataStore
 from storage.stores.accounts import AccountStore
 from storage.stores.admin_audit import AdminAuditStore
+from storage.stores.admin_tasks import AdminTaskStore
 from storage.stores.aliases import AliasStore
 from storage.stores.device_inbox import DeviceInboxStore
 from storage.stores.device_lists import DeviceListStore
@@ -80,6 +81,7 @@ class Stores:
     server_notice_store: ServerNoticeStore
     user_admin_store: UserAdminStore
     room_admin_store: RoomAdminStore
+    admin_task_store: AdminTaskStore
     registration_token_store: RegistrationTokenStore
     media_admin_store: MediaAdminStore
     report_store: ReportStore
@@ -163,6 +165,7 @@ def build_stores(db: Database, replication: Replication) -> Stores:
         server_notice_store=ServerNoticeStore(db),
         user_admin_store=UserAdminStore(db),
         room_admin_store=RoomAdminStore(db),
+        admin_task_store=AdminTaskStore(db),
         registration_token_store=RegistrationTokenStore(db),
         media_admin_store=MediaAdminStore(db),
         report_store=ReportStore(db),

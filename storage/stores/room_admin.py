@@ -181,6 +181,46 @@ class RoomAdminStore:
         )
         return [(row[0], row[1], int(row[2])) for row in rows]
 
+    async def delete_extra_forward_extremities(self, room_id: str) -> int:
+        """Delete all the room's forward extremities but the newest (by arrival); how many
+        were deleted. The next event sent in the room then points at that one only."""
+
+        def txn_fn(txn: Transaction) -> int:
+            newest = txn.select_one(
+                "SELECT f.event_id FROM event_forward_extremities f JOIN events e"
+                " USING (event_id) WHERE f.room_id = ? ORDER BY e.stream_ordering DESC LIMIT 1",
+                (room_id,),
+            )
+            if newest is None:
+                return 0
+            txn.execute(
+                "DELETE FROM event_forward_extremities WHERE room_id = ? AND event_id <> ?",
+                (room_id, newest[0]),
+            )
+            return txn.rowcount
+
+        return await self._db.run_interaction("admin_delete_forward_extremities", txn_fn)
+
+    async def closest_event_to_ts(
+        self, room_id: str, ts: int, forwards: bool
+    ) -> tuple[str, int] | None:
+        """(event ID, origin_server_ts) of the room's timeline event sent closest to `ts`,
+        at or after it (`forwards`) or at or before it; ties go to the earlier arrival
+        going forwards, the later one going backwards. Outliers and rejected events are
+        not in the timeline."""
+        compare, order = (">=", "ASC") if forwards else ("<=", "DESC")
+        row = await self._db.run_interaction(
+            "admin_closest_event_to_ts",
+            lambda txn: txn.select_one(
+                "SELECT event_id, origin_server_ts FROM events"
+                f" WHERE room_id = ? AND origin_server_ts {compare} ? AND outlier = ?"
+                " AND rejected_reason IS NULL"
+                f" ORDER BY origin_server_ts {order}, stream_ordering {order} LIMIT 1",
+                (room_id, ts, False),
+            ),
+        )
+        return (row[0], int(row[1])) if row else None
+
     # ----- blocking ----------------------------------------------------------------------
 
     async def get_block(self, room_id: str) -> str | None:

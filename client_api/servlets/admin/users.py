@@ -13,6 +13,7 @@ from client_api.http import (
     parse_bool_query,
     parse_json_object,
     query_string,
+    require_query_string,
 )
 from client_api.servlets.admin.access import (
     admin_path,
@@ -376,6 +377,43 @@ class JoinedRoomsServlet:
         await require_admin(self._hs, request)
         rooms = await self._hs.admin_users.joined_rooms(user_id)
         return 200, {"joined_rooms": rooms, "total": len(rooms)}
+
+
+class MembershipsServlet:
+    PATTERNS = [admin_path("/users" + USER + "/memberships")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest, user_id: str) -> tuple[int, Any]:
+        await require_admin(self._hs, request)
+        return 200, {"memberships": await self._hs.admin_users.memberships(user_id)}
+
+
+class PushersServlet:
+    PATTERNS = [admin_path("/users" + USER + "/pushers")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest, user_id: str) -> tuple[int, Any]:
+        await require_admin(self._hs, request)
+        pushers = await self._hs.admin_users.pushers(user_id)
+        return 200, {"pushers": pushers, "total": len(pushers)}
+
+
+class UsernameAvailableServlet:
+    """As the client API's /register/available, whether registration is open or not."""
+
+    PATTERNS = [admin_path("/username_available")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
+        await require_admin(self._hs, request)
+        await self._hs.admin_users.username_available(require_query_string(request, "username"))
+        return 200, {"available": True}
 
 
 class AccountDataServlet:
