@@ -53,6 +53,7 @@ CLIENT_SERVLETS = [
     discovery.CapabilitiesServlet,
     discovery.HealthServlet,
     login.LoginServlet,
+    login.GetLoginTokenServlet,
     login.RefreshServlet,
     login.LogoutServlet,
     login.LogoutAllServlet,

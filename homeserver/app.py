@@ -114,6 +114,8 @@ class HomeServer:
         self.devices = auth.devices
         self.uia = auth.uia
         self.login = auth.login
+        self.login_tokens = auth.login_tokens
+        self.login_token_limiter = auth.login_token_limiter
         self.registration_limiter = auth.registration_limiter
         self.registration = auth.registration
         self.shared_secret_registration = auth.shared_secret_registration

@@ -84,6 +84,15 @@ JWT_SECRET_PLACEHOLDER = "change me: a long random string, at least 32 character
 GENERATE_SECRET_COMMAND = "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
 
 
+class LoginViaExistingSessionConfig(_Section):
+    # POST /login/get_token: a logged-in client gets a single-use m.login.token for another.
+    enabled: bool = False
+    # Ask for the user's password (user-interactive auth) before issuing each token.
+    require_ui_auth: bool = True
+    # How long an issued login token stays valid (Synapse's default, 5 minutes).
+    token_timeout_ms: int = Field(5 * 60 * 1000, ge=1000)
+
+
 class AuthConfig(_Section):
     # HMAC secret that signs access tokens (JWT, HS256). Generated with the config.
     jwt_secret: str = Field(min_length=32)
@@ -92,6 +101,7 @@ class AuthConfig(_Section):
     refresh_token_lifetime_ms: int = Field(7 * 24 * 3600 * 1000, ge=1000)
     # bcrypt cost; tests lower it, production keeps the default.
     bcrypt_rounds: int = Field(12, ge=4, le=31)
+    login_via_existing_session: LoginViaExistingSessionConfig = LoginViaExistingSessionConfig()
 
     @field_validator("jwt_secret")
     @classmethod
@@ -123,6 +133,8 @@ class RateLimitsConfig(_Section):
     message_per_user: RateLimit = RateLimit(per_second=0.2, burst_count=10)
     # Abuse reports a user files (events, rooms and users alike): Synapse's defaults.
     reports_per_user: RateLimit = RateLimit(per_second=1.0, burst_count=5)
+    # POST /login/get_token per user: each token spawns a session (Synapse: 1 a minute).
+    login_token_requests_per_user: RateLimit = RateLimit(per_second=1 / 60, burst_count=1)
 
     @model_validator(mode="before")
     @classmethod

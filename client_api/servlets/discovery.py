@@ -76,7 +76,7 @@ class CapabilitiesServlet:
             "m.set_displayname": {"enabled": True},
             "m.set_avatar_url": {"enabled": True},
             "m.3pid_changes": {"enabled": False},
-            "m.get_login_token": {"enabled": False},
+            "m.get_login_token": {"enabled": self._hs.login_tokens.enabled},
             "m.room_versions": {
                 "default": self._hs.config.rooms.default_room_version,
                 # Only the versions /createRoom accepts: clients offer these for
