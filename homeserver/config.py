@@ -76,6 +76,9 @@ class RegistrationConfig(_Section):
     # Secret for the shared-secret admin registration endpoint; unset disables it.
     shared_secret: str | None = None
     min_password_length: int = Field(8, ge=0, le=1024)
+    # Anyone may get a guest account (POST /register?kind=guest), with the limited access the
+    # spec's "Guest access" section gives guests.
+    allow_guest_access: bool = False
 
 
 # What config/homeserver.sample.yaml has for auth.jwt_secret: a server started with it

@@ -41,7 +41,8 @@ class ProfileFieldServlet:
         return 200, {field: value}
 
     async def on_PUT(self, request: HeddleRequest, user_id: str, field: str) -> tuple[int, Any]:
-        requester = await require_user(self._hs, request)
+        # Guests may set their display name, and no other profile field.
+        requester = await require_user(self._hs, request, allow_guest=field == "displayname")
         body = parse_json_object(request)
         if field not in body:
             raise MatrixError(400, Codes.MISSING_PARAM, f"Missing '{field}'")

@@ -86,6 +86,7 @@ def build_auth(core: Core, stores: Stores, device_lists: DeviceListUpdates) -> A
         hasher,
         uia,
         login,
+        tokens,
         registration_limiter,
         core.limiter(
             "registration_sessions_per_address", limits.registration_sessions_per_address
