@@ -186,6 +186,8 @@ class HomeServer:
         self.filtering = sync.filtering
         self.sync = sync.handler
         self.websocket_sync = sync.websocket
+        self.legacy_events = sync.legacy_events
+        self.room_initial_sync = sync.room_initial_sync
         self.websocket_connections = sync.websocket_connections
         self.websocket_request_limiter = sync.websocket_request_limiter
 

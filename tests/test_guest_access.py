@@ -102,6 +102,8 @@ class GuestEndpointTests(GuestHelpers):
         event_id = r.json["event_id"]
         allowed = [
             ("GET", f"{API}/sync?timeout=0", None),
+            ("GET", f"{API}/events?timeout=0&room_id={q(room_id)}", None),
+            ("GET", f"{API}/rooms/{q(room_id)}/initialSync", None),
             ("GET", f"{API}/rooms/{q(room_id)}/state", None),
             ("GET", f"{API}/rooms/{q(room_id)}/state/m.room.create/", None),
             ("GET", f"{API}/rooms/{q(room_id)}/messages?dir=b", None),
