@@ -43,6 +43,7 @@ from client_api.servlets.admin import reports as admin_reports
 from client_api.servlets.admin import rooms as admin_rooms
 from client_api.servlets.admin import server_notices as admin_server_notices
 from client_api.servlets.admin import users as admin_users
+from homeserver.spec_versions import advertised_versions
 
 if TYPE_CHECKING:
     from homeserver.app import HomeServer
@@ -215,3 +216,5 @@ CLIENT_SERVLETS = [
 def register_client_servlets(router: Router, hs: HomeServer) -> None:
     for servlet_class in CLIENT_SERVLETS:
         router.register_servlet(servlet_class(hs))
+    # What /versions says follows from what this table serves (see homeserver/spec_versions.py).
+    hs.spec_versions = advertised_versions(router.serves)

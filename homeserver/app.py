@@ -63,6 +63,8 @@ class HomeServer:
         # the areas it needs. The attributes after each are the names servlets and tests use.
         core = self.core = build_core(config, reactor)
         self.server_name = core.server_name
+        # The spec versions /versions advertises; set when the client routes are registered.
+        self.spec_versions: list[str] = []
         self.clock = core.clock
         self.signing_key = core.signing_key
         self.db = core.db
