@@ -30,8 +30,10 @@ from client_api.servlets import (
     room_keys,
     rooms,
     sync,
+    thirdparty,
     to_device,
     typing,
+    voip,
 )
 from client_api.servlets.admin import background as admin_background
 from client_api.servlets.admin import federation as admin_federation
@@ -50,6 +52,7 @@ CLIENT_SERVLETS = [
     discovery.VersionsServlet,
     discovery.ClientWellKnownServlet,
     discovery.ServerWellKnownServlet,
+    discovery.SupportWellKnownServlet,
     discovery.CapabilitiesServlet,
     discovery.HealthServlet,
     login.LoginServlet,
@@ -204,6 +207,11 @@ CLIENT_SERVLETS = [
     reports.ReportEventServlet,
     reports.ReportRoomServlet,
     reports.ReportUserServlet,
+    voip.TurnServerServlet,
+    thirdparty.ProtocolsServlet,
+    thirdparty.ProtocolServlet,
+    thirdparty.ProtocolLookupServlet,
+    thirdparty.ReverseLookupServlet,
 ]
 
 
