@@ -19,6 +19,7 @@ from client_api.servlets import (
     media,
     membership,
     notifications,
+    openid,
     presence,
     profile,
     push_rules,
@@ -212,6 +213,7 @@ CLIENT_SERVLETS = [
     thirdparty.ProtocolServlet,
     thirdparty.ProtocolLookupServlet,
     thirdparty.ReverseLookupServlet,
+    openid.RequestOpenIdTokenServlet,
 ]
 
 

@@ -118,6 +118,7 @@ class HomeServer:
         self.registration = auth.registration
         self.shared_secret_registration = auth.shared_secret_registration
         self.account = auth.account
+        self.openid = auth.openid
 
         user_data = build_user_data(core, stores, streams)
         self.presence = user_data.presence

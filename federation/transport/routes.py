@@ -56,6 +56,7 @@ def federation_servlets() -> list[Any]:
         SendMembershipServlet,
         SendTransactionServlet,
     )
+    from federation.transport.openid import OpenIdUserInfoServlet
     from federation.transport.queries import (
         FederationPublicRoomsServlet,
         QueryDirectoryServlet,
@@ -90,6 +91,7 @@ def federation_servlets() -> list[Any]:
         UserKeysQueryServlet,
         UserKeysClaimServlet,
         UserDevicesServlet,
+        OpenIdUserInfoServlet,
     ]
 
 

@@ -11,6 +11,7 @@ from homeserver.auth.account import AccountHandler
 from homeserver.auth.credentials import CredentialChecker
 from homeserver.auth.devices import DeviceHandler, DeviceListUpdates
 from homeserver.auth.login import LoginHandler
+from homeserver.auth.openid import OpenIdTokens
 from homeserver.auth.passwords import PasswordHasher
 from homeserver.auth.registration import RegistrationHandler
 from homeserver.auth.shared_secret import SharedSecretRegistration
@@ -31,6 +32,7 @@ class Auth:
     registration: RegistrationHandler
     shared_secret_registration: SharedSecretRegistration
     account: AccountHandler
+    openid: OpenIdTokens
 
 
 def build_auth(core: Core, stores: Stores, device_lists: DeviceListUpdates) -> Auth:
@@ -99,4 +101,5 @@ def build_auth(core: Core, stores: Stores, device_lists: DeviceListUpdates) -> A
         account=AccountHandler(
             config.registration, stores.accounts, hasher, devices, tokens, stores.pusher_store
         ),
+        openid=OpenIdTokens(core.server_name, core.clock, stores.openid_token_store),
     )

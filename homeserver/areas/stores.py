@@ -28,6 +28,7 @@ from storage.stores.federation_queue import FederationQueueStore
 from storage.stores.filters import FilterStore
 from storage.stores.media import MediaStore
 from storage.stores.media_admin import MediaAdminStore
+from storage.stores.openid_tokens import OpenIdTokenStore
 from storage.stores.presence import PresenceStore
 from storage.stores.profiles import ProfileStore
 from storage.stores.push_actions import PushActionStore
@@ -56,6 +57,7 @@ class Stores:
     token_store: TokenStore
     uia_store: UiaStore
     profile_store: ProfileStore
+    openid_token_store: OpenIdTokenStore
     event_store: EventStore
     state_store: StateStore
     room_store: RoomStore
@@ -140,6 +142,7 @@ def build_stores(db: Database, replication: Replication) -> Stores:
         token_store=TokenStore(db),
         uia_store=UiaStore(db),
         profile_store=ProfileStore(db),
+        openid_token_store=OpenIdTokenStore(db),
         event_store=event_store,
         state_store=state_store,
         room_store=RoomStore(db),
