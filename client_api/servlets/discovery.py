@@ -96,6 +96,8 @@ class CapabilitiesServlet:
             "m.change_password": {"enabled": True},
             "m.set_displayname": {"enabled": True},
             "m.set_avatar_url": {"enabled": True},
+            # Every field may be set (within the spec's size limits).
+            "m.profile_fields": {"enabled": True},
             "m.3pid_changes": {"enabled": False},
             "m.get_login_token": {"enabled": False},
             "m.room_versions": {

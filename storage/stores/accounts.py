@@ -181,5 +181,6 @@ class AccountStore:
                     "UPDATE profiles SET displayname = NULL, avatar_url = NULL WHERE user_id = ?",
                     (user_id,),
                 )
+                txn.execute("DELETE FROM profile_fields WHERE user_id = ?", (user_id,))
 
         await self._db.run_interaction("mark_deactivated", txn_fn)
