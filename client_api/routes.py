@@ -161,6 +161,7 @@ CLIENT_SERVLETS = [
     membership.ForgetServlet,
     membership.TargetMembershipServlet,
     membership.JoinedRoomsServlet,
+    membership.MutualRoomsServlet,
     media.UploadServlet,
     media.CreateMediaServlet,
     media.AsyncUploadServlet,
