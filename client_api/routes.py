@@ -177,6 +177,7 @@ CLIENT_SERVLETS = [
     history.MessagesServlet,
     history.ContextServlet,
     history.EventServlet,
+    history.TimestampToEventServlet,
     relations.RelationsServlet,
     relations.ThreadsServlet,
     typing.TypingServlet,

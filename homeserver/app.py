@@ -198,6 +198,7 @@ class HomeServer:
         )
         self.federation_events = federation.events
         self.federation_membership = federation.membership
+        self.timestamp_lookup = federation.timestamp_lookup
         self.federation_transactions = federation.transactions
 
         admin = self.admin = build_admin(

@@ -43,6 +43,7 @@ def federation_servlets() -> list[Any]:
         GetMissingEventsServlet,
         StateIdsServlet,
         StateServlet,
+        TimestampToEventServlet,
     )
     from federation.transport.keys import (
         BulkQueryServerKeysServlet,
@@ -92,6 +93,7 @@ def federation_servlets() -> list[Any]:
         UserKeysClaimServlet,
         UserDevicesServlet,
         OpenIdUserInfoServlet,
+        TimestampToEventServlet,
     ]
 
 

@@ -17,3 +17,7 @@ CREATE TABLE profile_fields (
     value_json TEXT NOT NULL,
     PRIMARY KEY (user_id, field_name)
 );
+
+-- GET /rooms/{roomId}/timestamp_to_event (and its federation twin): the room's event sent
+-- closest to a time, found without reading the whole room.
+CREATE INDEX events_room_origin_ts ON events (room_id, origin_server_ts);
