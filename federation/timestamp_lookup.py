@@ -15,7 +15,6 @@ wrong side of the time, is passed over: the local answer (or 404) stands.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,10 +22,12 @@ from federation.client import build_path
 from federation.errors import FederationError
 from federation.event_handler import FederationEventHandler
 from homeserver.errors import Codes, MatrixError
+from homeserver.events.auth import server_of
 from homeserver.rooms.visibility import HistoryVisibility
 from storage.stores.events import EventStore
 from storage.stores.federation_events import FederationEventStore
 from storage.stores.room_admin import RoomAdminStore
+from storage.stores.rooms import RoomStore
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +53,18 @@ class ClosestEvent:
 class RemoteTimestampLookup:
     """What asking other servers needs; absent when federation is disabled."""
 
+    server_name: str
     client: Any  # FederationClient: its `get_json`
     events: FederationEventHandler
-    room_servers: Callable[[str], Awaitable[list[str]]]
+    rooms: RoomStore
+
+    async def servers_to_ask(self, room_id: str) -> list[str]:
+        """The room's other servers, those in it longest first: the spec's advice, since
+        they are the likeliest to hold old history (Synapse orders them so too)."""
+        ordered = dict.fromkeys(
+            server_of(user_id) for user_id in await self.rooms.get_joined_members_by_age(room_id)
+        )
+        return [server for server in ordered if server not in (self.server_name, "")]
 
 
 class TimestampLookup:
@@ -118,7 +128,7 @@ class TimestampLookup:
     ) -> ClosestEvent | None:
         args = {"ts": [str(ts)], "dir": ["f" if forwards else "b"]}
         path = build_path("/_matrix/federation/v1/timestamp_to_event/%s", room_id)
-        for server in await remote.room_servers(room_id):
+        for server in await remote.servers_to_ask(room_id):
             try:
                 answer = await remote.client.get_json(server, path, args)
             except FederationError as e:

@@ -195,7 +195,7 @@ def build_federation(
         stores.federation_event_store,
         stores.room_admin_store,
         rooms.history_visibility,
-        RemoteTimestampLookup(transport.client, events, membership.room_servers),
+        RemoteTimestampLookup(core.server_name, transport.client, events, stores.room_store),
     )
     return Federation(
         events=events,
