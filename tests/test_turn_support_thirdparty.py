@@ -60,6 +60,23 @@ class TurnServer(HomeserverTestCase):
             (200, {"username": "u", "password": "p", "ttl": 3600, "uris": TURN_URIS}),
         )
 
+    async def test_guests_only_when_allowed(self):
+        # This server registers no guests; an account imported as one (Synapse's guests
+        # carry over) is made here by flagging it.
+        await self.start_server(
+            turn={"uris": TURN_URIS, "username": "u", "password": "p", "allow_guests": False}
+        )
+        token = await self.token()
+        await self.hs.db.run_interaction(
+            "make_guest",
+            lambda txn: txn.execute(
+                "UPDATE users SET is_guest = ? WHERE user_id = ?", (True, f"@alice:{SERVER_NAME}")
+            ),
+        )
+        self.hs.tokens.forget_user(f"@alice:{SERVER_NAME}")
+        r = await self.request("GET", f"{API}/voip/turnServer", token=token)
+        self.assertError(r, 403, "M_GUEST_ACCESS_FORBIDDEN")
+
     async def test_uris_without_credentials_answer_empty(self):
         await self.start_server(turn={"uris": TURN_URIS})
         r = await self.request("GET", f"{API}/voip/turnServer", token=await self.token())
