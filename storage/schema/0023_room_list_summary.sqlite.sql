@@ -1,0 +1,28 @@
+-- What the admin room list shows, sorts and searches by: one row per row of `rooms`,
+-- written with it and kept by the persister as the room's current state changes, so a
+-- page of the list is one indexed query, not a read of every room. Values are the current
+-- state's as clients see it (redacted content pruned); `*_folded` are lower-cased by the
+-- server (Python's str.lower), for search. Rooms held before this migration are filled in
+-- at start-up (`RoomAdminStore.fill_room_list_summaries`).
+-- The SQLite and PostgreSQL files differ only in PostgreSQL's "C" collation, which sorts
+-- text by code point, as SQLite's default does.
+CREATE TABLE room_list_summary (
+    room_id TEXT PRIMARY KEY,
+    name TEXT,
+    name_folded TEXT,
+    canonical_alias TEXT,
+    alias_localpart_folded TEXT,
+    join_rules TEXT,
+    guest_access TEXT,
+    history_visibility TEXT,
+    encryption TEXT,
+    federatable BOOLEAN NOT NULL DEFAULT TRUE,
+    room_type TEXT,
+    joined_members BIGINT NOT NULL DEFAULT 0,
+    joined_local_members BIGINT NOT NULL DEFAULT 0,
+    state_events BIGINT NOT NULL DEFAULT 0
+);
+-- The list's default order (by name, rooms without one last, ties by room ID) and its
+-- order by size, read in index order.
+CREATE INDEX room_list_by_name ON room_list_summary ((name IS NULL), name, room_id);
+CREATE INDEX room_list_by_size ON room_list_summary (joined_members DESC, room_id);
