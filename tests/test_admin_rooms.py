@@ -197,6 +197,62 @@ class RoomListTests(RoomAdminTestCase):
         self.assertEqual((await self.list(public_rooms="false"))["total_rooms"], 2)
         self.assertEqual((await self.list(empty_rooms="true"))["total_rooms"], 0)
 
+    async def test_list_follows_names_members_and_redactions(self):
+        # The list is read from a summary row per room the persister keeps: every change
+        # of the current state clients see shows at once.
+        renamed = await self.put_state(self.alice, self.room_b, "m.room.name", {"name": "Zulu"})
+        self.assertEqual(renamed.code, 200, renamed)
+        await self.put_state(self.alice, self.room_b, "m.room.join_rules", {"join_rule": "public"})
+        self.assertEqual((await self.join(self.bob, self.room_b)).code, 200)
+        body = await self.list()
+        self.assertEqual([room["name"] for room in body["rooms"]], ["Charlie", "Zulu", "alpha"])
+        zulu = next(room for room in body["rooms"] if room["room_id"] == self.room_b)
+        self.assertEqual((zulu["joined_members"], zulu["join_rules"]), (2, "public"))
+        self.assertEqual(self.ids(await self.list(search_term="zul")), [self.room_b])
+        r = await self.request(
+            "POST", f"{API}/rooms/{q(self.room_b)}/leave", {}, token=self.bob.token
+        )
+        self.assertEqual(r.code, 200, r)
+        # A redacted name is no name: the room sorts last and is not found by it.
+        r = await self.request(
+            "PUT", f"{API}/rooms/{q(self.room_b)}/redact/{q(renamed.json['event_id'])}/t1",
+            {}, token=self.alice.token,
+        )
+        self.assertEqual(r.code, 200, r)
+        body = await self.list()
+        self.assertEqual(self.ids(body)[-1], self.room_b)
+        self.assertEqual(
+            (body["rooms"][-1]["name"], body["rooms"][-1]["joined_members"]), (None, 1)
+        )
+        self.assertEqual((await self.list(search_term="zul"))["total_rooms"], 0)
+
+    async def test_names_sort_by_code_point_and_search_ignores_case_beyond_ascii(self):
+        # The same order on both engines, whatever PostgreSQL's collation is.
+        for name in ("éclair", "Émile", "ábc"):
+            await self.create_room(self.alice, name=name)
+        body = await self.list()
+        self.assertEqual(
+            [room["name"] for room in body["rooms"]],
+            sorted(["Bravo", "alpha", "Charlie", "éclair", "Émile", "ábc"]),
+        )
+        self.assertEqual(
+            [room["name"] for room in (await self.list(search_term="ÉCLAIR"))["rooms"]],
+            ["éclair"],
+        )
+        self.assertEqual(
+            [room["name"] for room in (await self.list(search_term="%"))["rooms"]], []
+        )
+
+    async def test_rooms_held_before_the_summary_are_filled_in(self):
+        before = await self.list()
+        await self.hs.db.run_interaction(
+            "forget_summaries", lambda txn: txn.execute("DELETE FROM room_list_summary")
+        )
+        self.assertEqual((await self.list())["total_rooms"], 0)
+        filled = await self.hs.room_admin_store.fill_room_list_summaries(SERVER_NAME, batch=2)
+        self.assertEqual(filled, 3)
+        self.assertEqual(await self.list(), before)
+
     async def test_bad_parameters_are_refused(self):
         for params in (
             {"from": "-1"},
