@@ -459,6 +459,38 @@ class DeleteRoomTests(RoomAdminTestCase):
         self.assertTrue(all(n <= 3 for n in calls))
         self.assertEqual(await self.count("events"), 0)
 
+    async def test_purge_rests_between_batches(self):
+        # After each batch the purge leaves the database to other requests for as long as
+        # the batch held it.
+        store = self.hs.room_admin_store
+        original = store.purge_event_batch
+        self.patch(store, "purge_event_batch", lambda room_id: original(room_id, 3))
+        batches = 0
+        counted = store.purge_event_batch
+
+        async def counting(room_id: str) -> list[str]:
+            nonlocal batches
+            batches += 1
+            return await counted(room_id)
+
+        self.patch(store, "purge_event_batch", counting)
+        pauses: list[float] = []
+        clock = self.hs.admin_rooms._clock
+        sleep = clock.sleep
+
+        async def recording(seconds: float) -> None:
+            pauses.append(seconds)
+            await sleep(seconds)
+
+        self.patch(clock, "sleep", recording)
+        r = await self.delete({})
+        status = await self.wait_for_delete(self.admin, r.json["delete_id"])
+        self.assertEqual(status["status"], "complete", status)
+        self.assertGreater(batches, 3)
+        # One rest per batch of events, state groups and other rows.
+        self.assertGreaterEqual(len(pauses), batches + 2)
+        self.assertTrue(all(0 <= pause <= 1.0 for pause in pauses))
+
     async def test_delete_without_purge_and_with_block(self):
         r = await self.delete({"purge": False, "block": True})
         status = await self.wait_for_delete(self.admin, r.json["delete_id"])
@@ -604,6 +636,33 @@ class PurgeHistoryTests(RoomAdminTestCase):
         )
         self.assertEqual(r.code, 200, r)
         return [e["content"]["body"] for e in r.json["chunk"] if e["type"] == "m.room.message"]
+
+    async def test_history_goes_in_batches_past_the_state_it_keeps(self):
+        # Topic changes between the messages stay; batches of two continue from where the
+        # last one stopped, past them.
+        for i in range(3):
+            await self.put_state(self.alice, self.room_id, "m.room.topic", {"topic": f"t{i}"})
+            r = await self.send(self.alice, self.room_id, {"msgtype": "m.text", "body": f"n{i}"})
+            self.event_ids.append(r.json["event_id"])
+        store = self.hs.room_admin_store
+        original = store.purge_history_batch
+        sizes: list[int] = []
+
+        async def small(*args: Any) -> Any:
+            deleted, after = await original(*args, limit=2)
+            sizes.append(len(deleted))
+            return deleted, after
+
+        self.patch(store, "purge_history_batch", small)
+        r = await self.purge(
+            {"delete_local_events": True, "purge_up_to_event_id": self.event_ids[-1]}
+        )
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(await self.wait_for_purge(r.json["purge_id"]), {"status": "complete"})
+        self.assertEqual(await self.bodies(), ["n2"])
+        self.assertEqual(sizes, [2, 2, 2, 1, 0])
+        state = await self.get_state(self.alice, self.room_id, "m.room.topic")
+        self.assertEqual(state.json, {"topic": "t2"})
 
     async def test_history_before_the_event_goes_state_stays(self):
         r = await self.purge(

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet import defer
 
@@ -43,6 +43,7 @@ from storage.stores.directory import RoomDirectoryStore
 from storage.stores.events import EventStore
 from storage.stores.room_admin import (
     TOMBSTONE,
+    HistoryPosition,
     RoomAdminStore,
     RoomFigures,
     RoomListFilter,
@@ -51,6 +52,7 @@ from storage.stores.rooms import RoomStore
 from storage.stores.state import StateStore
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # order_by -> (the store's sort key, whether `dir=f` is largest first), as Synapse's list.
 ORDER_BY: dict[str, tuple[str, bool]] = {
@@ -76,6 +78,8 @@ DEFAULT_NEW_ROOM_MESSAGE = (
     "Sharing illegal content on this server is not permitted and rooms in violation will be"
     " blocked."
 )
+# The longest a purge rests between two batches (it rests as long as the last one took).
+MAX_PURGE_PAUSE_S = 1.0
 # Finished deletes are answered by the status endpoints this long (Synapse's figure).
 DELETE_STATUS_KEPT_MS = 24 * 60 * 60 * 1000
 # A requester for users the server acts for: no rate limit applies to what an admin does.
@@ -464,7 +468,13 @@ class AdminRoomsHandler:
     ) -> None:
         keep = None if delete_local_events else self._server_name
         try:
-            while batch := await self._store.purge_history_batch(purge.room_id, depth, keep):
+            after: HistoryPosition | None = None
+            while True:
+                batch, after = await self._paced(
+                    self._store.purge_history_batch(purge.room_id, depth, keep, after)
+                )
+                if not batch:
+                    break
                 self._events.forget_room(purge.room_id, batch)
             purge.status = "complete"
         except Exception as e:
@@ -566,11 +576,11 @@ class AdminRoomsHandler:
         await self._store.purge_room_start(room_id)
         self._events.forget_room(room_id, ())
         purged: list[str] = []
-        while batch := await self._store.purge_event_batch(room_id):
+        while batch := await self._paced(self._store.purge_event_batch(room_id)):
             purged.extend(batch)
-        while await self._store.purge_state_group_batch(room_id):
+        while await self._paced(self._store.purge_state_group_batch(room_id)):
             pass
-        while await self._store.purge_room_row_batch(room_id):
+        while await self._paced(self._store.purge_room_row_batch(room_id)):
             pass
         self._events.forget_room(room_id, purged)
         # Other processes drop their copy of the room's current state too.
@@ -578,6 +588,17 @@ class AdminRoomsHandler:
         for user_id in had_membership:
             for listener in self.purge_listeners:
                 listener(user_id)
+
+
+    async def _paced(self, batch: Awaitable[T]) -> T:
+        """Await one purge batch, then leave the database to other work for as long as the
+        batch held it: a purge takes at most half of it (on SQLite, half of its one
+        writer), so requests arriving meanwhile wait for one short batch, not for a run of
+        them."""
+        started = self._clock.time()
+        result = await batch
+        await self._clock.sleep(min(self._clock.time() - started, MAX_PURGE_PAUSE_S))
+        return result
 
 
 def _acting_as(user_id: str) -> Requester:

@@ -26,3 +26,8 @@ CREATE TABLE room_list_summary (
 -- order by size, read in index order.
 CREATE INDEX room_list_by_name ON room_list_summary ((name IS NULL), name, room_id);
 CREATE INDEX room_list_by_size ON room_list_summary (joined_members DESC, room_id);
+
+-- Purging a room deletes its transaction IDs a batch at a time, found by room.
+CREATE INDEX event_txn_ids_room ON event_txn_ids (room_id);
+-- Purging a room finds its state groups a batch at a time, by room.
+CREATE INDEX state_groups_room ON state_groups (room_id);

@@ -29,6 +29,18 @@ TOMBSTONE = "m.room.tombstone"
 # is removed in many short transactions that never hold the database (or, on SQLite, the
 # writer) for long.
 PURGE_BATCH = 1000
+# Events one purge transaction deletes at most: each brings several rows along (DAG edges,
+# auth links, push actions), so fewer of them make a transaction of about PURGE_BATCH rows.
+PURGE_EVENT_BATCH = 200
+
+
+@dataclass(frozen=True)
+class HistoryPosition:
+    """Where a history purge's next batch starts: past this event's place in the room's
+    depth order."""
+
+    depth: int
+    stream_ordering: int
 
 
 def listed_values(event_type: str, content: Mapping[str, Any]) -> dict[str, Any]:
@@ -135,9 +147,13 @@ def _figures(row: tuple) -> RoomFigures:
     )
 
 
+def _escape_like(value: str) -> str:
+    """`value` in a LIKE pattern (with ESCAPE '\\'), its wildcards taken literally."""
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def _like_anywhere(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
+    return f"%{_escape_like(value)}%"
 
 
 def _list_where(txn: Transaction, query: RoomListFilter) -> tuple[str, list[Any]]:
@@ -292,20 +308,21 @@ def _chunks(items: list[str], size: int) -> list[list[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _delete_events_txn(txn: Transaction, event_ids: list[str], also: tuple[str, ...]) -> None:
-    """Delete `event_ids` and what hangs on each (their graph edges, auth links, relations,
-    push actions, and those actions still queued for the count summary), and their rows in
-    the tables `also` names, all keyed by event ID."""
+def _delete_events_txn(
+    txn: Transaction, events: list[tuple[int, str]], also: tuple[str, ...]
+) -> None:
+    """Delete `events` ((stream ordering, event ID) pairs) and what hangs on each (their
+    graph edges, auth links, relations, push actions, and those actions still queued for
+    the count summary), and their rows in the tables `also` names, keyed by event ID. Every
+    delete goes through a primary key: a batch costs what it deletes, not the table's size."""
+    orderings = [ordering for ordering, _ in events]
+    event_ids = [event_id for _, event_id in events]
+    by_ordering = ",".join("?" for _ in orderings)
+    # Push actions (and those not yet counted into the summary) are keyed by position.
+    for table in ("event_push_rotation_queue", "event_push_actions"):
+        txn.execute(f"DELETE FROM {table} WHERE stream_ordering IN ({by_ordering})", orderings)
     marks = ",".join("?" for _ in event_ids)
-    # Push actions not yet counted into the summary are queued by stream position.
-    txn.execute(
-        "DELETE FROM event_push_rotation_queue WHERE stream_ordering IN"
-        f" (SELECT stream_ordering FROM events WHERE event_id IN ({marks}))",
-        event_ids,
-    )
-    for table in (
-        "event_edges", "event_auth", "event_relations", "event_push_actions", *also, "events"
-    ):
+    for table in ("event_edges", "event_auth", "event_relations", *also, "events"):
         txn.execute(f"DELETE FROM {table} WHERE event_id IN ({marks})", event_ids)
 
 
@@ -461,21 +478,23 @@ class RoomAdminStore:
 
     # ----- purging -----------------------------------------------------------------------
 
-    async def purge_event_batch(self, room_id: str, limit: int = PURGE_BATCH) -> list[str]:
+    async def purge_event_batch(
+        self, room_id: str, limit: int = PURGE_EVENT_BATCH
+    ) -> list[str]:
         """Delete up to `limit` of the room's events and what hangs off them (DAG edges,
         auth links, redactions, relations, push actions); the IDs deleted, [] once none
         are left."""
 
         def txn_fn(txn: Transaction) -> list[str]:
             rows = txn.select_all(
-                "SELECT event_id FROM events WHERE room_id = ? ORDER BY stream_ordering LIMIT ?",
+                "SELECT stream_ordering, event_id FROM events WHERE room_id = ?"
+                " ORDER BY stream_ordering LIMIT ?",
                 (room_id, limit),
             )
-            event_ids = [row[0] for row in rows]
-            if not event_ids:
-                return []
-            _delete_events_txn(txn, event_ids, ("redactions",))
-            return event_ids
+            events = [(int(row[0]), row[1]) for row in rows]
+            if events:
+                _delete_events_txn(txn, events, ("redactions",))
+            return [event_id for _, event_id in events]
 
         return await self._db.run_interaction("admin_purge_events", txn_fn)
 
@@ -565,34 +584,45 @@ class RoomAdminStore:
         return int(row[0]) if row else None
 
     async def purge_history_batch(
-        self, room_id: str, below_depth: int, keep_server: str | None, limit: int = PURGE_BATCH
-    ) -> list[str]:
+        self,
+        room_id: str,
+        below_depth: int,
+        keep_server: str | None,
+        after: HistoryPosition | None = None,
+        limit: int = PURGE_EVENT_BATCH,
+    ) -> tuple[list[str], HistoryPosition | None]:
         """Delete up to `limit` of the room's timeline events deeper in history than
-        `below_depth` (and what hangs off them); the IDs deleted, [] once none are left.
-        State events stay (state and auth rules need them), and so do redactions (else what
-        they redacted would reappear) and forward extremities; with `keep_server`, so do the
-        events its users sent."""
+        `below_depth` (and what hangs off them), oldest first, from past `after` (what the
+        previous batch returned); the IDs deleted ([] once none are left) and where the
+        next batch starts. State events stay (state and auth rules need them), and so do
+        redactions (else what they redacted would reappear) and forward extremities; with
+        `keep_server`, so do the events its users sent. Batches walk the room's depth
+        index from where the last one stopped, so the events kept are read once, not once
+        per batch."""
 
-        def txn_fn(txn: Transaction) -> list[str]:
+        def txn_fn(txn: Transaction) -> tuple[list[str], HistoryPosition | None]:
             sql = (
-                "SELECT event_id FROM events WHERE room_id = ? AND topological_ordering < ?"
+                "SELECT stream_ordering, event_id, topological_ordering FROM events"
+                " WHERE room_id = ? AND topological_ordering < ?"
                 " AND state_key IS NULL AND type != 'm.room.redaction' AND outlier = ?"
                 " AND event_id NOT IN"
                 " (SELECT event_id FROM event_forward_extremities WHERE room_id = ?)"
             )
             args: list[object] = [room_id, below_depth, False, room_id]
+            if after is not None:
+                sql += " AND (topological_ordering, stream_ordering) > (?, ?)"
+                args += [after.depth, after.stream_ordering]
             if keep_server is not None:
-                escaped = (
-                    keep_server.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-                )
                 sql += " AND sender NOT LIKE ? ESCAPE '\\'"
-                args.append("%:" + escaped)
-            sql += " ORDER BY stream_ordering LIMIT ?"
+                args.append("%:" + _escape_like(keep_server))
+            sql += " ORDER BY topological_ordering, stream_ordering LIMIT ?"
             args.append(limit)
-            event_ids = [row[0] for row in txn.select_all(sql, args)]
-            if not event_ids:
-                return []
-            _delete_events_txn(txn, event_ids, ("federation_outbound_pdus",))
-            return event_ids
+            rows = txn.select_all(sql, args)
+            if not rows:
+                return [], None
+            events = [(int(row[0]), row[1]) for row in rows]
+            _delete_events_txn(txn, events, ("federation_outbound_pdus",))
+            last = rows[-1]
+            return [event_id for _, event_id in events], HistoryPosition(int(last[2]), int(last[0]))
 
         return await self._db.run_interaction("admin_purge_history", txn_fn)
