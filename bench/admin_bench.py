@@ -121,6 +121,7 @@ def populate_main(argv: list[str]) -> None:
     parser.add_argument("--users", type=int, required=True)
     parser.add_argument("--rooms", type=int, required=True)
     parser.add_argument("--events", type=int, required=True)
+    parser.add_argument("--schema-only", action="store_true")
     args = parser.parse_args(argv)
     from twisted.internet import defer, task
 
@@ -137,6 +138,9 @@ async def populate(reactor: Any, args: argparse.Namespace) -> None:
 
     hs = HomeServer(load_config(args.config), reactor)
     await hs.setup()
+    if args.schema_only:
+        await hs.stop()
+        return
     server = hs.config.server_name
 
     def requester(i: int) -> Requester:
@@ -259,28 +263,110 @@ def heddle_preparer(args: argparse.Namespace, info: dict[str, Any]) -> Callable[
                 conn.close()
             info["filled_from_snapshot"] = str(snapshot)
             return
+        sqlite_snapshot = Path(args.snapshot or "/nonexistent") / "sqlite"
+        if sqlite_file is None and (sqlite_snapshot / "populated.json").exists():
+            # PostgreSQL gets the rows the server wrote into the SQLite snapshot: the same
+            # data, without filling it a second time at PostgreSQL's slower pace.
+            populate_command(config_path, args, "--schema-only")
+            copy_sqlite_to_postgresql(sqlite_snapshot / "homeserver.db", url)
+            shutil.copy(sqlite_snapshot / "signing.key", key_path)
+            info.update(json.loads((sqlite_snapshot / "populated.json").read_text()))
+            info["filled_from"] = f"a copy of {sqlite_snapshot}"
+            save_snapshot(url, pg_name, template, key_path, snapshot, info)
+            return
         out = config_path.parent / "populated.json"
-        subprocess.run(
-            [sys.executable, __file__, "populate", str(config_path), str(out),
-             "--users", str(args.users), "--rooms", str(args.rooms),
-             "--events", str(args.events)],
-            check=True,
-        )
+        populate_command(config_path, args)
         info.update(json.loads(out.read_text()))
         if snapshot is not None:
-            snapshot.mkdir(parents=True, exist_ok=True)
-            shutil.copy(key_path, snapshot / "signing.key")
             if sqlite_file is not None:
+                snapshot.mkdir(parents=True, exist_ok=True)
+                shutil.copy(key_path, snapshot / "signing.key")
                 shutil.copy(sqlite_file, snapshot / "homeserver.db")
+                shutil.copy(out, snapshot / "populated.json")
             else:
-                conn = pg_admin(url)
-                with conn.cursor() as cur:
-                    cur.execute(f'DROP DATABASE IF EXISTS "{template}"')
-                    cur.execute(f'CREATE DATABASE "{template}" TEMPLATE "{pg_name}"')
-                conn.close()
-            shutil.copy(out, snapshot / "populated.json")
+                save_snapshot(url, pg_name, template, key_path, snapshot, info)
 
     return prepare
+
+
+def populate_command(config_path: Path, args: argparse.Namespace, *extra: str) -> None:
+    subprocess.run(
+        [sys.executable, __file__, "populate", str(config_path),
+         str(config_path.parent / "populated.json"), "--users", str(args.users),
+         "--rooms", str(args.rooms), "--events", str(args.events), *extra],
+        check=True,
+    )
+
+
+def save_snapshot(
+    url: str, pg_name: str, template: str, key_path: Path, snapshot: Path | None,
+    info: dict[str, Any],
+) -> None:
+    """Keep the filled PostgreSQL database as a template database for later runs."""
+    if snapshot is None:
+        return
+    snapshot.mkdir(parents=True, exist_ok=True)
+    shutil.copy(key_path, snapshot / "signing.key")
+    conn = pg_admin(url)
+    with conn.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{template}"')
+        cur.execute(f'CREATE DATABASE "{template}" TEMPLATE "{pg_name}"')
+    conn.close()
+    kept = {k: v for k, v in info.items() if k in ("big_rooms", "fill_seconds", "filled_from")}
+    (snapshot / "populated.json").write_text(json.dumps(kept))
+
+
+def copy_sqlite_to_postgresql(sqlite_path: Path, url: str) -> None:
+    """Every row of every table of the SQLite database into the PostgreSQL one, which has
+    the same schema (its migrations applied, no rows yet): booleans become booleans."""
+    from psycopg2.extras import execute_values
+
+    source = sqlite3.connect(sqlite_path)
+    target = psycopg2.connect(url)
+    with target, target.cursor() as cur:
+        # Rows arrive in table order, not in the order foreign keys want.
+        cur.execute("SET session_replication_role = replica")
+        tables = [
+            row[0]
+            for row in source.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if not row[0].startswith("sqlite_") and row[0] != "schema_migrations"
+        ]
+        for table in tables:
+            cur.execute(
+                "SELECT column_name, data_type FROM information_schema.columns"
+                " WHERE table_name = %s",
+                (table,),
+            )
+            types = dict(cur.fetchall())
+            if not types:
+                continue
+            read = source.execute(f"SELECT * FROM {table}")
+            columns = [d[0] for d in read.description]
+            booleans = [i for i, c in enumerate(columns) if types.get(c) == "boolean"]
+            while rows := read.fetchmany(5000):
+                if booleans:
+                    rows = [
+                        tuple(bool(v) if i in booleans and v is not None else v
+                              for i, v in enumerate(row))
+                        for row in rows
+                    ]
+                execute_values(
+                    cur,
+                    f"INSERT INTO {table} ({', '.join(columns)}) VALUES %s",
+                    rows, page_size=5000,
+                )
+        # Identity columns continue after the rows copied.
+        cur.execute(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE is_identity = 'YES' AND table_schema = 'public'"
+        )
+        for table, column in cur.fetchall():
+            cur.execute(
+                f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'),"
+                f" COALESCE((SELECT MAX({column}) FROM {table}), 0) + 1, false)"
+            )
+    source.close()
+    target.close()
 
 
 # ----- HTTP -------------------------------------------------------------------------------
