@@ -65,9 +65,7 @@ from urllib.parse import quote
 import aiohttp
 import psycopg2
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from heddle_bench import ROOT, free_port, running_server, wait_until_up  # noqa: E402
+from heddle_bench import ROOT, Client, free_port, running_server, wait_until_up
 
 # Display names and room names carry one of these, so a search for one matches a tenth.
 WORDS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy")
@@ -372,21 +370,12 @@ def copy_sqlite_to_postgresql(sqlite_path: Path, url: str) -> None:
 # ----- HTTP -------------------------------------------------------------------------------
 
 
-class Api:
-    def __init__(self, session: aiohttp.ClientSession, base: str, token: str = "") -> None:
-        self.session = session
-        self.base = base
-        self.token = token
+class Api(Client):
+    """A client (`heddle_bench.Client`) that also times its requests."""
 
-    async def call(self, method: str, path: str, body: Any = None) -> Any:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        async with self.session.request(
-            method, self.base + path, json=body, headers=headers
-        ) as r:
-            data = await r.json()
-            if r.status != 200:
-                raise RuntimeError(f"{method} {path}: {r.status} {data}")
-            return data
+    def __init__(self, session: aiohttp.ClientSession, base: str, token: str = "") -> None:
+        super().__init__(session, base)
+        self.token = token
 
     async def timed(self, method: str, path: str, body: Any = None) -> tuple[float, Any]:
         started = time.perf_counter()
@@ -523,32 +512,27 @@ async def purges(
     latencies, _ = await load_.during(asyncio.sleep(baseline_s))
     results["sync_baseline"] = percentiles(latencies)
 
-    async def delete() -> tuple[float, str]:
-        started = time.monotonic()
-        delete_id = (await admin.call(
-            "DELETE", f"/_synapse/admin/v2/rooms/{quote(big_rooms[0])}", {"purge": True}
-        ))["delete_id"]
-        status = await wait_for_status(admin, f"/_synapse/admin/v2/rooms/delete_status/{delete_id}")
-        return time.monotonic() - started, status
+    # (name, method, path, body, the answer's ID key, its status path)
+    tasks = (
+        ("room_delete", "DELETE", f"/_synapse/admin/v2/rooms/{quote(big_rooms[0])}",
+         {"purge": True}, "delete_id", "/_synapse/admin/v2/rooms/delete_status/"),
+        ("purge_history", "POST", f"/_synapse/admin/v1/purge_history/{quote(big_rooms[1])}",
+         {"purge_up_to_ts": int(time.time() * 1000), "delete_local_events": True},
+         "purge_id", "/_synapse/admin/v1/purge_history_status/"),
+    )
+    for name, method, path, body, id_key, status_path in tasks:
 
-    results["load_before_delete"] = load()
-    latencies, (seconds, status) = await load_.during(delete())
-    results["sync_during_room_delete"] = percentiles(latencies)
-    results["room_delete"] = {"seconds": round(seconds, 1), "status": status}
+        async def run(method: str = method, path: str = path, body: Any = body,
+                      id_key: str = id_key, status_path: str = status_path) -> tuple[float, str]:
+            started = time.monotonic()
+            task_id = (await admin.call(method, path, body))[id_key]
+            status = await wait_for_status(admin, status_path + task_id)
+            return time.monotonic() - started, status
 
-    async def purge_history() -> tuple[float, str]:
-        started = time.monotonic()
-        purge_id = (await admin.call(
-            "POST", f"/_synapse/admin/v1/purge_history/{quote(big_rooms[1])}",
-            {"purge_up_to_ts": int(time.time() * 1000), "delete_local_events": True},
-        ))["purge_id"]
-        status = await wait_for_status(admin, f"/_synapse/admin/v1/purge_history_status/{purge_id}")
-        return time.monotonic() - started, status
-
-    results["load_before_purge_history"] = load()
-    latencies, (seconds, status) = await load_.during(purge_history())
-    results["sync_during_purge_history"] = percentiles(latencies)
-    results["purge_history"] = {"seconds": round(seconds, 1), "status": status}
+        results[f"load_before_{name}"] = load()
+        latencies, (seconds, status) = await load_.during(run())
+        results[f"sync_during_{name}"] = percentiles(latencies)
+        results[name] = {"seconds": round(seconds, 1), "status": status}
     return results
 
 
