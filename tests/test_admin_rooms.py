@@ -243,6 +243,14 @@ class RoomListTests(RoomAdminTestCase):
             [room["name"] for room in (await self.list(search_term="%"))["rooms"]], []
         )
 
+    async def test_names_with_nul_are_listed_and_searched(self):
+        # PostgreSQL's text cannot hold NUL: neither sending such a name nor searching for
+        # it may fail.
+        room_id = await self.create_room(self.alice, name="nul\u0000name")
+        body = await self.list(search_term="nul\u0000")
+        self.assertEqual(self.ids(body), [room_id])
+        self.assertEqual(body["rooms"][0]["name"], "nul\ufffdname")
+
     async def test_rooms_held_before_the_summary_are_filled_in(self):
         before = await self.list()
         await self.hs.db.run_interaction(

@@ -99,7 +99,9 @@ ROOM_SORT_KEYS = frozenset(_ORDER_SQL)
 
 
 def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+    # PostgreSQL's text cannot hold NUL: the summary keeps U+FFFD in its place (a search
+    # term's NULs are replaced likewise), the same on both engines.
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) else None
 
 
 @dataclass(frozen=True)
@@ -174,8 +176,9 @@ def _list_where(txn: Transaction, query: RoomListFilter) -> tuple[str, list[Any]
             "(s.name_folded LIKE ? ESCAPE '\\' OR s.alias_localpart_folded LIKE ? ESCAPE '\\'"
             f" OR {contains})"
         )
-        folded = _like_anywhere(query.search_term.lower())
-        args += [folded, folded, query.search_term]
+        term = query.search_term.replace("\x00", "\ufffd")
+        folded = _like_anywhere(term.lower())
+        args += [folded, folded, term]
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 
