@@ -420,9 +420,13 @@ def list_queries(users: int, rooms: int) -> dict[str, tuple[str, int]]:
     }
 
 
-async def list_pages(admin: Api, users: int, rooms: int, runs: int) -> dict[str, Any]:
+async def list_pages(
+    admin: Api, users: int, rooms: int, runs: int, only: list[str] | None = None
+) -> dict[str, Any]:
     results: dict[str, Any] = {"load": load()}
     for name, (path, deep) in list_queries(users, rooms).items():
+        if only and name not in only:
+            continue
         for page, offset in (("first", 0), ("deep", deep)):
             url = f"{path}limit={PAGE}&from={offset}"
             await admin.call("GET", url)  # warm
@@ -549,7 +553,9 @@ async def bench_heddle(args: argparse.Namespace) -> dict[str, Any]:
             admin = await register(api, secret, "benchadmin", admin=True)
             result: dict[str, Any] = {"server": "heddle", "db": args.db.split("@")[-1], **info}
             if "lists" in args.parts:
-                result["lists"] = await list_pages(admin, args.users, args.rooms, args.runs)
+                result["lists"] = await list_pages(
+                    admin, args.users, args.rooms, args.runs, args.queries
+                )
             if "purge" in args.parts:
                 result["purges"] = await purges(api, admin, secret, info["big_rooms"], args.baseline)
             return result
@@ -681,7 +687,9 @@ async def bench_synapse(args: argparse.Namespace) -> dict[str, Any]:
             }
             result["events_per_purged_room"] = args.synapse_events
             if "lists" in args.parts:
-                result["lists"] = await list_pages(admin, args.users, args.rooms, args.runs)
+                result["lists"] = await list_pages(
+                    admin, args.users, args.rooms, args.runs, args.queries
+                )
             if "purge" in args.parts:
                 result["purges"] = await purges(api, admin, secret, list(big_rooms), args.baseline)
     finally:
@@ -704,9 +712,13 @@ async def main(argv: list[str]) -> None:
     parser.add_argument("--runs", type=int, default=20, help="requests per list page")
     parser.add_argument("--baseline", type=float, default=15.0, help="seconds of sync alone")
     parser.add_argument("--parts", default="lists,purge")
+    parser.add_argument(
+        "--queries", help="list queries to ask, comma-separated (default: all; see list_queries)"
+    )
     parser.add_argument("--snapshot", help="a directory keeping the filled database")
     args = parser.parse_args(argv)
     args.parts = args.parts.split(",")
+    args.queries = args.queries.split(",") if args.queries else None
     result = await (bench_synapse(args) if args.synapse else bench_heddle(args))
     print(json.dumps(result, indent=1), flush=True)
 
