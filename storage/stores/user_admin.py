@@ -120,7 +120,7 @@ class UserAdminStore:
             "(SELECT MAX(d.last_seen_ts) FROM devices AS d WHERE d.user_id = u.user_id)"
         )
         # The sort key as SQL on the tables themselves (not on a derived table), so an
-        # index on it is read in order and only a page's last_seen_ts is computed.
+        # index on it can be read in order.
         key = last_seen if column == "last_seen_ts" else _COLUMN_SQL.get(column, "u." + column)
         # NULLs sort first (as the smallest), the same on both engines: SQLite and
         # PostgreSQL disagree by default.
@@ -133,14 +133,20 @@ class UserAdminStore:
 
         def txn_fn(txn: Transaction) -> tuple[list[UserListing], int]:
             total_row = txn.select_one("SELECT COUNT(*)" + from_sql + where, args)
+            # The page's user IDs first, from the sort key alone (an index scan for most
+            # orders), then their columns: the rows skipped by `from` are never built.
             rows = txn.select_all(
                 "SELECT u.user_id, u.is_guest, u.is_admin, u.user_type, u.deactivated,"
                 " u.erased, u.shadow_banned, p.displayname, p.avatar_url, u.created_ts,"
                 f" u.locked, u.suspended, {last_seen}"
+                " FROM (SELECT u.user_id"
                 + from_sql
                 + where
                 + order
-                + " LIMIT ? OFFSET ?",
+                + " LIMIT ? OFFSET ?) AS page"
+                " JOIN users AS u ON u.user_id = page.user_id"
+                " LEFT JOIN profiles AS p ON p.user_id = u.user_id"
+                + order,
                 [*args, limit, offset],
             )
             users = [
