@@ -467,9 +467,9 @@ class DeleteRoomTests(RoomAdminTestCase):
         self.assertTrue(all(n <= 3 for n in calls))
         self.assertEqual(await self.count("events"), 0)
 
-    async def test_purge_rests_between_batches(self):
-        # After each batch the purge leaves the database to other requests for as long as
-        # the batch held it.
+    async def test_purge_rests_between_batches_on_one_connection(self):
+        # On SQLite, after each batch the purge leaves the database to other requests for as
+        # long as the batch held it.
         store = self.hs.room_admin_store
         original = store.purge_event_batch
         self.patch(store, "purge_event_batch", lambda room_id: original(room_id, 3))
@@ -495,9 +495,13 @@ class DeleteRoomTests(RoomAdminTestCase):
         status = await self.wait_for_delete(self.admin, r.json["delete_id"])
         self.assertEqual(status["status"], "complete", status)
         self.assertGreater(batches, 3)
-        # One rest per batch of events, state groups and other rows.
-        self.assertGreaterEqual(len(pauses), batches + 2)
-        self.assertTrue(all(0 <= pause <= 1.0 for pause in pauses))
+        if self.hs.db.engine.name == "sqlite":
+            # One rest per batch of events, state groups and other rows.
+            self.assertGreaterEqual(len(pauses), batches + 2)
+            self.assertTrue(all(0 <= pause <= 1.0 for pause in pauses))
+        else:
+            # A pool of connections: the purge's batches run beside other requests.
+            self.assertEqual(pauses, [])
 
     async def test_delete_without_purge_and_with_block(self):
         r = await self.delete({"purge": False, "block": True})

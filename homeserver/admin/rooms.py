@@ -591,13 +591,15 @@ class AdminRoomsHandler:
 
 
     async def _paced(self, batch: Awaitable[T]) -> T:
-        """Await one purge batch, then leave the database to other work for as long as the
-        batch held it: a purge takes at most half of it (on SQLite, half of its one
-        writer), so requests arriving meanwhile wait for one short batch, not for a run of
-        them."""
+        """Await one purge batch; on a database of one connection (SQLite), then leave it
+        to other work for as long as the batch held it: a purge takes at most half of it,
+        so requests arriving meanwhile wait for one short batch, not for a run of them.
+        (With a pool, as on PostgreSQL, other requests run beside the purge: resting would
+        only make it longer.)"""
         started = self._clock.time()
         result = await batch
-        await self._clock.sleep(min(self._clock.time() - started, MAX_PURGE_PAUSE_S))
+        if self._store.one_connection:
+            await self._clock.sleep(min(self._clock.time() - started, MAX_PURGE_PAUSE_S))
         return result
 
 

@@ -333,6 +333,12 @@ class RoomAdminStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    @property
+    def one_connection(self) -> bool:
+        """Whether every transaction goes through one connection (SQLite), so a long run
+        of purge batches holds up every other request."""
+        return self._db.engine.max_connections == 1
+
     # ----- reading ---------------------------------------------------------------------
 
     async def list_rooms(
