@@ -472,14 +472,12 @@ class DeleteRoomTests(RoomAdminTestCase):
         # long as the batch held it.
         store = self.hs.room_admin_store
         original = store.purge_event_batch
-        self.patch(store, "purge_event_batch", lambda room_id: original(room_id, 3))
         batches = 0
-        counted = store.purge_event_batch
 
-        async def counting(room_id: str) -> list[str]:
+        async def counting(room_id: str, limit: int) -> list[str]:
             nonlocal batches
             batches += 1
-            return await counted(room_id)
+            return await original(room_id, 3)
 
         self.patch(store, "purge_event_batch", counting)
         pauses: list[float] = []
@@ -660,8 +658,8 @@ class PurgeHistoryTests(RoomAdminTestCase):
         original = store.purge_history_batch
         sizes: list[int] = []
 
-        async def small(*args: Any) -> Any:
-            deleted, after = await original(*args, limit=2)
+        async def small(room_id: str, depth: int, keep: Any, after: Any, limit: int) -> Any:
+            deleted, after = await original(room_id, depth, keep, after, 2)
             sizes.append(len(deleted))
             return deleted, after
 

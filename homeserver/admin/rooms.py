@@ -42,6 +42,8 @@ from storage.stores.aliases import AliasStore
 from storage.stores.directory import RoomDirectoryStore
 from storage.stores.events import EventStore
 from storage.stores.room_admin import (
+    PURGE_BATCH,
+    PURGE_EVENT_BATCH,
     TOMBSTONE,
     HistoryPosition,
     RoomAdminStore,
@@ -471,7 +473,9 @@ class AdminRoomsHandler:
             after: HistoryPosition | None = None
             while True:
                 batch, after = await self._paced(
-                    self._store.purge_history_batch(purge.room_id, depth, keep, after)
+                    self._store.purge_history_batch(
+                        purge.room_id, depth, keep, after, self._purge_event_batch
+                    )
                 )
                 if not batch:
                     break
@@ -576,7 +580,9 @@ class AdminRoomsHandler:
         await self._store.purge_room_start(room_id)
         self._events.forget_room(room_id, ())
         purged: list[str] = []
-        while batch := await self._paced(self._store.purge_event_batch(room_id)):
+        while batch := await self._paced(
+            self._store.purge_event_batch(room_id, self._purge_event_batch)
+        ):
             purged.extend(batch)
         while await self._paced(self._store.purge_state_group_batch(room_id)):
             pass
@@ -589,6 +595,12 @@ class AdminRoomsHandler:
             for listener in self.purge_listeners:
                 listener(user_id)
 
+
+    @property
+    def _purge_event_batch(self) -> int:
+        """Events per purge transaction: few on a database of one connection (SQLite),
+        where every other request waits for it; more with a pool, where none does."""
+        return PURGE_EVENT_BATCH if self._store.one_connection else PURGE_BATCH
 
     async def _paced(self, batch: Awaitable[T]) -> T:
         """Await one purge batch; on a database of one connection (SQLite), then leave it
