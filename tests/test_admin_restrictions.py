@@ -73,6 +73,34 @@ class LockTests(AdminTestCase):
         r = await self.request("GET", f"{API}/account/whoami", token=other["access_token"])
         self.assertError(r, 401, "M_UNKNOWN_TOKEN")
 
+    async def test_locked_user_cannot_refresh(self):
+        """The spec: a locked account "cannot obtain a new access token until the account
+        has been unlocked"; the refresh token is kept, so the session resumes on unlock."""
+        admin = await self.make_admin()
+        await self.user("alice")
+        session = await self.login("alice", refresh_token=True)
+        await self.lock(admin, ALICE)
+        r = await self.request("POST", f"{API}/refresh",
+                               {"refresh_token": session["refresh_token"]})
+        self.assertIs(self.assertError(r, 401, "M_USER_LOCKED")["soft_logout"], True)
+        await self.lock(admin, ALICE, False)
+        r = await self.request("POST", f"{API}/refresh",
+                               {"refresh_token": session["refresh_token"]})
+        self.assertEqual(r.code, 200, r)
+        r = await self.request("GET", f"{API}/account/whoami", token=r.json["access_token"])
+        self.assertEqual(r.code, 200, r)
+
+    async def test_deactivated_user_cannot_refresh(self):
+        admin = await self.make_admin()
+        await self.user("alice")
+        session = await self.login("alice", refresh_token=True)
+        r = await self.admin_call(admin, "POST", f"/v1/deactivate/{q(ALICE)}", {})
+        self.assertEqual(r.code, 200, r)
+        r = await self.request("POST", f"{API}/refresh",
+                               {"refresh_token": session["refresh_token"]})
+        self.assertIs(self.assertError(r, 401, "M_UNKNOWN_TOKEN").get("soft_logout", False),
+                      False)
+
     async def test_lock_refusals(self):
         admin = await self.make_admin()
         other_admin = await self.make_admin("other")
@@ -173,6 +201,20 @@ class SuspensionTests(AdminTestCase):
         r = await self.send(alice, other_room)
         self.assertEqual(r.code, 200, r)
         self.assertEqual([e.action for e in await self.audit(ALICE)], ["suspend", "unsuspend"])
+
+    async def test_suspended_user_may_refresh(self):
+        """Suspended users may keep and open sessions (the spec's list of what they can
+        do includes logging in), so a refresh works and the new token is still suspended."""
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        room_id = await self.create_room(alice)
+        session = await self.login("alice", refresh_token=True)
+        await self.suspend(admin, ALICE)
+        r = await self.request("POST", f"{API}/refresh",
+                               {"refresh_token": session["refresh_token"]})
+        self.assertEqual(r.code, 200, r)
+        refreshed = User(ALICE, r.json["access_token"], session["device_id"])
+        self.assertError(await self.send(refreshed, room_id), 403, "M_USER_SUSPENDED")
 
     async def test_synapse_suspend_endpoint(self):
         admin = await self.make_admin()
