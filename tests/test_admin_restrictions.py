@@ -293,6 +293,38 @@ class ShadowBanTests(AdminTestCase):
         )
 
 
+    async def test_shadow_banned_retry_gets_the_same_event_id(self):
+        """A retried transaction is answered with the ID of the first attempt, as for
+        anyone else (spec: "Transaction identifiers"); a new ID would give the ban away.
+        Redactions through /redact and /send keep theirs the same way."""
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        room_id = await self.create_room(bob, preset="public_chat")
+        self.assertEqual((await self.join(alice, room_id)).code, 200)
+        own = (await self.send(alice, room_id, txn_id="before-ban")).json["event_id"]
+        await self.admin_call(admin, "POST", f"/v1/users/{q(ALICE)}/shadow_ban")
+        before = len(await self.room_events(room_id))
+
+        first = await self.send(alice, room_id, txn_id="retried")
+        second = await self.send(alice, room_id, txn_id="retried")
+        self.assertEqual(first.code, 200, first)
+        self.assertEqual(second.json["event_id"], first.json["event_id"])
+        # Another transaction ID is another event.
+        other = await self.send(alice, room_id, txn_id="another")
+        self.assertNotEqual(other.json["event_id"], first.json["event_id"])
+        redact = f"{API}/rooms/{q(room_id)}/redact/{q(own)}/r1"
+        first = await self.request("PUT", redact, {}, token=alice.token)
+        second = await self.request("PUT", redact, {}, token=alice.token)
+        self.assertEqual(first.code, 200, first)
+        self.assertEqual(second.json["event_id"], first.json["event_id"])
+        # A retry of a transaction made before the ban still names the real event.
+        self.assertEqual(
+            (await self.send(alice, room_id, txn_id="before-ban")).json["event_id"], own
+        )
+        self.assertEqual(len(await self.room_events(room_id)), before)
+
+
 @on_both_engines
 class RatelimitOverrideTests(AdminTestCase):
     config_overrides = {

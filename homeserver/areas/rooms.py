@@ -200,6 +200,7 @@ def build_rooms(
             message_limiter,
             presence,
             relations,
+            core.clock,
         ),
         room_creation=RoomCreationHandler(
             core.server_name,
