@@ -68,7 +68,7 @@ class HomeServer:
         self.db = core.db
         self.replication = core.replication
 
-        stores = self.stores = build_stores(core.db, core.replication)
+        stores = self.stores = build_stores(core.db, core.replication, core.server_name)
         self.accounts = stores.accounts
         self.device_store = stores.device_store
         self.token_store = stores.token_store

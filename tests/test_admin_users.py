@@ -320,6 +320,54 @@ class UserListTests(AdminTestCase):
 
 
 @on_both_engines
+class UserListNameFilterTests(AdminTestCase):
+    """`name` matches the localpart or display name (Synapse's user_admin_api.md), never
+    the server name and its port; letters are compared case-insensitively by Unicode's
+    mapping, the same on both engines whatever PostgreSQL's locale."""
+
+    async def test_name_filter_folds_unicode_and_skips_the_server_name(self):
+        await self.start_server(server_name="Chat.Example:8448")
+        admin = await self.make_admin("root")
+        for localpart, displayname in (
+            ("emile", "Émile Zoë"),
+            ("sofia", "ΣΟΦΙΑ"),
+            ("chat", None),
+            ("plain", "Plain Person"),
+        ):
+            user = await self.user(localpart)
+            if displayname is not None:
+                r = await self.request(
+                    "PUT",
+                    f"{API}/profile/{q(user.user_id)}/displayname",
+                    {"displayname": displayname},
+                    token=user.token,
+                )
+                self.assertEqual(r.code, 200, r)
+
+        async def names(**params: Any) -> list[str]:
+            r = await self.admin_get(admin, "/v2/users", **params)
+            self.assertEqual(r.code, 200, r)
+            return sorted(u["name"] for u in r.json["users"])
+
+        def ids(*localparts: str) -> list[str]:
+            return sorted(f"@{lp}:Chat.Example:8448" for lp in localparts)
+
+        for term in ("émile", "ÉMILE", "zoë", "ZOË", "Émile zoË"):
+            self.assertEqual(await names(name=term), ids("emile"), term)
+        self.assertEqual(await names(name="σοφ"), ids("sofia"))
+        self.assertEqual(await names(name="ΣΟΦΙΑ"), ids("sofia"))
+        # The server name and port are not searched; a localpart equal to part of it is.
+        self.assertEqual(await names(name="8448"), [])
+        self.assertEqual(await names(name="example"), [])
+        self.assertEqual(await names(name=":"), [])
+        self.assertEqual(await names(name="chat"), ids("chat"))
+        self.assertEqual(await names(name="CHAT"), ids("chat"))
+        # `user_id` is about the whole ID (Synapse's "user IDs that contain this value").
+        self.assertEqual(await names(user_id="8448"), ids("root", "emile", "sofia", "chat", "plain"))
+        self.assertEqual(await names(user_id="@EMILE:chat"), ids("emile"))
+
+
+@on_both_engines
 class UserAccountTests(AdminTestCase):
     async def test_query_user(self):
         admin = await self.make_admin()

@@ -59,6 +59,13 @@ class Engine(ABC):
         """
         raise NotImplementedError
 
+    def fold_case(self, expr: str) -> str:
+        """SQL for `expr` lower-cased by Unicode's full mapping, as Python's `str.lower`
+        does, whatever the database's locale: text searched case-insensitively is folded
+        with this on every engine, and the search term with `str.lower`, so both engines
+        find the same rows. `expr` is trusted SQL, never input."""
+        raise NotImplementedError
+
     def execute_many(self, cursor: Any, sql: str, rows: list[Sequence[Any]]) -> None:
         """Run `sql` (already converted) once per row."""
         cursor.executemany(sql, rows)

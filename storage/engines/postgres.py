@@ -131,6 +131,11 @@ class PostgresEngine(Engine):
             f" ELSE ({column})::json #>> '{pg_path}' END)"
         )
 
+    def fold_case(self, expr: str) -> str:
+        # The ICU root collation: Unicode's mapping whatever the database's LC_CTYPE (with
+        # the C locale Heddle's set-up recommends, plain LOWER() folds ASCII only).
+        return f'LOWER(({expr}) COLLATE "und-x-icu")'
+
     def is_connection_lost(self, exc: BaseException) -> bool:
         # An OperationalError without a SQLSTATE comes from the connection, not the query.
         return isinstance(exc, psycopg2.InterfaceError) or (
