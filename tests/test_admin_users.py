@@ -8,7 +8,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from tests.admin_helpers import ADMIN, AdminTestCase, q
+from twisted.internet import defer
+
+from tests.admin_helpers import ADMIN, AdminTestCase, User, q
 from tests.harness import PASSWORD, SERVER_NAME, on_both_engines
 
 API = "/_matrix/client/v3"
@@ -831,3 +833,92 @@ class LoginAsTests(AdminTestCase):
         r = await self.admin_call(admin, "POST", f"/v1/users/{q(ALICE)}/login", {})
         self.assertError(r, 403, "M_USER_DEACTIVATED")
         self.assertEqual([e.action for e in await self.audit(ALICE)], ["deactivate_user"])
+
+
+@on_both_engines
+class LastAdminRaceTests(AdminTestCase):
+    """Two admins removing each other at the same moment: both requests pass the
+    handler's early check (held back until both have made it), and the guarded write lets
+    only one through, so one active admin always remains."""
+
+    async def both_past_the_early_check(self) -> None:
+        counted: list[defer.Deferred[None]] = []
+        count_active_admins = self.hs.accounts.count_active_admins
+
+        async def counted_together() -> int:
+            result = await count_active_admins()
+            if len(counted) == 2:
+                return result
+            arrived: defer.Deferred[None] = defer.Deferred()
+            counted.append(arrived)
+            if len(counted) == 2:
+                for waiting in counted:
+                    waiting.callback(None)
+            await arrived
+            return result
+
+        self.hs.accounts.count_active_admins = counted_together  # type: ignore[method-assign]
+
+    async def race(self, first: tuple[User, str, str, Any], second: tuple[User, str, str, Any]):
+        await self.both_past_the_early_check()
+        responses = await defer.gatherResults(
+            [
+                defer.ensureDeferred(self.admin_call(admin, method, path, body))
+                for admin, method, path, body in (first, second)
+            ]
+        )
+        self.assertEqual(sorted(r.code for r in responses), [200, 400], responses)
+        refused = next(r for r in responses if r.code == 400)
+        self.assertError(refused, 400, "M_INVALID_PARAM")
+        self.assertEqual(await self.hs.accounts.count_active_admins(), 1)
+
+    async def test_concurrent_demotions_leave_an_admin(self):
+        one = await self.make_admin("one")
+        two = await self.make_admin("two")
+        await self.race(
+            (one, "PUT", f"/v2/users/{q(two.user_id)}", {"admin": False}),
+            (two, "PUT", f"/v2/users/{q(one.user_id)}", {"admin": False}),
+        )
+
+    async def test_concurrent_deactivations_leave_an_admin(self):
+        one = await self.make_admin("one")
+        two = await self.make_admin("two")
+        await self.race(
+            (one, "POST", f"/v1/deactivate/{q(two.user_id)}", {}),
+            (two, "POST", f"/v1/deactivate/{q(one.user_id)}", {}),
+        )
+        # The refused deactivation changed nothing: its target is whole.
+        survivors = [
+            u for u in (one, two) if not (await self.hs.accounts.get_account(u.user_id)).deactivated
+        ]
+        self.assertEqual(len(survivors), 1)
+        r = await self.request("GET", f"{API}/account/whoami", token=survivors[0].token)
+        self.assertEqual(r.code, 200, r)
+
+    async def test_demotion_racing_a_deactivation_leaves_an_admin(self):
+        one = await self.make_admin("one")
+        two = await self.make_admin("two")
+        await self.race(
+            (one, "PUT", f"/v2/users/{q(two.user_id)}", {"admin": False}),
+            (two, "POST", f"/v1/deactivate/{q(one.user_id)}", {}),
+        )
+
+    async def test_store_guard_holds_when_transactions_overlap(self):
+        """The store's check and write, run at once on separate connections (PostgreSQL's
+        pool has several): without row locks each would see two admins and demote."""
+        for round_ in range(10):
+            one, two = f"@one{round_}:{SERVER_NAME}", f"@two{round_}:{SERVER_NAME}"
+            for user_id in (one, two):
+                await self.user(user_id[1:].split(":")[0])
+                await self.hs.accounts.set_flag(user_id, "is_admin", True)
+            results = await defer.gatherResults(
+                [
+                    defer.ensureDeferred(self.hs.accounts.demote_admin(one)),
+                    defer.ensureDeferred(self.hs.accounts.mark_deactivated(two, False, True)),
+                ]
+            )
+            self.assertEqual(sorted(results), [False, True])
+            self.assertEqual(await self.hs.accounts.count_active_admins(), 1)
+            # Next round: the survivor steps down in favour of the new pair.
+            for user_id in (one, two):
+                await self.hs.accounts.set_flag(user_id, "is_admin", False)

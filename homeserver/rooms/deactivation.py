@@ -26,8 +26,9 @@ class AccountDeactivation:
         self._rooms = rooms
         self._membership = membership
 
-    async def deactivate(self, user_id: str, erase: bool) -> None:
-        await self._account.deactivate(user_id, erase)
+    async def deactivate(self, user_id: str, erase: bool, keep_an_admin: bool = False) -> None:
+        """`keep_an_admin`: see `AccountHandler.deactivate`."""
+        await self._account.deactivate(user_id, erase, keep_an_admin)
         as_user = Requester(user_id=user_id, device_id="", token_id="", is_admin=False)
         for membership in await self._rooms.get_rooms_for_user(
             user_id, ("join", "invite", "knock")

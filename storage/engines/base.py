@@ -44,6 +44,11 @@ class Engine(ABC):
     begin_statement: str | None = None
     # Upper bound for the connection pool; SQLite is single-writer, so it gets one connection.
     max_connections: int = 1
+    # Appended to a SELECT whose rows a transaction is about to decide on and change, so
+    # that two such transactions cannot both act on the same snapshot (PostgreSQL's
+    # REPEATABLE READ would let each commit: write skew). Empty where transactions already
+    # run one at a time (SQLite: one connection, one writing process).
+    for_update: str = ""
 
     @abstractmethod
     def connect(self) -> Any:

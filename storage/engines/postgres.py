@@ -80,6 +80,10 @@ class PostgresEngine(Engine):
         psycopg2.errors.DeadlockDetected,
     )
 
+    # The second of two transactions locking the same rows waits for the first, then gets
+    # a serialization failure if the first changed them, and is retried on what it wrote.
+    for_update = " FOR UPDATE"
+
     def __init__(self, url: str, max_connections: int = 10) -> None:
         self.url = url
         self.max_connections = max_connections

@@ -167,10 +167,27 @@ class AccountStore:
 
         await self._db.run_interaction("set_ratelimit_override", txn_fn)
 
-    async def mark_deactivated(self, user_id: str, erase: bool) -> None:
-        """Deactivate: no password, and with `erase` the profile is wiped too."""
+    async def demote_admin(self, user_id: str) -> bool:
+        """Take away server admin, unless the user is the last active admin (False then).
+        Checked and written in one transaction that locks the admins' rows, so concurrent
+        demotions and deactivations of the last two admins cannot both succeed."""
 
-        def txn_fn(txn: Transaction) -> None:
+        def txn_fn(txn: Transaction) -> bool:
+            if not _another_admin_remains_txn(txn, user_id):
+                return False
+            txn.execute("UPDATE users SET is_admin = ? WHERE user_id = ?", (False, user_id))
+            return True
+
+        return await self._db.run_interaction("demote_admin", txn_fn)
+
+    async def mark_deactivated(self, user_id: str, erase: bool, keep_an_admin: bool = False) -> bool:
+        """Deactivate: no password, and with `erase` the profile is wiped too. With
+        `keep_an_admin` (an admin's doing), refused (False) if the user is the last active
+        admin, atomically as in `demote_admin`."""
+
+        def txn_fn(txn: Transaction) -> bool:
+            if keep_an_admin and not _another_admin_remains_txn(txn, user_id):
+                return False
             txn.execute(
                 "UPDATE users SET deactivated = ?, password_hash = NULL WHERE user_id = ?",
                 (True, user_id),
@@ -181,5 +198,18 @@ class AccountStore:
                     "UPDATE profiles SET displayname = NULL, avatar_url = NULL WHERE user_id = ?",
                     (user_id,),
                 )
+            return True
 
-        await self._db.run_interaction("mark_deactivated", txn_fn)
+        return await self._db.run_interaction("mark_deactivated", txn_fn)
+
+
+def _another_admin_remains_txn(txn: Transaction, user_id: str) -> bool:
+    """Whether removing `user_id` from the active admins leaves at least one (True if it is
+    not one). Locks the active admins' rows (`Engine.for_update`) until the transaction
+    ends, so the answer holds for what the transaction then writes."""
+    admins = txn.select_all(
+        "SELECT user_id FROM users WHERE is_admin = ? AND deactivated = ?" + txn.engine.for_update,
+        (True, False),
+    )
+    active = {row[0] for row in admins}
+    return user_id not in active or len(active) > 1
