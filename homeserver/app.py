@@ -213,6 +213,9 @@ class HomeServer:
         self._uia_cleanup: task.LoopingCall | None = None
         self._writer_lock_check: task.LoopingCall | None = None
         self._stopped = False
+        # Set by `setup`: done once deactivations left half done by a stopped process are
+        # finished (see `AccountDeactivation.resume_pending`).
+        self.deactivations_resumed: defer.Deferred[None] = defer.succeed(None)
 
     def client_ip(self, request: HeddleRequest) -> str:
         listener = getattr(request.site, "heddle_listener", None)
@@ -235,6 +238,11 @@ class HomeServer:
         await self.federation_sender.start()
         await self.push_delivery.start()
         self.push_actions.start()
+        if self._takes_writer_lock:
+            # In the background: leaving many rooms takes a while, and start-up need not wait.
+            self.deactivations_resumed = defer.ensureDeferred(
+                self.account_deactivation.resume_pending()
+            )
 
     async def _take_writer_lock(self) -> None:
         """Refuse to start next to another writing process (see `WriterLock`); once started,

@@ -8,10 +8,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from twisted.internet import defer
+from pathlib import Path
+
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+
+from homeserver.app import HomeServer
 
 from tests.admin_helpers import ADMIN, AdminTestCase, User, q
-from tests.harness import PASSWORD, SERVER_NAME, on_both_engines
+from tests.harness import PASSWORD, SERVER_NAME, isolate_from_dns, make_config, on_both_engines
 
 API = "/_matrix/client/v3"
 ALICE = f"@alice:{SERVER_NAME}"
@@ -922,3 +927,78 @@ class LastAdminRaceTests(AdminTestCase):
             # Next round: the survivor steps down in favour of the new pair.
             for user_id in (one, two):
                 await self.hs.accounts.set_flag(user_id, "is_admin", False)
+
+
+@on_both_engines
+class DeactivationResumeTests(AdminTestCase):
+    """Leaving rooms is remembered with the deactivation itself: a process that dies half
+    way through finishes the work when it starts again."""
+
+    async def restart(self) -> None:
+        """Stop the server and start another on the same database."""
+        data_dir = Path(self.hs.config.data_dir)
+        await self.hs.stop()
+        config = make_config(self.engine, data_dir, keep_database=True, **self.config_overrides)
+        hs = HomeServer(config, reactor)
+        isolate_from_dns(hs)
+        self.addCleanup(lambda: defer.ensureDeferred(hs.stop()))
+        await hs.setup()
+        hs.start_listening()
+        self.hs = hs
+        self.base_url = f"http://127.0.0.1:{hs.ports[0].getHost().port}"
+
+    async def test_interrupted_deactivation_is_finished_at_start_up(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        rooms = [await self.create_room(bob, preset="public_chat") for _ in range(3)]
+        for room_id in rooms:
+            self.assertEqual((await self.join(alice, room_id)).code, 200)
+        invited_to = await self.create_room(bob, invite=[ALICE])
+        # The process "dies" while leaving the second room: that leave never returns.
+        leave = self.hs.membership.leave
+        attempted: list[str] = []
+
+        async def dies_on_the_second(requester: Any, room_id: str, *args: Any) -> Any:
+            attempted.append(room_id)
+            if len(attempted) == 2:
+                await defer.Deferred()
+            return await leave(requester, room_id, *args)
+
+        self.hs.membership.leave = dies_on_the_second  # type: ignore[method-assign]
+        request = defer.ensureDeferred(
+            self.admin_call(admin, "POST", f"/v1/deactivate/{q(ALICE)}", {})
+        )
+        request.addErrback(lambda _failure: None)  # cancelled below: the client gives up
+        while len(attempted) < 2:
+            await deferLater(reactor, 0.01, lambda: None)
+        left = [r for r in rooms + [invited_to] if await self.membership_of(r, alice) == "leave"]
+        self.assertEqual(len(left), 1)
+        self.assertEqual(await self.hs.accounts.pending_deactivations(), [ALICE])
+        request.cancel()
+        await deferLater(reactor, 0.05, lambda: None)
+
+        await self.restart()
+        await self.hs.deactivations_resumed
+        for room_id in rooms + [invited_to]:
+            self.assertEqual(await self.membership_of(room_id, alice), "leave", room_id)
+        self.assertEqual(await self.hs.accounts.pending_deactivations(), [])
+        self.assertTrue((await self.hs.accounts.get_account(ALICE)).deactivated)
+
+    async def test_finished_deactivation_leaves_nothing_pending(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        room_id = await self.create_room(alice)
+        r = await self.request(
+            "POST",
+            f"{API}/account/deactivate",
+            {"auth": {"type": "m.login.password", "user": ALICE, "password": PASSWORD}},
+            token=alice.token,
+        )
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(await self.membership_of(room_id, alice), "leave")
+        self.assertEqual(await self.hs.accounts.pending_deactivations(), [])
+        # Reactivated by an admin: nothing of the old deactivation is left to resume.
+        r = await self.admin_call(admin, "PUT", f"/v2/users/{q(ALICE)}", {"deactivated": False, "password": "new password 1"})
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(await self.hs.accounts.pending_deactivations(), [])

@@ -131,12 +131,31 @@ class AccountStore:
         )
 
     async def reactivate(self, user_id: str) -> None:
-        """Undo `mark_deactivated` (the password, wiped then, is set separately)."""
-        await self._db.run_interaction(
-            "reactivate",
-            lambda txn: txn.execute(
+        """Undo `mark_deactivated` (the password, wiped then, is set separately); what the
+        deactivation had left to do is not done any more."""
+
+        def txn_fn(txn: Transaction) -> None:
+            txn.execute(
                 "UPDATE users SET deactivated = ?, erased = ? WHERE user_id = ?",
                 (False, False, user_id),
+            )
+            txn.execute("DELETE FROM pending_deactivations WHERE user_id = ?", (user_id,))
+
+        await self._db.run_interaction("reactivate", txn_fn)
+
+    async def pending_deactivations(self) -> list[str]:
+        """Deactivated accounts whose clean-up has not finished (a process died during it)."""
+        rows = await self._db.run_interaction(
+            "pending_deactivations",
+            lambda txn: txn.select_all("SELECT user_id FROM pending_deactivations ORDER BY user_id"),
+        )
+        return [row[0] for row in rows]
+
+    async def finish_deactivation(self, user_id: str) -> None:
+        await self._db.run_interaction(
+            "finish_deactivation",
+            lambda txn: txn.execute(
+                "DELETE FROM pending_deactivations WHERE user_id = ?", (user_id,)
             ),
         )
 
@@ -181,7 +200,8 @@ class AccountStore:
         return await self._db.run_interaction("demote_admin", txn_fn)
 
     async def mark_deactivated(self, user_id: str, erase: bool, keep_an_admin: bool = False) -> bool:
-        """Deactivate: no password, and with `erase` the profile is wiped too. With
+        """Deactivate: no password, and with `erase` the profile is wiped too; the
+        account is added to the pending deactivations (`finish_deactivation`). With
         `keep_an_admin` (an admin's doing), refused (False) if the user is the last active
         admin, atomically as in `demote_admin`."""
 
@@ -191,6 +211,12 @@ class AccountStore:
             txn.execute(
                 "UPDATE users SET deactivated = ?, password_hash = NULL WHERE user_id = ?",
                 (True, user_id),
+            )
+            # What is left to do (sessions, rooms) is remembered with the mark itself.
+            txn.execute(
+                "INSERT INTO pending_deactivations (user_id) VALUES (?)"
+                " ON CONFLICT (user_id) DO NOTHING",
+                (user_id,),
             )
             if erase:
                 txn.execute("UPDATE users SET erased = ? WHERE user_id = ?", (True, user_id))
