@@ -6,15 +6,13 @@ account data, login-as, and the audit log every change writes."""
 from __future__ import annotations
 
 import logging
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
 from homeserver.app import HomeServer
-
 from tests.admin_helpers import ADMIN, AdminTestCase, User, q
 from tests.harness import PASSWORD, SERVER_NAME, isolate_from_dns, make_config, on_both_engines
 
