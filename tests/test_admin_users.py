@@ -1000,3 +1000,83 @@ class DeactivationResumeTests(AdminTestCase):
         r = await self.admin_call(admin, "PUT", f"/v2/users/{q(ALICE)}", {"deactivated": False, "password": "new password 1"})
         self.assertEqual(r.code, 200, r)
         self.assertEqual(await self.hs.accounts.pending_deactivations(), [])
+
+
+@on_both_engines
+class ErasureTests(AdminTestCase):
+    """Deactivation with `erase`: the user's events are served redacted to users who were
+    not in the room when they were sent (spec: `POST /account/deactivate`, `erase`), on
+    every read path; those who were there still see them whole."""
+
+    async def test_erased_users_events_are_redacted_for_later_joiners(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        dave = await self.user("dave")
+        room_id = await self.create_room(bob, preset="public_chat")
+        self.assertEqual((await self.join(alice, room_id)).code, 200)
+        secret = {"msgtype": "m.text", "body": "something alice regrets"}
+        event_id = (await self.send(alice, room_id, secret)).json["event_id"]
+        after_id = (await self.send(bob, room_id, {"msgtype": "m.text", "body": "later"})).json[
+            "event_id"
+        ]
+        r = await self.admin_call(admin, "POST", f"/v1/deactivate/{q(ALICE)}", {"erase": True})
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual((await self.join(dave, room_id)).code, 200)
+
+        async def seen_by(user: User) -> list[dict[str, Any]]:
+            """Alice's message as each read path gives it to `user`."""
+            base = f"{API}/rooms/{q(room_id)}"
+            found = []
+            r = await self.request("GET", f"{base}/messages?dir=b&limit=50", token=user.token)
+            found += [e for e in r.json["chunk"] if e["event_id"] == event_id]
+            r = await self.request("GET", f"{base}/event/{q(event_id)}", token=user.token)
+            found.append(r.json)
+            r = await self.request("GET", f"{base}/context/{q(event_id)}", token=user.token)
+            found.append(r.json["event"])
+            r = await self.request("GET", f"{base}/context/{q(after_id)}", token=user.token)
+            found += [e for e in r.json["events_before"] if e["event_id"] == event_id]
+            sync_filter = '{"room":{"timeline":{"limit":50}}}'
+            r = await self.request(
+                "GET", f"{API}/sync?filter={q(sync_filter)}", token=user.token
+            )
+            timeline = r.json["rooms"]["join"][room_id]["timeline"]["events"]
+            found += [e for e in timeline if e["event_id"] == event_id]
+            self.assertEqual(len(found), 5, found)
+            return found
+
+        for event in await seen_by(dave):
+            self.assertEqual(event["content"], {}, event)
+            self.assertEqual(event["sender"], ALICE)
+        for event in await seen_by(bob):
+            self.assertEqual(event["content"], secret, event)
+        # Alice's own membership events lose their display name for dave too.
+        r = await self.request(
+            "GET", f"{API}/rooms/{q(room_id)}/messages?dir=b&limit=50", token=dave.token
+        )
+        joins = [
+            e for e in r.json["chunk"]
+            if e["type"] == "m.room.member" and e["state_key"] == ALICE
+            and e["content"].get("membership") == "join"
+        ]
+        self.assertTrue(joins)
+        self.assertEqual([e["content"] for e in joins], [{"membership": "join"}] * len(joins))
+        # The profile is gone.
+        r = await self.admin_get(admin, f"/v2/users/{q(ALICE)}")
+        self.assertIsNone(r.json["displayname"])
+        self.assertIsNone(r.json["avatar_url"])
+
+    async def test_without_erase_later_joiners_see_everything(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        dave = await self.user("dave")
+        room_id = await self.create_room(bob, preset="public_chat")
+        await self.join(alice, room_id)
+        event_id = (await self.send(alice, room_id)).json["event_id"]
+        await self.admin_call(admin, "POST", f"/v1/deactivate/{q(ALICE)}", {})
+        await self.join(dave, room_id)
+        r = await self.request(
+            "GET", f"{API}/rooms/{q(room_id)}/event/{q(event_id)}", token=dave.token
+        )
+        self.assertEqual(r.json["content"]["body"], "hello")

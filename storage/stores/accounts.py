@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from storage.database import Database, Transaction
@@ -158,6 +159,20 @@ class AccountStore:
                 "DELETE FROM pending_deactivations WHERE user_id = ?", (user_id,)
             ),
         )
+
+    async def erased_users(self, user_ids: Collection[str]) -> set[str]:
+        """Which of these users asked for erasure when their account was deactivated."""
+        if not user_ids:
+            return set()
+        rows = await self._db.run_interaction(
+            "erased_users",
+            lambda txn: txn.select_in_chunks(
+                "SELECT user_id FROM users WHERE erased = ? AND user_id IN ({in})",
+                sorted(user_ids),
+                (True,),
+            ),
+        )
+        return {row[0] for row in rows}
 
     async def count_active_admins(self) -> int:
         row = await self._db.run_interaction(
