@@ -187,6 +187,7 @@ class HomeServer:
 
         media = build_media(core, stores, transport)
         self.media = media.repository
+        self.media_provider = media.provider
         self.url_previewer = media.url_previewer
 
         federation = build_federation(
@@ -239,6 +240,8 @@ class HomeServer:
         await self.push_delivery.start()
         self.push_actions.start()
         if self._takes_writer_lock:
+            # Media deletions a stopped process left marked would hold up identical uploads.
+            await self.media_store.clear_storage_key_deletions()
             # In the background: leaving many rooms takes a while, and start-up need not wait.
             self.deactivations_resumed = defer.ensureDeferred(
                 self.account_deactivation.resume_pending()
