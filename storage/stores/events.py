@@ -303,7 +303,8 @@ class EventStore:
                 " WHERE user_id = ? AND device_id = ? AND txn_id = ?",
                 (user_id, device_id, txn_id),
             )
-            return row[0]
+            assert row is not None  # inserted above, or there already
+            return str(row[0])
 
         return await self._db.run_interaction("record_txn_event", txn_fn)
 
