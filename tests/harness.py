@@ -259,6 +259,20 @@ class HomeserverTestCase:
         self.metrics_url = f"http://127.0.0.1:{metrics_port}"
         return hs
 
+    async def restart_server(self) -> HomeServer:
+        """Stop the server and start another on the same database (a process restart)."""
+        data_dir = Path(self.hs.config.data_dir)
+        await self.hs.stop()
+        config = make_config(self.engine, data_dir, keep_database=True, **self.config_overrides)
+        hs = HomeServer(config, reactor)
+        isolate_from_dns(hs)
+        self.addCleanup(lambda: defer.ensureDeferred(hs.stop()))  # type: ignore[attr-defined]
+        await hs.setup()
+        hs.start_listening()
+        self.hs = hs
+        self.base_url = f"http://127.0.0.1:{hs.ports[0].getHost().port}"
+        return hs
+
     def setUp(self) -> defer.Deferred[HomeServer]:
         return defer.ensureDeferred(self.start_server())
 

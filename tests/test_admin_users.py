@@ -6,15 +6,13 @@ account data, login-as, and the audit log every change writes."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
-from homeserver.app import HomeServer
 from tests.admin_helpers import ADMIN, AdminTestCase, User, q
-from tests.harness import PASSWORD, SERVER_NAME, isolate_from_dns, make_config, on_both_engines
+from tests.harness import PASSWORD, SERVER_NAME, on_both_engines
 
 API = "/_matrix/client/v3"
 ALICE = f"@alice:{SERVER_NAME}"
@@ -932,19 +930,6 @@ class DeactivationResumeTests(AdminTestCase):
     """Leaving rooms is remembered with the deactivation itself: a process that dies half
     way through finishes the work when it starts again."""
 
-    async def restart(self) -> None:
-        """Stop the server and start another on the same database."""
-        data_dir = Path(self.hs.config.data_dir)
-        await self.hs.stop()
-        config = make_config(self.engine, data_dir, keep_database=True, **self.config_overrides)
-        hs = HomeServer(config, reactor)
-        isolate_from_dns(hs)
-        self.addCleanup(lambda: defer.ensureDeferred(hs.stop()))
-        await hs.setup()
-        hs.start_listening()
-        self.hs = hs
-        self.base_url = f"http://127.0.0.1:{hs.ports[0].getHost().port}"
-
     async def test_interrupted_deactivation_is_finished_at_start_up(self):
         admin = await self.make_admin()
         alice = await self.user("alice")
@@ -976,7 +961,7 @@ class DeactivationResumeTests(AdminTestCase):
         request.cancel()
         await deferLater(reactor, 0.05, lambda: None)
 
-        await self.restart()
+        await self.restart_server()
         await self.hs.deactivations_resumed
         for room_id in rooms + [invited_to]:
             self.assertEqual(await self.membership_of(room_id, alice), "leave", room_id)
