@@ -68,7 +68,7 @@ class HomeServer:
         self.db = core.db
         self.replication = core.replication
 
-        stores = self.stores = build_stores(core.db, core.replication)
+        stores = self.stores = build_stores(core.db, core.replication, core.server_name)
         self.accounts = stores.accounts
         self.device_store = stores.device_store
         self.token_store = stores.token_store
@@ -189,6 +189,7 @@ class HomeServer:
 
         media = build_media(core, stores, transport)
         self.media = media.repository
+        self.media_provider = media.provider
         self.url_previewer = media.url_previewer
 
         federation = build_federation(
@@ -219,6 +220,9 @@ class HomeServer:
         self._uia_cleanup: task.LoopingCall | None = None
         self._writer_lock_check: task.LoopingCall | None = None
         self._stopped = False
+        # Set by `setup`: done once deactivations left half done by a stopped process are
+        # finished (see `AccountDeactivation.resume_pending`).
+        self.deactivations_resumed: defer.Deferred[None] = defer.succeed(None)
 
     def client_ip(self, request: HeddleRequest) -> str:
         listener = getattr(request.site, "heddle_listener", None)
@@ -245,6 +249,12 @@ class HomeServer:
             # Only the writer runs admin tasks: those it finds running died with its
             # predecessor.
             await self.admin_rooms.recover_interrupted()
+            # Media deletions a stopped process left marked would hold up identical uploads.
+            await self.media_store.clear_storage_key_deletions()
+            # In the background: leaving many rooms takes a while, and start-up need not wait.
+            self.deactivations_resumed = defer.ensureDeferred(
+                self.account_deactivation.resume_pending()
+            )
 
     async def _take_writer_lock(self) -> None:
         """Refuse to start next to another writing process (see `WriterLock`); once started,

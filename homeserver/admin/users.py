@@ -73,6 +73,10 @@ class UserChanges:
     user_type: str | None = None
 
 
+def _last_admin(what: str) -> MatrixError:
+    return MatrixError(400, Codes.INVALID_PARAM, f"Cannot {what} the last server admin")
+
+
 class AdminUsersHandler:
     def __init__(
         self,
@@ -210,6 +214,15 @@ class AdminUsersHandler:
         if changes.locked is True and not account.locked and user_id == admin.user_id:
             raise MatrixError(400, Codes.INVALID_PARAM, "You cannot lock your own account")
         changed: dict[str, Any] = {}
+        if changes.admin is False and account.is_admin:
+            # First of the writes: the check above can be overtaken by a concurrent
+            # demotion or deactivation, this one cannot.
+            if not await self._accounts.demote_admin(user_id):
+                raise _last_admin("demote")
+            changed["admin"] = False
+        elif changes.admin is True and not account.is_admin:
+            await self._accounts.set_flag(user_id, "is_admin", True)
+            changed["admin"] = True
         if changes.deactivated is False and account.deactivated:
             await self._accounts.reactivate(user_id)
             changed["deactivated"] = False
@@ -225,9 +238,6 @@ class AdminUsersHandler:
         if changes.avatar_url is not None:
             await self._profile.set_avatar_url(admin, user_id, changes.avatar_url)
             changed["avatar_url"] = changes.avatar_url
-        if changes.admin is not None and changes.admin != account.is_admin:
-            await self._accounts.set_flag(user_id, "is_admin", changes.admin)
-            changed["admin"] = changes.admin
         if changes.locked is not None and changes.locked != account.locked:
             await self._accounts.set_flag(user_id, "locked", changes.locked)
             changed["locked"] = changes.locked
@@ -259,9 +269,7 @@ class AdminUsersHandler:
         target = await self._accounts.get_account(user_id)
         if target is not None and target.is_admin and not target.deactivated:
             if await self._accounts.count_active_admins() <= 1:
-                raise MatrixError(
-                    400, Codes.INVALID_PARAM, f"Cannot {what} the last server admin"
-                )
+                raise _last_admin(what)
         if user_id == admin.user_id:
             raise MatrixError(400, Codes.INVALID_PARAM, f"You cannot {what} yourself")
 
@@ -276,7 +284,8 @@ class AdminUsersHandler:
         await self._audit.record(admin.user_id, "deactivate_user", user_id, {"erase": erase})
 
     async def _deactivate(self, user_id: str, erase: bool) -> None:
-        await self._deactivation.deactivate(user_id, erase)
+        # The last-admin check again, atomically with the write (see `_modify`).
+        await self._deactivation.deactivate(user_id, erase, keep_an_admin=True)
 
     async def reset_password(
         self, admin: Requester, user_id: str, new_password: str, logout_devices: bool

@@ -128,7 +128,7 @@ def build_rooms(
         core.server_name, stores.profile_store, rooms, state, events, creator, remote
     )
     # Who may read a room (history visibility) and who has the power to act in it.
-    visibility = HistoryVisibility(core.server_name, events, state, rooms)
+    visibility = HistoryVisibility(core.server_name, events, state, rooms, stores.accounts)
     serializer = EventSerializer(
         core.clock,
         events,
@@ -219,6 +219,7 @@ def build_rooms(
             message_limiter,
             presence,
             relations,
+            core.clock,
         ),
         room_creation=RoomCreationHandler(
             core.server_name,

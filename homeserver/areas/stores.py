@@ -87,7 +87,7 @@ class Stores:
     report_store: ReportStore
 
 
-def build_stores(db: Database, replication: Replication) -> Stores:
+def build_stores(db: Database, replication: Replication, server_name: str) -> Stores:
     state_store = StateStore(db)
     # Each process caches rooms' current state; a change made here makes the others drop
     # their copy of that room (and a lost Redis connection makes them drop all).
@@ -163,7 +163,7 @@ def build_stores(db: Database, replication: Replication) -> Stores:
         push_action_store=PushActionStore(db),
         admin_audit_store=AdminAuditStore(db),
         server_notice_store=ServerNoticeStore(db),
-        user_admin_store=UserAdminStore(db),
+        user_admin_store=UserAdminStore(db, server_name),
         room_admin_store=RoomAdminStore(db),
         admin_task_store=AdminTaskStore(db),
         registration_token_store=RegistrationTokenStore(db),

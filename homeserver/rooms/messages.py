@@ -395,13 +395,15 @@ async def readable_event(
     """The event, if it is in `room_id` and `user_id` may see it; 404 otherwise (the same
     answer either way, so that an event's existence does not leak)."""
     stored = await events.get_stored_event(event_id)
-    if (
-        stored is None
-        or stored.event.room_id != room_id
-        or not await visibility.is_event_visible(user_id, stored)
-    ):
+    # As the viewer may see it (redacted if its sender is erased and they were not there).
+    visible = (
+        await visibility.filter_events_for_user(user_id, [stored])
+        if stored is not None and stored.event.room_id == room_id
+        else []
+    )
+    if not visible:
         raise MatrixError(404, Codes.NOT_FOUND, "Event not found")
-    return stored
+    return visible[0]
 
 
 async def resolve_position(events: EventStore, room_id: str, position: RoomPosition) -> Position:

@@ -80,6 +80,10 @@ class PostgresEngine(Engine):
         psycopg2.errors.DeadlockDetected,
     )
 
+    # The second of two transactions locking the same rows waits for the first, then gets
+    # a serialization failure if the first changed them, and is retried on what it wrote.
+    for_update = " FOR UPDATE"
+
     def __init__(self, url: str, max_connections: int = 10) -> None:
         self.url = url
         self.max_connections = max_connections
@@ -130,6 +134,11 @@ class PostgresEngine(Engine):
             f"(CASE WHEN strpos({column}, '\\u0000') > 0 THEN NULL"
             f" ELSE ({column})::json #>> '{pg_path}' END)"
         )
+
+    def fold_case(self, expr: str) -> str:
+        # The ICU root collation: Unicode's mapping whatever the database's LC_CTYPE (with
+        # the C locale Heddle's set-up recommends, plain LOWER() folds ASCII only).
+        return f'LOWER(({expr}) COLLATE "und-x-icu")'
 
     def is_connection_lost(self, exc: BaseException) -> bool:
         # An OperationalError without a SQLSTATE comes from the connection, not the query.

@@ -284,6 +284,30 @@ class EventStore:
         )
         return (row[0], row[1]) if row else None
 
+    async def record_txn_event(
+        self, user_id: str, device_id: str, txn_id: str, room_id: str, event_id: str, now_ms: int
+    ) -> str:
+        """Remember `event_id` as what the transaction made, without an event (a
+        shadow-banned sender's), so a retry is answered as a real send's is. Returns the
+        event ID now recorded: a concurrent request with the same transaction may have won."""
+
+        def txn_fn(txn: Transaction) -> str:
+            txn.execute(
+                "INSERT INTO event_txn_ids (user_id, device_id, txn_id, room_id, event_id,"
+                " inserted_ts) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (user_id, device_id, txn_id) DO NOTHING",
+                (user_id, device_id, txn_id, room_id, event_id, now_ms),
+            )
+            row = txn.select_one(
+                "SELECT event_id FROM event_txn_ids"
+                " WHERE user_id = ? AND device_id = ? AND txn_id = ?",
+                (user_id, device_id, txn_id),
+            )
+            assert row is not None  # inserted above, or there already
+            return str(row[0])
+
+        return await self._db.run_interaction("record_txn_event", txn_fn)
+
     async def get_max_stream_ordering(self) -> int:
         row = await self._db.run_interaction(
             "get_max_stream_ordering",
