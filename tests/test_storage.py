@@ -699,6 +699,21 @@ class PostgresConcurrencyTests(DatabaseCase, unittest.TestCase):
         new_pid = await db.run_interaction("test_pid", backend_pid)
         self.assertNotEqual(new_pid, pid)
 
+    async def test_case_folding_works_without_icu(self) -> None:
+        """A PostgreSQL built without ICU has no "und-x-icu" collation: case-insensitive
+        matching falls back to LOWER() instead of failing every query that folds case."""
+        engine = PostgresEngine(self.url, max_connections=1)
+        db = self.make_database(self.url, engine)
+
+        def folded(txn: Transaction) -> str:
+            return str(txn.select_one(f"SELECT {engine.fold_case('?')}", ("ÉMILE ZOË",))[0])
+
+        # This machine's PostgreSQL has ICU: the whole of Unicode is folded.
+        self.assertEqual(await db.run_interaction("test_fold", folded), "émile zoë")
+        engine._has_icu = False  # as found on a server without ICU
+        self.assertNotIn("COLLATE", engine.fold_case("x"))
+        self.assertEqual((await db.run_interaction("test_fold", folded)).lower(), "émile zoë")
+
 
 # ----- stores --------------------------------------------------------------------------------
 
