@@ -37,6 +37,7 @@ from storage.stores.relations import RelationStore
 from storage.stores.room_admin import RoomAdminStore
 from storage.stores.room_keys import RoomKeysStore
 from storage.stores.rooms import RoomStore
+from storage.stores.search import SearchStore
 from storage.stores.server_keys import ServerKeyStore
 from storage.stores.server_notices import ServerNoticeStore
 from storage.stores.state import StateStore
@@ -64,6 +65,7 @@ class Stores:
     filter_store: FilterStore
     receipt_store: ReceiptStore
     relation_store: RelationStore
+    search_store: SearchStore
     account_data_store: AccountDataStore
     device_inbox_store: DeviceInboxStore
     media_store: MediaStore
@@ -146,6 +148,7 @@ def build_stores(db: Database, replication: Replication) -> Stores:
         filter_store=FilterStore(db),
         receipt_store=ReceiptStore(db),
         relation_store=RelationStore(db),
+        search_store=SearchStore(db),
         account_data_store=AccountDataStore(db),
         device_inbox_store=DeviceInboxStore(db),
         media_store=MediaStore(db),

@@ -20,3 +20,4 @@ AVATAR = "m.room.avatar"
 
 # Message events.
 REDACTION = "m.room.redaction"
+MESSAGE = "m.room.message"
