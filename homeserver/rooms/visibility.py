@@ -23,8 +23,8 @@ Two questions, two entry points:
 for relation rows (a thread's replies, counted for its summary) without reading the events
 this server made after the user's current join.
 
-Every read path that hands room events to a client (/messages, /context, /event, /sync)
-runs them through `filter_events_for_user`. It reads only two state keys per state group
+Every read path that hands room events to a client (/messages, /context, /event, /sync,
+/search) runs them through `filter_events_for_user`. It reads only two state keys per state group
 (the history visibility and the user's membership), batched over all events, through
 `StateStore.get_state_for_groups`, which caches them: state groups never change.
 """

@@ -23,6 +23,7 @@ from typing import Any
 from homeserver.events.model import Event
 from homeserver.events.search import searchable_text
 from storage.database import Database, Transaction
+from storage.stores.events import redaction_held_txn
 
 RANK = "rank"
 RECENT = "recent"
@@ -34,12 +35,7 @@ def index_event_txn(txn: Transaction, event: Event, stream_ordering: int) -> Non
     found = searchable_text(event)
     if found is None:
         return
-    redacted = txn.select_one(
-        "SELECT 1 FROM redactions r JOIN events re ON re.event_id = r.event_id"
-        " WHERE r.redacts = ? AND re.room_id = ?",
-        (event.event_id, event.room_id),
-    )
-    if redacted is not None:
+    if redaction_held_txn(txn, event):
         return
     key, value = found
     txn.execute(
