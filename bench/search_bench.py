@@ -17,6 +17,11 @@
    same process): `--queries` one-word searches for words drawn uniformly from the
    vocabulary (`order_by: rank`, then `recent`), and each of the ten commonest words.
 
+With `--synapse` (and `HEDDLE_SYNAPSE_PYTHON`, or `.synapse-venv`), the same is done
+against a Synapse instead (`tests/synapse_peer.py`: SQLite, whose search is FTS4), filled
+over HTTP (`PUT /send`, ten rooms at a time) rather than in-process, so the fill rate is not
+comparable; the queries are. Synapse's `rank` search does not paginate; `recent` does.
+
 Results are printed as JSON.
 """
 
@@ -39,7 +44,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from twisted.internet import defer, task  # noqa: E402
-from twisted.web.client import Agent, FileBodyProducer, readBody  # noqa: E402
+from twisted.web.client import (  # noqa: E402
+    Agent,
+    FileBodyProducer,
+    HTTPConnectionPool,
+    readBody,
+)
 from twisted.web.http_headers import Headers  # noqa: E402
 
 import storage.persister as persister_module  # noqa: E402
@@ -140,7 +150,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
 async def measure(reactor: Any, hs: HomeServer, args: argparse.Namespace) -> dict[str, Any]:
     vocabulary, body = words_source(args.seed)
     port = hs.ports[0].getHost().port
-    agent = Agent(reactor)
+    agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=True))
 
     async def post(path: str, payload: Any, token: str | None = None) -> tuple[int, Any]:
         headers = Headers({b"Content-Type": [b"application/json"]})
@@ -226,6 +236,87 @@ async def measure(reactor: Any, hs: HomeServer, args: argparse.Namespace) -> dic
     }
 
 
+async def run_synapse(reactor: Any, args: argparse.Namespace) -> None:
+    import hashlib
+    import hmac
+    import secrets
+    from urllib.parse import quote
+
+    from tests.synapse_peer import SynapsePeer, TrustOneCertificate
+
+    vocabulary, body = words_source(args.seed)
+    peer = SynapsePeer(Path(tempfile.mkdtemp(prefix="synapse-search-bench-")))
+    await peer.start()
+    try:
+        # Kept-alive connections: a TLS handshake per query would dwarf the search.
+        agent = Agent(reactor, contextFactory=TrustOneCertificate(peer.cert_pem),
+                      pool=HTTPConnectionPool(reactor, persistent=True))
+        base = f"https://{peer.server_name}"
+
+        async def call(method: str, path: str, payload: Any = None,
+                       token: str | None = None) -> Any:
+            headers = Headers({b"Content-Type": [b"application/json"]})
+            if token is not None:
+                headers.setRawHeaders(b"Authorization", [f"Bearer {token}".encode()])
+            producer = (FileBodyProducer(io.BytesIO(json.dumps(payload).encode()))
+                        if payload is not None else None)
+            response = await agent.request(method.encode(), (base + path).encode(), headers,
+                                           producer)
+            data = json.loads(await readBody(response))
+            assert response.code == 200, (path, data)
+            return data
+
+        register = "/_synapse/admin/v1/register"
+        nonce = (await call("GET", register))["nonce"]
+        mac = hmac.new(peer.registration_shared_secret.encode(),
+                       b"\x00".join([nonce.encode(), b"searcher", b"bench-password",
+                                     b"notadmin"]), hashlib.sha1).hexdigest()
+        token = (await call("POST", register, {"nonce": nonce, "username": "searcher",
+                                              "password": "bench-password", "mac": mac}))[
+            "access_token"]
+        api = "/_matrix/client/v3"
+        rooms = [(await call("POST", f"{api}/createRoom", {}, token))["room_id"]
+                 for _ in range(args.rooms)]
+        per_room = args.synapse_messages // args.rooms
+
+        async def fill(room_id: str) -> None:
+            for _ in range(per_room):
+                await call("PUT", f"{api}/rooms/{quote(room_id)}/send/m.room.message/"
+                           f"{secrets.token_hex(8)}", {"msgtype": "m.text", "body": body()},
+                           token)
+
+        start = time.perf_counter()
+        for first in range(0, len(rooms), 10):
+            await defer.gatherResults([defer.ensureDeferred(fill(r))
+                                       for r in rooms[first:first + 10]])
+        fill_seconds = time.perf_counter() - start
+
+        async def search(word: str, order_by: str) -> tuple[float, int]:
+            started = time.perf_counter()
+            data = await call("POST", f"{api}/search", {"search_categories": {"room_events": {
+                "search_term": word, "order_by": order_by}}}, token)
+            return time.perf_counter() - started, data["search_categories"]["room_events"]["count"]
+
+        rng = random.Random(args.seed + 1)
+        queries = [rng.choice(vocabulary) for _ in range(args.queries)]
+        await search(queries[0], "rank")
+        by_order: dict[str, Any] = {}
+        for order_by in ("rank", "recent"):
+            latencies, counts = [], []
+            for word in queries:
+                elapsed, count = await search(word, order_by)
+                latencies.append(elapsed)
+                counts.append(count)
+            by_order[order_by] = {**timings(latencies), "median_matches": statistics.median(counts)}
+        print(json.dumps({
+            "server": "synapse", "rooms": args.rooms, "messages": per_room * args.rooms,
+            "fill_seconds_over_http": round(fill_seconds, 1),
+            "one_word_query": by_order, "load_average": os.getloadavg(),
+        }, indent=2))
+    finally:
+        await peer.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--db", default="sqlite", help="'sqlite' or a PostgreSQL admin URL")
@@ -234,8 +325,11 @@ def main() -> None:
     parser.add_argument("--cost-sample", type=int, default=5000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--synapse", action="store_true", help="measure a Synapse instead")
+    parser.add_argument("--synapse-messages", type=int, default=10_000)
     args = parser.parse_args()
-    task.react(lambda reactor: defer.ensureDeferred(run(reactor, args)))
+    runner = run_synapse if args.synapse else run
+    task.react(lambda reactor: defer.ensureDeferred(runner(reactor, args)))
 
 
 if __name__ == "__main__":
