@@ -92,12 +92,15 @@ async def make_rooms(hs: HomeServer, count: int) -> list[str]:
     rooms = []
     rv = KNOWN_ROOM_VERSIONS["11"]
     for _ in range(count):
-        room_id, _ = await hs.event_creator.create_room(rv, USER, {"room_version": "11"},
-                                                        is_public=False)
-        await hs.event_creator.send(room_id, USER, "m.room.member", {"membership": "join"},
-                                    state_key=USER)
-        await hs.event_creator.send(room_id, USER, "m.room.power_levels",
-                                    {"users": {USER: 100}}, state_key="")
+        room_id, _ = await hs.event_creator.create_room(
+            rv, USER, {"room_version": "11"}, is_public=False
+        )
+        await hs.event_creator.send(
+            room_id, USER, "m.room.member", {"membership": "join"}, state_key=USER
+        )
+        await hs.event_creator.send(
+            room_id, USER, "m.room.power_levels", {"users": {USER: 100}}, state_key=""
+        )
         rooms.append(room_id)
     return rooms
 
@@ -106,8 +109,9 @@ async def send_messages(
     hs: HomeServer, rooms: list[str], count: int, body: Callable[[], str], parallel: int = 10
 ) -> float:
     """Send `count` messages round-robin over `rooms`, `parallel` rooms at a time; seconds."""
-    per_room = [count // len(rooms) + (1 if i < count % len(rooms) else 0)
-                for i in range(len(rooms))]
+    per_room = [
+        count // len(rooms) + (1 if i < count % len(rooms) else 0) for i in range(len(rooms))
+    ]
 
     async def fill(room_id: str, n: int) -> None:
         for _ in range(n):
@@ -117,10 +121,12 @@ async def send_messages(
 
     start = time.perf_counter()
     for first in range(0, len(rooms), parallel):
-        await defer.gatherResults([
-            defer.ensureDeferred(fill(room_id, per_room[first + i]))
-            for i, room_id in enumerate(rooms[first:first + parallel])
-        ])
+        await defer.gatherResults(
+            [
+                defer.ensureDeferred(fill(room_id, per_room[first + i]))
+                for i, room_id in enumerate(rooms[first : first + parallel])
+            ]
+        )
     return time.perf_counter() - start
 
 
@@ -157,14 +163,21 @@ async def measure(reactor: Any, hs: HomeServer, args: argparse.Namespace) -> dic
         if token is not None:
             headers.setRawHeaders(b"Authorization", [f"Bearer {token}".encode()])
         response = await agent.request(
-            b"POST", f"http://127.0.0.1:{port}/_matrix/client/v3{path}".encode(), headers,
+            b"POST",
+            f"http://127.0.0.1:{port}/_matrix/client/v3{path}".encode(),
+            headers,
             FileBodyProducer(io.BytesIO(json.dumps(payload).encode())),
         )
         return response.code, json.loads(await readBody(response))
 
-    code, session = await post("/register", {
-        "username": "searcher", "password": "bench-password", "auth": {"type": "m.login.dummy"},
-    })
+    code, session = await post(
+        "/register",
+        {
+            "username": "searcher",
+            "password": "bench-password",
+            "auth": {"type": "m.login.dummy"},
+        },
+    )
     assert code == 200 and session["user_id"] == USER, session
     token = session["access_token"]
 
@@ -249,52 +262,76 @@ async def run_synapse(reactor: Any, args: argparse.Namespace) -> None:
     await peer.start()
     try:
         # Kept-alive connections: a TLS handshake per query would dwarf the search.
-        agent = Agent(reactor, contextFactory=TrustOneCertificate(peer.cert_pem),
-                      pool=HTTPConnectionPool(reactor, persistent=True))
+        agent = Agent(
+            reactor,
+            contextFactory=TrustOneCertificate(peer.cert_pem),
+            pool=HTTPConnectionPool(reactor, persistent=True),
+        )
         base = f"https://{peer.server_name}"
 
-        async def call(method: str, path: str, payload: Any = None,
-                       token: str | None = None) -> Any:
+        async def call(
+            method: str, path: str, payload: Any = None, token: str | None = None
+        ) -> Any:
             headers = Headers({b"Content-Type": [b"application/json"]})
             if token is not None:
                 headers.setRawHeaders(b"Authorization", [f"Bearer {token}".encode()])
-            producer = (FileBodyProducer(io.BytesIO(json.dumps(payload).encode()))
-                        if payload is not None else None)
-            response = await agent.request(method.encode(), (base + path).encode(), headers,
-                                           producer)
+            producer = (
+                FileBodyProducer(io.BytesIO(json.dumps(payload).encode()))
+                if payload is not None
+                else None
+            )
+            response = await agent.request(
+                method.encode(), (base + path).encode(), headers, producer
+            )
             data = json.loads(await readBody(response))
             assert response.code == 200, (path, data)
             return data
 
         register = "/_synapse/admin/v1/register"
         nonce = (await call("GET", register))["nonce"]
-        mac = hmac.new(peer.registration_shared_secret.encode(),
-                       b"\x00".join([nonce.encode(), b"searcher", b"bench-password",
-                                     b"notadmin"]), hashlib.sha1).hexdigest()
-        token = (await call("POST", register, {"nonce": nonce, "username": "searcher",
-                                              "password": "bench-password", "mac": mac}))[
-            "access_token"]
+        mac = hmac.new(
+            peer.registration_shared_secret.encode(),
+            b"\x00".join([nonce.encode(), b"searcher", b"bench-password", b"notadmin"]),
+            hashlib.sha1,
+        ).hexdigest()
+        token = (
+            await call(
+                "POST",
+                register,
+                {"nonce": nonce, "username": "searcher", "password": "bench-password", "mac": mac},
+            )
+        )["access_token"]
         api = "/_matrix/client/v3"
-        rooms = [(await call("POST", f"{api}/createRoom", {}, token))["room_id"]
-                 for _ in range(args.rooms)]
+        rooms = [
+            (await call("POST", f"{api}/createRoom", {}, token))["room_id"]
+            for _ in range(args.rooms)
+        ]
         per_room = args.synapse_messages // args.rooms
 
         async def fill(room_id: str) -> None:
             for _ in range(per_room):
-                await call("PUT", f"{api}/rooms/{quote(room_id)}/send/m.room.message/"
-                           f"{secrets.token_hex(8)}", {"msgtype": "m.text", "body": body()},
-                           token)
+                await call(
+                    "PUT",
+                    f"{api}/rooms/{quote(room_id)}/send/m.room.message/{secrets.token_hex(8)}",
+                    {"msgtype": "m.text", "body": body()},
+                    token,
+                )
 
         start = time.perf_counter()
         for first in range(0, len(rooms), 10):
-            await defer.gatherResults([defer.ensureDeferred(fill(r))
-                                       for r in rooms[first:first + 10]])
+            await defer.gatherResults(
+                [defer.ensureDeferred(fill(r)) for r in rooms[first : first + 10]]
+            )
         fill_seconds = time.perf_counter() - start
 
         async def search(word: str, order_by: str) -> tuple[float, int]:
             started = time.perf_counter()
-            data = await call("POST", f"{api}/search", {"search_categories": {"room_events": {
-                "search_term": word, "order_by": order_by}}}, token)
+            data = await call(
+                "POST",
+                f"{api}/search",
+                {"search_categories": {"room_events": {"search_term": word, "order_by": order_by}}},
+                token,
+            )
             return time.perf_counter() - started, data["search_categories"]["room_events"]["count"]
 
         rng = random.Random(args.seed + 1)
@@ -308,11 +345,19 @@ async def run_synapse(reactor: Any, args: argparse.Namespace) -> None:
                 latencies.append(elapsed)
                 counts.append(count)
             by_order[order_by] = {**timings(latencies), "median_matches": statistics.median(counts)}
-        print(json.dumps({
-            "server": "synapse", "rooms": args.rooms, "messages": per_room * args.rooms,
-            "fill_seconds_over_http": round(fill_seconds, 1),
-            "one_word_query": by_order, "load_average": os.getloadavg(),
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "server": "synapse",
+                    "rooms": args.rooms,
+                    "messages": per_room * args.rooms,
+                    "fill_seconds_over_http": round(fill_seconds, 1),
+                    "one_word_query": by_order,
+                    "load_average": os.getloadavg(),
+                },
+                indent=2,
+            )
+        )
     finally:
         await peer.stop()
 

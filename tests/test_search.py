@@ -30,7 +30,10 @@ def criteria(term: str, **extra: Any) -> dict[str, Any]:
 
 def found_ids(response: Response) -> list[str]:
     assert response.code == 200, response
-    return [r["result"]["event_id"] for r in response.json["search_categories"]["room_events"]["results"]]
+    return [
+        r["result"]["event_id"]
+        for r in response.json["search_categories"]["room_events"]["results"]
+    ]
 
 
 class SearchTestCase(HistoryTestCase):
@@ -64,8 +67,11 @@ class SearchResults(SearchTestCase):
             room, ALICE, "m.room.name", {"name": "Planning corner"}, state_key=""
         )
         topic = await self.hs.event_creator.send(
-            room, ALICE, "m.room.topic",
-            {"topic": "", "m.topic": {"m.text": [{"body": "Quarterly planning"}]}}, state_key="",
+            room,
+            ALICE,
+            "m.room.topic",
+            {"topic": "", "m.topic": {"m.text": [{"body": "Quarterly planning"}]}},
+            state_key="",
         )
         said = await self.say(room, ALICE, "we need more planning")
         await self.say(room, ALICE, "nothing to see")
@@ -75,7 +81,9 @@ class SearchResults(SearchTestCase):
         )
         self.assertEqual(r.json["search_categories"]["room_events"]["count"], 3)
         for key, expected in (
-            ("content.body", said), ("content.name", name), ("content.topic", topic)
+            ("content.body", said),
+            ("content.name", name),
+            ("content.topic", topic),
         ):
             r = await self.search(ALICE, criteria("planning", keys=[key]))
             self.assertEqual(found_ids(r), [expected.event.event_id], key)
@@ -97,7 +105,9 @@ class SearchResults(SearchTestCase):
 
     async def test_recent_order_pages_through_everything_once(self):
         room = await self.make_room()
-        sent = [(await self.say(room, ALICE, f"apple number {i}")).event.event_id for i in range(23)]
+        sent = [
+            (await self.say(room, ALICE, f"apple number {i}")).event.event_id for i in range(23)
+        ]
         await self.say(room, ALICE, "pear")
         pages: list[list[str]] = []
         token: str | None = None
@@ -114,8 +124,10 @@ class SearchResults(SearchTestCase):
 
     async def test_rank_order_puts_the_best_match_first_and_pages(self):
         room = await self.make_room()
-        sent = [(await self.say(room, ALICE, f"kiwi and other fruit {i}")).event.event_id
-                for i in range(12)]
+        sent = [
+            (await self.say(room, ALICE, f"kiwi and other fruit {i}")).event.event_id
+            for i in range(12)
+        ]
         best = await self.say(room, ALICE, "kiwi kiwi kiwi")
         r = await self.search(ALICE, criteria("kiwi", filter={"limit": 5}))
         first = found_ids(r)
@@ -166,9 +178,13 @@ class SearchResults(SearchTestCase):
         await self.membership(room_a, BOB, "join")
         a_events = [(await self.say(room_a, ALICE, f"cherry {i}")).event.event_id for i in range(3)]
         bob_event = (await self.say(room_a, BOB, "cherry from bob")).event.event_id
-        b_events = [(await self.say(room_b, ALICE, f"cherry b{i}")).event.event_id for i in range(3)]
+        b_events = [
+            (await self.say(room_b, ALICE, f"cherry b{i}")).event.event_id for i in range(3)
+        ]
         body = criteria(
-            "cherry", order_by="recent", filter={"limit": 3},
+            "cherry",
+            order_by="recent",
+            filter={"limit": 3},
             groupings={"group_by": [{"key": "room_id"}, {"key": "sender"}]},
         )
         r = await self.search(ALICE, body)
@@ -194,7 +210,10 @@ class SearchResults(SearchTestCase):
     async def test_event_context_profiles_and_state(self):
         room = await self.make_room()
         await self.hs.event_creator.send(
-            room, ALICE, "m.room.member", {"membership": "join", "displayname": "Alice A"},
+            room,
+            ALICE,
+            "m.room.member",
+            {"membership": "join", "displayname": "Alice A"},
             state_key=ALICE,
         )
         before = [(await self.say(room, ALICE, f"before {i}")).event.event_id for i in range(3)]
@@ -203,7 +222,8 @@ class SearchResults(SearchTestCase):
         r = await self.search(
             ALICE,
             criteria(
-                "durian", include_state=True,
+                "durian",
+                include_state=True,
                 event_context={"before_limit": 2, "after_limit": 1, "include_profile": True},
             ),
         )
@@ -230,7 +250,8 @@ class SearchResults(SearchTestCase):
         r = await self.request(
             "PUT",
             f"/_matrix/client/v3/rooms/{room}/redact/{said.event.event_id}/t1",
-            {}, token=self.tokens[ALICE],
+            {},
+            token=self.tokens[ALICE],
         )
         self.assertEqual(r.code, 200, r)
         r = await self.search(ALICE, criteria("plans"))
@@ -244,7 +265,9 @@ class SearchResults(SearchTestCase):
             room, ALICE, "m.room.encryption", {"algorithm": "m.megolm.v1.aes-sha2"}, state_key=""
         )
         await self.hs.event_creator.send(
-            room, ALICE, "m.room.encrypted",
+            room,
+            ALICE,
+            "m.room.encrypted",
             {"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "zebra", "body": "zebra"},
         )
         r = await self.search(ALICE, criteria("zebra"))
@@ -254,8 +277,17 @@ class SearchResults(SearchTestCase):
     async def test_search_term_is_never_query_syntax(self):
         room = await self.make_room()
         said = await self.say(room, ALICE, 'melon "quoted" NEAR(x) AND OR *')
-        for term in ('"melon', "melon*", "melon OR", "NEAR(melon", "melon AND OR", "melon'; --",
-                     "melon:*", "melon & !", "(melon"):
+        for term in (
+            '"melon',
+            "melon*",
+            "melon OR",
+            "NEAR(melon",
+            "melon AND OR",
+            "melon'; --",
+            "melon:*",
+            "melon & !",
+            "(melon",
+        ):
             r = await self.search(ALICE, criteria(term))
             self.assertEqual(found_ids(r), [said.event.event_id], term)
 
@@ -310,7 +342,8 @@ class SearchVisibility(SearchTestCase):
         r = await self.request(
             "PUT",
             f"/_matrix/client/v3/user/{ALICE}/account_data/m.ignored_user_list",
-            {"ignored_users": {BOB: {}}}, token=self.tokens[ALICE],
+            {"ignored_users": {BOB: {}}},
+            token=self.tokens[ALICE],
         )
         self.assertEqual(r.code, 200, r)
         r = await self.search(ALICE, criteria("olive"))
@@ -408,7 +441,8 @@ class SearchIndexUpkeep(SearchTestCase):
         r = await self.request(
             "PUT",
             f"/_matrix/client/v3/rooms/{room}/redact/{redacted.event.event_id}/t1",
-            {}, token=self.tokens[ALICE],
+            {},
+            token=self.tokens[ALICE],
         )
         self.assertEqual(r.code, 200, r)
         named = await self.hs.event_creator.send(
@@ -429,8 +463,14 @@ class SearchIndexUpkeep(SearchTestCase):
 
 def _event(event_type: str, content: dict[str, Any], state_key: str | None = None) -> Event:
     pdu: dict[str, Any] = {
-        "type": event_type, "content": content, "room_id": "!r:x", "sender": "@a:x",
-        "origin_server_ts": 0, "depth": 1, "prev_events": [], "auth_events": [],
+        "type": event_type,
+        "content": content,
+        "room_id": "!r:x",
+        "sender": "@a:x",
+        "origin_server_ts": 0,
+        "depth": 1,
+        "prev_events": [],
+        "auth_events": [],
     }
     if state_key is not None:
         pdu["state_key"] = state_key
@@ -446,10 +486,16 @@ class SearchableTextRules(unittest.TestCase):
         )
         topic = _event(
             "m.room.topic",
-            {"topic": "Plain", "m.topic": {"m.text": [
-                {"mimetype": "text/html", "body": "<b>Plain</b>"}, {"body": "Plain"},
-                {"mimetype": "text/plain", "body": "More"},
-            ]}},
+            {
+                "topic": "Plain",
+                "m.topic": {
+                    "m.text": [
+                        {"mimetype": "text/html", "body": "<b>Plain</b>"},
+                        {"body": "Plain"},
+                        {"mimetype": "text/plain", "body": "More"},
+                    ]
+                },
+            },
             "",
         )
         self.assertEqual(searchable_text(topic), ("content.topic", "Plain\nMore"))
@@ -482,7 +528,9 @@ class SearchWithNio(RoomTestCase):
         created = await nio(client.room_create(name="Fruit stall"))
         self.assertIsInstance(created, RoomCreateResponse)
         sent = await nio(
-            client.room_send(created.room_id, "m.room.message", {"msgtype": "m.text", "body": "fresh quince"})
+            client.room_send(
+                created.room_id, "m.room.message", {"msgtype": "m.text", "body": "fresh quince"}
+            )
         )
         self.assertIsInstance(sent, RoomSendResponse)
         response = await nio(
@@ -497,4 +545,3 @@ class SearchWithNio(RoomTestCase):
         self.assertEqual(response.status, 200, body)
         results = body["search_categories"]["room_events"]["results"]
         self.assertEqual([r["result"]["event_id"] for r in results], [sent.event_id])
-

@@ -176,8 +176,12 @@ class SearchHandler:
                 MAX_SCANNED - scanned,
             )
             hits = await self._store.search(
-                scope, request.words, request.order_by, size,
-                before_stream=before_stream, offset=offset,
+                scope,
+                request.words,
+                request.order_by,
+                size,
+                before_stream=before_stream,
+                offset=offset,
             )
             visible = await self._visible(user_id, request, hits)
             for hit in hits:
@@ -277,9 +281,7 @@ class SearchHandler:
                             # Earlier pages' rows per room are not known: no token.
                             continue
                         position = scan.consumed_in_room.get(room_id, 0)
-                    group["next_batch"] = SearchBatch(
-                        request.order_by, position, room_id
-                    ).encode()
+                    group["next_batch"] = SearchBatch(request.order_by, position, room_id).encode()
             groups[key] = by_value
         return groups
 

@@ -42,15 +42,26 @@ def index_event_txn(txn: Transaction, event: Event, stream_ordering: int) -> Non
         "INSERT INTO event_search (event_id, room_id, sender, type, key, value,"
         " topological_ordering, stream_ordering, origin_server_ts)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
-        (event.event_id, event.room_id, event.sender, event.type, key, value, event.depth,
-         stream_ordering, event.origin_server_ts),
+        (
+            event.event_id,
+            event.room_id,
+            event.sender,
+            event.type,
+            key,
+            value,
+            event.depth,
+            stream_ordering,
+            event.origin_server_ts,
+        ),
     )
 
 
 def forget_redacted_search_txn(txn: Transaction, redacted_id: str, room_id: str) -> None:
     """A redacted event's text is gone: it is found no more (a redaction only ever applies
     within its own room)."""
-    txn.execute("DELETE FROM event_search WHERE event_id = ? AND room_id = ?", (redacted_id, room_id))
+    txn.execute(
+        "DELETE FROM event_search WHERE event_id = ? AND room_id = ?", (redacted_id, room_id)
+    )
 
 
 @dataclass(frozen=True)
@@ -109,9 +120,7 @@ class SearchStore:
                 f" FROM {match.source} WHERE {match.condition} AND {where} ORDER BY {order}",
                 [*match.args, *args],
             )
-            return [
-                SearchHit(row[0], row[1], int(row[2]), float(row[3]), row[4]) for row in rows
-            ]
+            return [SearchHit(row[0], row[1], int(row[2]), float(row[3]), row[4]) for row in rows]
 
         if not scope.rooms or not scope.keys or not words:
             return []
