@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet import defer
+
 from homeserver.auth.tokens import Requester
 from homeserver.events.serialize import EventSerializer
 from homeserver.rooms.messages import MessagesHandler
@@ -88,8 +90,13 @@ class SearchHandler:
         batch = parse_batch(next_batch, request.order_by) if next_batch is not None else None
         user_id = requester.user_id
         scope = await self._scope(user_id, request, batch)
-        scan = await self._scan(user_id, request, scope, batch)
-        count = await self._store.count(scope, request.words)
+        # The count reads the index on its own: on PostgreSQL it runs beside the scan, on
+        # another connection of the pool.
+        counting = defer.ensureDeferred(self._store.count(scope, request.words))
+        try:
+            scan = await self._scan(user_id, request, scope, batch)
+        finally:
+            count = await counting
 
         device = (user_id, requester.device_id)
         stored = [event for _, event in scan.results]
