@@ -32,6 +32,7 @@ import io
 import json
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -149,6 +150,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
         print(json.dumps(result, indent=2))
     finally:
         await hs.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
         if pg_name is not None:
             drop_pg_database(args.db, pg_name)
 
@@ -258,7 +260,8 @@ async def run_synapse(reactor: Any, args: argparse.Namespace) -> None:
     from tests.synapse_peer import SynapsePeer, TrustOneCertificate
 
     vocabulary, body = words_source(args.seed)
-    peer = SynapsePeer(Path(tempfile.mkdtemp(prefix="synapse-search-bench-")))
+    work_dir = Path(tempfile.mkdtemp(prefix="synapse-search-bench-"))
+    peer = SynapsePeer(work_dir)
     await peer.start()
     try:
         # Kept-alive connections: a TLS handshake per query would dwarf the search.
@@ -360,6 +363,7 @@ async def run_synapse(reactor: Any, args: argparse.Namespace) -> None:
         )
     finally:
         await peer.stop()
+        shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def main() -> None:
