@@ -37,7 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,29 @@ def timings(values: list[float]) -> dict[str, float]:
         "p95_ms": round(percentile(values, 0.95) * 1000, 2),
         "max_ms": round(max(values) * 1000, 2),
     }
+
+
+Search = Callable[[str, str], Awaitable[tuple[float, int]]]
+
+
+async def query_latencies(
+    search: Search, vocabulary: list[str], args: argparse.Namespace
+) -> dict[str, Any]:
+    """`args.queries` one-word searches (words drawn uniformly) in each order, after one
+    to warm up: their latencies and how many matches they had. `search(word, order_by)`
+    returns (seconds, count)."""
+    rng = random.Random(args.seed + 1)
+    queries = [rng.choice(vocabulary) for _ in range(args.queries)]
+    await search(queries[0], "rank")
+    by_order: dict[str, Any] = {}
+    for order_by in ("rank", "recent"):
+        latencies, counts = [], []
+        for word in queries:
+            elapsed, count = await search(word, order_by)
+            latencies.append(elapsed)
+            counts.append(count)
+        by_order[order_by] = {**timings(latencies), "median_matches": statistics.median(counts)}
+    return by_order
 
 
 async def make_rooms(hs: HomeServer, count: int) -> list[str]:
@@ -219,17 +242,7 @@ async def measure(reactor: Any, hs: HomeServer, args: argparse.Namespace) -> dic
         assert code == 200, data
         return elapsed, data["search_categories"]["room_events"]["count"]
 
-    rng = random.Random(args.seed + 1)
-    queries = [rng.choice(vocabulary) for _ in range(args.queries)]
-    await search(queries[0], "rank")  # warm-up
-    by_order: dict[str, Any] = {}
-    for order_by in ("rank", "recent"):
-        latencies, counts = [], []
-        for word in queries:
-            elapsed, count = await search(word, order_by)
-            latencies.append(elapsed)
-            counts.append(count)
-        by_order[order_by] = {**timings(latencies), "median_matches": statistics.median(counts)}
+    by_order = await query_latencies(search, vocabulary, args)
     common: dict[str, Any] = {}
     for word in vocabulary[:10]:
         elapsed, count = await search(word, "rank")
@@ -337,17 +350,7 @@ async def run_synapse(reactor: Any, args: argparse.Namespace) -> None:
             )
             return time.perf_counter() - started, data["search_categories"]["room_events"]["count"]
 
-        rng = random.Random(args.seed + 1)
-        queries = [rng.choice(vocabulary) for _ in range(args.queries)]
-        await search(queries[0], "rank")
-        by_order: dict[str, Any] = {}
-        for order_by in ("rank", "recent"):
-            latencies, counts = [], []
-            for word in queries:
-                elapsed, count = await search(word, order_by)
-                latencies.append(elapsed)
-                counts.append(count)
-            by_order[order_by] = {**timings(latencies), "median_matches": statistics.median(counts)}
+        by_order = await query_latencies(search, vocabulary, args)
         print(
             json.dumps(
                 {
