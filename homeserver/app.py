@@ -179,6 +179,7 @@ class HomeServer:
         self.room_state = rooms.room_state
         self.messages = rooms.messages
         self.relations = rooms.relations
+        self.search = rooms.search
 
         sync = build_sync(core, stores, streams, rooms, user_data, e2e, auth)
         self.filtering = sync.filtering

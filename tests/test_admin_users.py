@@ -1046,6 +1046,13 @@ class ErasureTests(AdminTestCase):
         ]
         self.assertTrue(joins)
         self.assertEqual([e["content"] for e in joins], [{"membership": "join"}] * len(joins))
+        # Search finds it only for those who may still read its words.
+        search = {"search_categories": {"room_events": {"search_term": "regrets"}}}
+        for user, found in ((dave, []), (bob, [event_id])):
+            r = await self.request("POST", f"{API}/search", search, token=user.token)
+            self.assertEqual(r.code, 200, r)
+            results = r.json["search_categories"]["room_events"]["results"]
+            self.assertEqual([hit["result"]["event_id"] for hit in results], found, user)
         # The profile is gone.
         r = await self.admin_get(admin, f"/v2/users/{q(ALICE)}")
         self.assertIsNone(r.json["displayname"])

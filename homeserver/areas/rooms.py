@@ -27,6 +27,7 @@ from homeserver.rooms.membership import MembershipHandler, RemoteMembership
 from homeserver.rooms.messages import Backfill, MessagesHandler
 from homeserver.rooms.power import RoomPower
 from homeserver.rooms.relations import RelationsHandler
+from homeserver.rooms.search import SearchHandler
 from homeserver.rooms.sending import EventSendHandler
 from homeserver.rooms.state import RoomStateHandler
 from homeserver.rooms.upgrade import RoomUpgradeHandler
@@ -73,6 +74,7 @@ class Rooms:
     room_state: RoomStateHandler
     messages: MessagesHandler
     relations: RelationsHandler
+    search: SearchHandler
     # Whom each user ignores (spec: "Ignoring Users"), held in memory.
     ignored_users: IgnoredUsers
 
@@ -187,6 +189,10 @@ def build_rooms(
     relations = RelationsHandler(
         events, stores.relation_store, visibility, serializer, ignored.of
     )
+    room_state = RoomStateHandler(events, state, rooms, visibility)
+    messages = MessagesHandler(
+        events, state, visibility, serializer, federation.backfill, ignored.of
+    )
     return Rooms(
         event_stream=event_stream,
         state_group_ids=state_group_ids,
@@ -230,11 +236,13 @@ def build_rooms(
             message_limiter,
         ),
         room_upgrades=room_upgrades,
-        # Reading history (/messages, /context, /event) and state.
-        room_state=RoomStateHandler(events, state, rooms, visibility),
-        messages=MessagesHandler(
-            events, state, visibility, serializer, federation.backfill, ignored.of
-        ),
+        # Reading history (/messages, /context, /event) and state, and searching it.
+        room_state=room_state,
+        messages=messages,
         relations=relations,
+        search=SearchHandler(
+            stores.search_store, events, rooms, visibility, messages, room_state, serializer,
+            ignored.of,
+        ),
         ignored_users=ignored,
     )

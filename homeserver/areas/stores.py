@@ -39,6 +39,7 @@ from storage.stores.reports import ReportStore
 from storage.stores.room_admin import RoomAdminStore
 from storage.stores.room_keys import RoomKeysStore
 from storage.stores.rooms import RoomStore
+from storage.stores.search import SearchStore
 from storage.stores.server_keys import ServerKeyStore
 from storage.stores.server_notices import ServerNoticeStore
 from storage.stores.state import StateStore
@@ -66,6 +67,7 @@ class Stores:
     filter_store: FilterStore
     receipt_store: ReceiptStore
     relation_store: RelationStore
+    search_store: SearchStore
     account_data_store: AccountDataStore
     device_inbox_store: DeviceInboxStore
     media_store: MediaStore
@@ -150,6 +152,7 @@ def build_stores(db: Database, replication: Replication, server_name: str) -> St
         filter_store=FilterStore(db),
         receipt_store=ReceiptStore(db),
         relation_store=RelationStore(db),
+        search_store=SearchStore(db),
         account_data_store=AccountDataStore(db),
         device_inbox_store=DeviceInboxStore(db),
         media_store=MediaStore(db),

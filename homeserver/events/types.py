@@ -24,3 +24,4 @@ SPACE_CHILD = "m.space.child"
 
 # Message events.
 REDACTION = "m.room.redaction"
+MESSAGE = "m.room.message"

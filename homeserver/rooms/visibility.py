@@ -28,9 +28,9 @@ who join the room after" (spec: `POST /account/deactivate`). `filter_events_for_
 returns such events pruned (the redaction algorithm) to every viewer whose membership was
 not `join` at the event; those who were joined still see them whole.
 
-Every read path that hands room events to a client (/messages, /context, /event, /sync)
-runs them through `filter_events_for_user`. It reads only two state keys per state group
-(the history visibility and the user's membership), batched over all events, through
+Every read path that hands room events to a client (/messages, /context, /event, /sync,
+/search) runs them through `filter_events_for_user`. It reads only two state keys per state
+group (the history visibility and the user's membership), batched over all events, through
 `StateStore.get_state_for_groups`, which caches them: state groups never change.
 """
 

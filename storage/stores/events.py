@@ -41,6 +41,18 @@ class StoredEvent:
 # `LruCache.peek`'s answer for an event not held (None means held as not redacted).
 
 
+def redaction_held_txn(txn: Transaction, event: Event) -> bool:
+    """Whether a redaction of `event` in its room is already stored (federation can deliver
+    a redaction before its target): what is derived from the event's content (relations,
+    search text) is then not written."""
+    row = txn.select_one(
+        "SELECT 1 FROM redactions r JOIN events re ON re.event_id = r.event_id"
+        " WHERE r.redacts = ? AND re.room_id = ?",
+        (event.event_id, event.room_id),
+    )
+    return row is not None
+
+
 def _row_to_stored(row: tuple[Any, ...]) -> StoredEvent:
     event_id, raw, metadata, rejected, stream, topo, outlier, room_version = row
     version = KNOWN_ROOM_VERSIONS[room_version]

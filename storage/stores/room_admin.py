@@ -108,7 +108,7 @@ def _figures_txn(
 
 def _delete_events_txn(txn: Transaction, event_ids: list[str], also: tuple[str, ...]) -> None:
     """Delete `event_ids` and what hangs on each (their graph edges, auth links, relations,
-    push actions, and those actions still queued for the count summary), and their rows in
+    search index rows, push actions, and those actions still queued for the count summary), and their rows in
     the tables `also` names, all keyed by event ID."""
     marks = ",".join("?" for _ in event_ids)
     # Push actions not yet counted into the summary are queued by stream position.
@@ -118,7 +118,8 @@ def _delete_events_txn(txn: Transaction, event_ids: list[str], also: tuple[str, 
         event_ids,
     )
     for table in (
-        "event_edges", "event_auth", "event_relations", "event_push_actions", *also, "events"
+        "event_edges", "event_auth", "event_relations", "event_search", "event_push_actions",
+        *also, "events",
     ):
         txn.execute(f"DELETE FROM {table} WHERE event_id IN ({marks})", event_ids)
 
