@@ -217,9 +217,12 @@ class SearchHandler:
             for hit in hits
             if hit.event_id in loaded and request.event_filter.allows(loaded[hit.event_id])
         ]
+        # An erased sender's events come back pruned to viewers who were not there: their
+        # words matched, but the viewer may no longer read them, so they are not found.
         return {
             stored.event.event_id: stored
             for stored in await self._visibility.filter_events_for_user(user_id, candidates)
+            if stored.event.content == loaded[stored.event.event_id].event.content
         }
 
     # ----- what comes with the results ---------------------------------------------------
