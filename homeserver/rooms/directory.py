@@ -522,7 +522,7 @@ def room_summary(room: PublishedRoom, state: Mapping[str, Mapping[str, Any]]) ->
     }
     optional = {
         "name": field(NAME, "name"),
-        "topic": _plain_topic(state.get(TOPIC, {})),
+        "topic": plain_topic(state.get(TOPIC, {})),
         "canonical_alias": field(CANONICAL_ALIAS, "alias"),
         "avatar_url": field(AVATAR, "url"),
         "join_rule": field(JOIN_RULES, "join_rule"),
@@ -534,7 +534,7 @@ def room_summary(room: PublishedRoom, state: Mapping[str, Mapping[str, Any]]) ->
     return summary
 
 
-def _plain_topic(content: Mapping[str, Any]) -> str | None:
+def plain_topic(content: Mapping[str, Any]) -> str | None:
     """The text/plain topic: from the `m.topic` content block if it has one, else `topic`."""
     block = content.get("m.topic")
     if isinstance(block, dict) and isinstance(block.get("m.text"), list):
