@@ -17,6 +17,9 @@ GUEST_ACCESS = "m.room.guest_access"
 NAME = "m.room.name"
 TOPIC = "m.room.topic"
 AVATAR = "m.room.avatar"
+ENCRYPTION = "m.room.encryption"
+# A space's children (state key: the child room ID).
+SPACE_CHILD = "m.space.child"
 
 # Message events.
 REDACTION = "m.room.redaction"

@@ -50,15 +50,16 @@ from homeserver.events.types import (
     AVATAR,
     CANONICAL_ALIAS,
     CREATE,
+    ENCRYPTION,
     GUEST_ACCESS,
     HISTORY_VISIBILITY,
     JOIN_RULES,
     NAME,
+    SPACE_CHILD,
     TOPIC,
 )
 from homeserver.identifiers import check_room_id
-from homeserver.rooms.directory import StateContents, plain_topic
-from homeserver.rooms.visibility import WORLD_READABLE, visibility_from_content
+from homeserver.rooms.directory import RESTRICTED_JOIN_RULES, StateContents, describe_room
 from storage.stores.events import EventStore
 from storage.stores.rooms import RoomStore
 from storage.stores.state import StateStore
@@ -68,8 +69,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SPACE_CHILD = "m.space.child"
-ENCRYPTION = "m.room.encryption"
 SPACE_ROOM_TYPE = "m.space"
 # The client hierarchy's page size when the client names none, and the most it gets.
 DEFAULT_LIMIT = 50
@@ -83,9 +82,8 @@ PAGINATION_TTL_S = 5 * 60.0
 PAGINATION_SESSIONS = 10_000
 # A valid `order`: at most this many characters, each printable ASCII.
 MAX_ORDER_LENGTH = 50
-# Join rules under which anyone may knock, join or (for restricted) join through a room.
+# Join rules under which anyone may join or knock.
 OPEN_JOIN_RULES = ("public", "knock", "knock_restricted")
-RESTRICTED_JOIN_RULES = ("restricted", "knock_restricted")
 SUMMARY_TYPES = (
     CREATE,
     NAME,
@@ -168,6 +166,18 @@ class _QueueEntry:
     depth: int
     # The room's summary as another server gave it (with its parent's answer), if any.
     remote: dict[str, Any] | None = None
+    # The parent's server named it in `inaccessible_children`: not to be asked again.
+    inaccessible: bool = False
+
+
+@dataclass
+class _Described:
+    """A room as the walk found it: its summary (None if nobody could describe it), and
+    what another server's answer said of its children."""
+
+    summary: dict[str, Any] | None
+    remote_children: dict[str, dict[str, Any]] = field(default_factory=dict)
+    inaccessible_children: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -259,7 +269,8 @@ class SpaceHierarchyHandler:
             if entry.room_id in walk.visited:
                 continue
             walk.visited.add(entry.room_id)
-            summary, remote_children = await self._summary_for_walk(entry, walk.suggested_only)
+            described = await self._describe_for_walk(entry, walk.suggested_only)
+            summary = described.summary
             if summary is None or not await self._user_may_see(user_id, summary):
                 continue
             rooms.append(summary)
@@ -271,7 +282,8 @@ class SpaceHierarchyHandler:
                     child["state_key"],
                     child_via(child),
                     entry.depth + 1,
-                    remote_children.get(child["state_key"]),
+                    described.remote_children.get(child["state_key"]),
+                    child["state_key"] in described.inaccessible_children,
                 )
                 for child in children
                 if child["state_key"] not in walk.visited
@@ -284,30 +296,35 @@ class SpaceHierarchyHandler:
             response["next_batch"] = token
         return response
 
-    async def _summary_for_walk(
-        self, entry: _QueueEntry, suggested_only: bool
-    ) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
-        """The room's summary with its `children_state` (from our state if we are in the
-        room, else from what another server says of it; None if none does), and the
-        summaries of its children that came with another server's answer."""
+    async def _describe_for_walk(self, entry: _QueueEntry, suggested_only: bool) -> _Described:
+        """The room's summary with its `children_state`: from our state if we are in the
+        room, else from what another server says of it."""
         local = await self._local_summary(entry.room_id)
         if local is not None:
-            return local, {}
+            return _Described(local)
+        if entry.inaccessible:
+            return _Described(None)
         known = {**entry.remote, "children_state": []} if entry.remote is not None else None
         if known is not None and known.get("room_type") != SPACE_ROOM_TYPE:
-            return known, {}
+            return _Described(known)
         servers = [server for server in entry.via if server != self._server_name]
         if self._remote is None or not servers:
-            return known, {}
+            return _Described(known)
         answer = await self._remote.get_space_hierarchy(entry.room_id, servers, suggested_only)
         if answer is None:
-            return known, {}
-        children = {
-            child["room_id"]: child
-            for child in answer.get("children", [])
-            if isinstance(child, dict) and isinstance(child.get("room_id"), str)
-        }
-        return {"children_state": [], **answer["room"]}, children
+            return _Described(known)
+        inaccessible = answer.get("inaccessible_children")
+        return _Described(
+            {"children_state": [], **answer["room"]},
+            {
+                child["room_id"]: child
+                for child in answer.get("children", [])
+                if isinstance(child, dict) and isinstance(child.get("room_id"), str)
+            },
+            frozenset(r for r in inaccessible if isinstance(r, str))
+            if isinstance(inaccessible, list)
+            else frozenset(),
+        )
 
     async def _user_may_see(self, user_id: str, summary: Mapping[str, Any]) -> bool:
         if _open_to_anyone(summary):
@@ -444,42 +461,3 @@ class SpaceHierarchyHandler:
             if child_via(child):
                 children.append(child)
         return sorted(children, key=child_sort_key)
-
-
-def describe_room(
-    room_id: str, joined_members: int, state: Mapping[str, Mapping[str, Any]]
-) -> dict[str, Any]:
-    """The spec's `RoomSummary` of a room from its state (event type -> content)."""
-
-    def value(event_type: str, key: str) -> Any:
-        return state.get(event_type, {}).get(key)
-
-    join_rule = value(JOIN_RULES, "join_rule")
-    summary: dict[str, Any] = {
-        "room_id": room_id,
-        "num_joined_members": joined_members,
-        "world_readable": visibility_from_content(state.get(HISTORY_VISIBILITY)) == WORLD_READABLE,
-        "guest_can_join": value(GUEST_ACCESS, "guest_access") == "can_join",
-        "join_rule": join_rule if isinstance(join_rule, str) else "invite",
-    }
-    optional = {
-        "name": value(NAME, "name"),
-        "topic": plain_topic(state.get(TOPIC, {})),
-        "canonical_alias": value(CANONICAL_ALIAS, "alias"),
-        "avatar_url": value(AVATAR, "url"),
-        "room_type": value(CREATE, "type"),
-        "encryption": value(ENCRYPTION, "algorithm"),
-    }
-    for key, item in optional.items():
-        if isinstance(item, str) and item:
-            summary[key] = item
-    if join_rule in RESTRICTED_JOIN_RULES:
-        allow = value(JOIN_RULES, "allow")
-        summary["allowed_room_ids"] = [
-            condition["room_id"]
-            for condition in (allow if isinstance(allow, list) else [])
-            if isinstance(condition, dict)
-            and condition.get("type") == "m.room_membership"
-            and isinstance(condition.get("room_id"), str)
-        ]
-    return summary

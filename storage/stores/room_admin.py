@@ -10,6 +10,7 @@ from homeserver.events.types import (
     AVATAR,
     CANONICAL_ALIAS,
     CREATE,
+    ENCRYPTION,
     GUEST_ACCESS,
     HISTORY_VISIBILITY,
     JOIN_RULES,
@@ -19,7 +20,6 @@ from homeserver.events.types import (
 )
 from storage.database import Database, Transaction
 
-ENCRYPTION = "m.room.encryption"
 TOMBSTONE = "m.room.tombstone"
 # The state (empty state key) the room list and details describe a room with.
 DESCRIBING_STATE_TYPES = (
