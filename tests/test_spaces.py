@@ -54,6 +54,16 @@ class SpaceCase(RoomTestCase):
         return await self.request("GET", path, token=user.token if user else None)
 
 
+class AliceAndBob(SpaceCase):
+    alice: User
+    bob: User
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        await super().setUp()
+        self.alice = await self.user("alice")
+        self.bob = await self.user("bob")
+
+
 class OrderTests(unittest.SynchronousTestCase):
     def test_valid_order(self) -> None:
         self.assertEqual(valid_order(" ~"), " ~")
@@ -77,12 +87,7 @@ class OrderTests(unittest.SynchronousTestCase):
 
 
 @on_both_engines
-class HierarchyTests(SpaceCase):
-    async def setUp(self) -> None:  # type: ignore[override]
-        await super().setUp()
-        self.alice = await self.user("alice")
-        self.bob = await self.user("bob")
-
+class HierarchyTests(AliceAndBob):
     async def test_spec_order_and_summaries(self) -> None:
         space = await self.space(self.alice, name="Space", topic="All of it")
         rooms = {
@@ -291,12 +296,7 @@ class HierarchyTests(SpaceCase):
 
 
 @on_both_engines
-class RoomSummaryTests(SpaceCase):
-    async def setUp(self) -> None:  # type: ignore[override]
-        await super().setUp()
-        self.alice = await self.user("alice")
-        self.bob = await self.user("bob")
-
+class RoomSummaryTests(AliceAndBob):
     async def test_public_room_by_id_and_alias(self) -> None:
         room = await self.create_room(
             self.alice, preset="public_chat", name="Hall", room_alias_name="hall"

@@ -46,20 +46,10 @@ from homeserver.caches import LruCache
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
 from homeserver.events.auth import server_of
-from homeserver.events.types import (
-    AVATAR,
-    CANONICAL_ALIAS,
-    CREATE,
-    ENCRYPTION,
-    GUEST_ACCESS,
-    HISTORY_VISIBILITY,
-    JOIN_RULES,
-    NAME,
-    SPACE_CHILD,
-    TOPIC,
-)
+from homeserver.events.types import ENCRYPTION, SPACE_CHILD
 from homeserver.identifiers import check_room_id
 from homeserver.rooms.directory import RESTRICTED_JOIN_RULES, StateContents, describe_room
+from storage.stores.directory import ROOM_SUMMARY_STATE_TYPES
 from storage.stores.events import EventStore
 from storage.stores.rooms import RoomStore
 from storage.stores.state import StateStore
@@ -84,17 +74,8 @@ PAGINATION_SESSIONS = 10_000
 MAX_ORDER_LENGTH = 50
 # Join rules under which anyone may join or knock.
 OPEN_JOIN_RULES = ("public", "knock", "knock_restricted")
-SUMMARY_TYPES = (
-    CREATE,
-    NAME,
-    TOPIC,
-    AVATAR,
-    CANONICAL_ALIAS,
-    JOIN_RULES,
-    HISTORY_VISIBILITY,
-    GUEST_ACCESS,
-    ENCRYPTION,
-)
+# The state a summary is read from: the directory's, and whether the room is encrypted.
+SUMMARY_TYPES = (*ROOM_SUMMARY_STATE_TYPES, ENCRYPTION)
 
 
 def valid_order(order: object) -> str | None:
