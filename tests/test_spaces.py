@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 
 from twisted.trial import unittest
 
-from homeserver.rooms.spaces import child_sort_key, valid_order
+from homeserver.rooms.spaces import child_sort_key, open_to_anyone, valid_order
 from tests.harness import SERVER_NAME, Response, on_both_engines
 from tests.room_helpers import RoomTestCase, User, q
 from tests.test_federation_reads import FederationReadsCase
@@ -70,6 +70,16 @@ class OrderTests(unittest.SynchronousTestCase):
         self.assertEqual(valid_order("a" * 50), "a" * 50)
         for invalid in ("a" * 51, "\x7f", "\x1f", "é", 3, None):
             self.assertIsNone(valid_order(invalid), invalid)
+
+    def test_knock_rules_count_only_in_versions_that_have_them(self) -> None:
+        # This server creates no rooms of versions before 10; other servers' rooms may be.
+        for rule, version, open_ in (
+            ("knock", "6", False), ("knock", "7", True), ("knock_restricted", "9", False),
+            ("knock_restricted", "10", True), ("knock", "unknown-version", True),
+            ("public", "1", True), ("invite", "11", False),
+        ):
+            summary = {"room_id": "!r:x", "join_rule": rule, "room_version": version}
+            self.assertEqual(open_to_anyone(summary), open_, (rule, version))
 
     def test_ties_go_to_timestamp_then_room_id(self) -> None:
         def child(room_id: str, ts: int, **content: Any) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from homeserver.caches import LruCache
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
 from homeserver.events.auth import server_of
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.events.types import ENCRYPTION, SPACE_CHILD
 from homeserver.identifiers import check_room_id
 from homeserver.rooms.directory import RESTRICTED_JOIN_RULES, StateContents, describe_room
@@ -129,12 +130,28 @@ def ordered_children(
     return sorted(children, key=child_sort_key)[:MAX_CHILDREN_PER_SPACE]
 
 
-def _open_to_anyone(summary: Mapping[str, Any]) -> bool:
-    return summary.get("join_rule") in OPEN_JOIN_RULES or summary.get("world_readable") is True
+def _join_rule(summary: Mapping[str, Any]) -> object:
+    """The room's join rule, or None when its room version (if we know it) has no such
+    rule: the spec counts knock rules only "in a room version that supports those
+    settings", and the auth rules treat the others as unusable too."""
+    rule = summary.get("join_rule")
+    version = KNOWN_ROOM_VERSIONS.get(str(summary.get("room_version")))
+    if version is None:
+        return rule
+    supported = {
+        "knock": version.knock,
+        "restricted": version.restricted_join_rule,
+        "knock_restricted": version.knock_restricted_join_rule,
+    }
+    return rule if supported.get(str(rule), True) else None
+
+
+def open_to_anyone(summary: Mapping[str, Any]) -> bool:
+    return _join_rule(summary) in OPEN_JOIN_RULES or summary.get("world_readable") is True
 
 
 def _allowed_rooms(summary: Mapping[str, Any]) -> list[str]:
-    if summary.get("join_rule") not in RESTRICTED_JOIN_RULES:
+    if _join_rule(summary) not in RESTRICTED_JOIN_RULES:
         return []
     allowed = summary.get("allowed_room_ids")
     return [r for r in allowed if isinstance(r, str)] if isinstance(allowed, list) else []
@@ -308,7 +325,7 @@ class SpaceHierarchyHandler:
         )
 
     async def _user_may_see(self, user_id: str, summary: Mapping[str, Any]) -> bool:
-        if _open_to_anyone(summary):
+        if open_to_anyone(summary):
             return True
         membership = await self._rooms.get_membership(summary["room_id"], user_id)
         if membership is not None and membership.membership in ("join", "invite"):
@@ -345,7 +362,7 @@ class SpaceHierarchyHandler:
             own = await self._rooms.get_membership(room_id, requester.user_id)
             membership = own.membership if own is not None else "leave"
         visible = summary is not None and (
-            _open_to_anyone(summary)
+            open_to_anyone(summary)
             or (
                 requester is not None
                 and (
@@ -386,7 +403,7 @@ class SpaceHierarchyHandler:
         return {"room": summary, "children": children, "inaccessible_children": inaccessible}
 
     async def _server_may_see(self, server: str, summary: Mapping[str, Any]) -> bool:
-        if _open_to_anyone(summary):
+        if open_to_anyone(summary):
             return True
         for membership in ("join", "invite"):
             members = await self._state.get_current_members(summary["room_id"], membership)
