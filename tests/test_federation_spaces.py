@@ -31,11 +31,11 @@ class SpacesCase(FederationTestCase):
         assert r.code == 200, r
         return str(r.json["room_id"])
 
-    async def add_child(
-        self, user: FedUser, space: str, child: str, via: str, order: str
-    ) -> None:
+    async def add_child(self, user: FedUser, space: str, child: str, via: str, order: str) -> None:
         r = await self.user_call(
-            user, "PUT", f"{API}/rooms/{q(space)}/state/m.space.child/{q(child)}",
+            user,
+            "PUT",
+            f"{API}/rooms/{q(space)}/state/m.space.child/{q(child)}",
             {"via": [via], "order": order},
         )
         assert r.code == 200, r
@@ -52,13 +52,15 @@ class TwoHeddleSpaces(SpacesCase):
         self,
     ) -> tuple[Server, Server, FedUser, FedUser, str, dict[str, str]]:
         a, b, alice, bob = await self.two_peers()
-        space = await self.create(alice, preset="public_chat", name="A space",
-                                  creation_content=SPACE)
+        space = await self.create(
+            alice, preset="public_chat", name="A space", creation_content=SPACE
+        )
         rooms = {
             "public": await self.create(bob, preset="public_chat", name="B public"),
             "private": await self.create(bob, preset="private_chat", name="B private"),
-            "space": await self.create(bob, preset="public_chat", name="B space",
-                                       creation_content=SPACE),
+            "space": await self.create(
+                bob, preset="public_chat", name="B space", creation_content=SPACE
+            ),
             "deep": await self.create(bob, preset="public_chat", name="B deep"),
         }
         await self.add_child(alice, space, rooms["public"], b.server_name, "1")
@@ -73,13 +75,13 @@ class TwoHeddleSpaces(SpacesCase):
         self.assertEqual(
             await self.walk(alice, space), ["A space", "B public", "B space", "B deep"]
         )
-        self.assertEqual(await self.walk(alice, space, max_depth=1),
-                         ["A space", "B public", "B space"])
+        self.assertEqual(
+            await self.walk(alice, space, max_depth=1), ["A space", "B public", "B space"]
+        )
         r = await self.user_call(alice, "GET", hierarchy_path(space))
         remote_space = r.json["rooms"][2]
         self.assertEqual(remote_space["room_type"], "m.space")
-        self.assertEqual([c["state_key"] for c in remote_space["children_state"]],
-                         [rooms["deep"]])
+        self.assertEqual([c["state_key"] for c in remote_space["children_state"]], [rooms["deep"]])
         self.assertEqual(r.json["rooms"][1]["num_joined_members"], 1)
         r = await self.user_call(alice, "GET", summary_path(rooms["public"], b.server_name))
         self.assertEqual(r.code, 200, r)
@@ -119,7 +121,10 @@ class SynapseSpaces(SpacesCase):
         private = await create(preset="private_chat", name="S private")
         for order, child in (("1", public), ("2", private)):
             r = await self._synapse(
-                peer, bob, "PUT", f"{API}/rooms/{q(space)}/state/m.space.child/{q(child)}",
+                peer,
+                bob,
+                "PUT",
+                f"{API}/rooms/{q(space)}/state/m.space.child/{q(child)}",
                 {"via": [peer.server_name], "order": order},
             )
             self.assertEqual(r.code, 200, r)
@@ -131,27 +136,29 @@ class SynapseSpaces(SpacesCase):
         self.assertEqual((r.json["name"], r.json["room_type"]), ("S space", "m.space"))
         r = await self.user_call(alice, "GET", summary_path(private, peer.server_name))
         self.assertEqual(r.code, 404, r)
-        r = await self.user_call(alice, "POST", f"{API}/join/{q(space)}?via={peer.server_name}",
-                                 {})
+        r = await self.user_call(alice, "POST", f"{API}/join/{q(space)}?via={peer.server_name}", {})
         self.assertEqual(r.code, 200, r)
         self.assertEqual(await self.walk(alice, space), ["S space", "S public"])
 
     @ensure_deferred
     async def test_synapse_walks_a_space_on_heddle(self):
         heddle, peer, alice, bob = await self.heddle_and_synapse(PW)
-        space = await self.create(alice, preset="public_chat", name="H space",
-                                  creation_content=SPACE)
+        space = await self.create(
+            alice, preset="public_chat", name="H space", creation_content=SPACE
+        )
         public = await self.create(alice, preset="public_chat", name="H public")
         private = await self.create(alice, preset="private_chat", name="H private")
-        inner = await self.create(alice, preset="public_chat", name="H inner",
-                                  creation_content=SPACE)
+        inner = await self.create(
+            alice, preset="public_chat", name="H inner", creation_content=SPACE
+        )
         deep = await self.create(alice, preset="public_chat", name="H deep")
         await self.add_child(alice, space, public, heddle.server_name, "1")
         await self.add_child(alice, space, private, heddle.server_name, "2")
         await self.add_child(alice, space, inner, heddle.server_name, "3")
         await self.add_child(alice, inner, deep, heddle.server_name, "1")
-        r = await self._synapse(peer, bob, "POST",
-                                f"{API}/join/{q(space)}?server_name={heddle.server_name}", {})
+        r = await self._synapse(
+            peer, bob, "POST", f"{API}/join/{q(space)}?server_name={heddle.server_name}", {}
+        )
         self.assertEqual(r.code, 200, r)
         r = await self._synapse(peer, bob, "GET", hierarchy_path(space))
         self.assertEqual(r.code, 200, r)

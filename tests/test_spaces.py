@@ -74,21 +74,31 @@ class OrderTests(unittest.SynchronousTestCase):
     def test_knock_rules_count_only_in_versions_that_have_them(self) -> None:
         # This server creates no rooms of versions before 10; other servers' rooms may be.
         for rule, version, open_ in (
-            ("knock", "6", False), ("knock", "7", True), ("knock_restricted", "9", False),
-            ("knock_restricted", "10", True), ("knock", "unknown-version", True),
-            ("public", "1", True), ("invite", "11", False),
+            ("knock", "6", False),
+            ("knock", "7", True),
+            ("knock_restricted", "9", False),
+            ("knock_restricted", "10", True),
+            ("knock", "unknown-version", True),
+            ("public", "1", True),
+            ("invite", "11", False),
         ):
             summary = {"room_id": "!r:x", "join_rule": rule, "room_version": version}
             self.assertEqual(open_to_anyone(summary), open_, (rule, version))
 
     def test_ties_go_to_timestamp_then_room_id(self) -> None:
         def child(room_id: str, ts: int, **content: Any) -> dict[str, Any]:
-            return {"state_key": room_id, "origin_server_ts": ts,
-                    "content": {"via": ["x"], **content}}
+            return {
+                "state_key": room_id,
+                "origin_server_ts": ts,
+                "content": {"via": ["x"], **content},
+            }
 
         children = [
-            child("!d", 1), child("!c", 1), child("!b", 5, order="x"),
-            child("!a", 7, order="x"), child("!e", 0, order="\x7f"),
+            child("!d", 1),
+            child("!c", 1),
+            child("!b", 5, order="x"),
+            child("!a", 7, order="x"),
+            child("!e", 0, order="\x7f"),
         ]
         self.assertEqual(
             [c["state_key"] for c in sorted(children, key=child_sort_key)],
@@ -129,8 +139,9 @@ class HierarchyTests(AliceAndBob):
             [rooms["b"], rooms["a"], rooms["c"], rooms["e"], rooms["d"]],
         )
         for child in children:
-            self.assertEqual(set(child), {"type", "state_key", "content", "sender",
-                                          "origin_server_ts"})
+            self.assertEqual(
+                set(child), {"type", "state_key", "content", "sender", "origin_server_ts"}
+            )
             self.assertEqual(child["sender"], self.alice.user_id)
         # A room that is not a space lists no children.
         self.assertEqual(r.json["rooms"][1]["children_state"], [])
@@ -190,21 +201,42 @@ class HierarchyTests(AliceAndBob):
         private = await self.create_room(self.alice, preset="private_chat", name="private")
         invited = await self.create_room(self.alice, preset="private_chat", name="invited")
         readable = await self.create_room(
-            self.alice, preset="private_chat", name="readable",
-            initial_state=[{"type": "m.room.history_visibility", "state_key": "",
-                            "content": {"history_visibility": "world_readable"}}],
+            self.alice,
+            preset="private_chat",
+            name="readable",
+            initial_state=[
+                {
+                    "type": "m.room.history_visibility",
+                    "state_key": "",
+                    "content": {"history_visibility": "world_readable"},
+                }
+            ],
         )
         knock = await self.create_room(
-            self.alice, preset="private_chat", name="knock", room_version="10",
-            initial_state=[{"type": "m.room.join_rules", "state_key": "",
-                            "content": {"join_rule": "knock"}}],
+            self.alice,
+            preset="private_chat",
+            name="knock",
+            room_version="10",
+            initial_state=[
+                {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}
+            ],
         )
         allowed_from = await self.create_room(self.alice, preset="public_chat", name="lobby")
         restricted = await self.create_room(
-            self.alice, preset="private_chat", name="restricted", room_version="10",
-            initial_state=[{"type": "m.room.join_rules", "state_key": "", "content": {
-                "join_rule": "restricted",
-                "allow": [{"type": "m.room_membership", "room_id": allowed_from}]}}],
+            self.alice,
+            preset="private_chat",
+            name="restricted",
+            room_version="10",
+            initial_state=[
+                {
+                    "type": "m.room.join_rules",
+                    "state_key": "",
+                    "content": {
+                        "join_rule": "restricted",
+                        "allow": [{"type": "m.room_membership", "room_id": allowed_from}],
+                    },
+                }
+            ],
         )
         for child in (private, invited, readable, knock, restricted):
             await self.add_child(self.alice, space, child)
@@ -243,8 +275,13 @@ class HierarchyTests(AliceAndBob):
     async def test_bad_parameters_are_400(self) -> None:
         space = await self.space(self.alice)
         for params in (
-            {"limit": "-1"}, {"limit": "0"}, {"limit": "many"}, {"limit": "1.5"},
-            {"max_depth": "-1"}, {"max_depth": "deep"}, {"suggested_only": "yes"},
+            {"limit": "-1"},
+            {"limit": "0"},
+            {"limit": "many"},
+            {"limit": "1.5"},
+            {"max_depth": "-1"},
+            {"max_depth": "deep"},
+            {"suggested_only": "yes"},
             {"from": "garbage"},
         ):
             r = await self.hierarchy(self.alice, space, **params)
@@ -280,8 +317,9 @@ class HierarchyTests(AliceAndBob):
     async def test_unreachable_remote_child_is_skipped(self) -> None:
         space = await self.space(self.alice)
         local = await self.create_room(self.alice, preset="public_chat")
-        await self.add_child(self.alice, space, "!gone:unreachable.example",
-                             via=["unreachable.example"], order="a")
+        await self.add_child(
+            self.alice, space, "!gone:unreachable.example", via=["unreachable.example"], order="a"
+        )
         await self.add_child(self.alice, space, local, order="b")
         self.assertEqual(await self.room_ids(self.bob, space), [space, local])
 
