@@ -90,6 +90,30 @@ class TwoHeddleSpaces(SpacesCase):
         self.assertEqual((r.code, r.json["errcode"]), (404, "M_NOT_FOUND"))
 
     @ensure_deferred
+    async def test_answers_are_cached_and_inaccessible_children_not_asked_about(self):
+        a, b, alice, bob, space, rooms = await self._space_on_a_with_rooms_on_b()
+        hidden = await self.create(bob, preset="private_chat", name="B hidden")
+        await self.add_child(bob, rooms["space"], hidden, b.server_name, "2")
+        asked: list[str] = []
+        answer = b.hs.spaces.get_federation_hierarchy
+
+        async def counting(origin: str, room_id: str, suggested_only: bool) -> Any:
+            asked.append(room_id)
+            return await answer(origin, room_id, suggested_only)
+
+        b.hs.spaces.get_federation_hierarchy = counting  # type: ignore[method-assign]
+        expected = ["A space", "B public", "B space", "B deep"]
+        self.assertEqual(await self.walk(alice, space), expected)
+        # B said `hidden` is out of A's reach: A does not ask about it.
+        self.assertEqual(
+            sorted(asked), sorted([rooms["public"], rooms["private"], rooms["space"]])
+        )
+        asked.clear()
+        self.assertEqual(await self.walk(alice, space), expected)
+        # Answers are cached; only the room B refused is asked about again.
+        self.assertEqual(asked, [rooms["private"]])
+
+    @ensure_deferred
     async def test_unreachable_server_skips_its_rooms(self):
         a, b, alice, bob, space, rooms = await self._space_on_a_with_rooms_on_b()
         await self.stop_peer(b)
