@@ -105,9 +105,7 @@ class TwoHeddleSpaces(SpacesCase):
         expected = ["A space", "B public", "B space", "B deep"]
         self.assertEqual(await self.walk(alice, space), expected)
         # B said `hidden` is out of A's reach: A does not ask about it.
-        self.assertEqual(
-            sorted(asked), sorted([rooms["public"], rooms["private"], rooms["space"]])
-        )
+        self.assertEqual(sorted(asked), sorted([rooms["public"], rooms["private"], rooms["space"]]))
         asked.clear()
         self.assertEqual(await self.walk(alice, space), expected)
         # Answers are cached; only the room B refused is asked about again.
