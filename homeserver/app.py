@@ -171,6 +171,7 @@ class HomeServer:
         self.history_visibility = rooms.history_visibility
         self.directory = rooms.directory
         self.room_list = rooms.room_list
+        self.spaces = rooms.spaces
         self.user_directory = rooms.user_directory
         self.membership = rooms.membership
         self.event_sender = rooms.event_sender

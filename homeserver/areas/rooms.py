@@ -29,6 +29,7 @@ from homeserver.rooms.power import RoomPower
 from homeserver.rooms.relations import RelationsHandler
 from homeserver.rooms.search import SearchHandler
 from homeserver.rooms.sending import EventSendHandler
+from homeserver.rooms.spaces import SpaceHierarchyHandler
 from homeserver.rooms.state import RoomStateHandler
 from homeserver.rooms.upgrade import RoomUpgradeHandler
 from homeserver.rooms.visibility import HistoryVisibility
@@ -65,6 +66,7 @@ class Rooms:
     state_contents: StateContents
     directory: DirectoryHandler
     room_list: RoomListHandler
+    spaces: SpaceHierarchyHandler
     user_directory: UserDirectoryHandler
     membership: MembershipHandler
     message_limiter: RateLimiter
@@ -209,6 +211,16 @@ def build_rooms(
         directory=directory,
         room_list=RoomListHandler(
             core.server_name, stores.room_directory_store, state_contents, power, remote
+        ),
+        spaces=SpaceHierarchyHandler(
+            core.server_name,
+            core.clock,
+            events,
+            state,
+            rooms,
+            state_contents,
+            remote,
+            directory.resolve_room_alias,
         ),
         user_directory=UserDirectoryHandler(stores.user_directory_store),
         membership=membership,

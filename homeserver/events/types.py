@@ -20,6 +20,7 @@ AVATAR = "m.room.avatar"
 ENCRYPTION = "m.room.encryption"
 SERVER_ACL = "m.room.server_acl"
 TOMBSTONE = "m.room.tombstone"
+# A space's children (state key: the child room ID).
 SPACE_CHILD = "m.space.child"
 
 # Message events.
