@@ -26,16 +26,21 @@ from client_api.servlets import (
     receipts,
     register,
     relations,
+    reports,
     room_keys,
     rooms,
+    search,
+    spaces,
     sync,
     to_device,
     typing,
 )
+from client_api.servlets.admin import background as admin_background
 from client_api.servlets.admin import federation as admin_federation
 from client_api.servlets.admin import media as admin_media
 from client_api.servlets.admin import register as admin_register
 from client_api.servlets.admin import registration_tokens as admin_registration_tokens
+from client_api.servlets.admin import reports as admin_reports
 from client_api.servlets.admin import rooms as admin_rooms
 from client_api.servlets.admin import server_notices as admin_server_notices
 from client_api.servlets.admin import users as admin_users
@@ -75,6 +80,7 @@ CLIENT_SERVLETS = [
     # The admin API (see client_api/servlets/admin/).
     admin_federation.DestinationsServlet,
     admin_federation.DestinationServlet,
+    admin_federation.DestinationRoomsServlet,
     admin_federation.ResetConnectionServlet,
     admin_federation.ServerVersionServlet,
     admin_server_notices.SendServerNoticeServlet,
@@ -89,6 +95,9 @@ CLIENT_SERVLETS = [
     admin_users.UserDeviceServlet,
     admin_users.DeleteDevicesServlet,
     admin_users.JoinedRoomsServlet,
+    admin_users.MembershipsServlet,
+    admin_users.PushersServlet,
+    admin_users.UsernameAvailableServlet,
     admin_users.AccountDataServlet,
     admin_users.LoginAsServlet,
     admin_users.ShadowBanServlet,
@@ -106,9 +115,15 @@ CLIENT_SERVLETS = [
     admin_rooms.RoomMessagesServlet,
     admin_rooms.BlockRoomServlet,
     admin_rooms.ForwardExtremitiesServlet,
+    admin_rooms.RoomContextServlet,
+    admin_rooms.TimestampToEventServlet,
     admin_rooms.MakeRoomAdminServlet,
     admin_rooms.PurgeHistoryServlet,
     admin_rooms.PurgeHistoryStatusServlet,
+    admin_background.BackgroundUpdatesStatusServlet,
+    admin_background.BackgroundUpdatesEnabledServlet,
+    admin_background.BackgroundUpdatesStartJobServlet,
+    admin_background.ScheduledTasksServlet,
     admin_registration_tokens.RegistrationTokensServlet,
     admin_registration_tokens.NewRegistrationTokenServlet,
     admin_registration_tokens.RegistrationTokenServlet,
@@ -121,8 +136,15 @@ CLIENT_SERVLETS = [
     admin_media.MediaServlet,
     admin_media.RoomMediaServlet,
     admin_media.PurgeMediaCacheServlet,
+    admin_reports.EventReportsServlet,
+    admin_reports.EventReportServlet,
+    admin_reports.RoomReportsServlet,
+    admin_reports.RoomReportServlet,
+    admin_reports.UserReportsServlet,
+    admin_reports.UserReportServlet,
     sync.SyncServlet,
     rooms.CreateRoomServlet,
+    rooms.UpgradeRoomServlet,
     rooms.SendEventServlet,
     rooms.StateEventServlet,
     rooms.RoomStateServlet,
@@ -152,6 +174,7 @@ CLIENT_SERVLETS = [
     history.MessagesServlet,
     history.ContextServlet,
     history.EventServlet,
+    search.SearchServlet,
     relations.RelationsServlet,
     relations.ThreadsServlet,
     typing.TypingServlet,
@@ -175,12 +198,17 @@ CLIENT_SERVLETS = [
     directory.RoomAliasesServlet,
     directory.RoomVisibilityServlet,
     directory.PublicRoomsServlet,
+    spaces.SpaceHierarchyServlet,
+    spaces.RoomSummaryServlet,
     directory.UserDirectorySearchServlet,
     room_keys.RoomKeysVersionServlet,
     room_keys.RoomKeysVersionByIdServlet,
     room_keys.RoomKeysServlet,
     room_keys.RoomKeysRoomServlet,
     room_keys.RoomKeysSessionServlet,
+    reports.ReportEventServlet,
+    reports.ReportRoomServlet,
+    reports.ReportUserServlet,
 ]
 
 

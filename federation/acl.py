@@ -14,12 +14,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from homeserver.errors import Codes, MatrixError
+from homeserver.events.types import SERVER_ACL
 
 if TYPE_CHECKING:
     from homeserver.app import HomeServer
-
-SERVER_ACL = "m.room.server_acl"
-
 
 def server_allowed_by_acl(server_name: str, acl_content: Mapping[str, Any]) -> bool:
     """Whether `server_name` may take part in a room whose `m.room.server_acl` content is

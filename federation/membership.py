@@ -552,6 +552,8 @@ class FederationMembership:
             raise MatrixError(400, Codes.INVALID_PARAM, "The invitee is not a user of this server")
         if await self._accounts.get_account(invitee) is None:
             raise MatrixError(404, Codes.NOT_FOUND, f"Unknown user {invitee}")
+        # As for a local invite: nobody here is drawn into a room an admin blocked.
+        await self._local.check_not_blocked(room_id)
         event = await self._handler.check_pdu(event.pdu, room_version, room_id)
         signed_pdu = dict(event.pdu)
         signed_pdu["signatures"] = {k: dict(v) for k, v in event.signatures.items()}

@@ -29,6 +29,8 @@ JsonDict = dict[str, Any]
 
 TAG = "m.tag"
 FULLY_READ = "m.fully_read"
+# Spec: "Direct Messaging". Its content is `{"<user_id>": ["<room_id>", ...], ...}`.
+DIRECT = "m.direct"
 PUSH_RULES = "m.push_rules"
 # Spec: "Ignoring Users". Its content is `{"ignored_users": {"<user_id>": {}, ...}}`.
 IGNORED_USER_LIST = "m.ignored_user_list"
@@ -221,6 +223,26 @@ class AccountDataHandler:
                 return
             del tags[tag]
             await self.write(user_id, room_id, TAG, {"tags": tags})
+
+    async def copy_to_upgraded_room(self, user_id: str, old_room_id: str, new_room_id: str) -> None:
+        """A room was upgraded: the user's tags of the old room are added to the new room's,
+        and a direct chat with it lists the new room too (as Synapse does)."""
+        async with self._tag_writers.queue((user_id, new_room_id)):
+            old_tags = await self._current_tags(user_id, old_room_id)
+            if old_tags:
+                tags = await self._current_tags(user_id, new_room_id)
+                tags.update(old_tags)
+                await self.write(user_id, new_room_id, TAG, {"tags": tags})
+        direct = await self._store.get_account_data(user_id, None, DIRECT)
+        if not isinstance(direct, dict):
+            return
+        for partner, rooms in direct.items():
+            if isinstance(rooms, list) and old_room_id in rooms and new_room_id not in rooms:
+                # The first chat naming the room, as Synapse does.
+                await self.write(
+                    user_id, None, DIRECT, {**direct, partner: [*rooms, new_room_id]}
+                )
+                return
 
     async def _current_tags(self, user_id: str, room_id: str) -> JsonDict:
         content = await self._store.get_account_data(user_id, room_id, TAG)

@@ -68,7 +68,7 @@ class HomeServer:
         self.db = core.db
         self.replication = core.replication
 
-        stores = self.stores = build_stores(core.db, core.replication)
+        stores = self.stores = build_stores(core.db, core.replication, core.server_name)
         self.accounts = stores.accounts
         self.device_store = stores.device_store
         self.token_store = stores.token_store
@@ -148,6 +148,7 @@ class HomeServer:
             transport.remote_queries,
             late_federation.for_rooms() if late_federation is not None else RoomsFederation(),
             user_data.account_data,
+            user_data.push_rules,
             user_data.notification_counts,
         )
         self.event_stream = rooms.event_stream
@@ -170,13 +171,16 @@ class HomeServer:
         self.history_visibility = rooms.history_visibility
         self.directory = rooms.directory
         self.room_list = rooms.room_list
+        self.spaces = rooms.spaces
         self.user_directory = rooms.user_directory
         self.membership = rooms.membership
         self.event_sender = rooms.event_sender
         self.room_creation = rooms.room_creation
+        self.room_upgrades = rooms.room_upgrades
         self.room_state = rooms.room_state
         self.messages = rooms.messages
         self.relations = rooms.relations
+        self.search = rooms.search
 
         sync = build_sync(core, stores, streams, rooms, user_data, e2e, auth)
         self.filtering = sync.filtering
@@ -187,6 +191,7 @@ class HomeServer:
 
         media = build_media(core, stores, transport)
         self.media = media.repository
+        self.media_provider = media.provider
         self.url_previewer = media.url_previewer
 
         federation = build_federation(
@@ -206,13 +211,20 @@ class HomeServer:
         self.admin_federation = admin.federation
         self.server_notices = admin.server_notices
         self.admin_rooms = admin.rooms
+        self.admin_tasks = admin.tasks
         self.room_admin_store = stores.room_admin_store
         self.registration_token_store = stores.registration_token_store
+        self.admin_reports = admin.reports
+        self.abuse_reports = admin.abuse_reports
+        self.report_store = stores.report_store
 
         self.ports: list[Any] = []
         self._uia_cleanup: task.LoopingCall | None = None
         self._writer_lock_check: task.LoopingCall | None = None
         self._stopped = False
+        # Set by `setup`: done once deactivations left half done by a stopped process are
+        # finished (see `AccountDeactivation.resume_pending`).
+        self.deactivations_resumed: defer.Deferred[None] = defer.succeed(None)
 
     def client_ip(self, request: HeddleRequest) -> str:
         listener = getattr(request.site, "heddle_listener", None)
@@ -241,6 +253,16 @@ class HomeServer:
         await self.federation_sender.start()
         await self.push_delivery.start()
         self.push_actions.start()
+        if self._takes_writer_lock:
+            # Only the writer runs admin tasks: those it finds running died with its
+            # predecessor.
+            await self.admin_rooms.recover_interrupted()
+            # Media deletions a stopped process left marked would hold up identical uploads.
+            await self.media_store.clear_storage_key_deletions()
+            # In the background: leaving many rooms takes a while, and start-up need not wait.
+            self.deactivations_resumed = defer.ensureDeferred(
+                self.account_deactivation.resume_pending()
+            )
 
     async def _take_writer_lock(self) -> None:
         """Refuse to start next to another writing process (see `WriterLock`); once started,

@@ -121,6 +121,8 @@ class RateLimitsConfig(_Section):
     registration_sessions_per_address: RateLimit = RateLimit(per_second=1.0, burst_count=20)
     # Events a user sends through /send, /state and /redact (server admins are exempt).
     message_per_user: RateLimit = RateLimit(per_second=0.2, burst_count=10)
+    # Abuse reports a user files (events, rooms and users alike): Synapse's defaults.
+    reports_per_user: RateLimit = RateLimit(per_second=1.0, burst_count=5)
 
     @model_validator(mode="before")
     @classmethod

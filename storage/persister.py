@@ -26,6 +26,7 @@ from storage.stores.room_admin import (
     refresh_if_listed_txn,
     refresh_room_summaries_txn,
 )
+from storage.stores.search import forget_redacted_search_txn, index_event_txn
 from storage.stores.state import (
     StateKey,
     StateStore,
@@ -414,9 +415,12 @@ class EventPersister:
             txn.call_after(self._events.redaction_stored, redacts, event.event_id)
             refresh_if_listed_txn(txn, self._server_name, room_id, redacts)
             forget_redacted_relation_txn(txn, redacts, room_id)
+            forget_redacted_search_txn(txn, redacts, room_id)
         if not context.soft_failed:
-            # Hidden events relate to nothing clients can see; backfilled ones do.
+            # Hidden events relate to nothing clients can see and are never found by a
+            # search; backfilled ones are both.
             store_relation_txn(txn, event, stream_ordering)
+            index_event_txn(txn, event, stream_ordering)
         if push is not None and not context.soft_failed and not context.backfilled:
             PushActionStore.insert_txn(txn, room_id, event.event_id, stream_ordering, push)
         if context.soft_failed or context.backfilled:

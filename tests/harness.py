@@ -245,13 +245,31 @@ class HomeserverTestCase:
             # process per database, so the first lets go of it.
             await previous.stop()
         data_dir = self.make_data_dir()
-        config = make_config(self.engine, data_dir, **{**self.config_overrides, **overrides})
+        return await self._run_server(
+            make_config(self.engine, data_dir, **{**self.config_overrides, **overrides})
+        )
+
+    async def restart_server(
+        self, prepare: Callable[[HomeServer], None] | None = None
+    ) -> HomeServer:
+        """Stop this test's server and start another on the same database and data
+        directory; `prepare` is called with it between its set-up and its listening."""
+        data_dir = Path(self.hs.config.data_dir)
+        await self.hs.stop()
+        config = make_config(self.engine, data_dir, keep_database=True, **self.config_overrides)
+        return await self._run_server(config, prepare)
+
+    async def _run_server(
+        self, config: HomeserverConfig, prepare: Callable[[HomeServer], None] | None = None
+    ) -> HomeServer:
         hs = HomeServer(config, reactor)
         isolate_from_dns(hs)
         # Stopped even if start-up fails half-way: stopping closes the database and lets go of
         # its writer lock, which the next test's server on the same database needs.
         self.addCleanup(lambda: defer.ensureDeferred(hs.stop()))  # type: ignore[attr-defined]
         await hs.setup()
+        if prepare is not None:
+            prepare(hs)
         hs.start_listening()
         client_port, metrics_port = (p.getHost().port for p in hs.ports)
         self.hs = hs

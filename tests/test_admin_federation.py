@@ -27,7 +27,7 @@ class AdminFederationTests(AdminTestCase):
             ("GET", DESTINATIONS),
             ("GET", f"{DESTINATIONS}/a.example"),
             ("POST", f"{DESTINATIONS}/a.example/reset_connection"),
-            ("GET", "/v1/server_version"),
+            ("GET", f"{DESTINATIONS}/a.example/rooms"),
         ]
         for method, path in paths:
             self.assertError(await self.request(method, ADMIN + path, {}), 401, "M_MISSING_TOKEN")
@@ -85,6 +85,49 @@ class AdminFederationTests(AdminTestCase):
         r = await self.admin_call(admin, "POST", f"{DESTINATIONS}/nowhere.example/reset_connection", {})
         self.assertError(r, 404, "M_NOT_FOUND")
 
+    async def test_destination_rooms(self):
+        await self.record()
+        admin = await self.make_admin()
+        # Memberships as federation would leave them: only joined users of a.example count,
+        # each room once; ba.example and a.example.org are other servers.
+        memberships = [
+            ("!r1:x", "@u:a.example", "join"),
+            ("!r2:x", "@u:a.example", "join"),
+            ("!r2:x", "@v:a.example", "join"),
+            ("!r3:x", "@u:a.example", "leave"),
+            ("!r4:x", "@u:ba.example", "join"),
+            ("!r5:x", "@u:a.example.org", "join"),
+        ]
+        await self.hs.db.run_interaction(
+            "test_memberships",
+            lambda txn: [
+                txn.execute(
+                    "INSERT INTO room_memberships"
+                    " (room_id, user_id, event_id, membership, stream_ordering)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (room_id, user_id, f"$e{n}", membership, n),
+                )
+                for n, (room_id, user_id, membership) in enumerate(memberships)
+            ],
+        )
+        path = f"{DESTINATIONS}/a.example/rooms"
+        r = await self.admin_get(admin, path)
+        self.assertEqual((r.code, r.json["total"]), (200, 2), r)
+        self.assertEqual(
+            r.json["rooms"],
+            [{"room_id": "!r1:x", "stream_ordering": None},
+             {"room_id": "!r2:x", "stream_ordering": None}],
+        )
+        self.assertNotIn("next_token", r.json)
+        r = await self.admin_get(admin, path, dir="b", limit="1")
+        self.assertEqual(([x["room_id"] for x in r.json["rooms"]], r.json["next_token"]),
+                         (["!r2:x"], "1"))
+        r = await self.admin_get(admin, f"{DESTINATIONS}/b.example/rooms")
+        self.assertEqual((r.json["rooms"], r.json["total"]), ([], 0))
+        self.assertError(await self.admin_get(admin, f"{DESTINATIONS}/nowhere.example/rooms"),
+                         404, "M_NOT_FOUND")
+        self.assertError(await self.admin_get(admin, path, limit="0"), 400, "M_INVALID_PARAM")
+
     async def test_reset_connection_ends_a_backoff_and_is_audited(self):
         await self.record()
         admin = await self.make_admin()
@@ -105,3 +148,6 @@ class AdminFederationTests(AdminTestCase):
         r = await self.admin_get(admin, "/v1/server_version")
         self.assertEqual(r.code, 200, r)
         self.assertEqual(r.json, {"server_version": __version__})
+        # Public, as Synapse's (federation's /version says the same to anyone).
+        r = await self.request("GET", ADMIN + "/v1/server_version")
+        self.assertEqual((r.code, r.json), (200, {"server_version": __version__}))

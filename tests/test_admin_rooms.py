@@ -51,6 +51,20 @@ class RoomAdminTestCase(AdminTestCase):
             await task.deferLater(reactor, 0.02, lambda: None)
         self.fail("the delete did not finish")
 
+    def hold_purge_start(self) -> defer.Deferred[None]:
+        """Hold room purges at their start (the room still known) until the Deferred
+        returned fires."""
+        store = self.hs.room_admin_store
+        original = store.purge_room_start
+        release: defer.Deferred[None] = defer.Deferred()
+
+        async def held(room_id: str) -> None:
+            await release
+            await original(room_id)
+
+        self.patch(store, "purge_room_start", held)
+        return release
+
 
 @on_both_engines
 class AdminRoomAccessTests(RoomAdminTestCase):
@@ -415,6 +429,7 @@ class DeleteRoomTests(RoomAdminTestCase):
         return row[0]
 
     async def test_delete_and_purge_leaves_nothing(self):
+        self.assertGreater(await self.count("event_search"), 0)
         r = await self.delete({})
         self.assertEqual(r.code, 200, r)
         delete_id = r.json["delete_id"]
@@ -429,7 +444,7 @@ class DeleteRoomTests(RoomAdminTestCase):
         self.assertIsNone(status["shutdown_room"]["new_room_id"])
         # No member, alias, directory entry, event or state left.
         for table in ("events", "current_state_events", "room_memberships", "room_aliases",
-                      "state_groups", "rooms", "event_forward_extremities"):
+                      "state_groups", "rooms", "event_forward_extremities", "event_search"):
             self.assertEqual(await self.count(table), 0, table)
         r = await self.request("GET", f"{API}/directory/room/{q('#doomed:' + SERVER_NAME)}")
         self.assertError(r, 404, "M_NOT_FOUND")
@@ -533,15 +548,7 @@ class DeleteRoomTests(RoomAdminTestCase):
 
     async def test_a_room_mid_delete_cannot_be_deleted_again(self):
         # Hold the delete at its purge until the second request is answered.
-        store = self.hs.room_admin_store
-        original = store.purge_room_start
-        release: defer.Deferred[None] = defer.Deferred()
-
-        async def held(room_id: str) -> None:
-            await release
-            await original(room_id)
-
-        self.patch(store, "purge_room_start", held)
+        release = self.hold_purge_start()
         r = await self.delete({})
         self.assertEqual(r.code, 200, r)
         status = await self.admin_get(self.admin, f"/v2/rooms/delete_status/{r.json['delete_id']}")
@@ -682,6 +689,19 @@ class PurgeHistoryTests(RoomAdminTestCase):
         status = await self.wait_for_purge(r.json["purge_id"])
         self.assertEqual(status, {"status": "complete"})
         self.assertEqual(await self.bodies(), ["m4", "m3"])
+        # The purged messages are gone from the search index too; the name (state) stays.
+        indexed = await self.hs.db.run_interaction(
+            "indexed",
+            lambda txn: txn.select_all(
+                "SELECT event_id, value FROM event_search WHERE room_id = ?", (self.room_id,)
+            ),
+        )
+        self.assertCountEqual(
+            indexed, [(self.event_ids[3], "m3"), (self.event_ids[4], "m4")] + [
+                (row[0], "Chatty") for row in indexed if row[1] == "Chatty"
+            ],
+        )
+        self.assertEqual(sum(1 for row in indexed if row[1] == "Chatty"), 1)
         r = await self.request(
             "GET", f"{API}/rooms/{q(self.room_id)}/event/{q(self.event_ids[0])}",
             token=self.alice.token,

@@ -78,11 +78,14 @@ class ServerNoticesTests(AdminTestCase):
         self.assertError(r, 404, "M_NOT_FOUND")
         r = await self.request("POST", SEND, notice("@bob:elsewhere.example"), token=admin.token)
         self.assertError(r, 400, "M_INVALID_PARAM")
+        # A missing field is M_MISSING_PARAM, a wrong one M_BAD_JSON (as Synapse answers).
         r = await self.request("POST", SEND, {"user_id": alice.user_id}, token=admin.token)
-        self.assertEqual(r.code, 400, r)
+        self.assertError(r, 400, "M_MISSING_PARAM")
+        r = await self.request("POST", SEND, {"content": {"body": "x"}}, token=admin.token)
+        self.assertError(r, 400, "M_MISSING_PARAM")
         r = await self.request("POST", SEND, {**notice(alice.user_id), "content": "x"},
                                token=admin.token)
-        self.assertEqual(r.code, 400, r)
+        self.assertError(r, 400, "M_BAD_JSON")
         self.assertEqual(await self.invites(alice), {})
 
     async def test_refused_when_not_configured(self):

@@ -158,6 +158,20 @@ class SynadmTests(AdminTestCase):
             actions, ["block_room", "unblock_room", "make_room_admin", "delete_room"]
         )
 
+    async def test_synchronous_room_delete(self) -> None:
+        alice: User = await self.user("alice")
+        r = await self.request(
+            "POST", "/_matrix/client/v3/createRoom", {"name": "Doomed"}, token=alice.token
+        )
+        room_id = r.json["room_id"]
+        deleted = await self.synadm("room", "delete", "--v1", room_id)
+        self.assertEqual(
+            deleted,
+            {"kicked_users": [ALICE], "failed_to_kick_users": [], "local_aliases": [],
+             "new_room_id": None},
+        )
+        self.assertIsNone(await self.hs.event_store.get_room_version(room_id))
+
     async def test_registration_tokens(self) -> None:
         created = await self.synadm("regtok", "new", "--token", "abcd", "--uses-allowed", "2")
         self.assertEqual((created["token"], created["uses_allowed"]), ("abcd", 2))

@@ -137,6 +137,24 @@ class FederatedMembership(FederationTestCase):
         self.assertEqual(r.code, 200, r)
         await self._wait_membership(alice, room_id, bob.user_id, "join", "bob's join on A")
 
+    @ensure_deferred
+    async def test_invite_into_a_room_blocked_here_is_refused(self) -> None:
+        a, b, alice, bob = await self._two()
+        room_id = await self._create(alice, preset="private_chat")
+        # B's admin blocks the room before B ever hears of it.
+        root = await self.fed_user(b, "root")
+        await b.hs.accounts.set_admin(root.user_id, True)
+        b.hs.tokens.forget_user(root.user_id)
+        r = await self.user_call(root, "PUT", f"/_synapse/admin/v1/rooms/{q(room_id)}/block",
+                                 {"block": True})
+        self.assertEqual(r.code, 200, r)
+        r = await self.user_call(alice, "POST", f"{API}/rooms/{q(room_id)}/invite",
+                                 {"user_id": bob.user_id})
+        self.assertEqual(r.code, 403, r)
+        self.assertEqual(r.json["errcode"], "M_FORBIDDEN", r)
+        self.assertNotIn(room_id, (await self._sync_rooms(bob)).get("invite", {}))
+        self.assertIsNone(await self.membership(alice, room_id, bob.user_id))
+
     # ----- restricted rooms ----------------------------------------------------------------
 
     @ensure_deferred

@@ -25,8 +25,7 @@ def text(body: str, **extra: Any) -> dict[str, Any]:
     return {"msgtype": "m.text", "body": body, **extra}
 
 
-@on_both_engines
-class JsSdkThreadsAndUnreadCounts(RoomTestCase):
+class JsSdkTestCase(RoomTestCase):
     def setUp(self) -> Any:
         if NODE is None:
             raise unittest.SkipTest("node is not installed")
@@ -34,6 +33,9 @@ class JsSdkThreadsAndUnreadCounts(RoomTestCase):
             raise unittest.SkipTest("matrix-js-sdk is not installed (npm ci in tests/node)")
         return super().setUp()
 
+
+@on_both_engines
+class JsSdkThreadsAndUnreadCounts(JsSdkTestCase):
     async def js_sdk(self, user: User, room_id: str, threads: int, *mode: str) -> list[Any]:
         out, err, status = await utils.getProcessOutputAndValue(
             NODE,  # type: ignore[arg-type]
@@ -75,3 +77,42 @@ class JsSdkThreadsAndUnreadCounts(RoomTestCase):
         self.assertEqual(after["main"], {"total": 0, "highlight": 0})
         self.assertEqual(after["threads"], [{"id": root, "replies": 2, "unread": 2}])
         self.assertEqual(after["unread"], {"total": 2, "highlight": 0})
+
+
+UPGRADE_CLIENT = NODE_DIR / "js_sdk_upgrade.mjs"
+
+
+@on_both_engines
+class JsSdkRoomUpgrade(JsSdkTestCase):
+    """The SDK's `upgradeRoom` against the server's endpoint, and a member following the
+    tombstone to the new room: the SDK links the two rooms (`getRoomUpgradeHistory`,
+    `findPredecessor`) only if the tombstone and the create event's `predecessor` agree."""
+
+    async def js_sdk(self, user: User, room_id: str, *mode: str) -> dict[str, Any]:
+        out, err, status = await utils.getProcessOutputAndValue(
+            NODE,  # type: ignore[arg-type]
+            [str(UPGRADE_CLIENT), self.base_url, user.user_id, user.token, user.device_id,
+             room_id, *mode],
+            path=str(NODE_DIR),
+        )
+        self.assertEqual(status, 0, err.decode(errors="replace"))
+        [line] = [line for line in out.decode().splitlines() if line.startswith("{")]
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    async def test_upgrade_and_follow_the_tombstone(self) -> None:
+        alice, bob = await self.user("alice"), await self.user("bob")
+        old = await self.create_room(alice, preset="public_chat", room_version="10")
+        self.assertEqual((await self.join(bob, old)).code, 200)
+
+        upgraded = await self.js_sdk(alice, old, "upgrade", "11")
+        new = upgraded["replacement"]
+        self.assertNotEqual(new, old)
+        self.assertEqual(upgraded["history"], [old, new])
+        self.assertEqual(upgraded["predecessor"], {"roomId": old, "eventId": upgraded["tombstone"]})
+        self.assertEqual(upgraded["version"], "11")
+
+        followed = await self.js_sdk(bob, old, "follow")
+        self.assertEqual(followed["replacement"], new)
+        self.assertEqual(followed["history"], [old, new])
+        self.assertEqual(await self.membership_of(new, bob), "join")

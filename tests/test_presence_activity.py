@@ -6,14 +6,12 @@ kept all the same (spec: "Last active ago").
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 
-from homeserver.app import HomeServer
 from homeserver.presence import SAVE_ACTIVITY_INTERVAL_MS
-from tests.harness import HomeserverTestCase, isolate_from_dns, make_config, on_both_engines
+from tests.harness import HomeserverTestCase, on_both_engines
 from tests.room_helpers import API, User, q
 from tests.test_presence import MINUTE_MS, PresenceTestCase
 
@@ -167,19 +165,6 @@ class SilentActivityIsWritten(WakesTestCase):
         self.assertEqual(loaded[self.alice.user_id].last_active_ts, start + 10_000)
         self.assertEqual(presence.current_position, position)
 
-    async def restart(self) -> None:
-        """Stop the server and start another on the same database."""
-        data_dir = Path(self.hs.config.data_dir)
-        await self.hs.stop()
-        config = make_config(self.engine, data_dir, keep_database=True, **self.config_overrides)
-        hs = HomeServer(config, reactor)
-        isolate_from_dns(hs)
-        self.addCleanup(lambda: defer.ensureDeferred(hs.stop()))
-        await hs.setup()
-        hs.start_listening()
-        self.hs = hs
-        self.base_url = f"http://127.0.0.1:{hs.ports[0].getHost().port}"
-
     async def test_last_active_time_is_written_when_the_server_stops(self):
         presence, clock = self.hs.presence, self.hs.clock
         start = clock.time_msec() - 100_000
@@ -188,7 +173,7 @@ class SilentActivityIsWritten(WakesTestCase):
         # Active again 90 seconds later (10 seconds ago): nobody told, nothing written yet.
         self.patch(clock, "time_msec", lambda: start + 90_000)
         await presence.bump_active(self.alice.user_id)
-        await self.restart()
+        await self.restart_server()
         r = await self.get_presence(self.bob, self.alice)
         self.assertEqual(r.code, 200, r)
         self.assertLess(r.json["last_active_ago"], 60_000)

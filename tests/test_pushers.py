@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
@@ -22,7 +22,7 @@ from homeserver.push.gateway import (
     rejected_pushkeys,
     tweaks_from_actions,
 )
-from tests.harness import isolate_from_dns, make_config, on_both_engines, password_auth
+from tests.harness import make_config, on_both_engines, password_auth
 from tests.push_gateway import ERROR, GARBAGE, HANG, OK, PushGateway, Reject
 from tests.room_helpers import API, RoomTestCase, User, q
 
@@ -307,17 +307,7 @@ class PusherDeliveryTests(PusherTestCase):
 
     async def restart(self) -> None:
         """Stop the server and start another on the same database."""
-        data_dir = Path(self.hs.config.data_dir)
-        await self.hs.stop()
-        config = make_config(self.engine, data_dir, keep_database=True, **self.config_overrides)
-        hs = HomeServer(config, reactor)
-        isolate_from_dns(hs)
-        self.addCleanup(lambda: defer.ensureDeferred(hs.stop()))
-        await hs.setup()
-        unhook_push_evaluation(hs)
-        hs.start_listening()
-        self.hs = hs
-        self.base_url = f"http://127.0.0.1:{hs.ports[0].getHost().port}"
+        await self.restart_server(unhook_push_evaluation)
 
     async def test_a_notification_is_delivered_in_full(self):
         await self.set_pusher(

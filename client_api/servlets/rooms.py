@@ -76,6 +76,27 @@ class CreateRoomServlet:
         return 200, {"room_id": room_id}
 
 
+class UpgradeRoomBody(RequestBody):
+    new_version: str
+    additional_creators: list[str] | None = None
+
+
+class UpgradeRoomServlet:
+    PATTERNS = [client_path(f"{ROOM}/upgrade")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_POST(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
+        requester = await require_user(self._hs, request)
+        check_room_id(room_id)
+        body = parse_body(parse_json_object(request), UpgradeRoomBody)
+        new_room_id = await self._hs.room_upgrades.upgrade_room(
+            requester, room_id, body.new_version, body.additional_creators
+        )
+        return 200, {"replacement_room": new_room_id}
+
+
 class SendEventServlet:
     PATTERNS = [client_path(f"{ROOM}/send/(?P<event_type>[^/]+)/(?P<txn_id>[^/]+)")]
 

@@ -58,6 +58,7 @@ def federation_servlets() -> list[Any]:
     )
     from federation.transport.queries import (
         FederationPublicRoomsServlet,
+        FederationSpaceHierarchyServlet,
         QueryDirectoryServlet,
         QueryProfileServlet,
         QueryServlet,
@@ -81,6 +82,7 @@ def federation_servlets() -> list[Any]:
         # After the specific query types: it answers every other one.
         QueryServlet,
         FederationPublicRoomsServlet,
+        FederationSpaceHierarchyServlet,
         SendTransactionServlet,
         MakeMembershipServlet,
         SendMembershipServlet,

@@ -14,6 +14,7 @@ import getpass
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -37,13 +38,31 @@ class Call:
     body: Any = None
 
 
+# Sends one call, answering the server's JSON (AdminCliError for an error answer).
+Send = Callable[[Call], Any]
+
+
+@dataclass
+class Steps:
+    """An action of several calls: `run` makes them with `send` and answers what to print."""
+
+    run: Callable[[Send], Any]
+
+
+Action = Callable[[Any], Call | Steps]
+
+
 def _q(value: str) -> str:
     return quote(value, safe="")
 
 
 # command -> (help, arguments, how its request is made).
-def _commands() -> dict[str, tuple[str, list[tuple[str, dict[str, Any]]], Callable[[Any], Call]]]:
+def _commands() -> dict[str, tuple[str, list[tuple[str, dict[str, Any]]], Action]]:
     user = ("user_id", {"help": "a local user ID, e.g. @alice:example.org"})
+    room = ("room_id", {"help": "a room ID, e.g. !abc:example.org"})
+    media = ("mxc", {"help": "a media's mxc:// URI (or server/media_id)"})
+    page = [("--from", {"dest": "offset", "default": "0", "help": "start at this offset"}),
+            ("--limit", {"default": "100", "help": "at most this many"})]
     return {
         "version": ("the server's version", [], lambda a: Call("GET", f"{ADMIN}/v1/server_version")),
         "users": (
@@ -86,13 +105,162 @@ def _commands() -> dict[str, tuple[str, list[tuple[str, dict[str, Any]]], Callab
             lambda a: Call("POST", f"{ADMIN}/v1/federation/destinations/{_q(a.destination)}"
                            "/reset_connection", {}),
         ),
+        "rooms": (
+            "list rooms (paged: --from, --limit)",
+            [("--search", {"help": "only rooms whose name, alias or ID contain this"}),
+             ("--order-by", {"help": "name (default), joined_members, state_events, ..."}),
+             *page],
+            lambda a: Call("GET", f"{ADMIN}/v1/rooms?" + urlencode(
+                {k: v for k, v in (("search_term", a.search), ("order_by", a.order_by),
+                                   ("from", a.offset), ("limit", a.limit)) if v is not None})),
+        ),
+        "room": ("show one room", [room], lambda a: Call("GET", f"{ADMIN}/v1/rooms/{_q(a.room_id)}")),
+        "delete-room": (
+            "delete a room: its local members leave, then it is purged (waits for the end)",
+            [room,
+             ("--block", {"action": "store_true", "help": "also block it from being joined"}),
+             ("--no-purge", {"action": "store_true", "help": "keep it in the database"}),
+             ("--force-purge", {"action": "store_true",
+                                "help": "purge even if local users could not be removed"}),
+             ("--new-room-user", {"help": "a local user to create a room the members move to"}),
+             ("--room-name", {"help": "that new room's name"}),
+             ("--message", {"help": "the message that user sends there"}),
+             ("--no-wait", {"action": "store_true", "help": "print the delete ID, do not wait"}),
+             ("--poll-interval", {"type": float, "default": 1.0,
+                                  "help": "seconds between status checks (default 1)"})],
+            _delete_room,
+        ),
+        "block-room": ("block a room (known here or not)", [room],
+                       lambda a: Call("PUT", f"{ADMIN}/v1/rooms/{_q(a.room_id)}/block", {"block": True})),
+        "unblock-room": ("unblock it", [room],
+                         lambda a: Call("PUT", f"{ADMIN}/v1/rooms/{_q(a.room_id)}/block", {"block": False})),
+        "tokens": (
+            "list registration tokens",
+            [("--valid", {"choices": ["true", "false"], "help": "only valid (or invalid) ones"})],
+            lambda a: Call("GET", f"{ADMIN}/v1/registration_tokens"
+                           + (f"?valid={a.valid}" if a.valid is not None else "")),
+        ),
+        "create-token": (
+            "create a registration token (a random one unless --token)",
+            # Not `token`: that is the admin's access token.
+            [("--token", {"dest": "new_token", "metavar": "TOKEN", "help": "the token itself"}),
+             ("--uses", {"type": int, "help": "how many registrations it allows (default any)"}),
+             ("--expiry-ms", {"type": int, "help": "when it expires, ms since the epoch"}),
+             ("--length", {"type": int, "help": "a random token's length"})],
+            lambda a: Call("POST", f"{ADMIN}/v1/registration_tokens/new", {
+                k: v for k, v in (("token", a.new_token), ("uses_allowed", a.uses),
+                                  ("expiry_time", a.expiry_ms), ("length", a.length))
+                if v is not None}),
+        ),
+        "delete-token": (
+            "delete a registration token",
+            [("registration_token", {"metavar": "token", "help": "the token"})],
+            lambda a: Call("DELETE", f"{ADMIN}/v1/registration_tokens/{_q(a.registration_token)}"),
+        ),
+        "quarantine-media": (
+            "quarantine a media item (nobody can download it any more)", [media],
+            lambda a: Call("POST", f"{ADMIN}/v1/media/quarantine/{_media_path(a.mxc)}", {}),
+        ),
+        "unquarantine-media": (
+            "end a media item's quarantine", [media],
+            lambda a: Call("POST", f"{ADMIN}/v1/media/unquarantine/{_media_path(a.mxc)}", {}),
+        ),
+        "delete-media": (
+            "delete a local media item", [media],
+            lambda a: Call("DELETE", f"{ADMIN}/v1/media/{_media_path(a.mxc)}"),
+        ),
+        "purge-remote-media": (
+            "delete cached copies of other servers' media fetched before a time",
+            [("--before-ts", {"type": int, "required": True,
+                              "help": "ms since the epoch: fetched before this"})],
+            lambda a: Call("POST", f"{ADMIN}/v1/purge_media_cache?before_ts={a.before_ts}", {}),
+        ),
         "notice": (
             "send a server notice to a user",
             [user, ("text", {"help": "the notice's text"})],
             lambda a: Call("POST", f"{ADMIN}/v1/send_server_notice", {
                 "user_id": a.user_id, "content": {"msgtype": "m.server_notice", "body": a.text}}),
         ),
+        "reports": (
+            "abuse reports: list them (newest first), show one, delete one",
+            [("action", {"choices": ["list", "show", "delete"]}),
+             ("report_id", {"nargs": "?", "help": "the report's ID (show, delete)"}),
+             ("--kind", {"choices": list(_REPORT_FILTERS), "default": "event",
+                         "help": "reports about events (the default), rooms or users"}),
+             ("--from", {"dest": "offset", "default": "0", "help": "start at this offset"}),
+             ("--limit", {"default": "100", "help": "at most this many"}),
+             ("--dir", {"choices": ["b", "f"], "default": "b",
+                        "help": "newest first (b, the default) or oldest first (f)"}),
+             ("--user-id", {"help": "only reports filed by this user"}),
+             ("--room-id", {"help": "only reports about this room (event and room reports)"}),
+             ("--sender", {"help": "only reports about this user's events (event reports)"}),
+             ("--target", {"help": "only reports about this user (user reports)"})],
+            _reports_call,
+        ),
     }
+
+
+# Each kind of report: the filters its list takes (option -> query parameter).
+_REPORT_FILTERS = {
+    "event": {"user_id": "user_id", "room_id": "room_id", "sender": "event_sender_user_id"},
+    "room": {"user_id": "user_id", "room_id": "room_id"},
+    "user": {"user_id": "user_id", "target": "target_user_id"},
+}
+
+
+def _reports_call(a: Any) -> Call:
+    path = f"{ADMIN}/v1/{a.kind}_reports"
+    if a.action != "list":
+        if a.report_id is None:
+            raise AdminCliError(f"reports {a.action} needs a report ID")
+        return Call("GET" if a.action == "show" else "DELETE", f"{path}/{_q(a.report_id)}")
+    allowed = _REPORT_FILTERS[a.kind]
+    params = {"from": a.offset, "limit": a.limit, "dir": a.dir}
+    for option in ("user_id", "room_id", "sender", "target"):
+        value = getattr(a, option)
+        if value is None:
+            continue
+        if option not in allowed:
+            flag = "--" + option.replace("_", "-")
+            raise AdminCliError(f"{a.kind} reports cannot be filtered with {flag}")
+        params[allowed[option]] = value
+    return Call("GET", f"{path}?" + urlencode(params))
+
+
+def _media_path(mxc: str) -> str:
+    """`server/media_id` from `mxc://server/media_id` (or from itself)."""
+    server, _, media_id = mxc.removeprefix("mxc://").partition("/")
+    if not server or not media_id or "/" in media_id:
+        raise AdminCliError(f"not a media URI: {mxc!r} (want mxc://server/media_id)")
+    return f"{_q(server)}/{_q(media_id)}"
+
+
+# A delete is over once its status is one of these.
+_DELETE_OVER = ("complete", "failed")
+
+
+def _delete_room(a: Any) -> Steps:
+    body: dict[str, Any] = {
+        "block": a.block, "purge": not a.no_purge, "force_purge": a.force_purge,
+    }
+    for key, value in (("new_room_user_id", a.new_room_user),
+                       ("room_name", a.room_name), ("message", a.message)):
+        if value is not None:
+            body[key] = value
+
+    def run(send: Send) -> Any:
+        delete_id = send(Call("DELETE", f"{ADMIN}/v2/rooms/{_q(a.room_id)}", body))["delete_id"]
+        if a.no_wait:
+            return {"delete_id": delete_id}
+        status_call = Call("GET", f"{ADMIN}/v2/rooms/delete_status/{_q(delete_id)}")
+        while (status := send(status_call))["status"] not in _DELETE_OVER:
+            print(f"heddle admin: delete {delete_id}: {status['status']}", file=sys.stderr)
+            time.sleep(a.poll_interval)
+        if status["status"] == "failed":
+            raise AdminCliError(f"the delete failed: {status.get('error')}")
+        return status
+
+    return Steps(run)
 
 
 def _flag(kind: str, user_id: str, on: bool) -> Call:
@@ -151,7 +319,7 @@ def _request(url: str, call: Call, token: str | None) -> Any:
 def run(args: argparse.Namespace, password: Callable[[], str] = getpass.getpass) -> int:
     """Run the admin action `args` names; the exit status."""
     try:
-        call = _commands()[args.admin_command][2](args)
+        action = _commands()[args.admin_command][2](args)
         token, logged_in = args.token, False
         if args.user is not None:
             login = _request(args.url, Call("POST", f"{CLIENT}/login", {
@@ -162,8 +330,12 @@ def run(args: argparse.Namespace, password: Callable[[], str] = getpass.getpass)
             token, logged_in = login["access_token"], True
         if token is None:
             raise AdminCliError("give --token (or set HEDDLE_ADMIN_TOKEN), or --user to log in")
+        def send(call: Call) -> Any:
+            return _request(args.url, call, token)
+
         try:
-            print(json.dumps(_request(args.url, call, token), indent=2, sort_keys=True))
+            answer = action.run(send) if isinstance(action, Steps) else send(action)
+            print(json.dumps(answer, indent=2, sort_keys=True))
         finally:
             if logged_in:
                 _request(args.url, Call("POST", f"{CLIENT}/logout", {}), token)

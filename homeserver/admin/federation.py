@@ -37,6 +37,13 @@ class AdminFederationHandler:
             raise MatrixError(404, Codes.NOT_FOUND, "Unknown destination")
         return state
 
+    async def destination_rooms(
+        self, destination: str, offset: int, limit: int, descending: bool
+    ) -> tuple[list[str], int]:
+        """The rooms shared with a known destination (404 for one never sent to)."""
+        await self.get_destination(destination)
+        return await self._store.destination_rooms(destination, offset, limit, descending)
+
     async def reset_connection(self, admin: Requester, destination: str) -> None:
         """End the destination's backoff and send what waits for it now (in the background),
         as if it had just been heard from. 400, as Synapse answers, when it is not backing

@@ -1,6 +1,9 @@
-"""Admin actions on rooms: the room list and details, members, state and history read as
-an admin who needn't be joined, blocking, and deleting a room (asynchronously: kick the
-local members, optionally move them and the aliases to a new room, purge the database).
+"""Admin actions on rooms: the room list and details, members, state, history, an event's
+context and the event nearest a time, read as an admin who needn't be joined; blocking;
+trimming forward extremities; deleting a room (kick the local members, optionally move
+them and the aliases to a new room, purge the database) and purging its history, both in
+the background as admin tasks (`homeserver.admin.tasks`), the synchronous delete waiting
+for its task.
 
 Every method validates the room ID (400 M_INVALID_PARAM) and answers 404 M_NOT_FOUND for
 rooms this server does not know (blocking excepted: a room can be blocked before it is
@@ -10,14 +13,14 @@ known). Changes are recorded in the audit log after they succeeded.
 from __future__ import annotations
 
 import logging
-import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from twisted.internet import defer
 
 from homeserver.admin.audit import AdminAudit
+from homeserver.admin.tasks import DELETE_ROOM, INTERRUPTED, PURGE_HISTORY, AdminTasks
 from homeserver.auth.tokens import Requester
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
@@ -28,6 +31,7 @@ from homeserver.events.types import (
     CREATE,
     JOIN_RULES,
     POWER_LEVELS,
+    TOMBSTONE,
     TOPIC,
 )
 from homeserver.filtering import RoomEventFilter
@@ -38,13 +42,13 @@ from homeserver.rooms.directory import StateContents
 from homeserver.rooms.membership import MembershipHandler
 from homeserver.rooms.messages import MessagesHandler
 from storage.stores.accounts import RatelimitOverride
+from storage.stores.admin_tasks import AdminTask, TaskQuery
 from storage.stores.aliases import AliasStore
 from storage.stores.directory import RoomDirectoryStore
 from storage.stores.events import EventStore
 from storage.stores.room_admin import (
     PURGE_BATCH,
     PURGE_EVENT_BATCH,
-    TOMBSTONE,
     HistoryPosition,
     RoomAdminStore,
     RoomFigures,
@@ -54,7 +58,6 @@ from storage.stores.rooms import RoomStore
 from storage.stores.state import StateStore
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # order_by -> (the store's sort key, whether `dir=f` is largest first), as Synapse's list.
 ORDER_BY: dict[str, tuple[str, bool]] = {
@@ -82,8 +85,6 @@ DEFAULT_NEW_ROOM_MESSAGE = (
 )
 # The longest a purge rests between two batches (it rests as long as the last one took).
 MAX_PURGE_PAUSE_S = 1.0
-# Finished deletes are answered by the status endpoints this long (Synapse's figure).
-DELETE_STATUS_KEPT_MS = 24 * 60 * 60 * 1000
 # A requester for users the server acts for: no rate limit applies to what an admin does.
 _NO_LIMIT = RatelimitOverride(0, 0)
 
@@ -109,34 +110,41 @@ class DeleteParams:
 
 @dataclass
 class DeleteTask:
+    """A room delete as the status endpoints describe it."""
+
     delete_id: str
     room_id: str
-    # scheduled, active, complete, failed (Synapse's words).
-    status: str = "scheduled"
+    # active, complete, failed (Synapse's words).
+    status: str = "active"
     error: str | None = None
     kicked_users: list[str] = field(default_factory=list)
     failed_to_kick_users: list[str] = field(default_factory=list)
     local_aliases: list[str] = field(default_factory=list)
     new_room_id: str | None = None
-    finished_ts: int | None = None
 
-    @property
-    def running(self) -> bool:
-        return self.status in ("scheduled", "active")
+    def shutdown_room(self) -> dict[str, Any]:
+        """What the delete did to the room (Synapse's `shutdown_room`, and the answer of
+        the synchronous delete)."""
+        return {
+            "kicked_users": list(self.kicked_users),
+            "failed_to_kick_users": list(self.failed_to_kick_users),
+            "local_aliases": list(self.local_aliases),
+            "new_room_id": self.new_room_id,
+        }
 
-
-@dataclass
-class PurgeTask:
-    purge_id: str
-    room_id: str
-    # active, complete, failed (Synapse's words).
-    status: str = "active"
-    error: str | None = None
-    finished_ts: int | None = None
-
-    @property
-    def running(self) -> bool:
-        return self.status == "active"
+    @classmethod
+    def from_record(cls, task: AdminTask) -> DeleteTask:
+        done = task.result or {}
+        return cls(
+            delete_id=task.id,
+            room_id=task.resource_id,
+            status=task.status,
+            error=task.error,
+            kicked_users=list(done.get("kicked_users", [])),
+            failed_to_kick_users=list(done.get("failed_to_kick_users", [])),
+            local_aliases=list(done.get("local_aliases", [])),
+            new_room_id=done.get("new_room_id"),
+        )
 
 
 class AdminRoomsHandler:
@@ -157,6 +165,7 @@ class AdminRoomsHandler:
         room_creation: RoomCreationHandler,
         creator: EventCreator,
         audit: AdminAudit,
+        tasks: AdminTasks,
     ) -> None:
         self._server_name = server_name
         self._clock = clock
@@ -173,11 +182,7 @@ class AdminRoomsHandler:
         self._room_creation = room_creation
         self._creator = creator
         self._audit = audit
-        # The deletes this process ran or runs, by ID (kept a day after they finish; lost
-        # on restart, as Synapse's were before its task scheduler).
-        self._deletes: dict[str, DeleteTask] = {}
-        # History purges, likewise.
-        self._purges: dict[str, PurgeTask] = {}
+        self._tasks = tasks
         # Called with the user ID of each local user whose membership of a purged room was
         # removed (caches of the user's rooms must drop their copy).
         self.purge_listeners: list[Callable[[str], None]] = []
@@ -271,6 +276,35 @@ class AdminRoomsHandler:
             for event_id, group, depth in found
         ]
 
+    async def delete_forward_extremities(self, admin: Requester, room_id: str) -> int:
+        """Keep only the room's newest forward extremity; how many others were deleted."""
+        await self.require_room(room_id)
+        deleted = await self._store.delete_extra_forward_extremities(room_id)
+        await self._audit.record(
+            admin.user_id, "delete_forward_extremities", room_id, {"deleted": deleted}
+        )
+        return deleted
+
+    async def context(
+        self, admin: Requester, room_id: str, event_id: str, limit: int, event_filter: RoomEventFilter
+    ) -> dict[str, Any]:
+        await self.require_room(room_id)
+        return await self._messages.get_context(
+            admin, room_id, event_id, limit, event_filter, as_admin=True
+        )
+
+    async def timestamp_to_event(self, room_id: str, ts: int, forwards: bool) -> dict[str, Any]:
+        await self.require_room(room_id)
+        found = await self._store.closest_event_to_ts(room_id, ts, forwards)
+        if found is None:
+            raise MatrixError(
+                404,
+                Codes.NOT_FOUND,
+                f"Unable to find event from {ts} in direction {'f' if forwards else 'b'}",
+            )
+        event_id, origin_server_ts = found
+        return {"event_id": event_id, "origin_server_ts": origin_server_ts}
+
     # ----- make room admin ---------------------------------------------------------------
 
     async def make_room_admin(self, admin: Requester, room_id: str, user_id: str) -> None:
@@ -347,8 +381,31 @@ class AdminRoomsHandler:
     async def start_delete(
         self, admin: Requester, room_id: str, params: DeleteParams
     ) -> str:
-        """Start deleting the room in the background; its delete ID. 400 if a delete of
-        the room is already under way (as Synapse)."""
+        """Start deleting the room in the background; its delete ID. 400 if a delete or
+        history purge of the room is already under way (as Synapse)."""
+        task, run = await self._begin_delete(admin, room_id, params)
+        defer.ensureDeferred(run)
+        return task.delete_id
+
+    async def delete_now(
+        self, admin: Requester, room_id: str, params: DeleteParams
+    ) -> dict[str, Any]:
+        """Delete the room and answer when done (the synchronous delete): what was done
+        to it. A room this server does not know can be blocked this way, if asked; the
+        delete's failure is the request's."""
+        check_room_id(room_id)
+        if params.block and await self._events.get_room_version(room_id) is None:
+            await self.set_block(admin, room_id, True)
+            return DeleteTask(delete_id="", room_id=room_id).shutdown_room()
+        task, run = await self._begin_delete(admin, room_id, params)
+        failure = await run
+        if failure is not None:
+            raise failure
+        return task.shutdown_room()
+
+    async def _begin_delete(
+        self, admin: Requester, room_id: str, params: DeleteParams
+    ) -> tuple[DeleteTask, Coroutine[Any, Any, MatrixError | None]]:
         await self.require_room(room_id)
         if params.new_room_user_id is not None:
             _, server = split_user_id(params.new_room_user_id)
@@ -356,16 +413,8 @@ class AdminRoomsHandler:
                 raise MatrixError(
                     400, Codes.INVALID_PARAM, "User must be our own: new_room_user_id"
                 )
-        self._forget_old_deletes()
-        # No await between this check and registering the task: two requests cannot both
-        # pass it.
-        if self._busy(room_id):
-            # M_UNKNOWN, as Synapse answers it.
-            raise MatrixError(
-                400, Codes.UNKNOWN, f"History purge already in progress for {room_id}"
-            )
-        task = DeleteTask(delete_id=secrets.token_urlsafe(12), room_id=room_id)
-        self._deletes[task.delete_id] = task
+        task = DeleteTask(delete_id="", room_id=room_id)
+        task.delete_id = await self._tasks.start(DELETE_ROOM, room_id, task.shutdown_room())
         await self._audit.record(
             admin.user_id,
             "delete_room",
@@ -378,38 +427,47 @@ class AdminRoomsHandler:
                 "force_purge": params.force_purge,
             },
         )
-        defer.ensureDeferred(self._run_delete(admin, task, params))
-        return task.delete_id
+        return task, self._run_delete(admin, task, params)
 
-    def delete_status(self, delete_id: str) -> DeleteTask:
-        self._forget_old_deletes()
-        task = self._deletes.get(delete_id)
+    async def delete_status(self, delete_id: str) -> DeleteTask:
+        task = await self._tasks.get(delete_id, DELETE_ROOM)
         if task is None:
             raise MatrixError(404, Codes.NOT_FOUND, "delete id not found")
-        return task
+        return DeleteTask.from_record(task)
 
-    def delete_statuses(self, room_id: str) -> list[DeleteTask]:
+    async def delete_statuses(self, room_id: str) -> list[DeleteTask]:
         check_room_id(room_id)
-        self._forget_old_deletes()
-        found = [t for t in self._deletes.values() if t.room_id == room_id]
+        found = await self._tasks.find(TaskQuery(action=DELETE_ROOM, resource_id=room_id))
         if not found:
             raise MatrixError(404, Codes.NOT_FOUND, "No delete task for room_id found")
-        return found
+        return [DeleteTask.from_record(task) for task in found]
 
-    def _forget_old_deletes(self) -> None:
-        oldest = self._clock.time_msec() - DELETE_STATUS_KEPT_MS
-        for delete_id, task in list(self._deletes.items()):
-            if task.finished_ts is not None and task.finished_ts < oldest:
-                del self._deletes[delete_id]
-        for purge_id, purge in list(self._purges.items()):
-            if purge.finished_ts is not None and purge.finished_ts < oldest:
-                del self._purges[purge_id]
+    async def recover_interrupted(self) -> None:
+        """At the writer's start: the tasks its predecessor left running. A delete that had
+        begun its purge (the room's row is gone, so the room is already unknown and only
+        rows nobody reads are left) finishes it in the background; any other task is
+        marked failed, to be run again if the admin wants (its room is still there)."""
+        for task in await self._tasks.interrupted():
+            room_gone = await self._events.get_room_version(task.resource_id) is None
+            if task.action == DELETE_ROOM and room_gone:
+                logger.info("Finishing the purge of %s (%s)", task.resource_id, task.id)
+                self._tasks.resume(task)
+                defer.ensureDeferred(self._finish_purge(task))
+            else:
+                logger.warning(
+                    "Admin task %s (%s of %s) was interrupted", task.id, task.action,
+                    task.resource_id,
+                )
+                await self._tasks.finish(task.id, task.result, INTERRUPTED)
 
-    def _busy(self, room_id: str) -> bool:
-        """Whether a delete or a history purge of the room is under way."""
-        return any(t.room_id == room_id and t.running for t in self._deletes.values()) or any(
-            p.room_id == room_id and p.running for p in self._purges.values()
-        )
+    async def _finish_purge(self, task: AdminTask) -> None:
+        error = None
+        try:
+            await self._purge_rows(task.id, task.resource_id)
+        except Exception as e:
+            logger.exception("Finishing the purge of %s failed", task.resource_id)
+            error = str(e) or type(e).__name__
+        await self._tasks.finish(task.id, task.result, error)
 
     # ----- purging history -------------------------------------------------------------
 
@@ -438,71 +496,90 @@ class AdminRoomsHandler:
             raise MatrixError(
                 400, Codes.BAD_JSON, "must specify purge_up_to_event_id or purge_up_to_ts"
             )
-        self._forget_old_deletes()
-        if self._busy(room_id):
-            raise MatrixError(
-                400, Codes.UNKNOWN, f"History purge already in progress for {room_id}"
-            )
-        purge = PurgeTask(purge_id=secrets.token_urlsafe(12), room_id=room_id)
-        self._purges[purge.purge_id] = purge
+        purge_id = await self._tasks.start(PURGE_HISTORY, room_id, {})
         await self._audit.record(
             admin.user_id,
             "purge_history",
             room_id,
-            {
-                "purge_id": purge.purge_id,
-                "below_depth": depth,
-                "delete_local_events": delete_local_events,
-            },
+            {"purge_id": purge_id, "below_depth": depth, "delete_local_events": delete_local_events},
         )
-        defer.ensureDeferred(self._run_purge_history(purge, depth, delete_local_events))
-        return purge.purge_id
+        defer.ensureDeferred(
+            self._run_purge_history(purge_id, room_id, depth, delete_local_events)
+        )
+        return purge_id
 
-    def purge_history_status(self, purge_id: str) -> PurgeTask:
-        self._forget_old_deletes()
-        purge = self._purges.get(purge_id)
+    async def purge_history_status(self, purge_id: str) -> AdminTask:
+        purge = await self._tasks.get(purge_id, PURGE_HISTORY)
         if purge is None:
             raise MatrixError(404, Codes.NOT_FOUND, "purge id not found")
         return purge
 
     async def _run_purge_history(
-        self, purge: PurgeTask, depth: int, delete_local_events: bool
+        self, purge_id: str, room_id: str, depth: int, delete_local_events: bool
     ) -> None:
         keep = None if delete_local_events else self._server_name
-        try:
-            after: HistoryPosition | None = None
-            while True:
-                batch, after = await self._paced(
-                    self._store.purge_history_batch(
-                        purge.room_id, depth, keep, after, self._purge_event_batch
-                    )
-                )
-                if not batch:
-                    break
-                self._events.forget_room(purge.room_id, batch)
-            purge.status = "complete"
-        except Exception as e:
-            logger.exception("Purging the history of %s failed", purge.room_id)
-            purge.status = "failed"
-            purge.error = str(e) or type(e).__name__
-        finally:
-            purge.finished_ts = self._clock.time_msec()
 
-    async def _run_delete(self, admin: Requester, task: DeleteTask, params: DeleteParams) -> None:
-        task.status = "active"
+        after: HistoryPosition | None = None
+
+        async def batch() -> int:
+            nonlocal after
+            purged, after = await self._store.purge_history_batch(
+                room_id, depth, keep, after, self._purge_event_batch
+            )
+            self._events.forget_room(room_id, purged)
+            return len(purged)
+
+        error = None
+        try:
+            await self._in_batches(purge_id, batch)
+        except Exception as e:
+            logger.exception("Purging the history of %s failed", room_id)
+            error = str(e) or type(e).__name__
+        await self._tasks.finish(purge_id, {}, error)
+
+    async def _in_batches(self, task_id: str, batch: Callable[[], Awaitable[int]]) -> None:
+        """Run `batch` (one transaction, answering how many rows it deleted) until it
+        deletes nothing, waiting while tasks are paused and recording the progress."""
+        while True:
+            await self._tasks.wait_until_enabled()
+            started = self._clock.time_msec()
+            done = await batch()
+            if not done:
+                return
+            took_ms = self._clock.time_msec() - started
+            await self._tasks.progress(task_id, done, took_ms)
+            if self._store.one_connection:
+                # On a database of one connection (SQLite), every other request waits for
+                # the batch's transaction: leave it to them for as long as the batch held
+                # it, so a purge takes at most half of it and a request arriving meanwhile
+                # waits for one short batch, not for a run of them. (With a pool, as on
+                # PostgreSQL, they run beside the purge: resting would only make it longer.)
+                await self._clock.sleep(min(took_ms / 1000, MAX_PURGE_PAUSE_S))
+
+    async def _run_delete(
+        self, admin: Requester, task: DeleteTask, params: DeleteParams
+    ) -> MatrixError | None:
+        """The delete's work; what made it fail, if it did (a MatrixError the synchronous
+        delete answers with)."""
+        failure: MatrixError | None = None
         try:
             await self._shut_down(admin, task, params)
+            await self._tasks.record_result(task.delete_id, task.shutdown_room())
             if params.purge:
-                await self._purge(task.room_id, params.force_purge)
-            task.status = "complete"
+                await self._purge(task.delete_id, task.room_id, params.force_purge)
             logger.info("Deleted room %s (%s)", task.room_id, task.delete_id)
         except Exception as e:
             # Any failure ends the task with its reason on record, never a lost Deferred.
             logger.exception("Deleting room %s failed", task.room_id)
-            task.status = "failed"
-            task.error = e.message if isinstance(e, MatrixError) else str(e) or type(e).__name__
-        finally:
-            task.finished_ts = self._clock.time_msec()
+            failure = (
+                e
+                if isinstance(e, MatrixError)
+                else MatrixError(500, Codes.UNKNOWN, str(e) or type(e).__name__)
+            )
+        await self._tasks.finish(
+            task.delete_id, task.shutdown_room(), failure.message if failure else None
+        )
+        return failure
 
     async def _shut_down(self, admin: Requester, task: DeleteTask, params: DeleteParams) -> None:
         room_id = task.room_id
@@ -562,7 +639,7 @@ class AdminRoomsHandler:
         )
         return room_id
 
-    async def _purge(self, room_id: str, force: bool) -> None:
+    async def _purge(self, task_id: str, room_id: str, force: bool) -> None:
         """Remove the room from the database, a bounded batch per transaction."""
         joined = await self._state.get_current_members(room_id, "join")
         local_joined = [u for u in joined if split_user_id(u)[1] == self._server_name]
@@ -578,22 +655,28 @@ class AdminRoomsHandler:
         # The room's row and aliases first: from then on the room is unknown here, so
         # nothing (a remote server's event, a join) adds to it while the batches run.
         await self._store.purge_room_start(room_id)
-        self._events.forget_room(room_id, ())
-        purged: list[str] = []
-        while batch := await self._paced(
-            self._store.purge_event_batch(room_id, self._purge_event_batch)
-        ):
-            purged.extend(batch)
-        while await self._paced(self._store.purge_state_group_batch(room_id)):
-            pass
-        while await self._paced(self._store.purge_room_row_batch(room_id)):
-            pass
-        self._events.forget_room(room_id, purged)
-        # Other processes drop their copy of the room's current state too.
-        self._state.current_state_replaced(room_id)
+        await self._purge_rows(task_id, room_id)
         for user_id in had_membership:
             for listener in self.purge_listeners:
                 listener(user_id)
+
+    async def _purge_rows(self, task_id: str, room_id: str) -> None:
+        """The rest of a purge once the room's row is gone: its events, state groups and
+        other rows, a batch per transaction."""
+        self._events.forget_room(room_id, ())
+        purged: list[str] = []
+
+        async def events() -> int:
+            batch = await self._store.purge_event_batch(room_id, self._purge_event_batch)
+            purged.extend(batch)
+            return len(batch)
+
+        await self._in_batches(task_id, events)
+        await self._in_batches(task_id, lambda: self._store.purge_state_group_batch(room_id))
+        await self._in_batches(task_id, lambda: self._store.purge_room_row_batch(room_id))
+        self._events.forget_room(room_id, purged)
+        # Other processes drop their copy of the room's current state too.
+        self._state.current_state_replaced(room_id)
 
 
     @property
@@ -601,18 +684,6 @@ class AdminRoomsHandler:
         """Events per purge transaction: few on a database of one connection (SQLite),
         where every other request waits for it; more with a pool, where none does."""
         return PURGE_EVENT_BATCH if self._store.one_connection else PURGE_BATCH
-
-    async def _paced(self, batch: Awaitable[T]) -> T:
-        """Await one purge batch; on a database of one connection (SQLite), then leave it
-        to other work for as long as the batch held it: a purge takes at most half of it,
-        so requests arriving meanwhile wait for one short batch, not for a run of them.
-        (With a pool, as on PostgreSQL, other requests run beside the purge: resting would
-        only make it longer.)"""
-        started = self._clock.time()
-        result = await batch
-        if self._store.one_connection:
-            await self._clock.sleep(min(self._clock.time() - started, MAX_PURGE_PAUSE_S))
-        return result
 
 
 def _acting_as(user_id: str) -> Requester:

@@ -25,14 +25,18 @@ from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
 from homeserver.identifiers import split_user_id
 from homeserver.profile import ProfileHandler, check_avatar_url, check_displayname
+from homeserver.push.pushers import serialize_pusher
 from homeserver.rooms.deactivation import AccountDeactivation
 from storage.stores.accounts import Account, AccountStore, RatelimitOverride
 from storage.stores.devices import Device
 from storage.stores.profiles import Profile, ProfileStore
+from storage.stores.pushers import PusherStore
 from storage.stores.rooms import RoomStore
 from storage.stores.user_admin import UserAdminStore, UserListing, UserQuery
 
 logger = logging.getLogger(__name__)
+
+ALL_MEMBERSHIPS = ("join", "invite", "knock", "leave", "ban")
 
 # User types an admin may give an account, as Synapse's defaults (None: an ordinary user).
 USER_TYPES = ("bot", "support")
@@ -69,6 +73,10 @@ class UserChanges:
     user_type: str | None = None
 
 
+def _last_admin(what: str) -> MatrixError:
+    return MatrixError(400, Codes.INVALID_PARAM, f"Cannot {what} the last server admin")
+
+
 class AdminUsersHandler:
     def __init__(
         self,
@@ -78,6 +86,7 @@ class AdminUsersHandler:
         user_admin: UserAdminStore,
         profiles: ProfileStore,
         rooms: RoomStore,
+        pushers: PusherStore,
         registration: RegistrationHandler,
         account: AccountHandler,
         devices: DeviceHandler,
@@ -92,6 +101,7 @@ class AdminUsersHandler:
         self._user_admin = user_admin
         self._profiles = profiles
         self._rooms = rooms
+        self._pushers = pushers
         self._registration = registration
         self._account = account
         self._devices = devices
@@ -204,6 +214,15 @@ class AdminUsersHandler:
         if changes.locked is True and not account.locked and user_id == admin.user_id:
             raise MatrixError(400, Codes.INVALID_PARAM, "You cannot lock your own account")
         changed: dict[str, Any] = {}
+        if changes.admin is False and account.is_admin:
+            # First of the writes: the check above can be overtaken by a concurrent
+            # demotion or deactivation, this one cannot.
+            if not await self._accounts.demote_admin(user_id):
+                raise _last_admin("demote")
+            changed["admin"] = False
+        elif changes.admin is True and not account.is_admin:
+            await self._accounts.set_flag(user_id, "is_admin", True)
+            changed["admin"] = True
         if changes.deactivated is False and account.deactivated:
             await self._accounts.reactivate(user_id)
             changed["deactivated"] = False
@@ -219,9 +238,6 @@ class AdminUsersHandler:
         if changes.avatar_url is not None:
             await self._profile.set_avatar_url(admin, user_id, changes.avatar_url)
             changed["avatar_url"] = changes.avatar_url
-        if changes.admin is not None and changes.admin != account.is_admin:
-            await self._accounts.set_flag(user_id, "is_admin", changes.admin)
-            changed["admin"] = changes.admin
         if changes.locked is not None and changes.locked != account.locked:
             await self._accounts.set_flag(user_id, "locked", changes.locked)
             changed["locked"] = changes.locked
@@ -253,9 +269,7 @@ class AdminUsersHandler:
         target = await self._accounts.get_account(user_id)
         if target is not None and target.is_admin and not target.deactivated:
             if await self._accounts.count_active_admins() <= 1:
-                raise MatrixError(
-                    400, Codes.INVALID_PARAM, f"Cannot {what} the last server admin"
-                )
+                raise _last_admin(what)
         if user_id == admin.user_id:
             raise MatrixError(400, Codes.INVALID_PARAM, f"You cannot {what} yourself")
 
@@ -270,7 +284,8 @@ class AdminUsersHandler:
         await self._audit.record(admin.user_id, "deactivate_user", user_id, {"erase": erase})
 
     async def _deactivate(self, user_id: str, erase: bool) -> None:
-        await self._deactivation.deactivate(user_id, erase)
+        # The last-admin check again, atomically with the write (see `_modify`).
+        await self._deactivation.deactivate(user_id, erase, keep_an_admin=True)
 
     async def reset_password(
         self, admin: Requester, user_id: str, new_password: str, logout_devices: bool
@@ -366,6 +381,22 @@ class AdminUsersHandler:
     async def joined_rooms(self, user_id: str) -> list[str]:
         await self.require_account(user_id)
         return [m.room_id for m in await self._rooms.get_rooms_for_user(user_id)]
+
+    async def memberships(self, user_id: str) -> dict[str, str]:
+        """room ID -> the user's current membership, whatever it is (rooms the user has
+        forgotten left out)."""
+        await self.require_account(user_id)
+        found = await self._rooms.get_rooms_for_user(user_id, ALL_MEMBERSHIPS)
+        return {m.room_id: m.membership for m in found}
+
+    async def pushers(self, user_id: str) -> list[dict[str, Any]]:
+        await self.require_account(user_id)
+        return [serialize_pusher(p) for p in await self._pushers.get_pushers(user_id)]
+
+    async def username_available(self, localpart: str) -> None:
+        """400 M_INVALID_USERNAME or M_USER_IN_USE unless `localpart` could be registered
+        (whether registration is open or not)."""
+        await self._registration.check_available(localpart)
 
     async def account_data(
         self, user_id: str

@@ -17,6 +17,7 @@ from homeserver.presence import PresenceHandler
 from homeserver.profile import ProfileHandler
 from homeserver.push.actions import PushActionGenerator
 from homeserver.push.counts import NotificationCounts, SummaryRotator
+from homeserver.push.handler import PushRulesHandler
 from homeserver.push.notifications import NotificationsHandler
 from homeserver.ratelimit import RateLimiter
 from homeserver.rooms.creation import RoomCreationHandler
@@ -26,8 +27,11 @@ from homeserver.rooms.membership import MembershipHandler, RemoteMembership
 from homeserver.rooms.messages import Backfill, MessagesHandler
 from homeserver.rooms.power import RoomPower
 from homeserver.rooms.relations import RelationsHandler
+from homeserver.rooms.search import SearchHandler
 from homeserver.rooms.sending import EventSendHandler
+from homeserver.rooms.spaces import SpaceHierarchyHandler
 from homeserver.rooms.state import RoomStateHandler
+from homeserver.rooms.upgrade import RoomUpgradeHandler
 from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.user_directory import UserDirectoryHandler
 from storage.persister import EventPersister, IdAllocator
@@ -62,14 +66,17 @@ class Rooms:
     state_contents: StateContents
     directory: DirectoryHandler
     room_list: RoomListHandler
+    spaces: SpaceHierarchyHandler
     user_directory: UserDirectoryHandler
     membership: MembershipHandler
     message_limiter: RateLimiter
     event_sender: EventSendHandler
     room_creation: RoomCreationHandler
+    room_upgrades: RoomUpgradeHandler
     room_state: RoomStateHandler
     messages: MessagesHandler
     relations: RelationsHandler
+    search: SearchHandler
     # Whom each user ignores (spec: "Ignoring Users"), held in memory.
     ignored_users: IgnoredUsers
 
@@ -82,6 +89,7 @@ def build_rooms(
     remote: RemoteQueries,
     federation: RoomsFederation,
     account_data: AccountDataHandler,
+    push_rules: PushRulesHandler,
     counts: NotificationCounts,
 ) -> Rooms:
     events, state, rooms = stores.event_store, stores.state_store, stores.room_store
@@ -125,7 +133,7 @@ def build_rooms(
         core.server_name, stores.profile_store, rooms, state, events, creator, remote
     )
     # Who may read a room (history visibility) and who has the power to act in it.
-    visibility = HistoryVisibility(core.server_name, events, state, rooms)
+    visibility = HistoryVisibility(core.server_name, events, state, rooms, stores.accounts)
     serializer = EventSerializer(
         core.clock,
         events,
@@ -166,8 +174,27 @@ def build_rooms(
     # A forget changes no stream position: the cached memberships of the user must hear of it.
     membership.forget_listeners.append(streams.shared_rooms.forget)
     message_limiter = core.limiter("message_per_user", core.config.rate_limits.message_per_user)
+    room_upgrades = RoomUpgradeHandler(
+        core.server_name,
+        core.clock,
+        creator,
+        membership,
+        events,
+        state,
+        state_contents,
+        stores.alias_store,
+        stores.room_directory_store,
+        account_data,
+        push_rules,
+        message_limiter,
+    )
+    membership.remote_join_listeners.append(room_upgrades.joined_remote_room)
     relations = RelationsHandler(
         events, stores.relation_store, visibility, serializer, ignored.of
+    )
+    room_state = RoomStateHandler(events, state, rooms, visibility)
+    messages = MessagesHandler(
+        events, state, visibility, serializer, federation.backfill, ignored.of
     )
     return Rooms(
         event_stream=event_stream,
@@ -186,6 +213,16 @@ def build_rooms(
         room_list=RoomListHandler(
             core.server_name, stores.room_directory_store, state_contents, power, remote
         ),
+        spaces=SpaceHierarchyHandler(
+            core.server_name,
+            core.clock,
+            events,
+            state,
+            rooms,
+            state_contents,
+            remote,
+            directory.resolve_room_alias,
+        ),
         user_directory=UserDirectoryHandler(stores.user_directory_store),
         membership=membership,
         message_limiter=message_limiter,
@@ -201,6 +238,7 @@ def build_rooms(
             message_limiter,
             presence,
             relations,
+            core.clock,
         ),
         room_creation=RoomCreationHandler(
             core.server_name,
@@ -210,11 +248,14 @@ def build_rooms(
             stores.alias_store,
             message_limiter,
         ),
-        # Reading history (/messages, /context, /event) and state.
-        room_state=RoomStateHandler(events, state, rooms, visibility),
-        messages=MessagesHandler(
-            events, state, visibility, serializer, federation.backfill, ignored.of
-        ),
+        room_upgrades=room_upgrades,
+        # Reading history (/messages, /context, /event) and state, and searching it.
+        room_state=room_state,
+        messages=messages,
         relations=relations,
+        search=SearchHandler(
+            stores.search_store, events, rooms, visibility, messages, room_state, serializer,
+            ignored.of,
+        ),
         ignored_users=ignored,
     )

@@ -15,6 +15,7 @@ from storage.database import Database
 from storage.stores.account_data import AccountDataStore
 from storage.stores.accounts import AccountStore
 from storage.stores.admin_audit import AdminAuditStore
+from storage.stores.admin_tasks import AdminTaskStore
 from storage.stores.aliases import AliasStore
 from storage.stores.device_inbox import DeviceInboxStore
 from storage.stores.device_lists import DeviceListStore
@@ -34,9 +35,11 @@ from storage.stores.pushers import PusherStore
 from storage.stores.receipts import ReceiptStore
 from storage.stores.registration_tokens import RegistrationTokenStore
 from storage.stores.relations import RelationStore
+from storage.stores.reports import ReportStore
 from storage.stores.room_admin import RoomAdminStore
 from storage.stores.room_keys import RoomKeysStore
 from storage.stores.rooms import RoomStore
+from storage.stores.search import SearchStore
 from storage.stores.server_keys import ServerKeyStore
 from storage.stores.server_notices import ServerNoticeStore
 from storage.stores.state import StateStore
@@ -64,6 +67,7 @@ class Stores:
     filter_store: FilterStore
     receipt_store: ReceiptStore
     relation_store: RelationStore
+    search_store: SearchStore
     account_data_store: AccountDataStore
     device_inbox_store: DeviceInboxStore
     media_store: MediaStore
@@ -79,11 +83,13 @@ class Stores:
     server_notice_store: ServerNoticeStore
     user_admin_store: UserAdminStore
     room_admin_store: RoomAdminStore
+    admin_task_store: AdminTaskStore
     registration_token_store: RegistrationTokenStore
     media_admin_store: MediaAdminStore
+    report_store: ReportStore
 
 
-def build_stores(db: Database, replication: Replication) -> Stores:
+def build_stores(db: Database, replication: Replication, server_name: str) -> Stores:
     state_store = StateStore(db)
     # Each process caches rooms' current state; a change made here makes the others drop
     # their copy of that room (and a lost Redis connection makes them drop all).
@@ -146,6 +152,7 @@ def build_stores(db: Database, replication: Replication) -> Stores:
         filter_store=FilterStore(db),
         receipt_store=ReceiptStore(db),
         relation_store=RelationStore(db),
+        search_store=SearchStore(db),
         account_data_store=AccountDataStore(db),
         device_inbox_store=DeviceInboxStore(db),
         media_store=MediaStore(db),
@@ -159,8 +166,10 @@ def build_stores(db: Database, replication: Replication) -> Stores:
         push_action_store=PushActionStore(db),
         admin_audit_store=AdminAuditStore(db),
         server_notice_store=ServerNoticeStore(db),
-        user_admin_store=UserAdminStore(db),
+        user_admin_store=UserAdminStore(db, server_name),
         room_admin_store=RoomAdminStore(db),
+        admin_task_store=AdminTaskStore(db),
         registration_token_store=RegistrationTokenStore(db),
         media_admin_store=MediaAdminStore(db),
+        report_store=ReportStore(db),
     )

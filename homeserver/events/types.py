@@ -17,6 +17,12 @@ GUEST_ACCESS = "m.room.guest_access"
 NAME = "m.room.name"
 TOPIC = "m.room.topic"
 AVATAR = "m.room.avatar"
+ENCRYPTION = "m.room.encryption"
+SERVER_ACL = "m.room.server_acl"
+TOMBSTONE = "m.room.tombstone"
+# A space's children (state key: the child room ID).
+SPACE_CHILD = "m.space.child"
 
 # Message events.
 REDACTION = "m.room.redaction"
+MESSAGE = "m.room.message"

@@ -86,6 +86,16 @@ class PushRulesHandler:
             lambda rules: rules.set_actions(kind, rule_id, cleaned),
         )
 
+    async def copy_room_rules(self, user_id: str, old_room_id: str, new_room_id: str) -> None:
+        """A room was upgraded: the user's rules about the old room now apply to the new one
+        too (see `UserPushRules.copy_room_rules`)."""
+        async with self._writers.queue(user_id):
+            rules = await self._load(user_id)
+            if rules.copy_room_rules(old_room_id, new_room_id):
+                await self._account_data.write(user_id, None, PUSH_RULES, rules.to_content())
+                logger.info("copied %s's push rules for %s to %s", user_id, old_room_id,
+                            new_room_id)
+
     async def _load(self, user_id: str) -> UserPushRules:
         return UserPushRules.from_content(await self._account_data.get(user_id, None, PUSH_RULES))
 

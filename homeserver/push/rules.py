@@ -280,6 +280,31 @@ class UserPushRules:
     def set_actions(self, kind: str, rule_id: str, actions: list[Any]) -> None:
         self._settings_of(kind, rule_id)["actions"] = actions
 
+    def copy_room_rules(self, old_room_id: str, new_room_id: str) -> bool:
+        """After a room upgrade, give the new room a copy of each enabled rule about the old
+        one (a `room` rule named after it, or a rule with a `room_id` condition on it), named
+        after the new room as Synapse names them. False if there was nothing to copy."""
+        copied = False
+        for kind in KINDS:
+            own = self.rules[kind]
+            for rule in list(own):
+                if not rule.get("enabled", True) or not _is_about_room(kind, rule, old_room_id):
+                    continue
+                copy_ = copy.deepcopy(rule)
+                copy_["rule_id"] = new_room_id
+                if kind in ("override", "underride"):
+                    copy_["conditions"] = [
+                        {**c, "pattern": new_room_id} if _is_room_condition(c, old_room_id) else c
+                        for c in copy_.get("conditions", [])
+                    ]
+                index = _index(own, new_room_id)
+                if index is None:
+                    own.insert(0, copy_)
+                else:
+                    own[index] = copy_
+                copied = True
+        return copied
+
     def _settings_of(self, kind: str, rule_id: str) -> JsonDict:
         """Where `enabled` / `actions` of an existing rule live: the user rule itself, or the
         user's settings for a server-default rule. 404 if the rule does not exist."""
@@ -290,6 +315,21 @@ class UserPushRules:
         if index is None:
             raise _not_found()
         return self.rules[kind][index]
+
+
+def _is_room_condition(condition: Any, room_id: str) -> bool:
+    return (
+        isinstance(condition, dict)
+        and condition.get("key") == "room_id"
+        and condition.get("pattern") == room_id
+    )
+
+
+def _is_about_room(kind: str, rule: JsonDict, room_id: str) -> bool:
+    if kind == "room":
+        return bool(rule["rule_id"] == room_id)
+    conditions = rule.get("conditions")
+    return isinstance(conditions, list) and any(_is_room_condition(c, room_id) for c in conditions)
 
 
 def _index(rules: list[JsonDict], rule_id: str) -> int | None:

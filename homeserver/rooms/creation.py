@@ -216,14 +216,9 @@ class RoomCreationHandler:
     # ----- checking the request ------------------------------------------------------------
 
     def _room_version(self, requested: str | None) -> RoomVersion:
-        identifier = requested if requested is not None else self._config.default_room_version
-        if identifier not in CREATABLE_ROOM_VERSIONS:
-            raise MatrixError(
-                400,
-                Codes.UNSUPPORTED_ROOM_VERSION,
-                f"This server does not create rooms of version {identifier[:20]!r}",
-            )
-        return KNOWN_ROOM_VERSIONS[identifier]
+        return creatable_room_version(
+            requested if requested is not None else self._config.default_room_version
+        )
 
     async def _check_alias(self, localpart: str | None) -> str | None:
         if localpart is None:
@@ -335,6 +330,18 @@ class RoomCreationHandler:
                 f"Power levels would leave the room creator {creator} without power",
             )
         return content
+
+
+def creatable_room_version(identifier: str) -> RoomVersion:
+    """The room version a new room (created or upgraded to) would have; 400
+    M_UNSUPPORTED_ROOM_VERSION for one this server does not create rooms in."""
+    if identifier not in CREATABLE_ROOM_VERSIONS:
+        raise MatrixError(
+            400,
+            Codes.UNSUPPORTED_ROOM_VERSION,
+            f"This server does not create rooms of version {identifier[:20]!r}",
+        )
+    return KNOWN_ROOM_VERSIONS[identifier]
 
 
 def _check_content(what: str, content: Mapping[str, Any]) -> None:

@@ -131,10 +131,23 @@ class EventCreator:
             raise MatrixError(413, Codes.TOO_LARGE, f"Event is larger than {MAX_EVENT_BYTES} bytes")
         return Event(pdu, room_version, event_id=event_id)
 
+    def new_room_id(self) -> str:
+        """A fresh room ID for a room version whose room IDs are not create event hashes."""
+        return f"!{_random_id()}:{self._server_name}"
+
     async def create_room(
-        self, room_version: RoomVersion, sender: str, content: Mapping[str, Any], is_public: bool
+        self,
+        room_version: RoomVersion,
+        sender: str,
+        content: Mapping[str, Any],
+        is_public: bool,
+        room_id: str | None = None,
     ) -> tuple[str, StoredEvent]:
-        """Create the room row and its m.room.create event; returns (room_id, event)."""
+        """Create the room row and its m.room.create event; returns (room_id, event).
+
+        `room_id` (from `new_room_id`) is for a caller that must name the room before it
+        exists (a room upgrade's tombstone); room versions whose room ID is the create
+        event's hash take none."""
         pdu: dict[str, Any] = {
             "type": CREATE,
             "state_key": "",
@@ -145,8 +158,11 @@ class EventCreator:
             "auth_events": [],
             "depth": 1,
         }
-        if not room_version.room_id_is_create_hash:
-            pdu["room_id"] = f"!{_random_id()}:{self._server_name}"
+        if room_version.room_id_is_create_hash:
+            if room_id is not None:
+                raise ValueError(f"room version {room_version.identifier} names its own rooms")
+        else:
+            pdu["room_id"] = room_id if room_id is not None else self.new_room_id()
         event = self._finish(pdu, room_version)
         room_id = (
             room_id_from_create_event_id(event.event_id)
@@ -173,11 +189,15 @@ class EventCreator:
         state_key: str | None = None,
         txn: ClientTransaction | None = None,
         extra: Mapping[str, Any] | None = None,
+        before_persist: Callable[[Event], Awaitable[None]] | None = None,
     ) -> StoredEvent:
         """Build, authorise against the current state, and persist an event in `room_id`.
 
         403 M_FORBIDDEN when the auth rules refuse it. With `txn`, a retry of the same
         (user, device, transaction ID) returns the event the first attempt created.
+        `before_persist` is awaited with the built, authorised event (its ID known) before it
+        is persisted, with the room's writer held, so nothing else enters the room
+        meanwhile; if it raises, the event is dropped.
         """
         if event_type == REDACTION and state_key is not None:
             # A "state" redaction would be stored, and served, as a redaction of whatever
@@ -203,6 +223,8 @@ class EventCreator:
                 pdu.update(extra)
             event = self._finish(pdu, room_version)
             await self._check_auth(event, current)
+            if before_persist is not None:
+                await before_persist(event)
             if (
                 self.remote_invite is not None
                 and event.type == MEMBER
@@ -256,6 +278,21 @@ class EventCreator:
             pdu["prev_events"] = [[e, stored[e].pdu.get("hashes", {})] for e in pdu["prev_events"]]
             pdu["auth_events"] = [[e, stored[e].pdu.get("hashes", {})] for e in pdu["auth_events"]]
         return pdu
+
+    async def check_allowed(
+        self, room_id: str, sender: str, event_type: str, content: Mapping[str, Any],
+        state_key: str | None = None,
+    ) -> None:
+        """403 M_FORBIDDEN unless `sender` may send this event now (nothing is persisted):
+        a permission check before work that only makes sense if the event can follow."""
+        room_version = await self._events.get_room_version(room_id)
+        if room_version is None:
+            raise MatrixError(404, Codes.NOT_FOUND, "Unknown room")
+        current = await self._state.get_current_state_ids(room_id)
+        pdu = await self.build_pdu(
+            room_id, room_version, sender, event_type, content, state_key, current
+        )
+        await self._check_auth(self._finish(pdu, room_version), current)
 
     async def check_auth(self, event: Event, current: Mapping[StateKey, str]) -> None:
         """403 M_FORBIDDEN unless the auth rules allow `event` against `current`."""

@@ -106,6 +106,9 @@ class MembershipHandler:
         # Called with the user ID after a forget, which changes no stream: caches of the
         # user's rooms (sync) must drop their copy.
         self.forget_listeners: list[Callable[[str], None]] = []
+        # Called with the room ID after a local user's join brought this server into a room
+        # held elsewhere (a room upgraded on another server carries user state over then).
+        self.remote_join_listeners: list[Callable[[str], Awaitable[None]]] = []
         # Joins, knocks and invite rejections of rooms held by other servers (None when
         # federation is disabled).
         self.federation = federation
@@ -354,6 +357,12 @@ class MembershipHandler:
         assert self.federation is not None
         content = await self._member_content(user_id, "join", reason)
         await self.federation.remote_join(user_id, room_id, servers, content)
+        for listener in self.remote_join_listeners:
+            try:
+                await listener(room_id)
+            except Exception:
+                # The join itself succeeded: what follows it must not turn it into an error.
+                logger.exception("after joining %s", room_id)
         return room_id
 
     def is_mine(self, user_id: str) -> bool:

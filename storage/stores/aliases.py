@@ -81,3 +81,19 @@ class AliasStore:
             return row[0]
 
         return await self._db.run_interaction("delete_alias", txn_fn)
+
+    async def move_aliases(self, old_room_id: str, new_room_id: str) -> list[str]:
+        """Point every alias of `old_room_id` at `new_room_id` (a room upgrade); the aliases
+        moved."""
+
+        def txn_fn(txn: Transaction) -> list[str]:
+            rows = txn.select_all(
+                "SELECT room_alias FROM room_aliases WHERE room_id = ? ORDER BY room_alias",
+                (old_room_id,),
+            )
+            txn.execute(
+                "UPDATE room_aliases SET room_id = ? WHERE room_id = ?", (new_room_id, old_room_id)
+            )
+            return [row[0] for row in rows]
+
+        return await self._db.run_interaction("move_aliases", txn_fn)

@@ -255,6 +255,32 @@ class FederationQueueStore:
 
         return await self._db.run_interaction("list_destinations", txn_fn)
 
+    async def destination_rooms(
+        self, destination: str, offset: int, limit: int, descending: bool
+    ) -> tuple[list[str], int]:
+        """A page of the rooms (by room ID) where a user of `destination` is joined, which
+        are the rooms this server sends to it; and how many there are in all. It scans
+        the joined memberships (a suffix match has no index): an admin's occasional read."""
+        # The server part of a user ID is everything after its first colon, so it ends the
+        # ID; LIKE wildcards in the name are taken literally.
+        escaped = destination.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        where = "WHERE membership = 'join' AND user_id LIKE ? ESCAPE '\\'"
+        pattern = "%:" + escaped
+        direction = "DESC" if descending else "ASC"
+
+        def txn_fn(txn: Transaction) -> tuple[list[str], int]:
+            total = txn.select_one(
+                f"SELECT COUNT(DISTINCT room_id) FROM room_memberships {where}", (pattern,)
+            )
+            rows = txn.select_all(
+                f"SELECT DISTINCT room_id FROM room_memberships {where}"
+                f" ORDER BY room_id {direction} LIMIT ? OFFSET ?",
+                (pattern, limit, offset),
+            )
+            return [r[0] for r in rows], int(total[0]) if total else 0
+
+        return await self._db.run_interaction("destination_rooms", txn_fn)
+
     async def set_retry_state(self, destination: str, state: RetryState) -> None:
         await self._db.run_interaction(
             "set_destination_retry_state",

@@ -15,6 +15,7 @@ from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.events.types import (
     CANONICAL_ALIAS,
     CREATE,
+    ENCRYPTION,
     GUEST_ACCESS,
     HISTORY_VISIBILITY,
     JOIN_RULES,
@@ -23,8 +24,6 @@ from homeserver.events.types import (
 )
 from storage.database import Database, Transaction
 
-ENCRYPTION = "m.room.encryption"
-TOMBSTONE = "m.room.tombstone"
 # Rows one purge transaction deletes at most (per table), so a room of millions of events
 # is removed in many short transactions that never hold the database (or, on SQLite, the
 # writer) for long.
@@ -315,9 +314,10 @@ def _delete_events_txn(
     txn: Transaction, events: list[tuple[int, str]], also: tuple[str, ...]
 ) -> None:
     """Delete `events` ((stream ordering, event ID) pairs) and what hangs on each (their
-    graph edges, auth links, relations, push actions, and those actions still queued for
-    the count summary), and their rows in the tables `also` names, keyed by event ID. Every
-    delete goes through a primary key: a batch costs what it deletes, not the table's size."""
+    graph edges, auth links, relations, search index rows, push actions, and those actions
+    still queued for the count summary), and their rows in the tables `also` names, keyed
+    by event ID. Every delete goes through a key: a batch costs what it deletes, not the
+    table's size."""
     orderings = [ordering for ordering, _ in events]
     event_ids = [event_id for _, event_id in events]
     by_ordering = ",".join("?" for _ in orderings)
@@ -325,7 +325,9 @@ def _delete_events_txn(
     for table in ("event_push_rotation_queue", "event_push_actions"):
         txn.execute(f"DELETE FROM {table} WHERE stream_ordering IN ({by_ordering})", orderings)
     marks = ",".join("?" for _ in event_ids)
-    for table in ("event_edges", "event_auth", "event_relations", *also, "events"):
+    for table in (
+        "event_edges", "event_auth", "event_relations", "event_search", *also, "events"
+    ):
         txn.execute(f"DELETE FROM {table} WHERE event_id IN ({marks})", event_ids)
 
 
@@ -437,6 +439,46 @@ class RoomAdminStore:
         )
         return [(row[0], row[1], int(row[2])) for row in rows]
 
+    async def delete_extra_forward_extremities(self, room_id: str) -> int:
+        """Delete all the room's forward extremities but the newest (by arrival); how many
+        were deleted. The next event sent in the room then points at that one only."""
+
+        def txn_fn(txn: Transaction) -> int:
+            newest = txn.select_one(
+                "SELECT f.event_id FROM event_forward_extremities f JOIN events e"
+                " USING (event_id) WHERE f.room_id = ? ORDER BY e.stream_ordering DESC LIMIT 1",
+                (room_id,),
+            )
+            if newest is None:
+                return 0
+            txn.execute(
+                "DELETE FROM event_forward_extremities WHERE room_id = ? AND event_id <> ?",
+                (room_id, newest[0]),
+            )
+            return txn.rowcount
+
+        return await self._db.run_interaction("admin_delete_forward_extremities", txn_fn)
+
+    async def closest_event_to_ts(
+        self, room_id: str, ts: int, forwards: bool
+    ) -> tuple[str, int] | None:
+        """(event ID, origin_server_ts) of the room's timeline event sent closest to `ts`,
+        at or after it (`forwards`) or at or before it; ties go to the earlier arrival
+        going forwards, the later one going backwards. Outliers and rejected events are
+        not in the timeline."""
+        compare, order = (">=", "ASC") if forwards else ("<=", "DESC")
+        row = await self._db.run_interaction(
+            "admin_closest_event_to_ts",
+            lambda txn: txn.select_one(
+                "SELECT event_id, origin_server_ts FROM events"
+                f" WHERE room_id = ? AND origin_server_ts {compare} ? AND outlier = ?"
+                " AND rejected_reason IS NULL"
+                f" ORDER BY origin_server_ts {order}, stream_ordering {order} LIMIT 1",
+                (room_id, ts, False),
+            ),
+        )
+        return (row[0], int(row[1])) if row else None
+
     # ----- blocking ----------------------------------------------------------------------
 
     async def get_block(self, room_id: str) -> str | None:
@@ -529,7 +571,7 @@ class RoomAdminStore:
 
     async def purge_room_row_batch(self, room_id: str, limit: int = PURGE_BATCH) -> int:
         """Delete up to `limit` rows of the room's other per-room tables (current state,
-        memberships, receipts, ...); how many, 0 once none are left."""
+        memberships, receipts, abuse reports, ...); how many, 0 once none are left."""
 
         def txn_fn(txn: Transaction) -> int:
             deleted = 0
@@ -547,6 +589,9 @@ class RoomAdminStore:
                 ("federation_outbound_pdus", ("destination", "stream_ordering")),
                 ("event_forward_extremities", ("event_id",)),
                 ("event_backward_extremities", ("event_id",)),
+                # Reports about the room and its events: what they point at is gone.
+                ("event_reports", ("id",)),
+                ("room_reports", ("id",)),
             ):
                 columns = ", ".join(keys)
                 rows = txn.select_all(

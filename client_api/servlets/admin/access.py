@@ -6,7 +6,7 @@ import re
 from typing import TYPE_CHECKING
 
 from client_api.auth import require_user
-from client_api.http import HeddleRequest, query_string
+from client_api.http import HeddleRequest, parse_int_query, query_string
 from homeserver.auth.tokens import Requester
 from homeserver.errors import Codes, MatrixError
 
@@ -29,9 +29,18 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 
 
-def parse_direction(request: HeddleRequest) -> str:
-    """A list's `dir` parameter: "f" (the default) or "b"; 400 M_INVALID_PARAM otherwise."""
-    direction = query_string(request, "dir") or "f"
+def parse_page(request: HeddleRequest) -> tuple[int, int]:
+    """A list's `from` (an offset, at least 0, default 0) and `limit` (at least 1, default
+    DEFAULT_PAGE, cut to MAX_PAGE); 400 M_INVALID_PARAM for anything else."""
+    offset = parse_int_query(request, "from", 0, min_value=0)
+    limit = parse_int_query(request, "limit", DEFAULT_PAGE, min_value=1, max_value=MAX_PAGE)
+    return offset, limit
+
+
+def parse_direction(request: HeddleRequest, default: str = "f") -> str:
+    """A list's `dir` parameter: "f" or "b" (`default` when absent); 400 M_INVALID_PARAM
+    otherwise."""
+    direction = query_string(request, "dir") or default
     if direction not in ("f", "b"):
         raise MatrixError(400, Codes.INVALID_PARAM, "'dir' must be 'f' or 'b'")
     return direction

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from client_api.http import HeddleRequest, parse_int_query, parse_json_object, query_string
+from client_api.http import HeddleRequest, parse_json_object, query_string
 from client_api.servlets.admin.access import (
-    DEFAULT_PAGE,
-    MAX_PAGE,
     admin_path,
     parse_direction,
+    parse_page,
     require_admin,
 )
 from homeserver import __version__
@@ -51,8 +50,7 @@ class DestinationsServlet:
 
     async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
         await require_admin(self._hs, request)
-        offset = parse_int_query(request, "from", 0, min_value=0)
-        limit = parse_int_query(request, "limit", DEFAULT_PAGE, min_value=1, max_value=MAX_PAGE)
+        offset, limit = parse_page(request)
         order_by = _choice(request, "order_by", DESTINATION_ORDER, "destination")
         direction = parse_direction(request)
         rows, total = await self._hs.admin_federation.list_destinations(
@@ -79,6 +77,29 @@ class DestinationServlet:
         return 200, destination_json(destination, state)
 
 
+class DestinationRoomsServlet:
+    PATTERNS = [admin_path(DESTINATIONS + r"/(?P<destination>[^/]+)/rooms")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest, destination: str) -> tuple[int, Any]:
+        await require_admin(self._hs, request)
+        offset, limit = parse_page(request)
+        direction = parse_direction(request)
+        room_ids, total = await self._hs.admin_federation.destination_rooms(
+            destination, offset, limit, direction == "b"
+        )
+        body: dict[str, Any] = {
+            # Heddle does not record deliveries per room: no last PDU sent in each.
+            "rooms": [{"room_id": room_id, "stream_ordering": None} for room_id in room_ids],
+            "total": total,
+        }
+        if offset + len(room_ids) < total:
+            body["next_token"] = str(offset + len(room_ids))
+        return 200, body
+
+
 class ResetConnectionServlet:
     PATTERNS = [admin_path(DESTINATIONS + r"/(?P<destination>[^/]+)/reset_connection")]
 
@@ -99,5 +120,5 @@ class ServerVersionServlet:
         self._hs = hs
 
     async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
-        await require_admin(self._hs, request)
+        # No token needed, as Synapse's: federation's /version tells anyone anyway.
         return 200, {"server_version": __version__}

@@ -12,9 +12,8 @@ from client_api.http import (
     query_string,
 )
 from client_api.servlets.admin.access import (
-    DEFAULT_PAGE,
-    MAX_PAGE,
     admin_path,
+    parse_page,
     require_admin,
 )
 from homeserver.errors import Codes, MatrixError
@@ -26,9 +25,10 @@ if TYPE_CHECKING:
 SERVER_MEDIA = r"/(?P<server_name>[^/]+)/(?P<media_id>[^/]+)"
 
 
-def listing_json(media: MediaListing) -> dict[str, Any]:
+def listing_json(media: MediaListing, user_id: str) -> dict[str, Any]:
     return {
         "media_id": media.media_id,
+        "user_id": user_id,
         "media_type": media.content_type,
         "media_length": media.size,
         "upload_name": media.upload_name,
@@ -37,6 +37,9 @@ def listing_json(media: MediaListing) -> dict[str, Any]:
         "last_access_ts": None,
         "quarantined_by": media.quarantined_by,
         "safe_from_quarantine": media.safe_from_quarantine,
+        "url_cache": None,
+        "authenticated": None,
+        "sha256": media.sha256,
     }
 
 
@@ -78,7 +81,7 @@ class UserMediaServlet:
         offset, limit, order_by, descending = _page(request)
         page = await self._hs.admin.media.user_media(user_id, offset, limit, order_by, descending)
         body: dict[str, Any] = {
-            "media": [listing_json(m) for m in page.media],
+            "media": [listing_json(m, user_id) for m in page.media],
             "total": page.total,
         }
         if offset + len(page.media) < page.total:
@@ -98,8 +101,7 @@ class UserMediaServlet:
 def _page(request: HeddleRequest) -> tuple[int, int, str, bool]:
     """`from`, `limit`, `order_by` and `dir` of a user's media: (offset, limit, order_by,
     descending)."""
-    offset = parse_int_query(request, "from", 0, min_value=0)
-    limit = parse_int_query(request, "limit", DEFAULT_PAGE, min_value=1, max_value=MAX_PAGE)
+    offset, limit = parse_page(request)
     order_by = query_string(request, "order_by")
     direction = query_string(request, "dir")
     if order_by is None and direction is None:

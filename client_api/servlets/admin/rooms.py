@@ -14,12 +14,12 @@ from client_api.http import (
     query_string,
 )
 from client_api.servlets.admin.access import (
-    DEFAULT_PAGE,
-    MAX_PAGE,
     admin_path,
     parse_direction,
+    parse_page,
     require_admin,
 )
+from client_api.servlets.history import parse_limit
 from client_api.validation import RequestBody, parse_body
 from homeserver.admin.rooms import ORDER_BY, DeleteParams, DeleteTask, RoomQuery
 from homeserver.errors import Codes, MatrixError
@@ -40,8 +40,7 @@ class RoomsServlet:
 
     async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
         await require_admin(self._hs, request)
-        offset = parse_int_query(request, "from", 0, min_value=0)
-        limit = parse_int_query(request, "limit", DEFAULT_PAGE, min_value=1, max_value=MAX_PAGE)
+        offset, limit = parse_page(request)
         order_by = query_string(request, "order_by") or "name"
         if order_by not in ORDER_BY:
             raise MatrixError(
@@ -82,6 +81,29 @@ class RoomServlet:
         await require_admin(self._hs, request)
         return 200, await self._hs.admin_rooms.room_details(room_id)
 
+    async def on_DELETE(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
+        """Version 1: the same delete as version 2's, answered when it is over."""
+        admin = await require_admin(self._hs, request)
+        return 200, await self._hs.admin_rooms.delete_now(admin, room_id, _parse_delete(request))
+
+
+def _parse_delete(request: HeddleRequest) -> DeleteParams:
+    # The body must be at least `{}` (Synapse's rule): a DELETE sent without one by
+    # mistake must not purge a room with the defaults.
+    assert request.content is not None
+    raw = request.content.read()
+    if not raw.strip():
+        raise MatrixError(400, Codes.NOT_JSON, "The body must be a JSON object, at least {}")
+    body = parse_body(parse_json_bytes(raw), DeleteRoomBody)
+    return DeleteParams(
+        new_room_user_id=body.new_room_user_id,
+        room_name=body.room_name,
+        message=body.message,
+        block=body.block,
+        purge=body.purge,
+        force_purge=body.force_purge,
+    )
+
 
 class DeleteRoomServlet:
     """Version 2: the delete runs in the background; its ID is the answer."""
@@ -93,35 +115,14 @@ class DeleteRoomServlet:
 
     async def on_DELETE(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
         admin = await require_admin(self._hs, request)
-        # The body must be at least `{}` (Synapse's rule): a DELETE sent without one by
-        # mistake must not purge a room with the defaults.
-        assert request.content is not None
-        raw = request.content.read()
-        if not raw.strip():
-            raise MatrixError(400, Codes.NOT_JSON, "The body must be a JSON object, at least {}")
-        body = parse_body(parse_json_bytes(raw), DeleteRoomBody)
-        params = DeleteParams(
-            new_room_user_id=body.new_room_user_id,
-            room_name=body.room_name,
-            message=body.message,
-            block=body.block,
-            purge=body.purge,
-            force_purge=body.force_purge,
+        delete_id = await self._hs.admin_rooms.start_delete(
+            admin, room_id, _parse_delete(request)
         )
-        delete_id = await self._hs.admin_rooms.start_delete(admin, room_id, params)
         return 200, {"delete_id": delete_id}
 
 
 def _task_json(task: DeleteTask, with_ids: bool = True) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "status": task.status,
-        "shutdown_room": {
-            "kicked_users": list(task.kicked_users),
-            "failed_to_kick_users": list(task.failed_to_kick_users),
-            "local_aliases": list(task.local_aliases),
-            "new_room_id": task.new_room_id,
-        },
-    }
+    body: dict[str, Any] = {"status": task.status, "shutdown_room": task.shutdown_room()}
     if with_ids:
         body["delete_id"] = task.delete_id
         body["room_id"] = task.room_id
@@ -138,7 +139,7 @@ class DeleteStatusByRoomServlet:
 
     async def on_GET(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
         await require_admin(self._hs, request)
-        tasks = self._hs.admin_rooms.delete_statuses(room_id)
+        tasks = await self._hs.admin_rooms.delete_statuses(room_id)
         return 200, {"results": [_task_json(t) for t in tasks]}
 
 
@@ -150,7 +151,7 @@ class DeleteStatusServlet:
 
     async def on_GET(self, request: HeddleRequest, delete_id: str) -> tuple[int, Any]:
         await require_admin(self._hs, request)
-        return 200, _task_json(self._hs.admin_rooms.delete_status(delete_id))
+        return 200, _task_json(await self._hs.admin_rooms.delete_status(delete_id))
 
 
 class RoomMembersServlet:
@@ -245,6 +246,45 @@ class ForwardExtremitiesServlet:
         results = await self._hs.admin_rooms.forward_extremities(room_id)
         return 200, {"count": len(results), "results": results}
 
+    async def on_DELETE(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
+        admin = await require_admin(self._hs, request)
+        return 200, {"deleted": await self._hs.admin_rooms.delete_forward_extremities(admin, room_id)}
+
+
+class RoomContextServlet:
+    """The client API's /context for an admin who needn't be in the room (as /messages)."""
+
+    PATTERNS = [admin_path("/rooms" + ROOM + "/context/(?P<event_id>[^/]+)")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest, room_id: str, event_id: str) -> tuple[int, Any]:
+        admin = await require_admin(self._hs, request)
+        check_event_id(event_id)
+        limit = parse_limit(request)
+        event_filter = await self._hs.filtering.resolve_room_event_filter(
+            admin.user_id, query_string(request, "filter")
+        )
+        return 200, await self._hs.admin_rooms.context(
+            admin, room_id, event_id, limit, event_filter
+        )
+
+
+class TimestampToEventServlet:
+    PATTERNS = [admin_path("/rooms" + ROOM + "/timestamp_to_event")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
+        await require_admin(self._hs, request)
+        ts = parse_int_query(request, "ts", min_value=0)
+        if ts is None:
+            raise MatrixError(400, Codes.MISSING_PARAM, "Missing query parameter 'ts'")
+        forwards = parse_direction(request) == "f"
+        return 200, await self._hs.admin_rooms.timestamp_to_event(room_id, ts, forwards)
+
 
 class MakeRoomAdminBody(RequestBody):
     user_id: str | None = None
@@ -302,7 +342,7 @@ class PurgeHistoryStatusServlet:
 
     async def on_GET(self, request: HeddleRequest, purge_id: str) -> tuple[int, Any]:
         await require_admin(self._hs, request)
-        purge = self._hs.admin_rooms.purge_history_status(purge_id)
+        purge = await self._hs.admin_rooms.purge_history_status(purge_id)
         body: dict[str, Any] = {"status": purge.status}
         if purge.error is not None:
             body["error"] = purge.error

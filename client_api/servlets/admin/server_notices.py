@@ -27,7 +27,12 @@ class ServerNoticeBody(RequestBody):
 
 async def _send(hs: HomeServer, request: HeddleRequest, txn_id: str) -> tuple[int, Any]:
     admin = await require_admin(hs, request)
-    body = parse_body(parse_json_object(request), ServerNoticeBody)
+    raw = parse_json_object(request)
+    # A missing field is M_MISSING_PARAM here, as Synapse answers (not parse_body's M_BAD_JSON).
+    for required in ("user_id", "content"):
+        if required not in raw:
+            raise MatrixError(400, Codes.MISSING_PARAM, f"Missing required field '{required}'")
+    body = parse_body(raw, ServerNoticeBody)
     if body.state_key is not None:
         raise MatrixError(
             400, Codes.INVALID_PARAM, "State events are not sent as server notices here"

@@ -11,15 +11,14 @@ from client_api.http import (
     HeddleRequest,
     client_path,
     parse_bool_query,
-    parse_int_query,
     parse_json_object,
     query_string,
+    require_query_string,
 )
 from client_api.servlets.admin.access import (
-    DEFAULT_PAGE,
-    MAX_PAGE,
     admin_path,
     parse_direction,
+    parse_page,
     require_admin,
 )
 from client_api.validation import RequestBody, parse_body
@@ -50,8 +49,8 @@ def listing_json(user: UserListing) -> dict[str, Any]:
         # so, and tools written for it expect each as it is.
         "creation_ts": user.created_ts,
         "last_seen_ts": user.last_seen_ts,
+        # Not `suspended`: Synapse's list leaves it out (its single-user query has it).
         "locked": user.locked,
-        "suspended": user.suspended,
     }
 
 
@@ -88,8 +87,9 @@ def admin_device_json(device: Device) -> dict[str, Any]:
         "last_seen_ip": device.last_seen_ip,
         "last_seen_user_agent": device.last_seen_user_agent,
         "last_seen_ts": device.last_seen_ts,
+        # No `dehydrated`: Synapse adds it only for a user who has a dehydrated device, and
+        # Heddle has none.
         "user_id": device.user_id,
-        "dehydrated": False,
     }
 
 
@@ -132,8 +132,7 @@ class UsersServlet:
 
     async def on_GET(self, request: HeddleRequest, version: str) -> tuple[int, Any]:
         await require_admin(self._hs, request)
-        offset = parse_int_query(request, "from", 0, min_value=0)
-        limit = parse_int_query(request, "limit", DEFAULT_PAGE, min_value=1, max_value=MAX_PAGE)
+        offset, limit = parse_page(request)
         users, total = await self._hs.admin_users.list_users(
             _user_query(request, version), offset, limit
         )
@@ -378,6 +377,43 @@ class JoinedRoomsServlet:
         await require_admin(self._hs, request)
         rooms = await self._hs.admin_users.joined_rooms(user_id)
         return 200, {"joined_rooms": rooms, "total": len(rooms)}
+
+
+class MembershipsServlet:
+    PATTERNS = [admin_path("/users" + USER + "/memberships")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest, user_id: str) -> tuple[int, Any]:
+        await require_admin(self._hs, request)
+        return 200, {"memberships": await self._hs.admin_users.memberships(user_id)}
+
+
+class PushersServlet:
+    PATTERNS = [admin_path("/users" + USER + "/pushers")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest, user_id: str) -> tuple[int, Any]:
+        await require_admin(self._hs, request)
+        pushers = await self._hs.admin_users.pushers(user_id)
+        return 200, {"pushers": pushers, "total": len(pushers)}
+
+
+class UsernameAvailableServlet:
+    """As the client API's /register/available, whether registration is open or not."""
+
+    PATTERNS = [admin_path("/username_available")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
+        await require_admin(self._hs, request)
+        await self._hs.admin_users.username_available(require_query_string(request, "username"))
+        return 200, {"available": True}
 
 
 class AccountDataServlet:
