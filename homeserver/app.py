@@ -236,6 +236,12 @@ class HomeServer:
         if self._takes_writer_lock:
             await self._take_writer_lock()
         await apply_migrations(self.db)
+        if self._takes_writer_lock:
+            # Rooms held before the admin room list kept a summary of each get theirs (a
+            # no-op once done).
+            filled = await self.room_admin_store.fill_room_list_summaries(self.server_name)
+            if filled:
+                logger.info("wrote the room list summary of %d rooms", filled)
         await self.streams.load()
         self.rooms.state_group_ids.initialise(await self.state_store.get_max_state_group())
         self.rooms.backfill_ids.initialise(await self.event_store.get_min_stream_ordering())

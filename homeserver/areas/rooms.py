@@ -114,7 +114,8 @@ def build_rooms(
     )
     account_data.change_listeners.append(push_actions.account_data_changed)
     persister = EventPersister(
-        core.db, events, state, event_stream, state_group_ids, backfill_ids, push_actions
+        core.db, events, state, event_stream, state_group_ids, backfill_ids, push_actions,
+        server_name=core.server_name,
     )
     creator = EventCreator(
         core.server_name,

@@ -44,6 +44,11 @@ ORDER_COLUMNS = {
     "locked": "locked",
 }
 
+# Listing columns outside `users`, as SQL.
+_COLUMN_SQL = {"displayname": "p.displayname", "avatar_url": "p.avatar_url"}
+# Those that can be NULL (the others are NOT NULL columns of `users`).
+_NULLABLE_COLUMNS = frozenset({"user_type", "displayname", "avatar_url", "last_seen_ts"})
+
 
 @dataclass(frozen=True)
 class UserQuery:
@@ -116,26 +121,37 @@ class UserAdminStore:
         direction = "DESC" if query.backwards else "ASC"
         where, args = _where(query, self._db.engine, self._server_name)
         from_sql = " FROM users AS u LEFT JOIN profiles AS p ON p.user_id = u.user_id"
+        last_seen = (
+            "(SELECT MAX(d.last_seen_ts) FROM devices AS d WHERE d.user_id = u.user_id)"
+        )
+        # The sort key as SQL on the tables themselves (not on a derived table), so an
+        # index on it can be read in order.
+        key = last_seen if column == "last_seen_ts" else _COLUMN_SQL.get(column, "u." + column)
         # NULLs sort first (as the smallest), the same on both engines: SQLite and
         # PostgreSQL disagree by default.
-        order = f" ORDER BY ({column} IS NOT NULL) {direction}, {column} {direction}"
+        order = " ORDER BY "
+        if column in _NULLABLE_COLUMNS:
+            order += f"({key} IS NOT NULL) {direction}, "
+        order += f"{key} {direction}"
         if column != "user_id":
-            order += ", user_id ASC"
+            order += ", u.user_id ASC"
 
         def txn_fn(txn: Transaction) -> tuple[list[UserListing], int]:
             total_row = txn.select_one("SELECT COUNT(*)" + from_sql + where, args)
+            # The page's user IDs first, from the sort key alone (an index scan for most
+            # orders), then their columns: the rows skipped by `from` are never built.
             rows = txn.select_all(
-                "SELECT * FROM (SELECT u.user_id, u.is_guest, u.is_admin, u.user_type,"
-                " u.deactivated, u.erased, u.shadow_banned, p.displayname, p.avatar_url,"
-                " u.created_ts, u.locked, u.suspended,"
-                " (SELECT MAX(d.last_seen_ts) FROM devices AS d WHERE d.user_id = u.user_id)"
-                " AS last_seen_ts"
+                "SELECT u.user_id, u.is_guest, u.is_admin, u.user_type, u.deactivated,"
+                " u.erased, u.shadow_banned, p.displayname, p.avatar_url, u.created_ts,"
+                f" u.locked, u.suspended, {last_seen}"
+                " FROM (SELECT u.user_id"
                 + from_sql
                 + where
-                # Sorted outside, so last_seen_ts can be sorted by like any column.
-                + ") AS listed"
                 + order
-                + " LIMIT ? OFFSET ?",
+                + " LIMIT ? OFFSET ?) AS page"
+                " JOIN users AS u ON u.user_id = page.user_id"
+                " LEFT JOIN profiles AS p ON p.user_id = u.user_id"
+                + order,
                 [*args, limit, offset],
             )
             users = [
