@@ -7,6 +7,7 @@ from homeserver.auth.passwords import PasswordHasher
 from homeserver.auth.registration import check_password_policy
 from homeserver.auth.tokens import Requester, TokenHandler
 from homeserver.config import RegistrationConfig
+from homeserver.threepids.bindings import ThreepidBindings
 from storage.stores.accounts import AccountStore
 from storage.stores.pushers import PusherStore
 
@@ -20,6 +21,7 @@ class AccountHandler:
         devices: DeviceHandler,
         tokens: TokenHandler,
         pushers: PusherStore,
+        threepids: ThreepidBindings,
     ) -> None:
         self._config = config
         self._accounts = accounts
@@ -27,6 +29,7 @@ class AccountHandler:
         self._devices = devices
         self._tokens = tokens
         self._pushers = pushers
+        self._threepids = threepids
 
     async def change_password(
         self, user_id: str, new_password: object, logout_devices: bool, requester: Requester | None
@@ -41,5 +44,8 @@ class AccountHandler:
         await self._devices.delete_all_devices(user_id)
         # Deleting the devices deleted the pushers they set; this takes any other.
         await self._pushers.delete_all_for_user(user_id)
+        # As Synapse does: a deactivated account's addresses may be used by a new one, and
+        # cannot reset its password.
+        await self._threepids.forget_user(user_id)
         await self._accounts.mark_deactivated(user_id, erase)
         self._tokens.forget_user(user_id)
