@@ -8,14 +8,14 @@ Information", "m.login.email.identity", "Identifier types"; appendices "3PID Typ
 
 from __future__ import annotations
 
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 from twisted.internet import defer
 from twisted.trial import unittest
 
 from homeserver.config import ConfigError, parse_config
+from tests.admin_helpers import AdminTestCase, q
 from tests.harness import (
     PASSWORD,
     HomeserverTestCase,
@@ -160,7 +160,9 @@ class AddThreepidTests(EmailTestCase):
         r = await self.login_with_email("ALICE@example.org")
         self.assertEqual(r.code, 200, r)
         self.assertEqual(r.json["user_id"], "@alice:test.heddle")
-        self.assertError(await self.login_with_email("alice@example.org", "wrong"), 403, "M_FORBIDDEN")
+        self.assertError(
+            await self.login_with_email("alice@example.org", "wrong"), 403, "M_FORBIDDEN"
+        )
 
         r = await self.request(
             "POST",
@@ -237,9 +239,7 @@ class AddThreepidTests(EmailTestCase):
             (sid, "another_secret", params["token"]),
             (sid, params["client_secret"], "not-the-token"),
         ]:
-            r = await self.request(
-                "GET", f"{path}?sid={sid_}&client_secret={secret}&token={token}"
-            )
+            r = await self.request("GET", f"{path}?sid={sid_}&client_secret={secret}&token={token}")
             self.assertEqual(r.code, 400, r)
         # Another session's token does not validate this one either.
         other_sid, other = await self.mail_for(
@@ -298,8 +298,10 @@ class AddThreepidTests(EmailTestCase):
         self.assertEqual(len(self.inbox.mails), 1)
         # Validated before bob took it: the add itself refuses.
         await self.request(
-            "POST", f"{V3}/account/3pid/delete",
-            {"medium": "email", "address": "shared@example.org"}, token=bob["access_token"],
+            "POST",
+            f"{V3}/account/3pid/delete",
+            {"medium": "email", "address": "shared@example.org"},
+            token=bob["access_token"],
         )
         sid = await self.validated(ADD_TOKEN, "shared@example.org")
         await self.bind_address("bob", bob["access_token"], "shared@example.org")
@@ -340,24 +342,137 @@ class AddThreepidTests(EmailTestCase):
         alice = await self.register("alice")
         token = alice["access_token"]
         cases: list[tuple[str, str, Any, int, str]] = [
-            ("POST", ADD_TOKEN, {"client_secret": SECRET, "email": "no-at-sign", "send_attempt": 1}, 400, "M_INVALID_PARAM"),
-            ("POST", ADD_TOKEN, {"client_secret": SECRET, "email": "a@b\r\nBcc: x@y", "send_attempt": 1}, 400, "M_INVALID_PARAM"),
-            ("POST", ADD_TOKEN, {"client_secret": SECRET, "email": "Alice <a@example.org>", "send_attempt": 1}, 400, "M_INVALID_PARAM"),
-            ("POST", ADD_TOKEN, {"client_secret": "has space", "email": "a@example.org", "send_attempt": 1}, 400, "M_INVALID_PARAM"),
-            ("POST", ADD_TOKEN, {"client_secret": "", "email": "a@example.org", "send_attempt": 1}, 400, "M_INVALID_PARAM"),
-            ("POST", ADD_TOKEN, {"client_secret": "x" * 256, "email": "a@example.org", "send_attempt": 1}, 400, "M_INVALID_PARAM"),
-            ("POST", ADD_TOKEN, {"client_secret": SECRET, "email": "a@example.org", "send_attempt": "1"}, 400, "M_BAD_JSON"),
-            ("POST", ADD_TOKEN, {"client_secret": SECRET, "email": "a@example.org"}, 400, "M_BAD_JSON"),
-            ("POST", ADD_TOKEN, {"client_secret": SECRET, "email": "a@example.org", "send_attempt": 1, "next_link": "file:///etc/passwd"}, 400, "M_INVALID_PARAM"),
-            ("POST", f"{V3}/register/msisdn/requestToken", {"client_secret": SECRET, "country": "GB", "phone_number": "1", "send_attempt": 1}, 400, "M_THREEPID_MEDIUM_NOT_SUPPORTED"),
-            ("POST", f"{V3}/account/3pid/msisdn/requestToken", {}, 400, "M_THREEPID_MEDIUM_NOT_SUPPORTED"),
-            ("POST", f"{V3}/account/password/msisdn/requestToken", {}, 400, "M_THREEPID_MEDIUM_NOT_SUPPORTED"),
-            ("POST", f"{V3}/account/3pid/add", {"client_secret": "bad secret!", "sid": "x", "auth": password_auth("alice")}, 400, "M_INVALID_PARAM"),
+            (
+                "POST",
+                ADD_TOKEN,
+                {"client_secret": SECRET, "email": "no-at-sign", "send_attempt": 1},
+                400,
+                "M_INVALID_PARAM",
+            ),
+            (
+                "POST",
+                ADD_TOKEN,
+                {"client_secret": SECRET, "email": "a@b\r\nBcc: x@y", "send_attempt": 1},
+                400,
+                "M_INVALID_PARAM",
+            ),
+            (
+                "POST",
+                ADD_TOKEN,
+                {"client_secret": SECRET, "email": "Alice <a@example.org>", "send_attempt": 1},
+                400,
+                "M_INVALID_PARAM",
+            ),
+            (
+                "POST",
+                ADD_TOKEN,
+                {"client_secret": "has space", "email": "a@example.org", "send_attempt": 1},
+                400,
+                "M_INVALID_PARAM",
+            ),
+            (
+                "POST",
+                ADD_TOKEN,
+                {"client_secret": "", "email": "a@example.org", "send_attempt": 1},
+                400,
+                "M_INVALID_PARAM",
+            ),
+            (
+                "POST",
+                ADD_TOKEN,
+                {"client_secret": "x" * 256, "email": "a@example.org", "send_attempt": 1},
+                400,
+                "M_INVALID_PARAM",
+            ),
+            (
+                "POST",
+                ADD_TOKEN,
+                {"client_secret": SECRET, "email": "a@example.org", "send_attempt": "1"},
+                400,
+                "M_BAD_JSON",
+            ),
+            (
+                "POST",
+                ADD_TOKEN,
+                {"client_secret": SECRET, "email": "a@example.org"},
+                400,
+                "M_BAD_JSON",
+            ),
+            (
+                "POST",
+                ADD_TOKEN,
+                {
+                    "client_secret": SECRET,
+                    "email": "a@example.org",
+                    "send_attempt": 1,
+                    "next_link": "file:///etc/passwd",
+                },
+                400,
+                "M_INVALID_PARAM",
+            ),
+            (
+                "POST",
+                f"{V3}/register/msisdn/requestToken",
+                {"client_secret": SECRET, "country": "GB", "phone_number": "1", "send_attempt": 1},
+                400,
+                "M_THREEPID_MEDIUM_NOT_SUPPORTED",
+            ),
+            (
+                "POST",
+                f"{V3}/account/3pid/msisdn/requestToken",
+                {},
+                400,
+                "M_THREEPID_MEDIUM_NOT_SUPPORTED",
+            ),
+            (
+                "POST",
+                f"{V3}/account/password/msisdn/requestToken",
+                {},
+                400,
+                "M_THREEPID_MEDIUM_NOT_SUPPORTED",
+            ),
+            (
+                "POST",
+                f"{V3}/account/3pid/add",
+                {"client_secret": "bad secret!", "sid": "x", "auth": password_auth("alice")},
+                400,
+                "M_INVALID_PARAM",
+            ),
             ("POST", f"{V3}/account/3pid/add", {"sid": "x"}, 400, "M_BAD_JSON"),
-            ("POST", f"{V3}/account/3pid/delete", {"medium": "carrier-pigeon", "address": "x"}, 400, "M_INVALID_PARAM"),
+            (
+                "POST",
+                f"{V3}/account/3pid/delete",
+                {"medium": "carrier-pigeon", "address": "x"},
+                400,
+                "M_INVALID_PARAM",
+            ),
             ("POST", f"{V3}/account/3pid/delete", {"medium": "email"}, 400, "M_BAD_JSON"),
-            ("POST", f"{V3}/account/3pid/bind", {"client_secret": SECRET, "id_server": "id.example", "id_access_token": "t", "sid": "s"}, 400, "M_SERVER_NOT_TRUSTED"),
-            ("POST", THREEPIDS, {"three_pid_creds": {"client_secret": SECRET, "id_server": "id.example", "id_access_token": "t", "sid": "s"}}, 400, "M_SERVER_NOT_TRUSTED"),
+            (
+                "POST",
+                f"{V3}/account/3pid/bind",
+                {
+                    "client_secret": SECRET,
+                    "id_server": "id.example",
+                    "id_access_token": "t",
+                    "sid": "s",
+                },
+                400,
+                "M_SERVER_NOT_TRUSTED",
+            ),
+            (
+                "POST",
+                THREEPIDS,
+                {
+                    "three_pid_creds": {
+                        "client_secret": SECRET,
+                        "id_server": "id.example",
+                        "id_access_token": "t",
+                        "sid": "s",
+                    }
+                },
+                400,
+                "M_SERVER_NOT_TRUSTED",
+            ),
         ]
         for method, path, body, code, errcode in cases:
             self.assertError(await self.request(method, path, body, token=token), code, errcode)
@@ -378,10 +493,22 @@ class AddThreepidTests(EmailTestCase):
 
     async def test_login_with_bad_third_party_identifiers(self) -> None:
         for identifier, code, errcode in [
-            ({"type": "m.id.thirdparty", "medium": "msisdn", "address": "441234"}, 400, "M_UNKNOWN"),
+            (
+                {"type": "m.id.thirdparty", "medium": "msisdn", "address": "441234"},
+                400,
+                "M_UNKNOWN",
+            ),
             ({"type": "m.id.thirdparty", "medium": "email"}, 400, "M_BAD_JSON"),
-            ({"type": "m.id.thirdparty", "medium": "email", "address": "nobody@example.org"}, 403, "M_FORBIDDEN"),
-            ({"type": "m.id.thirdparty", "medium": "email", "address": "not an address"}, 400, "M_INVALID_PARAM"),
+            (
+                {"type": "m.id.thirdparty", "medium": "email", "address": "nobody@example.org"},
+                403,
+                "M_FORBIDDEN",
+            ),
+            (
+                {"type": "m.id.thirdparty", "medium": "email", "address": "not an address"},
+                400,
+                "M_INVALID_PARAM",
+            ),
         ]:
             r = await self.request(
                 "POST",
@@ -434,7 +561,10 @@ class RateLimitTests(EmailTestCase):
 @on_both_engines
 class PasswordResetTests(EmailTestCase):
     async def reset(self, sid: str, **extra: Any) -> Response:
-        auth = {"type": "m.login.email.identity", "threepid_creds": {"sid": sid, "client_secret": SECRET}}
+        auth = {
+            "type": "m.login.email.identity",
+            "threepid_creds": {"sid": sid, "client_secret": SECRET},
+        }
         return await self.request(
             "POST", f"{V3}/account/password", {"new_password": NEW_PASSWORD, "auth": auth, **extra}
         )
@@ -515,7 +645,11 @@ class RegistrationByEmailTests(EmailTestCase):
         r = await self.request(
             "POST",
             f"{V3}/register",
-            {"username": "alice", "password": PASSWORD, "auth": {"type": "m.login.dummy", "session": session}},
+            {
+                "username": "alice",
+                "password": PASSWORD,
+                "auth": {"type": "m.login.dummy", "session": session},
+            },
         )
         self.assertError(r, 400, "M_UNRECOGNIZED")
 
@@ -562,6 +696,55 @@ class EmailDisabledTests(HomeserverTestCase):
         self.assertEqual(r.json["capabilities"]["m.3pid_changes"], {"enabled": False})
         r = await self.request("POST", f"{V3}/register", {"username": "bob", "password": PASSWORD})
         self.assertEqual(r.json["flows"], [{"stages": ["m.login.dummy"]}])
+
+
+@on_both_engines
+class AdminThreepidTests(EmailTestCase, AdminTestCase):
+    async def test_admin_sets_and_shows_the_addresses(self) -> None:
+        admin = await self.make_admin()
+        path = f"/v2/users/{q('@alice:test.heddle')}"
+        r = await self.admin_call(
+            admin,
+            "PUT",
+            path,
+            {
+                "password": PASSWORD,
+                "threepids": [{"medium": "email", "address": "Alice@Example.org"}],
+            },
+        )
+        self.assertEqual(r.code, 201, r)
+        self.assertEqual([t["address"] for t in r.json["threepids"]], ["alice@example.org"])
+        self.assertEqual((await self.login_with_email("alice@example.org")).code, 200)
+        # A client-added address shows in the admin API.
+        bob = await self.register("bob")
+        await self.bind_address("bob", bob["access_token"], "bob@example.org")
+        r = await self.admin_get(admin, f"/v2/users/{q('@bob:test.heddle')}")
+        (threepid,) = r.json["threepids"]
+        self.assertEqual(threepid["medium"], "email")
+        self.assertEqual(threepid["address"], "bob@example.org")
+        # Another account's address is refused and nothing changes.
+        r = await self.admin_call(
+            admin,
+            "PUT",
+            path,
+            {
+                "displayname": "Changed",
+                "threepids": [{"medium": "email", "address": "bob@example.org"}],
+            },
+        )
+        self.assertError(r, 400, "M_THREEPID_IN_USE")
+        r = await self.admin_get(admin, path)
+        self.assertEqual(r.json["displayname"], "alice")
+        self.assertEqual([t["address"] for t in r.json["threepids"]], ["alice@example.org"])
+        # The list replaces the account's addresses.
+        r = await self.admin_call(
+            admin, "PUT", path, {"threepids": [{"medium": "email", "address": "a2@example.org"}]}
+        )
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual([t["address"] for t in r.json["threepids"]], ["a2@example.org"])
+        self.assertError(await self.login_with_email("alice@example.org"), 403, "M_FORBIDDEN")
+        r = await self.admin_call(admin, "PUT", path, {"threepids": []})
+        self.assertEqual(r.json["threepids"], [])
 
 
 class EmailConfigTests(unittest.TestCase):

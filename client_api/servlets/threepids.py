@@ -143,9 +143,7 @@ class EmailSubmitTokenServlet:
 
     async def on_POST(self, request: HeddleRequest) -> tuple[int, Any]:
         body = parse_body(parse_json_object(request), SubmitTokenBody)
-        await self._hs.threepid_validation.submit_token(
-            body.sid, body.client_secret, body.token
-        )
+        await self._hs.threepid_validation.submit_token(body.sid, body.client_secret, body.token)
         return 200, {"success": True}
 
 
@@ -194,9 +192,7 @@ class ThreepidAddServlet:
         async with self._hs.uia.operation(
             raw, "POST", "/account/3pid/add", [[PASSWORD]], user_id=requester.user_id
         ):
-            await self._hs.threepids.add_validated(
-                requester.user_id, body.sid, body.client_secret
-            )
+            await self._hs.threepids.add_validated(requester.user_id, body.sid, body.client_secret)
         return 200, {}
 
 

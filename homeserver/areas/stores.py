@@ -42,8 +42,8 @@ from storage.stores.rooms import RoomStore
 from storage.stores.server_keys import ServerKeyStore
 from storage.stores.server_notices import ServerNoticeStore
 from storage.stores.state import StateStore
-from storage.stores.tokens import TokenStore
 from storage.stores.threepids import ThreepidStore
+from storage.stores.tokens import TokenStore
 from storage.stores.uia import UiaStore
 from storage.stores.user_admin import UserAdminStore
 

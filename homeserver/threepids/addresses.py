@@ -54,8 +54,10 @@ def check_next_link(next_link: str) -> str:
     """A next_link must be an http(s) URL (Synapse refuses others, file: above all): the
     validation page redirects the user's browser there."""
     parts = urlsplit(next_link)
-    if len(next_link) > MAX_NEXT_LINK_LENGTH or parts.scheme not in ("http", "https") or not (
-        parts.netloc
+    if (
+        len(next_link) > MAX_NEXT_LINK_LENGTH
+        or parts.scheme not in ("http", "https")
+        or not (parts.netloc)
     ):
         raise MatrixError(400, Codes.INVALID_PARAM, "next_link must be an http(s) URL")
     return next_link

@@ -25,9 +25,7 @@ def check_medium(medium: str) -> str:
 
 
 class ThreepidBindings:
-    def __init__(
-        self, clock: Clock, store: ThreepidStore, validation: ThreepidValidation
-    ) -> None:
+    def __init__(self, clock: Clock, store: ThreepidStore, validation: ThreepidValidation) -> None:
         self._clock = clock
         self._store = store
         self._validation = validation
@@ -47,9 +45,7 @@ class ThreepidBindings:
         """Bind the address an /account/3pid/email/requestToken session validated."""
         validated = await self._validation.take_validated(session_id, client_secret, ADD_THREEPID)
         if validated is None:
-            raise MatrixError(
-                400, Codes.THREEPID_AUTH_FAILED, "No validated e-mail session found"
-            )
+            raise MatrixError(400, Codes.THREEPID_AUTH_FAILED, "No validated e-mail session found")
         await self.bind(user_id, validated.medium, validated.address, validated.validated_at)
 
     async def bind(self, user_id: str, medium: str, address: str, validated_at: int) -> None:
@@ -74,15 +70,27 @@ class ThreepidBindings:
     async def user_for_email(self, address: str) -> str | None:
         return await self._store.get_user_id(EMAIL, canonical_email(address))
 
-    async def replace(self, user_id: str, threepids: list[tuple[str, str]]) -> None:
-        """The admin API's PUT: the account's addresses become exactly these."""
+    async def check_replacement(
+        self, user_id: str, threepids: list[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        """The admin API's PUT, checked before anything changes: the addresses in canonical
+        form; 400 for another medium, a malformed address or one another account has."""
         canonical = []
         for medium, address in threepids:
             if medium != EMAIL:
                 raise MatrixError(
                     400, Codes.INVALID_PARAM, "Only e-mail addresses can be bound on this server"
                 )
-            canonical.append((medium, canonical_email(address)))
+            address = canonical_email(address)
+            owner = await self._store.get_user_id(medium, address)
+            if owner is not None and owner != user_id:
+                raise threepid_in_use()
+            canonical.append((medium, address))
+        return canonical
+
+    async def replace(self, user_id: str, canonical: list[tuple[str, str]]) -> None:
+        """The account's addresses become exactly these (from `check_replacement`), in one
+        transaction."""
         try:
             await self._store.replace_threepids(user_id, canonical, self._clock.time_msec())
         except ThreepidInUseError:

@@ -134,8 +134,11 @@ class ThreepidValidation:
             return {"sid": pending.session_id}
         session_id = pending.session_id if pending is not None else secrets.token_urlsafe(16)
         token = secrets.token_urlsafe(32)
-        link = self._link_base_url + SUBMIT_TOKEN_PATHS[purpose] + "?" + urlencode(
-            {"token": token, "client_secret": request.client_secret, "sid": session_id}
+        link = (
+            self._link_base_url
+            + SUBMIT_TOKEN_PATHS[purpose]
+            + "?"
+            + urlencode({"token": token, "client_secret": request.client_secret, "sid": session_id})
         )
         template = self._template(purpose)
         try:

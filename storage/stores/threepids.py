@@ -109,8 +109,7 @@ class ThreepidStore:
             wanted = set(threepids)
             for medium, address in _current(txn, user_id) - wanted:
                 txn.execute(
-                    "DELETE FROM user_threepids WHERE user_id = ? AND medium = ?"
-                    " AND address = ?",
+                    "DELETE FROM user_threepids WHERE user_id = ? AND medium = ? AND address = ?",
                     (user_id, medium, address),
                 )
             for medium, address in sorted(wanted - _current(txn, user_id)):
@@ -175,8 +174,16 @@ class ThreepidStore:
                     " client_secret, purpose, send_attempt, next_link, token_hash,"
                     " token_expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
-                        session_id, medium, address, client_secret, purpose, send_attempt,
-                        next_link, token_hash, token_expires_at, now_ms,
+                        session_id,
+                        medium,
+                        address,
+                        client_secret,
+                        purpose,
+                        send_attempt,
+                        next_link,
+                        token_hash,
+                        token_expires_at,
+                        now_ms,
                     ),
                 )
 
