@@ -103,6 +103,14 @@ class EmailTestCase(HomeserverTestCase):
         r = await self.add_threepid(token, sid, user)
         self.assertEqual(r.code, 200, r)
 
+    async def delete_threepid(self, token: str, address: str) -> Response:
+        return await self.request(
+            "POST",
+            f"{V3}/account/3pid/delete",
+            {"medium": "email", "address": address},
+            token=token,
+        )
+
     async def session_rows(self) -> int:
         row = await self.hs.db.run_interaction(
             "count",
@@ -164,12 +172,7 @@ class AddThreepidTests(EmailTestCase):
             await self.login_with_email("alice@example.org", "wrong"), 403, "M_FORBIDDEN"
         )
 
-        r = await self.request(
-            "POST",
-            f"{V3}/account/3pid/delete",
-            {"medium": "email", "address": "alice@EXAMPLE.org"},
-            token=alice["access_token"],
-        )
+        r = await self.delete_threepid(alice["access_token"], "alice@EXAMPLE.org")
         self.assertEqual(r.code, 200, r)
         self.assertEqual(r.json, {"id_server_unbind_result": "no-support"})
         r = await self.request("GET", THREEPIDS, token=alice["access_token"])
@@ -297,12 +300,7 @@ class AddThreepidTests(EmailTestCase):
             self.assertError(r, 400, "M_THREEPID_IN_USE")
         self.assertEqual(len(self.inbox.mails), 1)
         # Validated before bob took it: the add itself refuses.
-        await self.request(
-            "POST",
-            f"{V3}/account/3pid/delete",
-            {"medium": "email", "address": "shared@example.org"},
-            token=bob["access_token"],
-        )
+        await self.delete_threepid(bob["access_token"], "shared@example.org")
         sid = await self.validated(ADD_TOKEN, "shared@example.org")
         await self.bind_address("bob", bob["access_token"], "shared@example.org")
         self.assertError(
@@ -314,12 +312,7 @@ class AddThreepidTests(EmailTestCase):
         await self.bind_address("bob", bob["access_token"], "bob@example.org")
         alice = await self.register("alice")
         for address in ("bob@example.org", "nobody@example.org", "not an address"):
-            r = await self.request(
-                "POST",
-                f"{V3}/account/3pid/delete",
-                {"medium": "email", "address": address},
-                token=alice["access_token"],
-            )
+            r = await self.delete_threepid(alice["access_token"], address)
             self.assertEqual(r.code, 200, r)
             self.assertEqual(r.json, {"id_server_unbind_result": "no-support"})
         r = await self.request("GET", THREEPIDS, token=bob["access_token"])
