@@ -517,12 +517,23 @@ class FailingSmtpTests(EmailTestCase):
         self.inbox.refuse_with = "550 5.1.1 Mailbox unavailable"
         r = await self.request_token(ADD_TOKEN, "alice@example.org")
         body = self.assertError(r, 500, "M_UNKNOWN")
+        # Said plainly, without the SMTP server's own words.
+        self.assertIn("sending the e-mail", body["error"])
         self.assertNotIn("550", body["error"])
         self.assertEqual(await self.session_rows(), 0)
         # Once the server takes mail again, the same attempt goes through.
         self.inbox.refuse_with = None
         sid, mail = await self.mail_for(ADD_TOKEN, "alice@example.org")
         self.assertEqual((await self.follow(mail)).code, 200)
+
+    async def test_starttls_required_but_not_offered_sends_nothing(self) -> None:
+        # The loopback server offers no STARTTLS: `tls: starttls` must not fall back to
+        # plain text.
+        await self.start_server(email=email_config(self.inbox.port, tls="starttls"))
+        r = await self.request_token(ADD_TOKEN, "alice@example.org")
+        self.assertError(r, 500, "M_UNKNOWN")
+        self.assertEqual(self.inbox.mails, [])
+        self.assertEqual(await self.session_rows(), 0)
 
     async def test_unreachable_smtp_server_leaves_no_session(self) -> None:
         await self.start_server(email=email_config(free_port()))
