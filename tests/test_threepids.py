@@ -678,6 +678,61 @@ class RegistrationByEmailTests(EmailTestCase):
 
 
 @on_both_engines
+class RegistrationFlowTests(EmailTestCase):
+    async def test_optional_email_is_a_second_flow(self) -> None:
+        r = await self.request("POST", f"{V3}/register", {"username": "alice"})
+        self.assertEqual(r.code, 401, r)
+        self.assertEqual(
+            r.json["flows"],
+            [{"stages": ["m.login.dummy"]}, {"stages": ["m.login.email.identity"]}],
+        )
+        # Credentials missing or for no validated session: the stage fails, the session stays.
+        for auth, errcode in [
+            ({"type": "m.login.email.identity"}, "M_MISSING_PARAM"),
+            (
+                {
+                    "type": "m.login.email.identity",
+                    "threepid_creds": {"sid": "nope", "client_secret": SECRET},
+                },
+                "M_UNAUTHORIZED",
+            ),
+        ]:
+            body = {
+                "username": "alice",
+                "password": PASSWORD,
+                "auth": {**auth, "session": r.json["session"]},
+            }
+            failed = await self.request("POST", f"{V3}/register", body)
+            self.assertEqual(failed.code, 401, failed)
+            self.assertEqual(failed.json["errcode"], errcode)
+        # The deprecated top-level medium/address login works too.
+        alice = await self.register("alice")
+        await self.bind_address("alice", alice["access_token"], "alice@example.org")
+        r = await self.request(
+            "POST",
+            f"{V3}/login",
+            {
+                "type": "m.login.password",
+                "medium": "email",
+                "address": "alice@example.org",
+                "password": PASSWORD,
+            },
+        )
+        self.assertEqual(r.code, 200, r)
+
+    async def test_registration_token_endpoint_follows_the_registration_config(self) -> None:
+        body = {"client_secret": SECRET, "email": "a@example.org", "send_attempt": 1}
+        await self.start_server(email=email_config(self.inbox.port, registration="off"))
+        r = await self.request("POST", REGISTER_TOKEN, body)
+        self.assertError(r, 400, "M_THREEPID_MEDIUM_NOT_SUPPORTED")
+        await self.start_server(
+            email=email_config(self.inbox.port), registration={"enabled": False}
+        )
+        self.assertError(await self.request("POST", REGISTER_TOKEN, body), 403, "M_FORBIDDEN")
+        self.assertEqual(self.inbox.mails, [])
+
+
+@on_both_engines
 class EmailDisabledTests(HomeserverTestCase):
     async def test_email_endpoints_say_the_medium_is_not_supported(self) -> None:
         alice = await self.register("alice")
