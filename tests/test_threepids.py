@@ -267,6 +267,16 @@ class AddThreepidTests(EmailTestCase):
         self.assertError(r, 400, "M_THREEPID_AUTH_FAILED")
         self.assertEqual((await self.add_threepid(alice["access_token"], sid)).code, 200)
 
+    async def test_the_access_log_keeps_the_link_secret(self) -> None:
+        sid, mail = await self.mail_for(ADD_TOKEN, "alice@example.org")
+        with self.assertLogs("client_api.http", level="INFO") as logs:
+            self.assertEqual((await self.follow(mail)).code, 200)
+        logged = "\n".join(logs.output)
+        self.assertIn("submit_token", logged)
+        self.assertIn(sid, logged)
+        self.assertNotIn(mail.link_params["token"], logged)
+        self.assertNotIn(SECRET, logged)
+
     async def test_submit_token_by_post(self) -> None:
         sid, mail = await self.mail_for(ADD_TOKEN, "alice@example.org")
         path = "/_matrix/client/unstable/add_threepid/email/submit_token"
