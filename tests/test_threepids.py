@@ -545,6 +545,13 @@ class FailingSmtpTests(EmailTestCase):
         self.assertEqual(self.inbox.mails, [])
         self.assertEqual(await self.session_rows(), 0)
 
+    async def test_implicit_tls_to_a_plain_server_fails_cleanly(self) -> None:
+        await self.start_server(email=email_config(self.inbox.port, tls="implicit"))
+        r = await self.request_token(ADD_TOKEN, "alice@example.org")
+        self.assertError(r, 500, "M_UNKNOWN")
+        self.assertEqual(self.inbox.mails, [])
+        self.assertEqual(await self.session_rows(), 0)
+
     async def test_unreachable_smtp_server_leaves_no_session(self) -> None:
         await self.start_server(email=email_config(free_port()))
         r = await self.request_token(ADD_TOKEN, "alice@example.org")
