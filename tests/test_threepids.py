@@ -523,14 +523,22 @@ class AddThreepidTests(EmailTestCase):
 
 @on_both_engines
 class FailingSmtpTests(EmailTestCase):
-    async def test_smtp_server_refusing_the_mail_leaves_no_session(self) -> None:
-        self.inbox.refuse_with = "550 5.1.1 Mailbox unavailable"
+    async def assertMailFailed(self, **email: Any) -> None:
+        """With the server restarted with these e-mail settings (if any), a request for a
+        mail is a plain 500 that delivers nothing and records no session."""
+        if email:
+            await self.start_server(email=email_config(**{"port": self.inbox.port, **email}))
         r = await self.request_token(ADD_TOKEN, "alice@example.org")
         body = self.assertError(r, 500, "M_UNKNOWN")
         # Said plainly, without the SMTP server's own words.
         self.assertIn("sending the e-mail", body["error"])
         self.assertNotIn("550", body["error"])
+        self.assertEqual(self.inbox.mails, [])
         self.assertEqual(await self.session_rows(), 0)
+
+    async def test_smtp_server_refusing_the_mail_leaves_no_session(self) -> None:
+        self.inbox.refuse_with = "550 5.1.1 Mailbox unavailable"
+        await self.assertMailFailed()
         # Once the server takes mail again, the same attempt goes through.
         self.inbox.refuse_with = None
         sid, mail = await self.mail_for(ADD_TOKEN, "alice@example.org")
@@ -539,24 +547,13 @@ class FailingSmtpTests(EmailTestCase):
     async def test_starttls_required_but_not_offered_sends_nothing(self) -> None:
         # The loopback server offers no STARTTLS: `tls: starttls` must not fall back to
         # plain text.
-        await self.start_server(email=email_config(self.inbox.port, tls="starttls"))
-        r = await self.request_token(ADD_TOKEN, "alice@example.org")
-        self.assertError(r, 500, "M_UNKNOWN")
-        self.assertEqual(self.inbox.mails, [])
-        self.assertEqual(await self.session_rows(), 0)
+        await self.assertMailFailed(tls="starttls")
 
     async def test_implicit_tls_to_a_plain_server_fails_cleanly(self) -> None:
-        await self.start_server(email=email_config(self.inbox.port, tls="implicit"))
-        r = await self.request_token(ADD_TOKEN, "alice@example.org")
-        self.assertError(r, 500, "M_UNKNOWN")
-        self.assertEqual(self.inbox.mails, [])
-        self.assertEqual(await self.session_rows(), 0)
+        await self.assertMailFailed(tls="implicit")
 
     async def test_unreachable_smtp_server_leaves_no_session(self) -> None:
-        await self.start_server(email=email_config(free_port()))
-        r = await self.request_token(ADD_TOKEN, "alice@example.org")
-        self.assertError(r, 500, "M_UNKNOWN")
-        self.assertEqual(await self.session_rows(), 0)
+        await self.assertMailFailed(port=free_port())
 
 
 @on_both_engines
