@@ -118,6 +118,8 @@ class HomeServer:
         self.registration = auth.registration
         self.shared_secret_registration = auth.shared_secret_registration
         self.account = auth.account
+        self.threepid_validation = auth.threepid_validation
+        self.threepids = auth.threepids
 
         user_data = build_user_data(core, stores, streams)
         self.presence = user_data.presence
@@ -306,6 +308,7 @@ class HomeServer:
         async def cleanup() -> None:
             try:
                 await self.uia.expire_sessions()
+                await self.threepid_validation.expire_sessions()
                 await self.federation_transactions.prune()
                 await self.media_store.delete_expired_pending(self.clock.time_msec())
                 await self.to_device.prune()

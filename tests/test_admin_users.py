@@ -427,8 +427,11 @@ class UserAccountTests(AdminTestCase):
             ({"admin": "yes"}, 400, "M_BAD_JSON"),
             ({"user_type": "wizard"}, 400, "M_INVALID_PARAM"),
             ({"password": "x"}, 400, "M_WEAK_PASSWORD"),
-            ({"threepids": [{"medium": "email", "address": "a@example.org"}]}, 400,
+            ({"threepids": [{"medium": "email", "address": "not an address"}]}, 400,
              "M_INVALID_PARAM"),
+            ({"threepids": [{"medium": "msisdn", "address": "447700900000"}]}, 400,
+             "M_INVALID_PARAM"),
+            ({"threepids": [{"medium": "email"}]}, 400, "M_INVALID_PARAM"),
             ({"deactivated": True}, 400, "M_INVALID_PARAM"),
         ):
             r = await self.admin_call(admin, "PUT", f"/v2/users/{q(ALICE)}", body)

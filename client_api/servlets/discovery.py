@@ -75,7 +75,7 @@ class CapabilitiesServlet:
             "m.change_password": {"enabled": True},
             "m.set_displayname": {"enabled": True},
             "m.set_avatar_url": {"enabled": True},
-            "m.3pid_changes": {"enabled": False},
+            "m.3pid_changes": {"enabled": self._hs.config.email.enabled},
             "m.get_login_token": {"enabled": False},
             "m.room_versions": {
                 "default": self._hs.config.rooms.default_room_version,

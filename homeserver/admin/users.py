@@ -27,6 +27,7 @@ from homeserver.identifiers import split_user_id
 from homeserver.profile import ProfileHandler, check_avatar_url, check_displayname
 from homeserver.push.pushers import serialize_pusher
 from homeserver.rooms.deactivation import AccountDeactivation
+from homeserver.threepids.bindings import ThreepidBindings
 from storage.stores.accounts import Account, AccountStore, RatelimitOverride
 from storage.stores.devices import Device
 from storage.stores.profiles import Profile, ProfileStore
@@ -54,6 +55,7 @@ class UserDetails:
     account: Account
     profile: Profile | None
     last_seen_ts: int | None
+    threepids: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,8 @@ class UserChanges:
     # Whether `user_type` was given at all (None then clears it).
     user_type_given: bool = False
     user_type: str | None = None
+    # (medium, address) pairs that become the account's whole set of bound addresses.
+    threepids: list[tuple[str, str]] | None = None
 
 
 def _last_admin(what: str) -> MatrixError:
@@ -94,6 +98,7 @@ class AdminUsersHandler:
         profile: ProfileHandler,
         deactivation: AccountDeactivation,
         audit: AdminAudit,
+        threepids: ThreepidBindings,
     ) -> None:
         self._server_name = server_name
         self._clock = clock
@@ -109,6 +114,7 @@ class AdminUsersHandler:
         self._profile = profile
         self._deactivation = deactivation
         self._audit = audit
+        self._threepids = threepids
 
     # ----- looking users up -------------------------------------------------------------
 
@@ -149,7 +155,10 @@ class AdminUsersHandler:
         devices = await self._devices.get_devices(account.user_id)
         seen = [d.last_seen_ts for d in devices if d.last_seen_ts is not None]
         return UserDetails(
-            account, await self._profiles.get_profile(account.user_id), max(seen, default=None)
+            account,
+            await self._profiles.get_profile(account.user_id),
+            max(seen, default=None),
+            await self._threepids.list_for_user(account.user_id),
         )
 
     # ----- creating and changing accounts -------------------------------------------------
@@ -178,6 +187,7 @@ class AdminUsersHandler:
         if changes.deactivated:
             raise MatrixError(400, Codes.INVALID_PARAM, "A new account cannot be deactivated")
         self._check_values(changes)
+        threepids = await self._checked_threepids(user_id, changes)
         localpart, _ = split_user_id(user_id)
         await self._registration.register(
             localpart,
@@ -191,6 +201,8 @@ class AdminUsersHandler:
             await self._accounts.set_user_type(user_id, changes.user_type)
         if changes.locked:
             await self._accounts.set_flag(user_id, "locked", True)
+        if threepids is not None:
+            await self._threepids.replace(user_id, threepids)
         await self._audit.record(
             admin.user_id,
             "create_user",
@@ -207,6 +219,7 @@ class AdminUsersHandler:
         user_id = account.user_id
         # Every check first, so a refused request changes nothing.
         self._check_values(changes)
+        threepids = await self._checked_threepids(user_id, changes)
         if changes.admin is False and account.is_admin:
             await self._check_may_remove_admin(admin, user_id, "demote")
         if changes.deactivated is True and not account.deactivated:
@@ -244,12 +257,22 @@ class AdminUsersHandler:
         if changes.user_type_given and changes.user_type != account.user_type:
             await self._accounts.set_user_type(user_id, changes.user_type)
             changed["user_type"] = changes.user_type
+        if threepids is not None:
+            await self._threepids.replace(user_id, threepids)
+            changed["threepids"] = [address for _, address in threepids]
         self._tokens.forget_user(user_id)
         if changes.deactivated is True and not account.deactivated:
             await self._deactivate(user_id, erase=False)
             changed["deactivated"] = True
         if changed:
             await self._audit.record(admin.user_id, "modify_user", user_id, changed)
+
+    async def _checked_threepids(
+        self, user_id: str, changes: UserChanges
+    ) -> list[tuple[str, str]] | None:
+        if changes.threepids is None:
+            return None
+        return await self._threepids.check_replacement(user_id, changes.threepids)
 
     def _check_values(self, changes: UserChanges) -> None:
         """The values a PUT would write, checked before any is (400 otherwise)."""

@@ -73,6 +73,7 @@ def build_admin(
         rooms.profiles,
         deactivation,
         audit,
+        auth.threepids,
     )
     tasks = AdminTasks(core.clock, stores.admin_task_store)
     admin_rooms = AdminRoomsHandler(

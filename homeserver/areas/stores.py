@@ -43,6 +43,7 @@ from storage.stores.search import SearchStore
 from storage.stores.server_keys import ServerKeyStore
 from storage.stores.server_notices import ServerNoticeStore
 from storage.stores.state import StateStore
+from storage.stores.threepids import ThreepidStore
 from storage.stores.tokens import TokenStore
 from storage.stores.uia import UiaStore
 from storage.stores.user_admin import UserAdminStore
@@ -56,6 +57,7 @@ class Stores:
     device_store: DeviceStore
     token_store: TokenStore
     uia_store: UiaStore
+    threepid_store: ThreepidStore
     profile_store: ProfileStore
     event_store: EventStore
     state_store: StateStore
@@ -141,6 +143,7 @@ def build_stores(db: Database, replication: Replication, server_name: str) -> St
         device_store=DeviceStore(db, keys_deleted=e2e_key_store.key_counts_changed),
         token_store=TokenStore(db),
         uia_store=UiaStore(db),
+        threepid_store=ThreepidStore(db),
         profile_store=ProfileStore(db),
         event_store=event_store,
         state_store=state_store,

@@ -8,6 +8,7 @@ from homeserver.auth.registration import check_password_policy
 from homeserver.auth.tokens import Requester, TokenHandler
 from homeserver.config import RegistrationConfig
 from homeserver.errors import Codes, MatrixError
+from homeserver.threepids.bindings import ThreepidBindings
 from storage.stores.accounts import AccountStore
 from storage.stores.pushers import PusherStore
 
@@ -21,6 +22,7 @@ class AccountHandler:
         devices: DeviceHandler,
         tokens: TokenHandler,
         pushers: PusherStore,
+        threepids: ThreepidBindings,
     ) -> None:
         self._config = config
         self._accounts = accounts
@@ -28,6 +30,7 @@ class AccountHandler:
         self._devices = devices
         self._tokens = tokens
         self._pushers = pushers
+        self._threepids = threepids
 
     async def change_password(
         self, user_id: str, new_password: object, logout_devices: bool, requester: Requester | None
@@ -48,8 +51,11 @@ class AccountHandler:
         await self.remove_sessions(user_id)
 
     async def remove_sessions(self, user_id: str) -> None:
-        """A deactivated account's devices (with their tokens) and pushers; done again
-        when a deactivation interrupted by a restart is resumed."""
+        """A deactivated account's devices (with their tokens), pushers and third-party
+        IDs; done again when a deactivation interrupted by a restart is resumed."""
         await self._devices.delete_all_devices(user_id)
         # Deleting the devices deleted the pushers they set; this takes any other.
         await self._pushers.delete_all_for_user(user_id)
+        # As Synapse does: a deactivated account's addresses may be used by a new one, and
+        # cannot reset its password.
+        await self._threepids.forget_user(user_id)
