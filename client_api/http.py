@@ -434,10 +434,14 @@ class JsonResource(resource.Resource):
         request.finish()
 
 
+# Query parameters that are secrets: access tokens, and the token and client secret in the
+# link of an e-mail validation mail (which a registration-token check also has as `token`).
+_SECRET_QUERY_PARAMS = re.compile(r"([?&](?:access_token|token|client_secret)=)[^&]*")
+
+
 def _loggable(request: server.Request) -> str:
-    """The URI with any access token removed, for logs."""
-    uri = request.uri.decode("utf-8", "replace")
-    return re.sub(r"(access_token=)[^&]*", r"\1<redacted>", uri)
+    """The URI with any secret query parameter removed, for logs."""
+    return _SECRET_QUERY_PARAMS.sub(r"\1<redacted>", request.uri.decode("utf-8", "replace"))
 
 
 class HeddleSite(server.Site):

@@ -98,7 +98,7 @@ class CapabilitiesServlet:
             "m.set_avatar_url": {"enabled": True},
             # Every field may be set (within the spec's size limits).
             "m.profile_fields": {"enabled": True},
-            "m.3pid_changes": {"enabled": False},
+            "m.3pid_changes": {"enabled": self._hs.config.email.enabled},
             "m.get_login_token": {"enabled": False},
             "m.room_versions": {
                 "default": self._hs.config.rooms.default_room_version,

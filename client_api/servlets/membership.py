@@ -40,7 +40,7 @@ def _check_no_third_party(body: JoinBody) -> None:
         raise MatrixError(403, Codes.FORBIDDEN, "Third-party invites are not supported")
 
 
-def _via(request: HeddleRequest) -> list[str]:
+def via_servers(request: HeddleRequest) -> list[str]:
     """Servers to join or knock through: `via`, or the older `server_name` parameter."""
     args = request.args or {}
     values = args.get(b"via") or args.get(b"server_name") or []
@@ -73,7 +73,7 @@ class JoinServlet:
         body = parse_body(parse_json_object(request), JoinBody)
         _check_no_third_party(body)
         room_id = await self._hs.membership.join(
-            requester, room_id_or_alias, body.reason, via=_via(request)
+            requester, room_id_or_alias, body.reason, via=via_servers(request)
         )
         return 200, {"room_id": room_id}
 
@@ -88,7 +88,7 @@ class KnockServlet:
         requester = await require_user(self._hs, request)
         body = parse_body(parse_json_object(request), ReasonBody)
         room_id = await self._hs.membership.knock(
-            requester, room_id_or_alias, body.reason, via=_via(request)
+            requester, room_id_or_alias, body.reason, via=via_servers(request)
         )
         return 200, {"room_id": room_id}
 

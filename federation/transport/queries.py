@@ -10,13 +10,21 @@ All X-Matrix authenticated.
 - `query/{type}` of any other type: 404 M_UNRECOGNIZED.
 - `publicRooms`: the same pages as the client API's /publicRooms (no third-party networks,
   so `include_all_networks` changes nothing).
+- `hierarchy/{roomId}`: a space we are in and its children, as the requesting server may
+  see them (`homeserver/rooms/spaces.py`); 404 M_NOT_FOUND otherwise.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from client_api.http import HeddleRequest, parse_int_query, query_string, require_query_string
+from client_api.http import (
+    HeddleRequest,
+    parse_bool_query,
+    parse_int_query,
+    query_string,
+    require_query_string,
+)
 from client_api.servlets.directory import PublicRoomsBody
 from client_api.validation import parse_body
 from federation.transport.auth import authenticate_request, federation_json_body_and_origin
@@ -126,3 +134,17 @@ class FederationPublicRoomsServlet:
             ),
         )
         return 200, await self._hs.room_list.get_public_rooms(None, query)
+
+
+class FederationSpaceHierarchyServlet:
+    """GET /_matrix/federation/v1/hierarchy/{roomId}?suggested_only="""
+
+    PATTERNS = [federation_path("/hierarchy/(?P<room_id>[^/]+)")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
+        origin = await authenticate_request(self._hs, request, None)
+        suggested_only = parse_bool_query(request, "suggested_only") or False
+        return 200, await self._hs.spaces.get_federation_hierarchy(origin, room_id, suggested_only)

@@ -60,6 +60,7 @@ def federation_servlets() -> list[Any]:
     from federation.transport.openid import OpenIdUserInfoServlet
     from federation.transport.queries import (
         FederationPublicRoomsServlet,
+        FederationSpaceHierarchyServlet,
         QueryDirectoryServlet,
         QueryProfileServlet,
         QueryServlet,
@@ -83,6 +84,7 @@ def federation_servlets() -> list[Any]:
         # After the specific query types: it answers every other one.
         QueryServlet,
         FederationPublicRoomsServlet,
+        FederationSpaceHierarchyServlet,
         SendTransactionServlet,
         MakeMembershipServlet,
         SendMembershipServlet,

@@ -40,9 +40,11 @@ from storage.stores.reports import ReportStore
 from storage.stores.room_admin import RoomAdminStore
 from storage.stores.room_keys import RoomKeysStore
 from storage.stores.rooms import RoomStore
+from storage.stores.search import SearchStore
 from storage.stores.server_keys import ServerKeyStore
 from storage.stores.server_notices import ServerNoticeStore
 from storage.stores.state import StateStore
+from storage.stores.threepids import ThreepidStore
 from storage.stores.tokens import TokenStore
 from storage.stores.uia import UiaStore
 from storage.stores.user_admin import UserAdminStore
@@ -56,6 +58,7 @@ class Stores:
     device_store: DeviceStore
     token_store: TokenStore
     uia_store: UiaStore
+    threepid_store: ThreepidStore
     profile_store: ProfileStore
     openid_token_store: OpenIdTokenStore
     event_store: EventStore
@@ -68,6 +71,7 @@ class Stores:
     filter_store: FilterStore
     receipt_store: ReceiptStore
     relation_store: RelationStore
+    search_store: SearchStore
     account_data_store: AccountDataStore
     device_inbox_store: DeviceInboxStore
     media_store: MediaStore
@@ -89,7 +93,7 @@ class Stores:
     report_store: ReportStore
 
 
-def build_stores(db: Database, replication: Replication) -> Stores:
+def build_stores(db: Database, replication: Replication, server_name: str) -> Stores:
     state_store = StateStore(db)
     # Each process caches rooms' current state; a change made here makes the others drop
     # their copy of that room (and a lost Redis connection makes them drop all).
@@ -141,6 +145,7 @@ def build_stores(db: Database, replication: Replication) -> Stores:
         device_store=DeviceStore(db, keys_deleted=e2e_key_store.key_counts_changed),
         token_store=TokenStore(db),
         uia_store=UiaStore(db),
+        threepid_store=ThreepidStore(db),
         profile_store=ProfileStore(db),
         openid_token_store=OpenIdTokenStore(db),
         event_store=event_store,
@@ -153,6 +158,7 @@ def build_stores(db: Database, replication: Replication) -> Stores:
         filter_store=FilterStore(db),
         receipt_store=ReceiptStore(db),
         relation_store=RelationStore(db),
+        search_store=SearchStore(db),
         account_data_store=AccountDataStore(db),
         device_inbox_store=DeviceInboxStore(db),
         media_store=MediaStore(db),
@@ -166,7 +172,7 @@ def build_stores(db: Database, replication: Replication) -> Stores:
         push_action_store=PushActionStore(db),
         admin_audit_store=AdminAuditStore(db),
         server_notice_store=ServerNoticeStore(db),
-        user_admin_store=UserAdminStore(db),
+        user_admin_store=UserAdminStore(db, server_name),
         room_admin_store=RoomAdminStore(db),
         admin_task_store=AdminTaskStore(db),
         registration_token_store=RegistrationTokenStore(db),

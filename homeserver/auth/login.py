@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from homeserver.auth.credentials import CredentialChecker, user_id_from_identifier
+from homeserver.auth.credentials import CredentialChecker
 from homeserver.auth.devices import DeviceHandler, check_device_id, check_display_name
 from homeserver.auth.tokens import IssuedTokens, TokenHandler
 from homeserver.errors import Codes, MatrixError
@@ -38,7 +38,7 @@ class LoginHandler:
         login_type = body.get("type")
         if login_type != PASSWORD_LOGIN:
             raise MatrixError(400, Codes.UNKNOWN, f"Unknown login type {login_type!r}")
-        user_id = user_id_from_identifier(body, self._server_name)
+        user_id = await self._credentials.user_id_for_identifier(body)
         self._per_account.check(user_id)
         await self._credentials.check_password(user_id, body.get("password"))
         tokens = await self.start_session(

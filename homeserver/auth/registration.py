@@ -9,12 +9,13 @@ from typing import Any
 from homeserver.auth.login import LoginHandler
 from homeserver.auth.passwords import PasswordHasher
 from homeserver.auth.tokens import IssuedTokens
-from homeserver.auth.uia import UserInteractiveAuth
+from homeserver.auth.uia import EMAIL_IDENTITY, UserInteractiveAuth
 from homeserver.clock import Clock
 from homeserver.config import RegistrationConfig
 from homeserver.errors import Codes, MatrixError
 from homeserver.identifiers import check_new_localpart, user_id
 from homeserver.ratelimit import RateLimiter
+from homeserver.threepids.bindings import ThreepidBindings
 from storage.stores.accounts import AccountStore, UserInUseError
 
 MAX_PASSWORD_LENGTH = 512
@@ -56,6 +57,7 @@ class RegistrationHandler:
         hasher: PasswordHasher,
         uia: UserInteractiveAuth,
         login: LoginHandler,
+        threepids: ThreepidBindings,
         per_address: RateLimiter,
         sessions_per_address: RateLimiter,
     ) -> None:
@@ -66,6 +68,7 @@ class RegistrationHandler:
         self._hasher = hasher
         self._uia = uia
         self._login = login
+        self._threepids = threepids
         self._per_address = per_address
         self._sessions_per_address = sessions_per_address
 
@@ -110,7 +113,18 @@ class RegistrationHandler:
                 # lost as soon as this session ends.
                 raise MatrixError(400, Codes.MISSING_PARAM, "Missing parameter: password")
             self._per_address.check(client_ip)
+            email = completed.get(EMAIL_IDENTITY)
+            if email is not None and await self._threepids.user_for_email(email["address"]):
+                # Bound to someone else since it was validated: checked before the account
+                # is made, so a refusal leaves no account behind.
+                raise MatrixError(
+                    400, Codes.THREEPID_IN_USE, "E-mail address is already in use"
+                )
             user_id = await self.register(request.username, request.password)
+            if email is not None:
+                await self._threepids.bind(
+                    user_id, email["medium"], email["address"], email["validated_at"]
+                )
             await self._uia.registration_completed(completed)
         if request.inhibit_login:
             return user_id, None
