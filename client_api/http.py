@@ -250,6 +250,18 @@ def parse_bool_query(request: HeddleRequest, name: str) -> bool | None:
     return raw == "true"
 
 
+def parse_timestamp_lookup(request: HeddleRequest) -> tuple[int, bool]:
+    """(`ts`, whether `dir` is forwards) of a timestamp_to_event request, client or
+    federation: both required (400 M_MISSING_PARAM), `ts` a non-negative integer and `dir`
+    `f` or `b` (400 M_INVALID_PARAM)."""
+    require_query_string(request, "ts")
+    ts = parse_int_query(request, "ts", 0, min_value=0)
+    direction = require_query_string(request, "dir")
+    if direction not in ("f", "b"):
+        raise MatrixError(400, Codes.INVALID_PARAM, "'dir' must be 'f' or 'b'")
+    return ts, direction == "f"
+
+
 # ----- routing ----------------------------------------------------------------------------
 
 Handler = Callable[..., Awaitable[tuple[int, Any]]]

@@ -19,6 +19,7 @@ from client_api.servlets import (
     media,
     membership,
     notifications,
+    openid,
     presence,
     profile,
     push_rules,
@@ -32,9 +33,11 @@ from client_api.servlets import (
     search,
     spaces,
     sync,
+    thirdparty,
     threepids,
     to_device,
     typing,
+    voip,
 )
 from client_api.servlets.admin import background as admin_background
 from client_api.servlets.admin import federation as admin_federation
@@ -53,6 +56,7 @@ CLIENT_SERVLETS = [
     discovery.VersionsServlet,
     discovery.ClientWellKnownServlet,
     discovery.ServerWellKnownServlet,
+    discovery.SupportWellKnownServlet,
     discovery.CapabilitiesServlet,
     discovery.HealthServlet,
     login.LoginServlet,
@@ -169,6 +173,7 @@ CLIENT_SERVLETS = [
     membership.ForgetServlet,
     membership.TargetMembershipServlet,
     membership.JoinedRoomsServlet,
+    membership.MutualRoomsServlet,
     media.UploadServlet,
     media.CreateMediaServlet,
     media.AsyncUploadServlet,
@@ -184,6 +189,7 @@ CLIENT_SERVLETS = [
     history.MessagesServlet,
     history.ContextServlet,
     history.EventServlet,
+    history.TimestampToEventServlet,
     search.SearchServlet,
     relations.RelationsServlet,
     relations.ThreadsServlet,
@@ -219,6 +225,12 @@ CLIENT_SERVLETS = [
     reports.ReportEventServlet,
     reports.ReportRoomServlet,
     reports.ReportUserServlet,
+    voip.TurnServerServlet,
+    thirdparty.ProtocolsServlet,
+    thirdparty.ProtocolServlet,
+    thirdparty.ProtocolLookupServlet,
+    thirdparty.ReverseLookupServlet,
+    openid.RequestOpenIdTokenServlet,
 ]
 
 

@@ -83,7 +83,10 @@ class RemoteQueries:
             _fail(e, f"Profile of {user_id}")
         if not isinstance(answer, dict):
             _bad_answer(server, f"Profile of {user_id}")
-        profile = Profile(_string(answer, "displayname"), _string(answer, "avatar_url"))
+        # The extended fields (spec v1.16) are any JSON; display name and avatar URL only
+        # count when they are strings.
+        fields = {k: v for k, v in answer.items() if k not in ("displayname", "avatar_url")}
+        profile = Profile(_string(answer, "displayname"), _string(answer, "avatar_url"), fields)
         self._profiles.set(user_id, profile)
         return profile
 

@@ -118,6 +118,7 @@ class HomeServer:
         self.registration = auth.registration
         self.shared_secret_registration = auth.shared_secret_registration
         self.account = auth.account
+        self.openid = auth.openid
         self.threepid_validation = auth.threepid_validation
         self.threepids = auth.threepids
 
@@ -182,6 +183,7 @@ class HomeServer:
         self.room_state = rooms.room_state
         self.messages = rooms.messages
         self.relations = rooms.relations
+        self.mutual_rooms = rooms.mutual_rooms
         self.search = rooms.search
 
         sync = build_sync(core, stores, streams, rooms, user_data, e2e, auth)
@@ -201,6 +203,7 @@ class HomeServer:
         )
         self.federation_events = federation.events
         self.federation_membership = federation.membership
+        self.timestamp_lookup = federation.timestamp_lookup
         self.federation_transactions = federation.transactions
 
         admin = self.admin = build_admin(

@@ -352,6 +352,47 @@ class ServerNoticesConfig(_Section):
     room_name: str = Field("Server Notices", max_length=256)
 
 
+class SupportContact(_Section):
+    # At least one of matrix_id and email_address (spec: GET /.well-known/matrix/support).
+    matrix_id: str | None = Field(None, pattern=r"^@")
+    email_address: str | None = None
+    # "m.role.admin", "m.role.security" or a namespaced role of your own.
+    role: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _reachable(self) -> SupportContact:
+        if self.matrix_id is None and self.email_address is None:
+            raise ValueError("a contact needs a matrix_id or an email_address")
+        return self
+
+
+class SupportConfig(_Section):
+    # Served at /.well-known/matrix/support; with neither set, that endpoint answers 404.
+    contacts: list[SupportContact] = Field(default_factory=list)
+    support_page: str | None = None
+
+
+class TurnConfig(_Section):
+    # TURN servers handed to clients by GET /voip/turnServer; none: it answers {}.
+    uris: list[str] = Field(default_factory=list)
+    # coturn's static-auth-secret (its REST API): each user gets a username and password
+    # valid for user_lifetime_ms. Takes precedence over username/password.
+    shared_secret: str | None = None
+    # A fixed username and password given to everyone instead.
+    username: str | None = None
+    password: str | None = None
+    user_lifetime_ms: int = Field(3600 * 1000, ge=1000)
+    # Whether guest accounts may have TURN credentials.
+    allow_guests: bool = True
+
+    @field_validator("uris")
+    @classmethod
+    def _turn_uris(cls, uris: list[str]) -> list[str]:
+        for uri in uris:
+            if not uri.startswith(("turn:", "turns:")):
+                raise ValueError(f"{uri!r} is not a turn: or turns: URI")
+        return uris
+
 class EmailTemplate(_Section):
     # Plain text; {link} is replaced by the validation link, {server_name} by the server's
     # name, {app_name} by `app_name`.
@@ -473,6 +514,9 @@ class HomeserverConfig(_Section):
     websocket: WebSocketConfig = WebSocketConfig()
     pushers: PushersConfig = PushersConfig()
     server_notices: ServerNoticesConfig = ServerNoticesConfig()
+    support: SupportConfig = SupportConfig()
+    turn: TurnConfig = TurnConfig()
+
     email: EmailConfig = EmailConfig()
     logging: LoggingConfig = LoggingConfig()
 

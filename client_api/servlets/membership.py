@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from client_api.auth import require_user
-from client_api.http import HeddleRequest, client_path, parse_json_object
+from client_api.http import (
+    HeddleRequest,
+    client_path,
+    parse_json_object,
+    query_string,
+    require_query_string,
+)
 from client_api.validation import RequestBody, parse_body
 from homeserver.errors import Codes, MatrixError
 from homeserver.identifiers import check_room_id
@@ -163,3 +169,22 @@ class JoinedRoomsServlet:
     async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
         requester = await require_user(self._hs, request)
         return 200, {"joined_rooms": await self._hs.membership.joined_rooms(requester.user_id)}
+
+
+class MutualRoomsServlet:
+    PATTERNS = [client_path("/mutual_rooms", versions="v1")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
+        requester = await require_user(self._hs, request)
+        assert request.args is not None
+        for name in (b"user_id", b"from"):
+            if len(request.args.get(name, ())) > 1:
+                raise MatrixError(
+                    400, Codes.INVALID_PARAM, f"Query parameter {name.decode()!r} given twice"
+                )
+        user_id = require_query_string(request, "user_id")
+        from_token = query_string(request, "from")
+        return 200, await self._hs.mutual_rooms.mutual_rooms(requester, user_id, from_token)

@@ -4,7 +4,8 @@ All X-Matrix authenticated.
 
 - `query/profile`: 400 M_INVALID_PARAM for a user of another server, 404 M_NOT_FOUND for an
   unknown user or a `field` we do not have (the spec's 404 "the queried field does not
-  exist"); fields that are not set are left out.
+  exist"); fields that are not set are left out. Every field is answered, the extended ones
+  (`m.tz`, custom keys) included.
 - `query/directory`: 404 M_NOT_FOUND unless the alias is ours and points somewhere.
 - `query/{type}` of any other type: 404 M_UNRECOGNIZED.
 - `publicRooms`: the same pages as the client API's /publicRooms (no third-party networks,
@@ -30,13 +31,11 @@ from federation.transport.auth import authenticate_request, federation_json_body
 from federation.transport.routes import federation_path
 from homeserver.errors import Codes, MatrixError
 from homeserver.identifiers import split_room_alias, split_user_id
+from homeserver.profile import profile_json
 from homeserver.rooms.directory import PublicRoomsQuery
 
 if TYPE_CHECKING:
     from homeserver.app import HomeServer
-
-PROFILE_FIELDS = ("displayname", "avatar_url")
-
 
 class QueryProfileServlet:
     """GET /_matrix/federation/v1/query/profile?user_id=&field="""
@@ -53,12 +52,12 @@ class QueryProfileServlet:
         _, server = split_user_id(user_id)
         if server != self._hs.server_name:
             raise MatrixError(400, Codes.INVALID_PARAM, f"{user_id} is not a user of this server")
-        if field is not None and field not in PROFILE_FIELDS:
+        values = profile_json(await self._hs.profiles.get_full_profile(user_id))
+        if field is None:
+            return 200, values
+        if field not in values:
             raise MatrixError(404, Codes.NOT_FOUND, f"No profile field {field[:100]!r}")
-        profile = await self._hs.profiles.get_local_profile(user_id)
-        values = {"displayname": profile.displayname, "avatar_url": profile.avatar_url}
-        wanted = [field] if field is not None else PROFILE_FIELDS
-        return 200, {key: values[key] for key in wanted if values[key] is not None}
+        return 200, {field: values[field]}
 
 
 class QueryDirectoryServlet:

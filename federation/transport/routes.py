@@ -43,6 +43,7 @@ def federation_servlets() -> list[Any]:
         GetMissingEventsServlet,
         StateIdsServlet,
         StateServlet,
+        TimestampToEventServlet,
     )
     from federation.transport.keys import (
         BulkQueryServerKeysServlet,
@@ -56,6 +57,7 @@ def federation_servlets() -> list[Any]:
         SendMembershipServlet,
         SendTransactionServlet,
     )
+    from federation.transport.openid import OpenIdUserInfoServlet
     from federation.transport.queries import (
         FederationPublicRoomsServlet,
         FederationSpaceHierarchyServlet,
@@ -92,6 +94,8 @@ def federation_servlets() -> list[Any]:
         UserKeysQueryServlet,
         UserKeysClaimServlet,
         UserDevicesServlet,
+        OpenIdUserInfoServlet,
+        TimestampToEventServlet,
     ]
 
 

@@ -11,6 +11,7 @@ from homeserver.auth.account import AccountHandler
 from homeserver.auth.credentials import CredentialChecker
 from homeserver.auth.devices import DeviceHandler, DeviceListUpdates
 from homeserver.auth.login import LoginHandler
+from homeserver.auth.openid import OpenIdTokens
 from homeserver.auth.passwords import PasswordHasher
 from homeserver.auth.registration import RegistrationHandler
 from homeserver.auth.shared_secret import SharedSecretRegistration
@@ -34,6 +35,7 @@ class Auth:
     registration: RegistrationHandler
     shared_secret_registration: SharedSecretRegistration
     account: AccountHandler
+    openid: OpenIdTokens
     threepid_validation: ThreepidValidation
     threepids: ThreepidBindings
 
@@ -125,6 +127,7 @@ def build_auth(core: Core, stores: Stores, device_lists: DeviceListUpdates) -> A
             stores.pusher_store,
             threepids,
         ),
+        openid=OpenIdTokens(core.server_name, core.clock, stores.openid_token_store),
         threepid_validation=threepid_validation,
         threepids=threepids,
     )

@@ -25,6 +25,7 @@ from homeserver.rooms.creator import EventCreator
 from homeserver.rooms.directory import DirectoryHandler, RoomListHandler, StateContents
 from homeserver.rooms.membership import MembershipHandler, RemoteMembership
 from homeserver.rooms.messages import Backfill, MessagesHandler
+from homeserver.rooms.mutual_rooms import MutualRooms
 from homeserver.rooms.power import RoomPower
 from homeserver.rooms.relations import RelationsHandler
 from homeserver.rooms.search import SearchHandler
@@ -79,6 +80,7 @@ class Rooms:
     search: SearchHandler
     # Whom each user ignores (spec: "Ignoring Users"), held in memory.
     ignored_users: IgnoredUsers
+    mutual_rooms: MutualRooms
 
 
 def build_rooms(
@@ -258,4 +260,5 @@ def build_rooms(
             ignored.of,
         ),
         ignored_users=ignored,
+        mutual_rooms=MutualRooms(streams.shared_rooms),
     )

@@ -28,6 +28,7 @@ from storage.stores.federation_queue import FederationQueueStore
 from storage.stores.filters import FilterStore
 from storage.stores.media import MediaStore
 from storage.stores.media_admin import MediaAdminStore
+from storage.stores.openid_tokens import OpenIdTokenStore
 from storage.stores.presence import PresenceStore
 from storage.stores.profiles import ProfileStore
 from storage.stores.push_actions import PushActionStore
@@ -59,6 +60,7 @@ class Stores:
     uia_store: UiaStore
     threepid_store: ThreepidStore
     profile_store: ProfileStore
+    openid_token_store: OpenIdTokenStore
     event_store: EventStore
     state_store: StateStore
     room_store: RoomStore
@@ -145,6 +147,7 @@ def build_stores(db: Database, replication: Replication, server_name: str) -> St
         uia_store=UiaStore(db),
         threepid_store=ThreepidStore(db),
         profile_store=ProfileStore(db),
+        openid_token_store=OpenIdTokenStore(db),
         event_store=event_store,
         state_store=state_store,
         room_store=RoomStore(db),

@@ -239,6 +239,7 @@ class AccountStore:
                     "UPDATE profiles SET displayname = NULL, avatar_url = NULL WHERE user_id = ?",
                     (user_id,),
                 )
+                txn.execute("DELETE FROM profile_fields WHERE user_id = ?", (user_id,))
             return True
 
         return await self._db.run_interaction("mark_deactivated", txn_fn)

@@ -72,6 +72,18 @@ class RoomStore:
         )
         return row is not None
 
+    async def get_joined_members_by_age(self, room_id: str) -> list[str]:
+        """The room's joined members, the one whose membership changed longest ago first."""
+        rows = await self._db.run_interaction(
+            "get_joined_members_by_age",
+            lambda txn: txn.select_all(
+                "SELECT user_id FROM room_memberships WHERE room_id = ? AND membership = ?"
+                " ORDER BY stream_ordering",
+                (room_id, "join"),
+            ),
+        )
+        return [row[0] for row in rows]
+
     async def get_rooms_for_user(
         self, user_id: str, memberships: Collection[str] = ("join",)
     ) -> list[Membership]:
