@@ -83,10 +83,13 @@ async def running_server(
     pids: list[int] | None = None,
     about: dict[str, Any] | None = None,
     config_sections: dict[str, dict[str, Any]] | None = None,
+    prepare: Callable[[Path], None] | None = None,
 ):
     """Start a server; yield its base URL. Its process ID is appended to `pids`, and `about`
     gets "pid" and "metrics" (its /metrics URL), when given. `config_sections` are merged
-    into the generated config's sections (`{"websocket": {"max_connections": 20000}}`)."""
+    into the generated config's sections (`{"websocket": {"max_connections": 20000}}`).
+    `prepare` is called with the config file's path once it is written and before the
+    server starts (to fill its database, say)."""
     data_dir = Path(tempfile.mkdtemp(prefix="heddle-bench-"))
     port = free_port()
     subprocess.run(
@@ -111,6 +114,8 @@ async def running_server(
         url, pg_name = create_pg_database(db)
         config["database"] = {"url": url, "max_connections": 10}
     config_path.write_text(yaml.safe_dump(config))
+    if prepare is not None:
+        prepare(config_path)
     command = [str(HEDDLE), "--config", str(config_path)]
     profile_to = os.environ.get("HEDDLE_BENCH_PROFILE")
     if profile_to:

@@ -250,6 +250,18 @@ def parse_bool_query(request: HeddleRequest, name: str) -> bool | None:
     return raw == "true"
 
 
+def parse_timestamp_lookup(request: HeddleRequest) -> tuple[int, bool]:
+    """(`ts`, whether `dir` is forwards) of a timestamp_to_event request, client or
+    federation: both required (400 M_MISSING_PARAM), `ts` a non-negative integer and `dir`
+    `f` or `b` (400 M_INVALID_PARAM)."""
+    require_query_string(request, "ts")
+    ts = parse_int_query(request, "ts", 0, min_value=0)
+    direction = require_query_string(request, "dir")
+    if direction not in ("f", "b"):
+        raise MatrixError(400, Codes.INVALID_PARAM, "'dir' must be 'f' or 'b'")
+    return ts, direction == "f"
+
+
 # ----- routing ----------------------------------------------------------------------------
 
 Handler = Callable[..., Awaitable[tuple[int, Any]]]
@@ -426,10 +438,14 @@ class JsonResource(resource.Resource):
         request.finish()
 
 
+# Query parameters that are secrets: access tokens, and the token and client secret in the
+# link of an e-mail validation mail (which a registration-token check also has as `token`).
+_SECRET_QUERY_PARAMS = re.compile(r"([?&](?:access_token|token|client_secret)=)[^&]*")
+
+
 def _loggable(request: server.Request) -> str:
-    """The URI with any access token removed, for logs."""
-    uri = request.uri.decode("utf-8", "replace")
-    return re.sub(r"(access_token=)[^&]*", r"\1<redacted>", uri)
+    """The URI with any secret query parameter removed, for logs."""
+    return _SECRET_QUERY_PARAMS.sub(r"\1<redacted>", request.uri.decode("utf-8", "replace"))
 
 
 class HeddleSite(server.Site):

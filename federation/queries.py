@@ -8,13 +8,19 @@ as Synapse answers, so a client can tell "no such thing" from "could not ask". W
 federation disabled the lookups fail with 404 M_NOT_FOUND saying so.
 
 Remote profiles are cached in memory for PROFILE_CACHE_S (successes only).
+
+Space hierarchies (`hierarchy/{roomId}`) are asked of each `via` server in turn until one
+gives a well-formed answer about the room; a server that fails is logged and skipped, and
+when none answers the caller gets None (the space walk leaves the room out). Answers are
+cached for HIERARCHY_CACHE_S, as the spec recommends.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import quote
 
 from federation.errors import FederationError, HttpResponseError
 from homeserver.caches import LruCache
@@ -30,7 +36,11 @@ logger = logging.getLogger(__name__)
 
 QUERY_PATH = "/_matrix/federation/v1/query/%s"
 PUBLIC_ROOMS_PATH = "/_matrix/federation/v1/publicRooms"
+HIERARCHY_PATH = "/_matrix/federation/v1/hierarchy/%s"
 PROFILE_CACHE_S = 60.0
+# Another server's answer about a space, reused by walks this long after it came.
+HIERARCHY_CACHE_S = 60.0
+HIERARCHY_CACHE_SIZE = 1_000
 PROFILE_CACHE_SIZE = 10_000
 # A lookup a user waits for should not take the federation client's full default timeout.
 QUERY_TIMEOUT_MS = 30 * 1000
@@ -46,6 +56,9 @@ class RemoteQueries:
         self._enabled = enabled
         self._profiles: LruCache[str, Profile] = LruCache(
             "remote_profiles", PROFILE_CACHE_SIZE, ttl_s=PROFILE_CACHE_S, clock=clock
+        )
+        self._hierarchies: LruCache[tuple[str, bool], dict[str, Any]] = LruCache(
+            "remote_space_hierarchies", HIERARCHY_CACHE_SIZE, ttl_s=HIERARCHY_CACHE_S, clock=clock
         )
 
     def _require_enabled(self, what: str) -> None:
@@ -70,7 +83,10 @@ class RemoteQueries:
             _fail(e, f"Profile of {user_id}")
         if not isinstance(answer, dict):
             _bad_answer(server, f"Profile of {user_id}")
-        profile = Profile(_string(answer, "displayname"), _string(answer, "avatar_url"))
+        # The extended fields (spec v1.16) are any JSON; display name and avatar URL only
+        # count when they are strings.
+        fields = {k: v for k, v in answer.items() if k not in ("displayname", "avatar_url")}
+        profile = Profile(_string(answer, "displayname"), _string(answer, "avatar_url"), fields)
         self._profiles.set(user_id, profile)
         return profile
 
@@ -126,6 +142,49 @@ class RemoteQueries:
         if not isinstance(answer, dict) or not isinstance(answer.get("chunk"), list):
             _bad_answer(server, f"Room directory of {server}")
         return answer
+
+    async def get_space_hierarchy(
+        self, room_id: str, servers: Sequence[str], suggested_only: bool
+    ) -> dict[str, Any] | None:
+        """Another server's federation hierarchy answer for `room_id` (`room`, `children`,
+        `inaccessible_children`), from the first of `servers` that gives one; None if none
+        does (or federation is off)."""
+        if not self._enabled:
+            return None
+        key = (room_id, suggested_only)
+        cached = self._hierarchies.get(key)
+        if cached is not None:
+            return cached
+        args = {"suggested_only": ["true" if suggested_only else "false"]}
+        for server in dict.fromkeys(servers):
+            try:
+                answer = await self._client.get_json(
+                    server,
+                    HIERARCHY_PATH % quote(room_id, safe=""),
+                    args,
+                    timeout_ms=QUERY_TIMEOUT_MS,
+                )
+            except FederationError as e:
+                logger.info("Space hierarchy of %s from %s failed: %s", room_id, server, e)
+                continue
+            if not _well_formed_hierarchy(answer, room_id):
+                logger.info("Space hierarchy of %s: malformed answer from %s", room_id, server)
+                continue
+            self._hierarchies.set(key, answer)
+            return answer
+        return None
+
+
+def _well_formed_hierarchy(answer: Any, room_id: str) -> bool:
+    if not isinstance(answer, dict):
+        return False
+    room = answer.get("room")
+    return (
+        isinstance(room, dict)
+        and room.get("room_id") == room_id
+        and isinstance(room.get("children_state", []), list)
+        and isinstance(answer.get("children", []), list)
+    )
 
 
 def _string(answer: Mapping[str, Any], key: str) -> str | None:

@@ -70,7 +70,7 @@ class HomeServer:
         self.db = core.db
         self.replication = core.replication
 
-        stores = self.stores = build_stores(core.db, core.replication)
+        stores = self.stores = build_stores(core.db, core.replication, core.server_name)
         self.accounts = stores.accounts
         self.device_store = stores.device_store
         self.token_store = stores.token_store
@@ -122,6 +122,9 @@ class HomeServer:
         self.registration = auth.registration
         self.shared_secret_registration = auth.shared_secret_registration
         self.account = auth.account
+        self.openid = auth.openid
+        self.threepid_validation = auth.threepid_validation
+        self.threepids = auth.threepids
 
         user_data = build_user_data(core, stores, streams)
         self.presence = user_data.presence
@@ -175,6 +178,7 @@ class HomeServer:
         self.history_visibility = rooms.history_visibility
         self.directory = rooms.directory
         self.room_list = rooms.room_list
+        self.spaces = rooms.spaces
         self.user_directory = rooms.user_directory
         self.membership = rooms.membership
         self.event_sender = rooms.event_sender
@@ -183,6 +187,8 @@ class HomeServer:
         self.room_state = rooms.room_state
         self.messages = rooms.messages
         self.relations = rooms.relations
+        self.mutual_rooms = rooms.mutual_rooms
+        self.search = rooms.search
 
         sync = build_sync(core, stores, streams, rooms, user_data, e2e, auth)
         self.filtering = sync.filtering
@@ -195,6 +201,7 @@ class HomeServer:
 
         media = build_media(core, stores, transport)
         self.media = media.repository
+        self.media_provider = media.provider
         self.url_previewer = media.url_previewer
 
         federation = build_federation(
@@ -202,6 +209,7 @@ class HomeServer:
         )
         self.federation_events = federation.events
         self.federation_membership = federation.membership
+        self.timestamp_lookup = federation.timestamp_lookup
         self.federation_transactions = federation.transactions
 
         admin = self.admin = build_admin(
@@ -225,6 +233,9 @@ class HomeServer:
         self._uia_cleanup: task.LoopingCall | None = None
         self._writer_lock_check: task.LoopingCall | None = None
         self._stopped = False
+        # Set by `setup`: done once deactivations left half done by a stopped process are
+        # finished (see `AccountDeactivation.resume_pending`).
+        self.deactivations_resumed: defer.Deferred[None] = defer.succeed(None)
 
     def client_ip(self, request: HeddleRequest) -> str:
         listener = getattr(request.site, "heddle_listener", None)
@@ -236,6 +247,12 @@ class HomeServer:
         if self._takes_writer_lock:
             await self._take_writer_lock()
         await apply_migrations(self.db)
+        if self._takes_writer_lock:
+            # Rooms held before the admin room list kept a summary of each get theirs (a
+            # no-op once done).
+            filled = await self.room_admin_store.fill_room_list_summaries(self.server_name)
+            if filled:
+                logger.info("wrote the room list summary of %d rooms", filled)
         await self.streams.load()
         self.rooms.state_group_ids.initialise(await self.state_store.get_max_state_group())
         self.rooms.backfill_ids.initialise(await self.event_store.get_min_stream_ordering())
@@ -251,6 +268,12 @@ class HomeServer:
             # Only the writer runs admin tasks: those it finds running died with its
             # predecessor.
             await self.admin_rooms.recover_interrupted()
+            # Media deletions a stopped process left marked would hold up identical uploads.
+            await self.media_store.clear_storage_key_deletions()
+            # In the background: leaving many rooms takes a while, and start-up need not wait.
+            self.deactivations_resumed = defer.ensureDeferred(
+                self.account_deactivation.resume_pending()
+            )
 
     async def _take_writer_lock(self) -> None:
         """Refuse to start next to another writing process (see `WriterLock`); once started,
@@ -294,6 +317,7 @@ class HomeServer:
         async def cleanup() -> None:
             try:
                 await self.uia.expire_sessions()
+                await self.threepid_validation.expire_sessions()
                 await self.federation_transactions.prune()
                 await self.media_store.delete_expired_pending(self.clock.time_msec())
                 await self.to_device.prune()

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import task
+
 
 class Clock:
     """Time from the reactor, so tests can drive it and nothing calls time.time() directly."""
@@ -14,3 +16,6 @@ class Clock:
 
     def time_msec(self) -> int:
         return int(self._reactor.seconds() * 1000)
+
+    async def sleep(self, seconds: float) -> None:
+        await task.deferLater(self._reactor, seconds, lambda: None)

@@ -138,6 +138,10 @@ class RateLimitsConfig(_Section):
     reports_per_user: RateLimit = RateLimit(per_second=1.0, burst_count=5)
     # POST /login/get_token per user: each token spawns a session (Synapse: 1 a minute).
     login_token_requests_per_user: RateLimit = RateLimit(per_second=1 / 60, burst_count=1)
+    # E-mail validation requests (each may send a mail), per client address and per e-mail
+    # address: Synapse's rc_3pid_validation defaults.
+    threepid_validation_per_address: RateLimit = RateLimit(per_second=0.003, burst_count=5)
+    threepid_validation_per_email: RateLimit = RateLimit(per_second=0.003, burst_count=5)
 
     @model_validator(mode="before")
     @classmethod
@@ -363,6 +367,139 @@ class ServerNoticesConfig(_Section):
     room_name: str = Field("Server Notices", max_length=256)
 
 
+class SupportContact(_Section):
+    # At least one of matrix_id and email_address (spec: GET /.well-known/matrix/support).
+    matrix_id: str | None = Field(None, pattern=r"^@")
+    email_address: str | None = None
+    # "m.role.admin", "m.role.security" or a namespaced role of your own.
+    role: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _reachable(self) -> SupportContact:
+        if self.matrix_id is None and self.email_address is None:
+            raise ValueError("a contact needs a matrix_id or an email_address")
+        return self
+
+
+class SupportConfig(_Section):
+    # Served at /.well-known/matrix/support; with neither set, that endpoint answers 404.
+    contacts: list[SupportContact] = Field(default_factory=list)
+    support_page: str | None = None
+
+
+class TurnConfig(_Section):
+    # TURN servers handed to clients by GET /voip/turnServer; none: it answers {}.
+    uris: list[str] = Field(default_factory=list)
+    # coturn's static-auth-secret (its REST API): each user gets a username and password
+    # valid for user_lifetime_ms. Takes precedence over username/password.
+    shared_secret: str | None = None
+    # A fixed username and password given to everyone instead.
+    username: str | None = None
+    password: str | None = None
+    user_lifetime_ms: int = Field(3600 * 1000, ge=1000)
+    # Whether guest accounts may have TURN credentials.
+    allow_guests: bool = True
+
+    @field_validator("uris")
+    @classmethod
+    def _turn_uris(cls, uris: list[str]) -> list[str]:
+        for uri in uris:
+            if not uri.startswith(("turn:", "turns:")):
+                raise ValueError(f"{uri!r} is not a turn: or turns: URI")
+        return uris
+
+class EmailTemplate(_Section):
+    # Plain text; {link} is replaced by the validation link, {server_name} by the server's
+    # name, {app_name} by `app_name`.
+    subject: str = Field(min_length=1, max_length=998)
+    body: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _known_placeholders(self) -> EmailTemplate:
+        for text in (self.subject, self.body):
+            try:
+                text.format(link="", server_name="", app_name="")
+            except (KeyError, IndexError, ValueError) as e:
+                raise ValueError(
+                    f"templates may only use {{link}}, {{server_name}} and {{app_name}} ({e})"
+                ) from None
+        if "{link}" not in self.body:
+            raise ValueError("the body must contain {link}, or the mail cannot be acted on")
+        return self
+
+
+class EmailConfig(_Section):
+    # Send e-mail to validate addresses (registration, adding an address to an account,
+    # password reset). Off: the e-mail endpoints answer M_THREEPID_MEDIUM_NOT_SUPPORTED.
+    enabled: bool = False
+    smtp_host: str = "localhost"
+    # Unset: 465 for implicit TLS, otherwise 25.
+    smtp_port: int | None = Field(None, ge=1, le=65535)
+    # none: plain text; starttls: upgrade with STARTTLS and refuse a server that cannot;
+    # implicit: TLS from the first byte (SMTPS).
+    tls: Literal["none", "starttls", "implicit"] = "starttls"
+    # Log in to the SMTP server with these when set.
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    # The From: of every mail Heddle sends; required when enabled.
+    notif_from: str | None = None
+    # Named in subjects ({app_name}).
+    app_name: str = "Matrix"
+    # Where the validation links in mails point: this server's client API as users' browsers
+    # reach it. Unset: public_baseurl (or the client listener's address).
+    public_baseurl: str | None = None
+    # How long the token in a validation mail may be used.
+    validation_token_lifetime_ms: int = Field(3600 * 1000, ge=60 * 1000)
+    # How long a validated address may then be used (to register, add, or reset a password).
+    validated_session_lifetime_ms: int = Field(24 * 3600 * 1000, ge=60 * 1000)
+    # An SMTP exchange taking longer than this fails.
+    smtp_timeout_ms: int = Field(30 * 1000, ge=100)
+    # m.login.email.identity at registration: off (not offered), optional (offered beside
+    # the other flow), required (every account must validate an address).
+    registration: Literal["off", "optional", "required"] = "off"
+    # Answer /requestToken as if all went well when the address is in use (or, for password
+    # resets, unknown), so the endpoint does not tell who has an account (Synapse's
+    # request_token_inhibit_3pid_errors). No mail is sent then.
+    inhibit_3pid_errors: bool = False
+    # Only addresses in these domains may be validated (empty: any domain).
+    allowed_domains: list[str] = Field(default_factory=list)
+    registration_template: EmailTemplate = EmailTemplate(
+        subject="[{server_name}] Confirm your e-mail address",
+        body="Someone asked to register an account on {server_name} with this e-mail "
+        "address. If it was you, follow this link to confirm it:\n\n{link}\n\n"
+        "If it was not you, ignore this mail.\n",
+    )
+    add_threepid_template: EmailTemplate = EmailTemplate(
+        subject="[{server_name}] Confirm your e-mail address",
+        body="Someone asked to add this e-mail address to their account on {server_name}. "
+        "If it was you, follow this link to confirm it:\n\n{link}\n\n"
+        "If it was not you, ignore this mail.\n",
+    )
+    password_reset_template: EmailTemplate = EmailTemplate(
+        subject="[{server_name}] Password reset",
+        body="Someone asked to reset the password of your account on {server_name}. If it "
+        "was you, follow this link to confirm it, then set the new password in your "
+        "client:\n\n{link}\n\nIf it was not you, ignore this mail: your password stays "
+        "as it is.\n",
+    )
+
+    @model_validator(mode="after")
+    def _complete_when_enabled(self) -> EmailConfig:
+        if self.enabled and not self.notif_from:
+            raise ValueError("notif_from is required when e-mail is enabled")
+        if self.registration != "off" and not self.enabled:
+            raise ValueError("registration by e-mail needs enabled: true")
+        if (self.smtp_user is None) != (self.smtp_password is None):
+            raise ValueError("smtp_user and smtp_password go together")
+        return self
+
+    @property
+    def port(self) -> int:
+        if self.smtp_port is not None:
+            return self.smtp_port
+        return 465 if self.tls == "implicit" else 25
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Log file path; unset logs to stderr.
@@ -392,6 +529,10 @@ class HomeserverConfig(_Section):
     websocket: WebSocketConfig = WebSocketConfig()
     pushers: PushersConfig = PushersConfig()
     server_notices: ServerNoticesConfig = ServerNoticesConfig()
+    support: SupportConfig = SupportConfig()
+    turn: TurnConfig = TurnConfig()
+
+    email: EmailConfig = EmailConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @field_validator("server_name")
@@ -418,6 +559,13 @@ class HomeserverConfig(_Section):
         """Relative paths in the config are relative to `data_dir`."""
         p = Path(path)
         return p if p.is_absolute() else Path(self.data_dir) / p
+
+    @property
+    def email_link_base_url(self) -> str:
+        """Where the links in validation mails point (ends with a slash)."""
+        if self.email.public_baseurl:
+            return self.email.public_baseurl.rstrip("/") + "/"
+        return self.client_base_url
 
     @property
     def database_url(self) -> str:
@@ -474,7 +622,11 @@ def _apply_env_overrides(
             target[path[-1]] = yaml.safe_load(value) if value != "" else ""
         except yaml.YAMLError:
             target[path[-1]] = value
-        if path == ("database", "url") or path[-1] in ("jwt_secret", "shared_secret"):
+        if path == ("database", "url") or path[-1] in (
+            "jwt_secret",
+            "shared_secret",
+            "smtp_password",
+        ):
             target[path[-1]] = value
         sources[path] = name
     return sources
@@ -487,6 +639,7 @@ _SECRET_OPTIONS: tuple[tuple[str, ...], ...] = (
     ("registration", "shared_secret"),
     ("registration", "tokens"),
     ("database", "url"),
+    ("email", "smtp_password"),
     ("media", "s3", "access_key_id"),
     ("media", "s3", "secret_access_key"),
 )

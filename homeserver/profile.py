@@ -1,10 +1,14 @@
-"""User profiles (display name and avatar): local users', and other servers' users' through a
-federation profile query (`federation/queries.py`: cached briefly; their server answering
-404 is 404 M_NOT_FOUND, failing to answer is 502 M_UNKNOWN)."""
+"""User profiles: local users', and other servers' users' through a federation profile query
+(`federation/queries.py`: cached briefly; their server answering 404 is 404 M_NOT_FOUND,
+failing to answer is 502 M_UNKNOWN).
+
+Display name and avatar URL go into the user's member events when they change; every other
+field (`m.tz`, custom keys, spec v1.16) is only stored and served, as Synapse's."""
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from homeserver.auth.restrictions import check_not_suspended
@@ -22,9 +26,17 @@ if TYPE_CHECKING:
     from federation.queries import RemoteQueries
 
 logger = logging.getLogger(__name__)
+_MISSING = object()
 
 MAX_DISPLAYNAME_LENGTH = 256
 MAX_AVATAR_URL_LENGTH = 1000
+# The spec's limits for PUT /profile/{userId}/{keyName}: the whole profile under 64 KiB, a
+# key at most 255 bytes (longer: M_KEY_TOO_LARGE) following the Common Namespaced Identifier
+# Grammar (or one of the keys the spec defines).
+MAX_PROFILE_BYTES = 64 * 1024
+MAX_PROFILE_KEY_BYTES = 255
+_PROFILE_KEY = re.compile(r"avatar_url|displayname|m\.tz|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
+DISPLAYNAME, AVATAR_URL, TIME_ZONE = "displayname", "avatar_url", "m.tz"
 # Member event keys that belonged to the original join and must not be repeated: a reason
 # was for that change, and a restricted-join authorisation only applies to joining.
 _NOT_CARRIED_OVER = ("reason", "join_authorised_via_users_server")
@@ -50,6 +62,27 @@ def check_avatar_url(value: object) -> str | None:
             400, Codes.TOO_LARGE, f"Avatar URL may not exceed {MAX_AVATAR_URL_LENGTH} characters"
         )
     return value
+
+
+def check_profile_key(key: str) -> str:
+    """`key`, if a profile may have a field by that name; 400 otherwise."""
+    if len(key.encode()) > MAX_PROFILE_KEY_BYTES:
+        raise MatrixError(
+            400, Codes.KEY_TOO_LARGE, f"Profile keys may not exceed {MAX_PROFILE_KEY_BYTES} bytes"
+        )
+    if not _PROFILE_KEY.fullmatch(key):
+        raise MatrixError(400, Codes.INVALID_PARAM, "Invalid profile key")
+    return key
+
+
+def profile_json(profile: Profile) -> dict[str, Any]:
+    """The profile as GET /profile and the federation query show it: unset fields left out."""
+    body: dict[str, Any] = dict(profile.fields)
+    if profile.displayname is not None:
+        body[DISPLAYNAME] = profile.displayname
+    if profile.avatar_url is not None:
+        body[AVATAR_URL] = profile.avatar_url
+    return body
 
 
 class ProfileHandler:
@@ -92,6 +125,58 @@ class ProfileHandler:
         if profile is None:
             raise MatrixError(404, Codes.NOT_FOUND, "Profile was not found")
         return profile
+
+    async def get_full_profile(self, user_id: str) -> Profile:
+        """Any user's profile with all its fields; 404 M_NOT_FOUND if there is none."""
+        _, server = split_user_id(user_id)
+        if server != self._server_name:
+            # A remote profile already carries every field its server gave.
+            return await self.get_profile(user_id)
+        profile = await self.get_local_profile(user_id)
+        fields = await self._store.get_fields(user_id)
+        return Profile(profile.displayname, profile.avatar_url, fields)
+
+    async def get_field(self, user_id: str, key: str) -> Any:
+        """One field of any user's profile; 404 M_NOT_FOUND if it is not set."""
+        check_profile_key(key)
+        profile = await self.get_full_profile(user_id)
+        value = profile_json(profile).get(key, _MISSING)
+        if value is _MISSING:
+            # The spec's 404: "There is no profile field with this key for this user".
+            raise MatrixError(404, Codes.NOT_FOUND, f"The user has no {key}")
+        return value
+
+    async def set_field(self, requester: Requester, user_id: str, key: str, value: Any) -> None:
+        """Set any field: display name and avatar URL as before (into member events), others
+        stored as given (any JSON, null included, as the spec lets servers keep it)."""
+        check_profile_key(key)
+        if key == DISPLAYNAME:
+            await self.set_displayname(requester, user_id, value)
+            return
+        if key == AVATAR_URL:
+            await self.set_avatar_url(requester, user_id, value)
+            return
+        self._check_can_edit(requester, user_id)
+        if key == TIME_ZONE and not isinstance(value, str):
+            raise MatrixError(400, Codes.BAD_JSON, "'m.tz' must be a string")
+        await self.get_local_profile(user_id)
+        if not await self._store.set_field(user_id, key, value, MAX_PROFILE_BYTES):
+            raise MatrixError(
+                400, Codes.PROFILE_TOO_LARGE, f"A profile may not exceed {MAX_PROFILE_BYTES} bytes"
+            )
+
+    async def delete_field(self, requester: Requester, user_id: str, key: str) -> None:
+        """Remove a field (200 even if it was not set, as the spec says)."""
+        check_profile_key(key)
+        if key == DISPLAYNAME:
+            await self.set_displayname(requester, user_id, None)
+            return
+        if key == AVATAR_URL:
+            await self.set_avatar_url(requester, user_id, None)
+            return
+        self._check_can_edit(requester, user_id)
+        await self.get_local_profile(user_id)
+        await self._store.delete_field(user_id, key)
 
     def _check_can_edit(self, requester: Requester, user_id: str) -> None:
         split_user_id(user_id)

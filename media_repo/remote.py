@@ -50,6 +50,7 @@ from homeserver.events.canonical import parse_json
 from homeserver.identifiers import is_valid_server_name
 from homeserver.linearizer import Linearizer
 from media_repo.providers.base import StorageProvider, StorageUnavailable
+from media_repo.stored_objects import store_and_reference
 from storage.stores.media import MediaInfo, MediaStore
 
 logger = logging.getLogger(__name__)
@@ -356,18 +357,23 @@ class RemoteMedia:
     async def _record(self, origin: str, media_id: str, media: FetchedMedia) -> MediaInfo:
         sha256 = hashlib.sha256(media.data).hexdigest()
         try:
-            if not await self._provider.exists(sha256):
-                await self._provider.store(sha256, media.data, media.content_type)
+            await store_and_reference(
+                self._clock,
+                self._provider,
+                self._store,
+                sha256,
+                media.data,
+                media.content_type,
+                lambda generation: self._store.record_upload(
+                    origin, media_id, None, media.content_type, media.file_name,
+                    len(media.data), sha256, self._clock.time_msec(), key_generation=generation,
+                ),
+            )
         except StorageUnavailable as e:
             logger.warning("media storage unavailable: %s", e)
             raise MatrixError(
                 504 if e.timed_out else 502, Codes.UNKNOWN, "Media storage is unavailable"
             ) from None
-        try:
-            await self._store.record_upload(
-                origin, media_id, None, media.content_type, media.file_name, len(media.data),
-                sha256, self._clock.time_msec(),
-            )
         except Exception:
             # Another process fetched it meanwhile (the row's key is taken): use theirs.
             info = await self._store.get_media(origin, media_id)

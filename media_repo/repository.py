@@ -12,8 +12,9 @@ import hashlib
 import logging
 import secrets
 import string
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.internet import defer, task, threads
 
@@ -22,6 +23,7 @@ from homeserver.config import MediaConfig
 from homeserver.errors import Codes, MatrixError
 from homeserver.ratelimit import RateLimiter
 from media_repo.providers.base import StorageProvider, StorageUnavailable
+from media_repo.stored_objects import store_and_reference
 from media_repo.thumbnails import (
     DEFAULT_THUMBNAIL_SIZES,
     METHODS,
@@ -35,6 +37,7 @@ from storage.stores.media import MediaInfo, MediaStore
 if TYPE_CHECKING:
     from media_repo.remote import RemoteMedia
 
+T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 MEDIA_ID_LENGTH = 24
@@ -126,18 +129,21 @@ class MediaRepository:
                 limit_type="m.upload.quota",
             )
 
-    async def _store_bytes(self, data: bytes, content_type: str) -> str:
-        sha256 = hashlib.sha256(data).hexdigest()
+    async def _store_and_reference(
+        self, key: str, data: bytes, content_type: str, reference: Callable[[int], Awaitable[T]]
+    ) -> T:
+        """Identical contents (and thumbnails) are stored once, under their hash: store
+        `data` unless it is there, then add the row pointing at it (`reference`), safely
+        against an admin deleting the same object meanwhile (`store_and_reference`)."""
         try:
-            # Identical contents are stored once, under their hash.
-            if not await self._provider.exists(sha256):
-                await self._provider.store(sha256, data, content_type)
+            return await store_and_reference(
+                self._clock, self._provider, self._store, key, data, content_type, reference
+            )
         except StorageUnavailable as e:
             logger.warning("media storage unavailable: %s", e)
             raise MatrixError(
                 504 if e.timed_out else 502, Codes.UNKNOWN, "Media storage is unavailable"
             ) from None
-        return sha256
 
     async def upload(
         self, user_id: str, data: bytes, content_type: str, upload_name: str | None
@@ -160,11 +166,16 @@ class MediaRepository:
         self, user_id: str | None, data: bytes, content_type: str, upload_name: str | None
     ) -> str:
         """Store the bytes, then give them a new media ID; returns its mxc:// URI."""
-        sha256 = await self._store_bytes(data, content_type)
         media_id = new_media_id()
-        await self._store.record_upload(
-            self._server_name, media_id, user_id, content_type, upload_name, len(data), sha256,
-            self._clock.time_msec(),
+        sha256 = hashlib.sha256(data).hexdigest()
+        await self._store_and_reference(
+            sha256,
+            data,
+            content_type,
+            lambda generation: self._store.record_upload(
+                self._server_name, media_id, user_id, content_type, upload_name, len(data),
+                sha256, self._clock.time_msec(), key_generation=generation,
+            ),
         )
         self._pregenerate(media_id, content_type, data)
         return f"mxc://{self._server_name}/{media_id}"
@@ -291,10 +302,15 @@ class MediaRepository:
         self._check_size(len(data))
         self._check_content_type(content_type)
         await self._check_quota(user_id, len(data))
-        sha256 = await self._store_bytes(data, content_type)
-        if not await self._store.record_upload(
-            server_name, media_id, user_id, content_type, upload_name, len(data), sha256, now,
-            pending=True,
+        sha256 = hashlib.sha256(data).hexdigest()
+        if not await self._store_and_reference(
+            sha256,
+            data,
+            content_type,
+            lambda generation: self._store.record_upload(
+                server_name, media_id, user_id, content_type, upload_name, len(data), sha256,
+                now, pending=True, key_generation=generation,
+            ),
         ):
             raise MatrixError(409, Codes.CANNOT_OVERWRITE_MEDIA, "Media already uploaded")
         self._pregenerate(media_id, content_type, data)
@@ -408,16 +424,14 @@ class MediaRepository:
         except ThumbnailError as e:
             raise MatrixError(400, Codes.UNKNOWN, f"Cannot thumbnail this media: {e}") from None
         key = hashlib.sha256(thumb.data).hexdigest()
-        try:
-            if not await self._provider.exists(key):
-                await self._provider.store(key, thumb.data, thumb.content_type)
-        except StorageUnavailable as e:
-            raise MatrixError(
-                504 if e.timed_out else 502, Codes.UNKNOWN, "Media storage is unavailable"
-            ) from None
-        await self._store.store_thumbnail(
-            server_name, media_id, width, height, method, animated, thumb.content_type,
-            key, len(thumb.data),
+        await self._store_and_reference(
+            key,
+            thumb.data,
+            thumb.content_type,
+            lambda generation: self._store.store_thumbnail(
+                server_name, media_id, width, height, method, animated, thumb.content_type,
+                key, len(thumb.data), generation,
+            ),
         )
         return thumb.data, thumb.content_type
 

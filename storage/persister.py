@@ -21,6 +21,12 @@ from storage.stores.events import EventStore, StoredEvent
 from storage.stores.federation_queue import FederationQueueStore
 from storage.stores.push_actions import PushActionBatch, PushActionStore
 from storage.stores.relations import forget_redacted_relation_txn, store_relation_txn
+from storage.stores.room_admin import (
+    note_current_state_change_txn,
+    refresh_if_listed_txn,
+    refresh_room_summaries_txn,
+)
+from storage.stores.search import forget_redacted_search_txn, index_event_txn
 from storage.stores.state import (
     StateKey,
     StateStore,
@@ -137,8 +143,12 @@ class EventPersister:
         state_group_ids: IdAllocator,
         backfill_ids: IdAllocator | None = None,
         push_actions: PushActionSource | None = None,
+        *,
+        server_name: str,
     ) -> None:
         self._db = db
+        # Whose members are local, for the admin room list's summary of each room.
+        self._server_name = server_name
         self._push_actions = push_actions
         self._events = events
         self._state = state
@@ -403,10 +413,14 @@ class EventPersister:
                 (event.event_id, redacts),
             )
             txn.call_after(self._events.redaction_stored, redacts, event.event_id)
+            refresh_if_listed_txn(txn, self._server_name, room_id, redacts)
             forget_redacted_relation_txn(txn, redacts, room_id)
+            forget_redacted_search_txn(txn, redacts, room_id)
         if not context.soft_failed:
-            # Hidden events relate to nothing clients can see; backfilled ones do.
+            # Hidden events relate to nothing clients can see and are never found by a
+            # search; backfilled ones are both.
             store_relation_txn(txn, event, stream_ordering)
+            index_event_txn(txn, event, stream_ordering)
         if push is not None and not context.soft_failed and not context.backfilled:
             PushActionStore.insert_txn(txn, room_id, event.event_id, stream_ordering, push)
         if context.soft_failed or context.backfilled:
@@ -450,13 +464,16 @@ class EventPersister:
                 txn, self._state, room_id, context.current_state, state_group_after,
                 groups.current, stream_ordering,
             )
+            refresh_room_summaries_txn(txn, self._server_name, [room_id])
         elif context.updates_current_state:
             txn.execute(
                 "UPDATE rooms SET current_state_group = ? WHERE room_id = ?",
                 (state_group_after, room_id),
             )
             if event.is_state:
-                _update_current_state_txn(txn, self._state, event, stream_ordering)
+                _update_current_state_txn(
+                    txn, self._state, self._server_name, event, stream_ordering
+                )
 
 
 def _stored_as_redaction(event: Event) -> str | None:
@@ -573,10 +590,18 @@ def _replace_current_state_txn(
 
 
 def _update_current_state_txn(
-    txn: Transaction, state: StateStore, event: Event, stream_ordering: int
+    txn: Transaction, state: StateStore, server_name: str, event: Event, stream_ordering: int
 ) -> None:
     assert event.state_key is not None
     membership = event.membership if event.type == "m.room.member" else None
+    replaced = txn.select_one(
+        "SELECT membership FROM current_state_events"
+        " WHERE room_id = ? AND type = ? AND state_key = ?",
+        (event.room_id, event.type, event.state_key),
+    )
+    note_current_state_change_txn(
+        txn, server_name, event, replaced[0] if replaced else None, replaced is not None
+    )
     txn.execute(
         "INSERT INTO current_state_events (room_id, type, state_key, event_id, membership)"
         " VALUES (?, ?, ?, ?, ?)"

@@ -224,6 +224,18 @@ class FederationTestCase(HomeserverTestCase):
             return []
         return [e["content"].get("body") for e in reversed(r.json["chunk"])]
 
+    async def search_bodies(self, user: FedUser, term: str) -> list[str]:
+        """The bodies of the messages a server-side search for `term` finds, newest first."""
+        r = await self.user_call(
+            user, "POST", f"{API}/search",
+            {"search_categories": {"room_events": {
+                "search_term": term, "order_by": "recent", "filter": {"limit": 100},
+            }}},
+        )
+        assert r.code == 200, r
+        results = r.json["search_categories"]["room_events"]["results"]
+        return [result["result"]["content"].get("body") for result in results]
+
     async def membership(self, user: FedUser, room_id: str, member: str) -> str | None:
         r = await self.user_call(
             user, "GET", f"{API}/rooms/{q(room_id)}/state/m.room.member/{q(member)}"

@@ -11,7 +11,7 @@ import io
 import os
 from typing import Any
 
-from twisted.internet import reactor, threads
+from twisted.internet import defer, reactor, task, threads
 
 from media_repo.providers.filesystem import FilesystemProvider
 from tests.admin_helpers import ADMIN, AdminTestCase, User, q
@@ -604,8 +604,9 @@ class DeleteMediaTests(MediaAdminTestCase):
                          [("purge_media_cache", 0), ("purge_media_cache", 1)])
 
 
-@on_both_engines
-class DeleteMediaOnS3Tests(MediaAdminTestCase):
+class OnS3(MediaAdminTestCase):
+    """A server storing media in a fresh moto S3 bucket."""
+
     async def start_server(self, **overrides: Any) -> Any:
         from tests.moto_server import moto_endpoint, new_bucket
 
@@ -628,6 +629,9 @@ class DeleteMediaOnS3Tests(MediaAdminTestCase):
                      s3_client().list_objects_v2(Bucket=self.bucket).get("Contents", [])}
         )
 
+
+@on_both_engines
+class DeleteMediaOnS3Tests(OnS3):
     async def test_delete_removes_the_objects(self):
         admin = await self.make_admin()
         alice = await self.user("alice")
@@ -642,3 +646,78 @@ class DeleteMediaOnS3Tests(MediaAdminTestCase):
         remaining = await self.bucket_keys()
         self.assertEqual(keys & remaining, set())
         self.assertEqual(remaining, set(await self.stored_keys(kept)))
+
+
+class DeleteRacingUploadTests:
+    """An admin deleting the last media item holding some contents while an identical
+    upload arrives, which finds those contents already stored (uploads share them): the
+    new item must end up with its bytes, whichever way the two interleave. Mixed into a
+    test case per engine and storage provider."""
+
+    async def assertStored(self, media_id: str, data: bytes) -> None:
+        """The media item points at stored bytes, and they are `data` (read from the
+        provider: S3 downloads are redirects to the bucket)."""
+        info = await self.hs.media_store.get_media(SERVER_NAME, media_id)
+        assert info is not None and info.sha256 is not None
+        self.assertEqual(await self.hs.media_provider.fetch(info.sha256), data)
+
+    async def test_upload_during_the_deletion_of_its_bytes_keeps_them(self):
+        """The upload arrives after the deletion chose to remove the bytes, before they
+        are gone: it must not count on them."""
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        data = os.urandom(2000)
+        old = await self.upload(alice, data, "application/octet-stream")
+        provider = self.hs.media_provider
+        delete = provider.delete
+        racing: list[defer.Deferred[str]] = []
+
+        async def delete_while_uploading(key: str) -> None:
+            racing.append(defer.ensureDeferred(
+                self.upload(alice, data, "application/octet-stream")
+            ))
+            await task.deferLater(reactor, 0.3, lambda: None)  # the upload goes as far as it can
+            await delete(key)
+
+        provider.delete = delete_while_uploading
+        await self.admin_ok(admin, "DELETE", f"/v1/media/{SERVER_NAME}/{old}")
+        provider.delete = delete
+        await self.assertStored(await racing[0], data)
+
+    async def test_deletion_between_the_uploads_check_and_its_row_keeps_the_bytes(self):
+        """The upload found the bytes stored, then the deletion removed them before the
+        upload's row was written: the upload must notice and store them again."""
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        data = os.urandom(2000)
+        old = await self.upload(alice, data, "application/octet-stream")
+        provider = self.hs.media_provider
+        exists = provider.exists
+        deleted: list[Any] = []
+
+        async def deleted_after_checking(key: str) -> bool:
+            found = await exists(key)
+            if not deleted:
+                deleted.append(
+                    await self.admin_call(admin, "DELETE", f"{ADMIN_MEDIA_PATH}/{old}")
+                )
+            return found
+
+        provider.exists = deleted_after_checking
+        new = await self.upload(alice, data, "application/octet-stream")
+        provider.exists = exists
+        self.assertEqual(deleted[0].code, 200, deleted[0])
+        await self.assertStored(new, data)
+
+
+ADMIN_MEDIA_PATH = f"/v1/media/{SERVER_NAME}"
+
+
+@on_both_engines
+class DeleteRacingUploadOnDiskTests(DeleteRacingUploadTests, MediaAdminTestCase):
+    pass
+
+
+@on_both_engines
+class DeleteRacingUploadOnS3Tests(DeleteRacingUploadTests, OnS3):
+    pass

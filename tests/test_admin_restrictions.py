@@ -73,6 +73,34 @@ class LockTests(AdminTestCase):
         r = await self.request("GET", f"{API}/account/whoami", token=other["access_token"])
         self.assertError(r, 401, "M_UNKNOWN_TOKEN")
 
+    async def test_locked_user_cannot_refresh(self):
+        """The spec: a locked account "cannot obtain a new access token until the account
+        has been unlocked"; the refresh token is kept, so the session resumes on unlock."""
+        admin = await self.make_admin()
+        await self.user("alice")
+        session = await self.login("alice", refresh_token=True)
+        await self.lock(admin, ALICE)
+        r = await self.request("POST", f"{API}/refresh",
+                               {"refresh_token": session["refresh_token"]})
+        self.assertIs(self.assertError(r, 401, "M_USER_LOCKED")["soft_logout"], True)
+        await self.lock(admin, ALICE, False)
+        r = await self.request("POST", f"{API}/refresh",
+                               {"refresh_token": session["refresh_token"]})
+        self.assertEqual(r.code, 200, r)
+        r = await self.request("GET", f"{API}/account/whoami", token=r.json["access_token"])
+        self.assertEqual(r.code, 200, r)
+
+    async def test_deactivated_user_cannot_refresh(self):
+        admin = await self.make_admin()
+        await self.user("alice")
+        session = await self.login("alice", refresh_token=True)
+        r = await self.admin_call(admin, "POST", f"/v1/deactivate/{q(ALICE)}", {})
+        self.assertEqual(r.code, 200, r)
+        r = await self.request("POST", f"{API}/refresh",
+                               {"refresh_token": session["refresh_token"]})
+        self.assertIs(self.assertError(r, 401, "M_UNKNOWN_TOKEN").get("soft_logout", False),
+                      False)
+
     async def test_lock_refusals(self):
         admin = await self.make_admin()
         other_admin = await self.make_admin("other")
@@ -193,6 +221,20 @@ class SuspensionTests(AdminTestCase):
         self.assertEqual(r.code, 200, r)
         self.assertEqual([e.action for e in await self.audit(ALICE)], ["suspend", "unsuspend"])
 
+    async def test_suspended_user_may_refresh(self):
+        """Suspended users may keep and open sessions (the spec's list of what they can
+        do includes logging in), so a refresh works and the new token is still suspended."""
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        room_id = await self.create_room(alice)
+        session = await self.login("alice", refresh_token=True)
+        await self.suspend(admin, ALICE)
+        r = await self.request("POST", f"{API}/refresh",
+                               {"refresh_token": session["refresh_token"]})
+        self.assertEqual(r.code, 200, r)
+        refreshed = User(ALICE, r.json["access_token"], session["device_id"])
+        self.assertError(await self.send(refreshed, room_id), 403, "M_USER_SUSPENDED")
+
     async def test_synapse_suspend_endpoint(self):
         admin = await self.make_admin()
         alice = await self.user("alice")
@@ -283,6 +325,37 @@ class ShadowBanTests(AdminTestCase):
         self.assertTrue(r.json["replacement_room"].startswith("!"))
         self.assertEqual(len(await self.room_events(room_id)), before)
         self.assertIsNone(await self.hs.event_store.get_room_version(r.json["replacement_room"]))
+
+    async def test_shadow_banned_retry_gets_the_same_event_id(self):
+        """A retried transaction is answered with the ID of the first attempt, as for
+        anyone else (spec: "Transaction identifiers"); a new ID would give the ban away.
+        Redactions through /redact and /send keep theirs the same way."""
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        room_id = await self.create_room(bob, preset="public_chat")
+        self.assertEqual((await self.join(alice, room_id)).code, 200)
+        own = (await self.send(alice, room_id, txn_id="before-ban")).json["event_id"]
+        await self.admin_call(admin, "POST", f"/v1/users/{q(ALICE)}/shadow_ban")
+        before = len(await self.room_events(room_id))
+
+        first = await self.send(alice, room_id, txn_id="retried")
+        second = await self.send(alice, room_id, txn_id="retried")
+        self.assertEqual(first.code, 200, first)
+        self.assertEqual(second.json["event_id"], first.json["event_id"])
+        # Another transaction ID is another event.
+        other = await self.send(alice, room_id, txn_id="another")
+        self.assertNotEqual(other.json["event_id"], first.json["event_id"])
+        redact = f"{API}/rooms/{q(room_id)}/redact/{q(own)}/r1"
+        first = await self.request("PUT", redact, {}, token=alice.token)
+        second = await self.request("PUT", redact, {}, token=alice.token)
+        self.assertEqual(first.code, 200, first)
+        self.assertEqual(second.json["event_id"], first.json["event_id"])
+        # A retry of a transaction made before the ban still names the real event.
+        self.assertEqual(
+            (await self.send(alice, room_id, txn_id="before-ban")).json["event_id"], own
+        )
+        self.assertEqual(len(await self.room_events(room_id)), before)
 
 
 @on_both_engines

@@ -211,6 +211,70 @@ class RoomListTests(RoomAdminTestCase):
         self.assertEqual((await self.list(public_rooms="false"))["total_rooms"], 2)
         self.assertEqual((await self.list(empty_rooms="true"))["total_rooms"], 0)
 
+    async def test_list_follows_names_members_and_redactions(self):
+        # The list is read from a summary row per room the persister keeps: every change
+        # of the current state clients see shows at once.
+        renamed = await self.put_state(self.alice, self.room_b, "m.room.name", {"name": "Zulu"})
+        self.assertEqual(renamed.code, 200, renamed)
+        await self.put_state(self.alice, self.room_b, "m.room.join_rules", {"join_rule": "public"})
+        self.assertEqual((await self.join(self.bob, self.room_b)).code, 200)
+        body = await self.list()
+        self.assertEqual([room["name"] for room in body["rooms"]], ["Charlie", "Zulu", "alpha"])
+        zulu = next(room for room in body["rooms"] if room["room_id"] == self.room_b)
+        self.assertEqual((zulu["joined_members"], zulu["join_rules"]), (2, "public"))
+        self.assertEqual(self.ids(await self.list(search_term="zul")), [self.room_b])
+        r = await self.request(
+            "POST", f"{API}/rooms/{q(self.room_b)}/leave", {}, token=self.bob.token
+        )
+        self.assertEqual(r.code, 200, r)
+        # A redacted name is no name: the room sorts last and is not found by it.
+        r = await self.request(
+            "PUT", f"{API}/rooms/{q(self.room_b)}/redact/{q(renamed.json['event_id'])}/t1",
+            {}, token=self.alice.token,
+        )
+        self.assertEqual(r.code, 200, r)
+        body = await self.list()
+        self.assertEqual(self.ids(body)[-1], self.room_b)
+        self.assertEqual(
+            (body["rooms"][-1]["name"], body["rooms"][-1]["joined_members"]), (None, 1)
+        )
+        self.assertEqual((await self.list(search_term="zul"))["total_rooms"], 0)
+
+    async def test_names_sort_by_code_point_and_search_ignores_case_beyond_ascii(self):
+        # The same order on both engines, whatever PostgreSQL's collation is.
+        for name in ("éclair", "Émile", "ábc"):
+            await self.create_room(self.alice, name=name)
+        body = await self.list()
+        self.assertEqual(
+            [room["name"] for room in body["rooms"]],
+            sorted(["Bravo", "alpha", "Charlie", "éclair", "Émile", "ábc"]),
+        )
+        self.assertEqual(
+            [room["name"] for room in (await self.list(search_term="ÉCLAIR"))["rooms"]],
+            ["éclair"],
+        )
+        self.assertEqual(
+            [room["name"] for room in (await self.list(search_term="%"))["rooms"]], []
+        )
+
+    async def test_names_with_nul_are_listed_and_searched(self):
+        # PostgreSQL's text cannot hold NUL: neither sending such a name nor searching for
+        # it may fail.
+        room_id = await self.create_room(self.alice, name="nul\u0000name")
+        body = await self.list(search_term="nul\u0000")
+        self.assertEqual(self.ids(body), [room_id])
+        self.assertEqual(body["rooms"][0]["name"], "nul\ufffdname")
+
+    async def test_rooms_held_before_the_summary_are_filled_in(self):
+        before = await self.list()
+        await self.hs.db.run_interaction(
+            "forget_summaries", lambda txn: txn.execute("DELETE FROM room_list_summary")
+        )
+        self.assertEqual((await self.list())["total_rooms"], 0)
+        filled = await self.hs.room_admin_store.fill_room_list_summaries(SERVER_NAME, batch=2)
+        self.assertEqual(filled, 3)
+        self.assertEqual(await self.list(), before)
+
     async def test_bad_parameters_are_refused(self):
         for params in (
             {"from": "-1"},
@@ -365,6 +429,7 @@ class DeleteRoomTests(RoomAdminTestCase):
         return row[0]
 
     async def test_delete_and_purge_leaves_nothing(self):
+        self.assertGreater(await self.count("event_search"), 0)
         r = await self.delete({})
         self.assertEqual(r.code, 200, r)
         delete_id = r.json["delete_id"]
@@ -379,7 +444,7 @@ class DeleteRoomTests(RoomAdminTestCase):
         self.assertIsNone(status["shutdown_room"]["new_room_id"])
         # No member, alias, directory entry, event or state left.
         for table in ("events", "current_state_events", "room_memberships", "room_aliases",
-                      "state_groups", "rooms", "event_forward_extremities"):
+                      "state_groups", "rooms", "event_forward_extremities", "event_search"):
             self.assertEqual(await self.count(table), 0, table)
         r = await self.request("GET", f"{API}/directory/room/{q('#doomed:' + SERVER_NAME)}")
         self.assertError(r, 404, "M_NOT_FOUND")
@@ -416,6 +481,41 @@ class DeleteRoomTests(RoomAdminTestCase):
         self.assertGreater(len(calls), 3)
         self.assertTrue(all(n <= 3 for n in calls))
         self.assertEqual(await self.count("events"), 0)
+
+    async def test_purge_rests_between_batches_on_one_connection(self):
+        # On SQLite, after each batch the purge leaves the database to other requests for as
+        # long as the batch held it.
+        store = self.hs.room_admin_store
+        original = store.purge_event_batch
+        batches = 0
+
+        async def counting(room_id: str, limit: int) -> list[str]:
+            nonlocal batches
+            batches += 1
+            return await original(room_id, 3)
+
+        self.patch(store, "purge_event_batch", counting)
+        pauses: list[float] = []
+        clock = self.hs.admin_rooms._clock
+        sleep = clock.sleep
+
+        async def recording(seconds: float) -> None:
+            pauses.append(seconds)
+            await sleep(seconds)
+
+        self.patch(clock, "sleep", recording)
+        r = await self.delete({})
+        status = await self.wait_for_delete(self.admin, r.json["delete_id"])
+        self.assertEqual(status["status"], "complete", status)
+        self.assertGreater(batches, 3)
+        if self.hs.db.engine.name == "sqlite":
+            # A rest after each batch that deleted something (all but the last, empty one
+            # of the events; state groups and other rows too).
+            self.assertGreaterEqual(len(pauses), batches - 1)
+            self.assertTrue(all(0 <= pause <= 1.0 for pause in pauses))
+        else:
+            # A pool of connections: the purge's batches run beside other requests.
+            self.assertEqual(pauses, [])
 
     async def test_delete_without_purge_and_with_block(self):
         r = await self.delete({"purge": False, "block": True})
@@ -555,6 +655,33 @@ class PurgeHistoryTests(RoomAdminTestCase):
         self.assertEqual(r.code, 200, r)
         return [e["content"]["body"] for e in r.json["chunk"] if e["type"] == "m.room.message"]
 
+    async def test_history_goes_in_batches_past_the_state_it_keeps(self):
+        # Topic changes between the messages stay; batches of two continue from where the
+        # last one stopped, past them.
+        for i in range(3):
+            await self.put_state(self.alice, self.room_id, "m.room.topic", {"topic": f"t{i}"})
+            r = await self.send(self.alice, self.room_id, {"msgtype": "m.text", "body": f"n{i}"})
+            self.event_ids.append(r.json["event_id"])
+        store = self.hs.room_admin_store
+        original = store.purge_history_batch
+        sizes: list[int] = []
+
+        async def small(room_id: str, depth: int, keep: Any, after: Any, limit: int) -> Any:
+            deleted, after = await original(room_id, depth, keep, after, 2)
+            sizes.append(len(deleted))
+            return deleted, after
+
+        self.patch(store, "purge_history_batch", small)
+        r = await self.purge(
+            {"delete_local_events": True, "purge_up_to_event_id": self.event_ids[-1]}
+        )
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(await self.wait_for_purge(r.json["purge_id"]), {"status": "complete"})
+        self.assertEqual(await self.bodies(), ["n2"])
+        self.assertEqual(sizes, [2, 2, 2, 1, 0])
+        state = await self.get_state(self.alice, self.room_id, "m.room.topic")
+        self.assertEqual(state.json, {"topic": "t2"})
+
     async def test_history_before_the_event_goes_state_stays(self):
         r = await self.purge(
             {"delete_local_events": True, "purge_up_to_event_id": self.event_ids[3]}
@@ -563,6 +690,19 @@ class PurgeHistoryTests(RoomAdminTestCase):
         status = await self.wait_for_purge(r.json["purge_id"])
         self.assertEqual(status, {"status": "complete"})
         self.assertEqual(await self.bodies(), ["m4", "m3"])
+        # The purged messages are gone from the search index too; the name (state) stays.
+        indexed = await self.hs.db.run_interaction(
+            "indexed",
+            lambda txn: txn.select_all(
+                "SELECT event_id, value FROM event_search WHERE room_id = ?", (self.room_id,)
+            ),
+        )
+        self.assertCountEqual(
+            indexed, [(self.event_ids[3], "m3"), (self.event_ids[4], "m4")] + [
+                (row[0], "Chatty") for row in indexed if row[1] == "Chatty"
+            ],
+        )
+        self.assertEqual(sum(1 for row in indexed if row[1] == "Chatty"), 1)
         r = await self.request(
             "GET", f"{API}/rooms/{q(self.room_id)}/event/{q(self.event_ids[0])}",
             token=self.alice.token,

@@ -8,7 +8,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from tests.admin_helpers import ADMIN, AdminTestCase, q
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+
+from tests.admin_helpers import ADMIN, AdminTestCase, User, q
 from tests.harness import PASSWORD, SERVER_NAME, on_both_engines
 
 API = "/_matrix/client/v3"
@@ -320,6 +323,54 @@ class UserListTests(AdminTestCase):
 
 
 @on_both_engines
+class UserListNameFilterTests(AdminTestCase):
+    """`name` matches the localpart or display name (Synapse's user_admin_api.md), never
+    the server name and its port; letters are compared case-insensitively by Unicode's
+    mapping, the same on both engines whatever PostgreSQL's locale."""
+
+    async def test_name_filter_folds_unicode_and_skips_the_server_name(self):
+        await self.start_server(server_name="Chat.Example:8448")
+        admin = await self.make_admin("root")
+        for localpart, displayname in (
+            ("emile", "Émile Zoë"),
+            ("sofia", "ΣΟΦΙΑ"),
+            ("chat", None),
+            ("plain", "Plain Person"),
+        ):
+            user = await self.user(localpart)
+            if displayname is not None:
+                r = await self.request(
+                    "PUT",
+                    f"{API}/profile/{q(user.user_id)}/displayname",
+                    {"displayname": displayname},
+                    token=user.token,
+                )
+                self.assertEqual(r.code, 200, r)
+
+        async def names(**params: Any) -> list[str]:
+            r = await self.admin_get(admin, "/v2/users", **params)
+            self.assertEqual(r.code, 200, r)
+            return sorted(u["name"] for u in r.json["users"])
+
+        def ids(*localparts: str) -> list[str]:
+            return sorted(f"@{lp}:Chat.Example:8448" for lp in localparts)
+
+        for term in ("émile", "ÉMILE", "zoë", "ZOË", "Émile zoË"):
+            self.assertEqual(await names(name=term), ids("emile"), term)
+        self.assertEqual(await names(name="σοφ"), ids("sofia"))
+        self.assertEqual(await names(name="ΣΟΦΙΑ"), ids("sofia"))
+        # The server name and port are not searched; a localpart equal to part of it is.
+        self.assertEqual(await names(name="8448"), [])
+        self.assertEqual(await names(name="example"), [])
+        self.assertEqual(await names(name=":"), [])
+        self.assertEqual(await names(name="chat"), ids("chat"))
+        self.assertEqual(await names(name="CHAT"), ids("chat"))
+        # `user_id` is about the whole ID (Synapse's "user IDs that contain this value").
+        self.assertEqual(await names(user_id="8448"), ids("root", "emile", "sofia", "chat", "plain"))
+        self.assertEqual(await names(user_id="@EMILE:chat"), ids("emile"))
+
+
+@on_both_engines
 class UserAccountTests(AdminTestCase):
     async def test_query_user(self):
         admin = await self.make_admin()
@@ -376,8 +427,11 @@ class UserAccountTests(AdminTestCase):
             ({"admin": "yes"}, 400, "M_BAD_JSON"),
             ({"user_type": "wizard"}, 400, "M_INVALID_PARAM"),
             ({"password": "x"}, 400, "M_WEAK_PASSWORD"),
-            ({"threepids": [{"medium": "email", "address": "a@example.org"}]}, 400,
+            ({"threepids": [{"medium": "email", "address": "not an address"}]}, 400,
              "M_INVALID_PARAM"),
+            ({"threepids": [{"medium": "msisdn", "address": "447700900000"}]}, 400,
+             "M_INVALID_PARAM"),
+            ({"threepids": [{"medium": "email"}]}, 400, "M_INVALID_PARAM"),
             ({"deactivated": True}, 400, "M_INVALID_PARAM"),
         ):
             r = await self.admin_call(admin, "PUT", f"/v2/users/{q(ALICE)}", body)
@@ -783,3 +837,241 @@ class LoginAsTests(AdminTestCase):
         r = await self.admin_call(admin, "POST", f"/v1/users/{q(ALICE)}/login", {})
         self.assertError(r, 403, "M_USER_DEACTIVATED")
         self.assertEqual([e.action for e in await self.audit(ALICE)], ["deactivate_user"])
+
+
+@on_both_engines
+class LastAdminRaceTests(AdminTestCase):
+    """Two admins removing each other at the same moment: both requests pass the
+    handler's early check (held back until both have made it), and the guarded write lets
+    only one through, so one active admin always remains."""
+
+    async def both_past_the_early_check(self) -> None:
+        counted: list[defer.Deferred[None]] = []
+        count_active_admins = self.hs.accounts.count_active_admins
+
+        async def counted_together() -> int:
+            result = await count_active_admins()
+            if len(counted) == 2:
+                return result
+            arrived: defer.Deferred[None] = defer.Deferred()
+            counted.append(arrived)
+            if len(counted) == 2:
+                for waiting in counted:
+                    waiting.callback(None)
+            await arrived
+            return result
+
+        self.hs.accounts.count_active_admins = counted_together  # type: ignore[method-assign]
+
+    async def race(self, first: tuple[User, str, str, Any], second: tuple[User, str, str, Any]):
+        await self.both_past_the_early_check()
+        responses = await defer.gatherResults(
+            [
+                defer.ensureDeferred(self.admin_call(admin, method, path, body))
+                for admin, method, path, body in (first, second)
+            ]
+        )
+        self.assertEqual(sorted(r.code for r in responses), [200, 400], responses)
+        refused = next(r for r in responses if r.code == 400)
+        self.assertError(refused, 400, "M_INVALID_PARAM")
+        self.assertEqual(await self.hs.accounts.count_active_admins(), 1)
+
+    async def test_concurrent_demotions_leave_an_admin(self):
+        one = await self.make_admin("one")
+        two = await self.make_admin("two")
+        await self.race(
+            (one, "PUT", f"/v2/users/{q(two.user_id)}", {"admin": False}),
+            (two, "PUT", f"/v2/users/{q(one.user_id)}", {"admin": False}),
+        )
+
+    async def test_concurrent_deactivations_leave_an_admin(self):
+        one = await self.make_admin("one")
+        two = await self.make_admin("two")
+        await self.race(
+            (one, "POST", f"/v1/deactivate/{q(two.user_id)}", {}),
+            (two, "POST", f"/v1/deactivate/{q(one.user_id)}", {}),
+        )
+        # The refused deactivation changed nothing: its target is whole.
+        survivors = [
+            u for u in (one, two) if not (await self.hs.accounts.get_account(u.user_id)).deactivated
+        ]
+        self.assertEqual(len(survivors), 1)
+        r = await self.request("GET", f"{API}/account/whoami", token=survivors[0].token)
+        self.assertEqual(r.code, 200, r)
+
+    async def test_demotion_racing_a_deactivation_leaves_an_admin(self):
+        one = await self.make_admin("one")
+        two = await self.make_admin("two")
+        await self.race(
+            (one, "PUT", f"/v2/users/{q(two.user_id)}", {"admin": False}),
+            (two, "POST", f"/v1/deactivate/{q(one.user_id)}", {}),
+        )
+
+    async def test_store_guard_holds_when_transactions_overlap(self):
+        """The store's check and write, run at once on separate connections (PostgreSQL's
+        pool has several): without row locks each would see two admins and demote."""
+        for round_ in range(10):
+            one, two = f"@one{round_}:{SERVER_NAME}", f"@two{round_}:{SERVER_NAME}"
+            for user_id in (one, two):
+                await self.user(user_id[1:].split(":")[0])
+                await self.hs.accounts.set_flag(user_id, "is_admin", True)
+            results = await defer.gatherResults(
+                [
+                    defer.ensureDeferred(self.hs.accounts.demote_admin(one)),
+                    defer.ensureDeferred(self.hs.accounts.mark_deactivated(two, False, True)),
+                ]
+            )
+            self.assertEqual(sorted(results), [False, True])
+            self.assertEqual(await self.hs.accounts.count_active_admins(), 1)
+            # Next round: the survivor steps down in favour of the new pair.
+            for user_id in (one, two):
+                await self.hs.accounts.set_flag(user_id, "is_admin", False)
+
+
+@on_both_engines
+class DeactivationResumeTests(AdminTestCase):
+    """Leaving rooms is remembered with the deactivation itself: a process that dies half
+    way through finishes the work when it starts again."""
+
+    async def test_interrupted_deactivation_is_finished_at_start_up(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        rooms = [await self.create_room(bob, preset="public_chat") for _ in range(3)]
+        for room_id in rooms:
+            self.assertEqual((await self.join(alice, room_id)).code, 200)
+        invited_to = await self.create_room(bob, invite=[ALICE])
+        # The process "dies" while leaving the second room: that leave never returns.
+        leave = self.hs.membership.leave
+        attempted: list[str] = []
+
+        async def dies_on_the_second(requester: Any, room_id: str, *args: Any) -> Any:
+            attempted.append(room_id)
+            if len(attempted) == 2:
+                await defer.Deferred()
+            return await leave(requester, room_id, *args)
+
+        self.hs.membership.leave = dies_on_the_second  # type: ignore[method-assign]
+        request = defer.ensureDeferred(
+            self.admin_call(admin, "POST", f"/v1/deactivate/{q(ALICE)}", {})
+        )
+        request.addErrback(lambda _failure: None)  # cancelled below: the client gives up
+        while len(attempted) < 2:
+            await deferLater(reactor, 0.01, lambda: None)
+        left = [r for r in rooms + [invited_to] if await self.membership_of(r, alice) == "leave"]
+        self.assertEqual(len(left), 1)
+        self.assertEqual(await self.hs.accounts.pending_deactivations(), [ALICE])
+        request.cancel()
+        await deferLater(reactor, 0.05, lambda: None)
+
+        await self.restart_server()
+        await self.hs.deactivations_resumed
+        for room_id in rooms + [invited_to]:
+            self.assertEqual(await self.membership_of(room_id, alice), "leave", room_id)
+        self.assertEqual(await self.hs.accounts.pending_deactivations(), [])
+        self.assertTrue((await self.hs.accounts.get_account(ALICE)).deactivated)
+
+    async def test_finished_deactivation_leaves_nothing_pending(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        room_id = await self.create_room(alice)
+        r = await self.request(
+            "POST",
+            f"{API}/account/deactivate",
+            {"auth": {"type": "m.login.password", "user": ALICE, "password": PASSWORD}},
+            token=alice.token,
+        )
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(await self.membership_of(room_id, alice), "leave")
+        self.assertEqual(await self.hs.accounts.pending_deactivations(), [])
+        # Reactivated by an admin: nothing of the old deactivation is left to resume.
+        r = await self.admin_call(admin, "PUT", f"/v2/users/{q(ALICE)}", {"deactivated": False, "password": "new password 1"})
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(await self.hs.accounts.pending_deactivations(), [])
+
+
+@on_both_engines
+class ErasureTests(AdminTestCase):
+    """Deactivation with `erase`: the user's events are served redacted to users who were
+    not in the room when they were sent (spec: `POST /account/deactivate`, `erase`), on
+    every read path; those who were there still see them whole."""
+
+    async def test_erased_users_events_are_redacted_for_later_joiners(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        dave = await self.user("dave")
+        room_id = await self.create_room(bob, preset="public_chat")
+        self.assertEqual((await self.join(alice, room_id)).code, 200)
+        secret = {"msgtype": "m.text", "body": "something alice regrets"}
+        event_id = (await self.send(alice, room_id, secret)).json["event_id"]
+        after_id = (await self.send(bob, room_id, {"msgtype": "m.text", "body": "later"})).json[
+            "event_id"
+        ]
+        r = await self.admin_call(admin, "POST", f"/v1/deactivate/{q(ALICE)}", {"erase": True})
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual((await self.join(dave, room_id)).code, 200)
+
+        async def seen_by(user: User) -> list[dict[str, Any]]:
+            """Alice's message as each read path gives it to `user`."""
+            base = f"{API}/rooms/{q(room_id)}"
+            found = []
+            r = await self.request("GET", f"{base}/messages?dir=b&limit=50", token=user.token)
+            found += [e for e in r.json["chunk"] if e["event_id"] == event_id]
+            r = await self.request("GET", f"{base}/event/{q(event_id)}", token=user.token)
+            found.append(r.json)
+            r = await self.request("GET", f"{base}/context/{q(event_id)}", token=user.token)
+            found.append(r.json["event"])
+            r = await self.request("GET", f"{base}/context/{q(after_id)}", token=user.token)
+            found += [e for e in r.json["events_before"] if e["event_id"] == event_id]
+            sync_filter = '{"room":{"timeline":{"limit":50}}}'
+            r = await self.request(
+                "GET", f"{API}/sync?filter={q(sync_filter)}", token=user.token
+            )
+            timeline = r.json["rooms"]["join"][room_id]["timeline"]["events"]
+            found += [e for e in timeline if e["event_id"] == event_id]
+            self.assertEqual(len(found), 5, found)
+            return found
+
+        for event in await seen_by(dave):
+            self.assertEqual(event["content"], {}, event)
+            self.assertEqual(event["sender"], ALICE)
+        for event in await seen_by(bob):
+            self.assertEqual(event["content"], secret, event)
+        # Alice's own membership events lose their display name for dave too.
+        r = await self.request(
+            "GET", f"{API}/rooms/{q(room_id)}/messages?dir=b&limit=50", token=dave.token
+        )
+        joins = [
+            e for e in r.json["chunk"]
+            if e["type"] == "m.room.member" and e["state_key"] == ALICE
+            and e["content"].get("membership") == "join"
+        ]
+        self.assertTrue(joins)
+        self.assertEqual([e["content"] for e in joins], [{"membership": "join"}] * len(joins))
+        # Search finds it only for those who may still read its words.
+        search = {"search_categories": {"room_events": {"search_term": "regrets"}}}
+        for user, found in ((dave, []), (bob, [event_id])):
+            r = await self.request("POST", f"{API}/search", search, token=user.token)
+            self.assertEqual(r.code, 200, r)
+            results = r.json["search_categories"]["room_events"]["results"]
+            self.assertEqual([hit["result"]["event_id"] for hit in results], found, user)
+        # The profile is gone.
+        r = await self.admin_get(admin, f"/v2/users/{q(ALICE)}")
+        self.assertIsNone(r.json["displayname"])
+        self.assertIsNone(r.json["avatar_url"])
+
+    async def test_without_erase_later_joiners_see_everything(self):
+        admin = await self.make_admin()
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        dave = await self.user("dave")
+        room_id = await self.create_room(bob, preset="public_chat")
+        await self.join(alice, room_id)
+        event_id = (await self.send(alice, room_id)).json["event_id"]
+        await self.admin_call(admin, "POST", f"/v1/deactivate/{q(ALICE)}", {})
+        await self.join(dave, room_id)
+        r = await self.request(
+            "GET", f"{API}/rooms/{q(room_id)}/event/{q(event_id)}", token=dave.token
+        )
+        self.assertEqual(r.json["content"]["body"], "hello")

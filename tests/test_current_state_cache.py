@@ -157,7 +157,7 @@ class CurrentStateCacheTests(CacheTestCase):
 
         def fails(txn):
             # As the persister would write a topic, then the transaction fails.
-            _update_current_state_txn(txn, store, old_topic, 0)
+            _update_current_state_txn(txn, store, self.hs.server_name, old_topic, 0)
             raise RuntimeError("rolled back")
 
         with self.assertRaises(RuntimeError):

@@ -58,11 +58,13 @@ class TwoHeddles(FederationTestCase):
         r = await self.user_call(alice, "POST", f"{API}/join/{q('#lobby:' + b.server_name)}", {})
         self.assertEqual(r.code, 200, r)
         self.assertEqual(r.json["room_id"], room_id)
-        await self.send_text(alice, room_id, "from A", "x1")
+        await self.send_text(alice, room_id, "greetings from A", "x1")
         await self.wait_for(
-            lambda: self._contains(self.timeline_bodies(bob, room_id), "from A"),
+            lambda: self._contains(self.timeline_bodies(bob, room_id), "greetings from A"),
             what="A's message on B",
         )
+        # B indexed the event it received for search.
+        self.assertEqual(await self.search_bodies(bob, "greetings"), ["greetings from A"])
 
     @ensure_deferred
     async def test_invite_and_leave(self):
@@ -116,6 +118,9 @@ class TwoHeddles(FederationTestCase):
         # B holds only the state and the join; scrolling back fetches the rest from A.
         bodies = await self.timeline_bodies(bob, room_id)
         self.assertEqual(bodies, [f"old {i}" for i in range(15)])
+        # What was backfilled is found by a search on B.
+        found = await self.search_bodies(bob, "old")
+        self.assertCountEqual(found, [f"old {i}" for i in range(15)])
 
     @ensure_deferred
     async def test_outliers_after_a_restart(self):

@@ -489,7 +489,10 @@ class RemoteLookupTests(FederationReadsCase):
         path = f"{API}/profile/{q('@bob:remote.example')}"
         r = await self.request("GET", path)
         self.assertEqual(r.code, 200, r)
-        self.assertEqual(r.json, {"displayname": "Bob", "avatar_url": "mxc://remote.example/b"})
+        # Extended fields (spec v1.16) come through as the remote server gave them.
+        self.assertEqual(
+            r.json, {"displayname": "Bob", "avatar_url": "mxc://remote.example/b", "m.tz": "x"}
+        )
         r = await self.request("GET", f"{path}/displayname")
         self.assertEqual(r.json, {"displayname": "Bob"})
         self.assertEqual(

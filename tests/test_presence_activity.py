@@ -165,10 +165,6 @@ class SilentActivityIsWritten(WakesTestCase):
         self.assertEqual(loaded[self.alice.user_id].last_active_ts, start + 10_000)
         self.assertEqual(presence.current_position, position)
 
-    async def restart(self) -> None:
-        """Stop the server and start another on the same database."""
-        await self.restart_server()
-
     async def test_last_active_time_is_written_when_the_server_stops(self):
         presence, clock = self.hs.presence, self.hs.clock
         start = clock.time_msec() - 100_000
@@ -177,7 +173,7 @@ class SilentActivityIsWritten(WakesTestCase):
         # Active again 90 seconds later (10 seconds ago): nobody told, nothing written yet.
         self.patch(clock, "time_msec", lambda: start + 90_000)
         await presence.bump_active(self.alice.user_id)
-        await self.restart()
+        await self.restart_server()
         r = await self.get_presence(self.bob, self.alice)
         self.assertEqual(r.code, 200, r)
         self.assertLess(r.json["last_active_ago"], 60_000)

@@ -699,6 +699,21 @@ class PostgresConcurrencyTests(DatabaseCase, unittest.TestCase):
         new_pid = await db.run_interaction("test_pid", backend_pid)
         self.assertNotEqual(new_pid, pid)
 
+    async def test_case_folding_works_without_icu(self) -> None:
+        """A PostgreSQL built without ICU has no "und-x-icu" collation: case-insensitive
+        matching falls back to LOWER() instead of failing every query that folds case."""
+        engine = PostgresEngine(self.url, max_connections=1)
+        db = self.make_database(self.url, engine)
+
+        def folded(txn: Transaction) -> str:
+            return str(txn.select_one(f"SELECT {engine.fold_case('?')}", ("ÉMILE ZOË",))[0])
+
+        # This machine's PostgreSQL has ICU: the whole of Unicode is folded.
+        self.assertEqual(await db.run_interaction("test_fold", folded), "émile zoë")
+        engine._has_icu = False  # as found on a server without ICU
+        self.assertNotIn("COLLATE", engine.fold_case("x"))
+        self.assertEqual((await db.run_interaction("test_fold", folded)).lower(), "émile zoë")
+
 
 # ----- stores --------------------------------------------------------------------------------
 
@@ -1082,14 +1097,16 @@ class TokenStoreTests(TokenFixtures):
         await self.start_session()
         await self.tokens.add_access_token("other", ALICE, "D2", 1, None, "refx", "hashx", 5000)
         await self.tokens.rotate_refresh_token("hash0", 10, new_tokens(1))
-        await self.tokens.mark_access_token_used("acc1", "ref1")
+        # The access token issued with the retired refresh token goes with it.
+        self.assertEqual(await self.tokens.mark_access_token_used("acc1", "ref1"), ["acc0"])
         self.assertIs((await self.tokens.get_access_token("acc1")).used, True)
+        self.assertIsNone(await self.tokens.get_access_token("acc0"))
 
         # Presenting the retired token again means it leaked: the device session is revoked.
         result = await self.tokens.rotate_refresh_token("hash0", 20, new_tokens(2))
         self.assertEqual(result.outcome, RefreshOutcome.REUSED)
         self.assertEqual((result.user_id, result.device_id), (ALICE, "D1"))
-        self.assertEqual(sorted(result.revoked_access_token_ids), ["acc0", "acc1"])
+        self.assertEqual(sorted(result.revoked_access_token_ids), ["acc1"])
         self.assertEqual(await self.access_token_ids(ALICE, "D1"), set())
         self.assertEqual(await self.refresh_token_ids(ALICE, "D1"), set())
         self.assertIsNone(await self.tokens.get_access_token("acc2"))
@@ -1104,12 +1121,13 @@ class TokenStoreTests(TokenFixtures):
         await self.tokens.rotate_refresh_token("hash0", 10, new_tokens(1))
         result = await self.tokens.rotate_refresh_token("hash1", 20, new_tokens(2))
         self.assertEqual(result.outcome, RefreshOutcome.ROTATED)
-        self.assertEqual(result.revoked_access_token_ids, [])
+        # The first pair's access token is retired with its refresh token.
+        self.assertEqual(result.revoked_access_token_ids, ["acc0"])
         self.assertIsNotNone(await self.tokens.get_access_token("acc1"))
 
         result = await self.tokens.rotate_refresh_token("hash0", 30, new_tokens(3))
         self.assertEqual(result.outcome, RefreshOutcome.REUSED)
-        self.assertEqual(sorted(result.revoked_access_token_ids), ["acc0", "acc1", "acc2"])
+        self.assertEqual(sorted(result.revoked_access_token_ids), ["acc1", "acc2"])
         self.assertEqual(await self.access_token_ids(ALICE, "D1"), set())
         self.assertIsNone(await self.tokens.get_access_token("acc3"))
 

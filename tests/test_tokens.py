@@ -381,15 +381,30 @@ class RefreshTokenTests(TokenAssertions, HomeserverTestCase):
         )
         self.assertError(r, 400, "M_BAD_JSON")
 
-    async def test_old_access_token_after_refresh(self):
-        # Spec lets the server keep or drop the old access token; either way the new one works.
+    async def test_old_access_token_valid_until_new_tokens_are_used(self):
+        """Like the old refresh token, the old access token keeps working until the client
+        shows it has the new pair (a client that lost the response must not be left with
+        nothing); once the new access token is used, the old one is revoked."""
+        await self.register("alice")
+        session = await self.login("alice", refresh_token=True)
+        # Validated (and cached) before the refresh: the revocation must still apply.
+        await self.assertTokenWorks(session["access_token"], "@alice:test.heddle")
+        new = await self.refresh_ok(session["refresh_token"])
+        await self.assertTokenWorks(session["access_token"], "@alice:test.heddle")
+        await self.assertTokenWorks(new["access_token"], "@alice:test.heddle", session["device_id"])
+        await self.assertTokenRevoked(session["access_token"])
+        await self.assertTokenWorks(new["access_token"], "@alice:test.heddle")
+
+    async def test_old_access_token_revoked_when_new_refresh_token_is_used(self):
         await self.register("alice")
         session = await self.login("alice", refresh_token=True)
         new = await self.refresh_ok(session["refresh_token"])
-        await self.assertTokenWorks(new["access_token"], "@alice:test.heddle", session["device_id"])
-        old = await self.whoami(session["access_token"])
-        if old.code != 200:
-            self.assertError(old, 401, "M_UNKNOWN_TOKEN")
+        newer = await self.refresh_ok(new["refresh_token"])
+        await self.assertTokenRevoked(session["access_token"])
+        # The middle pair is the newest one's predecessor: it lives until that is used.
+        await self.assertTokenWorks(new["access_token"], "@alice:test.heddle")
+        await self.assertTokenWorks(newer["access_token"], "@alice:test.heddle")
+        await self.assertTokenRevoked(new["access_token"])
 
     async def test_refresh_repeatable_until_new_tokens_are_used(self):
         """The old refresh token stays valid until the new access or refresh token is used,

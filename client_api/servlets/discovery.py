@@ -56,6 +56,27 @@ class ServerWellKnownServlet:
         return 200, {"m.server": config.federation_address or f"{config.server_name}:8448"}
 
 
+class SupportWellKnownServlet:
+    """Who runs this server (spec: GET /.well-known/matrix/support), from `support` in the
+    config; 404 when it names nobody and no page, as the spec's "no support information"."""
+
+    PATTERNS = [re.compile(r"^/\.well-known/matrix/support$")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
+        support = self._hs.config.support
+        if not support.contacts and support.support_page is None:
+            raise MatrixError(404, Codes.NOT_FOUND, "No support information is configured")
+        body: dict[str, Any] = {}
+        if support.contacts:
+            body["contacts"] = [c.model_dump(exclude_none=True) for c in support.contacts]
+        if support.support_page is not None:
+            body["support_page"] = support.support_page
+        return 200, body
+
+
 class CapabilitiesServlet:
     PATTERNS = [client_path("/capabilities")]
 
@@ -68,7 +89,9 @@ class CapabilitiesServlet:
             "m.change_password": {"enabled": True},
             "m.set_displayname": {"enabled": True},
             "m.set_avatar_url": {"enabled": True},
-            "m.3pid_changes": {"enabled": False},
+            # Every field may be set (within the spec's size limits).
+            "m.profile_fields": {"enabled": True},
+            "m.3pid_changes": {"enabled": self._hs.config.email.enabled},
             "m.get_login_token": {"enabled": self._hs.login_tokens.enabled},
             "m.room_versions": {
                 "default": self._hs.config.rooms.default_room_version,

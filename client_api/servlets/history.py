@@ -9,6 +9,7 @@ from client_api.http import (
     HeddleRequest,
     client_path,
     parse_int_query,
+    parse_timestamp_lookup,
     query_string,
     require_query_string,
 )
@@ -77,3 +78,18 @@ class EventServlet:
     async def on_GET(self, request: HeddleRequest, room_id: str, event_id: str) -> tuple[int, Any]:
         requester = await require_user(self._hs, request, allow_guest=True)
         return 200, await self._hs.messages.get_event(requester, room_id, event_id)
+
+
+class TimestampToEventServlet:
+    PATTERNS = [client_path("/rooms/(?P<room_id>[^/]+)/timestamp_to_event", versions="v1")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
+        requester = await require_user(self._hs, request)
+        ts, forwards = parse_timestamp_lookup(request)
+        found = await self._hs.timestamp_lookup.closest_for_user(
+            requester.user_id, room_id, ts, forwards
+        )
+        return 200, found.to_json()

@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from client_api.auth import require_user
-from client_api.http import HeddleRequest, client_path, parse_json_object
+from client_api.http import (
+    HeddleRequest,
+    client_path,
+    parse_json_object,
+    query_string,
+    require_query_string,
+)
 from client_api.validation import RequestBody, parse_body
 from homeserver.errors import Codes, MatrixError
 from homeserver.identifiers import check_room_id
@@ -34,7 +40,7 @@ def _check_no_third_party(body: JoinBody) -> None:
         raise MatrixError(403, Codes.FORBIDDEN, "Third-party invites are not supported")
 
 
-def _via(request: HeddleRequest) -> list[str]:
+def via_servers(request: HeddleRequest) -> list[str]:
     """Servers to join or knock through: `via`, or the older `server_name` parameter."""
     args = request.args or {}
     values = args.get(b"via") or args.get(b"server_name") or []
@@ -69,7 +75,7 @@ class JoinServlet:
         body = parse_body(parse_json_object(request), JoinBody)
         _check_no_third_party(body)
         room_id = await self._hs.membership.join(
-            requester, room_id_or_alias, body.reason, via=_via(request)
+            requester, room_id_or_alias, body.reason, via=via_servers(request)
         )
         return 200, {"room_id": room_id}
 
@@ -84,7 +90,7 @@ class KnockServlet:
         requester = await require_user(self._hs, request)
         body = parse_body(parse_json_object(request), ReasonBody)
         room_id = await self._hs.membership.knock(
-            requester, room_id_or_alias, body.reason, via=_via(request)
+            requester, room_id_or_alias, body.reason, via=via_servers(request)
         )
         return 200, {"room_id": room_id}
 
@@ -165,3 +171,22 @@ class JoinedRoomsServlet:
     async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
         requester = await require_user(self._hs, request)
         return 200, {"joined_rooms": await self._hs.membership.joined_rooms(requester.user_id)}
+
+
+class MutualRoomsServlet:
+    PATTERNS = [client_path("/mutual_rooms", versions="v1")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
+        requester = await require_user(self._hs, request)
+        assert request.args is not None
+        for name in (b"user_id", b"from"):
+            if len(request.args.get(name, ())) > 1:
+                raise MatrixError(
+                    400, Codes.INVALID_PARAM, f"Query parameter {name.decode()!r} given twice"
+                )
+        user_id = require_query_string(request, "user_id")
+        from_token = query_string(request, "from")
+        return 200, await self._hs.mutual_rooms.mutual_rooms(requester, user_id, from_token)

@@ -16,9 +16,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from client_api.http import HeddleRequest, parse_int_query, require_query_string
+from client_api.http import (
+    HeddleRequest,
+    parse_int_query,
+    parse_timestamp_lookup,
+    require_query_string,
+)
 from client_api.validation import RequestBody, parse_body
 from federation.acl import check_server_acl
+from federation.timestamp_lookup import no_event_found
 from federation.transport.auth import authenticate_request, federation_json_body_and_origin
 from federation.transport.routes import federation_path
 from federation.visibility import pdus_for_server
@@ -244,3 +250,22 @@ class GetMissingEventsServlet:
             key=lambda s: (s.topological_ordering, s.stream_ordering),
         )
         return 200, {"events": await pdus_for_server(self._hs, origin, events)}
+
+
+class TimestampToEventServlet:
+    """GET /_matrix/federation/v1/timestamp_to_event/{roomId}?ts=&dir=: the closest event we
+    hold (never asking further: the asking server does that), 404 M_NOT_FOUND for none."""
+
+    PATTERNS = [federation_path(f"/timestamp_to_event/{_ROOM}")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
+        origin = await _authenticate(self._hs, request)
+        ts, forwards = parse_timestamp_lookup(request)
+        await _check_room_access(self._hs, room_id, origin)
+        found = await self._hs.timestamp_lookup.local_closest(room_id, ts, forwards)
+        if found is None:
+            raise no_event_found(ts, forwards)
+        return 200, found.to_json()

@@ -4,31 +4,38 @@ All X-Matrix authenticated.
 
 - `query/profile`: 400 M_INVALID_PARAM for a user of another server, 404 M_NOT_FOUND for an
   unknown user or a `field` we do not have (the spec's 404 "the queried field does not
-  exist"); fields that are not set are left out.
+  exist"); fields that are not set are left out. Every field is answered, the extended ones
+  (`m.tz`, custom keys) included.
 - `query/directory`: 404 M_NOT_FOUND unless the alias is ours and points somewhere.
 - `query/{type}` of any other type: 404 M_UNRECOGNIZED.
 - `publicRooms`: the same pages as the client API's /publicRooms (no third-party networks,
   so `include_all_networks` changes nothing).
+- `hierarchy/{roomId}`: a space we are in and its children, as the requesting server may
+  see them (`homeserver/rooms/spaces.py`); 404 M_NOT_FOUND otherwise.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from client_api.http import HeddleRequest, parse_int_query, query_string, require_query_string
+from client_api.http import (
+    HeddleRequest,
+    parse_bool_query,
+    parse_int_query,
+    query_string,
+    require_query_string,
+)
 from client_api.servlets.directory import PublicRoomsBody
 from client_api.validation import parse_body
 from federation.transport.auth import authenticate_request, federation_json_body_and_origin
 from federation.transport.routes import federation_path
 from homeserver.errors import Codes, MatrixError
 from homeserver.identifiers import split_room_alias, split_user_id
+from homeserver.profile import profile_json
 from homeserver.rooms.directory import PublicRoomsQuery
 
 if TYPE_CHECKING:
     from homeserver.app import HomeServer
-
-PROFILE_FIELDS = ("displayname", "avatar_url")
-
 
 class QueryProfileServlet:
     """GET /_matrix/federation/v1/query/profile?user_id=&field="""
@@ -45,12 +52,12 @@ class QueryProfileServlet:
         _, server = split_user_id(user_id)
         if server != self._hs.server_name:
             raise MatrixError(400, Codes.INVALID_PARAM, f"{user_id} is not a user of this server")
-        if field is not None and field not in PROFILE_FIELDS:
+        values = profile_json(await self._hs.profiles.get_full_profile(user_id))
+        if field is None:
+            return 200, values
+        if field not in values:
             raise MatrixError(404, Codes.NOT_FOUND, f"No profile field {field[:100]!r}")
-        profile = await self._hs.profiles.get_local_profile(user_id)
-        values = {"displayname": profile.displayname, "avatar_url": profile.avatar_url}
-        wanted = [field] if field is not None else PROFILE_FIELDS
-        return 200, {key: values[key] for key in wanted if values[key] is not None}
+        return 200, {field: values[field]}
 
 
 class QueryDirectoryServlet:
@@ -127,3 +134,17 @@ class FederationPublicRoomsServlet:
             ),
         )
         return 200, await self._hs.room_list.get_public_rooms(None, query)
+
+
+class FederationSpaceHierarchyServlet:
+    """GET /_matrix/federation/v1/hierarchy/{roomId}?suggested_only="""
+
+    PATTERNS = [federation_path("/hierarchy/(?P<room_id>[^/]+)")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
+        origin = await authenticate_request(self._hs, request, None)
+        suggested_only = parse_bool_query(request, "suggested_only") or False
+        return 200, await self._hs.spaces.get_federation_hierarchy(origin, room_id, suggested_only)

@@ -43,6 +43,7 @@ def federation_servlets() -> list[Any]:
         GetMissingEventsServlet,
         StateIdsServlet,
         StateServlet,
+        TimestampToEventServlet,
     )
     from federation.transport.keys import (
         BulkQueryServerKeysServlet,
@@ -56,8 +57,10 @@ def federation_servlets() -> list[Any]:
         SendMembershipServlet,
         SendTransactionServlet,
     )
+    from federation.transport.openid import OpenIdUserInfoServlet
     from federation.transport.queries import (
         FederationPublicRoomsServlet,
+        FederationSpaceHierarchyServlet,
         QueryDirectoryServlet,
         QueryProfileServlet,
         QueryServlet,
@@ -81,6 +84,7 @@ def federation_servlets() -> list[Any]:
         # After the specific query types: it answers every other one.
         QueryServlet,
         FederationPublicRoomsServlet,
+        FederationSpaceHierarchyServlet,
         SendTransactionServlet,
         MakeMembershipServlet,
         SendMembershipServlet,
@@ -90,6 +94,8 @@ def federation_servlets() -> list[Any]:
         UserKeysQueryServlet,
         UserKeysClaimServlet,
         UserDevicesServlet,
+        OpenIdUserInfoServlet,
+        TimestampToEventServlet,
     ]
 
 

@@ -227,11 +227,16 @@ class AdminMediaHandler:
         if not media:
             return []
         result = await self._store.delete_media(media)
-        for key in result.orphaned_keys:
-            try:
-                await self._provider.delete(key)
-            except StorageUnavailable as e:
-                logger.warning("media storage: could not delete %s: %s", key, e)
+        try:
+            for key in result.orphaned_keys:
+                try:
+                    await self._provider.delete(key)
+                except StorageUnavailable as e:
+                    logger.warning("media storage: could not delete %s: %s", key, e)
+        finally:
+            # Uploads of the same contents waiting on these deletions store them anew.
+            if result.orphaned_keys:
+                await self._store.finish_storage_key_deletions(result.orphaned_keys)
         logger.info("deleted %d media items, %d stored objects", len(result.media_ids),
                     len(result.orphaned_keys))
         return result.media_ids

@@ -13,7 +13,7 @@ known). Changes are recorded in the audit log after they succeeded.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,13 +28,8 @@ from homeserver.events.auth import INFINITE_POWER, required_power_level, user_po
 from homeserver.events.serialize import EventSerializer
 from homeserver.events.types import (
     AVATAR,
-    CANONICAL_ALIAS,
     CREATE,
-    ENCRYPTION,
-    GUEST_ACCESS,
-    HISTORY_VISIBILITY,
     JOIN_RULES,
-    NAME,
     POWER_LEVELS,
     TOMBSTONE,
     TOPIC,
@@ -51,13 +46,20 @@ from storage.stores.admin_tasks import AdminTask, TaskQuery
 from storage.stores.aliases import AliasStore
 from storage.stores.directory import RoomDirectoryStore
 from storage.stores.events import EventStore
-from storage.stores.room_admin import RoomAdminStore, RoomFigures
+from storage.stores.room_admin import (
+    PURGE_BATCH,
+    PURGE_EVENT_BATCH,
+    HistoryPosition,
+    RoomAdminStore,
+    RoomFigures,
+    RoomListFilter,
+)
 from storage.stores.rooms import RoomStore
 from storage.stores.state import StateStore
 
 logger = logging.getLogger(__name__)
 
-# order_by -> (what to sort on, whether `dir=f` is largest first), as Synapse's list.
+# order_by -> (the store's sort key, whether `dir=f` is largest first), as Synapse's list.
 ORDER_BY: dict[str, tuple[str, bool]] = {
     "name": ("name", False),
     "alphabetical": ("name", False),
@@ -81,6 +83,8 @@ DEFAULT_NEW_ROOM_MESSAGE = (
     "Sharing illegal content on this server is not permitted and rooms in violation will be"
     " blocked."
 )
+# The longest a purge rests between two batches (it rests as long as the last one took).
+MAX_PURGE_PAUSE_S = 1.0
 # A requester for users the server acts for: no rate limit applies to what an admin does.
 _NO_LIMIT = RatelimitOverride(0, 0)
 
@@ -187,7 +191,7 @@ class AdminRoomsHandler:
 
     async def _require_figures(self, room_id: str) -> RoomFigures:
         check_room_id(room_id)
-        figures = await self._store.room_figures(self._server_name, room_id)
+        figures = await self._store.room_figures(room_id)
         if figures is None:
             raise MatrixError(404, Codes.NOT_FOUND, "Room not found")
         return figures
@@ -195,47 +199,34 @@ class AdminRoomsHandler:
     async def require_room(self, room_id: str) -> None:
         await self._require_figures(room_id)
 
-    async def _describe(self, rooms: list[RoomFigures]) -> list[dict[str, Any]]:
-        ids = [eid for figures in rooms for eid in figures.state_ids.values()]
-        contents = await self._contents.contents_of(ids)
-        return [_describe(figures, contents) for figures in rooms]
-
     # ----- reading -----------------------------------------------------------------------
 
     async def list_rooms(
         self, query: RoomQuery, offset: int, limit: int
     ) -> tuple[list[dict[str, Any]], int]:
-        """One page of the room list and how many rooms the query matches in all. Sorted
-        in memory from a summary of every room: an admin's occasional read, not a hot path."""
-        described = await self._describe(await self._store.all_room_figures(self._server_name))
-        matching = [room for room in described if _matches(room, query)]
-        column, largest_first = ORDER_BY[query.order_by]
-        descending = largest_first != query.backwards
-        # Rooms without the value last either way, ties by room ID, as a stable order.
-        matching.sort(key=lambda room: room["room_id"])
-        present = [room for room in matching if room.get(column) is not None]
-        absent = [room for room in matching if room.get(column) is None]
-        present.sort(key=lambda room: room[column], reverse=descending)
-        ordered = present + absent
-        return ordered[offset : offset + limit], len(ordered)
+        """One page of the room list and how many rooms the query matches in all, filtered,
+        sorted and paged by the database from its summary of each room."""
+        sort_key, largest_first = ORDER_BY[query.order_by]
+        rooms, total = await self._store.list_rooms(
+            RoomListFilter(query.search_term, query.public_rooms, query.empty_rooms),
+            sort_key,
+            largest_first != query.backwards,
+            offset,
+            limit,
+        )
+        return [_describe(room) for room in rooms], total
 
     async def room_details(self, room_id: str) -> dict[str, Any]:
-        figures = await self._require_figures(room_id)
-        (details,) = await self._describe([figures])
-        contents = await self._contents.contents_of(list(figures.state_ids.values()))
-
-        def content(event_type: str) -> Mapping[str, Any]:
-            event_id = figures.state_ids.get(event_type)
-            return contents.get(event_id, {}) if event_id is not None else {}
-
-        tombstone = content(TOMBSTONE)
+        details = _describe(await self._require_figures(room_id))
+        contents = await self._contents.current_contents(room_id, (TOPIC, AVATAR, TOMBSTONE))
+        tombstone = contents.get(TOMBSTONE, {})
         replacement = tombstone.get("replacement_room")
         details.update(
-            topic=_text(content(TOPIC).get("topic")),
-            avatar=_text(content(AVATAR).get("url")),
+            topic=_text(contents.get(TOPIC, {}).get("topic")),
+            avatar=_text(contents.get(AVATAR, {}).get("url")),
             joined_local_devices=await self._store.local_devices_in_room(room_id),
             forgotten=await self._store.forgotten_by_all_local_users(self._server_name, room_id),
-            tombstoned=TOMBSTONE in figures.state_ids,
+            tombstoned=TOMBSTONE in contents,
             replacement_room=replacement if isinstance(replacement, str) else None,
         )
         return details
@@ -528,8 +519,13 @@ class AdminRoomsHandler:
     ) -> None:
         keep = None if delete_local_events else self._server_name
 
+        after: HistoryPosition | None = None
+
         async def batch() -> int:
-            purged = await self._store.purge_history_batch(room_id, depth, keep)
+            nonlocal after
+            purged, after = await self._store.purge_history_batch(
+                room_id, depth, keep, after, self._purge_event_batch
+            )
             self._events.forget_room(room_id, purged)
             return len(purged)
 
@@ -550,7 +546,15 @@ class AdminRoomsHandler:
             done = await batch()
             if not done:
                 return
-            await self._tasks.progress(task_id, done, self._clock.time_msec() - started)
+            took_ms = self._clock.time_msec() - started
+            await self._tasks.progress(task_id, done, took_ms)
+            if self._store.one_connection:
+                # On a database of one connection (SQLite), every other request waits for
+                # the batch's transaction: leave it to them for as long as the batch held
+                # it, so a purge takes at most half of it and a request arriving meanwhile
+                # waits for one short batch, not for a run of them. (With a pool, as on
+                # PostgreSQL, they run beside the purge: resting would only make it longer.)
+                await self._clock.sleep(min(took_ms / 1000, MAX_PURGE_PAUSE_S))
 
     async def _run_delete(
         self, admin: Requester, task: DeleteTask, params: DeleteParams
@@ -663,7 +667,7 @@ class AdminRoomsHandler:
         purged: list[str] = []
 
         async def events() -> int:
-            batch = await self._store.purge_event_batch(room_id)
+            batch = await self._store.purge_event_batch(room_id, self._purge_event_batch)
             purged.extend(batch)
             return len(batch)
 
@@ -673,6 +677,13 @@ class AdminRoomsHandler:
         self._events.forget_room(room_id, purged)
         # Other processes drop their copy of the room's current state too.
         self._state.current_state_replaced(room_id)
+
+
+    @property
+    def _purge_event_batch(self) -> int:
+        """Events per purge transaction: few on a database of one connection (SQLite),
+        where every other request waits for it; more with a pool, where none does."""
+        return PURGE_EVENT_BATCH if self._store.one_connection else PURGE_BATCH
 
 
 def _acting_as(user_id: str) -> Requester:
@@ -685,45 +696,21 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _describe(figures: RoomFigures, contents: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    def content(event_type: str) -> Mapping[str, Any]:
-        event_id = figures.state_ids.get(event_type)
-        return contents.get(event_id, {}) if event_id is not None else {}
-
-    create = content(CREATE)
-    federate = create.get("m.federate", True)
-    room_type = create.get("type")
+def _describe(figures: RoomFigures) -> dict[str, Any]:
     return {
         "room_id": figures.room_id,
-        "name": _text(content(NAME).get("name")),
-        "canonical_alias": _text(content(CANONICAL_ALIAS).get("alias")),
+        "name": figures.name,
+        "canonical_alias": figures.canonical_alias,
         "joined_members": figures.joined_members,
         "joined_local_members": figures.joined_local_members,
         "version": figures.room_version,
         "creator": figures.creator,
-        "encryption": _text(content(ENCRYPTION).get("algorithm")),
-        "federatable": federate if isinstance(federate, bool) else True,
+        "encryption": figures.encryption,
+        "federatable": figures.federatable,
         "public": figures.is_public,
-        "join_rules": _text(content(JOIN_RULES).get("join_rule")),
-        "guest_access": _text(content(GUEST_ACCESS).get("guest_access")),
-        "history_visibility": _text(content(HISTORY_VISIBILITY).get("history_visibility")),
+        "join_rules": figures.join_rules,
+        "guest_access": figures.guest_access,
+        "history_visibility": figures.history_visibility,
         "state_events": figures.state_events,
-        "room_type": _text(room_type),
+        "room_type": figures.room_type,
     }
-
-
-def _matches(room: dict[str, Any], query: RoomQuery) -> bool:
-    if query.public_rooms is not None and room["public"] != query.public_rooms:
-        return False
-    if query.empty_rooms is not None and (room["joined_members"] == 0) != query.empty_rooms:
-        return False
-    term = query.search_term
-    if not term:
-        return True
-    lowered = term.lower()
-    name = room["name"] or ""
-    alias = room["canonical_alias"] or ""
-    alias_localpart = alias[1:].split(":", 1)[0]
-    # The name and the alias's localpart ignore case; the room ID does not (as Synapse).
-    return lowered in name.lower() or lowered in alias_localpart.lower() or term in room["room_id"]
-

@@ -27,6 +27,7 @@ from homeserver.identifiers import split_user_id
 from homeserver.profile import ProfileHandler, check_avatar_url, check_displayname
 from homeserver.push.pushers import serialize_pusher
 from homeserver.rooms.deactivation import AccountDeactivation
+from homeserver.threepids.bindings import ThreepidBindings
 from storage.stores.accounts import Account, AccountStore, RatelimitOverride
 from storage.stores.devices import Device
 from storage.stores.profiles import Profile, ProfileStore
@@ -54,6 +55,7 @@ class UserDetails:
     account: Account
     profile: Profile | None
     last_seen_ts: int | None
+    threepids: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,12 @@ class UserChanges:
     # Whether `user_type` was given at all (None then clears it).
     user_type_given: bool = False
     user_type: str | None = None
+    # (medium, address) pairs that become the account's whole set of bound addresses.
+    threepids: list[tuple[str, str]] | None = None
+
+
+def _last_admin(what: str) -> MatrixError:
+    return MatrixError(400, Codes.INVALID_PARAM, f"Cannot {what} the last server admin")
 
 
 class AdminUsersHandler:
@@ -90,6 +98,7 @@ class AdminUsersHandler:
         profile: ProfileHandler,
         deactivation: AccountDeactivation,
         audit: AdminAudit,
+        threepids: ThreepidBindings,
     ) -> None:
         self._server_name = server_name
         self._clock = clock
@@ -105,6 +114,7 @@ class AdminUsersHandler:
         self._profile = profile
         self._deactivation = deactivation
         self._audit = audit
+        self._threepids = threepids
 
     # ----- looking users up -------------------------------------------------------------
 
@@ -145,7 +155,10 @@ class AdminUsersHandler:
         devices = await self._devices.get_devices(account.user_id)
         seen = [d.last_seen_ts for d in devices if d.last_seen_ts is not None]
         return UserDetails(
-            account, await self._profiles.get_profile(account.user_id), max(seen, default=None)
+            account,
+            await self._profiles.get_profile(account.user_id),
+            max(seen, default=None),
+            await self._threepids.list_for_user(account.user_id),
         )
 
     # ----- creating and changing accounts -------------------------------------------------
@@ -174,6 +187,7 @@ class AdminUsersHandler:
         if changes.deactivated:
             raise MatrixError(400, Codes.INVALID_PARAM, "A new account cannot be deactivated")
         self._check_values(changes)
+        threepids = await self._checked_threepids(user_id, changes)
         localpart, _ = split_user_id(user_id)
         await self._registration.register(
             localpart,
@@ -187,6 +201,8 @@ class AdminUsersHandler:
             await self._accounts.set_user_type(user_id, changes.user_type)
         if changes.locked:
             await self._accounts.set_flag(user_id, "locked", True)
+        if threepids is not None:
+            await self._threepids.replace(user_id, threepids)
         await self._audit.record(
             admin.user_id,
             "create_user",
@@ -203,6 +219,7 @@ class AdminUsersHandler:
         user_id = account.user_id
         # Every check first, so a refused request changes nothing.
         self._check_values(changes)
+        threepids = await self._checked_threepids(user_id, changes)
         if changes.admin is False and account.is_admin:
             await self._check_may_remove_admin(admin, user_id, "demote")
         if changes.deactivated is True and not account.deactivated:
@@ -210,6 +227,15 @@ class AdminUsersHandler:
         if changes.locked is True and not account.locked and user_id == admin.user_id:
             raise MatrixError(400, Codes.INVALID_PARAM, "You cannot lock your own account")
         changed: dict[str, Any] = {}
+        if changes.admin is False and account.is_admin:
+            # First of the writes: the check above can be overtaken by a concurrent
+            # demotion or deactivation, this one cannot.
+            if not await self._accounts.demote_admin(user_id):
+                raise _last_admin("demote")
+            changed["admin"] = False
+        elif changes.admin is True and not account.is_admin:
+            await self._accounts.set_flag(user_id, "is_admin", True)
+            changed["admin"] = True
         if changes.deactivated is False and account.deactivated:
             await self._accounts.reactivate(user_id)
             changed["deactivated"] = False
@@ -225,21 +251,28 @@ class AdminUsersHandler:
         if changes.avatar_url is not None:
             await self._profile.set_avatar_url(admin, user_id, changes.avatar_url)
             changed["avatar_url"] = changes.avatar_url
-        if changes.admin is not None and changes.admin != account.is_admin:
-            await self._accounts.set_flag(user_id, "is_admin", changes.admin)
-            changed["admin"] = changes.admin
         if changes.locked is not None and changes.locked != account.locked:
             await self._accounts.set_flag(user_id, "locked", changes.locked)
             changed["locked"] = changes.locked
         if changes.user_type_given and changes.user_type != account.user_type:
             await self._accounts.set_user_type(user_id, changes.user_type)
             changed["user_type"] = changes.user_type
+        if threepids is not None:
+            await self._threepids.replace(user_id, threepids)
+            changed["threepids"] = [address for _, address in threepids]
         self._tokens.forget_user(user_id)
         if changes.deactivated is True and not account.deactivated:
             await self._deactivate(user_id, erase=False)
             changed["deactivated"] = True
         if changed:
             await self._audit.record(admin.user_id, "modify_user", user_id, changed)
+
+    async def _checked_threepids(
+        self, user_id: str, changes: UserChanges
+    ) -> list[tuple[str, str]] | None:
+        if changes.threepids is None:
+            return None
+        return await self._threepids.check_replacement(user_id, changes.threepids)
 
     def _check_values(self, changes: UserChanges) -> None:
         """The values a PUT would write, checked before any is (400 otherwise)."""
@@ -259,9 +292,7 @@ class AdminUsersHandler:
         target = await self._accounts.get_account(user_id)
         if target is not None and target.is_admin and not target.deactivated:
             if await self._accounts.count_active_admins() <= 1:
-                raise MatrixError(
-                    400, Codes.INVALID_PARAM, f"Cannot {what} the last server admin"
-                )
+                raise _last_admin(what)
         if user_id == admin.user_id:
             raise MatrixError(400, Codes.INVALID_PARAM, f"You cannot {what} yourself")
 
@@ -276,7 +307,8 @@ class AdminUsersHandler:
         await self._audit.record(admin.user_id, "deactivate_user", user_id, {"erase": erase})
 
     async def _deactivate(self, user_id: str, erase: bool) -> None:
-        await self._deactivation.deactivate(user_id, erase)
+        # The last-admin check again, atomically with the write (see `_modify`).
+        await self._deactivation.deactivate(user_id, erase, keep_an_admin=True)
 
     async def reset_password(
         self, admin: Requester, user_id: str, new_password: str, logout_devices: bool

@@ -55,7 +55,9 @@ def build_admin(
     federation_sender: DestinationWaker,
 ) -> Admin:
     audit = AdminAudit(core.clock, stores.admin_audit_store)
-    deactivation = AccountDeactivation(auth.account, stores.room_store, rooms.membership)
+    deactivation = AccountDeactivation(
+        auth.account, stores.accounts, stores.room_store, rooms.membership
+    )
     users = AdminUsersHandler(
         core.server_name,
         core.clock,
@@ -71,6 +73,7 @@ def build_admin(
         rooms.profiles,
         deactivation,
         audit,
+        auth.threepids,
     )
     tasks = AdminTasks(core.clock, stores.admin_task_store)
     admin_rooms = AdminRoomsHandler(

@@ -12,12 +12,16 @@ from homeserver.auth.credentials import CredentialChecker
 from homeserver.auth.devices import DeviceHandler, DeviceListUpdates
 from homeserver.auth.login import LoginHandler
 from homeserver.auth.login_tokens import LoginTokenHandler
+from homeserver.auth.openid import OpenIdTokens
 from homeserver.auth.passwords import PasswordHasher
 from homeserver.auth.registration import RegistrationHandler
 from homeserver.auth.shared_secret import SharedSecretRegistration
 from homeserver.auth.tokens import TokenHandler
 from homeserver.auth.uia import UserInteractiveAuth
 from homeserver.ratelimit import RateLimiter
+from homeserver.threepids.bindings import ThreepidBindings
+from homeserver.threepids.mailer import SmtpMailer
+from homeserver.threepids.validation import ThreepidValidation
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,9 @@ class Auth:
     registration: RegistrationHandler
     shared_secret_registration: SharedSecretRegistration
     account: AccountHandler
+    openid: OpenIdTokens
+    threepid_validation: ThreepidValidation
+    threepids: ThreepidBindings
 
 
 def build_auth(core: Core, stores: Stores, device_lists: DeviceListUpdates) -> Auth:
@@ -49,10 +56,22 @@ def build_auth(core: Core, stores: Stores, device_lists: DeviceListUpdates) -> A
         core.replication,
     )
     devices = DeviceHandler(core.clock, stores.device_store, tokens, device_lists)
+    threepid_validation = ThreepidValidation(
+        core.server_name,
+        core.clock,
+        config.email,
+        config.email_link_base_url,
+        stores.threepid_store,
+        SmtpMailer(config.email, core.server_name, core.reactor),
+        core.limiter("threepid_validation_per_address", limits.threepid_validation_per_address),
+        core.limiter("threepid_validation_per_email", limits.threepid_validation_per_email),
+    )
+    threepids = ThreepidBindings(core.clock, stores.threepid_store, threepid_validation)
     credentials = CredentialChecker(
         core.server_name,
         stores.accounts,
         hasher,
+        threepids,
         core.limiter("login_failures_per_account", limits.login_failures_per_account),
     )
     uia = UserInteractiveAuth(
@@ -61,7 +80,9 @@ def build_auth(core: Core, stores: Stores, device_lists: DeviceListUpdates) -> A
         stores.uia_store,
         credentials,
         config.registration,
+        config.email,
         stores.registration_token_store,
+        threepid_validation,
     )
     login_tokens = LoginTokenHandler(
         config.auth.login_via_existing_session, core.clock, stores.login_token_store
@@ -87,6 +108,7 @@ def build_auth(core: Core, stores: Stores, device_lists: DeviceListUpdates) -> A
         uia,
         login,
         tokens,
+        threepids,
         registration_limiter,
         core.limiter(
             "registration_sessions_per_address", limits.registration_sessions_per_address
@@ -109,6 +131,15 @@ def build_auth(core: Core, stores: Stores, device_lists: DeviceListUpdates) -> A
             core.clock, config.registration, registration, login, registration_limiter
         ),
         account=AccountHandler(
-            config.registration, stores.accounts, hasher, devices, tokens, stores.pusher_store
+            config.registration,
+            stores.accounts,
+            hasher,
+            devices,
+            tokens,
+            stores.pusher_store,
+            threepids,
         ),
+        openid=OpenIdTokens(core.server_name, core.clock, stores.openid_token_store),
+        threepid_validation=threepid_validation,
+        threepids=threepids,
     )

@@ -11,6 +11,7 @@ from federation.edus import FederationEdus
 from federation.event_handler import FederationEventHandler
 from federation.membership import FederationMembership
 from federation.outbound import OutboundEvents
+from federation.timestamp_lookup import RemoteTimestampLookup, TimestampLookup
 from federation.transaction import TransactionHandler
 from homeserver.areas.core import Core
 from homeserver.areas.e2e import E2e
@@ -97,6 +98,8 @@ class Federation:
     transactions: TransactionHandler
     # None when federation is disabled.
     edus: FederationEdus | None
+    # Local answers only when federation is disabled.
+    timestamp_lookup: TimestampLookup
 
 
 def build_federation(
@@ -151,8 +154,20 @@ def build_federation(
         transport.sender,
         membership.wait_for_joins,
     )
+    local_lookup = TimestampLookup(
+        stores.event_store,
+        stores.federation_event_store,
+        stores.room_admin_store,
+        rooms.history_visibility,
+    )
     if late is None:
-        return Federation(events=events, membership=membership, transactions=transactions, edus=None)
+        return Federation(
+            events=events,
+            membership=membership,
+            transactions=transactions,
+            edus=None,
+            timestamp_lookup=local_lookup,
+        )
 
     late.bind(membership, events)
     # Subscribers run in subscription order: the notifier (streams), then these.
@@ -175,4 +190,17 @@ def build_federation(
     user_data.typing.local_change_listeners.append(edus.local_typing_changed)
     bus.subscribe(edus.on_receipts_update, streams=["receipts"])
     user_data.presence.local_change_listeners.append(edus.local_presence_changed)
-    return Federation(events=events, membership=membership, transactions=transactions, edus=edus)
+    timestamp_lookup = TimestampLookup(
+        stores.event_store,
+        stores.federation_event_store,
+        stores.room_admin_store,
+        rooms.history_visibility,
+        RemoteTimestampLookup(core.server_name, transport.client, events, stores.room_store),
+    )
+    return Federation(
+        events=events,
+        membership=membership,
+        transactions=transactions,
+        edus=edus,
+        timestamp_lookup=timestamp_lookup,
+    )

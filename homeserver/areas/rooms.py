@@ -25,9 +25,12 @@ from homeserver.rooms.creator import EventCreator
 from homeserver.rooms.directory import DirectoryHandler, RoomListHandler, StateContents
 from homeserver.rooms.membership import MembershipHandler, RemoteMembership
 from homeserver.rooms.messages import Backfill, MessagesHandler
+from homeserver.rooms.mutual_rooms import MutualRooms
 from homeserver.rooms.power import RoomPower
 from homeserver.rooms.relations import RelationsHandler
+from homeserver.rooms.search import SearchHandler
 from homeserver.rooms.sending import EventSendHandler
+from homeserver.rooms.spaces import SpaceHierarchyHandler
 from homeserver.rooms.state import RoomStateHandler
 from homeserver.rooms.upgrade import RoomUpgradeHandler
 from homeserver.rooms.visibility import HistoryVisibility
@@ -64,6 +67,7 @@ class Rooms:
     state_contents: StateContents
     directory: DirectoryHandler
     room_list: RoomListHandler
+    spaces: SpaceHierarchyHandler
     user_directory: UserDirectoryHandler
     membership: MembershipHandler
     message_limiter: RateLimiter
@@ -73,8 +77,10 @@ class Rooms:
     room_state: RoomStateHandler
     messages: MessagesHandler
     relations: RelationsHandler
+    search: SearchHandler
     # Whom each user ignores (spec: "Ignoring Users"), held in memory.
     ignored_users: IgnoredUsers
+    mutual_rooms: MutualRooms
 
 
 def build_rooms(
@@ -110,7 +116,8 @@ def build_rooms(
     )
     account_data.change_listeners.append(push_actions.account_data_changed)
     persister = EventPersister(
-        core.db, events, state, event_stream, state_group_ids, backfill_ids, push_actions
+        core.db, events, state, event_stream, state_group_ids, backfill_ids, push_actions,
+        server_name=core.server_name,
     )
     creator = EventCreator(
         core.server_name,
@@ -128,7 +135,7 @@ def build_rooms(
         core.server_name, stores.profile_store, rooms, state, events, creator, remote
     )
     # Who may read a room (history visibility) and who has the power to act in it.
-    visibility = HistoryVisibility(core.server_name, events, state, rooms)
+    visibility = HistoryVisibility(core.server_name, events, state, rooms, stores.accounts)
     serializer = EventSerializer(
         core.clock,
         events,
@@ -187,6 +194,10 @@ def build_rooms(
     relations = RelationsHandler(
         events, stores.relation_store, visibility, serializer, ignored.of
     )
+    room_state = RoomStateHandler(events, state, rooms, visibility)
+    messages = MessagesHandler(
+        events, state, visibility, serializer, federation.backfill, ignored.of
+    )
     return Rooms(
         event_stream=event_stream,
         state_group_ids=state_group_ids,
@@ -204,6 +215,16 @@ def build_rooms(
         room_list=RoomListHandler(
             core.server_name, stores.room_directory_store, state_contents, power, remote
         ),
+        spaces=SpaceHierarchyHandler(
+            core.server_name,
+            core.clock,
+            events,
+            state,
+            rooms,
+            state_contents,
+            remote,
+            directory.resolve_room_alias,
+        ),
         user_directory=UserDirectoryHandler(stores.user_directory_store),
         membership=membership,
         message_limiter=message_limiter,
@@ -219,6 +240,7 @@ def build_rooms(
             message_limiter,
             presence,
             relations,
+            core.clock,
         ),
         room_creation=RoomCreationHandler(
             core.server_name,
@@ -229,11 +251,14 @@ def build_rooms(
             message_limiter,
         ),
         room_upgrades=room_upgrades,
-        # Reading history (/messages, /context, /event) and state.
-        room_state=RoomStateHandler(events, state, rooms, visibility),
-        messages=MessagesHandler(
-            events, state, visibility, serializer, federation.backfill, ignored.of
-        ),
+        # Reading history (/messages, /context, /event) and state, and searching it.
+        room_state=room_state,
+        messages=messages,
         relations=relations,
+        search=SearchHandler(
+            stores.search_store, events, rooms, visibility, messages, room_state, serializer,
+            ignored.of,
+        ),
         ignored_users=ignored,
+        mutual_rooms=MutualRooms(streams.shared_rooms),
     )

@@ -29,6 +29,7 @@ from storage.stores.filters import FilterStore
 from storage.stores.login_tokens import LoginTokenStore
 from storage.stores.media import MediaStore
 from storage.stores.media_admin import MediaAdminStore
+from storage.stores.openid_tokens import OpenIdTokenStore
 from storage.stores.presence import PresenceStore
 from storage.stores.profiles import ProfileStore
 from storage.stores.push_actions import PushActionStore
@@ -40,9 +41,11 @@ from storage.stores.reports import ReportStore
 from storage.stores.room_admin import RoomAdminStore
 from storage.stores.room_keys import RoomKeysStore
 from storage.stores.rooms import RoomStore
+from storage.stores.search import SearchStore
 from storage.stores.server_keys import ServerKeyStore
 from storage.stores.server_notices import ServerNoticeStore
 from storage.stores.state import StateStore
+from storage.stores.threepids import ThreepidStore
 from storage.stores.tokens import TokenStore
 from storage.stores.uia import UiaStore
 from storage.stores.user_admin import UserAdminStore
@@ -57,7 +60,9 @@ class Stores:
     token_store: TokenStore
     login_token_store: LoginTokenStore
     uia_store: UiaStore
+    threepid_store: ThreepidStore
     profile_store: ProfileStore
+    openid_token_store: OpenIdTokenStore
     event_store: EventStore
     state_store: StateStore
     room_store: RoomStore
@@ -68,6 +73,7 @@ class Stores:
     filter_store: FilterStore
     receipt_store: ReceiptStore
     relation_store: RelationStore
+    search_store: SearchStore
     account_data_store: AccountDataStore
     device_inbox_store: DeviceInboxStore
     media_store: MediaStore
@@ -89,7 +95,7 @@ class Stores:
     report_store: ReportStore
 
 
-def build_stores(db: Database, replication: Replication) -> Stores:
+def build_stores(db: Database, replication: Replication, server_name: str) -> Stores:
     state_store = StateStore(db)
     # Each process caches rooms' current state; a change made here makes the others drop
     # their copy of that room (and a lost Redis connection makes them drop all).
@@ -142,7 +148,9 @@ def build_stores(db: Database, replication: Replication) -> Stores:
         token_store=TokenStore(db),
         login_token_store=LoginTokenStore(db),
         uia_store=UiaStore(db),
+        threepid_store=ThreepidStore(db),
         profile_store=ProfileStore(db),
+        openid_token_store=OpenIdTokenStore(db),
         event_store=event_store,
         state_store=state_store,
         room_store=RoomStore(db),
@@ -153,6 +161,7 @@ def build_stores(db: Database, replication: Replication) -> Stores:
         filter_store=FilterStore(db),
         receipt_store=ReceiptStore(db),
         relation_store=RelationStore(db),
+        search_store=SearchStore(db),
         account_data_store=AccountDataStore(db),
         device_inbox_store=DeviceInboxStore(db),
         media_store=MediaStore(db),
@@ -166,7 +175,7 @@ def build_stores(db: Database, replication: Replication) -> Stores:
         push_action_store=PushActionStore(db),
         admin_audit_store=AdminAuditStore(db),
         server_notice_store=ServerNoticeStore(db),
-        user_admin_store=UserAdminStore(db),
+        user_admin_store=UserAdminStore(db, server_name),
         room_admin_store=RoomAdminStore(db),
         admin_task_store=AdminTaskStore(db),
         registration_token_store=RegistrationTokenStore(db),

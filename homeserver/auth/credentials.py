@@ -7,6 +7,8 @@ from typing import Any
 from homeserver.auth.passwords import PasswordHasher
 from homeserver.errors import Codes, MatrixError
 from homeserver.ratelimit import RateLimiter
+from homeserver.threepids.addresses import EMAIL
+from homeserver.threepids.bindings import ThreepidBindings
 from storage.stores.accounts import Account, AccountStore
 
 INVALID_CREDENTIALS = "Invalid username or password"
@@ -46,12 +48,49 @@ class CredentialChecker:
         server_name: str,
         accounts: AccountStore,
         hasher: PasswordHasher,
+        threepids: ThreepidBindings,
         failures_per_account: RateLimiter,
     ) -> None:
         self._server_name = server_name
         self._accounts = accounts
         self._hasher = hasher
+        self._threepids = threepids
         self._failures = failures_per_account
+
+    async def user_id_for_identifier(self, body: dict[str, Any]) -> str:
+        """The user a login or password stage names: `m.id.user`, or `m.id.thirdparty`
+        with an e-mail address bound to an account (also as the deprecated top-level
+        `medium` and `address`). An address bound to nobody is 403, like a wrong password,
+        so logging in does not tell which addresses have accounts."""
+        identifier = body.get("identifier")
+        if identifier is None and "medium" in body and "address" in body:
+            identifier = {
+                "type": "m.id.thirdparty",
+                "medium": body["medium"],
+                "address": body["address"],
+            }
+        if not isinstance(identifier, dict) or identifier.get("type") != "m.id.thirdparty":
+            return user_id_from_identifier(body, self._server_name)
+        medium, address = identifier.get("medium"), identifier.get("address")
+        if not isinstance(medium, str) or not isinstance(address, str):
+            raise MatrixError(
+                400, Codes.BAD_JSON, "'identifier' needs 'medium' and 'address' strings"
+            )
+        if medium != EMAIL:
+            raise MatrixError(
+                400, Codes.UNKNOWN, f"Logging in with a {medium!r} address is not supported"
+            )
+        user_id = await self._threepids.user_for_email(address)
+        if user_id is None:
+            self._failures.check_only(address)
+            # The same bcrypt cost as a wrong password, so timing does not tell either.
+            password = body.get("password")
+            await self._hasher.check(
+                password if isinstance(password, str) else "", self._hasher.dummy_hash
+            )
+            self._failures.record(address)
+            raise MatrixError(403, Codes.FORBIDDEN, INVALID_CREDENTIALS)
+        return user_id
 
     async def check_password(self, user_id: str, password: Any) -> None:
         """Succeed silently or raise 403 M_FORBIDDEN; never say whether the user exists."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from homeserver.auth.credentials import CredentialChecker, user_id_from_identifier
+from homeserver.auth.credentials import CredentialChecker
 from homeserver.auth.devices import DeviceHandler, check_device_id, check_display_name
 from homeserver.auth.login_tokens import LoginTokenHandler
 from homeserver.auth.tokens import IssuedTokens, TokenHandler
@@ -46,7 +46,7 @@ class LoginHandler:
         self._per_address.check(client_ip)
         login_type = body.get("type")
         if login_type == PASSWORD_LOGIN:
-            user_id = user_id_from_identifier(body, self._server_name)
+            user_id = await self._credentials.user_id_for_identifier(body)
             self._per_account.check(user_id)
             await self._credentials.check_password(user_id, body.get("password"))
         elif login_type == TOKEN_LOGIN and self._login_tokens.enabled:

@@ -9,12 +9,13 @@ from typing import Any
 from homeserver.auth.login import LoginHandler
 from homeserver.auth.passwords import PasswordHasher
 from homeserver.auth.tokens import IssuedTokens, TokenHandler
-from homeserver.auth.uia import UserInteractiveAuth
+from homeserver.auth.uia import EMAIL_IDENTITY, UserInteractiveAuth
 from homeserver.clock import Clock
 from homeserver.config import RegistrationConfig
 from homeserver.errors import Codes, MatrixError
 from homeserver.identifiers import check_new_localpart, user_id
 from homeserver.ratelimit import RateLimiter
+from homeserver.threepids.bindings import ThreepidBindings
 from storage.stores.accounts import AccountStore, UserInUseError
 
 MAX_PASSWORD_LENGTH = 512
@@ -59,6 +60,7 @@ class RegistrationHandler:
         uia: UserInteractiveAuth,
         login: LoginHandler,
         tokens: TokenHandler,
+        threepids: ThreepidBindings,
         per_address: RateLimiter,
         sessions_per_address: RateLimiter,
     ) -> None:
@@ -70,6 +72,7 @@ class RegistrationHandler:
         self._uia = uia
         self._login = login
         self._tokens = tokens
+        self._threepids = threepids
         self._per_address = per_address
         self._sessions_per_address = sessions_per_address
 
@@ -151,7 +154,18 @@ class RegistrationHandler:
             if guest_id is not None:
                 new_user_id = await self._upgrade_guest(guest_id, request.password)
             else:
+                email = completed.get(EMAIL_IDENTITY)
+                if email is not None and await self._threepids.user_for_email(email["address"]):
+                    # Bound to someone else since it was validated: checked before the account
+                    # is made, so a refusal leaves no account behind.
+                    raise MatrixError(
+                        400, Codes.THREEPID_IN_USE, "E-mail address is already in use"
+                    )
                 new_user_id = await self.register(request.username, request.password)
+                if email is not None:
+                    await self._threepids.bind(
+                        new_user_id, email["medium"], email["address"], email["validated_at"]
+                    )
             await self._uia.registration_completed(completed)
         if request.inhibit_login:
             return new_user_id, None

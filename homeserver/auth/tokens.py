@@ -65,6 +65,11 @@ def _unknown_token(message: str, soft_logout: bool = False) -> MatrixError:
     return MatrixError(401, Codes.UNKNOWN_TOKEN, message, soft_logout=soft_logout)
 
 
+def _user_locked() -> MatrixError:
+    # soft_logout: the spec's; the client keeps its session and encryption state.
+    return MatrixError(401, Codes.USER_LOCKED, "This account has been locked", soft_logout=True)
+
+
 def _hash_refresh_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
@@ -148,6 +153,13 @@ class TokenHandler:
     async def refresh(self, refresh_token: str) -> IssuedTokens:
         if not refresh_token.startswith(REFRESH_TOKEN_PREFIX):
             raise _unknown_token("Unknown refresh token")
+        token_hash = _hash_refresh_token(refresh_token)
+        # The account first: a locked or deactivated account gets no new tokens, and its
+        # refresh token is left as it was (a locked account's session resumes on unlock).
+        user_id = await self._tokens.get_refresh_token_user(token_hash)
+        if user_id is None:
+            raise _unknown_token("Unknown refresh token")
+        await self._check_account_may_refresh(user_id)
         now = self._clock.time_msec()
         access_expires = now + self._config.access_token_lifetime_ms
         new_refresh_id, new_refresh_token = self._new_refresh_token()
@@ -155,7 +167,7 @@ class TokenHandler:
         # transaction; the access token ID is fixed first and the JWT minted afterwards.
         access_token_id = secrets.token_urlsafe(18)
         result = await self._tokens.rotate_refresh_token(
-            _hash_refresh_token(refresh_token),
+            token_hash,
             now,
             NewTokens(
                 access_token_id=access_token_id,
@@ -182,6 +194,16 @@ class TokenHandler:
         return IssuedTokens(
             access_token, result.device_id, self._config.access_token_lifetime_ms, new_refresh_token
         )
+
+    async def _check_account_may_refresh(self, user_id: str) -> None:
+        """Suspended accounts may refresh (the spec lets them keep and open sessions);
+        deactivated ones get the plain 401 of a dead session, locked ones the spec's
+        401 M_USER_LOCKED with soft_logout, as every other request of theirs does."""
+        account = await self._accounts.get_account(user_id)
+        if account is None or account.deactivated:
+            raise _unknown_token("Account has been deactivated")
+        if account.locked:
+            raise _user_locked()
 
     async def validate(self, access_token: str, allow_locked: bool = False) -> Requester:
         """Check signature, expiry and revocation; 401 M_UNKNOWN_TOKEN if any fails.
@@ -210,10 +232,7 @@ class TokenHandler:
         if requester.expires_ts is not None and requester.expires_ts <= self._clock.time_msec():
             raise _unknown_token("Access token has expired", soft_logout=True)
         if requester.locked and not allow_locked:
-            # soft_logout: the spec's; the client keeps its session and encryption state.
-            raise MatrixError(
-                401, Codes.USER_LOCKED, "This account has been locked", soft_logout=True
-            )
+            raise _user_locked()
         return requester
 
     async def _load(self, token_id: str, claims: dict) -> Requester:
@@ -226,7 +245,8 @@ class TokenHandler:
         if account is None or account.deactivated:
             raise _unknown_token("Account has been deactivated")
         if not row.used:
-            await self._tokens.mark_access_token_used(token_id, row.refresh_token_id)
+            # The client now holds this token: those it replaced are dropped everywhere.
+            self.forget(await self._tokens.mark_access_token_used(token_id, row.refresh_token_id))
         requester = Requester(
             user_id=row.user_id,
             device_id=row.device_id,

@@ -7,16 +7,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from homeserver.auth.credentials import CredentialChecker, user_id_from_identifier
+from homeserver.auth.credentials import CredentialChecker
 from homeserver.clock import Clock
-from homeserver.config import RegistrationConfig
+from homeserver.config import EmailConfig, RegistrationConfig
 from homeserver.errors import Codes, InteractiveAuthIncomplete, MatrixError
+from homeserver.threepids.validation import PASSWORD_RESET, REGISTRATION, ThreepidValidation
 from storage.stores.registration_tokens import RegistrationTokenStore
 from storage.stores.uia import UiaSession, UiaStore
 
 DUMMY = "m.login.dummy"
 PASSWORD = "m.login.password"
 REGISTRATION_TOKEN = "m.login.registration_token"
+EMAIL_IDENTITY = "m.login.email.identity"
+
+# Which validation sessions the e-mail stage accepts, by the endpoint authenticating.
+_EMAIL_STAGE_PURPOSES = {"/register": REGISTRATION, "/account/password": PASSWORD_RESET}
 
 # How long a client has to finish a UIA session; also how long a completed one stays usable,
 # so a client can retry the operation after a transient failure.
@@ -40,7 +45,9 @@ class UserInteractiveAuth:
         store: UiaStore,
         credentials: CredentialChecker,
         registration: RegistrationConfig,
+        email: EmailConfig,
         registration_tokens: RegistrationTokenStore,
+        threepid_validation: ThreepidValidation,
     ) -> None:
         self._server_name = server_name
         self._clock = clock
@@ -48,9 +55,20 @@ class UserInteractiveAuth:
         self._credentials = credentials
         self._registration = registration
         self._registration_tokens = registration_tokens
+        self._email = email
+        self._threepid_validation = threepid_validation
 
     def registration_flows(self) -> list[list[str]]:
-        return [[REGISTRATION_TOKEN]] if self._registration.require_token else [[DUMMY]]
+        """The token (or dummy) flow, and the e-mail stage as `email.registration` says:
+        beside it (optional) or in its place (required)."""
+        token = self._registration.require_token
+        plain = [REGISTRATION_TOKEN] if token else [DUMMY]
+        with_email = [REGISTRATION_TOKEN, EMAIL_IDENTITY] if token else [EMAIL_IDENTITY]
+        if self._email.registration == "required":
+            return [with_email]
+        if self._email.registration == "optional":
+            return [plain, with_email]
+        return [plain]
 
     async def authenticate(
         self,
@@ -79,7 +97,7 @@ class UserInteractiveAuth:
                 raise MatrixError(400, Codes.UNRECOGNIZED, f"Unrecognised auth type {stage!r}")
             if stage not in completed:
                 try:
-                    result = await self._check_stage(stage, auth, user_id)
+                    result = await self._check_stage(stage, auth, uri, user_id)
                 except MatrixError as e:
                     if e.http_code == 429 or isinstance(e, WrongUserError):
                         raise
@@ -155,17 +173,21 @@ class UserInteractiveAuth:
             "session": session.session_id,
         }
 
-    async def _check_stage(self, stage: str, auth: dict[str, Any], user_id: str | None) -> Any:
+    async def _check_stage(
+        self, stage: str, auth: dict[str, Any], uri: str, user_id: str | None
+    ) -> Any:
         if stage == DUMMY:
             return True
         if stage == PASSWORD:
-            claimed = user_id_from_identifier(auth, self._server_name)
+            claimed = await self._credentials.user_id_for_identifier(auth)
             if user_id is None or claimed != user_id:
                 raise WrongUserError()
             await self._credentials.check_password(user_id, auth.get("password"))
             return user_id
         if stage == REGISTRATION_TOKEN:
             return await self._check_registration_token(auth.get("token"))
+        if stage == EMAIL_IDENTITY and uri in _EMAIL_STAGE_PURPOSES:
+            return await self._check_email(auth, _EMAIL_STAGE_PURPOSES[uri])
         raise MatrixError(400, Codes.UNRECOGNIZED, f"Unrecognised auth type {stage!r}")
 
     async def _check_registration_token(self, token: Any) -> dict[str, Any]:
@@ -178,6 +200,32 @@ class UserInteractiveAuth:
             if await self._registration_tokens.start_use(token, self._clock.time_msec()):
                 return {"token": token, "counted": True}
         raise MatrixError(401, Codes.FORBIDDEN, "Invalid registration token")
+
+    async def _check_email(self, auth: dict[str, Any], purpose: str) -> dict[str, Any]:
+        """The stage's result: the address a validated session proved (the session is used
+        up; the UIA session keeps the result for retries)."""
+        self._threepid_validation.require_enabled()
+        # `threepidCreds` is what clients before r0.5 sent; Synapse accepts both.
+        creds = auth.get("threepid_creds", auth.get("threepidCreds"))
+        if not isinstance(creds, dict):
+            raise MatrixError(400, Codes.MISSING_PARAM, "Missing parameter: threepid_creds")
+        session_id, client_secret = creds.get("sid"), creds.get("client_secret")
+        if not isinstance(session_id, str) or not isinstance(client_secret, str):
+            raise MatrixError(
+                400, Codes.BAD_JSON, "threepid_creds needs 'sid' and 'client_secret' strings"
+            )
+        validated = await self._threepid_validation.take_validated(
+            session_id, client_secret, purpose
+        )
+        if validated is None:
+            raise MatrixError(
+                401, Codes.UNAUTHORIZED, "The e-mail address has not been validated"
+            )
+        return {
+            "medium": validated.medium,
+            "address": validated.address,
+            "validated_at": validated.validated_at,
+        }
 
     def _is_config_token(self, token: str) -> bool:
         return any(

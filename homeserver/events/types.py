@@ -20,7 +20,9 @@ AVATAR = "m.room.avatar"
 ENCRYPTION = "m.room.encryption"
 SERVER_ACL = "m.room.server_acl"
 TOMBSTONE = "m.room.tombstone"
+# A space's children (state key: the child room ID).
 SPACE_CHILD = "m.space.child"
 
 # Message events.
 REDACTION = "m.room.redaction"
+MESSAGE = "m.room.message"

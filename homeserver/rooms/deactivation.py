@@ -13,21 +13,49 @@ import logging
 from homeserver.auth.account import AccountHandler
 from homeserver.auth.tokens import Requester
 from homeserver.rooms.membership import MembershipHandler
+from storage.stores.accounts import AccountStore
 from storage.stores.rooms import RoomStore
 
 logger = logging.getLogger(__name__)
 
 
 class AccountDeactivation:
+    """The account is marked deactivated (and queued in `pending_deactivations`) in one
+    transaction, then its sessions and rooms are cleaned up and the queue entry removed.
+    A process that dies in between leaves the entry, and `resume_pending` (at start-up)
+    finishes the work: every step can be done again."""
+
     def __init__(
-        self, account: AccountHandler, rooms: RoomStore, membership: MembershipHandler
+        self,
+        account: AccountHandler,
+        accounts: AccountStore,
+        rooms: RoomStore,
+        membership: MembershipHandler,
     ) -> None:
         self._account = account
+        self._accounts = accounts
         self._rooms = rooms
         self._membership = membership
 
-    async def deactivate(self, user_id: str, erase: bool) -> None:
-        await self._account.deactivate(user_id, erase)
+    async def deactivate(self, user_id: str, erase: bool, keep_an_admin: bool = False) -> None:
+        """`keep_an_admin`: see `AccountHandler.deactivate`."""
+        await self._account.deactivate(user_id, erase, keep_an_admin)
+        await self._leave_rooms(user_id)
+        await self._accounts.finish_deactivation(user_id)
+
+    async def resume_pending(self) -> None:
+        """Finish the deactivations a stopped process left half done."""
+        for user_id in await self._accounts.pending_deactivations():
+            logger.info("resuming the deactivation of %s", user_id)
+            try:
+                await self._account.remove_sessions(user_id)
+                await self._leave_rooms(user_id)
+                await self._accounts.finish_deactivation(user_id)
+            except Exception:
+                # Left queued for the next start; the other accounts still get their turn.
+                logger.exception("resuming the deactivation of %s failed", user_id)
+
+    async def _leave_rooms(self, user_id: str) -> None:
         as_user = Requester(user_id=user_id, device_id="", token_id="", is_admin=False)
         for membership in await self._rooms.get_rooms_for_user(
             user_id, ("join", "invite", "knock")

@@ -39,6 +39,7 @@ from homeserver.events.types import (
     AVATAR,
     CANONICAL_ALIAS,
     CREATE,
+    ENCRYPTION,
     GUEST_ACCESS,
     HISTORY_VISIBILITY,
     JOIN_RULES,
@@ -62,6 +63,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 VISIBILITIES = ("public", "private")
+# Join rules under which members of other rooms (the `allow` list) may join.
+RESTRICTED_JOIN_RULES = ("restricted", "knock_restricted")
 # A page of the room directory holds at most this many rooms, whatever the client asks.
 MAX_PUBLIC_ROOMS_LIMIT = 1000
 
@@ -510,31 +513,48 @@ class RoomListHandler:
 def room_summary(room: PublishedRoom, state: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The directory entry ("PublishedRoomsChunk") of a room from its summary state
     (event type -> content)."""
+    return describe_room(room.room_id, room.joined_members, state)
 
-    def field(event_type: str, key: str) -> Any:
+def describe_room(
+    room_id: str, joined_members: int, state: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
+    """The spec's `RoomSummary` of a room from its state (event type -> content)."""
+
+    def value(event_type: str, key: str) -> Any:
         return state.get(event_type, {}).get(key)
 
+    join_rule = value(JOIN_RULES, "join_rule")
     summary: dict[str, Any] = {
-        "room_id": room.room_id,
-        "num_joined_members": room.joined_members,
+        "room_id": room_id,
+        "num_joined_members": joined_members,
         "world_readable": visibility_from_content(state.get(HISTORY_VISIBILITY)) == WORLD_READABLE,
-        "guest_can_join": field(GUEST_ACCESS, "guest_access") == "can_join",
+        "guest_can_join": value(GUEST_ACCESS, "guest_access") == "can_join",
+        "join_rule": join_rule if isinstance(join_rule, str) else "invite",
     }
     optional = {
-        "name": field(NAME, "name"),
-        "topic": _plain_topic(state.get(TOPIC, {})),
-        "canonical_alias": field(CANONICAL_ALIAS, "alias"),
-        "avatar_url": field(AVATAR, "url"),
-        "join_rule": field(JOIN_RULES, "join_rule"),
-        "room_type": field(CREATE, "type"),
+        "name": value(NAME, "name"),
+        "topic": plain_topic(state.get(TOPIC, {})),
+        "canonical_alias": value(CANONICAL_ALIAS, "alias"),
+        "avatar_url": value(AVATAR, "url"),
+        "room_type": value(CREATE, "type"),
+        "encryption": value(ENCRYPTION, "algorithm"),
     }
-    for key, value in optional.items():
-        if isinstance(value, str) and value:
-            summary[key] = value
+    for key, item in optional.items():
+        if isinstance(item, str) and item:
+            summary[key] = item
+    if join_rule in RESTRICTED_JOIN_RULES:
+        allow = value(JOIN_RULES, "allow")
+        summary["allowed_room_ids"] = [
+            condition["room_id"]
+            for condition in (allow if isinstance(allow, list) else [])
+            if isinstance(condition, dict)
+            and condition.get("type") == "m.room_membership"
+            and isinstance(condition.get("room_id"), str)
+        ]
     return summary
 
 
-def _plain_topic(content: Mapping[str, Any]) -> str | None:
+def plain_topic(content: Mapping[str, Any]) -> str | None:
     """The text/plain topic: from the `m.topic` content block if it has one, else `topic`."""
     block = content.get("m.topic")
     if isinstance(block, dict) and isinstance(block.get("m.text"), list):

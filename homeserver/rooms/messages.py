@@ -44,6 +44,17 @@ MAX_BATCH = 500
 START_OF_ROOM: Position = (0, -MAX_POSITION)
 
 
+@dataclass(frozen=True)
+class EventsAround:
+    """The visible events either side of one event, newest first before it, oldest first
+    after it, and the tokens to paginate on from each end."""
+
+    before: list[StoredEvent]
+    after: list[StoredEvent]
+    start: str
+    end: str
+
+
 @dataclass
 class _Page:
     events: list[StoredEvent]
@@ -163,7 +174,7 @@ class MessagesHandler:
         if event_filter.lazy_load_members:
             # Redundant members are always sent: the spec allows it, and remembering what each
             # device has seen is not worth its cost here.
-            members = await self._sender_members(page.events)
+            members = await self.sender_members(page.events)
             response["state"] = await self._serializer.serialize(members, requester_device=device)
         return response
 
@@ -189,17 +200,8 @@ class MessagesHandler:
             access = await self._require_access(requester.user_id, room_id)
             stored = await self._readable_event(requester.user_id, room_id, event_id)
         before_limit = limit // 2
-        after_limit = limit - before_limit
-        before = await self._paginate(
-            requester.user_id,
-            access,
-            _continue_after(stored, "b"),
-            "b",
-            before_limit,
-            event_filter,
-        )
-        after = await self._paginate(
-            requester.user_id, access, _position_of(stored), "f", after_limit, event_filter
+        before, after = await self._around(
+            requester.user_id, access, stored, before_limit, limit - before_limit, event_filter
         )
         last = after.events[-1] if after.events else stored
         state = await self.state_after(last)
@@ -225,6 +227,38 @@ class MessagesHandler:
             "end": _token(after.next_position),
             "state": await serialize(state, requester_device=device),
         }
+
+    async def events_around(
+        self, user_id: str, stored: StoredEvent, before_limit: int, after_limit: int
+    ) -> EventsAround:
+        """Up to `before_limit` events before `stored` and `after_limit` after it that
+        `user_id` may see (search results' `context`), with the tokens bounding them. The
+        caller has checked that `stored` itself is visible."""
+        access = await self._require_access(user_id, stored.event.room_id)
+        before, after = await self._around(
+            user_id, access, stored, before_limit, after_limit, RoomEventFilter()
+        )
+        return EventsAround(
+            before.events, after.events, _token(before.next_position),
+            _token(after.next_position),
+        )
+
+    async def _around(
+        self,
+        user_id: str,
+        access: RoomAccess,
+        stored: StoredEvent,
+        before_limit: int,
+        after_limit: int,
+        event_filter: RoomEventFilter,
+    ) -> tuple[_Page, _Page]:
+        before = await self._paginate(
+            user_id, access, _continue_after(stored, "b"), "b", before_limit, event_filter
+        )
+        after = await self._paginate(
+            user_id, access, _position_of(stored), "f", after_limit, event_filter
+        )
+        return before, after
 
     # ----- GET /rooms/{roomId}/event/{eventId} ---------------------------------------------
 
@@ -353,7 +387,7 @@ class MessagesHandler:
             )
         ]
 
-    async def _sender_members(self, events: list[StoredEvent]) -> list[StoredEvent]:
+    async def sender_members(self, events: list[StoredEvent]) -> list[StoredEvent]:
         """Lazy loading: each sender's membership event, as of the first event (in history
         order) they sent in `events`."""
         first_by_sender: dict[str, StoredEvent] = {}
@@ -404,13 +438,15 @@ async def readable_event(
     """The event, if it is in `room_id` and `user_id` may see it; 404 otherwise (the same
     answer either way, so that an event's existence does not leak)."""
     stored = await events.get_stored_event(event_id)
-    if (
-        stored is None
-        or stored.event.room_id != room_id
-        or not await visibility.is_event_visible(user_id, stored)
-    ):
+    # As the viewer may see it (redacted if its sender is erased and they were not there).
+    visible = (
+        await visibility.filter_events_for_user(user_id, [stored])
+        if stored is not None and stored.event.room_id == room_id
+        else []
+    )
+    if not visible:
         raise MatrixError(404, Codes.NOT_FOUND, "Event not found")
-    return stored
+    return visible[0]
 
 
 async def resolve_position(events: EventStore, room_id: str, position: RoomPosition) -> Position:

@@ -17,6 +17,7 @@ from homeserver.auth.restrictions import (
     fake_event_id,
 )
 from homeserver.auth.tokens import Requester
+from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
 from homeserver.events.types import (
     CANONICAL_ALIAS,
@@ -56,8 +57,10 @@ class EventSendHandler:
         message_limiter: RateLimiter,
         presence: PresenceHandler,
         relations: RelationsHandler,
+        clock: Clock,
     ) -> None:
         self._server_name = server_name
+        self._clock = clock
         self._creator = creator
         self._events = events
         self._state = state
@@ -90,7 +93,7 @@ class EventSendHandler:
         check_not_suspended(requester)
         self._ratelimit(requester)
         if requester.shadow_banned:
-            return self._dropped(requester, room_id, event_type)
+            return await self._dropped_txn(requester, room_id, event_type, txn)
         await self._relations.check_new_relation(room_id, requester.user_id, event_type, content)
         stored = await self._creator.send(
             room_id, requester.user_id, event_type, content, txn=txn
@@ -125,12 +128,26 @@ class EventSendHandler:
 
     @staticmethod
     def _dropped(requester: Requester, room_id: str, event_type: str) -> str:
-        """A shadow-banned user's event: an ID for the client, nothing for anyone else.
-        (A retry of the transaction gets another ID: nothing was stored to find.)"""
+        """A shadow-banned user's event: an ID for the client, nothing for anyone else."""
         logger.info(
             "%s: dropped %s from shadow-banned %s", room_id, event_type, requester.user_id
         )
         return fake_event_id()
+
+    async def _dropped_txn(
+        self, requester: Requester, room_id: str, event_type: str, txn: ClientTransaction
+    ) -> str:
+        """A shadow-banned user's event sent with a transaction ID: the made-up ID is kept
+        with the transaction, so a retry gets it back (without being rate limited), as a
+        retry of a real send does; another answer would give the ban away."""
+        return await self._events.record_txn_event(
+            txn.user_id,
+            txn.device_id,
+            txn.path_key,
+            room_id,
+            self._dropped(requester, room_id, event_type),
+            self._clock.time_msec(),
+        )
 
     # ----- redactions ----------------------------------------------------------------------
 
@@ -169,7 +186,7 @@ class EventSendHandler:
                 )
         self._ratelimit(requester)
         if requester.shadow_banned:
-            return self._dropped(requester, room_id, REDACTION)
+            return await self._dropped_txn(requester, room_id, REDACTION, txn)
         body = dict(content)
         extra = None
         if room_version.redacts_in_content:

@@ -93,6 +93,15 @@ class SharedRooms:
             wanted -= here
         return found
 
+    async def joined_rooms_in_common(self, user_id: str, other_user_id: str) -> set[str]:
+        """The rooms both users are joined to (`other_user_id` may be another server's)."""
+        rooms = await self._user_rooms(user_id)
+        return {
+            room_id
+            for room_id in rooms.joined
+            if other_user_id in await self._state.get_current_members(room_id, "join")
+        }
+
     def forget(self, user_id: str) -> None:
         """The user forgot a room (no stream position moves): read their rooms again."""
         self._forgets += 1

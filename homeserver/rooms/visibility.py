@@ -23,9 +23,14 @@ Two questions, two entry points:
 for relation rows (a thread's replies, counted for its summary) without reading the events
 this server made after the user's current join.
 
-Every read path that hands room events to a client (/messages, /context, /event, /sync)
-runs them through `filter_events_for_user`. It reads only two state keys per state group
-(the history visibility and the user's membership), batched over all events, through
+Erasure: a user who deactivated with `erase` had their events "served redacted to users
+who join the room after" (spec: `POST /account/deactivate`). `filter_events_for_user`
+returns such events pruned (the redaction algorithm) to every viewer whose membership was
+not `join` at the event; those who were joined still see them whole.
+
+Every read path that hands room events to a client (/messages, /context, /event, /sync,
+/search) runs them through `filter_events_for_user`. It reads only two state keys per state
+group (the history visibility and the user's membership), batched over all events, through
 `StateStore.get_state_for_groups`, which caches them: state groups never change.
 """
 
@@ -35,7 +40,10 @@ import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from homeserver.events.model import Event
+from homeserver.events.redaction import prune_event_dict
 from homeserver.events.types import HISTORY_VISIBILITY, MEMBER
+from storage.stores.accounts import AccountStore
 from storage.stores.events import EventStore, StoredEvent
 from storage.stores.relations import RelationRow
 from storage.stores.rooms import RoomStore
@@ -90,12 +98,18 @@ class RoomAccess:
 
 class HistoryVisibility:
     def __init__(
-        self, server_name: str, events: EventStore, state: StateStore, rooms: RoomStore
+        self,
+        server_name: str,
+        events: EventStore,
+        state: StateStore,
+        rooms: RoomStore,
+        accounts: AccountStore,
     ) -> None:
         self._server_name = server_name
         self._events = events
         self._state = state
         self._rooms = rooms
+        self._accounts = accounts
 
     # ----- the room as a whole -------------------------------------------------------------
 
@@ -137,8 +151,10 @@ class HistoryVisibility:
     async def filter_events_for_user(
         self, user_id: str, events: Sequence[StoredEvent]
     ) -> list[StoredEvent]:
-        """The events `user_id` may see, in the order given. Outliers and rejected events
-        (never part of a timeline) are always dropped. Events may come from several rooms."""
+        """The events `user_id` may see, in the order given, pruned where their sender is
+        erased and the user was not joined when they were sent. Outliers and rejected
+        events (never part of a timeline) are always dropped. Events may come from several
+        rooms."""
         candidates = [
             e for e in events if not e.outlier and e.event.rejected_reason is None
         ]
@@ -182,6 +198,8 @@ class HistoryVisibility:
         last_join: dict[str, Position | None] = {}
         currently_joined: dict[str, bool] = {}
         visible: list[StoredEvent] = []
+        # Visible events whose viewer was not joined when they were sent, by event ID.
+        not_joined_at: set[str] = set()
         for stored in candidates:
             event = stored.event
             before = groups.get(event.event_id, (None, None))[0]
@@ -213,7 +231,31 @@ class HistoryVisibility:
                 for v, m in itertools.product(visibilities, memberships)
             ):
                 visible.append(stored)
-        return visible
+                if "join" not in memberships:
+                    not_joined_at.add(event.event_id)
+        return await self._prune_erased(user_id, visible, not_joined_at)
+
+    async def _prune_erased(
+        self, user_id: str, visible: list[StoredEvent], not_joined_at: set[str]
+    ) -> list[StoredEvent]:
+        """`visible`, with the events in `not_joined_at` sent by erased local users (other
+        than the viewer) replaced by their redacted form."""
+        senders = {
+            stored.event.sender
+            for stored in visible
+            if stored.event.event_id in not_joined_at
+            and stored.event.sender != user_id
+            and stored.event.sender.partition(":")[2] == self._server_name
+        }
+        erased = await self._accounts.erased_users(senders)
+        if not erased:
+            return visible
+        return [
+            _pruned(stored)
+            if stored.event.sender in erased and stored.event.event_id in not_joined_at
+            else stored
+            for stored in visible
+        ]
 
     async def filter_relations_for_user(
         self, user_id: str, rows: Sequence[RelationRow]
@@ -248,9 +290,6 @@ class HistoryVisibility:
             visible_ids = {stored.event.event_id for stored in visible}
         return [row for row in rows if surely_visible(row) or row.event_id in visible_ids]
 
-    async def is_event_visible(self, user_id: str, event: StoredEvent) -> bool:
-        return bool(await self.filter_events_for_user(user_id, [event]))
-
     async def _last_join(self, user_id: str, member_event_id: str) -> Position | None:
         """Where the user last joined: walk back from their current membership event through
         the membership events it replaced, to the newest `join`."""
@@ -271,3 +310,22 @@ class HistoryVisibility:
                 return None
             event_id = (await self._state.get_state_for_groups([before], [key]))[before].get(key)
         return None
+
+
+def _pruned(stored: StoredEvent) -> StoredEvent:
+    """The event as redaction leaves it (content pruned to what the algorithm keeps), for
+    a viewer who may not see what an erased user wrote."""
+    event = stored.event
+    pruned = Event(
+        prune_event_dict(event.pdu, event.room_version),
+        event.room_version,
+        event_id=event.event_id,
+        rejected_reason=event.rejected_reason,
+    )
+    return StoredEvent(
+        pruned,
+        stored.stream_ordering,
+        stored.topological_ordering,
+        stored.internal_metadata,
+        stored.outlier,
+    )

@@ -44,6 +44,11 @@ class Engine(ABC):
     begin_statement: str | None = None
     # Upper bound for the connection pool; SQLite is single-writer, so it gets one connection.
     max_connections: int = 1
+    # Appended to a SELECT whose rows a transaction is about to decide on and change, so
+    # that two such transactions cannot both act on the same snapshot (PostgreSQL's
+    # REPEATABLE READ would let each commit: write skew). Empty where transactions already
+    # run one at a time (SQLite: one connection, one writing process).
+    for_update: str = ""
 
     @abstractmethod
     def connect(self) -> Any:
@@ -57,6 +62,13 @@ class Engine(ABC):
         """SQL for the value at `path` (object keys) in the JSON text held in `column`, as
         text; NULL where the path is absent. `column` and `path` are trusted SQL, never input.
         """
+        raise NotImplementedError
+
+    def fold_case(self, expr: str) -> str:
+        """SQL for `expr` lower-cased by Unicode's full mapping, as Python's `str.lower`
+        does, whatever the database's locale: text searched case-insensitively is folded
+        with this on every engine, and the search term with `str.lower`, so both engines
+        find the same rows. `expr` is trusted SQL, never input."""
         raise NotImplementedError
 
     def execute_many(self, cursor: Any, sql: str, rows: list[Sequence[Any]]) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -13,6 +14,7 @@ import psycopg2.extras
 
 from storage.engines.base import JSON_PATH_KEY, Engine, WriterLock
 
+logger = logging.getLogger(__name__)
 _PLACEHOLDER = re.compile(r"\?")
 EXECUTE_BATCH_PAGE_SIZE = 500
 # The advisory lock a writing process holds for its whole life: a fixed 64-bit key, taken
@@ -80,12 +82,29 @@ class PostgresEngine(Engine):
         psycopg2.errors.DeadlockDetected,
     )
 
+    # The second of two transactions locking the same rows waits for the first, then gets
+    # a serialization failure if the first changed them, and is retried on what it wrote.
+    for_update = " FOR UPDATE"
+
     def __init__(self, url: str, max_connections: int = 10) -> None:
         self.url = url
         self.max_connections = max_connections
+        # Whether the server has ICU's root collation; found out on the first connection
+        # (made at start-up, before any query is built).
+        self._has_icu: bool | None = None
 
     def connect(self) -> Any:
         conn = psycopg2.connect(self.url)
+        if self._has_icu is None:
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT 1 FROM pg_collation WHERE collname = 'und-x-icu'")
+                self._has_icu = cursor.fetchone() is not None
+            conn.rollback()
+            if not self._has_icu:
+                logger.warning(
+                    "PostgreSQL has no ICU collation: case-insensitive searches fold"
+                    " only what the database's LC_CTYPE folds (ASCII alone under C)"
+                )
         self.on_new_connection(conn)
         return conn
 
@@ -130,6 +149,14 @@ class PostgresEngine(Engine):
             f"(CASE WHEN strpos({column}, '\\u0000') > 0 THEN NULL"
             f" ELSE ({column})::json #>> '{pg_path}' END)"
         )
+
+    def fold_case(self, expr: str) -> str:
+        # The ICU root collation: Unicode's mapping whatever the database's LC_CTYPE (with
+        # the C locale Heddle's set-up recommends, plain LOWER() folds ASCII only). A
+        # PostgreSQL built without ICU has no such collation: plain LOWER() there.
+        if self._has_icu is False:
+            return f"LOWER({expr})"
+        return f'LOWER(({expr}) COLLATE "und-x-icu")'
 
     def is_connection_lost(self, exc: BaseException) -> bool:
         # An OperationalError without a SQLSTATE comes from the connection, not the query.

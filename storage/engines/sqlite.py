@@ -12,6 +12,13 @@ from storage.engines.base import JSON_PATH_KEY, Engine, WriterLock
 WAL_SWITCH_TIMEOUT_SECONDS = 10.0
 
 
+FOLD_CASE_FUNCTION = "heddle_fold_case"
+
+
+def _fold_case(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
 class SqliteWriterLock(WriterLock):
     """An exclusive `flock` on `<database>.lock`, held through an open file descriptor. The
     kernel lets go when the descriptor is closed, including when the process dies, so a
@@ -95,6 +102,8 @@ class SqliteEngine(Engine):
         self._use_write_ahead_log(conn)
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
+        # SQLite's own LOWER() folds ASCII only.
+        conn.create_function(FOLD_CASE_FUNCTION, 1, _fold_case, deterministic=True)
 
     @staticmethod
     def _use_write_ahead_log(conn: Any) -> None:
@@ -134,6 +143,9 @@ class SqliteEngine(Engine):
             f"(CASE WHEN instr({column}, '\\u0000') > 0 THEN NULL"
             f" ELSE json_extract({column}, '{json_path}') END)"
         )
+
+    def fold_case(self, expr: str) -> str:
+        return f"{FOLD_CASE_FUNCTION}({expr})"
 
     def describe(self) -> str:
         return f"sqlite ({self.path})"

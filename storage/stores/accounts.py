@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from storage.database import Database, Transaction
@@ -146,14 +147,47 @@ class AccountStore:
         )
 
     async def reactivate(self, user_id: str) -> None:
-        """Undo `mark_deactivated` (the password, wiped then, is set separately)."""
-        await self._db.run_interaction(
-            "reactivate",
-            lambda txn: txn.execute(
+        """Undo `mark_deactivated` (the password, wiped then, is set separately); what the
+        deactivation had left to do is not done any more."""
+
+        def txn_fn(txn: Transaction) -> None:
+            txn.execute(
                 "UPDATE users SET deactivated = ?, erased = ? WHERE user_id = ?",
                 (False, False, user_id),
+            )
+            txn.execute("DELETE FROM pending_deactivations WHERE user_id = ?", (user_id,))
+
+        await self._db.run_interaction("reactivate", txn_fn)
+
+    async def pending_deactivations(self) -> list[str]:
+        """Deactivated accounts whose clean-up has not finished (a process died during it)."""
+        rows = await self._db.run_interaction(
+            "pending_deactivations",
+            lambda txn: txn.select_all("SELECT user_id FROM pending_deactivations ORDER BY user_id"),
+        )
+        return [row[0] for row in rows]
+
+    async def finish_deactivation(self, user_id: str) -> None:
+        await self._db.run_interaction(
+            "finish_deactivation",
+            lambda txn: txn.execute(
+                "DELETE FROM pending_deactivations WHERE user_id = ?", (user_id,)
             ),
         )
+
+    async def erased_users(self, user_ids: Collection[str]) -> set[str]:
+        """Which of these users asked for erasure when their account was deactivated."""
+        if not user_ids:
+            return set()
+        rows = await self._db.run_interaction(
+            "erased_users",
+            lambda txn: txn.select_in_chunks(
+                "SELECT user_id FROM users WHERE erased = ? AND user_id IN ({in})",
+                sorted(user_ids),
+                (True,),
+            ),
+        )
+        return {row[0] for row in rows}
 
     async def count_active_admins(self) -> int:
         row = await self._db.run_interaction(
@@ -182,13 +216,37 @@ class AccountStore:
 
         await self._db.run_interaction("set_ratelimit_override", txn_fn)
 
-    async def mark_deactivated(self, user_id: str, erase: bool) -> None:
-        """Deactivate: no password, and with `erase` the profile is wiped too."""
+    async def demote_admin(self, user_id: str) -> bool:
+        """Take away server admin, unless the user is the last active admin (False then).
+        Checked and written in one transaction that locks the admins' rows, so concurrent
+        demotions and deactivations of the last two admins cannot both succeed."""
 
-        def txn_fn(txn: Transaction) -> None:
+        def txn_fn(txn: Transaction) -> bool:
+            if not _another_admin_remains_txn(txn, user_id):
+                return False
+            txn.execute("UPDATE users SET is_admin = ? WHERE user_id = ?", (False, user_id))
+            return True
+
+        return await self._db.run_interaction("demote_admin", txn_fn)
+
+    async def mark_deactivated(self, user_id: str, erase: bool, keep_an_admin: bool = False) -> bool:
+        """Deactivate: no password, and with `erase` the profile is wiped too; the
+        account is added to the pending deactivations (`finish_deactivation`). With
+        `keep_an_admin` (an admin's doing), refused (False) if the user is the last active
+        admin, atomically as in `demote_admin`."""
+
+        def txn_fn(txn: Transaction) -> bool:
+            if keep_an_admin and not _another_admin_remains_txn(txn, user_id):
+                return False
             txn.execute(
                 "UPDATE users SET deactivated = ?, password_hash = NULL WHERE user_id = ?",
                 (True, user_id),
+            )
+            # What is left to do (sessions, rooms) is remembered with the mark itself.
+            txn.execute(
+                "INSERT INTO pending_deactivations (user_id) VALUES (?)"
+                " ON CONFLICT (user_id) DO NOTHING",
+                (user_id,),
             )
             if erase:
                 txn.execute("UPDATE users SET erased = ? WHERE user_id = ?", (True, user_id))
@@ -196,5 +254,19 @@ class AccountStore:
                     "UPDATE profiles SET displayname = NULL, avatar_url = NULL WHERE user_id = ?",
                     (user_id,),
                 )
+                txn.execute("DELETE FROM profile_fields WHERE user_id = ?", (user_id,))
+            return True
 
-        await self._db.run_interaction("mark_deactivated", txn_fn)
+        return await self._db.run_interaction("mark_deactivated", txn_fn)
+
+
+def _another_admin_remains_txn(txn: Transaction, user_id: str) -> bool:
+    """Whether removing `user_id` from the active admins leaves at least one (True if it is
+    not one). Locks the active admins' rows (`Engine.for_update`) until the transaction
+    ends, so the answer holds for what the transaction then writes."""
+    admins = txn.select_all(
+        "SELECT user_id FROM users WHERE is_admin = ? AND deactivated = ?" + txn.engine.for_update,
+        (True, False),
+    )
+    active = {row[0] for row in admins}
+    return user_id not in active or len(active) > 1

@@ -41,6 +41,18 @@ class StoredEvent:
 # `LruCache.peek`'s answer for an event not held (None means held as not redacted).
 
 
+def redaction_held_txn(txn: Transaction, event: Event) -> bool:
+    """Whether a redaction of `event` in its room is already stored (federation can deliver
+    a redaction before its target): what is derived from the event's content (relations,
+    search text) is then not written."""
+    row = txn.select_one(
+        "SELECT 1 FROM redactions r JOIN events re ON re.event_id = r.event_id"
+        " WHERE r.redacts = ? AND re.room_id = ?",
+        (event.event_id, event.room_id),
+    )
+    return row is not None
+
+
 def _row_to_stored(row: tuple[Any, ...]) -> StoredEvent:
     event_id, raw, metadata, rejected, stream, topo, outlier, room_version = row
     version = KNOWN_ROOM_VERSIONS[room_version]
@@ -283,6 +295,30 @@ class EventStore:
             ),
         )
         return (row[0], row[1]) if row else None
+
+    async def record_txn_event(
+        self, user_id: str, device_id: str, txn_id: str, room_id: str, event_id: str, now_ms: int
+    ) -> str:
+        """Remember `event_id` as what the transaction made, without an event (a
+        shadow-banned sender's), so a retry is answered as a real send's is. Returns the
+        event ID now recorded: a concurrent request with the same transaction may have won."""
+
+        def txn_fn(txn: Transaction) -> str:
+            txn.execute(
+                "INSERT INTO event_txn_ids (user_id, device_id, txn_id, room_id, event_id,"
+                " inserted_ts) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (user_id, device_id, txn_id) DO NOTHING",
+                (user_id, device_id, txn_id, room_id, event_id, now_ms),
+            )
+            row = txn.select_one(
+                "SELECT event_id FROM event_txn_ids"
+                " WHERE user_id = ? AND device_id = ? AND txn_id = ?",
+                (user_id, device_id, txn_id),
+            )
+            assert row is not None  # inserted above, or there already
+            return str(row[0])
+
+        return await self._db.run_interaction("record_txn_event", txn_fn)
 
     async def get_max_stream_ordering(self) -> int:
         row = await self._db.run_interaction(

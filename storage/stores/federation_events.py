@@ -115,6 +115,41 @@ class FederationEventStore:
         )
         return [(row[0], row[1]) for row in rows]
 
+    async def is_next_to_backward_gap(self, room_id: str, event_id: str, prev_ids: Collection[str]) -> bool:
+        """Whether the event, or one of its prev_events, is an event we know of but do not
+        hold (a backward extremity): history just before it may be missing here."""
+        ids = [event_id, *prev_ids]
+        placeholders = ", ".join("?" for _ in ids)
+        row = await self._db.run_interaction(
+            "is_next_to_backward_gap",
+            lambda txn: txn.select_one(
+                "SELECT 1 FROM event_backward_extremities"
+                f" WHERE room_id = ? AND event_id IN ({placeholders}) LIMIT 1",
+                (room_id, *ids),
+            ),
+        )
+        return row is not None
+
+    async def is_next_to_forward_gap(self, room_id: str, event_id: str) -> bool:
+        """Whether history just after the event may be missing here: no event we hold (and
+        did not reject) cites it, and it is not one of the room's latest events (a forward
+        extremity, after which there is nothing to miss)."""
+
+        def txn(t: Transaction) -> bool:
+            if t.select_one(
+                "SELECT 1 FROM event_forward_extremities WHERE room_id = ? AND event_id = ?",
+                (room_id, event_id),
+            ):
+                return False
+            cited = t.select_one(
+                "SELECT 1 FROM event_edges ed JOIN events e ON e.event_id = ed.event_id"
+                " WHERE ed.prev_event_id = ? AND e.rejected_reason IS NULL LIMIT 1",
+                (event_id,),
+            )
+            return cited is None
+
+        return bool(await self._db.run_interaction("is_next_to_forward_gap", txn))
+
     async def get_transaction_response(self, origin: str, transaction_id: str) -> Any | None:
         row = await self._db.run_interaction(
             "get_transaction_response",

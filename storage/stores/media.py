@@ -7,6 +7,41 @@ from dataclasses import dataclass
 from storage.database import Database, Transaction
 
 
+class StorageKeyChanged(Exception):
+    """A stored object was deleted (or is being deleted) since the caller read its
+    generation: store it again and retry."""
+
+
+def claim_storage_key_txn(txn: Transaction, storage_key: str, seen_generation: int) -> None:
+    """In the transaction adding a reference to `storage_key`: raise `StorageKeyChanged`
+    unless the object is still the one whose generation the caller read before it checked
+    (or stored) the object. The row is written either way, so a deletion deciding on the
+    same key at the same moment conflicts with this transaction (PostgreSQL retries the
+    later one, which then sees the other's outcome)."""
+    txn.execute(
+        "INSERT INTO media_storage_keys (storage_key, generation, deleting) VALUES (?, 0, ?)"
+        " ON CONFLICT (storage_key) DO UPDATE SET generation = media_storage_keys.generation",
+        (storage_key, False),
+    )
+    row = txn.select_one(
+        "SELECT generation, deleting FROM media_storage_keys WHERE storage_key = ?",
+        (storage_key,),
+    )
+    if row is None or row[1] or int(row[0]) != seen_generation:
+        raise StorageKeyChanged(storage_key)
+
+
+def mark_storage_key_deleting_txn(txn: Transaction, storage_key: str) -> None:
+    """In the transaction that found `storage_key` unreferenced: a deletion of the object
+    begins (`finish_storage_key_deletions` ends it)."""
+    txn.execute(
+        "INSERT INTO media_storage_keys (storage_key, generation, deleting) VALUES (?, 1, ?)"
+        " ON CONFLICT (storage_key) DO UPDATE SET"
+        " generation = media_storage_keys.generation + 1, deleting = ?",
+        (storage_key, True, True),
+    )
+
+
 @dataclass(frozen=True)
 class MediaInfo:
     server_name: str
@@ -96,13 +131,18 @@ class MediaStore:
         sha256: str,
         now_ms: int,
         pending: bool = False,
+        key_generation: int | None = None,
     ) -> bool:
         """Point a media ID at stored contents (adding a reference to them), in one
         transaction. With `pending`, fills an ID made by `create_pending`, only if it is
         still empty: False when it was used meanwhile (or never existed). Contents already
-        quarantined under another ID are quarantined under this one too."""
+        quarantined under another ID are quarantined under this one too. With
+        `key_generation` (see `claim_storage_key_txn`), raises `StorageKeyChanged` if the
+        contents were deleted since the caller read it."""
 
         def txn_fn(txn: Transaction) -> bool:
+            if key_generation is not None:
+                claim_storage_key_txn(txn, sha256, key_generation)
             # Contents an admin quarantined stay quarantined under any new media ID.
             found = txn.select_one(
                 "SELECT quarantined_by FROM media WHERE sha256 = ? AND quarantined LIMIT 1",
@@ -157,16 +197,44 @@ class MediaStore:
 
     async def store_thumbnail(
         self, server_name: str, media_id: str, width: int, height: int, method: str,
-        animated: bool, content_type: str, storage_key: str, size: int,
+        animated: bool, content_type: str, storage_key: str, size: int, key_generation: int,
     ) -> None:
-        await self._db.run_interaction(
-            "store_media_thumbnail",
-            lambda txn: txn.execute(
+        """Record a thumbnail stored under `storage_key`; `key_generation` as in
+        `record_upload`."""
+
+        def txn_fn(txn: Transaction) -> None:
+            claim_storage_key_txn(txn, storage_key, key_generation)
+            txn.execute(
                 "INSERT INTO media_thumbnails (server_name, media_id, width, height, method,"
                 " animated, content_type, storage_key, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (server_name, media_id, width, height, method, animated)"
                 " DO NOTHING",
                 (server_name, media_id, width, height, method, animated, content_type,
                  storage_key, size),
+            )
+
+        await self._db.run_interaction("store_media_thumbnail", txn_fn)
+
+    async def storage_key_generation(self, storage_key: str) -> int | None:
+        """How many times the stored object was deleted (0: never), or None while a
+        deletion is removing it. Read before trusting that the object exists."""
+        row = await self._db.run_interaction(
+            "storage_key_generation",
+            lambda txn: txn.select_one(
+                "SELECT generation, deleting FROM media_storage_keys WHERE storage_key = ?",
+                (storage_key,),
+            ),
+        )
+        if row is None:
+            return 0
+        return None if row[1] else int(row[0])
+
+    async def clear_storage_key_deletions(self) -> None:
+        """At start-up: deletions a stopped process left marked are over (their objects
+        may or may not be gone; whoever needs one stores it again)."""
+        await self._db.run_interaction(
+            "clear_storage_key_deletions",
+            lambda txn: txn.execute(
+                "UPDATE media_storage_keys SET deleting = ? WHERE deleting = ?", (False, True)
             ),
         )

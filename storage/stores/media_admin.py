@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from storage.database import Database, Transaction
+from storage.stores.media import mark_storage_key_deleting_txn
 
 # order_by values (Synapse's) and the column each sorts on. Heddle does not record when
 # media was last read, so `last_access_ts` sorts as `created_ts` does.
@@ -240,10 +241,25 @@ class MediaAdminStore:
                         (sha256,),
                     )
                     candidates.add(sha256)
-            return DeletedMedia(deleted, [k for k in sorted(candidates) if _unused(txn, k)])
+            orphaned = [k for k in sorted(candidates) if _unused(txn, k)]
+            for key in orphaned:
+                mark_storage_key_deleting_txn(txn, key)
+            return DeletedMedia(deleted, orphaned)
 
         return await self._db.run_interaction("delete_media", txn_fn)
 
+    async def finish_storage_key_deletions(self, storage_keys: list[str]) -> None:
+        """The objects are gone from storage (or could not be removed): new references
+        may be made to them again, after storing them anew."""
+
+        def txn_fn(txn: Transaction) -> None:
+            for key in storage_keys:
+                txn.execute(
+                    "UPDATE media_storage_keys SET deleting = ? WHERE storage_key = ?",
+                    (False, key),
+                )
+
+        await self._db.run_interaction("finish_storage_key_deletions", txn_fn)
 
 def _quarantine_txn(txn: Transaction, media: list[tuple[str, str]], by: str | None) -> int:
     """Quarantine (`by` set) or release the media and every media with the same contents,

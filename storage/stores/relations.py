@@ -10,6 +10,7 @@ from typing import Any
 from homeserver.events.model import Event
 from homeserver.events.relations import relation_of
 from storage.database import Database, Transaction
+from storage.stores.events import redaction_held_txn
 
 # (topological_ordering, stream_ordering): a point in a room's history.
 Position = tuple[int, int]
@@ -52,12 +53,7 @@ def store_relation_txn(txn: Transaction, event: Event, stream_ordering: int) -> 
     relation = relation_of(event)
     if relation is None:
         return
-    redacted = txn.select_one(
-        "SELECT 1 FROM redactions r JOIN events re ON re.event_id = r.event_id"
-        " WHERE r.redacts = ? AND re.room_id = ?",
-        (event.event_id, event.room_id),
-    )
-    if redacted is not None:
+    if redaction_held_txn(txn, event):
         return
     txn.execute(
         "INSERT INTO event_relations (event_id, relates_to_id, rel_type, room_id, type, sender,"

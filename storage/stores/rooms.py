@@ -38,14 +38,16 @@ class RoomStore:
     async def store_room(
         self, room_id: str, room_version: str, creator: str, is_public: bool, now_ms: int
     ) -> None:
-        await self._db.run_interaction(
-            "store_room",
-            lambda txn: txn.execute(
+        def txn_fn(txn: Transaction) -> None:
+            txn.execute(
                 "INSERT INTO rooms (room_id, room_version, creator, is_public, created_ts)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (room_id, room_version, creator, is_public, now_ms),
-            ),
-        )
+            )
+            # The admin room list's row for it, kept as its current state changes.
+            txn.execute("INSERT INTO room_list_summary (room_id) VALUES (?)", (room_id,))
+
+        await self._db.run_interaction("store_room", txn_fn)
 
     async def get_membership(self, room_id: str, user_id: str) -> Membership | None:
         row = await self._db.run_interaction(
@@ -69,6 +71,18 @@ class RoomStore:
             ),
         )
         return row is not None
+
+    async def get_joined_members_by_age(self, room_id: str) -> list[str]:
+        """The room's joined members, the one whose membership changed longest ago first."""
+        rows = await self._db.run_interaction(
+            "get_joined_members_by_age",
+            lambda txn: txn.select_all(
+                "SELECT user_id FROM room_memberships WHERE room_id = ? AND membership = ?"
+                " ORDER BY stream_ordering",
+                (room_id, "join"),
+            ),
+        )
+        return [row[0] for row in rows]
 
     async def get_rooms_for_user(
         self, user_id: str, memberships: Collection[str] = ("join",)

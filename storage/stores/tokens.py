@@ -102,28 +102,38 @@ class TokenStore:
             return None
         return AccessTokenRow(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
 
-    async def mark_access_token_used(self, token_id: str, refresh_token_id: str | None) -> None:
-        """First use of a refreshed access token retires the refresh token it replaced.
+    async def mark_access_token_used(
+        self, token_id: str, refresh_token_id: str | None
+    ) -> list[str]:
+        """First use of a refreshed access token retires the refresh token it replaced, and
+        the access tokens issued with that one. Returns the access token IDs revoked.
 
         Many first uses at once (a client opening several connections with a new token)
         race here: the one that marks the row does the rest. On PostgreSQL the others' first
         attempts conflict; retried, they see the row marked and change nothing, so the
         retries end instead of conflicting again."""
 
-        def txn_fn(txn: Transaction) -> None:
+        def txn_fn(txn: Transaction) -> list[str]:
             txn.execute(
                 "UPDATE access_tokens SET used = ? WHERE token_id = ? AND used = ?",
                 (True, token_id, False),
             )
-            if txn.rowcount == 0:
-                return
-            if refresh_token_id is not None:
-                txn.execute(
-                    "UPDATE refresh_tokens SET revoked = ? WHERE next_token_id = ?",
-                    (True, refresh_token_id),
-                )
+            if txn.rowcount == 0 or refresh_token_id is None:
+                return []
+            return _retire_predecessor_txn(txn, refresh_token_id)
 
-        await self._db.run_interaction("mark_access_token_used", txn_fn)
+        return await self._db.run_interaction("mark_access_token_used", txn_fn)
+
+    async def get_refresh_token_user(self, token_hash: str) -> str | None:
+        """Whose refresh token this is (None if unknown), so the account can be checked
+        before the token is rotated."""
+        row = await self._db.run_interaction(
+            "get_refresh_token_user",
+            lambda txn: txn.select_one(
+                "SELECT user_id FROM refresh_tokens WHERE token_hash = ?", (token_hash,)
+            ),
+        )
+        return None if row is None else row[0]
 
     async def delete_access_token(self, token_id: str) -> None:
         await self._db.run_interaction(
@@ -168,9 +178,7 @@ class TokenStore:
                 )
                 txn.execute("DELETE FROM refresh_tokens WHERE token_id = ?", (next_token_id,))
             # Using this token retires its own predecessor.
-            txn.execute(
-                "UPDATE refresh_tokens SET revoked = ? WHERE next_token_id = ?", (True, token_id)
-            )
+            revoked_ids += _retire_predecessor_txn(txn, token_id)
             txn.execute(
                 "INSERT INTO refresh_tokens (token_id, token_hash, user_id, device_id,"
                 " created_ts, expires_ts) VALUES (?, ?, ?, ?, ?, ?)",
@@ -209,3 +217,31 @@ def _insert_access_token(
         " refresh_token_id) VALUES (?, ?, ?, ?, ?, ?)",
         (token_id, user_id, device_id, now_ms, expires_ts, refresh_token_id),
     )
+
+
+def _retire_predecessor_txn(txn: Transaction, refresh_token_id: str) -> list[str]:
+    """The client has used what a refresh gave it (the access token or the refresh token
+    `refresh_token_id`): the refresh token it replaced is marked revoked (kept, so that
+    presenting it again is seen as reuse), and the access tokens issued with that one are
+    deleted, as it now holds newer ones. Returns the deleted access token IDs."""
+    predecessors = [
+        r[0]
+        for r in txn.select_all(
+            "SELECT token_id FROM refresh_tokens WHERE next_token_id = ?", (refresh_token_id,)
+        )
+    ]
+    if not predecessors:
+        return []
+    txn.execute(
+        "UPDATE refresh_tokens SET revoked = ? WHERE next_token_id = ?", (True, refresh_token_id)
+    )
+    revoked: list[str] = []
+    for predecessor in predecessors:
+        revoked += [
+            r[0]
+            for r in txn.select_all(
+                "SELECT token_id FROM access_tokens WHERE refresh_token_id = ?", (predecessor,)
+            )
+        ]
+        txn.execute("DELETE FROM access_tokens WHERE refresh_token_id = ?", (predecessor,))
+    return revoked

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from storage.database import Database, Transaction
+from storage.engines.base import Engine
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,11 @@ ORDER_COLUMNS = {
     "locked": "locked",
 }
 
+# Listing columns outside `users`, as SQL.
+_COLUMN_SQL = {"displayname": "p.displayname", "avatar_url": "p.avatar_url"}
+# Those that can be NULL (the others are NOT NULL columns of `users`).
+_NULLABLE_COLUMNS = frozenset({"user_type", "displayname", "avatar_url", "last_seen_ts"})
+
 
 @dataclass(frozen=True)
 class UserQuery:
@@ -61,25 +67,28 @@ class UserQuery:
     backwards: bool = False
 
 
-def _like(value: str) -> str:
-    """A LIKE pattern matching `value` anywhere, its wildcards taken literally."""
-    escaped = value.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
+def _like_escape(value: str) -> str:
+    """`value` in a LIKE pattern (ESCAPE '\\'), its wildcards taken literally."""
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _where(query: UserQuery) -> tuple[str, list[Any]]:
+def _where(query: UserQuery, engine: Engine, server_name: str) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     args: list[Any] = []
+    user_id = engine.fold_case("u.user_id")
     if query.name_contains:
-        # Localparts never hold ':', so '@...%x%...:' can only match inside the localpart.
+        # The localpart or the display name, not the server name: every listed user is
+        # local, so the pattern ends with exactly ':' and this server's name, and the
+        # term must fall between it and the '@'.
+        term = _like_escape(query.name_contains.lower())
         clauses.append(
-            "(LOWER(u.user_id) LIKE ? ESCAPE '\\' OR LOWER(p.displayname) LIKE ? ESCAPE '\\')"
+            f"({user_id} LIKE ? ESCAPE '\\'"
+            f" OR {engine.fold_case('p.displayname')} LIKE ? ESCAPE '\\')"
         )
-        pattern = _like(query.name_contains)
-        args += ["@" + pattern + ":%", pattern]
+        args += [f"@%{term}%:{_like_escape(server_name.lower())}", f"%{term}%"]
     elif query.user_id_contains:
-        clauses.append("LOWER(u.user_id) LIKE ? ESCAPE '\\'")
-        args.append(_like(query.user_id_contains))
+        clauses.append(f"{user_id} LIKE ? ESCAPE '\\'")
+        args.append(f"%{_like_escape(query.user_id_contains.lower())}%")
     for column, wanted in (
         ("u.is_guest", query.guests),
         ("u.deactivated", query.deactivated),
@@ -99,8 +108,9 @@ def _where(query: UserQuery) -> tuple[str, list[Any]]:
 
 
 class UserAdminStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, server_name: str) -> None:
         self._db = db
+        self._server_name = server_name
 
     async def list_users(
         self, query: UserQuery, offset: int, limit: int
@@ -109,28 +119,39 @@ class UserAdminStore:
         broken by user ID, ascending, so pages never overlap or skip."""
         column = ORDER_COLUMNS[query.order_by]
         direction = "DESC" if query.backwards else "ASC"
-        where, args = _where(query)
+        where, args = _where(query, self._db.engine, self._server_name)
         from_sql = " FROM users AS u LEFT JOIN profiles AS p ON p.user_id = u.user_id"
+        last_seen = (
+            "(SELECT MAX(d.last_seen_ts) FROM devices AS d WHERE d.user_id = u.user_id)"
+        )
+        # The sort key as SQL on the tables themselves (not on a derived table), so an
+        # index on it can be read in order.
+        key = last_seen if column == "last_seen_ts" else _COLUMN_SQL.get(column, "u." + column)
         # NULLs sort first (as the smallest), the same on both engines: SQLite and
         # PostgreSQL disagree by default.
-        order = f" ORDER BY ({column} IS NOT NULL) {direction}, {column} {direction}"
+        order = " ORDER BY "
+        if column in _NULLABLE_COLUMNS:
+            order += f"({key} IS NOT NULL) {direction}, "
+        order += f"{key} {direction}"
         if column != "user_id":
-            order += ", user_id ASC"
+            order += ", u.user_id ASC"
 
         def txn_fn(txn: Transaction) -> tuple[list[UserListing], int]:
             total_row = txn.select_one("SELECT COUNT(*)" + from_sql + where, args)
+            # The page's user IDs first, from the sort key alone (an index scan for most
+            # orders), then their columns: the rows skipped by `from` are never built.
             rows = txn.select_all(
-                "SELECT * FROM (SELECT u.user_id, u.is_guest, u.is_admin, u.user_type,"
-                " u.deactivated, u.erased, u.shadow_banned, p.displayname, p.avatar_url,"
-                " u.created_ts, u.locked, u.suspended,"
-                " (SELECT MAX(d.last_seen_ts) FROM devices AS d WHERE d.user_id = u.user_id)"
-                " AS last_seen_ts"
+                "SELECT u.user_id, u.is_guest, u.is_admin, u.user_type, u.deactivated,"
+                " u.erased, u.shadow_banned, p.displayname, p.avatar_url, u.created_ts,"
+                f" u.locked, u.suspended, {last_seen}"
+                " FROM (SELECT u.user_id"
                 + from_sql
                 + where
-                # Sorted outside, so last_seen_ts can be sorted by like any column.
-                + ") AS listed"
                 + order
-                + " LIMIT ? OFFSET ?",
+                + " LIMIT ? OFFSET ?) AS page"
+                " JOIN users AS u ON u.user_id = page.user_id"
+                " LEFT JOIN profiles AS p ON p.user_id = u.user_id"
+                + order,
                 [*args, limit, offset],
             )
             users = [

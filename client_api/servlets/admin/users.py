@@ -60,8 +60,8 @@ def details_json(details: UserDetails) -> dict[str, Any]:
         "name": account.user_id,
         "displayname": profile.displayname if profile else None,
         "avatar_url": profile.avatar_url if profile else None,
-        # Heddle binds no e-mail addresses or phone numbers, and has no SSO.
-        "threepids": [],
+        "threepids": details.threepids,
+        # Heddle has no SSO.
         "external_ids": [],
         "is_guest": account.is_guest,
         "admin": account.is_admin,
@@ -158,6 +158,24 @@ class PutUserBody(RequestBody):
     external_ids: list[Any] | None = None
 
 
+def _threepid_pairs(threepids: list[Any] | None) -> list[tuple[str, str]] | None:
+    """Synapse's `threepids`: objects with `medium` and `address` strings."""
+    if threepids is None:
+        return None
+    pairs = []
+    for threepid in threepids:
+        if not (
+            isinstance(threepid, dict)
+            and isinstance(threepid.get("medium"), str)
+            and isinstance(threepid.get("address"), str)
+        ):
+            raise MatrixError(
+                400, Codes.INVALID_PARAM, "Each of 'threepids' needs 'medium' and 'address'"
+            )
+        pairs.append((threepid["medium"], threepid["address"]))
+    return pairs
+
+
 class UserServlet:
     PATTERNS = [admin_path("/users" + USER, versions="v2")]
 
@@ -171,12 +189,8 @@ class UserServlet:
     async def on_PUT(self, request: HeddleRequest, user_id: str) -> tuple[int, Any]:
         admin = await require_admin(self._hs, request)
         body = parse_body(parse_json_object(request), PutUserBody)
-        if body.threepids or body.external_ids:
-            raise MatrixError(
-                400,
-                Codes.INVALID_PARAM,
-                "Heddle does not store third-party identifiers or SSO identities",
-            )
+        if body.external_ids:
+            raise MatrixError(400, Codes.INVALID_PARAM, "Heddle does not store SSO identities")
         changes = UserChanges(
             password=body.password,
             logout_devices=body.logout_devices,
@@ -187,6 +201,7 @@ class UserServlet:
             locked=body.locked,
             user_type_given="user_type" in body.model_fields_set,
             user_type=body.user_type,
+            threepids=_threepid_pairs(body.threepids),
         )
         created, details = await self._hs.admin_users.create_or_modify(admin, user_id, changes)
         return (201 if created else 200), details_json(details)
