@@ -29,14 +29,23 @@ def access_token_from(request: HeddleRequest) -> str | None:
 
 
 async def require_user(
-    hs: HomeServer, request: HeddleRequest, allow_locked: bool = False
+    hs: HomeServer,
+    request: HeddleRequest,
+    allow_locked: bool = False,
+    allow_guest: bool = False,
 ) -> Requester:
     """Who made the request: 401 M_MISSING_TOKEN without a token, M_UNKNOWN_TOKEN for a bad
-    one, M_USER_LOCKED for a locked account unless `allow_locked` (only logging out is)."""
+    one, M_USER_LOCKED for a locked account unless `allow_locked` (only logging out is).
+
+    Guests get 403 M_GUEST_ACCESS_FORBIDDEN unless `allow_guest`: servlets opt in for the
+    endpoints the spec's "Guest access" section lists, so a new endpoint is closed to guests
+    until someone decides otherwise."""
     token = access_token_from(request)
     if token is None:
         raise MatrixError(401, Codes.MISSING_TOKEN, "Missing access token")
     requester = await hs.tokens.validate(token, allow_locked=allow_locked)
+    if requester.is_guest and not allow_guest:
+        raise MatrixError(403, Codes.GUEST_ACCESS_FORBIDDEN, "Guest access is not allowed here")
     user_agent = request.getHeader(b"user-agent")
     await hs.devices.record_activity(
         requester.user_id,
@@ -50,4 +59,5 @@ async def require_user(
 async def optional_user(hs: HomeServer, request: HeddleRequest) -> Requester | None:
     if access_token_from(request) is None:
         return None
-    return await require_user(hs, request)
+    # What anyone may do without a token, a guest may do with one.
+    return await require_user(hs, request, allow_guest=True)

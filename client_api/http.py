@@ -293,6 +293,10 @@ class Router:
                         Route(method, pattern, handler, f"{type(servlet).__name__}")
                     )
 
+    def serves(self, method: str, path: str) -> bool:
+        """Whether a route answers `method` on `path`."""
+        return self.match(method, path)[0] is not None
+
     def match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], list[str]]:
         """(route, path args, methods the path allows). No route but some allowed methods
         means the method is wrong for a known path."""

@@ -11,6 +11,7 @@ from client_api.servlets import (
     devices,
     directory,
     discovery,
+    events,
     filters,
     history,
     keys,
@@ -48,6 +49,7 @@ from client_api.servlets.admin import reports as admin_reports
 from client_api.servlets.admin import rooms as admin_rooms
 from client_api.servlets.admin import server_notices as admin_server_notices
 from client_api.servlets.admin import users as admin_users
+from homeserver.spec_versions import advertised_versions
 
 if TYPE_CHECKING:
     from homeserver.app import HomeServer
@@ -60,6 +62,7 @@ CLIENT_SERVLETS = [
     discovery.CapabilitiesServlet,
     discovery.HealthServlet,
     login.LoginServlet,
+    login.GetLoginTokenServlet,
     login.RefreshServlet,
     login.LogoutServlet,
     login.LogoutAllServlet,
@@ -157,6 +160,9 @@ CLIENT_SERVLETS = [
     admin_reports.UserReportsServlet,
     admin_reports.UserReportServlet,
     sync.SyncServlet,
+    events.EventsServlet,
+    events.EventByIdServlet,
+    events.RoomInitialSyncServlet,
     rooms.CreateRoomServlet,
     rooms.UpgradeRoomServlet,
     rooms.SendEventServlet,
@@ -237,3 +243,5 @@ CLIENT_SERVLETS = [
 def register_client_servlets(router: Router, hs: HomeServer) -> None:
     for servlet_class in CLIENT_SERVLETS:
         router.register_servlet(servlet_class(hs))
+    # What /versions says follows from what this table serves (see homeserver/spec_versions.py).
+    hs.spec_versions = advertised_versions(router.serves)

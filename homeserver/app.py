@@ -63,6 +63,8 @@ class HomeServer:
         # the areas it needs. The attributes after each are the names servlets and tests use.
         core = self.core = build_core(config, reactor)
         self.server_name = core.server_name
+        # The spec versions /versions advertises; set when the client routes are registered.
+        self.spec_versions: list[str] = []
         self.clock = core.clock
         self.signing_key = core.signing_key
         self.db = core.db
@@ -114,6 +116,8 @@ class HomeServer:
         self.devices = auth.devices
         self.uia = auth.uia
         self.login = auth.login
+        self.login_tokens = auth.login_tokens
+        self.login_token_limiter = auth.login_token_limiter
         self.registration_limiter = auth.registration_limiter
         self.registration = auth.registration
         self.shared_secret_registration = auth.shared_secret_registration
@@ -190,6 +194,8 @@ class HomeServer:
         self.filtering = sync.filtering
         self.sync = sync.handler
         self.websocket_sync = sync.websocket
+        self.legacy_events = sync.legacy_events
+        self.room_initial_sync = sync.room_initial_sync
         self.websocket_connections = sync.websocket_connections
         self.websocket_request_limiter = sync.websocket_request_limiter
 

@@ -76,12 +76,24 @@ class RegistrationConfig(_Section):
     # Secret for the shared-secret admin registration endpoint; unset disables it.
     shared_secret: str | None = None
     min_password_length: int = Field(8, ge=0, le=1024)
+    # Anyone may get a guest account (POST /register?kind=guest), with the limited access the
+    # spec's "Guest access" section gives guests.
+    allow_guest_access: bool = False
 
 
 # What config/homeserver.sample.yaml has for auth.jwt_secret: a server started with it
 # unchanged would sign tokens with a secret anyone can read, so it is refused.
 JWT_SECRET_PLACEHOLDER = "change me: a long random string, at least 32 characters"
 GENERATE_SECRET_COMMAND = "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
+
+
+class LoginViaExistingSessionConfig(_Section):
+    # POST /login/get_token: a logged-in client gets a single-use m.login.token for another.
+    enabled: bool = False
+    # Ask for the user's password (user-interactive auth) before issuing each token.
+    require_ui_auth: bool = True
+    # How long an issued login token stays valid (Synapse's default, 5 minutes).
+    token_timeout_ms: int = Field(5 * 60 * 1000, ge=1000)
 
 
 class AuthConfig(_Section):
@@ -92,6 +104,7 @@ class AuthConfig(_Section):
     refresh_token_lifetime_ms: int = Field(7 * 24 * 3600 * 1000, ge=1000)
     # bcrypt cost; tests lower it, production keeps the default.
     bcrypt_rounds: int = Field(12, ge=4, le=31)
+    login_via_existing_session: LoginViaExistingSessionConfig = LoginViaExistingSessionConfig()
 
     @field_validator("jwt_secret")
     @classmethod
@@ -123,6 +136,8 @@ class RateLimitsConfig(_Section):
     message_per_user: RateLimit = RateLimit(per_second=0.2, burst_count=10)
     # Abuse reports a user files (events, rooms and users alike): Synapse's defaults.
     reports_per_user: RateLimit = RateLimit(per_second=1.0, burst_count=5)
+    # POST /login/get_token per user: each token spawns a session (Synapse: 1 a minute).
+    login_token_requests_per_user: RateLimit = RateLimit(per_second=1 / 60, burst_count=1)
     # E-mail validation requests (each may send a mail), per client address and per e-mail
     # address: Synapse's rc_3pid_validation defaults.
     threepid_validation_per_address: RateLimit = RateLimit(per_second=0.003, burst_count=5)

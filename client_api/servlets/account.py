@@ -21,7 +21,7 @@ class WhoamiServlet:
         self._hs = hs
 
     async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
-        requester = await require_user(self._hs, request)
+        requester = await require_user(self._hs, request, allow_guest=True)
         return 200, {
             "user_id": requester.user_id,
             "device_id": requester.device_id,

@@ -31,7 +31,7 @@ class DevicesServlet:
         self._hs = hs
 
     async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
-        requester = await require_user(self._hs, request)
+        requester = await require_user(self._hs, request, allow_guest=True)
         devices = await self._hs.devices.get_devices(requester.user_id)
         return 200, {"devices": [device_json(d) for d in devices]}
 
@@ -51,11 +51,11 @@ class DeviceServlet:
         self._hs = hs
 
     async def on_GET(self, request: HeddleRequest, device_id: str) -> tuple[int, Any]:
-        requester = await require_user(self._hs, request)
+        requester = await require_user(self._hs, request, allow_guest=True)
         return 200, device_json(await self._hs.devices.get_device(requester.user_id, device_id))
 
     async def on_PUT(self, request: HeddleRequest, device_id: str) -> tuple[int, Any]:
-        requester = await require_user(self._hs, request)
+        requester = await require_user(self._hs, request, allow_guest=True)
         body = parse_body(parse_json_object(request), DeviceUpdateBody)
         display_name = check_display_name(body.display_name)
         if display_name is None:

@@ -14,15 +14,6 @@ from homeserver.events.room_versions import CREATABLE_ROOM_VERSIONS
 if TYPE_CHECKING:
     from homeserver.app import HomeServer
 
-# Spec versions we advertise. v1.11 moves clients to authenticated media
-# (/_matrix/client/v1/media and the federation media endpoints), which the media repository
-# serves. Later versions are not advertised until what each adds has been checked.
-SUPPORTED_SPEC_VERSIONS = [
-    "r0.5.0", "r0.6.0", "r0.6.1",
-    "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11",
-]
-
-
 class VersionsServlet:
     PATTERNS = [re.compile(r"^/_matrix/client/versions$")]
 
@@ -31,7 +22,9 @@ class VersionsServlet:
 
     async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
         return 200, {
-            "versions": SUPPORTED_SPEC_VERSIONS,
+            # Each version whose endpoints are all routed and whose changes have been checked
+            # (homeserver/spec_versions.py).
+            "versions": self._hs.spec_versions,
             "unstable_features": {FEATURE: self._hs.config.websocket.enabled},
         }
 
@@ -99,7 +92,7 @@ class CapabilitiesServlet:
             # Every field may be set (within the spec's size limits).
             "m.profile_fields": {"enabled": True},
             "m.3pid_changes": {"enabled": self._hs.config.email.enabled},
-            "m.get_login_token": {"enabled": False},
+            "m.get_login_token": {"enabled": self._hs.login_tokens.enabled},
             "m.room_versions": {
                 "default": self._hs.config.rooms.default_room_version,
                 # Only the versions /createRoom accepts: clients offer these for

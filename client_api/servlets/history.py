@@ -32,7 +32,7 @@ class MessagesServlet:
         self._hs = hs
 
     async def on_GET(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
-        requester = await require_user(self._hs, request)
+        requester = await require_user(self._hs, request, allow_guest=True)
         direction = require_query_string(request, "dir")
         if direction not in ("b", "f"):
             raise MatrixError(400, Codes.INVALID_PARAM, "'dir' must be 'b' or 'f'")
@@ -59,7 +59,7 @@ class ContextServlet:
         self._hs = hs
 
     async def on_GET(self, request: HeddleRequest, room_id: str, event_id: str) -> tuple[int, Any]:
-        requester = await require_user(self._hs, request)
+        requester = await require_user(self._hs, request, allow_guest=True)
         limit = parse_limit(request)
         event_filter = await self._hs.filtering.resolve_room_event_filter(
             requester.user_id, query_string(request, "filter")
@@ -76,7 +76,7 @@ class EventServlet:
         self._hs = hs
 
     async def on_GET(self, request: HeddleRequest, room_id: str, event_id: str) -> tuple[int, Any]:
-        requester = await require_user(self._hs, request)
+        requester = await require_user(self._hs, request, allow_guest=True)
         return 200, await self._hs.messages.get_event(requester, room_id, event_id)
 
 

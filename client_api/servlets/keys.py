@@ -76,7 +76,7 @@ class KeysUploadServlet:
         self._hs = hs
 
     async def on_POST(self, request: HeddleRequest) -> tuple[int, Any]:
-        requester = await require_user(self._hs, request)
+        requester = await require_user(self._hs, request, allow_guest=True)
         raw = _without_nulls(
             parse_json_object(request), ("device_keys", "one_time_keys", "fallback_keys")
         )
@@ -91,7 +91,7 @@ class KeysQueryServlet:
         self._hs = hs
 
     async def on_POST(self, request: HeddleRequest) -> tuple[int, Any]:
-        requester = await require_user(self._hs, request)
+        requester = await require_user(self._hs, request, allow_guest=True)
         body = parse_body(parse_json_object(request), KeysQueryBody)
         return 200, await self._hs.e2e_keys.query_keys(
             requester.user_id, body.device_keys, body.timeout
@@ -105,7 +105,7 @@ class KeysClaimServlet:
         self._hs = hs
 
     async def on_POST(self, request: HeddleRequest) -> tuple[int, Any]:
-        await require_user(self._hs, request)
+        await require_user(self._hs, request, allow_guest=True)
         body = parse_body(parse_json_object(request), KeysClaimBody)
         return 200, await self._hs.e2e_keys.claim_keys(body.one_time_keys, body.timeout)
 

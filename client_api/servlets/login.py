@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any
 from client_api.auth import require_user
 from client_api.http import HeddleRequest, client_path, parse_json_object
 from client_api.validation import RequestBody, parse_body
+from homeserver.auth.login_tokens import IssuedLoginToken
 from homeserver.auth.tokens import IssuedTokens
+from homeserver.auth.uia import PASSWORD
 
 if TYPE_CHECKING:
     from homeserver.app import HomeServer
@@ -36,6 +38,7 @@ class LoginBody(RequestBody):
     refresh_token: bool = False
     identifier: dict[str, Any] | None = None
     user: str | None = None
+    token: str | None = None
 
 
 class LoginServlet:
@@ -52,6 +55,41 @@ class LoginServlet:
         parse_body(body, LoginBody)
         user_id, tokens = await self._hs.login.login(body, self._hs.client_ip(request))
         return 200, session_response(self._hs, user_id, tokens)
+
+
+class GetLoginTokenBody(RequestBody):
+    auth: dict[str, Any] | None = None
+
+
+class GetLoginTokenServlet:
+    """A single-use m.login.token for another client, after the user proves it is them."""
+
+    PATTERNS = [client_path("/login/get_token", "v1")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_POST(self, request: HeddleRequest) -> tuple[int, Any]:
+        hs = self._hs
+        requester = await require_user(hs, request)
+        raw = parse_json_object(request)
+        parse_body(raw, GetLoginTokenBody)
+        hs.login_tokens.check_enabled()
+        if hs.login_tokens.require_ui_auth:
+            # Heddle's UIA sessions authorise one operation each, so every token needs its own
+            # password check, as the spec asks of this endpoint.
+            async with hs.uia.operation(
+                raw, "POST", "/login/get_token", [[PASSWORD]], user_id=requester.user_id
+            ):
+                issued = await self._issue(requester.user_id)
+        else:
+            issued = await self._issue(requester.user_id)
+        return 200, {"login_token": issued.login_token, "expires_in_ms": issued.expires_in_ms}
+
+    async def _issue(self, user_id: str) -> IssuedLoginToken:
+        # Counted after user-interactive auth, as Synapse does: a challenge costs nothing.
+        self._hs.login_token_limiter.check(user_id)
+        return await self._hs.login_tokens.issue(user_id)
 
 
 class RefreshBody(RequestBody):

@@ -173,7 +173,7 @@ class _Download:
         file_name: str | None = None,
     ) -> tuple[int, Any]:
         if self.authenticated:
-            await require_user(self._hs, request)
+            await require_user(self._hs, request, allow_guest=True)
         elif not self._hs.config.media.legacy_unauthenticated_downloads:
             raise MatrixError(404, Codes.NOT_FOUND, "Use the authenticated media endpoints")
         wait_ms = parse_int_query(request, "timeout_ms", min_value=0)
@@ -227,7 +227,7 @@ class _Thumbnail:
         self, request: HeddleRequest, server_name: str, media_id: str
     ) -> tuple[int, Any]:
         if self.authenticated:
-            await require_user(self._hs, request)
+            await require_user(self._hs, request, allow_guest=True)
         elif not self._hs.config.media.legacy_unauthenticated_downloads:
             raise MatrixError(404, Codes.NOT_FOUND, "Use the authenticated media endpoints")
         width, height, method, animated, wait_ms = parse_thumbnail_query(request)

@@ -34,7 +34,8 @@ class ProfileFieldServlet:
         return 200, {key: await self._hs.profiles.get_field(user_id, key)}
 
     async def on_PUT(self, request: HeddleRequest, user_id: str, key: str) -> tuple[int, Any]:
-        requester = await require_user(self._hs, request)
+        # Guests may set their display name, and no other profile field.
+        requester = await require_user(self._hs, request, allow_guest=key == "displayname")
         body = parse_json_object(request)
         if key not in body:
             raise MatrixError(400, Codes.MISSING_PARAM, f"Missing '{key[:255]}'")
@@ -42,6 +43,6 @@ class ProfileFieldServlet:
         return 200, {}
 
     async def on_DELETE(self, request: HeddleRequest, user_id: str, key: str) -> tuple[int, Any]:
-        requester = await require_user(self._hs, request)
+        requester = await require_user(self._hs, request, allow_guest=key == "displayname")
         await self._hs.profiles.delete_field(requester, user_id, key)
         return 200, {}

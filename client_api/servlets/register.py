@@ -32,6 +32,7 @@ class RegisterBody(RequestBody):
     inhibit_login: bool = False
     refresh_token: bool = False
     auth: dict[str, Any] | None = None
+    guest_access_token: str | None = None
 
 
 class RegisterServlet:
@@ -42,20 +43,26 @@ class RegisterServlet:
 
     async def on_POST(self, request: HeddleRequest) -> tuple[int, Any]:
         hs = self._hs
-        hs.registration.check_kind(query_string(request, "kind") or "user")
+        kind = query_string(request, "kind") or "user"
+        hs.registration.check_kind(kind)
         raw = parse_json_object(request)
         body = parse_body(raw, RegisterBody)
+        asked = ClientRegistration(
+            username=body.username,
+            password=body.password,
+            device_id=body.device_id,
+            initial_device_display_name=body.initial_device_display_name,
+            inhibit_login=body.inhibit_login,
+            refresh_token=body.refresh_token,
+            guest_access_token=body.guest_access_token,
+        )
+        if kind == "guest":
+            guest_id, guest_tokens = await hs.registration.register_guest(
+                asked, hs.client_ip(request)
+            )
+            return 200, session_response(hs, guest_id, guest_tokens)
         user_id, tokens = await hs.registration.register_via_client(
-            raw,
-            ClientRegistration(
-                username=body.username,
-                password=body.password,
-                device_id=body.device_id,
-                initial_device_display_name=body.initial_device_display_name,
-                inhibit_login=body.inhibit_login,
-                refresh_token=body.refresh_token,
-            ),
-            hs.client_ip(request),
+            raw, asked, hs.client_ip(request)
         )
         if tokens is None:
             return 200, {"user_id": user_id, "home_server": hs.server_name}

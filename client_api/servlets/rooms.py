@@ -106,7 +106,7 @@ class SendEventServlet:
     async def on_PUT(
         self, request: HeddleRequest, room_id: str, event_type: str, txn_id: str
     ) -> tuple[int, Any]:
-        requester = await require_user(self._hs, request)
+        requester = await require_user(self._hs, request, allow_guest=True)
         check_room_id(room_id)
         content = parse_json_object(request)
         event_id = await self._hs.event_sender.send_message(
@@ -127,7 +127,7 @@ class StateEventServlet:
     async def on_GET(
         self, request: HeddleRequest, room_id: str, event_type: str, state_key: str = ""
     ) -> tuple[int, Any]:
-        requester = await require_user(self._hs, request)
+        requester = await require_user(self._hs, request, allow_guest=True)
         check_room_id(room_id)
         output = query_string(request, "format") or "content"
         if output not in ("content", "event"):
@@ -141,7 +141,7 @@ class StateEventServlet:
     async def on_PUT(
         self, request: HeddleRequest, room_id: str, event_type: str, state_key: str = ""
     ) -> tuple[int, Any]:
-        requester = await require_user(self._hs, request)
+        requester = await require_user(self._hs, request, allow_guest=True)
         check_room_id(room_id)
         content = parse_json_object(request)
         event_id = await self._hs.event_sender.set_state(
@@ -157,7 +157,7 @@ class RoomStateServlet:
         self._hs = hs
 
     async def on_GET(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
-        requester = await require_user(self._hs, request)
+        requester = await require_user(self._hs, request, allow_guest=True)
         check_room_id(room_id)
         state = await self._hs.room_state.get_state(requester.user_id, room_id)
         return 200, await self._hs.event_serializer.serialize(state)
@@ -192,7 +192,7 @@ class MembersServlet:
         self._hs = hs
 
     async def on_GET(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
-        requester = await require_user(self._hs, request)
+        requester = await require_user(self._hs, request, allow_guest=True)
         check_room_id(room_id)
         membership = query_string(request, "membership")
         not_membership = query_string(request, "not_membership")

@@ -34,7 +34,7 @@ class SyncServlet:
         self._hs = hs
 
     async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
-        requester = await require_user(self._hs, request)
+        requester = await require_user(self._hs, request, allow_guest=True)
         since_raw = query_string(request, "since")
         since = self._hs.streams.parse_token(since_raw) if since_raw is not None else None
         # A negative timeout means "do not wait" (not an error).

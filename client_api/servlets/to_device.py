@@ -26,7 +26,7 @@ class SendToDeviceServlet:
     async def on_PUT(
         self, request: HeddleRequest, event_type: str, txn_id: str
     ) -> tuple[int, Any]:
-        requester = await require_user(self._hs, request)
+        requester = await require_user(self._hs, request, allow_guest=True)
         body = parse_body(parse_json_object(request), SendToDeviceBody)
         await self._hs.to_device.send_to_device(
             requester.user_id, requester.device_id, event_type, txn_id, body.messages

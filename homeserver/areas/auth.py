@@ -11,6 +11,7 @@ from homeserver.auth.account import AccountHandler
 from homeserver.auth.credentials import CredentialChecker
 from homeserver.auth.devices import DeviceHandler, DeviceListUpdates
 from homeserver.auth.login import LoginHandler
+from homeserver.auth.login_tokens import LoginTokenHandler
 from homeserver.auth.openid import OpenIdTokens
 from homeserver.auth.passwords import PasswordHasher
 from homeserver.auth.registration import RegistrationHandler
@@ -31,6 +32,8 @@ class Auth:
     credentials: CredentialChecker
     uia: UserInteractiveAuth
     login: LoginHandler
+    login_tokens: LoginTokenHandler
+    login_token_limiter: RateLimiter
     registration_limiter: RateLimiter
     registration: RegistrationHandler
     shared_secret_registration: SharedSecretRegistration
@@ -81,11 +84,15 @@ def build_auth(core: Core, stores: Stores, device_lists: DeviceListUpdates) -> A
         stores.registration_token_store,
         threepid_validation,
     )
+    login_tokens = LoginTokenHandler(
+        config.auth.login_via_existing_session, core.clock, stores.login_token_store
+    )
     login = LoginHandler(
         core.server_name,
         credentials,
         devices,
         tokens,
+        login_tokens,
         core.limiter("login_per_address", limits.login_per_address),
         core.limiter("login_per_account", limits.login_per_account),
     )
@@ -100,6 +107,7 @@ def build_auth(core: Core, stores: Stores, device_lists: DeviceListUpdates) -> A
         hasher,
         uia,
         login,
+        tokens,
         threepids,
         registration_limiter,
         core.limiter(
@@ -113,6 +121,10 @@ def build_auth(core: Core, stores: Stores, device_lists: DeviceListUpdates) -> A
         credentials=credentials,
         uia=uia,
         login=login,
+        login_tokens=login_tokens,
+        login_token_limiter=core.limiter(
+            "login_token_requests_per_user", limits.login_token_requests_per_user
+        ),
         registration_limiter=registration_limiter,
         registration=registration,
         shared_secret_registration=SharedSecretRegistration(

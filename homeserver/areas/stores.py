@@ -26,6 +26,7 @@ from storage.stores.events import EventStore
 from storage.stores.federation_events import FederationEventStore
 from storage.stores.federation_queue import FederationQueueStore
 from storage.stores.filters import FilterStore
+from storage.stores.login_tokens import LoginTokenStore
 from storage.stores.media import MediaStore
 from storage.stores.media_admin import MediaAdminStore
 from storage.stores.openid_tokens import OpenIdTokenStore
@@ -57,6 +58,7 @@ class Stores:
     accounts: AccountStore
     device_store: DeviceStore
     token_store: TokenStore
+    login_token_store: LoginTokenStore
     uia_store: UiaStore
     threepid_store: ThreepidStore
     profile_store: ProfileStore
@@ -144,6 +146,7 @@ def build_stores(db: Database, replication: Replication, server_name: str) -> St
         accounts=AccountStore(db),
         device_store=DeviceStore(db, keys_deleted=e2e_key_store.key_counts_changed),
         token_store=TokenStore(db),
+        login_token_store=LoginTokenStore(db),
         uia_store=UiaStore(db),
         threepid_store=ThreepidStore(db),
         profile_store=ProfileStore(db),

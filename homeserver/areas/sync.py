@@ -14,6 +14,8 @@ from homeserver.areas.streams import Streams
 from homeserver.areas.user_data import UserData
 from homeserver.filtering import Filtering
 from homeserver.ratelimit import RateLimiter
+from homeserver.rooms.initial_sync import RoomInitialSyncHandler
+from homeserver.sync.events_stream import EventStreamHandler
 from homeserver.sync.handler import SyncHandler
 from homeserver.sync.websocket import (
     ConnectionRegistry,
@@ -26,6 +28,9 @@ from homeserver.sync.websocket import (
 class Sync:
     filtering: Filtering
     handler: SyncHandler
+    # The deprecated GET /events (and peeking with it) and GET /rooms/{roomId}/initialSync.
+    legacy_events: EventStreamHandler
+    room_initial_sync: RoomInitialSyncHandler
     # The WebSocket transport's push loops, its open connections (which a token revocation
     # closes) and the per-connection limit on requests sent over a socket.
     websocket: WebSocketSyncHandler
@@ -73,6 +78,28 @@ def build_sync(
     return Sync(
         filtering=Filtering(stores.filter_store),
         handler=handler,
+        legacy_events=EventStreamHandler(
+            core.clock,
+            stores.event_store,
+            streams.shared_rooms,
+            rooms.history_visibility,
+            rooms.event_serializer,
+            streams.notifier,
+            streams.registry,
+        ),
+        room_initial_sync=RoomInitialSyncHandler(
+            stores.event_store,
+            stores.state_store,
+            stores.room_store,
+            stores.room_directory_store,
+            rooms.history_visibility,
+            rooms.messages,
+            rooms.event_serializer,
+            streams.registry,
+            user_data.receipts,
+            user_data.presence,
+            user_data.account_data,
+        ),
         websocket=WebSocketSyncHandler(handler, streams.notifier, user_data.presence, core.clock),
         websocket_connections=connections,
         websocket_request_limiter=core.limiter(

@@ -9,7 +9,7 @@ from homeserver.errors import Codes, MatrixError
 from homeserver.ratelimit import RateLimiter
 from homeserver.threepids.addresses import EMAIL
 from homeserver.threepids.bindings import ThreepidBindings
-from storage.stores.accounts import AccountStore
+from storage.stores.accounts import Account, AccountStore
 
 INVALID_CREDENTIALS = "Invalid username or password"
 
@@ -106,10 +106,22 @@ class CredentialChecker:
         ):
             self._failures.record(user_id)
             raise MatrixError(403, Codes.FORBIDDEN, INVALID_CREDENTIALS)
-        if account.deactivated:
-            raise MatrixError(403, Codes.USER_DEACTIVATED, "This account has been deactivated")
-        if account.locked:
-            # Only after the password matched, so a lock tells nobody else the account exists.
-            raise MatrixError(
-                401, Codes.USER_LOCKED, "This account has been locked", soft_logout=True
-            )
+        check_may_log_in(account)
+
+    async def check_token_user(self, user_id: str) -> None:
+        """A user a login token names may still log in (not deactivated or locked since)."""
+        account = await self._accounts.get_account(user_id)
+        if account is None:
+            raise MatrixError(403, Codes.FORBIDDEN, "Invalid login token")
+        check_may_log_in(account)
+
+
+def check_may_log_in(account: Account) -> None:
+    """403 M_USER_DEACTIVATED or 401 M_USER_LOCKED for an account that may not log in."""
+    if account.deactivated:
+        raise MatrixError(403, Codes.USER_DEACTIVATED, "This account has been deactivated")
+    if account.locked:
+        # Only after the password matched, so a lock tells nobody else the account exists.
+        raise MatrixError(
+            401, Codes.USER_LOCKED, "This account has been locked", soft_logout=True
+        )

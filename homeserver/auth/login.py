@@ -6,11 +6,13 @@ from typing import Any
 
 from homeserver.auth.credentials import CredentialChecker
 from homeserver.auth.devices import DeviceHandler, check_device_id, check_display_name
+from homeserver.auth.login_tokens import LoginTokenHandler
 from homeserver.auth.tokens import IssuedTokens, TokenHandler
 from homeserver.errors import Codes, MatrixError
 from homeserver.ratelimit import RateLimiter
 
 PASSWORD_LOGIN = "m.login.password"
+TOKEN_LOGIN = "m.login.token"
 
 
 class LoginHandler:
@@ -20,6 +22,7 @@ class LoginHandler:
         credentials: CredentialChecker,
         devices: DeviceHandler,
         tokens: TokenHandler,
+        login_tokens: LoginTokenHandler,
         per_address: RateLimiter,
         per_account: RateLimiter,
     ) -> None:
@@ -27,20 +30,30 @@ class LoginHandler:
         self._credentials = credentials
         self._devices = devices
         self._tokens = tokens
+        self._login_tokens = login_tokens
         self._per_address = per_address
         self._per_account = per_account
 
     def login_flows(self) -> list[dict[str, Any]]:
-        return [{"type": PASSWORD_LOGIN}]
+        flows: list[dict[str, Any]] = [{"type": PASSWORD_LOGIN}]
+        if self._login_tokens.enabled:
+            # Login tokens come only from /login/get_token, which `get_login_token` announces
+            # to clients that are not logged in yet.
+            flows.append({"type": TOKEN_LOGIN, "get_login_token": True})
+        return flows
 
     async def login(self, body: dict[str, Any], client_ip: str) -> tuple[str, IssuedTokens]:
         self._per_address.check(client_ip)
         login_type = body.get("type")
-        if login_type != PASSWORD_LOGIN:
+        if login_type == PASSWORD_LOGIN:
+            user_id = await self._credentials.user_id_for_identifier(body)
+            self._per_account.check(user_id)
+            await self._credentials.check_password(user_id, body.get("password"))
+        elif login_type == TOKEN_LOGIN and self._login_tokens.enabled:
+            user_id = await self._login_tokens.consume(body.get("token"))
+            await self._credentials.check_token_user(user_id)
+        else:
             raise MatrixError(400, Codes.UNKNOWN, f"Unknown login type {login_type!r}")
-        user_id = await self._credentials.user_id_for_identifier(body)
-        self._per_account.check(user_id)
-        await self._credentials.check_password(user_id, body.get("password"))
         tokens = await self.start_session(
             user_id,
             device_id=body.get("device_id"),

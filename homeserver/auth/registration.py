@@ -8,7 +8,7 @@ from typing import Any
 
 from homeserver.auth.login import LoginHandler
 from homeserver.auth.passwords import PasswordHasher
-from homeserver.auth.tokens import IssuedTokens
+from homeserver.auth.tokens import IssuedTokens, TokenHandler
 from homeserver.auth.uia import EMAIL_IDENTITY, UserInteractiveAuth
 from homeserver.clock import Clock
 from homeserver.config import RegistrationConfig
@@ -45,6 +45,8 @@ class ClientRegistration:
     initial_device_display_name: str | None = None
     inhibit_login: bool = False
     refresh_token: bool = False
+    # A guest's access token: this registration upgrades that guest to a full account.
+    guest_access_token: str | None = None
 
 
 class RegistrationHandler:
@@ -57,6 +59,7 @@ class RegistrationHandler:
         hasher: PasswordHasher,
         uia: UserInteractiveAuth,
         login: LoginHandler,
+        tokens: TokenHandler,
         threepids: ThreepidBindings,
         per_address: RateLimiter,
         sessions_per_address: RateLimiter,
@@ -68,6 +71,7 @@ class RegistrationHandler:
         self._hasher = hasher
         self._uia = uia
         self._login = login
+        self._tokens = tokens
         self._threepids = threepids
         self._per_address = per_address
         self._sessions_per_address = sessions_per_address
@@ -78,14 +82,45 @@ class RegistrationHandler:
         """The password, if the server's policy accepts it; 400 otherwise."""
         return check_password_policy(password, self._config)
 
-    @staticmethod
-    def check_kind(kind: str) -> None:
-        """The `kind` of account asked for: `user` (guests: 403 M_GUEST_ACCESS_FORBIDDEN,
-        anything else 400 M_INVALID_PARAM). Checked before the body is read."""
-        if kind == "guest":
+    def check_kind(self, kind: str) -> None:
+        """The `kind` of account asked for: `user`, or `guest` when `allow_guest_access` is on
+        (otherwise 403 M_GUEST_ACCESS_FORBIDDEN); anything else 400 M_INVALID_PARAM. Checked
+        before the body is read."""
+        if kind == "guest" and not self._config.allow_guest_access:
             raise MatrixError(403, Codes.GUEST_ACCESS_FORBIDDEN, "Guest access is disabled")
-        if kind != "user":
+        if kind not in ("user", "guest"):
             raise MatrixError(400, Codes.INVALID_PARAM, f"Unknown registration kind {kind!r}")
+
+    async def register_guest(
+        self, request: ClientRegistration, client_ip: str
+    ) -> tuple[str, IssuedTokens]:
+        """A guest account (a generated numeric localpart, no password) and its session.
+
+        Needs only `allow_guest_access`, not open registration, as in Synapse; the per-address
+        registration limit applies. `username`, `password` and `inhibit_login` mean nothing
+        for a guest and are ignored."""
+        self.check_kind("guest")
+        self._per_address.check(client_ip)
+        user_id = await self._register_generated(None, admin=False, is_guest=True)
+        tokens = await self._login.start_session(
+            user_id, request.device_id, request.initial_device_display_name, request.refresh_token
+        )
+        return user_id, tokens
+
+    async def _guest_to_upgrade(self, request: ClientRegistration) -> str:
+        """The guest `guest_access_token` authenticates, who must name themselves in
+        `username` (the spec asks for the guest's own localpart)."""
+        assert request.guest_access_token is not None
+        guest = await self._tokens.validate(request.guest_access_token)
+        if not guest.is_guest:
+            raise MatrixError(400, Codes.INVALID_PARAM, "guest_access_token is not a guest's")
+        if request.username is None:
+            raise MatrixError(400, Codes.MISSING_PARAM, "Upgrading a guest needs its username")
+        if user_id(request.username.lower(), self._server_name) != guest.user_id:
+            raise MatrixError(
+                400, Codes.INVALID_PARAM, "username must be the guest's own localpart"
+            )
+        return guest.user_id
 
     async def register_via_client(
         self, body: dict[str, Any], request: ClientRegistration, client_ip: str
@@ -99,7 +134,10 @@ class RegistrationHandler:
         """
         if not self._config.enabled:
             raise MatrixError(403, Codes.FORBIDDEN, "Registration has been disabled")
-        if request.username is not None:
+        guest_id = None
+        if request.guest_access_token is not None:
+            guest_id = await self._guest_to_upgrade(request)
+        elif request.username is not None:
             await self.check_available(request.username)
         if body.get("auth") is None:
             # This request only opens an auth session (a database row): count it against the
@@ -113,25 +151,40 @@ class RegistrationHandler:
                 # lost as soon as this session ends.
                 raise MatrixError(400, Codes.MISSING_PARAM, "Missing parameter: password")
             self._per_address.check(client_ip)
-            email = completed.get(EMAIL_IDENTITY)
-            if email is not None and await self._threepids.user_for_email(email["address"]):
-                # Bound to someone else since it was validated: checked before the account
-                # is made, so a refusal leaves no account behind.
-                raise MatrixError(
-                    400, Codes.THREEPID_IN_USE, "E-mail address is already in use"
-                )
-            user_id = await self.register(request.username, request.password)
-            if email is not None:
-                await self._threepids.bind(
-                    user_id, email["medium"], email["address"], email["validated_at"]
-                )
+            if guest_id is not None:
+                new_user_id = await self._upgrade_guest(guest_id, request.password)
+            else:
+                email = completed.get(EMAIL_IDENTITY)
+                if email is not None and await self._threepids.user_for_email(email["address"]):
+                    # Bound to someone else since it was validated: checked before the account
+                    # is made, so a refusal leaves no account behind.
+                    raise MatrixError(
+                        400, Codes.THREEPID_IN_USE, "E-mail address is already in use"
+                    )
+                new_user_id = await self.register(request.username, request.password)
+                if email is not None:
+                    await self._threepids.bind(
+                        new_user_id, email["medium"], email["address"], email["validated_at"]
+                    )
             await self._uia.registration_completed(completed)
         if request.inhibit_login:
-            return user_id, None
+            return new_user_id, None
         tokens = await self._login.start_session(
-            user_id, request.device_id, request.initial_device_display_name, request.refresh_token
+            new_user_id,
+            request.device_id,
+            request.initial_device_display_name,
+            request.refresh_token,
         )
-        return user_id, tokens
+        return new_user_id, tokens
+
+    async def _upgrade_guest(self, guest_id: str, password: str) -> str:
+        """The guest becomes a full account with `password`. Its earlier sessions stay and,
+        once their cached requesters are dropped, carry a full account's rights."""
+        check_password_policy(password, self._config)
+        if not await self._accounts.upgrade_guest(guest_id, await self._hasher.hash(password)):
+            raise MatrixError(400, Codes.INVALID_PARAM, "This account is no longer a guest")
+        self._tokens.forget_user(guest_id)
+        return guest_id
 
     # ----- shared by every way of registering ------------------------------------------------
 
@@ -165,14 +218,16 @@ class RegistrationHandler:
             raise MatrixError(400, Codes.USER_IN_USE, "User ID already taken") from None
         return mxid
 
-    async def _register_generated(self, password: str | None, admin: bool) -> str:
+    async def _register_generated(
+        self, password: str | None, admin: bool, is_guest: bool = False
+    ) -> str:
         password_hash = await self._hasher.hash(password) if password is not None else None
         for _ in range(10):
             localpart = "".join(secrets.choice("0123456789") for _ in range(10))
             mxid = user_id(localpart, self._server_name)
             try:
                 await self._accounts.create_account(
-                    mxid, password_hash, self._clock.time_msec(), admin, localpart
+                    mxid, password_hash, self._clock.time_msec(), admin, localpart, is_guest
                 )
                 return mxid
             except UserInUseError:

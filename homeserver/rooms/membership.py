@@ -18,7 +18,7 @@ from homeserver.auth.restrictions import check_not_suspended
 from homeserver.auth.tokens import Requester
 from homeserver.errors import Codes, MatrixError
 from homeserver.events.room_versions import RoomVersion
-from homeserver.events.types import JOIN_RULES, MEMBER
+from homeserver.events.types import GUEST_ACCESS, JOIN_RULES, MEMBER
 from homeserver.identifiers import split_user_id
 from homeserver.rooms.creator import EventCreator
 from homeserver.rooms.directory import DirectoryHandler
@@ -133,6 +133,8 @@ class MembershipHandler:
         check_not_suspended(requester)
         room_id, servers = await self._room_and_servers(room_id_or_alias, via)
         await self.check_not_blocked(room_id)
+        if requester.is_guest:
+            await self._check_guest_can_join(room_id)
         remote = await self._remote_servers_if_not_resident(requester.user_id, room_id, servers)
         if remote:
             return await self._join_through(requester.user_id, room_id, remote, reason)
@@ -297,6 +299,31 @@ class MembershipHandler:
         return [m.room_id for m in await self._rooms.get_rooms_for_user(user_id, ("join",))]
 
     # ----- helpers -------------------------------------------------------------------------
+
+    async def _check_guest_can_join(self, room_id: str) -> None:
+        """403 M_FORBIDDEN unless the room's current `m.room.guest_access` is `can_join`
+        (spec: "Guest Access"). Guests are a local notion the auth rules know nothing of,
+        so this is checked here; a room this server is not in has no state to allow it."""
+        event_id = await self._state.get_current_state_event_id(room_id, GUEST_ACCESS, "")
+        event = await self._events.get_event(event_id) if event_id is not None else None
+        if event is None or event.content.get("guest_access") != "can_join":
+            raise MatrixError(403, Codes.FORBIDDEN, "Guests may not join this room")
+
+    async def remove_guests(self, room_id: str) -> None:
+        """Make this server's joined guests leave the room: the spec asks for it when the
+        room's m.room.guest_access stops being can_join. Each guest leaves by itself, as in
+        Synapse, so no power level is needed; one failure does not keep the others in."""
+        members = list(await self._state.get_current_members(room_id))
+        for user_id in members:
+            if not self.is_mine(user_id):
+                continue
+            account = await self._accounts.get_account(user_id)
+            if account is None or not account.is_guest:
+                continue
+            try:
+                await self._send_member(user_id, room_id, user_id, "leave", "Guest access revoked")
+            except MatrixError:
+                logger.exception("%s: could not remove guest %s", room_id, user_id)
 
     async def _room_and_servers(
         self, room_id_or_alias: str, via: Sequence[str]

@@ -204,7 +204,7 @@ class MessagesHandler:
             requester.user_id, access, stored, before_limit, limit - before_limit, event_filter
         )
         last = after.events[-1] if after.events else stored
-        state = await self._state_after(last)
+        state = await self.state_after(last)
         state = [s for s in state if event_filter.allows(s)]
         if event_filter.lazy_load_members:
             senders = {e.event.sender for e in (*before.events, stored, *after.events)}
@@ -274,6 +274,14 @@ class MessagesHandler:
             bundle_aggregations=True,
         )
         return serialized[0]
+
+    async def get_event_by_id(self, requester: Requester, event_id: str) -> dict[str, Any]:
+        """One event, whatever its room (the deprecated GET /events/{eventId}); the same
+        404 as `get_event` when it is unknown or not visible."""
+        stored = await self._events.get_stored_event(event_id)
+        if stored is None:
+            raise MatrixError(404, Codes.NOT_FOUND, "Event not found")
+        return await self.get_event(requester, stored.event.room_id, event_id)
 
     # ----- the parts ---------------------------------------------------------------------
 
@@ -408,7 +416,8 @@ class MessagesHandler:
         loaded = await self._events.get_stored_events(member_ids)
         return [loaded[eid] for eid in dict.fromkeys(member_ids) if eid in loaded]
 
-    async def _state_after(self, stored: StoredEvent) -> list[StoredEvent]:
+    async def state_after(self, stored: StoredEvent) -> list[StoredEvent]:
+        """The room's state after `stored`, in stream order."""
         groups = await self._events.get_state_groups_for_events([stored.event.event_id])
         before, after = groups.get(stored.event.event_id, (None, None))
         group = after if after is not None else before

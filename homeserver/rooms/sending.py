@@ -19,7 +19,13 @@ from homeserver.auth.restrictions import (
 from homeserver.auth.tokens import Requester
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
-from homeserver.events.types import CANONICAL_ALIAS, MEMBER, POWER_LEVELS, REDACTION
+from homeserver.events.types import (
+    CANONICAL_ALIAS,
+    GUEST_ACCESS,
+    MEMBER,
+    POWER_LEVELS,
+    REDACTION,
+)
 from homeserver.presence import PresenceHandler
 from homeserver.ratelimit import RateLimiter
 from homeserver.rooms.creator import EventCreator
@@ -234,5 +240,7 @@ class EventSendHandler:
         stored = await self._creator.send(
             room_id, requester.user_id, event_type, content, state_key=state_key
         )
+        if event_type == GUEST_ACCESS and content.get("guest_access") != "can_join":
+            await self._membership.remove_guests(room_id)
         return stored.event.event_id
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from twisted.internet import defer
@@ -55,6 +56,9 @@ class Notifier:
         self._waiters: dict[str, tuple[NewsCallback, ...]] = {}
         # position -> when that notification was made (reactor seconds), the latest ones.
         self._times: dict[int, float] = {}
+        # room ID -> users peeking into it (GET /events?room_id= on a room they are not in),
+        # with how many of their requests do: woken by the room's updates like its members.
+        self._peekers: dict[str, dict[str, int]] = {}
         report_size(
             self, "notifier_user_positions", max_user_positions, lambda n: len(n._positions)
         )
@@ -97,8 +101,23 @@ class Notifier:
         if not update.private:
             for room_id in update.rooms:
                 users.update(await self._state.get_current_members(room_id, "join"))
+                users.update(self._peekers.get(room_id, ()))
         if users:
             self.notify_users(users)
+
+    @contextmanager
+    def peeking(self, user_id: str, room_id: str) -> Iterator[None]:
+        """While inside, `user_id` is woken by `room_id`'s updates as if joined to it."""
+        peekers = self._peekers.setdefault(room_id, {})
+        peekers[user_id] = peekers.get(user_id, 0) + 1
+        try:
+            yield
+        finally:
+            peekers[user_id] -= 1
+            if not peekers[user_id]:
+                del peekers[user_id]
+            if not peekers:
+                del self._peekers[room_id]
 
     def call_on_news(self, user_id: str, since_position: int, callback: NewsCallback) -> float | None:
         """Call `callback` (once, with the notification's time) when `user_id` is notified

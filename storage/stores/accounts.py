@@ -65,6 +65,7 @@ class AccountStore:
         created_ts: int,
         is_admin: bool = False,
         displayname: str | None = None,
+        is_guest: bool = False,
     ) -> None:
         """Create the user and their profile row; raise UserInUseError if the ID is taken."""
 
@@ -72,9 +73,9 @@ class AccountStore:
             if txn.select_one("SELECT 1 FROM users WHERE user_id = ?", (user_id,)):
                 raise UserInUseError(user_id)
             txn.execute(
-                "INSERT INTO users (user_id, password_hash, created_ts, is_admin)"
-                " VALUES (?, ?, ?, ?)",
-                (user_id, password_hash, created_ts, is_admin),
+                "INSERT INTO users (user_id, password_hash, created_ts, is_admin, is_guest)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (user_id, password_hash, created_ts, is_admin, is_guest),
             )
             txn.execute(
                 "INSERT INTO profiles (user_id, displayname) VALUES (?, ?)",
@@ -103,6 +104,20 @@ class AccountStore:
                 "UPDATE users SET password_hash = ? WHERE user_id = ?", (password_hash, user_id)
             ),
         )
+
+    async def upgrade_guest(self, user_id: str, password_hash: str) -> bool:
+        """Make a guest account a full one with this password; False if it is not (or no
+        longer) a guest, so of two upgrades racing only one succeeds."""
+
+        def txn_fn(txn: Transaction) -> bool:
+            txn.execute(
+                "UPDATE users SET is_guest = ?, password_hash = ?"
+                " WHERE user_id = ? AND is_guest = ? AND deactivated = ?",
+                (False, password_hash, user_id, True, False),
+            )
+            return txn.rowcount == 1
+
+        return await self._db.run_interaction("upgrade_guest", txn_fn)
 
     async def set_admin(self, user_id: str, is_admin: bool) -> None:
         await self._db.run_interaction(

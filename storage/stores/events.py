@@ -338,19 +338,22 @@ class EventStore:
     # ----- timeline queries ----------------------------------------------------------------
 
     async def get_room_events_between(
-        self, room_id: str, after: int, up_to: int, limit: int
+        self, room_id: str, after: int, up_to: int, limit: int, oldest_first: bool = False
     ) -> list[StoredEvent]:
-        """The latest `limit` timeline events with after < stream_ordering <= up_to, in order."""
+        """The latest `limit` timeline events with after < stream_ordering <= up_to, in order
+        (with `oldest_first`, the earliest `limit` instead: a stream read in steps)."""
+        order = "ASC" if oldest_first else "DESC"
 
         def txn_fn(txn: Transaction) -> list[StoredEvent]:
             rows = txn.select_all(
                 f"SELECT {_EVENT_COLUMNS} FROM events e JOIN rooms r USING (room_id)"
                 " WHERE e.room_id = ? AND e.stream_ordering > ? AND e.stream_ordering <= ?"
                 " AND e.outlier = ? AND e.rejected_reason IS NULL"
-                " ORDER BY e.stream_ordering DESC LIMIT ?",
+                f" ORDER BY e.stream_ordering {order} LIMIT ?",
                 (room_id, after, up_to, False, limit),
             )
-            return [_row_to_stored(row) for row in reversed(rows)]
+            stored = [_row_to_stored(row) for row in rows]
+            return stored if oldest_first else stored[::-1]
 
         events = await self._db.run_interaction("get_room_events_between", txn_fn)
         for stored in events:

@@ -1,0 +1,61 @@
+"""The deprecated event stream and its room previews: GET /events (peeking with `room_id`),
+GET /events/{eventId}, and GET /rooms/{roomId}/initialSync."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from client_api.auth import require_user
+from client_api.http import HeddleRequest, client_path, parse_int_query, query_string
+from client_api.servlets.history import parse_limit
+from client_api.servlets.sync import MAX_TIMEOUT_MS
+from homeserver.identifiers import check_room_id
+from homeserver.sync.events_stream import DEFAULT_TIMEOUT_MS
+
+if TYPE_CHECKING:
+    from homeserver.app import HomeServer
+
+
+class EventsServlet:
+    PATTERNS = [client_path("/events")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
+        # Guests may: the spec lists /events "as used for room previews".
+        requester = await require_user(self._hs, request, allow_guest=True)
+        timeout_ms = max(
+            parse_int_query(request, "timeout", DEFAULT_TIMEOUT_MS, max_value=MAX_TIMEOUT_MS), 0
+        )
+        room_id = query_string(request, "room_id")
+        if room_id is not None:
+            check_room_id(room_id)
+        return 200, await self._hs.legacy_events.get_events(
+            requester, query_string(request, "from"), timeout_ms, room_id
+        )
+
+
+class EventByIdServlet:
+    PATTERNS = [client_path("/events/(?P<event_id>[^/]+)")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest, event_id: str) -> tuple[int, Any]:
+        requester = await require_user(self._hs, request)
+        return 200, await self._hs.messages.get_event_by_id(requester, event_id)
+
+
+class RoomInitialSyncServlet:
+    PATTERNS = [client_path("/rooms/(?P<room_id>[^/]+)/initialSync")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
+        requester = await require_user(self._hs, request, allow_guest=True)
+        check_room_id(room_id)
+        return 200, await self._hs.room_initial_sync.room_initial_sync(
+            requester, room_id, parse_limit(request)
+        )

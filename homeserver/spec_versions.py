@@ -1,0 +1,352 @@
+"""Which versions of the Matrix client-server spec Heddle advertises in /versions.
+
+A client reading `versions` assumes everything a listed version has, and spec versions are
+cumulative: v1.12 has all of v1.11. So the table below lists, for each version, the
+endpoints it added (from the spec's own list, `endpoints.tsv`), and a version is advertised
+only while every endpoint of it and of every version before it is in the route table, and
+while its other changes (behaviour, not routes) have been checked against Heddle
+(`checked`). The first version that fails ends the list.
+
+`NOT_SERVED` names the endpoints Heddle leaves out on purpose, each allowed by the spec to
+be missing: they count for no version. Flipping a version on is setting its `checked` once
+what it changes has been looked at; new endpoints turn on by themselves when routed.
+`tests/test_spec_versions.py` has one test per version naming what it lacks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# (method, path template as the spec writes it)
+Endpoint = tuple[str, str]
+
+NOT_SERVED: dict[Endpoint, str] = {
+    # "If the homeserver does not support OAuth 2.0 API, 404 M_UNRECOGNIZED" (spec).
+    ("GET", "/_matrix/client/v1/auth_metadata"): "OAuth 2.0 delegation is not supported",
+    # Single sign-on is one login flow among others; /login does not offer it.
+    ("GET", "/_matrix/client/v3/login/sso/redirect"): "no single sign-on",
+    ("GET", "/_matrix/client/v3/login/sso/redirect/{idpId}"): "no single sign-on",
+    # For application services, which Heddle does not support.
+    ("POST", "/_matrix/client/v1/appservice/{appserviceId}/ping"): "no application services",
+    ("PUT", "/_matrix/client/v3/directory/list/appservice/{networkId}/{roomId}"): (
+        "no application services"
+    ),
+    # Optional in the spec (`m.account_moderation`); Heddle's admins lock and suspend
+    # through Synapse's admin API.
+    ("GET", "/_matrix/client/v1/admin/lock/{userId}"): "Synapse's admin API instead",
+    ("PUT", "/_matrix/client/v1/admin/lock/{userId}"): "Synapse's admin API instead",
+    ("GET", "/_matrix/client/v1/admin/suspend/{userId}"): "Synapse's admin API instead",
+    ("PUT", "/_matrix/client/v1/admin/suspend/{userId}"): "Synapse's admin API instead",
+    # Served by policy servers (or any web server), not homeservers.
+    ("GET", "/.well-known/matrix/policy_server"): "not a policy server",
+}
+
+
+@dataclass(frozen=True)
+class SpecVersion:
+    name: str
+    # The endpoints this version added (none for versions that only changed behaviour).
+    endpoints: tuple[Endpoint, ...] = ()
+    # Whether what it changed besides endpoints has been checked against Heddle.
+    checked: bool = True
+    # What it brought, for the reader.
+    about: str = ""
+
+
+# The endpoints of r0 (the tsv gives them no version).
+R0_ENDPOINTS: tuple[Endpoint, ...] = (
+    ("GET", "/.well-known/matrix/client"),
+    ("GET", "/_matrix/client/v3/account/3pid"),
+    ("POST", "/_matrix/client/v3/account/3pid/add"),
+    ("POST", "/_matrix/client/v3/account/3pid/bind"),
+    ("POST", "/_matrix/client/v3/account/3pid/delete"),
+    ("POST", "/_matrix/client/v3/account/3pid/email/requestToken"),
+    ("POST", "/_matrix/client/v3/account/3pid/msisdn/requestToken"),
+    ("POST", "/_matrix/client/v3/account/3pid/unbind"),
+    ("POST", "/_matrix/client/v3/account/deactivate"),
+    ("POST", "/_matrix/client/v3/account/password"),
+    ("POST", "/_matrix/client/v3/account/password/email/requestToken"),
+    ("POST", "/_matrix/client/v3/account/password/msisdn/requestToken"),
+    ("GET", "/_matrix/client/v3/account/whoami"),
+    ("GET", "/_matrix/client/v3/admin/whois/{userId}"),
+    ("GET", "/_matrix/client/v3/capabilities"),
+    ("POST", "/_matrix/client/v3/createRoom"),
+    ("POST", "/_matrix/client/v3/delete_devices"),
+    ("GET", "/_matrix/client/v3/devices"),
+    ("DELETE", "/_matrix/client/v3/devices/{deviceId}"),
+    ("GET", "/_matrix/client/v3/devices/{deviceId}"),
+    ("PUT", "/_matrix/client/v3/devices/{deviceId}"),
+    ("GET", "/_matrix/client/v3/directory/list/room/{roomId}"),
+    ("PUT", "/_matrix/client/v3/directory/list/room/{roomId}"),
+    ("DELETE", "/_matrix/client/v3/directory/room/{roomAlias}"),
+    ("GET", "/_matrix/client/v3/directory/room/{roomAlias}"),
+    ("PUT", "/_matrix/client/v3/directory/room/{roomAlias}"),
+    ("GET", "/_matrix/client/v3/events"),
+    ("POST", "/_matrix/client/v3/join/{roomIdOrAlias}"),
+    ("GET", "/_matrix/client/v3/joined_rooms"),
+    ("GET", "/_matrix/client/v3/keys/changes"),
+    ("POST", "/_matrix/client/v3/keys/claim"),
+    ("POST", "/_matrix/client/v3/keys/query"),
+    ("POST", "/_matrix/client/v3/keys/upload"),
+    ("GET", "/_matrix/client/v3/login"),
+    ("POST", "/_matrix/client/v3/login"),
+    ("POST", "/_matrix/client/v3/logout"),
+    ("POST", "/_matrix/client/v3/logout/all"),
+    ("GET", "/_matrix/client/v3/notifications"),
+    ("GET", "/_matrix/client/v3/presence/{userId}/status"),
+    ("PUT", "/_matrix/client/v3/presence/{userId}/status"),
+    ("GET", "/_matrix/client/v3/profile/{userId}"),
+    ("GET", "/_matrix/client/v3/profile/{userId}/{keyName}"),
+    ("PUT", "/_matrix/client/v3/profile/{userId}/{keyName}"),
+    ("GET", "/_matrix/client/v3/publicRooms"),
+    ("POST", "/_matrix/client/v3/publicRooms"),
+    ("GET", "/_matrix/client/v3/pushers"),
+    ("POST", "/_matrix/client/v3/pushers/set"),
+    ("GET", "/_matrix/client/v3/pushrules/"),
+    ("GET", "/_matrix/client/v3/pushrules/global/"),
+    ("DELETE", "/_matrix/client/v3/pushrules/global/{kind}/{ruleId}"),
+    ("GET", "/_matrix/client/v3/pushrules/global/{kind}/{ruleId}"),
+    ("PUT", "/_matrix/client/v3/pushrules/global/{kind}/{ruleId}"),
+    ("GET", "/_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions"),
+    ("PUT", "/_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions"),
+    ("GET", "/_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled"),
+    ("PUT", "/_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled"),
+    ("POST", "/_matrix/client/v3/register"),
+    ("GET", "/_matrix/client/v3/register/available"),
+    ("POST", "/_matrix/client/v3/register/email/requestToken"),
+    ("POST", "/_matrix/client/v3/register/msisdn/requestToken"),
+    ("GET", "/_matrix/client/v3/rooms/{roomId}/aliases"),
+    ("POST", "/_matrix/client/v3/rooms/{roomId}/ban"),
+    ("GET", "/_matrix/client/v3/rooms/{roomId}/context/{eventId}"),
+    ("GET", "/_matrix/client/v3/rooms/{roomId}/event/{eventId}"),
+    ("POST", "/_matrix/client/v3/rooms/{roomId}/forget"),
+    ("GET", "/_matrix/client/v3/rooms/{roomId}/initialSync"),
+    ("POST", "/_matrix/client/v3/rooms/{roomId}/invite"),
+    ("POST", "/_matrix/client/v3/rooms/{roomId}/join"),
+    ("GET", "/_matrix/client/v3/rooms/{roomId}/joined_members"),
+    ("POST", "/_matrix/client/v3/rooms/{roomId}/kick"),
+    ("POST", "/_matrix/client/v3/rooms/{roomId}/leave"),
+    ("GET", "/_matrix/client/v3/rooms/{roomId}/members"),
+    ("GET", "/_matrix/client/v3/rooms/{roomId}/messages"),
+    ("POST", "/_matrix/client/v3/rooms/{roomId}/read_markers"),
+    ("POST", "/_matrix/client/v3/rooms/{roomId}/receipt/{receiptType}/{eventId}"),
+    ("PUT", "/_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}"),
+    ("POST", "/_matrix/client/v3/rooms/{roomId}/report/{eventId}"),
+    ("PUT", "/_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}"),
+    ("GET", "/_matrix/client/v3/rooms/{roomId}/state"),
+    ("GET", "/_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}"),
+    ("PUT", "/_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}"),
+    ("PUT", "/_matrix/client/v3/rooms/{roomId}/typing/{userId}"),
+    ("POST", "/_matrix/client/v3/rooms/{roomId}/unban"),
+    ("POST", "/_matrix/client/v3/rooms/{roomId}/upgrade"),
+    ("POST", "/_matrix/client/v3/search"),
+    ("PUT", "/_matrix/client/v3/sendToDevice/{eventType}/{txnId}"),
+    ("GET", "/_matrix/client/v3/sync"),
+    ("GET", "/_matrix/client/v3/thirdparty/location"),
+    ("GET", "/_matrix/client/v3/thirdparty/location/{protocol}"),
+    ("GET", "/_matrix/client/v3/thirdparty/protocol/{protocol}"),
+    ("GET", "/_matrix/client/v3/thirdparty/protocols"),
+    ("GET", "/_matrix/client/v3/thirdparty/user"),
+    ("GET", "/_matrix/client/v3/thirdparty/user/{protocol}"),
+    ("GET", "/_matrix/client/v3/user/{userId}/account_data/{type}"),
+    ("PUT", "/_matrix/client/v3/user/{userId}/account_data/{type}"),
+    ("POST", "/_matrix/client/v3/user/{userId}/filter"),
+    ("GET", "/_matrix/client/v3/user/{userId}/filter/{filterId}"),
+    ("POST", "/_matrix/client/v3/user/{userId}/openid/request_token"),
+    ("GET", "/_matrix/client/v3/user/{userId}/rooms/{roomId}/account_data/{type}"),
+    ("PUT", "/_matrix/client/v3/user/{userId}/rooms/{roomId}/account_data/{type}"),
+    ("GET", "/_matrix/client/v3/user/{userId}/rooms/{roomId}/tags"),
+    ("DELETE", "/_matrix/client/v3/user/{userId}/rooms/{roomId}/tags/{tag}"),
+    ("PUT", "/_matrix/client/v3/user/{userId}/rooms/{roomId}/tags/{tag}"),
+    ("POST", "/_matrix/client/v3/user_directory/search"),
+    ("GET", "/_matrix/client/v3/voip/turnServer"),
+    ("GET", "/_matrix/client/versions"),
+    ("POST", "/_matrix/media/v3/upload"),
+)
+
+SPEC_VERSIONS: tuple[SpecVersion, ...] = (
+    SpecVersion("r0.5.0", R0_ENDPOINTS, about="the r0 API"),
+    SpecVersion("r0.6.0"),
+    SpecVersion("r0.6.1"),
+    SpecVersion(
+        "v1.1",
+        (
+            ("POST", "/_matrix/client/v3/keys/device_signing/upload"),
+            ("POST", "/_matrix/client/v3/keys/signatures/upload"),
+            ("POST", "/_matrix/client/v3/knock/{roomIdOrAlias}"),
+            ("DELETE", "/_matrix/client/v3/room_keys/keys"),
+            ("GET", "/_matrix/client/v3/room_keys/keys"),
+            ("PUT", "/_matrix/client/v3/room_keys/keys"),
+            ("DELETE", "/_matrix/client/v3/room_keys/keys/{roomId}"),
+            ("GET", "/_matrix/client/v3/room_keys/keys/{roomId}"),
+            ("PUT", "/_matrix/client/v3/room_keys/keys/{roomId}"),
+            ("DELETE", "/_matrix/client/v3/room_keys/keys/{roomId}/{sessionId}"),
+            ("GET", "/_matrix/client/v3/room_keys/keys/{roomId}/{sessionId}"),
+            ("PUT", "/_matrix/client/v3/room_keys/keys/{roomId}/{sessionId}"),
+            ("GET", "/_matrix/client/v3/room_keys/version"),
+            ("POST", "/_matrix/client/v3/room_keys/version"),
+            ("DELETE", "/_matrix/client/v3/room_keys/version/{version}"),
+            ("GET", "/_matrix/client/v3/room_keys/version/{version}"),
+            ("PUT", "/_matrix/client/v3/room_keys/version/{version}"),
+        ),
+        about="key backup, cross-signing, knocking, SSO (not served: see NOT_SERVED)",
+    ),
+    SpecVersion(
+        "v1.2",
+        (
+            ("GET", "/_matrix/client/v1/register/m.login.registration_token/validity"),
+            ("GET", "/_matrix/client/v1/rooms/{roomId}/hierarchy"),
+        ),
+        about="spaces' hierarchy, registration tokens",
+    ),
+    SpecVersion(
+        "v1.3",
+        (
+            ("GET", "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}"),
+            ("GET", "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}"),
+            ("GET", "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}/{eventType}"),
+            ("POST", "/_matrix/client/v3/refresh"),
+        ),
+        about="refresh tokens, relations",
+    ),
+    SpecVersion(
+        "v1.4",
+        (("GET", "/_matrix/client/v1/rooms/{roomId}/threads"),),
+        about="threads",
+    ),
+    SpecVersion("v1.5"),
+    SpecVersion(
+        "v1.6",
+        (("GET", "/_matrix/client/v1/rooms/{roomId}/timestamp_to_event"),),
+        about="jumping to a date",
+    ),
+    SpecVersion(
+        "v1.7",
+        (
+            ("POST", "/_matrix/client/v1/login/get_token"),
+            ("POST", "/_matrix/media/v1/create"),
+            ("PUT", "/_matrix/media/v3/upload/{serverName}/{mediaId}"),
+        ),
+        about="login tokens, asynchronous media uploads",
+    ),
+    SpecVersion("v1.8"),
+    SpecVersion("v1.9"),
+    SpecVersion(
+        "v1.10",
+        (("GET", "/.well-known/matrix/support"),),
+        about="support contacts (.well-known/matrix/support)",
+    ),
+    SpecVersion(
+        "v1.11",
+        (
+            ("GET", "/_matrix/client/v1/media/config"),
+            ("GET", "/_matrix/client/v1/media/download/{serverName}/{mediaId}"),
+            ("GET", "/_matrix/client/v1/media/download/{serverName}/{mediaId}/{fileName}"),
+            ("GET", "/_matrix/client/v1/media/preview_url"),
+            ("GET", "/_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}"),
+        ),
+        about="authenticated media",
+    ),
+    SpecVersion(
+        "v1.12",
+        checked=False,
+    ),
+    SpecVersion(
+        "v1.13",
+        (("POST", "/_matrix/client/v3/rooms/{roomId}/report"),),
+        checked=False,
+        about="reporting rooms",
+    ),
+    SpecVersion(
+        "v1.14",
+        (("POST", "/_matrix/client/v3/users/{userId}/report"),),
+        checked=False,
+        about="reporting users",
+    ),
+    SpecVersion(
+        "v1.15",
+        (("GET", "/_matrix/client/v1/room_summary/{roomIdOrAlias}"),),
+        checked=False,
+        about="room summaries",
+    ),
+    SpecVersion(
+        "v1.16",
+        (("DELETE", "/_matrix/client/v3/profile/{userId}/{keyName}"),),
+        checked=False,
+        about="deleting profile fields (extended profiles)",
+    ),
+    SpecVersion(
+        "v1.17",
+        checked=False,
+    ),
+    SpecVersion(
+        "v1.18",
+        checked=False,
+    ),
+    SpecVersion(
+        "v1.19",
+        (("GET", "/_matrix/client/v1/mutual_rooms"),),
+        checked=False,
+        about="rooms shared with another user",
+    ),
+)
+
+# Values for the spec's path parameters when asking whether the route table serves a path:
+# plausible ones, so that a route only taking certain values (a profile route for
+# displayname and avatar_url alone) does not pass for the general endpoint.
+EXAMPLE_PATH_VALUES = {
+    "userId": "@someone:example.org",
+    "roomId": "!room:example.org",
+    "roomIdOrAlias": "!room:example.org",
+    "roomAlias": "#alias:example.org",
+    "eventId": "$event",
+    "eventType": "m.room.message",
+    "stateKey": "state_key",
+    "txnId": "txn",
+    "serverName": "example.org",
+    "mediaId": "media",
+    "fileName": "file.txt",
+    "filterId": "0",
+    "keyName": "m.tz",
+    "kind": "override",
+    "ruleId": "rule",
+    "receiptType": "m.read",
+    "relType": "m.annotation",
+    "sessionId": "session",
+    "version": "1",
+    "tag": "u.tag",
+    "type": "org.example.type",
+    "protocol": "irc",
+    "deviceId": "DEVICE",
+    "idpId": "idp",
+    "appserviceId": "appservice",
+    "networkId": "network",
+}
+_PARAMETER = re.compile(r"\{([A-Za-z]+)\}")
+
+
+def example_path(template: str) -> str:
+    """`template` with each `{name}` replaced by its example value."""
+    return _PARAMETER.sub(lambda m: EXAMPLE_PATH_VALUES[m.group(1)], template)
+
+
+def missing_endpoints(version: SpecVersion, serves: Callable[[str, str], bool]) -> list[Endpoint]:
+    """The endpoints of `version` (not of earlier ones) that `serves(method, path)` says
+    are not routed, those in NOT_SERVED left out."""
+    return [
+        (method, path)
+        for method, path in version.endpoints
+        if (method, path) not in NOT_SERVED and not serves(method, example_path(path))
+    ]
+
+
+def advertised_versions(serves: Callable[[str, str], bool]) -> list[str]:
+    """The versions to advertise: each while it and every version before it is complete."""
+    advertised = []
+    for version in SPEC_VERSIONS:
+        if not version.checked or missing_endpoints(version, serves):
+            break
+        advertised.append(version.name)
+    return advertised

@@ -1,0 +1,141 @@
+"""GET /events: the deprecated event stream, and its one living use, peeking into a
+world-readable room (`room_id=`).
+
+A request names a sync token (`from`, as /sync's `next_batch`; now when absent) and returns
+the timeline events after it in the user's rooms (or the one peeked room), long-polling
+through the `Notifier` as /sync does when there are none yet. `end` is the token to carry on
+from. Only timeline events are returned: typing, receipts and presence have /sync.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from homeserver.auth.tokens import Requester
+from homeserver.clock import Clock
+from homeserver.errors import Codes, MatrixError
+from homeserver.events.serialize import EventSerializer
+from homeserver.rooms.shared_rooms import SharedRooms
+from homeserver.rooms.visibility import HistoryVisibility
+from homeserver.streams.registry import StreamRegistry
+from homeserver.sync.notifier import Notifier
+from homeserver.sync.tokens import StreamToken
+from storage.stores.events import EventStore, StoredEvent
+
+# Events one response carries at most; `end` then points just after the last of them.
+MAX_EVENTS = 100
+DEFAULT_TIMEOUT_MS = 30_000
+
+
+class EventStreamHandler:
+    def __init__(
+        self,
+        clock: Clock,
+        events: EventStore,
+        shared_rooms: SharedRooms,
+        visibility: HistoryVisibility,
+        serializer: EventSerializer,
+        notifier: Notifier,
+        streams: StreamRegistry,
+    ) -> None:
+        self._clock = clock
+        self._events = events
+        self._shared_rooms = shared_rooms
+        self._visibility = visibility
+        self._serializer = serializer
+        self._notifier = notifier
+        self._streams = streams
+        self._room_changes = streams["events"].rooms_index()
+
+    async def get_events(
+        self, requester: Requester, from_token: str | None, timeout_ms: int, room_id: str | None
+    ) -> dict[str, Any]:
+        """400 M_INVALID_PARAM for a token that is not ours; with `room_id`, 403 M_FORBIDDEN
+        unless the user is joined to the room or it is world-readable."""
+        start = (
+            self._streams.parse_token(from_token)
+            if from_token is not None
+            else self._streams.current_token()
+        )
+        user_id = requester.user_id
+        peeking = False
+        if room_id is not None:
+            peeking = await self._check_may_peek(user_id, room_id)
+        deadline = self._clock.time_msec() + timeout_ms
+        while True:
+            notified_at = self._notifier.position(user_id)
+            now = self._streams.current_token()
+            found, end_position = await self._events_after(
+                user_id, start.events, now.events, room_id
+            )
+            remaining = deadline - self._clock.time_msec()
+            if found or remaining <= 0:
+                break
+            if peeking:
+                assert room_id is not None
+                with self._notifier.peeking(user_id, room_id):
+                    woken = await self._notifier.wait(user_id, notified_at, remaining)
+            else:
+                woken = await self._notifier.wait(user_id, notified_at, remaining)
+            if not woken:
+                # One last look: what arrived as the timer fired is not left for later.
+                now = self._streams.current_token()
+                found, end_position = await self._events_after(
+                    user_id, start.events, now.events, room_id
+                )
+                break
+        end = StreamToken.of(self._streams.names, dict(now.items()) | {"events": end_position})
+        chunk = await self._serializer.serialize(
+            found, requester_device=(user_id, requester.device_id)
+        )
+        return {"chunk": chunk, "start": str(start), "end": str(end)}
+
+    async def _check_may_peek(self, user_id: str, room_id: str) -> bool:
+        """Whether the user peeks (is not joined): allowed only into a world-readable room.
+        The same 403 for a room that does not exist, so that its existence does not leak."""
+        if room_id in await self._shared_rooms.joined_rooms(user_id):
+            return False
+        if await self._events.get_room_version(room_id) is None or not (
+            await self._visibility.is_world_readable(room_id)
+        ):
+            raise MatrixError(
+                403, Codes.FORBIDDEN, "You are not in this room and it is not world-readable"
+            )
+        return True
+
+    async def _events_after(
+        self, user_id: str, after: int, up_to: int, room_id: str | None
+    ) -> tuple[list[StoredEvent], int]:
+        """The events the user may see with after < stream position <= up_to, at most
+        MAX_EVENTS of them, and the stream position they reach."""
+        if after >= up_to:
+            return [], max(after, up_to)
+        if room_id is not None:
+            room_ids = [room_id]
+        else:
+            # Joined rooms, and rooms whose membership changed in the window (a leave or a
+            # kick is news too).
+            room_ids = [
+                m.room_id
+                for m in await self._shared_rooms.memberships_of(user_id)
+                if m.membership == "join" or m.stream_ordering > after
+            ]
+        changed = self._room_changes.changed_since(room_ids, after)
+        if changed is None:
+            changed_rooms = await self._events.get_rooms_changed_since(room_ids, after)
+        else:
+            changed_rooms = {str(r) for r in changed}
+        candidates: list[StoredEvent] = []
+        for changed_room in sorted(changed_rooms):
+            candidates.extend(
+                await self._events.get_room_events_between(
+                    changed_room, after, up_to, MAX_EVENTS + 1, oldest_first=True
+                )
+            )
+        candidates.sort(key=lambda e: e.stream_ordering)
+        reached = up_to
+        if len(candidates) > MAX_EVENTS:
+            # Each room gave its earliest events, so the earliest overall are all here.
+            candidates = candidates[:MAX_EVENTS]
+            reached = candidates[-1].stream_ordering
+        return await self._visibility.filter_events_for_user(user_id, candidates), reached

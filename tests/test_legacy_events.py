@@ -1,0 +1,237 @@
+"""The deprecated event stream and room previews: GET /events (long-polling, and peeking into
+a world-readable room with `room_id`), GET /events/{eventId} and
+GET /rooms/{roomId}/initialSync.
+
+Over real HTTP on loopback, on both database engines.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import urlencode
+
+from twisted.internet import defer, reactor, task
+
+from tests.harness import on_both_engines
+from tests.room_helpers import API, RoomTestCase, User, q
+
+WORLD_READABLE = [
+    {
+        "type": "m.room.history_visibility",
+        "state_key": "",
+        "content": {"history_visibility": "world_readable"},
+    }
+]
+
+
+class EventsHelpers(RoomTestCase):
+    async def events(self, user: User, **params: str):
+        return await self.request("GET", f"{API}/events?{urlencode(params)}", token=user.token)
+
+    async def now_token(self, user: User) -> str:
+        r = await self.events(user, timeout="0")
+        assert r.code == 200, r
+        return r.json["end"]
+
+    async def initial_sync(self, user: User, room_id: str, **params: str):
+        path = f"{API}/rooms/{q(room_id)}/initialSync"
+        if params:
+            path += "?" + urlencode(params)
+        return await self.request("GET", path, token=user.token)
+
+
+@on_both_engines
+class EventStreamTests(EventsHelpers):
+    async def test_returns_events_after_the_token(self):
+        alice = await self.user("alice")
+        room_id = await self.create_room(alice)
+        since = await self.now_token(alice)
+        sent = (await self.send(alice, room_id, {"msgtype": "m.text", "body": "one"})).json
+        r = await self.events(alice, **{"from": since, "timeout": "0"})
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual([e["event_id"] for e in r.json["chunk"]], [sent["event_id"]])
+        self.assertEqual(r.json["start"], since)
+        # Carrying on from `end` finds nothing new.
+        r = await self.events(alice, **{"from": r.json["end"], "timeout": "0"})
+        self.assertEqual(r.json["chunk"], [])
+
+    async def test_long_poll_wakes_on_a_new_event(self):
+        alice = await self.user("alice")
+        room_id = await self.create_room(alice)
+        since = await self.now_token(alice)
+        started = time.monotonic()
+        pending = defer.ensureDeferred(self.events(alice, **{"from": since, "timeout": "20000"}))
+        await task.deferLater(reactor, 0.2, lambda: None)
+        self.assertFalse(pending.called)
+        sent = (await self.send(alice, room_id)).json
+        r = await pending
+        self.assertLess(time.monotonic() - started, 10)
+        self.assertEqual([e["event_id"] for e in r.json["chunk"]], [sent["event_id"]])
+
+    async def test_times_out_with_nothing(self):
+        alice = await self.user("alice")
+        since = await self.now_token(alice)
+        r = await self.events(alice, **{"from": since, "timeout": "100"})
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(r.json["chunk"], [])
+        self.assertEqual(r.json["end"], since)
+
+    async def test_other_rooms_are_not_seen(self):
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        room_id = await self.create_room(alice)
+        since = await self.now_token(bob)
+        await self.send(alice, room_id)
+        r = await self.events(bob, **{"from": since, "timeout": "0"})
+        self.assertEqual(r.json["chunk"], [])
+
+    async def test_bad_from_token(self):
+        alice = await self.user("alice")
+        for bad in ("nonsense", "t1-2", "s1_x", "s" + "9" * 30):
+            r = await self.events(alice, **{"from": bad, "timeout": "0"})
+            self.assertError(r, 400, "M_INVALID_PARAM")
+        r = await self.events(alice, timeout="soon")
+        self.assertEqual(r.code, 400, r)
+
+
+@on_both_engines
+class PeekTests(EventsHelpers):
+    async def test_peek_into_world_readable_room(self):
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        room_id = await self.create_room(alice, preset="public_chat", initial_state=WORLD_READABLE)
+        since = await self.now_token(bob)
+        pending = defer.ensureDeferred(
+            self.events(bob, **{"from": since, "timeout": "20000", "room_id": room_id})
+        )
+        await task.deferLater(reactor, 0.2, lambda: None)
+        self.assertFalse(pending.called)
+        sent = (await self.send(alice, room_id)).json
+        r = await pending
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual([e["event_id"] for e in r.json["chunk"]], [sent["event_id"]])
+        # Peeking joined nobody.
+        self.assertIsNone(await self.membership_of(room_id, bob))
+        self.assertEqual(self.hs.notifier._peekers, {})
+
+    async def test_peek_into_private_room_is_forbidden(self):
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        room_id = await self.create_room(alice, preset="public_chat")
+        r = await self.events(bob, timeout="0", room_id=room_id)
+        self.assertError(r, 403, "M_FORBIDDEN")
+        r = await self.events(bob, timeout="0", room_id="!unknown:test.heddle")
+        self.assertError(r, 403, "M_FORBIDDEN")
+        r = await self.events(bob, timeout="0", room_id="not-a-room")
+        self.assertEqual(r.code, 400, r)
+
+    async def test_member_may_name_its_room(self):
+        alice = await self.user("alice")
+        room_id = await self.create_room(alice)
+        other = await self.create_room(alice)
+        since = await self.now_token(alice)
+        sent = (await self.send(alice, room_id)).json
+        await self.send(alice, other)
+        r = await self.events(alice, **{"from": since, "timeout": "0", "room_id": room_id})
+        self.assertEqual([e["event_id"] for e in r.json["chunk"]], [sent["event_id"]])
+
+
+@on_both_engines
+class EventByIdTests(EventsHelpers):
+    async def test_member_reads_event_stranger_does_not(self):
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        room_id = await self.create_room(alice)
+        sent = (await self.send(alice, room_id)).json
+        r = await self.request("GET", f"{API}/events/{q(sent['event_id'])}", token=alice.token)
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(r.json["event_id"], sent["event_id"])
+        self.assertEqual(r.json["room_id"], room_id)
+        r = await self.request("GET", f"{API}/events/{q(sent['event_id'])}", token=bob.token)
+        self.assertError(r, 404, "M_NOT_FOUND")
+        r = await self.request("GET", f"{API}/events/{q('$nope')}", token=alice.token)
+        self.assertError(r, 404, "M_NOT_FOUND")
+
+
+@on_both_engines
+class RoomInitialSyncTests(EventsHelpers):
+    async def test_member_snapshot(self):
+        alice = await self.user("alice")
+        room_id = await self.create_room(alice, preset="public_chat", name="Lobby")
+        sent = [
+            (await self.send(alice, room_id, {"msgtype": "m.text", "body": str(i)})).json
+            for i in range(3)
+        ]
+        await self.request(
+            "PUT",
+            f"{API}/user/{q(alice.user_id)}/rooms/{q(room_id)}/tags/u.work",
+            {"order": 0.5},
+            token=alice.token,
+        )
+        r = await self.initial_sync(alice, room_id, limit="2")
+        self.assertEqual(r.code, 200, r)
+        body = r.json
+        self.assertEqual(body["room_id"], room_id)
+        self.assertEqual(body["membership"], "join")
+        self.assertEqual(
+            [e["event_id"] for e in body["messages"]["chunk"]],
+            [s["event_id"] for s in sent[1:]],
+        )
+        types = {(e["type"], e["state_key"]) for e in body["state"]}
+        self.assertIn(("m.room.name", ""), types)
+        self.assertIn(("m.room.member", alice.user_id), types)
+        self.assertEqual(body["visibility"], "private")
+        self.assertEqual(
+            body["account_data"],
+            [{"type": "m.tag", "content": {"tags": {"u.work": {"order": 0.5}}}}],
+        )
+        self.assertIsInstance(body["presence"], list)
+        self.assertIsInstance(body["receipts"], list)
+        # `start` pages further back through /messages; `end` streams on through /events.
+        r = await self.request(
+            "GET",
+            f"{API}/rooms/{q(room_id)}/messages?dir=b&limit=1&from={q(body['messages']['start'])}",
+            token=alice.token,
+        )
+        self.assertEqual(r.json["chunk"][0]["event_id"], sent[0]["event_id"])
+        later = (await self.send(alice, room_id)).json
+        r = await self.events(alice, **{"from": body["messages"]["end"], "timeout": "0"})
+        self.assertEqual([e["event_id"] for e in r.json["chunk"]], [later["event_id"]])
+
+    async def test_peek_into_world_readable_room(self):
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        room_id = await self.create_room(alice, preset="public_chat", initial_state=WORLD_READABLE)
+        sent = (await self.send(alice, room_id)).json
+        r = await self.initial_sync(bob, room_id)
+        self.assertEqual(r.code, 200, r)
+        self.assertNotIn("membership", r.json)
+        self.assertEqual(r.json["messages"]["chunk"][-1]["event_id"], sent["event_id"])
+
+    async def test_stranger_to_private_room_is_forbidden(self):
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        room_id = await self.create_room(alice, preset="public_chat")
+        r = await self.initial_sync(bob, room_id)
+        self.assertError(r, 403, "M_FORBIDDEN")
+        r = await self.initial_sync(bob, "!unknown:test.heddle")
+        self.assertError(r, 403, "M_FORBIDDEN")
+
+    async def test_departed_member_sees_the_room_as_they_left_it(self):
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        room_id = await self.create_room(alice, preset="public_chat")
+        await self.join(bob, room_id)
+        before = (await self.send(alice, room_id)).json
+        await self.membership_action(bob, room_id, "leave")
+        await self.send(alice, room_id)
+        await self.put_state(alice, room_id, "m.room.topic", {"topic": "after"})
+        r = await self.initial_sync(bob, room_id)
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(r.json["membership"], "leave")
+        chunk = r.json["messages"]["chunk"]
+        self.assertEqual(chunk[-1]["type"], "m.room.member")
+        self.assertEqual(chunk[-2]["event_id"], before["event_id"])
+        self.assertNotIn(
+            ("m.room.topic", ""), {(e["type"], e["state_key"]) for e in r.json["state"]}
+        )
