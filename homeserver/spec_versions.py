@@ -53,6 +53,9 @@ class SpecVersion:
     checked: bool = True
     # What it brought, for the reader.
     about: str = ""
+    # For a checked version, the tests (`tests.module.Class.test_name`) showing the
+    # client-facing changes besides endpoints that Heddle implements.
+    verified_by: tuple[str, ...] = ()
 
 
 # The endpoints of r0 (the tsv gives them no version).
@@ -249,9 +252,20 @@ SPEC_VERSIONS: tuple[SpecVersion, ...] = (
         ),
         about="authenticated media",
     ),
+    # v1.12 (no new endpoints): `via` on join and knock (`server_name` still read), account
+    # locking (401 M_USER_LOCKED with soft_logout), guests on the authenticated media
+    # endpoints; room account data of any type (m.marked_unread) is stored as it comes, and
+    # the 403s on profile look-ups are optional.
     SpecVersion(
         "v1.12",
-        checked=False,
+        about="via on join/knock, account locking, guests' authenticated media",
+        verified_by=(
+            "tests.test_federation_heddle.TwoHeddles.test_history_backfilled_from_the_other_side",
+            "tests.test_admin_restrictions.LockTests"
+            ".test_locked_user_gets_user_locked_everywhere_but_logout",
+            "tests.test_guest_access.GuestEndpointTests"
+            ".test_media_through_the_authenticated_endpoints",
+        ),
     ),
     SpecVersion(
         "v1.13",
