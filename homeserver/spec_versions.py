@@ -267,11 +267,26 @@ SPEC_VERSIONS: tuple[SpecVersion, ...] = (
             ".test_media_through_the_authenticated_endpoints",
         ),
     ),
+    # v1.13: the requestToken error codes (M_THREEPID_MEDIUM_NOT_SUPPORTED, M_INVALID_PARAM,
+    # M_THREEPID_IN_USE), suspension (403 M_USER_SUSPENDED on the recommended actions), an
+    # event report's reason may be left out, one-time keys claimed in upload order, and
+    # (server-server, seen by clients as typing and receipts) server ACLs applied to EDUs.
+    # Reply fallbacks were only ever the sending client's doing.
     SpecVersion(
         "v1.13",
         (("POST", "/_matrix/client/v3/rooms/{roomId}/report"),),
-        checked=False,
-        about="reporting rooms",
+        about="reporting rooms, suspension, ACLs on EDUs",
+        verified_by=(
+            "tests.test_threepids.AddThreepidTests.test_bad_input",
+            "tests.test_admin_restrictions.SuspensionTests"
+            ".test_suspended_user_may_read_but_not_act",
+            "tests.test_reports.ClientReportingTests"
+            ".test_event_report_reason_and_score_are_optional",
+            "tests.test_e2e_keys.OneTimeKeyTests"
+            ".test_upload_counts_and_claims_one_at_a_time_in_upload_order",
+            "tests.test_federation_acl.AclAppliesToEdus"
+            ".test_typing_and_receipts_of_a_denied_server_are_ignored",
+        ),
     ),
     SpecVersion(
         "v1.14",
