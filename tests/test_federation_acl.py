@@ -137,16 +137,7 @@ class AclAppliesToEdus(FederationTestCase):
         return typing, receipt.event_id if receipt is not None else None
 
     async def test_typing_and_receipts_of_a_denied_server_are_ignored(self) -> None:
-        a, b, alice, bob = await self.two_peers()
-        r = await self.user_call(alice, "POST", f"{API}/createRoom", {"preset": "public_chat"})
-        assert r.code == 200, r
-        room_id = r.json["room_id"]
-        r = await self.user_call(bob, "POST", f"{API}/join/{q(room_id)}?via={q(a.server_name)}", {})
-        assert r.code == 200, r
-        await self.wait_for(
-            lambda: self._is(self.membership(alice, room_id, bob.user_id), "join"),
-            what="bob's join on A",
-        )
+        a, b, alice, bob, room_id = await self.shared_room()
         first = await self.send_text(alice, room_id, "before", "t1")
         self.assertEqual(
             await self.typing_and_receipt_from_b(a, b, bob, room_id, first),
