@@ -5,7 +5,7 @@ send theirs (server-server API, "Typing Notifications", "Receipts", "Presence").
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any, Protocol
 
 from federation.event_checks import server_of
@@ -52,6 +52,7 @@ class FederationEdus:
         typing: TypingHandler,
         receipts: ReceiptsHandler,
         presence: PresenceHandler,
+        origin_allowed: Callable[[str, str], Awaitable[bool]],
     ) -> None:
         self._server_name = server_name
         self._sender = sender
@@ -60,6 +61,10 @@ class FederationEdus:
         self._typing = typing
         self._receipts = receipts
         self._presence = presence
+        # (room ID, origin) -> whether the room's server ACL admits the origin: typing and
+        # receipts of a denied server are ignored (server-server API, "Server Access Control
+        # Lists").
+        self._origin_allowed = origin_allowed
 
     def handlers(self) -> dict[str, Any]:
         """The inbound EDU handlers, by type, for `TransactionHandler.edu_handlers`."""
@@ -127,7 +132,11 @@ class FederationEdus:
         room_id, user_id = content.get("room_id"), content.get("user_id")
         if not isinstance(room_id, str) or not isinstance(user_id, str):
             return
-        if server_of(user_id) != origin or not await self._is_joined(room_id, user_id):
+        if (
+            server_of(user_id) != origin
+            or not await self._origin_allowed(room_id, origin)
+            or not await self._is_joined(room_id, user_id)
+        ):
             logger.info("typing EDU from %s for %s in %s ignored", origin, user_id, room_id)
             return
         if content.get("typing") is True:
@@ -138,6 +147,9 @@ class FederationEdus:
     async def on_receipt(self, origin: str, content: dict[str, Any]) -> None:
         for room_id, by_type in content.items():
             if not isinstance(by_type, dict):
+                continue
+            if not await self._origin_allowed(room_id, origin):
+                logger.info("receipts from %s in %s ignored: denied by ACL", origin, room_id)
                 continue
             for receipt_type, by_user in by_type.items():
                 if not isinstance(by_user, dict):

@@ -117,7 +117,7 @@ class TransactionHandler:
             return None, {}
         event_id = event.event_id
         try:
-            if not await self._origin_allowed(room_id, origin):
+            if not await self.origin_allowed(room_id, origin):
                 return event_id, {"error": "Server is denied by the room's server ACL"}
             checked = await self._handler.check_pdu(pdu, room_version, room_id)
             await self._handler.on_receive_pdu(origin, checked)
@@ -132,7 +132,8 @@ class TransactionHandler:
             return event_id, {"error": "Internal error"}
         return event_id, {}
 
-    async def _origin_allowed(self, room_id: str, origin: str) -> bool:
+    async def origin_allowed(self, room_id: str, origin: str) -> bool:
+        """Whether the room's current server ACL lets `origin` take part (no ACL: yes)."""
         acl_id = await self._state.get_current_state_event_id(room_id, "m.room.server_acl", "")
         if acl_id is None:
             return True

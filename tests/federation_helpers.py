@@ -125,6 +125,25 @@ class FederationTestCase(HomeserverTestCase):
         b = await self.start_peer(1)
         return a, b, await self.fed_user(a, "alice"), await self.fed_user(b, "bob")
 
+    async def shared_room(self) -> tuple[Server, Server, FedUser, FedUser, str]:
+        """Heddles A and B, and a public room of alice's on A that bob on B has joined."""
+        a, b, alice, bob = await self.two_peers()
+        return a, b, alice, bob, await self.joined_public_room(a, alice, bob)
+
+    async def joined_public_room(self, a: Server, alice: FedUser, bob: FedUser) -> str:
+        """A public room alice on A creates and bob (on another server) joins, once A has
+        seen the join."""
+        r = await self.user_call(alice, "POST", f"{API}/createRoom", {"preset": "public_chat"})
+        assert r.code == 200, r
+        room_id = str(r.json["room_id"])
+        r = await self.user_call(bob, "POST", f"{API}/join/{q(room_id)}?via={q(a.server_name)}", {})
+        assert r.code == 200, r
+        await self.wait_for(
+            lambda: self._is(self.membership(alice, room_id, bob.user_id), "join"),
+            what="bob's join on A",
+        )
+        return room_id
+
     async def heddle_and_synapse(
         self, synapse_password: str
     ) -> tuple[Server, Any, FedUser, dict[str, Any]]:

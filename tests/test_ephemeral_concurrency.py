@@ -44,20 +44,6 @@ async def hammer(
 class EphemeralWritesUnderConcurrency(FederationTestCase):
     timeout = 60
 
-    async def shared_room(self) -> tuple[Server, Server, FedUser, FedUser, str]:
-        """Alice on A and bob on B, both joined to a room on A."""
-        a, b, alice, bob = await self.two_peers()
-        r = await self.user_call(alice, "POST", f"{API}/createRoom", {"preset": "public_chat"})
-        assert r.code == 200, r
-        room_id = r.json["room_id"]
-        r = await self.user_call(bob, "POST", f"{API}/join/{q(room_id)}?via={q(a.server_name)}", {})
-        assert r.code == 200, r
-        await self.wait_for(
-            lambda: self._is(self.membership(alice, room_id, bob.user_id), "join"),
-            what="bob's join on A",
-        )
-        return a, b, alice, bob, room_id
-
     def record_edus(self, server: Server, destination: Server, edu_type: str) -> list[Any]:
         """The content of every `edu_type` EDU `server` queues for `destination` from now on,
         in the order it queues them: the last one is what `destination` ends up with."""

@@ -1,12 +1,18 @@
-"""Server ACLs (m.room.server_acl): the pure rule, case by case from the spec's event schema."""
+"""Server ACLs (m.room.server_acl): the pure rule, case by case from the spec's event schema;
+and, between two Heddles, typing and receipt EDUs from a denied server ignored (server-server
+API "Server Access Control Lists": ACLs apply to the EDUs local to a room).
+"""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from twisted.trial import unittest
 
 from federation.acl import server_allowed_by_acl
+from tests.federation_helpers import API, FederationTestCase, FedUser, Server, q
+from tests.harness import on_both_engines
 
 ALLOW_ALL = {"allow": ["*"]}
 
@@ -94,3 +100,57 @@ class ServerAclRuleTests(unittest.TestCase):
         self.assertAllowed("example.org", {"allow": [5, None, "*"]})
         self.assertAllowed("example.org", {"allow": ["*"], "deny": "example.org"})
         self.assertAllowed("example.org", {"allow": ["*"], "deny": [{"x": 1}]})
+
+
+_txn_ids = itertools.count(1)
+
+
+@on_both_engines
+class AclAppliesToEdus(FederationTestCase):
+    async def send_edu_from_b(self, a: Server, b: Server, edu_type: str, content: Any) -> None:
+        """A transaction from B to A carrying one EDU, as B would sign it (handled before the
+        request returns)."""
+        await b.hs.federation_client.put_json(
+            a.server_name,
+            f"/_matrix/federation/v1/send/acl{next(_txn_ids)}",
+            {"origin": b.server_name, "origin_server_ts": 1, "pdus": [],
+             "edus": [{"edu_type": edu_type, "content": content}]},
+        )
+
+    async def typing_and_receipt_from_b(
+        self, a: Server, b: Server, bob: FedUser, room_id: str, event_id: str
+    ) -> tuple[list[str], str | None]:
+        """Bob typing and reading `event_id`, said by B to A: who types on A, and the event
+        bob's receipt is at on A."""
+        await self.send_edu_from_b(
+            a, b, "m.typing", {"room_id": room_id, "user_id": bob.user_id, "typing": True}
+        )
+        typing = list(a.hs.typing.get_typing_users(room_id))
+        await self.send_edu_from_b(
+            a, b, "m.typing", {"room_id": room_id, "user_id": bob.user_id, "typing": False}
+        )
+        receipt_content = {
+            room_id: {"m.read": {bob.user_id: {"event_ids": [event_id], "data": {"ts": 1}}}}
+        }
+        await self.send_edu_from_b(a, b, "m.receipt", receipt_content)
+        receipt = await a.hs.receipt_store.get_receipt(room_id, "m.read", bob.user_id)
+        return typing, receipt.event_id if receipt is not None else None
+
+    async def test_typing_and_receipts_of_a_denied_server_are_ignored(self) -> None:
+        a, b, alice, bob, room_id = await self.shared_room()
+        first = await self.send_text(alice, room_id, "before", "t1")
+        self.assertEqual(
+            await self.typing_and_receipt_from_b(a, b, bob, room_id, first),
+            ([bob.user_id], first),
+        )
+
+        # Both servers are IP literals: this denies B (A's own events need no ACL).
+        r = await self.user_call(
+            alice, "PUT", f"{API}/rooms/{q(room_id)}/state/m.room.server_acl",
+            {"allow": ["*"], "allow_ip_literals": False},
+        )
+        assert r.code == 200, r
+        second = await self.send_text(alice, room_id, "after", "t2")
+        self.assertEqual(
+            await self.typing_and_receipt_from_b(a, b, bob, room_id, second), ([], first)
+        )

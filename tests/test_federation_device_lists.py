@@ -22,16 +22,7 @@ USER_DEVICES = "/_matrix/federation/v1/user/devices/"
 @on_both_engines
 class FederatedDeviceLists(FederationTestCase):
     async def setup_room(self) -> tuple[Server, Server, FedUser, FedUser, str]:
-        a, b, alice, bob = await self.two_peers()
-        r = await self.user_call(alice, "POST", f"{API}/createRoom", {"preset": "public_chat"})
-        assert r.code == 200, r
-        room_id = r.json["room_id"]
-        r = await self.user_call(bob, "POST", f"{API}/join/{q(room_id)}?via={q(a.server_name)}", {})
-        assert r.code == 200, r
-        await self.wait_for(
-            lambda: self._is(self.membership(alice, room_id, bob.user_id), "join"),
-            what="bob's join on A",
-        )
+        a, b, alice, bob, room_id = await self.shared_room()
         # Count B's answers to user/devices (A's resyncs of bob's list).
         self.resyncs = 0
         serve = b.hs.device_lists.get_user_devices_for_federation

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from federation import event_handler
-from tests.federation_helpers import API, FederationTestCase, FedUser, Server, q
+from tests.federation_helpers import API, FederationTestCase, FedUser, q
 from tests.harness import ensure_deferred, on_both_engines
 from tests.synapse_peer import SynapsePeer
 
@@ -86,18 +86,6 @@ class OutageMixin(FederationTestCase):
         assert r.code == 200, r
         return str(r.json["next_batch"])
 
-    async def shared_room(self, a: Server, alice: FedUser, bob: FedUser) -> str:
-        r = await self.user_call(alice, "POST", f"{API}/createRoom", {"preset": "public_chat"})
-        assert r.code == 200, r
-        room_id = str(r.json["room_id"])
-        r = await self.user_call(bob, "POST", f"{API}/join/{q(room_id)}?via={q(a.server_name)}", {})
-        assert r.code == 200, r
-        await self.wait_for(
-            lambda: self._is(self.membership(alice, room_id, bob.user_id), "join"),
-            what="bob's join on A",
-        )
-        return room_id
-
     async def send_many(self, user: FedUser, room_id: str, count: int, prefix: str) -> set[str]:
         bodies = {f"{prefix} {i}" for i in range(count)}
         for i in range(count):
@@ -115,7 +103,7 @@ class HeddleOutage(OutageMixin):
     @ensure_deferred
     async def test_receiver_down_while_200_messages_are_sent(self) -> None:
         a, b, alice, bob = await self.two_peers()
-        room_id = await self.shared_room(a, alice, bob)
+        room_id = await self.joined_public_room(a, alice, bob)
         reader = RoomReader(self, bob, room_id, await self.since_token(bob))
         await self.stop_peer(b)
         sent = await self.send_many(alice, room_id, 200, "while B was down")
@@ -129,7 +117,7 @@ class HeddleOutage(OutageMixin):
     @ensure_deferred
     async def test_sender_restarted_with_300_messages_queued(self) -> None:
         a, b, alice, bob = await self.two_peers()
-        room_id = await self.shared_room(a, alice, bob)
+        room_id = await self.joined_public_room(a, alice, bob)
         reader = RoomReader(self, bob, room_id, await self.since_token(bob))
         await self.stop_peer(b)
         sent = await self.send_many(alice, room_id, 300, "queued on A")
@@ -151,7 +139,7 @@ class HeddleOutage(OutageMixin):
         self.patch(event_handler, "MISSING_EVENTS_LIMIT", 5)
         self.patch(event_handler, "MISSING_EVENTS_MAX", 5)
         a, b, alice, bob = await self.two_peers()
-        room_id = await self.shared_room(a, alice, bob)
+        room_id = await self.joined_public_room(a, alice, bob)
         reader = RoomReader(self, bob, room_id, await self.since_token(bob))
         # Bob has read what came before, more than a page of it: paging back, he stops when
         # he meets it again, so the gap must be filled where it is, not once history runs out.

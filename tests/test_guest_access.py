@@ -10,6 +10,7 @@ from typing import Any
 
 from tests.harness import PASSWORD, on_both_engines
 from tests.room_helpers import API, RoomTestCase, User, q
+from tests.test_media import _png
 
 REGISTER = f"{API}/register"
 GUESTS_ON = {"registration": {"allow_guest_access": True}}
@@ -130,6 +131,25 @@ class GuestEndpointTests(GuestHelpers):
             if isinstance(r.json, dict):
                 self.assertNotEqual(r.json.get("errcode"), "M_GUEST_ACCESS_FORBIDDEN", (path, r))
             self.assertIn(r.code, (200, 403), (path, r))
+
+    async def test_media_through_the_authenticated_endpoints(self):
+        # Spec v1.12: guests may download and thumbnail from /_matrix/client/v1/media.
+        guest = await self.guest()
+        alice = await self.user("alice")
+        image = _png(40, 40)
+        r = await self.request(
+            "POST", "/_matrix/media/v3/upload", raw=image, token=alice.token,
+            headers={"Content-Type": "image/png"},
+        )
+        self.assertEqual(r.code, 200, r)
+        server_media = r.json["content_uri"][len("mxc://"):]
+        media = "/_matrix/client/v1/media"
+        r = await self.request("GET", f"{media}/download/{server_media}", token=guest.token)
+        self.assertEqual((r.code, r.body), (200, image), r)
+        r = await self.request(
+            "GET", f"{media}/thumbnail/{server_media}?width=10&height=10", token=guest.token
+        )
+        self.assertEqual((r.code, r.header("Content-Type")), (200, "image/png"), r)
 
 
 @on_both_engines

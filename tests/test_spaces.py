@@ -345,6 +345,27 @@ class HierarchyTests(AliceAndBob):
 
 @on_both_engines
 class RoomSummaryTests(AliceAndBob):
+    async def test_encryption_and_room_version_in_summary_and_hierarchy(self) -> None:
+        # Spec v1.15 (MSC3266): both answers carry `encryption` and `room_version`.
+        megolm = "m.megolm.v1.aes-sha2"
+        space = await self.space(self.alice, room_version="11")
+        room = await self.create_room(
+            self.alice,
+            preset="public_chat",
+            room_version="12",
+            initial_state=[{"type": "m.room.encryption", "content": {"algorithm": megolm}}],
+        )
+        await self.add_child(self.alice, space, room)
+        r = await self.summary(self.bob, room)
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual((r.json["encryption"], r.json["room_version"]), (megolm, "12"))
+        r = await self.hierarchy(self.bob, space)
+        self.assertEqual(r.code, 200, r)
+        by_id = {entry["room_id"]: entry for entry in r.json["rooms"]}
+        self.assertNotIn("encryption", by_id[space])
+        self.assertEqual(by_id[space]["room_version"], "11")
+        self.assertEqual((by_id[room]["encryption"], by_id[room]["room_version"]), (megolm, "12"))
+
     async def test_public_room_by_id_and_alias(self) -> None:
         room = await self.create_room(
             self.alice, preset="public_chat", name="Hall", room_alias_name="hall"

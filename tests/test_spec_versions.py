@@ -9,6 +9,7 @@ first one not yet `checked`.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from twisted.trial import unittest
@@ -68,8 +69,8 @@ class SpecVersionTableTests(unittest.TestCase):
             return (method, path) != (table_gap[0], example_path(table_gap[1]))
 
         names = advertised_versions(lambda method, path: True)
-        # Once every endpoint is served: r0.5.0 to v1.11, the versions checked so far.
-        self.assertEqual((names[0], names[-1]), ("r0.5.0", "v1.11"))
+        # Once every endpoint is served: r0.5.0 to v1.15, the versions checked so far.
+        self.assertEqual((names[0], names[-1]), ("r0.5.0", "v1.15"))
         self.assertEqual(names, [v.name for v in SPEC_VERSIONS[: len(names)]])
         self.assertFalse(SPEC_VERSIONS[len(names)].checked)
         self.assertEqual(
@@ -93,13 +94,31 @@ def _version_test(version: SpecVersion) -> Any:
     return test
 
 
+def _behaviour_test(version: SpecVersion) -> Any:
+    def test(self: unittest.TestCase) -> None:
+        for name in version.verified_by:
+            module_name, class_name, test_name = name.rsplit(".", 2)
+            case = getattr(importlib.import_module(module_name), class_name, None)
+            self.assertTrue(callable(getattr(case, test_name, None)), f"{name} does not exist")
+
+    test.__name__ = f"test_{version.name.replace('.', '_')}_behaviour_is_tested"
+    return test
+
+
 class PerVersionTests(unittest.TestCase):
-    pass
+    def test_checked_versions_since_v1_12_name_their_tests(self) -> None:
+        # From v1.12 on, checking a version means naming the tests that show its changes.
+        since = [v.name for v in SPEC_VERSIONS].index("v1.12")
+        for version in SPEC_VERSIONS[since:]:
+            self.assertEqual(bool(version.verified_by), version.checked, version.name)
 
 
 for _version in SPEC_VERSIONS:
     _test = _version_test(_version)
     setattr(PerVersionTests, _test.__name__, _test)
+    if _version.verified_by:
+        _test = _behaviour_test(_version)
+        setattr(PerVersionTests, _test.__name__, _test)
 
 
 @on_both_engines

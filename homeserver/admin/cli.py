@@ -183,7 +183,8 @@ def _commands() -> dict[str, tuple[str, list[tuple[str, dict[str, Any]]], Action
         ),
         "reports": (
             "abuse reports: list them (newest first), show one, delete one",
-            [("action", {"choices": ["list", "show", "delete"]}),
+            [("action", {"choices": ["list", "show", "delete"],
+                         "help": "list the reports, show one or delete one"}),
              ("report_id", {"nargs": "?", "help": "the report's ID (show, delete)"}),
              ("--kind", {"choices": list(_REPORT_FILTERS), "default": "event",
                          "help": "reports about events (the default), rooms or users"}),

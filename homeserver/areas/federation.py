@@ -180,6 +180,7 @@ def build_federation(
         user_data.typing,
         user_data.receipts,
         user_data.presence,
+        transactions.origin_allowed,
     )
     transactions.edu_handlers.update(edus.handlers())
     transactions.edu_handlers.update(e2e.device_lists.edu_handlers())
