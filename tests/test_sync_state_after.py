@@ -5,6 +5,7 @@ import json
 from typing import Any
 
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
+from homeserver.sync.handler import MAX_HEROES
 from tests.harness import HomeserverTestCase, on_both_engines
 
 ALICE = "@alice:test.heddle"
@@ -178,7 +179,20 @@ class SyncStateAfter(HomeserverTestCase):
         # Both viewers' incremental syncs cover the same window of the same room with the same
         # filter: one computes the room's section, the other must not be served its form.
         await self.setup_users()
-        room_id = await self.make_room((ALICE, BOB, CAROL))
+        # Members before them, so that neither is a hero candidate (who computes alone).
+        fillers = tuple(f"@filler{i}:test.heddle" for i in range(MAX_HEROES))
+        room_id = await self.make_room((ALICE, *fillers, BOB, CAROL))
+        took_shared: list[str] = []
+        sync = self.hs.sync
+        original_takes = sync._takes_shared
+
+        async def takes_shared(user_id: str, section: Any) -> bool:
+            taken = await original_takes(user_id, section)
+            if taken:
+                took_shared.append(user_id)
+            return taken
+
+        sync._takes_shared = takes_shared
         first_bob = (await self.sync(self.bob))["next_batch"]
         first_carol = (await self.sync(self.carol))["next_batch"]
         for round_number in range(2):
@@ -201,3 +215,5 @@ class SyncStateAfter(HomeserverTestCase):
                     self.assertNotIn("state_after", room)
                     self.assertEqual(room["state"]["events"], [])
                     first_carol = data["next_batch"]
+        # Every pass went through the shared sections (each form computed once for its own).
+        self.assertEqual(sorted(took_shared), [BOB, BOB, CAROL, CAROL])
