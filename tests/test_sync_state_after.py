@@ -30,8 +30,12 @@ class SyncStateAfter(HomeserverTestCase):
             KNOWN_ROOM_VERSIONS["11"], ALICE, {"room_version": "11"}, False
         )
         await creator.send(room_id, ALICE, "m.room.member", {"membership": "join"}, state_key=ALICE)
-        await creator.send(room_id, ALICE, "m.room.power_levels", {"users": {ALICE: 100}}, state_key="")
-        await creator.send(room_id, ALICE, "m.room.join_rules", {"join_rule": "public"}, state_key="")
+        await creator.send(
+            room_id, ALICE, "m.room.power_levels", {"users": {ALICE: 100}}, state_key=""
+        )
+        await creator.send(
+            room_id, ALICE, "m.room.join_rules", {"join_rule": "public"}, state_key=""
+        )
         for member in members:
             if member != ALICE:
                 await creator.send(
@@ -39,8 +43,14 @@ class SyncStateAfter(HomeserverTestCase):
                 )
         return room_id
 
-    async def send(self, room_id: str, sender: str, event_type: str, content: dict[str, Any],
-                   state_key: str | None = None) -> str:
+    async def send(
+        self,
+        room_id: str,
+        sender: str,
+        event_type: str,
+        content: dict[str, Any],
+        state_key: str | None = None,
+    ) -> str:
         event = await self.hs.event_creator.send(
             room_id, sender, event_type, content, state_key=state_key
         )
@@ -70,13 +80,17 @@ class SyncStateAfter(HomeserverTestCase):
         self.assertEqual(
             state_keys(room["state_after"]),
             {
-                ("m.room.create", ""), ("m.room.power_levels", ""), ("m.room.join_rules", ""),
-                ("m.room.member", ALICE), ("m.room.member", BOB),
+                ("m.room.create", ""),
+                ("m.room.power_levels", ""),
+                ("m.room.join_rules", ""),
+                ("m.room.member", ALICE),
+                ("m.room.member", BOB),
             },
         )
-        self.assertIn(("m.room.member", BOB), {
-            (e["type"], e.get("state_key")) for e in room["timeline"]["events"]
-        })
+        self.assertIn(
+            ("m.room.member", BOB),
+            {(e["type"], e.get("state_key")) for e in room["timeline"]["events"]},
+        )
         self.assertEqual(
             (await self.sync(self.bob, use_state_after="false"))["rooms"]["join"][room_id].keys(),
             plain.keys(),
@@ -91,7 +105,9 @@ class SyncStateAfter(HomeserverTestCase):
 
         plain = (await self.sync(self.bob, since=since))["rooms"]["join"][room_id]
         self.assertEqual(plain["state"]["events"], [])
-        room = (await self.sync(self.bob, since=since, use_state_after="true"))["rooms"]["join"][room_id]
+        room = (await self.sync(self.bob, since=since, use_state_after="true"))["rooms"]["join"][
+            room_id
+        ]
         self.assertFalse(room["timeline"]["limited"])
         self.assertIn(topic, [e["event_id"] for e in room["timeline"]["events"]])
         self.assertEqual([e["event_id"] for e in room["state_after"]["events"]], [topic])
@@ -113,7 +129,9 @@ class SyncStateAfter(HomeserverTestCase):
 
         plain = (await self.sync(self.bob, since=since))["rooms"]["join"][room_id]
         self.assertEqual([e["event_id"] for e in plain["state"]["events"]], [name])
-        room = (await self.sync(self.bob, since=since, use_state_after="true"))["rooms"]["join"][room_id]
+        room = (await self.sync(self.bob, since=since, use_state_after="true"))["rooms"]["join"][
+            room_id
+        ]
         self.assertTrue(room["timeline"]["limited"])
         self.assertNotIn(name, [e["event_id"] for e in room["timeline"]["events"]])
         self.assertEqual([e["event_id"] for e in room["state_after"]["events"]], [name, topic])
@@ -124,12 +142,16 @@ class SyncStateAfter(HomeserverTestCase):
         room_id = await self.make_room()
         since = (await self.sync(self.bob))["next_batch"]
         topic = await self.send(room_id, ALICE, "m.room.topic", {"topic": "Tea"}, state_key="")
-        leave = await self.send(room_id, BOB, "m.room.member", {"membership": "leave"}, state_key=BOB)
+        leave = await self.send(
+            room_id, BOB, "m.room.member", {"membership": "leave"}, state_key=BOB
+        )
         await self.send(room_id, ALICE, "m.room.name", {"name": "After"}, state_key="")
 
         plain = (await self.sync(self.bob, since=since))["rooms"]["leave"][room_id]
         self.assertNotIn("state_after", plain)
-        room = (await self.sync(self.bob, since=since, use_state_after="true"))["rooms"]["leave"][room_id]
+        room = (await self.sync(self.bob, since=since, use_state_after="true"))["rooms"]["leave"][
+            room_id
+        ]
         self.assertNotIn("state", room)
         # Up to the leave, not past it.
         self.assertEqual([e["event_id"] for e in room["state_after"]["events"]], [topic, leave])
@@ -148,7 +170,10 @@ class SyncStateAfter(HomeserverTestCase):
         await self.setup_users()
         room_id = await self.make_room((ALICE, BOB, CAROL))
         await self.send(room_id, ALICE, "m.room.message", {"msgtype": "m.text", "body": "hi"})
-        lazy = json.dumps({"room": {"timeline": {"limit": 1}, "state": {"lazy_load_members": True}}}, separators=(",", ":"))
+        lazy = json.dumps(
+            {"room": {"timeline": {"limit": 1}, "state": {"lazy_load_members": True}}},
+            separators=(",", ":"),
+        )
 
         def members(room: dict[str, Any]) -> set[str]:
             return {k for t, k in state_keys(room["state_after"]) if t == "m.room.member"}
@@ -163,7 +188,9 @@ class SyncStateAfter(HomeserverTestCase):
 
         # Incremental: the new speaker's member event comes along, though it did not change.
         await self.send(room_id, CAROL, "m.room.message", {"msgtype": "m.text", "body": "me"})
-        later = await self.sync(self.bob, since=initial["next_batch"], filter=lazy, use_state_after="true")
+        later = await self.sync(
+            self.bob, since=initial["next_batch"], filter=lazy, use_state_after="true"
+        )
         self.assertIn(CAROL, members(later["rooms"]["join"][room_id]))
 
     async def test_garbage_value_is_refused(self):
@@ -209,7 +236,9 @@ class SyncStateAfter(HomeserverTestCase):
                 room = data["rooms"]["join"][room_id]
                 if flag:
                     self.assertNotIn("state", room)
-                    self.assertEqual([e["event_id"] for e in room["state_after"]["events"]], [topic])
+                    self.assertEqual(
+                        [e["event_id"] for e in room["state_after"]["events"]], [topic]
+                    )
                     first_bob = data["next_batch"]
                 else:
                     self.assertNotIn("state_after", room)

@@ -304,12 +304,14 @@ class WebSocketSyncTests(WebSocketTestCase):
         client = await self.subscribed(alice, use_state_after=True)
         first = client.syncs()[0]["rooms"]["join"][room_id]
         self.assertNotIn("state", first)
-        self.assertIn(("m.room.create", ""), {(e["type"], e["state_key"]) for e in first["state_after"]["events"]})
+        keys = {(e["type"], e["state_key"]) for e in first["state_after"]["events"]}
+        self.assertIn(("m.room.create", ""), keys)
         r = await self.put_state(alice, room_id, "m.room.topic", {"topic": "Tea"})
         self.assertEqual(r.code, 200, r)
         pushed = (await client.next_sync(1))["rooms"]["join"][room_id]
         self.assertNotIn("state", pushed)
-        self.assertEqual([e["event_id"] for e in pushed["state_after"]["events"]], [r.json["event_id"]])
+        state_after = [e["event_id"] for e in pushed["state_after"]["events"]]
+        self.assertEqual(state_after, [r.json["event_id"]])
         # A boolean, not a string.
         other = await self.authed(alice)
         reply = await other.request("subscribe", use_state_after="true")

@@ -228,9 +228,10 @@ class SyncHandler:
         self._shared_heroes: SharedReads[tuple[str, int], list[str]] = SharedReads(
             "heroes", SHARED_READS_SIZE
         )
-        # (room_id, since, now, filter) -> the room's section for viewers who qualify.
+        # (room_id, since, now, filter, use_state_after) -> the room's section for viewers
+        # who qualify (the flag names its state block: `state` or `state_after`).
         self._shared_sections: SharedReads[
-            tuple[str, int, int, Filter], _SharedRoomSection
+            tuple[str, int, int, Filter, bool], _SharedRoomSection
         ] = SharedReads(
             "room_sections", SHARED_READS_SIZE, max_age_s=SHARED_SECTION_MAX_AGE_S, clock=clock
         )
