@@ -4,12 +4,10 @@
 import json
 from typing import Any
 
-from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.sync.handler import MAX_HEROES
-from tests.harness import HomeserverTestCase, on_both_engines
+from tests.harness import on_both_engines
+from tests.test_sync import ALICE, BOB, SyncHelpers
 
-ALICE = "@alice:test.heddle"
-BOB = "@bob:test.heddle"
 CAROL = "@carol:test.heddle"
 
 
@@ -18,30 +16,10 @@ def state_keys(block: dict[str, Any]) -> set[tuple[str, str]]:
 
 
 @on_both_engines
-class SyncStateAfter(HomeserverTestCase):
+class SyncStateAfter(SyncHelpers):
     async def setup_users(self) -> None:
-        self.alice = (await self.register("alice"))["access_token"]
-        self.bob = (await self.register("bob"))["access_token"]
+        await super().setup_users()
         self.carol = (await self.register("carol"))["access_token"]
-
-    async def make_room(self, members: tuple[str, ...] = (ALICE, BOB)) -> str:
-        creator = self.hs.event_creator
-        room_id, _ = await creator.create_room(
-            KNOWN_ROOM_VERSIONS["11"], ALICE, {"room_version": "11"}, False
-        )
-        await creator.send(room_id, ALICE, "m.room.member", {"membership": "join"}, state_key=ALICE)
-        await creator.send(
-            room_id, ALICE, "m.room.power_levels", {"users": {ALICE: 100}}, state_key=""
-        )
-        await creator.send(
-            room_id, ALICE, "m.room.join_rules", {"join_rule": "public"}, state_key=""
-        )
-        for member in members:
-            if member != ALICE:
-                await creator.send(
-                    room_id, member, "m.room.member", {"membership": "join"}, state_key=member
-                )
-        return room_id
 
     async def send(
         self,
@@ -56,18 +34,9 @@ class SyncStateAfter(HomeserverTestCase):
         )
         return event.event.event_id
 
-    async def sync(self, token: str, since: str | None = None, **params: str) -> dict[str, Any]:
-        query = "&".join(f"{k}={v}" for k, v in params.items())
-        path = "/_matrix/client/v3/sync?" + query
-        if since:
-            path += f"&since={since}"
-        r = await self.request("GET", path, token=token)
-        self.assertEqual(r.code, 200, r)
-        return r.json
-
     async def test_initial_sync_with_and_without_the_flag(self):
         await self.setup_users()
-        room_id = await self.make_room()
+        room_id = await self.make_room((ALICE, BOB))
         plain = (await self.sync(self.bob))["rooms"]["join"][room_id]
         self.assertNotIn("state_after", plain)
         timeline_ids = {e["event_id"] for e in plain["timeline"]["events"]}
@@ -98,7 +67,7 @@ class SyncStateAfter(HomeserverTestCase):
 
     async def test_incremental_state_event_in_the_timeline(self):
         await self.setup_users()
-        room_id = await self.make_room()
+        room_id = await self.make_room((ALICE, BOB))
         since = (await self.sync(self.bob))["next_batch"]
         topic = await self.send(room_id, ALICE, "m.room.topic", {"topic": "Tea"}, state_key="")
         await self.send(room_id, ALICE, "m.room.message", {"msgtype": "m.text", "body": "hi"})
@@ -120,7 +89,7 @@ class SyncStateAfter(HomeserverTestCase):
 
     async def test_incremental_with_a_gap(self):
         await self.setup_users()
-        room_id = await self.make_room()
+        room_id = await self.make_room((ALICE, BOB))
         since = (await self.sync(self.bob))["next_batch"]
         name = await self.send(room_id, ALICE, "m.room.name", {"name": "Lounge"}, state_key="")
         for i in range(15):
@@ -139,7 +108,7 @@ class SyncStateAfter(HomeserverTestCase):
 
     async def test_left_room(self):
         await self.setup_users()
-        room_id = await self.make_room()
+        room_id = await self.make_room((ALICE, BOB))
         since = (await self.sync(self.bob))["next_batch"]
         topic = await self.send(room_id, ALICE, "m.room.topic", {"topic": "Tea"}, state_key="")
         leave = await self.send(
