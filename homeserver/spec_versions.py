@@ -314,17 +314,25 @@ SPEC_VERSIONS: tuple[SpecVersion, ...] = (
             ".test_public_and_world_readable_rooms_follow_state_changes",
         ),
     ),
-    # v1.16, not checked: /sync has no `use_state_after` parameter and no `state_after` block
-    # (joined and left rooms), which v1.16 requires when a client asks for it. Present
-    # already: extended profiles and `m.profile_fields`, `m.tz`, `format` on
-    # GET /state/{eventType}/{stateKey}, room version 12 (additional_creators on createRoom's
-    # trusted_private_chat and on upgrade, creators' power, IDs without a domain, tombstone
-    # at 150), `m.room.create` in local invites' stripped state.
+    # v1.16: /sync's `use_state_after` (`state_after` instead of `state` in joined and left
+    # rooms: the state up to the end of the timeline), extended profiles and
+    # `m.profile_fields`, `m.tz`, `format` on GET /state/{eventType}/{stateKey}, room version
+    # 12 (additional_creators on createRoom's trusted_private_chat and on upgrade, creators'
+    # power, IDs without a domain, tombstone at 150), `m.room.create` in local invites'
+    # stripped state.
     SpecVersion(
         "v1.16",
         (("DELETE", "/_matrix/client/v3/profile/{userId}/{keyName}"),),
-        checked=False,
-        about="deleting profile fields (extended profiles); missing: use_state_after on /sync",
+        about="use_state_after on /sync, extended profiles, room version 12",
+        verified_by=(
+            "tests.test_sync_state_after.SyncStateAfter.test_initial_sync_with_and_without_the_flag",
+            "tests.test_sync_state_after.SyncStateAfter.test_incremental_with_a_gap",
+            "tests.test_sync_state_after.SyncStateAfter.test_left_room",
+            "tests.test_profile_fields.ProfileFields.test_set_get_and_delete_custom_fields",
+            "tests.test_rooms.CreateRoomTests"
+            ".test_trusted_private_chat_gives_invitees_the_creators_power",
+            "tests.test_room_upgrades.RoomUpgradeTests.test_to_v12_with_additional_creators",
+        ),
     ),
     # v1.17, not looked at closely as v1.16 stops the list: its client-facing changes are
     # clarifications and application-service or OAuth matters (peeking through /events

@@ -10,8 +10,9 @@ ALICE = "@alice:test.heddle"
 BOB = "@bob:test.heddle"
 
 
-@on_both_engines
-class Sync(HomeserverTestCase):
+class SyncHelpers(HomeserverTestCase):
+    """Users, a room made through the event creator, and /sync over HTTP."""
+
     async def setup_users(self):
         self.alice = (await self.register("alice"))["access_token"]
         self.bob = (await self.register("bob"))["access_token"]
@@ -36,6 +37,9 @@ class Sync(HomeserverTestCase):
         self.assertEqual(r.code, 200, r)
         return r.json
 
+
+@on_both_engines
+class Sync(SyncHelpers):
     async def test_initial_and_incremental(self):
         await self.setup_users()
         room_id = await self.make_room([ALICE, BOB])

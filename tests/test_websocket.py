@@ -297,6 +297,27 @@ class WebSocketSyncTests(WebSocketTestCase):
         self.assertEqual(set(pushed), set(http))
 
     @ensure_deferred
+    async def test_use_state_after(self) -> None:
+        """`use_state_after` as /sync's: every push carries `state_after`, never `state`."""
+        alice, bob = await self.user("alice"), await self.user("bob")
+        room_id = await self.room_with(alice, bob)
+        client = await self.subscribed(alice, use_state_after=True)
+        first = client.syncs()[0]["rooms"]["join"][room_id]
+        self.assertNotIn("state", first)
+        keys = {(e["type"], e["state_key"]) for e in first["state_after"]["events"]}
+        self.assertIn(("m.room.create", ""), keys)
+        r = await self.put_state(alice, room_id, "m.room.topic", {"topic": "Tea"})
+        self.assertEqual(r.code, 200, r)
+        pushed = (await client.next_sync(1))["rooms"]["join"][room_id]
+        self.assertNotIn("state", pushed)
+        state_after = [e["event_id"] for e in pushed["state_after"]["events"]]
+        self.assertEqual(state_after, [r.json["event_id"]])
+        # A boolean, not a string.
+        other = await self.authed(alice)
+        reply = await other.request("subscribe", use_state_after="true")
+        self.assertEqual((reply["status"], reply["body"]["errcode"]), (400, "M_BAD_JSON"))
+
+    @ensure_deferred
     async def test_same_events_in_same_order_as_a_long_polling_client(self) -> None:
         """Alice's first device listens on a WebSocket, her second long-polls /sync: both see
         the same timeline, typing, receipts, to-device messages and device-list changes."""

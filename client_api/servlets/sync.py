@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from client_api.auth import require_user
-from client_api.http import HeddleRequest, client_path, parse_int_query, query_string
+from client_api.http import (
+    HeddleRequest,
+    client_path,
+    parse_bool_query,
+    parse_int_query,
+    query_string,
+)
 from homeserver.errors import Codes, MatrixError
 from homeserver.sync.handler import SyncRequest
 
@@ -52,6 +58,7 @@ class SyncServlet:
             since=since,
             full_state=full_state_raw == "true",
             filter=sync_filter,
+            use_state_after=parse_bool_query(request, "use_state_after") or False,
         )
         async with self._hs.presence.syncing(requester.user_id, set_presence):
             return 200, await self._hs.sync.wait_for_sync(sync_request, timeout_ms)

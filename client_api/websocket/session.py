@@ -86,6 +86,7 @@ class SubscribeMessage(RequestBody):
     since: str | None = None
     full_state: bool = False
     set_presence: str | None = None
+    use_state_after: bool = False
 
 
 class AckMessage(RequestBody):
@@ -364,6 +365,7 @@ class WebSocketSession:
             since=since,
             full_state=subscribe.full_state,
             filter=sync_filter,
+            use_state_after=subscribe.use_state_after,
         )
         # Without `since` the client has acknowledged no to-device message yet (0), which is
         # not the same as leaving it to the token (None).

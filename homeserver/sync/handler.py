@@ -76,6 +76,14 @@ class SyncRequest:
     # (a WebSocket pushes from its last push, which the client may never have read):
     # to-device messages are deleted only up to it. None: `since` confirms them.
     to_device_acknowledged: int | None = None
+    # `use_state_after`: rooms carry `state_after` (the state changes up to the end of the
+    # timeline) instead of `state` (those up to its start).
+    use_state_after: bool = False
+
+    @property
+    def state_block(self) -> str:
+        """The name of the rooms' state block in this request's response."""
+        return "state_after" if self.use_state_after else "state"
 
 
 @dataclass
@@ -220,9 +228,10 @@ class SyncHandler:
         self._shared_heroes: SharedReads[tuple[str, int], list[str]] = SharedReads(
             "heroes", SHARED_READS_SIZE
         )
-        # (room_id, since, now, filter) -> the room's section for viewers who qualify.
+        # (room_id, since, now, filter, use_state_after) -> the room's section for viewers
+        # who qualify (the flag names its state block: `state` or `state_after`).
         self._shared_sections: SharedReads[
-            tuple[str, int, int, Filter], _SharedRoomSection
+            tuple[str, int, int, Filter, bool], _SharedRoomSection
         ] = SharedReads(
             "room_sections", SHARED_READS_SIZE, max_age_s=SHARED_SECTION_MAX_AGE_S, clock=clock
         )
@@ -311,7 +320,7 @@ class SyncHandler:
                     break
             else:
                 if self._is_joined(sync_pass, room_id):
-                    rooms["join"][room_id] = self._empty_joined_room()
+                    rooms["join"][room_id] = self._empty_joined_room(request)
                     rooms["join"][room_id]["account_data"]["events"] = wanted
         return request.filter.account_data.filter_events(changes.global_events)
 
@@ -525,14 +534,14 @@ class SyncHandler:
                 continue
             room = joined.get(room_id)
             if room is None:
-                room = joined[room_id] = self._empty_joined_room()
+                room = joined[room_id] = self._empty_joined_room(request)
             room["ephemeral"]["events"] = events
 
     @staticmethod
-    def _empty_joined_room() -> dict[str, Any]:
+    def _empty_joined_room(request: SyncRequest) -> dict[str, Any]:
         return {
             "timeline": {"events": [], "limited": False},
-            "state": {"events": []},
+            request.state_block: {"events": []},
             "ephemeral": {"events": []},
             "account_data": {"events": []},
         }
@@ -633,8 +642,10 @@ class SyncHandler:
         request, now = sync_pass.request, sync_pass.now
         if since is not None and self._may_share(sync_pass, room_id, since):
             section = await self._shared_sections.get(
-                (room_id, since.events, now.events, request.filter),
-                lambda: self._shared_room_section(room_id, since, now, request.filter),
+                (room_id, since.events, now.events, request.filter, request.use_state_after),
+                lambda: self._shared_room_section(
+                    room_id, since, now, request.filter, request.use_state_after
+                ),
             )
             if await self._takes_shared(request.user_id, section):
                 return self._viewer_copy(section) if section.room is not None else None
@@ -651,7 +662,7 @@ class SyncHandler:
                 "limited": timeline.limited,
                 "prev_batch": timeline.prev_batch,
             },
-            "state": {"events": await self._serialize(sync_pass, state_events)},
+            request.state_block: {"events": await self._serialize(sync_pass, state_events)},
             "ephemeral": {"events": []},
             "account_data": {"events": []},
             "summary": await self._summary(room_id, request.user_id, now.events),
@@ -717,13 +728,18 @@ class SyncHandler:
         )
 
     async def _shared_room_section(
-        self, room_id: str, since: StreamToken, now: StreamToken, flt: Filter
+        self,
+        room_id: str,
+        since: StreamToken,
+        now: StreamToken,
+        flt: Filter,
+        use_state_after: bool,
     ) -> _SharedRoomSection:
         timeline = await self._timeline(None, room_id, flt.room.timeline, since.events, now.events)
         # Lazy-loading filters never share, so the state block holds no viewer's own member.
+        request = SyncRequest("", "", since, False, flt, use_state_after=use_state_after)
         state_events = await self._state_for_sync(
-            _Pass(SyncRequest("", "", since, False, flt), since, now),
-            room_id, timeline, since, now.events,
+            _Pass(request, since, now), room_id, timeline, since, now.events
         )
         remote = tuple(
             e for e in timeline.visible if e.event.sender.partition(":")[2] != self._server_name
@@ -753,7 +769,7 @@ class SyncHandler:
                 "limited": timeline.limited,
                 "prev_batch": timeline.prev_batch,
             },
-            "state": {"events": await self._serialize_for(flt, None, state_events)},
+            request.state_block: {"events": await self._serialize_for(flt, None, state_events)},
             "summary": await self._summary(room_id, "", now.events),
         }
         return _SharedRoomSection(
@@ -771,6 +787,8 @@ class SyncHandler:
     ) -> list[StoredEvent]:
         """The `state` block: state at the start of the timeline the client lacks."""
         request = sync_pass.request
+        if request.use_state_after:
+            return await self._state_after_for_sync(request, room_id, timeline, since, up_to)
         if since is not None and not timeline.limited and not request.filter.lazy_load_members:
             # Every state change since the token is in the timeline itself.
             return []
@@ -808,6 +826,58 @@ class SyncHandler:
         # State events already in the timeline need not be repeated.
         in_timeline = {s.event.event_id for s in timeline.events}
         stored = await self._events.get_stored_events(set(wanted.values()) - in_timeline)
+        result = request.filter.room.state.filter_events(list(stored.values()))
+        result.sort(key=lambda s: s.stream_ordering)
+        return result
+
+    async def _state_after_for_sync(
+        self,
+        request: SyncRequest,
+        room_id: str,
+        timeline: _RoomTimeline,
+        since: StreamToken | None,
+        up_to: int,
+    ) -> list[StoredEvent]:
+        """The `state_after` block: the state at the end of the timeline (at `up_to`) the
+        client lacks, state events in the timeline included: the client takes its state
+        from this block alone."""
+        end_group = await self._events.get_state_group_at_position(room_id, None, up_to)
+        since_group = (
+            await self._events.get_state_group_at_position(room_id, None, since.events)
+            if since is not None
+            else None
+        )
+        if since is not None and since_group == end_group and not request.filter.lazy_load_members:
+            return []  # the state did not change: nothing to read
+        state_at_end = await self._state.get_state_group(end_group) if end_group is not None else {}
+        if since is None:
+            wanted = dict(state_at_end)
+        else:
+            state_at_since = (
+                await self._state.get_state_group(since_group) if since_group is not None else {}
+            )
+            wanted = {k: e for k, e in state_at_end.items() if state_at_since.get(k) != e}
+
+        if request.filter.lazy_load_members:
+            # Only the members needed to render this timeline (and the user), as for
+            # `state`; plus the member changes in the timeline itself, which the client
+            # must not take from there.
+            needed = {s.event.sender for s in timeline.events} | {request.user_id}
+            in_timeline = {s.event.event_id for s in timeline.events}
+            changed = {
+                k: e for k, e in wanted.items() if k[0] == "m.room.member" and e in in_timeline
+            }
+            wanted = {k: e for k, e in wanted.items() if k[0] != "m.room.member"}
+            wanted.update(
+                {
+                    ("m.room.member", u): state_at_end[("m.room.member", u)]
+                    for u in needed
+                    if ("m.room.member", u) in state_at_end
+                }
+            )
+            wanted.update(changed)
+
+        stored = await self._events.get_stored_events(set(wanted.values()))
         result = request.filter.room.state.filter_events(list(stored.values()))
         result.sort(key=lambda s: s.stream_ordering)
         return result
@@ -886,7 +956,7 @@ class SyncHandler:
                 "limited": timeline.limited,
                 "prev_batch": timeline.prev_batch,
             },
-            "state": {"events": await self._serialize(sync_pass, state_events)},
+            request.state_block: {"events": await self._serialize(sync_pass, state_events)},
             "account_data": {"events": []},
         }
 
