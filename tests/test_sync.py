@@ -8,6 +8,8 @@ from tests.harness import HomeserverTestCase, on_both_engines
 
 ALICE = "@alice:test.heddle"
 BOB = "@bob:test.heddle"
+# Transactions the server runs on timers, whichever request is being served meanwhile.
+BACKGROUND_TRANSACTIONS = frozenset({"rotate_push_actions"})
 
 
 class SyncHelpers(HomeserverTestCase):
@@ -270,7 +272,10 @@ class IncrementalSyncCost(HomeserverTestCase):
         original = self.hs.db.run_interaction
 
         async def counting(desc, *args, **kwargs):
-            calls.append(desc)
+            # The push-action rotation runs on its own schedule and may land in any
+            # request's window: not part of what a sync costs.
+            if desc not in BACKGROUND_TRANSACTIONS:
+                calls.append(desc)
             return await original(desc, *args, **kwargs)
 
         self.hs.db.run_interaction = counting
@@ -404,7 +409,10 @@ class OneMessageManyListeners(HomeserverTestCase):
         original = self.hs.db.run_interaction
 
         async def counting(desc, *args, **kwargs):
-            calls.append(desc)
+            # The push-action rotation runs on its own schedule and may land in any
+            # request's window: not part of what a sync costs.
+            if desc not in BACKGROUND_TRANSACTIONS:
+                calls.append(desc)
             return await original(desc, *args, **kwargs)
 
         self.hs.db.run_interaction = counting
