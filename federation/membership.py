@@ -552,8 +552,10 @@ class FederationMembership:
             raise MatrixError(400, Codes.INVALID_PARAM, "The invitee is not a user of this server")
         if await self._accounts.get_account(invitee) is None:
             raise MatrixError(404, Codes.NOT_FOUND, f"Unknown user {invitee}")
-        # As for a local invite: nobody here is drawn into a room an admin blocked.
+        # As for a local invite: nobody here is drawn into a room an admin blocked, nor
+        # invited when they block invites.
         await self._local.check_not_blocked(room_id)
+        await self._local.check_invites_allowed(invitee)
         event = await self._handler.check_pdu(event.pdu, room_version, room_id)
         signed_pdu = dict(event.pdu)
         signed_pdu["signatures"] = {k: dict(v) for k, v in event.signatures.items()}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from homeserver.auth.tokens import Requester
 from homeserver.caches import LruCache
@@ -34,11 +34,18 @@ DIRECT = "m.direct"
 PUSH_RULES = "m.push_rules"
 # Spec: "Ignoring Users". Its content is `{"ignored_users": {"<user_id>": {}, ...}}`.
 IGNORED_USER_LIST = "m.ignored_user_list"
+# Spec: "Invite permission". Its content is `{"default_action": "block"}` to block every
+# invite; a missing, invalid or unsupported value receives invites as normal.
+INVITE_PERMISSION_CONFIG = "m.invite_permission_config"
 # Types the server manages; clients may read them but not set them through this API.
 SERVER_MANAGED_TYPES = frozenset({FULLY_READ, PUSH_RULES})
 MAX_TAG_BYTES = 255
-# Users whose ignore list is held (every syncing user's is read).
+# Users whose ignore list (or invite permission) is held (every syncing user's is read).
 IGNORED_USERS_CACHE_SIZE = 100_000
+INVITE_PERMISSIONS_CACHE_SIZE = 100_000
+
+T = TypeVar("T")
+_NOT_HELD: Any = object()
 
 
 def ignored_users_of(content: JsonDict | None) -> frozenset[str]:
@@ -50,6 +57,66 @@ def ignored_users_of(content: JsonDict | None) -> frozenset[str]:
     return frozenset(user_id for user_id in ignored if isinstance(user_id, str))
 
 
+def blocks_invites(content: JsonDict | None) -> bool:
+    """Whether an `m.invite_permission_config` content blocks every invite: only
+    `default_action` set to `block` does (spec: anything else receives invites as normal)."""
+    return content is not None and content.get("default_action") == "block"
+
+
+class HeldGlobalAccountData(Generic[T]):
+    """What one type of global account data means for each user, read once and held in
+    memory: answered for many users at once (sync, invites). Kept current by
+    `account_data_changed` (an `AccountDataHandler` change listener), so a new value takes
+    effect on the next read."""
+
+    def __init__(
+        self,
+        store: AccountDataStore,
+        data_type: str,
+        meaning: Callable[[JsonDict | None], T],
+        cache_name: str,
+        max_size: int,
+    ) -> None:
+        self._store = store
+        self.data_type = data_type
+        self._meaning = meaning
+        self._cache: LruCache[str, T] = LruCache(cache_name, max_size)
+        # Bumped by every change, so a read that raced one is not kept.
+        self._changes = 0
+
+    async def of(self, user_id: str) -> T:
+        held = self._cache.get(user_id, _NOT_HELD)
+        if held is not _NOT_HELD:
+            return held
+        changes = self._changes
+        meant = self._meaning(await self._store.get_account_data(user_id, None, self.data_type))
+        if changes == self._changes:
+            self._cache.set(user_id, meant)
+        return meant
+
+    def account_data_changed(self, user_id: str, room_id: str | None, data_type: str) -> None:
+        if room_id is None and data_type == self.data_type:
+            self._changes += 1
+            self._cache.pop(user_id)
+
+
+class InvitePermissions(HeldGlobalAccountData[bool]):
+    """Whether each user blocks invites (spec: "Invite permission"): asked for every local
+    invite, every invite arriving over federation and every invite /sync would serve."""
+
+    def __init__(self, store: AccountDataStore) -> None:
+        super().__init__(
+            store,
+            INVITE_PERMISSION_CONFIG,
+            blocks_invites,
+            "invite_permissions",
+            INVITE_PERMISSIONS_CACHE_SIZE,
+        )
+
+    async def blocks_invites(self, user_id: str) -> bool:
+        return await self.of(user_id)
+
+
 class IgnoredUsers:
     """Whom each user ignores, held in memory: sync asks for every viewer it computes a room
     for, many at once when a message wakes a room's listeners. Kept current by
@@ -59,11 +126,9 @@ class IgnoredUsers:
 
     def __init__(self, store: AccountDataStore) -> None:
         self._store = store
-        self._cache: LruCache[str, frozenset[str]] = LruCache(
-            "ignored_users", IGNORED_USERS_CACHE_SIZE
+        self._held = HeldGlobalAccountData(
+            store, IGNORED_USER_LIST, ignored_users_of, "ignored_users", IGNORED_USERS_CACHE_SIZE
         )
-        # Bumped by every change, so a read that raced one is not kept.
-        self._changes = 0
         # The other way round, for push rules (who must not be notified of a sender's
         # events): user_id -> the users who ignore them. Every list is read once, on first
         # use (few users ignore anyone); a user whose list changed is read again before the
@@ -73,16 +138,7 @@ class IgnoredUsers:
         self._stale: set[str] = set()
 
     async def of(self, user_id: str) -> frozenset[str]:
-        held = self._cache.get(user_id)
-        if held is not None:
-            return held
-        changes = self._changes
-        ignored = ignored_users_of(
-            await self._store.get_account_data(user_id, None, IGNORED_USER_LIST)
-        )
-        if changes == self._changes:
-            self._cache.set(user_id, ignored)
-        return ignored
+        return await self._held.of(user_id)
 
     async def ignorers_of(self, user_id: str) -> frozenset[str]:
         """The users who ignore `user_id`."""
@@ -113,9 +169,8 @@ class IgnoredUsers:
                 self._ignorers.setdefault(user_id, set()).add(ignorer)
 
     def account_data_changed(self, user_id: str, room_id: str | None, data_type: str) -> None:
+        self._held.account_data_changed(user_id, room_id, data_type)
         if room_id is None and data_type == IGNORED_USER_LIST:
-            self._changes += 1
-            self._cache.pop(user_id)
             if self._ignorers is not None:
                 self._stale.add(user_id)
 

@@ -7,6 +7,8 @@ from typing import Any
 
 class Codes:
     FORBIDDEN = "M_FORBIDDEN"
+    # Spec: "Invite permission": the invitee blocks invites.
+    INVITE_BLOCKED = "M_INVITE_BLOCKED"
     UNKNOWN_TOKEN = "M_UNKNOWN_TOKEN"
     MISSING_TOKEN = "M_MISSING_TOKEN"
     USER_LOCKED = "M_USER_LOCKED"

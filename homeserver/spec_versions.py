@@ -334,32 +334,52 @@ SPEC_VERSIONS: tuple[SpecVersion, ...] = (
             "tests.test_room_upgrades.RoomUpgradeTests.test_to_v12_with_additional_creators",
         ),
     ),
-    # v1.17, not looked at closely as v1.16 stops the list: its client-facing changes are
-    # clarifications and application-service or OAuth matters (peeking through /events
-    # already needs `room_id`).
+    # v1.17: its client-facing changes are clarifications and application-service or OAuth
+    # matters (the OAuth 2.0 API is not offered: see NOT_SERVED); peeking through /events
+    # needs `room_id`, as Heddle already required.
     SpecVersion(
         "v1.17",
-        checked=False,
+        about="clarifications; application-service and OAuth 2.0 matters (not offered)",
+        verified_by=("tests.test_legacy_events.PeekTests.test_peek_into_world_readable_room",),
     ),
-    # v1.18, not checked: invite blocking (`m.invite_permission_config`, 403
-    # M_INVITE_BLOCKED on invites, createRoom's invitees and federation invites, blocked
-    # invites kept out of /sync) is missing. Present: redactions through /send, reports
-    # answering 200 whoever is reported; the admin lock/suspend endpoints and the OAuth 2.0
-    # capabilities are left out (NOT_SERVED), the `m.forget_forced_upon_leave` capability is
-    # optional.
+    # v1.18: invite blocking (`m.invite_permission_config`: 403 M_INVITE_BLOCKED on local
+    # invites, createRoom's invitees and federation invites; blocked invites kept out of
+    # /sync), redactions through /send, reports answering 200 whoever is reported. The
+    # admin lock/suspend endpoints and the OAuth 2.0 capabilities are left out
+    # (NOT_SERVED), the `m.forget_forced_upon_leave` capability is optional.
     SpecVersion(
         "v1.18",
-        checked=False,
-        about="missing: invite blocking",
+        about="invite blocking, redactions through /send",
+        verified_by=(
+            "tests.test_invite_blocking.LocalInviteBlockingTests"
+            ".test_invite_endpoint_follows_the_config_at_once",
+            "tests.test_invite_blocking.LocalInviteBlockingTests"
+            ".test_member_state_event_invite_is_blocked",
+            "tests.test_invite_blocking.LocalInviteBlockingTests"
+            ".test_create_room_with_a_blocking_invitee_is_refused",
+            "tests.test_invite_blocking.LocalInviteBlockingTests"
+            ".test_invalid_or_unsupported_config_receives_invites",
+            "tests.test_invite_blocking.LocalInviteBlockingTests"
+            ".test_sync_hides_invites_received_before_the_block",
+            "tests.test_invite_blocking.FederatedInviteBlockingTests"
+            ".test_invite_over_federation_is_refused_while_blocked",
+            "tests.test_rooms.RedactionTests"
+            ".test_redaction_through_send_in_v10_moves_redacts_to_the_top",
+            "tests.test_reports.ClientReportingTests"
+            ".test_reporting_a_user_never_says_whether_they_exist",
+        ),
     ),
-    # v1.19, not checked (v1.16 and v1.18 stop the list before it): mutual rooms are served
-    # and `unsigned.replaces_state` is sent; its other changes (image packs, `m.key_backup`,
-    # history sharing, directory order) are the clients' or free to the server.
+    # v1.19: mutual rooms are served and `unsigned.replaces_state` is sent; its other
+    # changes (image packs, `m.key_backup`, history sharing, directory order) are the
+    # clients' or free to the server.
     SpecVersion(
         "v1.19",
         (("GET", "/_matrix/client/v1/mutual_rooms"),),
-        checked=False,
-        about="rooms shared with another user",
+        about="rooms shared with another user, unsigned.replaces_state",
+        verified_by=(
+            "tests.test_mutual_rooms.MutualRooms.test_only_rooms_both_are_joined_to",
+            "tests.test_rooms.StateTests.test_unsigned_replaces_state_names_the_replaced_event",
+        ),
     ),
 )
 

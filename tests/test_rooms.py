@@ -466,6 +466,19 @@ class StateTests(RoomTestCase):
         r = await self.join(self.bob, self.room)
         self.assertEqual(r.code, 200, r)
 
+    async def test_unsigned_replaces_state_names_the_replaced_event(self):
+        # Spec (v1.19): client-formatted state events carry `unsigned.replaces_state`, the
+        # event ID of the state they replaced.
+        first = await self.put_state(self.alice, self.room, "m.room.topic", {"topic": "a"})
+        second = await self.put_state(self.alice, self.room, "m.room.topic", {"topic": "b"})
+        self.assertEqual((first.code, second.code), (200, 200), (first, second))
+        r = await self.request(
+            "GET", f"{API}/rooms/{q(self.room)}/event/{q(second.json['event_id'])}",
+            token=self.bob.token,
+        )
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(r.json["unsigned"].get("replaces_state"), first.json["event_id"], r)
+
     async def test_put_and_get_state(self):
         r = await self.put_state(self.alice, self.room, "m.room.topic", {"topic": "t"})
         self.assertEqual(r.code, 200, r)

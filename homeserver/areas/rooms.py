@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from federation.queries import RemoteQueries
-from homeserver.account_data import AccountDataHandler, IgnoredUsers
+from homeserver.account_data import AccountDataHandler, IgnoredUsers, InvitePermissions
 from homeserver.areas.core import Core
 from homeserver.areas.stores import Stores
 from homeserver.areas.streams import Streams
@@ -80,6 +80,7 @@ class Rooms:
     search: SearchHandler
     # Whom each user ignores (spec: "Ignoring Users"), held in memory.
     ignored_users: IgnoredUsers
+    invite_permissions: InvitePermissions
     mutual_rooms: MutualRooms
 
 
@@ -104,6 +105,9 @@ def build_rooms(
     # Whom each user ignores (and who ignores whom), held in memory.
     ignored = IgnoredUsers(stores.account_data_store)
     account_data.change_listeners.append(ignored.account_data_changed)
+    # Who blocks invites, held in memory the same way.
+    invite_permissions = InvitePermissions(stores.account_data_store)
+    account_data.change_listeners.append(invite_permissions.account_data_changed)
     push_actions = PushActionGenerator(
         core.server_name,
         core.clock,
@@ -172,6 +176,7 @@ def build_rooms(
         federation.membership,
         stores.server_notice_store.is_notice_room_of,
         blocked_rooms=stores.room_admin_store,
+        blocks_invites=invite_permissions.blocks_invites,
     )
     # A forget changes no stream position: the cached memberships of the user must hear of it.
     membership.forget_listeners.append(streams.shared_rooms.forget)
@@ -260,5 +265,6 @@ def build_rooms(
             ignored.of,
         ),
         ignored_users=ignored,
+        invite_permissions=invite_permissions,
         mutual_rooms=MutualRooms(streams.shared_rooms),
     )

@@ -67,6 +67,7 @@ def build_sync(
         e2e_keys=e2e.keys,
         counts=user_data.notification_counts,
         ignored_by=rooms.ignored_users.of,
+        blocks_invites=rooms.invite_permissions.blocks_invites,
     )
     websocket_config = core.config.websocket
     connections = ConnectionRegistry(

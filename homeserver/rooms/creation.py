@@ -193,10 +193,23 @@ class RoomCreationHandler:
                 await self._send_state(room_id, user_id, NAME, {"name": spec.name})
             if spec.topic is not None:
                 await self._send_state(room_id, user_id, TOPIC, topic_content(spec.topic))
+            refused: MatrixError | None = None
             for invitee in invitees:
-                await self._membership.invite(requester, room_id, invitee, is_direct=spec.is_direct)
+                try:
+                    await self._membership.invite(
+                        requester, room_id, invitee, is_direct=spec.is_direct
+                    )
+                except MatrixError as e:
+                    # The others are still invited; the client hears of the refusal.
+                    if e.errcode != Codes.INVITE_BLOCKED:
+                        raise
+                    refused = refused or e
+            if refused is not None:
+                raise refused
         except MatrixError as e:
-            if e.http_code == 403:
+            # An invitee's server refusing (spec: "Invite permission"): the room stays made,
+            # the client hears why (local invitees were checked before anything was made).
+            if e.http_code == 403 and e.errcode != Codes.INVITE_BLOCKED:
                 raise MatrixError(
                     400, Codes.INVALID_ROOM_STATE, f"Invalid initial room state: {e.message}"
                 ) from None

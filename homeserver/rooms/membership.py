@@ -90,6 +90,7 @@ class MembershipHandler:
         federation: RemoteMembership | None = None,
         is_server_notice_room: Callable[[str, str], Awaitable[bool]] | None = None,
         blocked_rooms: RoomAdminStore | None = None,
+        blocks_invites: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         # (user_id, room_id) -> whether it is the user's server notices room, whose invite
         # may not be rejected (spec: "Server Notices").
@@ -115,6 +116,9 @@ class MembershipHandler:
         # Rooms an admin blocked (`homeserver/admin/rooms.py`): no local user may join,
         # knock on or be invited to them.
         self._blocked_rooms = blocked_rooms
+        # user_id -> whether the (local) user blocks every invite (spec: "Invite
+        # permission", `homeserver.account_data.InvitePermissions`).
+        self._blocks_invites = blocks_invites
 
     async def check_not_blocked(self, room_id: str) -> None:
         """403 M_FORBIDDEN if an admin blocked the room."""
@@ -407,6 +411,13 @@ class MembershipHandler:
             return
         if await self._accounts.get_account(target) is None:
             raise MatrixError(404, Codes.NOT_FOUND, f"Unknown user {target}")
+        await self.check_invites_allowed(target)
+
+    async def check_invites_allowed(self, target: str) -> None:
+        """403 M_INVITE_BLOCKED if the local user `target` blocks invites, whoever sends
+        them (spec: "Invite permission"), over the client API or federation alike."""
+        if self._blocks_invites is not None and await self._blocks_invites(target):
+            raise MatrixError(403, Codes.INVITE_BLOCKED, f"{target} does not accept invites")
 
     async def restricted_join_authoriser(
         self, user_id: str, room_id: str, room_version: RoomVersion

@@ -187,11 +187,15 @@ class SyncHandler:
         e2e_keys: E2eKeysHandler | None = None,
         counts: NotificationCounts | None = None,
         ignored_by: Callable[[str], Awaitable[frozenset[str]]] | None = None,
+        blocks_invites: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self._server_name = server_name
         # user_id -> whom they ignore (spec: "Ignoring Users"): their events other than state
         # are left out of the user's timelines, and their invites out of its invites.
         self._ignored_by = ignored_by
+        # user_id -> whether they block invites (spec: "Invite permission"): then no invite
+        # is served, those received before the block included.
+        self._blocks_invites = blocks_invites
         # Unread notification counts per (user, room).
         self._counts = counts
         self._clock = clock
@@ -451,7 +455,7 @@ class SyncHandler:
                 if room is not None:
                     section["join"][room_id] = room
             elif membership.membership == "invite":
-                if (is_new or request.full_state) and not await self._invited_by_ignored(
+                if (is_new or request.full_state) and not await self._invite_hidden(
                     request.user_id, membership
                 ):
                     events = await self._stripped_state(membership)
@@ -697,8 +701,11 @@ class SyncHandler:
             return frozenset()
         return await self._ignored_by(user_id)
 
-    async def _invited_by_ignored(self, user_id: str, membership: Membership) -> bool:
-        """Spec: "Servers must not send room invites from ignored users to clients"."""
+    async def _invite_hidden(self, user_id: str, membership: Membership) -> bool:
+        """Spec: "Servers must not send room invites from ignored users to clients", nor
+        any invite to a user who blocks invites ("Invite permission")."""
+        if self._blocks_invites is not None and await self._blocks_invites(user_id):
+            return True
         ignored = await self._ignored(user_id)
         if not ignored:
             return False
