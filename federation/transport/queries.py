@@ -92,15 +92,6 @@ class QueryServlet:
         raise MatrixError(404, Codes.UNRECOGNIZED, f"Unknown query type {query_type[:100]!r}")
 
 
-def _parse_bool_query(request: HeddleRequest, name: str) -> bool:
-    raw = query_string(request, name)
-    if raw is None or raw == "":
-        return False
-    if raw not in ("true", "false"):
-        raise MatrixError(400, Codes.INVALID_PARAM, f"Query parameter {name!r} must be true or false")
-    return raw == "true"
-
-
 class FederationPublicRoomsServlet:
     """GET and POST /_matrix/federation/v1/publicRooms: our published room directory."""
 
@@ -111,7 +102,7 @@ class FederationPublicRoomsServlet:
 
     async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
         await authenticate_request(self._hs, request, None)
-        include_all_networks = _parse_bool_query(request, "include_all_networks")
+        include_all_networks = bool(parse_bool_query(request, "include_all_networks"))
         query = PublicRoomsQuery(
             limit=parse_int_query(request, "limit"),
             since=query_string(request, "since"),
