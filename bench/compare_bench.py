@@ -104,7 +104,9 @@ def dig(result: dict[str, Any] | None, path: tuple[str, ...]) -> float | None:
 
 
 def median_result(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Every numeric leaf replaced by its median over `runs`; other leaves from the first."""
+    """Every numeric leaf replaced by its median over `runs` (those that did not fail);
+    other leaves from the first."""
+    runs = [r for r in runs if "error" not in r]
 
     def merge(values: list[Any]) -> Any:
         if all(isinstance(v, dict) for v in values):
@@ -236,7 +238,10 @@ async def main() -> None:
         for scenario in only:
             for n in range(args.runs):
                 for server in servers:
-                    result = await run_one(server, db, scenario, args)
+                    try:
+                        result = await run_one(server, db, scenario, args)
+                    except Exception as e:  # one failed run is reported, not fatal
+                        result = {"error": f"{type(e).__name__}: {e}"}
                     runs.setdefault((server, engine_name(db), scenario), []).append(result)
                     print(json.dumps({"server": server, "db": engine_name(db),
                                       "scenario": scenario, "run": n + 1, "result": result}),

@@ -149,6 +149,41 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+def write_heddle_config(
+    data_dir: Path,
+    port: int,
+    metrics_port: int | None = None,
+    database: dict[str, Any] | None = None,
+    config_sections: dict[str, dict[str, Any]] | None = None,
+    heddle: Path = HEDDLE,
+) -> Path:
+    """`heddle generate-config` into `data_dir`, then: a client listener on 127.0.0.1:`port`
+    (and a metrics one), rate limits off, fast bcrypt, warnings only, `database` (a
+    `database` section; SQLite in `data_dir` if None), `config_sections` merged in. Returns
+    the config file's path."""
+    subprocess.run(
+        [str(heddle), "generate-config", "--server-name", "bench.local", "--data-dir",
+         str(data_dir), "--port", str(port)],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    config_path = data_dir / "homeserver.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["listeners"] = [{"type": "client", "bind_address": "127.0.0.1", "port": port}]
+    if metrics_port is not None:
+        config["listeners"].append(
+            {"type": "metrics", "bind_address": "127.0.0.1", "port": metrics_port}
+        )
+    config["rate_limits"] = {"enabled": False}
+    config["auth"]["bcrypt_rounds"] = 4
+    config["logging"] = {"level": "WARNING"}
+    for section, values in (config_sections or {}).items():
+        config.setdefault(section, {}).update(values)
+    if database is not None:
+        config["database"] = database
+    config_path.write_text(yaml.safe_dump(config))
+    return config_path
+
+
 @asynccontextmanager
 async def running_server(
     db: str,
@@ -163,29 +198,13 @@ async def running_server(
     `prepare` is called with the config file's path once it is written and before the
     server starts (to fill its database, say)."""
     data_dir = Path(tempfile.mkdtemp(prefix="heddle-bench-"))
-    port = free_port()
-    subprocess.run(
-        [str(HEDDLE), "generate-config", "--server-name", "bench.local", "--data-dir",
-         str(data_dir), "--port", str(port)],
-        check=True, stdout=subprocess.DEVNULL,
-    )
-    config_path = data_dir / "homeserver.yaml"
-    config = yaml.safe_load(config_path.read_text())
-    metrics_port = free_port()
-    config["listeners"] = [
-        {"type": "client", "bind_address": "127.0.0.1", "port": port},
-        {"type": "metrics", "bind_address": "127.0.0.1", "port": metrics_port},
-    ]
-    config["rate_limits"] = {"enabled": False}
-    config["auth"]["bcrypt_rounds"] = 4
-    config["logging"] = {"level": "WARNING"}
-    for section, values in (config_sections or {}).items():
-        config.setdefault(section, {}).update(values)
+    port, metrics_port = free_port(), free_port()
     pg_name = None
+    database = None
     if db != "sqlite":
         url, pg_name = create_pg_database(db)
-        config["database"] = {"url": url, "max_connections": 10}
-    config_path.write_text(yaml.safe_dump(config))
+        database = {"url": url, "max_connections": 10}
+    config_path = write_heddle_config(data_dir, port, metrics_port, database, config_sections)
     if prepare is not None:
         prepare(config_path)
     command = [str(HEDDLE), "--config", str(config_path)]
