@@ -213,8 +213,9 @@ class KillMidStreamMixin:
             assert len(ids) == len(set(ids)), "an event appears twice in /messages"
             position = {event_id: n for n, event_id in enumerate(reversed(ids))}
             for sender, sends in acked.items():
-                order = [position.get(event_id) for _, event_id in sends]
-                assert None not in order, f"writer{sender}: acknowledged events missing"
+                lost = [event_id for _, event_id in sends if event_id not in position]
+                assert not lost, f"writer{sender}: acknowledged events missing: {lost}"
+                order = [position[event_id] for _, event_id in sends]
                 assert order == sorted(order), f"writer{sender}: events out of order"
 
             # And the server goes on: a new send is answered and readable.
