@@ -57,6 +57,18 @@ class ServerProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     async def start(self) -> None:
+        # Right after a SIGKILL, PostgreSQL may not yet have noticed the old process's
+        # connections close, and so still hold its writer lock: the new one then stops at
+        # once ("already writing"); try again for a while.
+        for _ in range(40):
+            if await self._start_once():
+                return
+            await asyncio.sleep(0.5)
+        raise AssertionError("the database's writer lock was never released")
+
+    async def _start_once(self) -> bool:
+        """Start and wait for it to answer: True; False if it found the writer lock held."""
+        logged = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [str(HEDDLE), "--config", str(self.config_path)],
@@ -66,6 +78,10 @@ class ServerProcess:
         async with aiohttp.ClientSession() as session:
             while True:
                 if self.process.poll() is not None:
+                    with open(self.log_path, "rb") as log:
+                        log.seek(logged)
+                        if b"already writing" in log.read():
+                            return False
                     raise AssertionError(
                         f"heddle exited with {self.process.returncode}:\n"
                         + self.log_path.read_text(errors="replace")[-3000:]
@@ -73,7 +89,7 @@ class ServerProcess:
                 try:
                     async with session.get(self.base + "/_matrix/client/versions") as r:
                         if r.status == 200:
-                            return
+                            return True
                 except aiohttp.ClientError:
                     pass
                 if time.monotonic() > deadline:
