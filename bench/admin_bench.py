@@ -644,7 +644,7 @@ async def bench_synapse(args: argparse.Namespace) -> dict[str, Any]:
     })
     # The peer's files (keys, config with rate limits off); logging at WARNING, not the
     # peer's INFO (which logs every SQL statement).
-    peer._write_files()
+    peer.write_files()
     log_config = yaml.safe_load((work_dir / "log_config.yaml").read_text())
     log_config["root"]["level"] = "WARNING"
     log_config["loggers"] = {}

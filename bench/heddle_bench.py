@@ -15,208 +15,36 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
-import socket
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
-import psycopg2
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-HEDDLE = Path(sys.executable).parent / "heddle"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-T = TypeVar("T")
+# The server and client helpers live in bench/servers.py and bench/scenarios.py (shared with
+# compare_bench.py); re-exported here for the benchmarks that import them from this module.
+from bench.scenarios import Client, gather_limited, new_clients, summary  # noqa: E402
+from bench.servers import (  # noqa: E402
+    HEDDLE,
+    cpu_seconds,
+    create_pg_database,
+    drop_pg_database,
+    free_port,
+    running_server,
+    wait_until_up,
+)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def create_pg_database(admin_url: str) -> tuple[str, str]:
-    name = f"heddle_bench_{uuid.uuid4().hex[:8]}"
-    conn = psycopg2.connect(admin_url)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    conn.close()
-    return admin_url.rsplit("/", 1)[0] + "/" + name, name
-
-
-def drop_pg_database(admin_url: str, name: str) -> None:
-    conn = psycopg2.connect(admin_url)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    conn.close()
-
-
-async def wait_until_up(base: str, timeout_s: float) -> None:
-    """Return once the server at `base` answers /versions."""
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            try:
-                async with session.get(base + "/_matrix/client/versions") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise RuntimeError("server did not start")
-
-
-@asynccontextmanager
-async def running_server(
-    db: str,
-    pids: list[int] | None = None,
-    about: dict[str, Any] | None = None,
-    config_sections: dict[str, dict[str, Any]] | None = None,
-    prepare: Callable[[Path], None] | None = None,
-):
-    """Start a server; yield its base URL. Its process ID is appended to `pids`, and `about`
-    gets "pid" and "metrics" (its /metrics URL), when given. `config_sections` are merged
-    into the generated config's sections (`{"websocket": {"max_connections": 20000}}`).
-    `prepare` is called with the config file's path once it is written and before the
-    server starts (to fill its database, say)."""
-    data_dir = Path(tempfile.mkdtemp(prefix="heddle-bench-"))
-    port = free_port()
-    subprocess.run(
-        [str(HEDDLE), "generate-config", "--server-name", "bench.local", "--data-dir",
-         str(data_dir), "--port", str(port)],
-        check=True, stdout=subprocess.DEVNULL,
-    )
-    config_path = data_dir / "homeserver.yaml"
-    config = yaml.safe_load(config_path.read_text())
-    metrics_port = free_port()
-    config["listeners"] = [
-        {"type": "client", "bind_address": "127.0.0.1", "port": port},
-        {"type": "metrics", "bind_address": "127.0.0.1", "port": metrics_port},
-    ]
-    config["rate_limits"] = {"enabled": False}
-    config["auth"]["bcrypt_rounds"] = 4
-    config["logging"] = {"level": "WARNING"}
-    for section, values in (config_sections or {}).items():
-        config.setdefault(section, {}).update(values)
-    pg_name = None
-    if db != "sqlite":
-        url, pg_name = create_pg_database(db)
-        config["database"] = {"url": url, "max_connections": 10}
-    config_path.write_text(yaml.safe_dump(config))
-    if prepare is not None:
-        prepare(config_path)
-    command = [str(HEDDLE), "--config", str(config_path)]
-    profile_to = os.environ.get("HEDDLE_BENCH_PROFILE")
-    if profile_to:
-        # Profiling is off until the benchmark sends SIGUSR1 (see `profiled`).
-        command = [sys.executable, str(ROOT / "bench" / "profiled_server.py"), profile_to,
-                   "--config", str(config_path)]
-    trace_to = os.environ.get("HEDDLE_BENCH_TRACEMALLOC")
-    if trace_to:
-        # Snapshots on SIGUSR1 and SIGUSR2, the same signals (see `profiled`).
-        command = [sys.executable, str(ROOT / "bench" / "traced_server.py"), trace_to,
-                   "--config", str(config_path)]
-    process = subprocess.Popen(command)
-    if pids is not None:
-        pids.append(process.pid)
-    if about is not None:
-        about.update(pid=process.pid, metrics=f"http://127.0.0.1:{metrics_port}/metrics")
-    base = f"http://127.0.0.1:{port}"
-    try:
-        await wait_until_up(base, 60.0)  # a minute: slower under tracemalloc
-        yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        if pg_name is not None:
-            drop_pg_database(db, pg_name)
-
-
-class Client:
-    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
-        self.session = session
-        self.base = base
-        self.token = ""
-        self.user_id = ""
-
-    async def call(self, method: str, path: str, body: Any = None) -> Any:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        async with self.session.request(
-            method, self.base + path, json=body, headers=headers
-        ) as r:
-            data = await r.json()
-            if r.status != 200:
-                raise RuntimeError(f"{method} {path}: {r.status} {data}")
-            return data
-
-    async def register(self, name: str) -> None:
-        data = await self.call(
-            "POST", "/_matrix/client/v3/register",
-            {"username": name, "password": "bench-password", "auth": {"type": "m.login.dummy"}},
-        )
-        self.token, self.user_id = data["access_token"], data["user_id"]
-
-    async def create_room(self, **body: Any) -> str:
-        return (await self.call("POST", "/_matrix/client/v3/createRoom", body))["room_id"]
-
-    async def join(self, room_id: str) -> None:
-        await self.call("POST", f"/_matrix/client/v3/join/{room_id}", {})
-
-    async def send(self, room_id: str, body: str) -> str:
-        txn = secrets.token_hex(8)
-        data = await self.call(
-            "PUT", f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{txn}",
-            {"msgtype": "m.text", "body": body},
-        )
-        return data["event_id"]
-
-    async def sync(
-        self, since: str | None = None, timeout: int = 0, set_presence: str = "online"
-    ) -> Any:
-        path = f"/_matrix/client/v3/sync?timeout={timeout}&set_presence={set_presence}"
-        if since:
-            path += f"&since={since}"
-        return await self.call("GET", path)
-
-
-async def gather_limited(awaitables: Iterable[Awaitable[T]], limit: int = 100) -> list[T]:
-    """Await them all, at most `limit` at a time; the results in order. (Thousands of
-    requests at once would open thousands of connections, and run out of descriptors.)"""
-    semaphore = asyncio.Semaphore(limit)
-
-    async def one(awaitable: Awaitable[T]) -> T:
-        async with semaphore:
-            return await awaitable
-
-    return await asyncio.gather(*(one(a) for a in awaitables))
-
-
-async def new_clients(session: aiohttp.ClientSession, base: str, n: int, prefix: str) -> list[Client]:
-    clients = [Client(session, base) for _ in range(n)]
-    await gather_limited(c.register(f"{prefix}{i}") for i, c in enumerate(clients))
-    return clients
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {
-        "count": len(values),
-        "p50_ms": round(statistics.median(ordered) * 1000, 2),
-        "p95_ms": round(ordered[int(len(ordered) * 0.95) - 1] * 1000, 2),
-        "p99_ms": round(ordered[max(int(len(ordered) * 0.99) - 1, 0)] * 1000, 2),
-        "max_ms": round(ordered[-1] * 1000, 2),
-    }
+__all__ = [
+    "HEDDLE", "ROOT", "Client", "cpu_seconds", "create_pg_database", "drop_pg_database",
+    "free_port", "gather_limited", "new_clients", "running_server", "summary", "wait_until_up",
+]
 
 
 async def send_throughput(session: aiohttp.ClientSession, base: str) -> dict[str, Any]:
@@ -289,13 +117,6 @@ async def sync_latency(
     if server_pid is not None:
         result["server_cpu_ms_per_message"] = round(cpu_used / messages * 1000, 1)
     return result
-
-
-def cpu_seconds(pid: int) -> float:
-    """A process's user and system CPU time so far: unlike its latency, not inflated by
-    whatever else runs on the machine (the clients, for a start)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def initial_sync_100_rooms(session: aiohttp.ClientSession, base: str) -> dict[str, Any]:

@@ -294,7 +294,7 @@ class SynapsePeer:
     def cert_pem(self) -> bytes:
         return self.cert_path.read_bytes()
 
-    def _write_files(self) -> None:
+    def write_files(self) -> None:
         """Write what is missing (cert, keys) and the config (always, from current options)."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if not self.cert_path.exists() or not self.tls_key_path.exists():
@@ -438,7 +438,7 @@ class SynapsePeer:
 
     async def _start_once(self) -> None:
         python = require_synapse()
-        self._write_files()
+        self.write_files()
         env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
         env["PYTHONUNBUFFERED"] = "1"
         began = time.monotonic()

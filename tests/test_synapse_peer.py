@@ -84,7 +84,7 @@ class PeerFilesTests(unittest.TestCase):
         peer = SynapsePeer(work, port=18448, extra_config={"federation": {"client_timeout": "5s"}})
         self.assertEqual(peer.server_name, "127.0.0.1:18448")
         self.assertEqual(peer.base_url, "https://127.0.0.1:18448")
-        peer._write_files()
+        peer.write_files()
         config = yaml.safe_load(peer.config_path.read_text())
         self.assertEqual(config["server_name"], "127.0.0.1:18448")
         [listener] = config["listeners"]
@@ -103,7 +103,7 @@ class PeerFilesTests(unittest.TestCase):
         self.assertEqual(config["federation"]["destination_min_retry_interval"], "2s")
         # Keys and certificates survive a rewrite of the config (a restart).
         key_before, cert_before = peer.verify_key_base64, peer.cert_pem
-        peer._write_files()
+        peer.write_files()
         self.assertEqual((peer.verify_key_base64, peer.cert_pem), (key_before, cert_before))
         self.assertEqual(peer.key_id, "ed25519:a_1")
 
