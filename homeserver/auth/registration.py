@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from homeserver.auth.login import LoginHandler
@@ -134,6 +134,10 @@ class RegistrationHandler:
         """
         if not self._config.enabled:
             raise MatrixError(403, Codes.FORBIDDEN, "Registration has been disabled")
+        if request.username is not None:
+            # Capitals are folded rather than refused, as Synapse does: "Alice" registers
+            # @alice, and never finds out that user IDs are lower-case.
+            request = replace(request, username=request.username.lower())
         guest_id = None
         if request.guest_access_token is not None:
             guest_id = await self._guest_to_upgrade(request)

@@ -102,7 +102,9 @@ class UserInteractiveAuth:
                     if e.http_code == 429 or isinstance(e, WrongUserError):
                         raise
                     challenge = self._challenge(session, flows)
-                    challenge.update(errcode=e.errcode, error=e.message)
+                    # The stages done so far stay done (spec: the 401 after a failed stage
+                    # lists them in `completed`, beside the error).
+                    challenge.update(completed=list(completed), errcode=e.errcode, error=e.message)
                     raise InteractiveAuthIncomplete(challenge) from None
                 await self._store.mark_stage_completed(session.session_id, stage, result)
                 completed[stage] = result
