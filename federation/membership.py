@@ -197,8 +197,10 @@ class FederationMembership:
         version_id = response.get("room_version", "1")
         room_version = KNOWN_ROOM_VERSIONS.get(version_id) if isinstance(version_id, str) else None
         if room_version is None:
+            named: dict[str, Any] = {"room_version": version_id} if isinstance(version_id, str) else {}
             raise MatrixError(
-                400, Codes.INCOMPATIBLE_ROOM_VERSION, f"Room version {version_id!r} is unsupported"
+                400, Codes.INCOMPATIBLE_ROOM_VERSION, f"Room version {version_id!r} is unsupported",
+                **named,
             )
         template = response["event"]
         if (
@@ -590,7 +592,14 @@ def _as_matrix_error(error: Exception | None, message: str) -> MatrixError:
     if isinstance(error, MatrixError):
         return error
     if isinstance(error, HttpResponseError) and 400 <= error.code < 500 and error.errcode:
-        return MatrixError(error.code, error.errcode, f"{message}: {error.error or error.errcode}")
+        extra: dict[str, Any] = {}
+        version = error.body.get("room_version") if isinstance(error.body, dict) else None
+        if error.errcode == Codes.INCOMPATIBLE_ROOM_VERSION and isinstance(version, str):
+            # The spec's error names the room's version, for the client to show or act on.
+            extra["room_version"] = version
+        return MatrixError(
+            error.code, error.errcode, f"{message}: {error.error or error.errcode}", **extra
+        )
     if error is None:
         return MatrixError(404, Codes.NOT_FOUND, f"{message}: no server to ask")
     return MatrixError(502, Codes.UNKNOWN, f"{message}: {error}")

@@ -284,6 +284,9 @@ class DeactivationTests(AccountAssertions, HomeserverTestCase):
             token=token,
         )
         self.assertEqual(self.assertPasswordChallenge(r, errcode="M_FORBIDDEN"), session)
+        # The failed stage's 401 still lists the stages done so far (none), as the spec's
+        # example and Synapse do (SyTest's "Can't deactivate account with wrong password").
+        self.assertEqual(r.json["completed"], [])
         await self.assertWorks(token)
 
         r = await self.request(

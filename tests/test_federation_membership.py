@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.internet import defer
 
+from homeserver.errors import Codes, MatrixError
 from tests.federation_helpers import API, FederationTestCase, FedUser, Server, q
 from tests.harness import ensure_deferred, on_both_engines
 from tests.synapse_peer import SynapsePeer
@@ -98,6 +99,25 @@ class FederatedMembership(FederationTestCase):
         r = await self.user_call(bob, "POST", f"{API}/knock/{q(room_id)}?via={q(a.server_name)}",
                                  {})
         self.assertEqual(r.code, 403, r)
+        self.assertIsNone(await self.membership(alice, room_id, bob.user_id))
+
+    @ensure_deferred
+    async def test_join_refused_for_room_version_passes_the_version_on(self) -> None:
+        """A resident server that answers make_join with M_INCOMPATIBLE_ROOM_VERSION names the
+        room's version; the joining client gets that error with `room_version` (as SyTest's
+        "Outbound federation correctly handles unsupported room versions" checks)."""
+        a, b, alice, bob = await self._two()
+        room_id = await self._create(alice, preset="public_chat")
+
+        async def incompatible(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            raise MatrixError(400, Codes.INCOMPATIBLE_ROOM_VERSION, "y u no upgrade",
+                              room_version="org.example.future")
+
+        a.hs.federation_membership.make_membership = incompatible  # type: ignore[method-assign]
+        r = await self._join(bob, room_id, a)
+        self.assertEqual(r.code, 400, r)
+        self.assertEqual(r.json["errcode"], "M_INCOMPATIBLE_ROOM_VERSION", r)
+        self.assertEqual(r.json["room_version"], "org.example.future", r)
         self.assertIsNone(await self.membership(alice, room_id, bob.user_id))
 
     # ----- rejecting an invite -------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from homeserver.auth.login import LoginHandler
@@ -134,25 +134,50 @@ class RegistrationHandler:
         """
         if not self._config.enabled:
             raise MatrixError(403, Codes.FORBIDDEN, "Registration has been disabled")
+        if request.username is not None:
+            # Capitals are folded rather than refused, as Synapse does: "Alice" registers
+            # @alice, and never finds out that user IDs are lower-case.
+            request = replace(request, username=request.username.lower())
         guest_id = None
         if request.guest_access_token is not None:
             guest_id = await self._guest_to_upgrade(request)
         elif request.username is not None:
             await self.check_available(request.username)
+        remembered_hash = None
         if body.get("auth") is None:
             # This request only opens an auth session (a database row): count it against the
             # address, so an unauthenticated client cannot create rows without limit.
             self._sessions_per_address.check(client_ip)
+            if request.password is not None:
+                # The session remembers the password (hashed) for a later request of the
+                # session that leaves it out.
+                remembered_hash = await self._hasher.hash(
+                    check_password_policy(request.password, self._config)
+                )
+        # What this request asks for; filled in with what earlier requests of its UIA
+        # session asked for and this one leaves out (None and False: not given).
+        params: dict[str, Any] = {
+            "username": request.username,
+            "password_hash": remembered_hash,
+            "device_id": request.device_id,
+            "initial_device_display_name": request.initial_device_display_name,
+            "inhibit_login": request.inhibit_login or None,
+            "refresh_token": request.refresh_token or None,
+        }
         async with self._uia.operation(
-            body, "POST", "/register", self._uia.registration_flows(), user_id=None
+            body, "POST", "/register", self._uia.registration_flows(), user_id=None,
+            params=params,
         ) as completed:
-            if request.password is None:
+            password_hash = params.get("password_hash") if request.password is None else None
+            if request.password is None and password_hash is None:
                 # Password login is the only way back in: without one the account would be
                 # lost as soon as this session ends.
                 raise MatrixError(400, Codes.MISSING_PARAM, "Missing parameter: password")
             self._per_address.check(client_ip)
             if guest_id is not None:
-                new_user_id = await self._upgrade_guest(guest_id, request.password)
+                new_user_id = await self._upgrade_guest(
+                    guest_id, request.password, password_hash
+                )
             else:
                 email = completed.get(EMAIL_IDENTITY)
                 if email is not None and await self._threepids.user_for_email(email["address"]):
@@ -161,27 +186,35 @@ class RegistrationHandler:
                     raise MatrixError(
                         400, Codes.THREEPID_IN_USE, "E-mail address is already in use"
                     )
-                new_user_id = await self.register(request.username, request.password)
+                new_user_id = await self.register(
+                    params.get("username"), request.password, password_hash=password_hash
+                )
                 if email is not None:
                     await self._threepids.bind(
                         new_user_id, email["medium"], email["address"], email["validated_at"]
                     )
             await self._uia.registration_completed(completed)
-        if request.inhibit_login:
+        if params.get("inhibit_login"):
             return new_user_id, None
         tokens = await self._login.start_session(
             new_user_id,
-            request.device_id,
-            request.initial_device_display_name,
-            request.refresh_token,
+            params.get("device_id"),
+            params.get("initial_device_display_name"),
+            bool(params.get("refresh_token")),
         )
         return new_user_id, tokens
 
-    async def _upgrade_guest(self, guest_id: str, password: str) -> str:
-        """The guest becomes a full account with `password`. Its earlier sessions stay and,
-        once their cached requesters are dropped, carry a full account's rights."""
-        check_password_policy(password, self._config)
-        if not await self._accounts.upgrade_guest(guest_id, await self._hasher.hash(password)):
+    async def _upgrade_guest(
+        self, guest_id: str, password: str | None, password_hash: str | None = None
+    ) -> str:
+        """The guest becomes a full account with `password` (or a hash of a password that
+        passed the policy). Its earlier sessions stay and, once their cached requesters are
+        dropped, carry a full account's rights."""
+        if password is not None:
+            password_hash = await self._hasher.hash(check_password_policy(password, self._config))
+        if password_hash is None:
+            raise MatrixError(400, Codes.MISSING_PARAM, "Missing parameter: password")
+        if not await self._accounts.upgrade_guest(guest_id, password_hash):
             raise MatrixError(400, Codes.INVALID_PARAM, "This account is no longer a guest")
         self._tokens.forget_user(guest_id)
         return guest_id
@@ -202,14 +235,16 @@ class RegistrationHandler:
         password: str | None,
         admin: bool = False,
         displayname: str | None = None,
+        password_hash: str | None = None,
     ) -> str:
-        """Create an account; a localpart is generated when none is given."""
+        """Create an account; a localpart is generated when none is given. `password_hash`
+        (of a password that passed the policy) stands in for `password` when that is None."""
         if password is not None:
             check_password_policy(password, self._config)
+            password_hash = await self._hasher.hash(password)
         if localpart is None:
-            return await self._register_generated(password, admin)
+            return await self._register_generated(password_hash, admin)
         mxid = await self.check_available(localpart)
-        password_hash = await self._hasher.hash(password) if password is not None else None
         try:
             await self._accounts.create_account(
                 mxid, password_hash, self._clock.time_msec(), admin, displayname or localpart
@@ -219,9 +254,8 @@ class RegistrationHandler:
         return mxid
 
     async def _register_generated(
-        self, password: str | None, admin: bool, is_guest: bool = False
+        self, password_hash: str | None, admin: bool, is_guest: bool = False
     ) -> str:
-        password_hash = await self._hasher.hash(password) if password is not None else None
         for _ in range(10):
             localpart = "".join(secrets.choice("0123456789") for _ in range(10))
             mxid = user_id(localpart, self._server_name)

@@ -77,16 +77,28 @@ class UserInteractiveAuth:
         uri: str,
         flows: list[list[str]],
         user_id: str | None,
+        params: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], str]:
         """Run one UIA round; return (completed stages' results, session ID) once a flow is
         complete. Otherwise raise `InteractiveAuthIncomplete` with the 401 body the spec
         describes. `user_id` is set for endpoints that re-authenticate a logged-in user.
         Endpoints use `operation`, which also retires the session.
+
+        `params` (registration): the request's parameters, None for those it leaves out. The
+        session remembers the ones given, and `params` is filled in place with those an
+        earlier request in the session gave and this one leaves out, so a client may send
+        them once, with the request that opens the session (Synapse does the same).
         """
         auth = body.get("auth")
         if auth is not None and not isinstance(auth, dict):
             raise MatrixError(400, Codes.BAD_JSON, "'auth' must be an object")
-        session = await self._session_for(auth, method, uri, user_id)
+        given = {k: v for k, v in (params or {}).items() if v is not None}
+        session = await self._session_for(auth, method, uri, user_id, given)
+        if params is not None:
+            merged = {**session.params, **given}
+            if merged != session.params:
+                await self._store.set_params(session.session_id, merged)
+            params.update(merged)
         if auth is None:
             raise InteractiveAuthIncomplete(self._challenge(session, flows))
 
@@ -102,7 +114,9 @@ class UserInteractiveAuth:
                     if e.http_code == 429 or isinstance(e, WrongUserError):
                         raise
                     challenge = self._challenge(session, flows)
-                    challenge.update(errcode=e.errcode, error=e.message)
+                    # The stages done so far stay done (spec: the 401 after a failed stage
+                    # lists them in `completed`, beside the error).
+                    challenge.update(completed=list(completed), errcode=e.errcode, error=e.message)
                     raise InteractiveAuthIncomplete(challenge) from None
                 await self._store.mark_stage_completed(session.session_id, stage, result)
                 completed[stage] = result
@@ -121,6 +135,7 @@ class UserInteractiveAuth:
         uri: str,
         flows: list[list[str]],
         user_id: str | None = None,
+        params: dict[str, Any] | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Authenticate, run the block, then retire the session.
 
@@ -130,7 +145,7 @@ class UserInteractiveAuth:
         other than auth, the session stays, and the client may retry with just its ID, as the
         spec describes.
         """
-        completed, session_id = await self.authenticate(body, method, uri, flows, user_id)
+        completed, session_id = await self.authenticate(body, method, uri, flows, user_id, params)
         # Claimed atomically before the operation runs, so two concurrent requests with the
         # same completed session cannot both go through.
         if not await self._store.claim_session(session_id):
@@ -145,14 +160,15 @@ class UserInteractiveAuth:
         await self._store.delete_session(session_id)
 
     async def _session_for(
-        self, auth: dict[str, Any] | None, method: str, uri: str, user_id: str | None
+        self, auth: dict[str, Any] | None, method: str, uri: str, user_id: str | None,
+        params: dict[str, Any],
     ) -> UiaSession:
         now = self._clock.time_msec()
         session_id = auth.get("session") if auth else None
         if session_id is None:
             session_id = secrets.token_urlsafe(24)
-            await self._store.create_session(session_id, now, method, uri, user_id)
-            return UiaSession(session_id, now, method, uri, user_id, {})
+            await self._store.create_session(session_id, now, method, uri, user_id, params)
+            return UiaSession(session_id, now, method, uri, user_id, {}, dict(params))
         if not isinstance(session_id, str):
             raise MatrixError(400, Codes.BAD_JSON, "'auth.session' must be a string")
         session = await self._store.get_session(session_id)

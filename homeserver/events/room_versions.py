@@ -162,6 +162,9 @@ V12 = _version(
 KNOWN_ROOM_VERSIONS: dict[str, RoomVersion] = {
     v.identifier: v for v in (V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12)
 }
-# Versions a local user may create a room in (10, 11 and 12).
-CREATABLE_ROOM_VERSIONS = ("10", "11", "12")
+# Versions a local user may create (or upgrade) a room in: every stable version, 1-12, as
+# the spec's m.room_versions capability lists them and Synapse creates them. The old ones
+# use the same event builder, auth rules and state resolution as rooms joined over
+# federation, each switched by its RoomVersion.
+CREATABLE_ROOM_VERSIONS = tuple(KNOWN_ROOM_VERSIONS)
 DEFAULT_ROOM_VERSION = "11"
