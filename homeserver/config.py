@@ -356,6 +356,9 @@ class PushersConfig(_Section):
     )
     # Exceptions to the block list, e.g. a gateway on the local network.
     ip_range_allowlist: list[str] = Field(default_factory=list)
+    # Check the certificates of https gateways (on by default). Off only for test gateways
+    # with certificates from their own CA.
+    verify_tls: bool = True
 
 
 class ServerNoticesConfig(_Section):

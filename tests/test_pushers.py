@@ -513,6 +513,34 @@ class PusherDeliveryTests(PusherTestCase):
         received = await self.gateway.wait_for(failed_attempts + 2)
         self.assertEqual(received[-1].notification["event_id"], later.event_id)
 
+    async def test_an_https_gateway_needs_a_trusted_certificate(self):
+        # The gateway's certificate is self-signed: refused while certificates are checked
+        # (the default), the notification staying queued for a retry.
+        secure = PushGateway.start(self, tls=True)
+        await self.set_pusher(self.alice, http_pusher(url=secure.url))
+        await self.notify(await self.message())
+        store = self.hs.pusher_store
+        [pusher] = await store.get_pushers(self.alice.user_id)
+        for _ in range(100):
+            head = await store.next_queued(pusher.id)
+            if head is not None and head[1].attempts >= 2:
+                break
+            await deferLater(reactor, 0.05)
+        else:
+            self.fail(f"not retried: {head}")
+        self.assertEqual(secure.received, [])
+
+    async def test_an_https_gateway_without_certificate_checks(self):
+        # pushers.verify_tls off (test gateways with their own CA): delivered over https.
+        await self.start_server(pushers={**self.config_overrides["pushers"], "verify_tls": False})
+        self.alice = await self.user("alice")
+        secure = PushGateway.start(self, tls=True)
+        await self.set_pusher(self.alice, http_pusher(url=secure.url))
+        event = await self.message_in_new_room()
+        await self.notify(event)
+        [received] = await secure.wait_for(1)
+        self.assertEqual(received.notification["event_id"], event.event_id)
+
     async def test_a_gateway_on_a_blocked_address_is_not_contacted(self):
         await self.start_server(pushers={"initial_backoff_ms": 100})
         self.alice = await self.user("alice")
