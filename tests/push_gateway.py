@@ -74,6 +74,7 @@ class PushGateway:
         """With `tls`, over https with a self-signed certificate for 127.0.0.1."""
         gateway = cls()
         site = server.Site(_NotifyResource(gateway))
+        listener: Any = reactor
         if tls:
             folder = Path(test.mktemp())
             folder.mkdir()
@@ -82,12 +83,10 @@ class PushGateway:
             options = ssl.PrivateCertificate.loadPEM(
                 cert.read_text() + key.read_text()
             ).options()
-            gateway._port = reactor.listenSSL(  # type: ignore[attr-defined]
-                0, site, options, interface="127.0.0.1"
-            )
+            gateway._port = listener.listenSSL(0, site, options, interface="127.0.0.1")
             gateway.scheme = "https"
         else:
-            gateway._port = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[attr-defined]
+            gateway._port = listener.listenTCP(0, site, interface="127.0.0.1")
         test.addCleanup(gateway.stop)
         return gateway
 
