@@ -209,6 +209,7 @@ CLIENT_SERVLETS = [
     account_data.TagServlet,
     push_rules.PushRulesServlet,
     push_rules.GlobalPushRulesServlet,
+    push_rules.PushRulesOfKindServlet,
     push_rules.PushRuleServlet,
     push_rules.PushRuleEnabledServlet,
     push_rules.PushRuleActionsServlet,

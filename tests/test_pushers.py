@@ -324,6 +324,8 @@ class PusherDeliveryTests(PusherTestCase):
             notification,
             {
                 "event_id": event.event_id,
+                # The event ID under its old name, which gateways written for Synapse read.
+                "id": event.event_id,
                 "room_id": self.room_id,
                 "type": "m.room.message",
                 "sender": self.bob.user_id,
@@ -350,6 +352,29 @@ class PusherDeliveryTests(PusherTestCase):
         self.assertLessEqual(abs(pushkey_ts - before_s), 60)
         await self.hs.push_delivery.idle()
         self.assertEqual(await self.queued(), 0)
+
+    async def test_an_invite_says_whose_membership_it_is(self):
+        await self.set_pusher(self.alice, http_pusher(url=self.gateway.url))
+        room_id = await self.create_room(self.bob)
+        r = await self.request(
+            "POST", f"{API}/rooms/{q(room_id)}/invite", {"user_id": self.alice.user_id},
+            token=self.bob.token,
+        )
+        assert r.code == 200, r
+        invite_id = await self.hs.state_store.get_current_state_event_id(
+            room_id, "m.room.member", self.alice.user_id
+        )
+        invite = await self.hs.event_store.get_event(invite_id)
+        await self.notify(invite)
+        [received] = await self.gateway.wait_for(1)
+        notification = received.notification
+        # The spec's user_is_target, and the membership that Sygnal passes on to devices.
+        self.assertEqual(
+            (notification["type"], notification["user_is_target"], notification["membership"]),
+            ("m.room.member", True, "invite"),
+        )
+        self.assertEqual(notification["content"]["membership"], "invite")
+        self.assertEqual(notification["id"], invite.event_id)
 
     async def test_event_id_only_format(self):
         data = {"url": self.gateway.url, "format": "event_id_only"}
