@@ -95,6 +95,13 @@ class KnockServlet:
         return 200, {"room_id": room_id}
 
 
+class ThirdPartyInviteBody(RequestBody):
+    id_server: str
+    id_access_token: str
+    medium: str
+    address: str
+
+
 class InviteServlet:
     PATTERNS = [client_path(f"{ROOM}/invite")]
 
@@ -106,10 +113,13 @@ class InviteServlet:
         check_room_id(room_id)
         raw = parse_json_object(request)
         if "user_id" not in raw and {"medium", "address"} <= raw.keys():
-            # The third-party form of this endpoint (third_party_membership.yaml): it needs
-            # an identity server, which we do not use; Synapse answers the same with
-            # third-party lookups turned off.
-            raise MatrixError(403, Codes.FORBIDDEN, "Inviting by third-party identifier is not supported")
+            # The third-party form of this endpoint (third_party_membership.yaml).
+            third_party = parse_body(raw, ThirdPartyInviteBody)
+            await self._hs.third_party_invites.invite(
+                requester, room_id, third_party.id_server, third_party.id_access_token,
+                third_party.medium, third_party.address,
+            )
+            return 200, {}
         body = parse_body(raw, TargetBody)
         await self._hs.membership.invite(requester, room_id, body.user_id, body.reason)
         return 200, {}

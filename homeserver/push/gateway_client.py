@@ -59,7 +59,7 @@ def gateway_networks(config: PushersConfig) -> IPRangeFilter:
     return IPRangeFilter(config.ip_range_blocklist, config.ip_range_allowlist)
 
 
-class _CheckedEndpoint:
+class CheckedEndpoint:
     """Connects to the first address of the URL's host that the filter allows, refusing
     the host if any of its addresses is blocked (TLS on top for https)."""
 
@@ -99,7 +99,7 @@ class _CheckedEndpoint:
 
 
 @implementer(IAgentEndpointFactory)
-class _CheckedEndpointFactory:
+class CheckedEndpointFactory:
     def __init__(
         self,
         reactor: Any,
@@ -114,8 +114,8 @@ class _CheckedEndpointFactory:
         self._timeout_s = timeout_s
         self._verify_tls = verify_tls
 
-    def endpointForURI(self, uri: URI) -> _CheckedEndpoint:
-        return _CheckedEndpoint(
+    def endpointForURI(self, uri: URI) -> CheckedEndpoint:
+        return CheckedEndpoint(
             self._reactor, uri, self._filter, self._resolve_host, self._timeout_s,
             self._verify_tls,
         )
@@ -130,7 +130,7 @@ class PushGatewayClient:
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._agent = Agent.usingEndpointFactory(
             reactor,
-            _CheckedEndpointFactory(
+            CheckedEndpointFactory(
                 reactor,
                 gateway_networks(config),
                 resolve_host or getaddrinfo_resolver(reactor),
