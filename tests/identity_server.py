@@ -45,6 +45,8 @@ class IdentityServer:
     requests: list[Request] = field(default_factory=list)
     bindings: dict[tuple[str, str], str] = field(default_factory=dict)
     invites: list[StoredInvite] = field(default_factory=list)
+    # Public keys the server no longer vouches for (pubkey/isvalid answers false).
+    revoked: set[str] = field(default_factory=set)
     signing_key: Any = field(default_factory=lambda: generate_signing_key("0"))
     _port: Any = None
 
@@ -90,12 +92,16 @@ class IdentityServer:
     def handle(self, request: server.Request) -> bytes:
         assert request.content is not None
         raw = request.content.read()
-        body = json.loads(raw) if raw else None
+        body: Any = json.loads(raw) if raw else {}
         path = request.path.decode()
         header = request.getHeader(b"Authorization")
         auth = header.decode() if isinstance(header, bytes) else header
         self.requests.append(Request(request.method.decode(), path, auth, body))
         request.setHeader(b"Content-Type", b"application/json")
+        if path == "/_matrix/identity/v2/pubkey/isvalid":
+            public_key = request.args[b"public_key"][0].decode()
+            valid = public_key == self.public_key and public_key not in self.revoked
+            return json.dumps({"valid": valid}).encode()
         if auth != f"Bearer {ACCESS_TOKEN}":
             request.setResponseCode(401)
             return b'{"errcode": "M_UNAUTHORIZED"}'

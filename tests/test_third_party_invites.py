@@ -36,7 +36,7 @@ class ThirdPartyInviteTestCase(RoomTestCase):
         self.ids = IdentityServer.start(self)
         self.alice = await self.user("alice")
         self.bob = await self.user("bob")
-        self.room_id = await self.create_room(self.alice, name="Lemurs")
+        self.room_id = await self.create_room(self.alice, name="Lemurs", preset="private_chat")
 
     def invite_body(self, address: str = ADDRESS, **overrides: Any) -> dict[str, Any]:
         return {"id_server": self.ids.name, "id_access_token": ACCESS_TOKEN, "medium": "email",
@@ -114,13 +114,27 @@ class ThirdPartyInviteTests(ThirdPartyInviteTestCase):
         [invite] = body["invites"]
         unsigned = {k: v for k, v in invite["signed"].items() if k != "signatures"}
         invite["signed"] = self.ids.sign(unsigned, generate_signing_key("0"))
-        r = await self.onbind(body)
-        self.assertEqual(r.code, 200, r)
+        # Refused, and the identity server hears it.
+        self.assertError(await self.onbind(body), 403, "M_FORBIDDEN")
         self.assertIsNone(await self.member(self.room_id, self.bob))
         # Nor is an invite for another account than the signed one honoured.
         body = self.ids.bind("email", ADDRESS, self.bob.user_id)
         body["invites"][0]["signed"]["mxid"] = "@mallory:" + self.hs.config.server_name
-        self.assertEqual((await self.onbind(body)).code, 200)
+        self.assertError(await self.onbind(body), 403, "M_FORBIDDEN")
+        self.assertIsNone(await self.member(self.room_id, self.bob))
+        # Joining the invite-only room is still refused.
+        self.assertError(await self.join(self.bob, self.room_id), 403, "M_FORBIDDEN")
+
+    async def test_a_revoked_key_invites_nobody(self):
+        self.assertEqual((await self.invite_3pid()).code, 200)
+        self.ids.revoked.add(self.ids.public_key)
+        body = self.ids.bind("email", ADDRESS, self.bob.user_id)
+        self.assertError(await self.onbind(body), 403, "M_FORBIDDEN")
+        self.assertIsNone(await self.member(self.room_id, self.bob))
+        # An identity server that cannot say whether its key is valid honours nothing either.
+        self.ids.revoked.clear()
+        await self.ids._port.stopListening()
+        self.assertError(await self.onbind(body), 403, "M_FORBIDDEN")
         self.assertIsNone(await self.member(self.room_id, self.bob))
 
     async def test_create_room_with_invite_3pid(self):
@@ -155,14 +169,24 @@ class ThirdPartyInviteTests(ThirdPartyInviteTestCase):
         self.assertError(await self.invite_3pid(inviter=self.bob), 403, "M_FORBIDDEN")
         self.assertEqual(self.ids.invites, [])
         # Garbage on onbind is answered, and changes nothing.
-        for garbage in ({}, {"invites": "x"}, {"invites": [1, {"room_id": self.room_id}]}):
-            self.assertEqual((await self.onbind(garbage)).code, 200)
+        self.assertEqual((await self.onbind({})).code, 200)
+        for garbage in ({"invites": "x"}, {"invites": [1, {"room_id": self.room_id}]}):
+            self.assertError(await self.onbind(garbage), 400, "M_BAD_JSON")
         self.assertIsNone(await self.member(self.room_id, self.bob))
 
 
 @on_both_engines
 class ThirdPartyInvitesOffTests(RoomTestCase):
-    async def test_refused_and_no_identity_server_contacted_by_default(self):
+    # Off (the default), with an identity server that could be reached.
+    config_overrides = {
+        "identity_servers": {
+            "third_party_invites": False,
+            "ip_range_allowlist": ["127.0.0.1/32"],
+            "verify_tls": False,
+        }
+    }
+
+    async def test_refused_and_no_identity_server_contacted_when_off(self):
         ids = IdentityServer.start(self)
         alice = await self.user("alice")
         room_id = await self.create_room(alice)

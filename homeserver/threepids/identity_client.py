@@ -94,6 +94,23 @@ class IdentityServerClient:
         """POST /store-invite: the token, public keys and display name of the new invite."""
         return await self._request("POST", id_server, "/store-invite", access_token, invite)
 
+    async def key_is_valid(self, key_validity_url: str, public_key: str) -> bool:
+        """Whether the identity server still vouches for `public_key` (spec:
+        m.room.third_party_invite's key_validity_url, queried with `public_key`)."""
+        if not key_validity_url.startswith("https://"):
+            raise IdentityServerError(f"key_validity_url is not https: {key_validity_url!r}")
+        separator = "&" if "?" in key_validity_url else "?"
+        url = f"{key_validity_url}{separator}public_key={quote(public_key, safe='')}"
+        request = defer.ensureDeferred(self._send("GET", url, None, None))
+        request.addTimeout(self._timeout_s, self._reactor)
+        try:
+            answer = await request
+        except IdentityServerError:
+            raise
+        except Exception as e:
+            raise IdentityServerError(f"GET {url}: {e}") from None
+        return answer.get("valid") is True
+
     async def _request(
         self,
         method: str,
@@ -115,12 +132,13 @@ class IdentityServerClient:
         return answer
 
     async def _send(
-        self, method: str, url: str, access_token: str, body: JsonDict | None
+        self, method: str, url: str, access_token: str | None, body: JsonDict | None
     ) -> JsonDict:
-        headers = Headers({
-            b"Authorization": [f"Bearer {quote(access_token, safe='')}".encode("ascii")],
-            b"User-Agent": [b"Heddle (identity)"],
-        })
+        headers = Headers({b"User-Agent": [b"Heddle (identity)"]})
+        if access_token is not None:
+            headers.addRawHeader(
+                b"Authorization", f"Bearer {quote(access_token, safe='')}".encode("ascii")
+            )
         producer: IBodyProducer | None = None
         if body is not None:
             headers.addRawHeader(b"Content-Type", b"application/json")

@@ -21,6 +21,7 @@ from typing import Any
 from homeserver.auth.restrictions import check_not_suspended
 from homeserver.auth.tokens import Requester
 from homeserver.errors import Codes, MatrixError
+from homeserver.events.auth import third_party_signed_with
 from homeserver.events.types import (
     AVATAR,
     CANONICAL_ALIAS,
@@ -170,14 +171,19 @@ class ThirdPartyInvites:
         """An identity server says an address is now bound (POST .../3pid/onbind): turn each
         of its stored invites to rooms held here into an invite of the account. One invite
         that cannot be exchanged does not stop the others."""
-        invites = body.get("invites")
+        invites = body.get("invites", [])
         if not isinstance(invites, list):
-            return
+            raise MatrixError(400, Codes.BAD_JSON, "'invites' must be a list")
+        failure: MatrixError | None = None
         for invite in invites:
             try:
                 await self._exchange(invite)
             except MatrixError as e:
                 logger.info("third-party invite %r not exchanged: %s", invite, e.message)
+                failure = failure or e
+        if failure is not None:
+            # The identity server hears that (at least) one invite was not honoured.
+            raise failure
 
     async def _exchange(self, invite: Any) -> None:
         if not isinstance(invite, dict):
@@ -198,6 +204,7 @@ class ThirdPartyInvites:
         pending = await self._events.get_event(event_id) if event_id else None
         if pending is None:
             raise MatrixError(404, Codes.NOT_FOUND, "no such third-party invite in the room")
+        await self._check_key_still_valid(pending.content, signed)
         display_name = pending.content.get("display_name")
         await self._membership.invite_by_third_party(
             sender, room_id, mxid,
@@ -205,6 +212,33 @@ class ThirdPartyInvites:
              "signed": signed},
         )
         logger.info("%s: third-party invite by %s exchanged for %s", room_id, sender, mxid)
+
+    async def _check_key_still_valid(self, invite: Any, signed: JsonDict) -> None:
+        """The key that signed `signed` must be one the m.room.third_party_invite names, and
+        still valid at its key_validity_url: a revoked key, or an identity server that cannot
+        say, honours no invite. (The auth rules check the signature, not revocation.)"""
+        assert self._client is not None
+        keys = [
+            (k.get("public_key"), k.get("key_validity_url"))
+            for k in (invite.get("public_keys") or [])
+            if isinstance(k, dict)
+        ]
+        keys.append((invite.get("public_key"), invite.get("key_validity_url")))
+        for public_key, url in keys:
+            if not isinstance(public_key, str) or not isinstance(url, str):
+                continue
+            if not third_party_signed_with(signed, public_key):
+                continue
+            try:
+                valid = await self._client.key_is_valid(url, public_key)
+            except IdentityServerError as e:
+                raise MatrixError(
+                    403, Codes.FORBIDDEN, f"Could not check the identity server's key: {e}"
+                ) from None
+            if not valid:
+                raise MatrixError(403, Codes.FORBIDDEN, "The identity server's key was revoked")
+            return
+        raise MatrixError(403, Codes.FORBIDDEN, "The invite is not signed by the room's keys")
 
 
 def _unreachable(id_server: str, error: IdentityServerError) -> MatrixError:
