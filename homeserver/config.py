@@ -259,6 +259,9 @@ class UrlPreviewConfig(_Section):
     timeout_ms: int = Field(10_000, ge=100)
     # How long a preview is reused for the same URL.
     cache_ms: int = Field(3600 * 1000, ge=0)
+    # Check the certificates of https pages (on by default; off only for test servers with
+    # certificates from their own CA).
+    verify_tls: bool = True
 
 
 class MediaConfig(_Section):
