@@ -155,6 +155,7 @@ class ThirdPartyInviteTests(ThirdPartyInviteTestCase):
             ({"id_server": "not a server"}, 400, "M_INVALID_PARAM"),
             ({"medium": "carrier-pigeon"}, 400, "M_INVALID_PARAM"),
             ({"id_access_token": 5}, 400, "M_BAD_JSON"),
+            ({"id_access_token": "two words\n"}, 400, "M_INVALID_PARAM"),
             # An identity server that refuses the token.
             ({"id_access_token": "wrong"}, 502, "M_UNKNOWN"),
             # Nobody listens there.

@@ -114,6 +114,7 @@ class InviteServlet:
         raw = parse_json_object(request)
         if "user_id" not in raw and {"medium", "address"} <= raw.keys():
             # The third-party form of this endpoint (third_party_membership.yaml).
+            self._hs.third_party_invites.require_enabled()
             third_party = parse_body(raw, ThirdPartyInviteBody)
             await self._hs.third_party_invites.invite(
                 requester, room_id, third_party.id_server, third_party.id_access_token,

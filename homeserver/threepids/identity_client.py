@@ -44,6 +44,12 @@ def lookup_hash(medium: str, address: str, pepper: str) -> str:
     return unpadded_base64(digest, urlsafe=True)
 
 
+def check_id_access_token(token: str) -> None:
+    """It goes in an Authorization header: printable ASCII without spaces."""
+    if not token or not token.isascii() or not token.isprintable() or " " in token:
+        raise MatrixError(400, Codes.INVALID_PARAM, "Invalid id_access_token")
+
+
 def check_id_server(id_server: str) -> None:
     """`id_server` is a host name with an optional port (spec: "The hostname+port of the
     identity server"), nothing more."""
@@ -136,9 +142,7 @@ class IdentityServerClient:
     ) -> JsonDict:
         headers = Headers({b"User-Agent": [b"Heddle (identity)"]})
         if access_token is not None:
-            headers.addRawHeader(
-                b"Authorization", f"Bearer {quote(access_token, safe='')}".encode("ascii")
-            )
+            headers.addRawHeader(b"Authorization", b"Bearer " + access_token.encode("ascii"))
         producer: IBodyProducer | None = None
         if body is not None:
             headers.addRawHeader(b"Content-Type", b"application/json")

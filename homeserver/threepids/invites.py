@@ -41,6 +41,7 @@ from homeserver.threepids.addresses import EMAIL, MSISDN
 from homeserver.threepids.identity_client import (
     IdentityServerClient,
     IdentityServerError,
+    check_id_access_token,
     check_id_server,
 )
 from storage.stores.events import EventStore
@@ -84,6 +85,11 @@ class ThirdPartyInvites:
     def enabled(self) -> bool:
         return self._client is not None
 
+    def require_enabled(self) -> None:
+        """403 when third-party invites are off (checked before the request's body is)."""
+        if self._client is None:
+            raise _not_enabled()
+
     async def invite(
         self,
         requester: Requester,
@@ -100,6 +106,7 @@ class ThirdPartyInvites:
             raise MatrixError(
                 400, Codes.MISSING_PARAM, "id_access_token is needed to ask the identity server"
             )
+        check_id_access_token(id_access_token)
         if medium not in (EMAIL, MSISDN):
             raise MatrixError(400, Codes.INVALID_PARAM, "medium must be 'email' or 'msisdn'")
         if not address:
