@@ -137,6 +137,37 @@ class ThirdPartyInviteTests(ThirdPartyInviteTestCase):
         self.assertError(await self.onbind(body), 403, "M_FORBIDDEN")
         self.assertIsNone(await self.member(self.room_id, self.bob))
 
+    async def test_join_with_the_identity_servers_signature(self):
+        # The invitee proves they own the address with the identity server's signature
+        # (how a client accepts an invite sent to an address bound to nobody yet).
+        self.assertEqual((await self.invite_3pid()).code, 200)
+        [stored] = self.ids.invites
+        signed = self.ids.sign(
+            {"mxid": self.bob.user_id, "sender": self.alice.user_id, "token": stored.token}
+        )
+        carol = await self.user("carol")
+        r = await self.join(carol, self.room_id, {"third_party_signed": signed})
+        self.assertError(r, 403, "M_FORBIDDEN")
+        forged = self.ids.sign(
+            {"mxid": self.bob.user_id, "sender": self.alice.user_id, "token": stored.token},
+            generate_signing_key("0"),
+        )
+        r = await self.join(self.bob, self.room_id, {"third_party_signed": forged})
+        self.assertError(r, 403, "M_FORBIDDEN")
+        self.assertIsNone(await self.member(self.room_id, self.bob))
+        r = await self.request(
+            "POST", f"{API}/join/{self.room_id}", {"third_party_signed": signed},
+            token=self.bob.token,
+        )
+        self.assertEqual((r.code, r.json), (200, {"room_id": self.room_id}))
+        self.assertEqual(await self.membership_of(self.room_id, self.bob), "join")
+        invite, join = [
+            e for e in await self.room_events(self.room_id)
+            if e.type == "m.room.member" and e.state_key == self.bob.user_id
+        ]
+        self.assertEqual((invite.sender, invite.content["membership"]), (self.alice.user_id, "invite"))
+        self.assertEqual(invite.content["third_party_invite"]["signed"]["token"], stored.token)
+
     async def test_create_room_with_invite_3pid(self):
         self.ids.bindings[("email", "carol@example.org")] = self.bob.user_id
         r = await self.request(

@@ -192,6 +192,19 @@ class ThirdPartyInvites:
             # The identity server hears that (at least) one invite was not honoured.
             raise failure
 
+    async def accept_signed(self, requester: Requester, room_id: str, signed: Any) -> None:
+        """A join with `third_party_signed` (the identity server's signature that the joining
+        user owns the invited address): the invite is exchanged first, as on onbind, so the
+        join that follows is an invited one. Only for rooms held here."""
+        self.require_enabled()
+        if not isinstance(signed, dict):
+            raise MatrixError(400, Codes.BAD_JSON, "third_party_signed must be an object")
+        if signed.get("mxid") != requester.user_id:
+            raise MatrixError(403, Codes.FORBIDDEN, "third_party_signed is for another user")
+        if await self._rooms.is_joined(room_id, requester.user_id):
+            return
+        await self._exchange({"room_id": room_id, "sender": signed.get("sender"), "signed": signed})
+
     async def _exchange(self, invite: Any) -> None:
         if not isinstance(invite, dict):
             raise MatrixError(400, Codes.BAD_JSON, "invite is not an object")
