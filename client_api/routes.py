@@ -209,6 +209,7 @@ CLIENT_SERVLETS = [
     account_data.TagServlet,
     push_rules.PushRulesServlet,
     push_rules.GlobalPushRulesServlet,
+    push_rules.PushRulesOfKindServlet,
     push_rules.PushRuleServlet,
     push_rules.PushRuleEnabledServlet,
     push_rules.PushRuleActionsServlet,
@@ -243,5 +244,9 @@ CLIENT_SERVLETS = [
 def register_client_servlets(router: Router, hs: HomeServer) -> None:
     for servlet_class in CLIENT_SERVLETS:
         router.register_servlet(servlet_class(hs))
+    # Identity servers call it at the homeserver's URL, which may be the client listener's.
+    from federation.transport.third_party import ThirdPartyOnBindServlet
+
+    router.register_servlet(ThirdPartyOnBindServlet(hs))
     # What /versions says follows from what this table serves (see homeserver/spec_versions.py).
     hs.spec_versions = advertised_versions(router.serves)

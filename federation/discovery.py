@@ -439,16 +439,18 @@ async def connect_to_first(
     https: bool,
     timeout_s: float,
     protocol_factory: Any,
+    verify: bool = True,
 ) -> IProtocol:
     """Connect to the first of `host`'s already-checked `addresses` that answers (TLS for
-    `host` on top with `https`); the last failure if none does. For HTTP clients that must
-    reach only addresses they have vetted (URL previews, push gateways)."""
+    `host` on top with `https`, its certificate checked unless `verify` is false); the last
+    failure if none does. For HTTP clients that must reach only addresses they have vetted
+    (URL previews, push gateways)."""
     last_error: Exception | None = None
     for address in addresses:
         tcp_class: Any = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
         endpoint: Any = tcp_class(reactor, address, port, timeout=timeout_s)
         if https:
-            endpoint = wrapClientTLS(client_tls_options(host, verify=True), endpoint)
+            endpoint = wrapClientTLS(client_tls_options(host, verify=verify), endpoint)
         try:
             protocol: IProtocol = await endpoint.connect(protocol_factory)
             return protocol

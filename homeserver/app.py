@@ -183,6 +183,7 @@ class HomeServer:
         self.membership = rooms.membership
         self.event_sender = rooms.event_sender
         self.room_creation = rooms.room_creation
+        self.third_party_invites = rooms.third_party_invites
         self.room_upgrades = rooms.room_upgrades
         self.room_state = rooms.room_state
         self.messages = rooms.messages

@@ -259,6 +259,9 @@ class UrlPreviewConfig(_Section):
     timeout_ms: int = Field(10_000, ge=100)
     # How long a preview is reused for the same URL.
     cache_ms: int = Field(3600 * 1000, ge=0)
+    # Check the certificates of https pages (on by default; off only for test servers with
+    # certificates from their own CA).
+    verify_tls: bool = True
 
 
 class MediaConfig(_Section):
@@ -334,6 +337,28 @@ class WebSocketConfig(_Section):
     request_rate: RateLimit = RateLimit(per_second=10.0, burst_count=50)
 
 
+class IdentityServersConfig(_Section):
+    # Invites by e-mail address (third-party invites, spec: "Third-party invites"): the
+    # inviting client names an identity server, which this server asks who the address
+    # belongs to, and which stores the invite until the address is bound. Off: such
+    # invites are refused (403), and no identity server is ever contacted.
+    third_party_invites: bool = False
+    # How long an identity server has to answer one request.
+    request_timeout_ms: int = Field(10_000, ge=100)
+    # The identity server is the client's choice, so it may not be on these addresses
+    # (private and loopback ranges by default), unless also in the allow list.
+    ip_range_blocklist: list[str] = Field(
+        default_factory=lambda: [
+            "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+            "100.64.0.0/10", "169.254.0.0/16", "::1/128", "fe80::/10", "fc00::/7",
+        ]
+    )
+    ip_range_allowlist: list[str] = Field(default_factory=list)
+    # Check identity servers' TLS certificates (on by default; off only for test servers
+    # with certificates from their own CA).
+    verify_tls: bool = True
+
+
 class PushersConfig(_Section):
     # Push notifications to the push gateways of clients' HTTP pushers. When off, pushers can
     # still be set and listed, but nothing is sent.
@@ -356,6 +381,9 @@ class PushersConfig(_Section):
     )
     # Exceptions to the block list, e.g. a gateway on the local network.
     ip_range_allowlist: list[str] = Field(default_factory=list)
+    # Check the certificates of https gateways (on by default). Off only for test gateways
+    # with certificates from their own CA.
+    verify_tls: bool = True
 
 
 class ServerNoticesConfig(_Section):
@@ -528,6 +556,7 @@ class HomeserverConfig(_Section):
     presence: PresenceConfig = PresenceConfig()
     websocket: WebSocketConfig = WebSocketConfig()
     pushers: PushersConfig = PushersConfig()
+    identity_servers: IdentityServersConfig = IdentityServersConfig()
     server_notices: ServerNoticesConfig = ServerNoticesConfig()
     support: SupportConfig = SupportConfig()
     turn: TurnConfig = TurnConfig()

@@ -240,12 +240,18 @@ class _PinnedEndpoint:
     """Connects to already-checked addresses of one host, in turn (TLS on top for https)."""
 
     def __init__(
-        self, reactor: Any, target: PreviewUrl, addresses: list[str], timeout_s: float
+        self,
+        reactor: Any,
+        target: PreviewUrl,
+        addresses: list[str],
+        timeout_s: float,
+        verify_tls: bool = True,
     ) -> None:
         self._reactor = reactor
         self._target = target
         self._addresses = addresses
         self._timeout_s = timeout_s
+        self._verify_tls = verify_tls
 
     def connect(self, protocol_factory: Any) -> defer.Deferred[IProtocol]:
         return defer.ensureDeferred(self._connect(protocol_factory))
@@ -254,6 +260,7 @@ class _PinnedEndpoint:
         return await connect_to_first(
             self._reactor, self._addresses, self._target.host, self._target.port,
             self._target.scheme == "https", self._timeout_s, protocol_factory,
+            verify=self._verify_tls,
         )
 
 
@@ -456,7 +463,8 @@ class UrlPreviewer:
     async def _request(self, target: PreviewUrl) -> Any:
         addresses = await self._checked_addresses(target.host)
         endpoint = _PinnedEndpoint(
-            self._reactor, target, addresses, self._config.timeout_ms / 1000
+            self._reactor, target, addresses, self._config.timeout_ms / 1000,
+            self._config.verify_tls,
         )
         agent = Agent.usingEndpointFactory(self._reactor, _PinnedEndpointFactory(endpoint))
         headers = Headers({

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, ssl
 from twisted.web import resource, server
+
+from homeserver.tls import generate_self_signed_certificate
 
 NOTIFY_PATH = "/_matrix/push/v1/notify"
 
@@ -64,18 +67,32 @@ class PushGateway:
         self._waiters: list[_Waiter] = []
         self._hanging: list[server.Request] = []
         self._port: Any = None
+        self.scheme = "http"
 
     @classmethod
-    def start(cls, test: Any) -> PushGateway:
+    def start(cls, test: Any, tls: bool = False) -> PushGateway:
+        """With `tls`, over https with a self-signed certificate for 127.0.0.1."""
         gateway = cls()
         site = server.Site(_NotifyResource(gateway))
-        gateway._port = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[attr-defined]
+        listener: Any = reactor
+        if tls:
+            folder = Path(test.mktemp())
+            folder.mkdir()
+            cert, key = folder / "gateway.crt", folder / "gateway.key"
+            generate_self_signed_certificate(cert, key, "127.0.0.1")
+            options = ssl.PrivateCertificate.loadPEM(
+                cert.read_text() + key.read_text()
+            ).options()
+            gateway._port = listener.listenSSL(0, site, options, interface="127.0.0.1")
+            gateway.scheme = "https"
+        else:
+            gateway._port = listener.listenTCP(0, site, interface="127.0.0.1")
         test.addCleanup(gateway.stop)
         return gateway
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._port.getHost().port}{NOTIFY_PATH}"
+        return f"{self.scheme}://127.0.0.1:{self._port.getHost().port}{NOTIFY_PATH}"
 
     def stop(self) -> Any:
         for request in self._hanging:

@@ -371,10 +371,9 @@ class PushRulesApiTests(PushRulesTestCase):
         await self.put(rule_path("underride", ".m.rule.message", "enabled"), {"enabled": False})
         r = await self.put(
             rule_path("underride", ".m.rule.message", "actions"),
-            {"actions": ["notify", "dont_notify", {"set_tweak": "highlight", "value": True}]},
+            {"actions": ["notify", {"set_tweak": "highlight", "value": True}]},
         )
         self.assertEqual((r.code, r.json), (200, {}))
-        # The historical dont_notify is stripped (spec: "Historical Actions").
         r = await self.get(rule_path("underride", ".m.rule.message", "actions"))
         self.assertEqual(r.json, {"actions": ["notify", {"set_tweak": "highlight", "value": True}]})
         ruleset = await self.ruleset()
@@ -413,6 +412,48 @@ class PushRulesApiTests(PushRulesTestCase):
         await self.put(rule_path("underride", ".m.rule.message", "enabled"), {"enabled": True})
         self.assertEqual((await self.get(rule_path("underride", ".m.rule.message", "enabled"))).json, {"enabled": True})
         self.assertEqual((await self.get(rule_path("override", ".m.rule.master", "enabled"), self.bob)).json, {"enabled": False})
+
+    async def test_historical_actions_are_kept_and_mean_nothing(self):
+        # Spec ("Historical Actions"): dont_notify and coalesce are ignored, not refused.
+        # Older clients mute with ["dont_notify"] and read it back to show the room muted.
+        for kind, rule_id in (("underride", ".m.rule.message"), ("override", ".m.rule.master")):
+            r = await self.put(rule_path(kind, rule_id, "actions"), {"actions": ["dont_notify"]})
+            self.assertEqual((r.code, r.json), (200, {}))
+            r = await self.get(rule_path(kind, rule_id, "actions"))
+            self.assertEqual(r.json, {"actions": ["dont_notify"]})
+        r = await self.put(rule_path("sender", self.bob.user_id), {"actions": ["dont_notify", "coalesce"]})
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(
+            (await self.get(rule_path("sender", self.bob.user_id, "actions"))).json,
+            {"actions": ["dont_notify", "coalesce"]},
+        )
+        # Bob's messages match the sender rule, whose actions are as good as none.
+        room_id = await self.create_room(self.bob, preset="public_chat")
+        r = await self.join(self.alice, room_id)
+        self.assertEqual(r.code, 200, r)
+        r = await self.send(self.bob, room_id, {"msgtype": "m.text", "body": "muted"})
+        self.assertEqual(r.code, 200, r)
+        r = await self.get(f"{API}/notifications")
+        self.assertEqual(r.json["notifications"], [])
+        # With notify beside it, the rule notifies.
+        r = await self.put(rule_path("sender", self.bob.user_id, "actions"), {"actions": ["notify", "dont_notify"]})
+        self.assertEqual(r.code, 200, r)
+        r = await self.send(self.bob, room_id, {"msgtype": "m.text", "body": "loud"})
+        self.assertEqual(r.code, 200, r)
+        r = await self.get(f"{API}/notifications")
+        self.assertEqual([n["event"]["content"]["body"] for n in r.json["notifications"]], ["loud"])
+        self.assertEqual(r.json["notifications"][0]["actions"], ["notify"])
+
+    async def test_rules_of_one_kind(self):
+        # GET /pushrules/global/{kind}/ (Synapse's, beyond the spec): the kind's rules, in order.
+        await self.put(rule_path("override", "beer"), BEER)
+        await self.put(rule_path("sender", self.bob.user_id), {"actions": ["notify"]})
+        ruleset = await self.ruleset()
+        for kind in KINDS:
+            r = await self.get(f"{API}/pushrules/global/{kind}/")
+            self.assertEqual((r.code, r.json), (200, ruleset[kind]))
+        self.assertEqual(ids(ruleset["sender"]), [self.bob.user_id])
+        self.assertError(await self.get(f"{API}/pushrules/global/colour/"), 400, "M_INVALID_PARAM")
 
     async def test_enabled_and_actions_of_user_rules(self):
         await self.put(rule_path("sender", "@spambot:matrix.org"), {"actions": []})

@@ -324,6 +324,8 @@ class PusherDeliveryTests(PusherTestCase):
             notification,
             {
                 "event_id": event.event_id,
+                # The event ID under its old name, which gateways written for Synapse read.
+                "id": event.event_id,
                 "room_id": self.room_id,
                 "type": "m.room.message",
                 "sender": self.bob.user_id,
@@ -350,6 +352,29 @@ class PusherDeliveryTests(PusherTestCase):
         self.assertLessEqual(abs(pushkey_ts - before_s), 60)
         await self.hs.push_delivery.idle()
         self.assertEqual(await self.queued(), 0)
+
+    async def test_an_invite_says_whose_membership_it_is(self):
+        await self.set_pusher(self.alice, http_pusher(url=self.gateway.url))
+        room_id = await self.create_room(self.bob)
+        r = await self.request(
+            "POST", f"{API}/rooms/{q(room_id)}/invite", {"user_id": self.alice.user_id},
+            token=self.bob.token,
+        )
+        assert r.code == 200, r
+        invite_id = await self.hs.state_store.get_current_state_event_id(
+            room_id, "m.room.member", self.alice.user_id
+        )
+        invite = await self.hs.event_store.get_event(invite_id)
+        await self.notify(invite)
+        [received] = await self.gateway.wait_for(1)
+        notification = received.notification
+        # The spec's user_is_target, and the membership that Sygnal passes on to devices.
+        self.assertEqual(
+            (notification["type"], notification["user_is_target"], notification["membership"]),
+            ("m.room.member", True, "invite"),
+        )
+        self.assertEqual(notification["content"]["membership"], "invite")
+        self.assertEqual(notification["id"], invite.event_id)
 
     async def test_event_id_only_format(self):
         data = {"url": self.gateway.url, "format": "event_id_only"}
@@ -512,6 +537,34 @@ class PusherDeliveryTests(PusherTestCase):
         await self.notify(later)
         received = await self.gateway.wait_for(failed_attempts + 2)
         self.assertEqual(received[-1].notification["event_id"], later.event_id)
+
+    async def test_an_https_gateway_needs_a_trusted_certificate(self):
+        # The gateway's certificate is self-signed: refused while certificates are checked
+        # (the default), the notification staying queued for a retry.
+        secure = PushGateway.start(self, tls=True)
+        await self.set_pusher(self.alice, http_pusher(url=secure.url))
+        await self.notify(await self.message())
+        store = self.hs.pusher_store
+        [pusher] = await store.get_pushers(self.alice.user_id)
+        for _ in range(100):
+            head = await store.next_queued(pusher.id)
+            if head is not None and head[1].attempts >= 2:
+                break
+            await deferLater(reactor, 0.05)
+        else:
+            self.fail(f"not retried: {head}")
+        self.assertEqual(secure.received, [])
+
+    async def test_an_https_gateway_without_certificate_checks(self):
+        # pushers.verify_tls off (test gateways with their own CA): delivered over https.
+        await self.start_server(pushers={**self.config_overrides["pushers"], "verify_tls": False})
+        self.alice = await self.user("alice")
+        secure = PushGateway.start(self, tls=True)
+        await self.set_pusher(self.alice, http_pusher(url=secure.url))
+        event = await self.message_in_new_room()
+        await self.notify(event)
+        [received] = await secure.wait_for(1)
+        self.assertEqual(received.notification["event_id"], event.event_id)
 
     async def test_a_gateway_on_a_blocked_address_is_not_contacted(self):
         await self.start_server(pushers={"initial_backoff_ms": 100})

@@ -379,6 +379,56 @@ class PreviewTimeoutTests(PreviewTestCase, unittest.TestCase):
         self.assertEqual(self.origin.hits["/slow"], 1)
 
 
+class HttpsPreviewTestCase(PreviewTestCase):
+    """The origin over https, with a self-signed certificate."""
+
+    def setUp(self) -> Any:
+        from pathlib import Path
+
+        from twisted.internet import ssl
+
+        from homeserver.tls import generate_self_signed_certificate
+
+        self.origin = Origin()
+        folder = Path(self.mktemp())
+        folder.mkdir()
+        cert, key = folder / "origin.crt", folder / "origin.key"
+        generate_self_signed_certificate(cert, key, "127.0.0.1")
+        options = ssl.PrivateCertificate.loadPEM(cert.read_text() + key.read_text()).options()
+        listener: Any = reactor
+        port = listener.listenSSL(0, server.Site(self.origin), options, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.origin.base = f"https://127.0.0.1:{port.getHost().port}"
+        return HomeserverTestCase.setUp(self)
+
+
+class HttpsPreviewTests(HttpsPreviewTestCase, unittest.TestCase):
+    @ensure_deferred
+    async def test_an_untrusted_certificate_is_refused(self):
+        r = await self.preview(self.url("/og"))
+        self.assertError(r, 502, "M_UNKNOWN")
+        self.assertEqual(self.origin.hits, {})
+
+
+class HttpsPreviewWithoutCertificateChecksTests(HttpsPreviewTestCase, unittest.TestCase):
+    # media.url_preview.verify_tls off (test servers with their own CA).
+    config_overrides = {
+        "media": {
+            "url_preview": {
+                **PreviewTestCase.config_overrides["media"]["url_preview"],
+                "verify_tls": False,
+            }
+        }
+    }
+
+    @ensure_deferred
+    async def test_the_page_is_previewed(self):
+        r = await self.preview(self.url("/og"))
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(r.json["og:title"], "Matrix & friends")
+        self.assertTrue(r.json["og:image"].startswith("mxc://"), r.json)
+
+
 class DefaultBlocklistTests(PreviewTestCase, unittest.TestCase):
     config_overrides = {"media": {"url_preview": {"enabled": True}}}
 

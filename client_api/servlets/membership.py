@@ -13,6 +13,7 @@ from client_api.http import (
     require_query_string,
 )
 from client_api.validation import RequestBody, parse_body
+from homeserver.auth.tokens import Requester
 from homeserver.errors import Codes, MatrixError
 from homeserver.identifiers import check_room_id
 
@@ -34,10 +35,16 @@ class TargetBody(ReasonBody):
     user_id: str
 
 
-def _check_no_third_party(body: JoinBody) -> None:
-    if body.third_party_signed is not None:
-        # Accepting a third-party invite needs the identity-server flow we do not offer.
-        raise MatrixError(403, Codes.FORBIDDEN, "Third-party invites are not supported")
+async def _accept_third_party(
+    hs: HomeServer, requester: Requester, room_id_or_alias: str, body: JoinBody
+) -> None:
+    """With `third_party_signed`, the third-party invite it proves becomes an invite first."""
+    if body.third_party_signed is None:
+        return
+    room_id = room_id_or_alias
+    if room_id_or_alias.startswith("#"):
+        room_id, _ = await hs.directory.resolve_room_alias(room_id_or_alias)
+    await hs.third_party_invites.accept_signed(requester, room_id, body.third_party_signed)
 
 
 def via_servers(request: HeddleRequest) -> list[str]:
@@ -57,7 +64,7 @@ class JoinRoomByIdServlet:
         requester = await require_user(self._hs, request, allow_guest=True)
         check_room_id(room_id)
         body = parse_body(parse_json_object(request), JoinBody)
-        _check_no_third_party(body)
+        await _accept_third_party(self._hs, requester, room_id, body)
         joined = await self._hs.membership.join(requester, room_id, body.reason)
         return 200, {"room_id": joined}
 
@@ -73,7 +80,7 @@ class JoinServlet:
         # it, and clients join through it; the can_join check applies the same.
         requester = await require_user(self._hs, request, allow_guest=True)
         body = parse_body(parse_json_object(request), JoinBody)
-        _check_no_third_party(body)
+        await _accept_third_party(self._hs, requester, room_id_or_alias, body)
         room_id = await self._hs.membership.join(
             requester, room_id_or_alias, body.reason, via=via_servers(request)
         )
@@ -95,6 +102,13 @@ class KnockServlet:
         return 200, {"room_id": room_id}
 
 
+class ThirdPartyInviteBody(RequestBody):
+    id_server: str
+    id_access_token: str
+    medium: str
+    address: str
+
+
 class InviteServlet:
     PATTERNS = [client_path(f"{ROOM}/invite")]
 
@@ -106,10 +120,14 @@ class InviteServlet:
         check_room_id(room_id)
         raw = parse_json_object(request)
         if "user_id" not in raw and {"medium", "address"} <= raw.keys():
-            # The third-party form of this endpoint (third_party_membership.yaml): it needs
-            # an identity server, which we do not use; Synapse answers the same with
-            # third-party lookups turned off.
-            raise MatrixError(403, Codes.FORBIDDEN, "Inviting by third-party identifier is not supported")
+            # The third-party form of this endpoint (third_party_membership.yaml).
+            self._hs.third_party_invites.require_enabled()
+            third_party = parse_body(raw, ThirdPartyInviteBody)
+            await self._hs.third_party_invites.invite(
+                requester, room_id, third_party.id_server, third_party.id_access_token,
+                third_party.medium, third_party.address,
+            )
+            return 200, {}
         body = parse_body(raw, TargetBody)
         await self._hs.membership.invite(requester, room_id, body.user_id, body.reason)
         return 200, {}

@@ -1,4 +1,5 @@
-"""Push rules: /pushrules/, /pushrules/global/, /pushrules/global/{kind}/{ruleId}[/enabled|/actions].
+"""Push rules: /pushrules/, /pushrules/global/, /pushrules/global/{kind}/,
+/pushrules/global/{kind}/{ruleId}[/enabled|/actions].
 
 Spec: api/client-server/pushrules.yaml. Only the `global` scope exists; any other is an
 unknown endpoint (404 M_UNRECOGNIZED).
@@ -40,6 +41,21 @@ class GlobalPushRulesServlet:
     async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
         requester = await require_user(self._hs, request)
         return 200, await self._hs.push_rules.get_ruleset(requester.user_id)
+
+
+class PushRulesOfKindServlet:
+    """GET /pushrules/global/{kind}/: the rules of one kind, most important first. Not in
+    the spec (which lists the whole ruleset), but Synapse serves it and clients written
+    against it read one kind at a time."""
+
+    PATTERNS = [client_path("/pushrules/global/(?P<kind>[^/]+)/")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest, kind: str) -> tuple[int, Any]:
+        requester = await require_user(self._hs, request)
+        return 200, await self._hs.push_rules.get_rules_of_kind(requester.user_id, kind)
 
 
 class PushRuleServlet:

@@ -65,6 +65,7 @@ def federation_servlets() -> list[Any]:
         QueryProfileServlet,
         QueryServlet,
     )
+    from federation.transport.third_party import ThirdPartyOnBindServlet
     from federation.transport.user_devices import UserDevicesServlet
     from federation.transport.user_keys import UserKeysClaimServlet, UserKeysQueryServlet
 
@@ -96,6 +97,7 @@ def federation_servlets() -> list[Any]:
         UserDevicesServlet,
         OpenIdUserInfoServlet,
         TimestampToEventServlet,
+        ThirdPartyOnBindServlet,
     ]
 
 

@@ -34,6 +34,8 @@ from homeserver.rooms.spaces import SpaceHierarchyHandler
 from homeserver.rooms.state import RoomStateHandler
 from homeserver.rooms.upgrade import RoomUpgradeHandler
 from homeserver.rooms.visibility import HistoryVisibility
+from homeserver.threepids.identity_client import IdentityServerClient
+from homeserver.threepids.invites import ThirdPartyInvites
 from homeserver.user_directory import UserDirectoryHandler
 from storage.persister import EventPersister, IdAllocator
 from storage.stream_ids import StreamIdGenerator
@@ -82,6 +84,8 @@ class Rooms:
     ignored_users: IgnoredUsers
     invite_permissions: InvitePermissions
     mutual_rooms: MutualRooms
+    # Invites by e-mail address through identity servers.
+    third_party_invites: ThirdPartyInvites
 
 
 def build_rooms(
@@ -196,6 +200,18 @@ def build_rooms(
         message_limiter,
     )
     membership.remote_join_listeners.append(room_upgrades.joined_remote_room)
+    identity = core.config.identity_servers
+    third_party_invites = ThirdPartyInvites(
+        core.server_name,
+        IdentityServerClient(core.reactor, identity) if identity.third_party_invites else None,
+        membership,
+        creator,
+        events,
+        state,
+        state_contents,
+        rooms,
+        power,
+    )
     relations = RelationsHandler(
         events, stores.relation_store, visibility, serializer, ignored.of
     )
@@ -254,6 +270,7 @@ def build_rooms(
             membership,
             stores.alias_store,
             message_limiter,
+            third_party_invites,
         ),
         room_upgrades=room_upgrades,
         # Reading history (/messages, /context, /event) and state, and searching it.
@@ -267,4 +284,5 @@ def build_rooms(
         ignored_users=ignored,
         invite_permissions=invite_permissions,
         mutual_rooms=MutualRooms(streams.shared_rooms),
+        third_party_invites=third_party_invites,
     )

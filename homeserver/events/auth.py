@@ -441,19 +441,27 @@ def _check_third_party_invite(event: Event, state: StateMap, target_membership: 
     for entry in invite.content.get("public_keys") or []:
         if isinstance(entry, dict) and isinstance(entry.get("public_key"), str):
             public_keys.append(entry["public_key"])
+    if not isinstance(signed.get("signatures"), dict):
+        raise AuthError("signed block has no signatures")
+    if not any(third_party_signed_with(signed, public_key) for public_key in public_keys):
+        raise AuthError("third-party invite signature does not verify")
+
+
+def third_party_signed_with(signed: dict[str, Any], public_key: str) -> bool:
+    """Whether any ed25519 signature on the identity server's `signed` block verifies with
+    `public_key` (unpadded base64, as m.room.third_party_invite gives it)."""
     signatures = signed.get("signatures")
     if not isinstance(signatures, dict):
-        raise AuthError("signed block has no signatures")
+        return False
     for server, keys in signatures.items():
         if not isinstance(keys, dict):
             continue
         for key_id in keys:
-            if not isinstance(key_id, str) or not key_id.startswith("ed25519:"):
-                continue
-            for public_key in public_keys:
-                if _signed_with(signed, server, key_id, public_key):
-                    return
-    raise AuthError("third-party invite signature does not verify")
+            if isinstance(key_id, str) and key_id.startswith("ed25519:") and _signed_with(
+                signed, server, key_id, public_key
+            ):
+                return True
+    return False
 
 
 def _signed_with(signed: dict[str, Any], server: str, key_id: str, public_key: str) -> bool:

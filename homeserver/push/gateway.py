@@ -69,8 +69,13 @@ def event_notification(
     room_name: str | None,
     room_alias: str | None,
 ) -> JsonDict:
-    """The notification about `event` for `user_id`, without `devices`."""
+    """The notification about `event` for `user_id`, without `devices`.
+
+    Besides the spec's fields, two that gateways written for Synapse read: `id` (the event
+    ID under its old name) and, for member events, `membership` (Sygnal passes it on to the
+    device)."""
     notification: JsonDict = {
+        "id": event.event_id,
         "event_id": event.event_id,
         "room_id": event.room_id,
         "type": event.type,
@@ -88,6 +93,9 @@ def event_notification(
         notification["room_alias"] = room_alias
     if event.type == MEMBER:
         notification["user_is_target"] = event.state_key == user_id
+        membership = event.content.get("membership")
+        if isinstance(membership, str):
+            notification["membership"] = membership
     return notification
 
 

@@ -1,5 +1,5 @@
-"""Posting to push gateways over HTTP(S): Twisted's `Agent` (certificates checked), pooled
-connections, a timeout per request, a bounded answer.
+"""Posting to push gateways over HTTP(S): Twisted's `Agent` (certificates checked unless
+`pushers.verify_tls` is off), pooled connections, a timeout per request, a bounded answer.
 
 A pusher's URL is the user's choice, so a new connection goes only to addresses outside
 `pushers.ip_range_blocklist` (private and loopback ranges by default; a gateway on the local
@@ -59,7 +59,7 @@ def gateway_networks(config: PushersConfig) -> IPRangeFilter:
     return IPRangeFilter(config.ip_range_blocklist, config.ip_range_allowlist)
 
 
-class _CheckedEndpoint:
+class CheckedEndpoint:
     """Connects to the first address of the URL's host that the filter allows, refusing
     the host if any of its addresses is blocked (TLS on top for https)."""
 
@@ -70,12 +70,14 @@ class _CheckedEndpoint:
         ip_filter: IPRangeFilter,
         resolve_host: HostResolve,
         timeout_s: float,
+        verify_tls: bool,
     ) -> None:
         self._reactor = reactor
         self._uri = uri
         self._filter = ip_filter
         self._resolve_host = resolve_host
         self._timeout_s = timeout_s
+        self._verify_tls = verify_tls
 
     def connect(self, protocol_factory: Any) -> defer.Deferred[IProtocol]:
         return defer.ensureDeferred(self._connect(protocol_factory))
@@ -92,23 +94,30 @@ class _CheckedEndpoint:
             raise BlockedAddressError(f"{host} resolves to blocked address {blocked[0]}")
         return await connect_to_first(
             self._reactor, addresses, host, self._uri.port, self._uri.scheme == b"https",
-            self._timeout_s, protocol_factory,
+            self._timeout_s, protocol_factory, verify=self._verify_tls,
         )
 
 
 @implementer(IAgentEndpointFactory)
-class _CheckedEndpointFactory:
+class CheckedEndpointFactory:
     def __init__(
-        self, reactor: Any, ip_filter: IPRangeFilter, resolve_host: HostResolve, timeout_s: float
+        self,
+        reactor: Any,
+        ip_filter: IPRangeFilter,
+        resolve_host: HostResolve,
+        timeout_s: float,
+        verify_tls: bool,
     ) -> None:
         self._reactor = reactor
         self._filter = ip_filter
         self._resolve_host = resolve_host
         self._timeout_s = timeout_s
+        self._verify_tls = verify_tls
 
-    def endpointForURI(self, uri: URI) -> _CheckedEndpoint:
-        return _CheckedEndpoint(
-            self._reactor, uri, self._filter, self._resolve_host, self._timeout_s
+    def endpointForURI(self, uri: URI) -> CheckedEndpoint:
+        return CheckedEndpoint(
+            self._reactor, uri, self._filter, self._resolve_host, self._timeout_s,
+            self._verify_tls,
         )
 
 
@@ -121,11 +130,12 @@ class PushGatewayClient:
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._agent = Agent.usingEndpointFactory(
             reactor,
-            _CheckedEndpointFactory(
+            CheckedEndpointFactory(
                 reactor,
                 gateway_networks(config),
                 resolve_host or getaddrinfo_resolver(reactor),
                 self._timeout_s,
+                config.verify_tls,
             ),
             self._pool,
         )

@@ -40,6 +40,11 @@ class PushRulesHandler:
         """The global ruleset: every kind, most important rule first."""
         return build_ruleset(user_id, await self._load(user_id))
 
+    async def get_rules_of_kind(self, user_id: str, kind: str) -> list[JsonDict]:
+        check_kind(kind)
+        rules: list[JsonDict] = (await self.get_ruleset(user_id))[kind]
+        return rules
+
     async def get_rule(self, user_id: str, kind: str, rule_id: str) -> JsonDict:
         return find_rule(await self.get_ruleset(user_id), kind, rule_id)
 

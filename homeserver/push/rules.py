@@ -35,7 +35,9 @@ MASTER_RULE_ID = ".m.rule.master"
 # The spec writes this where a default rule names its owner; replaced per user.
 USER_ID_PLACEHOLDER = "[the user's Matrix ID]"
 
-# Spec: "Historical Actions" — clients and servers MUST ignore these; we strip them.
+# Spec: "Historical Actions" — clients and servers MUST ignore these. A rule keeps them as
+# its owner set them (older clients read their own `["dont_notify"]` back to show a room as
+# muted); the evaluator gives them no effect.
 HISTORICAL_ACTIONS = frozenset({"dont_notify", "coalesce"})
 _MEMBER_COUNT = re.compile(r"^(==|<|>|>=|<=)?[0-9]+$")
 _MAX_SAFE_INTEGER = 2**53 - 1
@@ -441,15 +443,14 @@ def parse_rule(kind: str, rule_id: str, body: JsonDict) -> JsonDict:
 
 
 def parse_actions(actions: Any) -> list[Any]:
-    """Validate actions; the historical `dont_notify` and `coalesce` are dropped (spec)."""
+    """Validate actions. The historical `dont_notify` and `coalesce` are accepted and kept,
+    to mean nothing (spec: "Historical Actions")."""
     if not isinstance(actions, list):
         raise MatrixError(400, Codes.BAD_JSON, "'actions' must be a list")
     kept: list[Any] = []
     for action in actions:
-        if action == "notify":
+        if action == "notify" or (isinstance(action, str) and action in HISTORICAL_ACTIONS):
             kept.append(action)
-        elif isinstance(action, str) and action in HISTORICAL_ACTIONS:
-            continue
         elif isinstance(action, dict) and isinstance(action.get("set_tweak"), str):
             kept.append(action)
         else:

@@ -47,6 +47,8 @@ from homeserver.ratelimit import RateLimiter
 from homeserver.rooms.creator import MAX_EVENT_BYTES, EventCreator
 from homeserver.rooms.membership import MembershipHandler
 from homeserver.rooms.validation import check_power_levels_content
+from homeserver.threepids.identity_client import check_id_server
+from homeserver.threepids.invites import ThirdPartyInvites
 from storage.stores.aliases import AliasStore
 
 logger = logging.getLogger(__name__)
@@ -125,7 +127,9 @@ class RoomCreationHandler:
         membership: MembershipHandler,
         aliases: AliasStore,
         message_limiter: RateLimiter,
+        third_party_invites: ThirdPartyInvites,
     ) -> None:
+        self._third_party_invites = third_party_invites
         self._server_name = server_name
         self._config = config
         self._creator = creator
@@ -148,11 +152,13 @@ class RoomCreationHandler:
         invitees = list(dict.fromkeys(spec.invite))
         for invitee in invitees:
             await self._membership.check_invitee(invitee)
-        if spec.invite_3pid:
+        if spec.invite_3pid and not self._third_party_invites.enabled:
             # Third-party invites need an identity server; like Synapse with lookups off.
             raise MatrixError(
                 403, Codes.FORBIDDEN, "Inviting by third-party identifier is not supported"
             )
+        for invite in spec.invite_3pid:
+            check_id_server(invite["id_server"])
         create_content = self._create_content(user_id, room_version, spec, preset, invitees)
         initial_state = self._initial_state(spec)
         power_levels = self._power_levels(
@@ -204,6 +210,11 @@ class RoomCreationHandler:
                     if e.errcode != Codes.INVITE_BLOCKED:
                         raise
                     refused = refused or e
+            for invite in spec.invite_3pid:
+                await self._third_party_invites.invite(
+                    requester, room_id, invite["id_server"], invite.get("id_access_token"),
+                    invite["medium"], invite["address"],
+                )
             if refused is not None:
                 raise refused
         except MatrixError as e:

@@ -199,6 +199,21 @@ class MembershipHandler:
             requester.user_id, room_id, target, "invite", reason, extra=extra
         )
 
+    async def invite_by_third_party(
+        self, sender: str, room_id: str, target: str, third_party_invite: Mapping[str, Any]
+    ) -> StoredEvent:
+        """The invite of `target`, sent as `sender` (who invited the address), that turns a
+        third-party invite into a Matrix one once an identity server says `target` owns the
+        address. The auth rules check the identity server's signature in
+        `third_party_invite.signed`, not the sender's membership: the inviter may have left."""
+        await require_room(self._events, room_id)
+        await self.check_not_blocked(room_id)
+        await self.check_invitee(target)
+        return await self._send_member(
+            sender, room_id, target, "invite", None,
+            extra={"third_party_invite": dict(third_party_invite)},
+        )
+
     async def leave(self, requester: Requester, room_id: str, reason: str | None = None) -> None:
         await require_room(self._events, room_id)
         current = await self._rooms.get_membership(room_id, requester.user_id)
