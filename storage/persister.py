@@ -253,6 +253,9 @@ class EventPersister:
             state_group_after = new_group
         if context.current_state is not None:
             groups.current = self._state_group_ids.next()
+        groups.current_known, groups.known_current = self._events.cached_state_group(
+            event.room_id
+        )
         metadata = dict(context.internal_metadata)
         if context.soft_failed:
             metadata["soft_failed"] = True
@@ -293,6 +296,7 @@ class EventPersister:
                 # The commit may have happened (a connection lost while committing), so
                 # the cached current state cannot be trusted either way.
                 self._state.invalidate_current_state(event.room_id)
+                self._events.forget_dag_tip(event.room_id)
                 self._forget_uncertain_redaction(event)
                 if push is not None and self._push_actions is not None:
                     self._push_actions.commit_uncertain(event, push)
@@ -397,6 +401,10 @@ class EventPersister:
                 (client_txn.user_id, client_txn.device_id, client_txn.path_key, room_id,
                  event.event_id, event.origin_server_ts),
             )
+            txn.call_after(
+                self._events.txn_stored, client_txn.user_id, client_txn.device_id,
+                client_txn.path_key, room_id, event.event_id,
+            )
         if context.outlier or event.rejected_reason is not None:
             return
         FederationQueueStore.enqueue_pdus_txn(
@@ -458,22 +466,32 @@ class EventPersister:
                 {key: event.event_id},
                 full_state=full_state,
             )
+        current_group: int | None = None
         if context.current_state is not None:
             assert groups.current is not None
+            current_group = groups.current
             _replace_current_state_txn(
                 txn, self._state, room_id, context.current_state, state_group_after,
                 groups.current, stream_ordering,
             )
             refresh_room_summaries_txn(txn, self._server_name, [room_id])
         elif context.updates_current_state:
-            txn.execute(
-                "UPDATE rooms SET current_state_group = ? WHERE room_id = ?",
-                (state_group_after, room_id),
-            )
+            current_group = state_group_after
+            if not (groups.current_known and groups.known_current == state_group_after):
+                # Not when the room is known to be at that group already (a message).
+                txn.execute(
+                    "UPDATE rooms SET current_state_group = ? WHERE room_id = ?",
+                    (state_group_after, room_id),
+                )
             if event.is_state:
                 _update_current_state_txn(
                     txn, self._state, self._server_name, event, stream_ordering
                 )
+        txn.call_after(
+            self._events.dag_tip_moved, room_id, event.prev_event_ids,
+            (event.event_id, event.depth), current_group,
+            context.current_state is not None or context.updates_current_state,
+        )
 
 
 def _stored_as_redaction(event: Event) -> str | None:
@@ -489,6 +507,9 @@ class _NewGroups:
 
     before: int | None = None
     current: int | None = None
+    # The room's current state group as last committed, when known (cached).
+    current_known: bool = False
+    known_current: int | None = None
 
 
 def _state_delta(

@@ -208,7 +208,10 @@ class EventCreator:
             raise MatrixError(404, Codes.NOT_FOUND, "Unknown room")
         async with self._writers.queue(room_id):
             if txn is not None:
-                existing = await self._events.get_event_for_txn(
+                # The caller looked in the database before taking the lock; what a
+                # concurrent request with the same transaction stored since then was stored
+                # by this process (the only writer), which remembers it.
+                existing = self._events.cached_event_for_txn(
                     txn.user_id, txn.device_id, txn.path_key
                 )
                 if existing is not None:
