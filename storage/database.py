@@ -78,7 +78,7 @@ class Transaction:
         self._cursor.execute(self.engine.convert_sql(sql), _checked_args(args))
 
     def execute_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        checked = [_checked_args(r) for r in rows]
+        checked: list[Sequence[Any]] = [_checked_args(r) for r in rows]
         if not checked:
             return
         self._begin(sql)

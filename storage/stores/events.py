@@ -67,6 +67,21 @@ def redaction_held_txn(txn: Transaction, event: Event) -> bool:
     return row is not None
 
 
+def redactions_held_txn(txn: Transaction, events: Iterable[Event]) -> set[str]:
+    """`redaction_held_txn` for several events at once: the IDs of those a redaction of
+    which in their room is held."""
+    rooms = {event.event_id: event.room_id for event in events}
+    return {
+        redacts
+        for redacts, room_id in txn.select_in_chunks(
+            "SELECT r.redacts, re.room_id FROM redactions r"
+            " JOIN events re ON re.event_id = r.event_id WHERE r.redacts IN ({in})",
+            list(rooms),
+        )
+        if rooms.get(redacts) == room_id
+    }
+
+
 def _row_to_stored(row: tuple[Any, ...]) -> StoredEvent:
     event_id, raw, metadata, rejected, stream, topo, outlier, room_version = row
     version = KNOWN_ROOM_VERSIONS[room_version]
