@@ -15,6 +15,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
+from re import _constants as sre_constants  # type: ignore[attr-defined]
+from re import _parser as sre_parse  # type: ignore[attr-defined]
 from typing import Any, overload
 from urllib.parse import unquote
 
@@ -273,6 +275,34 @@ class Route:
     pattern: re.Pattern[str]
     handler: Handler
     name: str
+    # Texts every path the pattern matches contains (its literal runs), tested before the
+    # pattern: most routes are ruled out by a substring search.
+    literals: tuple[str, ...] = ()
+
+
+def required_literals(pattern: re.Pattern[str]) -> tuple[str, ...]:
+    """The runs of literal characters in `pattern` outside any group, repeat or
+    alternative, each a substring of whatever it matches; the first run (the common
+    "/_matrix/..." prefix) last, as it rules little out."""
+    if pattern.flags & re.IGNORECASE:
+        return ()
+    try:
+        parsed = sre_parse.parse(pattern.pattern, pattern.flags)
+    except Exception:
+        return ()
+    runs, run = [], ""
+    for op, value in parsed:
+        if op is sre_constants.LITERAL:
+            run += chr(value)
+            continue
+        if op is sre_constants.AT:
+            continue
+        if run:
+            runs.append(run)
+        run = ""
+    if run:
+        runs.append(run)
+    return tuple(runs[1:] + runs[:1])
 
 
 def client_path(path: str, versions: str = "r0|v3") -> re.Pattern[str]:
@@ -290,7 +320,8 @@ class Router:
                 handler = getattr(servlet, f"on_{method}", None)
                 if handler is not None:
                     self.routes.append(
-                        Route(method, pattern, handler, f"{type(servlet).__name__}")
+                        Route(method, pattern, handler, f"{type(servlet).__name__}",
+                              required_literals(pattern))
                     )
 
     def serves(self, method: str, path: str) -> bool:
@@ -302,6 +333,8 @@ class Router:
         means the method is wrong for a known path."""
         allowed: list[str] = []
         for route in self.routes:
+            if not all(text in path for text in route.literals):
+                continue
             m = route.pattern.match(path)
             if m is None:
                 continue

@@ -12,6 +12,7 @@ from typing import Any
 from twisted.internet import defer, reactor, task
 
 from homeserver.app import HomeServer
+from homeserver.auth import tokens as tokens_module
 from storage.database import Transaction
 from tests.harness import on_both_engines
 from tests.room_helpers import RoomTestCase
@@ -256,9 +257,19 @@ class SendPathTests(RoomTestCase):
 
     async def test_one_send_costs_two_transactions(self):
         await self.send(self.users[1], self.room_id)  # warm the caches (and presence)
+        decoded = []
+        original_decode = tokens_module.jwt.decode
+
+        def decode(*args: Any, **kwargs: Any) -> Any:
+            decoded.append(args[0])
+            return original_decode(*args, **kwargs)
+
+        self.patch(tokens_module.jwt, "decode", decode)
         with statements_recorded(self.hs) as calls:
             r = await self.send(self.users[1], self.room_id)
         self.assertEqual(r.code, 200, r)
+        # The access token's signature was verified by an earlier request.
+        self.assertEqual(decoded, [])
         self.assertEqual([desc for desc, _ in calls], ONE_SEND_TRANSACTIONS)
         # The write's statements, BEGIN aside (PostgreSQL's driver sends its own).
         write = dict(calls)["persist_event"]
