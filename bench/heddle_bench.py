@@ -220,6 +220,12 @@ def summary(values: list[float]) -> dict[str, float]:
     }
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process `pid` so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def transaction_counts(metrics_url: str) -> dict[str, int]:
     """Database transactions run so far, by name, and the statements they sent, under
     "statements:" and the name (from the server's /metrics)."""
@@ -261,6 +267,7 @@ async def send_throughput(
     latencies: list[float] = []
     server = server or {}
     before = await transaction_counts(server["metrics"]) if "metrics" in server else {}
+    cpu_before = process_cpu_seconds(server["pid"]) if "pid" in server else 0.0
 
     async def run(sender: Client) -> None:
         for i in range(per_sender):
@@ -276,6 +283,11 @@ async def send_throughput(
     result = {"messages": total, "seconds": round(elapsed, 3),
               "messages_per_second": round(total / elapsed, 1),
               "send_latency": summary(latencies)}
+    if "pid" in server:
+        # CPU time the server spent (all its threads): what a message costs, whatever else
+        # runs on the machine.
+        cpu = process_cpu_seconds(server["pid"]) - cpu_before
+        result["server_cpu_ms_per_message"] = round(cpu * 1000 / total, 3)
     if "metrics" in server:
         after = await transaction_counts(server["metrics"])
         moved = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
@@ -394,7 +406,7 @@ async def messages_pagination(session: aiohttp.ClientSession, base: str) -> dict
             "page_of_100": summary(timings)}
 
 
-SCENARIOS = {
+SCENARIOS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
     "send_throughput": send_throughput,
     "sync_latency": sync_latency,
     "initial_sync_100_rooms": initial_sync_100_rooms,

@@ -559,18 +559,16 @@ class EventPersister:
             "DELETE FROM event_backward_extremities WHERE room_id = ? AND event_id = ?",
             [(item.event.room_id, item.event.event_id) for item in items],
         )
-        visible = [item for item in items if not item.context.soft_failed]
-        if visible:
-            redacted = redactions_held_txn(txn, [item.event for item in visible])
-            kept = [(item.event, item.stream_ordering) for item in visible
-                    if item.event.event_id not in redacted]
-            txn.execute_many(INSERT_RELATION_SQL, relation_rows(kept))
-            txn.execute_many(INSERT_SEARCH_SQL, search_rows(kept))
-            PushActionStore.insert_many_txn(
-                txn,
-                [(item.event.room_id, item.event.event_id, item.stream_ordering, item.push)
-                 for item in visible if item.push is not None],
-            )
+        redacted = redactions_held_txn(txn, [item.event for item in items])
+        kept = [(item.event, item.stream_ordering) for item in items
+                if item.event.event_id not in redacted]
+        txn.execute_many(INSERT_RELATION_SQL, relation_rows(kept))
+        txn.execute_many(INSERT_SEARCH_SQL, search_rows(kept))
+        PushActionStore.insert_many_txn(
+            txn,
+            [(item.event.room_id, item.event.event_id, item.stream_ordering, item.push)
+             for item in items if item.push is not None],
+        )
         # Forward extremities: each event replaces its prevs; only the net change is written.
         removed: dict[tuple[str, str], None] = {}
         added: dict[tuple[str, str], None] = {}
@@ -838,14 +836,15 @@ class _Queued:
 
 
 def _is_plain(item: _Queued) -> bool:
-    """A timeline event that is not state, not a redaction and brings no state of its own
-    (a message): what `_persist_plain_txn` writes."""
+    """A visible timeline event that is not state, not a redaction and brings no state of
+    its own (a message): what `_persist_plain_txn` writes."""
     context, event = item.context, item.event
     return not (
         event.is_state
         or event.rejected_reason is not None
         or _stored_as_redaction(event) is not None
         or context.outlier
+        or context.soft_failed
         or context.backfilled
         or context.replace_outlier
         or context.state_before is not None
