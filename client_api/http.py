@@ -275,21 +275,21 @@ class Route:
     pattern: re.Pattern[str]
     handler: Handler
     name: str
-    # Texts every path the pattern matches contains (its literal runs), tested before the
-    # pattern: most routes are ruled out by a substring search.
-    literals: tuple[str, ...] = ()
+    # Text every path the pattern matches contains, tested before the pattern: most routes
+    # are ruled out by a substring search.
+    literal: str = ""
 
 
-def required_literals(pattern: re.Pattern[str]) -> tuple[str, ...]:
-    """The runs of literal characters in `pattern` outside any group, repeat or
-    alternative, each a substring of whatever it matches; the first run (the common
-    "/_matrix/..." prefix) last, as it rules little out."""
+def required_literal(pattern: re.Pattern[str]) -> str:
+    """The longest run of literal characters in `pattern` outside any group, repeat or
+    alternative (a substring of whatever it matches), leaving out the first run (the
+    "/_matrix/..." prefix every route shares) when there are others; "" when none."""
     if pattern.flags & re.IGNORECASE:
-        return ()
+        return ""
     try:
         parsed = sre_parse.parse(pattern.pattern, pattern.flags)
     except Exception:
-        return ()
+        return ""
     runs, run = [], ""
     for op, value in parsed:
         if op is sre_constants.LITERAL:
@@ -302,7 +302,7 @@ def required_literals(pattern: re.Pattern[str]) -> tuple[str, ...]:
         run = ""
     if run:
         runs.append(run)
-    return tuple(runs[1:] + runs[:1])
+    return max(runs[1:] or runs or [""], key=len)
 
 
 def client_path(path: str, versions: str = "r0|v3") -> re.Pattern[str]:
@@ -321,7 +321,7 @@ class Router:
                 if handler is not None:
                     self.routes.append(
                         Route(method, pattern, handler, f"{type(servlet).__name__}",
-                              required_literals(pattern))
+                              required_literal(pattern))
                     )
 
     def serves(self, method: str, path: str) -> bool:
@@ -333,7 +333,7 @@ class Router:
         means the method is wrong for a known path."""
         allowed: list[str] = []
         for route in self.routes:
-            if not all(text in path for text in route.literals):
+            if route.literal not in path:
                 continue
             m = route.pattern.match(path)
             if m is None:

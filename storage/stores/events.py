@@ -7,6 +7,8 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet import defer
+
 from homeserver.caches import LruCache
 from homeserver.events.model import Event
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
@@ -82,6 +84,27 @@ def redactions_held_txn(txn: Transaction, events: Iterable[Event]) -> set[str]:
     }
 
 
+# Transaction IDs looked up per statement (three parameters each).
+TXN_LOOKUP_CHUNK = 50
+
+
+def _select_txns_txn(
+    txn: Transaction, keys: list[tuple[str, str, str]]
+) -> dict[tuple[str, str, str], tuple[str, str]]:
+    """(room_id, event_id) of each (user, device, transaction) stored."""
+    found = {}
+    for start in range(0, len(keys), TXN_LOOKUP_CHUNK):
+        chunk = keys[start : start + TXN_LOOKUP_CHUNK]
+        where = " OR ".join(["(user_id = ? AND device_id = ? AND txn_id = ?)"] * len(chunk))
+        for user_id, device_id, txn_id, room_id, event_id in txn.select_all(
+            "SELECT user_id, device_id, txn_id, room_id, event_id FROM event_txn_ids"
+            f" WHERE {where}",
+            [value for key in chunk for value in key],
+        ):
+            found[(user_id, device_id, txn_id)] = (room_id, event_id)
+    return found
+
+
 def _row_to_stored(row: tuple[Any, ...]) -> StoredEvent:
     event_id, raw, metadata, rejected, stream, topo, outlier, room_version = row
     version = KNOWN_ROOM_VERSIONS[room_version]
@@ -134,6 +157,10 @@ class EventStore:
         self._txns: LruCache[tuple[str, str, str], tuple[str, str]] = LruCache(
             "event_txn_ids", TXN_CACHE_SIZE
         )
+        self._txn_lookups: list[
+            tuple[tuple[str, str, str], defer.Deferred[tuple[str, str] | None]]
+        ] = []
+        self._txn_lookup_running = False
 
     # ----- single events -------------------------------------------------------------------
 
@@ -371,18 +398,34 @@ class EventStore:
         self, user_id: str, device_id: str, txn_id: str
     ) -> tuple[str, str] | None:
         """(room_id, event_id) an earlier request with this transaction ID created."""
-        found = self._txns.get((user_id, device_id, txn_id))
+        key = (user_id, device_id, txn_id)
+        found = self._txns.get(key)
         if found is not None:
             return found
-        row = await self._db.run_interaction(
-            "get_event_for_txn",
-            lambda txn: txn.select_one(
-                "SELECT room_id, event_id FROM event_txn_ids"
-                " WHERE user_id = ? AND device_id = ? AND txn_id = ?",
-                (user_id, device_id, txn_id),
-            ),
-        )
-        return (row[0], row[1]) if row else None
+        # Lookups queue behind the one being read and are then read together.
+        answer: defer.Deferred[tuple[str, str] | None] = defer.Deferred()
+        self._txn_lookups.append((key, answer))
+        if not self._txn_lookup_running:
+            self._txn_lookup_running = True
+            defer.ensureDeferred(self._look_up_txns())
+        return await answer
+
+    async def _look_up_txns(self) -> None:
+        try:
+            while self._txn_lookups:
+                batch, self._txn_lookups = self._txn_lookups, []
+                try:
+                    found = await self._db.run_interaction(
+                        "get_event_for_txn", _select_txns_txn, list({k for k, _ in batch})
+                    )
+                except Exception as e:
+                    for _, answer in batch:
+                        answer.errback(e)
+                    continue
+                for key, answer in batch:
+                    answer.callback(found.get(key))
+        finally:
+            self._txn_lookup_running = False
 
     def cached_event_for_txn(
         self, user_id: str, device_id: str, txn_id: str
