@@ -186,8 +186,11 @@ class SendPathTests(RoomTestCase):
             if "poison" in bodies:
                 raise RuntimeError("this event cannot be stored")
 
+        entered: list[Any] = []
+
         async def gated(batch: list[Any]) -> None:
             # The first write waits, so the next events queue up behind it.
+            entered.append(batch)
             await gate
             await original_batch(batch)
 
@@ -197,7 +200,7 @@ class SendPathTests(RoomTestCase):
         self.addCleanup(setattr, persister, "_write_batch", original_batch)
 
         async def queued(count: int) -> None:
-            while len(persister._queue) < count:
+            while not entered or len(persister._queue) < count:
                 await task.deferLater(reactor, 0.01)
 
         def send(index: int, body: str) -> defer.Deferred[Any]:
@@ -207,7 +210,7 @@ class SendPathTests(RoomTestCase):
 
         # "a1" is written first; "a2", "poison" and "b3", "b4" (built on it) queue behind.
         sends = {"a1": send(1, "a1")}
-        await task.deferLater(reactor, 0.05)
+        await queued(0)
         sends["a2"] = send(2, "a2")
         await queued(1)
         sends["poison"] = send(0, "poison")
