@@ -15,10 +15,11 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager, nullcontext
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +48,48 @@ __all__ = [
 ]
 
 
-async def send_throughput(session: aiohttp.ClientSession, base: str) -> dict[str, Any]:
+async def transaction_counts(metrics_url: str) -> dict[str, int]:
+    """Database transactions run so far, by name, and the statements they sent, under
+    "statements:" and the name (from the server's /metrics)."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(metrics_url) as r:
+            text = await r.text()
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        for metric, prefix in (("heddle_db_transaction_duration_seconds_count{", ""),
+                               ("heddle_db_statements_total{", "statements:")):
+            if line.startswith(metric):
+                name = line.split('desc="', 1)[1].split('"', 1)[0]
+                counts[prefix + name] = int(float(line.rsplit(" ", 1)[1]))
+    return counts
+
+
+@asynccontextmanager
+async def profiled(pid: int | None) -> AsyncIterator[None]:
+    """Profile the server meanwhile, when it runs under bench/profiled_server.py."""
+    profiling = pid is not None and bool(os.environ.get("HEDDLE_BENCH_PROFILE"))
+    if profiling:
+        assert pid is not None
+        os.kill(pid, signal.SIGUSR1)
+    try:
+        yield
+    finally:
+        if profiling:
+            assert pid is not None
+            os.kill(pid, signal.SIGUSR2)
+
+
+async def send_throughput(
+    session: aiohttp.ClientSession, base: str, server: dict[str, Any] | None = None,
+    per_sender: int = 25,
+) -> dict[str, Any]:
     senders = await new_clients(session, base, 20, "sender")
     room_id = await senders[0].create_room(preset="public_chat")
     await asyncio.gather(*(s.join(room_id) for s in senders[1:]))
-    per_sender = 25
     latencies: list[float] = []
+    server = server or {}
+    before = await transaction_counts(server["metrics"]) if "metrics" in server else {}
+    cpu_before = cpu_seconds(server["pid"]) if "pid" in server else 0.0
 
     async def run(sender: Client) -> None:
         for i in range(per_sender):
@@ -61,11 +98,29 @@ async def send_throughput(session: aiohttp.ClientSession, base: str) -> dict[str
             latencies.append(time.perf_counter() - start)
 
     start = time.perf_counter()
-    await asyncio.gather(*(run(s) for s in senders))
+    async with profiled(server.get("pid")):
+        await asyncio.gather(*(run(s) for s in senders))
     elapsed = time.perf_counter() - start
     total = len(senders) * per_sender
-    return {"messages": total, "seconds": round(elapsed, 3),
-            "messages_per_second": round(total / elapsed, 1), "send_latency": summary(latencies)}
+    result = {"messages": total, "seconds": round(elapsed, 3),
+              "messages_per_second": round(total / elapsed, 1),
+              "send_latency": summary(latencies)}
+    if "pid" in server:
+        # CPU time the server spent (all its threads): what a message costs, whatever else
+        # runs on the machine.
+        cpu = cpu_seconds(server["pid"]) - cpu_before
+        result["server_cpu_ms_per_message"] = round(cpu * 1000 / total, 3)
+    if "metrics" in server:
+        after = await transaction_counts(server["metrics"])
+        moved = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+        txns = {k: v for k, v in moved.items() if not k.startswith("statements:")}
+        statements = {k[len("statements:"):]: v for k, v in moved.items()
+                      if k.startswith("statements:")}
+        result["transactions_per_message"] = round(sum(txns.values()) / total, 2)
+        result["statements_per_message"] = round(sum(statements.values()) / total, 2)
+        result["transactions"] = dict(sorted(txns.items(), key=lambda kv: -kv[1]))
+        result["statements"] = dict(sorted(statements.items(), key=lambda kv: -kv[1]))
+    return result
 
 
 async def sync_latency(
@@ -166,7 +221,7 @@ async def messages_pagination(session: aiohttp.ClientSession, base: str) -> dict
             "page_of_100": summary(timings)}
 
 
-SCENARIOS = {
+SCENARIOS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
     "send_throughput": send_throughput,
     "sync_latency": sync_latency,
     "initial_sync_100_rooms": initial_sync_100_rooms,
@@ -178,12 +233,20 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", default="sqlite", help="'sqlite' or a PostgreSQL admin URL")
     parser.add_argument("--only", choices=sorted(SCENARIOS), action="append")
+    parser.add_argument("--per-sender", type=int, default=25,
+                        help="send_throughput: messages each of the 20 senders sends")
     args = parser.parse_args()
     results: dict[str, Any] = {"db": "sqlite" if args.db == "sqlite" else "postgresql"}
     for name in args.only or list(SCENARIOS):
-        async with running_server(args.db) as base:
+        about: dict[str, Any] = {}
+        async with running_server(args.db, about=about) as base:
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-                results[name] = await SCENARIOS[name](session, base)
+                if name == "send_throughput":
+                    results[name] = await send_throughput(
+                        session, base, about, per_sender=args.per_sender
+                    )
+                else:
+                    results[name] = await SCENARIOS[name](session, base)
         print(json.dumps({name: results[name]}), flush=True)
     print(json.dumps(results, indent=2))
 

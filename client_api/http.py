@@ -15,6 +15,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
+from re import _constants as sre_constants  # type: ignore[attr-defined]
+from re import _parser as sre_parse  # type: ignore[attr-defined]
 from typing import Any, overload
 from urllib.parse import unquote
 
@@ -273,6 +275,34 @@ class Route:
     pattern: re.Pattern[str]
     handler: Handler
     name: str
+    # Text every path the pattern matches contains, tested before the pattern: most routes
+    # are ruled out by a substring search.
+    literal: str = ""
+
+
+def required_literal(pattern: re.Pattern[str]) -> str:
+    """The longest run of literal characters in `pattern` outside any group, repeat or
+    alternative (a substring of whatever it matches), leaving out the first run (the
+    "/_matrix/..." prefix every route shares) when there are others; "" when none."""
+    if pattern.flags & re.IGNORECASE:
+        return ""
+    try:
+        parsed = sre_parse.parse(pattern.pattern, pattern.flags)
+    except Exception:
+        return ""
+    runs, run = [], ""
+    for op, value in parsed:
+        if op is sre_constants.LITERAL:
+            run += chr(value)
+            continue
+        if op is sre_constants.AT:
+            continue
+        if run:
+            runs.append(run)
+        run = ""
+    if run:
+        runs.append(run)
+    return max(runs[1:] or runs or [""], key=len)
 
 
 def client_path(path: str, versions: str = "r0|v3") -> re.Pattern[str]:
@@ -290,7 +320,8 @@ class Router:
                 handler = getattr(servlet, f"on_{method}", None)
                 if handler is not None:
                     self.routes.append(
-                        Route(method, pattern, handler, f"{type(servlet).__name__}")
+                        Route(method, pattern, handler, f"{type(servlet).__name__}",
+                              required_literal(pattern))
                     )
 
     def serves(self, method: str, path: str) -> bool:
@@ -302,6 +333,8 @@ class Router:
         means the method is wrong for a known path."""
         allowed: list[str] = []
         for route in self.routes:
+            if route.literal not in path:
+                continue
             m = route.pattern.match(path)
             if m is None:
                 continue

@@ -6,9 +6,11 @@ outbound_destinations`); once it commits, the sender is told to start."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from federation.event_checks import server_of
+from homeserver.caches import LruCache
 from homeserver.events.types import MEMBER
 
 if TYPE_CHECKING:
@@ -19,23 +21,36 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# Rooms whose members' servers are remembered.
+ROOM_DESTINATIONS_CACHE_SIZE = 10_000
+
 
 class OutboundEvents:
     def __init__(self, server_name: str, state: StateStore, sender: FederationSender) -> None:
         self._server_name = server_name
         self._state = state
         self._sender = sender
+        # room -> (the joined-member mapping the state store gave, their servers but ours).
+        self._servers: LruCache[str, tuple[Mapping[str, str], frozenset[str]]] = LruCache(
+            "room_destinations", ROOM_DESTINATIONS_CACHE_SIZE
+        )
 
     async def destinations_for(self, event: Event) -> list[str]:
         """Where a new local event goes: servers with joined members in the room as it is
         before the event, plus the target's server of a membership change."""
         members = await self._state.get_current_members(event.room_id, "join")
-        destinations = {server_of(user) for user in members}
+        known = self._servers.get(event.room_id)
+        if known is not None and known[0] is members:
+            # The same (read-only, shared) member list as last time: the same servers.
+            servers = known[1]
+        else:
+            servers = frozenset(server_of(user) for user in members) - {self._server_name, ""}
+            self._servers.set(event.room_id, (members, servers))
         if event.type == MEMBER and event.state_key is not None:
-            destinations.add(server_of(event.state_key))
-        destinations.discard(self._server_name)
-        destinations.discard("")
-        return sorted(destinations)
+            target = server_of(event.state_key)
+            if target not in servers and target not in (self._server_name, ""):
+                return sorted(servers | {target})
+        return sorted(servers)
 
     async def on_event_persisted(self, stored: StoredEvent) -> None:
         """The event and its queue rows are committed: start sending to those servers."""

@@ -26,6 +26,11 @@ DB_TRANSACTION_SECONDS = Histogram(
     "Time from queuing a database transaction to its commit, by transaction name",
     ["desc"],
 )
+DB_STATEMENTS = Counter(
+    "heddle_db_statements",
+    "Statements sent to the database by committed transactions, by transaction name",
+    ["desc"],
+)
 DB_TRANSACTION_RETRIES = Counter(
     "heddle_db_transaction_retries_total",
     "Transactions retried after a serialization failure, deadlock or lock timeout",

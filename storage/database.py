@@ -58,6 +58,9 @@ class Transaction:
         self.engine = engine
         self.after_callbacks: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self._begun = engine.begin_statement is None
+        # Statements sent to the database (a BEGIN and each batch of rows count; the commit
+        # does not): what a transaction costs in round trips, for the metrics.
+        self.statements = 0
 
     def _begin(self, sql: str) -> None:
         # Engines that need an explicit BEGIN get it before the first statement, unless that
@@ -66,17 +69,21 @@ class Transaction:
             self._begun = True
             if not sql.lstrip().upper().startswith("BEGIN"):
                 assert self.engine.begin_statement is not None
+                self.statements += 1
                 self._cursor.execute(self.engine.begin_statement)
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
         self._begin(sql)
+        self.statements += 1
         self._cursor.execute(self.engine.convert_sql(sql), _checked_args(args))
 
     def execute_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        checked: list[Sequence[Any]] = [_checked_args(r) for r in rows]
+        if not checked:
+            return
         self._begin(sql)
-        self.engine.execute_many(
-            self._cursor, self.engine.convert_sql(sql), [_checked_args(r) for r in rows]
-        )
+        self.statements += 1
+        self.engine.execute_many(self._cursor, self.engine.convert_sql(sql), checked)
 
     def fetchone(self) -> tuple[Any, ...] | None:
         return self._cursor.fetchone()
@@ -209,6 +216,7 @@ class Database:
             self._in_use -= 1
             metrics.DB_CONNECTIONS_IN_USE.set(self._in_use)
             metrics.DB_TRANSACTION_SECONDS.labels(desc).observe(time.monotonic() - start)
+        metrics.DB_STATEMENTS.labels(desc).inc(txn.statements)
         for callback, cb_args in txn.after_callbacks:
             callback(*cb_args)
         return result

@@ -9,24 +9,37 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from twisted.internet import defer
 
 from homeserver.events.canonical import encode_canonical_json
 from homeserver.events.model import Event
 from homeserver.events.types import MEMBER
 from storage.database import Database, Transaction
-from storage.stores.events import EventStore, StoredEvent
+from storage.stores.events import EventStore, StoredEvent, redactions_held_txn
 from storage.stores.federation_queue import FederationQueueStore
 from storage.stores.push_actions import PushActionBatch, PushActionStore
-from storage.stores.relations import forget_redacted_relation_txn, store_relation_txn
+from storage.stores.relations import (
+    INSERT_RELATION_SQL,
+    forget_redacted_relation_txn,
+    relation_rows,
+    store_relation_txn,
+)
 from storage.stores.room_admin import (
     note_current_state_change_txn,
     refresh_if_listed_txn,
     refresh_room_summaries_txn,
 )
-from storage.stores.search import forget_redacted_search_txn, index_event_txn
+from storage.stores.search import (
+    INSERT_SEARCH_SQL,
+    forget_redacted_search_txn,
+    index_event_txn,
+    search_rows,
+)
 from storage.stores.state import (
     StateKey,
     StateStore,
@@ -36,6 +49,23 @@ from storage.stores.state import (
 from storage.stream_ids import StreamIdGenerator
 
 logger = logging.getLogger(__name__)
+
+# At most this many queued events are written in one transaction.
+MAX_BATCH = 100
+# Failed events remembered so that events built on them are built again (see
+# `RebuildEvent`); failures are rare, and a later event cites one within moments.
+FAILED_REMEMBERED = 1000
+
+INSERT_EVENT_SQL = (
+    "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender,"
+    " topological_ordering, origin_server_ts, json, internal_metadata, rejected_reason,"
+    " outlier, state_group_before, state_group_after)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+INSERT_TXN_ID_SQL = (
+    "INSERT INTO event_txn_ids (user_id, device_id, txn_id, room_id, event_id, inserted_ts)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
 
 # A user's latest membership of a room. `membership_stream_ordering` only moves when the
 # membership itself changes (not for a joined member's new display name).
@@ -101,6 +131,11 @@ class EventContext:
     outbound_destinations: tuple[str, ...] = ()
 
 
+class RebuildEvent(Exception):
+    """The event cites (as a prev_event) an event that failed to persist, so it was not
+    written: nothing is stored, and the caller builds it again on what the room holds."""
+
+
 class PushActionSource(Protocol):
     """Push rules applied to an event (`homeserver.push.actions.PushActionGenerator`):
     computed before the event's transaction, written in it, announced after its commit."""
@@ -155,6 +190,13 @@ class EventPersister:
         self._stream = event_stream
         self._state_group_ids = state_group_ids
         self._backfill_ids = backfill_ids or IdAllocator(0, step=-1)
+        # Events waiting to be written (see `enqueue`), and how many of each room are
+        # queued or being written.
+        self._queue: list[_Queued] = []
+        self._writing = False
+        self._pending: dict[str, int] = {}
+        self._idle_waiters: dict[str, list[defer.Deferred[None]]] = {}
+        self._failed: OrderedDict[str, None] = OrderedDict()
 
     async def persist_outliers(self, events: Iterable[Event]) -> None:
         """Store events whose state we do not know (a remote room's auth chain and state,
@@ -241,6 +283,40 @@ class EventPersister:
 
     async def persist(self, event: Event, context: EventContext) -> StoredEvent:
         """Store the event; returns it with its stream position and state group after."""
+        if context.backfilled:
+            return await self._persist_backfilled(event, context)
+        return await self.enqueue(event, context)
+
+    def enqueue(self, event: Event, context: EventContext) -> defer.Deferred[StoredEvent]:
+        """Queue the event to be written after those queued before it; the Deferred fires
+        with it stored (or fails: `RebuildEvent` if it cites an event that failed).
+
+        Events queue up behind the transaction being written, and as many as are queued
+        then (up to `MAX_BATCH`, of any rooms) are written together, in queue order, in one
+        transaction: its commit acknowledges them all. A failing transaction is written
+        again one event per transaction, so an event that cannot be stored fails alone.
+        """
+        assert not context.backfilled
+        item = self._prepare(event, context)
+        self._queue.append(item)
+        self._pending[event.room_id] = self._pending.get(event.room_id, 0) + 1
+        if not self._writing:
+            self._writing = True
+            defer.ensureDeferred(self._write_queue())
+        return item.done
+
+    def pending(self, room_id: str) -> int:
+        """How many events of the room are queued or being written."""
+        return self._pending.get(room_id, 0)
+
+    async def drain(self, room_id: str) -> None:
+        """Wait until no event of the room is queued or being written."""
+        if self._pending.get(room_id):
+            idle: defer.Deferred[None] = defer.Deferred()
+            self._idle_waiters.setdefault(room_id, []).append(idle)
+            await idle
+
+    def _prepare(self, event: Event, context: EventContext) -> _Queued:
         groups = _NewGroups()
         if context.state_before is not None and context.state_group_before is None:
             groups.before = self._state_group_ids.next()
@@ -253,6 +329,9 @@ class EventPersister:
             state_group_after = new_group
         if context.current_state is not None:
             groups.current = self._state_group_ids.next()
+        groups.current_known, groups.known_current = self._events.cached_state_group(
+            event.room_id
+        )
         metadata = dict(context.internal_metadata)
         if context.soft_failed:
             metadata["soft_failed"] = True
@@ -261,48 +340,281 @@ class EventPersister:
             metadata["device_id"] = context.txn.device_id
         if context.replaces_state is not None:
             metadata["replaces_state"] = context.replaces_state
+        return _Queued(event, context, new_group, state_group_after, metadata, groups)
 
-        hidden = context.outlier or context.soft_failed
-        push = await self._push_actions_for(event, context)
-        if context.backfilled:
-            stream_ordering = self._backfill_ids.next()
+    async def _persist_backfilled(self, event: Event, context: EventContext) -> StoredEvent:
+        item = self._prepare(event, context)
+        stream_ordering = self._backfill_ids.next()
+        try:
+            await self._db.run_interaction(
+                "persist_backfilled_event", self._persist_txn, event, context,
+                stream_ordering, item.new_group, item.state_group_after, item.metadata,
+                item.groups,
+            )
+        except Exception:
+            self._forget_uncertain_redaction(event)
+            raise
+        return StoredEvent(event, stream_ordering, event.depth, item.metadata, context.outlier)
+
+    async def _write_queue(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                try:
+                    await self._write_batch(batch)
+                except Exception as e:  # not expected: each event's outcome is its own
+                    logger.exception("writing queued events failed")
+                    for item in batch:
+                        if not item.done.called:
+                            self._finished(item, e)
+        finally:
+            self._writing = False
+
+    async def _write_batch(self, batch: list[_Queued]) -> None:
+        # An event citing one that failed (earlier in the queue) is built again instead.
+        ready = []
+        for item in batch:
+            if any(prev in self._failed for prev in item.event.prev_event_ids):
+                self._note_failed(item.event.event_id)
+                self._finished(item, RebuildEvent(item.event.event_id))
+            else:
+                ready.append(item)
+        if not ready:
+            return
+        for item in ready:
+            item.push = await self._push_actions_for(item.event, item.context)
+        positions = self._stream.reserve(len(ready))
+        for item, position in zip(ready, positions, strict=True):
+            item.stream_ordering = position
+        outcomes: list[tuple[_Queued, Exception | None]] = []
+        try:
             try:
-                await self._db.run_interaction(
-                    "persist_backfilled_event", self._persist_txn, event, context,
-                    stream_ordering, new_group, state_group_after, metadata, groups,
+                await self._db.run_interaction("persist_event", self._persist_batch_txn, ready)
+                outcomes = [(item, None) for item in ready]
+            except Exception as e:
+                if len(ready) == 1:
+                    outcomes = [(ready[0], e)]
+                else:
+                    # One event at a time: only the one that cannot be stored fails.
+                    logger.warning("writing %d events at once failed (%s); one by one",
+                                   len(ready), e)
+                    outcomes = await self._write_one_by_one(ready)
+            for item, error in outcomes:
+                if error is None:
+                    if item.push is not None and self._push_actions is not None:
+                        # Before the position becomes current and the caller publishes
+                        # the event: the sync that serves the event serves its count.
+                        self._push_actions.committed(
+                            item.event, item.stream_ordering, item.push
+                        )
+                else:
+                    self._uncertain(item)
+        finally:
+            self._stream.release(
+                positions,
+                unwritten=[item.stream_ordering for item, error in outcomes if error is not None]
+                if outcomes else positions,
+            )
+        for item, error in outcomes:
+            self._finished(item, error)
+
+    async def _write_one_by_one(
+        self, items: list[_Queued]
+    ) -> list[tuple[_Queued, Exception | None]]:
+        outcomes: list[tuple[_Queued, Exception | None]] = []
+        failed: set[str] = set()
+        for item in items:
+            error: Exception | None = None
+            if any(prev in failed for prev in item.event.prev_event_ids):
+                error = RebuildEvent(item.event.event_id)
+            else:
+                try:
+                    await self._db.run_interaction(
+                        "persist_event", self._persist_batch_txn, [item]
+                    )
+                except Exception as e:
+                    logger.warning("persisting %s failed: %s", item.event.event_id, e)
+                    error = e
+            if error is not None:
+                failed.add(item.event.event_id)
+            outcomes.append((item, error))
+        return outcomes
+
+    def _uncertain(self, item: _Queued) -> None:
+        """After a failed write: the commit may have happened (a connection lost while
+        committing), so what is cached about the room cannot be trusted either way."""
+        event = item.event
+        self._note_failed(event.event_id)
+        self._state.invalidate_current_state(event.room_id)
+        self._events.forget_dag_tip(event.room_id)
+        self._forget_uncertain_redaction(event)
+        if item.push is not None and self._push_actions is not None:
+            self._push_actions.commit_uncertain(event, item.push)
+
+    def _note_failed(self, event_id: str) -> None:
+        self._failed[event_id] = None
+        while len(self._failed) > FAILED_REMEMBERED:
+            self._failed.popitem(last=False)
+
+    def _finished(self, item: _Queued, error: Exception | None) -> None:
+        room_id = item.event.room_id
+        left = self._pending.get(room_id, 1) - 1
+        if left > 0:
+            self._pending[room_id] = left
+        else:
+            self._pending.pop(room_id, None)
+        if error is None:
+            item.done.callback(
+                StoredEvent(
+                    item.event, item.stream_ordering, item.event.depth, item.metadata,
+                    item.context.outlier or item.context.soft_failed,
                 )
-            except Exception:
-                self._forget_uncertain_redaction(event)
-                raise
-            return StoredEvent(event, stream_ordering, event.depth, metadata, hidden)
-        async with self._stream.next() as stream_ordering:
-            try:
-                await self._db.run_interaction(
-                    "persist_event",
-                    self._persist_txn,
-                    event,
-                    context,
-                    stream_ordering,
-                    new_group,
-                    state_group_after,
-                    metadata,
-                    groups,
-                    push,
+            )
+        else:
+            item.done.errback(error)
+        if left <= 0:
+            for idle in self._idle_waiters.pop(room_id, []):
+                idle.callback(None)
+
+    def _persist_batch_txn(self, txn: Transaction, items: list[_Queued]) -> None:
+        """Write queued events in order: runs of plain timeline events (see `_is_plain`) a
+        statement per table, any other event on its own."""
+        run: list[_Queued] = []
+        for item in items:
+            if _is_plain(item):
+                run.append(item)
+                continue
+            if run:
+                self._persist_plain_txn(txn, run)
+                run = []
+            self._persist_txn(
+                txn, item.event, item.context, item.stream_ordering, item.new_group,
+                item.state_group_after, item.metadata, item.groups, item.push,
+            )
+        if run:
+            self._persist_plain_txn(txn, run)
+
+    def _persist_plain_txn(self, txn: Transaction, items: list[_Queued]) -> None:
+        """What `_persist_txn` writes for each of `items` (plain timeline events, in order),
+        with one statement per table for all of them."""
+        txn.execute_many(
+            INSERT_EVENT_SQL,
+            [
+                (item.stream_ordering, item.event.event_id, item.event.room_id, item.event.type,
+                 None, item.event.sender, item.event.depth, item.event.origin_server_ts,
+                 item.event.canonical_json(), json.dumps(item.metadata), None, False,
+                 item.context.state_group_before, item.state_group_after)
+                for item in items
+            ],
+        )
+        txn.execute_many(
+            "INSERT INTO event_edges (event_id, prev_event_id, room_id) VALUES (?, ?, ?)",
+            [(item.event.event_id, prev, item.event.room_id)
+             for item in items for prev in item.event.prev_event_ids],
+        )
+        txn.execute_many(
+            "INSERT INTO event_auth (event_id, auth_id, room_id) VALUES (?, ?, ?)",
+            [(item.event.event_id, auth, item.event.room_id)
+             for item in items for auth in item.event.auth_event_ids],
+        )
+        with_txn = [item for item in items if item.context.txn is not None]
+        txn.execute_many(
+            INSERT_TXN_ID_SQL,
+            [(item.context.txn.user_id, item.context.txn.device_id, item.context.txn.path_key,
+              item.event.room_id, item.event.event_id, item.event.origin_server_ts)
+             for item in with_txn if item.context.txn is not None],
+        )
+        FederationQueueStore.enqueue_pdus_txn(
+            txn,
+            [(dest, item.stream_ordering, item.event.event_id, item.event.room_id)
+             for item in items for dest in item.context.outbound_destinations],
+        )
+        # Backward extremities: prevs held neither in the database nor earlier in the run
+        # become ones (as `_update_backward_extremities_txn` would find, event by event);
+        # the events written stop being ones.
+        written = {item.event.event_id for item in items}
+        outside = list(dict.fromkeys(
+            prev for item in items for prev in item.event.prev_event_ids if prev not in written
+        ))
+        held = {
+            row[0]
+            for row in txn.select_in_chunks(
+                "SELECT event_id FROM events WHERE event_id IN ({in}) AND outlier = ?",
+                outside, args_after=(False,),
+            )
+        }
+        seen: set[str] = set()
+        missing: dict[tuple[str, str], None] = {}
+        for item in items:
+            for prev in item.event.prev_event_ids:
+                if prev not in held and prev not in seen:
+                    missing[(item.event.room_id, prev)] = None
+            seen.add(item.event.event_id)
+        txn.execute_many(
+            "INSERT INTO event_backward_extremities (room_id, event_id) VALUES (?, ?)"
+            " ON CONFLICT (room_id, event_id) DO NOTHING",
+            list(missing),
+        )
+        txn.execute_many(
+            "DELETE FROM event_backward_extremities WHERE room_id = ? AND event_id = ?",
+            [(item.event.room_id, item.event.event_id) for item in items],
+        )
+        redacted = redactions_held_txn(txn, [item.event for item in items])
+        kept = [(item.event, item.stream_ordering) for item in items
+                if item.event.event_id not in redacted]
+        txn.execute_many(INSERT_RELATION_SQL, relation_rows(kept))
+        txn.execute_many(INSERT_SEARCH_SQL, search_rows(kept))
+        PushActionStore.insert_many_txn(
+            txn,
+            [(item.event.room_id, item.event.event_id, item.stream_ordering, item.push)
+             for item in items if item.push is not None],
+        )
+        # Forward extremities: each event replaces its prevs; only the net change is written.
+        removed: dict[tuple[str, str], None] = {}
+        added: dict[tuple[str, str], None] = {}
+        for item in items:
+            room_id = item.event.room_id
+            for prev in item.event.prev_event_ids:
+                if (room_id, prev) in added:
+                    del added[(room_id, prev)]
+                else:
+                    removed[(room_id, prev)] = None
+            added[(room_id, item.event.event_id)] = None
+        txn.execute_many(
+            "DELETE FROM event_forward_extremities WHERE room_id = ? AND event_id = ?",
+            list(removed),
+        )
+        txn.execute_many(
+            "INSERT INTO event_forward_extremities (room_id, event_id) VALUES (?, ?)",
+            list(added),
+        )
+        # The room's state group, where it is not known to be the event's already.
+        groups: dict[str, int | None] = {}
+        for item in items:
+            if item.context.updates_current_state:
+                known = item.groups.current_known and (
+                    item.groups.known_current == item.state_group_after
                 )
-            except Exception:
-                # The commit may have happened (a connection lost while committing), so
-                # the cached current state cannot be trusted either way.
-                self._state.invalidate_current_state(event.room_id)
-                self._forget_uncertain_redaction(event)
-                if push is not None and self._push_actions is not None:
-                    self._push_actions.commit_uncertain(event, push)
-                raise
-            if push is not None and self._push_actions is not None:
-                # Before the position becomes current and the caller publishes the event:
-                # the sync that serves the event serves its count.
-                self._push_actions.committed(event, stream_ordering, push)
-        stored = StoredEvent(event, stream_ordering, event.depth, metadata, hidden)
-        return stored
+                if known:
+                    groups.pop(item.event.room_id, None)
+                else:
+                    groups[item.event.room_id] = item.state_group_after
+        txn.execute_many(
+            "UPDATE rooms SET current_state_group = ? WHERE room_id = ?",
+            [(group, room_id) for room_id, group in groups.items()],
+        )
+        for item in items:
+            event, client_txn = item.event, item.context.txn
+            if client_txn is not None:
+                txn.call_after(
+                    self._events.txn_stored, client_txn.user_id, client_txn.device_id,
+                    client_txn.path_key, event.room_id, event.event_id,
+                )
+            txn.call_after(
+                self._events.dag_tip_moved, event.room_id, event.prev_event_ids,
+                (event.event_id, event.depth), item.state_group_after,
+                item.context.updates_current_state,
+            )
 
     async def _push_actions_for(
         self, event: Event, context: EventContext
@@ -373,7 +685,7 @@ class EventPersister:
                 event.sender,
                 event.depth,
                 event.origin_server_ts,
-                encode_canonical_json(event.pdu).decode("utf-8"),
+                event.canonical_json(),
                 json.dumps(metadata),
                 event.rejected_reason,
                 context.outlier or context.soft_failed,
@@ -396,6 +708,10 @@ class EventPersister:
                 " inserted_ts) VALUES (?, ?, ?, ?, ?, ?)",
                 (client_txn.user_id, client_txn.device_id, client_txn.path_key, room_id,
                  event.event_id, event.origin_server_ts),
+            )
+            txn.call_after(
+                self._events.txn_stored, client_txn.user_id, client_txn.device_id,
+                client_txn.path_key, room_id, event.event_id,
             )
         if context.outlier or event.rejected_reason is not None:
             return
@@ -458,22 +774,32 @@ class EventPersister:
                 {key: event.event_id},
                 full_state=full_state,
             )
+        current_group: int | None = None
         if context.current_state is not None:
             assert groups.current is not None
+            current_group = groups.current
             _replace_current_state_txn(
                 txn, self._state, room_id, context.current_state, state_group_after,
                 groups.current, stream_ordering,
             )
             refresh_room_summaries_txn(txn, self._server_name, [room_id])
         elif context.updates_current_state:
-            txn.execute(
-                "UPDATE rooms SET current_state_group = ? WHERE room_id = ?",
-                (state_group_after, room_id),
-            )
+            current_group = state_group_after
+            if not (groups.current_known and groups.known_current == state_group_after):
+                # Not when the room is known to be at that group already (a message).
+                txn.execute(
+                    "UPDATE rooms SET current_state_group = ? WHERE room_id = ?",
+                    (state_group_after, room_id),
+                )
             if event.is_state:
                 _update_current_state_txn(
                     txn, self._state, self._server_name, event, stream_ordering
                 )
+        txn.call_after(
+            self._events.dag_tip_moved, room_id, event.prev_event_ids,
+            (event.event_id, event.depth), current_group,
+            context.current_state is not None or context.updates_current_state,
+        )
 
 
 def _stored_as_redaction(event: Event) -> str | None:
@@ -489,6 +815,41 @@ class _NewGroups:
 
     before: int | None = None
     current: int | None = None
+    # The room's current state group as last committed, when known (cached).
+    current_known: bool = False
+    known_current: int | None = None
+
+
+@dataclass
+class _Queued:
+    """An event waiting to be written, with what `_persist_txn` needs."""
+
+    event: Event
+    context: EventContext
+    new_group: int | None
+    state_group_after: int | None
+    metadata: dict
+    groups: _NewGroups
+    push: PushActionBatch | None = None
+    stream_ordering: int = 0
+    done: defer.Deferred[StoredEvent] = field(default_factory=defer.Deferred)
+
+
+def _is_plain(item: _Queued) -> bool:
+    """A visible timeline event that is not state, not a redaction and brings no state of
+    its own (a message): what `_persist_plain_txn` writes."""
+    context, event = item.context, item.event
+    return not (
+        event.is_state
+        or event.rejected_reason is not None
+        or _stored_as_redaction(event) is not None
+        or context.outlier
+        or context.soft_failed
+        or context.backfilled
+        or context.replace_outlier
+        or context.state_before is not None
+        or context.current_state is not None
+    )
 
 
 def _state_delta(

@@ -62,6 +62,22 @@ class StreamIdGenerator:
             self._unfinished.discard(position)
             self._advance()
 
+    def reserve(self, count: int) -> list[int]:
+        """Reserve the next `count` positions (a transaction writing several events), until
+        `release`: `next` for several positions at once."""
+        positions = list(range(self._last_allocated + 1, self._last_allocated + 1 + count))
+        self._last_allocated += count
+        self._unfinished.update(positions)
+        return positions
+
+    def release(self, positions: list[int], unwritten: list[int]) -> None:
+        """The write of `positions` (from `reserve`) ended; those in `unwritten` were not
+        written (handed back if no later one was taken, as `unused`)."""
+        for position in sorted(unwritten, reverse=True):
+            self.unused(position)
+        self._unfinished.difference_update(positions)
+        self._advance()
+
     def unused(self, position: int) -> None:
         """Hand back a position the block decided not to write (see `next`); call it as the
         block's last step. A gap left by an earlier position is harmless: later positions

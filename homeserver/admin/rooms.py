@@ -280,6 +280,7 @@ class AdminRoomsHandler:
         """Keep only the room's newest forward extremity; how many others were deleted."""
         await self.require_room(room_id)
         deleted = await self._store.delete_extra_forward_extremities(room_id)
+        self._events.forget_dag_tip(room_id)
         await self._audit.record(
             admin.user_id, "delete_forward_extremities", room_id, {"deleted": deleted}
         )

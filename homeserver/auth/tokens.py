@@ -91,6 +91,8 @@ class TokenHandler:
         self._accounts = accounts
         self._replication = replication
         # token_id -> who it authenticates.
+        # Access token (the whole JWT) -> its claims, once its signature verified.
+        self._verified: LruCache[str, dict] = LruCache("access_token_signatures", 10_000)
         self._cache: LruCache[str, Requester] = LruCache(
             "access_tokens", TOKEN_CACHE_SIZE, ttl_s=TOKEN_CACHE_TTL_S, clock=clock
         )
@@ -211,19 +213,24 @@ class TokenHandler:
         A locked account's tokens stay valid (unlocking restores its sessions, as the spec
         asks) but are refused with 401 M_USER_LOCKED everywhere except where `allow_locked`
         (logging out)."""
-        try:
-            claims = jwt.decode(
-                access_token,
-                self._config.jwt_secret,
-                algorithms=[JWT_ALGORITHM],
-                # Expiry is checked against the reactor clock below, to the millisecond.
-                options={"require": ["jti", "sub", "dev"], "verify_exp": False},
-            )
-        except jwt.InvalidTokenError:
-            raise _unknown_token("Unrecognised access token") from None
+        claims = self._verified.get(access_token)
+        if claims is None:
+            try:
+                claims = jwt.decode(
+                    access_token,
+                    self._config.jwt_secret,
+                    algorithms=[JWT_ALGORITHM],
+                    # Expiry is checked against the reactor clock below, to the millisecond.
+                    options={"require": ["jti", "sub", "dev"], "verify_exp": False},
+                )
+            except jwt.InvalidTokenError:
+                raise _unknown_token("Unrecognised access token") from None
+            if not isinstance(claims["jti"], str):
+                raise _unknown_token("Unrecognised access token")
+            # A signature that verified once always does (the secret is fixed while the
+            # process runs); revocation and expiry are checked below on every request.
+            self._verified.set(access_token, claims)
         token_id = claims["jti"]
-        if not isinstance(token_id, str):
-            raise _unknown_token("Unrecognised access token")
         requester = self._cache.get(token_id)
         if requester is None:
             requester = await self._load(token_id, claims)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from homeserver.events.canonical import encode_canonical_json
 from homeserver.events.hashing import compute_event_id
 from homeserver.events.room_versions import EventIdFormat, RoomVersion
 
@@ -14,7 +15,7 @@ StateKey = tuple[str, str]
 class Event:
     """An immutable view of one PDU. `pdu` is never modified after construction."""
 
-    __slots__ = ("pdu", "room_version", "event_id", "rejected_reason")
+    __slots__ = ("pdu", "room_version", "event_id", "rejected_reason", "_canonical")
 
     def __init__(
         self,
@@ -22,13 +23,22 @@ class Event:
         room_version: RoomVersion,
         event_id: str | None = None,
         rejected_reason: str | None = None,
+        canonical: bytes | None = None,
     ) -> None:
         self.pdu = pdu
+        # The PDU's canonical JSON, once encoded (`canonical` when the caller has it).
+        self._canonical = canonical
         self.room_version = room_version
         self.event_id = event_id or compute_event_id(pdu, room_version)
         # Set when the event failed the auth rules; rejected events are kept (so they are
         # not fetched again) but never become state or reach clients.
         self.rejected_reason = rejected_reason
+
+    def canonical_json(self) -> str:
+        """The PDU as canonical JSON (what is stored), encoded once."""
+        if self._canonical is None:
+            self._canonical = encode_canonical_json(self.pdu)
+        return self._canonical.decode("utf-8")
 
     # ----- wire fields ---------------------------------------------------------------------
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 import secrets
 import string
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
+
+from twisted.internet import defer
 
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
@@ -29,7 +32,7 @@ from homeserver.events.room_versions import EventIdFormat, RoomVersion
 from homeserver.events.signing import sign_event
 from homeserver.linearizer import Linearizer
 from homeserver.streams.bus import StreamBus, StreamUpdate
-from storage.persister import ClientTransaction, EventContext, EventPersister
+from storage.persister import ClientTransaction, EventContext, EventPersister, RebuildEvent
 from storage.stores.events import EventStore, StoredEvent
 from storage.stores.rooms import RoomStore
 from storage.stores.state import StateStore
@@ -40,6 +43,9 @@ MAX_EVENT_BYTES = 65536
 MAX_IDENTIFIER_BYTES = 255
 # An event cites at most this many forward extremities (the newest ones).
 MAX_PREV_EVENTS = 10
+# How many times an event is built before giving up when what it was built on keeps
+# failing to persist.
+MAX_BUILDS = 3
 
 
 def _random_id(length: int = 18) -> str:
@@ -72,15 +78,26 @@ class EventCreator:
         # its `StoredEvent` as detail (see `timeline_subscriber`).
         self._bus = bus
         self._writers = Linearizer("room_writer")
+        # room -> (event ID, depth) of the room's newest event not yet known to be stored:
+        # the next event's only prev_event (see `_send_once`).
+        self._tips: dict[str, tuple[str, int]] = {}
+        # Client transactions whose event is being stored -> requests with the same
+        # transaction waiting for it.
+        self._txns_in_flight: dict[tuple[str, str, str], list[defer.Deferred[StoredEvent]]] = {}
         # Federation (None when disabled): the servers a new local event goes to, queued
         # with the event; and having a remote invitee's server countersign an invite.
         self.outbound_destinations = outbound_destinations
         self.remote_invite = remote_invite
 
-    def room_writer(self, room_id: str) -> Any:
+    @asynccontextmanager
+    async def room_writer(self, room_id: str) -> AsyncIterator[None]:
         """The room's writer lock: held by whoever builds or persists an event of the room
-        (local sends here, federated events in `federation.event_handler`)."""
-        return self._writers.queue(room_id)
+        (local sends here, federated events in `federation.event_handler`), once the room's
+        events in flight are stored (what it reads of the room is then what is stored)."""
+        async with self._writers.queue(room_id):
+            await self._persister.drain(room_id)
+            self._tips.pop(room_id, None)
+            yield
 
     def finish_event(self, pdu: dict[str, Any], room_version: RoomVersion) -> Event:
         """Sign and check a PDU built from a remote server's template (make_join etc.)."""
@@ -127,9 +144,10 @@ class EventCreator:
             event_id = f"${_random_id()}:{self._server_name}"
             pdu["event_id"] = event_id
         sign_event(pdu, self._server_name, self._signing_key, room_version)
-        if len(encode_canonical_json(pdu)) > MAX_EVENT_BYTES:
+        encoded = encode_canonical_json(pdu)
+        if len(encoded) > MAX_EVENT_BYTES:
             raise MatrixError(413, Codes.TOO_LARGE, f"Event is larger than {MAX_EVENT_BYTES} bytes")
-        return Event(pdu, room_version, event_id=event_id)
+        return Event(pdu, room_version, event_id=event_id, canonical=encoded)
 
     def new_room_id(self) -> str:
         """A fresh room ID for a room version whose room IDs are not create event hashes."""
@@ -206,42 +224,104 @@ class EventCreator:
         room_version = await self._events.get_room_version(room_id)
         if room_version is None:
             raise MatrixError(404, Codes.NOT_FOUND, "Unknown room")
-        async with self._writers.queue(room_id):
-            if txn is not None:
-                existing = await self._events.get_event_for_txn(
-                    txn.user_id, txn.device_id, txn.path_key
+        for attempt in range(1, MAX_BUILDS + 1):
+            try:
+                return await self._send_once(
+                    room_id, room_version, sender, event_type, content, state_key, txn, extra,
+                    before_persist,
                 )
+            except RebuildEvent:
+                # An event it was built on failed to persist: build it again.
+                if attempt == MAX_BUILDS:
+                    raise
+                logger.info("%s: building an event of %s again", room_id, sender)
+        raise AssertionError("unreachable")
+
+    async def _send_once(
+        self,
+        room_id: str,
+        room_version: RoomVersion,
+        sender: str,
+        event_type: str,
+        content: Mapping[str, Any],
+        state_key: str | None,
+        txn: ClientTransaction | None,
+        extra: Mapping[str, Any] | None,
+        before_persist: Callable[[Event], Awaitable[None]] | None,
+    ) -> StoredEvent:
+        txn_key = (txn.user_id, txn.device_id, txn.path_key) if txn is not None else None
+        same_txn: defer.Deferred[StoredEvent] | None = None
+        async with self._writers.queue(room_id):
+            if room_id not in self._tips and self._persister.pending(room_id):
+                # Events of the room are in flight but none is known to be the tip (one
+                # failed): wait for them, then build on what was stored.
+                await self._persister.drain(room_id)
+            if txn_key is not None:
+                # The caller looked in the database before taking the lock; what a
+                # concurrent request with the same transaction stored since then was stored
+                # by this process (the only writer), which remembers it, or is in flight.
+                existing = self._events.cached_event_for_txn(*txn_key)
                 if existing is not None:
                     stored = await self._events.get_stored_event(existing[1])
                     if stored is not None:
                         return stored
-            current = await self._state.get_current_state_ids(room_id)
-            pdu = await self.build_pdu(
-                room_id, room_version, sender, event_type, content, state_key, current
-            )
-            if extra:
-                pdu.update(extra)
-            event = self._finish(pdu, room_version)
-            await self._check_auth(event, current)
-            if before_persist is not None:
-                await before_persist(event)
-            if (
-                self.remote_invite is not None
-                and event.type == MEMBER
-                and event.membership == "invite"
-                and event.state_key is not None
-                and event.state_key.split(":", 1)[-1] != self._server_name
-            ):
-                # The invitee's server countersigns before the invite enters the room.
-                event = await self.remote_invite(event)
-            context = EventContext(
-                state_group_before=await self._events.get_current_state_group(room_id),
-                replaces_state=current.get(event.state_tuple) if event.is_state else None,
-                txn=txn,
-            )
-            if self.outbound_destinations is not None:
-                context.outbound_destinations = tuple(await self.outbound_destinations(event))
-            return await self._persist(room_id, event, context)
+                if txn_key in self._txns_in_flight:
+                    same_txn = defer.Deferred()
+                    self._txns_in_flight[txn_key].append(same_txn)
+            if same_txn is None:
+                current = await self._state.get_current_state_ids(room_id)
+                pdu = await self.build_pdu(
+                    room_id, room_version, sender, event_type, content, state_key, current
+                )
+                if extra:
+                    pdu.update(extra)
+                event = self._finish(pdu, room_version)
+                await self._check_auth(event, current)
+                if before_persist is not None:
+                    await before_persist(event)
+                if (
+                    self.remote_invite is not None
+                    and event.type == MEMBER
+                    and event.membership == "invite"
+                    and event.state_key is not None
+                    and event.state_key.split(":", 1)[-1] != self._server_name
+                ):
+                    # The invitee's server countersigns before the invite enters the room.
+                    event = await self.remote_invite(event)
+                context = EventContext(
+                    state_group_before=await self._events.get_current_state_group(room_id),
+                    replaces_state=current.get(event.state_tuple) if event.is_state else None,
+                    txn=txn,
+                )
+                if self.outbound_destinations is not None:
+                    context.outbound_destinations = tuple(await self.outbound_destinations(event))
+                if event.is_state:
+                    # The next event is authorised against the state this one changes: the
+                    # lock is held until it is stored.
+                    return await self._persist(room_id, event, context)
+                # Anything else leaves the state as it is: the next event can be built on
+                # this one (the tip) while it waits to be written, and written with it.
+                queued = self._persister.enqueue(event, context)
+                self._tips[room_id] = (event.event_id, event.depth)
+                if txn_key is not None:
+                    self._txns_in_flight[txn_key] = []
+        if same_txn is not None:
+            # Answered once the first request's event is stored.
+            return await same_txn
+        try:
+            stored = await queued
+        except Exception as e:
+            # What it was built on is in doubt: the next sender waits for the room's events
+            # in flight and builds on what was stored.
+            self._tips.pop(room_id, None)
+            for waiter in self._txns_in_flight.pop(txn_key, []) if txn_key else []:
+                waiter.errback(RebuildEvent(str(e)))
+            raise
+        if self._tips.get(room_id, ("",))[0] == event.event_id:
+            del self._tips[room_id]
+        for waiter in self._txns_in_flight.pop(txn_key, []) if txn_key else []:
+            waiter.callback(stored)
+        return await self._announce(room_id, event, context, stored)
 
     async def build_pdu(
         self,
@@ -255,7 +335,8 @@ class EventCreator:
     ) -> dict[str, Any]:
         """An unsigned PDU on top of the room's forward extremities, citing its auth events
         from `current` (also the template a joining server gets from make_join)."""
-        extremities = await self._events.get_forward_extremities(room_id)
+        tip = self._tips.get(room_id)
+        extremities = [tip] if tip else await self._events.get_forward_extremities(room_id)
         extremities.sort(key=lambda e: e[1], reverse=True)
         prev = extremities[:MAX_PREV_EVENTS]
         depth = max((d for _, d in prev), default=0) + 1
@@ -314,6 +395,12 @@ class EventCreator:
 
     async def _persist(self, room_id: str, event: Event, context: EventContext) -> StoredEvent:
         stored = await self._persister.persist(event, context)
+        return await self._announce(room_id, event, context, stored)
+
+    async def _announce(
+        self, room_id: str, event: Event, context: EventContext, stored: StoredEvent
+    ) -> StoredEvent:
+        """Publish a stored event on the events stream (sync, federation, pushers)."""
         if stored.outlier or context.backfilled or event.rejected_reason is not None:
             # Nothing a client syncs on moved.
             return stored

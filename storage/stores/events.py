@@ -7,6 +7,8 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet import defer
+
 from homeserver.caches import LruCache
 from homeserver.events.model import Event
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
@@ -20,6 +22,20 @@ ROOM_VERSION_CACHE_SIZE = 10_000
 # Events whose redaction (or lack of one) is remembered: one per cached event, as every event
 # served is asked about.
 REDACTIONS_CACHE_SIZE = EVENT_CACHE_SIZE
+# Rooms whose forward extremities and current state group are remembered (read for every
+# event built in the room).
+DAG_TIP_CACHE_SIZE = 10_000
+# Client transactions whose event is remembered (a retry usually follows within seconds).
+TXN_CACHE_SIZE = 10_000
+
+
+@dataclass
+class DagTip:
+    """A room's forward extremities (event ID -> depth) and current state group, as last
+    committed: what the next event in the room is built on."""
+
+    extremities: dict[str, int]
+    state_group: int | None
 
 _EVENT_COLUMNS = (
     "e.event_id, e.json, e.internal_metadata, e.rejected_reason, e.stream_ordering,"
@@ -51,6 +67,42 @@ def redaction_held_txn(txn: Transaction, event: Event) -> bool:
         (event.event_id, event.room_id),
     )
     return row is not None
+
+
+def redactions_held_txn(txn: Transaction, events: Iterable[Event]) -> set[str]:
+    """`redaction_held_txn` for several events at once: the IDs of those a redaction of
+    which in their room is held."""
+    rooms = {event.event_id: event.room_id for event in events}
+    return {
+        redacts
+        for redacts, room_id in txn.select_in_chunks(
+            "SELECT r.redacts, re.room_id FROM redactions r"
+            " JOIN events re ON re.event_id = r.event_id WHERE r.redacts IN ({in})",
+            list(rooms),
+        )
+        if rooms.get(redacts) == room_id
+    }
+
+
+# Transaction IDs looked up per statement (three parameters each).
+TXN_LOOKUP_CHUNK = 50
+
+
+def _select_txns_txn(
+    txn: Transaction, keys: list[tuple[str, str, str]]
+) -> dict[tuple[str, str, str], tuple[str, str]]:
+    """(room_id, event_id) of each (user, device, transaction) stored."""
+    found = {}
+    for start in range(0, len(keys), TXN_LOOKUP_CHUNK):
+        chunk = keys[start : start + TXN_LOOKUP_CHUNK]
+        where = " OR ".join(["(user_id = ? AND device_id = ? AND txn_id = ?)"] * len(chunk))
+        for user_id, device_id, txn_id, room_id, event_id in txn.select_all(
+            "SELECT user_id, device_id, txn_id, room_id, event_id FROM event_txn_ids"
+            f" WHERE {where}",
+            [value for key in chunk for value in key],
+        ):
+            found[(user_id, device_id, txn_id)] = (room_id, event_id)
+    return found
 
 
 def _row_to_stored(row: tuple[Any, ...]) -> StoredEvent:
@@ -95,6 +147,20 @@ class EventStore:
         # `redaction_stored_elsewhere`. Until the message arrives they may serve the event
         # unredacted, as from a read made a moment earlier; without Redis, run one process.
         self.redaction_listeners: list[Callable[[str, str], None]] = []
+        # The persister keeps these in step after each commit (`dag_tip_moved`); a read of
+        # the tables that began before a move is not cached (the generation changed).
+        self._dag_tips: LruCache[str, DagTip] = LruCache("room_dag_tips", DAG_TIP_CACHE_SIZE)
+        self._dag_generation = 0
+        # (user, device, path key) -> (room, event) of transactions this process stored (the
+        # persister adds each after its commit; rows are never changed, only purged with
+        # their room).
+        self._txns: LruCache[tuple[str, str, str], tuple[str, str]] = LruCache(
+            "event_txn_ids", TXN_CACHE_SIZE
+        )
+        self._txn_lookups: list[
+            tuple[tuple[str, str, str], defer.Deferred[tuple[str, str] | None]]
+        ] = []
+        self._txn_lookup_running = False
 
     # ----- single events -------------------------------------------------------------------
 
@@ -110,6 +176,8 @@ class EventStore:
     def forget_room(self, room_id: str, event_ids: Iterable[str]) -> None:
         """Drop cached copies of a purged room's version and events (this process only)."""
         self._room_versions.pop(room_id, None)
+        self.forget_dag_tip(room_id)
+        self._txns.pop_where(lambda _key, stored: stored[0] == room_id)
         for event_id in event_ids:
             self.forget_event(event_id)
             self._redactions.pop(event_id, None)
@@ -154,24 +222,68 @@ class EventStore:
 
     async def get_forward_extremities(self, room_id: str) -> list[tuple[str, int]]:
         """(event_id, depth) of the events with no children yet."""
-        rows = await self._db.run_interaction(
-            "get_forward_extremities",
-            lambda txn: txn.select_all(
+        tip = await self._dag_tip(room_id)
+        return list(tip.extremities.items())
+
+    async def get_current_state_group(self, room_id: str) -> int | None:
+        return (await self._dag_tip(room_id)).state_group
+
+    async def _dag_tip(self, room_id: str) -> DagTip:
+        tip = self._dag_tips.get(room_id)
+        if tip is not None:
+            return tip
+        generation = self._dag_generation
+
+        def txn_fn(txn: Transaction) -> DagTip:
+            rows = txn.select_all(
                 "SELECT f.event_id, e.topological_ordering FROM event_forward_extremities f"
                 " JOIN events e USING (event_id) WHERE f.room_id = ?",
                 (room_id,),
-            ),
-        )
-        return [(r[0], r[1]) for r in rows]
-
-    async def get_current_state_group(self, room_id: str) -> int | None:
-        row = await self._db.run_interaction(
-            "get_current_state_group",
-            lambda txn: txn.select_one(
+            )
+            row = txn.select_one(
                 "SELECT current_state_group FROM rooms WHERE room_id = ?", (room_id,)
-            ),
+            )
+            return DagTip({r[0]: r[1] for r in rows}, row[0] if row else None)
+
+        tip = await self._db.run_interaction("get_dag_tip", txn_fn)
+        if generation == self._dag_generation and (tip.extremities or tip.state_group is not None):
+            self._dag_tips.set(room_id, tip)
+        return DagTip(dict(tip.extremities), tip.state_group)
+
+    def dag_tip_moved(
+        self,
+        room_id: str,
+        replaced: Iterable[str],
+        extremity: tuple[str, int] | None,
+        state_group: int | None,
+        set_state_group: bool,
+    ) -> None:
+        """After commit: the persister made `extremity` (event ID, depth) a forward extremity
+        of the room in place of `replaced`, and (if `set_state_group`) `state_group` its
+        current state group. Calls for a room come in commit order."""
+        self._dag_generation += 1
+        tip = self._dag_tips.peek(room_id)
+        if tip is None:
+            return
+        extremities = dict(tip.extremities)
+        for event_id in replaced:
+            extremities.pop(event_id, None)
+        if extremity is not None:
+            extremities[extremity[0]] = extremity[1]
+        self._dag_tips.replace(
+            room_id, DagTip(extremities, state_group if set_state_group else tip.state_group)
         )
-        return row[0] if row else None
+
+    def cached_state_group(self, room_id: str) -> tuple[bool, int | None]:
+        """(held, group): the room's current state group if cached."""
+        tip = self._dag_tips.peek(room_id)
+        return (False, None) if tip is None else (True, tip.state_group)
+
+    def forget_dag_tip(self, room_id: str) -> None:
+        """Forget the room's cached extremities and state group (a write whose outcome is
+        unknown, an admin's deletion of extremities)."""
+        self._dag_generation += 1
+        self._dag_tips.pop(room_id, None)
 
     async def get_state_group_before(self, event_id: str) -> int | None:
         row = await self._db.run_interaction(
@@ -286,15 +398,46 @@ class EventStore:
         self, user_id: str, device_id: str, txn_id: str
     ) -> tuple[str, str] | None:
         """(room_id, event_id) an earlier request with this transaction ID created."""
-        row = await self._db.run_interaction(
-            "get_event_for_txn",
-            lambda txn: txn.select_one(
-                "SELECT room_id, event_id FROM event_txn_ids"
-                " WHERE user_id = ? AND device_id = ? AND txn_id = ?",
-                (user_id, device_id, txn_id),
-            ),
-        )
-        return (row[0], row[1]) if row else None
+        key = (user_id, device_id, txn_id)
+        found = self._txns.get(key)
+        if found is not None:
+            return found
+        # Lookups queue behind the one being read and are then read together.
+        answer: defer.Deferred[tuple[str, str] | None] = defer.Deferred()
+        self._txn_lookups.append((key, answer))
+        if not self._txn_lookup_running:
+            self._txn_lookup_running = True
+            defer.ensureDeferred(self._look_up_txns())
+        return await answer
+
+    async def _look_up_txns(self) -> None:
+        try:
+            while self._txn_lookups:
+                batch, self._txn_lookups = self._txn_lookups, []
+                try:
+                    found = await self._db.run_interaction(
+                        "get_event_for_txn", _select_txns_txn, list({k for k, _ in batch})
+                    )
+                except Exception as e:
+                    for _, answer in batch:
+                        answer.errback(e)
+                    continue
+                for key, answer in batch:
+                    answer.callback(found.get(key))
+        finally:
+            self._txn_lookup_running = False
+
+    def cached_event_for_txn(
+        self, user_id: str, device_id: str, txn_id: str
+    ) -> tuple[str, str] | None:
+        """`get_event_for_txn` from memory only: what this process stored recently."""
+        return self._txns.get((user_id, device_id, txn_id))
+
+    def txn_stored(
+        self, user_id: str, device_id: str, txn_id: str, room_id: str, event_id: str
+    ) -> None:
+        """After commit: the transaction's event is stored."""
+        self._txns.set((user_id, device_id, txn_id), (room_id, event_id))
 
     async def record_txn_event(
         self, user_id: str, device_id: str, txn_id: str, room_id: str, event_id: str, now_ms: int

@@ -236,6 +236,33 @@ class PushActionStore:
                 (batch.local_sender, room_id, batch.thread_id, stream_ordering),
             )
 
+    @staticmethod
+    def insert_many_txn(
+        txn: Transaction, events: Iterable[tuple[str, str, int, PushActionBatch]]
+    ) -> None:
+        """`insert_txn` for several (room_id, event_id, stream_ordering, batch), in order,
+        a statement per table."""
+        events = list(events)
+        with_groups = [e for e in events if e[3].groups]
+        txn.execute_many(
+            "INSERT INTO event_push_actions (stream_ordering, event_id, room_id,"
+            " thread_id, ts, groups, highlight) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(pos, event_id, room_id, b.thread_id, b.ts, encode_groups(b.groups),
+              any(g.highlight for g in b.groups)) for room_id, event_id, pos, b in with_groups],
+        )
+        txn.execute_many(
+            "INSERT INTO event_push_rotation_queue (stream_ordering, room_id) VALUES (?, ?)",
+            [(pos, room_id) for room_id, _, pos, _ in with_groups],
+        )
+        txn.execute_many(
+            "INSERT INTO push_sent_positions (user_id, room_id, thread_id, stream_ordering)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (user_id, room_id, thread_id)"
+            " DO UPDATE SET stream_ordering = excluded.stream_ordering"
+            " WHERE push_sent_positions.stream_ordering < excluded.stream_ordering",
+            [(b.local_sender, room_id, b.thread_id, pos) for room_id, _, pos, b in events
+             if b.local_sender is not None],
+        )
+
     async def rotate(self) -> int:
         """Count a batch of queued events into the summary; returns how many were counted."""
         return await self._db.run_interaction("rotate_push_actions", rotate_txn)

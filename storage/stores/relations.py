@@ -3,7 +3,7 @@ history order (see `storage/schema/0012_relations.sql`)."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,26 @@ def _row(row: tuple[Any, ...]) -> RelationRow:
     )
 
 
+INSERT_RELATION_SQL = (
+    "INSERT INTO event_relations (event_id, relates_to_id, rel_type, room_id, type, sender,"
+    " aggregation_key, topological_ordering, stream_ordering)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING"
+)
+
+
+def relation_rows(events: Iterable[tuple[Event, int]]) -> list[tuple[Any, ...]]:
+    """Rows for `INSERT_RELATION_SQL` of those of (event, stream position) that relate to
+    another event (the caller leaves out events whose redaction is held)."""
+    rows = []
+    for event, stream_ordering in events:
+        relation = relation_of(event)
+        if relation is not None:
+            rows.append((event.event_id, relation.parent_id, relation.rel_type, event.room_id,
+                         event.type, event.sender, relation.aggregation_key, event.depth,
+                         stream_ordering))
+    return rows
+
+
 def store_relation_txn(txn: Transaction, event: Event, stream_ordering: int) -> None:
     """Record the event's relationship, if it has one, unless a redaction of it in its room
     is already held (federation can deliver a redaction before its target)."""
@@ -56,9 +76,7 @@ def store_relation_txn(txn: Transaction, event: Event, stream_ordering: int) -> 
     if redaction_held_txn(txn, event):
         return
     txn.execute(
-        "INSERT INTO event_relations (event_id, relates_to_id, rel_type, room_id, type, sender,"
-        " aggregation_key, topological_ordering, stream_ordering)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+        INSERT_RELATION_SQL,
         (event.event_id, relation.parent_id, relation.rel_type, event.room_id, event.type,
          event.sender, relation.aggregation_key, event.depth, stream_ordering),
     )

@@ -16,7 +16,7 @@ through `plainto_tsquery`, so no search term is ever query syntax.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,13 @@ RANK = "rank"
 RECENT = "recent"
 
 
+INSERT_SEARCH_SQL = (
+    "INSERT INTO event_search (event_id, room_id, sender, type, key, value,"
+    " topological_ordering, stream_ordering, origin_server_ts)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING"
+)
+
+
 def index_event_txn(txn: Transaction, event: Event, stream_ordering: int) -> None:
     """Index the event's searchable text, if it has any, unless a redaction of it in its
     room is already held (federation can deliver a redaction before its target)."""
@@ -39,9 +46,7 @@ def index_event_txn(txn: Transaction, event: Event, stream_ordering: int) -> Non
         return
     key, value = found
     txn.execute(
-        "INSERT INTO event_search (event_id, room_id, sender, type, key, value,"
-        " topological_ordering, stream_ordering, origin_server_ts)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+        INSERT_SEARCH_SQL,
         (
             event.event_id,
             event.room_id,
@@ -54,6 +59,18 @@ def index_event_txn(txn: Transaction, event: Event, stream_ordering: int) -> Non
             event.origin_server_ts,
         ),
     )
+
+
+def search_rows(events: Iterable[tuple[Event, int]]) -> list[tuple[Any, ...]]:
+    """Rows for `INSERT_SEARCH_SQL` of those of (event, stream position) with searchable
+    text (the caller leaves out events whose redaction is held, as `index_event_txn`)."""
+    rows = []
+    for event, stream_ordering in events:
+        found = searchable_text(event)
+        if found is not None:
+            rows.append((event.event_id, event.room_id, event.sender, event.type, found[0],
+                         found[1], event.depth, stream_ordering, event.origin_server_ts))
+    return rows
 
 
 def forget_redacted_search_txn(txn: Transaction, redacted_id: str, room_id: str) -> None:
