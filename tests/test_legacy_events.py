@@ -235,3 +235,99 @@ class RoomInitialSyncTests(EventsHelpers):
         self.assertNotIn(
             ("m.room.topic", ""), {(e["type"], e["state_key"]) for e in r.json["state"]}
         )
+
+    async def test_start_is_given_at_the_start_of_the_history(self):
+        alice = await self.user("alice")
+        room_id = await self.create_room(alice)
+        r = await self.initial_sync(alice, room_id, limit="50")
+        self.assertEqual(r.code, 200, r)
+        messages = r.json["messages"]
+        self.assertEqual(messages["chunk"][0]["type"], "m.room.create")
+        # Nothing is before the creation: paging back from `start` finds nothing more.
+        r = await self.request(
+            "GET",
+            f"{API}/rooms/{q(room_id)}/messages?dir=b&from={q(messages['start'])}",
+            token=alice.token,
+        )
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(r.json["chunk"], [])
+
+
+@on_both_engines
+class GlobalInitialSyncTests(EventsHelpers):
+    async def global_initial_sync(self, user: User, **params: str):
+        path = f"{API}/initialSync"
+        if params:
+            path += "?" + urlencode(params)
+        return await self.request("GET", path, token=user.token)
+
+    async def test_every_room_with_messages_state_and_account_data(self):
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        joined = await self.create_room(alice, preset="public_chat", name="Lobby")
+        sent = [(await self.send(alice, joined, {"msgtype": "m.text", "body": str(i)})).json for i in range(3)]
+        invited_to = await self.create_room(bob)
+        r = await self.membership_action(bob, invited_to, "invite", {"user_id": alice.user_id})
+        self.assertEqual(r.code, 200, r)
+        r = await self.request(
+            "PUT", f"{API}/user/{q(alice.user_id)}/rooms/{q(joined)}/tags/u.work",
+            {"order": 0.5}, token=alice.token,
+        )
+        self.assertEqual(r.code, 200, r)
+        r = await self.request(
+            "PUT", f"{API}/user/{q(alice.user_id)}/account_data/org.example.g", {"a": 1},
+            token=alice.token,
+        )
+        self.assertEqual(r.code, 200, r)
+        r = await self.request(
+            "POST", f"{API}/rooms/{q(joined)}/receipt/m.read/{q(sent[2]['event_id'])}", {},
+            token=alice.token,
+        )
+        self.assertEqual(r.code, 200, r)
+
+        r = await self.global_initial_sync(alice, limit="2")
+        self.assertEqual(r.code, 200, r)
+        body = r.json
+        rooms = {room["room_id"]: room for room in body["rooms"]}
+        self.assertEqual(set(rooms), {joined, invited_to})
+        room = rooms[joined]
+        self.assertEqual(room["membership"], "join")
+        self.assertEqual(
+            [e["event_id"] for e in room["messages"]["chunk"]], [s["event_id"] for s in sent[1:]]
+        )
+        self.assertIn("start", room["messages"])
+        self.assertIn(("m.room.name", ""), {(e["type"], e["state_key"]) for e in room["state"]})
+        self.assertIn({"type": "m.tag", "content": {"tags": {"u.work": {"order": 0.5}}}}, room["account_data"])
+        invite = rooms[invited_to]
+        self.assertEqual(invite["membership"], "invite")
+        self.assertEqual(invite["inviter"], bob.user_id)
+        self.assertEqual(invite["invite"]["content"]["membership"], "invite")
+        self.assertIn({"type": "org.example.g", "content": {"a": 1}}, body["account_data"])
+        receipt = next(e for e in body["receipts"] if e["room_id"] == joined)
+        self.assertEqual(receipt["type"], "m.receipt")
+        self.assertIn(alice.user_id, receipt["content"][sent[2]["event_id"]]["m.read"])
+        self.assertIsInstance(body["presence"], list)
+        # `end` streams on through /events.
+        later = (await self.send(alice, joined)).json
+        r = await self.events(alice, **{"from": body["end"], "timeout": "0"})
+        self.assertEqual([e["event_id"] for e in r.json["chunk"]], [later["event_id"]])
+
+    async def test_left_rooms_only_when_archived(self):
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        room_id = await self.create_room(alice, preset="public_chat")
+        await self.join(bob, room_id)
+        before = (await self.send(alice, room_id)).json
+        await self.membership_action(bob, room_id, "leave")
+        await self.send(alice, room_id)
+        r = await self.global_initial_sync(bob)
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(r.json["rooms"], [])
+        r = await self.global_initial_sync(bob, archived="true")
+        self.assertEqual(r.code, 200, r)
+        (room,) = r.json["rooms"]
+        self.assertEqual(room["membership"], "leave")
+        # The room as it was when Bob left.
+        self.assertEqual(room["messages"]["chunk"][-2]["event_id"], before["event_id"])
+        r = await self.global_initial_sync(bob, archived="maybe")
+        self.assertError(r, 400, "M_INVALID_PARAM")

@@ -1,12 +1,18 @@
 """The deprecated event stream and its room previews: GET /events (peeking with `room_id`),
-GET /events/{eventId}, and GET /rooms/{roomId}/initialSync."""
+GET /events/{eventId}, GET /rooms/{roomId}/initialSync and GET /initialSync."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from client_api.auth import require_user
-from client_api.http import HeddleRequest, client_path, parse_int_query, query_string
+from client_api.http import (
+    HeddleRequest,
+    client_path,
+    parse_bool_query,
+    parse_int_query,
+    query_string,
+)
 from client_api.servlets.history import parse_limit
 from client_api.servlets.sync import MAX_TIMEOUT_MS
 from homeserver.identifiers import check_room_id
@@ -58,4 +64,18 @@ class RoomInitialSyncServlet:
         check_room_id(room_id)
         return 200, await self._hs.room_initial_sync.room_initial_sync(
             requester, room_id, parse_limit(request)
+        )
+
+
+class InitialSyncServlet:
+    PATTERNS = [client_path("/initialSync")]
+
+    def __init__(self, hs: HomeServer) -> None:
+        self._hs = hs
+
+    async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
+        requester = await require_user(self._hs, request)
+        archived = parse_bool_query(request, "archived") or False
+        return 200, await self._hs.room_initial_sync.initial_sync(
+            requester, parse_limit(request), archived
         )

@@ -100,6 +100,7 @@ def build_sync(
             user_data.receipts,
             user_data.presence,
             user_data.account_data,
+            streams.shared_rooms,
         ),
         websocket=WebSocketSyncHandler(handler, streams.notifier, user_data.presence, core.clock),
         websocket_connections=connections,
