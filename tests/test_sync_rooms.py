@@ -162,3 +162,56 @@ class RoomSummary(SyncRoomHelpers):
         self.assertEqual(r.code, 200, r)
         summary = (await self.sync(alice))["rooms"]["join"][room_id]["summary"]
         self.assertEqual(summary["m.heroes"], [bob.user_id])
+
+
+@on_both_engines
+class StateAcrossMembershipChanges(SyncRoomHelpers):
+    async def test_room_joined_and_left_between_syncs_comes_with_its_state(self):
+        alice, bob = await self.user("alice"), await self.user("bob")
+        room_id = await self.create_room(alice)
+        r = await self.put_state(alice, room_id, "org.example.state", {"my_key": 1})
+        self.assertEqual(r.code, 200, r)
+        r = await self.membership_action(alice, room_id, "invite", {"user_id": bob.user_id})
+        self.assertEqual(r.code, 200, r)
+        flt = {
+            "room": {
+                "timeline": {"types": []},
+                "state": {"types": ["org.example.state"]},
+                "include_leave": True,
+            }
+        }
+        first = await self.sync(bob, filter=flt)
+        self.assertIn(room_id, first["rooms"]["invite"])
+        self.assertEqual((await self.join(bob, room_id)).code, 200)
+        self.assertEqual((await self.membership_action(bob, room_id, "leave")).code, 200)
+        second = await self.sync(bob, first["next_batch"], filter=flt)
+        state = second["rooms"]["leave"][room_id]["state"]["events"]
+        self.assertEqual(
+            [(e["type"], e["content"]) for e in state], [("org.example.state", {"my_key": 1})]
+        )
+
+    async def test_current_state_from_history_the_user_may_not_read_is_in_the_timeline(self):
+        creator, syncer, invitee = (
+            await self.user("creator"), await self.user("syncer"), await self.user("invitee")
+        )
+        room_id = await self.create_room(creator, preset="public_chat")
+        self.assertEqual((await self.join(syncer, room_id)).code, 200)
+        r = await self.put_state(
+            creator, room_id, "m.room.history_visibility", {"history_visibility": "joined"}
+        )
+        self.assertEqual(r.code, 200, r)
+        first = await self.sync(syncer)
+        self.assertEqual((await self.membership_action(syncer, room_id, "leave")).code, 200)
+        r = await self.send(creator, room_id, {"msgtype": "m.text", "body": "while away"})
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual((await self.join(invitee, room_id)).code, 200)
+        self.assertEqual((await self.join(syncer, room_id)).code, 200)
+        second = await self.sync(syncer, first["next_batch"])
+        timeline = second["rooms"]["join"][room_id]["timeline"]["events"]
+        joins = [
+            e["state_key"] for e in timeline
+            if e["type"] == "m.room.member" and e["content"]["membership"] == "join"
+        ]
+        self.assertIn(invitee.user_id, joins)
+        # A message from that stretch stays hidden.
+        self.assertNotIn("while away", [e["content"].get("body") for e in timeline])

@@ -582,7 +582,7 @@ class SyncHandler:
         exhausted = False
         for _ in range(TIMELINE_PAGES):
             page = await self._timeline_page(room_id, after, upper, batch)
-            page_visible = await self._visible_to(viewer, page)
+            page_visible = await self._visible_to(viewer, room_id, page)
             fetched = page + fetched
             visible = page_visible + visible
             wanted = timeline_filter.filter_events(page_visible) + wanted
@@ -618,11 +618,23 @@ class SyncHandler:
         )
 
     async def _visible_to(
-        self, viewer: str | None, fetched: list[StoredEvent]
+        self, viewer: str | None, room_id: str, fetched: list[StoredEvent]
     ) -> list[StoredEvent]:
         if viewer is None:
             return [e for e in fetched if not e.outlier and e.event.rejected_reason is None]
         visible = await self._visibility.filter_events_for_user(viewer, fetched)
+        if len(visible) < len(fetched) and any(e.event.is_state for e in fetched):
+            # The room's current state is the viewer's to see (it is in the state block
+            # anyway): its events stay in the timeline even from a stretch of history the
+            # viewer may not read, as Synapse keeps them, so a client that builds the
+            # room's state from the timeline sees, say, who joined while it was away.
+            current = set((await self._state.get_current_state_ids(room_id)).values())
+            kept = {e.event.event_id for e in visible}
+            restored = [
+                e for e in fetched if e.event.event_id in current and e.event.event_id not in kept
+            ]
+            if restored:
+                visible = sorted([*visible, *restored], key=lambda e: e.stream_ordering)
         ignored = await self._ignored(viewer)
         if ignored:
             visible = [e for e in visible if e.event.is_state or e.event.sender not in ignored]
@@ -1038,7 +1050,11 @@ class SyncHandler:
     async def _left_room(self, sync_pass: _Pass, membership: Membership) -> dict[str, Any]:
         """A room the user left or was banned from: history up to the leave event only."""
         request, since = sync_pass.request, sync_pass.since
-        fresh = since is None or request.full_state
+        fresh = (
+            since is None
+            or request.full_state
+            or await self._joined_within(membership, since.events)
+        )
         after = 0 if fresh or since is None else since.events
         timeline = await self._timeline(
             request.user_id,
@@ -1060,6 +1076,21 @@ class SyncHandler:
             request.state_block: {"events": await self._serialize(sync_pass, state_events)},
             "account_data": {"events": []},
         }
+
+    async def _joined_within(self, membership: Membership, since: int) -> bool:
+        """Whether the user joined the room it has left after `since`: the client then
+        never had its state, and is sent all of it, as for a room joined since."""
+        group = await self._events.get_state_group_before(membership.event_id)
+        state = await self._state.get_state_group(group) if group is not None else {}
+        before_id = state.get(("m.room.member", membership.user_id))
+        if before_id is None:
+            return False
+        before = await self._events.get_stored_event(before_id)
+        return (
+            before is not None
+            and before.event.content.get("membership") == "join"
+            and before.stream_ordering > since
+        )
 
 
 def _stripped(event: Event) -> dict[str, Any]:
