@@ -93,6 +93,20 @@ class EventStreamTests(EventsHelpers):
         r = await self.events(alice, timeout="soon")
         self.assertEqual(r.code, 400, r)
 
+    async def test_limit_caps_the_events_and_is_checked(self):
+        alice = await self.user("alice")
+        room_id = await self.create_room(alice)
+        since = await self.now_token(alice)
+        sent = [(await self.send(alice, room_id)).json["event_id"] for _ in range(3)]
+        r = await self.events(alice, **{"from": since, "timeout": "0", "limit": "2"})
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual([e["event_id"] for e in r.json["chunk"]], sent[:2])
+        r = await self.events(alice, **{"from": r.json["end"], "timeout": "0", "limit": "2"})
+        self.assertEqual([e["event_id"] for e in r.json["chunk"]], sent[2:])
+        for bad in ("hello", "-1"):
+            r = await self.events(alice, **{"from": since, "timeout": "0", "limit": bad})
+            self.assertError(r, 400, "M_INVALID_PARAM")
+
 
 @on_both_engines
 class PeekTests(EventsHelpers):

@@ -16,7 +16,7 @@ from client_api.http import (
 from client_api.servlets.history import parse_limit
 from client_api.servlets.sync import MAX_TIMEOUT_MS
 from homeserver.identifiers import check_room_id
-from homeserver.sync.events_stream import DEFAULT_TIMEOUT_MS
+from homeserver.sync.events_stream import DEFAULT_TIMEOUT_MS, MAX_EVENTS
 
 if TYPE_CHECKING:
     from homeserver.app import HomeServer
@@ -34,11 +34,14 @@ class EventsServlet:
         timeout_ms = max(
             parse_int_query(request, "timeout", DEFAULT_TIMEOUT_MS, max_value=MAX_TIMEOUT_MS), 0
         )
+        # Not in the spec's /events, but clients and Synapse send it: a number is checked
+        # (400 otherwise), and caps the events returned. 0 means no cap of the caller's.
+        limit = parse_int_query(request, "limit", 0, min_value=0, max_value=MAX_EVENTS)
         room_id = query_string(request, "room_id")
         if room_id is not None:
             check_room_id(room_id)
         return 200, await self._hs.legacy_events.get_events(
-            requester, query_string(request, "from"), timeout_ms, room_id
+            requester, query_string(request, "from"), timeout_ms, room_id, limit or MAX_EVENTS
         )
 
 

@@ -48,10 +48,16 @@ class EventStreamHandler:
         self._room_changes = streams["events"].rooms_index()
 
     async def get_events(
-        self, requester: Requester, from_token: str | None, timeout_ms: int, room_id: str | None
+        self,
+        requester: Requester,
+        from_token: str | None,
+        timeout_ms: int,
+        room_id: str | None,
+        limit: int = MAX_EVENTS,
     ) -> dict[str, Any]:
-        """400 M_INVALID_PARAM for a token that is not ours; with `room_id`, 403 M_FORBIDDEN
-        unless the user is joined to the room or it is world-readable."""
+        """At most `limit` events (1 to MAX_EVENTS). 400 M_INVALID_PARAM for a token that is
+        not ours; with `room_id`, 403 M_FORBIDDEN unless the user is joined to the room or it
+        is world-readable."""
         start = (
             self._streams.parse_token(from_token)
             if from_token is not None
@@ -66,7 +72,7 @@ class EventStreamHandler:
             notified_at = self._notifier.position(user_id)
             now = self._streams.current_token()
             found, end_position = await self._events_after(
-                user_id, start.events, now.events, room_id
+                user_id, start.events, now.events, room_id, limit
             )
             remaining = deadline - self._clock.time_msec()
             if found or remaining <= 0:
@@ -81,7 +87,7 @@ class EventStreamHandler:
                 # One last look: what arrived as the timer fired is not left for later.
                 now = self._streams.current_token()
                 found, end_position = await self._events_after(
-                    user_id, start.events, now.events, room_id
+                    user_id, start.events, now.events, room_id, limit
                 )
                 break
         end = StreamToken.of(self._streams.names, dict(now.items()) | {"events": end_position})
@@ -104,10 +110,10 @@ class EventStreamHandler:
         return True
 
     async def _events_after(
-        self, user_id: str, after: int, up_to: int, room_id: str | None
+        self, user_id: str, after: int, up_to: int, room_id: str | None, limit: int
     ) -> tuple[list[StoredEvent], int]:
         """The events the user may see with after < stream position <= up_to, at most
-        MAX_EVENTS of them, and the stream position they reach."""
+        `limit` of them, and the stream position they reach."""
         if after >= up_to:
             return [], max(after, up_to)
         if room_id is not None:
@@ -129,13 +135,13 @@ class EventStreamHandler:
         for changed_room in sorted(changed_rooms):
             candidates.extend(
                 await self._events.get_room_events_between(
-                    changed_room, after, up_to, MAX_EVENTS + 1, oldest_first=True
+                    changed_room, after, up_to, limit + 1, oldest_first=True
                 )
             )
         candidates.sort(key=lambda e: e.stream_ordering)
         reached = up_to
-        if len(candidates) > MAX_EVENTS:
+        if len(candidates) > limit:
             # Each room gave its earliest events, so the earliest overall are all here.
-            candidates = candidates[:MAX_EVENTS]
+            candidates = candidates[:limit]
             reached = candidates[-1].stream_ordering
         return await self._visibility.filter_events_for_user(user_id, candidates), reached
