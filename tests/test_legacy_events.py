@@ -24,6 +24,11 @@ WORLD_READABLE = [
 ]
 
 
+def room_event_ids(chunk: list[dict]) -> list[str]:
+    """The room events of an /events chunk (which has presence, receipts, ... too)."""
+    return [e["event_id"] for e in chunk if "event_id" in e]
+
+
 class EventsHelpers(RoomTestCase):
     async def events(self, user: User, **params: str):
         return await self.request("GET", f"{API}/events?{urlencode(params)}", token=user.token)
@@ -49,7 +54,7 @@ class EventStreamTests(EventsHelpers):
         sent = (await self.send(alice, room_id, {"msgtype": "m.text", "body": "one"})).json
         r = await self.events(alice, **{"from": since, "timeout": "0"})
         self.assertEqual(r.code, 200, r)
-        self.assertEqual([e["event_id"] for e in r.json["chunk"]], [sent["event_id"]])
+        self.assertEqual(room_event_ids(r.json["chunk"]), [sent["event_id"]])
         self.assertEqual(r.json["start"], since)
         # Carrying on from `end` finds nothing new.
         r = await self.events(alice, **{"from": r.json["end"], "timeout": "0"})
@@ -66,7 +71,7 @@ class EventStreamTests(EventsHelpers):
         sent = (await self.send(alice, room_id)).json
         r = await pending
         self.assertLess(time.monotonic() - started, 10)
-        self.assertEqual([e["event_id"] for e in r.json["chunk"]], [sent["event_id"]])
+        self.assertEqual(room_event_ids(r.json["chunk"]), [sent["event_id"]])
 
     async def test_times_out_with_nothing(self):
         alice = await self.user("alice")
@@ -100,12 +105,68 @@ class EventStreamTests(EventsHelpers):
         sent = [(await self.send(alice, room_id)).json["event_id"] for _ in range(3)]
         r = await self.events(alice, **{"from": since, "timeout": "0", "limit": "2"})
         self.assertEqual(r.code, 200, r)
-        self.assertEqual([e["event_id"] for e in r.json["chunk"]], sent[:2])
+        self.assertEqual(room_event_ids(r.json["chunk"]), sent[:2])
         r = await self.events(alice, **{"from": r.json["end"], "timeout": "0", "limit": "2"})
-        self.assertEqual([e["event_id"] for e in r.json["chunk"]], sent[2:])
+        self.assertEqual(room_event_ids(r.json["chunk"]), sent[2:])
         for bad in ("hello", "-1"):
             r = await self.events(alice, **{"from": since, "timeout": "0", "limit": bad})
             self.assertError(r, 400, "M_INVALID_PARAM")
+
+    async def test_account_data_receipts_and_typing_come_as_events(self):
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        room_id = await self.create_room(alice, preset="public_chat")
+        self.assertEqual((await self.join(bob, room_id)).code, 200)
+        since = await self.now_token(alice)
+        r = await self.request(
+            "PUT", f"{API}/user/{q(alice.user_id)}/account_data/org.example.g", {"a": 1},
+            token=alice.token,
+        )
+        self.assertEqual(r.code, 200, r)
+        r = await self.request(
+            "PUT", f"{API}/user/{q(alice.user_id)}/rooms/{q(room_id)}/tags/u.work",
+            {"order": 0.5}, token=alice.token,
+        )
+        self.assertEqual(r.code, 200, r)
+        r = await self.events(alice, **{"from": since, "timeout": "0"})
+        self.assertEqual(r.code, 200, r)
+        self.assertIn({"type": "org.example.g", "content": {"a": 1}}, r.json["chunk"])
+        self.assertIn(
+            {"type": "m.tag", "content": {"tags": {"u.work": {"order": 0.5}}}, "room_id": room_id},
+            r.json["chunk"],
+        )
+        since = r.json["end"]
+        message = (await self.send(bob, room_id)).json["event_id"]
+        r = await self.request(
+            "POST", f"{API}/rooms/{q(room_id)}/receipt/m.read/{q(message)}", {}, token=bob.token
+        )
+        self.assertEqual(r.code, 200, r)
+        r = await self.request(
+            "PUT", f"{API}/rooms/{q(room_id)}/typing/{q(bob.user_id)}",
+            {"typing": True, "timeout": 30000}, token=bob.token,
+        )
+        self.assertEqual(r.code, 200, r)
+        r = await self.events(alice, **{"from": since, "timeout": "0"})
+        by_type = {e["type"]: e for e in r.json["chunk"]}
+        self.assertEqual(by_type["m.room.message"]["event_id"], message)
+        self.assertEqual(by_type["m.receipt"]["room_id"], room_id)
+        self.assertIn(bob.user_id, by_type["m.receipt"]["content"][message]["m.read"])
+        self.assertEqual(
+            by_type["m.typing"], {"type": "m.typing", "room_id": room_id, "content": {"user_ids": [bob.user_id]}}
+        )
+
+    async def test_long_poll_wakes_on_account_data(self):
+        alice = await self.user("alice")
+        since = await self.now_token(alice)
+        poll = defer.ensureDeferred(self.events(alice, **{"from": since, "timeout": "10000"}))
+        await task.deferLater(reactor, 0.2, lambda: None)
+        r = await self.request(
+            "PUT", f"{API}/user/{q(alice.user_id)}/account_data/org.example.g", {"a": 2},
+            token=alice.token,
+        )
+        self.assertEqual(r.code, 200, r)
+        r = await poll
+        self.assertEqual(r.json["chunk"], [{"type": "org.example.g", "content": {"a": 2}}])
 
 
 @on_both_engines
@@ -123,7 +184,7 @@ class PeekTests(EventsHelpers):
         sent = (await self.send(alice, room_id)).json
         r = await pending
         self.assertEqual(r.code, 200, r)
-        self.assertEqual([e["event_id"] for e in r.json["chunk"]], [sent["event_id"]])
+        self.assertEqual(room_event_ids(r.json["chunk"]), [sent["event_id"]])
         # Peeking joined nobody.
         self.assertIsNone(await self.membership_of(room_id, bob))
         self.assertEqual(self.hs.notifier._peekers, {})
@@ -147,7 +208,7 @@ class PeekTests(EventsHelpers):
         sent = (await self.send(alice, room_id)).json
         await self.send(alice, other)
         r = await self.events(alice, **{"from": since, "timeout": "0", "room_id": room_id})
-        self.assertEqual([e["event_id"] for e in r.json["chunk"]], [sent["event_id"]])
+        self.assertEqual(room_event_ids(r.json["chunk"]), [sent["event_id"]])
 
 
 @on_both_engines
@@ -210,7 +271,7 @@ class RoomInitialSyncTests(EventsHelpers):
         self.assertEqual(r.json["chunk"][0]["event_id"], sent[0]["event_id"])
         later = (await self.send(alice, room_id)).json
         r = await self.events(alice, **{"from": body["messages"]["end"], "timeout": "0"})
-        self.assertEqual([e["event_id"] for e in r.json["chunk"]], [later["event_id"]])
+        self.assertEqual(room_event_ids(r.json["chunk"]), [later["event_id"]])
 
     async def test_peek_into_world_readable_room(self):
         alice = await self.user("alice")
@@ -324,7 +385,7 @@ class GlobalInitialSyncTests(EventsHelpers):
         # `end` streams on through /events.
         later = (await self.send(alice, joined)).json
         r = await self.events(alice, **{"from": body["end"], "timeout": "0"})
-        self.assertEqual([e["event_id"] for e in r.json["chunk"]], [later["event_id"]])
+        self.assertEqual(room_event_ids(r.json["chunk"]), [later["event_id"]])
 
     async def test_left_rooms_only_when_archived(self):
         alice = await self.user("alice")

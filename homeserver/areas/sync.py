@@ -87,6 +87,10 @@ def build_sync(
             rooms.event_serializer,
             streams.notifier,
             streams.registry,
+            user_data.account_data,
+            user_data.receipts,
+            user_data.typing,
+            user_data.presence,
         ),
         room_initial_sync=RoomInitialSyncHandler(
             stores.event_store,

@@ -2,24 +2,31 @@
 world-readable room (`room_id=`).
 
 A request names a sync token (`from`, as /sync's `next_batch`; now when absent) and returns
-the timeline events after it in the user's rooms (or the one peeked room), long-polling
-through the `Notifier` as /sync does when there are none yet. `end` is the token to carry on
-from. Only timeline events are returned: typing, receipts and presence have /sync.
+what happened after it, long-polling through the `Notifier` as /sync does when nothing has
+yet: the timeline events of the user's rooms (or of the one peeked room), and, when not
+peeking, as Synapse's stream has them, the user's account data (room tags and other room
+account data carry their `room_id`), read receipts and typing in its joined rooms (with
+`room_id`), and presence of the users it shares a room with. `end` is the token to carry on
+from.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from homeserver.account_data import AccountDataHandler
 from homeserver.auth.tokens import Requester
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
 from homeserver.events.serialize import EventSerializer
+from homeserver.presence import PresenceHandler
+from homeserver.receipts import ReceiptsHandler
 from homeserver.rooms.shared_rooms import SharedRooms
 from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.streams.registry import StreamRegistry
 from homeserver.sync.notifier import Notifier
 from homeserver.sync.tokens import StreamToken
+from homeserver.typing import TypingHandler
 from storage.stores.events import EventStore, StoredEvent
 
 # Events one response carries at most; `end` then points just after the last of them.
@@ -37,7 +44,15 @@ class EventStreamHandler:
         serializer: EventSerializer,
         notifier: Notifier,
         streams: StreamRegistry,
+        account_data: AccountDataHandler,
+        receipts: ReceiptsHandler,
+        typing: TypingHandler,
+        presence: PresenceHandler,
     ) -> None:
+        self._account_data = account_data
+        self._receipts = receipts
+        self._typing = typing
+        self._presence = presence
         self._clock = clock
         self._events = events
         self._shared_rooms = shared_rooms
@@ -74,8 +89,11 @@ class EventStreamHandler:
             found, end_position = await self._events_after(
                 user_id, start.events, now.events, room_id, limit
             )
+            others = [] if peeking or room_id is not None else await self._others(
+                user_id, start, now
+            )
             remaining = deadline - self._clock.time_msec()
-            if found or remaining <= 0:
+            if found or others or remaining <= 0:
                 break
             if peeking:
                 assert room_id is not None
@@ -89,12 +107,43 @@ class EventStreamHandler:
                 found, end_position = await self._events_after(
                     user_id, start.events, now.events, room_id, limit
                 )
+                if room_id is None:
+                    others = await self._others(user_id, start, now)
                 break
         end = StreamToken.of(self._streams.names, dict(now.items()) | {"events": end_position})
         chunk = await self._serializer.serialize(
             found, requester_device=(user_id, requester.device_id)
         )
-        return {"chunk": chunk, "start": str(start), "end": str(end)}
+        return {"chunk": chunk + others, "start": str(start), "end": str(end)}
+
+    async def _others(
+        self, user_id: str, start: StreamToken, now: StreamToken
+    ) -> list[dict[str, Any]]:
+        """What the user's other streams gained in (start, now]: account data, receipts,
+        typing and presence, as events."""
+        result: list[dict[str, Any]] = []
+        if start.account_data < now.account_data:
+            changes = await self._account_data.get_changes(
+                user_id, start.account_data, now.account_data
+            )
+            result += changes.global_events
+            for changed_room, events in changes.room_events.items():
+                result += [{**e, "room_id": changed_room} for e in events]
+        if start.receipts < now.receipts or start.typing < now.typing:
+            joined = list(await self._shared_rooms.joined_rooms(user_id))
+            if start.receipts < now.receipts:
+                receipts = await self._receipts.get_receipt_events(
+                    user_id, joined, start.receipts, now.receipts
+                )
+                result += [{**e, "room_id": r} for r, e in receipts.items()]
+            if start.typing < now.typing:
+                typing = self._typing.get_typing_events(joined, start.typing)
+                result += [{**e, "room_id": r} for r, e in typing.items()]
+        if start.presence < now.presence:
+            result += await self._presence.get_presence_events(
+                user_id, start.presence, now.presence
+            )
+        return result
 
     async def _check_may_peek(self, user_id: str, room_id: str) -> bool:
         """Whether the user peeks (is not joined): allowed only into a world-readable room.
