@@ -215,3 +215,26 @@ class StateAcrossMembershipChanges(SyncRoomHelpers):
         self.assertIn(invitee.user_id, joins)
         # A message from that stretch stays hidden.
         self.assertNotIn("while away", [e["content"].get("body") for e in timeline])
+
+
+@on_both_engines
+class NewRoomMatesPresence(SyncRoomHelpers):
+    async def test_someone_joining_brings_their_presence(self):
+        alice, bob = await self.user("alice"), await self.user("bob")
+        room_id = await self.create_room(alice, preset="public_chat")
+        r = await self.request(
+            "PUT", f"{API}/presence/{q(bob.user_id)}/status",
+            {"presence": "online", "status_msg": "here"}, token=bob.token,
+        )
+        self.assertEqual(r.code, 200, r)
+        first = await self.sync(alice)
+        # Bob's presence changed before he shared a room with Alice: not news by itself.
+        self.assertEqual((await self.join(bob, room_id)).code, 200)
+        second = await self.sync(alice, first["next_batch"])
+        bobs = [e for e in second["presence"]["events"] if e["sender"] == bob.user_id]
+        self.assertEqual(len(bobs), 1, second["presence"])
+        self.assertEqual(bobs[0]["content"]["status_msg"], "here")
+        third = await self.sync(alice, second["next_batch"])
+        self.assertEqual(
+            [e for e in third["presence"]["events"] if e["sender"] == bob.user_id], []
+        )

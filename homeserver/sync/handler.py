@@ -128,6 +128,8 @@ class _SharedRoomSection:
     # the senders a viewer must not ignore, and those a viewer must be checked to see.
     bundled_senders: frozenset[str]
     bundled_to_check: tuple[StoredEvent, ...]
+    # Who joined in the served timeline (the viewer's new room-mates, for presence).
+    joined: frozenset[str] = frozenset()
     # [time in ms, the room as of then]: what every viewer served in that millisecond shares.
     _latest: list[Any] = field(default_factory=list, compare=False, repr=False)
 
@@ -165,6 +167,8 @@ class _Pass:
     newly_joined: set[str] = field(default_factory=set)
     # room_id -> the user's membership, for the rooms this pass looked at.
     memberships: dict[str, Membership] = field(default_factory=dict)
+    # Who joined the user's rooms in the timelines served (for their presence).
+    new_room_mates: set[str] = field(default_factory=set)
 
 
 class SyncHandler:
@@ -340,6 +344,7 @@ class SyncHandler:
             and not request.full_state
             and since.presence == sync_pass.now.presence
             and not sync_pass.newly_joined
+            and not sync_pass.new_room_mates
         ):
             return []
         events = await self._presence.get_presence_events(
@@ -347,10 +352,11 @@ class SyncHandler:
             since.presence if since is not None and not request.full_state else None,
             sync_pass.now.presence,
         )
-        if sync_pass.newly_joined:
-            # New room-mates' presence may not have changed, but this user has never seen it.
+        if sync_pass.newly_joined or sync_pass.new_room_mates:
+            # New room-mates' presence may not have changed, but this user has never seen it:
+            # the members of rooms it joined, and those who joined its rooms.
             known = {e["sender"] for e in events}
-            new_mates: set[str] = set()
+            new_mates: set[str] = set(sync_pass.new_room_mates)
             for room_id in sync_pass.newly_joined:
                 new_mates.update(await self._state.get_current_members(room_id, "join"))
             new_mates -= known | {request.user_id}
@@ -698,12 +704,15 @@ class SyncHandler:
                 ),
             )
             if await self._takes_shared(request.user_id, section):
+                sync_pass.new_room_mates.update(section.joined)
                 return self._viewer_copy(section) if section.room is not None else None
         after = since.events if since is not None else 0
         timeline = await self._timeline(
             request.user_id, room_id, request.filter.room.timeline, after, now.events
         )
         state_events = await self._state_for_sync(sync_pass, room_id, timeline, since, now.events)
+        if since is not None:
+            sync_pass.new_room_mates.update(_joins(timeline.events))
         if since is not None and not timeline.events and not state_events:
             return None
         return {
@@ -827,7 +836,7 @@ class SyncHandler:
         }
         return _SharedRoomSection(
             room, senders, remote, candidates, participants,
-            frozenset(e.event.sender for e in bundled), to_check,
+            frozenset(e.event.sender for e in bundled), to_check, _joins(timeline.events),
         )
 
     async def _state_for_sync(
@@ -1091,6 +1100,18 @@ class SyncHandler:
             and before.event.content.get("membership") == "join"
             and before.stream_ordering > since
         )
+
+
+def _joins(events: list[StoredEvent]) -> frozenset[str]:
+    """The users whose joins are among these events (a new display name counts too: its
+    presence sent again is no harm)."""
+    return frozenset(
+        e.event.state_key
+        for e in events
+        if e.event.type == "m.room.member"
+        and e.event.state_key is not None
+        and e.event.content.get("membership") == "join"
+    )
 
 
 def _stripped(event: Event) -> dict[str, Any]:
