@@ -212,6 +212,26 @@ class PeekTests(EventsHelpers):
 
 
 @on_both_engines
+class GuestEventsTests(EventsHelpers):
+    config_overrides = {"registration": {"allow_guest_access": True}}
+
+    async def test_guests_may_peek_but_not_stream_everything(self):
+        alice = await self.user("alice")
+        room_id = await self.create_room(alice, preset="public_chat", initial_state=WORLD_READABLE)
+        r = await self.request("POST", f"{API}/register?kind=guest", {})
+        self.assertEqual(r.code, 200, r)
+        guest = User(r.json["user_id"], r.json["access_token"], r.json["device_id"])
+        r = await self.events(guest, timeout="0")
+        self.assertError(r, 403, "M_GUEST_ACCESS_FORBIDDEN")
+        sent = (await self.send(alice, room_id)).json
+        r = await self.events(guest, timeout="0", room_id=room_id)
+        self.assertEqual(r.code, 200, r)
+        r = await self.events(guest, **{"from": "s0", "timeout": "0", "room_id": room_id})
+        self.assertEqual(r.code, 200, r)
+        self.assertIn(sent["event_id"], room_event_ids(r.json["chunk"]))
+
+
+@on_both_engines
 class EventByIdTests(EventsHelpers):
     async def test_member_reads_event_stranger_does_not(self):
         alice = await self.user("alice")

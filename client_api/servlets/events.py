@@ -15,6 +15,7 @@ from client_api.http import (
 )
 from client_api.servlets.history import parse_limit
 from client_api.servlets.sync import MAX_TIMEOUT_MS
+from homeserver.errors import Codes, MatrixError
 from homeserver.identifiers import check_room_id
 from homeserver.sync.events_stream import DEFAULT_TIMEOUT_MS, MAX_EVENTS
 
@@ -29,7 +30,8 @@ class EventsServlet:
         self._hs = hs
 
     async def on_GET(self, request: HeddleRequest) -> tuple[int, Any]:
-        # Guests may: the spec lists /events "as used for room previews".
+        # Guests may peek: the spec lists /events "as used for room previews" (with
+        # `room_id`) among what guests may call, and nothing else of it.
         requester = await require_user(self._hs, request, allow_guest=True)
         timeout_ms = max(
             parse_int_query(request, "timeout", DEFAULT_TIMEOUT_MS, max_value=MAX_TIMEOUT_MS), 0
@@ -40,6 +42,10 @@ class EventsServlet:
         room_id = query_string(request, "room_id")
         if room_id is not None:
             check_room_id(room_id)
+        elif requester.is_guest:
+            raise MatrixError(
+                403, Codes.GUEST_ACCESS_FORBIDDEN, "Guests may only peek, with room_id"
+            )
         return 200, await self._hs.legacy_events.get_events(
             requester, query_string(request, "from"), timeout_ms, room_id, limit or MAX_EVENTS
         )
