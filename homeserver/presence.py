@@ -91,6 +91,13 @@ def is_notable_change(prev: UserPresence, new: UserPresence) -> bool:
     return jumped
 
 
+def with_user_id(events: list[JsonDict]) -> list[JsonDict]:
+    """`m.presence` events as the deprecated endpoints (GET /initialSync, the room one and
+    GET /events) gave them, and Synapse still does: with the user in `content.user_id` too,
+    where clients of those endpoints look for it."""
+    return [{**e, "content": {**e["content"], "user_id": e["sender"]}} for e in events]
+
+
 class PresenceHandler:
     def __init__(
         self,

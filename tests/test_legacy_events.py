@@ -426,3 +426,22 @@ class GlobalInitialSyncTests(EventsHelpers):
         self.assertEqual(room["messages"]["chunk"][-2]["event_id"], before["event_id"])
         r = await self.global_initial_sync(bob, archived="maybe")
         self.assertError(r, 400, "M_INVALID_PARAM")
+
+    async def test_presence_names_its_user_in_the_content(self):
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        room_id = await self.create_room(alice, preset="public_chat")
+        self.assertEqual((await self.join(bob, room_id)).code, 200)
+        for user in (alice, bob):
+            r = await self.request(
+                "PUT", f"{API}/presence/{q(user.user_id)}/status", {"presence": "online"},
+                token=user.token,
+            )
+            self.assertEqual(r.code, 200, r)
+        r = await self.global_initial_sync(alice)
+        self.assertEqual(r.code, 200, r)
+        by_user = {e["content"].get("user_id"): e for e in r.json["presence"]}
+        self.assertEqual(by_user[alice.user_id]["sender"], alice.user_id)
+        self.assertEqual(by_user[bob.user_id]["content"]["presence"], "online")
+        r = await self.initial_sync(bob, room_id)
+        self.assertIn(alice.user_id, {e["content"].get("user_id") for e in r.json["presence"]})

@@ -23,7 +23,7 @@ from homeserver.auth.tokens import Requester
 from homeserver.errors import Codes, MatrixError
 from homeserver.events.serialize import EventSerializer
 from homeserver.filtering import RoomEventFilter
-from homeserver.presence import PresenceHandler
+from homeserver.presence import PresenceHandler, with_user_id
 from homeserver.receipts import ReceiptsHandler
 from homeserver.rooms.messages import MessagesHandler
 from homeserver.rooms.shared_rooms import SharedRooms
@@ -84,7 +84,9 @@ class RoomInitialSyncHandler:
         result = await self._snapshot(requester, room_id, member, limit, now, changes)
         if member is None or member.membership not in ("leave", "ban"):
             joined = await self._state.get_current_members(room_id, "join")
-            result["presence"] = await self._presence.get_presence_events_for_users(joined)
+            result["presence"] = with_user_id(
+                await self._presence.get_presence_events_for_users(joined)
+            )
             receipts = await self._receipts.get_receipt_events(user_id, [room_id], 0, now.receipts)
             result["receipts"] = list(receipts.values())
         else:
@@ -122,7 +124,7 @@ class RoomInitialSyncHandler:
         receipts = await self._receipts.get_receipt_events(user_id, joined, 0, now.receipts)
         return {
             "rooms": rooms,
-            "presence": await self._presence.get_presence_events(user_id, None),
+            "presence": with_user_id(await self._presence.get_presence_events(user_id, None)),
             "account_data": changes.global_events,
             # One list for every room: each event says which room it is for.
             "receipts": [{**event, "room_id": room_id} for room_id, event in receipts.items()],

@@ -19,7 +19,7 @@ from homeserver.auth.tokens import Requester
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
 from homeserver.events.serialize import EventSerializer
-from homeserver.presence import PresenceHandler
+from homeserver.presence import PresenceHandler, with_user_id
 from homeserver.receipts import ReceiptsHandler
 from homeserver.rooms.shared_rooms import SharedRooms
 from homeserver.rooms.visibility import HistoryVisibility
@@ -140,8 +140,8 @@ class EventStreamHandler:
                 typing = self._typing.get_typing_events(joined, start.typing)
                 result += [{**e, "room_id": r} for r, e in typing.items()]
         if start.presence < now.presence:
-            result += await self._presence.get_presence_events(
-                user_id, start.presence, now.presence
+            result += with_user_id(
+                await self._presence.get_presence_events(user_id, start.presence, now.presence)
             )
         return result
 
