@@ -445,3 +445,11 @@ class GlobalInitialSyncTests(EventsHelpers):
         self.assertEqual(by_user[bob.user_id]["content"]["presence"], "online")
         r = await self.initial_sync(bob, room_id)
         self.assertIn(alice.user_id, {e["content"].get("user_id") for e in r.json["presence"]})
+
+    async def test_own_presence_even_offline(self):
+        carol = await self.user("carol")
+        r = await self.global_initial_sync(carol)
+        self.assertEqual(r.code, 200, r)
+        (own,) = [e for e in r.json["presence"] if e["sender"] == carol.user_id]
+        self.assertEqual(own["content"]["user_id"], carol.user_id)
+        self.assertIn("presence", own["content"])

@@ -122,9 +122,14 @@ class RoomInitialSyncHandler:
                 rooms.append(snapshot)
         joined = [m.room_id for m in memberships if m.membership == "join"]
         receipts = await self._receipts.get_receipt_events(user_id, joined, 0, now.receipts)
+        # Everyone the user shares a room with who is not offline, and the user itself
+        # whatever its state (a client starting up shows its own).
+        presence = await self._presence.get_presence_events(user_id, None)
+        if not any(e["sender"] == user_id for e in presence):
+            presence += await self._presence.get_presence_events_for_users([user_id])
         return {
             "rooms": rooms,
-            "presence": with_user_id(await self._presence.get_presence_events(user_id, None)),
+            "presence": with_user_id(presence),
             "account_data": changes.global_events,
             # One list for every room: each event says which room it is for.
             "receipts": [{**event, "room_id": room_id} for room_id, event in receipts.items()],
