@@ -102,7 +102,11 @@ class UserInteractiveAuth:
                     if e.http_code == 429 or isinstance(e, WrongUserError):
                         raise
                     challenge = self._challenge(session, flows)
-                    challenge.update(errcode=e.errcode, error=e.message)
+                    # The spec's failed-stage answer: the flows, the stages done so far
+                    # (none, here, for a first attempt) and what went wrong.
+                    challenge.update(
+                        completed=list(completed), errcode=e.errcode, error=e.message
+                    )
                     raise InteractiveAuthIncomplete(challenge) from None
                 await self._store.mark_stage_completed(session.session_id, stage, result)
                 completed[stage] = result
