@@ -189,6 +189,35 @@ class PeekTests(EventsHelpers):
         self.assertIsNone(await self.membership_of(room_id, bob))
         self.assertEqual(self.hs.notifier._peekers, {})
 
+    async def test_peeker_sees_the_rooms_receipts_typing_and_members_presence(self):
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        room_id = await self.create_room(alice, preset="public_chat", initial_state=WORLD_READABLE)
+        message = (await self.send(alice, room_id)).json["event_id"]
+        since = (await self.events(bob, timeout="0", room_id=room_id)).json["end"]
+        r = await self.request(
+            "POST", f"{API}/rooms/{q(room_id)}/receipt/m.read/{q(message)}", {}, token=alice.token
+        )
+        self.assertEqual(r.code, 200, r)
+        r = await self.request(
+            "PUT", f"{API}/rooms/{q(room_id)}/typing/{q(alice.user_id)}",
+            {"typing": True, "timeout": 30000}, token=alice.token,
+        )
+        self.assertEqual(r.code, 200, r)
+        r = await self.request(
+            "PUT", f"{API}/presence/{q(alice.user_id)}/status",
+            {"presence": "online", "status_msg": "peek at me"}, token=alice.token,
+        )
+        self.assertEqual(r.code, 200, r)
+        r = await self.events(bob, **{"from": since, "timeout": "0", "room_id": room_id})
+        self.assertEqual(r.code, 200, r)
+        by_type = {e["type"]: e for e in r.json["chunk"]}
+        self.assertIn(alice.user_id, by_type["m.receipt"]["content"][message]["m.read"])
+        self.assertEqual(by_type["m.receipt"]["room_id"], room_id)
+        self.assertEqual(by_type["m.typing"]["content"], {"user_ids": [alice.user_id]})
+        self.assertEqual(by_type["m.presence"]["content"]["user_id"], alice.user_id)
+        self.assertEqual(by_type["m.presence"]["content"]["status_msg"], "peek at me")
+
     async def test_peek_into_private_room_is_forbidden(self):
         alice = await self.user("alice")
         bob = await self.user("bob")

@@ -91,6 +91,7 @@ def build_sync(
             user_data.receipts,
             user_data.typing,
             user_data.presence,
+            stores.state_store,
         ),
         room_initial_sync=RoomInitialSyncHandler(
             stores.event_store,

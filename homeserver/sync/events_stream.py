@@ -28,6 +28,7 @@ from homeserver.sync.notifier import Notifier
 from homeserver.sync.tokens import StreamToken
 from homeserver.typing import TypingHandler
 from storage.stores.events import EventStore, StoredEvent
+from storage.stores.state import StateStore
 
 # Events one response carries at most; `end` then points just after the last of them.
 MAX_EVENTS = 100
@@ -48,7 +49,9 @@ class EventStreamHandler:
         receipts: ReceiptsHandler,
         typing: TypingHandler,
         presence: PresenceHandler,
+        state: StateStore,
     ) -> None:
+        self._state = state
         self._account_data = account_data
         self._receipts = receipts
         self._typing = typing
@@ -89,9 +92,7 @@ class EventStreamHandler:
             found, end_position = await self._events_after(
                 user_id, start.events, now.events, room_id, limit
             )
-            others = [] if peeking or room_id is not None else await self._others(
-                user_id, start, now
-            )
+            others = await self._others(user_id, start, now, room_id)
             remaining = deadline - self._clock.time_msec()
             if found or others or remaining <= 0:
                 break
@@ -107,8 +108,7 @@ class EventStreamHandler:
                 found, end_position = await self._events_after(
                     user_id, start.events, now.events, room_id, limit
                 )
-                if room_id is None:
-                    others = await self._others(user_id, start, now)
+                others = await self._others(user_id, start, now, room_id)
                 break
         end = StreamToken.of(self._streams.names, dict(now.items()) | {"events": end_position})
         chunk = await self._serializer.serialize(
@@ -117,10 +117,13 @@ class EventStreamHandler:
         return {"chunk": chunk + others, "start": str(start), "end": str(end)}
 
     async def _others(
-        self, user_id: str, start: StreamToken, now: StreamToken
+        self, user_id: str, start: StreamToken, now: StreamToken, room_id: str | None
     ) -> list[dict[str, Any]]:
         """What the user's other streams gained in (start, now]: account data, receipts,
-        typing and presence, as events."""
+        typing and presence, as events. With `room_id` (peeking, or one room of the
+        user's): that room's receipts and typing, and its members' presence."""
+        if room_id is not None:
+            return await self._room_others(user_id, room_id, start, now)
         result: list[dict[str, Any]] = []
         if start.account_data < now.account_data:
             changes = await self._account_data.get_changes(
@@ -194,3 +197,24 @@ class EventStreamHandler:
             candidates = candidates[:limit]
             reached = candidates[-1].stream_ordering
         return await self._visibility.filter_events_for_user(user_id, candidates), reached
+
+    async def _room_others(
+        self, user_id: str, room_id: str, start: StreamToken, now: StreamToken
+    ) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = []
+        if start.receipts < now.receipts:
+            receipts = await self._receipts.get_receipt_events(
+                user_id, [room_id], start.receipts, now.receipts
+            )
+            result += [{**e, "room_id": r} for r, e in receipts.items()]
+        if start.typing < now.typing:
+            typing = self._typing.get_typing_events([room_id], start.typing)
+            result += [{**e, "room_id": r} for r, e in typing.items()]
+        if start.presence < now.presence:
+            members = await self._state.get_current_members(room_id, "join")
+            result += with_user_id(
+                await self._presence.get_changed_presence_events(
+                    members, start.presence, now.presence
+                )
+            )
+        return result
