@@ -40,6 +40,25 @@ class FilteredTimeline(SyncRoomHelpers):
         # Every earlier event was read and none matches: nothing is left out.
         self.assertFalse(room["timeline"]["limited"])
 
+    async def test_a_filter_taking_no_type_reads_one_page_only(self):
+        alice = await self.user("alice")
+        room_id = await self.create_room(alice)
+        await self.filler(alice, room_id, 30)
+        reads = []
+        original = self.hs.event_store.get_room_events_between
+
+        async def counting(*args, **kwargs):
+            reads.append(args)
+            return await original(*args, **kwargs)
+
+        self.hs.event_store.get_room_events_between = counting
+        try:
+            room = (await self.sync(alice, filter={"room": {"timeline": {"types": []}}}))["rooms"]["join"][room_id]
+        finally:
+            self.hs.event_store.get_room_events_between = original
+        self.assertEqual(room["timeline"]["events"], [])
+        self.assertEqual([a for a in reads if a[0] == room_id], [reads[0]])
+
 
 LAZY = {"room": {"timeline": {"limit": 10}, "state": {"lazy_load_members": True}}}
 LAZY_ONE = {"room": {"timeline": {"limit": 1}, "state": {"lazy_load_members": True}}}

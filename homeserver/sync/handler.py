@@ -595,8 +595,8 @@ class SyncHandler:
             if len(page) < batch:
                 exhausted = True
                 break
-            if len(wanted) >= limit:
-                break
+            if len(wanted) >= limit or timeline_filter.types == ():
+                break  # full, or a filter that takes no type at all
             upper = page[0].stream_ordering - 1
         limited = len(wanted) > limit or not exhausted
         events = wanted[-limit:] if limit > 0 else []
