@@ -163,6 +163,7 @@ CLIENT_SERVLETS = [
     events.EventsServlet,
     events.EventByIdServlet,
     events.RoomInitialSyncServlet,
+    events.InitialSyncServlet,
     rooms.CreateRoomServlet,
     rooms.UpgradeRoomServlet,
     rooms.SendEventServlet,

@@ -91,6 +91,13 @@ def is_notable_change(prev: UserPresence, new: UserPresence) -> bool:
     return jumped
 
 
+def with_user_id(events: list[JsonDict]) -> list[JsonDict]:
+    """`m.presence` events as the deprecated endpoints (GET /initialSync, the room one and
+    GET /events) gave them, and Synapse still does: with the user in `content.user_id` too,
+    where clients of those endpoints look for it."""
+    return [{**e, "content": {**e["content"], "user_id": e["sender"]}} for e in events]
+
+
 class PresenceHandler:
     def __init__(
         self,
@@ -545,6 +552,29 @@ class PresenceHandler:
             rows = await self._store.get_presence_changed(interested, since, up_to)
             changed = {row.user_id for row in rows}
         states = await self.get_states([str(u) for u in changed])
+        return [
+            self.format_event(p, now)
+            for p in states.values()
+            if p.stream_id > since and (up_to is None or p.stream_id <= up_to)
+        ]
+
+    async def get_changed_presence_events(
+        self, user_ids: Collection[str], since: int, up_to: int | None = None
+    ) -> list[JsonDict]:
+        """`m.presence` events of those of `user_ids` whose presence changed after `since`
+        (and at or before `up_to`): for someone peeking into a room, its members'."""
+        if not self.enabled or not user_ids:
+            return []
+        recently_changed = self._changes.all_changed_since(since)
+        if recently_changed is not None:
+            changed = {str(u) for u in recently_changed} & set(user_ids)
+        else:
+            rows = await self._store.get_presence_changed(set(user_ids), since, up_to)
+            changed = {row.user_id for row in rows}
+        if not changed:
+            return []
+        now = self._clock.time_msec()
+        states = await self.get_states(list(changed))
         return [
             self.format_event(p, now)
             for p in states.values()

@@ -390,3 +390,20 @@ class MembershipTests(RoomTestCase):
             await self.hs.state_store.get_state_group(group),
             await self.hs.state_store.get_current_state_ids(room_id),
         )
+
+
+@on_both_engines
+class RejectInviteToEmptyRoomTests(RoomTestCase):
+    async def test_invite_to_a_local_room_everyone_left_can_be_rejected(self):
+        alice, bob = await self.user("alice"), await self.user("bob")
+        room_id = await self.create_room(alice, preset="private_chat")
+        r = await self.membership_action(alice, room_id, "invite", {"user_id": bob.user_id})
+        self.assertEqual(r.code, 200, r)
+        r = await self.membership_action(alice, room_id, "leave")
+        self.assertEqual(r.code, 200, r)
+        # Nobody here is joined any more, but the room is this server's own.
+        r = await self.membership_action(bob, room_id, "leave")
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(await self.membership_of(room_id, bob), "leave")
+        r = await self.request("GET", f"{API}/sync?timeout=0", token=bob.token)
+        self.assertEqual(r.json["rooms"]["invite"], {})

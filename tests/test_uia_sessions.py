@@ -27,6 +27,21 @@ class UiaSessionReuse(HomeserverTestCase):
         r = await self.request("GET", "/_matrix/client/v3/account/whoami", token=third["access_token"])
         self.assertEqual(r.code, 200)
 
+    async def test_a_failed_stage_says_what_was_completed(self):
+        await self.register("alice")
+        token = (await self.login("alice"))["access_token"]
+        r = await self.request("POST", "/_matrix/client/v3/account/deactivate", {}, token=token)
+        self.assertEqual(r.code, 401, r)
+        auth = password_auth(session=r.json["session"])
+        auth["password"] = "not the password"
+        r = await self.request(
+            "POST", "/_matrix/client/v3/account/deactivate", {"auth": auth}, token=token
+        )
+        self.assertEqual(r.code, 401, r)
+        self.assertEqual(r.json["errcode"], "M_FORBIDDEN")
+        self.assertEqual(r.json["completed"], [])
+        self.assertIn(["m.login.password"], [f["stages"] for f in r.json["flows"]])
+
     async def test_registration_session_is_single_use(self):
         r = await self.request("POST", "/_matrix/client/v3/register", {"username": "a1", "password": PASSWORD})
         session = r.json["session"]

@@ -186,6 +186,21 @@ class UserDirectoryTests(HomeserverTestCase):
         await self.hs.accounts.mark_deactivated(uid("carol"), erase=False)
         self.assertEqual(await self.found("carol"), [])
 
+    async def test_searcher_finds_itself_only_through_public_rooms(self):
+        # Alice is only in the private room she shares with Bob.
+        self.assertEqual(await self.found("alice"), [])
+        self.assertEqual(await self.found("dave", "dave"), [])
+        # Carol is in a public room: there, she is anyone's to find, her own too.
+        self.assertEqual(await self.found("carol", "carol"), [uid("carol")])
+        r = await self.request(
+            "PUT",
+            f"{CLIENT}/rooms/{quote(self.shared, safe='')}/state/m.room.join_rules/",
+            {"join_rule": "public"},
+            token=self.tokens["alice"],
+        )
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(await self.found("alice"), [uid("alice")])
+
     async def test_public_and_world_readable_rooms_follow_state_changes(self):
         r = await self.request(
             "PUT",

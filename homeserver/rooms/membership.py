@@ -236,13 +236,17 @@ class MembershipHandler:
             await self.federation.is_resident(room_id)
         ):
             # Rejecting an invite (or withdrawing a knock) to a room held elsewhere: the
-            # leave goes through the server that invited us, or the room's own.
+            # leave goes through the server that invited us, or the room's own. When both
+            # are this server (a local room everyone has left), the room is here: the
+            # leave is sent here like any other.
             event = await self._events.get_event(current.event_id)
             servers = [server_of_id(event.sender)] if event is not None else []
             servers.append(server_of_id(room_id))
-            content = await self._member_content(requester.user_id, "leave", reason)
-            await self.federation.remote_leave(requester.user_id, room_id, servers, content)
-            return
+            servers = [s for s in dict.fromkeys(servers) if s and s != self._server_name]
+            if servers:
+                content = await self._member_content(requester.user_id, "leave", reason)
+                await self.federation.remote_leave(requester.user_id, room_id, servers, content)
+                return
         await self._send_member(requester.user_id, room_id, requester.user_id, "leave", reason)
 
     async def kick(

@@ -9,7 +9,7 @@ the database. The user's own memberships are cached until they change.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ from homeserver.rooms.shared_rooms import SharedRooms
 from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.streams.registry import StreamRegistry
 from homeserver.sync.encoding import SharedJoinedRoom, SharedPart
+from homeserver.sync.lazy_members import LazyMembersSent
 from homeserver.sync.notifier import Notifier
 from homeserver.sync.shared_reads import SharedReads
 from homeserver.sync.tokens import RoomPosition, StreamToken
@@ -54,6 +55,8 @@ STRIPPED_STATE_TYPES = (
 MAX_HEROES = 5
 DEFAULT_TIMELINE_LIMIT = 10
 MAX_TIMELINE_LIMIT = 100
+# Pages of a room's timeline one sync reads at most to fill a filtered timeline.
+TIMELINE_PAGES = 5
 # Devices that were sent to-device messages and have not acknowledged them yet (see
 # `_to_device_section`); past this many, the oldest entries are forgotten.
 TO_DEVICE_UNACKED_SIZE = 100_000
@@ -125,6 +128,8 @@ class _SharedRoomSection:
     # the senders a viewer must not ignore, and those a viewer must be checked to see.
     bundled_senders: frozenset[str]
     bundled_to_check: tuple[StoredEvent, ...]
+    # Who joined in the served timeline (the viewer's new room-mates, for presence).
+    joined: frozenset[str] = frozenset()
     # [time in ms, the room as of then]: what every viewer served in that millisecond shares.
     _latest: list[Any] = field(default_factory=list, compare=False, repr=False)
 
@@ -162,6 +167,8 @@ class _Pass:
     newly_joined: set[str] = field(default_factory=set)
     # room_id -> the user's membership, for the rooms this pass looked at.
     memberships: dict[str, Membership] = field(default_factory=dict)
+    # Who joined the user's rooms in the timelines served (for their presence).
+    new_room_mates: set[str] = field(default_factory=set)
 
 
 class SyncHandler:
@@ -224,6 +231,8 @@ class SyncHandler:
         self._to_device_unacked: LruCache[tuple[str, str], int] = LruCache(
             "sync_to_device_unacknowledged", TO_DEVICE_UNACKED_SIZE
         )
+        # Which lazily loaded members each device was sent (see `LazyMembersSent`).
+        self._lazy_sent = LazyMembersSent()
         # (room_id, after, up_to, batch) -> the room's timeline events in (after, up_to].
         self._shared_timelines: SharedReads[tuple[str, int, int, int], list[StoredEvent]] = (
             SharedReads("timelines", SHARED_READS_SIZE)
@@ -335,6 +344,7 @@ class SyncHandler:
             and not request.full_state
             and since.presence == sync_pass.now.presence
             and not sync_pass.newly_joined
+            and not sync_pass.new_room_mates
         ):
             return []
         events = await self._presence.get_presence_events(
@@ -342,10 +352,11 @@ class SyncHandler:
             since.presence if since is not None and not request.full_state else None,
             sync_pass.now.presence,
         )
-        if sync_pass.newly_joined:
-            # New room-mates' presence may not have changed, but this user has never seen it.
+        if sync_pass.newly_joined or sync_pass.new_room_mates:
+            # New room-mates' presence may not have changed, but this user has never seen it:
+            # the members of rooms it joined, and those who joined its rooms.
             known = {e["sender"] for e in events}
-            new_mates: set[str] = set()
+            new_mates: set[str] = set(sync_pass.new_room_mates)
             for room_id in sync_pass.newly_joined:
                 new_mates.update(await self._state.get_current_members(room_id, "join"))
             new_mates -= known | {request.user_id}
@@ -425,6 +436,11 @@ class SyncHandler:
             if room_filter.allows_room(m.room_id) and m.stream_ordering <= now.events
         ]
         sync_pass.memberships = {m.room_id: m for m in memberships}
+        if request.filter.lazy_load_members:
+            self._lazy_sent.start(
+                request.user_id, request.device_id,
+                since.events if since is not None else None, now.events,
+            )
         section: dict[str, dict[str, Any]] = {"join": {}, "invite": {}, "leave": {}, "knock": {}}
 
         joined_ids = [m.room_id for m in memberships if m.membership == "join"]
@@ -561,23 +577,28 @@ class SyncHandler:
         """The room's timeline in (after, up_to] as `viewer` may see it; with no viewer, every
         event that can be in a timeline at all (for `_SharedRoomSection`)."""
         limit = timeline_filter.limit_or(DEFAULT_TIMELINE_LIMIT, MAX_TIMELINE_LIMIT)
-        # Fetch extra so filtering still fills the limit in the common case.
-        batch = limit * 2 + 1
-        fetched = await self._shared_timelines.get(
-            (room_id, after, up_to, batch),
-            lambda: self._room_events_between(room_id, after, up_to, batch),
-        )
-        if viewer is not None:
-            visible = await self._visibility.filter_events_for_user(viewer, fetched)
-            ignored = await self._ignored(viewer)
-            if ignored:
-                visible = [
-                    e for e in visible if e.event.is_state or e.event.sender not in ignored
-                ]
-        else:
-            visible = [e for e in fetched if not e.outlier and e.event.rejected_reason is None]
-        wanted = timeline_filter.filter_events(visible)
-        limited = len(wanted) > limit or len(fetched) == batch
+        # Fetch extra so filtering still fills the limit in the common case; when the
+        # filter leaves too few (a type filter in a busy room), read further back, a few
+        # pages at most, as Synapse does.
+        batch = max(limit * 2, 10) + 1
+        fetched: list[StoredEvent] = []
+        visible: list[StoredEvent] = []
+        wanted: list[StoredEvent] = []
+        upper = up_to
+        exhausted = False
+        for _ in range(TIMELINE_PAGES):
+            page = await self._timeline_page(room_id, after, upper, batch)
+            page_visible = await self._visible_to(viewer, room_id, page)
+            fetched = page + fetched
+            visible = page_visible + visible
+            wanted = timeline_filter.filter_events(page_visible) + wanted
+            if len(page) < batch:
+                exhausted = True
+                break
+            if len(wanted) >= limit or timeline_filter.types == ():
+                break  # full, or a filter that takes no type at all
+            upper = page[0].stream_ordering - 1
+        limited = len(wanted) > limit or not exhausted
         events = wanted[-limit:] if limit > 0 else []
         if not limited and after > 0 and await self._after_gap(room_id, events):
             # Other servers' events arrived with history missing before them (more than
@@ -593,6 +614,37 @@ class SyncHandler:
         else:
             prev = RoomPosition(None, up_to)
         return _RoomTimeline(events, limited, str(prev), visible)
+
+    async def _timeline_page(
+        self, room_id: str, after: int, up_to: int, batch: int
+    ) -> list[StoredEvent]:
+        return await self._shared_timelines.get(
+            (room_id, after, up_to, batch),
+            lambda: self._room_events_between(room_id, after, up_to, batch),
+        )
+
+    async def _visible_to(
+        self, viewer: str | None, room_id: str, fetched: list[StoredEvent]
+    ) -> list[StoredEvent]:
+        if viewer is None:
+            return [e for e in fetched if not e.outlier and e.event.rejected_reason is None]
+        visible = await self._visibility.filter_events_for_user(viewer, fetched)
+        if len(visible) < len(fetched) and any(e.event.is_state for e in fetched):
+            # The room's current state is the viewer's to see (it is in the state block
+            # anyway): its events stay in the timeline even from a stretch of history the
+            # viewer may not read, as Synapse keeps them, so a client that builds the
+            # room's state from the timeline sees, say, who joined while it was away.
+            current = set((await self._state.get_current_state_ids(room_id)).values())
+            kept = {e.event.event_id for e in visible}
+            restored = [
+                e for e in fetched if e.event.event_id in current and e.event.event_id not in kept
+            ]
+            if restored:
+                visible = sorted([*visible, *restored], key=lambda e: e.stream_ordering)
+        ignored = await self._ignored(viewer)
+        if ignored:
+            visible = [e for e in visible if e.event.is_state or e.event.sender not in ignored]
+        return visible
 
     async def _room_events_between(
         self, room_id: str, after: int, up_to: int, limit: int
@@ -652,12 +704,15 @@ class SyncHandler:
                 ),
             )
             if await self._takes_shared(request.user_id, section):
+                sync_pass.new_room_mates.update(section.joined)
                 return self._viewer_copy(section) if section.room is not None else None
         after = since.events if since is not None else 0
         timeline = await self._timeline(
             request.user_id, room_id, request.filter.room.timeline, after, now.events
         )
         state_events = await self._state_for_sync(sync_pass, room_id, timeline, since, now.events)
+        if since is not None:
+            sync_pass.new_room_mates.update(_joins(timeline.events))
         if since is not None and not timeline.events and not state_events:
             return None
         return {
@@ -781,7 +836,7 @@ class SyncHandler:
         }
         return _SharedRoomSection(
             room, senders, remote, candidates, participants,
-            frozenset(e.event.sender for e in bundled), to_check,
+            frozenset(e.event.sender for e in bundled), to_check, _joins(timeline.events),
         )
 
     async def _state_for_sync(
@@ -818,24 +873,71 @@ class SyncHandler:
             wanted = {k: e for k, e in state_at_start.items() if state_at_since.get(k) != e}
 
         if request.filter.lazy_load_members:
-            # Only the members needed to render this timeline (and the user). What each
-            # device already has is not tracked, so these may be redundant: the spec allows it.
-            senders = {s.event.sender for s in timeline.events} | {request.user_id}
-            wanted = {k: e for k, e in wanted.items() if k[0] != "m.room.member"}
-            wanted.update(
-                {
-                    ("m.room.member", u): state_at_start[("m.room.member", u)]
-                    for u in senders
-                    if ("m.room.member", u) in state_at_start
-                }
-            )
+            wanted = self._lazy_members(sync_pass, room_id, timeline, since, state_at_start, wanted)
+        else:
+            # State events already in the timeline need not be repeated.
+            in_timeline = {s.event.event_id for s in timeline.events}
+            wanted = {k: e for k, e in wanted.items() if e not in in_timeline}
 
-        # State events already in the timeline need not be repeated.
-        in_timeline = {s.event.event_id for s in timeline.events}
-        stored = await self._events.get_stored_events(set(wanted.values()) - in_timeline)
+        stored = await self._events.get_stored_events(set(wanted.values()))
         result = request.filter.room.state.filter_events(list(stored.values()))
         result.sort(key=lambda s: s.stream_ordering)
+        if request.filter.lazy_load_members and not request.filter.include_redundant_members:
+            members = [
+                (s.event.state_key, s.event.event_id)
+                for s in [*result, *timeline.events]
+                if s.event.type == "m.room.member" and s.event.state_key is not None
+            ]
+            self._lazy_sent.record(
+                request.user_id, request.device_id, room_id, sync_pass.now.events, members
+            )
         return result
+
+    def _lazy_members(
+        self,
+        sync_pass: _Pass,
+        room_id: str,
+        timeline: _RoomTimeline,
+        since: StreamToken | None,
+        state_at_start: Mapping[tuple[str, str], str],
+        wanted: dict[tuple[str, str], str],
+    ) -> dict[tuple[str, str], str]:
+        """The state block with lazily loaded members: the members needed to render the
+        timeline (and, in a room synced afresh, the user), taken from the state at its start.
+        After a gap every membership change in it is kept too, as Synapse does, so a client
+        does not go on listing someone who left meanwhile. Members the device was already
+        sent are left out unless the filter asks for redundant ones."""
+        request = sync_pass.request
+        in_timeline = {s.event.event_id for s in timeline.events}
+        needed: set[str] = set()
+        members_in_timeline: set[str] = set()
+        for stored in timeline.events:
+            event = stored.event
+            # A sender whose membership came earlier in the timeline is known from there.
+            if event.sender not in members_in_timeline:
+                needed.add(event.sender)
+            if event.type == "m.room.member" and event.state_key is not None:
+                members_in_timeline.add(event.state_key)
+        if since is None:
+            needed.add(request.user_id)
+            wanted = {k: e for k, e in wanted.items() if k[0] != "m.room.member"}
+        wanted.update(
+            {
+                ("m.room.member", u): state_at_start[("m.room.member", u)]
+                for u in needed
+                if ("m.room.member", u) in state_at_start
+            }
+        )
+        wanted = {k: e for k, e in wanted.items() if e not in in_timeline}
+        if sync_pass.since is None or request.filter.include_redundant_members:
+            return wanted
+        members = {k[1]: e for k, e in wanted.items() if k[0] == "m.room.member"}
+        unsent = self._lazy_sent.unsent(
+            request.user_id, request.device_id, room_id, sync_pass.since.events, members
+        )
+        return {
+            k: e for k, e in wanted.items() if k[0] != "m.room.member" or k[1] in unsent
+        }
 
     async def _state_after_for_sync(
         self,
@@ -893,14 +995,27 @@ class SyncHandler:
         # Counts from the state store's in-memory member lists; no database read when cached.
         joined = await self._state.get_current_members(room_id, "join")
         invited = await self._state.get_current_members(room_id, "invite")
-        # Spec: the first members by stream ordering, joined or invited, never the user;
-        # left and banned members when there are none.
-        heroes = await self._heroes(room_id, user_id, position)
-        return {
+        summary: dict[str, Any] = {
             "m.joined_member_count": len(joined),
             "m.invited_member_count": len(invited),
-            "m.heroes": heroes,
         }
+        # Heroes name a room that has no name of its own: the spec requires them only
+        # then, and Synapse sends them only then. Spec: the first members by stream
+        # ordering, joined or invited, never the user; left and banned ones when none.
+        if not await self._has_name(room_id):
+            summary["m.heroes"] = await self._heroes(room_id, user_id, position)
+        return summary
+
+    async def _has_name(self, room_id: str) -> bool:
+        """Whether the room has a non-empty `m.room.name` or canonical alias."""
+        for event_type, key in (("m.room.name", "name"), ("m.room.canonical_alias", "alias")):
+            event_id = await self._state.get_current_state_event_id(room_id, event_type, "")
+            if event_id is None:
+                continue
+            event = await self._events.get_event(event_id)
+            if event is not None and isinstance(event.content.get(key), str) and event.content[key]:
+                return True
+        return False
 
     async def _hero_candidates(self, room_id: str, position: int) -> list[str]:
         """The room's first members, one more than there are heroes: read once for every
@@ -944,7 +1059,11 @@ class SyncHandler:
     async def _left_room(self, sync_pass: _Pass, membership: Membership) -> dict[str, Any]:
         """A room the user left or was banned from: history up to the leave event only."""
         request, since = sync_pass.request, sync_pass.since
-        fresh = since is None or request.full_state
+        fresh = (
+            since is None
+            or request.full_state
+            or await self._joined_within(membership, since.events)
+        )
         after = 0 if fresh or since is None else since.events
         timeline = await self._timeline(
             request.user_id,
@@ -966,6 +1085,33 @@ class SyncHandler:
             request.state_block: {"events": await self._serialize(sync_pass, state_events)},
             "account_data": {"events": []},
         }
+
+    async def _joined_within(self, membership: Membership, since: int) -> bool:
+        """Whether the user joined the room it has left after `since`: the client then
+        never had its state, and is sent all of it, as for a room joined since."""
+        group = await self._events.get_state_group_before(membership.event_id)
+        state = await self._state.get_state_group(group) if group is not None else {}
+        before_id = state.get(("m.room.member", membership.user_id))
+        if before_id is None:
+            return False
+        before = await self._events.get_stored_event(before_id)
+        return (
+            before is not None
+            and before.event.content.get("membership") == "join"
+            and before.stream_ordering > since
+        )
+
+
+def _joins(events: list[StoredEvent]) -> frozenset[str]:
+    """The users whose joins are among these events (a new display name counts too: its
+    presence sent again is no harm)."""
+    return frozenset(
+        e.event.state_key
+        for e in events
+        if e.event.type == "m.room.member"
+        and e.event.state_key is not None
+        and e.event.content.get("membership") == "join"
+    )
 
 
 def _stripped(event: Event) -> dict[str, Any]:

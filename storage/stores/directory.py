@@ -124,7 +124,8 @@ class UserDirectoryStore:
 
         Visible (client-server API "User Directory") means joined to a room that the
         searcher is joined to, or to a room whose join rule is `public` or whose history
-        is `world_readable`. Deactivated accounts are left out. `terms` must be lower case;
+        is `world_readable`. The searcher finds itself only through the latter, as in
+        Synapse: sharing a private room with oneself is no reason to be listed. Deactivated accounts are left out. `terms` must be lower case;
         they are compared with SQL `LOWER()`, which folds ASCII on every engine (and all of
         Unicode only on some), so callers pass ASCII terms or re-check the rows.
 
@@ -148,6 +149,7 @@ class UserDirectoryStore:
             join_rule = txn.engine.json_text("e.json", "content", "join_rule")
             visibility = txn.engine.json_text("e.json", "content", "history_visibility")
             args: list[object] = [
+                searcher,
                 searcher,
                 "join",
                 '%"public"%',
@@ -179,9 +181,9 @@ class UserDirectoryStore:
                 " LEFT JOIN users u ON u.user_id = m.state_key"
                 " LEFT JOIN profiles p ON p.user_id = m.state_key"
                 " WHERE m.type = 'm.room.member' AND m.membership = 'join'"
-                " AND m.room_id IN ("
-                "  SELECT room_id FROM room_memberships WHERE user_id = ? AND membership = ?"
-                "  UNION"
+                " AND ((m.state_key <> ? AND m.room_id IN ("
+                "  SELECT room_id FROM room_memberships WHERE user_id = ? AND membership = ?))"
+                " OR m.room_id IN ("
                 "  SELECT s.room_id FROM current_state_events s"
                 "  JOIN events e ON e.event_id = s.event_id"
                 "  WHERE s.state_key = ''"
@@ -191,7 +193,7 @@ class UserDirectoryStore:
                 f"   AND ((s.type = 'm.room.join_rules' AND e.json LIKE ? AND {join_rule} = ?)"
                 f"    OR (s.type = 'm.room.history_visibility' AND e.json LIKE ?"
                 f"     AND {visibility} = ?))"
-                " )"
+                " ))"
                 " AND (u.deactivated IS NULL OR u.deactivated = ?)"
                 + "".join(conditions)
                 + " GROUP BY m.state_key, p.displayname, p.avatar_url"
