@@ -227,10 +227,18 @@ class FederationEventHandler:
         if rejected is not None:
             logger.info("rejecting %s from %s: %s", event.event_id, origin, rejected)
             event = Event(event.pdu, room_version, event.event_id, rejected_reason=rejected)
+            # Kept with the state before it, which is also the state after it (a rejected
+            # event changes nothing): a later event citing it as a prev_event has its
+            # state here rather than asking a server that may not serve it.
             return await self._persist(
                 room_id,
                 event,
-                EventContext(state_group_before=None, updates_current_state=False),
+                EventContext(
+                    state_group_before=single_group,
+                    state_before=None if single_group is not None else state_before,
+                    state_before_base=base_group,
+                    updates_current_state=False,
+                ),
             )
 
         state_after = dict(state_before)

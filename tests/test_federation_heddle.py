@@ -291,6 +291,34 @@ class InboundBadInput(FederationTestCase):
         self.assertNotIn(mallory, members)
 
     @ensure_deferred
+    async def test_event_after_a_rejected_one(self):
+        # An event citing a rejected event as its prev_event: the state there is the state
+        # before the rejected event, known locally (the sender need not serve it).
+        await self._setup()
+        mallory = f"@mallory:{self.b.server_name}"
+        rejected = await self._pdu(mallory, {"msgtype": "m.text", "body": "not a member"})
+        self.assertEqual(await self._send([rejected.pdu], "t-rej1"),
+                         {"pdus": {rejected.event_id: {}}})
+        later = await self._pdu(
+            self.bob.user_id, {"msgtype": "m.text", "body": "after the rejected one"},
+            prev_events=[rejected.event_id], depth=rejected.depth + 1,
+        )
+        self.assertEqual(await self._send([later.pdu], "t-rej2"), {"pdus": {later.event_id: {}}})
+        self.assertIn("after the rejected one", await self.timeline_bodies(self.alice, self.room_id))
+        self.assertNotIn("not a member", await self.timeline_bodies(self.alice, self.room_id))
+        stored = await self._stored(later.event_id)
+        self.assertIsNone(stored.event.rejected_reason)
+        # The rejected event's state is not served.
+        from federation.errors import HttpResponseError
+
+        with self.assertRaises(HttpResponseError) as cm:
+            await self.b.hs.federation_client.get_json(
+                self.a.server_name, f"/_matrix/federation/v1/state_ids/{q(self.room_id)}",
+                args={"event_id": [rejected.event_id]},
+            )
+        self.assertEqual(cm.exception.code, 404)
+
+    @ensure_deferred
     async def test_unknown_prev_events(self):
         await self._setup()
         event = await self._pdu(

@@ -196,6 +196,10 @@ class EventReadTests(FederationReadsCase):
         for endpoint in ("state", "state_ids"):
             path = f"{FED}/{endpoint}/{q(self.room_id)}"
             self.assertError(await self.fed("GET", path), 400, "M_MISSING_PARAM")
+            # The missing parameter is reported before the room is looked up.
+            self.assertError(
+                await self.fed("GET", f"{FED}/{endpoint}/notaroom"), 400, "M_MISSING_PARAM"
+            )
             self.assertError(await self.fed("GET", path, event_id="$nope"), 404, "M_NOT_FOUND")
             # An event of another room.
             self.assertError(

@@ -113,11 +113,9 @@ class EventServlet:
         return 200, _transaction(self._hs, pdus)
 
 
-async def _state_before(
-    hs: HomeServer, request: HeddleRequest, room_id: str
-) -> tuple[list[str], list[str]]:
-    """(state event IDs before `?event_id=`, their auth chain IDs), both sorted."""
-    event_id = require_query_string(request, "event_id")
+async def _state_before(hs: HomeServer, event_id: str, room_id: str) -> tuple[list[str], list[str]]:
+    """(state event IDs before the event, their auth chain IDs), both sorted. The missing
+    `event_id` parameter is checked (400) before the room is (404), as Synapse does."""
     await _servable_event(hs, event_id, room_id)
     groups = await hs.event_store.get_state_groups_for_events([event_id])
     before = groups.get(event_id, (None, None))[0]
@@ -140,8 +138,9 @@ class StateServlet:
 
     async def on_GET(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
         origin = await _authenticate(self._hs, request)
+        event_id = require_query_string(request, "event_id")
         await _check_room_access(self._hs, room_id, origin)
-        state_ids, auth_chain = await _state_before(self._hs, request, room_id)
+        state_ids, auth_chain = await _state_before(self._hs, event_id, room_id)
         return 200, {
             "pdus": await _pdus(self._hs, state_ids),
             "auth_chain": await _pdus(self._hs, auth_chain),
@@ -158,8 +157,9 @@ class StateIdsServlet:
 
     async def on_GET(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
         origin = await _authenticate(self._hs, request)
+        event_id = require_query_string(request, "event_id")
         await _check_room_access(self._hs, room_id, origin)
-        state_ids, auth_chain = await _state_before(self._hs, request, room_id)
+        state_ids, auth_chain = await _state_before(self._hs, event_id, room_id)
         return 200, {"pdu_ids": state_ids, "auth_chain_ids": auth_chain}
 
 
