@@ -576,10 +576,17 @@ class RequestAuthTests(FederationKeysCase):
             fake_request("PUT", self.URI, [self.header(content={"a": 1})]), {"a": 2}
         )
 
-    async def test_missing_or_malformed_header_is_401(self) -> None:
+    async def test_missing_header_is_401_malformed_is_400(self) -> None:
         await self.assert_unauthorized(fake_request("PUT", self.URI, []))
         await self.assert_unauthorized(fake_request("PUT", self.URI, ["Bearer abc"]))
-        await self.assert_unauthorized(fake_request("PUT", self.URI, ['X-Matrix origin="x"']))
+        # A malformed header, or an origin that is no server name (a non-numeric port):
+        # 400, as Synapse answers.
+        bad_origin = self.header().replace(f'origin="{REMOTE}"', 'origin="localhost:http"')
+        assert "localhost:http" in bad_origin
+        for header in ('X-Matrix origin="x"', bad_origin):
+            with self.assertRaises(MatrixError) as cm:
+                await authenticate_request(self.hs, fake_request("PUT", self.URI, [header]), None)
+            assert (cm.exception.http_code, cm.exception.errcode) == (400, "M_UNAUTHORIZED")
 
     async def test_unknown_key_is_401(self) -> None:
         header = self.header(key=generate_signing_key("unknown"))

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
+
 from client_api.http import (
     HeddleRequest,
     parse_int_query,
@@ -220,10 +222,12 @@ class BackfillServlet:
 
 
 class MissingEventsBody(RequestBody):
+    """The spec requires both lists; an absent one is taken as empty, as Synapse does."""
+
     limit: int = DEFAULT_MISSING_EVENTS_LIMIT
     min_depth: int = 0
-    earliest_events: list[str]
-    latest_events: list[str]
+    earliest_events: list[str] = Field(default_factory=list)
+    latest_events: list[str] = Field(default_factory=list)
 
 
 class GetMissingEventsServlet:
@@ -238,8 +242,8 @@ class GetMissingEventsServlet:
 
     async def on_POST(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
         origin, raw = await federation_json_body_and_origin(self._hs, request)
-        body = parse_body(raw, MissingEventsBody)
         await _check_room_access(self._hs, room_id, origin)
+        body = parse_body(raw, MissingEventsBody)
         limit = max(0, min(body.limit, MAX_MISSING_EVENTS_LIMIT))
         found = await self._hs.federation_event_store.walk_back(
             room_id, body.latest_events, body.earliest_events, limit, max(0, body.min_depth)
