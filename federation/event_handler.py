@@ -121,6 +121,16 @@ class FederationEventHandler:
             missing = set(prevs) - await self._fed_events.get_held_event_ids(prevs, False)
             if missing:
                 await self._fetch_missing_events(origin, event)
+                missing -= await self._fed_events.get_held_event_ids(list(missing), False)
+                if missing:
+                    # The sender pushed it, so it holds its prev_events and should have
+                    # served them. Taking the state there from it instead would let one
+                    # event (which may become the room's only forward extremity) dictate
+                    # the room's state: dropped, as Synapse does.
+                    raise MatrixError(
+                        403, Codes.FORBIDDEN,
+                        f"The sender did not serve the prev_events {sorted(missing)}",
+                    )
             await self.process_event(origin, event)
 
     async def _fetch_missing_events(self, origin: str, event: Event) -> None:
@@ -129,8 +139,9 @@ class FederationEventHandler:
         or fetched, or `MISSING_EVENTS_MAX` is reached; then process them, oldest first.
         A sender catching up after an outage may send only its newest event in the room
         (Synapse does), so this is how the rest of the backlog reaches our users. Whatever is
-        still missing after that is a gap: the state there is fetched (`_state_after_remote`)
-        and the gap is filled by backfill when a client paginates into it."""
+        still missing before the fetched events is a gap: the state there is fetched
+        (`_state_after_remote`) and the gap is filled by backfill when a client paginates
+        into it. (A pushed event whose own prev_events are still missing is dropped.)"""
         room_id = event.room_id
         forward = await self._events.get_forward_extremities(room_id)
         extremities = [eid for eid, _ in forward]

@@ -318,7 +318,40 @@ class FederationMembership:
                 last_error = e
                 continue
             return await self._store_out_of_room_membership(event, {})
+        local = await self._local_out_of_band_leave(user_id, room_id, content)
+        if local is not None:
+            logger.info("%s: no server took %s's leave (%s); left locally", room_id, user_id,
+                        last_error)
+            return local
         raise _as_matrix_error(last_error, f"Cannot leave {room_id} through {list(servers)}")
+
+    async def _local_out_of_band_leave(
+        self, user_id: str, room_id: str, content: Mapping[str, Any]
+    ) -> StoredEvent | None:
+        """When no server of the room takes the leave answering an invite or a knock (it
+        refuses it, fails or is unreachable), the user still gets out, as with Synapse: a
+        leave of our own making, citing the invite or knock as its prev and auth event, kept
+        here only (nobody else would accept it). None when there is no such invite or knock.
+        """
+        current = await self._rooms.get_membership(room_id, user_id)
+        if current is None or current.membership not in ("invite", "knock"):
+            return None
+        prior = await self._events.get_event(current.event_id)
+        if prior is None:
+            return None
+        pdu: dict[str, Any] = {
+            "type": MEMBER,
+            "room_id": room_id,
+            "sender": user_id,
+            "state_key": user_id,
+            "content": {**content, "membership": "leave"},
+            "prev_events": [prior.event_id],
+            "auth_events": [prior.event_id],
+            "depth": prior.depth + 1,
+            "origin_server_ts": self._clock.time_msec(),
+        }
+        event = self._creator.finish_event(pdu, prior.room_version)
+        return await self._store_out_of_room_membership(event, {"out_of_band": True})
 
     async def remote_knock(self, user_id: str, room_id: str, servers: Sequence[str],
                            content: Mapping[str, Any]) -> StoredEvent:
@@ -490,7 +523,7 @@ class FederationMembership:
             signed_pdu["signatures"] = {k: dict(v) for k, v in event.signatures.items()}
             self._sign(signed_pdu, room_version)
             event = Event(signed_pdu, room_version, event_id=event.event_id)
-        event = await self._handler.check_pdu(event.pdu, room_version, room_id)
+        event = await self._checked_inbound(event, room_version, room_id)
         async with self._creator.room_writer(room_id):
             held = await self._fed_events.get_held_event_ids([event.event_id], False)
             if held:
@@ -506,6 +539,14 @@ class FederationMembership:
                 event.event_id, room_id, stored.stream_ordering, destinations
             )
         return event, stored
+
+    async def _checked_inbound(self, event: Event, room_version: RoomVersion, room_id: str) -> Event:
+        """A membership event another server hands us (send_join/leave/knock, invite) with
+        its signatures and hashes checked: 403 M_FORBIDDEN when they are wrong."""
+        try:
+            return await self._handler.check_pdu(event.pdu, room_version, room_id)
+        except (InvalidPdu, FederationError) as e:
+            raise MatrixError(403, Codes.FORBIDDEN, f"Bad signature or hash: {e}") from None
 
     async def join_response(self, event: Event) -> dict[str, Any]:
         """The state before a join and its auth chain (send_join's answer)."""
@@ -556,7 +597,7 @@ class FederationMembership:
         # invited when they block invites.
         await self._local.check_not_blocked(room_id)
         await self._local.check_invites_allowed(invitee)
-        event = await self._handler.check_pdu(event.pdu, room_version, room_id)
+        event = await self._checked_inbound(event, room_version, room_id)
         signed_pdu = dict(event.pdu)
         signed_pdu["signatures"] = {k: dict(v) for k, v in event.signatures.items()}
         self._sign(signed_pdu, room_version)

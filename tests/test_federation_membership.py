@@ -138,6 +138,34 @@ class FederatedMembership(FederationTestCase):
         await self._wait_membership(alice, room_id, bob.user_id, "join", "bob's join on A")
 
     @ensure_deferred
+    async def test_reject_invite_when_the_inviting_server_is_gone(self) -> None:
+        # Nobody takes the rejection: it is made here, and bob is out of the room.
+        a, b, alice, bob = await self._two()
+        room_id = await self._create(alice, preset="private_chat")
+        r = await self.user_call(alice, "POST", f"{API}/rooms/{q(room_id)}/invite",
+                                 {"user_id": bob.user_id})
+        self.assertEqual(r.code, 200, r)
+
+        async def invited() -> bool:
+            return room_id in (await self._sync_rooms(bob)).get("invite", {})
+
+        await self.wait_for(invited, what="invite in B's sync")
+        r = await self.user_call(bob, "GET", f"{API}/sync")
+        since = r.json["next_batch"]
+        await self.stop_peer(a)
+        r = await self.user_call(bob, "POST", f"{API}/rooms/{q(room_id)}/leave",
+                                 {"reason": "no thanks"})
+        self.assertEqual(r.code, 200, r)
+        r = await self.user_call(bob, "GET", f"{API}/sync?since={q(since)}")
+        rooms = r.json.get("rooms", {})
+        self.assertNotIn(room_id, rooms.get("invite", {}))
+        self.assertIn(room_id, rooms.get("leave", {}))
+        (leave,) = [e for e in rooms["leave"][room_id]["timeline"]["events"]
+                    if e["type"] == "m.room.member"]
+        self.assertEqual(leave["content"], {"membership": "leave", "reason": "no thanks"})
+        self.assertNotIn(room_id, (await self._sync_rooms(bob)).get("invite", {}))
+
+    @ensure_deferred
     async def test_invite_into_a_room_blocked_here_is_refused(self) -> None:
         a, b, alice, bob = await self._two()
         room_id = await self._create(alice, preset="private_chat")
