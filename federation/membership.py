@@ -13,7 +13,7 @@ from signedjson.sign import sign_json
 from twisted.internet import defer
 
 from federation.client import build_path
-from federation.errors import FederationError, HttpResponseError
+from federation.errors import FederationError, HttpResponseError, RequestSendFailed
 from federation.event_checks import InvalidPdu, parse_pdu, server_of
 from homeserver.errors import Codes, MatrixError
 from homeserver.events.auth import CREATE, MEMBER
@@ -58,6 +58,19 @@ _SEND_PATHS = {
     "leave": "/_matrix/federation/v2/send_leave/%s/%s",
     "knock": "/_matrix/federation/v1/send_knock/%s/%s",
 }
+# Where a server that does not know the v2 API is asked instead (spec: the v1 send_join and
+# send_leave, whose answer is the v2 answer wrapped in `[200, ...]`).
+_V1_SEND_PATHS = {
+    "join": "/_matrix/federation/v1/send_join/%s/%s",
+    "leave": "/_matrix/federation/v1/send_leave/%s/%s",
+}
+
+
+def _unknown_endpoint(error: FederationError) -> bool:
+    """Whether a server answered that it does not serve the path (as Synapse tells it)."""
+    return isinstance(error, HttpResponseError) and (
+        error.code in (404, 405) or (error.code == 400 and error.errcode == Codes.UNRECOGNIZED)
+    )
 
 
 def stripped(event: Event) -> dict[str, Any]:
@@ -173,17 +186,35 @@ class FederationMembership:
                 continue
             event = self._event_from_template(template, room_version, user_id, "join", content)
             try:
-                response = await self._client.put_json(
-                    server,
-                    build_path(_SEND_PATHS["join"], room_id, event.event_id),
-                    event.pdu,
-                    max_response_bytes=self._max_join_bytes,
+                response = await self._send_membership_to(
+                    server, "join", event, max_response_bytes=self._max_join_bytes
                 )
             except FederationError as e:
                 last_error = e
                 continue
             return await self._complete_join(server, room_id, event, room_version, response)
         raise _as_matrix_error(last_error, f"Cannot join {room_id} through {list(servers)}")
+
+    async def _send_membership_to(
+        self, server: str, membership: str, event: Event, **kwargs: Any
+    ) -> Any:
+        """send_join / send_leave through the v2 API, or the v1 API for a server that does
+        not serve v2 (as Synapse falls back); the answer unwrapped from v1's `[200, ...]`."""
+        try:
+            return await self._client.put_json(
+                server, build_path(_SEND_PATHS[membership], event.room_id, event.event_id),
+                event.pdu, **kwargs,
+            )
+        except FederationError as e:
+            if membership not in _V1_SEND_PATHS or not _unknown_endpoint(e):
+                raise
+        response = await self._client.put_json(
+            server, build_path(_V1_SEND_PATHS[membership], event.room_id, event.event_id),
+            event.pdu, **kwargs,
+        )
+        if isinstance(response, list) and len(response) == 2 and response[0] == 200:
+            return response[1]
+        raise RequestSendFailed(server, f"bad v1 send_{membership} answer")
 
     async def _make(
         self, server: str, membership: str, room_id: str, user_id: str
@@ -311,9 +342,7 @@ class FederationMembership:
                 template, room_version = await self._make(server, "leave", room_id, user_id)
                 event = self._event_from_template(template, room_version, user_id, "leave",
                                                   content)
-                await self._client.put_json(
-                    server, build_path(_SEND_PATHS["leave"], room_id, event.event_id), event.pdu
-                )
+                await self._send_membership_to(server, "leave", event)
             except (FederationError, MatrixError) as e:
                 last_error = e
                 continue
