@@ -160,6 +160,12 @@ class FederatedMembership(FederationTestCase):
         rooms = r.json.get("rooms", {})
         self.assertNotIn(room_id, rooms.get("invite", {}))
         self.assertIn(room_id, rooms.get("leave", {}))
+        # The leave is the left room's timeline (no other timeline is held here).
+        (leave_event,) = rooms["leave"][room_id]["timeline"]["events"]
+        self.assertEqual(
+            (leave_event["type"], leave_event["state_key"], leave_event["content"]),
+            ("m.room.member", bob.user_id, {"membership": "leave", "reason": "no thanks"}),
+        )
         current = await b.hs.room_store.get_membership(room_id, bob.user_id)
         assert current is not None
         leave = await b.hs.event_store.get_event(current.event_id)
