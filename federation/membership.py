@@ -660,7 +660,15 @@ def _as_matrix_error(error: Exception | None, message: str) -> MatrixError:
     if isinstance(error, MatrixError):
         return error
     if isinstance(error, HttpResponseError) and 400 <= error.code < 500 and error.errcode:
-        return MatrixError(error.code, error.errcode, f"{message}: {error.error or error.errcode}")
+        extra: dict[str, Any] = {}
+        room_version = error.body.get("room_version") if isinstance(error.body, dict) else None
+        if error.errcode == Codes.INCOMPATIBLE_ROOM_VERSION and isinstance(room_version, str):
+            # Passed through, so the client can say which version its server lacks (spec:
+            # make_join's errors "should be passed through to clients").
+            extra["room_version"] = room_version
+        return MatrixError(
+            error.code, error.errcode, f"{message}: {error.error or error.errcode}", **extra
+        )
     if error is None:
         return MatrixError(404, Codes.NOT_FOUND, f"{message}: no server to ask")
     return MatrixError(502, Codes.UNKNOWN, f"{message}: {error}")

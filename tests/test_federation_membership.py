@@ -208,6 +208,37 @@ class FederatedMembership(FederationTestCase):
         await self._wait_body(bob, room_id, "joined through v1", "A's message on B")
 
     @ensure_deferred
+    async def test_incompatible_room_version_reaches_the_client(self) -> None:
+        # The resident server's make_join says the room's version is not one we offered:
+        # the client gets that error with the room's version.
+        from federation.errors import HttpResponseError
+
+        a, b, alice, bob = await self._two()
+        room_id = await self._create(alice, preset="public_chat")
+        membership = b.hs.federation_membership
+        real_client = membership._client
+
+        class NewerRoom:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real_client, name)
+
+            async def get_json(self, destination: str, path: str, *args: Any, **kw: Any) -> Any:
+                if path.startswith("/_matrix/federation/v1/make_join/"):
+                    raise HttpResponseError(destination, 400, {
+                        "errcode": "M_INCOMPATIBLE_ROOM_VERSION",
+                        "error": "Your server does not support this room's version",
+                        "room_version": "org.example.future",
+                    })
+                return await real_client.get_json(destination, path, *args, **kw)
+
+        membership._client = NewerRoom()
+        self.addCleanup(setattr, membership, "_client", real_client)
+        r = await self._join(bob, room_id, a)
+        self.assertEqual(r.code, 400, r)
+        self.assertEqual(r.json["errcode"], "M_INCOMPATIBLE_ROOM_VERSION")
+        self.assertEqual(r.json["room_version"], "org.example.future")
+
+    @ensure_deferred
     async def test_invite_into_a_room_blocked_here_is_refused(self) -> None:
         a, b, alice, bob = await self._two()
         room_id = await self._create(alice, preset="private_chat")
