@@ -121,6 +121,16 @@ class FederationEventHandler:
             missing = set(prevs) - await self._fed_events.get_held_event_ids(prevs, False)
             if missing:
                 await self._fetch_missing_events(origin, event)
+                missing -= await self._fed_events.get_held_event_ids(list(missing), False)
+                if missing:
+                    # The sender pushed it, so it holds its prev_events and should have
+                    # served them. Taking the state there from it instead would let one
+                    # event (which may become the room's only forward extremity) dictate
+                    # the room's state: dropped, as Synapse does.
+                    raise MatrixError(
+                        403, Codes.FORBIDDEN,
+                        f"The sender did not serve the prev_events {sorted(missing)}",
+                    )
             await self.process_event(origin, event)
 
     async def _fetch_missing_events(self, origin: str, event: Event) -> None:
@@ -129,8 +139,9 @@ class FederationEventHandler:
         or fetched, or `MISSING_EVENTS_MAX` is reached; then process them, oldest first.
         A sender catching up after an outage may send only its newest event in the room
         (Synapse does), so this is how the rest of the backlog reaches our users. Whatever is
-        still missing after that is a gap: the state there is fetched (`_state_after_remote`)
-        and the gap is filled by backfill when a client paginates into it."""
+        still missing before the fetched events is a gap: the state there is fetched
+        (`_state_after_remote`) and the gap is filled by backfill when a client paginates
+        into it. (A pushed event whose own prev_events are still missing is dropped.)"""
         room_id = event.room_id
         forward = await self._events.get_forward_extremities(room_id)
         extremities = [eid for eid, _ in forward]
@@ -227,10 +238,18 @@ class FederationEventHandler:
         if rejected is not None:
             logger.info("rejecting %s from %s: %s", event.event_id, origin, rejected)
             event = Event(event.pdu, room_version, event.event_id, rejected_reason=rejected)
+            # Kept with the state before it, which is also the state after it (a rejected
+            # event changes nothing): a later event citing it as a prev_event has its
+            # state here rather than asking a server that may not serve it.
             return await self._persist(
                 room_id,
                 event,
-                EventContext(state_group_before=None, updates_current_state=False),
+                EventContext(
+                    state_group_before=single_group,
+                    state_before=None if single_group is not None else state_before,
+                    state_before_base=base_group,
+                    updates_current_state=False,
+                ),
             )
 
         state_after = dict(state_before)

@@ -394,11 +394,16 @@ class KeyRing:
             key_id = next(iter(minimums), "")
             min_ts = max(minimums.values(), default=any_minimum)
             try:
-                await self._fetch(server_name, key_id, min_ts, use_notaries=True)
+                learned = await self._fetch(server_name, key_id, min_ts, use_notaries=True)
             except KeyLookupError as e:
                 logger.info("Notary: no fresh keys for %s: %s", server_name, e)
+                learned = {}
             responses = await self._store.get_key_responses(server_name, wanted_ids)
-            if not _fresh_enough(responses, minimums, any_minimum):
+            if not learned and not _fresh_enough(responses, minimums, any_minimum):
+                # It could not be reached: not asked again for a while. (A server that
+                # answered with keys not valid as long as asked is not backed off: anyone
+                # may ask us for any minimum, and that must not keep us from fetching its
+                # keys to verify its events.)
                 self._failed_fetches.set(server_name, self._clock.time_msec())
         served: list[dict[str, Any]] = []
         seen: set[str] = set()

@@ -13,7 +13,7 @@ from signedjson.sign import sign_json
 from twisted.internet import defer
 
 from federation.client import build_path
-from federation.errors import FederationError, HttpResponseError
+from federation.errors import FederationError, HttpResponseError, RequestSendFailed
 from federation.event_checks import InvalidPdu, parse_pdu, server_of
 from homeserver.errors import Codes, MatrixError
 from homeserver.events.auth import CREATE, MEMBER
@@ -58,6 +58,19 @@ _SEND_PATHS = {
     "leave": "/_matrix/federation/v2/send_leave/%s/%s",
     "knock": "/_matrix/federation/v1/send_knock/%s/%s",
 }
+# Where a server that does not know the v2 API is asked instead (spec: the v1 send_join and
+# send_leave, whose answer is the v2 answer wrapped in `[200, ...]`).
+_V1_SEND_PATHS = {
+    "join": "/_matrix/federation/v1/send_join/%s/%s",
+    "leave": "/_matrix/federation/v1/send_leave/%s/%s",
+}
+
+
+def _unknown_endpoint(error: FederationError) -> bool:
+    """Whether a server answered that it does not serve the path (as Synapse tells it)."""
+    return isinstance(error, HttpResponseError) and (
+        error.code in (404, 405) or (error.code == 400 and error.errcode == Codes.UNRECOGNIZED)
+    )
 
 
 def stripped(event: Event) -> dict[str, Any]:
@@ -173,17 +186,35 @@ class FederationMembership:
                 continue
             event = self._event_from_template(template, room_version, user_id, "join", content)
             try:
-                response = await self._client.put_json(
-                    server,
-                    build_path(_SEND_PATHS["join"], room_id, event.event_id),
-                    event.pdu,
-                    max_response_bytes=self._max_join_bytes,
+                response = await self._send_membership_to(
+                    server, "join", event, max_response_bytes=self._max_join_bytes
                 )
             except FederationError as e:
                 last_error = e
                 continue
             return await self._complete_join(server, room_id, event, room_version, response)
         raise _as_matrix_error(last_error, f"Cannot join {room_id} through {list(servers)}")
+
+    async def _send_membership_to(
+        self, server: str, membership: str, event: Event, **kwargs: Any
+    ) -> Any:
+        """send_join / send_leave through the v2 API, or the v1 API for a server that does
+        not serve v2 (as Synapse falls back); the answer unwrapped from v1's `[200, ...]`."""
+        try:
+            return await self._client.put_json(
+                server, build_path(_SEND_PATHS[membership], event.room_id, event.event_id),
+                event.pdu, **kwargs,
+            )
+        except FederationError as e:
+            if membership not in _V1_SEND_PATHS or not _unknown_endpoint(e):
+                raise
+        response = await self._client.put_json(
+            server, build_path(_V1_SEND_PATHS[membership], event.room_id, event.event_id),
+            event.pdu, **kwargs,
+        )
+        if isinstance(response, list) and len(response) == 2 and response[0] == 200:
+            return response[1]
+        raise RequestSendFailed(server, f"bad v1 send_{membership} answer")
 
     async def _make(
         self, server: str, membership: str, room_id: str, user_id: str
@@ -313,14 +344,45 @@ class FederationMembership:
                 template, room_version = await self._make(server, "leave", room_id, user_id)
                 event = self._event_from_template(template, room_version, user_id, "leave",
                                                   content)
-                await self._client.put_json(
-                    server, build_path(_SEND_PATHS["leave"], room_id, event.event_id), event.pdu
-                )
+                await self._send_membership_to(server, "leave", event)
             except (FederationError, MatrixError) as e:
                 last_error = e
                 continue
             return await self._store_out_of_room_membership(event, {})
+        local = await self._local_out_of_band_leave(user_id, room_id, content)
+        if local is not None:
+            logger.info("%s: no server took %s's leave (%s); left locally", room_id, user_id,
+                        last_error)
+            return local
         raise _as_matrix_error(last_error, f"Cannot leave {room_id} through {list(servers)}")
+
+    async def _local_out_of_band_leave(
+        self, user_id: str, room_id: str, content: Mapping[str, Any]
+    ) -> StoredEvent | None:
+        """When no server of the room takes the leave answering an invite or a knock (it
+        refuses it, fails or is unreachable), the user still gets out, as with Synapse: a
+        leave of our own making, citing the invite or knock as its prev and auth event, kept
+        here only (nobody else would accept it). None when there is no such invite or knock.
+        """
+        current = await self._rooms.get_membership(room_id, user_id)
+        if current is None or current.membership not in ("invite", "knock"):
+            return None
+        prior = await self._events.get_event(current.event_id)
+        if prior is None:
+            return None
+        pdu: dict[str, Any] = {
+            "type": MEMBER,
+            "room_id": room_id,
+            "sender": user_id,
+            "state_key": user_id,
+            "content": {**content, "membership": "leave"},
+            "prev_events": [prior.event_id],
+            "auth_events": [prior.event_id],
+            "depth": prior.depth + 1,
+            "origin_server_ts": self._clock.time_msec(),
+        }
+        event = self._creator.finish_event(pdu, prior.room_version)
+        return await self._store_out_of_room_membership(event, {"out_of_band": True})
 
     async def remote_knock(self, user_id: str, room_id: str, servers: Sequence[str],
                            content: Mapping[str, Any]) -> StoredEvent:
@@ -492,7 +554,7 @@ class FederationMembership:
             signed_pdu["signatures"] = {k: dict(v) for k, v in event.signatures.items()}
             self._sign(signed_pdu, room_version)
             event = Event(signed_pdu, room_version, event_id=event.event_id)
-        event = await self._handler.check_pdu(event.pdu, room_version, room_id)
+        event = await self._checked_inbound(event, room_version, room_id)
         async with self._creator.room_writer(room_id):
             held = await self._fed_events.get_held_event_ids([event.event_id], False)
             if held:
@@ -508,6 +570,14 @@ class FederationMembership:
                 event.event_id, room_id, stored.stream_ordering, destinations
             )
         return event, stored
+
+    async def _checked_inbound(self, event: Event, room_version: RoomVersion, room_id: str) -> Event:
+        """A membership event another server hands us (send_join/leave/knock, invite) with
+        its signatures and hashes checked: 403 M_FORBIDDEN when they are wrong."""
+        try:
+            return await self._handler.check_pdu(event.pdu, room_version, room_id)
+        except (InvalidPdu, FederationError) as e:
+            raise MatrixError(403, Codes.FORBIDDEN, f"Bad signature or hash: {e}") from None
 
     async def join_response(self, event: Event) -> dict[str, Any]:
         """The state before a join and its auth chain (send_join's answer)."""
@@ -558,7 +628,7 @@ class FederationMembership:
         # invited when they block invites.
         await self._local.check_not_blocked(room_id)
         await self._local.check_invites_allowed(invitee)
-        event = await self._handler.check_pdu(event.pdu, room_version, room_id)
+        event = await self._checked_inbound(event, room_version, room_id)
         signed_pdu = dict(event.pdu)
         signed_pdu["signatures"] = {k: dict(v) for k, v in event.signatures.items()}
         self._sign(signed_pdu, room_version)

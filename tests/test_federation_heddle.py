@@ -291,6 +291,95 @@ class InboundBadInput(FederationTestCase):
         self.assertNotIn(mallory, members)
 
     @ensure_deferred
+    async def test_event_after_a_rejected_one(self):
+        # An event citing a rejected event as its prev_event: the state there is the state
+        # before the rejected event, known locally (the sender need not serve it).
+        await self._setup()
+        mallory = f"@mallory:{self.b.server_name}"
+        rejected = await self._pdu(mallory, {"msgtype": "m.text", "body": "not a member"})
+        self.assertEqual(await self._send([rejected.pdu], "t-rej1"),
+                         {"pdus": {rejected.event_id: {}}})
+        later = await self._pdu(
+            self.bob.user_id, {"msgtype": "m.text", "body": "after the rejected one"},
+            prev_events=[rejected.event_id], depth=rejected.depth + 1,
+        )
+        self.assertEqual(await self._send([later.pdu], "t-rej2"), {"pdus": {later.event_id: {}}})
+        self.assertIn("after the rejected one", await self.timeline_bodies(self.alice, self.room_id))
+        self.assertNotIn("not a member", await self.timeline_bodies(self.alice, self.room_id))
+        stored = await self._stored(later.event_id)
+        self.assertIsNone(stored.event.rejected_reason)
+        # The rejected event's state is not served.
+        from federation.errors import HttpResponseError
+
+        with self.assertRaises(HttpResponseError) as cm:
+            await self.b.hs.federation_client.get_json(
+                self.a.server_name, f"/_matrix/federation/v1/state_ids/{q(self.room_id)}",
+                args={"event_id": [rejected.event_id]},
+            )
+        self.assertEqual(cm.exception.code, 404)
+
+    @ensure_deferred
+    async def test_pushed_event_whose_prev_events_are_not_served_is_dropped(self):
+        # B pushes an event whose prev_event it then does not serve through
+        # get_missing_events: A drops the event rather than take the state there from B.
+        await self._setup()
+        handler = self.a.hs.federation_events
+        real_client = handler._client
+        asked: list[str] = []
+
+        class Withholding:
+            async def post_json(self, destination, path, data, **kw):
+                asked.append(path)
+                if "/get_missing_events/" in path:
+                    return {"events": []}
+                return await real_client.post_json(destination, path, data, **kw)
+
+            async def get_json(self, destination, path, *args, **kw):
+                asked.append(path)
+                return await real_client.get_json(destination, path, *args, **kw)
+
+        handler._client = Withholding()
+        self.addCleanup(setattr, handler, "_client", real_client)
+        unsent = await self._pdu(self.bob.user_id, {"msgtype": "m.text", "body": "withheld"})
+        event = await self._pdu(
+            self.bob.user_id, {"msgtype": "m.text", "body": "after the withheld one"},
+            prev_events=[unsent.event_id], depth=unsent.depth + 1,
+        )
+        result = await self._send([event.pdu], "t-withheld")
+        self.assertIn("error", result["pdus"][event.event_id])
+        self.assertTrue(any("/get_missing_events/" in p for p in asked), asked)
+        self.assertFalse(any("/state_ids/" in p or "/state/" in p for p in asked), asked)
+        self.assertIsNone(await self._stored(event.event_id))
+
+    @ensure_deferred
+    async def test_invite_with_a_bad_signature_is_forbidden(self):
+        from federation.errors import HttpResponseError
+
+        await self._setup()
+        r = await self.user_call(self.bob, "POST", f"{API}/createRoom", {"preset": "private_chat"})
+        room_id = r.json["room_id"]
+        hs = self.b.hs
+        rv = await hs.event_store.get_room_version(room_id)
+        current = await hs.state_store.get_current_state_ids(room_id)
+        pdu = await hs.event_creator.build_pdu(
+            room_id, rv, self.bob.user_id, "m.room.member", {"membership": "invite"},
+            self.alice.user_id, current,
+        )
+        invite = hs.event_creator.finish_event(pdu, rv)
+        tampered = dict(invite.pdu)
+        sigs = {k: dict(v) for k, v in tampered["signatures"].items()}
+        key_id = next(iter(sigs[self.b.server_name]))
+        sigs[self.b.server_name][key_id] = "A" * 86
+        tampered["signatures"] = sigs
+        with self.assertRaises(HttpResponseError) as cm:
+            await hs.federation_client.put_json(
+                self.a.server_name,
+                f"/_matrix/federation/v2/invite/{q(room_id)}/{q(invite.event_id)}",
+                {"event": tampered, "room_version": rv.identifier, "invite_room_state": []},
+            )
+        self.assertEqual((cm.exception.code, cm.exception.errcode), (403, "M_FORBIDDEN"))
+
+    @ensure_deferred
     async def test_unknown_prev_events(self):
         await self._setup()
         event = await self._pdu(

@@ -460,6 +460,23 @@ class NotaryEndpointTests(FederationKeysCase):
         assert len(response.json["server_keys"]) == 1
         assert self.client.count(REMOTE) == 1
 
+    async def test_stale_answer_is_served_and_does_not_back_off_the_origin(self) -> None:
+        # Nothing the origin has is valid as long as asked: each query asks it again, and
+        # what it has is served anyway; its keys can still be fetched afterwards.
+        path = f"/_matrix/key/v2/query/{REMOTE}?minimum_valid_until_ts={2**52}"
+        for expected_fetches in (1, 2):
+            response = await self.request("GET", path, base_url=self.fed_url)
+            assert response.code == 200, response
+            [served] = response.json["server_keys"]
+            self.assert_signed_by_origin_and_us(served)
+            assert self.client.count(REMOTE) == expected_fetches, self.client.calls
+        # The origin moves to a new key: it is fetched when an event needs it.
+        new_key = generate_signing_key("r2")
+        now = self.hs.clock.time_msec()
+        self.client.server_keys[REMOTE] = key_response(REMOTE, new_key, now + HOUR)
+        key = await self.hs.keyring.get_verify_key(REMOTE, "ed25519:r2", now)
+        assert encode_verify_key_base64(key) == b64(new_key)
+
     async def test_post_query_for_several_servers(self) -> None:
         body = {
             "server_keys": {
@@ -576,10 +593,17 @@ class RequestAuthTests(FederationKeysCase):
             fake_request("PUT", self.URI, [self.header(content={"a": 1})]), {"a": 2}
         )
 
-    async def test_missing_or_malformed_header_is_401(self) -> None:
+    async def test_missing_header_is_401_malformed_is_400(self) -> None:
         await self.assert_unauthorized(fake_request("PUT", self.URI, []))
         await self.assert_unauthorized(fake_request("PUT", self.URI, ["Bearer abc"]))
-        await self.assert_unauthorized(fake_request("PUT", self.URI, ['X-Matrix origin="x"']))
+        # A malformed header, or an origin that is no server name (a non-numeric port):
+        # 400, as Synapse answers.
+        bad_origin = self.header().replace(f'origin="{REMOTE}"', 'origin="localhost:http"')
+        assert "localhost:http" in bad_origin
+        for header in ('X-Matrix origin="x"', bad_origin):
+            with self.assertRaises(MatrixError) as cm:
+                await authenticate_request(self.hs, fake_request("PUT", self.URI, [header]), None)
+            assert (cm.exception.http_code, cm.exception.errcode) == (400, "M_UNAUTHORIZED")
 
     async def test_unknown_key_is_401(self) -> None:
         header = self.header(key=generate_signing_key("unknown"))

@@ -158,6 +158,76 @@ class FederatedMembership(FederationTestCase):
         await self._wait_membership(alice, room_id, bob.user_id, "join", "bob's join on A")
 
     @ensure_deferred
+    async def test_reject_invite_when_the_inviting_server_is_gone(self) -> None:
+        # Nobody takes the rejection: it is made here, and bob is out of the room.
+        a, b, alice, bob = await self._two()
+        room_id = await self._create(alice, preset="private_chat")
+        r = await self.user_call(alice, "POST", f"{API}/rooms/{q(room_id)}/invite",
+                                 {"user_id": bob.user_id})
+        self.assertEqual(r.code, 200, r)
+
+        async def invited() -> bool:
+            return room_id in (await self._sync_rooms(bob)).get("invite", {})
+
+        await self.wait_for(invited, what="invite in B's sync")
+        r = await self.user_call(bob, "GET", f"{API}/sync")
+        since = r.json["next_batch"]
+        await self.stop_peer(a)
+        r = await self.user_call(bob, "POST", f"{API}/rooms/{q(room_id)}/leave",
+                                 {"reason": "no thanks"})
+        self.assertEqual(r.code, 200, r)
+        r = await self.user_call(bob, "GET", f"{API}/sync?since={q(since)}")
+        rooms = r.json.get("rooms", {})
+        self.assertNotIn(room_id, rooms.get("invite", {}))
+        self.assertIn(room_id, rooms.get("leave", {}))
+        # The leave is the left room's timeline (no other timeline is held here).
+        (leave_event,) = rooms["leave"][room_id]["timeline"]["events"]
+        self.assertEqual(
+            (leave_event["type"], leave_event["state_key"], leave_event["content"]),
+            ("m.room.member", bob.user_id, {"membership": "leave", "reason": "no thanks"}),
+        )
+        current = await b.hs.room_store.get_membership(room_id, bob.user_id)
+        assert current is not None
+        leave = await b.hs.event_store.get_event(current.event_id)
+        assert leave is not None
+        self.assertEqual(current.membership, "leave")
+        self.assertEqual(dict(leave.content), {"membership": "leave", "reason": "no thanks"})
+        self.assertNotIn(room_id, (await self._sync_rooms(bob)).get("invite", {}))
+
+    @ensure_deferred
+    async def test_join_through_a_server_without_the_v2_api(self) -> None:
+        # The resident server answers 404 M_UNRECOGNIZED to the v2 send_join (and
+        # send_leave): the join goes through the v1 API instead.
+        from federation.errors import HttpResponseError
+
+        a, b, alice, bob = await self._two()
+        room_id = await self._create(alice, preset="public_chat")
+        membership = b.hs.federation_membership
+        real_client = membership._client
+        sent: list[str] = []
+
+        class OnlyV1:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real_client, name)
+
+            async def put_json(self, destination: str, path: str, data: Any, **kw: Any) -> Any:
+                sent.append(path)
+                if path.startswith("/_matrix/federation/v2/send_"):
+                    raise HttpResponseError(
+                        destination, 404, {"errcode": "M_UNRECOGNIZED", "error": "Unrecognized"}
+                    )
+                return await real_client.put_json(destination, path, data, **kw)
+
+        membership._client = OnlyV1()
+        self.addCleanup(setattr, membership, "_client", real_client)
+        r = await self._join(bob, room_id, a)
+        self.assertEqual(r.code, 200, r)
+        await self._wait_membership(alice, room_id, bob.user_id, "join", "bob's join on A")
+        self.assertTrue(any(p.startswith("/_matrix/federation/v1/send_join/") for p in sent), sent)
+        await self.send_text(alice, room_id, "joined through v1", "v1-1")
+        await self._wait_body(bob, room_id, "joined through v1", "A's message on B")
+
+    @ensure_deferred
     async def test_invite_into_a_room_blocked_here_is_refused(self) -> None:
         a, b, alice, bob = await self._two()
         room_id = await self._create(alice, preset="private_chat")

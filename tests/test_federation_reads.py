@@ -196,6 +196,10 @@ class EventReadTests(FederationReadsCase):
         for endpoint in ("state", "state_ids"):
             path = f"{FED}/{endpoint}/{q(self.room_id)}"
             self.assertError(await self.fed("GET", path), 400, "M_MISSING_PARAM")
+            # The missing parameter is reported before the room is looked up.
+            self.assertError(
+                await self.fed("GET", f"{FED}/{endpoint}/notaroom"), 400, "M_MISSING_PARAM"
+            )
             self.assertError(await self.fed("GET", path, event_id="$nope"), 404, "M_NOT_FOUND")
             # An event of another room.
             self.assertError(
@@ -294,8 +298,13 @@ class EventReadTests(FederationReadsCase):
         r = await self.fed("POST", path, body)
         self.assertEqual(r.json["events"], [await self.pdu(self.messages[1])])
 
+        # An absent list is an empty one (Synapse's reading): nothing to walk back from.
+        r = await self.fed("POST", path, {})
+        self.assertEqual((r.code, r.json), (200, {"events": []}), r)
+        r = await self.fed("POST", path, {"latest_events": [self.messages[2]], "limit": 1})
+        self.assertEqual(r.json["events"], [await self.pdu(self.messages[1])])
         for bad in (
-            {"latest_events": [self.messages[2]]},
+            {"earliest_events": "x", "latest_events": [self.messages[2]]},
             {"earliest_events": [], "latest_events": "x"},
             {"earliest_events": [], "latest_events": [], "limit": "5"},
         ):
@@ -349,6 +358,8 @@ class AclTests(FederationReadsCase):
                 {"earliest_events": [], "latest_events": [self.event_id]},
                 {},
             ),
+            # The ACL is checked before the body is.
+            ("POST", f"{FED}/get_missing_events/{room}", {}, {}),
         ]
         for method, path, body, params in requests:
             r = await self.fed(method, path, body, **params)

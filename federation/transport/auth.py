@@ -35,12 +35,13 @@ def _x_matrix_headers(request: HeddleRequest) -> list[XMatrixAuth]:
         try:
             parsed.append(parse_authorization(value))
         except ValueError as e:
-            raise MatrixError(401, Codes.UNAUTHORIZED, f"Malformed X-Matrix header: {e}") from None
+            raise MatrixError(400, Codes.UNAUTHORIZED, f"Malformed X-Matrix header: {e}") from None
     return parsed
 
 
 async def authenticate_request(hs: HomeServer, request: HeddleRequest, content: Any | None) -> str:
-    """The name of the server that signed this request, or 401 M_UNAUTHORIZED.
+    """The name of the server that signed this request, or 401 M_UNAUTHORIZED (400 for a
+    malformed X-Matrix header or an origin that is not a server name, as Synapse answers).
 
     `content` is the parsed JSON body (None when the request has none). Every X-Matrix
     header must name the same origin and, when it names a destination, this server; one
@@ -54,7 +55,7 @@ async def authenticate_request(hs: HomeServer, request: HeddleRequest, content: 
     if any(auth.origin != origin for auth in auths):
         raise MatrixError(401, Codes.UNAUTHORIZED, "X-Matrix headers name different origins")
     if not is_valid_server_name(origin):
-        raise MatrixError(401, Codes.UNAUTHORIZED, "X-Matrix origin is not a valid server name")
+        raise MatrixError(400, Codes.UNAUTHORIZED, "X-Matrix origin is not a valid server name")
     for auth in auths:
         if auth.destination is not None and auth.destination != hs.server_name:
             raise MatrixError(

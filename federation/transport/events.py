@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
+
 from client_api.http import (
     HeddleRequest,
     parse_int_query,
@@ -113,11 +115,9 @@ class EventServlet:
         return 200, _transaction(self._hs, pdus)
 
 
-async def _state_before(
-    hs: HomeServer, request: HeddleRequest, room_id: str
-) -> tuple[list[str], list[str]]:
-    """(state event IDs before `?event_id=`, their auth chain IDs), both sorted."""
-    event_id = require_query_string(request, "event_id")
+async def _state_before(hs: HomeServer, event_id: str, room_id: str) -> tuple[list[str], list[str]]:
+    """(state event IDs before the event, their auth chain IDs), both sorted. The missing
+    `event_id` parameter is checked (400) before the room is (404), as Synapse does."""
     await _servable_event(hs, event_id, room_id)
     groups = await hs.event_store.get_state_groups_for_events([event_id])
     before = groups.get(event_id, (None, None))[0]
@@ -140,8 +140,9 @@ class StateServlet:
 
     async def on_GET(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
         origin = await _authenticate(self._hs, request)
+        event_id = require_query_string(request, "event_id")
         await _check_room_access(self._hs, room_id, origin)
-        state_ids, auth_chain = await _state_before(self._hs, request, room_id)
+        state_ids, auth_chain = await _state_before(self._hs, event_id, room_id)
         return 200, {
             "pdus": await _pdus(self._hs, state_ids),
             "auth_chain": await _pdus(self._hs, auth_chain),
@@ -158,8 +159,9 @@ class StateIdsServlet:
 
     async def on_GET(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
         origin = await _authenticate(self._hs, request)
+        event_id = require_query_string(request, "event_id")
         await _check_room_access(self._hs, room_id, origin)
-        state_ids, auth_chain = await _state_before(self._hs, request, room_id)
+        state_ids, auth_chain = await _state_before(self._hs, event_id, room_id)
         return 200, {"pdu_ids": state_ids, "auth_chain_ids": auth_chain}
 
 
@@ -220,10 +222,12 @@ class BackfillServlet:
 
 
 class MissingEventsBody(RequestBody):
+    """The spec requires both lists; an absent one is taken as empty, as Synapse does."""
+
     limit: int = DEFAULT_MISSING_EVENTS_LIMIT
     min_depth: int = 0
-    earliest_events: list[str]
-    latest_events: list[str]
+    earliest_events: list[str] = Field(default_factory=list)
+    latest_events: list[str] = Field(default_factory=list)
 
 
 class GetMissingEventsServlet:
@@ -238,8 +242,8 @@ class GetMissingEventsServlet:
 
     async def on_POST(self, request: HeddleRequest, room_id: str) -> tuple[int, Any]:
         origin, raw = await federation_json_body_and_origin(self._hs, request)
-        body = parse_body(raw, MissingEventsBody)
         await _check_room_access(self._hs, room_id, origin)
+        body = parse_body(raw, MissingEventsBody)
         limit = max(0, min(body.limit, MAX_MISSING_EVENTS_LIMIT))
         found = await self._hs.federation_event_store.walk_back(
             room_id, body.latest_events, body.earliest_events, limit, max(0, body.min_depth)

@@ -1076,9 +1076,18 @@ class SyncHandler:
             sync_pass, membership.room_id, timeline, None if fresh else since,
             membership.stream_ordering,
         )
+        events = timeline.events
+        if not events and membership.stream_ordering > after:
+            # A leave of a room this server holds no timeline of (an invite rejected, a
+            # knock withdrawn, or refused by the room): the leave alone, so the client
+            # sees why the room moved (as Synapse shows out-of-band memberships).
+            stored = await self._events.get_stored_event(membership.event_id)
+            if stored is not None and stored.outlier and \
+                    stored.stream_ordering == membership.stream_ordering:
+                events = [stored]
         return {
             "timeline": {
-                "events": await self._serialize(sync_pass, timeline.events, timeline=True),
+                "events": await self._serialize(sync_pass, events, timeline=True),
                 "limited": timeline.limited,
                 "prev_batch": timeline.prev_batch,
             },
