@@ -180,9 +180,8 @@ class EventSerializer:
             if not stored.outlier:
                 by_room.setdefault(stored.event.room_id, []).append(stored.event.event_id)
         rel_types = BUNDLED_REL_TYPES if with_threads else (REPLACE, REFERENCE)
-        rows: list[RelationRow] = []
-        for room_id, parent_ids in by_room.items():
-            rows += await self._relations.get_children_of_many(room_id, parent_ids, rel_types)
+        # One read for every room's events (a sync serializes many rooms at once).
+        rows = await self._relations.get_children_in_rooms(by_room, rel_types)
         if not rows:
             return {}
         parents = {s.event.event_id: s for s in stored_list}

@@ -96,6 +96,14 @@ class _RoomTimeline:
 
 
 @dataclass(frozen=True)
+class _PendingRoom:
+    """A joined room's section computed for one viewer, before its events are serialized."""
+
+    timeline: _RoomTimeline
+    state: list[StoredEvent]
+
+
+@dataclass(frozen=True)
 class _SharedRoomSection:
     """A joined room's incremental sync section between two positions, computed once for
     every viewer with the same filter who has been joined since before the first position.
@@ -440,6 +448,8 @@ class SyncHandler:
                     joined_ids, since.events
                 )
 
+        # Joined rooms in order, those computed for this viewer alone still to be serialized.
+        joined_rooms: list[tuple[str, dict[str, Any] | _PendingRoom]] = []
         for membership in memberships:
             room_id = membership.room_id
             is_new = since is None or membership.stream_ordering > since.events
@@ -453,7 +463,7 @@ class SyncHandler:
                 fresh = is_new or request.full_state
                 room = await self._joined_room(sync_pass, room_id, None if fresh else since)
                 if room is not None:
-                    section["join"][room_id] = room
+                    joined_rooms.append((room_id, room))
             elif membership.membership == "invite":
                 if (is_new or request.full_state) and not await self._invite_hidden(
                     request.user_id, membership
@@ -472,6 +482,7 @@ class SyncHandler:
                     continue
                 section["leave"][room_id] = await self._left_room(sync_pass, membership)
 
+        section["join"] = await self._finish_joined_rooms(sync_pass, joined_rooms)
         await self._add_ephemeral(sync_pass, section["join"], joined_ids)
         return section
 
@@ -640,9 +651,48 @@ class SyncHandler:
         pdus = await self._serializer.federation_forms(events)
         return [flt.format_event(client, pdu) for client, pdu in zip(serialized, pdus, strict=True)]
 
+    async def _finish_joined_rooms(
+        self, sync_pass: _Pass, rooms: list[tuple[str, dict[str, Any] | _PendingRoom]]
+    ) -> dict[str, dict[str, Any]]:
+        """The joined rooms' sections, in order: those computed for this viewer alone are
+        serialized together, so that what serializing reads (redactions, the children
+        bundled under each event) is read once for all of them rather than once a room."""
+        pending = [room for _, room in rooms if isinstance(room, _PendingRoom)]
+        if not pending:
+            return {room_id: room for room_id, room in rooms if isinstance(room, dict)}
+        request, now = sync_pass.request, sync_pass.now
+        timelines = await self._serialize(
+            sync_pass, [e for room in pending for e in room.timeline.events], timeline=True
+        )
+        states = await self._serialize(sync_pass, [e for room in pending for e in room.state])
+        joined: dict[str, dict[str, Any]] = {}
+        timeline_at = state_at = 0
+        for room_id, room in rooms:
+            if not isinstance(room, _PendingRoom):
+                joined[room_id] = room
+                continue
+            timeline_end = timeline_at + len(room.timeline.events)
+            state_end = state_at + len(room.state)
+            joined[room_id] = {
+                "timeline": {
+                    "events": timelines[timeline_at:timeline_end],
+                    "limited": room.timeline.limited,
+                    "prev_batch": room.timeline.prev_batch,
+                },
+                request.state_block: {"events": states[state_at:state_end]},
+                "ephemeral": {"events": []},
+                "account_data": {"events": []},
+                "summary": await self._summary(room_id, request.user_id, now.events),
+            }
+            timeline_at, state_at = timeline_end, state_end
+        return joined
+
     async def _joined_room(
         self, sync_pass: _Pass, room_id: str, since: StreamToken | None
-    ) -> dict[str, Any] | None:
+    ) -> dict[str, Any] | _PendingRoom | None:
+        """The room's section: shared with other viewers (see `_SharedRoomSection`), or
+        this viewer's own, still to be serialized (`_finish_joined_rooms`); None if there
+        is nothing new."""
         request, now = sync_pass.request, sync_pass.now
         if since is not None and self._may_share(sync_pass, room_id, since):
             section = await self._shared_sections.get(
@@ -660,17 +710,7 @@ class SyncHandler:
         state_events = await self._state_for_sync(sync_pass, room_id, timeline, since, now.events)
         if since is not None and not timeline.events and not state_events:
             return None
-        return {
-            "timeline": {
-                "events": await self._serialize(sync_pass, timeline.events, timeline=True),
-                "limited": timeline.limited,
-                "prev_batch": timeline.prev_batch,
-            },
-            request.state_block: {"events": await self._serialize(sync_pass, state_events)},
-            "ephemeral": {"events": []},
-            "account_data": {"events": []},
-            "summary": await self._summary(room_id, request.user_id, now.events),
-        }
+        return _PendingRoom(timeline, state_events)
 
     def _viewer_copy(self, section: _SharedRoomSection) -> dict[str, Any]:
         """A viewer's own copy of a shared room section: its own ephemeral and account data
@@ -800,7 +840,10 @@ class SyncHandler:
             # Every state change since the token is in the timeline itself.
             return []
         if timeline.events:
-            group = await self._events.get_state_group_before(timeline.events[0].event.event_id)
+            # Read with the timeline (`_room_events_between`) into the store's cache.
+            first_id = timeline.events[0].event.event_id
+            groups = await self._events.get_state_groups_for_events([first_id])
+            group = groups[first_id][0] if first_id in groups else None
         else:
             group = await self._events.get_state_group_at_position(room_id, None, up_to)
         state_at_start = await self._state.get_state_group(group) if group is not None else {}
