@@ -326,8 +326,10 @@ async def transactions_by_name(session: aiohttp.ClientSession) -> dict[str, floa
 async def measured(session: aiohttp.ClientSession, requests: int, into: dict[str, Any]):
     """Around a measured phase of `requests` requests: profile the server meanwhile when it
     runs under bench/profiled_server.py (HEDDLE_BENCH_PROFILE), and put into `into` the
-    database transactions it ran per request, by name."""
+    database transactions it ran per request, by name, and the server's CPU time per request
+    (its user and system time: unlike latency, not inflated by what else runs)."""
     before = await transactions_by_name(session)
+    cpu_before = cpu_seconds(SERVER["pid"]) if "pid" in SERVER else 0.0
     profiling = bool(os.environ.get("HEDDLE_BENCH_PROFILE")) and "pid" in SERVER
     if profiling:
         os.kill(SERVER["pid"], signal.SIGUSR1)
@@ -336,7 +338,9 @@ async def measured(session: aiohttp.ClientSession, requests: int, into: dict[str
     finally:
         if profiling:
             os.kill(SERVER["pid"], signal.SIGUSR2)
+    cpu_after = cpu_seconds(SERVER["pid"]) if "pid" in SERVER else 0.0
     after = await transactions_by_name(session)
+    into["server_cpu_ms_per_request"] = round((cpu_after - cpu_before) * 1000 / requests, 2)
     per_request = {
         name: round((count - before.get(name, 0.0)) / requests, 2)
         for name, count in after.items() if count - before.get(name, 0.0)

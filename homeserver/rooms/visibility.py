@@ -126,6 +126,10 @@ class HistoryVisibility:
         """Whether `user_id` may read `room_id` at all (None: no, or no such room)."""
         if await self._events.get_room_version(room_id) is None:
             return None
+        if user_id in await self._state.get_current_members(room_id, "join"):
+            # The state store's member lists (in memory once read, kept in step after each
+            # commit) answer for joined users, nearly every reader, without a transaction.
+            return RoomAccess(room_id, "join")
         member = await self._rooms.get_membership(room_id, user_id)
         if member is not None and member.membership == "join":
             return RoomAccess(room_id, "join")

@@ -69,6 +69,48 @@ def _select_events_txn(txn: Transaction, event_ids: Collection[str]) -> list[Sto
     return [_row_to_stored(row) for row in rows]
 
 
+def _paginate_txn(
+    txn: Transaction,
+    room_id: str,
+    from_key: tuple[int, int],
+    direction: str,
+    limit: int,
+    to_key: tuple[int, int] | None,
+    max_stream: int | None,
+) -> list[StoredEvent]:
+    """See `EventStore.paginate_room_events`."""
+    topo, stream = from_key
+    args: list[Any] = [room_id, False]
+    if direction == "b":
+        condition = "(e.topological_ordering < ? OR (e.topological_ordering = ? AND e.stream_ordering <= ?))"
+        args += [topo, topo, stream]
+        order = "DESC"
+    else:
+        condition = "(e.topological_ordering > ? OR (e.topological_ordering = ? AND e.stream_ordering > ?))"
+        args += [topo, topo, stream]
+        order = "ASC"
+    bound = ""
+    if to_key is not None:
+        t_topo, t_stream = to_key
+        if direction == "b":
+            bound = " AND (e.topological_ordering > ? OR (e.topological_ordering = ? AND e.stream_ordering > ?))"
+        else:
+            bound = " AND (e.topological_ordering < ? OR (e.topological_ordering = ? AND e.stream_ordering <= ?))"
+        args += [t_topo, t_topo, t_stream]
+    if max_stream is not None:
+        bound += " AND e.stream_ordering <= ?"
+        args.append(max_stream)
+    args.append(limit)
+    rows = txn.select_all(
+        f"SELECT {_EVENT_COLUMNS} FROM events e JOIN rooms r USING (room_id)"
+        f" WHERE e.room_id = ? AND e.outlier = ? AND e.rejected_reason IS NULL"
+        f" AND {condition}{bound}"
+        f" ORDER BY e.topological_ordering {order}, e.stream_ordering {order} LIMIT ?",
+        args,
+    )
+    return [_row_to_stored(row) for row in rows]
+
+
 class EventStore:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -393,43 +435,45 @@ class EventStore:
         Backwards (`b`) returns events before `from_key`, newest first; forwards (`f`)
         returns events after it, oldest first. `to_key` bounds the walk (exclusive).
         """
-
-        def txn_fn(txn: Transaction) -> list[StoredEvent]:
-            topo, stream = from_key
-            args: list[Any] = [room_id, False]
-            if direction == "b":
-                condition = "(e.topological_ordering < ? OR (e.topological_ordering = ? AND e.stream_ordering <= ?))"
-                args += [topo, topo, stream]
-                order = "DESC"
-            else:
-                condition = "(e.topological_ordering > ? OR (e.topological_ordering = ? AND e.stream_ordering > ?))"
-                args += [topo, topo, stream]
-                order = "ASC"
-            bound = ""
-            if to_key is not None:
-                t_topo, t_stream = to_key
-                if direction == "b":
-                    bound = " AND (e.topological_ordering > ? OR (e.topological_ordering = ? AND e.stream_ordering > ?))"
-                else:
-                    bound = " AND (e.topological_ordering < ? OR (e.topological_ordering = ? AND e.stream_ordering <= ?))"
-                args += [t_topo, t_topo, t_stream]
-            if max_stream is not None:
-                bound += " AND e.stream_ordering <= ?"
-                args.append(max_stream)
-            args.append(limit)
-            rows = txn.select_all(
-                f"SELECT {_EVENT_COLUMNS} FROM events e JOIN rooms r USING (room_id)"
-                f" WHERE e.room_id = ? AND e.outlier = ? AND e.rejected_reason IS NULL"
-                f" AND {condition}{bound}"
-                f" ORDER BY e.topological_ordering {order}, e.stream_ordering {order} LIMIT ?",
-                args,
-            )
-            return [_row_to_stored(row) for row in rows]
-
-        events = await self._db.run_interaction("paginate_room_events", txn_fn)
+        events = await self._db.run_interaction(
+            "paginate_room_events", _paginate_txn, room_id, from_key, direction, limit,
+            to_key, max_stream,
+        )
         for stored in events:
             self._cache_put(stored)
         return events
+
+    async def paginate_room_events_and_gaps(
+        self,
+        room_id: str,
+        from_key: tuple[int, int],
+        direction: str,
+        limit: int,
+        to_key: tuple[int, int] | None = None,
+        max_stream: int | None = None,
+    ) -> tuple[list[StoredEvent], list[int]]:
+        """`paginate_room_events`, and in the same transaction the room's gaps in history
+        (backward extremities) as the depth of the deepest event citing each: what a reader
+        paging back must know before asking federation for more, without a transaction of
+        its own."""
+
+        def txn_fn(txn: Transaction) -> tuple[list[StoredEvent], list[int]]:
+            events = _paginate_txn(
+                txn, room_id, from_key, direction, limit, to_key, max_stream
+            )
+            gaps = txn.select_all(
+                "SELECT MAX(e.topological_ordering) FROM event_backward_extremities b"
+                " JOIN event_edges ed ON ed.prev_event_id = b.event_id"
+                " JOIN events e ON e.event_id = ed.event_id"
+                " WHERE b.room_id = ? GROUP BY b.event_id",
+                (room_id,),
+            )
+            return events, [int(row[0]) for row in gaps]
+
+        events, gaps = await self._db.run_interaction("paginate_room_events", txn_fn)
+        for stored in events:
+            self._cache_put(stored)
+        return events, gaps
 
     async def get_state_groups_for_events(
         self, event_ids: Collection[str]
