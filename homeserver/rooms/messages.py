@@ -400,7 +400,7 @@ class MessagesHandler:
         self, events: list[StoredEvent], event_filter: RoomEventFilter
     ) -> list[StoredEvent]:
         if event_filter.contains_url is None:
-            return [e for e in events if event_filter.allows(e)]
+            return event_filter.filter_events(events)
         # `contains_url` looks at content as served: a redacted event has lost its `url`.
         redacted = await self._events.get_redactions([e.event.event_id for e in events])
         return [

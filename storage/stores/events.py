@@ -77,38 +77,40 @@ def _paginate_txn(
     limit: int,
     to_key: tuple[int, int] | None,
     max_stream: int | None,
-) -> list[StoredEvent]:
-    """See `EventStore.paginate_room_events`."""
-    topo, stream = from_key
-    args: list[Any] = [room_id, False]
+) -> list[tuple[Any, ...]]:
+    """See `EventStore.paginate_room_events`: the rows, for `EventStore._from_rows` (the
+    room's version, the same for all, is not read per row).
+
+    Positions are compared as row values, `(topological, stream) <= (?, ?)`, which both
+    engines take as a range of the (room_id, topological_ordering, stream_ordering) index,
+    read in order up to the limit; the equivalent `t < ? OR (t = ? AND s <= ?)` made
+    PostgreSQL read the room's whole history before the position and sort it."""
+    args: list[Any] = [room_id, False, *from_key]
     if direction == "b":
-        condition = "(e.topological_ordering < ? OR (e.topological_ordering = ? AND e.stream_ordering <= ?))"
-        args += [topo, topo, stream]
+        condition = "(e.topological_ordering, e.stream_ordering) <= (?, ?)"
         order = "DESC"
     else:
-        condition = "(e.topological_ordering > ? OR (e.topological_ordering = ? AND e.stream_ordering > ?))"
-        args += [topo, topo, stream]
+        condition = "(e.topological_ordering, e.stream_ordering) > (?, ?)"
         order = "ASC"
     bound = ""
     if to_key is not None:
-        t_topo, t_stream = to_key
         if direction == "b":
-            bound = " AND (e.topological_ordering > ? OR (e.topological_ordering = ? AND e.stream_ordering > ?))"
+            bound = " AND (e.topological_ordering, e.stream_ordering) > (?, ?)"
         else:
-            bound = " AND (e.topological_ordering < ? OR (e.topological_ordering = ? AND e.stream_ordering <= ?))"
-        args += [t_topo, t_topo, t_stream]
+            bound = " AND (e.topological_ordering, e.stream_ordering) <= (?, ?)"
+        args += [*to_key]
     if max_stream is not None:
         bound += " AND e.stream_ordering <= ?"
         args.append(max_stream)
     args.append(limit)
-    rows = txn.select_all(
-        f"SELECT {_EVENT_COLUMNS} FROM events e JOIN rooms r USING (room_id)"
-        f" WHERE e.room_id = ? AND e.outlier = ? AND e.rejected_reason IS NULL"
+    return txn.select_all(
+        "SELECT e.event_id, e.json, e.internal_metadata, e.rejected_reason, e.stream_ordering,"
+        " e.topological_ordering, e.outlier FROM events e"
+        " WHERE e.room_id = ? AND e.outlier = ? AND e.rejected_reason IS NULL"
         f" AND {condition}{bound}"
         f" ORDER BY e.topological_ordering {order}, e.stream_ordering {order} LIMIT ?",
         args,
     )
-    return [_row_to_stored(row) for row in rows]
 
 
 class EventStore:
@@ -435,12 +437,27 @@ class EventStore:
         Backwards (`b`) returns events before `from_key`, newest first; forwards (`f`)
         returns events after it, oldest first. `to_key` bounds the walk (exclusive).
         """
-        events = await self._db.run_interaction(
+        version = await self.get_room_version(room_id)
+        if version is None:
+            return []
+        rows = await self._db.run_interaction(
             "paginate_room_events", _paginate_txn, room_id, from_key, direction, limit,
             to_key, max_stream,
         )
-        for stored in events:
-            self._cache_put(stored)
+        return self._from_rows(rows, version)
+
+    def _from_rows(self, rows: list[tuple[Any, ...]], version: RoomVersion) -> list[StoredEvent]:
+        """Events of one room read by `_paginate_txn`, taken from the cache where held:
+        parsing an event's JSON costs more than the rest of reading it (pages of history
+        are read again and again, by every reader scrolling back)."""
+        held, _ = self._cache.get_many(row[0] for row in rows)
+        events = []
+        for row in rows:
+            stored = held.get(row[0])
+            if stored is None:
+                stored = _row_to_stored((*row, version.identifier))
+                self._cache_put(stored)
+            events.append(stored)
         return events
 
     async def paginate_room_events_and_gaps(
@@ -457,8 +474,8 @@ class EventStore:
         paging back must know before asking federation for more, without a transaction of
         its own."""
 
-        def txn_fn(txn: Transaction) -> tuple[list[StoredEvent], list[int]]:
-            events = _paginate_txn(
+        def txn_fn(txn: Transaction) -> tuple[list[tuple[Any, ...]], list[int]]:
+            rows = _paginate_txn(
                 txn, room_id, from_key, direction, limit, to_key, max_stream
             )
             gaps = txn.select_all(
@@ -468,12 +485,13 @@ class EventStore:
                 " WHERE b.room_id = ? GROUP BY b.event_id",
                 (room_id,),
             )
-            return events, [int(row[0]) for row in gaps]
+            return rows, [int(row[0]) for row in gaps]
 
-        events, gaps = await self._db.run_interaction("paginate_room_events", txn_fn)
-        for stored in events:
-            self._cache_put(stored)
-        return events, gaps
+        version = await self.get_room_version(room_id)
+        if version is None:
+            return [], []
+        rows, gaps = await self._db.run_interaction("paginate_room_events", txn_fn)
+        return self._from_rows(rows, version), gaps
 
     async def get_state_groups_for_events(
         self, event_ids: Collection[str]
