@@ -221,10 +221,16 @@ class HistoryVisibility:
             if SHARED in visibilities and "join" not in memberships:
                 room_id = event.room_id
                 if room_id not in currently_joined:
-                    member = await self._rooms.get_membership(room_id, user_id)
-                    currently_joined[room_id] = member is not None and member.membership == "join"
-                    if not currently_joined[room_id] and member is not None:
-                        last_join[room_id] = await self._last_join(user_id, member.event_id)
+                    # The member list in memory answers for a joined viewer (most of them).
+                    currently_joined[room_id] = user_id in await self._state.get_current_members(
+                        room_id, "join"
+                    )
+                    if not currently_joined[room_id]:
+                        member = await self._rooms.get_membership(room_id, user_id)
+                        if member is not None and member.membership == "join":
+                            currently_joined[room_id] = True
+                        elif member is not None:
+                            last_join[room_id] = await self._last_join(user_id, member.event_id)
                 join_at = last_join.get(room_id)
                 joined_later = currently_joined[room_id] or (
                     join_at is not None

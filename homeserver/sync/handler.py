@@ -170,6 +170,9 @@ class _Pass:
     newly_joined: set[str] = field(default_factory=set)
     # room_id -> the user's membership, for the rooms this pass looked at.
     memberships: dict[str, Membership] = field(default_factory=dict)
+    # room_id -> what the user may see of the room's latest events up to `now` (read for
+    # every room of an initial sync at once: see `_check_visibility_at_once`).
+    visible: dict[str, list[StoredEvent]] = field(default_factory=dict)
 
 
 class SyncHandler:
@@ -448,6 +451,8 @@ class SyncHandler:
                     joined_ids, since.events
                 )
 
+        if since is None or request.full_state:
+            await self._check_visibility_at_once(sync_pass, joined_ids)
         # Joined rooms in order, those computed for this viewer alone still to be serialized.
         joined_rooms: list[tuple[str, dict[str, Any] | _PendingRoom]] = []
         for membership in memberships:
@@ -561,6 +566,34 @@ class SyncHandler:
             "account_data": {"events": []},
         }
 
+    async def _check_visibility_at_once(self, sync_pass: _Pass, room_ids: list[str]) -> None:
+        """Check what the user may see of every room's latest events in one pass, rather than
+        a room at a time: what the check reads (the user's membership where history is
+        shared, whether senders are erased) is then read once for all rooms."""
+        request, now = sync_pass.request, sync_pass.now
+        batch = self._timeline_batch(request.filter.room.timeline)
+        fetched: list[StoredEvent] = []
+        for room_id in room_ids:
+            fetched += await self._fetch_timeline(room_id, 0, now.events, batch)
+        by_room: dict[str, list[StoredEvent]] = {room_id: [] for room_id in room_ids}
+        for stored in await self._visibility.filter_events_for_user(request.user_id, fetched):
+            by_room[stored.event.room_id].append(stored)
+        sync_pass.visible = by_room
+
+    @staticmethod
+    def _timeline_batch(timeline_filter: RoomEventFilter) -> int:
+        """How many of a room's latest events are read for a timeline: extra, so that
+        filtering still fills the limit in the common case."""
+        return timeline_filter.limit_or(DEFAULT_TIMELINE_LIMIT, MAX_TIMELINE_LIMIT) * 2 + 1
+
+    async def _fetch_timeline(
+        self, room_id: str, after: int, up_to: int, batch: int
+    ) -> list[StoredEvent]:
+        return await self._shared_timelines.get(
+            (room_id, after, up_to, batch),
+            lambda: self._room_events_between(room_id, after, up_to, batch),
+        )
+
     async def _timeline(
         self,
         viewer: str | None,
@@ -568,18 +601,19 @@ class SyncHandler:
         timeline_filter: RoomEventFilter,
         after: int,
         up_to: int,
+        checked: list[StoredEvent] | None = None,
     ) -> _RoomTimeline:
         """The room's timeline in (after, up_to] as `viewer` may see it; with no viewer, every
-        event that can be in a timeline at all (for `_SharedRoomSection`)."""
+        event that can be in a timeline at all (for `_SharedRoomSection`). `checked`: what
+        the viewer may see of those events, when already known."""
         limit = timeline_filter.limit_or(DEFAULT_TIMELINE_LIMIT, MAX_TIMELINE_LIMIT)
-        # Fetch extra so filtering still fills the limit in the common case.
-        batch = limit * 2 + 1
-        fetched = await self._shared_timelines.get(
-            (room_id, after, up_to, batch),
-            lambda: self._room_events_between(room_id, after, up_to, batch),
-        )
+        batch = self._timeline_batch(timeline_filter)
+        fetched = await self._fetch_timeline(room_id, after, up_to, batch)
         if viewer is not None:
-            visible = await self._visibility.filter_events_for_user(viewer, fetched)
+            if checked is not None:
+                visible = checked
+            else:
+                visible = await self._visibility.filter_events_for_user(viewer, fetched)
             ignored = await self._ignored(viewer)
             if ignored:
                 visible = [
@@ -705,7 +739,8 @@ class SyncHandler:
                 return self._viewer_copy(section) if section.room is not None else None
         after = since.events if since is not None else 0
         timeline = await self._timeline(
-            request.user_id, room_id, request.filter.room.timeline, after, now.events
+            request.user_id, room_id, request.filter.room.timeline, after, now.events,
+            sync_pass.visible.get(room_id) if after == 0 else None,
         )
         state_events = await self._state_for_sync(sync_pass, room_id, timeline, since, now.events)
         if since is not None and not timeline.events and not state_events:

@@ -69,6 +69,27 @@ def _select_events_txn(txn: Transaction, event_ids: Collection[str]) -> list[Sto
     return [_row_to_stored(row) for row in rows]
 
 
+def _redactions_txn(txn: Transaction, event_ids: Collection[str]) -> dict[str, str]:
+    """See `EventStore.get_redactions`."""
+    # A redaction applies only within its own room, but any server in any room can send
+    # one naming an event ID it has seen: those are never the answer, or one could hide a
+    # real redaction of the event. (A target not stored yet has no room to compare: its
+    # redactions count, and are checked when serialized.)
+    found: dict[str, str] = {}
+    for redacts, event_id, same_room in txn.select_in_chunks(
+        "SELECT r.redacts, r.event_id,"
+        " CASE WHEN t.room_id IS NULL OR t.room_id = re.room_id THEN 1 ELSE 0 END"
+        " FROM redactions r"
+        " JOIN events re ON re.event_id = r.event_id"
+        " LEFT JOIN events t ON t.event_id = r.redacts"
+        " WHERE r.redacts IN ({in})",
+        event_ids,
+    ):
+        if same_room:
+            found.setdefault(redacts, event_id)
+    return found
+
+
 def _paginate_txn(
     txn: Transaction,
     room_id: str,
@@ -105,7 +126,8 @@ def _paginate_txn(
     args.append(limit)
     return txn.select_all(
         "SELECT e.event_id, e.json, e.internal_metadata, e.rejected_reason, e.stream_ordering,"
-        " e.topological_ordering, e.outlier FROM events e"
+        " e.topological_ordering, e.outlier, e.state_group_before, e.state_group_after"
+        " FROM events e"
         " WHERE e.room_id = ? AND e.outlier = ? AND e.rejected_reason IS NULL"
         f" AND {condition}{bound}"
         f" ORDER BY e.topological_ordering {order}, e.stream_ordering {order} LIMIT ?",
@@ -271,27 +293,8 @@ class EventStore:
         if not missing:
             return result
 
-        def txn_fn(txn: Transaction) -> dict[str, str]:
-            # A redaction applies only within its own room, but any server in any room can
-            # send one naming an event ID it has seen: those are never the answer, or one
-            # could hide a real redaction of the event. (A target not stored yet has no
-            # room to compare: its redactions count, and are checked when serialized.)
-            found: dict[str, str] = {}
-            for redacts, event_id, same_room in txn.select_in_chunks(
-                "SELECT r.redacts, r.event_id,"
-                " CASE WHEN t.room_id IS NULL OR t.room_id = re.room_id THEN 1 ELSE 0 END"
-                " FROM redactions r"
-                " JOIN events re ON re.event_id = r.event_id"
-                " LEFT JOIN events t ON t.event_id = r.redacts"
-                " WHERE r.redacts IN ({in})",
-                missing,
-            ):
-                if same_room:
-                    found.setdefault(redacts, event_id)
-            return found
-
         generation = self._redactions_generation
-        fetched = await self._db.run_interaction("get_redactions", txn_fn)
+        fetched = await self._db.run_interaction("get_redactions", _redactions_txn, missing)
         if generation == self._redactions_generation:
             for event_id in missing:
                 self._redactions.set(event_id, fetched.get(event_id))
@@ -440,23 +443,41 @@ class EventStore:
         version = await self.get_room_version(room_id)
         if version is None:
             return []
-        rows = await self._db.run_interaction(
-            "paginate_room_events", _paginate_txn, room_id, from_key, direction, limit,
-            to_key, max_stream,
-        )
-        return self._from_rows(rows, version)
 
-    def _from_rows(self, rows: list[tuple[Any, ...]], version: RoomVersion) -> list[StoredEvent]:
+        def txn_fn(txn: Transaction) -> tuple[list[tuple[Any, ...]], dict[str, str]]:
+            rows = _paginate_txn(txn, room_id, from_key, direction, limit, to_key, max_stream)
+            return rows, _redactions_txn(txn, [row[0] for row in rows])
+
+        generation = self._redactions_generation
+        rows, redactions = await self._db.run_interaction("paginate_room_events", txn_fn)
+        return self._from_rows(rows, version, redactions, generation)
+
+    def _from_rows(
+        self,
+        rows: list[tuple[Any, ...]],
+        version: RoomVersion,
+        redactions: dict[str, str],
+        generation: int,
+    ) -> list[StoredEvent]:
         """Events of one room read by `_paginate_txn`, taken from the cache where held:
         parsing an event's JSON costs more than the rest of reading it (pages of history
-        are read again and again, by every reader scrolling back)."""
+        are read again and again, by every reader scrolling back). Their state groups and
+        `redactions` (read with them, from redactions `generation`: see `get_redactions`)
+        are cached for the visibility check and serializing that follow."""
+        if generation == self._redactions_generation:
+            for row in rows:
+                if row[0] not in self._redactions:
+                    self._redactions.set(row[0], redactions.get(row[0]))
         held, _ = self._cache.get_many(row[0] for row in rows)
         events = []
         for row in rows:
-            stored = held.get(row[0])
+            event_id = row[0]
+            stored = held.get(event_id)
             if stored is None:
-                stored = _row_to_stored((*row, version.identifier))
+                stored = _row_to_stored((*row[:7], version.identifier))
                 self._cache_put(stored)
+            if event_id not in self._state_groups:
+                self._state_groups.set(event_id, (row[7], row[8]))
             events.append(stored)
         return events
 
@@ -474,10 +495,13 @@ class EventStore:
         paging back must know before asking federation for more, without a transaction of
         its own."""
 
-        def txn_fn(txn: Transaction) -> tuple[list[tuple[Any, ...]], list[int]]:
+        def txn_fn(
+            txn: Transaction,
+        ) -> tuple[list[tuple[Any, ...]], dict[str, str], list[int]]:
             rows = _paginate_txn(
                 txn, room_id, from_key, direction, limit, to_key, max_stream
             )
+            redactions = _redactions_txn(txn, [row[0] for row in rows])
             gaps = txn.select_all(
                 "SELECT MAX(e.topological_ordering) FROM event_backward_extremities b"
                 " JOIN event_edges ed ON ed.prev_event_id = b.event_id"
@@ -485,13 +509,14 @@ class EventStore:
                 " WHERE b.room_id = ? GROUP BY b.event_id",
                 (room_id,),
             )
-            return rows, [int(row[0]) for row in gaps]
+            return rows, redactions, [int(row[0]) for row in gaps]
 
         version = await self.get_room_version(room_id)
         if version is None:
             return [], []
-        rows, gaps = await self._db.run_interaction("paginate_room_events", txn_fn)
-        return self._from_rows(rows, version), gaps
+        generation = self._redactions_generation
+        rows, redactions, gaps = await self._db.run_interaction("paginate_room_events", txn_fn)
+        return self._from_rows(rows, version, redactions, generation), gaps
 
     async def get_state_groups_for_events(
         self, event_ids: Collection[str]

@@ -3,7 +3,7 @@ history order (see `storage/schema/0012_relations.sql`)."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,7 +155,7 @@ class RelationStore:
         return await self._db.run_interaction("get_relation_children_of_many", txn_fn)
 
     async def get_children_in_rooms(
-        self, parents: dict[str, Collection[str]], rel_types: Collection[str]
+        self, parents: Mapping[str, Collection[str]], rel_types: Collection[str]
     ) -> list[RelationRow]:
         """`get_children_of_many` for parents in several rooms (room_id -> parent IDs), in
         one transaction: every child with one of `rel_types` relating to a parent from the
