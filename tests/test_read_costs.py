@@ -90,6 +90,12 @@ class InitialSyncCost(ReadCostCase):
                 sum(n for name, n in cold.items() if name.startswith("get_relation_children")),
                 1, cold,
             )
+            # The rooms' latest events too, and their state groups and redactions with them.
+            self.assertEqual(cold["get_latest_events_in_rooms"], 1, cold)
+            self.assertNotIn("get_room_events_between", cold)
+            # And their heroes.
+            self.assertEqual(cold["get_heroes_in_rooms"], 1, cold)
+            self.assertNotIn("get_heroes", cold)
             warm, body = await self.counted("GET", f"{API}/sync", self.alice.token)
             self.assertEqual(set(body["rooms"]["join"]), set(self.rooms))
             costs.append(warm)

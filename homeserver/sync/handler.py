@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from homeserver.account_data import AccountDataHandler
 from homeserver.caches import LruCache
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from homeserver.e2e.to_device import ToDeviceHandler
 
 logger = logging.getLogger(__name__)
+
+V = TypeVar("V")
 
 # State shared with invitees and knockers (spec: "Stripped state"); Synapse's set.
 STRIPPED_STATE_TYPES = (
@@ -171,7 +174,7 @@ class _Pass:
     # room_id -> the user's membership, for the rooms this pass looked at.
     memberships: dict[str, Membership] = field(default_factory=dict)
     # room_id -> what the user may see of the room's latest events up to `now` (read for
-    # every room of an initial sync at once: see `_check_visibility_at_once`).
+    # every room of an initial sync at once: see `_read_rooms_at_once`).
     visible: dict[str, list[StoredEvent]] = field(default_factory=dict)
 
 
@@ -452,7 +455,7 @@ class SyncHandler:
                 )
 
         if since is None or request.full_state:
-            await self._check_visibility_at_once(sync_pass, joined_ids)
+            await self._read_rooms_at_once(sync_pass, joined_ids)
         # Joined rooms in order, those computed for this viewer alone still to be serialized.
         joined_rooms: list[tuple[str, dict[str, Any] | _PendingRoom]] = []
         for membership in memberships:
@@ -566,12 +569,31 @@ class SyncHandler:
             "account_data": {"events": []},
         }
 
-    async def _check_visibility_at_once(self, sync_pass: _Pass, room_ids: list[str]) -> None:
-        """Check what the user may see of every room's latest events in one pass, rather than
-        a room at a time: what the check reads (the user's membership where history is
-        shared, whether senders are erased) is then read once for all rooms."""
+    async def _read_rooms_at_once(self, sync_pass: _Pass, room_ids: list[str]) -> None:
+        """Read every room's latest events and heroes in one transaction each, and check
+        what the user may see of the events in one pass, rather than a room at a time: what
+        the check reads (the user's membership where history is shared, whether senders are
+        erased) is then read once for all rooms."""
         request, now = sync_pass.request, sync_pass.now
         batch = self._timeline_batch(request.filter.room.timeline)
+        # The rooms' latest events, read in one transaction for the rooms not read already
+        # at this position (a position moves with every event on the server, so nearly
+        # every initial sync has to read them).
+        unread = [r for r in room_ids if not self._shared_timelines.has((r, 0, now.events, batch))]
+        if len(unread) > 1:
+            latest = await self._events.get_latest_events_in_rooms(unread, now.events, batch)
+            for room_id, events in latest.items():
+                await self._shared_timelines.get(
+                    (room_id, 0, now.events, batch), partial(_read_already, events)
+                )
+        # And their heroes.
+        unread = [r for r in room_ids if not self._shared_heroes.has((r, now.events))]
+        if len(unread) > 1:
+            heroes = await self._rooms.get_heroes_in_rooms(unread, "", MAX_HEROES + 1)
+            for room_id, candidates in heroes.items():
+                await self._shared_heroes.get(
+                    (room_id, now.events), partial(_read_already, candidates)
+                )
         fetched: list[StoredEvent] = []
         for room_id in room_ids:
             fetched += await self._fetch_timeline(room_id, 0, now.events, batch)
@@ -1044,6 +1066,11 @@ class SyncHandler:
             request.state_block: {"events": await self._serialize(sync_pass, state_events)},
             "account_data": {"events": []},
         }
+
+
+async def _read_already(value: V) -> V:
+    """A read whose result is already at hand (to hand it to `SharedReads`)."""
+    return value
 
 
 def _stripped(event: Event) -> dict[str, Any]:

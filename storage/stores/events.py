@@ -407,6 +407,55 @@ class EventStore:
             self._cache_put(stored)
         return events
 
+    async def get_latest_events_in_rooms(
+        self, room_ids: Collection[str], up_to: int, limit: int
+    ) -> dict[str, list[StoredEvent]]:
+        """`get_room_events_between(room_id, 0, up_to, limit)` for each room, in one
+        transaction (an initial sync reads every room of the user), with the events' state
+        groups and redactions read into the caches as well (what a sync asks next)."""
+        wanted = list(dict.fromkeys(room_ids))
+        if not wanted:
+            return {}
+
+        def txn_fn(
+            txn: Transaction,
+        ) -> tuple[dict[str, list[tuple[Any, ...]]], dict[str, str], dict[str, str]]:
+            versions = {
+                room_id: version
+                for room_id, version in txn.select_in_chunks(
+                    "SELECT room_id, room_version FROM rooms WHERE room_id IN ({in})", wanted
+                )
+            }
+            rows: dict[str, list[tuple[Any, ...]]] = {}
+            for room_id in wanted:
+                rows[room_id] = txn.select_all(
+                    "SELECT e.event_id, e.json, e.internal_metadata, e.rejected_reason,"
+                    " e.stream_ordering, e.topological_ordering, e.outlier,"
+                    " e.state_group_before, e.state_group_after FROM events e"
+                    " WHERE e.room_id = ? AND e.stream_ordering > ? AND e.stream_ordering <= ?"
+                    " AND e.outlier = ? AND e.rejected_reason IS NULL"
+                    " ORDER BY e.stream_ordering DESC LIMIT ?",
+                    (room_id, 0, up_to, False, limit),
+                )[::-1]
+            event_ids = [row[0] for room_rows in rows.values() for row in room_rows]
+            return rows, versions, _redactions_txn(txn, event_ids) if event_ids else {}
+
+        generation = self._redactions_generation
+        rows, versions, redactions = await self._db.run_interaction(
+            "get_latest_events_in_rooms", txn_fn
+        )
+        found: dict[str, list[StoredEvent]] = {}
+        for room_id, room_rows in rows.items():
+            version = versions.get(room_id)
+            if version is None:
+                found[room_id] = []
+                continue
+            self._room_versions.set(room_id, KNOWN_ROOM_VERSIONS[version])
+            found[room_id] = self._from_rows(
+                room_rows, KNOWN_ROOM_VERSIONS[version], redactions, generation
+            )
+        return found
+
     async def follows_gap(self, room_id: str, event_ids: Collection[str]) -> bool:
         """Whether any of the events cites a prev_event we do not hold (a backward
         extremity): history is missing just before it, for backfill to fetch."""

@@ -31,6 +31,19 @@ def _membership(row: tuple) -> Membership:
     return Membership(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6])
 
 
+def _heroes_txn(txn: Transaction, room_id: str, user_id: str, limit: int) -> list[str]:
+    """See `RoomStore.get_heroes`."""
+    for memberships in (("join", "invite"), ("leave", "ban")):
+        rows = txn.select_all(
+            "SELECT user_id FROM room_memberships WHERE room_id = ? AND user_id <> ?"
+            " AND membership IN (?, ?) ORDER BY stream_ordering LIMIT ?",
+            (room_id, user_id, *memberships, limit),
+        )
+        if rows:
+            return [row[0] for row in rows]
+    return []
+
+
 class RoomStore:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -103,19 +116,17 @@ class RoomStore:
     async def get_heroes(self, room_id: str, user_id: str, limit: int) -> list[str]:
         """The room's first `limit` members other than `user_id` by when their membership
         took effect: joined or invited ones, or else those who left or were banned."""
+        return await self._db.run_interaction("get_heroes", _heroes_txn, room_id, user_id, limit)
 
-        def txn_fn(txn: Transaction) -> list[str]:
-            for memberships in (("join", "invite"), ("leave", "ban")):
-                rows = txn.select_all(
-                    "SELECT user_id FROM room_memberships WHERE room_id = ? AND user_id <> ?"
-                    " AND membership IN (?, ?) ORDER BY stream_ordering LIMIT ?",
-                    (room_id, user_id, *memberships, limit),
-                )
-                if rows:
-                    return [row[0] for row in rows]
-            return []
+    async def get_heroes_in_rooms(
+        self, room_ids: Collection[str], user_id: str, limit: int
+    ) -> dict[str, list[str]]:
+        """`get_heroes` of each room, in one transaction (an initial sync's rooms)."""
 
-        return await self._db.run_interaction("get_heroes", txn_fn)
+        def txn_fn(txn: Transaction) -> dict[str, list[str]]:
+            return {room_id: _heroes_txn(txn, room_id, user_id, limit) for room_id in room_ids}
+
+        return await self._db.run_interaction("get_heroes_in_rooms", txn_fn)
 
     async def get_users_sharing_rooms(
         self, user_id: str, among: Collection[str] | None = None
