@@ -367,6 +367,27 @@ async def initial_sync_100_rooms(session: aiohttp.ClientSession, base: str) -> d
             data = await user.sync()
             timings.append(time.perf_counter() - start)
     assert len(data["rooms"]["join"]) == 100
+    # The same after one message in a room the user is not in: the server's position moved,
+    # so what is shared per room and position (timelines, heroes) is read again.
+    elsewhere = await other.create_room(preset="public_chat", name="elsewhere")
+    moved = []
+    moved_costs: list[dict[str, Any]] = []
+    for i in range(5):
+        await other.send(elsewhere, f"meanwhile {i}")
+        moved_costs.append({})
+        async with measured(session, 1, moved_costs[-1]):
+            start = time.perf_counter()
+            await user.sync()
+            moved.append(time.perf_counter() - start)
+    result.update(initial_sync_after_news=summary(moved), after_news_costs={
+        "server_cpu_ms_per_request": statistics.median(
+            c["server_cpu_ms_per_request"] for c in moved_costs
+        ),
+        "transactions_per_request": statistics.median(
+            c["transactions_per_request"] for c in moved_costs
+        ),
+        "transactions_by_name": moved_costs[-1]["transactions_by_name"],
+    })
     incremental = []
     incremental_costs: dict[str, Any] = {}
     async with measured(session, 5, incremental_costs):
