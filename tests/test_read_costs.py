@@ -186,3 +186,52 @@ class MessagesPageCost(ReadCostCase):
         self.assertEqual(
             forwards, Counter({"paginate_room_events": 1, "get_relation_children_of_many": 1})
         )
+
+
+@on_both_engines
+class SerializedOnce(ReadCostCase):
+    """Events are serialized once and the result reused: what differs per request (`age`,
+    the sender's `transaction_id`) and what changes later (a redaction, of the event or of
+    the state it replaced) must still show."""
+
+    async def messages(self, user: User, room_id: str) -> dict[str, Any]:
+        r = await self.request(
+            "GET", f"{API}/rooms/{q(room_id)}/messages?dir=b&limit=20", token=user.token
+        )
+        self.assertEqual(r.code, 200, r)
+        return {e["event_id"]: e for e in r.json["chunk"]}
+
+    async def test_reused_forms_stay_per_requester_and_follow_redactions(self) -> None:
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        room_id = await self.create_room(alice, preset="public_chat")
+        await self.join(bob, room_id)
+        message = (
+            await self.send(alice, room_id, text("hello"), txn_id="mine")
+        ).json["event_id"]
+        first_topic = (await self.put_state(alice, room_id, "m.room.topic", {"topic": "one"}))
+        second_topic = (await self.put_state(alice, room_id, "m.room.topic", {"topic": "two"}))
+        topic_id = second_topic.json["event_id"]
+
+        for _ in range(2):  # the second time from what the first one kept
+            seen_by_alice = await self.messages(alice, room_id)
+            seen_by_bob = await self.messages(bob, room_id)
+            self.assertEqual(seen_by_alice[message]["unsigned"]["transaction_id"], "mine")
+            self.assertNotIn("transaction_id", seen_by_bob[message]["unsigned"])
+            self.assertIn("age", seen_by_bob[message]["unsigned"])
+            self.assertEqual(seen_by_bob[message]["content"]["body"], "hello")
+            self.assertEqual(seen_by_bob[topic_id]["unsigned"]["prev_content"], {"topic": "one"})
+
+        for event_id in (message, first_topic.json["event_id"]):
+            r = await self.request(
+                "PUT", f"{API}/rooms/{q(room_id)}/redact/{q(event_id)}/r{event_id[1:6]}", {},
+                token=alice.token,
+            )
+            self.assertEqual(r.code, 200, r)
+        seen_by_bob = await self.messages(bob, room_id)
+        self.assertEqual(seen_by_bob[message]["content"], {})
+        self.assertIn("redacted_because", seen_by_bob[message]["unsigned"])
+        self.assertEqual(seen_by_bob[topic_id]["unsigned"]["prev_content"], {})
+        synced = await self.sync(bob)
+        served = {e["event_id"]: e for e in synced["rooms"]["join"][room_id]["timeline"]["events"]}
+        self.assertEqual(served[message]["content"], {})
