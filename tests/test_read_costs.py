@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 import storage.stores.events
+import storage.stores.rooms
 from tests.harness import on_both_engines
 from tests.room_helpers import API, RoomTestCase, User, q
 
@@ -138,6 +139,7 @@ class InitialSyncCost(ReadCostCase):
 
         # Three rooms read two to a statement: both statements' rooms are served right.
         self.patch(storage.stores.events, "LATEST_EVENTS_ROOMS_PER_STATEMENT", 2)
+        self.patch(storage.stores.rooms, "HEROES_ROOMS_PER_STATEMENT", 2)
         together = await self.sync(self.alice)
         served = {e["event_id"]: e for e in together["rooms"]["join"][a]["timeline"]["events"]}
         edit = served[original]["unsigned"]["m.relations"]["m.replace"]
