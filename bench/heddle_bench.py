@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import signal
+import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -174,26 +175,105 @@ async def sync_latency(
     return result
 
 
+# Set by `main` for the scenario running: the server's process ID and /metrics URL.
+SERVER: dict[str, Any] = {}
+# Options of the scenarios below, set from the command line by `main`.
+OPTIONS: dict[str, int] = {"messages_per_room": 20, "page_limit": 50, "repeats": 20}
+
+
+async def transactions_by_name(session: aiohttp.ClientSession) -> dict[str, float]:
+    """The server's count of finished database transactions so far, by name (its
+    `heddle_db_transaction_duration_seconds` histogram); empty when no metrics are known."""
+    if "metrics" not in SERVER:
+        return {}
+    async with session.get(SERVER["metrics"]) as r:
+        text = await r.text()
+    counts: dict[str, float] = {}
+    prefix = "heddle_db_transaction_duration_seconds_count{"
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            labels, value = line[len(prefix):].rsplit("} ", 1)
+            desc = labels.split('desc="', 1)[1].split('"', 1)[0]
+            counts[desc] = counts.get(desc, 0.0) + float(value)
+    return counts
+
+
+@asynccontextmanager
+async def measured(session: aiohttp.ClientSession, requests: int, into: dict[str, Any]):
+    """Around a measured phase of `requests` requests: profile the server meanwhile when it
+    runs under bench/profiled_server.py (HEDDLE_BENCH_PROFILE), and put into `into` the
+    database transactions it ran per request, by name, and the server's CPU time per request
+    (its user and system time: unlike latency, not inflated by what else runs)."""
+    before = await transactions_by_name(session)
+    cpu_before = cpu_seconds(SERVER["pid"]) if "pid" in SERVER else 0.0
+    profiling = bool(os.environ.get("HEDDLE_BENCH_PROFILE")) and "pid" in SERVER
+    if profiling:
+        os.kill(SERVER["pid"], signal.SIGUSR1)
+    try:
+        yield
+    finally:
+        if profiling:
+            os.kill(SERVER["pid"], signal.SIGUSR2)
+    cpu_after = cpu_seconds(SERVER["pid"]) if "pid" in SERVER else 0.0
+    after = await transactions_by_name(session)
+    into["server_cpu_ms_per_request"] = round((cpu_after - cpu_before) * 1000 / requests, 2)
+    per_request = {
+        name: round((count - before.get(name, 0.0)) / requests, 2)
+        for name, count in after.items() if count - before.get(name, 0.0)
+    }
+    into["transactions_per_request"] = round(sum(per_request.values()), 2)
+    into["transactions_by_name"] = dict(sorted(per_request.items(), key=lambda item: -item[1]))
+
+
 async def initial_sync_100_rooms(session: aiohttp.ClientSession, base: str) -> dict[str, Any]:
     user = (await new_clients(session, base, 1, "busy"))[0]
     other = (await new_clients(session, base, 1, "talker"))[0]
+    per_room = OPTIONS["messages_per_room"]
     for i in range(100):
         room_id = await other.create_room(preset="public_chat", name=f"room {i}")
         await user.join(room_id)
-        for j in range(5):
-            await other.send(room_id, f"hello {j}")
+        await asyncio.gather(*(other.send(room_id, f"hello {j}") for j in range(per_room)))
+    await user.sync()  # warm-up: the first request after start-up fills the server's caches
     timings = []
-    for _ in range(5):
-        start = time.perf_counter()
-        data = await user.sync()
-        timings.append(time.perf_counter() - start)
+    result: dict[str, Any] = {"rooms": 100, "messages_per_room": per_room}
+    initial_costs: dict[str, Any] = {}
+    async with measured(session, OPTIONS["repeats"], initial_costs):
+        for _ in range(OPTIONS["repeats"]):
+            start = time.perf_counter()
+            data = await user.sync()
+            timings.append(time.perf_counter() - start)
     assert len(data["rooms"]["join"]) == 100
+    # The same after one message in a room the user is not in: the server's position moved,
+    # so what is shared per room and position (timelines, heroes) is read again.
+    elsewhere = await other.create_room(preset="public_chat", name="elsewhere")
+    moved = []
+    moved_costs: list[dict[str, Any]] = []
+    for i in range(5):
+        await other.send(elsewhere, f"meanwhile {i}")
+        moved_costs.append({})
+        async with measured(session, 1, moved_costs[-1]):
+            start = time.perf_counter()
+            await user.sync()
+            moved.append(time.perf_counter() - start)
+    result.update(initial_sync_after_news=summary(moved), after_news_costs={
+        "server_cpu_ms_per_request": statistics.median(
+            c["server_cpu_ms_per_request"] for c in moved_costs
+        ),
+        "transactions_per_request": statistics.median(
+            c["transactions_per_request"] for c in moved_costs
+        ),
+        "transactions_by_name": moved_costs[-1]["transactions_by_name"],
+    })
     incremental = []
-    for _ in range(5):
-        start = time.perf_counter()
-        await user.sync(data["next_batch"])
-        incremental.append(time.perf_counter() - start)
-    return {"rooms": 100, "initial_sync": summary(timings), "empty_incremental_sync": summary(incremental)}
+    incremental_costs: dict[str, Any] = {}
+    async with measured(session, 5, incremental_costs):
+        for _ in range(5):
+            start = time.perf_counter()
+            await user.sync(data["next_batch"])
+            incremental.append(time.perf_counter() - start)
+    result.update(initial_sync=summary(timings), initial_sync_costs=initial_costs,
+                  empty_incremental_sync=summary(incremental), incremental_costs=incremental_costs)
+    return result
 
 
 async def messages_pagination(session: aiohttp.ClientSession, base: str) -> dict[str, Any]:
@@ -201,24 +281,39 @@ async def messages_pagination(session: aiohttp.ClientSession, base: str) -> dict
     room_id = await user.create_room(preset="private_chat")
     for chunk in range(0, 2000, 50):
         await asyncio.gather(*(user.send(room_id, f"event {chunk + i}") for i in range(50)))
-    timings = []
+    limit = OPTIONS["page_limit"]
+
+    async def page_through() -> tuple[list[float], int]:
+        timings = []
+        token = None
+        seen = 0
+        while True:
+            path = f"/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit={limit}"
+            if token:
+                path += f"&from={token}"
+            start = time.perf_counter()
+            data = await user.call("GET", path)
+            timings.append(time.perf_counter() - start)
+            seen += sum(1 for e in data["chunk"] if e["type"] == "m.room.message")
+            token = data.get("end")
+            if not token or not data["chunk"]:
+                break
+        assert seen == 2000, seen
+        return timings, seen
+
+    await page_through()  # warm-up
+    rounds = max(1, OPTIONS["repeats"] // 5)
+    pages = len((await page_through())[0])
+    costs: dict[str, Any] = {}
+    timings: list[float] = []
     start_all = time.perf_counter()
-    token = None
-    seen = 0
-    while True:
-        path = f"/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=100"
-        if token:
-            path += f"&from={token}"
-        start = time.perf_counter()
-        data = await user.call("GET", path)
-        timings.append(time.perf_counter() - start)
-        seen += sum(1 for e in data["chunk"] if e["type"] == "m.room.message")
-        token = data.get("end")
-        if not token or not data["chunk"]:
-            break
-    assert seen == 2000, seen
-    return {"events": seen, "pages": len(timings), "total_seconds": round(time.perf_counter() - start_all, 3),
-            "page_of_100": summary(timings)}
+    async with measured(session, pages * rounds, costs):
+        for _ in range(rounds):
+            timings += (await page_through())[0]
+    total = time.perf_counter() - start_all
+    return {"events": 2000, "pages": len(timings), "rounds": rounds, "total_seconds": round(total, 3),
+            "pages_per_second": round(len(timings) / total, 1), f"page_of_{limit}": summary(timings),
+            **costs}
 
 
 SCENARIOS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
@@ -235,15 +330,23 @@ async def main() -> None:
     parser.add_argument("--only", choices=sorted(SCENARIOS), action="append")
     parser.add_argument("--per-sender", type=int, default=25,
                         help="send_throughput: messages each of the 20 senders sends")
+    parser.add_argument("--messages-per-room", type=int, default=OPTIONS["messages_per_room"],
+                        help="initial_sync_100_rooms: messages sent into each room")
+    parser.add_argument("--page-limit", type=int, default=OPTIONS["page_limit"],
+                        help="messages_pagination: the limit of each /messages page")
+    parser.add_argument("--repeats", type=int, default=OPTIONS["repeats"],
+                        help="initial syncs measured (and a fifth of it: /messages pagings)")
     args = parser.parse_args()
+    OPTIONS.update(messages_per_room=args.messages_per_room, page_limit=args.page_limit,
+                   repeats=args.repeats)
     results: dict[str, Any] = {"db": "sqlite" if args.db == "sqlite" else "postgresql"}
     for name in args.only or list(SCENARIOS):
-        about: dict[str, Any] = {}
-        async with running_server(args.db, about=about) as base:
+        SERVER.clear()
+        async with running_server(args.db, about=SERVER) as base:
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
                 if name == "send_throughput":
                     results[name] = await send_throughput(
-                        session, base, about, per_sender=args.per_sender
+                        session, base, SERVER, per_sender=args.per_sender
                     )
                 else:
                     results[name] = await SCENARIOS[name](session, base)

@@ -20,6 +20,7 @@ from re import _parser as sre_parse  # type: ignore[attr-defined]
 from typing import Any, overload
 from urllib.parse import unquote
 
+import orjson
 from twisted.internet import defer
 from twisted.web import http, resource, server
 
@@ -27,6 +28,16 @@ from homeserver import metrics
 from homeserver.errors import Codes, InteractiveAuthIncomplete, MatrixError
 from homeserver.events.canonical import load_json
 from storage.database import InvalidTextError
+
+
+def encode_json(body: Any) -> bytes:
+    """A response body as compact UTF-8 JSON. orjson encodes a large body (an initial sync)
+    an order of magnitude faster than the standard library; what it refuses (integers
+    beyond 64 bits, lone surrogates, types it does not know) is encoded as before."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 logger = logging.getLogger(__name__)
 
@@ -457,7 +468,7 @@ class JsonResource(resource.Resource):
         elif isinstance(body, bytes):
             payload = body
         else:
-            payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            payload = encode_json(body)
             request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-cache, no-store, must-revalidate")
         if request.path.startswith(self._cors_prefixes):

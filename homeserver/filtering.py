@@ -218,8 +218,17 @@ class EventFilter:
         event_type, sender, room_id, content = _event_fields(event)
         return self.matches(event_type, sender, room_id, content)
 
+    def allows_all(self) -> bool:
+        """Whether every event passes (no list or condition given): what most clients'
+        filters are, and then nothing need be looked at per event."""
+        return self.types is None and not self.not_types and self.senders is None and not (
+            self.not_senders
+        )
+
     def filter_events(self, events: Iterable[T]) -> list[T]:
         """The events that pass, in order (Event, StoredEvent or JSON dicts)."""
+        if self.allows_all():
+            return list(events)
         return [e for e in events if self.allows(e)]  # type: ignore[arg-type]
 
 
@@ -267,6 +276,14 @@ class RoomEventFilter(EventFilter):
 
     def allows_room(self, room_id: str | None) -> bool:
         return _allowed_by_lists(room_id, self.rooms, self.not_rooms)
+
+    def allows_all(self) -> bool:
+        return (
+            super().allows_all()
+            and self.rooms is None
+            and not self.not_rooms
+            and self.contains_url is None
+        )
 
     def matches(
         self,

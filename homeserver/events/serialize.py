@@ -7,10 +7,11 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from homeserver.caches import LruCache
 from homeserver.clock import Clock
 from homeserver.events.redaction import prune_event_dict
 from homeserver.events.relations import BUNDLED_REL_TYPES, REFERENCE, REPLACE, THREAD, latest_edit
-from storage.stores.events import EventStore, StoredEvent
+from storage.stores.events import EVENT_CACHE_SIZE, EventStore, StoredEvent
 from storage.stores.relations import RelationRow, RelationStore
 
 # (user_id, events) -> those of the events the user may see, in order.
@@ -53,6 +54,12 @@ class EventSerializer:
         self._rows_visible_to = rows_visible_to
         # Children sent by users the viewer ignores are left out of its aggregations.
         self._ignored_by = ignored_by
+        # (event_id, include_room_id) -> ((its redaction, whether the state it replaced is
+        # held, and redacted), its serialized form but for `age` and `transaction_id`): see
+        # `_serialize_one`. Shared, never changed: each response gets its own copy.
+        self._serialized: LruCache[
+            tuple[str, bool], tuple[tuple[str | None, bool, bool], dict[str, Any]]
+        ] = LruCache("serialized_events", EVENT_CACHE_SIZE)
 
     async def serialize(
         self,
@@ -180,9 +187,8 @@ class EventSerializer:
             if not stored.outlier:
                 by_room.setdefault(stored.event.room_id, []).append(stored.event.event_id)
         rel_types = BUNDLED_REL_TYPES if with_threads else (REPLACE, REFERENCE)
-        rows: list[RelationRow] = []
-        for room_id, parent_ids in by_room.items():
-            rows += await self._relations.get_children_of_many(room_id, parent_ids, rel_types)
+        # One read for every room's events (a sync serializes many rooms at once).
+        rows = await self._relations.get_children_in_rooms(by_room, rel_types)
         if not rows:
             return {}
         parents = {s.event.event_id: s for s in stored_list}
@@ -296,6 +302,52 @@ class EventSerializer:
         include_room_id: bool,
         now: int,
     ) -> dict[str, Any]:
+        """The event as a client sees it. What does not depend on the moment or the
+        requester is kept per event (`_serialized`) and reused while what it was made from
+        is unchanged: whether the event, and the state event it replaced, are redacted (and
+        whether that one is held)."""
+        event = stored.event
+        metadata = stored.internal_metadata
+        replaced_id = metadata.get("replaces_state", "")
+        key = (event.event_id, include_room_id)
+        made_from = (
+            redactions.get(event.event_id), replaced_id in related, replaced_id in redactions
+        )
+        held = self._serialized.peek(key)
+        if held is None or held[0] != made_from:
+            if made_from[0] is not None:
+                # Redacted: `redacted_because` carries its own age, so nothing is kept.
+                return self._serialize_fresh(
+                    stored, redactions, related, requester_device, include_room_id, now
+                )
+            fresh = self._serialize_fresh(stored, redactions, related, None, include_room_id, 0)
+            held = (made_from, fresh)
+            self._serialized.set(key, held)
+        base: dict[str, Any] = held[1]
+        unsigned: dict[str, Any] = {"age": max(0, now - event.origin_server_ts)}
+        if (
+            requester_device is not None
+            and "txn_id" in metadata
+            and event.sender == requester_device[0]
+            and metadata.get("device_id") == requester_device[1]
+        ):
+            unsigned["transaction_id"] = metadata["txn_id"]
+        base_unsigned: dict[str, Any] = base["unsigned"]
+        if len(base_unsigned) > 1:
+            unsigned.update((k, v) for k, v in base_unsigned.items() if k != "age")
+        result = dict(base)
+        result["unsigned"] = unsigned
+        return result
+
+    def _serialize_fresh(
+        self,
+        stored: StoredEvent,
+        redactions: dict[str, str],
+        related: dict[str, StoredEvent],
+        requester_device: tuple[str, str] | None,
+        include_room_id: bool,
+        now: int,
+    ) -> dict[str, Any]:
         event = stored.event
         pdu = event.pdu
         redaction = related.get(redactions.get(event.event_id, ""))
@@ -340,7 +392,7 @@ class EventSerializer:
                 previous = prune_event_dict(previous, replaced.event.room_version)
             unsigned["prev_content"] = previous.get("content", {})
         if redaction is not None:
-            unsigned["redacted_because"] = self._serialize_one(
+            unsigned["redacted_because"] = self._serialize_fresh(
                 redaction, {}, {}, None, include_room_id, now
             )
         result["unsigned"] = unsigned

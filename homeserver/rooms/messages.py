@@ -62,6 +62,9 @@ class _Page:
     next_position: Position
     # True when nothing further exists in that direction (within `to` and the user's limit).
     exhausted: bool
+    # The room's gaps in history, as the depth of the deepest event citing each (read with
+    # the first batch when asked for); None when not read.
+    gaps: list[int] | None = None
 
 
 def _position_of(stored: StoredEvent) -> Position:
@@ -77,6 +80,15 @@ def _continue_after(stored: StoredEvent, direction: str) -> Position:
     if direction == "b":
         return (stored.topological_ordering, stored.stream_ordering - 1)
     return _position_of(stored)
+
+
+def _gap_between(gaps: list[int] | None, lowest: int | None, highest: int) -> bool:
+    """Whether backfill may find anything for a page between depths `lowest` (None: no
+    bound) and `highest`: it fetches only before the gaps cited from that range (None:
+    the gaps were not read, so perhaps)."""
+    if gaps is None:
+        return True
+    return any((lowest is None or depth >= lowest) and depth <= highest for depth in gaps)
 
 
 def _token(position: Position) -> str:
@@ -142,15 +154,17 @@ class MessagesHandler:
 
         if limit == 0:
             return {"chunk": [], "start": start, "end": _token(from_position)}
+        may_backfill = direction == "b" and self.backfill is not None
         page = await self._paginate(
-            requester.user_id, access, from_position, direction, limit, event_filter, to_position
+            requester.user_id, access, from_position, direction, limit, event_filter,
+            to_position, with_gaps=may_backfill,
         )
+        lowest = None if page.exhausted else page.next_position[0]
         if (
-            direction == "b"
-            and self.backfill is not None
-            and await self.backfill(
-                room_id, None if page.exhausted else page.next_position[0], from_position[0]
-            )
+            self.backfill is not None
+            and may_backfill
+            and _gap_between(page.gaps, lowest, from_position[0])
+            and await self.backfill(room_id, lowest, from_position[0])
         ):
             # History ran out here, or the page crossed a gap (events whose prev_events we
             # never received: a federation outage longer than catch-up fetched), but other
@@ -320,9 +334,12 @@ class MessagesHandler:
         limit: int,
         event_filter: RoomEventFilter,
         to_position: Position | None = None,
+        with_gaps: bool = False,
     ) -> _Page:
         """Up to `limit` events from `from_position` that pass the filter and are visible to
-        the user, reading in batches; never past the user's cut-off (`access.until`)."""
+        the user, reading in batches; never past the user's cut-off (`access.until`). With
+        `with_gaps`, the room's gaps in history are read with the first batch."""
+        gaps: list[int] | None = None
         found: list[StoredEvent] = []
         position = from_position
         scanned = 0
@@ -337,14 +354,24 @@ class MessagesHandler:
                 MAX_BATCH,
                 MAX_SCANNED_EVENTS - scanned,
             )
-            batch = await self._events.paginate_room_events(
-                access.room_id,
-                position,
-                direction,
-                batch_size,
-                to_key=to_position,
-                max_stream=access.max_stream,
-            )
+            if with_gaps and gaps is None:
+                batch, gaps = await self._events.paginate_room_events_and_gaps(
+                    access.room_id,
+                    position,
+                    direction,
+                    batch_size,
+                    to_key=to_position,
+                    max_stream=access.max_stream,
+                )
+            else:
+                batch = await self._events.paginate_room_events(
+                    access.room_id,
+                    position,
+                    direction,
+                    batch_size,
+                    to_key=to_position,
+                    max_stream=access.max_stream,
+                )
             scanned += len(batch)
             if batch:
                 position = _continue_after(batch[-1], direction)
@@ -367,13 +394,13 @@ class MessagesHandler:
             found = found[:limit]
             position = _continue_after(found[-1], direction)
             exhausted = False
-        return _Page(found, position, exhausted)
+        return _Page(found, position, exhausted, gaps)
 
     async def _apply_filter(
         self, events: list[StoredEvent], event_filter: RoomEventFilter
     ) -> list[StoredEvent]:
         if event_filter.contains_url is None:
-            return [e for e in events if event_filter.allows(e)]
+            return event_filter.filter_events(events)
         # `contains_url` looks at content as served: a redacted event has lost its `url`.
         redacted = await self._events.get_redactions([e.event.event_id for e in events])
         return [

@@ -126,6 +126,10 @@ class HistoryVisibility:
         """Whether `user_id` may read `room_id` at all (None: no, or no such room)."""
         if await self._events.get_room_version(room_id) is None:
             return None
+        if user_id in await self._state.get_current_members(room_id, "join"):
+            # The state store's member lists (in memory once read, kept in step after each
+            # commit) answer for joined users, nearly every reader, without a transaction.
+            return RoomAccess(room_id, "join")
         member = await self._rooms.get_membership(room_id, user_id)
         if member is not None and member.membership == "join":
             return RoomAccess(room_id, "join")
@@ -217,10 +221,16 @@ class HistoryVisibility:
             if SHARED in visibilities and "join" not in memberships:
                 room_id = event.room_id
                 if room_id not in currently_joined:
-                    member = await self._rooms.get_membership(room_id, user_id)
-                    currently_joined[room_id] = member is not None and member.membership == "join"
-                    if not currently_joined[room_id] and member is not None:
-                        last_join[room_id] = await self._last_join(user_id, member.event_id)
+                    # The member list in memory answers for a joined viewer (most of them).
+                    currently_joined[room_id] = user_id in await self._state.get_current_members(
+                        room_id, "join"
+                    )
+                    if not currently_joined[room_id]:
+                        member = await self._rooms.get_membership(room_id, user_id)
+                        if member is not None and member.membership == "join":
+                            currently_joined[room_id] = True
+                        elif member is not None:
+                            last_join[room_id] = await self._last_join(user_id, member.event_id)
                 join_at = last_join.get(room_id)
                 joined_later = currently_joined[room_id] or (
                     join_at is not None

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from homeserver.account_data import AccountDataHandler
 from homeserver.caches import LruCache
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     from homeserver.e2e.to_device import ToDeviceHandler
 
 logger = logging.getLogger(__name__)
+
+V = TypeVar("V")
 
 # State shared with invitees and knockers (spec: "Stripped state"); Synapse's set.
 STRIPPED_STATE_TYPES = (
@@ -96,6 +99,14 @@ class _RoomTimeline:
     prev_batch: str
     # Every fetched event that passed the visibility check, served or not.
     visible: list[StoredEvent]
+
+
+@dataclass(frozen=True)
+class _PendingRoom:
+    """A joined room's section computed for one viewer, before its events are serialized."""
+
+    timeline: _RoomTimeline
+    state: list[StoredEvent]
 
 
 @dataclass(frozen=True)
@@ -169,6 +180,9 @@ class _Pass:
     memberships: dict[str, Membership] = field(default_factory=dict)
     # Who joined the user's rooms in the timelines served (for their presence).
     new_room_mates: set[str] = field(default_factory=set)
+    # room_id -> what the user may see of the room's latest events up to `now` (read for
+    # every room of an initial sync at once: see `_read_rooms_at_once`).
+    visible: dict[str, list[StoredEvent]] = field(default_factory=dict)
 
 
 class SyncHandler:
@@ -456,6 +470,10 @@ class SyncHandler:
                     joined_ids, since.events
                 )
 
+        if since is None or request.full_state:
+            await self._read_rooms_at_once(sync_pass, joined_ids)
+        # Joined rooms in order, those computed for this viewer alone still to be serialized.
+        joined_rooms: list[tuple[str, dict[str, Any] | _PendingRoom]] = []
         for membership in memberships:
             room_id = membership.room_id
             is_new = since is None or membership.stream_ordering > since.events
@@ -469,7 +487,7 @@ class SyncHandler:
                 fresh = is_new or request.full_state
                 room = await self._joined_room(sync_pass, room_id, None if fresh else since)
                 if room is not None:
-                    section["join"][room_id] = room
+                    joined_rooms.append((room_id, room))
             elif membership.membership == "invite":
                 if (is_new or request.full_state) and not await self._invite_hidden(
                     request.user_id, membership
@@ -488,6 +506,7 @@ class SyncHandler:
                     continue
                 section["leave"][room_id] = await self._left_room(sync_pass, membership)
 
+        section["join"] = await self._finish_joined_rooms(sync_pass, joined_rooms)
         await self._add_ephemeral(sync_pass, section["join"], joined_ids)
         return section
 
@@ -566,6 +585,53 @@ class SyncHandler:
             "account_data": {"events": []},
         }
 
+    async def _read_rooms_at_once(self, sync_pass: _Pass, room_ids: list[str]) -> None:
+        """Read every room's latest events and heroes in one transaction each, and check
+        what the user may see of the events in one pass, rather than a room at a time: what
+        the check reads (the user's membership where history is shared, whether senders are
+        erased) is then read once for all rooms."""
+        request, now = sync_pass.request, sync_pass.now
+        batch = self._timeline_batch(request.filter.room.timeline)
+        # The rooms' latest events, read in one transaction for the rooms not read already
+        # at this position (a position moves with every event on the server, so nearly
+        # every initial sync has to read them).
+        unread = [r for r in room_ids if not self._shared_timelines.has((r, 0, now.events, batch))]
+        if len(unread) > 1:
+            latest = await self._events.get_latest_events_in_rooms(unread, now.events, batch)
+            for room_id, events in latest.items():
+                await self._shared_timelines.get(
+                    (room_id, 0, now.events, batch), partial(_read_already, events)
+                )
+        # And their heroes.
+        unread = [r for r in room_ids if not self._shared_heroes.has((r, now.events))]
+        if len(unread) > 1:
+            heroes = await self._rooms.get_heroes_in_rooms(unread, "", MAX_HEROES + 1)
+            for room_id, candidates in heroes.items():
+                await self._shared_heroes.get(
+                    (room_id, now.events), partial(_read_already, candidates)
+                )
+        fetched: list[StoredEvent] = []
+        for room_id in room_ids:
+            fetched += await self._fetch_timeline(room_id, 0, now.events, batch)
+        by_room: dict[str, list[StoredEvent]] = {room_id: [] for room_id in room_ids}
+        for stored in await self._visibility.filter_events_for_user(request.user_id, fetched):
+            by_room[stored.event.room_id].append(stored)
+        sync_pass.visible = by_room
+
+    @staticmethod
+    def _timeline_batch(timeline_filter: RoomEventFilter) -> int:
+        """How many of a room's latest events are read for a timeline: extra, so that
+        filtering still fills the limit in the common case."""
+        return max(timeline_filter.limit_or(DEFAULT_TIMELINE_LIMIT, MAX_TIMELINE_LIMIT) * 2, 10) + 1
+
+    async def _fetch_timeline(
+        self, room_id: str, after: int, up_to: int, batch: int
+    ) -> list[StoredEvent]:
+        return await self._shared_timelines.get(
+            (room_id, after, up_to, batch),
+            lambda: self._room_events_between(room_id, after, up_to, batch),
+        )
+
     async def _timeline(
         self,
         viewer: str | None,
@@ -573,22 +639,26 @@ class SyncHandler:
         timeline_filter: RoomEventFilter,
         after: int,
         up_to: int,
+        checked: list[StoredEvent] | None = None,
     ) -> _RoomTimeline:
         """The room's timeline in (after, up_to] as `viewer` may see it; with no viewer, every
-        event that can be in a timeline at all (for `_SharedRoomSection`)."""
+        event that can be in a timeline at all (for `_SharedRoomSection`). `checked`: what
+        the viewer may see of those events, when already known."""
         limit = timeline_filter.limit_or(DEFAULT_TIMELINE_LIMIT, MAX_TIMELINE_LIMIT)
         # Fetch extra so filtering still fills the limit in the common case; when the
         # filter leaves too few (a type filter in a busy room), read further back, a few
         # pages at most, as Synapse does.
-        batch = max(limit * 2, 10) + 1
+        batch = self._timeline_batch(timeline_filter)
         fetched: list[StoredEvent] = []
         visible: list[StoredEvent] = []
         wanted: list[StoredEvent] = []
         upper = up_to
         exhausted = False
-        for _ in range(TIMELINE_PAGES):
-            page = await self._timeline_page(room_id, after, upper, batch)
-            page_visible = await self._visible_to(viewer, room_id, page)
+        for page_number in range(TIMELINE_PAGES):
+            page = await self._fetch_timeline(room_id, after, upper, batch)
+            page_visible = await self._visible_to(
+                viewer, room_id, page, checked if page_number == 0 else None
+            )
             fetched = page + fetched
             visible = page_visible + visible
             wanted = timeline_filter.filter_events(page_visible) + wanted
@@ -615,20 +685,21 @@ class SyncHandler:
             prev = RoomPosition(None, up_to)
         return _RoomTimeline(events, limited, str(prev), visible)
 
-    async def _timeline_page(
-        self, room_id: str, after: int, up_to: int, batch: int
-    ) -> list[StoredEvent]:
-        return await self._shared_timelines.get(
-            (room_id, after, up_to, batch),
-            lambda: self._room_events_between(room_id, after, up_to, batch),
-        )
-
     async def _visible_to(
-        self, viewer: str | None, room_id: str, fetched: list[StoredEvent]
+        self,
+        viewer: str | None,
+        room_id: str,
+        fetched: list[StoredEvent],
+        checked: list[StoredEvent] | None = None,
     ) -> list[StoredEvent]:
+        """What `viewer` sees of `fetched`; `checked`: the history visibility check's result
+        for them, when already known."""
         if viewer is None:
             return [e for e in fetched if not e.outlier and e.event.rejected_reason is None]
-        visible = await self._visibility.filter_events_for_user(viewer, fetched)
+        if checked is not None:
+            visible = checked
+        else:
+            visible = await self._visibility.filter_events_for_user(viewer, fetched)
         if len(visible) < len(fetched) and any(e.event.is_state for e in fetched):
             # The room's current state is the viewer's to see (it is in the state block
             # anyway): its events stay in the timeline even from a stretch of history the
@@ -692,9 +763,48 @@ class SyncHandler:
         pdus = await self._serializer.federation_forms(events)
         return [flt.format_event(client, pdu) for client, pdu in zip(serialized, pdus, strict=True)]
 
+    async def _finish_joined_rooms(
+        self, sync_pass: _Pass, rooms: list[tuple[str, dict[str, Any] | _PendingRoom]]
+    ) -> dict[str, dict[str, Any]]:
+        """The joined rooms' sections, in order: those computed for this viewer alone are
+        serialized together, so that what serializing reads (redactions, the children
+        bundled under each event) is read once for all of them rather than once a room."""
+        pending = [room for _, room in rooms if isinstance(room, _PendingRoom)]
+        if not pending:
+            return {room_id: room for room_id, room in rooms if isinstance(room, dict)}
+        request, now = sync_pass.request, sync_pass.now
+        timelines = await self._serialize(
+            sync_pass, [e for room in pending for e in room.timeline.events], timeline=True
+        )
+        states = await self._serialize(sync_pass, [e for room in pending for e in room.state])
+        joined: dict[str, dict[str, Any]] = {}
+        timeline_at = state_at = 0
+        for room_id, room in rooms:
+            if not isinstance(room, _PendingRoom):
+                joined[room_id] = room
+                continue
+            timeline_end = timeline_at + len(room.timeline.events)
+            state_end = state_at + len(room.state)
+            joined[room_id] = {
+                "timeline": {
+                    "events": timelines[timeline_at:timeline_end],
+                    "limited": room.timeline.limited,
+                    "prev_batch": room.timeline.prev_batch,
+                },
+                request.state_block: {"events": states[state_at:state_end]},
+                "ephemeral": {"events": []},
+                "account_data": {"events": []},
+                "summary": await self._summary(room_id, request.user_id, now.events),
+            }
+            timeline_at, state_at = timeline_end, state_end
+        return joined
+
     async def _joined_room(
         self, sync_pass: _Pass, room_id: str, since: StreamToken | None
-    ) -> dict[str, Any] | None:
+    ) -> dict[str, Any] | _PendingRoom | None:
+        """The room's section: shared with other viewers (see `_SharedRoomSection`), or
+        this viewer's own, still to be serialized (`_finish_joined_rooms`); None if there
+        is nothing new."""
         request, now = sync_pass.request, sync_pass.now
         if since is not None and self._may_share(sync_pass, room_id, since):
             section = await self._shared_sections.get(
@@ -708,24 +818,15 @@ class SyncHandler:
                 return self._viewer_copy(section) if section.room is not None else None
         after = since.events if since is not None else 0
         timeline = await self._timeline(
-            request.user_id, room_id, request.filter.room.timeline, after, now.events
+            request.user_id, room_id, request.filter.room.timeline, after, now.events,
+            sync_pass.visible.get(room_id) if after == 0 else None,
         )
         state_events = await self._state_for_sync(sync_pass, room_id, timeline, since, now.events)
         if since is not None:
             sync_pass.new_room_mates.update(_joins(timeline.events))
         if since is not None and not timeline.events and not state_events:
             return None
-        return {
-            "timeline": {
-                "events": await self._serialize(sync_pass, timeline.events, timeline=True),
-                "limited": timeline.limited,
-                "prev_batch": timeline.prev_batch,
-            },
-            request.state_block: {"events": await self._serialize(sync_pass, state_events)},
-            "ephemeral": {"events": []},
-            "account_data": {"events": []},
-            "summary": await self._summary(room_id, request.user_id, now.events),
-        }
+        return _PendingRoom(timeline, state_events)
 
     def _viewer_copy(self, section: _SharedRoomSection) -> dict[str, Any]:
         """A viewer's own copy of a shared room section: its own ephemeral and account data
@@ -855,7 +956,10 @@ class SyncHandler:
             # Every state change since the token is in the timeline itself.
             return []
         if timeline.events:
-            group = await self._events.get_state_group_before(timeline.events[0].event.event_id)
+            # Read with the timeline (`_room_events_between`) into the store's cache.
+            first_id = timeline.events[0].event.event_id
+            groups = await self._events.get_state_groups_for_events([first_id])
+            group = groups[first_id][0] if first_id in groups else None
         else:
             group = await self._events.get_state_group_at_position(room_id, None, up_to)
         state_at_start = await self._state.get_state_group(group) if group is not None else {}
@@ -1121,6 +1225,11 @@ def _joins(events: list[StoredEvent]) -> frozenset[str]:
         and e.event.state_key is not None
         and e.event.content.get("membership") == "join"
     )
+
+
+async def _read_already(value: V) -> V:
+    """A read whose result is already at hand (to hand it to `SharedReads`)."""
+    return value
 
 
 def _stripped(event: Event) -> dict[str, Any]:

@@ -61,6 +61,11 @@ class SharedReads(Generic[K, V]):
         self.reads = 0
         report_size(self, f"sync_shared_{name}", max_entries, lambda s: len(s._entries))
 
+    def has(self, key: K) -> bool:
+        """Whether a read of `key` is done (and young enough to use) or under way."""
+        entry = self._entries.get(key)
+        return entry is not None and not (entry.done and self._too_old(entry))
+
     async def get(self, key: K, read: Callable[[], Awaitable[V]]) -> V:
         """`read()`'s result, from a read of the same key already done or under way if any."""
         entry = self._entries.get(key)

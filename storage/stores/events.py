@@ -54,6 +54,9 @@ class StoredEvent:
     outlier: bool
 
 
+# Rooms whose latest events one statement of `get_latest_events_in_rooms` reads.
+LATEST_EVENTS_ROOMS_PER_STATEMENT = 50
+
 # `LruCache.peek`'s answer for an event not held (None means held as not redacted).
 
 
@@ -119,6 +122,72 @@ def _select_events_txn(txn: Transaction, event_ids: Collection[str]) -> list[Sto
         event_ids,
     )
     return [_row_to_stored(row) for row in rows]
+
+
+def _redactions_txn(txn: Transaction, event_ids: Collection[str]) -> dict[str, str]:
+    """See `EventStore.get_redactions`."""
+    # A redaction applies only within its own room, but any server in any room can send
+    # one naming an event ID it has seen: those are never the answer, or one could hide a
+    # real redaction of the event. (A target not stored yet has no room to compare: its
+    # redactions count, and are checked when serialized.)
+    found: dict[str, str] = {}
+    for redacts, event_id, same_room in txn.select_in_chunks(
+        "SELECT r.redacts, r.event_id,"
+        " CASE WHEN t.room_id IS NULL OR t.room_id = re.room_id THEN 1 ELSE 0 END"
+        " FROM redactions r"
+        " JOIN events re ON re.event_id = r.event_id"
+        " LEFT JOIN events t ON t.event_id = r.redacts"
+        " WHERE r.redacts IN ({in})",
+        event_ids,
+    ):
+        if same_room:
+            found.setdefault(redacts, event_id)
+    return found
+
+
+def _paginate_txn(
+    txn: Transaction,
+    room_id: str,
+    from_key: tuple[int, int],
+    direction: str,
+    limit: int,
+    to_key: tuple[int, int] | None,
+    max_stream: int | None,
+) -> list[tuple[Any, ...]]:
+    """See `EventStore.paginate_room_events`: the rows, for `EventStore._from_rows` (the
+    room's version, the same for all, is not read per row).
+
+    Positions are compared as row values, `(topological, stream) <= (?, ?)`, which both
+    engines take as a range of the (room_id, topological_ordering, stream_ordering) index,
+    read in order up to the limit; the equivalent `t < ? OR (t = ? AND s <= ?)` made
+    PostgreSQL read the room's whole history before the position and sort it."""
+    args: list[Any] = [room_id, False, *from_key]
+    if direction == "b":
+        condition = "(e.topological_ordering, e.stream_ordering) <= (?, ?)"
+        order = "DESC"
+    else:
+        condition = "(e.topological_ordering, e.stream_ordering) > (?, ?)"
+        order = "ASC"
+    bound = ""
+    if to_key is not None:
+        if direction == "b":
+            bound = " AND (e.topological_ordering, e.stream_ordering) > (?, ?)"
+        else:
+            bound = " AND (e.topological_ordering, e.stream_ordering) <= (?, ?)"
+        args += [*to_key]
+    if max_stream is not None:
+        bound += " AND e.stream_ordering <= ?"
+        args.append(max_stream)
+    args.append(limit)
+    return txn.select_all(
+        "SELECT e.event_id, e.json, e.internal_metadata, e.rejected_reason, e.stream_ordering,"
+        " e.topological_ordering, e.outlier, e.state_group_before, e.state_group_after"
+        " FROM events e"
+        " WHERE e.room_id = ? AND e.outlier = ? AND e.rejected_reason IS NULL"
+        f" AND {condition}{bound}"
+        f" ORDER BY e.topological_ordering {order}, e.stream_ordering {order} LIMIT ?",
+        args,
+    )
 
 
 class EventStore:
@@ -339,27 +408,8 @@ class EventStore:
         if not missing:
             return result
 
-        def txn_fn(txn: Transaction) -> dict[str, str]:
-            # A redaction applies only within its own room, but any server in any room can
-            # send one naming an event ID it has seen: those are never the answer, or one
-            # could hide a real redaction of the event. (A target not stored yet has no
-            # room to compare: its redactions count, and are checked when serialized.)
-            found: dict[str, str] = {}
-            for redacts, event_id, same_room in txn.select_in_chunks(
-                "SELECT r.redacts, r.event_id,"
-                " CASE WHEN t.room_id IS NULL OR t.room_id = re.room_id THEN 1 ELSE 0 END"
-                " FROM redactions r"
-                " JOIN events re ON re.event_id = r.event_id"
-                " LEFT JOIN events t ON t.event_id = r.redacts"
-                " WHERE r.redacts IN ({in})",
-                missing,
-            ):
-                if same_room:
-                    found.setdefault(redacts, event_id)
-            return found
-
         generation = self._redactions_generation
-        fetched = await self._db.run_interaction("get_redactions", txn_fn)
+        fetched = await self._db.run_interaction("get_redactions", _redactions_txn, missing)
         if generation == self._redactions_generation:
             for event_id in missing:
                 self._redactions.set(event_id, fetched.get(event_id))
@@ -503,6 +553,65 @@ class EventStore:
             self._cache_put(stored)
         return events
 
+    async def get_latest_events_in_rooms(
+        self, room_ids: Collection[str], up_to: int, limit: int
+    ) -> dict[str, list[StoredEvent]]:
+        """`get_room_events_between(room_id, 0, up_to, limit)` for each room, in one
+        transaction (an initial sync reads every room of the user), with the events' state
+        groups and redactions read into the caches as well (what a sync asks next)."""
+        wanted = list(dict.fromkeys(room_ids))
+        if not wanted:
+            return {}
+
+        def txn_fn(
+            txn: Transaction,
+        ) -> tuple[dict[str, list[tuple[Any, ...]]], dict[str, str], dict[str, str]]:
+            versions = {
+                room_id: version
+                for room_id, version in txn.select_in_chunks(
+                    "SELECT room_id, room_version FROM rooms WHERE room_id IN ({in})", wanted
+                )
+            }
+            rows: dict[str, list[tuple[Any, ...]]] = {room_id: [] for room_id in wanted}
+            # Each room's latest events as one statement for many rooms (one round trip on
+            # PostgreSQL, not one a room): a UNION ALL of each room's own indexed read.
+            one_room = (
+                "SELECT * FROM (SELECT e.room_id, e.event_id, e.json, e.internal_metadata,"
+                " e.rejected_reason, e.stream_ordering, e.topological_ordering, e.outlier,"
+                " e.state_group_before, e.state_group_after FROM events e"
+                " WHERE e.room_id = ? AND e.stream_ordering > ? AND e.stream_ordering <= ?"
+                " AND e.outlier = ? AND e.rejected_reason IS NULL"
+                " ORDER BY e.stream_ordering DESC LIMIT ?) AS r{i}"
+            )
+            for start in range(0, len(wanted), LATEST_EVENTS_ROOMS_PER_STATEMENT):
+                chunk = wanted[start:start + LATEST_EVENTS_ROOMS_PER_STATEMENT]
+                sql = " UNION ALL ".join(one_room.format(i=i) for i in range(len(chunk)))
+                args: list[Any] = []
+                for room_id in chunk:
+                    args += [room_id, 0, up_to, False, limit]
+                for row in txn.select_all(sql, args):
+                    rows[row[0]].append(row[1:])
+            for room_rows in rows.values():
+                room_rows.sort(key=lambda row: row[4])
+            event_ids = [row[0] for room_rows in rows.values() for row in room_rows]
+            return rows, versions, _redactions_txn(txn, event_ids) if event_ids else {}
+
+        generation = self._redactions_generation
+        rows, versions, redactions = await self._db.run_interaction(
+            "get_latest_events_in_rooms", txn_fn
+        )
+        found: dict[str, list[StoredEvent]] = {}
+        for room_id, room_rows in rows.items():
+            version = versions.get(room_id)
+            if version is None:
+                found[room_id] = []
+                continue
+            self._room_versions.set(room_id, KNOWN_ROOM_VERSIONS[version])
+            found[room_id] = self._from_rows(
+                room_rows, KNOWN_ROOM_VERSIONS[version], redactions, generation
+            )
+        return found
+
     async def follows_gap(self, room_id: str, event_ids: Collection[str]) -> bool:
         """Whether any of the events cites a prev_event we do not hold (a backward
         extremity): history is missing just before it, for backfill to fetch."""
@@ -536,43 +645,83 @@ class EventStore:
         Backwards (`b`) returns events before `from_key`, newest first; forwards (`f`)
         returns events after it, oldest first. `to_key` bounds the walk (exclusive).
         """
+        version = await self.get_room_version(room_id)
+        if version is None:
+            return []
 
-        def txn_fn(txn: Transaction) -> list[StoredEvent]:
-            topo, stream = from_key
-            args: list[Any] = [room_id, False]
-            if direction == "b":
-                condition = "(e.topological_ordering < ? OR (e.topological_ordering = ? AND e.stream_ordering <= ?))"
-                args += [topo, topo, stream]
-                order = "DESC"
-            else:
-                condition = "(e.topological_ordering > ? OR (e.topological_ordering = ? AND e.stream_ordering > ?))"
-                args += [topo, topo, stream]
-                order = "ASC"
-            bound = ""
-            if to_key is not None:
-                t_topo, t_stream = to_key
-                if direction == "b":
-                    bound = " AND (e.topological_ordering > ? OR (e.topological_ordering = ? AND e.stream_ordering > ?))"
-                else:
-                    bound = " AND (e.topological_ordering < ? OR (e.topological_ordering = ? AND e.stream_ordering <= ?))"
-                args += [t_topo, t_topo, t_stream]
-            if max_stream is not None:
-                bound += " AND e.stream_ordering <= ?"
-                args.append(max_stream)
-            args.append(limit)
-            rows = txn.select_all(
-                f"SELECT {_EVENT_COLUMNS} FROM events e JOIN rooms r USING (room_id)"
-                f" WHERE e.room_id = ? AND e.outlier = ? AND e.rejected_reason IS NULL"
-                f" AND {condition}{bound}"
-                f" ORDER BY e.topological_ordering {order}, e.stream_ordering {order} LIMIT ?",
-                args,
-            )
-            return [_row_to_stored(row) for row in rows]
+        def txn_fn(txn: Transaction) -> tuple[list[tuple[Any, ...]], dict[str, str]]:
+            rows = _paginate_txn(txn, room_id, from_key, direction, limit, to_key, max_stream)
+            return rows, _redactions_txn(txn, [row[0] for row in rows])
 
-        events = await self._db.run_interaction("paginate_room_events", txn_fn)
-        for stored in events:
-            self._cache_put(stored)
+        generation = self._redactions_generation
+        rows, redactions = await self._db.run_interaction("paginate_room_events", txn_fn)
+        return self._from_rows(rows, version, redactions, generation)
+
+    def _from_rows(
+        self,
+        rows: list[tuple[Any, ...]],
+        version: RoomVersion,
+        redactions: dict[str, str],
+        generation: int,
+    ) -> list[StoredEvent]:
+        """Events of one room read by `_paginate_txn`, taken from the cache where held:
+        parsing an event's JSON costs more than the rest of reading it (pages of history
+        are read again and again, by every reader scrolling back). Their state groups and
+        `redactions` (read with them, from redactions `generation`: see `get_redactions`)
+        are cached for the visibility check and serializing that follow."""
+        if generation == self._redactions_generation:
+            for row in rows:
+                if row[0] not in self._redactions:
+                    self._redactions.set(row[0], redactions.get(row[0]))
+        held, _ = self._cache.get_many(row[0] for row in rows)
+        events = []
+        for row in rows:
+            event_id = row[0]
+            stored = held.get(event_id)
+            if stored is None:
+                stored = _row_to_stored((*row[:7], version.identifier))
+                self._cache_put(stored)
+            if event_id not in self._state_groups:
+                self._state_groups.set(event_id, (row[7], row[8]))
+            events.append(stored)
         return events
+
+    async def paginate_room_events_and_gaps(
+        self,
+        room_id: str,
+        from_key: tuple[int, int],
+        direction: str,
+        limit: int,
+        to_key: tuple[int, int] | None = None,
+        max_stream: int | None = None,
+    ) -> tuple[list[StoredEvent], list[int]]:
+        """`paginate_room_events`, and in the same transaction the room's gaps in history
+        (backward extremities) as the depth of the deepest event citing each: what a reader
+        paging back must know before asking federation for more, without a transaction of
+        its own."""
+
+        def txn_fn(
+            txn: Transaction,
+        ) -> tuple[list[tuple[Any, ...]], dict[str, str], list[int]]:
+            rows = _paginate_txn(
+                txn, room_id, from_key, direction, limit, to_key, max_stream
+            )
+            redactions = _redactions_txn(txn, [row[0] for row in rows])
+            gaps = txn.select_all(
+                "SELECT MAX(e.topological_ordering) FROM event_backward_extremities b"
+                " JOIN event_edges ed ON ed.prev_event_id = b.event_id"
+                " JOIN events e ON e.event_id = ed.event_id"
+                " WHERE b.room_id = ? GROUP BY b.event_id",
+                (room_id,),
+            )
+            return rows, redactions, [int(row[0]) for row in gaps]
+
+        version = await self.get_room_version(room_id)
+        if version is None:
+            return [], []
+        generation = self._redactions_generation
+        rows, redactions, gaps = await self._db.run_interaction("paginate_room_events", txn_fn)
+        return self._from_rows(rows, version, redactions, generation), gaps
 
     async def get_state_groups_for_events(
         self, event_ids: Collection[str]

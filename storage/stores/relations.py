@@ -3,7 +3,7 @@ history order (see `storage/schema/0012_relations.sql`)."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,6 +171,38 @@ class RelationStore:
             return sorted((_row(row) for row in rows), key=lambda r: r.position)
 
         return await self._db.run_interaction("get_relation_children_of_many", txn_fn)
+
+    async def get_children_in_rooms(
+        self, parents: Mapping[str, Collection[str]], rel_types: Collection[str]
+    ) -> list[RelationRow]:
+        """`get_children_of_many` for parents in several rooms (room_id -> parent IDs), in
+        one transaction: every child with one of `rel_types` relating to a parent from the
+        parent's own room, in history order."""
+        parent_rooms = {
+            parent_id: room_id for room_id, ids in parents.items() for parent_id in ids
+        }
+        if not parent_rooms:
+            return []
+
+        def txn_fn(txn: Transaction) -> list[RelationRow]:
+            marks = ", ".join("?" for _ in rel_types)
+            rows = txn.select_in_chunks(
+                f"SELECT {_COLUMNS} FROM event_relations WHERE relates_to_id IN ({{in}})"
+                f" AND rel_type IN ({marks})",
+                list(parent_rooms),
+                args_after=tuple(rel_types),
+            )
+            # A child counts only in its parent's room (any room's event may name any ID).
+            found = [
+                relation for relation in map(_row, rows)
+                if parent_rooms.get(relation.parent_id) == relation.room_id
+            ]
+            return sorted(found, key=lambda r: r.position)
+
+        if len(parents) == 1:
+            ((room_id, parent_ids),) = parents.items()
+            return await self.get_children_of_many(room_id, parent_ids, rel_types)
+        return await self._db.run_interaction("get_relation_children_in_rooms", txn_fn)
 
     async def has_annotation(
         self, room_id: str, parent_id: str, sender: str, event_type: str, key: str

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 from storage.database import Database, Transaction
 
@@ -29,6 +30,23 @@ _MEMBERSHIP_COLUMNS = (
 
 def _membership(row: tuple) -> Membership:
     return Membership(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6])
+
+
+# Rooms whose heroes one statement of `get_heroes_in_rooms` reads.
+HEROES_ROOMS_PER_STATEMENT = 50
+
+
+def _heroes_txn(txn: Transaction, room_id: str, user_id: str, limit: int) -> list[str]:
+    """See `RoomStore.get_heroes`."""
+    for memberships in (("join", "invite"), ("leave", "ban")):
+        rows = txn.select_all(
+            "SELECT user_id FROM room_memberships WHERE room_id = ? AND user_id <> ?"
+            " AND membership IN (?, ?) ORDER BY stream_ordering LIMIT ?",
+            (room_id, user_id, *memberships, limit),
+        )
+        if rows:
+            return [row[0] for row in rows]
+    return []
 
 
 class RoomStore:
@@ -103,19 +121,40 @@ class RoomStore:
     async def get_heroes(self, room_id: str, user_id: str, limit: int) -> list[str]:
         """The room's first `limit` members other than `user_id` by when their membership
         took effect: joined or invited ones, or else those who left or were banned."""
+        return await self._db.run_interaction("get_heroes", _heroes_txn, room_id, user_id, limit)
 
-        def txn_fn(txn: Transaction) -> list[str]:
-            for memberships in (("join", "invite"), ("leave", "ban")):
+    async def get_heroes_in_rooms(
+        self, room_ids: Collection[str], user_id: str, limit: int
+    ) -> dict[str, list[str]]:
+        """`get_heroes` of each room, in one transaction (an initial sync's rooms)."""
+
+        wanted = list(dict.fromkeys(room_ids))
+
+        def txn_fn(txn: Transaction) -> dict[str, list[str]]:
+            found: dict[str, list[str]] = {room_id: [] for room_id in wanted}
+            # Joined and invited members of many rooms in one statement (one round trip on
+            # PostgreSQL): a UNION ALL of each room's own indexed read.
+            one_room = (
+                "SELECT * FROM (SELECT room_id, user_id, stream_ordering FROM room_memberships"
+                " WHERE room_id = ? AND user_id <> ? AND membership IN (?, ?)"
+                " ORDER BY stream_ordering LIMIT ?) AS h{i}"
+            )
+            for start in range(0, len(wanted), HEROES_ROOMS_PER_STATEMENT):
+                chunk = wanted[start:start + HEROES_ROOMS_PER_STATEMENT]
+                args: list[Any] = []
+                for room_id in chunk:
+                    args += [room_id, user_id, "join", "invite", limit]
                 rows = txn.select_all(
-                    "SELECT user_id FROM room_memberships WHERE room_id = ? AND user_id <> ?"
-                    " AND membership IN (?, ?) ORDER BY stream_ordering LIMIT ?",
-                    (room_id, user_id, *memberships, limit),
+                    " UNION ALL ".join(one_room.format(i=i) for i in range(len(chunk))), args
                 )
-                if rows:
-                    return [row[0] for row in rows]
-            return []
+                for room_id, member, _ in sorted(rows, key=lambda row: row[2]):
+                    found[room_id].append(member)
+            for room_id, heroes in found.items():
+                if not heroes:  # nobody joined or invited: those who left, as `get_heroes`
+                    found[room_id] = _heroes_txn(txn, room_id, user_id, limit)
+            return found
 
-        return await self._db.run_interaction("get_heroes", txn_fn)
+        return await self._db.run_interaction("get_heroes_in_rooms", txn_fn)
 
     async def get_users_sharing_rooms(
         self, user_id: str, among: Collection[str] | None = None
