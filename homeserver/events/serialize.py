@@ -14,6 +14,10 @@ from homeserver.events.relations import BUNDLED_REL_TYPES, REFERENCE, REPLACE, T
 from storage.stores.events import EVENT_CACHE_SIZE, EventStore, StoredEvent
 from storage.stores.relations import RelationRow, RelationStore
 
+# In the internal metadata of an event pruned for one viewer because its sender was erased
+# (homeserver/rooms/visibility.py).
+ERASED_VIEW = "erased_view"
+
 # (user_id, events) -> those of the events the user may see, in order.
 VisibleTo = Callable[[str, Sequence[StoredEvent]], Awaitable[list[StoredEvent]]]
 # (user_id, relation rows) -> those whose events the user may see, in order.
@@ -54,11 +58,11 @@ class EventSerializer:
         self._rows_visible_to = rows_visible_to
         # Children sent by users the viewer ignores are left out of its aggregations.
         self._ignored_by = ignored_by
-        # (event_id, include_room_id) -> ((its redaction, whether the state it replaced is
+        # (event_id, include_room_id, pruned for an erased sender) -> ((its redaction, whether the state it replaced is
         # held, and redacted), its serialized form but for `age` and `transaction_id`): see
         # `_serialize_one`. Shared, never changed: each response gets its own copy.
         self._serialized: LruCache[
-            tuple[str, bool], tuple[tuple[str | None, bool, bool], dict[str, Any]]
+            tuple[str, bool, bool], tuple[tuple[str | None, bool, bool], dict[str, Any]]
         ] = LruCache("serialized_events", EVENT_CACHE_SIZE)
 
     async def serialize(
@@ -309,7 +313,8 @@ class EventSerializer:
         event = stored.event
         metadata = stored.internal_metadata
         replaced_id = metadata.get("replaces_state", "")
-        key = (event.event_id, include_room_id)
+        # An erased sender's event pruned for this viewer is a form of its own.
+        key = (event.event_id, include_room_id, ERASED_VIEW in metadata)
         made_from = (
             redactions.get(event.event_id), replaced_id in related, replaced_id in redactions
         )

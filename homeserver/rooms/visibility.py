@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 from homeserver.events.model import Event
 from homeserver.events.redaction import prune_event_dict
+from homeserver.events.serialize import ERASED_VIEW
 from homeserver.events.types import HISTORY_VISIBILITY, MEMBER
 from storage.stores.accounts import AccountStore
 from storage.stores.events import EventStore, StoredEvent
@@ -322,6 +323,7 @@ class HistoryVisibility:
         return None
 
 
+
 def _pruned(stored: StoredEvent) -> StoredEvent:
     """The event as redaction leaves it (content pruned to what the algorithm keeps), for
     a viewer who may not see what an erased user wrote."""
@@ -336,6 +338,8 @@ def _pruned(stored: StoredEvent) -> StoredEvent:
         pruned,
         stored.stream_ordering,
         stored.topological_ordering,
-        stored.internal_metadata,
+        # Marked, so that what is kept of the event's serialized form for viewers who see
+        # it whole is never handed to this viewer (homeserver/events/serialize.py).
+        {**stored.internal_metadata, ERASED_VIEW: True},
         stored.outlier,
     )
