@@ -225,7 +225,8 @@ async def running_server(
         about.update(pid=process.pid, metrics=f"http://127.0.0.1:{metrics_port}/metrics")
     base = f"http://127.0.0.1:{port}"
     try:
-        await wait_until_up(base, 60.0, process)  # a minute: slower under tracemalloc
+        # Slower under tracemalloc, and on a loaded machine.
+        await wait_until_up(base, 240.0 if trace_to else 60.0, process)
         yield base
     finally:
         _stop(process)

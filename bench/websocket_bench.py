@@ -373,6 +373,116 @@ async def idle_long_poll_memory(
             "kib_per_long_poll": round((after - before) / n, 1)}
 
 
+# Filter of the fan-out listeners: room for every message of a batch (a limited timeline
+# would drop some, which the benchmark counts as missing).
+FAN_OUT_FILTER = {"room": {"timeline": {"limit": 100}}}
+
+
+class Poller:
+    """One listener long-polling /sync in a loop; records when each message body arrives,
+    how many responses it took, and any message received twice or out of order."""
+
+    def __init__(self, client: Client, room_id: str, since: str) -> None:
+        self.client = client
+        self.room_id = room_id
+        self.since = since
+        self.arrivals: dict[str, float] = {}
+        self.order: list[str] = []
+        self.responses = 0
+        self.duplicates = 0
+        self.limited = 0
+
+    async def run(self, timeout_ms: int = 30000) -> None:
+        path = (f"/_matrix/client/v3/sync?filter={quote(json.dumps(FAN_OUT_FILTER))}"
+                f"&set_presence={SET_PRESENCE}&timeout={timeout_ms}")
+        while True:
+            data = await self.client.call("GET", f"{path}&since={quote(self.since)}")
+            now = time.perf_counter()
+            self.since = data["next_batch"]
+            self.responses += 1
+            timeline = data["rooms"]["join"].get(self.room_id, {}).get("timeline", {})
+            self.limited += bool(timeline.get("limited"))
+            for event in timeline.get("events", []):
+                body = event.get("content", {}).get("body", "")
+                if not body.startswith("fan "):
+                    continue
+                if body in self.arrivals:
+                    self.duplicates += 1
+                    continue
+                self.arrivals[body] = now
+                self.order.append(body)
+
+
+async def long_poll_fan_out(
+    session: aiohttp.ClientSession, base: str, server: dict[str, Any], n: int, messages: int,
+    rate: float,
+) -> dict[str, Any]:
+    """`n` listeners long-poll /sync in one room without pause while one more user sends
+    `messages` messages on a schedule of `rate` a second (each send awaited: a slow server
+    slows the sends, which is reported). Measured: send to receive for every listener and
+    message, what never arrived or arrived twice or out of order, the sync responses
+    written, and the server's CPU time per delivered event."""
+    readers, sender, room_id = await setup_room(session, base, n, "fanout")
+    sync0 = (f"/_matrix/client/v3/sync?filter={quote(json.dumps(FAN_OUT_FILTER))}"
+             f"&set_presence={SET_PRESENCE}&timeout=0")
+    tokens = await gather_limited((r.call("GET", sync0) for r in readers), 50)
+    pollers = [Poller(r, room_id, t["next_batch"]) for r, t in zip(readers, tokens, strict=True)]
+    tasks = [asyncio.ensure_future(p.run()) for p in pollers]
+    settling_s = await wait_until_parked(session, server["metrics"], n)
+    # Presence of the listeners coming online may still be answered: start from quiet.
+    responses_before = sum(p.responses for p in pollers)
+    before = await scrape(session, server["metrics"])
+    cpu_before = cpu_seconds(server["pid"])
+    client_cpu_before = sum(os.times()[:2])
+    sent_at: dict[str, float] = {}
+    send_latencies: list[float] = []
+    async with profiled(server["pid"]):
+        started = time.perf_counter()
+        for i in range(messages):
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            body = f"fan {i}"
+            sent_at[body] = time.perf_counter()
+            await sender.send(room_id, body)
+            send_latencies.append(time.perf_counter() - sent_at[body])
+        sending_s = time.perf_counter() - started
+        deadline = time.monotonic() + 60
+        while any(len(p.arrivals) < messages for p in pollers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        delivering_s = time.perf_counter() - started
+    cpu_used = cpu_seconds(server["pid"]) - cpu_before
+    client_cpu = sum(os.times()[:2]) - client_cpu_before
+    after = await scrape(session, server["metrics"])
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    latencies = [
+        p.arrivals[body] - sent_at[body] for p in pollers for body in p.arrivals if body in sent_at
+    ]
+    expected = [f"fan {i}" for i in range(messages)]
+    delivered = len(latencies)
+    return {
+        "listeners": n, "messages": messages, "rate_asked": rate,
+        "rate_sent": round(messages / sending_s, 1),
+        "send_latency": summary(send_latencies),
+        "settling_s": settling_s,
+        "send_to_receive": summary(latencies) if latencies else {},
+        "missing": n * messages - delivered,
+        "listeners_missing_some": sum(1 for p in pollers if len(p.arrivals) < messages),
+        "duplicates": sum(p.duplicates for p in pollers),
+        "out_of_order": sum(1 for p in pollers if p.order != expected[:len(p.order)]),
+        "limited_timelines": sum(p.limited for p in pollers),
+        "sync_responses": sum(p.responses for p in pollers) - responses_before,
+        "delivering_s": round(delivering_s, 2),
+        "server_cpu_s": round(cpu_used, 2),
+        "server_cpu_ms_per_delivered_event": round(cpu_used / max(delivered, 1) * 1000, 3),
+        "server_cpu_ms_per_message": round(cpu_used / messages * 1000, 1),
+        "client_cpu_s": round(client_cpu, 2),
+        "db_transactions_per_message": transactions_per_message(before, after, messages),
+    }
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", default="sqlite", help="'sqlite' or a PostgreSQL admin URL")
@@ -392,7 +502,11 @@ async def main() -> None:
     parser.add_argument(
         "--parts", default="websocket,long_poll,memory",
         help="which measurements to run (comma-separated: websocket, long_poll, memory, "
-        "long_poll_memory); each starts its own server",
+        "long_poll_memory, long_poll_fan_out); each starts its own server",
+    )
+    parser.add_argument(
+        "--rate", type=float, default=20.0,
+        help="messages a second for the fan-out part (long_poll_fan_out)",
     )
     parser.add_argument(
         "--presence", choices=("online", "offline"), default="online",
@@ -439,6 +553,14 @@ async def main() -> None:
                     for name, count in sorted(transactions.items(), key=lambda item: -item[1])
                 }
         print(json.dumps(results["long_poll"]), flush=True)
+    if "long_poll_fan_out" in parts:
+        server = {}
+        async with running_server(args.db, about=server) as base:
+            async with aiohttp.ClientSession(connector=connector()) as session:
+                results["long_poll_fan_out"] = await long_poll_fan_out(
+                    session, base, server, args.subscribers, args.messages, args.rate
+                )
+        print(json.dumps(results["long_poll_fan_out"]), flush=True)
     # For the idle parts: room for the warm-up sockets too, should they not be gone yet; and
     # no presence change while the idle users come online (going idle after 5 minutes without
     # activity, offline 30 seconds after a sync), which would push to every room-mate.

@@ -321,11 +321,22 @@ def client_path(path: str, versions: str = "r0|v3") -> re.Pattern[str]:
     return re.compile(f"^/_matrix/client/(?:{versions}){path}$")
 
 
+# Distinct (method, path) pairs whose match `Router` remembers; past this many, it starts
+# over (paths with transaction IDs in them come once each, /sync's again and again).
+ROUTE_MATCHES_HELD = 4096
+
+
 class Router:
     def __init__(self) -> None:
         self.routes: list[Route] = []
+        # (method, path) -> what `match` found for it. Matching tries each route's pattern
+        # in turn, a few hundred of them: every long-poll paid that, until remembered.
+        self._matched: dict[
+            tuple[str, str], tuple[Route | None, dict[str, str], list[str]]
+        ] = {}
 
     def register_servlet(self, servlet: Any) -> None:
+        self._matched.clear()
         for pattern in servlet.PATTERNS:
             for method in ("GET", "PUT", "POST", "DELETE"):
                 handler = getattr(servlet, f"on_{method}", None)
@@ -341,7 +352,18 @@ class Router:
 
     def match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], list[str]]:
         """(route, path args, methods the path allows). No route but some allowed methods
-        means the method is wrong for a known path."""
+        means the method is wrong for a known path. The args are the caller's to change."""
+        key = (method, path)
+        found = self._matched.get(key)
+        if found is None:
+            found = self._match(method, path)
+            if len(self._matched) >= ROUTE_MATCHES_HELD:
+                self._matched.clear()
+            self._matched[key] = found
+        route, args, allowed = found
+        return route, dict(args), list(allowed)
+
+    def _match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], list[str]]:
         allowed: list[str] = []
         for route in self.routes:
             if route.literal not in path:

@@ -335,9 +335,14 @@ class HomeServer:
         json_resource = JsonResource(router)
         if not self.config.websocket.enabled:
             return json_resource
-        from client_api.websocket.protocol import ClientRootResource, build_websocket_resource
+        from client_api.websocket.root import ClientRootResource
 
-        return ClientRootResource(json_resource, build_websocket_resource(self, listener))
+        def build_websocket() -> resource.Resource:
+            from client_api.websocket.protocol import build_websocket_resource
+
+            return build_websocket_resource(self, listener)  # type: ignore[no-any-return]
+
+        return ClientRootResource(json_resource, build_websocket)
 
     def build_federation_resource(self) -> resource.Resource:
         from federation.transport.routes import register_federation_servlets

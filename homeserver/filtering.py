@@ -484,6 +484,8 @@ class Filtering:
         self._shared: LruCache[bytes, Filter] = LruCache(
             "filters_by_definition", SHARED_FILTERS_SIZE
         )
+        # An inline filter's text, as given -> the filter it parses to.
+        self._inline: LruCache[str, Filter] = LruCache("filters_inline", SHARED_FILTERS_SIZE)
 
     def parse(self, raw: Any, errcode: str = Codes.BAD_JSON) -> Filter:
         """`Filter.from_json` of decoded JSON, giving the same `Filter` for the same
@@ -529,7 +531,12 @@ class Filtering:
         if param is None or param == "":
             return Filter.default()
         if param.startswith("{"):
-            return self.parse(_decode_inline(param), errcode=Codes.INVALID_PARAM)
+            # A client long-polling sends the same text again and again: parsed once.
+            inline = self._inline.get(param)
+            if inline is None:
+                inline = self.parse(_decode_inline(param), errcode=Codes.INVALID_PARAM)
+                self._inline.set(param, inline)
+            return inline
         try:
             return await self.get_filter(user_id, param)
         except MatrixError as e:

@@ -40,7 +40,7 @@ import io
 import struct
 from dataclasses import dataclass
 
-from PIL import Image, ImageCms, ImageOps
+from PIL import Image, ImageOps
 
 THUMBNAILABLE_TYPES: frozenset[str] = frozenset(
     {"image/jpeg", "image/png", "image/gif", "image/webp"}
@@ -304,6 +304,10 @@ def _to_srgb(frame: Image.Image, icc: bytes | None) -> Image.Image:
     are (slightly off colours beat no thumbnail)."""
     if not icc or frame.mode not in ("RGB", "RGBA", "CMYK"):
         return frame
+    # Imported on first use: its colour-management library costs a server 3 MB of memory
+    # from the start, and most images carry no profile.
+    from PIL import ImageCms
+
     try:
         src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         dst = ImageCms.createProfile("sRGB")

@@ -7,12 +7,14 @@ from typing import TYPE_CHECKING, Any
 from client_api.auth import require_user
 from client_api.http import (
     HeddleRequest,
+    RawBody,
     client_path,
     parse_bool_query,
     parse_int_query,
     query_string,
 )
 from homeserver.errors import Codes, MatrixError
+from homeserver.sync.encoding import dumps_sync
 from homeserver.sync.handler import SyncRequest
 
 if TYPE_CHECKING:
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
 
 # Long-polls are capped so proxies and clients are not left hanging for hours.
 MAX_TIMEOUT_MS = 5 * 60 * 1000
+_JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 def check_set_presence(value: str | None) -> str:
@@ -61,4 +64,6 @@ class SyncServlet:
             use_state_after=parse_bool_query(request, "use_state_after") or False,
         )
         async with self._hs.presence.syncing(requester.user_id, set_presence):
-            return 200, await self._hs.sync.wait_for_sync(sync_request, timeout_ms)
+            response = await self._hs.sync.wait_for_sync(sync_request, timeout_ms)
+        # The rooms' shared sections are encoded once for every listener a message wakes.
+        return 200, RawBody(dumps_sync(response).encode("utf-8"), _JSON_HEADERS)

@@ -22,10 +22,9 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.internet.interfaces import IPushProducer
-from twisted.web import resource, server
+from twisted.web import server
 from zope.interface import implementer
 
-from client_api.websocket import WEBSOCKET_PATH
 from client_api.websocket.requests import WebSocketRequests
 from client_api.websocket.session import WebSocketSession
 from homeserver.config import ListenerConfig
@@ -437,22 +436,3 @@ class _UpgradeResource(WebSocketResource):  # type: ignore[misc]
 
 def build_websocket_resource(hs: HomeServer, listener: ListenerConfig) -> Any:
     return _UpgradeResource(SyncWebSocketFactory(hs, listener))
-
-
-class ClientRootResource(resource.Resource):
-    """The client listener's root: the WebSocket path goes to `websocket`, every other path
-    to `json` (which routes and renders it)."""
-
-    def __init__(self, json: resource.Resource, websocket: Any) -> None:
-        super().__init__()
-        self._json = json
-        self._websocket = websocket
-        self._path = WEBSOCKET_PATH.encode("ascii")
-
-    def getChildWithDefault(self, path: bytes, request: server.Request) -> Any:
-        if request.path == self._path:
-            return self._websocket
-        return self._json
-
-    def render(self, request: server.Request) -> Any:
-        return self._json.render(request)

@@ -7,6 +7,7 @@ import logging
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 
@@ -91,10 +92,14 @@ class TokenHandler:
         self._accounts = accounts
         self._replication = replication
         # token_id -> who it authenticates.
-        # Access token (the whole JWT) -> its claims, once its signature verified.
-        self._verified: LruCache[str, dict] = LruCache("access_token_signatures", 10_000)
         self._cache: LruCache[str, Requester] = LruCache(
             "access_tokens", TOKEN_CACHE_SIZE, ttl_s=TOKEN_CACHE_TTL_S, clock=clock
+        )
+        # access token -> its claims, once its signature checked out: a long-polling client
+        # sends the same token again and again, and checking it cost more than the rest of
+        # a quiet long-poll. Only the signature: revocation and expiry are checked as ever.
+        self._verified: LruCache[str, dict[str, Any]] = LruCache(
+            "access_token_signatures", TOKEN_CACHE_SIZE
         )
         replication.subscribe(REVOKED_TOKENS_STREAM, self._forget_local)
         replication.subscribe(REVOKED_USERS_STREAM, self._forget_user_local)
@@ -215,20 +220,7 @@ class TokenHandler:
         (logging out)."""
         claims = self._verified.get(access_token)
         if claims is None:
-            try:
-                claims = jwt.decode(
-                    access_token,
-                    self._config.jwt_secret,
-                    algorithms=[JWT_ALGORITHM],
-                    # Expiry is checked against the reactor clock below, to the millisecond.
-                    options={"require": ["jti", "sub", "dev"], "verify_exp": False},
-                )
-            except jwt.InvalidTokenError:
-                raise _unknown_token("Unrecognised access token") from None
-            if not isinstance(claims["jti"], str):
-                raise _unknown_token("Unrecognised access token")
-            # A signature that verified once always does (the secret is fixed while the
-            # process runs); revocation and expiry are checked below on every request.
+            claims = self._verify_signature(access_token)
             self._verified.set(access_token, claims)
         token_id = claims["jti"]
         requester = self._cache.get(token_id)
@@ -241,6 +233,22 @@ class TokenHandler:
         if requester.locked and not allow_locked:
             raise _user_locked()
         return requester
+
+    def _verify_signature(self, access_token: str) -> dict[str, Any]:
+        """The claims of a JWT this server signed; 401 M_UNKNOWN_TOKEN for anything else."""
+        try:
+            claims = jwt.decode(
+                access_token,
+                self._config.jwt_secret,
+                algorithms=[JWT_ALGORITHM],
+                # Expiry is checked against the reactor clock, to the millisecond.
+                options={"require": ["jti", "sub", "dev"], "verify_exp": False},
+            )
+        except jwt.InvalidTokenError:
+            raise _unknown_token("Unrecognised access token") from None
+        if not isinstance(claims["jti"], str):
+            raise _unknown_token("Unrecognised access token")
+        return claims
 
     async def _load(self, token_id: str, claims: dict) -> Requester:
         row = await self._tokens.get_access_token(token_id)

@@ -271,13 +271,29 @@ class SyncHandler:
         deadline = self._clock.time_msec() + timeout_ms
         while True:
             notified_at = self._notifier.position(request.user_id)
-            response, empty, _ = await self.sync(request)
             remaining = deadline - self._clock.time_msec()
-            if request.since is None or not empty or remaining <= 0:
-                return response
+            if remaining <= 0 or not self._nothing_new(request):
+                response, empty, _ = await self.sync(request)
+                remaining = deadline - self._clock.time_msec()
+                if request.since is None or not empty or remaining <= 0:
+                    return response
             if not await self._notifier.wait(request.user_id, notified_at, remaining):
                 # Timed out: the (empty) response carries the latest token.
                 return (await self.sync(request))[0]
+
+    def _nothing_new(self, request: SyncRequest) -> bool:
+        """Whether a pass for `request` would certainly find nothing, without making it: its
+        token is the current one in every stream (as a long-poll's `since` is, made again at
+        once by a client that was just answered) and no to-device message awaits its
+        acknowledgement (a pass would delete those). A long-poll then waits at once."""
+        since = request.since
+        return (
+            since is not None
+            and not request.full_state
+            and request.to_device_acknowledged is None
+            and since == self.current_token()
+            and (request.user_id, request.device_id) not in self._to_device_unacked
+        )
 
     async def sync(self, request: SyncRequest) -> tuple[dict[str, Any], bool, StreamToken]:
         """One sync pass; returns (response, whether it holds nothing new, its `next_batch`
