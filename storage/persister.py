@@ -409,14 +409,19 @@ class EventPersister:
                         )
                 else:
                     self._uncertain(item)
+            # Every sender hears of its outcome, and publishes its event, before any of the
+            # batch's positions become current: a sync woken by the first event must find
+            # every room of the batch in the change index, or it would answer with a token
+            # past events it never served (the bus holds what is published ahead of
+            # `current`, and delivers it in order once the positions are released).
+            for item, error in outcomes:
+                self._finished(item, error)
         finally:
             self._stream.release(
                 positions,
                 unwritten=[item.stream_ordering for item, error in outcomes if error is not None]
                 if outcomes else positions,
             )
-        for item, error in outcomes:
-            self._finished(item, error)
 
     async def _write_one_by_one(
         self, items: list[_Queued]
