@@ -514,7 +514,7 @@ class FederationMembership:
                 content.update(extra)
         current = await self._state.get_current_state_ids(room_id)
         pdu = await self._creator.build_pdu(
-            room_id, room_version, user_id, MEMBER, content, user_id, current
+            room_id, room_version, user_id, MEMBER, content, user_id, current, on_tip=False
         )
         checked = dict(pdu)
         if "join_authorised_via_users_server" in content:

@@ -278,3 +278,43 @@ class SendPathTests(RoomTestCase):
         write = dict(calls)["persist_event"]
         begin = 1 if self.engine == "sqlite" else 0
         self.assertEqual(write - begin, ONE_SEND_WRITE_STATEMENTS)
+
+    async def test_a_state_event_waits_for_the_message_in_flight(self):
+        # A state event's ID can leave the process before it is stored (a tombstone named
+        # by the upgraded room, an invite countersigned elsewhere): it is built only on
+        # what is stored, never on a message still being written that may fail.
+        persister = self.hs.persister
+        original = persister._write_batch
+        gate: defer.Deferred[None] = defer.Deferred()
+        writing: list[list[str]] = []
+
+        async def gated(batch: Any) -> None:
+            writing.append([item.event.type for item in batch])
+            if len(writing) == 1:
+                await gate
+            await original(batch)
+
+        persister._write_batch = gated  # type: ignore[method-assign]
+        self.addCleanup(setattr, persister, "_write_batch", original)
+        message = defer.ensureDeferred(
+            self.send(self.users[1], self.room_id, {"msgtype": "m.text", "body": "in flight"})
+        )
+        for _ in range(100):
+            if writing:
+                break
+            await task.deferLater(reactor, 0.01, lambda: None)
+        topic = defer.ensureDeferred(self.request(
+            "PUT", f"/_matrix/client/v3/rooms/{self.room_id}/state/m.room.topic",
+            {"topic": "after"}, token=self.users[0].token,
+        ))
+        await task.deferLater(reactor, 0.2, lambda: None)
+        # The topic is not built, let alone queued, while the message is being written.
+        self.assertEqual(persister.pending(self.room_id), 1)
+        self.assertEqual(writing, [["m.room.message"]])
+        gate.callback(None)
+        message_id = (await message).json["event_id"]
+        r = await topic
+        self.assertEqual(r.code, 200, r)
+        stored = await self.hs.event_store.get_stored_event(r.json["event_id"])
+        assert stored is not None
+        self.assertEqual(stored.event.prev_event_ids, [message_id])

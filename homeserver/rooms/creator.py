@@ -252,9 +252,15 @@ class EventCreator:
         txn_key = (txn.user_id, txn.device_id, txn.path_key) if txn is not None else None
         same_txn: defer.Deferred[StoredEvent] | None = None
         async with self._writers.queue(room_id):
-            if room_id not in self._tips and self._persister.pending(room_id):
+            if self._persister.pending(room_id) and (
+                room_id not in self._tips or state_key is not None
+            ):
                 # Events of the room are in flight but none is known to be the tip (one
-                # failed): wait for them, then build on what was stored.
+                # failed): wait for them, then build on what was stored. A state event
+                # always waits: its ID may leave the process before it is stored (a room
+                # upgrade's tombstone is named by the new room, an invite is countersigned
+                # by the invitee's server), so it must not be built on a message that may
+                # yet fail and have it built again under another ID.
                 await self._persister.drain(room_id)
             if txn_key is not None:
                 # The caller looked in the database before taking the lock; what a
@@ -332,10 +338,15 @@ class EventCreator:
         content: Mapping[str, Any],
         state_key: str | None,
         current: Mapping[StateKey, str],
+        on_tip: bool = True,
     ) -> dict[str, Any]:
         """An unsigned PDU on top of the room's forward extremities, citing its auth events
-        from `current` (also the template a joining server gets from make_join)."""
-        tip = self._tips.get(room_id)
+        from `current` (also the template a joining server gets from make_join).
+
+        `on_tip`: built on the message still being written, if any (a send holding the
+        room's lock). Without the lock (make_join's template), only on what is stored: the
+        message in flight may yet fail, and be built again under another ID."""
+        tip = self._tips.get(room_id) if on_tip else None
         extremities = [tip] if tip else await self._events.get_forward_extremities(room_id)
         extremities.sort(key=lambda e: e[1], reverse=True)
         prev = extremities[:MAX_PREV_EVENTS]
