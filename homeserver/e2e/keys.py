@@ -5,12 +5,12 @@ keys, cross-signing keys and the signatures users add to keys.
 The rules, in the order they are checked:
 
 - **Device keys** (`/keys/upload`): `user_id` and `device_id` must be the requester's
-  (400 M_BAD_JSON, as Synapse answers), and `algorithms`, `keys` and `signatures` must have
-  the spec's types (400 M_BAD_JSON). The keys themselves and the device's signature of
-  them are not checked, and new keys replace the stored ones: the spec asks the client to
-  sign its keys and the clients that download them to check them, not the server, and
-  Synapse stores what it is given (test suites and clients upload placeholder keys). Only a
-  real change tells anyone.
+  (400 M_BAD_JSON, as Synapse answers); `algorithms`, `keys` and `signatures` must have the
+  spec's types (400 M_BAD_JSON, checked by the servlet). The keys themselves and the
+  device's signature of them are not checked, and new keys replace the stored ones: the
+  spec asks the client to sign its keys and the clients that download them to check them,
+  not the server, and Synapse stores what it is given (SyTest uploads placeholder keys).
+  Only a real change tells anyone.
 - **One-time and fallback keys** are named `<algorithm>:<key_id>` (400 M_BAD_JSON
   otherwise); `signed_*` keys are objects signed by the device's ed25519 key (400
   M_INVALID_SIGNATURE), `curve25519` keys 32 bytes of unpadded base64. A one-time key ID
@@ -254,23 +254,13 @@ class E2eKeysHandler:
                 "Provided `device_id` in `device_keys` does not match that of the"
                 " authenticated user device"
             )
-        # The shape the spec's DeviceKeys requires. The keys and the self-signature are the
-        # client's business: clients check them when they download keys, and Synapse
-        # stores them unchecked (and lets a device's keys change), so we do too.
-        algorithms = device_keys.get("algorithms")
-        if not isinstance(algorithms, list) or not all(isinstance(a, str) for a in algorithms):
-            raise _bad_json("'device_keys.algorithms' must be a list of strings")
+        # The servlet checked the shape of the spec's DeviceKeys (as Synapse does). The keys
+        # and the device's signature of them are the clients' business: the clients that
+        # download them check them, and Synapse stores them unchecked (and lets a device's
+        # keys change), so we do too.
         keys = device_keys.get("keys")
         if not isinstance(keys, dict) or not all(isinstance(v, str) for v in keys.values()):
             raise _bad_json("'device_keys.keys' must map key IDs to strings")
-        signatures = device_keys.get("signatures")
-        if not isinstance(signatures, dict) or not all(
-            isinstance(by_key, dict) and all(isinstance(v, str) for v in by_key.values())
-            for by_key in signatures.values()
-        ):
-            raise _bad_json(
-                "'device_keys.signatures' must map user IDs to key IDs to signature strings"
-            )
         return {k: v for k, v in device_keys.items() if k != "unsigned"}
 
     def _device_ed25519(self, device_id: str, device_keys: dict[str, Any] | None) -> str | None:
