@@ -227,6 +227,69 @@ class FederatedDeviceLists(FederationTestCase):
         self.assertIsNone((await self.cached(a, bob.user_id))[0].master_key)
         self.assertEqual(a.hs.device_lists.current_position, position)
 
+    async def test_remote_device_keys_are_kept_as_sent(self):
+        # What a remote server sends as a device's keys is kept unchecked, as Synapse keeps
+        # it (SyTest sends {"device_keys": {}}): clients check device keys, not servers.
+        # Keys naming another user or device are dropped, and a device without keys is
+        # still a device (held, but not in /keys/query, as with Synapse).
+        a, b, alice, bob, _ = await self.setup_room()
+        first = await self.device_of(bob)
+        await self.track(a, alice, bob, first)
+        remote, _ = await self.cached(a, bob.user_id)
+        sent = {
+            "PLACEHOLDER": {"device_keys": {}},
+            "NOTMINE": {"user_id": bob.user_id, "device_id": "ELSE", "keys": {}},
+            "NOTHIS": {"user_id": alice.user_id, "device_id": "NOTHIS", "keys": {}},
+            "NOKEYS": {},
+        }
+        stream_id = remote.stream_id
+        edus = []
+        for device_id, keys in sent.items():
+            edus.append({"edu_type": "m.device_list_update", "content": {
+                "user_id": bob.user_id, "device_id": device_id, "stream_id": stream_id + 1,
+                "prev_id": [stream_id], "keys": keys,
+            }})
+            stream_id += 1
+        await a.hs.federation_transactions.on_transaction(b.server_name, "t1", {"edus": edus})
+
+        async def all_held() -> bool:
+            held = await self.cached(a, bob.user_id)
+            return held is not None and set(held[1]) == {first, *sent}
+
+        await self.wait_for(all_held, what="bob's new devices on A")
+        devices = (await self.cached(a, bob.user_id))[1]
+        self.assertEqual(devices["PLACEHOLDER"].keys, {"device_keys": {}})
+        for device_id in ("NOTMINE", "NOTHIS", "NOKEYS"):
+            self.assertIsNone(devices[device_id].keys)
+        r = await self.user_call(alice, "POST", f"{API}/keys/query",
+                                 {"device_keys": {bob.user_id: []}})
+        self.assertEqual(r.code, 200, r)
+        self.assertEqual(set(r.json["device_keys"][bob.user_id]), {first, "PLACEHOLDER"})
+        self.assertEqual(r.json["device_keys"][bob.user_id]["PLACEHOLDER"], {"device_keys": {}})
+
+        # The same from a fetched list (user/devices), after an update that does not fit.
+        serve = b.hs.device_lists.get_user_devices_for_federation
+
+        async def with_placeholder(user_id: str) -> Any:
+            answer = await serve(user_id)
+            answer["devices"].append({"device_id": "FETCHED", "keys": {"device_keys": {}}})
+            return answer
+
+        b.hs.device_lists.get_user_devices_for_federation = with_placeholder  # type: ignore[method-assign]
+        gap = {"user_id": bob.user_id, "device_id": "GAP", "stream_id": stream_id + 10,
+               "prev_id": [stream_id + 5]}
+        await a.hs.federation_transactions.on_transaction(
+            b.server_name, "t2", {"edus": [{"edu_type": "m.device_list_update", "content": gap}]}
+        )
+
+        async def fetched() -> bool:
+            held = await self.cached(a, bob.user_id)
+            return held is not None and "FETCHED" in held[1]
+
+        await self.wait_for(fetched, what="bob's list fetched again by A")
+        devices = (await self.cached(a, bob.user_id))[1]
+        self.assertEqual(devices["FETCHED"].keys, {"device_keys": {}})
+
     async def test_positions_survive_restarts(self):
         a, b, alice, bob, _ = await self.setup_room()
         await self.track(a, alice, bob, await self.device_of(bob))

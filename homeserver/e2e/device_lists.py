@@ -599,10 +599,15 @@ def _is_device_id(value: Any) -> bool:
 
 
 def _device_keys(value: Any, user_id: str, device_id: str) -> JsonDict | None:
-    """Device keys claimed for (user_id, device_id); None if absent or about someone else."""
-    if not isinstance(value, dict):
+    """The keys a remote server gives for (user_id, device_id); None if there are none
+    (the device is still a device) or they name another user or device.
+
+    Kept as the server sent them, as Synapse keeps them: the device's signature, and the
+    keys themselves, are for the clients that download them to check (a test suite's
+    placeholder keys included). Keys that say they belong to someone else are dropped."""
+    if not isinstance(value, dict) or not value:
         return None
-    if value.get("user_id") != user_id or value.get("device_id") != device_id:
+    if value.get("user_id", user_id) != user_id or value.get("device_id", device_id) != device_id:
         return None
     return value
 
