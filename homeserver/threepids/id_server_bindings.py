@@ -44,10 +44,12 @@ def binding_disabled() -> MatrixError:
 
 
 def _failed(id_server: str, e: IdentityServerError) -> MatrixError:
-    """The identity server's own 4xx error passed on; anything else (unreachable, a 5xx, an
-    answer that is not JSON) a 502."""
+    """The identity server's own 4xx error passed on (the identity spec asks for that), but
+    a 401 as 403: to a client, a 401 from its homeserver means its own access token is bad.
+    Anything else (unreachable, a 5xx, an answer that is not a Matrix error) is a 502."""
     if e.code is not None and 400 <= e.code < 500 and e.errcode is not None:
-        return MatrixError(e.code, e.errcode, e.error or f"Identity server {id_server} refused")
+        message = e.error or f"Identity server {id_server} refused"
+        return MatrixError(403 if e.code == 401 else e.code, e.errcode, message)
     return MatrixError(502, Codes.UNKNOWN, f"Could not ask identity server {id_server}: {e}")
 
 
