@@ -125,6 +125,7 @@ class HomeServer:
         self.openid = auth.openid
         self.threepid_validation = auth.threepid_validation
         self.threepids = auth.threepids
+        self.id_server_bindings = auth.id_server_bindings
 
         user_data = build_user_data(core, stores, streams)
         self.presence = user_data.presence

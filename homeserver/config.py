@@ -343,6 +343,11 @@ class IdentityServersConfig(_Section):
     # belongs to, and which stores the invite until the address is bound. Off: such
     # invites are refused (403), and no identity server is ever contacted.
     third_party_invites: bool = False
+    # Binding users' addresses at identity servers (/account/3pid/bind, at the identity
+    # server the client names, with its identity access token), and unbinding them there
+    # when they are removed or the account is deactivated. Off: binding is refused (400
+    # M_SERVER_NOT_TRUSTED) and nothing is ever unbound.
+    threepid_binding: bool = False
     # How long an identity server has to answer one request.
     request_timeout_ms: int = Field(10_000, ge=100)
     # The identity server is the client's choice, so it may not be on these addresses

@@ -1,6 +1,7 @@
 """An identity server for tests: a twisted.web server on loopback, over https with a
 self-signed certificate, serving the parts of the Identity Service API v2 that third-party
-invites use (hash_details, lookup, store-invite), and signing what it tells homeservers
+invites use (hash_details, lookup, store-invite) and that homeservers bind and unbind
+addresses with (3pid/bind, 3pid/unbind), and signing what it tells homeservers
 with its own ed25519 key, as a real one does."""
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ class IdentityServer:
     invites: list[StoredInvite] = field(default_factory=list)
     # Public keys the server no longer vouches for (pubkey/isvalid answers false).
     revoked: set[str] = field(default_factory=set)
+    # Validated sessions: sid -> (medium, address, client_secret).
+    sessions: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    # When set, 3pid/bind or 3pid/unbind answers this (status, JSON body) instead.
+    bind_failure: tuple[int, Any] | None = None
+    unbind_failure: tuple[int, Any] | None = None
     signing_key: Any = field(default_factory=lambda: generate_signing_key("0"))
     _port: Any = None
 
@@ -89,6 +95,30 @@ class IdentityServer:
         ]
         return self.sign({"medium": medium, "address": address, "mxid": mxid, "invites": invites})
 
+    def validated_session(self, medium: str, address: str, client_secret: str) -> str:
+        """A session that proved the address, as after the user followed its link: its sid."""
+        sid = f"sid{len(self.sessions) + 1}"
+        self.sessions[sid] = (medium, address, client_secret)
+        return sid
+
+    def _bind(self, body: Any) -> tuple[int, Any]:
+        session = self.sessions.get(body.get("sid"))
+        if session is None or session[2] != body.get("client_secret"):
+            return 400, {"errcode": "M_NO_VALID_SESSION", "error": "No valid session"}
+        medium, address, _ = session
+        self.bindings[(medium, address)] = body["mxid"]
+        answer = {"medium": medium, "address": address, "mxid": body["mxid"],
+                  "not_before": 0, "not_after": 4582425849161, "ts": 0}
+        return 200, self.sign(answer)
+
+    def _unbind(self, body: Any) -> tuple[int, Any]:
+        # The homeserver's X-Matrix signature is checked by the tests, from `requests`.
+        threepid = (body["threepid"]["medium"], body["threepid"]["address"])
+        if self.bindings.get(threepid) != body["mxid"]:
+            return 404, {"errcode": "M_NOT_FOUND", "error": "No such binding"}
+        del self.bindings[threepid]
+        return 200, {}
+
     def handle(self, request: server.Request) -> bytes:
         assert request.content is not None
         raw = request.content.read()
@@ -102,6 +132,10 @@ class IdentityServer:
             public_key = request.args[b"public_key"][0].decode()
             valid = public_key == self.public_key and public_key not in self.revoked
             return json.dumps({"valid": valid}).encode()
+        if path == "/_matrix/identity/v2/3pid/unbind":
+            code, answer = self.unbind_failure or self._unbind(body)
+            request.setResponseCode(code)
+            return json.dumps(answer).encode()
         if auth != f"Bearer {ACCESS_TOKEN}":
             request.setResponseCode(401)
             return b'{"errcode": "M_UNAUTHORIZED"}'
@@ -116,6 +150,9 @@ class IdentityServer:
                 if hashed in body["addresses"]:
                     mappings[hashed] = mxid
             answer = {"mappings": mappings}
+        elif path == "/_matrix/identity/v2/3pid/bind":
+            code, answer = self.bind_failure or self._bind(body)
+            request.setResponseCode(code)
         elif path == "/_matrix/identity/v2/store-invite":
             token = f"token{len(self.invites) + 1}"
             self.invites.append(

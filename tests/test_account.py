@@ -293,7 +293,7 @@ class DeactivationTests(AccountAssertions, HomeserverTestCase):
             "POST", DEACTIVATE, {"auth": password_auth(session=session)}, token=token
         )
         self.assertEqual(r.code, 200, r)
-        # Heddle binds no third-party identifiers, so there was nothing to unbind.
+        # Nothing was bound at an identity server, so nothing needed unbinding.
         self.assertEqual(r.json, {"id_server_unbind_result": "success"})
 
         # Every token is revoked, refresh tokens included.

@@ -9,6 +9,7 @@ from client_api.http import HeddleRequest, client_path, parse_json_object
 from client_api.validation import RequestBody, parse_body
 from homeserver.auth.uia import EMAIL_IDENTITY, PASSWORD
 from homeserver.errors import Codes, MatrixError
+from homeserver.threepids.identity_client import check_id_server
 
 if TYPE_CHECKING:
     from homeserver.app import HomeServer
@@ -92,10 +93,13 @@ class DeactivateServlet:
         requester = await require_user(self._hs, request)
         raw = parse_json_object(request)
         body = parse_body(raw, DeactivateBody)
+        if body.id_server is not None:
+            check_id_server(body.id_server)
         async with self._hs.uia.operation(
             raw, "POST", "/account/deactivate", [[PASSWORD]], user_id=requester.user_id
         ):
-            await self._hs.account_deactivation.deactivate(requester.user_id, body.erase)
-        # No identity server bindings are ever made, so there is nothing to unbind; the spec
-        # says the result "must be `success` if the homeserver has no identifiers to unbind".
-        return 200, {"id_server_unbind_result": "success"}
+            unbound = await self._hs.account_deactivation.deactivate(
+                requester.user_id, body.erase, id_server=body.id_server
+            )
+        # The spec: `success` also when there was nothing to unbind.
+        return 200, {"id_server_unbind_result": "success" if unbound else "no-support"}

@@ -18,7 +18,9 @@ from client_api.http import (
 from client_api.validation import RequestBody, parse_body
 from homeserver.auth.uia import PASSWORD
 from homeserver.errors import Codes, MatrixError
+from homeserver.threepids.addresses import check_client_secret
 from homeserver.threepids.bindings import check_medium
+from homeserver.threepids.identity_client import check_id_server
 from homeserver.threepids.validation import (
     ADD_THREEPID,
     PASSWORD_RESET,
@@ -211,22 +213,38 @@ class ThreepidDeleteServlet:
     async def on_POST(self, request: HeddleRequest) -> tuple[int, Any]:
         requester = await require_user(self._hs, request)
         body = parse_body(parse_json_object(request), ThreepidBody)
+        check_medium(body.medium)
+        if body.id_server is not None:
+            check_id_server(body.id_server)
+        # Unbound at the identity servers first (at `id_server`, or wherever this server
+        # bound it), as Synapse does: one failing leaves the address on the account.
+        unbound = await self._hs.id_server_bindings.unbind(
+            requester.user_id, body.medium, body.address, body.id_server
+        )
         await self._hs.threepids.delete(requester.user_id, body.medium, body.address)
-        # Never bound at an identity server, so none knows it: the spec's answer then.
-        return 200, {"id_server_unbind_result": "no-support"}
+        return 200, {"id_server_unbind_result": _unbind_result(unbound)}
+
+
+def _unbind_result(unbound: bool) -> str:
+    return "success" if unbound else "no-support"
 
 
 class ThreepidUnbindServlet:
-    PATTERNS = [client_path("/account/3pid/unbind")]
+    PATTERNS = [client_path("/account/3pid/unbind", versions="r0|v3|unstable")]
 
     def __init__(self, hs: HomeServer) -> None:
         self._hs = hs
 
     async def on_POST(self, request: HeddleRequest) -> tuple[int, Any]:
-        await require_user(self._hs, request)
+        requester = await require_user(self._hs, request)
         body = parse_body(parse_json_object(request), ThreepidBody)
         check_medium(body.medium)
-        return 200, {"id_server_unbind_result": "no-support"}
+        if body.id_server is not None:
+            check_id_server(body.id_server)
+        unbound = await self._hs.id_server_bindings.unbind(
+            requester.user_id, body.medium, body.address, body.id_server
+        )
+        return 200, {"id_server_unbind_result": _unbind_result(unbound)}
 
 
 class ThreepidBindBody(RequestBody):
@@ -237,12 +255,16 @@ class ThreepidBindBody(RequestBody):
 
 
 class ThreepidBindServlet:
-    PATTERNS = [client_path("/account/3pid/bind")]
+    PATTERNS = [client_path("/account/3pid/bind", versions="r0|v3|unstable")]
 
     def __init__(self, hs: HomeServer) -> None:
         self._hs = hs
 
     async def on_POST(self, request: HeddleRequest) -> tuple[int, Any]:
-        await require_user(self._hs, request)
-        parse_body(parse_json_object(request), ThreepidBindBody)
-        raise _no_identity_server()
+        requester = await require_user(self._hs, request)
+        body = parse_body(parse_json_object(request), ThreepidBindBody)
+        check_client_secret(body.client_secret)
+        await self._hs.id_server_bindings.bind(
+            requester.user_id, body.id_server, body.id_access_token, body.sid, body.client_secret
+        )
+        return 200, {}

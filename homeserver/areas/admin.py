@@ -56,7 +56,8 @@ def build_admin(
 ) -> Admin:
     audit = AdminAudit(core.clock, stores.admin_audit_store)
     deactivation = AccountDeactivation(
-        auth.account, stores.accounts, stores.room_store, rooms.membership
+        auth.account, stores.accounts, stores.room_store, rooms.membership,
+        auth.id_server_bindings,
     )
     users = AdminUsersHandler(
         core.server_name,

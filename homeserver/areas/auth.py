@@ -20,6 +20,8 @@ from homeserver.auth.tokens import TokenHandler
 from homeserver.auth.uia import UserInteractiveAuth
 from homeserver.ratelimit import RateLimiter
 from homeserver.threepids.bindings import ThreepidBindings
+from homeserver.threepids.id_server_bindings import IdentityServerBindings
+from homeserver.threepids.identity_client import IdentityServerClient
 from homeserver.threepids.mailer import SmtpMailer
 from homeserver.threepids.validation import ThreepidValidation
 
@@ -41,6 +43,7 @@ class Auth:
     openid: OpenIdTokens
     threepid_validation: ThreepidValidation
     threepids: ThreepidBindings
+    id_server_bindings: IdentityServerBindings
 
 
 def build_auth(core: Core, stores: Stores, device_lists: DeviceListUpdates) -> Auth:
@@ -67,6 +70,13 @@ def build_auth(core: Core, stores: Stores, device_lists: DeviceListUpdates) -> A
         core.limiter("threepid_validation_per_email", limits.threepid_validation_per_email),
     )
     threepids = ThreepidBindings(core.clock, stores.threepid_store, threepid_validation)
+    identity = config.identity_servers
+    id_server_bindings = IdentityServerBindings(
+        core.server_name,
+        core.signing_key,
+        IdentityServerClient(core.reactor, identity) if identity.threepid_binding else None,
+        stores.threepid_store,
+    )
     credentials = CredentialChecker(
         core.server_name,
         stores.accounts,
@@ -142,4 +152,5 @@ def build_auth(core: Core, stores: Stores, device_lists: DeviceListUpdates) -> A
         openid=OpenIdTokens(core.server_name, core.clock, stores.openid_token_store),
         threepid_validation=threepid_validation,
         threepids=threepids,
+        id_server_bindings=id_server_bindings,
     )

@@ -13,6 +13,7 @@ import logging
 from homeserver.auth.account import AccountHandler
 from homeserver.auth.tokens import Requester
 from homeserver.rooms.membership import MembershipHandler
+from homeserver.threepids.id_server_bindings import IdentityServerBindings
 from storage.stores.accounts import AccountStore
 from storage.stores.rooms import RoomStore
 
@@ -31,17 +32,31 @@ class AccountDeactivation:
         accounts: AccountStore,
         rooms: RoomStore,
         membership: MembershipHandler,
+        id_server_bindings: IdentityServerBindings,
     ) -> None:
         self._account = account
         self._accounts = accounts
         self._rooms = rooms
         self._membership = membership
+        self._id_server_bindings = id_server_bindings
 
-    async def deactivate(self, user_id: str, erase: bool, keep_an_admin: bool = False) -> None:
-        """`keep_an_admin`: see `AccountHandler.deactivate`."""
+    async def deactivate(
+        self,
+        user_id: str,
+        erase: bool,
+        keep_an_admin: bool = False,
+        id_server: str | None = None,
+    ) -> bool:
+        """`keep_an_admin`: see `AccountHandler.deactivate`. The addresses bound at identity
+        servers for the user are unbound first (an identity server failing stops the
+        deactivation); True if every one was (or there were none), False if an identity
+        server does not support unbinding. `id_server`: the client's choice for the
+        addresses bound at one (each address's recorded servers when there is none)."""
+        unbound = await self._id_server_bindings.unbind_all(user_id, id_server)
         await self._account.deactivate(user_id, erase, keep_an_admin)
         await self._leave_rooms(user_id)
         await self._accounts.finish_deactivation(user_id)
+        return unbound
 
     async def resume_pending(self) -> None:
         """Finish the deactivations a stopped process left half done."""

@@ -1,5 +1,7 @@
-"""Requests to identity servers (spec: Identity Service API v2) for third-party invites:
-who an address belongs to, and storing an invite for an address nobody has bound yet.
+"""Requests to identity servers (spec: Identity Service API v2): for third-party invites,
+who an address belongs to and storing an invite for an address nobody has bound yet; for
+accounts, binding a validated address to a Matrix ID (with the client's identity access
+token) and unbinding it (signed by this server, X-Matrix).
 
 The identity server is the inviting client's choice, so connections go only to addresses
 outside `identity_servers.ip_range_blocklist`, as for push gateways (`CheckedEndpointFactory`),
@@ -34,7 +36,20 @@ MAX_RESPONSE_BYTES = 64 * 1024
 
 
 class IdentityServerError(Exception):
-    """The identity server could not be reached, or answered with an error."""
+    """The identity server could not be reached, or answered with an error: then `code` is
+    its HTTP status and `errcode`/`error` what its JSON body said, if anything."""
+
+    def __init__(
+        self,
+        message: str,
+        code: int | None = None,
+        errcode: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.errcode = errcode
+        self.error = error
 
 
 def lookup_hash(medium: str, address: str, pepper: str) -> str:
@@ -100,6 +115,19 @@ class IdentityServerClient:
         """POST /store-invite: the token, public keys and display name of the new invite."""
         return await self._request("POST", id_server, "/store-invite", access_token, invite)
 
+    async def bind(
+        self, id_server: str, access_token: str, sid: str, client_secret: str, mxid: str
+    ) -> JsonDict:
+        """POST /3pid/bind: the identity server binds the address its validation session
+        `sid` proved to `mxid`; its answer (medium, address, mxid, signatures...)."""
+        body = {"sid": sid, "client_secret": client_secret, "mxid": mxid}
+        return await self._request("POST", id_server, "/3pid/bind", access_token, body)
+
+    async def unbind(self, id_server: str, authorization: str, body: JsonDict) -> None:
+        """POST /3pid/unbind with `body` ({"mxid", "threepid": {"medium", "address"}}),
+        authenticated by this server's X-Matrix `authorization` header."""
+        await self._request("POST", id_server, "/3pid/unbind", None, body, authorization)
+
     async def key_is_valid(self, key_validity_url: str, public_key: str) -> bool:
         """Whether the identity server still vouches for `public_key` (spec:
         m.room.third_party_invite's key_validity_url, queried with `public_key`)."""
@@ -122,11 +150,14 @@ class IdentityServerClient:
         method: str,
         id_server: str,
         path: str,
-        access_token: str,
+        access_token: str | None,
         body: JsonDict | None = None,
+        authorization: str | None = None,
     ) -> JsonDict:
         url = f"https://{id_server}/_matrix/identity/v2{path}"
-        request = defer.ensureDeferred(self._send(method, url, access_token, body))
+        request = defer.ensureDeferred(
+            self._send(method, url, access_token, body, authorization)
+        )
         request.addTimeout(self._timeout_s, self._reactor)
         try:
             answer = await request
@@ -138,11 +169,18 @@ class IdentityServerClient:
         return answer
 
     async def _send(
-        self, method: str, url: str, access_token: str | None, body: JsonDict | None
+        self,
+        method: str,
+        url: str,
+        access_token: str | None,
+        body: JsonDict | None,
+        authorization: str | None = None,
     ) -> JsonDict:
         headers = Headers({b"User-Agent": [b"Heddle (identity)"]})
         if access_token is not None:
             headers.addRawHeader(b"Authorization", b"Bearer " + access_token.encode("ascii"))
+        elif authorization is not None:
+            headers.addRawHeader(b"Authorization", authorization.encode("utf-8"))
         producer: IBodyProducer | None = None
         if body is not None:
             headers.addRawHeader(b"Content-Type", b"application/json")
@@ -152,7 +190,10 @@ class IdentityServerClient:
                                              headers, producer)
         raw = await read_limited_body(response, MAX_RESPONSE_BYTES)
         if not 200 <= response.code < 300:
-            raise IdentityServerError(f"{url} answered HTTP {response.code}")
+            errcode, error = _matrix_error(raw)
+            raise IdentityServerError(
+                f"{url} answered HTTP {response.code}", response.code, errcode, error
+            )
         try:
             parsed = json.loads(raw.decode("utf-8"))
         except ValueError:
@@ -163,3 +204,18 @@ class IdentityServerClient:
 
     async def close(self) -> None:
         await self._pool.closeCachedConnections()
+
+
+def _matrix_error(raw: bytes) -> tuple[str | None, str | None]:
+    """The errcode and error of an error answer's JSON body, when it has them."""
+    try:
+        parsed = json.loads(raw.decode("utf-8"))
+    except ValueError:
+        return None, None
+    if not isinstance(parsed, dict):
+        return None, None
+    errcode, error = parsed.get("errcode"), parsed.get("error")
+    return (
+        errcode if isinstance(errcode, str) else None,
+        error if isinstance(error, str) else None,
+    )

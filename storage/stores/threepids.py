@@ -126,6 +126,66 @@ class ThreepidStore:
             lambda txn: txn.execute("DELETE FROM user_threepids WHERE user_id = ?", (user_id,)),
         )
 
+    # ----- bindings at identity servers ------------------------------------------------------
+
+    async def add_id_server_binding(
+        self, user_id: str, medium: str, address: str, id_server: str
+    ) -> None:
+        """Record that `id_server` bound the address to the user (again is a no-op)."""
+
+        def txn_fn(txn: Transaction) -> None:
+            row = txn.select_one(
+                "SELECT 1 FROM user_threepid_id_servers WHERE user_id = ? AND medium = ?"
+                " AND address = ? AND id_server = ?",
+                (user_id, medium, address, id_server),
+            )
+            if row is None:
+                txn.execute(
+                    "INSERT INTO user_threepid_id_servers (user_id, medium, address, id_server)"
+                    " VALUES (?, ?, ?, ?)",
+                    (user_id, medium, address, id_server),
+                )
+
+        try:
+            await self._db.run_interaction("add_threepid_id_server", txn_fn)
+        except self._db.engine.integrity_error:
+            pass  # the same binding recorded by a concurrent request
+
+    async def get_id_servers(self, user_id: str, medium: str, address: str) -> list[str]:
+        rows = await self._db.run_interaction(
+            "get_threepid_id_servers",
+            lambda txn: txn.select_all(
+                "SELECT id_server FROM user_threepid_id_servers"
+                " WHERE user_id = ? AND medium = ? AND address = ? ORDER BY id_server",
+                (user_id, medium, address),
+            ),
+        )
+        return [str(row[0]) for row in rows]
+
+    async def get_id_server_bound_threepids(self, user_id: str) -> list[tuple[str, str]]:
+        """The (medium, address) pairs bound at some identity server for the user."""
+        rows = await self._db.run_interaction(
+            "get_id_server_bound_threepids",
+            lambda txn: txn.select_all(
+                "SELECT DISTINCT medium, address FROM user_threepid_id_servers"
+                " WHERE user_id = ? ORDER BY medium, address",
+                (user_id,),
+            ),
+        )
+        return [(str(row[0]), str(row[1])) for row in rows]
+
+    async def remove_id_server_binding(
+        self, user_id: str, medium: str, address: str, id_server: str
+    ) -> None:
+        await self._db.run_interaction(
+            "remove_threepid_id_server",
+            lambda txn: txn.execute(
+                "DELETE FROM user_threepid_id_servers WHERE user_id = ? AND medium = ?"
+                " AND address = ? AND id_server = ?",
+                (user_id, medium, address, id_server),
+            ),
+        )
+
     # ----- validation sessions ---------------------------------------------------------------
 
     async def get_pending_validation(
