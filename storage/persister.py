@@ -387,6 +387,7 @@ class EventPersister:
         for item, position in zip(ready, positions, strict=True):
             item.stream_ordering = position
         outcomes: list[tuple[_Queued, Exception | None]] = []
+        released: set[int] = set()
         try:
             try:
                 await self._db.run_interaction("persist_event", self._persist_batch_txn, ready)
@@ -409,19 +410,23 @@ class EventPersister:
                         )
                 else:
                     self._uncertain(item)
-            # Every sender hears of its outcome, and publishes its event, before any of the
-            # batch's positions become current: a sync woken by the first event must find
-            # every room of the batch in the change index, or it would answer with a token
-            # past events it never served (the bus holds what is published ahead of
-            # `current`, and delivers it in order once the positions are released).
+            # One position at a time, in order, each made current just before its sender
+            # hears of it (and publishes the event): a sync woken by one event of the batch
+            # is then answered up to that event, and finds its room in the change index.
+            # Making the whole batch current first would let that sync answer with a token
+            # past later events, of other rooms, not yet published, and never serve them.
             for item, error in outcomes:
+                position = item.stream_ordering
+                self._stream.release([position], unwritten=[position] if error else [])
+                released.add(position)
                 self._finished(item, error)
         finally:
-            self._stream.release(
-                positions,
-                unwritten=[item.stream_ordering for item, error in outcomes if error is not None]
-                if outcomes else positions,
-            )
+            rest = [p for p in positions if p not in released]
+            if rest:
+                failed = {item.stream_ordering for item, error in outcomes if error is not None}
+                self._stream.release(
+                    rest, unwritten=[p for p in rest if p in failed or not outcomes]
+                )
 
     async def _write_one_by_one(
         self, items: list[_Queued]
