@@ -181,45 +181,28 @@ SERVER: dict[str, Any] = {}
 OPTIONS: dict[str, int] = {"messages_per_room": 20, "page_limit": 50, "repeats": 20}
 
 
-async def transactions_by_name(session: aiohttp.ClientSession) -> dict[str, float]:
-    """The server's count of finished database transactions so far, by name (its
-    `heddle_db_transaction_duration_seconds` histogram); empty when no metrics are known."""
-    if "metrics" not in SERVER:
-        return {}
-    async with session.get(SERVER["metrics"]) as r:
-        text = await r.text()
-    counts: dict[str, float] = {}
-    prefix = "heddle_db_transaction_duration_seconds_count{"
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            labels, value = line[len(prefix):].rsplit("} ", 1)
-            desc = labels.split('desc="', 1)[1].split('"', 1)[0]
-            counts[desc] = counts.get(desc, 0.0) + float(value)
-    return counts
-
-
 @asynccontextmanager
-async def measured(session: aiohttp.ClientSession, requests: int, into: dict[str, Any]):
+async def measured(requests: int, into: dict[str, Any]):
     """Around a measured phase of `requests` requests: profile the server meanwhile when it
     runs under bench/profiled_server.py (HEDDLE_BENCH_PROFILE), and put into `into` the
     database transactions it ran per request, by name, and the server's CPU time per request
     (its user and system time: unlike latency, not inflated by what else runs)."""
-    before = await transactions_by_name(session)
+    async def transactions() -> dict[str, int]:
+        if "metrics" not in SERVER:
+            return {}
+        counts = await transaction_counts(SERVER["metrics"])
+        return {k: v for k, v in counts.items() if not k.startswith("statements:")}
+
+    before = await transactions()
     cpu_before = cpu_seconds(SERVER["pid"]) if "pid" in SERVER else 0.0
-    profiling = bool(os.environ.get("HEDDLE_BENCH_PROFILE")) and "pid" in SERVER
-    if profiling:
-        os.kill(SERVER["pid"], signal.SIGUSR1)
-    try:
+    async with profiled(SERVER.get("pid")):
         yield
-    finally:
-        if profiling:
-            os.kill(SERVER["pid"], signal.SIGUSR2)
     cpu_after = cpu_seconds(SERVER["pid"]) if "pid" in SERVER else 0.0
-    after = await transactions_by_name(session)
+    after = await transactions()
     into["server_cpu_ms_per_request"] = round((cpu_after - cpu_before) * 1000 / requests, 2)
     per_request = {
-        name: round((count - before.get(name, 0.0)) / requests, 2)
-        for name, count in after.items() if count - before.get(name, 0.0)
+        name: round((count - before.get(name, 0)) / requests, 2)
+        for name, count in after.items() if count - before.get(name, 0)
     }
     into["transactions_per_request"] = round(sum(per_request.values()), 2)
     into["transactions_by_name"] = dict(sorted(per_request.items(), key=lambda item: -item[1]))
@@ -237,7 +220,7 @@ async def initial_sync_100_rooms(session: aiohttp.ClientSession, base: str) -> d
     timings = []
     result: dict[str, Any] = {"rooms": 100, "messages_per_room": per_room}
     initial_costs: dict[str, Any] = {}
-    async with measured(session, OPTIONS["repeats"], initial_costs):
+    async with measured(OPTIONS["repeats"], initial_costs):
         for _ in range(OPTIONS["repeats"]):
             start = time.perf_counter()
             data = await user.sync()
@@ -251,7 +234,7 @@ async def initial_sync_100_rooms(session: aiohttp.ClientSession, base: str) -> d
     for i in range(5):
         await other.send(elsewhere, f"meanwhile {i}")
         moved_costs.append({})
-        async with measured(session, 1, moved_costs[-1]):
+        async with measured(1, moved_costs[-1]):
             start = time.perf_counter()
             await user.sync()
             moved.append(time.perf_counter() - start)
@@ -266,7 +249,7 @@ async def initial_sync_100_rooms(session: aiohttp.ClientSession, base: str) -> d
     })
     incremental = []
     incremental_costs: dict[str, Any] = {}
-    async with measured(session, 5, incremental_costs):
+    async with measured(5, incremental_costs):
         for _ in range(5):
             start = time.perf_counter()
             await user.sync(data["next_batch"])
@@ -307,7 +290,7 @@ async def messages_pagination(session: aiohttp.ClientSession, base: str) -> dict
     costs: dict[str, Any] = {}
     timings: list[float] = []
     start_all = time.perf_counter()
-    async with measured(session, pages * rounds, costs):
+    async with measured(pages * rounds, costs):
         for _ in range(rounds):
             timings += (await page_through())[0]
     total = time.perf_counter() - start_all
