@@ -330,12 +330,7 @@ class EventSerializer:
             self._serialized.set(key, held)
         base: dict[str, Any] = held[1]
         unsigned: dict[str, Any] = {"age": max(0, now - event.origin_server_ts)}
-        if (
-            requester_device is not None
-            and "txn_id" in metadata
-            and event.sender == requester_device[0]
-            and metadata.get("device_id") == requester_device[1]
-        ):
+        if _sent_by(stored, requester_device):
             unsigned["transaction_id"] = metadata["txn_id"]
         base_unsigned: dict[str, Any] = base["unsigned"]
         if len(base_unsigned) > 1:
@@ -381,12 +376,7 @@ class EventSerializer:
 
         unsigned: dict[str, Any] = {"age": max(0, now - event.origin_server_ts)}
         metadata = stored.internal_metadata
-        if (
-            requester_device is not None
-            and "txn_id" in metadata
-            and event.sender == requester_device[0]
-            and metadata.get("device_id") == requester_device[1]
-        ):
+        if _sent_by(stored, requester_device):
             unsigned["transaction_id"] = metadata["txn_id"]
         replaced = related.get(metadata.get("replaces_state", ""))
         if replaced is not None:
@@ -402,3 +392,15 @@ class EventSerializer:
             )
         result["unsigned"] = unsigned
         return result
+
+
+def _sent_by(stored: StoredEvent, requester_device: tuple[str, str] | None) -> bool:
+    """Whether the event was sent, with a transaction ID, from this (user, device): only its
+    sender's device is told the `transaction_id` (spec: `unsigned.transaction_id`)."""
+    metadata = stored.internal_metadata
+    return (
+        requester_device is not None
+        and "txn_id" in metadata
+        and stored.event.sender == requester_device[0]
+        and metadata.get("device_id") == requester_device[1]
+    )
